@@ -1,0 +1,42 @@
+"""Smoke test of the local stack: one round trip per service, from inside Airflow."""
+
+from __future__ import annotations
+
+from airflow.sdk import dag, task
+from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+
+SERVICES = ["kafka", "gcs", "bigquery", "firestore", "solr", "marketing-cloud"]
+
+DOC_MD = """
+### Stack smoke test
+
+Checks every service the pipeline depends on with a small round trip, one mapped task per
+service: Kafka (produce, consume, commit), Cloud Storage (write-once object, read back),
+BigQuery (datasets, a query), Firestore (write, read back), Solr (core ping), Marketing Cloud
+(OAuth2 token).
+
+**When it fails** the failing task is named after the service, and its log says what did not
+answer. Endpoints come from the connections `kafka_default`, `google_cloud_default`,
+`solr_default`, `marketing_cloud_default`. On the local stack run `make status`.
+
+Owner: enrollment-data team.
+"""
+
+
+@dag(dag_id="stack_smoke", schedule=None, catchup=False, default_args=DEFAULT_ARGS, tags=[str(Tag.SMOKE), str(Tag.OPS)], doc_md=DOC_MD)
+def stack_smoke():
+    @task(map_index_template="{{ service }}", retries=0)
+    def check_service(service: str) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+        from enrollment.health import check
+        from enrollment_airflow.connections import endpoints_from_connections
+
+        result = check(service, endpoints_from_connections())
+        if not result.ok:
+            raise AirflowFailException(f"{service} failed its round trip: {result.detail}")
+        return result.as_dict()
+
+    check_service.expand(service=SERVICES)
+
+
+stack_smoke()

@@ -1,0 +1,1 @@
+"""The enrollment pipeline's domain library: importable and testable without a running Airflow."""

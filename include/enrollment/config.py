@@ -1,0 +1,67 @@
+"""The pipeline's configuration: embedded defaults in ``config/pipeline.yaml``.
+
+``ENROLLMENT_CONFIG`` points at another file of the same shape (a deployment's own)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).parent / "config" / "pipeline.yaml"
+
+
+@dataclass(frozen=True)
+class Region:
+    code: str
+    topic: str
+    partitions: int
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    project: str
+    consumer_group: str
+    landing_bucket: str
+    warehouse_dataset: str
+    ops_dataset: str
+    solr_core: str
+    marketing_cloud_data_extension: str
+    regions: tuple[Region, ...]
+
+    def region(self, code: str) -> Region:
+        for region in self.regions:
+            if region.code == code.upper():
+                return region
+        known = ", ".join(r.code for r in self.regions)
+        raise KeyError(f"unknown region {code!r}; configured regions: {known}")
+
+
+def parse_config(raw: dict) -> PipelineConfig:
+    regions = tuple(Region(code=r["code"].upper(), topic=r["topic"], partitions=int(r["partitions"])) for r in raw["regions"])
+    codes = [r.code for r in regions]
+    if len(set(codes)) != len(codes):
+        raise ValueError(f"region codes must be unique, got {codes}")
+    return PipelineConfig(
+        project=raw["project"],
+        consumer_group=raw["consumer_group"],
+        landing_bucket=raw["landing_bucket"],
+        warehouse_dataset=raw["datasets"]["warehouse"],
+        ops_dataset=raw["datasets"]["ops"],
+        solr_core=raw["solr_core"],
+        marketing_cloud_data_extension=raw["marketing_cloud"]["data_extension"],
+        regions=regions,
+    )
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> PipelineConfig:
+    with open(path, encoding="utf-8") as fh:
+        return parse_config(yaml.safe_load(fh))
+
+
+def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
+    return _load(str(path or os.environ.get("ENROLLMENT_CONFIG") or DEFAULT_CONFIG))

@@ -1,0 +1,138 @@
+"""Round-trip checks of every service the pipeline uses: reachable, authenticated, writable.
+
+Each check writes something small where the pipeline writes, reads it back, and reports a
+``Check`` (never raises), so a caller can name the failing service instead of timing out deep
+inside a task. Used by the smoke DAG; the scheduled health DAG builds on it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import httpx
+
+from .config import PipelineConfig, load_config
+from .services import Endpoints, bigquery_client, firestore_client, storage_client
+
+HEALTH_TOPIC = "enrollment.health"
+HEALTH_GROUP = "enrollment-health"
+
+
+@dataclass(frozen=True)
+class Check:
+    service: str
+    ok: bool
+    seconds: float
+    detail: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _kafka(ep: Endpoints, cfg: PipelineConfig) -> str:
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": ep.kafka_bootstrap})
+    topics = admin.list_topics(timeout=5).topics
+    missing = [r.topic for r in cfg.regions if r.topic not in topics]
+    if missing:
+        raise RuntimeError(f"region topics missing: {missing}")
+    if HEALTH_TOPIC not in topics:
+        try:
+            admin.create_topics([NewTopic(HEALTH_TOPIC, num_partitions=1, replication_factor=1)])[HEALTH_TOPIC].result(10)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    token = uuid.uuid4().hex.encode()
+    producer = Producer({"bootstrap.servers": ep.kafka_bootstrap, "enable.idempotence": True})
+    producer.produce(HEALTH_TOPIC, key=b"health", value=token)
+    if producer.flush(10) != 0:
+        raise RuntimeError("produce not acknowledged within 10 s")
+    consumer = Consumer({"bootstrap.servers": ep.kafka_bootstrap, "group.id": HEALTH_GROUP, "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(HEALTH_TOPIC, 0), timeout=5)
+        consumer.assign([TopicPartition(HEALTH_TOPIC, 0, high - 1)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error() and msg.value() == token:
+                consumer.commit(message=msg, asynchronous=False)
+                return f"{len(cfg.regions)} region topics present; produced and consumed offset {msg.offset()}"
+        raise RuntimeError("the produced message was not consumed back within 10 s")
+    finally:
+        consumer.close()
+
+
+def _gcs(ep: Endpoints, cfg: PipelineConfig) -> str:
+    bucket = storage_client(ep.project).bucket(cfg.landing_bucket)
+    blob = bucket.blob(f"_health/{uuid.uuid4().hex}.txt")
+    blob.upload_from_string(b"ok", if_generation_match=0)
+    try:
+        if blob.download_as_bytes() != b"ok":
+            raise RuntimeError("read back a different object than was written")
+    finally:
+        blob.delete()
+    return f"bucket {cfg.landing_bucket} writable"
+
+
+def _bigquery(ep: Endpoints, cfg: PipelineConfig) -> str:
+    client = bigquery_client(ep.project)
+    for dataset in (cfg.warehouse_dataset, cfg.ops_dataset):
+        client.get_dataset(dataset)
+    rows = list(client.query("SELECT 1 AS one").result())
+    if rows[0]["one"] != 1:
+        raise RuntimeError("SELECT 1 returned something else")
+    return f"datasets {cfg.warehouse_dataset}, {cfg.ops_dataset} present; queries run"
+
+
+def _firestore(ep: Endpoints, cfg: PipelineConfig) -> str:
+    doc = firestore_client(ep.project).collection("_health").document(uuid.uuid4().hex)
+    doc.set({"ok": True})
+    try:
+        if not doc.get().to_dict().get("ok"):
+            raise RuntimeError("read back a different document than was written")
+    finally:
+        doc.delete()
+    return "document written and read back"
+
+
+def _solr(ep: Endpoints, cfg: PipelineConfig) -> str:
+    response = httpx.get(f"{ep.solr_url}/{cfg.solr_core}/admin/ping", params={"wt": "json"}, timeout=5)
+    response.raise_for_status()
+    if response.json().get("status") != "OK":
+        raise RuntimeError(f"ping answered {response.text[:200]}")
+    return f"core {cfg.solr_core} answers ping"
+
+
+def _marketing_cloud(ep: Endpoints, cfg: PipelineConfig) -> str:
+    response = httpx.post(f"{ep.marketing_cloud_auth_url}/v2/token", timeout=10,
+                          json={"grant_type": "client_credentials", "client_id": ep.marketing_cloud_client_id, "client_secret": ep.marketing_cloud_client_secret})
+    if response.status_code != 200:
+        raise RuntimeError(f"token request answered HTTP {response.status_code}")
+    return f"authenticated; token valid for {json.loads(response.text)['expires_in']} s"
+
+
+CHECKS: dict[str, Callable[[Endpoints, PipelineConfig], str]] = {
+    "kafka": _kafka,
+    "gcs": _gcs,
+    "bigquery": _bigquery,
+    "firestore": _firestore,
+    "solr": _solr,
+    "marketing-cloud": _marketing_cloud,
+}
+
+
+def check(service: str, endpoints: Endpoints, config: PipelineConfig | None = None) -> Check:
+    config = config or load_config()
+    t0 = time.monotonic()
+    try:
+        detail = CHECKS[service](endpoints, config)
+        ok = True
+    except Exception as exc:  # noqa: BLE001 (a check reports; it does not raise)
+        detail, ok = f"{type(exc).__name__}: {exc}"[:500], False
+    return Check(service=service, ok=ok, seconds=round(time.monotonic() - t0, 3), detail=detail)

@@ -1,0 +1,236 @@
+"""The local stack's command line: ``python -m stack up|down|status|env|bench``.
+
+``up`` starts what is not running (each service in its own process group, bound to 127.0.0.1),
+polls every service until it answers, then creates topics, the Solr core, the bucket and the
+datasets. ``down`` stops each group and checks that its ports are free. ``status`` prints each
+service, its URL and whether it answers, and the Airflow login.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from . import config as stack_config
+from .services import ALL, NAMES, Airflow, Service, ServiceError
+
+POLL_S = 0.1
+
+
+# -- process groups -----------------------------------------------------------------------------
+def _pid_file(service: Service) -> Path:
+    return service.dir / "pid"
+
+
+def _pgid(service: Service) -> int | None:
+    """The service's process group if any of its processes is alive."""
+    try:
+        pgid = int(_pid_file(service).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    _reap(pgid)
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return pgid
+
+
+def _reap(pid: int) -> None:
+    """Collects our own exited child so a zombie leader does not look alive."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((stack_config.HOST, port)) == 0
+
+
+def _spawn(service: Service) -> subprocess.Popen:
+    service.dir.mkdir(parents=True, exist_ok=True)
+    busy = [p for p in service.ports() if _port_open(p)]
+    if busy:
+        raise ServiceError(f"{service.name}: port(s) {busy} already in use by another program; set {'/'.join(service.port_names)} to free ports")
+    env = {**os.environ, **service.env()}
+    log = open(service.log_file, "ab")  # noqa: SIM115 (the child owns it)
+    process = subprocess.Popen(
+        service.command(), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=service.dir,
+        start_new_session=True)
+    _pid_file(service).write_text(str(process.pid))
+    return process
+
+
+def _stop(service: Service, timeout_s: float = 30.0) -> bool:
+    pgid = _pgid(service)
+    if pgid is not None:
+        for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and _pgid(service) is not None:
+                time.sleep(POLL_S)
+            if _pgid(service) is None:
+                break
+    _pid_file(service).unlink(missing_ok=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_port_open(p) for p in service.ports()):
+        time.sleep(POLL_S)
+    return not any(_port_open(p) for p in service.ports())
+
+
+def _log_tail(service: Service, lines: int = 25) -> str:
+    try:
+        return "\n".join(service.log_file.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+# -- commands -------------------------------------------------------------------------------------
+def select(names: Iterable[str] | None, cfg: stack_config.StackConfig) -> list[Service]:
+    wanted = list(names or NAMES)
+    unknown = set(wanted) - set(NAMES)
+    if unknown:
+        raise SystemExit(f"unknown service(s) {sorted(unknown)}; known: {', '.join(NAMES)}")
+    return [cls(cfg) for cls in ALL if cls.name in wanted]
+
+
+def up(names: Iterable[str] | None = None, quiet: bool = False) -> dict[str, dict]:
+    """Starts what is not running; returns per service whether it was started and how fast."""
+    cfg = stack_config.load()
+    cfg.save()
+    os.environ.update(cfg.client_env())
+    services = select(names, cfg)
+    say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
+    started: dict[str, tuple[subprocess.Popen, float, bool]] = {}
+    report: dict[str, dict] = {}
+    for service in services:
+        if _pgid(service) is not None and service.ready():
+            report[service.name] = {"started": False}
+            continue
+        _stop(service)  # a half-dead leftover
+        say(f"starting {service.title} ...")
+        cold = service.prepare()
+        started[service.name] = (_spawn(service), time.monotonic(), cold)
+    pending = {s.name: s for s in services if s.name in started}
+    deadline_of = {name: t0 + pending[name].start_timeout_s for name, (_, t0, _) in started.items()}
+    while pending:
+        for name, service in list(pending.items()):
+            process, t0, cold = started[name]
+            if service.ready():
+                elapsed = time.monotonic() - t0
+                report[name] = {"started": True, "ready_s": round(elapsed, 2), "cold": cold}
+                say(f"  {name} ready in {elapsed:.1f} s{' (cold)' if cold else ''}")
+                del pending[name]
+            elif process.poll() is not None:
+                raise ServiceError(f"{name} exited with code {process.returncode} before answering; last lines of {service.log_file}:\n{_log_tail(service)}")
+            elif time.monotonic() > deadline_of[name]:
+                raise ServiceError(f"{name} did not answer within {service.start_timeout_s:.0f} s; last lines of {service.log_file}:\n{_log_tail(service)}")
+        time.sleep(POLL_S)
+    for service in services:
+        service.setup()
+    (cfg.state / "stack.env").write_text("".join(f"export {k}='{v}'\n" for k, v in cfg.client_env().items()))
+    (cfg.state / "stack.env").chmod(0o600)
+    return report
+
+
+def down(names: Iterable[str] | None = None, quiet: bool = False) -> bool:
+    cfg = stack_config.load()
+    clean = True
+    for service in reversed(select(names, cfg)):
+        running = _pgid(service) is not None
+        ok = _stop(service)
+        clean &= ok
+        if not quiet and (running or not ok):
+            print(f"{service.name}: {'stopped' if ok else 'STILL LISTENING on ' + str(service.ports())}", flush=True)
+    return clean
+
+
+def status(names: Iterable[str] | None = None) -> bool:
+    cfg = stack_config.load()
+    all_ok = True
+    for service in select(names, cfg):
+        try:
+            answers = service.ready()
+        except Exception:  # noqa: BLE001
+            answers = False
+        all_ok &= answers
+        state = "answers" if answers else ("running, not answering" if _pgid(service) else "down")
+        print(f"{service.name:16} {service.url():40} {state}")
+    print(f"\nAirflow UI login: {Airflow.admin_user} / {cfg.credentials['airflow_admin_password']}  (generated; kept in {cfg.saved_file})")
+    print(f"Client environment for your shell: source {cfg.state / 'stack.env'}")
+    return all_ok
+
+
+def bench(names: Iterable[str] | None = None) -> dict:
+    """Cold (fresh state) and warm (existing state) start times of each service."""
+    import shutil
+
+    cfg = stack_config.load()
+    down(names, quiet=True)
+    for service in select(names, cfg):
+        for sub in ("data", "home", "cores") if service.name != "airflow" else ():
+            shutil.rmtree(service.dir / sub, ignore_errors=True)
+        if service.name == "airflow":
+            shutil.rmtree(cfg.airflow_home, ignore_errors=True)
+    results: dict[str, dict] = {}
+    for phase in ("cold", "warm"):
+        t0 = time.monotonic()
+        report = up(names, quiet=True)
+        total = time.monotonic() - t0
+        for name, row in report.items():
+            results.setdefault(name, {})[f"{phase}_ready_s"] = row.get("ready_s")
+        results.setdefault("_all", {})[f"{phase}_up_s"] = round(total, 2)
+        down(names, quiet=True)
+    print(f"{'service':16} {'cold (s)':>9} {'warm (s)':>9}")
+    for name, row in results.items():
+        cold, warm = row.get("cold_ready_s", row.get("cold_up_s")), row.get("warm_ready_s", row.get("warm_up_s"))
+        print(f"{name if name != '_all' else 'whole stack up':16} {cold:>9} {warm:>9}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("up", "down", "status", "bench"):
+        p = sub.add_parser(name)
+        p.add_argument("services", nargs="*", help=f"default: all ({', '.join(NAMES)})")
+    p = sub.add_parser("env", help="print the client environment as shell exports")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            up(args.services)
+            status(args.services)
+            return 0
+        if args.command == "down":
+            return 0 if down(args.services) else 1
+        if args.command == "status":
+            return 0 if status(args.services) else 1
+        if args.command == "bench":
+            results = bench(args.services)
+            out = stack_config.ROOT / "bench" / "results" / "stack.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"services": results, "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}}, indent=2))
+            print(f"written {out.relative_to(stack_config.ROOT)}")
+            return 0
+        if args.command == "env":
+            for key, value in stack_config.load().client_env().items():
+                print(f"export {key}='{value}'")
+            return 0
+    except ServiceError as exc:
+        print(f"stack: {exc}\n(`make down` stops whatever did start)", file=sys.stderr)
+        return 1
+    return 2

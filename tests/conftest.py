@@ -1,0 +1,67 @@
+"""Session fixtures: Airflow configured for tests before it is first imported, and the local
+stack started once per session (or reused when it already runs).
+
+Tiers: ``unit/`` (no services), ``dag_validation/`` (the DagBag), ``integration/`` (real services).
+Only tests that ask for the ``stack`` fixture start anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_AIRFLOW_HOME = ROOT / ".stack" / "test-airflow"
+
+# Airflow reads its configuration once, at first import: set it here, before any test module.
+os.environ.setdefault("AIRFLOW_HOME", str(TEST_AIRFLOW_HOME))
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+TEST_AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+for path in (ROOT, ROOT / "plugins"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from stack import cli as stack_cli  # noqa: E402
+from stack import config as stack_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """The whole local stack, up and set up; stops at the end only what this session started.
+
+    ``STACK_KEEP=1`` leaves everything running (handy while iterating on tests)."""
+    report = stack_cli.up(quiet=True)
+    cfg = stack_config.load()
+    os.environ.update(cfg.client_env())
+    yield cfg
+    started = [name for name, row in report.items() if row.get("started")]
+    if started and os.environ.get("STACK_KEEP") != "1":
+        assert stack_cli.down(started, quiet=True), "some service still listens after stopping"
+
+
+@pytest.fixture(scope="session")
+def pipeline_config():
+    from enrollment.config import load_config
+
+    return load_config()
+
+
+@pytest.fixture(scope="session")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Airflow's metadata DB for in-process runs (``dag.test()``), in the test home."""
+    from airflow.utils import db
+
+    db.initdb()

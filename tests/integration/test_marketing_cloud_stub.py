@@ -1,0 +1,86 @@
+"""The Marketing Cloud contract stub: token, async upsert, status and results, row limit, 429."""
+
+import time
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
+
+
+@pytest.fixture
+def mc(stack):
+    base = stack.url("MARKETING_CLOUD_PORT")
+    httpx.post(f"{base}/_stub/reset").raise_for_status()
+    httpx.patch(f"{base}/_stub/settings", json={"rate_per_s": 200, "processing_delay_s": 0.2, "token_ttl_s": 1080}).raise_for_status()
+    yield base
+    httpx.patch(f"{base}/_stub/settings", json={"rate_per_s": 200, "processing_delay_s": 0.2, "token_ttl_s": 1080, "throttle_for_s": 0})
+
+
+def _token(base, stack, **override):
+    body = {"grant_type": "client_credentials", "client_id": stack.credentials["mc_client_id"], "client_secret": stack.credentials["mc_client_secret"]} | override
+    return httpx.post(f"{base}/v2/token", json=body)
+
+
+def _auth(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_token_requires_the_right_client_credentials(mc, stack):
+    assert _token(mc, stack, client_secret="wrong").status_code == 401
+    good = _token(mc, stack)
+    assert good.status_code == 200
+    assert good.json()["expires_in"] == 1080 and good.json()["token_type"] == "Bearer"
+
+
+def test_async_upsert_status_results_and_rows_kept(mc, stack):
+    token = _token(mc, stack).json()["access_token"]
+    items = [{"PartnerId": "P1", "EmailAddress": "ana@example.com", "Region": "EMEA"},
+             {"PartnerId": "P2", "EmailAddress": "not-an-email"},
+             {"EmailAddress": "nokey@example.com"},
+             {"PartnerId": "P1", "EmailAddress": "ana.new@example.com"}]
+    accepted = httpx.put(f"{mc}/data/v1/async/dataextensions/key:partners/rows", json={"items": items}, headers=_auth(token))
+    assert accepted.status_code == 202
+    request_id = accepted.json()["requestId"]
+
+    for _ in range(50):
+        status = httpx.get(f"{mc}/data/v1/async/{request_id}/status", headers=_auth(token)).json()["status"]
+        if status["requestStatus"] == "Complete":
+            break
+        time.sleep(0.1)
+    assert status["requestStatus"] == "Complete" and status["hasErrors"] is True
+
+    results = httpx.get(f"{mc}/data/v1/async/{request_id}/results", headers=_auth(token)).json()
+    assert [r["status"] for r in results["items"]] == ["OK", "Error", "Error", "OK"]
+    assert "EmailAddress" in results["items"][1]["message"] and "PartnerId" in results["items"][2]["message"]
+
+    rows = httpx.get(f"{mc}/_stub/dataextensions/partners/rows").json()
+    assert rows["count"] == 1
+    assert rows["items"][0] == {"PartnerId": "P1", "EmailAddress": "ana.new@example.com", "Region": "EMEA"}
+
+
+def test_more_than_32000_rows_are_refused(mc, stack):
+    token = _token(mc, stack).json()["access_token"]
+    too_many = [{"PartnerId": f"P{i}"} for i in range(32_001)]
+    refused = httpx.put(f"{mc}/data/v1/async/dataextensions/key:partners/rows", json={"items": too_many}, headers=_auth(token), timeout=30)
+    assert refused.status_code == 400 and "32000" in refused.json()["message"]
+    assert httpx.get(f"{mc}/_stub/dataextensions/partners/rows").json()["count"] == 0
+
+
+def test_exceeding_the_rate_answers_429_with_retry_after(mc, stack):
+    httpx.patch(f"{mc}/_stub/settings", json={"rate_per_s": 3}).raise_for_status()
+    token = _token(mc, stack).json()["access_token"]
+    codes = [httpx.get(f"{mc}/data/v1/async/unknown/status", headers=_auth(token)) for _ in range(6)]
+    throttled = [r for r in codes if r.status_code == 429]
+    assert throttled, [r.status_code for r in codes]
+    assert int(throttled[0].headers["Retry-After"]) >= 1
+    assert throttled[0].json()["errorcode"] == 50100
+    assert httpx.get(f"{mc}/_stub/counters").json()["throttled"] == len(throttled)
+
+
+def test_an_expired_token_is_refused(mc, stack):
+    httpx.patch(f"{mc}/_stub/settings", json={"token_ttl_s": 0.2}).raise_for_status()
+    token = _token(mc, stack).json()["access_token"]
+    time.sleep(0.3)
+    expired = httpx.put(f"{mc}/data/v1/async/dataextensions/key:partners/rows", json={"items": [{"PartnerId": "P9"}]}, headers=_auth(token))
+    assert expired.status_code == 401
