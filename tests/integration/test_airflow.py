@@ -8,24 +8,27 @@ pytestmark = [pytest.mark.integration]
 
 
 def test_running_airflow_is_healthy_and_lists_the_project_dags(stack, dagbag):
-    base = stack.url("AIRFLOW_PORT")
-    health = httpx.get(f"{base}/api/v2/monitor/health", timeout=10).json()
+    from stack.airflow_client import AirflowClient
+
+    health = httpx.get(f"{stack.url('AIRFLOW_PORT')}/api/v2/monitor/health", timeout=10).json()
     assert {k: v["status"] for k, v in health.items()} == {"metadatabase": "healthy", "scheduler": "healthy", "triggerer": "healthy", "dag_processor": "healthy"}
+    client = AirflowClient(stack)
+    for dag_id in dagbag.dag_ids:
+        client.wait_for_dag(dag_id, timeout_s=90)
+    assert set(dagbag.dag_ids) <= client.dag_ids()
+    assert client.import_errors() == []
 
-    token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": stack.credentials["airflow_admin_password"]}, timeout=10).json()["access_token"]
-    headers = {"Authorization": f"Bearer {token}"}
-    # The DAG processor parses on its own clock: poll until it has seen every DAG file.
-    import time
 
-    deadline = time.monotonic() + 90
-    while True:
-        listed = {d["dag_id"] for d in httpx.get(f"{base}/api/v2/dags", headers=headers, params={"limit": 100}, timeout=10).json()["dags"]}
-        if set(dagbag.dag_ids) <= listed or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert set(dagbag.dag_ids) <= listed
-    errors = httpx.get(f"{base}/api/v2/importErrors", headers=headers, timeout=10).json()
-    assert errors["total_entries"] == 0, errors
+def test_the_running_scheduler_runs_the_smoke_dag_with_connections_from_the_environment(stack):
+    from stack.airflow_client import AirflowClient
+
+    client = AirflowClient(stack)
+    client.wait_for_dag("stack_smoke", timeout_s=90)
+    run_id = client.trigger("stack_smoke")
+    assert client.wait_for_run("stack_smoke", run_id, timeout_s=300) == "success", client.task_states("stack_smoke", run_id)
+    states = client.task_states("stack_smoke", run_id)
+    assert sorted(t["rendered_map_index"] for t in states) == sorted(["kafka", "gcs", "bigquery", "firestore", "solr", "marketing-cloud"])
+    assert {t["state"] for t in states} == {"success"}
 
 
 def test_smoke_dag_runs_through_dag_test(stack, dagbag, airflow_db):

@@ -1,0 +1,70 @@
+# The README's two commands are `make demo` and `make test`; everything else is a step of theirs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+STACK_DIR := .stack
+MVN := mvn -q -B
+
+.PHONY: install up down status demo test bench lock clean
+
+## install: everything the stack and the tests need (idempotent; only what is missing or changed)
+install: $(VENV)/.installed $(STACK_DIR)/kafka/.installed $(STACK_DIR)/solr/.installed $(STACK_DIR)/bq-venv/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(UV) pip sync -q --python $(PY) requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+$(STACK_DIR)/kafka/.installed: stack/kafka/pom.xml
+	rm -rf $(STACK_DIR)/kafka/lib
+	$(MVN) -f stack/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(STACK_DIR)/kafka/lib
+	touch $@
+
+$(STACK_DIR)/solr/.installed: stack/solr/pom.xml stack/solr/SolrLauncher.java
+	rm -rf $(STACK_DIR)/solr/lib $(STACK_DIR)/solr/classes
+	$(MVN) -f stack/solr/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(STACK_DIR)/solr/lib
+	mkdir -p $(STACK_DIR)/solr/classes
+	javac -cp '$(STACK_DIR)/solr/lib/*' -d $(STACK_DIR)/solr/classes stack/solr/SolrLauncher.java
+	touch $@
+
+$(STACK_DIR)/bq-venv/.installed: stack/bqemulator-requirements.lock $(VENV)/.installed
+	test -x $(STACK_DIR)/bq-venv/bin/python || $(PYTHON) -m venv $(STACK_DIR)/bq-venv
+	$(UV) pip sync -q --python $(STACK_DIR)/bq-venv/bin/python stack/bqemulator-requirements.lock
+	touch $@
+
+## lock: regenerate the exact dependency sets from requirements.txt (run after changing it)
+lock: $(VENV)/.installed
+	$(UV) pip compile -q --no-header --python-version 3.11 requirements.txt -o requirements.lock
+	$(UV) pip compile -q --no-header --python-version 3.11 stack/bqemulator-requirements.txt -o stack/bqemulator-requirements.lock
+
+## up / down / status: the local stack (every service on 127.0.0.1; state under .stack/)
+up: install
+	$(PY) -m stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m stack down; fi
+
+status:
+	$(PY) -m stack status
+
+## demo: the main job on the local stack, then where to look
+demo: up
+	$(PY) -m stack.demo
+
+## test: the whole suite; the session starts what the tests need and stops what it started
+test: install
+	$(PY) -m pytest
+
+## bench: every benchmark; bench-NAME runs bench/NAME.py (results in bench/results/)
+bench: bench-stack
+
+bench-%: install
+	$(PY) -m bench.$*
+
+clean: down
+	rm -rf $(STACK_DIR) $(VENV)

@@ -1,0 +1,55 @@
+"""A small client of the running Airflow's REST API (v2), for the demo, tests and load runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from .config import StackConfig
+
+TERMINAL_RUN_STATES = {"success", "failed"}
+
+
+class AirflowClient:
+    def __init__(self, cfg: StackConfig, user: str = "admin"):
+        self.base = cfg.url("AIRFLOW_PORT")
+        token = httpx.post(f"{self.base}/auth/token", json={"username": user, "password": cfg.credentials["airflow_admin_password"]}, timeout=10)
+        token.raise_for_status()
+        self.http = httpx.Client(base_url=f"{self.base}/api/v2", headers={"Authorization": f"Bearer {token.json()['access_token']}"}, timeout=30)
+
+    def dag_ids(self) -> set[str]:
+        return {d["dag_id"] for d in self.http.get("/dags", params={"limit": 1000}).raise_for_status().json()["dags"]}
+
+    def import_errors(self) -> list[dict]:
+        return self.http.get("/importErrors").raise_for_status().json()["import_errors"]
+
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 120) -> None:
+        """The DAG processor parses on its own clock; wait until it has seen the DAG."""
+        deadline = time.monotonic() + timeout_s
+        while self.http.get(f"/dags/{dag_id}").status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Airflow has not parsed {dag_id} within {timeout_s:.0f} s; import errors: {self.import_errors()}")
+            time.sleep(1)
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        self.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        run = self.http.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}}).raise_for_status().json()
+        return run["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = 600, progress: Callable[[str, float], None] | None = None) -> str:
+        t0 = time.monotonic()
+        while True:
+            state = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()["state"]
+            if state in TERMINAL_RUN_STATES:
+                return state
+            if time.monotonic() - t0 > timeout_s:
+                raise TimeoutError(f"{dag_id} run {run_id} still {state} after {timeout_s:.0f} s")
+            if progress:
+                progress(state, time.monotonic() - t0)
+            time.sleep(1)
+
+    def task_states(self, dag_id: str, run_id: str) -> list[dict]:
+        tis = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).raise_for_status().json()["task_instances"]
+        return [{"task_id": t["task_id"], "map_index": t["map_index"], "rendered_map_index": t.get("rendered_map_index"), "state": t["state"]} for t in tis]
