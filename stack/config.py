@@ -105,12 +105,14 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
     airflow_db = os.environ.get("STACK_AIRFLOW_DB") or saved.get("airflow_db") or "sqlite"
     if airflow_db not in ("sqlite", "postgres"):
         raise SystemExit(f"STACK_AIRFLOW_DB must be 'sqlite' or 'postgres', not {airflow_db!r}")
-    credentials = saved.get("credentials") or {
-        # Generated once per stack, kept in the git-ignored state folder (mode 600).
-        "mc_client_id": "local-" + secrets.token_hex(6),
-        "mc_client_secret": secrets.token_urlsafe(24),
-        "airflow_admin_password": secrets.token_urlsafe(12),
-    }
+    # Generated once per stack and kept in the git-ignored state folder (mode 600). Airflow's
+    # components run as separate processes: they must share one JWT secret, or each signs
+    # task tokens the others refuse.
+    credentials = dict(saved.get("credentials") or {})
+    for key, make in (("mc_client_id", lambda: "local-" + secrets.token_hex(6)), ("mc_client_secret", lambda: secrets.token_urlsafe(24)),
+                      ("airflow_admin_password", lambda: secrets.token_urlsafe(12)), ("airflow_jwt_secret", lambda: secrets.token_urlsafe(32)),
+                      ("airflow_api_secret_key", lambda: secrets.token_urlsafe(32))):
+        credentials.setdefault(key, make())
     from enrollment.config import load_config
 
     return StackConfig(state=state_dir, ports=ports, airflow_db=airflow_db, project=load_config().project, credentials=credentials)
