@@ -1,0 +1,1 @@
+"""Event contracts of the regions' SAP Commerce systems: field specs, market rules, JSON Schemas."""

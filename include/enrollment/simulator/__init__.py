@@ -1,0 +1,1 @@
+"""The four regions' SAP Commerce systems, simulated (see ``generator``); CLI in ``cli``."""

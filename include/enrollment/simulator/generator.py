@@ -1,0 +1,472 @@
+"""The four regions' SAP Commerce systems, simulated: partners enroll under sponsors (a genealogy
+that grows by preferential attachment, as MLM downlines do), then order, change subscriptions,
+update their profiles and sometimes leave. Deterministic for a seed.
+
+Each message comes with its **expected outcome**: valid, or quarantined with the exact reason
+codes the contract gives it, derived from the fault the simulator injected (never by calling the
+validator). Reasons are those of a batch holding the whole run; ``duplicate_of`` says which
+earlier message a duplicate repeats, so a consumer cutting other batches can adjust.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime, timedelta, timezone
+
+import msgspec
+
+from ..config import PipelineConfig, load_config
+from ..contracts import markets
+from ..contracts.spec import BOOLEAN, CHANNELS, INTEGER, STRING, FieldSpec
+from ..contracts.spec import fields as contract_fields
+from ..validation import DEFAULT_MAX_MESSAGE_BYTES
+from . import people
+
+EVENT_MIX = {"order.placed": 0.55, "subscription.changed": 0.25, "partner.updated": 0.10, "partner.enrolled": 0.07, "partner.terminated": 0.03}
+REGION_SHARE = {"AMER": 0.35, "EMEA": 0.30, "APAC": 0.20, "LATAM": 0.15}
+REGION_PREFIX = {"AMER": "AM", "EMEA": "EM", "APAC": "AP", "LATAM": "LA"}
+KITS = ("KIT-STARTER", "KIT-BUSINESS", "KIT-PREMIUM")
+PLANS = ("PLAN-NUTRITION-30", "PLAN-SKINCARE-60", "PLAN-WELLNESS-30", "PLAN-FAMILY-90")
+ID_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+DEFAULT_START = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+
+
+@dataclass
+class FaultRates:
+    """Share of messages that carry each fault (0.01 = 1 %)."""
+
+    missing: float = 0.0  # a mandatory field absent, null or blank
+    bad_format: float = 0.0  # a field of the wrong format or JSON type
+    rule_violation: float = 0.0  # country outside the region, under age, consent refused, self-sponsored
+    duplicate: float = 0.0  # an earlier message sent again, later
+    out_of_order: float = 0.0  # an event held back and sent after newer versions of its partner
+    poison: float = 0.0  # bytes that are not UTF-8 or not JSON
+    oversized: float = 0.0  # larger than the message limit
+    unknown_version: float = 0.0  # an unknown schema version or event type
+
+    # The default mix of a total fault rate (`--faults 2%`).
+    MIX = {"missing": 0.22, "bad_format": 0.22, "rule_violation": 0.1, "duplicate": 0.14, "out_of_order": 0.14, "poison": 0.06, "oversized": 0.04, "unknown_version": 0.08}
+
+    @classmethod
+    def mix(cls, total: float) -> FaultRates:
+        return cls(**{name: total * share for name, share in cls.MIX.items()})
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def total(self) -> float:
+        return sum(self.as_dict().values())
+
+
+@dataclass(slots=True)
+class Partner:
+    partner_id: str
+    region: str
+    country: str
+    version: int = 0
+    active: bool = True
+
+
+@dataclass(slots=True)
+class Message:
+    seq: int
+    topic: str
+    key: bytes
+    value: bytes
+    expected: dict = field(default_factory=dict)
+
+
+class Simulator:
+    def __init__(self, seed: int = 7, faults: FaultRates | None = None, v2_share: float = 0.5, initial_partners: int = 200,
+                 start: datetime = DEFAULT_START, events_per_second: float = 6666.0, wall_clock: bool = False,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, config: PipelineConfig | None = None):
+        self.rng = random.Random(seed)
+        self.faults = faults or FaultRates()
+        assert self.faults.total() <= 1.0, "fault rates add up to more than 100 %"
+        self.v2_share = v2_share
+        self.initial_partners = initial_partners
+        self.start = start.timestamp()
+        self.step = 1.0 / events_per_second
+        self.wall_clock = wall_clock
+        self.max_message_bytes = max_message_bytes
+        self.config = config or load_config()
+        self.topics = {r.code: r.topic for r in self.config.regions}
+        self.pools = people.build_pools(seed)
+        self.partners: dict[str, Partner] = {}
+        self.active: list[Partner] = []
+        self.sponsor_slots: dict[str, list[str]] = {r: [f"{REGION_PREFIX[r]}0000000000"] for r in REGION_SHARE}
+        self.seq = 0
+        self.held: list[tuple[int, Message]] = []  # (release at seq, message) for out-of-order faults
+        self.recent: deque[Message] = deque(maxlen=2000)  # candidates for duplicates
+        self._fault_names = list(self.faults.as_dict())
+        self._fault_cum = _cumulative(self.faults.as_dict().values())
+        self._type_names = list(EVENT_MIX)
+        self._type_cum = _cumulative(EVENT_MIX.values())
+        self._region_names = list(REGION_SHARE)
+        self._region_cum = _cumulative(REGION_SHARE.values())
+        self._encode = msgspec.json.Encoder().encode
+
+    # -- the stream ------------------------------------------------------------------------------
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Message:
+        if self.held and self.held[0][0] <= self.seq:
+            _, message = self.held.pop(0)
+            return self._emit(message)
+        fault = self._draw(self._fault_names, self._fault_cum, self.rng.random() * 1.0, none_above=self._fault_cum[-1])
+        if fault == "duplicate" and self.recent:
+            original = self.rng.choice(self.recent)
+            reasons = sorted(set(original.expected["reasons"]) | ({"duplicate_event_id"} if original.expected["id_readable"] else set()))
+            expected = {**original.expected, "fault": "duplicate", "reasons": reasons, "duplicate_of": original.seq, "out_of_order": False}
+            return self._emit(Message(0, original.topic, original.key, original.value, expected))
+        event, partner = self._event(force_enrollment=fault == "rule_violation")
+        message, fault = self._encode_with_fault(event, partner, fault)
+        if fault == "out_of_order":
+            # Held back: newer versions of the partner go out first.
+            self.held.append((self.seq + self.rng.randrange(20, 400), message))
+            self.held.sort(key=lambda held: held[0])
+            return next(self)
+        return self._emit(message)
+
+    def take(self, n: int) -> list[Message]:
+        """The next n messages, then whatever is still held back: nothing generated is left out."""
+        return [next(self) for _ in range(n)] + self.flush()
+
+    def flush(self) -> list[Message]:
+        held, self.held = self.held, []
+        return [self._emit(message) for _, message in held]
+
+    def _emit(self, message: Message) -> Message:
+        message.seq = self.seq
+        message.expected["seq"] = self.seq
+        message.expected["outcome"] = "quarantined" if message.expected["reasons"] else "valid"
+        self.seq += 1
+        if message.expected["fault"] not in ("duplicate", "poison", "oversized"):
+            self.recent.append(message)
+        return message
+
+    @staticmethod
+    def _draw(names, cumulative, x, none_above=None):
+        if none_above is not None and x >= none_above:
+            return None
+        for name, edge in zip(names, cumulative):
+            if x < edge:
+                return name
+        return names[-1]
+
+    # -- events ------------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return time.time() if self.wall_clock else self.start + self.seq * self.step
+
+    def _event(self, force_enrollment: bool = False) -> tuple[dict, Partner]:
+        if force_enrollment or len(self.active) < self.initial_partners:
+            event_type = "partner.enrolled"
+        else:
+            event_type = self._draw(self._type_names, self._type_cum, self.rng.random())
+        if event_type == "partner.enrolled":
+            region = self._draw(self._region_names, self._region_cum, self.rng.random())
+            partner = self._new_partner(region)
+        else:
+            partner = self.rng.choice(self.active)
+        partner.version += 1
+        now = self._now()
+        version = 2 if self.rng.random() < self.v2_share else 1
+        event = {
+            "event_id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+            "event_type": event_type,
+            "schema_version": version,
+            "region": partner.region,
+            "source_system": f"sap-commerce-{partner.region.lower()}",
+            "occurred_at": _timestamp(now),
+            "partner_id": partner.partner_id,
+            "partner_version": partner.version,
+        }
+        if version == 2 and self.rng.random() < 0.5:
+            event["correlation_id"] = f"req-{self.rng.getrandbits(48):012x}"
+        event["payload"] = getattr(self, "_" + event_type.replace(".", "_"))(partner, version, now)
+        if event_type == "partner.terminated":
+            self._terminate(partner)
+        return event, partner
+
+    def event_for(self, event_type: str, country: str, version: int, **payload_overrides) -> dict:
+        """One valid event of a given type, market and schema version (for tests and examples)."""
+        region = markets.country_region(country)
+        partner = self._new_partner(region)
+        partner.country = country
+        partner.version += 1
+        now = self._now()
+        event = {"event_id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)), "event_type": event_type, "schema_version": version,
+                 "region": region, "source_system": f"sap-commerce-{region.lower()}", "occurred_at": _timestamp(now),
+                 "partner_id": partner.partner_id, "partner_version": partner.version}
+        event["payload"] = getattr(self, "_" + event_type.replace(".", "_"))(partner, version, now) | payload_overrides
+        return event
+
+    def _new_partner(self, region: str) -> Partner:
+        while True:
+            pid = REGION_PREFIX[region] + "".join(self.rng.choice(ID_ALPHABET) for _ in range(10))
+            if pid not in self.partners:
+                break
+        partner = Partner(pid, region, self.rng.choice(markets.REGION_COUNTRIES[region]))
+        self.partners[pid] = partner
+        self.active.append(partner)
+        return partner
+
+    def _terminate(self, partner: Partner) -> None:
+        partner.active = False
+        i = self.active.index(partner)
+        self.active[i] = self.active[-1]
+        self.active.pop()
+
+    def _sponsor(self, partner: Partner) -> str:
+        slots = self.sponsor_slots[partner.region]
+        sponsor = self.rng.choice(slots)
+        # Preferential attachment: every recruit gives its sponsor one more chance to be drawn.
+        slots.append(sponsor)
+        slots.append(partner.partner_id)
+        return sponsor
+
+    def _partner_enrolled(self, partner: Partner, version: int, now: float) -> dict:
+        rng, country = self.rng, partner.country
+        market, pool = markets.MARKETS[country], self.pools[country]
+        first, last = rng.choice(pool.first_names), rng.choice(pool.last_names)
+        today = datetime.fromtimestamp(now, timezone.utc).date()
+        dob = today - timedelta(days=rng.randrange(21 * 366, 70 * 365))
+        payload = {
+            "first_name": first,
+            "last_name": last,
+            "email": people.email(first, last, pool, rng),
+            "phone": people.phone(country, rng),
+            "date_of_birth": dob.isoformat(),
+            "language": rng.choice(market.languages),
+            "address": {"line1": rng.choice(pool.streets), "city": rng.choice(pool.cities), "postal_code": people.fill(people.POSTAL_TEMPLATES[country], rng), "country": country},
+            "sponsor_id": self._sponsor(partner),
+        }
+        if version == 2 and market.state_required:
+            payload["address"]["state"] = rng.choice(people.STATES[country])
+        if version == 2 and rng.random() < 0.3:
+            payload["first_order"] = {"order_id": self._id("O")}
+        else:
+            payload["enrollment_kit"] = {"sku": rng.choice(KITS)}
+        payload["agreement"] = {"contract_id": f"PA-{country}-{today.year}", "version": f"{today.year}.1", "accepted_at": _timestamp(now - rng.randrange(5, 600))}
+        if market.tax_id:
+            payload["tax_id"] = people.fill(people.TAX_ID_TEMPLATES[country], rng)
+        if partner.region in markets.CONSENT_REGIONS or rng.random() < 0.5:
+            payload["consents"] = {"data_processing": True, "marketing_email": rng.random() < 0.6}
+            if version == 2:
+                payload["consents"]["captured_at"] = payload["agreement"]["accepted_at"]
+        if version == 2:
+            payload["channel"] = rng.choice(CHANNELS)
+        return payload
+
+    def _partner_updated(self, partner: Partner, version: int, now: float) -> dict:
+        rng, country = self.rng, partner.country
+        pool = self.pools[country]
+        changes: dict = {}
+        for what in rng.sample(("email", "phone", "language", "address", "last_name"), rng.randrange(1, 3)):
+            if what == "email":
+                changes["email"] = people.email(rng.choice(pool.first_names), rng.choice(pool.last_names), pool, rng)
+            elif what == "phone":
+                changes["phone"] = people.phone(country, rng)
+            elif what == "language":
+                changes["language"] = rng.choice(markets.MARKETS[country].languages)
+            elif what == "address":
+                changes["address"] = {"line1": rng.choice(pool.streets), "city": rng.choice(pool.cities), "postal_code": people.fill(people.POSTAL_TEMPLATES[country], rng), "country": country}
+            else:
+                changes["last_name"] = rng.choice(pool.last_names)
+        payload = {"changes": changes}
+        if version == 2:
+            payload["changed_by"] = rng.choice(("partner", "support", "system"))
+        return payload
+
+    def _partner_terminated(self, partner: Partner, version: int, now: float) -> dict:
+        return {"reason": self.rng.choice(("voluntary", "voluntary", "inactivity", "compliance", "other")), "effective_at": _timestamp(now)}
+
+    def _order_placed(self, partner: Partner, version: int, now: float) -> dict:
+        rng = self.rng
+        total = round(rng.uniform(12, 450), 2)
+        payload = {"order_id": self._id("O"), "order_type": rng.choice(("retail", "retail", "autoship", "autoship", "enrollment")),
+                   "currency": markets.MARKETS[partner.country].currency, "total_amount": total, "volume_points": round(total * 0.8, 1),
+                   "line_count": rng.randrange(1, 9)}
+        if version == 2:
+            payload["channel"] = rng.choice(CHANNELS)
+        return payload
+
+    def _subscription_changed(self, partner: Partner, version: int, now: float) -> dict:
+        rng = self.rng
+        action = rng.choices(("modified", "created", "paused", "resumed", "cancelled"), weights=(40, 20, 15, 15, 10))[0]
+        payload = {"subscription_id": self._id("S"), "action": action, "plan_sku": rng.choice(PLANS)}
+        if action != "cancelled":
+            payload["next_ship_date"] = (datetime.fromtimestamp(now, timezone.utc).date() + timedelta(days=rng.randrange(3, 40))).isoformat()
+        return payload
+
+    def _id(self, prefix: str) -> str:
+        return prefix + "".join(self.rng.choice(ID_ALPHABET) for _ in range(12))
+
+    # -- faults ------------------------------------------------------------------------------------
+    def _encode_with_fault(self, event: dict, partner: Partner, fault: str | None) -> tuple[Message, str | None]:
+        reasons: list[str] = []
+        if fault == "missing":
+            reasons = [self._remove_mandatory(event)]
+        elif fault == "bad_format":
+            reasons = [self._corrupt_format(event)]
+        elif fault == "rule_violation":
+            reasons = [self._violate_rule(event)]
+        elif fault == "unknown_version":
+            if self.rng.random() < 0.5:
+                event["schema_version"] = self.rng.choice((3, 4, 99))
+                reasons = ["unknown_schema_version"]
+            else:
+                event["event_type"] = self.rng.choice(("partner.reactivated", "order.returned", "wallet.credited"))
+                reasons = ["unknown_event_type"]
+        elif fault == "oversized":
+            event["payload"]["notes"] = "x" * (self.max_message_bytes + 1)
+            reasons = ["oversized"]
+        value = self._encode(event)
+        if fault == "poison":
+            value, reason = self._poison(value)
+            reasons = [reason]
+        expected = {
+            "key": partner.partner_id,
+            "event_id": event.get("event_id") if fault != "poison" else None,
+            "event_type": event.get("event_type") if fault != "poison" else None,
+            "partner_id": partner.partner_id,
+            "region": partner.region,
+            "partner_version": partner.version,
+            "fault": fault,
+            "reasons": sorted(reasons),
+            "duplicate_of": None,
+            "out_of_order": fault == "out_of_order",
+            "id_readable": fault not in ("poison", "oversized") and isinstance(event.get("event_id"), str) and bool(event["event_id"].strip()),
+        }
+        return Message(0, self.topics[partner.region], partner.partner_id.encode(), value, expected), fault
+
+    def _applicable(self, event: dict) -> list[FieldSpec]:
+        return list(contract_fields(event["event_type"], event["schema_version"]))
+
+    def _required_here(self, spec: FieldSpec, event: dict) -> bool:
+        payload = event["payload"]
+        country = payload.get("address", {}).get("country") if event["event_type"] == "partner.enrolled" else None
+        return {
+            "always": True,
+            "never": False,
+            "tax_id_market": country in markets.tax_id_countries(),
+            "state_market": country in markets.state_countries(),
+            "consent_region": event["region"] in markets.CONSENT_REGIONS,
+            "without_first_order": "first_order" not in payload,
+            "not_cancelled": payload.get("action") not in (None, "cancelled"),
+        }[spec.required]
+
+    def _remove_mandatory(self, event: dict) -> str:
+        candidates = [s for s in self._applicable(event) if self._required_here(s, event) and _get(event, s.path) is not None]
+        spec = self.rng.choice(candidates)
+        how = self.rng.random()
+        if spec.kind == STRING and how < 0.3:
+            _set(event, spec.path, self.rng.choice(("", "  ")))
+        elif how < 0.6:
+            _set(event, spec.path, None)
+        else:
+            _delete(event, spec.path)
+        return spec.missing_code
+
+    def _corrupt_format(self, event: dict) -> str:
+        def candidate(spec: FieldSpec) -> bool:
+            value = _get(event, spec.path)
+            if value is None or spec.path in ("event_type", "schema_version"):
+                return False
+            if spec.path == "payload.action" and value == "cancelled":
+                return False  # corrupting it would make next_ship_date mandatory too
+            return spec.checked_format or self._may_change_type(spec)
+
+        spec = self.rng.choice([s for s in self._applicable(event) if candidate(s)])
+        if spec.kind == BOOLEAN:
+            _set(event, spec.path, self.rng.choice(("yes", 1)))
+        elif spec.kind in ("number", INTEGER):
+            _set(event, spec.path, -1 if spec.minimum is not None and self.rng.random() < 0.5 else "12")
+            if spec.kind == INTEGER and self.rng.random() < 0.3:
+                _set(event, spec.path, 2.5)
+        elif not spec.checked_format or (self._may_change_type(spec) and self.rng.random() < 0.3):
+            _set(event, spec.path, self.rng.choice((12345, ["a"], {"value": "x"})))
+        elif spec.path == "event_id":
+            _set(event, spec.path, f"bad-{self.rng.getrandbits(64):016x}")  # unique: no accidental duplicate
+        else:
+            _set(event, spec.path, self.rng.choice(("#n/a#", f"31/12/{1990 + self.rng.randrange(20)}", "x@")))
+        return spec.format_code
+
+    @staticmethod
+    def _may_change_type(spec: FieldSpec) -> bool:
+        # A field of the wrong JSON type is dropped while parsing; these fields decide whether
+        # others are mandatory, so dropping them would add reasons of their own.
+        return not (spec.path in ("payload.first_order.order_id", "payload.action") or spec.path.startswith("payload.changes."))
+
+    def _violate_rule(self, event: dict) -> str:
+        payload, region = event["payload"], event["region"]
+        choices = ["country_not_in_region", "under_age", "sponsor_is_self"] + (["consent_not_granted:payload.consents.data_processing"] if region in markets.CONSENT_REGIONS else [])
+        rule = self.rng.choice(choices)
+        if rule == "country_not_in_region":
+            other = self.rng.choice([r for r in markets.REGION_COUNTRIES if r != region])
+            payload["address"]["country"] = self.rng.choice(markets.REGION_COUNTRIES[other])
+        elif rule == "under_age":
+            at = date.fromisoformat(event["occurred_at"][:10])
+            min_age = markets.MARKETS[payload["address"]["country"]].min_age
+            payload["date_of_birth"] = date(at.year - min_age + 1, at.month, min(at.day, 28)).isoformat()
+        elif rule == "sponsor_is_self":
+            payload["sponsor_id"] = event["partner_id"]
+        else:
+            payload["consents"]["data_processing"] = False
+        return rule
+
+    def _poison(self, value: bytes) -> tuple[bytes, str]:
+        if self.rng.random() < 0.5:
+            return b"\xff\xfe" + self.rng.randbytes(self.rng.randrange(4, 64)) + value[:20], "not_utf8"
+        text = value.decode()
+        return text[: self.rng.randrange(0, len(text) - 1)].encode(), "unparsable"
+
+
+def _cumulative(values) -> list[float]:
+    out, total = [], 0.0
+    for v in values:
+        total += v
+        out.append(total)
+    return out
+
+
+def _timestamp(epoch: float) -> str:
+    whole = int(epoch)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((epoch - whole) * 1000):03d}Z"
+
+
+def _parent(event: dict, path: str) -> tuple[dict | None, str]:
+    *parents, leaf = path.split(".")
+    node = event
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return None, leaf
+    return node, leaf
+
+
+def _get(event: dict, path: str):
+    parent, leaf = _parent(event, path)
+    return parent.get(leaf) if isinstance(parent, dict) else None
+
+
+def _set(event: dict, path: str, value) -> None:
+    parent, leaf = _parent(event, path)
+    parent[leaf] = value
+
+
+def _delete(event: dict, path: str) -> None:
+    parent, leaf = _parent(event, path)
+    parent.pop(leaf, None)
+
+
+def expected_line(message: Message) -> bytes:
+    """One line of the expected-outcome file."""
+    record = {k: v for k, v in message.expected.items() if k != "id_readable"}
+    return json.dumps(record, ensure_ascii=False).encode() + b"\n"

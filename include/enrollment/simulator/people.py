@@ -1,0 +1,82 @@
+"""Realistic people per market: names, streets and cities from Faker's locale, and identifiers
+(postal codes, tax ids, phones) that follow each market's own format.
+
+Faker is slow per call, so each market gets a pool drawn once from a seeded Faker; events then
+combine pool entries with the simulator's own seeded random generator.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from ..contracts.markets import MARKETS
+
+# Faker locale per market (Faker has none for a few: the nearest one stands in).
+LOCALES = {
+    "US": "en_US", "CA": "en_CA", "DE": "de_DE", "FR": "fr_FR", "GB": "en_GB", "ES": "es_ES", "IT": "it_IT", "NL": "nl_NL",
+    "PL": "pl_PL", "SE": "sv_SE", "ZA": "en_GB", "JP": "ja_JP", "KR": "ko_KR", "AU": "en_AU", "NZ": "en_NZ", "SG": "en_GB",
+    "PH": "en_PH", "MY": "en_US", "TW": "zh_TW", "MX": "es_MX", "BR": "pt_BR", "CO": "es_CO", "AR": "es_AR", "CL": "es_CL", "PE": "es_CO",
+}
+# Templates: '#' a digit, '@' an upper-case letter, anything else as is.
+POSTAL_TEMPLATES = {
+    "US": "#####", "CA": "@#@ #@#", "DE": "#####", "FR": "#####", "GB": "@@# #@@", "ES": "#####", "IT": "#####", "NL": "#### @@",
+    "PL": "##-###", "SE": "### ##", "ZA": "####", "JP": "###-####", "KR": "#####", "AU": "####", "NZ": "####", "SG": "######",
+    "PH": "####", "MY": "#####", "TW": "###", "MX": "#####", "BR": "#####-###", "CO": "######", "AR": "####", "CL": "#######", "PE": "#####",
+}
+TAX_ID_TEMPLATES = {"US": "###-##-####", "KR": "######-#######", "MX": "@@@@######@@@", "BR": "###.###.###-##", "CO": "##########",
+                    "AR": "##-########-#", "CL": "########-#"}
+STATES = {"US": ("CA", "TX", "NY", "FL", "WA", "UT"), "CA": ("ON", "QC", "BC", "AB"), "AU": ("NSW", "VIC", "QLD", "WA"),
+          "MX": ("CMX", "JAL", "NLE", "PUE"), "BR": ("SP", "RJ", "MG", "RS")}
+CALLING_CODES = {
+    "US": "1", "CA": "1", "DE": "49", "FR": "33", "GB": "44", "ES": "34", "IT": "39", "NL": "31", "PL": "48", "SE": "46", "ZA": "27",
+    "JP": "81", "KR": "82", "AU": "61", "NZ": "64", "SG": "65", "PH": "63", "MY": "60", "TW": "886", "MX": "52", "BR": "55",
+    "CO": "57", "AR": "54", "CL": "56", "PE": "51",
+}
+POOL_SIZE = 200
+
+
+def fill(template: str, rng: random.Random) -> str:
+    return "".join(str(rng.randrange(10)) if ch == "#" else chr(65 + rng.randrange(26)) if ch == "@" else ch for ch in template)
+
+
+def _ascii(text: str) -> str:
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    return re.sub(r"[^a-z0-9]+", "", folded)
+
+
+@dataclass
+class Pool:
+    first_names: list[str]
+    last_names: list[str]
+    cities: list[str]
+    streets: list[str]
+    mail_domains: list[str]
+
+
+def build_pools(seed: int) -> dict[str, Pool]:
+    from faker import Faker
+
+    pools: dict[str, Pool] = {}
+    for country in MARKETS:
+        fake = Faker(LOCALES[country])
+        fake.seed_instance(seed * 1000 + sorted(MARKETS).index(country))
+        pools[country] = Pool(
+            first_names=[fake.first_name() for _ in range(POOL_SIZE)],
+            last_names=[fake.last_name() for _ in range(POOL_SIZE)],
+            cities=[fake.city() for _ in range(POOL_SIZE // 4)],
+            streets=[fake.street_address().replace("\n", " ") for _ in range(POOL_SIZE)],
+            mail_domains=sorted({fake.free_email_domain() for _ in range(20)}),
+        )
+    return pools
+
+
+def email(first: str, last: str, pool: Pool, rng: random.Random) -> str:
+    local = f"{_ascii(first)[:12]}.{_ascii(last)[:12]}".strip(".") or "partner"
+    return f"{local}{rng.randrange(1000)}@{rng.choice(pool.mail_domains)}"
+
+
+def phone(country: str, rng: random.Random) -> str:
+    return f"+{CALLING_CODES[country]}{rng.randrange(100_000_000, 999_999_999)}"
