@@ -140,8 +140,9 @@ def _is_utf8(message: bytes) -> bool:
         return False
 
 
-def _screen(messages: Sequence[bytes], max_bytes: int, reasons: _Reasons) -> np.ndarray:
-    """Indices of the messages worth parsing; the others get their terminal reason."""
+def _screen(messages: Sequence[bytes], max_bytes: int, reasons: _Reasons) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the messages for the bulk parser and for the strict per-record path; the
+    others get their terminal reason."""
     n = len(messages)
     lengths = np.fromiter((len(m) for m in messages), dtype=np.int64, count=n)
     oversized = lengths > max_bytes
@@ -155,7 +156,10 @@ def _screen(messages: Sequence[bytes], max_bytes: int, reasons: _Reasons) -> np.
     # Anything that does not start like a JSON object (empty, scalars, arrays) is not an event.
     objectlike = np.fromiter((messages[i][:1] == b"{" or messages[i].lstrip()[:1] == b"{" for i in candidates), dtype=bool, count=len(candidates))
     reasons.add(candidates[~objectlike], "unparsable")
-    return candidates[objectlike]
+    candidates = candidates[objectlike]
+    # The bulk parser accepts NaN and Infinity, which JSON does not: those take the strict path.
+    lenient = np.fromiter((b"NaN" in messages[i] or b"Infinity" in messages[i] for i in candidates), dtype=bool, count=len(candidates))
+    return candidates[~lenient], candidates[lenient]
 
 
 # -- 2. bulk parse with cut-out of refused messages --------------------------------------------------
@@ -337,6 +341,7 @@ def _format_ok(cols: _Columns, spec: FieldSpec, market_country: pa.Array | None)
         ok &= cols.isin(spec.path, spec.enum)
     if spec.kind in ("number", INTEGER):
         values = cols.numbers(spec.path)
+        ok &= ~(~np.isfinite(values) & cols.present(spec.path, spec.kind))
         with np.errstate(invalid="ignore"):
             if spec.minimum is not None:
                 ok &= ~(values < spec.minimum)
@@ -464,11 +469,12 @@ def validate_batch(messages: Sequence[bytes | None], max_message_bytes: int = DE
     """Validates raw message values; every message comes out once, valid or quarantined."""
     messages = [m if m is not None else b"" for m in messages]
     reasons = _Reasons()
-    candidates = _screen(messages, max_message_bytes, reasons)
+    candidates, strict = _screen(messages, max_message_bytes, reasons)
 
     pieces, refused_lines = _bulk_parse([messages[i] for i in candidates])
     tables = [(candidates[lo:lo + t.num_rows], t) for lo, t in pieces]
-    kept, coerced_lines = _per_record(messages, [int(candidates[k]) for k in refused_lines], reasons)
+    refused = sorted([int(candidates[k]) for k in refused_lines] + strict.tolist())
+    kept, coerced_lines = _per_record(messages, refused, reasons)
     if kept:
         recovered, lost = _bulk_parse(coerced_lines)
         for k in lost:  # JSON the bulk parser still refuses after coercion: not an event we can read

@@ -11,6 +11,7 @@ import random
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..contracts.markets import MARKETS
 
@@ -56,7 +57,9 @@ class Pool:
     mail_domains: list[str]
 
 
+@lru_cache(maxsize=8)
 def build_pools(seed: int) -> dict[str, Pool]:
+    """Read-only pools (cached: Faker takes a fraction of a second per seed)."""
     from faker import Faker
 
     pools: dict[str, Pool] = {}
