@@ -115,11 +115,11 @@ def _to_kafka(sim: Simulator, total: int, rate: float | None, args, expected_fil
     })
     errors: list[str] = []
 
-    def delivered(err, msg, expected: dict) -> None:
+    def delivered(err, msg, message) -> None:
         if err is not None:
             errors.append(str(err))
             return
-        expected_file.write(expected_line_with(expected, msg.partition(), msg.offset()))
+        expected_file.write(expected_line(message, partition=msg.partition(), offset=msg.offset()))
 
     produced = faults = 0
     t0 = time.monotonic()
@@ -151,15 +151,10 @@ def _to_kafka(sim: Simulator, total: int, rate: float | None, args, expected_fil
 def _send(producer, message, delivered) -> None:
     while True:
         try:
-            producer.produce(message.topic, key=message.key, value=message.value, on_delivery=lambda err, msg, e=message.expected: delivered(err, msg, e))
+            producer.produce(message.topic, key=message.key, value=message.value, on_delivery=lambda err, msg, m=message: delivered(err, msg, m))
             return
         except BufferError:
             producer.poll(0.05)
-
-
-def expected_line_with(expected: dict, partition: int, offset: int) -> bytes:
-    record = {k: v for k, v in expected.items() if k != "id_readable"} | {"partition": partition, "offset": offset}
-    return json.dumps(record, ensure_ascii=False).encode() + b"\n"
 
 
 def _to_files(sim: Simulator, total: int, out: Path, expected_file, progress: _Progress) -> tuple[int, int]:
@@ -211,7 +206,7 @@ def check(args) -> int:
     return 1 if mismatches or len(expected) != len(seqs) else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m enrollment.simulator", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("produce", help="generate events into Kafka or files, with the expected-outcome file")
@@ -229,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", help="occurred_at of the first event: ISO time or 'now' (default: now for Kafka, a fixed time for files)")
     c = sub.add_parser("check", help="validate a file run as one batch and compare with its expected outcomes")
     c.add_argument("folder")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.command == "produce":
         produce(args)
         return 0

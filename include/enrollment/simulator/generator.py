@@ -10,6 +10,7 @@ earlier message a duplicate repeats, so a consumer cutting other batches can adj
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import time
@@ -32,7 +33,7 @@ REGION_SHARE = {"AMER": 0.35, "EMEA": 0.30, "APAC": 0.20, "LATAM": 0.15}
 REGION_PREFIX = {"AMER": "AM", "EMEA": "EM", "APAC": "AP", "LATAM": "LA"}
 KITS = ("KIT-STARTER", "KIT-BUSINESS", "KIT-PREMIUM")
 PLANS = ("PLAN-NUTRITION-30", "PLAN-SKINCARE-60", "PLAN-WELLNESS-30", "PLAN-FAMILY-90")
-ID_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+
 DEFAULT_START = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
 
 
@@ -99,6 +100,7 @@ class Simulator:
         self.pools = people.build_pools(seed)
         self.partners: dict[str, Partner] = {}
         self.active: list[Partner] = []
+        self._position: dict[str, int] = {}  # partner id -> index in self.active
         self.sponsor_slots: dict[str, list[str]] = {r: [f"{REGION_PREFIX[r]}0000000000"] for r in REGION_SHARE}
         self.seq = 0
         self.held: list[tuple[int, Message]] = []  # (release at seq, message) for out-of-order faults
@@ -209,19 +211,23 @@ class Simulator:
 
     def _new_partner(self, region: str) -> Partner:
         while True:
-            pid = REGION_PREFIX[region] + "".join(self.rng.choice(ID_ALPHABET) for _ in range(10))
+            pid = REGION_PREFIX[region] + _base32(self.rng.getrandbits(64), 10)
             if pid not in self.partners:
                 break
         partner = Partner(pid, region, self.rng.choice(markets.REGION_COUNTRIES[region]))
         self.partners[pid] = partner
+        self._position[pid] = len(self.active)
         self.active.append(partner)
         return partner
 
     def _terminate(self, partner: Partner) -> None:
+        """Swap-remove from the active list: O(1), so terminations cost nothing at scale."""
         partner.active = False
-        i = self.active.index(partner)
-        self.active[i] = self.active[-1]
-        self.active.pop()
+        i = self._position.pop(partner.partner_id)
+        last = self.active.pop()
+        if last is not partner:
+            self.active[i] = last
+            self._position[last.partner_id] = i
 
     def _sponsor(self, partner: Partner) -> str:
         slots = self.sponsor_slots[partner.region]
@@ -306,7 +312,7 @@ class Simulator:
         return payload
 
     def _id(self, prefix: str) -> str:
-        return prefix + "".join(self.rng.choice(ID_ALPHABET) for _ in range(12))
+        return prefix + _base32(self.rng.getrandbits(64), 12)
 
     # -- faults ------------------------------------------------------------------------------------
     def _encode_with_fault(self, event: dict, partner: Partner, fault: str | None) -> tuple[Message, str | None]:
@@ -428,6 +434,11 @@ class Simulator:
         return text[: self.rng.randrange(0, len(text) - 1)].encode(), "unparsable"
 
 
+def _base32(bits: int, length: int) -> str:
+    """Random-looking ids (never monotonic: Firestore and BigQuery clustering prefer spread keys)."""
+    return base64.b32encode(bits.to_bytes(8, "big")).decode()[:length]
+
+
 def _cumulative(values) -> list[float]:
     out, total = [], 0.0
     for v in values:
@@ -466,7 +477,10 @@ def _delete(event: dict, path: str) -> None:
     parent.pop(leaf, None)
 
 
-def expected_line(message: Message) -> bytes:
+_ENCODE_LINE = msgspec.json.Encoder().encode
+
+
+def expected_line(message: Message, **extra) -> bytes:
     """One line of the expected-outcome file."""
     record = {k: v for k, v in message.expected.items() if k != "id_readable"}
-    return json.dumps(record, ensure_ascii=False).encode() + b"\n"
+    return _ENCODE_LINE(record | extra if extra else record) + b"\n"
