@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 STACK_DIR := .stack
 MVN := mvn -q -B
 
-.PHONY: install up down status demo test bench lock clean
+.PHONY: install up down status demo test bench lock schemas simulate clean
 
 ## install: everything the stack and the tests need (idempotent; only what is missing or changed)
 install: $(VENV)/.installed $(STACK_DIR)/kafka/.installed $(STACK_DIR)/solr/.installed $(STACK_DIR)/bq-venv/.installed
@@ -41,6 +41,14 @@ $(STACK_DIR)/bq-venv/.installed: stack/bqemulator-requirements.lock $(VENV)/.ins
 lock: $(VENV)/.installed
 	$(UV) pip compile -q --no-header --python-version 3.11 requirements.txt -o requirements.lock
 	$(UV) pip compile -q --no-header --python-version 3.11 stack/bqemulator-requirements.txt -o stack/bqemulator-requirements.lock
+
+## schemas: regenerate the published JSON Schemas from the contracts (a test fails when they drift)
+schemas: $(VENV)/.installed
+	$(PY) -m enrollment.contracts.json_schema
+
+## simulate: the four regions' SAP Commerce systems into the local Kafka (ARGS="--rate 400000/min --duration 5m --faults 2%")
+simulate: up
+	source $(STACK_DIR)/stack.env && $(PY) -m enrollment.simulator produce $(or $(ARGS),--rate 400000/min --duration 1m --faults 2%)
 
 ## up / down / status: the local stack (every service on 127.0.0.1; state under .stack/)
 up: install
