@@ -143,16 +143,17 @@ def create_app(state: StubState) -> FastAPI:
             state.counters["rows_received"] += len(items)
             return JSONResponse({"requestId": request_id, "resultMessages": []}, status_code=202)
 
-    def find(request_id: str) -> dict[str, Any] | JSONResponse:
+    def gated_request(request_id: str, authorization: str | None) -> dict[str, Any] | JSONResponse:
+        """The accepted request, or the answer refusing the call (429, 401 or 404)."""
+        if refused := gate(authorization):
+            return refused
         found = state.requests.get(request_id)
         return found if found is not None else error(404, f"Request {request_id} not found", 10004)
 
     @app.get("/data/v1/async/{request_id}/status")
     def status(request_id: str, authorization: str | None = Header(default=None)) -> JSONResponse:
         with state.lock:
-            if refused := gate(authorization):
-                return refused
-            found = find(request_id)
+            found = gated_request(request_id, authorization)
             if isinstance(found, JSONResponse):
                 return found
             has_errors = any(r["status"] != "OK" for r in found.get("results", []))
@@ -162,9 +163,7 @@ def create_app(state: StubState) -> FastAPI:
     @app.get("/data/v1/async/{request_id}/results")
     def results(request_id: str, page: int = 1, pageSize: int = 1000, authorization: str | None = Header(default=None)) -> JSONResponse:  # noqa: N803 (the contract's name)
         with state.lock:
-            if refused := gate(authorization):
-                return refused
-            found = find(request_id)
+            found = gated_request(request_id, authorization)
             if isinstance(found, JSONResponse):
                 return found
             if found["status"] != "Complete":
