@@ -1,0 +1,293 @@
+"""Micro-batches: claim an offset range, land it in Cloud Storage, then commit the offsets.
+
+- ``claim`` freezes, per partition, the range from the pipeline group's committed offset to the
+  end seen now (capped). The batch id and every object name derive from that range, and the
+  manifest is written once, under a name derived from the start offsets: claiming again before
+  the batch is landed returns the same range.
+- ``land`` reads exactly that range (assign, not subscribe), validates it, writes the valid and
+  the quarantined rows as write-once Parquet objects, checks the gate (offsets in the range =
+  valid + quarantined, duplicates among the quarantined) and only then commits the offsets.
+
+Everything after ``land`` reads the landed objects, never Kafka.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .validation import ValidationResult, validate_batch
+
+
+class GateError(RuntimeError):
+    """A gate found numbers that do not balance; the message says which."""
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    partition: int
+    start: int  # first offset of the batch
+    end: int  # one past the last offset
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Manifest:
+    region: str
+    topic: str
+    group: str
+    bucket: str
+    ranges: tuple[PartitionRange, ...]
+    claimed_at: str = field(default="", compare=False)
+
+    @property
+    def batch_id(self) -> str:
+        """Derived from the offset range only: the same range is always the same batch."""
+        key = self.topic + "|" + ",".join(f"{r.partition}:{r.start}-{r.end}" for r in self.ranges)
+        return f"{self.region.lower()}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+    @property
+    def offsets(self) -> int:
+        return sum(r.size for r in self.ranges)
+
+    @property
+    def prefix(self) -> str:
+        # No key=value folders: the emulator (DuckDB) would read them as Hive partition columns.
+        return f"landing/{self.region}/{self.batch_id}"
+
+    @property
+    def valid_object(self) -> str:
+        return f"{self.prefix}/valid.parquet"
+
+    @property
+    def quarantine_object(self) -> str:
+        return f"{self.prefix}/quarantine.parquet"
+
+    def uri(self, name: str) -> str:
+        return f"gs://{self.bucket}/{name}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self) | {"batch_id": self.batch_id, "offsets": self.offsets}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        return cls(region=data["region"], topic=data["topic"], group=data["group"], bucket=data["bucket"],
+                   ranges=tuple(PartitionRange(**r) for r in data["ranges"]), claimed_at=data.get("claimed_at", ""))
+
+
+def claim_object(region: str, topic: str, starts: dict[int, int]) -> str:
+    """Where the claim starting at these offsets is recorded (one per start, write-once)."""
+    key = topic + "|" + ",".join(f"{p}:{o}" for p, o in sorted(starts.items()))
+    return f"claims/{region}/from-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def _consumer(bootstrap: str, group: str):
+    from confluent_kafka import Consumer
+
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                     "enable.partition.eof": False, "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024})
+
+
+def pending_ranges(bootstrap: str, group: str, topic: str, partitions: int, timeout: float = 10.0) -> list[tuple[int, int, int]]:
+    """(partition, committed or earliest offset, end offset) per partition. Reads offsets only."""
+    from confluent_kafka import TopicPartition
+
+    consumer = _consumer(bootstrap, group)
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=timeout)
+        out = []
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout)
+            start = tp.offset if tp.offset >= 0 else low
+            out.append((tp.partition, max(start, low), high))
+        return out
+    finally:
+        consumer.close()
+
+
+def claim(bootstrap: str, group: str, region: str, topic: str, partitions: int, bucket, max_batch: int) -> Manifest | None:
+    """Freezes the next batch of a region, or returns the unfinished one; None when nothing is pending."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    pending = pending_ranges(bootstrap, group, topic, partitions)
+    record = bucket.blob(claim_object(region, topic, {p: start for p, start, _ in pending}))
+    if record.exists():
+        return Manifest.from_json(record.download_as_text())
+    cap = max(1, -(-max_batch // max(1, partitions)))
+    ranges = tuple(PartitionRange(p, start, min(end, start + cap)) for p, start, end in pending)
+    if sum(r.size for r in ranges) == 0:
+        return None
+    manifest = Manifest(region=region, topic=topic, group=group, bucket=bucket.name, ranges=ranges,
+                        claimed_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    try:
+        record.upload_from_string(manifest.to_json(), content_type="application/json", if_generation_match=0)
+    except PreconditionFailed:  # a concurrent claim of the same start won: use its range
+        return Manifest.from_json(record.download_as_text())
+    return manifest
+
+
+def read_range(bootstrap: str, manifest: Manifest, timeout_s: float = 120.0) -> pa.Table:
+    """Exactly the manifest's messages: partition, offset, timestamp, key, value."""
+    from confluent_kafka import TopicPartition
+
+    consumer = _consumer(bootstrap, manifest.group)
+    wanted = {r.partition: r for r in manifest.ranges if r.size > 0}
+    parts, offsets, stamps, keys, values = [], [], [], [], []
+    try:
+        consumer.assign([TopicPartition(manifest.topic, p, r.start) for p, r in wanted.items()])
+        next_offset = {p: r.start for p, r in wanted.items()}
+        deadline = time.monotonic() + timeout_s
+        while any(next_offset[p] < r.end for p, r in wanted.items()):
+            if time.monotonic() > deadline:
+                short = {p: (next_offset[p], r.end) for p, r in wanted.items() if next_offset[p] < r.end}
+                raise TimeoutError(f"kafka: batch {manifest.batch_id} still misses offsets {short} after {timeout_s:.0f} s")
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                if msg.error() is not None:
+                    raise RuntimeError(f"kafka: reading batch {manifest.batch_id}: {msg.error()}")
+                p, o = msg.partition(), msg.offset()
+                if o >= wanted[p].end:
+                    continue  # beyond the batch: the next batch reads it
+                parts.append(p)
+                offsets.append(o)
+                stamps.append(msg.timestamp()[1])
+                keys.append(msg.key())
+                values.append(msg.value())
+                next_offset[p] = o + 1
+    finally:
+        consumer.close()
+    return pa.table({"kafka_partition": pa.array(parts, pa.int32()), "kafka_offset": pa.array(offsets, pa.int64()),
+                     "kafka_timestamp": pa.array(stamps, pa.timestamp("ms", tz="UTC")), "kafka_key": pa.array(keys, pa.binary()),
+                     "value": pa.array(values, pa.binary())})
+
+
+# What the warehouse and the sinks read of each event, flat; partner fields come from an
+# enrollment's payload or an update's changes.
+_PARTNER_FIELDS = ("first_name", "last_name", "email", "phone", "language")
+_ADDRESS_FIELDS = ("line1", "city", "postal_code", "country")
+
+
+def flatten(result: ValidationResult, messages: pa.Table, batch_id: str) -> pa.Table:
+    """The valid rows as landed: envelope, Kafka coordinates, flat payload fields, the raw JSON."""
+    valid = result.valid
+    rows = pa.array(valid.column("source_index").to_numpy(), pa.int64())
+    payload = valid.column("payload").combine_chunks()
+
+    def field_of(*path: str) -> pa.Array:
+        arr = payload
+        for part in path:
+            arr = pc.struct_field(arr, part)
+        return arr
+
+    enrolled = pc.equal(valid.column("event_type"), "partner.enrolled")
+    columns: dict[str, pa.Array] = {
+        "batch_id": pa.array([batch_id] * valid.num_rows, pa.string()),
+        **{name: messages.column(name).take(rows) for name in ("kafka_partition", "kafka_offset", "kafka_timestamp")},
+        **{name: valid.column(name) for name in ("event_id", "event_type", "schema_version", "region", "source_system", "occurred_at", "partner_id", "partner_version", "correlation_id")},
+    }
+    for name in _PARTNER_FIELDS:
+        columns[name] = pc.coalesce(field_of(name), field_of("changes", name))
+    for name in _ADDRESS_FIELDS:
+        columns["country" if name == "country" else f"address_{name}"] = pc.coalesce(field_of("address", name), field_of("changes", "address", name))
+    columns["address_state"] = field_of("address", "state")
+    columns["date_of_birth"] = field_of("date_of_birth")
+    columns["sponsor_id"] = field_of("sponsor_id")
+    columns["tax_id_present"] = pc.if_else(enrolled, pc.is_valid(field_of("tax_id")), pa.scalar(None, pa.bool_()))
+    columns["termination_reason"] = field_of("reason")
+    for name in ("order_id", "order_type", "currency", "total_amount", "volume_points", "subscription_id", "plan_sku", "next_ship_date"):
+        columns[name] = field_of(name)
+    columns["subscription_action"] = field_of("action")
+    columns["event_json"] = pc.cast(messages.column("value").take(rows), pa.string())
+    return pa.table(columns)
+
+
+def quarantine_rows(result: ValidationResult, messages: pa.Table, batch_id: str, region: str) -> pa.Table:
+    q = result.quarantine
+    rows = pa.array(q.column("source_index").to_numpy(), pa.int64())
+    return pa.table({
+        "batch_id": pa.array([batch_id] * q.num_rows, pa.string()),
+        "region": pa.array([region] * q.num_rows, pa.string()),
+        **{name: messages.column(name).take(rows) for name in ("kafka_partition", "kafka_offset", "kafka_timestamp")},
+        "reasons": pa.array([",".join(r) for r in q.column("reasons").to_pylist()], pa.string()),
+        "duplicate_only": pa.array([r == ["duplicate_event_id"] for r in q.column("reasons").to_pylist()], pa.bool_()),
+        "event_id": q.column("event_id"),
+        "event_type": q.column("event_type"),
+        "partner_id": q.column("partner_id"),
+        "raw": q.column("raw"),
+    })
+
+
+def write_once(bucket, name: str, table: pa.Table) -> bool:
+    """Writes a Parquet object unless it exists; True when this call wrote it.
+
+    A retried task finds the object there and leaves it: the content is a function of the offset
+    range, so what is there is what would be written. Objects stay under 8 MB per part so the
+    emulator honours the precondition (it ignores it on resumable uploads)."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    blob = bucket.blob(name)
+    if blob.exists():
+        return False
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    blob.metadata = {"rows": str(table.num_rows)}
+    try:
+        blob.upload_from_string(sink.getvalue(), content_type="application/vnd.apache.parquet", if_generation_match=0)
+    except PreconditionFailed:
+        return False
+    return True
+
+
+@dataclass
+class Landed:
+    batch_id: str
+    region: str
+    offsets: int
+    valid: int
+    quarantined: int  # not counting duplicates
+    duplicates: int
+    valid_uri: str
+    quarantine_uri: str
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def land(bootstrap: str, manifest: Manifest, bucket) -> Landed:
+    """Reads, validates and lands the batch; commits the offsets after the gate passes."""
+    from confluent_kafka import TopicPartition
+
+    t0 = time.monotonic()
+    messages = read_range(bootstrap, manifest)
+    if messages.num_rows != manifest.offsets:
+        raise GateError(f"land gate, batch {manifest.batch_id}: read {messages.num_rows} messages, the range holds {manifest.offsets} offsets")
+    result = validate_batch(messages.column("value").to_pylist())
+    valid = flatten(result, messages, manifest.batch_id)
+    quarantine = quarantine_rows(result, messages, manifest.batch_id, manifest.region)
+    duplicates = int(pc.sum(quarantine.column("duplicate_only")).as_py() or 0)
+    if valid.num_rows + quarantine.num_rows != manifest.offsets:
+        raise GateError(f"land gate, batch {manifest.batch_id}: offsets {manifest.offsets} != valid {valid.num_rows} + quarantined "
+                        f"{quarantine.num_rows - duplicates} + duplicates {duplicates}")
+    write_once(bucket, manifest.valid_object, valid)
+    write_once(bucket, manifest.quarantine_object, quarantine)
+    # Only now, with the batch durable, does the group move on.
+    consumer = _consumer(bootstrap, manifest.group)
+    try:
+        consumer.commit(offsets=[TopicPartition(manifest.topic, r.partition, r.end) for r in manifest.ranges if r.size], asynchronous=False)
+    finally:
+        consumer.close()
+    return Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid.num_rows,
+                  quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
+                  quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=round(time.monotonic() - t0, 3))
