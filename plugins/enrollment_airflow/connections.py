@@ -27,3 +27,13 @@ def endpoints_from_connections() -> Endpoints:
         marketing_cloud_client_id=mc.login or "",
         marketing_cloud_client_secret=mc.password or "",
     )
+
+
+def warehouse_from_connections(config):
+    """The BigQuery warehouse of the pipeline, reached through ``google_cloud_default``."""
+    from enrollment.services import bigquery_client, storage_client
+    from enrollment.warehouse import Warehouse
+
+    project = endpoints_from_connections().project
+    return Warehouse(client=bigquery_client(project), storage=storage_client(project), project=project,
+                     dataset=config.warehouse_dataset, ops_dataset=config.ops_dataset)
