@@ -19,6 +19,9 @@ class Region:
     code: str
     topic: str
     partitions: int
+    min_records: int = 20_000
+    max_age_s: float = 10.0
+    max_batch: int = 200_000
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,11 @@ class PipelineConfig:
 
 
 def parse_config(raw: dict) -> PipelineConfig:
-    regions = tuple(Region(code=r["code"].upper(), topic=r["topic"], partitions=int(r["partitions"])) for r in raw["regions"])
+    backlog = raw.get("backlog", {})
+    regions = tuple(Region(code=r["code"].upper(), topic=r["topic"], partitions=int(r["partitions"]),
+                           min_records=int(r.get("min_records", backlog.get("min_records", 20_000))),
+                           max_age_s=float(r.get("max_age_s", backlog.get("max_age_s", 10.0))),
+                           max_batch=int(r.get("max_batch", backlog.get("max_batch", 200_000)))) for r in raw["regions"])
     codes = [r.code for r in regions]
     if len(set(codes)) != len(codes):
         raise ValueError(f"region codes must be unique, got {codes}")

@@ -11,7 +11,6 @@ earlier message a duplicate repeats, so a consumer cutting other batches can adj
 from __future__ import annotations
 
 import base64
-import json
 import random
 import time
 import uuid

@@ -1,0 +1,61 @@
+"""How far the pipeline's consumer group is behind a topic: offsets and timestamps only.
+
+The backlog trigger asks this every second; it never reads event data beyond one record's
+timestamp per partition and never commits."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .batches import _consumer, pending_ranges
+
+
+@dataclass(frozen=True)
+class Backlog:
+    topic: str
+    ranges: tuple[tuple[int, int, int], ...]  # (partition, committed or earliest, end)
+    oldest_timestamp_ms: int | None  # Kafka timestamp of the oldest pending record
+
+    @property
+    def pending(self) -> int:
+        return sum(end - start for _, start, end in self.ranges)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the work: changes when the group commits (a batch landed)."""
+        return ",".join(f"{p}:{start}" for p, start, _ in self.ranges)
+
+    def oldest_age_s(self, now: float | None = None) -> float:
+        if self.oldest_timestamp_ms is None:
+            return 0.0
+        return max(0.0, (now if now is not None else time.time()) - self.oldest_timestamp_ms / 1000)
+
+
+def measure(bootstrap: str, group: str, topic: str, partitions: int) -> Backlog:
+    from confluent_kafka import TopicPartition
+
+    ranges = tuple(pending_ranges(bootstrap, group, topic, partitions))
+    oldest = None
+    behind = [(p, start) for p, start, end in ranges if end > start]
+    if behind:
+        consumer = _consumer(bootstrap, group)
+        try:
+            consumer.assign([TopicPartition(topic, p, start) for p, start in behind])
+            seen: set[int] = set()
+            deadline = time.monotonic() + 5
+            while len(seen) < len(behind) and time.monotonic() < deadline:
+                for msg in consumer.consume(num_messages=len(behind), timeout=0.5):
+                    if msg.error() is None and msg.partition() not in seen:
+                        seen.add(msg.partition())
+                        stamp = msg.timestamp()[1]
+                        oldest = stamp if oldest is None else min(oldest, stamp)
+                        consumer.pause([TopicPartition(topic, msg.partition())])
+        finally:
+            consumer.close()
+    return Backlog(topic=topic, ranges=ranges, oldest_timestamp_ms=oldest)
+
+
+def should_fire(backlog: Backlog, min_records: int, max_age_s: float, now: float | None = None) -> bool:
+    """A batch is worth it when enough is pending, or when what is pending has waited long enough."""
+    return backlog.pending > 0 and (backlog.pending >= min_records or backlog.oldest_age_s(now) >= max_age_s)

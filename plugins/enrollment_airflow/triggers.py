@@ -1,0 +1,58 @@
+"""The backlog trigger: wakes a region's ingest DAG when enough is pending or it waited too long.
+
+Runs in the triggerer as an ``AssetWatcher`` (event-driven scheduling), so waiting holds no
+worker slot. It compares the pipeline group's committed offsets with the partitions' ends and
+reads one timestamp per lagging partition; it never consumes the data and never commits (the
+land stage does, after the batch is durable).
+
+It fires once per piece of work (the committed offsets it saw); when those have not moved for
+``refire_after_s`` — the run failed and gave up — it fires again, and the new run claims the
+same unfinished batch (claims are idempotent), so a restart or a re-fire never makes a second batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+
+class BacklogTrigger(BaseEventTrigger):
+    def __init__(self, region: str, topic: str, partitions: int, group: str, min_records: int, max_age_s: float,
+                 kafka_conn_id: str = "kafka_default", poll_s: float = 1.0, refire_after_s: float = 600.0):
+        super().__init__()
+        self.region, self.topic, self.partitions, self.group = region, topic, partitions, group
+        self.min_records, self.max_age_s = min_records, max_age_s
+        self.kafka_conn_id, self.poll_s, self.refire_after_s = kafka_conn_id, poll_s, refire_after_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("enrollment_airflow.triggers.BacklogTrigger", {
+            "region": self.region, "topic": self.topic, "partitions": self.partitions, "group": self.group,
+            "min_records": self.min_records, "max_age_s": self.max_age_s, "kafka_conn_id": self.kafka_conn_id,
+            "poll_s": self.poll_s, "refire_after_s": self.refire_after_s})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow.sdk import BaseHook
+        from enrollment.backlog import measure, should_fire
+
+        conn = await BaseHook.aget_connection(self.kafka_conn_id)
+        bootstrap = conn.extra_dejson["bootstrap.servers"]
+        fired_for, fired_at = None, 0.0
+        while True:
+            try:
+                backlog = await asyncio.to_thread(measure, bootstrap, self.group, self.topic, self.partitions)
+            except Exception as exc:  # noqa: BLE001 (the broker may be restarting: keep watching)
+                self.log.warning("backlog of %s not measured: %s", self.topic, exc)
+                await asyncio.sleep(max(self.poll_s, 5.0))
+                continue
+            now = time.time()
+            again = backlog.fingerprint != fired_for or now - fired_at >= self.refire_after_s
+            if again and should_fire(backlog, self.min_records, self.max_age_s, now):
+                fired_for, fired_at = backlog.fingerprint, now
+                self.log.info("%s: %d records pending, oldest %.1f s: waking the ingest DAG", self.region, backlog.pending, backlog.oldest_age_s(now))
+                yield TriggerEvent({"region": self.region, "pending": backlog.pending, "oldest_age_s": round(backlog.oldest_age_s(now), 3),
+                                    "from_offsets": backlog.fingerprint})
+            await asyncio.sleep(self.poll_s)

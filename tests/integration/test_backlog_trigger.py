@@ -1,0 +1,90 @@
+"""The backlog trigger against the real broker: it fires on pending records, not again for the
+same work, again once the group has committed and new records wait long enough; and the running
+Airflow's triggerer wakes a region's ingest DAG through its asset watcher."""
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from enrollment_airflow.triggers import BacklogTrigger
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
+
+
+def _produce(bootstrap, topic, n):
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(n):
+        producer.produce(topic, key=f"k{i}".encode(), value=b"{}")
+    assert producer.flush(10) == 0
+
+
+async def _next_event(queue: asyncio.Queue, timeout):
+    try:
+        return await asyncio.wait_for(queue.get(), timeout)
+    except asyncio.TimeoutError:
+        return None
+
+
+async def _pump(trigger, queue: asyncio.Queue) -> None:
+    """Runs the trigger as the triggerer would, handing its events over (a timeout while waiting
+    for one must not cancel the trigger itself)."""
+    async for event in trigger.run():
+        await queue.put(event)
+
+
+def test_trigger_fires_once_per_piece_of_work(stack):
+    topic, group = f"test.backlog.{uuid.uuid4().hex[:8]}", f"test-backlog-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
+    try:
+        _produce(stack.kafka_bootstrap, topic, 10)
+        trigger = BacklogTrigger(region="TEST", topic=topic, partitions=2, group=group, min_records=10, max_age_s=2.0, poll_s=0.2)
+
+        async def scenario():
+            events: asyncio.Queue = asyncio.Queue()
+            pump = asyncio.create_task(_pump(trigger, events))
+            first = await _next_event(events, 15)
+            assert first is not None and first.payload["pending"] == 10
+            assert await _next_event(events, 1.0) is None, "the same work fires once"
+            # The land stage commits the batch; one new record then waits past max_age_s.
+            consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group})
+            ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in (0, 1)]
+            consumer.commit(offsets=[TopicPartition(topic, p, e) for p, e in zip((0, 1), ends)], asynchronous=False)
+            consumer.close()
+            _produce(stack.kafka_bootstrap, topic, 1)
+            t0 = time.monotonic()
+            second = await _next_event(events, 15)
+            assert second is not None and second.payload["pending"] == 1
+            assert time.monotonic() - t0 >= 1.0 and second.payload["oldest_age_s"] >= 2.0
+            pump.cancel()
+
+        asyncio.run(scenario())
+    finally:
+        admin.delete_topics([topic])
+
+
+def test_running_airflow_wakes_the_ingest_dag_through_the_backlog_watcher(stack, pipeline_config):
+    from stack.airflow_client import AirflowClient
+
+    client = AirflowClient(stack)
+    client.wait_for_dag("ingest_apac", timeout_s=120)
+    before = {r["dag_run_id"] for r in client.http.get("/dags/ingest_apac/dagRuns").json()["dag_runs"]}
+    client.http.patch("/dags/ingest_apac", json={"is_paused": False}).raise_for_status()
+    try:
+        _produce(stack.kafka_bootstrap, pipeline_config.region("APAC").topic, 5)  # not JSON events: quarantined, still accounted
+        deadline, run = time.monotonic() + 180, None
+        while time.monotonic() < deadline:
+            runs = [r for r in client.http.get("/dags/ingest_apac/dagRuns").json()["dag_runs"] if r["dag_run_id"] not in before]
+            done = [r for r in runs if r["state"] in ("success", "failed")]
+            if done:
+                run = done[0]
+                break
+            time.sleep(2)
+        assert run is not None, "no run of ingest_apac was triggered by the backlog"
+        assert run["run_type"] == "asset_triggered" and run["state"] == "success", run
+    finally:
+        client.http.patch("/dags/ingest_apac", json={"is_paused": True})
