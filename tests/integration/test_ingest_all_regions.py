@@ -1,0 +1,88 @@
+"""All four regions through their ingest DAGs (built by the factory, run by Airflow's
+``dag.test()``) on a pipeline configuration of their own (fresh topics, group and datasets): the
+simulator's events with the fault mix end up exactly as its expected-outcome file says."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from google.cloud import bigquery
+
+from enrollment import config as pipeline_config_module
+from enrollment.services import bigquery_client
+from enrollment.simulator.generator import FaultRates, Simulator
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture
+def isolated_pipeline(stack, tmp_path, monkeypatch):
+    """A configuration like the embedded one, with its own topics, group and datasets."""
+    run = uuid.uuid4().hex[:6]
+    raw = yaml.safe_load(pipeline_config_module.DEFAULT_CONFIG.read_text())
+    raw["consumer_group"] = f"test-pipeline-{run}"
+    raw["datasets"] = {"warehouse": f"test_all_{run}", "ops": f"test_all_ops_{run}"}
+    for region in raw["regions"]:
+        region["topic"] = f"test.{run}.{region['code'].lower()}.events"
+        region["partitions"] = 2
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("ENROLLMENT_CONFIG", str(path))
+    pipeline_config_module._load.cache_clear()
+    config = pipeline_config_module.load_config()
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    for topic, future in admin.create_topics([NewTopic(r.topic, num_partitions=2, replication_factor=1) for r in config.regions]).items():
+        future.result(30)
+    client = bigquery_client(stack.project)
+    for name in (config.warehouse_dataset, config.ops_dataset):
+        client.create_dataset(bigquery.Dataset(f"{stack.project}.{name}"))
+    yield config
+    admin.delete_topics([r.topic for r in config.regions])
+    for name in (config.warehouse_dataset, config.ops_dataset):
+        client.delete_dataset(name, delete_contents=True, not_found_ok=True)
+    monkeypatch.delenv("ENROLLMENT_CONFIG")
+    pipeline_config_module._load.cache_clear()
+
+
+def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, isolated_pipeline):
+    from airflow.utils.state import DagRunState
+
+    from enrollment_airflow.ingest import ingest_dag
+
+    config = isolated_pipeline
+    messages = Simulator(seed=2718, faults=FaultRates.mix(0.05), initial_partners=60, config=config).take(4000)
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True})
+    for m in messages:
+        producer.produce(m.topic, key=m.key, value=m.value)
+    assert producer.flush(30) == 0
+
+    for region in config.regions:
+        run = ingest_dag(region).test()
+        assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+    client = bigquery_client(stack.project)
+
+    def rows(sql):
+        return list(client.query(sql.format(w=f"`{stack.project}.{config.warehouse_dataset}`", o=f"`{stack.project}.{config.ops_dataset}`")).result())
+
+    expected_valid = {m.expected["event_id"] for m in messages if m.expected["outcome"] == "valid"}
+    assert {r["event_id"] for r in rows("SELECT event_id FROM {w}.events")} == expected_valid
+    expected_reasons = Counter((m.expected["region"], ",".join(m.expected["reasons"])) for m in messages if m.expected["outcome"] == "quarantined")
+    assert Counter((r["region"], r["reasons"]) for r in rows("SELECT region, reasons FROM {w}.quarantine")) == expected_reasons
+
+    ledger = rows("SELECT region, stage, offsets_in, valid, quarantined, duplicates FROM {o}.ledger")
+    assert {(r["region"], r["stage"]) for r in ledger} == {(r.code, s) for r in config.regions for s in ("land", "warehouse")}
+    assert all(r["offsets_in"] == r["valid"] + r["quarantined"] + r["duplicates"] for r in ledger)
+    assert sum(r["offsets_in"] for r in ledger if r["stage"] == "land") == len(messages)
+
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": config.consumer_group})
+    for region in config.regions:
+        parts = [TopicPartition(region.topic, p) for p in range(region.partitions)]
+        committed = [tp.offset for tp in consumer.committed(parts, timeout=10)]
+        assert committed == [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts], region.code
+    consumer.close()
