@@ -7,51 +7,21 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
-from google.cloud import bigquery
+from confluent_kafka import Consumer, TopicPartition
 
 from enrollment.batches import claim, land
-from enrollment.services import bigquery_client, storage_client
+from enrollment.services import storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
-from enrollment.warehouse import Warehouse
+from tests.integration.conftest import produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
-
-
-@pytest.fixture
-def region_topic(stack):
-    topic = f"test.ingest.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
-    yield topic
-    admin.delete_topics([topic])
-
-
-@pytest.fixture
-def warehouse(stack, pipeline_config):
-    client = bigquery_client(stack.project)
-    suffix = uuid.uuid4().hex[:8]
-    datasets = (f"test_wh_{suffix}", f"test_ops_{suffix}")
-    for name in datasets:
-        client.create_dataset(bigquery.Dataset(f"{stack.project}.{name}"))
-    yield Warehouse(client=client, storage=storage_client(stack.project), project=stack.project, dataset=datasets[0], ops_dataset=datasets[1])
-    for name in datasets:
-        client.delete_dataset(name, delete_contents=True, not_found_ok=True)
-
-
-def produce(bootstrap: str, topic: str, messages) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True})
-    for m in messages:
-        producer.produce(topic, key=m.key, value=m.value)
-    assert producer.flush(30) == 0
 
 
 def test_a_batch_with_faults_lands_and_merges_exactly(stack, pipeline_config, region_topic, warehouse):
     group = f"test-pipeline-{uuid.uuid4().hex[:6]}"
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     messages = Simulator(seed=404, faults=FaultRates.mix(0.08), initial_partners=30).take(1500)
-    produce(stack.kafka_bootstrap, region_topic, messages)
+    produce(stack.kafka_bootstrap, messages, region_topic)
 
     manifest = claim(stack.kafka_bootstrap, group, "EMEA", region_topic, 2, bucket, max_batch=100_000)
     assert manifest is not None and manifest.offsets == len(messages)

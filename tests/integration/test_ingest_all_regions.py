@@ -9,13 +9,14 @@ from collections import Counter
 
 import pytest
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from google.cloud import bigquery
 
 from enrollment import config as pipeline_config_module
 from enrollment.services import bigquery_client
 from enrollment.simulator.generator import FaultRates, Simulator
+from tests.integration.conftest import produce
 
 pytestmark = [pytest.mark.integration]
 
@@ -36,7 +37,7 @@ def isolated_pipeline(stack, tmp_path, monkeypatch):
     pipeline_config_module._load.cache_clear()
     config = pipeline_config_module.load_config()
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
-    for topic, future in admin.create_topics([NewTopic(r.topic, num_partitions=2, replication_factor=1) for r in config.regions]).items():
+    for future in admin.create_topics([NewTopic(r.topic, num_partitions=2, replication_factor=1) for r in config.regions]).values():
         future.result(30)
     client = bigquery_client(stack.project)
     for name in (config.warehouse_dataset, config.ops_dataset):
@@ -56,10 +57,7 @@ def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, is
 
     config = isolated_pipeline
     messages = Simulator(seed=2718, faults=FaultRates.mix(0.05), initial_partners=60, config=config).take(4000)
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True})
-    for m in messages:
-        producer.produce(m.topic, key=m.key, value=m.value)
-    assert producer.flush(30) == 0
+    produce(stack.kafka_bootstrap, messages)
 
     for region in config.regions:
         run = ingest_dag(region).test()

@@ -2,10 +2,11 @@
 everything pending, lands it, merges it, and its ledger balances; a second run finds nothing."""
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from enrollment.services import bigquery_client
 from enrollment.simulator.generator import FaultRates, Simulator
+from tests.integration.conftest import produce
 
 pytestmark = [pytest.mark.integration]
 
@@ -15,10 +16,8 @@ def test_ingest_dag_lands_and_merges_a_region(stack, dagbag, airflow_db, pipelin
 
     region = pipeline_config.region("LATAM")
     messages = [m for m in Simulator(seed=808, faults=FaultRates.mix(0.05), initial_partners=40).take(2000) if m.topic == region.topic]
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True})
-    for m in messages:
-        producer.produce(m.topic, key=m.key, value=m.value)
-    assert producer.flush(30) == 0 and messages
+    assert messages
+    produce(stack.kafka_bootstrap, messages)
 
     dag = dagbag.dags["ingest_latam"]
     run = dag.test(run_conf={"max_batch": 1_000_000})

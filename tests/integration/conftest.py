@@ -1,0 +1,45 @@
+"""Fixtures of the integration tier: an isolated topic and warehouse per test."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from google.cloud import bigquery
+
+from enrollment.services import bigquery_client, storage_client
+from enrollment.warehouse import Warehouse
+
+
+@pytest.fixture
+def region_topic(stack):
+    topic = f"test.ingest.{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
+    yield topic
+    admin.delete_topics([topic])
+
+
+@pytest.fixture
+def warehouse(stack, pipeline_config):
+    client = bigquery_client(stack.project)
+    suffix = uuid.uuid4().hex[:8]
+    datasets = (f"test_wh_{suffix}", f"test_ops_{suffix}")
+    for name in datasets:
+        client.create_dataset(bigquery.Dataset(f"{stack.project}.{name}"))
+    yield Warehouse(client=client, storage=storage_client(stack.project), project=stack.project, dataset=datasets[0], ops_dataset=datasets[1])
+    for name in datasets:
+        client.delete_dataset(name, delete_contents=True, not_found_ok=True)
+
+
+def produce(bootstrap: str, messages, topic: str | None = None) -> None:
+    """Simulated messages into Kafka as SAP Commerce sends them (keyed, murmur2), to their own
+    region topics or all to ``topic``."""
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True})
+    for m in messages:
+        producer.produce(topic or m.topic, key=m.key, value=m.value)
+    assert producer.flush(30) == 0
+
+
