@@ -7,6 +7,7 @@ stack writes lives under one git-ignored folder (``STACK_DIR``, default ``.stack
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -106,12 +107,14 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
     if airflow_db not in ("sqlite", "postgres"):
         raise SystemExit(f"STACK_AIRFLOW_DB must be 'sqlite' or 'postgres', not {airflow_db!r}")
     # Generated once per stack and kept in the git-ignored state folder (mode 600). Airflow's
-    # components run as separate processes: they must share one JWT secret, or each signs
-    # task tokens the others refuse.
+    # components run as separate processes: they must share one JWT secret (or each signs task
+    # tokens the others refuse) and one Fernet key.
     credentials = dict(saved.get("credentials") or {})
     for key, make in (("mc_client_id", lambda: "local-" + secrets.token_hex(6)), ("mc_client_secret", lambda: secrets.token_urlsafe(24)),
                       ("airflow_admin_password", lambda: secrets.token_urlsafe(12)), ("airflow_jwt_secret", lambda: secrets.token_urlsafe(32)),
-                      ("airflow_api_secret_key", lambda: secrets.token_urlsafe(32))):
+                      ("airflow_api_secret_key", lambda: secrets.token_urlsafe(32)),
+                      # Trigger kwargs are encrypted by the DAG processor and decrypted by the triggerer.
+                      ("airflow_fernet_key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())):
         credentials.setdefault(key, make())
     from enrollment.config import load_config
 

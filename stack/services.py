@@ -408,6 +408,7 @@ class Airflow(Service):
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": cfg.url("AIRFLOW_PORT", "/execution/"),
             "AIRFLOW__API_AUTH__JWT_SECRET": cfg.credentials["airflow_jwt_secret"],
             "AIRFLOW__API__SECRET_KEY": cfg.credentials["airflow_api_secret_key"],
+            "AIRFLOW__CORE__FERNET_KEY": cfg.credentials["airflow_fernet_key"],
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.admin_user}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(cfg.airflow_home / "passwords.json"),
             # Measured: 0.1 s idle sleep cuts the task-to-task gap from ~1.1 s to ~0.2 s.
