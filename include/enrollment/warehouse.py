@@ -104,9 +104,10 @@ class Warehouse:
         self.ensure_tables(events_schema, quarantine_schema)
         suffix = landed.batch_id.replace("-", "_")
         staged = []
+        events_stage = None
         try:
             if valid.num_rows:
-                stage = self._stage(f"_stage_events_{suffix}", events_schema, landed.valid_uri)
+                stage = events_stage = self._stage(f"_stage_events_{suffix}", events_schema, landed.valid_uri)
                 staged.append(stage)
                 cols = [c for c, _ in events_schema]
                 self.run(f"""MERGE {self.table('events')} T USING (SELECT * FROM {stage}) S ON T.event_id = S.event_id
@@ -125,10 +126,10 @@ class Warehouse:
                 self.run(f"""MERGE {self.table('quarantine')} T USING (SELECT * FROM {stage}) S
                     ON T.batch_id = S.batch_id AND T.kafka_partition = S.kafka_partition AND T.kafka_offset = S.kafka_offset
                     WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""")
+            counts = self.gate(landed, valid.num_rows, events_stage)
         finally:
             for stage in staged:
                 self.client.delete_table(stage.strip("`"), not_found_ok=True)
-        counts = self.gate(landed, valid)
         return counts | {"seconds": round(time.monotonic() - t0, 3)}
 
     def _merge_partners_sql(self, stage: str) -> str:
@@ -145,28 +146,33 @@ class Warehouse:
             WHEN MATCHED AND S.partner_version != T.partner_version THEN UPDATE SET {updates}
             WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})"""
 
-    def gate(self, landed: Landed, valid: pa.Table) -> dict:
-        """Row counts against the manifest, unique event ids, mandatory columns, quarantine count."""
+    def gate(self, landed: Landed, valid_rows: int, events_stage: str | None) -> dict:
+        """Row counts against the manifest, unique event ids, mandatory columns, quarantine count.
+
+        The batch's event ids are read from its staging table (a join), not sent as a parameter:
+        a parameter of 100,000 ids is slow on the emulator and over BigQuery's request limits."""
         from google.cloud import bigquery
 
-        ids = valid.column("event_id").to_pylist()
-        params = [bigquery.ArrayQueryParameter("ids", "STRING", ids), bigquery.ScalarQueryParameter("batch", "STRING", landed.batch_id)]
-        row = self.run(f"""SELECT COUNT(*) AS n, COUNT(DISTINCT event_id) AS distinct_ids,
-                COUNTIF(partner_id IS NULL OR occurred_at IS NULL OR region IS NULL OR event_type IS NULL) AS incomplete
-            FROM {self.table('events')} WHERE event_id IN UNNEST(@ids)""", params)[0]
-        quarantined = self.run(f"SELECT COUNT(*) AS n FROM {self.table('quarantine')} WHERE batch_id = @batch", params[1:])[0]["n"]
+        n = distinct_ids = incomplete = 0
+        if events_stage is not None:
+            row = self.run(f"""SELECT COUNT(*) AS n, COUNT(DISTINCT T.event_id) AS distinct_ids,
+                    COUNTIF(T.partner_id IS NULL OR T.occurred_at IS NULL OR T.region IS NULL OR T.event_type IS NULL) AS incomplete
+                FROM {events_stage} S JOIN {self.table('events')} T ON T.event_id = S.event_id""")[0]
+            n, distinct_ids, incomplete = row["n"], row["distinct_ids"], row["incomplete"]
+        quarantined = self.run(f"SELECT COUNT(*) AS n FROM {self.table('quarantine')} WHERE batch_id = @batch",
+                               [bigquery.ScalarQueryParameter("batch", "STRING", landed.batch_id)])[0]["n"]
         problems = []
-        if row["n"] != len(ids):
-            problems.append(f"events holds {row['n']} of the batch's {len(ids)} valid event ids")
-        if row["distinct_ids"] != row["n"]:
-            problems.append(f"{row['n'] - row['distinct_ids']} event ids appear more than once")
-        if row["incomplete"]:
-            problems.append(f"{row['incomplete']} rows miss a mandatory column")
+        if distinct_ids != valid_rows:
+            problems.append(f"events holds {distinct_ids} of the batch's {valid_rows} valid event ids")
+        if n != distinct_ids:
+            problems.append(f"{n - distinct_ids} of the batch's event ids appear more than once")
+        if incomplete:
+            problems.append(f"{incomplete} rows miss a mandatory column")
         if quarantined != landed.quarantined + landed.duplicates:
             problems.append(f"quarantine holds {quarantined} rows, the batch quarantined {landed.quarantined} + {landed.duplicates} duplicates")
         if problems:
             raise GateError(f"warehouse gate, batch {landed.batch_id}: " + "; ".join(problems))
-        return {"events": row["n"], "quarantine": quarantined}
+        return {"events": distinct_ids, "quarantine": quarantined}
 
     # -- ledger -----------------------------------------------------------------------------------
     def record(self, landed: Landed, stage: str, rows_merged: int, seconds: float, ok: bool = True, detail: str = "") -> None:
