@@ -343,6 +343,7 @@ class Simulator:
             "partner_id": partner.partner_id,
             "region": partner.region,
             "partner_version": partner.version,
+            "occurred_at": event.get("occurred_at") if isinstance(event.get("occurred_at"), str) else None,
             "fault": fault,
             "reasons": sorted(reasons),
             "duplicate_of": None,
