@@ -1,7 +1,8 @@
-"""The main job on the local stack: runs the pipeline's DAG on the running Airflow, then says
-where to look. Until the pipeline DAGs exist, the job is the stack smoke DAG.
+"""The main job on the local stack: the smoke DAG checks every service, then the simulator sends
+the four regions' events (with a 2 % fault mix) and the ingest DAGs, woken by the backlog
+trigger, carry them into BigQuery; then it says where to look.
 
-Run with `make demo` (which starts the stack first)."""
+Run with `make demo` (which starts the stack first). DEMO_EVENTS sets how many events (20,000)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,48 @@ Where to look:
   Kafka           {cfg.kafka_bootstrap}
   Your shell:     source {cfg.state / 'stack.env'}
 Stop everything with `make down`.""")
-    return 0 if state == "success" else 1
+    if state != "success":
+        return 1
+    return ingest(cfg, client)
+
+
+def ingest(cfg, client: AirflowClient) -> int:
+    import os
+
+    from enrollment.backlog import measure
+    from enrollment.config import load_config
+    from enrollment.services import bigquery_client
+    from enrollment.simulator import cli as simulator
+
+    config = load_config()
+    os.environ.update(cfg.client_env())
+    dag_ids = [f"ingest_{r.code.lower()}" for r in config.regions]
+    for dag_id in dag_ids:
+        client.wait_for_dag(dag_id)
+        client.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+    events = os.environ.get("DEMO_EVENTS", "20000")
+    print(f"\nproducing {int(events):,} events for the four regions (2% faults) ...", flush=True)
+    summary = simulator.produce(simulator.parse_args(["produce", "--events", events, "--rate", "max", "--faults", "2%", "--seed", str(int(time.time())),
+                                                      "--expected", str(cfg.state / "demo-expected.jsonl")]))
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 600:
+        pending = sum(measure(cfg.kafka_bootstrap, config.consumer_group, r.topic, r.partitions).pending for r in config.regions)
+        running = sum(len(client.http.get(f"/dags/{d}/dagRuns", params={"state": ["queued", "running"]}).json()["dag_runs"]) for d in dag_ids)
+        print(f"  ... {pending:,} records pending, {running} ingest runs active after {time.monotonic() - t0:.0f} s", flush=True)
+        if pending == 0 and running == 0:
+            break
+        time.sleep(5)
+    bq = bigquery_client(cfg.project)
+    w, o = f"`{cfg.project}.{config.warehouse_dataset}`", f"`{cfg.project}.{config.ops_dataset}`"
+    counts = {name: list(bq.query(f"SELECT COUNT(*) AS n FROM {w}.{name}").result())[0]["n"] for name in ("events", "partners", "quarantine")}
+    reasons = list(bq.query(f"SELECT reasons, COUNT(*) AS n FROM {w}.quarantine GROUP BY reasons ORDER BY n DESC LIMIT 5").result())
+    unbalanced = list(bq.query(f"SELECT COUNT(*) AS n FROM {o}.ledger WHERE offsets_in != valid + quarantined + duplicates").result())[0]["n"]
+    print(f"\nproduced {summary['events']:,} events; BigQuery now holds {counts['events']:,} events, {counts['partners']:,} partners, "
+          f"{counts['quarantine']:,} quarantined messages; ledger rows that do not balance: {unbalanced}")
+    for row in reasons:
+        print(f"  quarantined for {row['reasons']}: {row['n']}")
+    print(f"The ingest DAGs stay unpaused: run `make simulate` for more traffic. Query the ledger: SELECT * FROM {o}.ledger ORDER BY recorded_at DESC")
+    return 0 if unbalanced == 0 else 1
 
 
 if __name__ == "__main__":
