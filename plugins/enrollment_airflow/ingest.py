@@ -22,6 +22,7 @@ def backlog_asset(region: Region, group: str) -> Asset:
     return Asset(name=f"commerce_backlog_{region.code.lower()}", uri=f"kafka-backlog://enrollment/{region.topic}",
                  watchers=[AssetWatcher(name=f"backlog_{region.code.lower()}", trigger=trigger)])
 
+
 DOC_MD = """
 ### Ingest: {region}
 
