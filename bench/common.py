@@ -22,10 +22,13 @@ def machine() -> dict:
     }
 
 
-def write(name: str, result: dict) -> Path:
+def write(name: str, result: dict, merge: bool = False) -> Path:
+    """Writes the figures with the machine's facts; ``merge`` keeps the file's other figures
+    (two benchmarks share ingest.json)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result | {"machine": machine()}, indent=2) + "\n")
+    previous = json.loads(path.read_text()) if merge and path.exists() else {}
+    path.write_text(json.dumps(previous | result | {"machine": machine()}, indent=2) + "\n")
     print(f"written {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}", file=sys.stderr)
     return path
 

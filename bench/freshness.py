@@ -22,8 +22,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.common import RESULTS, write
-from enrollment.backlog import measure
+from bench.common import write
+from enrollment.backlog import total_pending
+from enrollment.batches import pending_ranges
 from enrollment.config import load_config
 from enrollment.services import bigquery_client
 from stack import cli as stack_cli
@@ -38,10 +39,6 @@ POLL_S = 2.0
 
 def log(message: str) -> None:
     print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
-
-
-def pending(cfg, config) -> int:
-    return sum(measure(cfg.kafka_bootstrap, config.consumer_group, r.topic, r.partitions).pending for r in config.regions)
 
 
 def main() -> int:
@@ -61,7 +58,7 @@ def main() -> int:
     try:
         # Whatever waits from before is carried first, so the run measures only its own events.
         deadline = time.monotonic() + 600
-        while (left := pending(cfg, config)) and time.monotonic() < deadline:
+        while (left := total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions)) and time.monotonic() < deadline:
             log(f"draining earlier backlog: {left:,} pending")
             time.sleep(5)
         started = datetime.now(timezone.utc)
@@ -108,7 +105,7 @@ def main() -> int:
             if producer.returncode != 0:
                 raise SystemExit(f"the simulator failed with exit code {producer.returncode}")
             deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and (len(seen) < len(watched) or pending(cfg, config)):
+            while time.monotonic() < deadline and (len(seen) < len(watched) or total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions)):
                 sample()
                 time.sleep(POLL_S)
             sample()
@@ -117,7 +114,7 @@ def main() -> int:
         # passed), and every batch's ledger rows must balance (the reconcile task checks it).
         committed = {}
         for region in config.regions:
-            for p, start, _ in measure(cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions).ranges:
+            for p, start, _ in pending_ranges(cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions):
                 committed[(region.code, p)] = start
         unexplained = sum(sum(1 for o in produced_offsets if o >= committed[key]) for key, produced_offsets in offsets.items())
         failed = [r for dag_id in dag_ids for r in airflow.http.get(f"/dags/{dag_id}/dagRuns", params={"limit": 1000}).json()["dag_runs"]
@@ -139,9 +136,7 @@ def main() -> int:
     }
     log(f"freshness at {RATE} for {DURATION}: p50 {figures['freshness_p50_s']} s, p95 {figures['freshness_p95_s']} s, max {figures['freshness_max_s']} s "
         f"({len(seen)}/{len(watched)} samples); unexplained {figures['freshness_unexplained_records']}")
-    previous = json.loads((RESULTS / "ingest.json").read_text()) if (RESULTS / "ingest.json").exists() else {}
-    previous.pop("machine", None)
-    write("ingest", previous | figures)
+    write("ingest", figures, merge=True)
     return 0
 
 

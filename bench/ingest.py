@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 
-from bench.common import RESULTS, write
+from bench.common import write
 from enrollment.batches import claim, land
 from enrollment.config import load_config
 from enrollment.services import bigquery_client, storage_client
@@ -143,9 +143,7 @@ def main() -> int:
     print(f"ingest: {produced:,} events through claim → land → warehouse in {pipeline_s:.1f} s = {figures['throughput_events_per_min']:,}/min; "
           f"baseline operator {figures['baseline_events_per_min']:,}/min (ratio {figures['ratio_vs_baseline']}); raw consume+parse "
           f"{figures['raw_consume_events_per_min']:,}/min (ratio {figures['ratio_vs_raw']}); unexplained records {figures['unexplained_records']}")
-    previous = json.loads((RESULTS / "ingest.json").read_text()) if (RESULTS / "ingest.json").exists() else {}
-    previous.pop("machine", None)
-    write("ingest", previous | figures)  # keeps the freshness figures of bench/freshness.py
+    write("ingest", figures, merge=True)  # keeps the freshness figures of bench/freshness.py
     return 0
 
 

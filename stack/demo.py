@@ -52,7 +52,7 @@ Stop everything with `make down`.""")
 def ingest(cfg, client: AirflowClient) -> int:
     import os
 
-    from enrollment.backlog import measure
+    from enrollment.backlog import total_pending
     from enrollment.config import load_config
     from enrollment.services import bigquery_client
     from enrollment.simulator import cli as simulator
@@ -69,7 +69,7 @@ def ingest(cfg, client: AirflowClient) -> int:
                                                       "--expected", str(cfg.state / "demo-expected.jsonl")]))
     t0 = time.monotonic()
     while time.monotonic() - t0 < 600:
-        pending = sum(measure(cfg.kafka_bootstrap, config.consumer_group, r.topic, r.partitions).pending for r in config.regions)
+        pending = total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions)
         running = sum(len(client.http.get(f"/dags/{d}/dagRuns", params={"state": ["queued", "running"]}).json()["dag_runs"]) for d in dag_ids)
         print(f"  ... {pending:,} records pending, {running} ingest runs active after {time.monotonic() - t0:.0f} s", flush=True)
         if pending == 0 and running == 0:

@@ -56,6 +56,11 @@ def measure(bootstrap: str, group: str, topic: str, partitions: int) -> Backlog:
     return Backlog(topic=topic, ranges=ranges, oldest_timestamp_ms=oldest)
 
 
+def total_pending(bootstrap: str, group: str, regions) -> int:
+    """Records the group has still to land across regions (offsets only, no timestamps)."""
+    return sum(end - start for r in regions for _, start, end in pending_ranges(bootstrap, group, r.topic, r.partitions))
+
+
 def should_fire(backlog: Backlog, min_records: int, max_age_s: float, now: float | None = None) -> bool:
     """A batch is worth it when enough is pending, or when what is pending has waited long enough."""
     return backlog.pending > 0 and (backlog.pending >= min_records or backlog.oldest_age_s(now) >= max_age_s)

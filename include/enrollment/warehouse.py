@@ -85,15 +85,17 @@ class Warehouse:
         self.client.load_table_from_uri(uri, table_id, job_config=config).result()
         return f"`{table_id}`"
 
-    def _read_parquet(self, uri: str) -> pa.Table:
+    def _blob(self, uri: str):
         bucket, name = uri.removeprefix("gs://").split("/", 1)
-        return pq.read_table(io.BytesIO(self.storage.bucket(bucket).blob(name).download_as_bytes()))
+        return self.storage.bucket(bucket).blob(name)
+
+    def _read_parquet(self, uri: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self._blob(uri).download_as_bytes()))
 
     def _write_parquet(self, uri: str, table: pa.Table) -> None:
-        bucket, name = uri.removeprefix("gs://").split("/", 1)
         sink = io.BytesIO()
         pq.write_table(table, sink)
-        self.storage.bucket(bucket).blob(name).upload_from_string(sink.getvalue(), content_type="application/vnd.apache.parquet")
+        self._blob(uri).upload_from_string(sink.getvalue(), content_type="application/vnd.apache.parquet")
 
     # -- the stage ------------------------------------------------------------------------------
     def merge_batch(self, landed: Landed) -> dict:

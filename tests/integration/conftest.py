@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from google.cloud import bigquery
 
+from enrollment.batches import Manifest, claim
 from enrollment.services import bigquery_client, storage_client
+from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.warehouse import Warehouse
 
 
@@ -41,5 +43,23 @@ def produce(bootstrap: str, messages, topic: str | None = None) -> None:
     for m in messages:
         producer.produce(topic or m.topic, key=m.key, value=m.value)
     assert producer.flush(30) == 0
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return [tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)]
+    finally:
+        consumer.close()
+
+
+def claimed_batch(stack, pipeline_config, topic: str, region: str, seed: int, events: int, faults: float, initial_partners: int):
+    """Simulated events on a 2-partition test topic, claimed as one batch by a fresh group."""
+    group = f"test-{region.lower()}-{uuid.uuid4().hex[:8]}"
+    bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
+    messages = Simulator(seed=seed, faults=FaultRates.mix(faults), initial_partners=initial_partners).take(events)
+    produce(stack.kafka_bootstrap, messages, topic)
+    manifest: Manifest = claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=10_000_000)
+    return group, bucket, messages, manifest
 
 

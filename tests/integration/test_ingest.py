@@ -4,26 +4,17 @@ committed to the end, and running every step again changes nothing."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from enrollment.batches import claim, land
-from enrollment.services import storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
-from tests.integration.conftest import produce
+from tests.integration.conftest import claimed_batch, committed_offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
 
 def test_a_batch_with_faults_lands_and_merges_exactly(stack, pipeline_config, region_topic, warehouse):
-    group = f"test-pipeline-{uuid.uuid4().hex[:6]}"
-    bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
-    messages = Simulator(seed=404, faults=FaultRates.mix(0.08), initial_partners=30).take(1500)
-    produce(stack.kafka_bootstrap, messages, region_topic)
-
-    manifest = claim(stack.kafka_bootstrap, group, "EMEA", region_topic, 2, bucket, max_batch=100_000)
+    group, bucket, messages, manifest = claimed_batch(stack, pipeline_config, region_topic, "EMEA", seed=404, events=1500, faults=0.08, initial_partners=30)
     assert manifest is not None and manifest.offsets == len(messages)
     assert claim(stack.kafka_bootstrap, group, "EMEA", region_topic, 2, bucket, max_batch=100_000) == manifest, "an unfinished batch is claimed again as it was"
 
@@ -35,10 +26,9 @@ def test_a_batch_with_faults_lands_and_merges_exactly(stack, pipeline_config, re
 
     # The group's offsets are committed to the end, and nothing is pending any more.
     consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group})
-    committed = consumer.committed([TopicPartition(region_topic, p) for p in (0, 1)], timeout=10)
     ends = [consumer.get_watermark_offsets(TopicPartition(region_topic, p), timeout=10)[1] for p in (0, 1)]
     consumer.close()
-    assert [tp.offset for tp in committed] == ends
+    assert committed_offsets(stack.kafka_bootstrap, group, region_topic, 2) == ends
     assert claim(stack.kafka_bootstrap, group, "EMEA", region_topic, 2, bucket, max_batch=100_000) is None
 
     counts = warehouse.merge_batch(landed)

@@ -11,13 +11,9 @@ import sys
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-
-from enrollment.batches import claim, land
-from enrollment.services import storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.batches import land
 from stack import cli as stack_cli
-from tests.integration.conftest import produce
+from tests.integration.conftest import claimed_batch, committed_offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
@@ -55,11 +51,7 @@ def kill_during(script: str, args: list[str], delays: list[float]) -> list[str]:
 
 
 def test_killed_land_and_warehouse_retried_lose_and_duplicate_nothing(stack, pipeline_config, region_topic, warehouse):
-    group = f"test-crash-{os.getpid()}-{int(time.time())}"
-    bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
-    messages = Simulator(seed=5150, faults=FaultRates.mix(0.03), initial_partners=50).take(20_000)
-    produce(stack.kafka_bootstrap, messages, region_topic)
-    manifest = claim(stack.kafka_bootstrap, group, "AMER", region_topic, 2, bucket, max_batch=1_000_000)
+    _, bucket, messages, manifest = claimed_batch(stack, pipeline_config, region_topic, "AMER", seed=5150, events=20_000, faults=0.03, initial_partners=50)
 
     outcomes = kill_during(LAND, [manifest.to_json(), stack.kafka_bootstrap, stack.project], [0.5, 1.5, 2.5])
     assert any(o.startswith("killed") for o in outcomes), outcomes
@@ -83,18 +75,11 @@ def test_killed_land_and_warehouse_retried_lose_and_duplicate_nothing(stack, pip
 
 
 def test_broker_restarted_between_claim_and_land(stack, pipeline_config, region_topic):
-    group = f"test-restart-{os.getpid()}-{int(time.time())}"
-    bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
-    messages = Simulator(seed=6060, faults=FaultRates.mix(0.03), initial_partners=30).take(3000)
-    produce(stack.kafka_bootstrap, messages, region_topic)
-    manifest = claim(stack.kafka_bootstrap, group, "LATAM", region_topic, 2, bucket, max_batch=1_000_000)
+    group, bucket, messages, manifest = claimed_batch(stack, pipeline_config, region_topic, "LATAM", seed=6060, events=3000, faults=0.03, initial_partners=30)
 
     assert stack_cli.down(["kafka"], quiet=True)
     stack_cli.up(["kafka"], quiet=True)
 
     landed = land(stack.kafka_bootstrap, manifest, bucket)
     assert landed.offsets == len(messages) == landed.valid + landed.quarantined + landed.duplicates
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group})
-    committed = consumer.committed([TopicPartition(region_topic, p) for p in (0, 1)], timeout=10)
-    consumer.close()
-    assert sum(tp.offset for tp in committed) == len(messages)
+    assert sum(committed_offsets(stack.kafka_bootstrap, group, region_topic, 2)) == len(messages)
