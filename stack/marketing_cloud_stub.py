@@ -7,6 +7,11 @@ It follows the published contract the pipeline depends on:
   ``202`` with a ``requestId``; more than 32,000 rows in one request is refused with ``400``.
 - ``GET /data/v1/async/{requestId}/status`` and ``/results``: polling; a request completes
   ``processing_delay_s`` after it was accepted, and each row gets ``OK`` or ``Error`` with a message.
+- ``POST /interaction/v1/events``: a journey's entry event for one contact (``ContactKey``,
+  ``EventDefinitionKey``, ``Data``), ``201`` with an ``eventInstanceId``. Like the service, it
+  does not deduplicate: whether a contact may enter twice is the journey's re-entry setting.
+- A data extension's fields may declare ``max_length`` (``PUT /_stub/dataextensions/{key}``):
+  a longer value fails that row with error 10003, as the service does for a Text(n) field.
 - More than ``rate_per_s`` API calls in a second, or any call while throttling is forced, is
   answered ``429`` with error code 50100 and ``Retry-After``.
 
@@ -52,8 +57,10 @@ class StubState:
         self.requests: dict[str, dict[str, Any]] = {}
         self.rows: dict[str, dict[tuple, dict[str, Any]]] = {}
         self.primary_keys: dict[str, list[str]] = {}
+        self.max_lengths: dict[str, dict[str, int]] = {}
+        self.journey_events: list[dict[str, Any]] = []
         self.calls: deque[float] = deque()
-        self.counters = {"tokens_issued": 0, "throttled": 0, "upsert_requests": 0, "rows_received": 0}
+        self.counters = {"tokens_issued": 0, "throttled": 0, "upsert_requests": 0, "rows_received": 0, "unauthorized": 0, "journey_events": 0}
 
     # -- processing -------------------------------------------------------------------------
     def settle(self, now: float) -> None:
@@ -66,13 +73,18 @@ class StubState:
         key = request["data_extension"]
         primary_key = self.primary_keys.get(key, self.default_primary_key)
         table = self.rows.setdefault(key, {})
+        limits = self.max_lengths.get(key, {})
         results = []
         for item in request.pop("items"):
             missing = [field for field in primary_key if item.get(field) in (None, "")]
             email = item.get("EmailAddress")
             identifiers = [{"key": f, "value": item.get(f)} for f in primary_key]
+            too_long = [f for f, n in limits.items() if item.get(f) is not None and len(str(item[f])) > n]
             if missing:
                 results.append({"status": "Error", "errorCode": 10001, "message": f"Primary key field(s) {', '.join(missing)} missing", "identifiers": identifiers})
+            elif too_long:
+                f = too_long[0]
+                results.append({"status": "Error", "errorCode": 10003, "message": f"Value for field {f} exceeds its maximum length of {limits[f]}", "identifiers": identifiers})
             elif email is not None and not _EMAIL.match(str(email)):
                 results.append({"status": "Error", "errorCode": 10002, "message": "Invalid email address in field EmailAddress", "identifiers": identifiers})
             else:
@@ -105,6 +117,7 @@ def create_app(state: StubState) -> FastAPI:
         token = (authorization or "").removeprefix("Bearer ").strip()
         expires = state.tokens.get(token)
         if not token or expires is None or expires <= now:
+            state.counters["unauthorized"] += 1
             return error(401, "Not Authorized", 0)
         state.settle(now)
         return None
@@ -142,6 +155,20 @@ def create_app(state: StubState) -> FastAPI:
             state.counters["upsert_requests"] += 1
             state.counters["rows_received"] += len(items)
             return JSONResponse({"requestId": request_id, "resultMessages": []}, status_code=202)
+
+    @app.post("/interaction/v1/events")
+    async def fire_event(request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
+        body = await request.json()
+        with state.lock:
+            if refused := gate(authorization):
+                return refused
+            if not isinstance(body, dict) or not body.get("ContactKey") or not body.get("EventDefinitionKey"):
+                return error(400, "ContactKey and EventDefinitionKey are required.", 10000)
+            event_id = str(uuid.uuid4())
+            state.journey_events.append({"eventInstanceId": event_id, "ContactKey": body["ContactKey"], "EventDefinitionKey": body["EventDefinitionKey"],
+                                         "Data": body.get("Data") or {}})
+            state.counters["journey_events"] += 1
+            return JSONResponse({"eventInstanceId": event_id}, status_code=201)
 
     def gated_request(request_id: str, authorization: str | None) -> dict[str, Any] | JSONResponse:
         """The accepted request, or the answer refusing the call (429, 401 or 404)."""
@@ -204,7 +231,14 @@ def create_app(state: StubState) -> FastAPI:
         body = await request.json()
         with state.lock:
             state.primary_keys[key] = list(body["primary_key"])
-        return {"key": key, "primary_key": state.primary_keys[key]}
+            state.max_lengths[key] = {k: int(v) for k, v in (body.get("max_length") or {}).items()}
+        return {"key": key, "primary_key": state.primary_keys[key], "max_length": state.max_lengths[key]}
+
+    @app.get("/_stub/journey-events")
+    def journey_events(event_definition_key: str | None = None) -> dict:
+        with state.lock:
+            items = [e for e in state.journey_events if event_definition_key in (None, e["EventDefinitionKey"])]
+        return {"count": len(items), "items": items}
 
     @app.get("/_stub/dataextensions/{key}/rows")
     def data_extension_rows(key: str) -> dict:

@@ -5,7 +5,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,6 +35,9 @@ class PipelineConfig:
     solr_core: str
     marketing_cloud_data_extension: str
     regions: tuple[Region, ...]
+    sinks: dict = field(default_factory=dict)  # name -> options (``module`` + the sink's own)
+    sync_max_batches: int = 20
+    sync_catch_up_every: str = "*/5 * * * *"
 
     def region(self, code: str) -> Region:
         for region in self.regions:
@@ -52,6 +56,9 @@ def parse_config(raw: dict) -> PipelineConfig:
     codes = [r.code for r in regions]
     if len(set(codes)) != len(codes):
         raise ValueError(f"region codes must be unique, got {codes}")
+    for name, options in (raw.get("sinks") or {}).items():
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or not isinstance(options, dict) or not options.get("module"):
+            raise ValueError(f"sink {name!r}: names are lower_snake_case (they become DAG ids) and each entry needs a 'module'")
     return PipelineConfig(
         project=raw["project"],
         consumer_group=raw["consumer_group"],
@@ -61,6 +68,9 @@ def parse_config(raw: dict) -> PipelineConfig:
         solr_core=raw["solr_core"],
         marketing_cloud_data_extension=raw["marketing_cloud"]["data_extension"],
         regions=regions,
+        sinks={name: dict(options) for name, options in (raw.get("sinks") or {}).items()},
+        sync_max_batches=int(raw.get("sync", {}).get("max_batches", 20)),
+        sync_catch_up_every=str(raw.get("sync", {}).get("catch_up_every", "*/5 * * * *")),
     )
 
 

@@ -38,6 +38,14 @@ class Endpoints:
         )
 
 
+    def marketing_cloud(self):
+        """The Marketing Cloud client for these endpoints (Airflow: the hook's connection)."""
+        from .marketing_cloud import MarketingCloudClient
+
+        return MarketingCloudClient(self.marketing_cloud_auth_url, self.marketing_cloud_rest_url, self.marketing_cloud_client_id,
+                                    self.marketing_cloud_client_secret)
+
+
 def anonymous_if_emulated(env_var: str):
     """Emulators take no credentials; without this the clients look for ADC and fail offline."""
     if os.environ.get(env_var):

@@ -17,8 +17,8 @@ def core(stack, pipeline_config):
 def test_index_and_query_partners_with_accent_insensitive_names(core):
     run = uuid.uuid4().hex[:8]
     docs = [
-        {"id": f"t-{run}-1", "first_name": "José", "last_name": "Müller", "region": "EMEA", "country": "DE", "status": "active", "sponsor_id": f"t-{run}-0"},
-        {"id": f"t-{run}-2", "first_name": "Ana", "last_name": "Gonçalves", "region": "LATAM", "country": "BR", "status": "active", "sponsor_id": f"t-{run}-1"},
+        {"id": f"t-{run}-1", "first_name": "José", "last_name": "Müller", "region": "EMEA", "country": "DE", "status": "active", "sponsor_id": f"t-{run}-0", "revision": 101},
+        {"id": f"t-{run}-2", "first_name": "Ana", "last_name": "Gonçalves", "region": "LATAM", "country": "BR", "status": "active", "sponsor_id": f"t-{run}-1", "revision": 101},
     ]
     core.add(docs, commitWithin=500)
     try:

@@ -1,0 +1,149 @@
+"""A client of Salesforce Marketing Cloud's REST API, as the pipeline uses it.
+
+- OAuth2 client credentials (``POST /v2/token``); the token is cached and renewed shortly before
+  it expires, and once more if the service answers 401 anyway (a token revoked or expired early).
+- Async data-extension upserts in chunks within the 32,000-row limit; polling of each request's
+  status with backoff, then its per-row results (paged).
+- 429 is answered by waiting ``Retry-After`` (bounded by ``max_throttle_wait_s`` in total per
+  call); connection errors and 5xx by exponential backoff (tenacity).
+- Journey entry events (``POST /interaction/v1/events``).
+
+Secrets live in the Airflow connection (``marketing_cloud`` type) and in this object only; they
+are never logged, and ``repr`` hides them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS_PER_ASYNC_REQUEST = 32_000
+
+
+class MarketingCloudError(RuntimeError):
+    """The service refused a call for a reason waiting will not fix."""
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
+
+
+@dataclass
+class MarketingCloudClient:
+    auth_url: str
+    rest_url: str
+    client_id: str = field(repr=False)
+    client_secret: str = field(repr=False)
+    timeout_s: float = 30.0
+    max_throttle_wait_s: float = 300.0
+    _token: str = field(default="", repr=False)
+    _expires_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (self.client_id and self.client_secret):
+            raise MarketingCloudError("marketing cloud: the connection has no client id/secret (login/password)")
+        self._http = httpx.Client(timeout=self.timeout_s)
+        self.tokens_fetched = 0
+        self.throttled = 0
+
+    # -- auth -------------------------------------------------------------------------------
+    def token(self, force: bool = False) -> str:
+        with self._lock:
+            # Renew a little before expiry: a tenth of the lifetime, at most a minute.
+            if force or not self._token or time.time() >= self._expires_at:
+                response = self._http.post(f"{self.auth_url}/v2/token", json={"grant_type": "client_credentials", "client_id": self.client_id,
+                                                                              "client_secret": self.client_secret})
+                if response.status_code != 200:
+                    raise MarketingCloudError(f"marketing cloud: token request refused with HTTP {response.status_code}")
+                body = response.json()
+                lifetime = float(body.get("expires_in", 0))
+                self._token = body["access_token"]
+                self._expires_at = time.time() + lifetime - min(60.0, lifetime / 10)
+                self.tokens_fetched += 1
+            return self._token
+
+    # -- transport --------------------------------------------------------------------------
+    @retry(retry=retry_if_exception(_transient), wait=wait_exponential(multiplier=0.5, max=20), stop=stop_after_attempt(8), reraise=True)
+    def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
+        waited = 0.0
+        renewed = False
+        while True:
+            response = self._http.request(method, f"{self.rest_url}{path}", headers={"Authorization": f"Bearer {self.token()}"}, **kwargs)
+            if response.status_code == 429:
+                delay = float(response.headers.get("Retry-After") or 1)
+                if waited + delay > self.max_throttle_wait_s:
+                    raise MarketingCloudError(f"marketing cloud: still throttled (429) after waiting {waited:.0f} s on {method} {path.split('?')[0]}")
+                self.throttled += 1
+                log.info("marketing cloud: throttled (429), waiting %.0f s as Retry-After asks", delay)
+                time.sleep(delay)
+                waited += delay
+                continue
+            if response.status_code == 401 and not renewed:
+                self.token(force=True)  # expired or revoked early: renew once, then retry
+                renewed = True
+                continue
+            if response.status_code >= 500:
+                response.raise_for_status()
+            return response
+
+    def _json(self, response: httpx.Response, what: str) -> dict:
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", "")
+            except ValueError:
+                message = response.text[:200]
+            raise MarketingCloudError(f"marketing cloud: {what} refused with HTTP {response.status_code}: {message}")
+        return response.json()
+
+    # -- data extensions --------------------------------------------------------------------
+    def upsert_async(self, data_extension: str, rows: list[dict], chunk_rows: int = 10_000) -> list[str]:
+        """Sends the rows in chunks (≤ 32,000 each); returns the request ids, in order."""
+        chunk_rows = max(1, min(chunk_rows, MAX_ROWS_PER_ASYNC_REQUEST))
+        ids = []
+        for start in range(0, len(rows), chunk_rows):
+            response = self._call("PUT", f"/data/v1/async/dataextensions/key:{data_extension}/rows", json={"items": rows[start:start + chunk_rows]})
+            ids.append(self._json(response, f"upsert into {data_extension}")["requestId"])
+        return ids
+
+    def wait(self, request_id: str, timeout_s: float = 600.0) -> dict:
+        """Polls a request's status with backoff until it completes; returns the status."""
+        delay, deadline = 0.2, time.monotonic() + timeout_s
+        while True:
+            status = self._json(self._call("GET", f"/data/v1/async/{request_id}/status"), f"status of {request_id}")["status"]
+            if status.get("requestStatus") == "Complete":
+                return status
+            if status.get("requestStatus") in ("Error", "Failed"):
+                raise MarketingCloudError(f"marketing cloud: request {request_id} ended as {status.get('requestStatus')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"marketing cloud: request {request_id} not complete after {timeout_s:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 1.6, 5.0)
+
+    def results(self, request_id: str, page_size: int = 5_000) -> list[dict]:
+        """Every row's result of a completed request (status, errorCode, message, identifiers)."""
+        out, page = [], 1
+        while True:
+            body = self._json(self._call("GET", f"/data/v1/async/{request_id}/results", params={"page": page, "pageSize": page_size}),
+                              f"results of {request_id}")
+            out.extend(body.get("items", []))
+            if len(out) >= int(body.get("count", 0)) or not body.get("items"):
+                return out
+            page += 1
+
+    # -- journeys ---------------------------------------------------------------------------
+    def fire_entry_event(self, event_definition_key: str, contact_key: str, data: dict) -> str:
+        response = self._call("POST", "/interaction/v1/events", json={"ContactKey": contact_key, "EventDefinitionKey": event_definition_key, "Data": data})
+        return self._json(response, f"entry event {event_definition_key}")["eventInstanceId"]
+
+    def close(self) -> None:
+        self._http.close()

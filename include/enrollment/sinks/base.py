@@ -1,0 +1,101 @@
+"""The sink interface: what every downstream sync (Firestore, Solr, Marketing Cloud, yours) does.
+
+A sink receives the **current state** of the partners a run of batches touched, one row per
+partner (the warehouse has already coalesced them: the newest version wins, a late older version
+only fills empty fields), and writes it idempotently within its service's limits:
+
+- ``write(partners, enrolled)`` returns a ``SinkResult`` with what the service acknowledged;
+  a partner is either written, unchanged (the service already holds this version or a newer
+  one), or rejected with the service's message (those go to the sink quarantine, not lost).
+- ``verify(partners, result)`` reads back from the service and returns the problems found (empty
+  when everything written is there); the sync gate fails the task with them.
+
+``partners`` rows carry the warehouse's ``partners`` columns (``partner_id``, ``partner_version``,
+``status`` — ``active``, ``terminated`` or ``None`` while only updates arrived —, names, address,
+…); ``enrolled`` holds the ids whose enrollment event is in this run's batches.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+
+Partner = dict  # one row of the warehouse's partners table
+
+# The fields whose filling counts in a revision (the warehouse's partner columns).
+STATE_FIELDS = ("region", "country", "first_name", "last_name", "email", "phone", "language", "address_line1", "address_city",
+                "address_postal_code", "address_state", "date_of_birth", "sponsor_id", "status", "enrolled_at", "terminated_at")
+
+
+def revision(partner: Partner) -> int:
+    """A number that grows with every change of a partner's state: the version, then the filled fields.
+
+    ``partner_version`` alone misses one change: an older event arriving late fills fields still
+    empty (an update came before its enrollment) without a new version. At a given version fields
+    are only ever filled, never emptied, so (version, filled fields) orders every state the
+    warehouse can hold; sinks guard their writes with it."""
+    return int(partner["partner_version"]) * 100 + sum(partner.get(f) is not None for f in STATE_FIELDS)
+
+
+@dataclass
+class SinkResult:
+    sink: str
+    partners: int = 0
+    written: int = 0
+    unchanged: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (partner id, the service's message)
+    receipts: list[str] = field(default_factory=list)  # ids the service gave back to check later (MC request ids)
+    extra: dict = field(default_factory=dict)  # sink-specific counts (journey events fired, documents removed…)
+
+    def accounted(self) -> bool:
+        return self.partners == self.written + self.unchanged + len(self.rejected)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SinkResult:
+        return cls(**{**data, "rejected": [tuple(r) for r in data.get("rejected", [])]})
+
+    def summary(self) -> str:
+        extra = "".join(f", {k} {v}" for k, v in sorted(self.extra.items()))
+        return f"partners {self.partners}: written {self.written}, unchanged {self.unchanged}, rejected {len(self.rejected)}{extra}"
+
+
+class Sink(ABC):
+    """One downstream service. Subclasses set ``name`` and implement ``write`` and ``verify``."""
+
+    name: str = ""
+
+    @abstractmethod
+    def write(self, partners: Sequence[Partner], enrolled: set[str]) -> SinkResult: ...
+
+    @abstractmethod
+    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]: ...
+
+    def close(self) -> None:
+        """Releases clients; called once the run is over."""
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def iso(value) -> str | None:
+    """Timestamps and dates as ISO-8601 (UTC ``Z`` for timestamps), None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def describe(problems: Iterable[str], limit: int = 10) -> str:
+    problems = list(problems)
+    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+    return "; ".join(problems[:limit]) + more

@@ -1,0 +1,101 @@
+"""Firestore: one partner profile document per partner, for the apps.
+
+- Document ``<collection>/<partner id>``: partner ids are random after their region prefix, so
+  writes spread over the key space (no monotonically increasing ids, no hotspot).
+- Guarded by the partner's version: each chunk reads the documents, skips those already at this
+  version or newer, and writes the others with a precondition (``create`` for a new document, an
+  update conditioned on the update time just read for an existing one). A concurrent writer makes
+  the precondition fail and the chunk is read and decided again: a stale write never lands.
+- At most 500 writes per commit (Firestore's limit); terminations mark the document
+  (``status: terminated``, ``terminated_at``) rather than delete it: the apps show the state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from .base import Partner, Sink, SinkResult, chunks, revision
+
+log = logging.getLogger(__name__)
+
+PROFILE_FIELDS = ("region", "country", "first_name", "last_name", "email", "phone", "language", "date_of_birth", "sponsor_id", "status",
+                  "enrolled_at", "terminated_at", "updated_at")
+
+
+def profile(partner: Partner) -> dict:
+    doc = {f: partner.get(f) for f in PROFILE_FIELDS}
+    doc["partner_id"] = partner["partner_id"]
+    doc["partner_version"] = int(partner["partner_version"])
+    doc["revision"] = revision(partner)
+    doc["address"] = {"line1": partner.get("address_line1"), "city": partner.get("address_city"), "postal_code": partner.get("address_postal_code"),
+                      "state": partner.get("address_state")}
+    return doc
+
+
+def _revision_of(snap) -> int:
+    data = snap.to_dict() or {}
+    return int(data.get("revision") or 0)
+
+
+class FirestoreSink(Sink):
+    name = "firestore"
+
+    def __init__(self, client, collection: str = "partners", batch_size: int = 500, attempts: int = 5):
+        self.client = client
+        self.collection = client.collection(collection)
+        self.batch_size = min(int(batch_size), 500)
+        self.attempts = attempts
+
+    def write(self, partners: Sequence[Partner], enrolled: set[str]) -> SinkResult:
+        from google.api_core.exceptions import AlreadyExists, Conflict, FailedPrecondition
+
+        result = SinkResult(self.name, partners=len(partners))
+        for chunk in chunks(list(partners), self.batch_size):
+            for attempt in range(1, self.attempts + 1):
+                refs = [self.collection.document(p["partner_id"]) for p in chunk]
+                held = {snap.id: snap for snap in self.client.get_all(refs)}
+                batch, writes, unchanged = self.client.batch(), 0, 0
+                for p, ref in zip(chunk, refs):
+                    snap = held.get(p["partner_id"])
+                    if snap is not None and snap.exists and _revision_of(snap) >= revision(p):
+                        unchanged += 1
+                        continue
+                    if snap is not None and snap.exists:
+                        batch.update(ref, profile(p), option=self.client.write_option(last_update_time=snap.update_time))
+                    else:
+                        batch.create(ref, profile(p))
+                    writes += 1
+                try:
+                    if writes:
+                        batch.commit()
+                except (FailedPrecondition, AlreadyExists, Conflict) as exc:
+                    if attempt == self.attempts:
+                        raise
+                    log.info("firestore: a concurrent write changed %d-partner chunk (%s); deciding again", len(chunk), type(exc).__name__)
+                    continue
+                result.written += writes
+                result.unchanged += unchanged
+                break
+        return result
+
+    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
+        problems = []
+        for chunk in chunks(list(partners), 500):
+            held = {snap.id: snap for snap in self.client.get_all([self.collection.document(p["partner_id"]) for p in chunk])}
+            for p in chunk:
+                snap = held.get(p["partner_id"])
+                if snap is None or not snap.exists:
+                    problems.append(f"{p['partner_id']}: no document")
+                elif _revision_of(snap) < revision(p):
+                    problems.append(f"{p['partner_id']}: document at revision {_revision_of(snap)}, expected {revision(p)}")
+                elif _revision_of(snap) == revision(p) and snap.get("status") != p.get("status"):
+                    problems.append(f"{p['partner_id']}: status {snap.get('status')!r}, expected {p.get('status')!r}")
+        return problems
+
+
+def build(options: dict, endpoints) -> FirestoreSink:
+    from enrollment.services import firestore_client
+
+    return FirestoreSink(firestore_client(endpoints.project), collection=options.get("collection", "partners"),
+                         batch_size=int(options.get("batch_size", 500)))

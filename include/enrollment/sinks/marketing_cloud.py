@@ -1,0 +1,123 @@
+"""Marketing Cloud: the partners data extension, and the welcome journey for new enrollments.
+
+- Rows are upserted with the async API in chunks within the 32,000-row limit, each request
+  polled to completion; the per-row results are the acknowledgement. Rows the service rejects are
+  returned with its message (the sync puts them in the sink quarantine): never dropped.
+- The data extension holds the current state: an upsert of the same version is a no-op in effect,
+  so a re-run changes nothing.
+- A partner enrolled in the run's batches, accepted by the service and still active, fires the
+  welcome journey's entry event once: the ids fired per batch are kept in
+  ``gs://<landing bucket>/sinks/<sink>/welcome/<batch id>.json`` so a re-run does not fire again.
+  (Between firing and recording, a crash may fire twice; set the journey's re-entry to "no
+  re-entry" in Journey Builder — the service, like the stub, does not deduplicate.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from ..marketing_cloud import MarketingCloudClient
+from .base import Partner, Sink, SinkResult, iso
+
+log = logging.getLogger(__name__)
+
+ROW_FIELDS = {"PartnerId": "partner_id", "EmailAddress": "email", "FirstName": "first_name", "LastName": "last_name", "Region": "region",
+              "Country": "country", "Language": "language", "SponsorId": "sponsor_id"}
+
+
+def row(partner: Partner) -> dict:
+    out = {name: partner.get(column) for name, column in ROW_FIELDS.items()}
+    out["Status"] = partner.get("status") or "pending"
+    out["EnrolledAt"] = iso(partner.get("enrolled_at"))
+    out["PartnerVersion"] = int(partner["partner_version"])
+    return out
+
+
+class MarketingCloudSink(Sink):
+    name = "marketing_cloud"
+
+    def __init__(self, client: MarketingCloudClient, data_extension: str, welcome_event: str | None, bucket=None, chunk_rows: int = 10_000,
+                 wait_s: float = 600.0):
+        self.client = client
+        self.data_extension = data_extension
+        self.welcome_event = welcome_event
+        self.bucket = bucket
+        self.chunk_rows = chunk_rows
+        self.wait_s = wait_s
+
+    def write(self, partners: Sequence[Partner], enrolled: Mapping[str, str]) -> SinkResult:
+        result = SinkResult(self.name, partners=len(partners))
+        if not partners:
+            return result
+        rows = [row(p) for p in partners]
+        result.receipts = self.client.upsert_async(self.data_extension, rows, chunk_rows=self.chunk_rows)
+        accepted = set()
+        for request_id in result.receipts:
+            self.client.wait(request_id, timeout_s=self.wait_s)
+            for item in self.client.results(request_id):
+                pid = next((i["value"] for i in item.get("identifiers", []) if i["key"] == "PartnerId"), None)
+                if item.get("status") == "OK":
+                    accepted.add(pid)
+                else:
+                    result.rejected.append((pid, f"{item.get('errorCode')}: {item.get('message')}"))
+        result.written = len(accepted)
+        result.extra["welcome_events"] = self._welcome([p for p in partners if p["partner_id"] in accepted], enrolled)
+        return result
+
+    def _welcome(self, accepted: Sequence[Partner], enrolled: Mapping[str, str]) -> int:
+        if not self.welcome_event or self.bucket is None:
+            return 0
+        by_batch: dict[str, list[Partner]] = defaultdict(list)
+        for p in accepted:
+            if p["partner_id"] in enrolled and p.get("status") == "active":
+                by_batch[enrolled[p["partner_id"]]].append(p)
+        fired_now = 0
+        for batch_id, newcomers in sorted(by_batch.items()):
+            blob = self.bucket.blob(f"sinks/{self.name}/welcome/{batch_id}.json")
+            fired = set(json.loads(blob.download_as_text())) if blob.exists() else set()
+            todo = [p for p in newcomers if p["partner_id"] not in fired]
+            for i, p in enumerate(todo, 1):
+                self.client.fire_entry_event(self.welcome_event, p["partner_id"], {"PartnerId": p["partner_id"], "EmailAddress": p.get("email"),
+                                                                                  "FirstName": p.get("first_name"), "Language": p.get("language"),
+                                                                                  "Country": p.get("country")})
+                fired.add(p["partner_id"])
+                fired_now += 1
+                if i % 200 == 0 or i == len(todo):  # keep the window for a double fire small
+                    blob.upload_from_string(json.dumps(sorted(fired)), content_type="application/json")
+        return fired_now
+
+    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
+        """The service's own results for every request: each row sent is OK or quarantined."""
+        sent = {p["partner_id"] for p in partners}
+        seen, problems = {}, []
+        for request_id in result.receipts:
+            status = self.client.wait(request_id, timeout_s=self.wait_s)
+            if status.get("requestStatus") != "Complete":
+                problems.append(f"request {request_id} is {status.get('requestStatus')}")
+            for item in self.client.results(request_id):
+                pid = next((i["value"] for i in item.get("identifiers", []) if i["key"] == "PartnerId"), None)
+                seen[pid] = item.get("status")
+        rejected = {pid for pid, _ in result.rejected}
+        missing = sent - set(seen)
+        if missing:
+            problems.append(f"{len(missing)} partners sent have no result, e.g. {sorted(missing)[:3]}")
+        for pid, status in seen.items():
+            if status != "OK" and pid not in rejected:
+                problems.append(f"{pid}: the service answered {status} but the row is not in the quarantine")
+        return problems
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def build(options: dict, endpoints) -> MarketingCloudSink:
+    from enrollment.config import load_config
+    from enrollment.services import storage_client
+
+    config = load_config()
+    return MarketingCloudSink(endpoints.marketing_cloud(), options.get("data_extension") or config.marketing_cloud_data_extension,
+                              options.get("welcome_event"), bucket=storage_client(endpoints.project).bucket(config.landing_bucket),
+                              chunk_rows=int(options.get("chunk_rows", 10_000)), wait_s=float(options.get("wait_s", 600)))

@@ -1,0 +1,131 @@
+"""Solr: the partner search index.
+
+- One document per partner (uniqueKey = partner id); names analysed accent-insensitively for the
+  regions' languages; region, country, sponsor, status, language and enrolled-at filterable.
+- The configset's update chain has a **version constraint** on ``revision`` (the partner's
+  version, then its filled fields; see ``base.revision``): Solr itself drops an update at an older
+  or equal revision, so a replay or a late writer cannot go back in
+  time, and a re-run changes nothing.
+- Batched updates with ``commitWithin`` (never a commit per batch); real-time get reads back
+  before any commit.
+- Terminations remove the partner from search: a delete with ``del_version`` leaves a tombstone at
+  that version (``status: removed``) so a late older update cannot bring the partner back.
+- Partners known only from updates (no enrollment yet) are indexed with ``status: pending``;
+  ``search_partners`` shows only active partners.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import httpx
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from .base import Partner, Sink, SinkResult, chunks, iso, revision
+
+SEARCH_FIELDS = ("region", "country", "first_name", "last_name", "sponsor_id", "language")
+def quote(term: str) -> str:
+    """A user's text as one literal Solr phrase: no operators, wildcards or field syntax survive."""
+    return '"' + term.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+
+def document(partner: Partner) -> dict:
+    doc = {f: partner.get(f) for f in SEARCH_FIELDS}
+    doc["id"] = partner["partner_id"]
+    doc["status"] = partner.get("status") or "pending"
+    doc["partner_version"] = int(partner["partner_version"])
+    doc["revision"] = revision(partner)
+    doc["enrolled_at"] = iso(partner.get("enrolled_at"))
+    doc["updated_at"] = iso(partner.get("updated_at"))
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+class SolrError(RuntimeError):
+    pass
+
+
+class SolrSink(Sink):
+    name = "solr"
+
+    def __init__(self, solr_url: str, core: str, chunk: int = 1000, commit_within_ms: int = 1000, outage_s: float = 120.0):
+        self.url = f"{solr_url.rstrip('/')}/{core}"
+        self.chunk = int(chunk)
+        self.commit_within_ms = int(commit_within_ms)
+        self.http = httpx.Client(timeout=60)
+        # Ride out a short outage (a restart) inside the task; longer ones fail it and the next
+        # run catches up from the watermark.
+        self._post = retry(retry=retry_if_exception_type((httpx.TransportError, SolrError)), wait=wait_exponential(multiplier=0.5, max=10),
+                           stop=stop_after_delay(outage_s), reraise=True)(self._post_once)
+
+    def _post_once(self, body, **params) -> dict:
+        response = self.http.post(f"{self.url}/update", params={"commitWithin": self.commit_within_ms, "wt": "json", **params}, json=body)
+        if response.status_code >= 500:
+            raise SolrError(f"solr: update answered HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise RuntimeError(f"solr: update refused with HTTP {response.status_code}: {response.text[:300]}")
+        return response.json()
+
+    def write(self, partners: Sequence[Partner], enrolled: set[str]) -> SinkResult:
+        result = SinkResult(self.name, partners=len(partners))
+        indexed = [p for p in partners if p.get("status") != "terminated"]
+        for chunk in chunks(indexed, self.chunk):
+            self._post([document(p) for p in chunk])
+        # A delete carries one version for all its ids: group the terminations by version.
+        removals: dict[int, list[str]] = defaultdict(list)
+        for p in partners:
+            if p.get("status") == "terminated":
+                removals[revision(p)].append(p["partner_id"])
+        for version, ids in sorted(removals.items()):
+            for chunk in chunks(ids, self.chunk):
+                self._post({"delete": list(chunk)}, del_version=version)
+        # Solr answers 200 for an update it ignores as older: the gate reads back what holds.
+        result.written = len(partners)
+        result.extra["removed"] = sum(len(v) for v in removals.values())
+        return result
+
+    def get(self, ids: Sequence[str]) -> dict[str, dict]:
+        """Real-time get: the documents as Solr holds them now, committed or not."""
+        out = {}
+        for chunk in chunks(list(ids), 500):
+            response = self.http.post(f"{self.url}/get", data={"ids": ",".join(chunk), "wt": "json"})
+            response.raise_for_status()
+            out.update({d["id"]: d for d in response.json()["response"]["docs"]})
+        return out
+
+    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
+        held = self.get([p["partner_id"] for p in partners])
+        problems = []
+        for p in partners:
+            doc, expected = held.get(p["partner_id"]), revision(p)
+            if doc is None:
+                problems.append(f"{p['partner_id']}: not in the index")
+            elif int(doc.get("revision", 0)) < expected:
+                problems.append(f"{p['partner_id']}: indexed at revision {doc.get('revision')}, expected {expected}")
+            elif int(doc["revision"]) == expected and (doc.get("status") == "removed") != (p.get("status") == "terminated"):
+                problems.append(f"{p['partner_id']}: status {doc.get('status')!r} for a partner {p.get('status') or 'pending'}")
+        return problems
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def search_partners(solr_url: str, core: str, text: str = "", *, region: str | None = None, country: str | None = None,
+                    sponsor_id: str | None = None, rows: int = 20, timeout: float = 10.0) -> list[dict]:
+    """Active partners whose names match every word of ``text`` (accents and case ignored).
+
+    Each word is quoted as a phrase, so user input can never become query syntax."""
+    terms = [quote(t) for t in text.split() if t.strip()]
+    filters = ["status:active"] + [f"{field}:{quote(value)}" for field, value in (("region", region), ("country", country), ("sponsor_id", sponsor_id)) if value]
+    params = {"q": " AND ".join(f"names:{t}" for t in terms) or "*:*", "fq": filters, "rows": rows, "wt": "json", "sort": "id asc"}
+    response = httpx.get(f"{solr_url.rstrip('/')}/{core}/select", params=params, timeout=timeout)
+    response.raise_for_status()
+    return response.json()["response"]["docs"]
+
+
+def build(options: dict, endpoints) -> SolrSink:
+    from enrollment.config import load_config
+
+    return SolrSink(endpoints.solr_url, options.get("core") or load_config().solr_core, chunk=int(options.get("chunk", 1000)),
+                    commit_within_ms=int(options.get("commit_within_ms", 1000)), outage_s=float(options.get("outage_s", 120)))
