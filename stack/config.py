@@ -76,7 +76,7 @@ class StackConfig:
             "KAFKA_DEFAULT": {"conn_type": "kafka", "extra": {"bootstrap.servers": self.kafka_bootstrap, "group.id": "enrollment-pipeline", "enable.auto.commit": False}},
             "GOOGLE_CLOUD_DEFAULT": {"conn_type": "google_cloud_platform", "extra": {"project": self.project, "is_anonymous": True}},
             "SOLR_DEFAULT": {"conn_type": "http", "host": HOST, "port": self.ports["SOLR_PORT"], "schema": "http", "extra": {"base_path": "/solr"}},
-            "MARKETING_CLOUD_DEFAULT": {"conn_type": "http", "host": HOST, "port": self.ports["MARKETING_CLOUD_PORT"], "schema": "http",
+            "MARKETING_CLOUD_DEFAULT": {"conn_type": "marketing_cloud", "host": mc_url,
                                         "login": self.credentials["mc_client_id"], "password": self.credentials["mc_client_secret"],
                                         "extra": {"auth_url": mc_url, "rest_url": mc_url}},
         }

@@ -10,20 +10,32 @@ SOLR_CONN_ID = "solr_default"
 MARKETING_CLOUD_CONN_ID = "marketing_cloud_default"
 
 
+class AirflowEndpoints(Endpoints):
+    """Endpoints whose Marketing Cloud client comes from the hook of its connection type."""
+
+    def marketing_cloud(self):
+        from enrollment_airflow.hooks import MarketingCloudHook
+
+        return MarketingCloudHook(MARKETING_CLOUD_CONN_ID).get_conn()
+
+
 def endpoints_from_connections() -> Endpoints:
     from airflow.sdk import BaseHook
+
+    from enrollment_airflow.hooks import MarketingCloudHook
 
     kafka = BaseHook.get_connection(KAFKA_CONN_ID)
     gcp = BaseHook.get_connection(GCP_CONN_ID)
     solr = BaseHook.get_connection(SOLR_CONN_ID)
     mc = BaseHook.get_connection(MARKETING_CLOUD_CONN_ID)
     solr_path = solr.extra_dejson.get("base_path", "/solr")
-    return Endpoints(
+    mc_auth, mc_rest = MarketingCloudHook(MARKETING_CLOUD_CONN_ID).urls()
+    return AirflowEndpoints(
         project=gcp.extra_dejson.get("project") or gcp.extra_dejson.get("extra__google_cloud_platform__project"),
         kafka_bootstrap=kafka.extra_dejson["bootstrap.servers"],
         solr_url=f"{solr.schema or 'http'}://{solr.host}:{solr.port}{solr_path}",
-        marketing_cloud_auth_url=mc.extra_dejson.get("auth_url", "").rstrip("/"),
-        marketing_cloud_rest_url=mc.extra_dejson.get("rest_url", "").rstrip("/"),
+        marketing_cloud_auth_url=mc_auth,
+        marketing_cloud_rest_url=mc_rest,
         marketing_cloud_client_id=mc.login or "",
         marketing_cloud_client_secret=mc.password or "",
     )
@@ -37,3 +49,19 @@ def warehouse_from_connections(config):
     project = endpoints_from_connections().project
     return Warehouse(client=bigquery_client(project), storage=storage_client(project), project=project,
                      dataset=config.warehouse_dataset, ops_dataset=config.ops_dataset)
+
+
+def sync_run_from_connections(config):
+    """A sink sync against the pipeline's warehouse and landing bucket."""
+    from enrollment.services import storage_client
+    from enrollment.sync import SyncRun
+
+    warehouse = warehouse_from_connections(config)
+    return SyncRun(warehouse, storage_client(warehouse.project).bucket(config.landing_bucket))
+
+
+def sink_from_connections(config, name: str):
+    """The configured sink ``name``, its clients built from the Airflow connections."""
+    from enrollment.sinks import build_sink
+
+    return build_sink(name, config.sinks[name], endpoints_from_connections())

@@ -23,6 +23,12 @@ def backlog_asset(region: Region, group: str) -> Asset:
                  watchers=[AssetWatcher(name=f"backlog_{region.code.lower()}", trigger=trigger)])
 
 
+def warehouse_asset(region: Region) -> Asset:
+    """The region's warehouse tables as an asset: updated by each ingest run, watched by the syncs."""
+    config = load_config()
+    return Asset(name=f"warehouse_{region.code.lower()}", uri=f"enrollment-warehouse://{config.project}/{config.warehouse_dataset}/{region.code}")
+
+
 DOC_MD = """
 ### Ingest: {region}
 
@@ -43,6 +49,9 @@ takes whatever is pending.
    older version only fills empty fields) and `{dataset}.quarantine`. **Gate:** row counts,
    unique event ids, mandatory columns.
 4. **reconcile** writes the ledger row and fails loudly when the numbers of the batch do not balance.
+   Its success updates the asset `warehouse_{region_lower}`, which wakes the sink DAGs
+   (`sync_firestore`, `sync_solr`, `sync_marketing_cloud`): they run on their own, so a sink that is
+   down never holds this DAG back.
 
 **Reading the ledger** (`{ops}.ledger`, one row per batch and stage):
 `offsets_in = valid + quarantined + duplicates` must hold on every row;
@@ -66,7 +75,7 @@ def ingest_dag(region: Region) -> DAG:
         max_active_runs=1,  # batches of a region follow each other: the next claim starts where this one commits
         default_args=DEFAULT_ARGS,
         tags=[str(Tag.INGEST)],
-        doc_md=DOC_MD.format(region=region.code, topic=region.topic, group=config.consumer_group, bucket=config.landing_bucket,
+        doc_md=DOC_MD.format(region=region.code, region_lower=region.code.lower(), topic=region.topic, group=config.consumer_group, bucket=config.landing_bucket,
                              dataset=config.warehouse_dataset, ops=config.ops_dataset, min_records=region.min_records, max_age_s=region.max_age_s),
         params={"max_batch": Param(region.max_batch, type="integer", minimum=1, description="Most offsets one batch claims")},
     ) as dag:
@@ -113,7 +122,7 @@ def ingest_dag(region: Region) -> DAG:
 
             return merge(landed)
 
-        @task(task_id="reconcile")
+        @task(task_id="reconcile", outlets=[warehouse_asset(region)])
         def reconcile(landed: dict, merged: dict) -> dict:
             from enrollment.batches import Landed
             from enrollment_airflow.connections import warehouse_from_connections

@@ -1,12 +1,15 @@
 """All four regions through their ingest DAGs (built by the factory, run by Airflow's
-``dag.test()``) on a pipeline configuration of their own (fresh topics, group and datasets): the
-simulator's events with the fault mix end up exactly as its expected-outcome file says."""
+``dag.test()``) on a pipeline configuration of their own (fresh topics, group, datasets, Firestore
+collection and Marketing Cloud data extension): the simulator's events with the fault mix end up
+exactly as its expected-outcome file says, and the three sink DAGs bring every partner to
+Firestore, Solr and Marketing Cloud."""
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
 
+import httpx
 import pytest
 import yaml
 from confluent_kafka import Consumer, TopicPartition
@@ -14,7 +17,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from google.cloud import bigquery
 
 from enrollment import config as pipeline_config_module
-from enrollment.services import bigquery_client
+from enrollment.services import bigquery_client, firestore_client
+from enrollment.sinks.solr import SolrSink
 from enrollment.simulator.generator import FaultRates, Simulator
 from tests.integration.conftest import produce
 
@@ -28,6 +32,8 @@ def isolated_pipeline(stack, tmp_path, monkeypatch):
     raw = yaml.safe_load(pipeline_config_module.DEFAULT_CONFIG.read_text())
     raw["consumer_group"] = f"test-pipeline-{run}"
     raw["datasets"] = {"warehouse": f"test_all_{run}", "ops": f"test_all_ops_{run}"}
+    raw["sinks"]["firestore"]["collection"] = f"partners_{run}"
+    raw["sinks"]["marketing_cloud"].update(data_extension=f"partners-{run}", welcome_event=f"welcome-{run}")
     for region in raw["regions"]:
         region["topic"] = f"test.{run}.{region['code'].lower()}.events"
         region["partitions"] = 2
@@ -84,3 +90,28 @@ def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, is
         committed = [tp.offset for tp in consumer.committed(parts, timeout=10)]
         assert committed == [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts], region.code
     consumer.close()
+
+    # The sink DAGs, as the warehouse assets would trigger them: every partner reaches every sink.
+    from enrollment_airflow.sync import sync_dag
+
+    for name in config.sinks:
+        run = sync_dag(name).test()
+        assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
+    partners = {r["partner_id"]: r for r in rows("SELECT partner_id, partner_version, status FROM {w}.partners")}
+    assert partners, "the simulated events hold partner events"
+    docs = {d.id: d.get("partner_version") for d in firestore_client(stack.project).collection(config.sinks["firestore"]["collection"]).stream()}
+    assert docs == {pid: r["partner_version"] for pid, r in partners.items()}
+    solr = SolrSink(stack.url("SOLR_PORT", "/solr"), config.solr_core).get(list(partners))
+    assert {pid: ("removed" if r["status"] == "terminated" else r["partner_version"]) for pid, r in partners.items()} == {
+        pid: ("removed" if d["status"] == "removed" else d["partner_version"]) for pid, d in solr.items()}
+    mc_rows = httpx.get(f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud']['data_extension']}/rows").json()
+    assert {r["PartnerId"]: r["PartnerVersion"] for r in mc_rows["items"]} == {pid: r["partner_version"] for pid, r in partners.items()}
+    marks = rows("SELECT sink, region, batch_id FROM {o}.sink_watermarks")
+    warehoused = {(r["region"], r["batch_id"]) for r in ledger_rows(rows)}
+    assert {(m["region"], m["batch_id"]) for m in marks} == warehoused and len(marks) == len(config.sinks) * len(config.regions)
+    synced = rows("SELECT stage, COUNT(*) AS n FROM {o}.ledger WHERE stage LIKE 'sync_%' GROUP BY stage")
+    assert {r["stage"]: r["n"] for r in synced} == {f"sync_{name}": len(config.regions) for name in config.sinks}
+
+
+def ledger_rows(rows):
+    return rows("SELECT region, batch_id FROM {o}.ledger WHERE stage = 'warehouse'")

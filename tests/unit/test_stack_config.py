@@ -29,7 +29,7 @@ def test_every_service_binds_loopback_and_connections_carry_no_other_host(tmp_pa
         if key.startswith("AIRFLOW_CONN_"):
             conn = json.loads(value)
             host = conn.get("host") or conn["extra"].get("bootstrap.servers", "127.0.0.1").split(":")[0]
-            assert host in ("127.0.0.1",) or "host" not in conn, key
+            assert host.removeprefix("http://").split(":")[0] == "127.0.0.1" or "host" not in conn, key
         elif key.endswith(("_HOST", "_URL")):
             assert "127.0.0.1" in value, key
 
