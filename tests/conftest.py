@@ -62,6 +62,14 @@ def dagbag():
 @pytest.fixture(scope="session")
 def airflow_db():
     """Airflow's metadata DB for in-process runs (``dag.test()``), in the test home."""
+    from sqlalchemy import delete
+
+    from airflow.models.asset import AssetActive
     from airflow.utils import db
+    from airflow.utils.session import create_session
 
     db.initdb()
+    # Assets are activated when a DAG using them is first synced; a test DB kept from an older
+    # checkout may hold one of the same name with an older URI, which would keep ours inactive.
+    with create_session() as session:
+        session.execute(delete(AssetActive))

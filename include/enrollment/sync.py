@@ -104,7 +104,7 @@ class SyncRun:
         for b in plan.batches:
             valid = self.warehouse._read_parquet(plan.valid_uri(b["batch_id"])).select(["partner_id", "event_type"])
             valid = valid.filter(pc.is_in(valid.column("event_type"), pa.array(PARTNER_EVENTS)))
-            for pid, kind in zip(valid.column("partner_id").to_pylist(), valid.column("event_type").to_pylist()):
+            for pid, kind in zip(valid.column("partner_id").to_pylist(), valid.column("event_type").to_pylist(), strict=True):
                 last[pid] = b["batch_id"]
                 if kind == "partner.enrolled":
                     enrolled[pid] = b["batch_id"]

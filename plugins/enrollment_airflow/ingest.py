@@ -25,8 +25,8 @@ def backlog_asset(region: Region, group: str) -> Asset:
 
 def warehouse_asset(region: Region) -> Asset:
     """The region's warehouse tables as an asset: updated by each ingest run, watched by the syncs."""
-    config = load_config()
-    return Asset(name=f"warehouse_{region.code.lower()}", uri=f"enrollment-warehouse://{config.project}/{config.warehouse_dataset}/{region.code}")
+    # The URI names the region only: one asset per region whatever the deployment's datasets.
+    return Asset(name=f"warehouse_{region.code.lower()}", uri=f"enrollment-warehouse://partners/{region.code}")
 
 
 DOC_MD = """

@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from google.cloud import bigquery
 
+from enrollment import config as pipeline_config_module
 from enrollment.batches import Manifest, claim
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
@@ -63,3 +65,32 @@ def claimed_batch(stack, pipeline_config, topic: str, region: str, seed: int, ev
     return group, bucket, messages, manifest
 
 
+@pytest.fixture
+def isolated_pipeline(stack, tmp_path, monkeypatch):
+    """A configuration like the embedded one, with its own topics, group and datasets."""
+    run = uuid.uuid4().hex[:6]
+    raw = yaml.safe_load(pipeline_config_module.DEFAULT_CONFIG.read_text())
+    raw["consumer_group"] = f"test-pipeline-{run}"
+    raw["datasets"] = {"warehouse": f"test_all_{run}", "ops": f"test_all_ops_{run}"}
+    raw["sinks"]["firestore"]["collection"] = f"partners_{run}"
+    raw["sinks"]["marketing_cloud"].update(data_extension=f"partners-{run}", welcome_event=f"welcome-{run}")
+    for region in raw["regions"]:
+        region["topic"] = f"test.{run}.{region['code'].lower()}.events"
+        region["partitions"] = 2
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("ENROLLMENT_CONFIG", str(path))
+    pipeline_config_module._load.cache_clear()
+    config = pipeline_config_module.load_config()
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    for future in admin.create_topics([NewTopic(r.topic, num_partitions=2, replication_factor=1) for r in config.regions]).values():
+        future.result(30)
+    client = bigquery_client(stack.project)
+    for name in (config.warehouse_dataset, config.ops_dataset):
+        client.create_dataset(bigquery.Dataset(f"{stack.project}.{name}"))
+    yield config
+    admin.delete_topics([r.topic for r in config.regions])
+    for name in (config.warehouse_dataset, config.ops_dataset):
+        client.delete_dataset(name, delete_contents=True, not_found_ok=True)
+    monkeypatch.delenv("ENROLLMENT_CONFIG")
+    pipeline_config_module._load.cache_clear()

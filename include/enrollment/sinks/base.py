@@ -75,7 +75,7 @@ class Sink(ABC):
     @abstractmethod
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: not every sink holds a client)
         """Releases clients; called once the run is over."""
 
 

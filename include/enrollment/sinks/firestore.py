@@ -56,7 +56,7 @@ class FirestoreSink(Sink):
                 refs = [self.collection.document(p["partner_id"]) for p in chunk]
                 held = {snap.id: snap for snap in self.client.get_all(refs)}
                 batch, writes, unchanged = self.client.batch(), 0, 0
-                for p, ref in zip(chunk, refs):
+                for p, ref in zip(chunk, refs, strict=True):
                     snap = held.get(p["partner_id"])
                     if snap is not None and snap.exists and _revision_of(snap) >= revision(p):
                         unchanged += 1

@@ -1,0 +1,75 @@
+"""The guide's worked example (docs/guide.md): a public partner directory in Cloud Storage.
+
+One JSON object per active partner, ``<prefix>/<partner id>.json``, with what a partner-locator
+page may show (no email, phone, birth date or address line); a terminated partner's object is
+deleted. Guarded by the revision kept in the object's metadata, written with a generation
+precondition so a concurrent writer cannot be overwritten blindly. ``verify`` reads the objects back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from .base import Partner, Sink, SinkResult, iso, revision
+
+PUBLIC_FIELDS = ("first_name", "last_name", "region", "country", "language", "sponsor_id")
+
+
+class DirectorySink(Sink):
+    name = "directory"
+
+    def __init__(self, bucket, prefix: str = "directory"):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def _blob(self, partner_id: str):
+        return self.bucket.blob(f"{self.prefix}/{partner_id}.json")
+
+    def write(self, partners: Sequence[Partner], enrolled: Mapping[str, str]) -> SinkResult:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        result = SinkResult(self.name, partners=len(partners))
+        for p in partners:
+            blob = self.bucket.get_blob(f"{self.prefix}/{p['partner_id']}.json")
+            held = int((blob.metadata or {}).get("revision", 0)) if blob is not None else 0
+            if p.get("status") == "terminated":
+                if blob is None:
+                    result.unchanged += 1
+                    continue
+                try:
+                    blob.delete(if_generation_match=blob.generation)
+                except (NotFound, PreconditionFailed):
+                    pass  # gone already, or replaced: the gate reads back what holds
+                result.written += 1
+                continue
+            if held >= revision(p):
+                result.unchanged += 1
+                continue
+            target = self._blob(p["partner_id"])
+            target.metadata = {"revision": str(revision(p))}
+            body = {f: p.get(f) for f in PUBLIC_FIELDS} | {"partner_id": p["partner_id"], "status": p.get("status") or "pending",
+                                                          "enrolled_at": iso(p.get("enrolled_at"))}
+            target.upload_from_string(json.dumps(body), content_type="application/json",
+                                      if_generation_match=blob.generation if blob is not None else 0)
+            result.written += 1
+        return result
+
+    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
+        problems = []
+        for p in partners:
+            blob = self.bucket.get_blob(f"{self.prefix}/{p['partner_id']}.json")
+            if p.get("status") == "terminated":
+                if blob is not None:
+                    problems.append(f"{p['partner_id']}: terminated but still in the directory")
+            elif blob is None:
+                problems.append(f"{p['partner_id']}: not in the directory")
+            elif int((blob.metadata or {}).get("revision", 0)) < revision(p):
+                problems.append(f"{p['partner_id']}: directory at revision {blob.metadata.get('revision')}, expected {revision(p)}")
+        return problems
+
+
+def build(options: dict, endpoints) -> DirectorySink:
+    from enrollment.services import storage_client
+
+    return DirectorySink(storage_client(endpoints.project).bucket(options["bucket"]), prefix=options.get("prefix", "directory"))
