@@ -10,6 +10,8 @@ It follows the published contract the pipeline depends on:
 - ``POST /interaction/v1/events``: a journey's entry event for one contact (``ContactKey``,
   ``EventDefinitionKey``, ``Data``), ``201`` with an ``eventInstanceId``. Like the service, it
   does not deduplicate: whether a contact may enter twice is the journey's re-entry setting.
+- ``POST /interaction/v1/async/events``: the same for up to 100 contacts at once
+  (``eventDefinitionKey``, ``members: [{contactKey, data}]``); more is refused with 400.
 - A data extension's fields may declare ``max_length`` (``PUT /_stub/dataextensions/{key}``):
   a longer value fails that row with error 10003, as the service does for a Text(n) field.
 - More than ``rate_per_s`` API calls in a second, or any call while throttling is forced, is
@@ -38,6 +40,7 @@ from fastapi.responses import JSONResponse
 
 MAX_ROWS_PER_ASYNC_REQUEST = 32_000
 THROTTLE_ERROR_CODE = 50100
+MAX_JOURNEY_MEMBERS = 100
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -89,7 +92,10 @@ class StubState:
                 results.append({"status": "Error", "errorCode": 10002, "message": "Invalid email address in field EmailAddress", "identifiers": identifiers})
             else:
                 pk = tuple(str(item[f]) for f in primary_key)
-                table[pk] = {**table.get(pk, {}), **item}
+                held = table.get(pk, {})
+                changed = not held or any(held.get(k) != v for k, v in item.items())
+                # _written_at (read-back only) moves when the row's content changes, not on a same-content upsert.
+                table[pk] = {**held, **item, "_written_at": time.time() if changed else held["_written_at"]}
                 results.append({"status": "OK", "errorCode": None, "message": None, "identifiers": identifiers})
         request["results"] = results
         request["status"] = "Complete"
@@ -170,6 +176,30 @@ def create_app(state: StubState) -> FastAPI:
             state.counters["journey_events"] += 1
             return JSONResponse({"eventInstanceId": event_id}, status_code=201)
 
+    @app.post("/interaction/v1/async/events")
+    async def fire_events(request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
+        body = await request.json()
+        with state.lock:
+            if refused := gate(authorization):
+                return refused
+            members = body.get("members") if isinstance(body, dict) else None
+            if not body.get("eventDefinitionKey") or not isinstance(members, list) or not members:
+                return error(400, "eventDefinitionKey and a non-empty members array are required.", 10000)
+            if len(members) > MAX_JOURNEY_MEMBERS:
+                return error(400, f"{len(members)} members; at most {MAX_JOURNEY_MEMBERS} contacts are accepted per request.", 10000)
+            out = []
+            for m in members:
+                if not m.get("contactKey"):
+                    out.append({"contactKey": m.get("contactKey"), "errorcode": 10001, "message": "contactKey is required"})
+                    continue
+                event_id = str(uuid.uuid4())
+                state.journey_events.append({"eventInstanceId": event_id, "ContactKey": m["contactKey"], "EventDefinitionKey": body["eventDefinitionKey"],
+                                             "Data": m.get("data") or {}})
+                out.append({"contactKey": m["contactKey"], "eventInstanceId": event_id})
+            state.counters["journey_events"] += sum(1 for m in out if "eventInstanceId" in m)
+            return JSONResponse({"requestId": str(uuid.uuid4()), "count": len(members), "notQueuedCount": sum(1 for m in out if "errorcode" in m),
+                                 "members": out}, status_code=202)
+
     def gated_request(request_id: str, authorization: str | None) -> dict[str, Any] | JSONResponse:
         """The accepted request, or the answer refusing the call (429, 401 or 404)."""
         if refused := gate(authorization):
@@ -233,6 +263,16 @@ def create_app(state: StubState) -> FastAPI:
             state.primary_keys[key] = list(body["primary_key"])
             state.max_lengths[key] = {k: int(v) for k, v in (body.get("max_length") or {}).items()}
         return {"key": key, "primary_key": state.primary_keys[key], "max_length": state.max_lengths[key]}
+
+    @app.post("/_stub/dataextensions/{key}/lookup")
+    async def lookup_rows(key: str, request: Request) -> dict:
+        """The rows of these primary-key values (single-field keys), with when each was last written."""
+        wanted = (await request.json()).get("keys", [])
+        with state.lock:
+            state.settle(time.time())
+            table = state.rows.get(key, {})
+            found = {k: table[(str(k),)] for k in wanted if (str(k),) in table}
+        return {"key": key, "count": len(found), "items": list(found.values())}
 
     @app.get("/_stub/journey-events")
     def journey_events(event_definition_key: str | None = None) -> dict:

@@ -56,7 +56,9 @@ def test_async_upsert_status_results_and_rows_kept(mc, stack):
 
     rows = httpx.get(f"{mc}/_stub/dataextensions/partners/rows").json()
     assert rows["count"] == 1
+    written_at = rows["items"][0].pop("_written_at")
     assert rows["items"][0] == {"PartnerId": "P1", "EmailAddress": "ana.new@example.com", "Region": "EMEA"}
+    assert abs(written_at - time.time()) < 60, "the stub says when it last changed the row"
 
 
 def test_more_than_32000_rows_are_refused(mc, stack):
@@ -84,3 +86,17 @@ def test_an_expired_token_is_refused(mc, stack):
     time.sleep(0.3)
     expired = httpx.put(f"{mc}/data/v1/async/dataextensions/key:partners/rows", json={"items": [{"PartnerId": "P9"}]}, headers=_auth(token))
     assert expired.status_code == 401
+
+
+def test_journey_entry_events_in_batches_of_at_most_100(mc, stack):
+    token = httpx.post(f"{mc}/v2/token", json={"grant_type": "client_credentials", "client_id": stack.credentials["mc_client_id"],
+                                               "client_secret": stack.credentials["mc_client_secret"]}).json()["access_token"]
+    key = f"welcome-{time.time_ns()}"
+    members = [{"contactKey": f"P{i}", "data": {"PartnerId": f"P{i}"}} for i in range(100)]
+    accepted = httpx.post(f"{mc}/interaction/v1/async/events", headers=_auth(token), json={"eventDefinitionKey": key, "members": members})
+    assert accepted.status_code == 202 and accepted.json()["notQueuedCount"] == 0
+    assert all(m["eventInstanceId"] for m in accepted.json()["members"])
+    too_many = httpx.post(f"{mc}/interaction/v1/async/events", headers=_auth(token), json={"eventDefinitionKey": key, "members": members + members[:1]})
+    assert too_many.status_code == 400 and "100" in too_many.json()["message"]
+    fired = httpx.get(f"{mc}/_stub/journey-events", params={"event_definition_key": key}).json()
+    assert fired["count"] == 100, "the refused request fired nothing"

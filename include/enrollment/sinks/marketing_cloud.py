@@ -6,7 +6,7 @@
 - The data extension holds the current state: an upsert of the same version is a no-op in effect,
   so a re-run changes nothing.
 - A partner enrolled in the run's batches, accepted by the service and still active, fires the
-  welcome journey's entry event once: the ids fired per batch are kept in
+  welcome journey's entry event once (in requests of 100, the API's limit): the ids fired per batch are kept in
   ``gs://<landing bucket>/sinks/<sink>/welcome/<batch id>.json`` so a re-run does not fire again.
   (Between firing and recording, a crash may fire twice; set the journey's re-entry to "no
   re-entry" in Journey Builder — the service, like the stub, does not deduplicate.)
@@ -19,7 +19,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from ..marketing_cloud import MarketingCloudClient
+from ..marketing_cloud import MarketingCloudClient, MarketingCloudError
 from .base import Partner, Sink, SinkResult, iso
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,11 @@ def row(partner: Partner) -> dict:
     out["EnrolledAt"] = iso(partner.get("enrolled_at"))
     out["PartnerVersion"] = int(partner["partner_version"])
     return out
+
+
+def welcome_data(partner: Partner) -> dict:
+    return {"PartnerId": partner["partner_id"], "EmailAddress": partner.get("email"), "FirstName": partner.get("first_name"),
+            "Language": partner.get("language"), "Country": partner.get("country")}
 
 
 class MarketingCloudSink(Sink):
@@ -79,14 +84,15 @@ class MarketingCloudSink(Sink):
             blob = self.bucket.blob(f"sinks/{self.name}/welcome/{batch_id}.json")
             fired = set(json.loads(blob.download_as_text())) if blob.exists() else set()
             todo = [p for p in newcomers if p["partner_id"] not in fired]
-            for i, p in enumerate(todo, 1):
-                self.client.fire_entry_event(self.welcome_event, p["partner_id"], {"PartnerId": p["partner_id"], "EmailAddress": p.get("email"),
-                                                                                  "FirstName": p.get("first_name"), "Language": p.get("language"),
-                                                                                  "Country": p.get("country")})
-                fired.add(p["partner_id"])
-                fired_now += 1
-                if i % 200 == 0 or i == len(todo):  # keep the window for a double fire small
-                    blob.upload_from_string(json.dumps(sorted(fired)), content_type="application/json")
+            for start in range(0, len(todo), 500):  # record progress every 500: keeps the window for a double fire small
+                chunk = todo[start:start + 500]
+                answers = self.client.fire_entry_events(self.welcome_event, [(p["partner_id"], welcome_data(p)) for p in chunk])
+                failed = [(a.get("contactKey"), a.get("message")) for a in answers if not a.get("eventInstanceId")]
+                fired.update(a["contactKey"] for a in answers if a.get("eventInstanceId"))
+                fired_now += len(answers) - len(failed)
+                blob.upload_from_string(json.dumps(sorted(fired)), content_type="application/json")
+                if failed:
+                    raise MarketingCloudError(f"marketing cloud: {len(failed)} welcome entry events not queued, e.g. {failed[0][0]}: {failed[0][1]}")
         return fired_now
 
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:

@@ -1,0 +1,119 @@
+"""A steady load on the running system, shared by the freshness benchmarks: the simulator sends a
+rate for a duration into the region topics while the scheduler, the backlog trigger and the DAGs
+carry it; a caller-supplied watcher follows sampled enrollments until they are visible where it
+looks. Then every produced offset is checked against the committed offsets (landed, gate passed).
+
+The DAGs named are unpaused for the run and paused again after it, as they were found."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from enrollment.backlog import total_pending
+from enrollment.batches import pending_ranges
+from stack.airflow_client import AirflowClient
+
+POLL_S = 2.0
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class LoadOutcome:
+    produced: int = 0
+    watched: dict[str, float] = field(default_factory=dict)  # partner id -> occurred_at (epoch s)
+    unexplained: int = 0
+    failed_runs: int = 0
+
+
+def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll: Callable[[dict[str, float]], int],
+                sample_every: int = 5, drain_s: float = 300.0) -> LoadOutcome:
+    """Runs the load; ``poll(watched)`` looks for the watched partners and returns how many are
+    still missing (called every POLL_S seconds, and after the simulator until 0 or ``drain_s``)."""
+    airflow = AirflowClient(cfg)
+    for dag_id in dag_ids:
+        airflow.wait_for_dag(dag_id)
+        airflow.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+    outcome = LoadOutcome()
+    try:
+        # Whatever waits from before is carried first, so the run measures only its own events.
+        deadline = time.monotonic() + 600
+        while (left := total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions)) and time.monotonic() < deadline:
+            log(f"draining earlier backlog: {left:,} pending")
+            time.sleep(5)
+        started = datetime.now(timezone.utc)
+        offsets: dict[tuple[str, int], list[int]] = {}  # (region, partition) -> offsets produced
+        with tempfile.TemporaryDirectory() as tmp:
+            expected = Path(tmp) / "expected.jsonl"
+            producer = subprocess.Popen([sys.executable, "-m", "enrollment.simulator", "produce", "--rate", rate, "--duration", duration,
+                                         "--faults", "2%", "--seed", str(int(time.time())), "--start", "now", "--expected", str(expected)], env=os.environ.copy())
+            read_to, enrollments = 0, 0
+
+            def sample() -> int:
+                nonlocal read_to, enrollments
+                if expected.exists():
+                    with open(expected, "rb") as fh:
+                        fh.seek(read_to)
+                        chunk = fh.read()
+                    complete = chunk[: chunk.rfind(b"\n") + 1]
+                    read_to += len(complete)
+                    for line in complete.splitlines():
+                        record = json.loads(line)
+                        outcome.produced += 1
+                        offsets.setdefault((record["region"], record["partition"]), []).append(record["offset"])
+                        if record["event_type"] == "partner.enrolled" and record["outcome"] == "valid" and record["partner_version"] == 1:
+                            enrollments += 1
+                            if enrollments % sample_every == 0:
+                                outcome.watched[record["partner_id"]] = datetime.fromisoformat(record["occurred_at"].replace("Z", "+00:00")).timestamp()
+                return poll(outcome.watched)
+
+            last_report = 0.0
+            while producer.poll() is None:
+                missing = sample()
+                if time.monotonic() - last_report > 15:
+                    last_report = time.monotonic()
+                    log(f"produced {outcome.produced:,}; enrollments watched {len(outcome.watched):,}, not visible yet {missing:,}")
+                time.sleep(POLL_S)
+            if producer.returncode != 0:
+                raise SystemExit(f"the simulator failed with exit code {producer.returncode}")
+            deadline = time.monotonic() + drain_s
+            while (missing := sample()) or total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions):
+                if time.monotonic() > deadline:
+                    log(f"gave up waiting after {drain_s:.0f} s: {missing:,} watched partners not visible")
+                    break
+                if time.monotonic() - last_report > 15:
+                    last_report = time.monotonic()
+                    log(f"draining: {missing:,} watched partners not visible yet")
+                time.sleep(POLL_S)
+
+        # Every produced offset must lie below its partition's committed offset (landed, gate passed).
+        committed = {}
+        for region in config.regions:
+            for p, start, _ in pending_ranges(cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions):
+                committed[(region.code, p)] = start
+        outcome.unexplained = sum(sum(1 for o in produced if o >= committed[key]) for key, produced in offsets.items())
+        outcome.failed_runs = len([r for dag_id in dag_ids for r in airflow.http.get(f"/dags/{dag_id}/dagRuns", params={"limit": 1000}).json()["dag_runs"]
+                                   if r["state"] == "failed" and r["start_date"] >= started.isoformat()])
+    finally:
+        for dag_id in dag_ids:
+            airflow.http.patch(f"/dags/{dag_id}", json={"is_paused": True})
+    return outcome
+
+
+def percentiles(latencies: list[float]) -> dict[str, float | None]:
+    latencies = sorted(latencies)
+    if not latencies:
+        return {"p50": None, "p95": None, "max": None}
+    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)  # noqa: E731
+    return {"p50": pick(0.5), "p95": pick(0.95), "max": round(latencies[-1], 2)}
