@@ -69,7 +69,7 @@ test: install
 	$(PY) -m pytest
 
 ## bench: every benchmark; bench-NAME runs bench/NAME.py (results in bench/results/)
-bench: bench-stack bench-validation bench-simulator bench-ingest bench-freshness
+bench: bench-stack bench-validation bench-simulator bench-ingest bench-freshness bench-sinks
 
 bench-%: install
 	$(PY) -m bench.$*

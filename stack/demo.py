@@ -1,6 +1,7 @@
 """The main job on the local stack: the smoke DAG checks every service, then the simulator sends
 the four regions' events (with a 2 % fault mix) and the ingest DAGs, woken by the backlog
-trigger, carry them into BigQuery; then it says where to look.
+trigger, carry them into BigQuery; the sync DAGs bring the partners to Firestore, Solr and
+Marketing Cloud, and one simulated enrollment is followed into all three; then it says where to look.
 
 Run with `make demo` (which starts the stack first). DEMO_EVENTS sets how many events (20,000)."""
 
@@ -60,7 +61,7 @@ def ingest(cfg, client: AirflowClient) -> int:
     config = load_config()
     os.environ.update(cfg.client_env())
     dag_ids = [f"ingest_{r.code.lower()}" for r in config.regions]
-    for dag_id in dag_ids:
+    for dag_id in dag_ids + [f"sync_{name}" for name in config.sinks]:
         client.wait_for_dag(dag_id)
         client.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
     events = os.environ.get("DEMO_EVENTS", "20000")
@@ -84,8 +85,51 @@ def ingest(cfg, client: AirflowClient) -> int:
           f"{counts['quarantine']:,} quarantined messages; ledger rows that do not balance: {unbalanced}")
     for row in reasons:
         print(f"  quarantined for {row['reasons']}: {row['n']}")
-    print(f"The ingest DAGs stay unpaused: run `make simulate` for more traffic. Query the ledger: SELECT * FROM {o}.ledger ORDER BY recorded_at DESC")
-    return 0 if unbalanced == 0 else 1
+    followed = follow_enrollment(cfg, config, cfg.state / "demo-expected.jsonl")
+    print(f"The ingest and sync DAGs stay unpaused: run `make simulate` for more traffic. Query the ledger: SELECT * FROM {o}.ledger ORDER BY recorded_at DESC")
+    return 0 if unbalanced == 0 and followed else 1
+
+
+def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> bool:
+    """One simulated enrollment, followed until Firestore, Solr and Marketing Cloud all show it."""
+    import json
+
+    import httpx
+
+    from enrollment.services import firestore_client
+
+    partner_id = None
+    with open(expected_file, encoding="utf-8") as fh:
+        for line in fh:
+            record = json.loads(line)
+            if record["event_type"] == "partner.enrolled" and record["outcome"] == "valid":
+                partner_id = record["partner_id"]  # the last one: the newest batch
+    if partner_id is None:
+        print("no valid enrollment among the simulated events to follow")
+        return False
+    print(f"\nfollowing enrollment {partner_id} into the three sinks ...", flush=True)
+    doc = firestore_client(cfg.project).collection(config.sinks["firestore"].get("collection", "partners")).document(partner_id)
+    solr = f"{cfg.url('SOLR_PORT', '/solr')}/{config.sinks['solr'].get('core') or config.solr_core}/get"
+    mc = f"{cfg.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud'].get('data_extension')}/lookup"
+    found: dict[str, str] = {}
+    t0 = time.monotonic()
+    while len(found) < 3 and time.monotonic() - t0 < timeout_s:
+        if "Firestore" not in found and (snap := doc.get()).exists:
+            found["Firestore"] = f"document partners/{partner_id}: status {snap.get('status')}, version {snap.get('partner_version')}"
+        if "Solr" not in found and (hit := httpx.get(solr, params={"id": partner_id, "wt": "json"}, timeout=10).json().get("doc")):
+            found["Solr"] = f"search document: status {hit.get('status')}, country {hit.get('country')}, version {hit.get('partner_version')}"
+        if "Marketing Cloud" not in found and (rows := httpx.post(mc, json={"keys": [partner_id]}, timeout=10).json()["items"]):
+            found["Marketing Cloud"] = f"data extension row: Status {rows[0]['Status']}, PartnerVersion {rows[0]['PartnerVersion']}"
+        if len(found) < 3:
+            print(f"  ... visible in {', '.join(found) or 'no sink yet'} after {time.monotonic() - t0:.0f} s", flush=True)
+            time.sleep(5)
+    for sink, what in found.items():
+        print(f"  {sink:<16} {what}")
+    if len(found) < 3:
+        print(f"  not visible in every sink after {timeout_s:.0f} s: see the sync_* DAGs in the Airflow UI")
+        return False
+    print(f"  visible in all three sinks {time.monotonic() - t0:.0f} s after the ingest finished")
+    return True
 
 
 if __name__ == "__main__":

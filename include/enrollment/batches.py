@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from .validation import ValidationResult, validate_batch
 
@@ -100,6 +101,18 @@ def _consumer(bootstrap: str, group: str):
                      "enable.partition.eof": False, "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024})
 
 
+def _retriable(exc: BaseException) -> bool:
+    """Kafka errors that pass by themselves: a coordinator moving or still loading (a fresh or
+    restarted broker answers NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS for a few seconds)."""
+    from confluent_kafka import KafkaException
+
+    return isinstance(exc, KafkaException) and bool(exc.args) and hasattr(exc.args[0], "retriable") and exc.args[0].retriable()
+
+
+_kafka_retry = retry(retry=retry_if_exception(_retriable), wait=wait_exponential(multiplier=0.5, max=5), stop=stop_after_delay(60), reraise=True)
+
+
+@_kafka_retry
 def pending_ranges(bootstrap: str, group: str, topic: str, partitions: int, timeout: float = 10.0) -> list[tuple[int, int, int]]:
     """(partition, committed or earliest offset, end offset) per partition. Reads offsets only."""
     from confluent_kafka import TopicPartition
@@ -249,6 +262,18 @@ def write_once(bucket, name: str, table: pa.Table) -> bool:
     return True
 
 
+@_kafka_retry
+def commit_range(bootstrap: str, manifest: Manifest) -> None:
+    """Moves the group past the batch; called only once the batch is durable."""
+    from confluent_kafka import TopicPartition
+
+    consumer = _consumer(bootstrap, manifest.group)
+    try:
+        consumer.commit(offsets=[TopicPartition(manifest.topic, r.partition, r.end) for r in manifest.ranges if r.size], asynchronous=False)
+    finally:
+        consumer.close()
+
+
 @dataclass
 class Landed:
     batch_id: str
@@ -267,8 +292,6 @@ class Landed:
 
 def land(bootstrap: str, manifest: Manifest, bucket) -> Landed:
     """Reads, validates and lands the batch; commits the offsets after the gate passes."""
-    from confluent_kafka import TopicPartition
-
     t0 = time.monotonic()
     messages = read_range(bootstrap, manifest)
     if messages.num_rows != manifest.offsets:
@@ -282,12 +305,7 @@ def land(bootstrap: str, manifest: Manifest, bucket) -> Landed:
                         f"{quarantine.num_rows - duplicates} + duplicates {duplicates}")
     write_once(bucket, manifest.valid_object, valid)
     write_once(bucket, manifest.quarantine_object, quarantine)
-    # Only now, with the batch durable, does the group move on.
-    consumer = _consumer(bootstrap, manifest.group)
-    try:
-        consumer.commit(offsets=[TopicPartition(manifest.topic, r.partition, r.end) for r in manifest.ranges if r.size], asynchronous=False)
-    finally:
-        consumer.close()
+    commit_range(bootstrap, manifest)
     return Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid.num_rows,
                   quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
                   quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=round(time.monotonic() - t0, 3))

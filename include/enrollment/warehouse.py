@@ -28,8 +28,12 @@ _BQ_TYPES = {pa.string(): "STRING", pa.int16(): "INT64", pa.int32(): "INT64", pa
 
 PARTNER_COLUMNS = ("region", "country", "first_name", "last_name", "email", "phone", "language", "address_line1", "address_city",
                    "address_postal_code", "address_state", "date_of_birth", "sponsor_id", "status", "enrolled_at", "terminated_at")
+# Each field keeps the partner version that set it (<field>_version): a field takes a value only
+# from an event newer than the one that set it, whatever order events arrive in, within a batch
+# or across batches.
 PARTNER_SCHEMA = [("partner_id", "STRING"), *((c, "TIMESTAMP" if c.endswith("_at") else "STRING") for c in PARTNER_COLUMNS),
-                  ("partner_version", "INT64"), ("last_event_id", "STRING"), ("updated_at", "TIMESTAMP"), ("batch_id", "STRING")]
+                  ("partner_version", "INT64"), ("last_event_id", "STRING"), ("updated_at", "TIMESTAMP"), ("batch_id", "STRING"),
+                  *((f"{c}_version", "INT64") for c in PARTNER_COLUMNS)]
 LEDGER_SCHEMA = [("batch_id", "STRING"), ("region", "STRING"), ("stage", "STRING"), ("offsets_in", "INT64"), ("valid", "INT64"),
                  ("quarantined", "INT64"), ("duplicates", "INT64"), ("rows_merged", "INT64"), ("seconds", "FLOAT64"),
                  ("ok", "BOOL"), ("detail", "STRING"), ("recorded_at", "TIMESTAMP")]
@@ -135,17 +139,18 @@ class Warehouse:
         return counts | {"seconds": round(time.monotonic() - t0, 3)}
 
     def _merge_partners_sql(self, stage: str) -> str:
-        # Newer version: its non-null fields win. Older version arriving late: it only fills
-        # fields still empty (an update that came before its enrollment), never overwrites.
-        def pick(c: str) -> str:
-            return f"{c} = CASE WHEN S.partner_version > T.partner_version THEN COALESCE(S.{c}, T.{c}) ELSE COALESCE(T.{c}, S.{c}) END"
+        # Field by field: the value set by the newest event wins, so an older event arriving late
+        # only fills a field no newer event has set, and never overwrites one.
+        def pick(c: str) -> list[str]:
+            newer = f"S.{c}_version > COALESCE(T.{c}_version, -1)"
+            return [f"{c} = CASE WHEN {newer} THEN S.{c} ELSE T.{c} END",
+                    f"{c}_version = NULLIF(GREATEST(COALESCE(S.{c}_version, -1), COALESCE(T.{c}_version, -1)), -1)"]
 
-        updates = ", ".join([pick(c) for c in PARTNER_COLUMNS + ("last_event_id", "batch_id")]
-                            + ["updated_at = CASE WHEN S.partner_version > T.partner_version THEN S.updated_at ELSE T.updated_at END",
-                               "partner_version = GREATEST(S.partner_version, T.partner_version)"])
+        latest = [f"{c} = CASE WHEN S.partner_version > T.partner_version THEN S.{c} ELSE T.{c} END" for c in ("last_event_id", "updated_at", "batch_id")]
+        updates = ", ".join([u for c in PARTNER_COLUMNS for u in pick(c)] + latest + ["partner_version = GREATEST(S.partner_version, T.partner_version)"])
         cols = [c for c, _ in PARTNER_SCHEMA]
         return f"""MERGE {self.table('partners')} T USING (SELECT * FROM {stage}) S ON T.partner_id = S.partner_id
-            WHEN MATCHED AND S.partner_version != T.partner_version THEN UPDATE SET {updates}
+            WHEN MATCHED THEN UPDATE SET {updates}
             WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})"""
 
     def gate(self, landed: Landed, valid_rows: int, events_stage: str | None) -> dict:
@@ -239,16 +244,21 @@ def partner_changes(valid: pa.Table) -> pa.Table:
     frame["terminated_at"] = frame["occurred_at"].where(frame["event_type"] == "partner.terminated")
     frame["last_event_id"] = frame["event_id"]
     frame["updated_at"] = frame["occurred_at"]
-    # Within the batch the same rule as the MERGE: newest non-null value of each field.
-    latest = frame.sort_values("partner_version", ascending=False).groupby("partner_id", sort=True).first().reset_index()
+    # Within the batch the same rule as the MERGE: each field's value from the newest event that
+    # set it, with that event's version.
+    ordered = frame.sort_values(["partner_version", "occurred_at"], ascending=False, kind="stable")
+    latest = ordered.groupby("partner_id", sort=True).first().reset_index()
     latest["partner_version"] = frame.groupby("partner_id")["partner_version"].max().reindex(latest["partner_id"]).to_numpy()
+    for column in PARTNER_COLUMNS:
+        set_at = frame[frame[column].notna()].groupby("partner_id")["partner_version"].max()
+        latest[f"{column}_version"] = set_at.reindex(latest["partner_id"]).to_numpy()
     out = {}
     for column, kind in PARTNER_SCHEMA:
         series = latest[column]
         if kind == "TIMESTAMP":
             out[column] = pa.array(pd.to_datetime(series, utc=True), pa.timestamp("us", tz="UTC"))
         elif kind == "INT64":
-            out[column] = pa.array(series.astype("int64"), pa.int64())
+            out[column] = pa.array(series.astype("Int64"), pa.int64(), from_pandas=True)
         else:
             out[column] = pa.array(series.astype(object).where(series.notna(), None), pa.string())
     return pa.table(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -11,7 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from google.cloud import bigquery
 
 from enrollment import config as pipeline_config_module
-from enrollment.batches import Manifest, claim
+from enrollment.batches import Manifest, claim, land
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.warehouse import Warehouse
@@ -94,3 +95,21 @@ def isolated_pipeline(stack, tmp_path, monkeypatch):
         client.delete_dataset(name, delete_contents=True, not_found_ok=True)
     monkeypatch.delenv("ENROLLMENT_CONFIG")
     pipeline_config_module._load.cache_clear()
+
+
+def ingest_events(stack, pipeline_config, warehouse, topic: str, region: str, group: str, events: list[dict]) -> str:
+    """Hand-made events (dicts) through claim → land → warehouse as one batch; its id.
+
+    They are produced one at a time, in order, keyed by partner (Kafka keeps order per partner)."""
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "partitioner": "murmur2_random"})
+    for e in events:
+        producer.produce(topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
+        producer.flush(10)
+    bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
+    manifest = claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=100_000)
+    landed = land(stack.kafka_bootstrap, manifest, bucket)
+    assert landed.valid + landed.duplicates == len(events), "hand-made events are valid (or in-batch duplicates)"
+    counts = warehouse.merge_batch(landed)
+    warehouse.record(landed, "land", landed.valid, landed.seconds)
+    warehouse.record(landed, "warehouse", counts["events"], counts["seconds"])
+    return landed.batch_id

@@ -14,15 +14,14 @@ import uuid
 
 import httpx
 import pytest
-from confluent_kafka import Producer
 
-from enrollment.batches import claim, land
 from enrollment.services import Endpoints, firestore_client, storage_client
 from enrollment.simulator.generator import Simulator
 from enrollment.sinks import build_sink
 from enrollment.sinks.solr import search_partners
 from enrollment.sync import SyncRun
 from stack import cli as stack_cli
+from tests.integration.conftest import ingest_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
@@ -90,21 +89,6 @@ def sinks(stack, pipeline_config):
     httpx.patch(f"{mc}/_stub/settings", json={"throttle_for_s": 0, "token_ttl_s": 1080, "processing_delay_s": 0.2})
 
 
-def ingest(stack, pipeline_config, warehouse, topic: str, group: str, events: list[dict]) -> str:
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "partitioner": "murmur2_random"})
-    for e in events:
-        producer.produce(topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
-        producer.flush(10)  # one at a time: per-partner order is what Kafka keeps anyway
-    bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
-    manifest = claim(stack.kafka_bootstrap, group, REGION, topic, 2, bucket, max_batch=100_000)
-    landed = land(stack.kafka_bootstrap, manifest, bucket)
-    assert landed.valid == len(events), "the scenario's events are all valid"
-    counts = warehouse.merge_batch(landed)
-    warehouse.record(landed, "land", landed.valid, landed.seconds)
-    warehouse.record(landed, "warehouse", counts["events"], counts["seconds"])
-    return landed.batch_id
-
-
 def firestore_state(collection: str, project: str, ids: dict) -> dict:
     db = firestore_client(project)
     docs = {d.id: d.to_dict() for d in db.collection(collection).stream()}
@@ -161,7 +145,7 @@ def test_batches_reach_every_sink_exactly_and_a_rerun_changes_nothing(stack, pip
     sync = SyncRun(warehouse, storage_client(stack.project).bucket(pipeline_config.landing_bucket))
     batch_ids = []
     for events in scenario.batches():
-        batch_ids.append(ingest(stack, pipeline_config, warehouse, region_topic, group, events))
+        batch_ids.append(ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, group, events))
         for sink in sinks.values():
             outcome = sync.run(sink, REGION)
             assert outcome["batches"] == 1 and outcome["watermark"] == batch_ids[-1]
@@ -191,7 +175,7 @@ def test_outages_and_throttling_converge_with_nothing_lost_or_duplicated(stack, 
     group = f"test-outage-{uuid.uuid4().hex[:6]}"
     sync = SyncRun(warehouse, storage_client(stack.project).bucket(pipeline_config.landing_bucket))
     first, second = scenario.batches()
-    batch_ids = [ingest(stack, pipeline_config, warehouse, region_topic, group, first)]
+    batch_ids = [ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, group, first)]
     mc = stack.url("MARKETING_CLOUD_PORT")
 
     # Solr down: its sync fails, the others go on. Marketing Cloud throttles: the sync waits it out.
@@ -217,7 +201,7 @@ def test_outages_and_throttling_converge_with_nothing_lost_or_duplicated(stack, 
     sync.ensure_tables()
     warehouse.run(f"DELETE FROM {warehouse.table('sink_watermarks', ops=True)} WHERE sink = 'firestore'")  # the emulator lost them: resync
 
-    batch_ids.append(ingest(stack, pipeline_config, warehouse, region_topic, group, second))
+    batch_ids.append(ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, group, second))
     assert sync.run(sinks["solr"], REGION)["batches"] == 2, "Solr catches up both batches by itself"
     assert sync.run(sinks["firestore"], REGION)["batches"] == 2
     assert sync.run(sinks["marketing_cloud"], REGION)["batches"] == 1
@@ -228,7 +212,7 @@ def test_token_expiring_mid_sync_is_renewed(stack, pipeline_config, region_topic
     scenario = Scenario(seed=13)
     mc = stack.url("MARKETING_CLOUD_PORT")
     sync = SyncRun(warehouse, storage_client(stack.project).bucket(pipeline_config.landing_bucket))
-    ingest(stack, pipeline_config, warehouse, region_topic, f"test-token-{uuid.uuid4().hex[:6]}", scenario.batches()[0])
+    ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, f"test-token-{uuid.uuid4().hex[:6]}", scenario.batches()[0])
     # Tokens live 2 s and every request takes 3 s to process: the token expires while the sync polls.
     httpx.patch(f"{mc}/_stub/settings", json={"token_ttl_s": 2, "processing_delay_s": 3}).raise_for_status()
     sink = sinks["marketing_cloud"]

@@ -30,13 +30,19 @@ STATE_FIELDS = ("region", "country", "first_name", "last_name", "email", "phone"
 
 
 def revision(partner: Partner) -> int:
-    """A number that grows with every change of a partner's state: the version, then the filled fields.
+    """A number that grows with every change of a partner's state; sinks guard their writes with it.
 
-    ``partner_version`` alone misses one change: an older event arriving late fills fields still
-    empty (an update came before its enrollment) without a new version. At a given version fields
-    are only ever filled, never emptied, so (version, filled fields) orders every state the
-    warehouse can hold; sinks guard their writes with it."""
-    return int(partner["partner_version"]) * 100 + sum(partner.get(f) is not None for f in STATE_FIELDS)
+    ``partner_version`` alone misses changes: an older event arriving late fills a field no newer
+    event has set, without a new version. The warehouse keeps, per field, the version that set it
+    (``<field>_version``); those only ever grow, and every change of state raises at least one, so
+    their sum orders every state the warehouse can hold. A row without field versions (a test's,
+    a benchmark's) counts each filled field at the partner's version."""
+    version = int(partner["partner_version"])
+    total = 0
+    for f in STATE_FIELDS:
+        set_at = partner.get(f"{f}_version")
+        total += int(set_at) if set_at is not None else (version if partner.get(f) is not None else 0)
+    return total
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 - Document ``<collection>/<partner id>``: partner ids are random after their region prefix, so
   writes spread over the key space (no monotonically increasing ids, no hotspot).
-- Guarded by the partner's version: each chunk reads the documents, skips those already at this
-  version or newer, and writes the others with a precondition (``create`` for a new document, an
+- Guarded by the partner's revision (the sum of its field versions; see ``base.revision``): each
+  chunk reads the documents, skips those already at this revision or newer, and writes the others with a precondition (``create`` for a new document, an
   update conditioned on the update time just read for an existing one). A concurrent writer makes
   the precondition fail and the chunk is read and decided again: a stale write never lands.
 - At most 500 writes per commit (Firestore's limit); terminations mark the document

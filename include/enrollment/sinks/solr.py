@@ -2,8 +2,8 @@
 
 - One document per partner (uniqueKey = partner id); names analysed accent-insensitively for the
   regions' languages; region, country, sponsor, status, language and enrolled-at filterable.
-- The configset's update chain has a **version constraint** on ``revision`` (the partner's
-  version, then its filled fields; see ``base.revision``): Solr itself drops an update at an older
+- The configset's update chain has a **version constraint** on ``revision`` (the sum of the
+  partner's field versions; see ``base.revision``): Solr itself drops an update at an older
   or equal revision, so a replay or a late writer cannot go back in
   time, and a re-run changes nothing.
 - Batched updates with ``commitWithin`` (never a commit per batch); real-time get reads back
