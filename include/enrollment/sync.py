@@ -21,6 +21,7 @@ upserts, ledger and quarantine rows are MERGEd, the watermark only moves forward
 from __future__ import annotations
 
 import hashlib
+import logging
 import io
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,17 @@ PARTNER_EVENTS = ["partner.enrolled", "partner.updated", "partner.terminated"]
 WATERMARK_SCHEMA = [("sink", "STRING"), ("region", "STRING"), ("batch_id", "STRING"), ("warehoused_at", "TIMESTAMP"), ("synced_at", "TIMESTAMP")]
 SINK_QUARANTINE_SCHEMA = [("sink", "STRING"), ("batch_id", "STRING"), ("region", "STRING"), ("partner_id", "STRING"), ("partner_version", "INT64"),
                           ("message", "STRING"), ("recorded_at", "TIMESTAMP")]
-_EPOCH = "1970-01-01T00:00:00+00:00"
+_EPOCH = "1970-01-01 00:00:00+00"
+
+log = logging.getLogger(__name__)
+
+
+def _said(step: str, exc: BaseException) -> str:
+    return f"{step}: {type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
+
+class SyncError(RuntimeError):
+    """Some regions of a sync run failed; the message names them and why."""
 
 
 @dataclass
@@ -71,10 +82,17 @@ class SyncRun:
     bucket: object  # google.cloud.storage.Bucket (the landing bucket)
 
     def ensure_tables(self) -> None:
+        """The watermark and sink-quarantine tables, created when missing (a metadata read when not)."""
+        from google.api_core.exceptions import NotFound
+
         w = self.warehouse
-        w.run(f"CREATE TABLE IF NOT EXISTS {w.table('sink_watermarks', ops=True)} ({', '.join(f'{c} {t}' for c, t in WATERMARK_SCHEMA)})")
-        w.run(f"CREATE TABLE IF NOT EXISTS {w.table('sink_quarantine')} ({', '.join(f'{c} {t}' for c, t in SINK_QUARANTINE_SCHEMA)}) "
-              "PARTITION BY DATE(recorded_at) CLUSTER BY sink, region")
+        for name, ops, ddl in (("sink_watermarks", True, f"({', '.join(f'{c} {t}' for c, t in WATERMARK_SCHEMA)})"),
+                               ("sink_quarantine", False, f"({', '.join(f'{c} {t}' for c, t in SINK_QUARANTINE_SCHEMA)}) "
+                                                          "PARTITION BY DATE(recorded_at) CLUSTER BY sink, region")):
+            try:
+                w.client.get_table(w.table(name, ops=ops).strip("`"))
+            except NotFound:
+                w.run(f"CREATE TABLE IF NOT EXISTS {w.table(name, ops=ops)} {ddl}")
 
     # -- plan -----------------------------------------------------------------------------------
     def watermark(self, sink: str, region: str) -> dict | None:
@@ -85,17 +103,32 @@ class SyncRun:
                      [bigquery.ScalarQueryParameter("s", "STRING", sink), bigquery.ScalarQueryParameter("r", "STRING", region)])
         return dict(rows[0]) if rows else None
 
-    def plan(self, sink: str, region: str, max_batches: int = 20) -> Plan:
+    def plan_all(self, sink: str, regions: list[str], max_batches: int = 20) -> dict[str, Plan]:
+        """Every region's plan in one query: the batches the warehouse recorded after the watermark."""
+        from google.api_core.exceptions import NotFound
         from google.cloud import bigquery
 
         w = self.warehouse
         self.ensure_tables()
-        mark = self.watermark(sink, region)
-        since = mark["warehoused_at"] if mark else datetime.fromisoformat(_EPOCH)
-        rows = w.run(f"""SELECT batch_id, recorded_at FROM {w.table('ledger', ops=True)}
-            WHERE stage = 'warehouse' AND region = @r AND ok AND recorded_at > @since ORDER BY recorded_at, batch_id LIMIT {int(max_batches)}""",
-                     [bigquery.ScalarQueryParameter("r", "STRING", region), bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)])
-        return Plan(sink, region, self.bucket.name, [{"batch_id": r["batch_id"], "warehoused_at": r["recorded_at"].isoformat()} for r in rows])
+        try:
+            w.client.get_table(w.table("ledger", ops=True).strip("`"))
+        except NotFound:
+            return {region: Plan(sink, region, self.bucket.name) for region in regions}  # nothing warehoused yet
+        rows = w.run(f"""SELECT L.region, L.batch_id, L.recorded_at FROM {w.table('ledger', ops=True)} L
+            LEFT JOIN (SELECT region, warehoused_at FROM {w.table('sink_watermarks', ops=True)} WHERE sink = @s) W ON W.region = L.region
+            WHERE L.stage = 'warehouse' AND L.ok AND L.region IN UNNEST(@regions)
+              AND L.recorded_at > COALESCE(W.warehoused_at, TIMESTAMP '{_EPOCH}')
+            ORDER BY L.region, L.recorded_at, L.batch_id""",
+                     [bigquery.ScalarQueryParameter("s", "STRING", sink), bigquery.ArrayQueryParameter("regions", "STRING", list(regions))])
+        plans = {region: Plan(sink, region, self.bucket.name) for region in regions}
+        for r in rows:
+            plan = plans[r["region"]]
+            if len(plan.batches) < max_batches:
+                plan.batches.append({"batch_id": r["batch_id"], "warehoused_at": r["recorded_at"].isoformat()})
+        return plans
+
+    def plan(self, sink: str, region: str, max_batches: int = 20) -> Plan:
+        return self.plan_all(sink, [region], max_batches)[region]
 
     # -- write ----------------------------------------------------------------------------------
     def touched(self, plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
@@ -202,6 +235,39 @@ class SyncRun:
                 WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""")
         finally:
             w.client.delete_table(stage.strip("`"), not_found_ok=True)
+
+    # -- every region, one failing not holding back the others --------------------------------
+    def write_all(self, sink: Sink, plans: dict[str, Plan]) -> dict:
+        """Writes each region's plan; a region that fails is reported, the others go on."""
+        written, failed = [], {}
+        for region, plan in plans.items():
+            if not plan.batches:
+                continue
+            try:
+                written.append(self.write(sink, plan))
+            except Exception as exc:  # reported by commit_all, after the healthy regions are committed
+                log.exception("sync %s %s: write failed", sink.name, region)
+                failed[region] = _said("write", exc)
+        return {"written": written, "failed": failed}
+
+    def gate_all(self, sink: Sink, stage: dict) -> dict:
+        gated, failed = [], dict(stage["failed"])
+        for written in stage["written"]:
+            region = written["plan"]["region"]
+            try:
+                gated.append(written | {"gate": self.gate(sink, written)})
+            except Exception as exc:
+                log.exception("sync %s %s: gate failed", sink.name, region)
+                failed[region] = _said("gate", exc)
+        return {"written": gated, "failed": failed}
+
+    def commit_all(self, stage: dict) -> dict:
+        """Commits every region that passed its gate, then fails loudly naming the others."""
+        committed = {w["plan"]["region"]: self.commit(w) | w["gate"] for w in stage["written"]}
+        if stage["failed"]:
+            raise SyncError("; ".join(f"{region}: {message}" for region, message in sorted(stage["failed"].items()))
+                            + f" (committed: {', '.join(sorted(committed)) or 'none'})")
+        return committed
 
     # -- all of it ----------------------------------------------------------------------------
     def run(self, sink: Sink, region: str, max_batches: int = 20) -> dict:

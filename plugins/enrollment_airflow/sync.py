@@ -1,16 +1,21 @@
-"""The factory of the sink DAGs: one per configured sink, write → gate → commit per region.
+"""The factory of the sink DAGs: one per configured sink, write → gate → commit over the regions.
 
 Each sink has its own DAG (not a task group inside the ingest DAGs): a sink that is down or
 throttled retries with backoff without holding back the ingest or the other sinks. It runs when
 any region's warehouse asset is updated, and on a cron as well, so it catches up after an outage
 even when no new batch arrives. XCom carries plans and counts (batch ids, URIs), never rows.
+
+Three tasks handle every region (not three per region): on a small machine each task process
+costs seconds of CPU, and twelve per sink and run starved the ingest. A region that fails does
+not hold back the others: they are written, gated and committed, then ``commit`` fails naming it,
+and the next run (or the retry) takes it again from its watermark.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, task, task_group
+from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from enrollment.config import load_config
 from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
@@ -19,9 +24,10 @@ from enrollment_airflow.ingest import warehouse_asset
 DOC_MD = """
 ### Sync: {sink}
 
-Brings the **{sink}** sink up to date with the warehouse, each region on its own:
+Brings the **{sink}** sink up to date with the warehouse, region by region (a region that fails
+does not hold back the others; `commit` then fails naming it, and the next run takes it again):
 
-1. **write** — plans the region's batches the warehouse recorded after this sink's watermark
+1. **write** — plans each region's batches the warehouse recorded after this sink's watermark
    (at most `max_batches`), reads the partners they touched and their current state from
    `{dataset}.partners` (one row per partner: newest version wins), and writes them (module
    `{module}`). Every write is idempotent: version-guarded or an upsert.
@@ -57,43 +63,40 @@ def sync_dag(sink_name: str) -> DAG:
                              cron=config.sync_catch_up_every),
         params={"max_batches": Param(config.sync_max_batches, type="integer", minimum=1, description="Most batches one run takes per region")},
     ) as dag:
-        for region in config.regions:
 
-            @task_group(group_id=region.code.lower())
-            def region_sync(region_code: str = region.code):
-                @task(task_id="write")
-                def write(params=None) -> dict:
-                    from airflow.sdk.exceptions import AirflowSkipException
+        @task(task_id="write")
+        def write(params=None) -> dict:
+            from airflow.sdk.exceptions import AirflowSkipException
 
-                    from enrollment_airflow.connections import sink_from_connections, sync_run_from_connections
+            from enrollment_airflow.connections import sink_from_connections, sync_run_from_connections
 
-                    run, sink = sync_run_from_connections(config), sink_from_connections(config, sink_name)
-                    try:
-                        plan = run.plan(sink_name, region_code, int(params["max_batches"]))
-                        if not plan.batches:
-                            raise AirflowSkipException(f"{sink_name} {region_code}: nothing after the watermark")
-                        return run.write(sink, plan)
-                    finally:
-                        sink.close()
+            run, sink = sync_run_from_connections(config), sink_from_connections(config, sink_name)
+            try:
+                plans = run.plan_all(sink_name, [r.code for r in config.regions], int(params["max_batches"]))
+                if not any(p.batches for p in plans.values()):
+                    raise AirflowSkipException(f"{sink_name}: nothing after the watermark in any region")
+                written = run.write_all(sink, plans)
+            finally:
+                sink.close()
+            if not written["written"]:
+                raise RuntimeError(f"{sink_name}: every region failed: {written['failed']}")
+            return written
 
-                @task(task_id="gate")
-                def gate(written: dict) -> dict:
-                    from enrollment_airflow.connections import sink_from_connections, sync_run_from_connections
+        @task(task_id="gate")
+        def gate(written: dict) -> dict:
+            from enrollment_airflow.connections import sink_from_connections, sync_run_from_connections
 
-                    sink = sink_from_connections(config, sink_name)
-                    try:
-                        return sync_run_from_connections(config).gate(sink, written)
-                    finally:
-                        sink.close()
+            sink = sink_from_connections(config, sink_name)
+            try:
+                return sync_run_from_connections(config).gate_all(sink, written)
+            finally:
+                sink.close()
 
-                @task(task_id="commit")
-                def commit(written: dict, gated: dict) -> dict:
-                    from enrollment_airflow.connections import sync_run_from_connections
+        @task(task_id="commit")
+        def commit(gated: dict) -> dict:
+            from enrollment_airflow.connections import sync_run_from_connections
 
-                    return sync_run_from_connections(config).commit(written) | gated
+            return sync_run_from_connections(config).commit_all(gated)
 
-                written = write()
-                commit(written, gate(written))
-
-            region_sync()
+        commit(gate(write()))
     return dag

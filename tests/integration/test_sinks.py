@@ -242,3 +242,23 @@ def test_concurrent_writers_never_leave_a_stale_firestore_version(stack, sinks):
     [t.join() for t in threads]
     versions = {d.id: d.get("partner_version") for d in firestore_client(stack.project).collection(fs.collection.id).stream()}
     assert versions == dict.fromkeys(ids, 5)
+
+
+def test_a_failing_region_does_not_hold_back_the_others(stack, pipeline_config, region_topic, warehouse, sinks):
+    from enrollment.sync import Plan, SyncError
+
+    scenario = Scenario(seed=14)
+    sync = SyncRun(warehouse, storage_client(stack.project).bucket(pipeline_config.landing_bucket))
+    batch_id = ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, f"test-fail-{uuid.uuid4().hex[:6]}", scenario.batches()[0])
+    sink = sinks["solr"]
+    plans = sync.plan_all(sink.name, [REGION, "APAC"])
+    assert [b["batch_id"] for b in plans[REGION].batches] == [batch_id] and plans["APAC"].batches == []
+    plans["APAC"] = Plan(sink.name, "APAC", sync.bucket.name, [{"batch_id": "apac-missing", "warehoused_at": "2026-01-01T00:00:00+00:00"}])
+
+    written = sync.write_all(sink, plans)
+    assert list(written["failed"]) == ["APAC"] and len(written["written"]) == 1
+    with pytest.raises(SyncError, match="APAC: write: NotFound.*committed: EMEA"):
+        sync.commit_all(sync.gate_all(sink, written))
+    assert sync.watermark(sink.name, REGION)["batch_id"] == batch_id, "the healthy region moved on"
+    assert sync.watermark(sink.name, "APAC") is None
+    assert sorted(sink.get(list(scenario.ids.values()))) == sorted(scenario.ids.values())
