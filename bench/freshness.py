@@ -16,7 +16,8 @@ import os
 import sys
 import time
 
-from bench.common import write
+from bench.common import RESULTS, write
+from bench.plots import latency_over_time
 from bench.load import POLL_S, log, percentiles, steady_load
 from enrollment.config import load_config
 from enrollment.services import bigquery_client
@@ -49,6 +50,9 @@ def main() -> int:
 
     outcome = steady_load(cfg, config, RATE, DURATION, [f"ingest_{r.code.lower()}" for r in config.regions], poll)
     q = percentiles([seen[p] - outcome.watched[p] for p in seen])
+    plot = latency_over_time(RESULTS / "freshness.png", {"queryable in partners": [(outcome.watched[p], seen[p] - outcome.watched[p]) for p in seen]},
+                             f"Enrollment to queryable in BigQuery at {RATE} for {DURATION}", target_s=60)
+    log(f"plot: {plot}")
     figures = {
         "freshness_rate": RATE, "freshness_duration": DURATION, "freshness_produced": outcome.produced,
         "freshness_samples": len(outcome.watched), "freshness_samples_seen": len(seen),

@@ -25,8 +25,9 @@ from datetime import datetime, timezone
 
 import httpx
 
-from bench.common import write
+from bench.common import RESULTS, write
 from bench.load import log, percentiles, steady_load
+from bench.plots import latency_over_time
 from enrollment.contracts import markets
 from enrollment.config import load_config
 from enrollment.services import Endpoints, firestore_client
@@ -116,6 +117,11 @@ def end_to_end(cfg, config) -> dict:
     q = percentiles([max(got[p] for got in seen.values()) - outcome.watched[p] for p in complete])
     per_sink = {name: percentiles([got[p] - outcome.watched[p] for p in got if p in outcome.watched]) for name, got in seen.items()}
     never = len(outcome.watched) - len(complete)
+    plot = latency_over_time(RESULTS / "sinks.png", {"all three sinks": [(outcome.watched[p], max(got[p] for got in seen.values()) - outcome.watched[p]) for p in complete],
+                                                    **{name: [(outcome.watched[p], got[p] - outcome.watched[p]) for p in got if p in outcome.watched]
+                                                       for name, got in seen.items()}},
+                             f"Enrollment to visible in the sinks at {RATE} for {DURATION}", target_s=120)
+    log(f"plot: {plot}")
     log(f"all sinks at {RATE} for {DURATION}: p50 {q['p50']} s, p95 {q['p95']} s, max {q['max']} s ({len(complete)}/{len(outcome.watched)} samples); "
         f"per sink p95: " + ", ".join(f"{n} {v['p95']} s" for n, v in per_sink.items()))
     return {"all_sinks_rate": RATE, "all_sinks_duration": DURATION, "all_sinks_produced": outcome.produced, "all_sinks_samples": len(outcome.watched),

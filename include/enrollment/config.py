@@ -38,6 +38,7 @@ class PipelineConfig:
     sinks: dict = field(default_factory=dict)  # name -> options (``module`` + the sink's own)
     sync_max_batches: int = 20
     sync_catch_up_every: str = "*/5 * * * *"
+    freshness_sla_s: float = 300.0
 
     def region(self, code: str) -> Region:
         for region in self.regions:
@@ -71,6 +72,7 @@ def parse_config(raw: dict) -> PipelineConfig:
         sinks={name: dict(options) for name, options in (raw.get("sinks") or {}).items()},
         sync_max_batches=int(raw.get("sync", {}).get("max_batches", 20)),
         sync_catch_up_every=str(raw.get("sync", {}).get("catch_up_every", "*/5 * * * *")),
+        freshness_sla_s=float(raw.get("freshness_sla_s", 300)),
     )
 
 

@@ -136,7 +136,7 @@ class Warehouse:
         finally:
             for stage in staged:
                 self.client.delete_table(stage.strip("`"), not_found_ok=True)
-        return counts | {"seconds": round(time.monotonic() - t0, 3)}
+        return counts | {"seconds": round(time.monotonic() - t0, 3), **event_ages(valid)}
 
     def _merge_partners_sql(self, stage: str) -> str:
         # Field by field: the value set by the newest event wins, so an older event arriving late
@@ -229,6 +229,30 @@ class Warehouse:
                 raise GateError(f"ledger, batch {batch_id}, stage {r['stage']}: offsets {r['offsets_in']} != valid {r['valid']} + quarantined "
                                 f"{r['quarantined']} + duplicates {r['duplicates']} (ok={r['ok']})")
         return {r["stage"]: dict(r) for r in rows}
+
+
+def event_ages(valid: pa.Table) -> dict:
+    """How old the batch's oldest and newest events are now (their Kafka timestamps), in seconds."""
+    if not valid.num_rows:
+        return {"oldest_event_age_s": None, "newest_event_age_s": None}
+    import pyarrow.compute as pc
+
+    now = time.time()
+    stamps = valid.column("kafka_timestamp")
+    oldest, newest = pc.min(stamps).as_py(), pc.max(stamps).as_py()
+    return {"oldest_event_age_s": round(now - oldest.timestamp(), 1), "newest_event_age_s": round(now - newest.timestamp(), 1)}
+
+
+def freshness_gate(batch_id: str, merged: dict, sla_s: float) -> dict:
+    """The batch's events were queryable within the SLA (counted from their Kafka timestamps).
+
+    The data is in and the offsets are committed whatever this says: it fails the run so that
+    operators see a pipeline falling behind, it never holds a batch back."""
+    age = merged.get("oldest_event_age_s")
+    if age is not None and age > sla_s:
+        raise GateError(f"freshness gate, batch {batch_id}: its oldest event became queryable {age:.0f} s after it reached Kafka "
+                        f"(newest {merged.get('newest_event_age_s'):.0f} s); the SLA is {sla_s:.0f} s")
+    return {"oldest_event_age_s": age, "newest_event_age_s": merged.get("newest_event_age_s"), "sla_s": sla_s}
 
 
 def partner_changes(valid: pa.Table) -> pa.Table:

@@ -49,6 +49,8 @@ takes whatever is pending.
    older version only fills empty fields) and `{dataset}.quarantine`. **Gate:** row counts,
    unique event ids, mandatory columns.
 4. **reconcile** writes the ledger row and fails loudly when the numbers of the batch do not balance.
+5. **freshness** fails the run when the batch's oldest event took more than {sla:g} s from Kafka to
+   queryable (`freshness_sla_s`): the data is in and the offsets committed, the red run is the alert.
    Its success updates the asset `warehouse_{region_lower}`, which wakes the sink DAGs
    (`sync_firestore`, `sync_solr`, `sync_marketing_cloud`): they run on their own, so a sink that is
    down never holds this DAG back.
@@ -75,7 +77,7 @@ def ingest_dag(region: Region) -> DAG:
         max_active_runs=1,  # batches of a region follow each other: the next claim starts where this one commits
         default_args=DEFAULT_ARGS,
         tags=[str(Tag.INGEST)],
-        doc_md=DOC_MD.format(region=region.code, region_lower=region.code.lower(), topic=region.topic, group=config.consumer_group, bucket=config.landing_bucket,
+        doc_md=DOC_MD.format(region=region.code, region_lower=region.code.lower(), sla=config.freshness_sla_s, topic=region.topic, group=config.consumer_group, bucket=config.landing_bucket,
                              dataset=config.warehouse_dataset, ops=config.ops_dataset, min_records=region.min_records, max_age_s=region.max_age_s),
         params={"max_batch": Param(region.max_batch, type="integer", minimum=1, description="Most offsets one batch claims")},
     ) as dag:
@@ -130,9 +132,18 @@ def ingest_dag(region: Region) -> DAG:
             warehouse = warehouse_from_connections(config)
             batch = Landed(**landed)
             warehouse.record(batch, "land", batch.valid, batch.seconds)
-            warehouse.record(batch, "warehouse", merged["events"], merged["seconds"])
+            age = merged.get("oldest_event_age_s")
+            warehouse.record(batch, "warehouse", merged["events"], merged["seconds"],
+                             detail="" if age is None else f"oldest event queryable {age:.0f} s after it reached Kafka")
             return {stage: {k: v for k, v in row.items() if k != "stage"} for stage, row in warehouse.balance(batch.batch_id).items()}
 
+        @task(task_id="freshness", retries=0)  # a retry could only find the batch older
+        def freshness(landed: dict, merged: dict) -> dict:
+            from enrollment.warehouse import freshness_gate
+
+            return freshness_gate(landed["batch_id"], merged, config.freshness_sla_s)
+
         landed = land_stage(claim_stage())
-        reconcile(landed, warehouse_stage(landed))
+        merged = warehouse_stage(landed)
+        reconcile(landed, merged) >> freshness(landed, merged)
     return dag
