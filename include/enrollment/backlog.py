@@ -16,6 +16,7 @@ class Backlog:
     topic: str
     ranges: tuple[tuple[int, int, int], ...]  # (partition, committed or earliest, end)
     oldest_timestamp_ms: int | None  # Kafka timestamp of the oldest pending record
+    oldest_by_partition: tuple[tuple[int, int], ...] = ()  # (partition, its oldest pending record's timestamp ms)
 
     @property
     def pending(self) -> int:
@@ -37,6 +38,7 @@ def measure(bootstrap: str, group: str, topic: str, partitions: int) -> Backlog:
 
     ranges = tuple(pending_ranges(bootstrap, group, topic, partitions))
     oldest = None
+    by_partition: dict[int, int] = {}
     behind = [(p, start) for p, start, end in ranges if end > start]
     if behind:
         consumer = _consumer(bootstrap, group)
@@ -49,11 +51,12 @@ def measure(bootstrap: str, group: str, topic: str, partitions: int) -> Backlog:
                     if msg.error() is None and msg.partition() not in seen:
                         seen.add(msg.partition())
                         stamp = msg.timestamp()[1]
+                        by_partition[msg.partition()] = stamp
                         oldest = stamp if oldest is None else min(oldest, stamp)
                         consumer.pause([TopicPartition(topic, msg.partition())])
         finally:
             consumer.close()
-    return Backlog(topic=topic, ranges=ranges, oldest_timestamp_ms=oldest)
+    return Backlog(topic=topic, ranges=ranges, oldest_timestamp_ms=oldest, oldest_by_partition=tuple(sorted(by_partition.items())))
 
 
 def total_pending(bootstrap: str, group: str, regions) -> int:

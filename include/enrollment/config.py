@@ -39,6 +39,8 @@ class PipelineConfig:
     sync_max_batches: int = 20
     sync_catch_up_every: str = "*/5 * * * *"
     freshness_sla_s: float = 300.0
+    lag: dict = field(default_factory=dict)  # the lag monitor's alert rules (enrollment.lag.LagRules)
+    alert_callback: str = ""  # "module:function" called with the Airflow context when a monitor alerts
 
     def region(self, code: str) -> Region:
         for region in self.regions:
@@ -73,6 +75,8 @@ def parse_config(raw: dict) -> PipelineConfig:
         sync_max_batches=int(raw.get("sync", {}).get("max_batches", 20)),
         sync_catch_up_every=str(raw.get("sync", {}).get("catch_up_every", "*/5 * * * *")),
         freshness_sla_s=float(raw.get("freshness_sla_s", 300)),
+        lag=dict(raw.get("lag") or {}),
+        alert_callback=str((raw.get("alerts") or {}).get("on_failure", "")),
     )
 
 

@@ -2,7 +2,9 @@
 
 Each check writes something small where the pipeline writes, reads it back, and reports a
 ``Check`` (never raises), so a caller can name the failing service instead of timing out deep
-inside a task. Used by the smoke DAG; the scheduled health DAG builds on it.
+inside a task. Used by the smoke DAG and the scheduled ``environment_health`` DAG (which records them in
+``<ops>.health``); ``require`` is the quick version the ingest and sync tasks call first, so a
+task fails within seconds naming the service that is down.
 """
 
 from __future__ import annotations
@@ -125,6 +127,82 @@ CHECKS: dict[str, Callable[[Endpoints, PipelineConfig], str]] = {
     "solr": _solr,
     "marketing-cloud": _marketing_cloud,
 }
+
+
+class ServiceDown(RuntimeError):
+    """A service a task needs did not answer; the message names it (and where it was looked for)."""
+
+
+def _where(service: str, ep: Endpoints) -> str:
+    import os
+
+    return {"kafka": ep.kafka_bootstrap, "gcs": os.environ.get("STORAGE_EMULATOR_HOST", "Cloud Storage"),
+            "bigquery": os.environ.get("BIGQUERY_EMULATOR_HOST", "BigQuery"), "solr": ep.solr_url,
+            "firestore": os.environ.get("FIRESTORE_EMULATOR_HOST", "Firestore"), "marketing-cloud": ep.marketing_cloud_rest_url}[service]
+
+
+def _answers(service: str, ep: Endpoints, cfg: PipelineConfig, timeout_s: float) -> None:
+    """The cheapest call that proves the service is up, without the clients' long retries."""
+    if service == "kafka":
+        from confluent_kafka.admin import AdminClient
+
+        AdminClient({"bootstrap.servers": ep.kafka_bootstrap, "socket.connection.setup.timeout.ms": int(timeout_s * 1000)}).list_topics(timeout=timeout_s)
+    elif service == "gcs":
+        if not storage_client(ep.project).bucket(cfg.landing_bucket).exists(timeout=timeout_s, retry=None):
+            raise RuntimeError(f"bucket {cfg.landing_bucket} does not exist")
+    elif service == "bigquery":
+        bigquery_client(ep.project).get_dataset(cfg.warehouse_dataset, timeout=timeout_s, retry=None)
+    elif service == "solr":
+        httpx.get(f"{ep.solr_url}/{cfg.solr_core}/admin/ping", params={"wt": "json"}, timeout=timeout_s).raise_for_status()
+    elif service == "marketing-cloud":
+        httpx.get(ep.marketing_cloud_auth_url, timeout=timeout_s)  # any HTTP answer: the token is the sink's business
+    elif service == "firestore":
+        import os
+
+        host = os.environ.get("FIRESTORE_EMULATOR_HOST")
+        if host:
+            httpx.get(f"http://{host}/", timeout=timeout_s)
+        else:
+            firestore_client(ep.project).collection("_health").document("ping").get(timeout=timeout_s, retry=None)
+    else:
+        raise KeyError(f"unknown service {service!r}")
+
+
+def require(services: list[str], endpoints: Endpoints, config: PipelineConfig | None = None, timeout_s: float = 5.0) -> None:
+    """Fails fast, naming every service of ``services`` that does not answer within ``timeout_s``."""
+    config = config or load_config()
+    down = []
+    for service in services:
+        try:
+            _answers(service, endpoints, config, timeout_s)
+        except Exception as exc:  # noqa: BLE001 (collected and raised as one message)
+            down.append(f"{service} at {_where(service, endpoints)} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
+    if down:
+        raise ServiceDown("service down: " + "; ".join(down))
+
+
+HEALTH_SCHEMA = [("service", "STRING"), ("ok", "BOOL"), ("seconds", "FLOAT64"), ("detail", "STRING"), ("run_id", "STRING"), ("checked_at", "TIMESTAMP")]
+
+
+def record(checks: list[Check], run_id: str, project: str, config: PipelineConfig | None = None) -> None:
+    """The checks as rows of ``<ops>.health`` (one per service and run; recording again replaces them)."""
+    from google.cloud import bigquery
+
+    config = config or load_config()
+    client = bigquery_client(project)
+    table = f"`{project}.{config.ops_dataset}.health`"
+    client.query(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in HEALTH_SCHEMA)}) "
+                 "PARTITION BY DATE(checked_at) CLUSTER BY service").result()
+    params, rows = [bigquery.ScalarQueryParameter("run", "STRING", run_id)], []
+    for i, c in enumerate(checks):
+        params += [bigquery.ScalarQueryParameter(f"s{i}", "STRING", c.service), bigquery.ScalarQueryParameter(f"o{i}", "BOOL", c.ok),
+                   bigquery.ScalarQueryParameter(f"t{i}", "FLOAT64", c.seconds), bigquery.ScalarQueryParameter(f"d{i}", "STRING", c.detail)]
+        rows.append(f"SELECT @s{i} AS service, @o{i} AS ok, @t{i} AS seconds, @d{i} AS detail")
+    client.query(f"""MERGE {table} T USING (SELECT *, @run AS run_id, CURRENT_TIMESTAMP() AS checked_at FROM ({' UNION ALL '.join(rows)})) S
+        ON T.run_id = S.run_id AND T.service = S.service
+        WHEN MATCHED THEN UPDATE SET ok = S.ok, seconds = S.seconds, detail = S.detail, checked_at = S.checked_at
+        WHEN NOT MATCHED THEN INSERT (service, ok, seconds, detail, run_id, checked_at) VALUES (S.service, S.ok, S.seconds, S.detail, S.run_id, S.checked_at)""",
+                 job_config=bigquery.QueryJobConfig(query_parameters=params)).result()
 
 
 def check(service: str, endpoints: Endpoints, config: PipelineConfig | None = None) -> Check:

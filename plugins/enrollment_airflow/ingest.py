@@ -88,10 +88,12 @@ def ingest_dag(region: Region) -> DAG:
             def claim_batch(params=None) -> dict:
                 from airflow.sdk.exceptions import AirflowSkipException
                 from enrollment.batches import claim
+                from enrollment.health import require
                 from enrollment.services import storage_client
                 from enrollment_airflow.connections import endpoints_from_connections
 
                 ep = endpoints_from_connections()
+                require(["kafka", "gcs"], ep, config)
                 manifest = claim(ep.kafka_bootstrap, config.consumer_group, region.code, region.topic, region.partitions,
                                  storage_client(ep.project).bucket(config.landing_bucket), int(params["max_batch"]))
                 if manifest is None:
@@ -105,10 +107,12 @@ def ingest_dag(region: Region) -> DAG:
             @task(task_id="land")
             def land_batch(claimed: dict) -> dict:
                 from enrollment.batches import Manifest, land
+                from enrollment.health import require
                 from enrollment.services import storage_client
                 from enrollment_airflow.connections import endpoints_from_connections
 
                 ep = endpoints_from_connections()
+                require(["kafka", "gcs"], ep, config)
                 return land(ep.kafka_bootstrap, Manifest.from_json(claimed["manifest"]), storage_client(ep.project).bucket(config.landing_bucket)).as_dict()
 
             return land_batch(claimed)
@@ -118,8 +122,10 @@ def ingest_dag(region: Region) -> DAG:
             @task(task_id="merge")
             def merge(landed: dict) -> dict:
                 from enrollment.batches import Landed
-                from enrollment_airflow.connections import warehouse_from_connections
+                from enrollment.health import require
+                from enrollment_airflow.connections import endpoints_from_connections, warehouse_from_connections
 
+                require(["bigquery", "gcs"], endpoints_from_connections(), config)
                 return warehouse_from_connections(config).merge_batch(Landed(**landed))
 
             return merge(landed)

@@ -68,8 +68,10 @@ def sync_dag(sink_name: str) -> DAG:
         def write(params=None) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from enrollment_airflow.connections import sink_from_connections, sync_run_from_connections
+            from enrollment.health import require
+            from enrollment_airflow.connections import endpoints_from_connections, sink_from_connections, sync_run_from_connections
 
+            require(["bigquery", "gcs", *options.get("needs", [])], endpoints_from_connections(), config)
             run, sink = sync_run_from_connections(config), sink_from_connections(config, sink_name)
             try:
                 plans = run.plan_all(sink_name, [r.code for r in config.regions], int(params["max_batches"]))

@@ -27,7 +27,7 @@ def test_a_new_sink_is_one_module_one_config_entry_and_its_test(stack, airflow_d
     # The config entry, exactly as the guide shows it.
     prefix = f"directory-{uuid.uuid4().hex[:6]}"
     raw = yaml.safe_load(open(pipeline_config_module.load_config.__globals__["os"].environ["ENROLLMENT_CONFIG"]))
-    raw["sinks"]["directory"] = {"module": "enrollment.sinks.directory", "bucket": isolated_pipeline.landing_bucket, "prefix": prefix}
+    raw["sinks"]["directory"] = {"module": "enrollment.sinks.directory", "needs": ["gcs"], "bucket": isolated_pipeline.landing_bucket, "prefix": prefix}
     path = tmp_path / "with-directory.yaml"
     path.write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("ENROLLMENT_CONFIG", str(path))

@@ -1,0 +1,63 @@
+"""Lag and gridlock detection, every minute: per region and partition, and per sink."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import CronTriggerTimetable, dag, task
+from enrollment_airflow.alerts import on_failure
+from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+
+DOC_MD = """
+### Lag monitor
+
+Every minute, **measure** records in `enrollment_ops.lag` (one row per measurement):
+
+- `kind = 'kafka'`: per region and partition, the records the pipeline's consumer group has not
+  landed yet (`pending`), the age of the oldest of them (`oldest_age_s`, from its Kafka
+  timestamp) and the growth per minute since the previous measurement;
+- `kind = 'sink'`: per sink and region, the warehouse batches after the sink's watermark, and
+  the age of the oldest of them.
+
+It reads offsets and one timestamp per partition, never the data, and never commits.
+
+**Alerts** (the task fails, its log and the configured `alerts.on_failure` callback say why)
+when a region's pending records grew at each of the last `lag.grow_minutes` measurements
+(a consumer falling further behind: a stall, a gridlock), when a pending record is older than
+`lag.max_age_s`, or when a sink is more than `lag.max_sink_batches` behind.
+
+Lag over time: `SELECT measured_at, region, SUM(pending) FROM enrollment_ops.lag
+WHERE kind = 'kafka' GROUP BY 1, 2 ORDER BY 1`. Owner: enrollment-data team.
+"""
+
+
+@dag(dag_id="lag_monitor", schedule=CronTriggerTimetable("* * * * *", timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
+     max_active_runs=1, dagrun_timeout=timedelta(minutes=5), tags=[str(Tag.OPS)], doc_md=DOC_MD,
+     # An error (BigQuery down) is retried once; an alert fails at once: its rules already span minutes.
+     default_args=DEFAULT_ARGS | {"retries": 1, "retry_delay": timedelta(seconds=20)})
+def lag_monitor():
+    @task(on_failure_callback=on_failure)
+    def measure() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+        from enrollment.config import load_config
+        from enrollment.lag import LagRules, alerts, as_dicts, kafka_lag, record, sink_lag
+        from enrollment_airflow.connections import endpoints_from_connections, sync_run_from_connections
+
+        config = load_config()
+        rules = LagRules.from_config(config.lag)
+        run = sync_run_from_connections(config)
+        rows = kafka_lag(endpoints_from_connections().kafka_bootstrap, config) + sink_lag(run, config)
+        history = record(run.warehouse, rows, rules)
+        found = alerts(rows, history, rules)
+        if found:
+            raise AirflowFailException("lag alert: " + "; ".join(found))
+        totals: dict = {}
+        for row in as_dicts(rows):
+            key = row["region"] if row["kind"] == "kafka" else f"{row['sink']}:{row['region']}"
+            totals[key] = totals.get(key, 0) + row["pending"]
+        return totals
+
+    measure()
+
+
+lag_monitor()

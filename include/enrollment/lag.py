@@ -1,0 +1,134 @@
+"""Lag and gridlock detection: how far each region's consumer group and each sink are behind,
+recorded every minute in ``<ops>.lag`` (a metrics table people query and plot), and the rules
+that raise an alert.
+
+- Kafka, per region and partition: records pending, the age of the oldest pending record.
+- Sinks, per sink and region: warehouse batches after the sink's watermark.
+- Alert when a region's pending records grew at every one of the last ``grow_minutes``
+  measurements (a consumer that falls further behind: a stall or gridlock), or when the oldest
+  pending record is older than ``max_age_s``, or a sink is more than ``max_sink_batches`` behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from .backlog import measure
+from .config import PipelineConfig
+
+LAG_SCHEMA = [("measured_at", "TIMESTAMP"), ("kind", "STRING"), ("region", "STRING"), ("partition", "INT64"), ("sink", "STRING"),
+              ("pending", "INT64"), ("oldest_age_s", "FLOAT64"), ("growth_per_min", "FLOAT64")]
+
+
+@dataclass
+class LagRow:
+    kind: str  # "kafka" (records pending) or "sink" (batches behind the watermark)
+    region: str
+    partition: int | None
+    sink: str | None
+    pending: int
+    oldest_age_s: float | None
+    growth_per_min: float | None = None
+
+
+def kafka_lag(bootstrap: str, config: PipelineConfig, now: float | None = None) -> list[LagRow]:
+    now = time.time() if now is None else now
+    rows = []
+    for region in config.regions:
+        backlog = measure(bootstrap, config.consumer_group, region.topic, region.partitions)
+        stamps = dict(backlog.oldest_by_partition)
+        for partition, start, end in backlog.ranges:
+            age = max(0.0, now - stamps[partition] / 1000) if partition in stamps else (0.0 if end == start else None)
+            rows.append(LagRow("kafka", region.code, partition, None, end - start, age))
+    return rows
+
+
+def sink_lag(sync_run, config: PipelineConfig) -> list[LagRow]:
+    rows = []
+    for sink in config.sinks:
+        plans = sync_run.plan_all(sink, [r.code for r in config.regions], max_batches=10_000)
+        for region, plan in plans.items():
+            age = time.time() - min(_epoch(b["warehoused_at"]) for b in plan.batches) if plan.batches else 0.0
+            rows.append(LagRow("sink", region, None, sink, len(plan.batches), round(age, 1)))
+    return rows
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+@dataclass(frozen=True)
+class LagRules:
+    grow_minutes: int = 5
+    max_age_s: float = 300.0
+    max_sink_batches: int = 30
+
+    @classmethod
+    def from_config(cls, raw: dict) -> LagRules:
+        return cls(**{k: type(getattr(cls, k))(v) for k, v in (raw or {}).items() if k in cls.__dataclass_fields__})
+
+
+def alerts(rows: list[LagRow], history: dict[str, list[int]], rules: LagRules) -> list[str]:
+    """What is wrong now. ``history``: region -> its total pending records at the previous
+    measurements, oldest first (this measurement not included)."""
+    out = []
+    totals: dict[str, int] = {}
+    for row in rows:
+        if row.kind == "kafka":
+            totals[row.region] = totals.get(row.region, 0) + row.pending
+            if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
+                out.append(f"{row.region} partition {row.partition}: oldest pending record {row.oldest_age_s:.0f} s old (> {rules.max_age_s:.0f} s)")
+        elif row.pending > rules.max_sink_batches:
+            out.append(f"sink {row.sink} {row.region}: {row.pending} batches behind its watermark (> {rules.max_sink_batches})")
+    for region, total in totals.items():
+        series = (history.get(region) or [])[-rules.grow_minutes:] + [total]
+        if len(series) > rules.grow_minutes and all(b > a for a, b in zip(series, series[1:], strict=False)):
+            out.append(f"{region}: pending records grew at each of the last {rules.grow_minutes} measurements ({' → '.join(f'{n:,}' for n in series)})")
+    return out
+
+
+def as_dicts(rows: list[LagRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def record(warehouse, rows: list[LagRow], rules: LagRules) -> dict[str, list[int]]:
+    """Appends this measurement to ``<ops>.lag`` (growth per minute against the previous one) and
+    returns each region's totals at the previous measurements, oldest first."""
+    from datetime import datetime, timedelta, timezone
+
+    from google.cloud import bigquery
+
+    table = warehouse.table("lag", ops=True)
+    warehouse.run(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in LAG_SCHEMA)}) "
+                  "PARTITION BY DATE(measured_at) CLUSTER BY kind, region")
+    now = datetime.now(timezone.utc)
+    since = now - timedelta(minutes=rules.grow_minutes + 2)
+    previous = warehouse.run(f"""SELECT kind, region, `partition`, sink, pending, measured_at FROM {table}
+        WHERE measured_at > @since ORDER BY measured_at""", [bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)])
+    history: dict[str, dict] = {}
+    last: dict[tuple, tuple] = {}
+    for r in previous:
+        if r["kind"] == "kafka":
+            by_time = history.setdefault(r["region"], {})
+            by_time[r["measured_at"]] = by_time.get(r["measured_at"], 0) + r["pending"]
+        last[(r["kind"], r["region"], r["partition"], r["sink"])] = (r["pending"], r["measured_at"])
+    for row in rows:
+        before = last.get((row.kind, row.region, row.partition, row.sink))
+        if before is not None:
+            minutes = max((now - before[1]).total_seconds() / 60, 1 / 60)
+            row.growth_per_min = round((row.pending - before[0]) / minutes, 1)
+    params, selects = [bigquery.ScalarQueryParameter("at", "TIMESTAMP", now)], []
+    for i, row in enumerate(rows):
+        params += [bigquery.ScalarQueryParameter(f"k{i}", "STRING", row.kind), bigquery.ScalarQueryParameter(f"r{i}", "STRING", row.region),
+                   bigquery.ScalarQueryParameter(f"p{i}", "INT64", row.partition), bigquery.ScalarQueryParameter(f"s{i}", "STRING", row.sink),
+                   bigquery.ScalarQueryParameter(f"n{i}", "INT64", row.pending), bigquery.ScalarQueryParameter(f"a{i}", "FLOAT64", row.oldest_age_s),
+                   bigquery.ScalarQueryParameter(f"g{i}", "FLOAT64", row.growth_per_min)]
+        selects.append(f"SELECT @at AS measured_at, @k{i} AS kind, @r{i} AS region, @p{i} AS `partition`, @s{i} AS sink, @n{i} AS pending, "
+                       f"@a{i} AS oldest_age_s, @g{i} AS growth_per_min")
+    if selects:
+        warehouse.run(f"INSERT INTO {table} (measured_at, kind, region, `partition`, sink, pending, oldest_age_s, growth_per_min) "
+                      + " UNION ALL ".join(selects), params)
+    return {region: [total for _, total in sorted(by_time.items())] for region, by_time in history.items()}

@@ -1,0 +1,59 @@
+"""The lag monitor on the real stack: it records what is pending per region and partition, and
+alerts — failing its task and calling the configured callback — when a consumer is stalled and
+its backlog keeps growing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from enrollment import config as pipeline_config_module
+from enrollment.services import bigquery_client
+from enrollment.simulator.generator import Simulator
+from tests.integration.conftest import produce
+
+pytestmark = [pytest.mark.integration]
+
+ALERTS: list[str] = []
+
+
+def record_alert(context) -> None:
+    ALERTS.append(str(context.get("exception")))
+
+
+def test_a_stalled_consumer_raises_an_alert(stack, airflow_db, dagbag, isolated_pipeline, tmp_path, monkeypatch):
+    from airflow.utils.state import DagRunState
+
+    raw = yaml.safe_load(open(os.environ["ENROLLMENT_CONFIG"]))
+    raw["lag"] = {"grow_minutes": 2, "max_age_s": 3600, "max_sink_batches": 30}
+    raw["alerts"] = {"on_failure": f"{__name__}:record_alert"}
+    path = tmp_path / "lag.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("ENROLLMENT_CONFIG", str(path))
+    pipeline_config_module._load.cache_clear()
+    config = pipeline_config_module.load_config()
+    region = config.region("AMER")
+    sim = Simulator(seed=77, config=config)
+    dag = dagbag.dags["lag_monitor"]
+
+    produced = 0
+    for step in range(3):  # nobody consumes: the backlog grows at every measurement
+        batch = [m for m in sim.take(600) if m.topic == region.topic]
+        produce(stack.kafka_bootstrap, batch)
+        produced += len(batch)
+        run = dag.test()
+        if step < 2:
+            assert run.state == DagRunState.SUCCESS, f"no alert before {config.lag['grow_minutes']} growing measurements"
+    assert run.state == DagRunState.FAILED
+    assert ALERTS and "AMER: pending records grew at each of the last 2 measurements" in ALERTS[-1], ALERTS
+
+    rows = list(bigquery_client(stack.project).query(
+        f"SELECT measured_at, SUM(pending) AS pending, MAX(oldest_age_s) AS age FROM `{stack.project}.{config.ops_dataset}.lag` "
+        "WHERE kind = 'kafka' AND region = 'AMER' GROUP BY measured_at ORDER BY measured_at").result())
+    assert [r["pending"] for r in rows][-1] == produced and len(rows) == 3
+    assert all(r["age"] is not None and r["age"] >= 0 for r in rows)
+    sinks = list(bigquery_client(stack.project).query(
+        f"SELECT DISTINCT sink FROM `{stack.project}.{config.ops_dataset}.lag` WHERE kind = 'sink'").result())
+    assert {r["sink"] for r in sinks} == set(config.sinks)
