@@ -40,11 +40,16 @@ def main() -> int:
     seen: dict[str, float] = {}
 
     def poll(watched: dict[str, float]) -> int:
+        from google.api_core.exceptions import NotFound
+
         waiting = [p for p in watched if p not in seen]
         if waiting:
             now = time.time()
-            rows = client.query(f"SELECT partner_id FROM {partners} WHERE partner_id IN UNNEST(@ids)",
-                                job_config=bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", waiting[:2000])])).result()
+            try:
+                rows = client.query(f"SELECT partner_id FROM {partners} WHERE partner_id IN UNNEST(@ids)",
+                                    job_config=bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", waiting[:2000])])).result()
+            except NotFound:  # a fresh stack: the first batch has not created the table yet
+                rows = []
             seen.update({row["partner_id"]: now for row in rows})
         return len(watched) - len(seen)
 

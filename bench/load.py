@@ -78,24 +78,28 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
                                 outcome.watched[record["partner_id"]] = datetime.fromisoformat(record["occurred_at"].replace("Z", "+00:00")).timestamp()
                 return poll(outcome.watched)
 
-            last_report = 0.0
-            while producer.poll() is None:
-                missing = sample()
-                if time.monotonic() - last_report > 15:
-                    last_report = time.monotonic()
-                    log(f"produced {outcome.produced:,}; enrollments watched {len(outcome.watched):,}, not visible yet {missing:,}")
-                time.sleep(POLL_S)
-            if producer.returncode != 0:
-                raise SystemExit(f"the simulator failed with exit code {producer.returncode}")
-            deadline = time.monotonic() + drain_s
-            while (missing := sample()) or total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions):
-                if time.monotonic() > deadline:
-                    log(f"gave up waiting after {drain_s:.0f} s: {missing:,} watched partners not visible")
-                    break
-                if time.monotonic() - last_report > 15:
-                    last_report = time.monotonic()
-                    log(f"draining: {missing:,} watched partners not visible yet")
-                time.sleep(POLL_S)
+            try:
+                last_report = 0.0
+                while producer.poll() is None:
+                    missing = sample()
+                    if time.monotonic() - last_report > 15:
+                        last_report = time.monotonic()
+                        log(f"produced {outcome.produced:,}; enrollments watched {len(outcome.watched):,}, not visible yet {missing:,}")
+                    time.sleep(POLL_S)
+                if producer.returncode != 0:
+                    raise SystemExit(f"the simulator failed with exit code {producer.returncode}")
+                deadline = time.monotonic() + drain_s
+                while (missing := sample()) or total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions):
+                    if time.monotonic() > deadline:
+                        log(f"gave up waiting after {drain_s:.0f} s: {missing:,} watched partners not visible")
+                        break
+                    if time.monotonic() - last_report > 15:
+                        last_report = time.monotonic()
+                        log(f"draining: {missing:,} watched partners not visible yet")
+                    time.sleep(POLL_S)
+            finally:
+                if producer.poll() is None:  # the watcher failed: do not leave the simulator producing
+                    producer.terminate()
 
         # Every produced offset must lie below its partition's committed offset (landed, gate passed).
         committed = {}
