@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
@@ -66,6 +67,19 @@ def claimed_batch(stack, pipeline_config, topic: str, region: str, seed: int, ev
     return group, bucket, messages, manifest
 
 
+def current_raw_config() -> dict:
+    """The pipeline configuration in force, as the YAML mapping (to change and ``use_config``)."""
+    return yaml.safe_load(open(os.environ.get("ENROLLMENT_CONFIG") or pipeline_config_module.DEFAULT_CONFIG, encoding="utf-8"))
+
+
+def use_config(raw: dict, path, monkeypatch):
+    """Points the pipeline at this configuration for the rest of the test; the loaded config."""
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("ENROLLMENT_CONFIG", str(path))
+    pipeline_config_module._load.cache_clear()
+    return pipeline_config_module.load_config()
+
+
 @pytest.fixture
 def isolated_pipeline(stack, tmp_path, monkeypatch):
     """A configuration like the embedded one, with its own topics, group and datasets."""
@@ -78,11 +92,7 @@ def isolated_pipeline(stack, tmp_path, monkeypatch):
     for region in raw["regions"]:
         region["topic"] = f"test.{run}.{region['code'].lower()}.events"
         region["partitions"] = 2
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("ENROLLMENT_CONFIG", str(path))
-    pipeline_config_module._load.cache_clear()
-    config = pipeline_config_module.load_config()
+    config = use_config(raw, tmp_path / "pipeline.yaml", monkeypatch)
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
     for future in admin.create_topics([NewTopic(r.topic, num_partitions=2, replication_factor=1) for r in config.regions]).values():
         future.result(30)

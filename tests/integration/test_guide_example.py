@@ -8,12 +8,10 @@ import json
 import uuid
 
 import pytest
-import yaml
 
-from enrollment import config as pipeline_config_module
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
-from tests.integration.conftest import produce
+from tests.integration.conftest import current_raw_config, produce, use_config
 
 pytestmark = [pytest.mark.integration]
 
@@ -26,13 +24,9 @@ def test_a_new_sink_is_one_module_one_config_entry_and_its_test(stack, airflow_d
 
     # The config entry, exactly as the guide shows it.
     prefix = f"directory-{uuid.uuid4().hex[:6]}"
-    raw = yaml.safe_load(open(pipeline_config_module.load_config.__globals__["os"].environ["ENROLLMENT_CONFIG"]))
+    raw = current_raw_config()
     raw["sinks"]["directory"] = {"module": "enrollment.sinks.directory", "needs": ["gcs"], "bucket": isolated_pipeline.landing_bucket, "prefix": prefix}
-    path = tmp_path / "with-directory.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("ENROLLMENT_CONFIG", str(path))
-    pipeline_config_module._load.cache_clear()
-    config = pipeline_config_module.load_config()
+    config = use_config(raw, tmp_path / "with-directory.yaml", monkeypatch)
     region = config.region("APAC")
 
     messages = Simulator(seed=31, faults=FaultRates.mix(0.02), initial_partners=40, config=config).take(1500)

@@ -4,15 +4,11 @@ its backlog keeps growing."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
-import yaml
 
-from enrollment import config as pipeline_config_module
 from enrollment.services import bigquery_client
 from enrollment.simulator.generator import Simulator
-from tests.integration.conftest import produce
+from tests.integration.conftest import current_raw_config, produce, use_config
 
 pytestmark = [pytest.mark.integration]
 
@@ -26,14 +22,10 @@ def record_alert(context) -> None:
 def test_a_stalled_consumer_raises_an_alert(stack, airflow_db, dagbag, isolated_pipeline, tmp_path, monkeypatch):
     from airflow.utils.state import DagRunState
 
-    raw = yaml.safe_load(open(os.environ["ENROLLMENT_CONFIG"]))
+    raw = current_raw_config()
     raw["lag"] = {"grow_minutes": 2, "max_age_s": 3600, "max_sink_batches": 30}
     raw["alerts"] = {"on_failure": f"{__name__}:record_alert"}
-    path = tmp_path / "lag.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("ENROLLMENT_CONFIG", str(path))
-    pipeline_config_module._load.cache_clear()
-    config = pipeline_config_module.load_config()
+    config = use_config(raw, tmp_path / "lag.yaml", monkeypatch)
     region = config.region("AMER")
     sim = Simulator(seed=77, config=config)
     dag = dagbag.dags["lag_monitor"]
