@@ -3,8 +3,8 @@
 
 def test_marketing_cloud_connection_type_is_registered():
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
-    manager = ProvidersManager()
-    assert "enrollment-pipelines" in manager.providers
-    hook = manager.hooks.get("marketing_cloud")
+    assert "enrollment-pipelines" in ProvidersManager().providers
+    hook = ProvidersManagerTaskRuntime().hooks.get("marketing_cloud")
     assert hook is not None and hook.hook_class_name == "enrollment_airflow.hooks.MarketingCloudHook"
