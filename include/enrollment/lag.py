@@ -102,7 +102,8 @@ def record(warehouse, rows: list[LagRow], rules: LagRules) -> dict[str, list[int
     from google.cloud import bigquery
 
     table = warehouse.table("lag", ops=True)
-    warehouse.run(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in LAG_SCHEMA)}) "
+    # `partition` is a reserved word in BigQuery: every column name is quoted.
+    warehouse.run(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'`{c}` {t}' for c, t in LAG_SCHEMA)}) "
                   "PARTITION BY DATE(measured_at) CLUSTER BY kind, region")
     now = datetime.now(timezone.utc)
     since = now - timedelta(minutes=rules.grow_minutes + 2)
