@@ -13,6 +13,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from base64 import urlsafe_b64encode
 from pathlib import Path
@@ -107,6 +108,9 @@ class Kafka(Service):
             "auto.create.topics.enable=false",
             # single node: internal topics cannot have more replicas than brokers
             "offsets.topic.replication.factor=1",
+            # 50 partitions (the default) take a minute to create and load on a busy small machine,
+            # during which every group answers NOT_COORDINATOR; one broker needs few.
+            "offsets.topic.num.partitions=4",
             "transaction.state.log.replication.factor=1",
             "transaction.state.log.min.isr=1",
             "share.coordinator.state.topic.replication.factor=1",
@@ -158,6 +162,26 @@ class Kafka(Service):
             except Exception as exc:  # noqa: BLE001
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise ServiceError(f"kafka: creating topic {topic} failed: {exc}") from exc
+        self._wait_for_group_coordinator(load_config())
+
+    def _wait_for_group_coordinator(self, config, timeout_s: float = 120.0) -> None:
+        """Ready means the pipeline's group can read its offsets: the first call creates and loads
+        the offsets topic, and until then the broker answers NOT_COORDINATOR."""
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.cfg.kafka_bootstrap, "group.id": config.consumer_group, "enable.auto.commit": False})
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    consumer.committed([TopicPartition(config.regions[0].topic, 0)], timeout=10)
+                    return
+                except KafkaException as exc:
+                    if time.monotonic() > deadline:
+                        raise ServiceError(f"kafka: the group coordinator did not answer within {timeout_s:.0f} s: {exc}") from exc
+                    time.sleep(1)
+        finally:
+            consumer.close()
 
     def url(self) -> str:
         return f"kafka://{self.cfg.kafka_bootstrap}"
