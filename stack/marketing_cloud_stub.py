@@ -12,6 +12,9 @@ It follows the published contract the pipeline depends on:
   does not deduplicate: whether a contact may enter twice is the journey's re-entry setting.
 - ``POST /interaction/v1/async/events``: the same for up to 100 contacts at once
   (``eventDefinitionKey``, ``members: [{contactKey, data}]``); more is refused with 400.
+- ``GET /data/v1/customobjectdata/key/{key}/rowset``: a data extension's rows, paged
+  (``$page``, ``$pageSize`` up to 2,500), optionally ``$filter=<Field> eq '<value>'``; field names
+  come back in lower case and values as strings, as the service returns them.
 - A data extension's fields may declare ``max_length`` (``PUT /_stub/dataextensions/{key}``):
   a longer value fails that row with error 10003, as the service does for a Text(n) field.
 - More than ``rate_per_s`` API calls in a second, or any call while throttling is forced, is
@@ -41,6 +44,8 @@ from fastapi.responses import JSONResponse
 MAX_ROWS_PER_ASYNC_REQUEST = 32_000
 THROTTLE_ERROR_CODE = 50100
 MAX_JOURNEY_MEMBERS = 100
+MAX_ROWSET_PAGE = 2_500
+_FILTER = re.compile(r"(\w+) eq '([^']*)'")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -206,6 +211,33 @@ def create_app(state: StubState) -> FastAPI:
             return refused
         found = state.requests.get(request_id)
         return found if found is not None else error(404, f"Request {request_id} not found", 10004)
+
+    @app.get("/data/v1/customobjectdata/key/{key}/rowset")
+    def rowset(key: str, request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
+        query = request.query_params
+        page, page_size = int(query.get("$page", 1)), int(query.get("$pageSize", 2500))
+        if page < 1 or not 1 <= page_size <= MAX_ROWSET_PAGE:
+            return error(400, f"$page must be >= 1 and $pageSize between 1 and {MAX_ROWSET_PAGE}.", 10000)
+        wanted = None
+        if query.get("$filter"):
+            match = _FILTER.fullmatch(query["$filter"].strip())
+            if match is None:
+                return error(400, "Only $filter=<Field> eq '<value>' is supported by this stub.", 10000)
+            wanted = (match.group(1).lower(), match.group(2))
+        with state.lock:
+            if refused := gate(authorization):
+                return refused
+            state.settle(time.time())
+            primary_key = [f.lower() for f in state.primary_keys.get(key, state.default_primary_key)]
+            rows = []
+            for row in state.rows.get(key, {}).values():
+                lowered = {k.lower(): v for k, v in row.items() if not k.startswith("_")}
+                if wanted is None or str(lowered.get(wanted[0])) == wanted[1]:
+                    rows.append(lowered)
+        start = (page - 1) * page_size
+        items = [{"keys": {k: str(r[k]) for k in primary_key}, "values": {k: None if v is None else str(v) for k, v in r.items() if k not in primary_key}}
+                 for r in rows[start:start + page_size]]
+        return JSONResponse({"customObjectKey": key, "page": page, "pageSize": page_size, "count": len(rows), "items": items})
 
     @app.get("/data/v1/async/{request_id}/status")
     def status(request_id: str, authorization: str | None = Header(default=None)) -> JSONResponse:

@@ -309,3 +309,28 @@ def land(bootstrap: str, manifest: Manifest, bucket) -> Landed:
     return Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid.num_rows,
                   quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
                   quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=round(time.monotonic() - t0, 3))
+
+
+def claims(bucket, region: str, topic: str, group: str, start: datetime, end: datetime) -> list[Manifest]:
+    """The batches claimed for a region's topic by ``group`` in [start, end) (when each claim was
+    recorded), oldest first: the index that reconciliation and replay work from."""
+    found = []
+    for blob in bucket.list_blobs(prefix=f"claims/{region}/"):
+        if blob.time_created is not None and start <= blob.time_created < end:
+            manifest = Manifest.from_json(blob.download_as_text())
+            if manifest.topic == topic and manifest.group == group:
+                found.append(manifest)
+    return sorted(found, key=lambda m: (m.claimed_at, m.batch_id))
+
+
+def landed_from(bucket, manifest: Manifest) -> Landed | None:
+    """A claimed batch as it was landed (its counts read from the objects), None when not landed."""
+    valid_blob, quarantine_blob = bucket.blob(manifest.valid_object), bucket.blob(manifest.quarantine_object)
+    if not (valid_blob.exists() and quarantine_blob.exists()):
+        return None
+    valid_rows = pq.read_metadata(io.BytesIO(valid_blob.download_as_bytes())).num_rows
+    quarantine = pq.read_table(io.BytesIO(quarantine_blob.download_as_bytes()), columns=["duplicate_only"])
+    duplicates = int(pc.sum(quarantine.column("duplicate_only")).as_py() or 0)
+    return Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid_rows,
+                  quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
+                  quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=0.0)

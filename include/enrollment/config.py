@@ -41,6 +41,8 @@ class PipelineConfig:
     freshness_sla_s: float = 300.0
     lag: dict = field(default_factory=dict)  # the lag monitor's alert rules (enrollment.lag.LagRules)
     alert_callback: str = ""  # "module:function" called with the Airflow context when a monitor alerts
+    canary: dict = field(default_factory=dict)  # every (cron), within_s (the target), poke_s
+    reconciliation: dict = field(default_factory=dict)  # at (cron, UTC), start_date (the first day a backfill covers)
 
     def region(self, code: str) -> Region:
         for region in self.regions:
@@ -77,6 +79,8 @@ def parse_config(raw: dict) -> PipelineConfig:
         freshness_sla_s=float(raw.get("freshness_sla_s", 300)),
         lag=dict(raw.get("lag") or {}),
         alert_callback=str((raw.get("alerts") or {}).get("on_failure", "")),
+        canary={"every": "*/15 * * * *", "within_s": float(raw.get("freshness_sla_s", 300)), "poke_s": 15} | dict(raw.get("canary") or {}),
+        reconciliation={"at": "30 0 * * *", "start_date": "2026-11-01"} | dict(raw.get("reconciliation") or {}),
     )
 
 

@@ -101,13 +101,11 @@ def record(warehouse, rows: list[LagRow], rules: LagRules) -> dict[str, list[int
 
     from google.cloud import bigquery
 
-    table = warehouse.table("lag", ops=True)
-    # `partition` is a reserved word in BigQuery: every column name is quoted.
-    warehouse.run(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'`{c}` {t}' for c, t in LAG_SCHEMA)}) "
-                  "PARTITION BY DATE(measured_at) CLUSTER BY kind, region")
+    # Created (and empty) before the history is read; quoted column names: `partition` is reserved.
+    warehouse.insert_rows("lag", LAG_SCHEMA, [], partition="measured_at", cluster="kind, region")
     now = datetime.now(timezone.utc)
     since = now - timedelta(minutes=rules.grow_minutes + 2)
-    previous = warehouse.run(f"""SELECT kind, region, `partition`, sink, pending, measured_at FROM {table}
+    previous = warehouse.run(f"""SELECT kind, region, `partition`, sink, pending, measured_at FROM {warehouse.table("lag", ops=True)}
         WHERE measured_at > @since ORDER BY measured_at""", [bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)])
     history: dict[str, dict] = {}
     last: dict[tuple, tuple] = {}
@@ -121,15 +119,5 @@ def record(warehouse, rows: list[LagRow], rules: LagRules) -> dict[str, list[int
         if before is not None:
             minutes = max((now - before[1]).total_seconds() / 60, 1 / 60)
             row.growth_per_min = round((row.pending - before[0]) / minutes, 1)
-    params, selects = [bigquery.ScalarQueryParameter("at", "TIMESTAMP", now)], []
-    for i, row in enumerate(rows):
-        params += [bigquery.ScalarQueryParameter(f"k{i}", "STRING", row.kind), bigquery.ScalarQueryParameter(f"r{i}", "STRING", row.region),
-                   bigquery.ScalarQueryParameter(f"p{i}", "INT64", row.partition), bigquery.ScalarQueryParameter(f"s{i}", "STRING", row.sink),
-                   bigquery.ScalarQueryParameter(f"n{i}", "INT64", row.pending), bigquery.ScalarQueryParameter(f"a{i}", "FLOAT64", row.oldest_age_s),
-                   bigquery.ScalarQueryParameter(f"g{i}", "FLOAT64", row.growth_per_min)]
-        selects.append(f"SELECT @at AS measured_at, @k{i} AS kind, @r{i} AS region, @p{i} AS `partition`, @s{i} AS sink, @n{i} AS pending, "
-                       f"@a{i} AS oldest_age_s, @g{i} AS growth_per_min")
-    if selects:
-        warehouse.run(f"INSERT INTO {table} (measured_at, kind, region, `partition`, sink, pending, oldest_age_s, growth_per_min) "
-                      + " UNION ALL ".join(selects), params)
+    warehouse.insert_rows("lag", LAG_SCHEMA, [asdict(r) | {"measured_at": now} for r in rows])
     return {region: [total for _, total in sorted(by_time.items())] for region, by_time in history.items()}

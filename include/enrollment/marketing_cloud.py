@@ -142,6 +142,19 @@ class MarketingCloudClient:
                 return out
             page += 1
 
+    def rowset(self, data_extension: str, where: tuple[str, str] | None = None, page_size: int = 2_500) -> list[dict]:
+        """A data extension's rows as the service holds them now (field names in lower case, values
+        as strings), every page; ``where=(field, value)`` keeps the rows whose field equals value."""
+        params = {"$pageSize": page_size} | ({"$filter": f"{where[0]} eq '{where[1]}'"} if where else {})
+        out, page = [], 1
+        while True:
+            body = self._json(self._call("GET", f"/data/v1/customobjectdata/key/{data_extension}/rowset", params=params | {"$page": page}),
+                              f"rows of {data_extension}")
+            out.extend(item.get("keys", {}) | item.get("values", {}) for item in body.get("items", []))
+            if len(out) >= int(body.get("count", 0)) or not body.get("items"):
+                return out
+            page += 1
+
     # -- journeys ---------------------------------------------------------------------------
     def fire_entry_event(self, event_definition_key: str, contact_key: str, data: dict) -> str:
         response = self._call("POST", "/interaction/v1/events", json={"ContactKey": contact_key, "EventDefinitionKey": event_definition_key, "Data": data})

@@ -188,7 +188,7 @@ class SyncRun:
         return {"verified": len(partners) - len(rejected), "rejected": len(rejected)}
 
     # -- commit ---------------------------------------------------------------------------------
-    def commit(self, written: dict, seconds: float | None = None) -> dict:
+    def commit(self, written: dict, seconds: float | None = None, move_watermark: bool = True) -> dict:
         from google.cloud import bigquery
 
         w, plan = self.warehouse, Plan(**written["plan"])
@@ -208,6 +208,8 @@ class SyncRun:
         for batch_id, (synced, refused) in per_batch.items():
             w.record_stage(batch_id, f"sync_{plan.sink}", synced, seconds, detail=f"partners {synced + refused}: synced {synced}, rejected {refused}")
         last = plan.batches[-1]
+        if not move_watermark:  # a replay of old batches: the regular runs keep their place
+            return {"batches": len(plan.batches), "partners": len(partners), "rejected": len(rejected), "watermark": None}
         params = [bigquery.ScalarQueryParameter("s", "STRING", plan.sink), bigquery.ScalarQueryParameter("r", "STRING", plan.region),
                   bigquery.ScalarQueryParameter("b", "STRING", last["batch_id"]),
                   bigquery.ScalarQueryParameter("t", "TIMESTAMP", datetime.fromisoformat(last["warehoused_at"]))]

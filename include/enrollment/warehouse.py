@@ -181,6 +181,37 @@ class Warehouse:
             raise GateError(f"warehouse gate, batch {landed.batch_id}: " + "; ".join(problems))
         return {"events": distinct_ids, "quarantine": quarantined}
 
+    def insert_rows(self, name: str, schema: list[tuple[str, str]], rows: list[dict], ops: bool = True, partition: str | None = None,
+                    cluster: str | None = None, key: tuple[str, ...] = ()) -> int:
+        """Writes a few rows (a measurement, a report) with one DML statement, the table created
+        when missing. DML, not a load job or a streaming insert: no load quota, and rows are
+        queryable at once on BigQuery and the emulator. With ``key`` the rows are MERGEd on those
+        columns, so writing them again replaces them (idempotent); without, they are appended.
+        Column names are quoted (``partition`` is reserved)."""
+        from google.cloud import bigquery
+
+        table = self.table(name, ops=ops)
+        ddl = f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'`{c}` {t}' for c, t in schema)})"
+        if partition:
+            ddl += f" PARTITION BY DATE({partition})" + (f" CLUSTER BY {cluster}" if cluster else "")
+        self.run(ddl)
+        if not rows:
+            return 0
+        params, selects = [], []
+        for i, row in enumerate(rows):
+            params += [bigquery.ScalarQueryParameter(f"c{i}_{j}", kind, row.get(column)) for j, (column, kind) in enumerate(schema)]
+            selects.append("SELECT " + ", ".join(f"@c{i}_{j} AS `{column}`" for j, (column, _) in enumerate(schema)))
+        columns = ", ".join(f"`{c}`" for c, _ in schema)
+        if not key:
+            self.run(f"INSERT INTO {table} ({columns}) " + " UNION ALL ".join(selects), params)
+            return len(rows)
+        on = " AND ".join(f"T.`{c}` = S.`{c}`" for c in key)
+        updates = ", ".join(f"`{c}` = S.`{c}`" for c, _ in schema if c not in key)
+        self.run(f"""MERGE {table} T USING ({' UNION ALL '.join(selects)}) S ON {on}
+            WHEN MATCHED THEN UPDATE SET {updates}
+            WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({', '.join(f'S.`{c}`' for c, _ in schema)})""", params)
+        return len(rows)
+
     # -- ledger -----------------------------------------------------------------------------------
     def record(self, landed: Landed, stage: str, rows_merged: int, seconds: float, ok: bool = True, detail: str = "") -> None:
         """One ledger row per batch and stage; recording again replaces it (idempotent)."""
@@ -200,7 +231,8 @@ class Warehouse:
 
     def record_stage(self, batch_id: str, stage: str, rows_merged: int, seconds: float, ok: bool = True, detail: str = "",
                      like: str = "warehouse") -> None:
-        """A later stage's ledger row (a sync): the batch's numbers copied from its ``like`` row."""
+        """A later stage's ledger row (a sync): the batch's numbers copied from its ``like`` row.
+        Recording the same outcome again leaves the row as it is (its time included)."""
         from google.cloud import bigquery
 
         params = [bigquery.ScalarQueryParameter("b", "STRING", batch_id), bigquery.ScalarQueryParameter("stage", "STRING", stage),
@@ -213,7 +245,8 @@ class Warehouse:
                           @ok AS ok, @detail AS detail, CURRENT_TIMESTAMP() AS recorded_at
                    FROM {self.table('ledger', ops=True)} WHERE batch_id = @b AND stage = @like) S
             ON T.batch_id = S.batch_id AND T.stage = S.stage
-            WHEN MATCHED THEN UPDATE SET {', '.join(f'{c} = S.{c}' for c in cols[3:])}
+            WHEN MATCHED AND (T.rows_merged != S.rows_merged OR T.ok != S.ok OR COALESCE(T.detail, '') != COALESCE(S.detail, ''))
+              THEN UPDATE SET {', '.join(f'{c} = S.{c}' for c in cols[3:])}
             WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""", params)
 
     def balance(self, batch_id: str) -> dict:

@@ -48,7 +48,9 @@ takes whatever is pending.
    `{dataset}.events` (deduplicated by event id), `{dataset}.partners` (newest version wins; a late
    older version only fills empty fields) and `{dataset}.quarantine`. **Gate:** row counts,
    unique event ids, mandatory columns.
-4. **reconcile** writes the ledger row and fails loudly when the numbers of the batch do not balance.
+4. **reconcile** writes the ledger rows and the batch's metrics (`{ops}.metrics`: events,
+   events per minute, seconds per stage, freshness) and fails loudly when the numbers of the
+   batch do not balance.
 5. **freshness** fails the run when the batch's oldest event took more than {sla:g} s from Kafka to
    queryable (`freshness_sla_s`): the data is in and the offsets committed, the red run is the alert.
    Its success updates the asset `warehouse_{region_lower}`, which wakes the sink DAGs
@@ -132,6 +134,7 @@ def ingest_dag(region: Region) -> DAG:
 
         @task(task_id="reconcile", outlets=[warehouse_asset(region)])
         def reconcile(landed: dict, merged: dict) -> dict:
+            from enrollment import metrics
             from enrollment.batches import Landed
             from enrollment_airflow.connections import warehouse_from_connections
 
@@ -141,6 +144,7 @@ def ingest_dag(region: Region) -> DAG:
             age = merged.get("oldest_event_age_s")
             warehouse.record(batch, "warehouse", merged["events"], merged["seconds"],
                              detail="" if age is None else f"oldest event queryable {age:.0f} s after it reached Kafka")
+            metrics.record(warehouse, "ingest", region.code, batch.batch_id, metrics.batch_metrics(landed, merged))
             return {stage: {k: v for k, v in row.items() if k != "stage"} for stage, row in warehouse.balance(batch.batch_id).items()}
 
         @task(task_id="freshness", retries=0)  # a retry could only find the batch older

@@ -9,6 +9,9 @@ only fills empty fields), and writes it idempotently within its service's limits
   one), or rejected with the service's message (those go to the sink quarantine, not lost).
 - ``verify(partners, result)`` reads back from the service and returns the problems found (empty
   when everything written is there); the sync gate fails the task with them.
+- ``audit(partners)`` reads back what the service holds *now* for these partners, whoever wrote
+  it: partner id → what is wrong. The daily reconciliation and the canary use it; sinks whose
+  ``verify`` reads the service's state (not the run's receipts) build one on the other.
 
 ``partners`` rows carry the warehouse's ``partners`` columns (``partner_id``, ``partner_version``,
 ``status`` — ``active``, ``terminated`` or ``None`` while only updates arrived —, names, address,
@@ -80,6 +83,10 @@ class Sink(ABC):
 
     @abstractmethod
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]: ...
+
+    def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
+        """Partner id → what the service holds wrong (missing, older, other status); empty when all is there."""
+        raise NotImplementedError(f"sink {self.name} cannot be audited: implement audit(partners)")
 
     def close(self) -> None:  # noqa: B027 (optional: not every sink holds a client)
         """Releases clients; called once the run is over."""

@@ -3,7 +3,7 @@
 One JSON object per active partner, ``<prefix>/<partner id>.json``, with what a partner-locator
 page may show (no email, phone, birth date or address line); a terminated partner's object is
 deleted. Guarded by the revision kept in the object's metadata, written with a generation
-precondition so a concurrent writer cannot be overwritten blindly. ``verify`` reads the objects back.
+precondition so a concurrent writer cannot be overwritten blindly. ``verify`` and ``audit`` read the objects back.
 """
 
 from __future__ import annotations
@@ -55,19 +55,21 @@ class DirectorySink(Sink):
             result.written += 1
         return result
 
-    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
-        problems = []
+    def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
+        problems = {}
         for p in partners:
             blob = self.bucket.get_blob(f"{self.prefix}/{p['partner_id']}.json")
             if p.get("status") == "terminated":
                 if blob is not None:
-                    problems.append(f"{p['partner_id']}: terminated but still in the directory")
+                    problems[p["partner_id"]] = "terminated but still in the directory"
             elif blob is None:
-                problems.append(f"{p['partner_id']}: not in the directory")
+                problems[p["partner_id"]] = "not in the directory"
             elif int((blob.metadata or {}).get("revision", 0)) < revision(p):
-                problems.append(f"{p['partner_id']}: directory at revision {blob.metadata.get('revision')}, expected {revision(p)}")
+                problems[p["partner_id"]] = f"directory at revision {blob.metadata.get('revision')}, expected {revision(p)}"
         return problems
 
+    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
+        return [f"{pid}: {problem}" for pid, problem in self.audit(partners).items()]
 
 def build(options: dict, endpoints) -> DirectorySink:
     from enrollment.services import storage_client

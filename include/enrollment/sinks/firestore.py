@@ -79,20 +79,22 @@ class FirestoreSink(Sink):
                 break
         return result
 
-    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
-        problems = []
+    def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
+        problems = {}
         for chunk in chunks(list(partners), 500):
             held = {snap.id: snap for snap in self.client.get_all([self.collection.document(p["partner_id"]) for p in chunk])}
             for p in chunk:
                 snap = held.get(p["partner_id"])
                 if snap is None or not snap.exists:
-                    problems.append(f"{p['partner_id']}: no document")
+                    problems[p["partner_id"]] = "no document"
                 elif _revision_of(snap) < revision(p):
-                    problems.append(f"{p['partner_id']}: document at revision {_revision_of(snap)}, expected {revision(p)}")
+                    problems[p["partner_id"]] = f"document at revision {_revision_of(snap)}, expected {revision(p)}"
                 elif _revision_of(snap) == revision(p) and snap.get("status") != p.get("status"):
-                    problems.append(f"{p['partner_id']}: status {snap.get('status')!r}, expected {p.get('status')!r}")
+                    problems[p["partner_id"]] = f"status {snap.get('status')!r}, expected {p.get('status')!r}"
         return problems
 
+    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
+        return [f"{pid}: {problem}" for pid, problem in self.audit(partners).items()]
 
 def build(options: dict, endpoints) -> FirestoreSink:
     from enrollment.services import firestore_client

@@ -115,6 +115,25 @@ class MarketingCloudSink(Sink):
                 problems.append(f"{pid}: the service answered {status} but the row is not in the quarantine")
         return problems
 
+    def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
+        """The data extension's rows read back (one filtered read for a few partners, every page for many)."""
+        if len(partners) <= 20:
+            rows = [r for p in partners for r in self.client.rowset(self.data_extension, where=("PartnerId", p["partner_id"]))]
+        else:
+            rows = self.client.rowset(self.data_extension)
+        held = {r.get("partnerid"): r for r in rows}
+        problems = {}
+        for p in partners:
+            r = held.get(p["partner_id"])
+            expected = row(p)
+            if r is None:
+                problems[p["partner_id"]] = "no row in the data extension"
+            elif int(r.get("partnerversion") or 0) < expected["PartnerVersion"]:
+                problems[p["partner_id"]] = f"row at version {r.get('partnerversion')}, expected {expected['PartnerVersion']}"
+            elif int(r["partnerversion"]) == expected["PartnerVersion"] and r.get("status") != expected["Status"]:
+                problems[p["partner_id"]] = f"status {r.get('status')!r}, expected {expected['Status']!r}"
+        return problems
+
     def close(self) -> None:
         self.client.close()
 

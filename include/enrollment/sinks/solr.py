@@ -94,18 +94,21 @@ class SolrSink(Sink):
             out.update({d["id"]: d for d in response.json()["response"]["docs"]})
         return out
 
-    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
+    def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
         held = self.get([p["partner_id"] for p in partners])
-        problems = []
+        problems = {}
         for p in partners:
             doc, expected = held.get(p["partner_id"]), revision(p)
             if doc is None:
-                problems.append(f"{p['partner_id']}: not in the index")
+                problems[p["partner_id"]] = "not in the index"
             elif int(doc.get("revision", 0)) < expected:
-                problems.append(f"{p['partner_id']}: indexed at revision {doc.get('revision')}, expected {expected}")
+                problems[p["partner_id"]] = f"indexed at revision {doc.get('revision')}, expected {expected}"
             elif int(doc["revision"]) == expected and (doc.get("status") == "removed") != (p.get("status") == "terminated"):
-                problems.append(f"{p['partner_id']}: status {doc.get('status')!r} for a partner {p.get('status') or 'pending'}")
+                problems[p["partner_id"]] = f"status {doc.get('status')!r} for a partner {p.get('status') or 'pending'}"
         return problems
+
+    def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
+        return [f"{pid}: {problem}" for pid, problem in self.audit(partners).items()]
 
     def close(self) -> None:
         self.http.close()

@@ -1,0 +1,90 @@
+"""The canary: one enrollment per region, injected on a schedule and traced to every sink."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import CronTriggerTimetable, dag, task
+
+from enrollment.config import load_config
+from enrollment_airflow.alerts import on_failure
+from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+
+CONFIG = load_config()
+
+DOC_MD = f"""
+### Canary
+
+Flow validation, every `{CONFIG.canary['every']}` (UTC):
+
+1. **inject** produces one `partner.enrolled` per region into its Kafka topic — the region's
+   canary partner (`AMCANARY0000`, `EMCANARY0000`, …) at a new version, named `Canary <Region>`.
+   It travels like any other event: backlog trigger, ingest, warehouse, the sink DAGs.
+2. **trace** looks every {CONFIG.canary['poke_s']} s until each canary is visible in BigQuery's
+   `partners` table and in every sink ({', '.join(CONFIG.sinks)}), read back from the service.
+   It **fails** (and calls the alert callback) when a canary is not everywhere within
+   {CONFIG.canary['within_s']:g} s, naming the region and where it is missing.
+
+Every trace is in `{CONFIG.ops_dataset}.canary` (seconds to each destination, what was missing),
+the time to visible everywhere also in `{CONFIG.ops_dataset}.metrics` (`source = 'canary'`):
+`SELECT * FROM {CONFIG.ops_dataset}.canary ORDER BY injected_at DESC LIMIT 20`.
+
+The trace runs in one task that waits (not a rescheduled sensor): on a small machine one waiting
+process costs less than starting a task process at every look. Owner: enrollment-data team.
+"""
+
+
+@dag(dag_id="canary", schedule=CronTriggerTimetable(CONFIG.canary["every"], timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
+     max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD,
+     # Injecting twice is harmless (a newer version of the same partner); tracing again re-reads.
+     default_args=DEFAULT_ARGS | {"retries": 1, "retry_delay": timedelta(seconds=20)})
+def canary():
+    @task
+    def inject() -> list[dict]:
+        from enrollment.canary import inject as inject_canaries
+        from enrollment.health import require
+        from enrollment_airflow.connections import endpoints_from_connections
+
+        config = load_config()  # the configuration in force when the task runs
+        endpoints = endpoints_from_connections()
+        require(["kafka"], endpoints, config)
+        return [c.as_dict() for c in inject_canaries(endpoints.kafka_bootstrap, config)]
+
+    @task(retries=0, on_failure_callback=on_failure, execution_timeout=timedelta(seconds=float(CONFIG.canary["within_s"]) + 300))
+    def trace(injected: list[dict]) -> dict:
+        import time
+
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from enrollment import metrics
+        from enrollment.canary import Canary, look, missing, record
+        from enrollment_airflow.connections import sink_from_connections, warehouse_from_connections
+
+        config = load_config()  # the configuration in force when the task runs
+        warehouse = warehouse_from_connections(config)
+        sinks = {name: sink_from_connections(config, name) for name in config.sinks}
+        canaries = [Canary(**c) for c in injected]
+        deadline = min(c.injected_at for c in canaries) + float(config.canary["within_s"])
+        try:
+            while True:
+                look(warehouse, sinks, canaries)
+                gone = missing(canaries, list(sinks))
+                if not gone or time.time() > deadline:
+                    break
+                time.sleep(float(config.canary["poke_s"]))
+        finally:
+            for sink in sinks.values():
+                sink.close()
+        record(warehouse, canaries, list(sinks))
+        for c in canaries:
+            metrics.record(warehouse, "canary", c.region, c.event_id, {f"visible_{d}_s": s for d, s in c.seen.items()}
+                           | {"visible_everywhere_s": max(c.seen.values()) if c.region not in gone else None})
+        if gone:
+            raise AirflowFailException(f"canary not visible within {config.canary['within_s']:g} s: "
+                                       + "; ".join(f"{region} missing in {', '.join(where)}" for region, where in sorted(gone.items())))
+        return {c.region: c.seen for c in canaries}
+
+    trace(inject())
+
+
+canary()

@@ -1,0 +1,110 @@
+"""Replay and backfill: the warehouse and sync stages again, from the batches landed in GCS."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+
+from enrollment.config import load_config
+from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+
+CONFIG = load_config()
+REGIONS = [r.code for r in CONFIG.regions]
+SINKS = list(CONFIG.sinks)
+STAGES = ["warehouse", "sync"]
+
+DOC_MD = f"""
+### Replay
+
+Runs the **warehouse** and **sync** stages again for the batches of a region and a range of days
+that were landed in `gs://{CONFIG.landing_bucket}/landing/` (Kafka is not read again):
+
+- **warehouse** MERGEs each batch again into events, partners and quarantine, with the ingest's
+  gates; a ledger row is written only where it is missing or wrong;
+- **sync** (one mapped task per sink) writes the partners those batches touched to the sink again,
+  in their current state, reads them back, and records a ledger row per batch. Sink watermarks
+  do not move: the regular sync runs neither skip nor repeat anything because of a replay.
+
+Idempotent: a second replay of the same range changes nothing. Typical use: the reconciliation
+listed partners missing in a sink → replay that region and day with `stages = ["sync"]` and that sink.
+
+**From the UI**: *Trigger* with the form: `region`, `date_from` / `date_to` (UTC, inclusive),
+`stages`, `sinks`. **From the command line** (one run per day of the range; without dates in the
+conf each run replays its own day): `airflow backfill create --dag-id replay --from-date 2026-11-20
+--to-date 2026-11-22 --dag-run-conf '{{"region": "EMEA", "stages": ["sync"], "sinks": ["solr"]}}'`.
+
+The DAG is created paused and has no work of its own to do on a schedule: its daily timetable only
+gives backfills one run per day. Owner: enrollment-data team.
+"""
+
+
+@dag(dag_id="replay", schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
+     is_paused_upon_creation=True, max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD, default_args=DEFAULT_ARGS,
+     params={"region": Param("ALL", type="string", enum=["ALL", *REGIONS], description="The region to replay, or ALL"),
+             "date_from": Param(None, type=["null", "string"], format="date", description="First day (UTC); empty: the run's data interval"),
+             "date_to": Param(None, type=["null", "string"], format="date", description="Last day (UTC, inclusive); empty: as date_from"),
+             "stages": Param(STAGES, type="array", items={"type": "string", "enum": STAGES}, description="Stages to run again"),
+             "sinks": Param(SINKS, type="array", items={"type": "string", "enum": SINKS}, description="Sinks to sync again (the sync stage)")})
+def replay():
+    @task
+    def select(params=None, data_interval_start=None, data_interval_end=None) -> dict:
+        """Region -> the batch ids landed in the range, oldest first (ids only: XCom never carries rows)."""
+        from enrollment.replay import days, landed_batches
+        from enrollment_airflow.connections import sync_run_from_connections
+
+        config = load_config()  # the configuration in force when the task runs
+        first, last = days(params.get("date_from"), params.get("date_to"), data_interval_start, data_interval_end)
+        run = sync_run_from_connections(config)
+        regions = REGIONS if params["region"] == "ALL" else [params["region"]]
+        return {"first_day": first.isoformat(), "last_day": last.isoformat(),
+                "batches": {r: [b.batch_id for b in landed_batches(run, config, r, first, last)] for r in regions}}
+
+    @task
+    def warehouse(selected: dict, params=None) -> dict:
+        from datetime import date
+
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from enrollment.health import require
+        from enrollment.replay import landed_batches, replay_warehouse
+        from enrollment_airflow.connections import endpoints_from_connections, sync_run_from_connections
+
+        config = load_config()  # the configuration in force when the task runs
+        if "warehouse" not in params["stages"]:
+            raise AirflowSkipException("stage warehouse not chosen")
+        require(["bigquery", "gcs"], endpoints_from_connections(), config)
+        run = sync_run_from_connections(config)
+        first, last = date.fromisoformat(selected["first_day"]), date.fromisoformat(selected["last_day"])
+        out = {}
+        for region, ids in selected["batches"].items():
+            batches = [b for b in landed_batches(run, config, region, first, last) if b.batch_id in set(ids)]
+            out[region] = replay_warehouse(run, batches)
+        return out
+
+    @task(trigger_rule="none_failed")  # after warehouse, also when it was skipped
+    def sinks_to_sync(params=None) -> list[str]:
+        return [s for s in SINKS if s in params["sinks"]] if "sync" in params["stages"] else []
+
+    @task(trigger_rule="none_failed", map_index_template="{{ sink }}")
+    def sync(sink: str, selected: dict) -> dict:
+        from enrollment.health import require
+        from enrollment.replay import replay_sync
+        from enrollment_airflow.connections import endpoints_from_connections, sink_from_connections, sync_run_from_connections
+
+        config = load_config()  # the configuration in force when the task runs
+        require(["bigquery", "gcs", *config.sinks[sink].get("needs", [])], endpoints_from_connections(), config)
+        run, target = sync_run_from_connections(config), sink_from_connections(config, sink)
+        try:
+            return {region: replay_sync(run, target, region, ids, config.sync_max_batches) for region, ids in selected["batches"].items() if ids}
+        finally:
+            target.close()
+
+    selected = select()
+    warehoused = warehouse(selected)
+    chosen = sinks_to_sync()
+    warehoused >> chosen
+    sync.partial(selected=selected).expand(sink=chosen)
+
+
+replay()

@@ -1,0 +1,34 @@
+"""Pipeline metrics where people query them: ``<ops>.metrics``, one row per measurement.
+
+Long format (source, region, batch, name, value), so a new metric is a new name, not a new
+column. Written by the ingest (per batch: events, throughput, stage seconds, freshness) and the
+canary (seconds until visible everywhere); the lag monitor keeps its own table, ``<ops>.lag``.
+
+    SELECT TIMESTAMP_TRUNC(measured_at, MINUTE) AS minute, region, SUM(value) AS events
+    FROM enrollment_ops.metrics WHERE name = 'events' GROUP BY 1, 2 ORDER BY 1
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+METRICS_SCHEMA = [("measured_at", "TIMESTAMP"), ("source", "STRING"), ("region", "STRING"), ("batch_id", "STRING"), ("name", "STRING"),
+                  ("value", "FLOAT64")]
+
+
+def batch_metrics(landed: dict, merged: dict) -> dict[str, float | None]:
+    """One ingest batch's figures: how many events, how fast, how fresh."""
+    land_s, warehouse_s = float(landed.get("seconds") or 0), float(merged.get("seconds") or 0)
+    busy = land_s + warehouse_s
+    return {"events": landed["offsets"], "valid": landed["valid"], "quarantined": landed["quarantined"] + landed["duplicates"],
+            "land_s": land_s, "warehouse_s": warehouse_s, "events_per_min": round(landed["offsets"] * 60 / busy, 1) if busy else None,
+            "freshness_oldest_s": merged.get("oldest_event_age_s"), "freshness_newest_s": merged.get("newest_event_age_s")}
+
+
+def record(warehouse, source: str, region: str, batch_id: str, values: dict[str, float | None], at: datetime | None = None) -> int:
+    """Writes the values that are known; again for the same batch replaces them (idempotent)."""
+    at = at or datetime.now(timezone.utc)
+    rows = [{"measured_at": at, "source": source, "region": region, "batch_id": batch_id, "name": name, "value": float(value)}
+            for name, value in values.items() if value is not None]
+    return warehouse.insert_rows("metrics", METRICS_SCHEMA, rows, partition="measured_at", cluster="source, region",
+                                 key=("source", "batch_id", "name"))
