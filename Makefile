@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 STACK_DIR := .stack
 MVN := mvn -q -B
 
-.PHONY: install up down status demo test bench lock schemas simulate clean
+.PHONY: install up down status demo test bench loadtest lock schemas simulate clean
 
 ## install: everything the stack and the tests need (idempotent; only what is missing or changed)
 install: $(VENV)/.installed $(STACK_DIR)/kafka/.installed $(STACK_DIR)/solr/.installed $(STACK_DIR)/bq-venv/.installed
@@ -70,6 +70,11 @@ test: install
 
 ## bench: every benchmark; bench-NAME runs bench/NAME.py (results in bench/results/)
 bench: bench-stack bench-validation bench-simulator bench-ingest bench-freshness bench-sinks
+
+## loadtest: the gridlock test on the running stack and Airflow, with faults; a report with plots
+##   ARGS="--rate 400000/min --duration 10m --fault solr-down@3m:2m" (python -m bench.loadtest --help)
+loadtest: up
+	$(PY) -m bench.loadtest $(ARGS)
 
 bench-%: install
 	$(PY) -m bench.$*

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-
 from bench.common import RESULTS, write
 from bench.plots import latency_over_time
 from bench.load import POLL_S, log, percentiles, steady_load
+from bench.watch import WarehouseWatcher
 from enrollment.config import load_config
-from enrollment.services import bigquery_client
 from stack import cli as stack_cli
 from stack import config as stack_config
 
@@ -29,31 +27,13 @@ DURATION = os.environ.get("BENCH_DURATION", "5m")
 
 
 def main() -> int:
-    from google.cloud import bigquery
-
     stack_cli.up(quiet=True)
     cfg = stack_config.load()
     os.environ.update(cfg.client_env())
     config = load_config()
-    client = bigquery_client(cfg.project)
-    partners = f"`{cfg.project}.{config.warehouse_dataset}.partners`"
-    seen: dict[str, float] = {}
-
-    def poll(watched: dict[str, float]) -> int:
-        from google.api_core.exceptions import NotFound
-
-        waiting = [p for p in watched if p not in seen]
-        if waiting:
-            now = time.time()
-            try:
-                rows = client.query(f"SELECT partner_id FROM {partners} WHERE partner_id IN UNNEST(@ids)",
-                                    job_config=bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", waiting[:2000])])).result()
-            except NotFound:  # a fresh stack: the first batch has not created the table yet
-                rows = []
-            seen.update({row["partner_id"]: now for row in rows})
-        return len(watched) - len(seen)
-
-    outcome = steady_load(cfg, config, RATE, DURATION, [f"ingest_{r.code.lower()}" for r in config.regions], poll)
+    watcher = WarehouseWatcher(cfg, config)
+    seen = watcher.seen
+    outcome = steady_load(cfg, config, RATE, DURATION, [f"ingest_{r.code.lower()}" for r in config.regions], watcher.poll)
     q = percentiles([seen[p] - outcome.watched[p] for p in seen])
     plot = latency_over_time(RESULTS / "freshness.png", {"queryable in partners": [(outcome.watched[p], seen[p] - outcome.watched[p]) for p in seen]},
                              f"Enrollment to queryable in BigQuery at {RATE} for {DURATION}", target_s=60)

@@ -35,12 +35,16 @@ class LoadOutcome:
     watched: dict[str, float] = field(default_factory=dict)  # partner id -> occurred_at (epoch s)
     unexplained: int = 0
     failed_runs: int = 0
+    offsets: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (region, partition) -> offsets produced
+    started: datetime | None = None
 
 
 def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll: Callable[[dict[str, float]], int],
-                sample_every: int = 5, drain_s: float = 300.0) -> LoadOutcome:
+                sample_every: int = 5, drain_s: float = 300.0, bad: str = "2%", tick: Callable[[float], None] | None = None) -> LoadOutcome:
     """Runs the load; ``poll(watched)`` looks for the watched partners and returns how many are
-    still missing (called every POLL_S seconds, and after the simulator until 0 or ``drain_s``)."""
+    still missing (called every POLL_S seconds, and after the simulator until 0 or ``drain_s``).
+    ``bad`` is the simulator's share of faulty messages; ``tick(seconds since the load began)`` is
+    called at every poll, during the load and the drain (fault injection, lag sampling)."""
     airflow = AirflowClient(cfg)
     for dag_id in dag_ids:
         airflow.wait_for_dag(dag_id)
@@ -52,12 +56,13 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
         while (left := total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions)) and time.monotonic() < deadline:
             log(f"draining earlier backlog: {left:,} pending")
             time.sleep(5)
-        started = datetime.now(timezone.utc)
-        offsets: dict[tuple[str, int], list[int]] = {}  # (region, partition) -> offsets produced
+        started = outcome.started = datetime.now(timezone.utc)
+        offsets = outcome.offsets
         with tempfile.TemporaryDirectory() as tmp:
             expected = Path(tmp) / "expected.jsonl"
+            load_began = time.monotonic()
             producer = subprocess.Popen([sys.executable, "-m", "enrollment.simulator", "produce", "--rate", rate, "--duration", duration,
-                                         "--faults", "2%", "--seed", str(int(time.time())), "--start", "now", "--expected", str(expected)], env=os.environ.copy())
+                                         "--faults", bad, "--seed", str(int(time.time())), "--start", "now", "--expected", str(expected)], env=os.environ.copy())
             read_to, enrollments = 0, 0
 
             def sample() -> int:
@@ -81,6 +86,8 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
             try:
                 last_report = 0.0
                 while producer.poll() is None:
+                    if tick:  # before the (slower) look for the watched partners: faults start on time
+                        tick(time.monotonic() - load_began)
                     missing = sample()
                     if time.monotonic() - last_report > 15:
                         last_report = time.monotonic()
@@ -90,6 +97,8 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
                     raise SystemExit(f"the simulator failed with exit code {producer.returncode}")
                 deadline = time.monotonic() + drain_s
                 while (missing := sample()) or total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions):
+                    if tick:
+                        tick(time.monotonic() - load_began)
                     if time.monotonic() > deadline:
                         log(f"gave up waiting after {drain_s:.0f} s: {missing:,} watched partners not visible")
                         break

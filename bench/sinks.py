@@ -28,9 +28,10 @@ import httpx
 from bench.common import RESULTS, write
 from bench.load import log, percentiles, steady_load
 from bench.plots import latency_over_time
+from bench.watch import SinkWatcher
 from enrollment.contracts import markets
 from enrollment.config import load_config
-from enrollment.services import Endpoints, firestore_client
+from enrollment.services import Endpoints
 from enrollment.simulator.generator import Simulator
 from enrollment.sinks import build_sink
 from stack import cli as stack_cli
@@ -90,29 +91,10 @@ def throughput(cfg, config) -> dict:
 
 
 def end_to_end(cfg, config) -> dict:
-    db = firestore_client(cfg.project)
-    fs = db.collection(config.sinks["firestore"].get("collection", "partners"))
-    solr = f"{cfg.url('SOLR_PORT', '/solr')}/{config.sinks['solr'].get('core') or config.solr_core}"
-    mc = f"{cfg.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud'].get('data_extension')}/lookup"
-    seen: dict[str, dict[str, float]] = {"firestore": {}, "solr": {}, "marketing_cloud": {}}
-
-    def poll(watched: dict[str, float]) -> int:
-        now = time.time()
-        waiting = {name: [p for p in watched if p not in got][:1000] for name, got in seen.items()}
-        if waiting["firestore"]:
-            for snap in db.get_all([fs.document(p) for p in waiting["firestore"]]):
-                if snap.exists:
-                    seen["firestore"][snap.id] = now
-        if waiting["solr"]:
-            docs = httpx.post(f"{solr}/get", data={"ids": ",".join(waiting["solr"]), "wt": "json"}, timeout=30).json()["response"]["docs"]
-            seen["solr"].update({d["id"]: now for d in docs})
-        if waiting["marketing_cloud"]:
-            rows = httpx.post(mc, json={"keys": waiting["marketing_cloud"]}, timeout=30).json()["items"]
-            seen["marketing_cloud"].update({r["PartnerId"]: r.get("_written_at", now) for r in rows})
-        return sum(1 for p in watched if any(p not in got for got in seen.values()))
-
+    watcher = SinkWatcher(cfg, config)
+    seen = watcher.seen
     dag_ids = [f"ingest_{r.code.lower()}" for r in config.regions] + [f"sync_{name}" for name in config.sinks]
-    outcome = steady_load(cfg, config, RATE, DURATION, dag_ids, poll, sample_every=SAMPLE_EVERY, drain_s=900)
+    outcome = steady_load(cfg, config, RATE, DURATION, dag_ids, watcher.poll, sample_every=SAMPLE_EVERY, drain_s=900)
     complete = [p for p in outcome.watched if all(p in got for got in seen.values())]
     q = percentiles([max(got[p] for got in seen.values()) - outcome.watched[p] for p in complete])
     per_sink = {name: percentiles([got[p] - outcome.watched[p] for p in got if p in outcome.watched]) for name, got in seen.items()}

@@ -1,0 +1,33 @@
+"""The gridlock test, short, on the running stack and scheduler: a steady load with Solr stopped
+for a while ends with every record accounted for by the ledger, and a report with its plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from enrollment.backlog import total_pending
+
+pytestmark = [pytest.mark.integration]
+
+
+def test_a_short_load_with_solr_down_ends_with_zero_unexplained_records(stack, pipeline_config, tmp_path, capsys):
+    from bench import loadtest
+
+    out = tmp_path / "report"
+    code = loadtest.main(["--rate", "30000/min", "--duration", "40s", "--fault", "solr-down@10s:20s", "--sample-every", "10",
+                          "--drain", "10m", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0, {k: summary[k] for k in ("records_in", "records_accounted", "unexplained_records", "samples_never_visible_everywhere")}
+    assert summary["records_in"] >= 19_000 and summary["records_accounted"] == summary["records_in"]
+    assert summary["unexplained_records"] == 0 and summary["samples"] > 0 and summary["samples_never_visible_everywhere"] == 0
+    assert summary["quarantined"] > 0 and summary["valid"] + summary["quarantined"] == summary["records_in"]
+    [fault] = summary["faults"]
+    assert fault["kind"] == "solr-down" and fault["began_s"] >= 10 and fault["ended_s"] >= fault["began_s"] + 20
+    assert total_pending(stack.kafka_bootstrap, pipeline_config.consumer_group, pipeline_config.regions) == 0
+    report = (out / "report.md").read_text()
+    assert "**0**" in report.split("## Verdict of the ledger")[1]
+    for plot in ("lag.png", "throughput.png", "stages.png", "latency.png"):
+        assert (out / plot).stat().st_size > 10_000, plot
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "report.md")

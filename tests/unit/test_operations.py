@@ -1,0 +1,77 @@
+"""The operations tooling without services: load-test fault specs, replay's days, reconciliation
+findings, canary events (valid by the contracts) and batch metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import date, datetime, timezone
+
+import pytest
+
+from bench.loadtest import Fault, seconds
+from enrollment.canary import Canary, canary_event, canary_id, missing
+from enrollment.config import load_config
+from enrollment.metrics import batch_metrics
+from enrollment.reconciliation import Finding
+from enrollment.replay import days
+from enrollment.validation import validate_batch
+
+
+@pytest.mark.parametrize(("text", "expected"), [("90", 90), ("90s", 90), ("3m", 180), ("1.5m", 90), ("1h", 3600)])
+def test_durations(text, expected):
+    assert seconds(text) == expected
+
+
+@pytest.mark.parametrize(("text", "kind", "at", "length"), [("solr-down@3m:2m", "solr-down", 180, 120), ("broker-restart@5m", "broker-restart", 300, 0),
+                                                             ("broker-restart@5m:20s", "broker-restart", 300, 20), ("worker-kill@40s", "worker-kill", 40, 0)])
+def test_fault_specs(text, kind, at, length):
+    fault = Fault.parse(text)
+    assert (fault.kind, fault.at_s, fault.for_s) == (kind, at, length)
+
+
+@pytest.mark.parametrize(("text", "says"), [("solr-down@3m", "for how long"), ("kafka-down@1m:1m", "may go down"), ("meteor@1m", "known faults"),
+                                            ("solr-down", "NAME@START"), ("solr-down@soon:1m", "not a duration")])
+def test_bad_fault_specs_say_what_is_wrong(text, says):
+    with pytest.raises(argparse.ArgumentTypeError, match=says):
+        Fault.parse(text)
+
+
+def test_replay_days_from_params_or_the_data_interval():
+    assert days("2026-11-20", "2026-11-22", None, None) == (date(2026, 11, 20), date(2026, 11, 22))
+    assert days("2026-11-20", None, None, None) == (date(2026, 11, 20), date(2026, 11, 20))
+    start, end = datetime(2026, 11, 20, tzinfo=timezone.utc), datetime(2026, 11, 21, tzinfo=timezone.utc)
+    assert days(None, None, start, end) == (date(2026, 11, 20), date(2026, 11, 20)), "a daily interval is one day, its end excluded"
+    with pytest.raises(ValueError, match="before"):
+        days("2026-11-22", "2026-11-20", None, None)
+    with pytest.raises(ValueError, match="date_from"):
+        days(None, None, None, None)
+
+
+def test_a_finding_is_ok_only_when_the_numbers_agree_and_nobody_is_named():
+    assert Finding("ledger → events", 10, 10).ok
+    assert not Finding("ledger → events", 10, 9).ok
+    assert not Finding("partners → solr", 10, 10, ["EM0000000001"]).ok
+    assert "EM0000000001" in Finding("partners → solr", 10, 9, ["EM0000000001"]).describe()
+
+
+def test_canary_events_are_valid_enrollments_of_one_partner_per_region():
+    config = load_config()
+    events = [canary_event(config, region, 1_795_000_000) for region in config.regions]
+    result = validate_batch([json.dumps(e).encode() for e in events])
+    assert result.quarantine.num_rows == 0, result.quarantine.column("reasons").to_pylist()
+    assert [e["partner_id"] for e in events] == [canary_id(r) for r in config.regions]
+    assert len({e["partner_id"] for e in events}) == len(config.regions)
+    assert all(e["payload"]["sponsor_id"] != e["partner_id"] and e["event_type"] == "partner.enrolled" for e in events)
+
+
+def test_missing_names_each_destination_a_canary_has_not_reached():
+    c = Canary("EMEA", "EMCANARY0000", 5, "e", 0.0, seen={"bigquery": 3.0, "solr": 9.0})
+    assert missing([c], ["firestore", "solr"]) == {"EMEA": ["firestore"]}
+
+
+def test_batch_metrics():
+    m = batch_metrics({"offsets": 1200, "valid": 1100, "quarantined": 60, "duplicates": 40, "seconds": 2.0},
+                      {"seconds": 4.0, "oldest_event_age_s": 30.0, "newest_event_age_s": 5.0})
+    assert m == {"events": 1200, "valid": 1100, "quarantined": 100, "land_s": 2.0, "warehouse_s": 4.0, "events_per_min": 12000.0,
+                 "freshness_oldest_s": 30.0, "freshness_newest_s": 5.0}
