@@ -5,7 +5,7 @@ Each region has one canary partner (``<prefix>CANARY0000``, sponsored by ``<pref
 re-enrolled at a new version each time (the version is the injection's epoch second, so it only
 grows): the canary adds no partner per run, and the welcome journey is fired for it once ever.
 Its name and e-mail say what it is (``Canary <Region>``, ``canary.<region>@example.com``), so
-reports can leave it out.
+reports can leave it out; business side effects skip it (``is_canary``: no welcome journey).
 
 Visible means: the warehouse's ``partners`` row is at the canary's version or newer, and every
 sink's ``audit`` of that row finds nothing wrong (the sink holds this state or a newer one).
@@ -34,6 +34,11 @@ def canary_id(region: Region, serial: int = 0) -> str:
     from .simulator.generator import REGION_PREFIX
 
     return f"{REGION_PREFIX.get(region.code, region.code[:2].upper())}CANARY{serial:04d}"
+
+
+def is_canary(partner_id: str) -> bool:
+    """A canary partner (ids are random after the region prefix: 1 in 32^6 real ids would match)."""
+    return partner_id[2:8] == "CANARY"
 
 
 @dataclass

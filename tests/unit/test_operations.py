@@ -10,7 +10,7 @@ from datetime import date, datetime, timezone
 import pytest
 
 from bench.loadtest import Fault, seconds
-from enrollment.canary import Canary, canary_event, canary_id, missing
+from enrollment.canary import Canary, canary_event, canary_id, is_canary, missing
 from enrollment.config import load_config
 from enrollment.metrics import batch_metrics
 from enrollment.reconciliation import Finding
@@ -63,6 +63,7 @@ def test_canary_events_are_valid_enrollments_of_one_partner_per_region():
     assert [e["partner_id"] for e in events] == [canary_id(r) for r in config.regions]
     assert len({e["partner_id"] for e in events}) == len(config.regions)
     assert all(e["payload"]["sponsor_id"] != e["partner_id"] and e["event_type"] == "partner.enrolled" for e in events)
+    assert all(is_canary(e["partner_id"]) for e in events) and not is_canary("EM7Q2K9D0ZX1AB"[:12])
 
 
 def test_missing_names_each_destination_a_canary_has_not_reached():

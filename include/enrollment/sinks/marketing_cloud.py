@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 from ..marketing_cloud import MarketingCloudClient, MarketingCloudError
+from ..canary import is_canary
 from .base import Partner, Sink, SinkResult, iso
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class MarketingCloudSink(Sink):
             return 0
         by_batch: dict[str, list[Partner]] = defaultdict(list)
         for p in accepted:
-            if p["partner_id"] in enrolled and p.get("status") == "active":
+            if p["partner_id"] in enrolled and p.get("status") == "active" and not is_canary(p["partner_id"]):
                 by_batch[enrolled[p["partner_id"]]].append(p)
         fired_now = 0
         for batch_id, newcomers in sorted(by_batch.items()):
