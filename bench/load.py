@@ -35,6 +35,7 @@ class LoadOutcome:
     watched: dict[str, float] = field(default_factory=dict)  # partner id -> occurred_at (epoch s)
     unexplained: int = 0
     failed_runs: int = 0
+    failed: dict[str, list[str]] = field(default_factory=dict)  # DAG id -> its failed run ids
     offsets: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (region, partition) -> offsets produced
     started: datetime | None = None
 
@@ -116,8 +117,12 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
             for p, start, _ in pending_ranges(cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions):
                 committed[(region.code, p)] = start
         outcome.unexplained = sum(sum(1 for o in produced if o >= committed[key]) for key, produced in offsets.items())
-        outcome.failed_runs = len([r for dag_id in dag_ids for r in airflow.http.get(f"/dags/{dag_id}/dagRuns", params={"limit": 1000}).json()["dag_runs"]
-                                   if r["state"] == "failed" and r["start_date"] >= started.isoformat()])
+        for dag_id in dag_ids:
+            runs = airflow.http.get(f"/dags/{dag_id}/dagRuns", params={"limit": 1000}).json()["dag_runs"]
+            failed = [r["dag_run_id"] for r in runs if r["state"] == "failed" and r["start_date"] >= started.isoformat()]
+            if failed:
+                outcome.failed[dag_id] = failed
+        outcome.failed_runs = sum(len(v) for v in outcome.failed.values())
     finally:
         for dag_id in dag_ids:
             airflow.http.patch(f"/dags/{dag_id}", json={"is_paused": True})

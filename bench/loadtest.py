@@ -23,7 +23,8 @@ batch whose land and warehouse ledger rows exist and balance; unexplained = reco
 accounted + sampled enrollments never visible in all sinks (must be 0).
 
 Writes ``bench/results/loadtest/<UTC time>/``: ``report.md``, ``summary.json`` and the plots
-(lag per region, throughput, latency per stage, latency over time); the report's path is the
+(lag per region, throughput, latency per stage, latency over time, the per-batch metrics the
+ingest wrote to ``<ops>.metrics``); the report's path is the
 last line printed. Exit code 1 when anything is unexplained.
 """
 
@@ -234,12 +235,30 @@ def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict
         for stage, r in stages.items():
             stage_seconds.setdefault(stage, []).append(float(r["seconds"] or 0))
     land = [s["land"] for s in ledger.values() if "land" in s]
-    return {"records_in": outcome.produced, "records_accounted": accounted, "batches": len(batch_ids), "batches_balanced": len(balanced),
+    metrics = [dict(r) for r in warehouse.run(
+        f"SELECT measured_at, region, batch_id, name, value FROM {warehouse.table('metrics', ops=True)} "
+        "WHERE source = 'ingest' AND batch_id IN UNNEST(@ids) ORDER BY measured_at", [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)])] if batch_ids else []
+    return {"metrics": metrics, "records_in": outcome.produced, "records_accounted": accounted, "batches": len(batch_ids), "batches_balanced": len(balanced),
             "valid": sum(r["valid"] for r in land), "quarantined": sum(r["quarantined"] + r["duplicates"] for r in land),
             "stage_seconds": stage_seconds}
 
 
-def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, dict], e2e: dict[str, list[tuple[float, float]]], title: str) -> list[Path]:
+def failed_task_counts(cfg, failed: dict[str, list[str]]) -> dict[str, int]:
+    """``<dag>.<task>`` -> how many of the load's failed runs failed there (the freshness gate, a sink…)."""
+    from stack.airflow_client import AirflowClient
+
+    airflow, counts = AirflowClient(cfg), {}
+    for dag_id, run_ids in failed.items():
+        for run_id in run_ids:
+            for t in airflow.task_states(dag_id, run_id):
+                if t["state"] == "failed":
+                    key = f"{dag_id}.{t['task_id']}"
+                    counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, dict], e2e: dict[str, list[tuple[float, float]]], metrics: list[dict],
+          title: str) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,6 +330,25 @@ def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, di
     plt.close(fig)
 
     paths.append(latency_over_time(out / "latency.png", e2e, f"Event to visible — {title}"))
+
+    # What the ingest itself recorded in <ops>.metrics for the run's batches.
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 7), dpi=110, sharex=True)
+    start = min((m["measured_at"] for m in metrics), default=None)
+    for region in sorted({m["region"] for m in metrics}):
+        for axis, name in ((ax, "freshness_oldest_s"), (ax2, "events_per_min")):
+            points = [((m["measured_at"] - start).total_seconds(), m["value"]) for m in metrics if m["region"] == region and m["name"] == name]
+            axis.plot([t for t, _ in points], [v for _, v in points], marker="o", markersize=3, linewidth=1, label=region)
+    ax.set_ylabel("oldest event of the batch,\ns from Kafka to queryable")
+    ax.set_title(f"Per batch, from enrollment_ops.metrics — {title}")
+    ax2.set_ylabel("events per minute of the batch\n(land + warehouse)")
+    ax2.set_xlabel("s after the first batch was recorded")
+    for axis in (ax, ax2):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "metrics.png")
+    fig.savefig(paths[-1])
+    plt.close(fig)
     return paths
 
 
@@ -359,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Claims since the load began: the backlog found before it was drained first, by batches of its own.
     figures = verdict(cfg, config, warehouse, outcome, outcome.started - timedelta(seconds=1))
+    failed_tasks = failed_task_counts(cfg, outcome.failed)
     watched = outcome.watched
     never = [p for p in watched if sink_watch.everywhere(p) is None or p not in bq_watch.seen]
     unexplained = figures["records_in"] - figures["records_accounted"] + len(never)
@@ -368,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = {name: percentiles(values) for name, values in sorted(figures.pop("stage_seconds").items())}
     stages |= {f"visible in {name}": percentiles([latency for _, latency in points]) for name, points in visible.items()}
     fresh = stages["visible in bigquery"]
-    paths = plots(out, samples, args.fault, stages, visible, title)
+    paths = plots(out, samples, args.fault, stages, visible, figures.pop("metrics"), title)
     duration_s = seconds(args.duration)
     summary = {
         "rate": args.rate, "duration": args.duration, "records_in": figures["records_in"], "records_accounted": figures["records_accounted"],
@@ -378,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "all_sinks_p50_s": stages["visible in all sinks"]["p50"], "all_sinks_p95_s": stages["visible in all sinks"]["p95"],
         "produced_events_per_min": round(outcome.produced * 60 / duration_s) if duration_s else None,
         "batches": figures["batches"], "batches_balanced": figures["batches_balanced"], "valid": figures["valid"], "quarantined": figures["quarantined"],
-        "failed_dag_runs": outcome.failed_runs, "faults": [asdict(f) | {"spec": f.label} for f in args.fault],
+        "failed_dag_runs": outcome.failed_runs, "failed_tasks": failed_tasks, "faults": [asdict(f) | {"spec": f.label} for f in args.fault],
         "stages": stages, "plots": [p.name for p in paths], "machine": machine(), "began_at": began.isoformat(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -395,12 +434,15 @@ def report(s: dict, title: str) -> str:
     faults = "\n".join(f"| `{f['spec']}` | {fmt(f['began_s'])} | {fmt(f['ended_s'])} | {f['detail']} |" for f in s["faults"]) or "| none | | | |"
     stages = "\n".join(f"| {name} | {fmt(q['p50'])} | {fmt(q['p95'])} | {fmt(q['max'])} |" for name, q in s["stages"].items())
     ok = s["unexplained_records"] == 0
+    failed = (" — failed tasks: " + ", ".join(f"`{k}` {v}" for k, v in s["failed_tasks"].items())) if s["failed_tasks"] else ""
     return f"""# Load test: {title}
 
 Began {s['began_at']} on {s['machine']['cores']} cores. The simulator produced **{s['records_in']:,} events**
 ({fmt(s['produced_events_per_min'])} per minute, asked {s['rate']}); {s['batches']:,} batches carried them
 ({s['valid']:,} valid, {s['quarantined']:,} quarantined with a reason); {s['failed_dag_runs']} DAG runs failed
-on the way (retried or caught up by the next run).
+on the way{failed}. A failed run loses nothing: the freshness gate fails after the data is in, a
+sync run's batches are taken again by the next run from the watermark, an ingest batch is claimed
+again from the committed offsets.
 
 ## Faults injected
 
@@ -429,6 +471,11 @@ production to the sampled enrollment being queryable in BigQuery or visible in a
 ![latency per stage](stages.png)
 
 ![event to visible, over time](latency.png)
+
+What the ingest recorded per batch in `enrollment_ops.metrics` (freshness of the batch's oldest
+event, throughput of its land and warehouse tasks):
+
+![per-batch metrics](metrics.png)
 
 Freshness (event → queryable in BigQuery): p50 {fmt(s['freshness_p50_s'])} s, **p95 {fmt(s['freshness_p95_s'])} s**,
 max {fmt(s['freshness_max_s'])} s. All three sinks: p50 {fmt(s['all_sinks_p50_s'])} s, p95 {fmt(s['all_sinks_p95_s'])} s.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from enrollment.config import load_config
 from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
@@ -31,16 +31,16 @@ listed partners missing in a sink → replay that region and day with `stages = 
 
 **From the UI**: *Trigger* with the form: `region`, `date_from` / `date_to` (UTC, inclusive),
 `stages`, `sinks`. **From the command line** (one run per day of the range; without dates in the
-conf each run replays its own day): `airflow backfill create --dag-id replay --from-date 2026-11-20
+conf each run replays the day of its logical date, today's included): `airflow backfill create --dag-id replay --from-date 2026-11-20
 --to-date 2026-11-22 --dag-run-conf '{{"region": "EMEA", "stages": ["sync"], "sinks": ["solr"]}}'`.
 
-The DAG is created paused and has no work of its own to do on a schedule: its daily timetable only
-gives backfills one run per day. Owner: enrollment-data team.
+Its daily timetable (00:00 UTC) only gives backfills one run per day: a scheduled run skips at
+once. It is not paused (Airflow 3.3 does not run backfills of a paused DAG: they stay queued). Owner: enrollment-data team.
 """
 
 
-@dag(dag_id="replay", schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
-     is_paused_upon_creation=True, max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD, default_args=DEFAULT_ARGS,
+@dag(dag_id="replay", schedule=CronTriggerTimetable("0 0 * * *", timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
+     is_paused_upon_creation=False, max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD, default_args=DEFAULT_ARGS,
      params={"region": Param("ALL", type="string", enum=["ALL", *REGIONS], description="The region to replay, or ALL"),
              "date_from": Param(None, type=["null", "string"], format="date", description="First day (UTC); empty: the run's data interval"),
              "date_to": Param(None, type=["null", "string"], format="date", description="Last day (UTC, inclusive); empty: as date_from"),
@@ -48,9 +48,14 @@ gives backfills one run per day. Owner: enrollment-data team.
              "sinks": Param(SINKS, type="array", items={"type": "string", "enum": SINKS}, description="Sinks to sync again (the sync stage)")})
 def replay():
     @task
-    def select(params=None, data_interval_start=None, data_interval_end=None) -> dict:
+    def select(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
         """Region -> the batch ids landed in the range, oldest first (ids only: XCom never carries rows)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from enrollment.replay import days, landed_batches
+
+        if str(getattr(dag_run.run_type, "value", dag_run.run_type)) == "scheduled":
+            raise AirflowSkipException("the schedule only gives backfills one run per day: trigger or backfill a replay")
         from enrollment_airflow.connections import sync_run_from_connections
 
         config = load_config()  # the configuration in force when the task runs
@@ -82,11 +87,12 @@ def replay():
             out[region] = replay_warehouse(run, batches)
         return out
 
-    @task(trigger_rule="none_failed")  # after warehouse, also when it was skipped
+    # After warehouse, also when that stage was not chosen; skipped with select (a scheduled run).
+    @task(trigger_rule="none_failed_min_one_success")
     def sinks_to_sync(params=None) -> list[str]:
         return [s for s in SINKS if s in params["sinks"]] if "sync" in params["stages"] else []
 
-    @task(trigger_rule="none_failed", map_index_template="{{ sink }}")
+    @task(trigger_rule="none_failed_min_one_success", map_index_template="{{ sink }}")
     def sync(sink: str, selected: dict) -> dict:
         from enrollment.health import require
         from enrollment.replay import replay_sync
@@ -103,7 +109,7 @@ def replay():
     selected = select()
     warehoused = warehouse(selected)
     chosen = sinks_to_sync()
-    warehoused >> chosen
+    [selected, warehoused] >> chosen
     sync.partial(selected=selected).expand(sink=chosen)
 
 

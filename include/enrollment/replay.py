@@ -6,7 +6,8 @@ the write-once Parquet objects in the landing bucket; Kafka is not read again) a
 - **warehouse**: MERGEd again into events, partners and quarantine and gated; a ledger row is
   written where it is missing or wrong (the numbers come from the same objects);
 - **sync**: the partners they touched written again to each chosen sink in their current state,
-  gated by reading back, and a ledger row per batch (stage ``sync_<sink>``). The sink's watermark
+  gated by reading back, and a ledger row (stage ``sync_<sink>``) for each batch that has none
+  (existing rows stay as the regular runs wrote them). The sink's watermark
   does not move: a replay of old batches neither skips nor repeats what the regular sync runs do.
 
 Everything is idempotent: MERGEs keyed by event id and partner, version-guarded sink writes; a

@@ -206,7 +206,10 @@ class SyncRun:
             per_batch[batch_id][1 if pid in rejected else 0] += 1
         seconds = written.get("seconds", 0.0) if seconds is None else seconds
         for batch_id, (synced, refused) in per_batch.items():
-            w.record_stage(batch_id, f"sync_{plan.sink}", synced, seconds, detail=f"partners {synced + refused}: synced {synced}, rejected {refused}")
+            # A replay adds the rows of batches never synced and leaves the others: its grouping of
+            # batches differs from the regular runs', so would its per-batch counts.
+            w.record_stage(batch_id, f"sync_{plan.sink}", synced, seconds, detail=f"partners {synced + refused}: synced {synced}, rejected {refused}",
+                           replace=move_watermark)
         last = plan.batches[-1]
         if not move_watermark:  # a replay of old batches: the regular runs keep their place
             return {"batches": len(plan.batches), "partners": len(partners), "rejected": len(rejected), "watermark": None}

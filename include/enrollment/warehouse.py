@@ -230,22 +230,23 @@ class Warehouse:
             WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}, recorded_at) VALUES ({', '.join('S.' + c for c in cols)}, S.recorded_at)""", params)
 
     def record_stage(self, batch_id: str, stage: str, rows_merged: int, seconds: float, ok: bool = True, detail: str = "",
-                     like: str = "warehouse") -> None:
+                     like: str = "warehouse", replace: bool = True) -> None:
         """A later stage's ledger row (a sync): the batch's numbers copied from its ``like`` row.
-        Recording the same outcome again leaves the row as it is (its time included)."""
+        Recording the same outcome again leaves the row as it is (its time included); with
+        ``replace=False`` an existing row is never changed (a replay adds only missing rows)."""
         from google.cloud import bigquery
 
         params = [bigquery.ScalarQueryParameter("b", "STRING", batch_id), bigquery.ScalarQueryParameter("stage", "STRING", stage),
                   bigquery.ScalarQueryParameter("like", "STRING", like), bigquery.ScalarQueryParameter("rows", "INT64", rows_merged),
                   bigquery.ScalarQueryParameter("seconds", "FLOAT64", float(seconds)), bigquery.ScalarQueryParameter("ok", "BOOL", ok),
-                  bigquery.ScalarQueryParameter("detail", "STRING", detail)]
+                  bigquery.ScalarQueryParameter("detail", "STRING", detail), bigquery.ScalarQueryParameter("replace", "BOOL", replace)]
         cols = [c for c, _ in LEDGER_SCHEMA]
         self.run(f"""MERGE {self.table('ledger', ops=True)} T
             USING (SELECT batch_id, region, @stage AS stage, offsets_in, valid, quarantined, duplicates, @rows AS rows_merged, @seconds AS seconds,
                           @ok AS ok, @detail AS detail, CURRENT_TIMESTAMP() AS recorded_at
                    FROM {self.table('ledger', ops=True)} WHERE batch_id = @b AND stage = @like) S
             ON T.batch_id = S.batch_id AND T.stage = S.stage
-            WHEN MATCHED AND (T.rows_merged != S.rows_merged OR T.ok != S.ok OR COALESCE(T.detail, '') != COALESCE(S.detail, ''))
+            WHEN MATCHED AND @replace AND (T.rows_merged != S.rows_merged OR T.ok != S.ok OR COALESCE(T.detail, '') != COALESCE(S.detail, ''))
               THEN UPDATE SET {', '.join(f'{c} = S.{c}' for c in cols[3:])}
             WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""", params)
 

@@ -28,6 +28,6 @@ def test_a_short_load_with_solr_down_ends_with_zero_unexplained_records(stack, p
     assert total_pending(stack.kafka_bootstrap, pipeline_config.consumer_group, pipeline_config.regions) == 0
     report = (out / "report.md").read_text()
     assert "**0**" in report.split("## Verdict of the ledger")[1]
-    for plot in ("lag.png", "throughput.png", "stages.png", "latency.png"):
+    for plot in ("lag.png", "throughput.png", "stages.png", "latency.png", "metrics.png"):
         assert (out / plot).stat().st_size > 10_000, plot
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "report.md")

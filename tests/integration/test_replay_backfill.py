@@ -1,0 +1,63 @@
+"""Replay from the command line's path: `airflow backfill create` (here its REST twin) for today,
+on the running scheduler. The replay re-syncs today's LATAM batches to Firestore and, since the
+sink is already in step, changes nothing."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from enrollment.backlog import total_pending
+from enrollment.services import bigquery_client, storage_client
+from enrollment.simulator.generator import Simulator
+from enrollment.sync import SyncRun
+from enrollment.warehouse import Warehouse
+from tests.integration.conftest import produce
+
+pytestmark = [pytest.mark.integration]
+
+
+def test_a_backfill_of_replay_resyncs_todays_batches_and_changes_nothing(stack, pipeline_config):
+    from stack.airflow_client import AirflowClient
+
+    config, region = pipeline_config, pipeline_config.region("LATAM")
+    client = AirflowClient(stack)
+    carriers = ["ingest_latam", "sync_firestore"]
+    for dag_id in [*carriers, "replay"]:
+        client.wait_for_dag(dag_id, timeout_s=120)
+    warehouse = Warehouse(client=bigquery_client(stack.project), storage=storage_client(stack.project), project=stack.project,
+                          dataset=config.warehouse_dataset, ops_dataset=config.ops_dataset)
+    run = SyncRun(warehouse, storage_client(stack.project).bucket(config.landing_bucket))
+
+    # Today's LATAM batches, landed, warehoused and synced by the running DAGs.
+    produce(stack.kafka_bootstrap, [m for m in Simulator(seed=int(time.time()), config=config).take(2000) if m.topic == region.topic])
+    for dag_id in carriers:
+        client.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+    try:
+        deadline = time.monotonic() + 420
+        def busy() -> bool:  # a run paused halfway would leave a landed batch without its warehouse ledger row
+            return any(client.http.get(f"/dags/{dag_id}/dagRuns", params={"state": ["running", "queued"]}).json()["total_entries"] for dag_id in carriers)
+
+        while total_pending(stack.kafka_bootstrap, config.consumer_group, [region]) or busy() or run.plan("firestore", "LATAM").batches:
+            assert time.monotonic() < deadline, "LATAM was not ingested and synced to Firestore within 7 minutes"
+            time.sleep(5)
+    finally:
+        for dag_id in carriers:
+            client.http.patch(f"/dags/{dag_id}", json={"is_paused": True})
+    ledger = f"`{stack.project}.{config.ops_dataset}.ledger`"
+    sync_rows = sorted(tuple(r.values()) for r in warehouse.run(f"SELECT * FROM {ledger} WHERE region = 'LATAM' AND stage = 'sync_firestore'"))
+
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%dT00:00:00Z")
+    backfill = client.http.post("/backfills", json={"dag_id": "replay", "from_date": today, "to_date": today, "reprocess_behavior": "completed",
+                                                    "max_active_runs": 1, "dag_run_conf": {"region": "LATAM", "stages": ["sync"], "sinks": ["firestore"]}})
+    assert backfill.status_code == 200, backfill.text
+    run_id = f"backfill__{today.replace('Z', '+00:00')}"
+    assert client.wait_for_run("replay", run_id, timeout_s=600) == "success", client.task_states("replay", run_id)
+
+    replayed = client.http.get(f"/dags/replay/dagRuns/{run_id}/taskInstances/sync/xcomEntries/return_value", params={"map_index": 0}).json()["value"]
+    latam = replayed["LATAM"]
+    assert latam["batches"] >= 1 and latam["partners"] > 0
+    assert latam["unchanged"] == latam["partners"] and latam["written"] == 0 and latam["rejected"] == 0, latam
+    assert sorted(tuple(r.values()) for r in warehouse.run(f"SELECT * FROM {ledger} WHERE region = 'LATAM' AND stage = 'sync_firestore'")) == sync_rows
