@@ -1,11 +1,11 @@
-"""Replay from the command line's path: `airflow backfill create` (here its REST twin) for today,
-on the running scheduler. The replay re-syncs today's LATAM batches to Firestore and, since the
+"""Replay from the command line's path: `airflow backfill create` (here its REST twin), on the
+running scheduler, for today's batches. The replay re-syncs today's LATAM batches to Firestore and, since the
 sink is already in step, changes nothing."""
 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -49,16 +49,24 @@ def test_a_backfill_of_replay_resyncs_todays_batches_and_changes_nothing(stack, 
     ledger = f"`{stack.project}.{config.ops_dataset}.ledger`"
     sync_rows = sorted(tuple(r.values()) for r in warehouse.run(f"SELECT * FROM {ledger} WHERE region = 'LATAM' AND stage = 'sync_firestore'"))
 
-    today = datetime.now(timezone.utc).strftime("%Y-%m-%dT00:00:00Z")
-    request = {"dag_id": "replay", "from_date": today, "to_date": today, "reprocess_behavior": "completed", "max_active_runs": 1,
-               "dag_run_conf": {"region": "LATAM", "stages": ["sync"], "sinks": ["firestore"]}}
+    # The backfill covers yesterday's logical date and names today in its conf: today's logical date
+    # may already have a run (the schedule's own, which skips), and a backfill reuses an existing run.
+    now = datetime.now(timezone.utc)
+    day = (now - timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
+    request = {"dag_id": "replay", "from_date": day, "to_date": day, "reprocess_behavior": "completed", "max_active_runs": 1,
+               "dag_run_conf": {"region": "LATAM", "date_from": now.date().isoformat(), "stages": ["sync"], "sinks": ["firestore"]}}
     for _ in range(30):  # on SQLite Airflow refuses a backfill while another writer holds the database (503): ask again
         backfill = client.http.post("/backfills", json=request)
         if backfill.status_code != 503:
             break
         time.sleep(2)
     assert backfill.status_code == 200, backfill.text
-    run_id = f"backfill__{today.replace('Z', '+00:00')}"
+    deadline, run_id = time.monotonic() + 120, None
+    while run_id is None:
+        assert time.monotonic() < deadline, "the backfill created no run"
+        runs = client.http.get("/dags/replay/dagRuns", params={"run_type": ["backfill"]}).json()["dag_runs"]
+        run_id = next((r["dag_run_id"] for r in runs if r["logical_date"].startswith(day[:10])), None)
+        time.sleep(1)
     assert client.wait_for_run("replay", run_id, timeout_s=600) == "success", client.task_states("replay", run_id)
 
     replayed = client.http.get(f"/dags/replay/dagRuns/{run_id}/taskInstances/sync/xcomEntries/return_value", params={"map_index": 0}).json()["value"]
