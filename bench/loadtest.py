@@ -273,27 +273,30 @@ def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, di
             ax.text(f.began_s, ax.get_ylim()[1] * 0.97, f.kind, fontsize=7, color="darkred", va="top")
 
     paths = []
+
+    def finish(fig, axes, name: str, shaded: bool = True) -> None:
+        for axis in axes:
+            axis.legend(fontsize=8)
+            axis.grid(alpha=0.3)
+            if shaded:
+                shade(axis)
+        fig.tight_layout()
+        paths.append(out / name)
+        fig.savefig(paths[-1])
+        plt.close(fig)
+
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 7), dpi=110, sharex=True)
     for region in sorted({r for _, r, _ in samples.lag}):
         points = [(t, n) for t, r, n in samples.lag if r == region]
         ax.plot([t for t, _ in points], [n for _, n in points], label=region)
     ax.set_ylabel("records pending in Kafka")
     ax.set_title(f"Lag per region — {title}")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    shade(ax)
     for sink in sorted({s for _, s, _ in samples.sinks}):
         points = [(t, n) for t, s, n in samples.sinks if s == sink]
         ax2.step([t for t, _ in points], [n for _, n in points], where="post", label=sink)
     ax2.set_ylabel("batches behind the watermark")
     ax2.set_xlabel("s after the load began")
-    ax2.legend(fontsize=8)
-    ax2.grid(alpha=0.3)
-    shade(ax2)
-    fig.tight_layout()
-    paths.append(out / "lag.png")
-    fig.savefig(paths[-1])
-    plt.close(fig)
+    finish(fig, (ax, ax2), "lag.png")
 
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
     for label, index in (("produced", 1), ("committed (landed)", 2)):
@@ -306,13 +309,7 @@ def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, di
     ax.set_ylabel("events per minute")
     ax.set_xlabel("s after the load began")
     ax.set_title(f"Throughput — {title}")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    shade(ax)
-    fig.tight_layout()
-    paths.append(out / "throughput.png")
-    fig.savefig(paths[-1])
-    plt.close(fig)
+    finish(fig, (ax,), "throughput.png")
 
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
     names = [n for n, q in stages.items() if q["p50"] is not None]
