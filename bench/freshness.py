@@ -33,7 +33,7 @@ def main() -> int:
     config = load_config()
     watcher = WarehouseWatcher(cfg, config)
     seen = watcher.seen
-    outcome = steady_load(cfg, config, RATE, DURATION, [f"ingest_{r.code.lower()}" for r in config.regions], watcher.poll)
+    outcome = steady_load(cfg, config, RATE, DURATION, config.carrier_dags(sinks=False), watcher.poll)
     q = percentiles([seen[p] - outcome.watched[p] for p in seen])
     plot = latency_over_time(RESULTS / "freshness.png", {"queryable in partners": [(outcome.watched[p], seen[p] - outcome.watched[p]) for p in seen]},
                              f"Enrollment to queryable in BigQuery at {RATE} for {DURATION}", target_s=60)

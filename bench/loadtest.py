@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     def poll(watched: dict[str, float]) -> int:
         return max(bq_watch.poll(watched), sink_watch.poll(watched))
 
-    dag_ids = [f"ingest_{r.code.lower()}" for r in config.regions] + [f"sync_{name}" for name in config.sinks]
+    dag_ids = config.carrier_dags()
     began = datetime.now(timezone.utc)
     try:
         outcome = steady_load(cfg, config, args.rate, args.duration, dag_ids, poll, sample_every=args.sample_every, drain_s=args.drain,

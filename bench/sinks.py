@@ -93,7 +93,7 @@ def throughput(cfg, config) -> dict:
 def end_to_end(cfg, config) -> dict:
     watcher = SinkWatcher(cfg, config)
     seen = watcher.seen
-    dag_ids = [f"ingest_{r.code.lower()}" for r in config.regions] + [f"sync_{name}" for name in config.sinks]
+    dag_ids = config.carrier_dags()
     outcome = steady_load(cfg, config, RATE, DURATION, dag_ids, watcher.poll, sample_every=SAMPLE_EVERY, drain_s=900)
     complete = [p for p in outcome.watched if all(p in got for got in seen.values())]
     q = percentiles([max(got[p] for got in seen.values()) - outcome.watched[p] for p in complete])

@@ -55,13 +55,13 @@ def ingest(cfg, client: AirflowClient) -> int:
 
     from enrollment.backlog import total_pending
     from enrollment.config import load_config
-    from enrollment.services import bigquery_client
+    from enrollment.batches import pending_batches
+    from enrollment.services import bigquery_client, storage_client
     from enrollment.simulator import cli as simulator
 
     config = load_config()
     os.environ.update(cfg.client_env())
-    dag_ids = [f"ingest_{r.code.lower()}" for r in config.regions]
-    for dag_id in dag_ids + [f"sync_{name}" for name in config.sinks]:
+    for dag_id in config.carrier_dags():
         client.wait_for_dag(dag_id)
         client.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
     events = os.environ.get("DEMO_EVENTS", "20000")
@@ -69,11 +69,15 @@ def ingest(cfg, client: AirflowClient) -> int:
     summary = simulator.produce(simulator.parse_args(["produce", "--events", events, "--rate", "max", "--faults", "2%", "--seed", str(int(time.time())),
                                                       "--expected", str(cfg.state / "demo-expected.jsonl")]))
     t0 = time.monotonic()
+    dag_ids = config.carrier_dags(sinks=False)
+    bucket = storage_client(cfg.project).bucket(config.landing_bucket)
     while time.monotonic() - t0 < 600:
         pending = total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions)
+        waiting = len(pending_batches(bucket, config.consumer_group))
         running = sum(len(client.http.get(f"/dags/{d}/dagRuns", params={"state": ["queued", "running"]}).json()["dag_runs"]) for d in dag_ids)
-        print(f"  ... {pending:,} records pending, {running} ingest runs active after {time.monotonic() - t0:.0f} s", flush=True)
-        if pending == 0 and running == 0:
+        print(f"  ... {pending:,} records pending in Kafka, {waiting} landed batches waiting for the warehouse, {running} ingest/warehouse runs "
+              f"active after {time.monotonic() - t0:.0f} s", flush=True)
+        if pending == 0 and waiting == 0 and running == 0:
             break
         time.sleep(5)
     bq = bigquery_client(cfg.project)
@@ -86,7 +90,7 @@ def ingest(cfg, client: AirflowClient) -> int:
     for row in reasons:
         print(f"  quarantined for {row['reasons']}: {row['n']}")
     followed = follow_enrollment(cfg, config, cfg.state / "demo-expected.jsonl")
-    print(f"The ingest and sync DAGs stay unpaused: run `make simulate` for more traffic. Query the ledger: SELECT * FROM {o}.ledger ORDER BY recorded_at DESC")
+    print(f"The ingest, warehouse and sync DAGs stay unpaused: run `make simulate` for more traffic. Query the ledger: SELECT * FROM {o}.ledger ORDER BY recorded_at DESC")
     return 0 if unbalanced == 0 and followed else 1
 
 

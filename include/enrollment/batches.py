@@ -6,7 +6,10 @@
   the batch is landed returns the same range.
 - ``land`` reads exactly that range (assign, not subscribe), validates it, writes the valid and
   the quarantined rows as write-once Parquet objects, checks the gate (offsets in the range =
-  valid + quarantined, duplicates among the quarantined) and only then commits the offsets.
+  valid + quarantined, duplicates among the quarantined), records the batch as **pending** for
+  the warehouse (``pending/<group>/<region>/<batch id>.json``) and only then commits the offsets.
+- The warehouse writer takes every pending batch, and clears the record once the batch's ledger
+  rows are written: a batch that fails anywhere after ``land`` is taken by the next cycle.
 
 Everything after ``land`` reads the landed objects, never Kafka.
 """
@@ -285,6 +288,7 @@ class Landed:
     valid_uri: str
     quarantine_uri: str
     seconds: float
+    group: str = ""  # the pipeline's consumer group: whose warehouse queue the batch waits in
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -305,10 +309,65 @@ def land(bootstrap: str, manifest: Manifest, bucket) -> Landed:
                         f"{quarantine.num_rows - duplicates} + duplicates {duplicates}")
     write_once(bucket, manifest.valid_object, valid)
     write_once(bucket, manifest.quarantine_object, quarantine)
+    landed = Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid.num_rows,
+                    quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
+                    quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=round(time.monotonic() - t0, 3), group=manifest.group)
+    # Before the commit: once the offsets move on, this record is the only way to the batch.
+    mark_pending(bucket, landed, manifest.claimed_at)
     commit_range(bootstrap, manifest)
-    return Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid.num_rows,
-                  quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
-                  quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=round(time.monotonic() - t0, 3))
+    return landed
+
+
+PENDING_PREFIX = "pending/"
+
+
+def pending_object(group: str, region: str, batch_id: str) -> str:
+    """The record of a landed batch the warehouse has not written yet: the work queue of the
+    pipeline whose consumer group landed it."""
+    return f"{PENDING_PREFIX}{group}/{region}/{batch_id}.json"
+
+
+def mark_pending(bucket, landed: Landed, claimed_at: str = "") -> None:
+    """Records the batch as landed, not warehoused; writing it again changes nothing."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    blob = bucket.blob(pending_object(landed.group, landed.region, landed.batch_id))
+    body = json.dumps(landed.as_dict() | {"seconds": landed.seconds, "claimed_at": claimed_at}, sort_keys=True)
+    try:
+        blob.upload_from_string(body, content_type="application/json", if_generation_match=0)
+    except PreconditionFailed:
+        pass  # a retry of land: the record is there already
+
+
+def pending_batches(bucket, group: str, max_rows: int | None = None) -> list[Landed]:
+    """The pipeline's landed batches not yet warehoused, every region, oldest claim first; at
+    most ``max_rows`` offsets in all (and always the oldest batch, however large)."""
+    from google.api_core.exceptions import NotFound
+
+    records = []
+    for blob in bucket.list_blobs(prefix=f"{PENDING_PREFIX}{group}/"):
+        try:
+            records.append(json.loads(blob.download_as_text()))
+        except NotFound:  # cleared by a cycle meanwhile
+            continue
+    records.sort(key=lambda r: (r.get("claimed_at") or "", r["batch_id"]))
+    out, rows = [], 0
+    for r in records:
+        if out and max_rows is not None and rows + r["offsets"] > max_rows:
+            break
+        out.append(Landed(**{k: r[k] for k in Landed.__dataclass_fields__}))
+        rows += r["offsets"]
+    return out
+
+
+def clear_pending(bucket, batches: list[Landed]) -> None:
+    from google.api_core.exceptions import NotFound
+
+    for landed in batches:
+        try:
+            bucket.blob(pending_object(landed.group, landed.region, landed.batch_id)).delete()
+        except NotFound:
+            pass
 
 
 def claims(bucket, region: str, topic: str, group: str, start: datetime, end: datetime) -> list[Manifest]:
@@ -333,4 +392,4 @@ def landed_from(bucket, manifest: Manifest) -> Landed | None:
     duplicates = int(pc.sum(quarantine.column("duplicate_only")).as_py() or 0)
     return Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid_rows,
                   quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
-                  quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=0.0)
+                  quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=0.0, group=manifest.group)

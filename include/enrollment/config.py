@@ -26,6 +26,20 @@ class Region:
 
 
 @dataclass(frozen=True)
+class WarehouseSettings:
+    """The one warehouse writer (``warehouse`` DAG): how much one cycle takes and how it writes."""
+
+    max_cycle_rows: int = 1_000_000  # offsets of landed batches one cycle takes, oldest first (at least one batch)
+    dedup_window_days: int = 1  # resent event ids are removed against this many days of arrivals before the cycle's
+    transaction: bool = False  # wrap the cycle's writes in BEGIN/COMMIT TRANSACTION (BigQuery: yes; the emulator copies every table)
+    catch_up_every: str = "* * * * *"  # cron: a cycle runs this often even when no landed asset wakes it
+
+    def __post_init__(self) -> None:
+        if self.max_cycle_rows < 1 or self.dedup_window_days < 0:
+            raise ValueError(f"warehouse: max_cycle_rows must be >= 1 and dedup_window_days >= 0, got {self}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     project: str
     consumer_group: str
@@ -43,6 +57,14 @@ class PipelineConfig:
     alert_callback: str = ""  # "module:function" called with the Airflow context when a monitor alerts
     canary: dict = field(default_factory=dict)  # every (cron), within_s (the target), poke_s
     reconciliation: dict = field(default_factory=dict)  # at (cron, UTC), start_date (the first day a backfill covers)
+    warehouse: WarehouseSettings = field(default_factory=lambda: WarehouseSettings())
+    sync_lookback_days: int = 7
+
+    def carrier_dags(self, sinks: bool = True, regions: list[str] | None = None) -> list[str]:
+        """The DAG ids that carry events: each region's ingest, the warehouse writer, and (with
+        ``sinks``) every sink's sync — what a demo or a benchmark unpauses."""
+        codes = [r.code for r in self.regions if regions is None or r.code in regions]
+        return [f"ingest_{c.lower()}" for c in codes] + ["warehouse"] + ([f"sync_{name}" for name in self.sinks] if sinks else [])
 
     def region(self, code: str) -> Region:
         for region in self.regions:
@@ -81,7 +103,17 @@ def parse_config(raw: dict) -> PipelineConfig:
         alert_callback=str((raw.get("alerts") or {}).get("on_failure", "")),
         canary={"every": "*/15 * * * *", "within_s": float(raw.get("freshness_sla_s", 300)), "poke_s": 15} | dict(raw.get("canary") or {}),
         reconciliation={"at": "30 0 * * *", "start_date": "2026-11-01"} | dict(raw.get("reconciliation") or {}),
+        warehouse=_warehouse_settings(raw.get("warehouse") or {}),
+        sync_lookback_days=int(raw.get("sync", {}).get("lookback_days", 7)),
     )
+
+
+def _warehouse_settings(raw: dict) -> WarehouseSettings:
+    known = set(WarehouseSettings.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"warehouse: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return WarehouseSettings(**raw)
 
 
 @lru_cache(maxsize=4)

@@ -32,3 +32,17 @@ def record(warehouse, source: str, region: str, batch_id: str, values: dict[str,
             for name, value in values.items() if value is not None]
     return warehouse.insert_rows("metrics", METRICS_SCHEMA, rows, partition="measured_at", cluster="source, region",
                                  key=("source", "batch_id", "name"))
+
+
+def record_batches(warehouse, source: str, batches: list[dict], at: datetime | None = None) -> int:
+    """Every batch of a warehouse cycle in one statement (``batches``: the cycle's per-batch
+    dicts, each with the landed counts, ``seconds`` of land and the cycle's ``warehouse_s``)."""
+    at = at or datetime.now(timezone.utc)
+    rows = []
+    for b in batches:
+        values = batch_metrics(b, {"seconds": b.get("warehouse_s"), "oldest_event_age_s": b.get("oldest_event_age_s"),
+                                   "newest_event_age_s": b.get("newest_event_age_s")})
+        rows += [{"measured_at": at, "source": source, "region": b["region"], "batch_id": b["batch_id"], "name": name, "value": float(value)}
+                 for name, value in values.items() if value is not None]
+    return warehouse.insert_rows("metrics", METRICS_SCHEMA, rows, partition="measured_at", cluster="source, region",
+                                 key=("source", "batch_id", "name"))

@@ -1,10 +1,10 @@
 """Sync runs: from the warehouse to one sink, catching up by itself after an outage.
 
-A sink's **watermark** (``<ops>.sink_watermarks``, one row per sink and region) holds the ledger
-time of the last batch it synced. A run:
+A run:
 
-1. **plan** — the region's batches the warehouse stage recorded after the watermark, oldest
-   first (at most ``max_batches``): after an outage the next run takes every batch since.
+1. **plan** — the region's warehoused batches with no ledger row of this sink yet (an anti-join
+   over the ledger's last ``lookback_days``), oldest first (at most ``max_batches``): after an
+   outage the next run takes every batch since, and a batch warehoused late is never skipped.
 2. **write** — the partners those batches touched (read from their landed Parquet), their current
    state from the warehouse's ``partners`` table (one row per partner: coalesced, newest version
    wins), handed to the sink. What was handed over is kept as
@@ -12,9 +12,11 @@ time of the last batch it synced. A run:
 3. **gate** — the sink reads back what it wrote (``Sink.verify``) and the counts must balance:
    partners = written + unchanged + rejected.
 4. **commit** — rejected rows into ``<warehouse>.sink_quarantine`` with the service's message, a
-   ledger row per batch (stage ``sync_<sink>``), then the watermark moves past the plan.
+   ledger row per batch (stage ``sync_<sink>``), then the sink's **watermark**
+   (``<ops>.sink_watermarks``: the newest batch it synced per region, for people and the lag
+   monitor; plans do not read it).
 
-Every step may run twice: the plan is a function of the watermark, writes are version-guarded or
+Every step may run twice: the plan is a function of the ledger, writes are version-guarded or
 upserts, ledger and quarantine rows are MERGEd, the watermark only moves forward.
 """
 
@@ -25,7 +27,7 @@ import logging
 import io
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -103,8 +105,13 @@ class SyncRun:
                      [bigquery.ScalarQueryParameter("s", "STRING", sink), bigquery.ScalarQueryParameter("r", "STRING", region)])
         return dict(rows[0]) if rows else None
 
-    def plan_all(self, sink: str, regions: list[str], max_batches: int = 20) -> dict[str, Plan]:
-        """Every region's plan in one query: the batches the warehouse recorded after the watermark."""
+    def plan_all(self, sink: str, regions: list[str], max_batches: int = 20, lookback_days: int = 7) -> dict[str, Plan]:
+        """Every region's plan in one query: the warehoused batches of the last ``lookback_days``
+        that have no ``sync_<sink>`` ledger row yet, oldest first.
+
+        An anti-join, not a time watermark: a ledger row that committed late (a batch a failed
+        cycle left, warehoused after newer ones) is still taken. The lookback is a constant
+        filter on the ledger's partitions, so the plan's cost does not grow with history."""
         from google.api_core.exceptions import NotFound
         from google.cloud import bigquery
 
@@ -114,12 +121,13 @@ class SyncRun:
             w.client.get_table(w.table("ledger", ops=True).strip("`"))
         except NotFound:
             return {region: Plan(sink, region, self.bucket.name) for region in regions}  # nothing warehoused yet
+        since = datetime.now(timezone.utc) - timedelta(days=lookback_days)
+        recent = f"recorded_at >= TIMESTAMP '{since:%Y-%m-%d}'"
         rows = w.run(f"""SELECT L.region, L.batch_id, L.recorded_at FROM {w.table('ledger', ops=True)} L
-            LEFT JOIN (SELECT region, warehoused_at FROM {w.table('sink_watermarks', ops=True)} WHERE sink = @s) W ON W.region = L.region
-            WHERE L.stage = 'warehouse' AND L.ok AND L.region IN UNNEST(@regions)
-              AND L.recorded_at > COALESCE(W.warehoused_at, TIMESTAMP '{_EPOCH}')
+            LEFT JOIN (SELECT DISTINCT batch_id FROM {w.table('ledger', ops=True)} WHERE {recent} AND stage = @stage) S ON S.batch_id = L.batch_id
+            WHERE L.{recent} AND L.stage = 'warehouse' AND L.ok AND L.region IN UNNEST(@regions) AND S.batch_id IS NULL
             ORDER BY L.region, L.recorded_at, L.batch_id""",
-                     [bigquery.ScalarQueryParameter("s", "STRING", sink), bigquery.ArrayQueryParameter("regions", "STRING", list(regions))])
+                     [bigquery.ScalarQueryParameter("stage", "STRING", f"sync_{sink}"), bigquery.ArrayQueryParameter("regions", "STRING", list(regions))])
         plans = {region: Plan(sink, region, self.bucket.name) for region in regions}
         for r in rows:
             plan = plans[r["region"]]

@@ -1,11 +1,15 @@
-"""The warehouse stage: a landed batch into BigQuery's event history, current partner state and
-quarantine, with gates, and the ledger every stage reports to.
+"""BigQuery for the pipeline: the warehouse tables (event history, current partner state,
+quarantine), staging, and the ledger every stage reports to. The writer of the warehouse cycle
+is ``enrollment.cycle``.
 
 BigQuery's per-table load-job quota (~1,500 a day) would be overrun by loading every batch into
-the same table (4 regions x 1,440 one-minute batches = 5,760 loads a day). So each batch is
-loaded into its **own staging table** (one load job per staging table and day) and MERGEd into
-the permanent tables: DML does not count against the load quota. The staging tables are dropped
+the same table (4 regions x 1,440 one-minute batches = 5,760 loads a day). So each cycle is
+loaded into **its own staging tables** (one load job each) and inserted or MERGEd into the
+permanent tables: DML does not count against the load quota. The staging tables are dropped
 explicitly (the emulator ignores table expiration).
+
+``events`` is partitioned by the day the event *arrived* (its Kafka timestamp), so the cycle's
+dedup window is a constant partition filter; ``events_unique`` is the reader's de-duplicated view.
 
 SQL here runs on BigQuery and on the emulator: explicit MERGE column lists, no `destination=`
 query jobs, tables created before loads.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
@@ -61,6 +65,8 @@ class Warehouse:
     project: str
     dataset: str
     ops_dataset: str
+    settings: object = None  # enrollment.config.WarehouseSettings (the defaults when None)
+    statements: list = field(default_factory=list, repr=False)  # every statement sent, in order (tests count the writers)
 
     def table(self, name: str, ops: bool = False) -> str:
         return f"`{self.project}.{self.ops_dataset if ops else self.dataset}.{name}`"
@@ -68,15 +74,74 @@ class Warehouse:
     def run(self, sql: str, params: list | None = None) -> list:
         from google.cloud import bigquery
 
+        self.statements.append(sql)
         job = self.client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params or []))
         return list(job.result())
 
     # -- tables ----------------------------------------------------------------------------------
     def ensure_tables(self, events_schema: list[tuple[str, str]], quarantine_schema: list[tuple[str, str]]) -> None:
-        self.run(_ddl(self.table("events"), events_schema, "occurred_at", "region, partner_id"))
-        self.run(_ddl(self.table("partners"), PARTNER_SCHEMA, "updated_at", "region, partner_id"))
-        self.run(_ddl(self.table("quarantine"), quarantine_schema, "kafka_timestamp", "region, batch_id"))
-        self.run(_ddl(self.table("ledger", ops=True), LEDGER_SCHEMA, "recorded_at", "region, batch_id"))
+        """The tables and the readers' view, created when missing (one listing per dataset when not)."""
+        have = {t.table_id for t in self.client.list_tables(f"{self.project}.{self.dataset}")}
+        have_ops = {t.table_id for t in self.client.list_tables(f"{self.project}.{self.ops_dataset}")}
+        if "events" not in have:
+            self.run(_ddl(self.table("events"), events_schema, "kafka_timestamp", "region, partner_id, event_type"))
+        if "events_unique" not in have:
+            # Within the dedup window the table holds each event id once; a resend that arrived
+            # later than the window is removed here, for readers (no partition pruning through it).
+            self.run(f"""CREATE VIEW IF NOT EXISTS {self.table('events_unique')} AS SELECT * FROM {self.table('events')}
+                WHERE TRUE QUALIFY ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY kafka_timestamp, batch_id, kafka_partition, kafka_offset) = 1""")
+        if "partners" not in have:
+            self.run(_ddl(self.table("partners"), PARTNER_SCHEMA, "updated_at", "region, partner_id"))
+        if "quarantine" not in have:
+            self.run(_ddl(self.table("quarantine"), quarantine_schema, "kafka_timestamp", "region, batch_id"))
+        if "ledger" not in have_ops:
+            self.run(_ddl(self.table("ledger", ops=True), LEDGER_SCHEMA, "recorded_at", "region, batch_id"))
+
+    def stage_table(self, name: str, columns: list[tuple[str, str]], table: pa.Table) -> str:
+        """A fresh staging table holding ``table``, with one load job (from memory, no object)."""
+        from google.cloud import bigquery
+
+        table_id = f"{self.project}.{self.dataset}.{name}"
+        self.client.delete_table(table_id, not_found_ok=True)
+        self.client.create_table(bigquery.Table(table_id, schema=[bigquery.SchemaField(c, t) for c, t in columns]))
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        sink.seek(0)
+        config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_TRUNCATE")
+        self.client.load_table_from_file(sink, table_id, job_config=config).result()
+        return f"`{table_id}`"
+
+    def warehoused(self, batch_ids: list[str], window) -> list[str]:
+        """Which of these batches already have their warehouse ledger row (a cycle wrote them)."""
+        from google.cloud import bigquery
+
+        rows = self.run(f"""SELECT DISTINCT batch_id FROM {self.table('ledger', ops=True)}
+            WHERE {window.sql('recorded_at')} AND stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)""",
+                        [bigquery.ArrayQueryParameter("ids", "STRING", list(batch_ids))])
+        return sorted(r["batch_id"] for r in rows)
+
+    def record_cycle(self, batches: list[Landed], info: dict[str, dict], window, seconds: float) -> None:
+        """The ``land`` and ``warehouse`` ledger rows of a cycle's batches, in one MERGE."""
+        from google.cloud import bigquery
+
+        if not batches:
+            return
+        types = dict(LEDGER_SCHEMA)
+        cols = [c for c, _ in LEDGER_SCHEMA if c != "recorded_at"]
+        params, selects = [], []
+        for i, b in enumerate(batches):
+            for stage, rows, secs, detail in (("land", b.valid, b.seconds, ""),
+                                              ("warehouse", info[b.batch_id]["written"], seconds, info[b.batch_id]["detail"])):
+                values = {"batch_id": b.batch_id, "region": b.region, "stage": stage, "offsets_in": b.offsets, "valid": b.valid,
+                          "quarantined": b.quarantined, "duplicates": b.duplicates, "rows_merged": rows, "seconds": float(secs), "ok": True,
+                          "detail": detail}
+                n = len(selects)
+                params += [bigquery.ScalarQueryParameter(f"{c}{n}", types[c], values[c]) for c in cols]
+                selects.append("SELECT " + ", ".join(f"@{c}{n} AS {c}" for c in cols) + ", CURRENT_TIMESTAMP() AS recorded_at")
+        self.run(f"""MERGE {self.table('ledger', ops=True)} T USING ({' UNION ALL '.join(selects)}) S
+            ON {window.sql('T.recorded_at')} AND T.batch_id = S.batch_id AND T.stage = S.stage
+            WHEN MATCHED THEN UPDATE SET {', '.join(f'{c} = S.{c}' for c in cols[3:] + ['recorded_at'])}
+            WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}, recorded_at) VALUES ({', '.join('S.' + c for c in cols)}, S.recorded_at)""", params)
 
     def _stage(self, name: str, columns: list[tuple[str, str]], uri: str) -> str:
         """A per-batch staging table with one load job (keeps the per-table load quota untouched)."""
@@ -101,42 +166,21 @@ class Warehouse:
         pq.write_table(table, sink)
         self._blob(uri).upload_from_string(sink.getvalue(), content_type="application/vnd.apache.parquet")
 
-    # -- the stage ------------------------------------------------------------------------------
+    # -- one batch ---------------------------------------------------------------------------------
     def merge_batch(self, landed: Landed) -> dict:
-        t0 = time.monotonic()
-        valid = self._read_parquet(landed.valid_uri)
-        quarantine = self._read_parquet(landed.quarantine_uri)
-        events_schema, quarantine_schema = landed_schema(valid.schema), landed_schema(quarantine.schema)
-        self.ensure_tables(events_schema, quarantine_schema)
-        suffix = landed.batch_id.replace("-", "_")
-        staged = []
-        events_stage = None
-        try:
-            if valid.num_rows:
-                stage = events_stage = self._stage(f"_stage_events_{suffix}", events_schema, landed.valid_uri)
-                staged.append(stage)
-                cols = [c for c, _ in events_schema]
-                self.run(f"""MERGE {self.table('events')} T USING (SELECT * FROM {stage}) S ON T.event_id = S.event_id
-                    WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""")
-                partners = partner_changes(valid)
-                if partners.num_rows:
-                    uri = landed.valid_uri.rsplit("/", 1)[0] + "/partners.parquet"
-                    self._write_parquet(uri, partners)
-                    stage = self._stage(f"_stage_partners_{suffix}", PARTNER_SCHEMA, uri)
-                    staged.append(stage)
-                    self.run(self._merge_partners_sql(stage))
-            if quarantine.num_rows:
-                stage = self._stage(f"_stage_quarantine_{suffix}", quarantine_schema, landed.quarantine_uri)
-                staged.append(stage)
-                cols = [c for c, _ in quarantine_schema]
-                self.run(f"""MERGE {self.table('quarantine')} T USING (SELECT * FROM {stage}) S
-                    ON T.batch_id = S.batch_id AND T.kafka_partition = S.kafka_partition AND T.kafka_offset = S.kafka_offset
-                    WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""")
-            counts = self.gate(landed, valid.num_rows, events_stage)
-        finally:
-            for stage in staged:
-                self.client.delete_table(stage.strip("`"), not_found_ok=True)
-        return counts | {"seconds": round(time.monotonic() - t0, 3), **event_ages(valid)}
+        """One batch through a warehouse cycle of its own (replay, tools, tests); the ingest's
+        writer is the ``warehouse`` DAG, which takes every pending batch at once."""
+        from .config import WarehouseSettings
+        from .cycle import raise_failed, run_cycle
+
+        result = run_cycle(self, [landed], self.settings or WarehouseSettings())
+        raise_failed(result)
+        if result.already:
+            return {"events": landed.valid, "quarantine": landed.quarantined + landed.duplicates, "seconds": result.seconds,
+                    "oldest_event_age_s": None, "newest_event_age_s": None, "already": True}
+        done = result.batches[0]
+        return {"events": done["events"], "written": done["written"], "quarantine": done["quarantine"], "seconds": result.seconds,
+                "oldest_event_age_s": done["oldest_event_age_s"], "newest_event_age_s": done["newest_event_age_s"]}
 
     def _merge_partners_sql(self, stage: str) -> str:
         # Field by field: the value set by the newest event wins, so an older event arriving late
@@ -152,34 +196,6 @@ class Warehouse:
         return f"""MERGE {self.table('partners')} T USING (SELECT * FROM {stage}) S ON T.partner_id = S.partner_id
             WHEN MATCHED THEN UPDATE SET {updates}
             WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})"""
-
-    def gate(self, landed: Landed, valid_rows: int, events_stage: str | None) -> dict:
-        """Row counts against the manifest, unique event ids, mandatory columns, quarantine count.
-
-        The batch's event ids are read from its staging table (a join), not sent as a parameter:
-        a parameter of 100,000 ids is slow on the emulator and over BigQuery's request limits."""
-        from google.cloud import bigquery
-
-        n = distinct_ids = incomplete = 0
-        if events_stage is not None:
-            row = self.run(f"""SELECT COUNT(*) AS n, COUNT(DISTINCT T.event_id) AS distinct_ids,
-                    COUNTIF(T.partner_id IS NULL OR T.occurred_at IS NULL OR T.region IS NULL OR T.event_type IS NULL) AS incomplete
-                FROM {events_stage} S JOIN {self.table('events')} T ON T.event_id = S.event_id""")[0]
-            n, distinct_ids, incomplete = row["n"], row["distinct_ids"], row["incomplete"]
-        quarantined = self.run(f"SELECT COUNT(*) AS n FROM {self.table('quarantine')} WHERE batch_id = @batch",
-                               [bigquery.ScalarQueryParameter("batch", "STRING", landed.batch_id)])[0]["n"]
-        problems = []
-        if distinct_ids != valid_rows:
-            problems.append(f"events holds {distinct_ids} of the batch's {valid_rows} valid event ids")
-        if n != distinct_ids:
-            problems.append(f"{n - distinct_ids} of the batch's event ids appear more than once")
-        if incomplete:
-            problems.append(f"{incomplete} rows miss a mandatory column")
-        if quarantined != landed.quarantined + landed.duplicates:
-            problems.append(f"quarantine holds {quarantined} rows, the batch quarantined {landed.quarantined} + {landed.duplicates} duplicates")
-        if problems:
-            raise GateError(f"warehouse gate, batch {landed.batch_id}: " + "; ".join(problems))
-        return {"events": distinct_ids, "quarantine": quarantined}
 
     def insert_rows(self, name: str, schema: list[tuple[str, str]], rows: list[dict], ops: bool = True, partition: str | None = None,
                     cluster: str | None = None, key: tuple[str, ...] = ()) -> int:
@@ -287,6 +303,19 @@ def freshness_gate(batch_id: str, merged: dict, sla_s: float) -> dict:
         raise GateError(f"freshness gate, batch {batch_id}: its oldest event became queryable {age:.0f} s after it reached Kafka "
                         f"(newest {merged.get('newest_event_age_s'):.0f} s); the SLA is {sla_s:.0f} s")
     return {"oldest_event_age_s": age, "newest_event_age_s": merged.get("newest_event_age_s"), "sla_s": sla_s}
+
+
+def cycle_freshness_gate(batches: list[dict], sla_s: float) -> dict:
+    """The freshness gate over a warehouse cycle's batches: every late batch named at once."""
+    late, out = [], {}
+    for b in batches:
+        try:
+            out[b["batch_id"]] = freshness_gate(b["batch_id"], b, sla_s)
+        except GateError as exc:
+            late.append(f"{b.get('region', '?')}: {exc}")
+    if late:
+        raise GateError(f"{len(late)} of {len(batches)} batches late: " + " | ".join(late))
+    return out
 
 
 def partner_changes(valid: pa.Table) -> pa.Table:

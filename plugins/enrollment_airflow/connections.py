@@ -48,7 +48,7 @@ def warehouse_from_connections(config):
 
     project = endpoints_from_connections().project
     return Warehouse(client=bigquery_client(project), storage=storage_client(project), project=project,
-                     dataset=config.warehouse_dataset, ops_dataset=config.ops_dataset)
+                     dataset=config.warehouse_dataset, ops_dataset=config.ops_dataset, settings=config.warehouse)
 
 
 def sync_run_from_connections(config):

@@ -27,19 +27,20 @@ DOC_MD = """
 Brings the **{sink}** sink up to date with the warehouse, region by region (a region that fails
 does not hold back the others; `commit` then fails naming it, and the next run takes it again):
 
-1. **write** — plans each region's batches the warehouse recorded after this sink's watermark
-   (at most `max_batches`), reads the partners they touched and their current state from
+1. **write** — plans each region's warehoused batches that have no `sync_{sink}` ledger row yet
+   (the last {lookback} days, oldest first, at most `max_batches`), reads the partners they touched and their current state from
    `{dataset}.partners` (one row per partner: newest version wins), and writes them (module
    `{module}`). Every write is idempotent: version-guarded or an upsert.
 2. **gate** — reads back from the service what was written (documents, real-time get or the
    service's per-row results) and checks partners = written + unchanged + rejected.
 3. **commit** — rows the service refused go to `{dataset}.sink_quarantine` with its message; one
-   ledger row per batch (stage `sync_{sink}`); the watermark moves past the batches.
+   ledger row per batch (stage `sync_{sink}`): what marks a batch synced; the watermark
+   (`{ops}.sink_watermarks`) records the newest one for people to read.
 
-**Runs when** any region's warehouse asset is updated (after each ingest), and every
+**Runs when** the `warehouse` asset is updated (after each warehouse cycle), and every
 `{cron}` (UTC) to catch up after an outage. **Catch-up is automatic**: the next run takes every
-batch since the watermark. To sync again from scratch, delete the sink's rows from
-`{ops}.sink_watermarks` (every write is idempotent).
+batch without a `sync_{sink}` ledger row. To sync batches again, delete their `sync_{sink}`
+ledger rows, or use the `replay` DAG (every write is idempotent).
 
 Where it stands: `SELECT * FROM {ops}.sink_watermarks WHERE sink = '{sink}'`;
 what it refused: `SELECT * FROM {dataset}.sink_quarantine WHERE sink = '{sink}' ORDER BY recorded_at DESC`.
@@ -53,14 +54,14 @@ def sync_dag(sink_name: str) -> DAG:
     with DAG(
         dag_id=f"sync_{sink_name}",
         schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(config.sync_catch_up_every, timezone="UTC"),
-                                     assets=AssetAny(*(warehouse_asset(r) for r in config.regions))),
+                                     assets=AssetAny(warehouse_asset())),
         start_date=datetime(2026, 1, 1),
         catchup=False,  # a run syncs everything since the watermark: there is nothing per interval to catch up
         max_active_runs=1,  # one writer per sink: the watermark moves in order
         default_args=DEFAULT_ARGS,
         tags=[str(Tag.SYNC)],
         doc_md=DOC_MD.format(sink=sink_name, module=options["module"], dataset=config.warehouse_dataset, ops=config.ops_dataset,
-                             cron=config.sync_catch_up_every),
+                             cron=config.sync_catch_up_every, lookback=config.sync_lookback_days),
         params={"max_batches": Param(config.sync_max_batches, type="integer", minimum=1, description="Most batches one run takes per region")},
     ) as dag:
 
@@ -74,7 +75,7 @@ def sync_dag(sink_name: str) -> DAG:
             require(["bigquery", "gcs", *options.get("needs", [])], endpoints_from_connections(), config)
             run, sink = sync_run_from_connections(config), sink_from_connections(config, sink_name)
             try:
-                plans = run.plan_all(sink_name, [r.code for r in config.regions], int(params["max_batches"]))
+                plans = run.plan_all(sink_name, [r.code for r in config.regions], int(params["max_batches"]), config.sync_lookback_days)
                 if not any(p.batches for p in plans.values()):
                     raise AirflowSkipException(f"{sink_name}: nothing after the watermark in any region")
                 written = run.write_all(sink, plans)

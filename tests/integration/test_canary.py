@@ -16,7 +16,7 @@ def test_the_canary_is_traced_to_every_sink(stack, pipeline_config):
 
     config = pipeline_config
     client = AirflowClient(stack)
-    carriers = [f"ingest_{r.code.lower()}" for r in config.regions] + [f"sync_{name}" for name in config.sinks]
+    carriers = config.carrier_dags()
     for dag_id in [*carriers, "canary"]:
         client.wait_for_dag(dag_id, timeout_s=120)
     for dag_id in carriers:

@@ -20,6 +20,7 @@ def test_a_new_sink_is_one_module_one_config_entry_and_its_test(stack, airflow_d
     from airflow.utils.state import DagRunState
 
     from enrollment_airflow.ingest import ingest_dag
+    from enrollment_airflow.warehouse import warehouse_dag
     from enrollment_airflow.sync import sync_dag
 
     # The config entry, exactly as the guide shows it.
@@ -32,6 +33,7 @@ def test_a_new_sink_is_one_module_one_config_entry_and_its_test(stack, airflow_d
     messages = Simulator(seed=31, faults=FaultRates.mix(0.02), initial_partners=40, config=config).take(1500)
     produce(stack.kafka_bootstrap, [m for m in messages if m.topic == region.topic])
     assert ingest_dag(region).test().state == DagRunState.SUCCESS
+    assert warehouse_dag().test().state == DagRunState.SUCCESS
 
     dag = sync_dag("directory")
     assert {t.task_id for t in dag.tasks} == {"write", "gate", "commit"}

@@ -24,6 +24,7 @@ def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, is
     from airflow.utils.state import DagRunState
 
     from enrollment_airflow.ingest import ingest_dag
+    from enrollment_airflow.warehouse import warehouse_dag
 
     config = isolated_pipeline
     messages = Simulator(seed=2718, faults=FaultRates.mix(0.05), initial_partners=60, config=config).take(4000)
@@ -32,6 +33,12 @@ def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, is
     for region in config.regions:
         run = ingest_dag(region).test()
         assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
+    # Four regions landed: one warehouse cycle writes them all, each table once.
+    run = warehouse_dag().test()
+    assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
+    cycled = run.get_task_instance("cycle").xcom_pull(task_ids="cycle")
+    assert sorted(b["region"] for b in cycled["batches"]) == sorted(r.code for r in config.regions)
+    assert cycled["statements"] == {"events": 1, "partners": 1, "quarantine": 1, "ledger": 1}, "one writer's statement per table"
 
     client = bigquery_client(stack.project)
 

@@ -1,5 +1,6 @@
-"""The ingest DAG of a region, run by Airflow (``dag.test()``) against the real stack: it claims
-everything pending, lands it, merges it, and its ledger balances; a second run finds nothing."""
+"""The ingest DAG of a region and the warehouse DAG, run by Airflow (``dag.test()``) against the
+real stack: the ingest claims everything pending and lands it, the warehouse cycle writes it and
+its ledger balances; a second run of each finds nothing."""
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -23,10 +24,13 @@ def test_ingest_dag_lands_and_merges_a_region(stack, dagbag, airflow_db, pipelin
     run = dag.test(run_conf={"max_batch": 1_000_000})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == DagRunState.SUCCESS, states
-    reconciled = run.get_task_instance("reconcile").xcom_pull(task_ids="reconcile")
-    assert set(reconciled) == {"land", "warehouse"}
-    land = reconciled["land"]
-    assert land["offsets_in"] == land["valid"] + land["quarantined"] + land["duplicates"] >= len(messages)
+    landed = run.get_task_instance("land").xcom_pull(task_ids="land")
+    assert landed["offsets"] == landed["valid"] + landed["quarantined"] + landed["duplicates"] >= len(messages)
+
+    cycle = dagbag.dags["warehouse"].test()
+    assert cycle.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in cycle.get_task_instances()}
+    cycled = cycle.get_task_instance("cycle").xcom_pull(task_ids="cycle")
+    assert landed["batch_id"] in [b["batch_id"] for b in cycled["batches"]] + cycled["already"]
 
     consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": pipeline_config.consumer_group})
     parts = [TopicPartition(region.topic, p) for p in range(region.partitions)]
@@ -43,5 +47,11 @@ def test_ingest_dag_lands_and_merges_a_region(stack, dagbag, airflow_db, pipelin
                               job_config=bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", valid_ids)])).result())
     assert found[0]["n"] == len(valid_ids)
 
+    from enrollment.warehouse import Warehouse
+    from enrollment.services import storage_client
+
+    ledger = Warehouse(client, storage_client(stack.project), stack.project, pipeline_config.warehouse_dataset, pipeline_config.ops_dataset)
+    assert set(ledger.balance(landed["batch_id"])) == {"land", "warehouse"}
+
     again = dag.test()
-    assert {ti.task_id: ti.state for ti in again.get_task_instances()}["claim.claim"] == "skipped", "nothing pending: the run skips"
+    assert {ti.task_id: ti.state for ti in again.get_task_instances()}["land"] == "skipped", "nothing pending: the run skips"

@@ -21,6 +21,7 @@ def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(stack, a
     from airflow.utils.state import DagRunState
 
     from enrollment_airflow.ingest import ingest_dag
+    from enrollment_airflow.warehouse import warehouse_dag
     from enrollment_airflow.sync import sync_dag
 
     config = isolated_pipeline
@@ -28,6 +29,7 @@ def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(stack, a
     produce(stack.kafka_bootstrap, [m for m in Simulator(seed=4242, faults=FaultRates.mix(0.05), initial_partners=40, config=config).take(1500)
                                     if m.topic == region.topic])
     assert ingest_dag(region).test().state == DagRunState.SUCCESS
+    assert warehouse_dag().test().state == DagRunState.SUCCESS
     for name in config.sinks:
         assert sync_dag(name).test().state == DagRunState.SUCCESS, name
     today = datetime.now(timezone.utc).date().isoformat()

@@ -24,7 +24,7 @@ def test_a_backfill_of_replay_resyncs_todays_batches_and_changes_nothing(stack, 
 
     config, region = pipeline_config, pipeline_config.region("LATAM")
     client = AirflowClient(stack)
-    carriers = ["ingest_latam", "sync_firestore"]
+    carriers = ["ingest_latam", "warehouse", "sync_firestore"]
     for dag_id in [*carriers, "replay"]:
         client.wait_for_dag(dag_id, timeout_s=120)
     warehouse = Warehouse(client=bigquery_client(stack.project), storage=storage_client(stack.project), project=stack.project,

@@ -199,7 +199,8 @@ def test_outages_and_throttling_converge_with_nothing_lost_or_duplicated(stack, 
     stack_cli.up(["firestore"], quiet=True)
     assert sync.watermark("firestore", REGION)["batch_id"] == batch_ids[0]
     sync.ensure_tables()
-    warehouse.run(f"DELETE FROM {warehouse.table('sink_watermarks', ops=True)} WHERE sink = 'firestore'")  # the emulator lost them: resync
+    # The emulator lost them: resync by forgetting that Firestore had the batch (its ledger row).
+    warehouse.run(f"DELETE FROM {warehouse.table('ledger', ops=True)} WHERE stage = 'sync_firestore'")
 
     batch_ids.append(ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, group, second))
     assert sync.run(sinks["solr"], REGION)["batches"] == 2, "Solr catches up both batches by itself"
@@ -262,3 +263,32 @@ def test_a_failing_region_does_not_hold_back_the_others(stack, pipeline_config, 
     assert sync.watermark(sink.name, REGION)["batch_id"] == batch_id, "the healthy region moved on"
     assert sync.watermark(sink.name, "APAC") is None
     assert sorted(sink.get(list(scenario.ids.values()))) == sorted(scenario.ids.values())
+
+
+def test_a_batch_warehoused_late_is_still_synced(stack, pipeline_config, region_topic, warehouse, sinks):
+    """A batch whose warehouse ledger row is *older* than the batches a sink already synced (a
+    cycle that failed and was redone, a clock behind) is still planned and synced: plans are an
+    anti-join on the ledger, not a time watermark."""
+    scenario = Scenario(seed=15)
+    sync = SyncRun(warehouse, storage_client(stack.project).bucket(pipeline_config.landing_bucket))
+    group = f"test-late-{uuid.uuid4().hex[:6]}"
+    first, second = scenario.batches()
+    early = ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, group, first)
+    late = ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, group, second)
+    sink = sinks["solr"]
+    # The first batch is synced; the second one's ledger row is made to look an hour older.
+    ledger = warehouse.table("ledger", ops=True)
+    warehouse.run(f"UPDATE {ledger} SET recorded_at = TIMESTAMP_SUB(recorded_at, INTERVAL 1 HOUR) WHERE batch_id = '{late}'")
+    only_early = sync.plan(sink.name, REGION)
+    assert [b["batch_id"] for b in only_early.batches] == [late, early], "oldest ledger row first"
+    only_early.batches = [b for b in only_early.batches if b["batch_id"] == early]
+    written = sync.write(sink, only_early)
+    sync.gate(sink, written)
+    assert sync.commit(written)["watermark"] == early
+
+    plan = sync.plan(sink.name, REGION)
+    assert [b["batch_id"] for b in plan.batches] == [late], "the late batch is planned although the watermark is past it"
+    assert sync.run(sink, REGION)["batches"] == 1
+    synced = warehouse.run(f"SELECT batch_id FROM {ledger} WHERE stage = 'sync_solr' ORDER BY batch_id")
+    assert sorted(r["batch_id"] for r in synced) == sorted([early, late])
+    assert sorted(sink.get(list(scenario.ids.values()))) == sorted(scenario.ids.values()), "every partner of both batches is in Solr"

@@ -1,0 +1,95 @@
+"""The factory of the ``warehouse`` DAG: the one writer of the warehouse, for every region.
+
+Four regional writers MERGEing into the same tables would serialise behind the emulator's lock
+and abort each other on BigQuery (at most 2 mutating DML per table at once; concurrent writes to
+the same partitions fail "Could not serialize access … due to concurrent update"). So the
+regions only land, and this DAG — one run at a time — takes every landed, not yet warehoused
+batch and writes each table once per cycle (``enrollment.cycle``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, task
+
+from enrollment.config import load_config
+from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.ingest import landed_asset, warehouse_asset
+
+DAG_ID = "warehouse"
+
+DOC_MD = """
+### Warehouse: the one writer, every region
+
+Takes every batch the ingest DAGs landed and the warehouse has not written yet — every region,
+oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table **once per cycle**:
+
+1. **cycle** — `{dataset}.events` appended (an event id resent by a producer is dropped against
+   the events that arrived in the last {window} day(s) before the cycle's: a constant partition
+   filter, so a cycle's cost does not grow with history; readers who want every resend removed,
+   whenever it came, read the view `{dataset}.events_unique`); `{dataset}.partners` merged from the
+   cycle's partner changes (each field keeps the newest event's value); `{dataset}.quarantine`
+   appended. **Gate** per batch on what the cycle wrote: every valid event id held once,
+   mandatory columns filled, every quarantined offset there, every partner at its version.
+   Then the `land` and `warehouse` ledger rows (`{ops}.ledger`) and the batches' metrics
+   (`{ops}.metrics`). A batch that fails its gate stays pending and is named; the others are
+   committed. Its success updates the asset `warehouse`, which wakes the sink DAGs.
+2. **freshness** — fails the run when a batch's oldest event took more than {sla:g} s from Kafka
+   to queryable (`freshness_sla_s`): the data is in, the red run is the alert (a gate that
+   measured lateness, not a stage that broke — that one is **cycle**).
+
+**Runs when** any region's `landed_<region>` asset is updated, and every `{cron}` (UTC) to take
+batches a failed cycle left. One run at a time. Every statement is idempotent and the ledger
+rows come last: a cycle killed anywhere and run again writes everything exactly once.
+
+What waits: `gcloud storage ls gs://{bucket}/pending/{group}/` (one record per landed batch not yet written).
+Owner: enrollment-data team.
+"""
+
+
+def warehouse_dag() -> DAG:
+    config = load_config()
+    settings = config.warehouse
+    with DAG(
+        dag_id=DAG_ID,
+        schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(settings.catch_up_every, timezone="UTC"),
+                                     assets=AssetAny(*(landed_asset(r) for r in config.regions))),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,  # a cycle takes everything pending: there is nothing per interval to catch up
+        max_active_runs=1,  # the one writer: two cycles at once would be two writers of every table
+        default_args=DEFAULT_ARGS,
+        tags=[str(Tag.INGEST)],
+        doc_md=DOC_MD.format(max_rows=settings.max_cycle_rows, dataset=config.warehouse_dataset, ops=config.ops_dataset,
+                             window=settings.dedup_window_days, sla=config.freshness_sla_s, cron=settings.catch_up_every,
+                             bucket=config.landing_bucket, group=config.consumer_group),
+    ) as dag:
+
+        @task(task_id="cycle", outlets=[warehouse_asset()])
+        def cycle() -> dict:
+            from airflow.sdk.exceptions import AirflowSkipException
+            from enrollment import metrics
+            from enrollment.batches import pending_batches
+            from enrollment.cycle import raise_failed, run_cycle
+            from enrollment.health import require
+            from enrollment_airflow.connections import endpoints_from_connections, warehouse_from_connections
+
+            require(["bigquery", "gcs"], endpoints_from_connections(), config)
+            warehouse = warehouse_from_connections(config)
+            bucket = warehouse.storage.bucket(config.landing_bucket)
+            batches = pending_batches(bucket, config.consumer_group, settings.max_cycle_rows)
+            if not batches:
+                raise AirflowSkipException("no landed batch is waiting for the warehouse")
+            result = run_cycle(warehouse, batches, settings)
+            metrics.record_batches(warehouse, "ingest", [b | {"warehouse_s": result.seconds} for b in result.batches])
+            raise_failed(result)
+            return result.as_dict()
+
+        @task(task_id="freshness", retries=0)  # a retry could only find the batches older
+        def freshness(cycled: dict) -> dict:
+            from enrollment.warehouse import cycle_freshness_gate
+
+            return cycle_freshness_gate(cycled["batches"], config.freshness_sla_s)
+
+        freshness(cycle())
+    return dag
