@@ -7,7 +7,7 @@ from datetime import datetime
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.defaults import DEFAULT_ARGS, WAREHOUSE_POOL, Tag
 
 CONFIG = load_config()
 REGIONS = [r.code for r in CONFIG.regions]
@@ -65,7 +65,7 @@ def replay():
         return {"first_day": first.isoformat(), "last_day": last.isoformat(),
                 "batches": {r: [b.batch_id for b in landed_batches(run, config, r, first, last)] for r in regions}}
 
-    @task
+    @task(pool=WAREHOUSE_POOL)  # never beside a warehouse cycle: one writer of each table
     def warehouse(selected: dict, params=None) -> dict:
         from datetime import date
 

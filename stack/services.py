@@ -413,7 +413,10 @@ class Airflow(Service):
 
     def command(self) -> list[str]:
         components = ["api-server", "scheduler --skip-serve-logs", "dag-processor", "triggerer --skip-serve-logs"]
-        script = "airflow db migrate >/dev/null && { " + " & ".join(f"airflow {c}" for c in components) + " & wait -n; kill 0; }"
+        from enrollment.config import WAREHOUSE_POOL, WAREHOUSE_POOL_DESCRIPTION
+
+        pool = f"airflow pools set {WAREHOUSE_POOL} 1 '{WAREHOUSE_POOL_DESCRIPTION}' >/dev/null"
+        script = f"airflow db migrate >/dev/null && {pool} && {{ " + " & ".join(f"airflow {c}" for c in components) + " & wait -n; kill 0; }"
         return ["bash", "-c", script]
 
     def env(self) -> dict[str, str]:

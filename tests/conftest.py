@@ -69,6 +69,11 @@ def airflow_db():
     from airflow.utils.session import create_session
 
     db.initdb()
+    from airflow.models.pool import Pool
+
+    from enrollment_airflow.defaults import WAREHOUSE_POOL, WAREHOUSE_POOL_DESCRIPTION
+
+    Pool.create_or_update_pool(WAREHOUSE_POOL, slots=1, description=WAREHOUSE_POOL_DESCRIPTION, include_deferred=False)
     # Assets are activated when a DAG using them is first synced; a test DB kept from an older
     # checkout may hold one of the same name with an older URI, which would keep ours inactive.
     with create_session() as session:

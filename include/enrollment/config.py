@@ -25,6 +25,11 @@ class Region:
     max_batch: int = 200_000
 
 
+# The Airflow pool (1 slot) of every task that writes the warehouse tables.
+WAREHOUSE_POOL = "warehouse_writer"
+WAREHOUSE_POOL_DESCRIPTION = "The one writer of the warehouse tables (1 slot): the warehouse cycle and replays"
+
+
 @dataclass(frozen=True)
 class WarehouseSettings:
     """The one warehouse writer (``warehouse`` DAG): how much one cycle takes and how it writes."""

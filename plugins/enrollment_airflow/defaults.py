@@ -20,6 +20,11 @@ class Tag(str, Enum):
         return self.value
 
 
+# The one slot every task that writes the warehouse tables runs in (the warehouse cycle, a
+# replay's warehouse stage): never two writers of a table at once, whatever runs. The local stack
+# and docker-compose create it (`airflow pools set`), so its name lives with the configuration.
+from enrollment.config import WAREHOUSE_POOL, WAREHOUSE_POOL_DESCRIPTION  # noqa: E402,F401
+
 DEFAULT_ARGS = {
     "owner": OWNER,
     "retries": 3,

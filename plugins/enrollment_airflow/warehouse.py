@@ -14,7 +14,7 @@ from datetime import datetime
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.defaults import DEFAULT_ARGS, WAREHOUSE_POOL, Tag
 from enrollment_airflow.ingest import landed_asset, warehouse_asset
 
 DAG_ID = "warehouse"
@@ -40,7 +40,8 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    measured lateness, not a stage that broke — that one is **cycle**).
 
 **Runs when** any region's `landed_<region>` asset is updated, and every `{cron}` (UTC) to take
-batches a failed cycle left. One run at a time. Every statement is idempotent and the ledger
+batches a failed cycle left. One run at a time, in the pool `{pool}` (1 slot, shared with the
+replay's warehouse stage): never two writers of a table. Every statement is idempotent and the ledger
 rows come last: a cycle killed anywhere and run again writes everything exactly once.
 
 What waits: `gcloud storage ls gs://{bucket}/pending/{group}/` (one record per landed batch not yet written).
@@ -62,10 +63,10 @@ def warehouse_dag() -> DAG:
         tags=[str(Tag.INGEST)],
         doc_md=DOC_MD.format(max_rows=settings.max_cycle_rows, dataset=config.warehouse_dataset, ops=config.ops_dataset,
                              window=settings.dedup_window_days, sla=config.freshness_sla_s, cron=settings.catch_up_every,
-                             bucket=config.landing_bucket, group=config.consumer_group),
+                             bucket=config.landing_bucket, group=config.consumer_group, pool=WAREHOUSE_POOL),
     ) as dag:
 
-        @task(task_id="cycle", outlets=[warehouse_asset()])
+        @task(task_id="cycle", outlets=[warehouse_asset()], pool=WAREHOUSE_POOL)
         def cycle() -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
             from enrollment import metrics

@@ -19,6 +19,15 @@ def test_running_airflow_is_healthy_and_lists_the_project_dags(stack, dagbag):
     assert client.import_errors() == []
 
 
+def test_the_running_airflow_has_the_warehouse_writers_pool_with_one_slot(stack):
+    from enrollment.config import WAREHOUSE_POOL
+    from stack.airflow_client import AirflowClient
+
+    pool = AirflowClient(stack).http.get(f"/pools/{WAREHOUSE_POOL}")
+    assert pool.status_code == 200, pool.text
+    assert pool.json()["slots"] == 1, "one writer of the warehouse tables at a time"
+
+
 def test_the_running_scheduler_runs_the_smoke_dag_with_connections_from_the_environment(stack):
     from stack.airflow_client import AirflowClient
 

@@ -1,0 +1,40 @@
+"""One writer of each warehouse table, from the DAG structure: BigQuery runs at most two mutating
+DML statements per table at once and aborts concurrent writes to the same partitions (the emulator
+serialises them silently, so only the structure can prove it)."""
+
+from __future__ import annotations
+
+import re
+
+from enrollment.config import WAREHOUSE_POOL, load_config
+from tests.conftest import ROOT
+
+# What writes events, partners, quarantine or the warehouse ledger rows.
+WRITERS = re.compile(r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle)\(")
+
+
+def test_regions_only_land_and_one_dag_writes_the_warehouse(dagbag):
+    config = load_config()
+    for region in config.regions:
+        dag = dagbag.dags[f"ingest_{region.code.lower()}"]
+        assert {t.task_id for t in dag.tasks} == {"land"}, f"{dag.dag_id} lands only; the warehouse DAG writes"
+        assert dag.max_active_runs == 1
+    warehouse = dagbag.dags["warehouse"]
+    assert warehouse.max_active_runs == 1, "one cycle at a time"
+    assert warehouse.get_task("cycle").pool == WAREHOUSE_POOL
+
+
+def test_every_task_that_writes_the_warehouse_holds_the_one_slot(dagbag):
+    """Writers (found in the DAG code by what they call) run only in the 1-slot pool."""
+    calls = {path.relative_to(ROOT).as_posix() for path in [*(ROOT / "dags").glob("*.py"), *(ROOT / "plugins").rglob("*.py")]
+             if WRITERS.search(path.read_text(encoding="utf-8"))}
+    assert calls == {"plugins/enrollment_airflow/warehouse.py", "dags/replay.py"}, calls
+    in_pool = {(dag.dag_id, task.task_id) for dag in dagbag.dags.values() for task in dag.tasks if task.pool == WAREHOUSE_POOL}
+    assert in_pool == {("warehouse", "cycle"), ("replay", "warehouse")}
+
+
+def test_docker_compose_creates_the_pool_with_one_slot():
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text(encoding="utf-8"))
+    assert f"airflow pools set {WAREHOUSE_POOL} 1 " in " ".join(compose["services"]["airflow-init"]["command"])
