@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 STACK_DIR := .stack
 MVN := mvn -q -B
 
-.PHONY: install up down status demo test bench loadtest lock schemas simulate clean
+.PHONY: install up down reset-data status demo test bench loadtest lock schemas simulate clean
 
 ## install: everything the stack and the tests need (idempotent; only what is missing or changed)
 install: $(VENV)/.installed $(STACK_DIR)/kafka/.installed $(STACK_DIR)/solr/.installed $(STACK_DIR)/bq-venv/.installed
@@ -56,6 +56,10 @@ up: install
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m stack down; fi
+
+## reset-data: stop the stack and remove the data it keeps (Kafka, Solr, GCS, BigQuery): benchmarks start from a known state
+reset-data: $(VENV)/.installed
+	$(PY) -m stack reset-data
 
 status:
 	$(PY) -m stack status

@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from enrollment.backlog import total_pending
-from enrollment.batches import pending_ranges
+from enrollment.batches import pending_batches, pending_ranges
+from enrollment.services import storage_client
 from stack.airflow_client import AirflowClient
 
 POLL_S = 2.0
@@ -38,6 +39,8 @@ class LoadOutcome:
     failed: dict[str, list[str]] = field(default_factory=dict)  # DAG id -> its failed run ids
     offsets: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (region, partition) -> offsets produced
     started: datetime | None = None
+    drained: bool = False  # everything produced reached the warehouse and every sample was seen before the drain ended
+    backlog_left: dict = field(default_factory=dict)  # what was still waiting when the load gave up
 
 
 def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll: Callable[[dict[str, float]], int],
@@ -97,15 +100,27 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
                 if producer.returncode != 0:
                     raise SystemExit(f"the simulator failed with exit code {producer.returncode}")
                 deadline = time.monotonic() + drain_s
-                while (missing := sample()) or total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions):
+                bucket = storage_client(cfg.project).bucket(config.landing_bucket)
+
+                def waiting() -> tuple[int, int]:
+                    return total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions), len(pending_batches(bucket, config.consumer_group))
+
+                while True:
+                    missing, left = sample(), waiting()
+                    if not missing and not any(left):
+                        outcome.drained = True
+                        break
                     if tick:
                         tick(time.monotonic() - load_began)
                     if time.monotonic() > deadline:
-                        log(f"gave up waiting after {drain_s:.0f} s: {missing:,} watched partners not visible")
+                        outcome.backlog_left = {"kafka_records_pending": left[0], "landed_batches_not_warehoused": left[1], "samples_not_visible": missing}
+                        log(f"gave up waiting after {drain_s:.0f} s: {missing:,} watched partners not visible, {left[0]:,} records pending "
+                            f"in Kafka, {left[1]} landed batches not warehoused; the DAGs are paused with that backlog left")
                         break
                     if time.monotonic() - last_report > 15:
                         last_report = time.monotonic()
-                        log(f"draining: {missing:,} watched partners not visible yet")
+                        log(f"draining: {missing:,} watched partners not visible yet, {left[0]:,} records pending in Kafka, "
+                            f"{left[1]} landed batches waiting for the warehouse")
                     time.sleep(POLL_S)
             finally:
                 if producer.poll() is None:  # the watcher failed: do not leave the simulator producing

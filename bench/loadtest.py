@@ -19,13 +19,18 @@ followed until it is queryable in BigQuery and visible in every sink. After the 
 (``--drain``) until everything produced is committed and every sample is visible everywhere.
 
 **The verdict**: records in = offsets produced; records accounted = produced offsets that lie in a
-batch whose land and warehouse ledger rows exist and balance; unexplained = records in −
-accounted + sampled enrollments never visible in all sinks (must be 0).
+batch whose land and warehouse ledger rows exist and balance; **late** = not yet accounted for
+when the drain ended (in a claimed batch not yet warehoused, or not yet claimed); **lost** = an
+offset the group committed past that no batch covers, plus sampled enrollments never visible in
+all sinks once everything has drained. Only lost records make it exit 1. If the drain gives up,
+the DAGs are paused and the report says what backlog was left (Kafka, landed batches, sinks).
+The report also holds the CPU seconds per component per minute (bench/cpu.py) and the warehouse's
+BigQuery cost on paper at 400,000 events/min after 30 days (enrollment.cost).
 
 Writes ``bench/results/loadtest/<UTC time>/``: ``report.md``, ``summary.json`` and the plots
 (lag per region, throughput, latency per stage, latency over time, the per-batch metrics the
 ingest wrote to ``<ops>.metrics``); the report's path is the
-last line printed. Exit code 1 when anything is unexplained.
+last line printed. Exit code 1 when anything is lost.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ from bench.common import RESULTS, machine
 from bench.load import log, percentiles, steady_load
 from bench.plots import latency_over_time
 from bench.watch import SinkWatcher, WarehouseWatcher
+from bench.cpu import CpuSampler, airflow_resolver
+from bench.cpu import markdown as cpu_markdown
+from enrollment import cost
 from enrollment.batches import claims, pending_ranges
 from enrollment.config import load_config
 from enrollment.services import bigquery_client, storage_client
@@ -203,6 +211,30 @@ class Sampler:
                 log(f"sink backlog sample skipped: {type(exc).__name__}")
 
 
+def classify(offsets: dict[tuple[str, int], list[int]], ranges: dict[tuple[str, int], list[tuple[int, int, str]]], balanced: set[str],
+             committed: dict[tuple[str, int], int]) -> dict[str, int]:
+    """Each produced offset is **accounted** (in a batch whose land and warehouse ledger rows
+    balance), **late** (in a claimed batch not yet warehoused — ``late_claimed`` — or at/past the
+    committed offset, not yet claimed — ``late_unclaimed``) or **lost** (committed past, in no
+    batch: the only failure). A partition whose committed offset is unknown has no lost records."""
+    out = {"accounted": 0, "late_claimed": 0, "late_unclaimed": 0, "lost": 0}
+    for key, produced in offsets.items():
+        spans = sorted(ranges.get(key, []))
+        starts = [s[0] for s in spans]
+        for offset in produced:
+            i = bisect.bisect_right(starts, offset) - 1
+            batch = spans[i][2] if i >= 0 and spans[i][0] <= offset < spans[i][1] else None
+            if batch in balanced:
+                out["accounted"] += 1
+            elif batch is not None:
+                out["late_claimed"] += 1
+            elif key not in committed or offset >= committed[key]:
+                out["late_unclaimed"] += 1
+            else:
+                out["lost"] += 1
+    return out
+
+
 def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict:
     """Records in, records accounted for by balanced ledger batches, and the batches' stage times."""
     from google.cloud import bigquery
@@ -223,13 +255,15 @@ def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict
         ledger.setdefault(r["batch_id"], {})[r["stage"]] = dict(r)
     balanced = {b for b, stages in ledger.items() if {"land", "warehouse"} <= set(stages)
                 and all(s["ok"] and s["offsets_in"] == s["valid"] + s["quarantined"] + s["duplicates"] for s in stages.values())}
-    accounted = 0
-    for key, produced in outcome.offsets.items():
-        spans = sorted(s for s in ranges.get(key, []) if s[2] in balanced)
-        starts = [s[0] for s in spans]
-        for offset in produced:
-            i = bisect.bisect_right(starts, offset) - 1
-            accounted += i >= 0 and spans[i][0] <= offset < spans[i][1]
+    committed = {}
+    for region in config.regions:
+        try:
+            for p, start, _ in pending_ranges(cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions):
+                committed[(region.code, p)] = start
+        except Exception as exc:  # noqa: BLE001 (Kafka down at the end: nothing can be called lost)
+            log(f"committed offsets of {region.code} unreadable ({type(exc).__name__}): its unaccounted records count as late")
+    counts = classify(outcome.offsets, ranges, balanced, committed)
+    accounted, late_claimed, late_unclaimed, lost = counts["accounted"], counts["late_claimed"], counts["late_unclaimed"], counts["lost"]
     stage_seconds: dict[str, list[float]] = {}
     for stages in ledger.values():
         for stage, r in stages.items():
@@ -238,9 +272,24 @@ def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict
     metrics = [dict(r) for r in warehouse.run(
         f"SELECT measured_at, region, batch_id, name, value FROM {warehouse.table('metrics', ops=True)} "
         "WHERE source = 'ingest' AND batch_id IN UNNEST(@ids) ORDER BY measured_at", [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)])] if batch_ids else []
-    return {"metrics": metrics, "records_in": outcome.produced, "records_accounted": accounted, "batches": len(batch_ids), "batches_balanced": len(balanced),
+    return {"metrics": metrics, "records_in": outcome.produced, "records_accounted": accounted, "records_late_claimed": late_claimed,
+            "records_late_unclaimed": late_unclaimed, "records_lost": lost, "batches": len(batch_ids), "batches_balanced": len(balanced),
             "valid": sum(r["valid"] for r in land), "quarantined": sum(r["quarantined"] + r["duplicates"] for r in land),
             "stage_seconds": stage_seconds}
+
+
+def cost_estimate(config, batches: int, duration_s: float, outcome) -> dict:
+    """The cost on paper at 400,000 events/min after 30 days, one warehouse cycle a minute (the
+    catch-up cadence; a busier cadence costs in proportion), and how many cycles this run took."""
+    from stack.airflow_client import AirflowClient
+
+    cycles = 0
+    try:
+        runs = AirflowClient(stack_config.load()).http.get("/dags/warehouse/dagRuns", params={"limit": 1000}).json()["dag_runs"]
+        cycles = sum(1 for r in runs if outcome.started and r["start_date"] and r["start_date"] >= outcome.started.isoformat() and r["state"] == "success")
+    except Exception as exc:  # noqa: BLE001
+        log(f"warehouse runs unreadable: {type(exc).__name__}")
+    return cost.estimate(events_per_min=400_000, cycles_per_day=1440, dedup_window_days=config.warehouse.dedup_window_days) | {"cycles_in_run": cycles}
 
 
 def failed_task_counts(cfg, failed: dict[str, list[str]]) -> dict[str, int]:
@@ -294,7 +343,7 @@ def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, di
     for sink in sorted({s for _, s, _ in samples.sinks}):
         points = [(t, n) for t, s, n in samples.sinks if s == sink]
         ax2.step([t for t, _ in points], [n for _, n in points], where="post", label=sink)
-    ax2.set_ylabel("batches behind the watermark")
+    ax2.set_ylabel("warehoused batches not synced")
     ax2.set_xlabel("s after the load began")
     finish(fig, (ax, ax2), "lag.png")
 
@@ -386,10 +435,12 @@ def main(argv: list[str] | None = None) -> int:
 
     dag_ids = config.carrier_dags()
     began = datetime.now(timezone.utc)
+    cpu = CpuSampler(resolve=airflow_resolver(cfg.airflow_db_uri)).start()
     try:
         outcome = steady_load(cfg, config, args.rate, args.duration, dag_ids, poll, sample_every=args.sample_every, drain_s=args.drain,
                               bad=args.bad, tick=tick)
     finally:
+        cpu_figures = cpu.stop()
         injector.heal()
 
     # Claims since the load began: the backlog found before it was drained first, by batches of its own.
@@ -397,7 +448,20 @@ def main(argv: list[str] | None = None) -> int:
     failed_tasks = failed_task_counts(cfg, outcome.failed)
     watched = outcome.watched
     never = [p for p in watched if sink_watch.everywhere(p) is None or p not in bq_watch.seen]
-    unexplained = figures["records_in"] - figures["records_accounted"] + len(never)
+    # A sample not seen everywhere is late while anything is still on its way; once the pipeline
+    # drained (every record warehoused, every sink's plan empty), it is lost.
+    sinks_behind = {}
+    try:
+        for sink in config.sinks:
+            plans = run.plan_all(sink, [r.code for r in config.regions], max_batches=10_000, lookback_days=config.sync_lookback_days)
+            sinks_behind[sink] = sum(len(p.batches) for p in plans.values())
+    except Exception as exc:  # noqa: BLE001
+        log(f"sinks' backlog unreadable: {type(exc).__name__}")
+        sinks_behind = {"unknown": 1}
+    everything_arrived = outcome.drained and not any(sinks_behind.values()) and not figures["records_late_claimed"] + figures["records_late_unclaimed"]
+    samples_lost = len(never) if everything_arrived else 0
+    late = figures["records_late_claimed"] + figures["records_late_unclaimed"]
+    unexplained = figures["records_lost"] + samples_lost
     visible = {"bigquery": [(watched[p], bq_watch.seen[p] - watched[p]) for p in watched if p in bq_watch.seen],
                **{name: [(watched[p], got[p] - watched[p]) for p in watched if p in got] for name, got in sink_watch.seen.items()},
                "all sinks": [(watched[p], sink_watch.everywhere(p) - watched[p]) for p in watched if sink_watch.everywhere(p) is not None]}
@@ -409,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "rate": args.rate, "duration": args.duration, "records_in": figures["records_in"], "records_accounted": figures["records_accounted"],
         "unexplained_records": unexplained, "unaccounted_offsets": figures["records_in"] - figures["records_accounted"],
+        "records_lost": figures["records_lost"], "records_late": late, "records_late_claimed": figures["records_late_claimed"],
+        "records_late_unclaimed": figures["records_late_unclaimed"], "samples_lost": samples_lost, "drained": outcome.drained,
+        "backlog_left": outcome.backlog_left | {"sinks_batches_not_synced": sinks_behind}, "cpu": cpu_figures,
+        "cost": cost_estimate(config, figures["batches"], duration_s, outcome),
         "samples": len(watched), "samples_never_visible_everywhere": len(never),
         "freshness_p50_s": fresh["p50"], "freshness_p95_s": fresh["p95"], "freshness_max_s": fresh["max"],
         "all_sinks_p50_s": stages["visible in all sinks"]["p50"], "all_sinks_p95_s": stages["visible in all sinks"]["p95"],
@@ -417,9 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         "failed_dag_runs": outcome.failed_runs, "failed_tasks": failed_tasks, "faults": [asdict(f) | {"spec": f.label} for f in args.fault],
         "stages": stages, "plots": [p.name for p in paths], "machine": machine(), "began_at": began.isoformat(),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary | {"cost": {k: v for k, v in summary["cost"].items() if k != "statements"}}, indent=2, default=str) + "\n")
     (out / "report.md").write_text(report(summary, title))
-    log(f"verdict: records in {summary['records_in']:,}, accounted {summary['records_accounted']:,}, unexplained {unexplained:,}")
+    log(f"verdict: records in {summary['records_in']:,}, accounted {summary['records_accounted']:,}, late {late:,}, lost {unexplained:,}")
     print(out / "report.md")
     return 0 if unexplained == 0 else 1
 
@@ -431,6 +499,11 @@ def report(s: dict, title: str) -> str:
     faults = "\n".join(f"| `{f['spec']}` | {fmt(f['began_s'])} | {fmt(f['ended_s'])} | {f['detail']} |" for f in s["faults"]) or "| none | | | |"
     stages = "\n".join(f"| {name} | {fmt(q['p50'])} | {fmt(q['p95'])} | {fmt(q['max'])} |" for name, q in s["stages"].items())
     ok = s["unexplained_records"] == 0
+    left = s["backlog_left"]
+    drain = ("Everything drained before the deadline." if s["drained"] else
+             f"The drain gave up: left behind {left.get('kafka_records_pending', 0):,} records pending in Kafka, "
+             f"{left.get('landed_batches_not_warehoused', 0)} landed batches not warehoused, sinks' batches not synced "
+             f"{left.get('sinks_batches_not_synced')}; the DAGs were paused with that backlog (unpause them, or `make reset-data`).")
     failed = (" — failed tasks: " + ", ".join(f"`{k}` {v}" for k, v in s["failed_tasks"].items())) if s["failed_tasks"] else ""
     return f"""# Load test: {title}
 
@@ -477,16 +550,28 @@ event, throughput of its land and warehouse tasks):
 Freshness (event → queryable in BigQuery): p50 {fmt(s['freshness_p50_s'])} s, **p95 {fmt(s['freshness_p95_s'])} s**,
 max {fmt(s['freshness_max_s'])} s. All three sinks: p50 {fmt(s['all_sinks_p50_s'])} s, p95 {fmt(s['all_sinks_p95_s'])} s.
 
+## Where the CPU went
+
+CPU seconds per minute of the run (load and drain), per component; tasks are charged by the
+kind of DAG their worker ran.
+
+{cpu_markdown(s['cpu'])}
+## The warehouse on real BigQuery, on paper
+
+{cost.markdown(s['cost'])}
+This run took {s['cost']['cycles_in_run']:,} warehouse cycles.
+
 ## Verdict of the ledger
 
-| records in | records accounted for | unexplained |
-|---|---|---|
-| {s['records_in']:,} | {s['records_accounted']:,} | **{s['unexplained_records']:,}** |
+| records in | accounted for | late (not yet accounted when the drain ended) | lost |
+|---|---|---|---|
+| {s['records_in']:,} | {s['records_accounted']:,} | {s['records_late']:,} | **{s['unexplained_records']:,}** |
 
-{"Every record is accounted for" if ok else "NOT every record is accounted for"}: {s['batches_balanced']:,} of {s['batches']:,} batches have
-balanced land and warehouse ledger rows covering {s['records_accounted']:,} of the produced offsets
-({s['unaccounted_offsets']:,} not covered); {s['samples_never_visible_everywhere']:,} of {s['samples']:,} sampled
-enrollments were never visible in all sinks.
+{"Nothing is lost" if ok else "RECORDS ARE LOST"}: {s['batches_balanced']:,} of {s['batches']:,} batches have balanced land and
+warehouse ledger rows covering {s['records_accounted']:,} of the produced offsets. Late: {s['records_late_claimed']:,}
+in batches claimed but not yet warehoused, {s['records_late_unclaimed']:,} not yet claimed;
+{s['samples_never_visible_everywhere']:,} of {s['samples']:,} sampled enrollments were not visible in all sinks when the
+drain ended ({s['samples_lost']:,} counted lost: only once everything else has arrived). {drain}
 """
 
 

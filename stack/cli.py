@@ -147,6 +147,24 @@ def up(names: Iterable[str] | None = None, quiet: bool = False) -> dict[str, dic
     return report
 
 
+def reset_data(names: Iterable[str] | None = None) -> list[str]:
+    """Stops the services and removes the pipeline's data they keep (topics and offsets, the Solr
+    core, objects, BigQuery datasets), so the next ``up`` starts from a known, empty state.
+    Airflow keeps its run history; Firestore and the Marketing Cloud stub keep data in memory
+    only (a restart empties them). Returns what was removed."""
+    cfg = stack_config.load()
+    services = select(names, cfg)
+    if not down([s.name for s in services], quiet=True):
+        raise ServiceError("reset-data: a service is still listening after stopping; nothing was removed")
+    removed = []
+    for service in services:
+        for path in service.data_dirs():
+            if path.exists():
+                shutil.rmtree(path)
+                removed.append(str(path.relative_to(cfg.state.parent)) if path.is_relative_to(cfg.state.parent) else str(path))
+    return removed
+
+
 def down(names: Iterable[str] | None = None, quiet: bool = False) -> bool:
     cfg = stack_config.load()
     clean = True
@@ -208,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("up", "down", "status", "bench"):
         p = sub.add_parser(name)
         p.add_argument("services", nargs="*", help=f"default: all ({', '.join(NAMES)})")
+    p = sub.add_parser("reset-data", help="stop the stack and remove the data its services keep (benchmarks start from here)")
+    p.add_argument("services", nargs="*", help=f"default: all ({', '.join(NAMES)})")
     p = sub.add_parser("env", help="print the client environment as shell exports")
     args = parser.parse_args(argv)
     try:
@@ -217,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "down":
             return 0 if down(args.services) else 1
+        if args.command == "reset-data":
+            removed = reset_data(args.services)
+            print("removed " + (", ".join(removed) if removed else "nothing (no data kept)") + "; `make up` starts the stack empty")
+            return 0
         if args.command == "status":
             return 0 if status(args.services) else 1
         if args.command == "bench":

@@ -72,10 +72,11 @@ class CycleResult:
     window_days: int = 0
     seconds: float = 0.0
     statements: dict[str, int] = field(default_factory=dict)  # table -> write statements sent
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the cycle
 
     def as_dict(self) -> dict:
         return {"cycle_id": self.cycle_id, "batches": self.batches, "already": self.already, "failed": self.failed,
-                "window_days": self.window_days, "seconds": self.seconds, "statements": self.statements}
+                "window_days": self.window_days, "seconds": self.seconds, "statements": self.statements, "phases": self.phases}
 
 
 def cycle_id(batches: list[Landed]) -> str:
@@ -112,12 +113,14 @@ WHERE NOT EXISTS (SELECT 1 FROM {w.table('quarantine')} T WHERE {window.sql('T.k
 
 
 def events_gate_sql(w: Warehouse, stage: str, window: Window) -> str:
-    incomplete = " OR ".join(f"T.{c} IS NULL" for c in MANDATORY)
-    return f"""WITH W AS (SELECT T.event_id, T.batch_id, T.kafka_partition, T.kafka_offset, ({incomplete}) AS incomplete
+    # The window is read for five narrow columns only; mandatory columns are checked on the
+    # staged rows, which the INSERT copies as they are.
+    incomplete = " OR ".join(f"S.{c} IS NULL" for c in MANDATORY)
+    return f"""WITH W AS (SELECT T.event_id, T.batch_id, T.kafka_partition, T.kafka_offset
   FROM {w.table('events')} T WHERE {window.sql('T.kafka_timestamp')} AND T.event_id IN (SELECT event_id FROM {stage})),
-C AS (SELECT event_id, COUNT(*) AS n, LOGICAL_OR(incomplete) AS incomplete FROM W GROUP BY event_id)
+C AS (SELECT event_id, COUNT(*) AS n FROM W GROUP BY event_id)
 SELECT S.batch_id, COUNT(*) AS valid, COUNTIF(C.event_id IS NOT NULL) AS held, COUNTIF(C.n > 1) AS repeated,
-  COUNTIF(C.incomplete) AS incomplete, COUNTIF(X.event_id IS NOT NULL) AS written
+  COUNTIF({incomplete}) AS incomplete, COUNTIF(X.event_id IS NOT NULL) AS written
 FROM {stage} S LEFT JOIN C ON C.event_id = S.event_id
 LEFT JOIN W X ON X.event_id = S.event_id AND X.batch_id = S.batch_id AND X.kafka_partition = S.kafka_partition AND X.kafka_offset = S.kafka_offset
 GROUP BY S.batch_id"""
@@ -130,6 +133,12 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
     result = CycleResult(cycle_id(batches))
     if not batches:
         return result
+    clock = [t0]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        result.phases[name] = round(result.phases.get(name, 0.0) + now - clock[0], 3)
+        clock[0] = now
     valid = {b.batch_id: w._read_parquet(b.valid_uri) for b in batches}
     quarantine = {b.batch_id: w._read_parquet(b.quarantine_uri) for b in batches}
     span = _kafka_span([*valid.values(), *quarantine.values()])
@@ -139,6 +148,7 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
     events_schema = landed_schema(next(iter(valid.values())).schema)
     quarantine_schema = landed_schema(next(iter(quarantine.values())).schema)
     w.ensure_tables(events_schema, quarantine_schema)
+    phase("read")
 
     result.already = w.warehoused([b.batch_id for b in batches], window)
     todo = [b for b in batches if b.batch_id not in set(result.already)]
@@ -149,11 +159,12 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
             events = _concat([valid[b.batch_id] for b in todo])
             rejected = _concat([quarantine[b.batch_id] for b in todo])
             partners = partner_changes(events)
+            phase("partner_changes")
             suffix = result.cycle_id
             script = []
             events_stage = None
             if events.num_rows:
-                events_stage = w.stage_table(f"_cycle_events_{suffix}", events_schema, events)
+                events_stage = w.stage_uris(f"_cycle_events_{suffix}", events_schema, [b.valid_uri for b in todo if valid[b.batch_id].num_rows])
                 staged.append(events_stage)
                 script.append(events_insert_sql(w, events_stage, [c for c, _ in events_schema], window))
             partners_stage = None
@@ -162,13 +173,16 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
                 staged.append(partners_stage)
                 script.append(w._merge_partners_sql(partners_stage))
             if rejected.num_rows:
-                stage = w.stage_table(f"_cycle_quarantine_{suffix}", quarantine_schema, rejected)
+                stage = w.stage_uris(f"_cycle_quarantine_{suffix}", quarantine_schema, [b.quarantine_uri for b in todo if quarantine[b.batch_id].num_rows])
                 staged.append(stage)
                 script.append(quarantine_insert_sql(w, stage, [c for c, _ in quarantine_schema], window))
+            phase("stage")
             if script:
                 body = ";\n".join(script)
                 w.run(f"BEGIN TRANSACTION;\n{body};\nCOMMIT TRANSACTION;" if settings.transaction else body + ";")
+            phase("write")
             counts = _gate(w, todo, events_stage, partners_stage, window)
+            phase("gate")
             passed = [b for b in todo if b.batch_id not in counts["failed"]]
             result.failed = counts["failed"]
             ages = {bid: event_ages(valid[bid]) for bid in valid}
@@ -180,13 +194,16 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
                 result.batches.append({**b.as_dict(), "events": b.valid, "written": c["written"], "quarantine": c["quarantine"],
                                        "detail": detail, **ages[b.batch_id]})
             w.record_cycle(passed, {x["batch_id"]: x for x in result.batches}, window, seconds=time.monotonic() - t0)
+            phase("ledger")
     finally:
         for stage in staged:
             w.client.delete_table(stage.strip("`"), not_found_ok=True)
+    phase("drop_stage")
     result.statements = _count_writes(w.statements[writes_before:])
     done = set(result.already) | {x["batch_id"] for x in result.batches}
     for bucket_name in {b.valid_uri.removeprefix("gs://").split("/", 1)[0] for b in batches}:
         clear_pending(w.storage.bucket(bucket_name), [b for b in batches if b.batch_id in done and b.valid_uri.startswith(f"gs://{bucket_name}/")])
+    phase("clear_pending")
     result.seconds = round(time.monotonic() - t0, 3)
     return result
 

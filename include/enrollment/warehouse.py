@@ -111,6 +111,18 @@ class Warehouse:
         self.client.load_table_from_file(sink, table_id, job_config=config).result()
         return f"`{table_id}`"
 
+    def stage_uris(self, name: str, columns: list[tuple[str, str]], uris: list[str]) -> str:
+        """A fresh staging table loaded from Parquet objects with one load job (BigQuery reads
+        them where they are: nothing passes through this process)."""
+        from google.cloud import bigquery
+
+        table_id = f"{self.project}.{self.dataset}.{name}"
+        self.client.delete_table(table_id, not_found_ok=True)
+        self.client.create_table(bigquery.Table(table_id, schema=[bigquery.SchemaField(c, t) for c, t in columns]))
+        config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_APPEND")
+        self.client.load_table_from_uri(list(uris), table_id, job_config=config).result()
+        return f"`{table_id}`"
+
     def warehoused(self, batch_ids: list[str], window) -> list[str]:
         """Which of these batches already have their warehouse ledger row (a cycle wrote them)."""
         from google.cloud import bigquery

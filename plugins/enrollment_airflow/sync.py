@@ -1,14 +1,16 @@
-"""The factory of the sink DAGs: one per configured sink, write → gate → commit over the regions.
+"""The factory of the sink DAGs: one per configured sink, one task: write → gate → commit over the regions.
 
 Each sink has its own DAG (not a task group inside the ingest DAGs): a sink that is down or
 throttled retries with backoff without holding back the ingest or the other sinks. It runs when
 any region's warehouse asset is updated, and on a cron as well, so it catches up after an outage
 even when no new batch arrives. XCom carries plans and counts (batch ids, URIs), never rows.
 
-Three tasks handle every region (not three per region): on a small machine each task process
-costs seconds of CPU, and twelve per sink and run starved the ingest. A region that fails does
-not hold back the others: they are written, gated and committed, then ``commit`` fails naming it,
-and the next run (or the retry) takes it again from its watermark.
+One task runs the three steps for every region (not a task per step or per region): on a small
+machine each task process costs seconds of CPU before it does any work — measured in the load
+test, the sinks' task processes were the largest consumer of the two cores. Every step is
+idempotent, so a retry redoes the three. A region that fails does not hold back the others:
+they are written, gated and committed, then the task fails naming it, and the next run (or the
+retry) takes it again.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from enrollment_airflow.ingest import warehouse_asset
 DOC_MD = """
 ### Sync: {sink}
 
-Brings the **{sink}** sink up to date with the warehouse, region by region (a region that fails
-does not hold back the others; `commit` then fails naming it, and the next run takes it again):
+Brings the **{sink}** sink up to date with the warehouse, region by region, in one task, **sync**,
+of three steps (a region that fails does not hold back the others; the task then fails naming
+it, and the next run takes it again):
 
 1. **write** — plans each region's warehoused batches that have no `sync_{sink}` ledger row yet
    (the last {lookback} days, oldest first, at most `max_batches`), reads the partners they touched and their current state from
@@ -65,8 +68,8 @@ def sync_dag(sink_name: str) -> DAG:
         params={"max_batches": Param(config.sync_max_batches, type="integer", minimum=1, description="Most batches one run takes per region")},
     ) as dag:
 
-        @task(task_id="write")
-        def write(params=None) -> dict:
+        @task(task_id="sync")
+        def sync(params=None) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
             from enrollment.health import require
@@ -77,29 +80,14 @@ def sync_dag(sink_name: str) -> DAG:
             try:
                 plans = run.plan_all(sink_name, [r.code for r in config.regions], int(params["max_batches"]), config.sync_lookback_days)
                 if not any(p.batches for p in plans.values()):
-                    raise AirflowSkipException(f"{sink_name}: nothing after the watermark in any region")
+                    raise AirflowSkipException(f"{sink_name}: every warehoused batch is synced, in every region")
                 written = run.write_all(sink, plans)
+                if not written["written"]:
+                    raise RuntimeError(f"{sink_name}: every region failed: {written['failed']}")
+                gated = run.gate_all(sink, written)
             finally:
                 sink.close()
-            if not written["written"]:
-                raise RuntimeError(f"{sink_name}: every region failed: {written['failed']}")
-            return written
+            return run.commit_all(gated)
 
-        @task(task_id="gate")
-        def gate(written: dict) -> dict:
-            from enrollment_airflow.connections import sink_from_connections, sync_run_from_connections
-
-            sink = sink_from_connections(config, sink_name)
-            try:
-                return sync_run_from_connections(config).gate_all(sink, written)
-            finally:
-                sink.close()
-
-        @task(task_id="commit")
-        def commit(gated: dict) -> dict:
-            from enrollment_airflow.connections import sync_run_from_connections
-
-            return sync_run_from_connections(config).commit_all(gated)
-
-        commit(gate(write()))
+        sync()
     return dag

@@ -36,7 +36,7 @@ def test_a_new_sink_is_one_module_one_config_entry_and_its_test(stack, airflow_d
     assert warehouse_dag().test().state == DagRunState.SUCCESS
 
     dag = sync_dag("directory")
-    assert {t.task_id for t in dag.tasks} == {"write", "gate", "commit"}
+    assert {t.task_id for t in dag.tasks} == {"sync"}, "write → gate → commit in one task process"
     run = dag.test()
     assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
 

@@ -22,12 +22,17 @@ def test_a_short_load_with_solr_down_ends_with_zero_unexplained_records(stack, p
     assert code == 0, {k: summary[k] for k in ("records_in", "records_accounted", "unexplained_records", "samples_never_visible_everywhere")}
     assert summary["records_in"] >= 19_000 and summary["records_accounted"] == summary["records_in"]
     assert summary["unexplained_records"] == 0 and summary["samples"] > 0 and summary["samples_never_visible_everywhere"] == 0
+    assert summary["drained"] and summary["records_late"] == 0 and summary["records_lost"] == 0
+    cpu = summary["cpu"]["cpu_s_per_min"]
+    assert cpu.get("bigquery emulator", 0) > 0 and cpu.get("tasks: ingest land", 0) > 0 and cpu.get("tasks: warehouse cycle", 0) > 0, cpu
+    assert summary["cost"]["cycles_in_run"] >= 1
     assert summary["quarantined"] > 0 and summary["valid"] + summary["quarantined"] == summary["records_in"]
     [fault] = summary["faults"]
     assert fault["kind"] == "solr-down" and fault["began_s"] >= 10 and fault["ended_s"] >= fault["began_s"] + 20
     assert total_pending(stack.kafka_bootstrap, pipeline_config.consumer_group, pipeline_config.regions) == 0
     report = (out / "report.md").read_text()
     assert "**0**" in report.split("## Verdict of the ledger")[1]
+    assert "## Where the CPU went" in report and "TiB/day" in report.split("## The warehouse on real BigQuery, on paper")[1]
     for plot in ("lag.png", "throughput.png", "stages.png", "latency.png", "metrics.png"):
         assert (out / plot).stat().st_size > 10_000, plot
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "report.md")

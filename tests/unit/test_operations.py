@@ -76,3 +76,16 @@ def test_batch_metrics():
                       {"seconds": 4.0, "oldest_event_age_s": 30.0, "newest_event_age_s": 5.0})
     assert m == {"events": 1200, "valid": 1100, "quarantined": 100, "land_s": 2.0, "warehouse_s": 4.0, "events_per_min": 12000.0,
                  "freshness_oldest_s": 30.0, "freshness_newest_s": 5.0}
+
+
+def test_late_is_not_lost():
+    from bench.loadtest import classify
+
+    key = ("AMER", 0)
+    offsets = {key: list(range(0, 12)), ("EMEA", 1): [0, 1]}
+    ranges = {key: [(0, 4, "done"), (4, 6, "landed-only")]}
+    # 0-3 balanced; 4-5 claimed, not warehoused (late); 6-7 committed past with no batch (lost);
+    # 8-11 at or past the committed offset 8 (late, not claimed). EMEA: committed offset unknown.
+    counts = classify(offsets, ranges, {"done"}, {key: 8})
+    assert counts == {"accounted": 4, "late_claimed": 2, "late_unclaimed": 4 + 2, "lost": 2}
+    assert classify(offsets, ranges, {"done", "landed-only"}, {key: 12})["lost"] == 6 + 0, "past the commit, uncovered: lost"
