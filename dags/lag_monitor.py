@@ -16,7 +16,9 @@ Every minute, **measure** records in `enrollment_ops.lag` (one row per measureme
 - `kind = 'kafka'`: per region and partition, the records the pipeline's consumer group has not
   landed yet (`pending`), the age of the oldest of them (`oldest_age_s`, from its Kafka
   timestamp) and the growth per minute since the previous measurement;
-- `kind = 'sink'`: per sink and region, the warehouse batches after the sink's watermark, and
+- `kind = 'warehouse'`: per region, the landed batches waiting for the one warehouse writer, and
+  how long ago the oldest was claimed;
+- `kind = 'sink'`: per sink and region, the warehoused batches the sink has not synced yet, and
   the age of the oldest of them.
 
 It reads offsets and one timestamp per partition, never the data, and never commits.
@@ -24,7 +26,8 @@ It reads offsets and one timestamp per partition, never the data, and never comm
 **Alerts** (the task fails, its log and the configured `alerts.on_failure` callback say why)
 when a region's pending records grew at each of the last `lag.grow_minutes` measurements
 (a consumer falling further behind: a stall, a gridlock), when a pending record is older than
-`lag.max_age_s`, or when a sink is more than `lag.max_sink_batches` behind.
+`lag.max_age_s` (or a landed batch has waited that long for the warehouse), or when a sink is
+more than `lag.max_sink_batches` batches behind.
 
 Lag over time: `SELECT measured_at, region, SUM(pending) FROM enrollment_ops.lag
 WHERE kind = 'kafka' GROUP BY 1, 2 ORDER BY 1`. Owner: enrollment-data team.
@@ -40,20 +43,20 @@ def lag_monitor():
     def measure() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
         from enrollment.config import load_config
-        from enrollment.lag import LagRules, alerts, as_dicts, kafka_lag, record, sink_lag
+        from enrollment.lag import LagRules, alerts, as_dicts, kafka_lag, record, sink_lag, warehouse_lag
         from enrollment_airflow.connections import endpoints_from_connections, sync_run_from_connections
 
         config = load_config()
         rules = LagRules.from_config(config.lag)
         run = sync_run_from_connections(config)
-        rows = kafka_lag(endpoints_from_connections().kafka_bootstrap, config) + sink_lag(run, config)
+        rows = kafka_lag(endpoints_from_connections().kafka_bootstrap, config) + warehouse_lag(run.bucket, config) + sink_lag(run, config)
         history = record(run.warehouse, rows, rules)
         found = alerts(rows, history, rules)
         if found:
             raise AirflowFailException("lag alert: " + "; ".join(found))
         totals: dict = {}
         for row in as_dicts(rows):
-            key = row["region"] if row["kind"] == "kafka" else f"{row['sink']}:{row['region']}"
+            key = {"kafka": row["region"], "warehouse": f"warehouse:{row['region']}"}.get(row["kind"], f"{row['sink']}:{row['region']}")
             totals[key] = totals.get(key, 0) + row["pending"]
         return totals
 

@@ -289,6 +289,7 @@ class Landed:
     quarantine_uri: str
     seconds: float
     group: str = ""  # the pipeline's consumer group: whose warehouse queue the batch waits in
+    claimed_at: str = ""  # when the batch was claimed (ISO 8601), from its manifest
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -311,9 +312,10 @@ def land(bootstrap: str, manifest: Manifest, bucket) -> Landed:
     write_once(bucket, manifest.quarantine_object, quarantine)
     landed = Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid.num_rows,
                     quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
-                    quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=round(time.monotonic() - t0, 3), group=manifest.group)
+                    quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=round(time.monotonic() - t0, 3), group=manifest.group,
+                    claimed_at=manifest.claimed_at)
     # Before the commit: once the offsets move on, this record is the only way to the batch.
-    mark_pending(bucket, landed, manifest.claimed_at)
+    mark_pending(bucket, landed)
     commit_range(bootstrap, manifest)
     return landed
 
@@ -327,12 +329,12 @@ def pending_object(group: str, region: str, batch_id: str) -> str:
     return f"{PENDING_PREFIX}{group}/{region}/{batch_id}.json"
 
 
-def mark_pending(bucket, landed: Landed, claimed_at: str = "") -> None:
+def mark_pending(bucket, landed: Landed) -> None:
     """Records the batch as landed, not warehoused; writing it again changes nothing."""
     from google.api_core.exceptions import PreconditionFailed
 
     blob = bucket.blob(pending_object(landed.group, landed.region, landed.batch_id))
-    body = json.dumps(landed.as_dict() | {"seconds": landed.seconds, "claimed_at": claimed_at}, sort_keys=True)
+    body = json.dumps(landed.as_dict(), sort_keys=True)
     try:
         blob.upload_from_string(body, content_type="application/json", if_generation_match=0)
     except PreconditionFailed:
@@ -355,7 +357,7 @@ def pending_batches(bucket, group: str, max_rows: int | None = None) -> list[Lan
     for r in records:
         if out and max_rows is not None and rows + r["offsets"] > max_rows:
             break
-        out.append(Landed(**{k: r[k] for k in Landed.__dataclass_fields__}))
+        out.append(Landed(**{k: r[k] for k in Landed.__dataclass_fields__ if k in r}))
         rows += r["offsets"]
     return out
 
@@ -392,4 +394,4 @@ def landed_from(bucket, manifest: Manifest) -> Landed | None:
     duplicates = int(pc.sum(quarantine.column("duplicate_only")).as_py() or 0)
     return Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid_rows,
                   quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
-                  quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=0.0, group=manifest.group)
+                  quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=0.0, group=manifest.group, claimed_at=manifest.claimed_at)

@@ -3,10 +3,12 @@ recorded every minute in ``<ops>.lag`` (a metrics table people query and plot), 
 that raise an alert.
 
 - Kafka, per region and partition: records pending, the age of the oldest pending record.
-- Sinks, per sink and region: warehouse batches after the sink's watermark.
+- The warehouse, per region: landed batches waiting for the one writer, the age of the oldest.
+- Sinks, per sink and region: warehoused batches the sink has not synced yet.
 - Alert when a region's pending records grew at every one of the last ``grow_minutes``
   measurements (a consumer that falls further behind: a stall or gridlock), or when the oldest
-  pending record is older than ``max_age_s``, or a sink is more than ``max_sink_batches`` behind.
+  pending record (or landed batch waiting for the warehouse) is older than ``max_age_s``, or a
+  sink is more than ``max_sink_batches`` behind.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ LAG_SCHEMA = [("measured_at", "TIMESTAMP"), ("kind", "STRING"), ("region", "STRI
 
 @dataclass
 class LagRow:
-    kind: str  # "kafka" (records pending) or "sink" (batches behind the watermark)
+    kind: str  # "kafka" (records pending), "warehouse" (landed batches waiting) or "sink" (batches not synced)
     region: str
     partition: int | None
     sink: str | None
@@ -44,10 +46,26 @@ def kafka_lag(bootstrap: str, config: PipelineConfig, now: float | None = None) 
     return rows
 
 
+def warehouse_lag(bucket, config: PipelineConfig, now: float | None = None) -> list[LagRow]:
+    """Per region: landed batches not yet warehoused, and how long ago the oldest was claimed."""
+    from datetime import datetime
+
+    from .batches import pending_batches
+
+    now = time.time() if now is None else now
+    waiting = pending_batches(bucket, config.consumer_group)
+    rows = []
+    for region in config.regions:
+        mine = [b for b in waiting if b.region == region.code]
+        claimed = [datetime.fromisoformat(b.claimed_at).timestamp() for b in mine if b.claimed_at]
+        rows.append(LagRow("warehouse", region.code, None, None, len(mine), round(max(0.0, now - min(claimed)), 1) if claimed else 0.0))
+    return rows
+
+
 def sink_lag(sync_run, config: PipelineConfig) -> list[LagRow]:
     rows = []
     for sink in config.sinks:
-        plans = sync_run.plan_all(sink, [r.code for r in config.regions], max_batches=10_000)
+        plans = sync_run.plan_all(sink, [r.code for r in config.regions], max_batches=10_000, lookback_days=config.sync_lookback_days)
         for region, plan in plans.items():
             age = time.time() - min(_epoch(b["warehoused_at"]) for b in plan.batches) if plan.batches else 0.0
             rows.append(LagRow("sink", region, None, sink, len(plan.batches), round(age, 1)))
@@ -81,8 +99,12 @@ def alerts(rows: list[LagRow], history: dict[str, list[int]], rules: LagRules) -
             totals[row.region] = totals.get(row.region, 0) + row.pending
             if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
                 out.append(f"{row.region} partition {row.partition}: oldest pending record {row.oldest_age_s:.0f} s old (> {rules.max_age_s:.0f} s)")
+        elif row.kind == "warehouse":
+            if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
+                out.append(f"{row.region}: a landed batch has waited {row.oldest_age_s:.0f} s for the warehouse (> {rules.max_age_s:.0f} s; "
+                           f"{row.pending} waiting) — see the warehouse DAG")
         elif row.pending > rules.max_sink_batches:
-            out.append(f"sink {row.sink} {row.region}: {row.pending} batches behind its watermark (> {rules.max_sink_batches})")
+            out.append(f"sink {row.sink} {row.region}: {row.pending} warehoused batches not synced (> {rules.max_sink_batches})")
     for region, total in totals.items():
         series = (history.get(region) or [])[-rules.grow_minutes:] + [total]
         if len(series) > rules.grow_minutes and all(b > a for a, b in zip(series, series[1:], strict=False)):
