@@ -21,6 +21,7 @@ import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
+from .partners import partner_changes
 from .validation import ValidationResult, validate_batch
 
 
@@ -77,6 +79,14 @@ class Manifest:
     @property
     def quarantine_object(self) -> str:
         return f"{self.prefix}/quarantine.parquet"
+
+    @property
+    def raw_object(self) -> str:
+        return f"{self.prefix}/raw.parquet"
+
+    @property
+    def partners_object(self) -> str:
+        return f"{self.prefix}/partners.parquet"
 
     def uri(self, name: str) -> str:
         return f"gs://{self.bucket}/{name}"
@@ -228,6 +238,17 @@ def flatten(result: ValidationResult, messages: pa.Table, batch_id: str) -> pa.T
     return pa.table(columns)
 
 
+@lru_cache(maxsize=1)
+def landed_schemas() -> tuple[pa.Schema, pa.Schema]:
+    """The schemas of ``valid.parquet`` and ``quarantine.parquet`` as ``land`` writes them (the
+    contracts fix them: the same for every batch)."""
+    empty = pa.table({"kafka_partition": pa.array([], pa.int32()), "kafka_offset": pa.array([], pa.int64()),
+                      "kafka_timestamp": pa.array([], pa.timestamp("ms", tz="UTC")), "kafka_key": pa.array([], pa.binary()),
+                      "value": pa.array([], pa.binary())})
+    result = validate_batch([])
+    return flatten(result, empty, "").drop_columns(["event_json"]).schema, quarantine_rows(result, empty, "", "").schema
+
+
 def quarantine_rows(result: ValidationResult, messages: pa.Table, batch_id: str, region: str) -> pa.Table:
     q = result.quarantine
     rows = pa.array(q.column("source_index").to_numpy(), pa.int64())
@@ -290,6 +311,9 @@ class Landed:
     seconds: float
     group: str = ""  # the pipeline's consumer group: whose warehouse queue the batch waits in
     claimed_at: str = ""  # when the batch was claimed (ISO 8601), from its manifest
+    partners_uri: str = ""  # the batch's partner changes, one row per partner (empty: landed by an older version)
+    first_kafka_ms: int | None = None  # the Kafka timestamps of its oldest and newest message
+    last_kafka_ms: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -308,12 +332,23 @@ def land(bootstrap: str, manifest: Manifest, bucket) -> Landed:
     if valid.num_rows + quarantine.num_rows != manifest.offsets:
         raise GateError(f"land gate, batch {manifest.batch_id}: offsets {manifest.offsets} != valid {valid.num_rows} + quarantined "
                         f"{quarantine.num_rows - duplicates} + duplicates {duplicates}")
+    # The raw JSON apart from the flat rows: the warehouse never loads it (it was most of every
+    # row's bytes), and it stays here, write-once, joined by (batch_id, partition, offset).
+    raw = valid.select(["batch_id", "kafka_partition", "kafka_offset", "event_id", "event_json"])
+    valid = valid.drop_columns(["event_json"])
     write_once(bucket, manifest.valid_object, valid)
     write_once(bucket, manifest.quarantine_object, quarantine)
+    write_once(bucket, manifest.raw_object, raw)
+    # The batch's partner changes, folded here where regions run in parallel, so the warehouse
+    # cycle reads one small object per batch instead of every event.
+    write_once(bucket, manifest.partners_object, partner_changes(valid))
+    stamps = messages.column("kafka_timestamp")
+    first, last = (pc.min(stamps).as_py(), pc.max(stamps).as_py()) if messages.num_rows else (None, None)
     landed = Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid.num_rows,
                     quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
                     quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=round(time.monotonic() - t0, 3), group=manifest.group,
-                    claimed_at=manifest.claimed_at)
+                    claimed_at=manifest.claimed_at, partners_uri=manifest.uri(manifest.partners_object),
+                    first_kafka_ms=int(first.timestamp() * 1000) if first else None, last_kafka_ms=int(last.timestamp() * 1000) if last else None)
     # Before the commit: once the offsets move on, this record is the only way to the batch.
     mark_pending(bucket, landed)
     commit_range(bootstrap, manifest)
@@ -392,6 +427,8 @@ def landed_from(bucket, manifest: Manifest) -> Landed | None:
     valid_rows = pq.read_metadata(io.BytesIO(valid_blob.download_as_bytes())).num_rows
     quarantine = pq.read_table(io.BytesIO(quarantine_blob.download_as_bytes()), columns=["duplicate_only"])
     duplicates = int(pc.sum(quarantine.column("duplicate_only")).as_py() or 0)
+    partners = bucket.blob(manifest.partners_object)
     return Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid_rows,
                   quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
-                  quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=0.0, group=manifest.group, claimed_at=manifest.claimed_at)
+                  quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=0.0, group=manifest.group, claimed_at=manifest.claimed_at,
+                  partners_uri=manifest.uri(manifest.partners_object) if partners.exists() else "")

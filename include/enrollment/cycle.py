@@ -36,9 +36,10 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .batches import GateError, Landed, clear_pending
+from .batches import GateError, Landed, clear_pending, landed_schemas
 from .config import WarehouseSettings
-from .warehouse import LEDGER_SCHEMA, PARTNER_SCHEMA, Warehouse, event_ages, landed_schema, partner_changes
+from .partners import PARTNER_SCHEMA, fold_partners, partner_changes
+from .warehouse import Warehouse, landed_schema
 
 MANDATORY = ("partner_id", "occurred_at", "region", "event_type")
 
@@ -83,11 +84,10 @@ def cycle_id(batches: list[Landed]) -> str:
     return hashlib.sha256("|".join(sorted(b.batch_id for b in batches)).encode()).hexdigest()[:16]
 
 
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
-
-
-def _kafka_span(tables: list[pa.Table]) -> tuple[datetime, datetime] | None:
+def _span(b: Landed, tables: tuple[pa.Table, pa.Table] | None) -> tuple[datetime, datetime] | None:
+    """When the batch's oldest and newest messages reached Kafka."""
+    if tables is None:
+        return (datetime.fromtimestamp(b.first_kafka_ms / 1000, timezone.utc), datetime.fromtimestamp(b.last_kafka_ms / 1000, timezone.utc))
     lows, highs = [], []
     for t in tables:
         if t.num_rows:
@@ -95,6 +95,19 @@ def _kafka_span(tables: list[pa.Table]) -> tuple[datetime, datetime] | None:
             lows.append(pc.min(stamps).as_py())
             highs.append(pc.max(stamps).as_py())
     return (min(lows), max(highs)) if lows else None
+
+
+def _ages(span: tuple[datetime, datetime] | None) -> dict:
+    """How old the batch's oldest and newest messages are now, in seconds (from Kafka's timestamps)."""
+    if span is None:
+        return {"oldest_event_age_s": None, "newest_event_age_s": None}
+    now = time.time()
+    return {"oldest_event_age_s": round(now - span[0].timestamp(), 1), "newest_event_age_s": round(now - span[1].timestamp(), 1)}
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A batch landed by an older version, in today's landed schema (its raw JSON column dropped)."""
+    return table.select(schema.names).cast(schema)
 
 
 def events_insert_sql(w: Warehouse, stage: str, columns: list[str], window: Window) -> str:
@@ -139,14 +152,18 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
         now = time.monotonic()
         result.phases[name] = round(result.phases.get(name, 0.0) + now - clock[0], 3)
         clock[0] = now
-    valid = {b.batch_id: w._read_parquet(b.valid_uri) for b in batches}
-    quarantine = {b.batch_id: w._read_parquet(b.quarantine_uri) for b in batches}
-    span = _kafka_span([*valid.values(), *quarantine.values()])
+    # What the cycle needs of each batch: its partner changes and its arrival span. A batch landed
+    # by this version brings both (partners.parquet, the record's Kafka span): its events are
+    # never read here, BigQuery loads them from where they landed. Older batches are read.
+    legacy = {b.batch_id: (w._read_parquet(b.valid_uri), w._read_parquet(b.quarantine_uri)) for b in batches
+              if not b.partners_uri or b.first_kafka_ms is None}
+    spans = {b.batch_id: _span(b, legacy.get(b.batch_id)) for b in batches}
+    known = [s for s in spans.values() if s is not None]
     now = datetime.now(timezone.utc)
-    window = Window.around(*(span or (now, now)), settings.dedup_window_days)
+    window = Window.around(min(s[0] for s in known) if known else now, max(s[1] for s in known) if known else now, settings.dedup_window_days)
     result.window_days = window.days
-    events_schema = landed_schema(next(iter(valid.values())).schema)
-    quarantine_schema = landed_schema(next(iter(quarantine.values())).schema)
+    valid_schema, quarantine_arrow_schema = landed_schemas()
+    events_schema, quarantine_schema = landed_schema(valid_schema), landed_schema(quarantine_arrow_schema)
     w.ensure_tables(events_schema, quarantine_schema)
     phase("read")
 
@@ -156,15 +173,16 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
     staged: list[str] = []
     try:
         if todo:
-            events = _concat([valid[b.batch_id] for b in todo])
-            rejected = _concat([quarantine[b.batch_id] for b in todo])
-            partners = partner_changes(events)
-            phase("partner_changes")
             suffix = result.cycle_id
+            fresh = [b for b in todo if b.batch_id not in legacy]
+            old = [b for b in todo if b.batch_id in legacy]
+            partners = fold_partners([w._read_parquet(b.partners_uri) for b in fresh] + [partner_changes(legacy[b.batch_id][0]) for b in old])
+            phase("partner_changes")
             script = []
             events_stage = None
-            if events.num_rows:
-                events_stage = w.stage_uris(f"_cycle_events_{suffix}", events_schema, [b.valid_uri for b in todo if valid[b.batch_id].num_rows])
+            if any(b.valid for b in todo):
+                events_stage = w.stage_uris(f"_cycle_events_{suffix}", events_schema, [b.valid_uri for b in fresh if b.valid],
+                                            [_conform(legacy[b.batch_id][0], valid_schema) for b in old if b.valid])
                 staged.append(events_stage)
                 script.append(events_insert_sql(w, events_stage, [c for c, _ in events_schema], window))
             partners_stage = None
@@ -172,8 +190,9 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
                 partners_stage = w.stage_table(f"_cycle_partners_{suffix}", PARTNER_SCHEMA, partners)
                 staged.append(partners_stage)
                 script.append(w._merge_partners_sql(partners_stage))
-            if rejected.num_rows:
-                stage = w.stage_uris(f"_cycle_quarantine_{suffix}", quarantine_schema, [b.quarantine_uri for b in todo if quarantine[b.batch_id].num_rows])
+            if any(b.quarantined + b.duplicates for b in todo):
+                stage = w.stage_uris(f"_cycle_quarantine_{suffix}", quarantine_schema, [b.quarantine_uri for b in fresh if b.quarantined + b.duplicates],
+                                     [_conform(legacy[b.batch_id][1], quarantine_arrow_schema) for b in old if b.quarantined + b.duplicates])
                 staged.append(stage)
                 script.append(quarantine_insert_sql(w, stage, [c for c, _ in quarantine_schema], window))
             phase("stage")
@@ -185,7 +204,7 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
             phase("gate")
             passed = [b for b in todo if b.batch_id not in counts["failed"]]
             result.failed = counts["failed"]
-            ages = {bid: event_ages(valid[bid]) for bid in valid}
+            ages = {b.batch_id: _ages(spans[b.batch_id]) for b in todo}
             for b in passed:
                 c = counts["batches"][b.batch_id]
                 detail = f"written {c['written']}, resent {b.valid - c['written']}"

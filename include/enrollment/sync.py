@@ -72,6 +72,9 @@ class Plan:
     def valid_uri(self, batch_id: str) -> str:
         return f"gs://{self.bucket}/landing/{self.region}/{batch_id}/valid.parquet"
 
+    def partners_uri(self, batch_id: str) -> str:
+        return f"gs://{self.bucket}/landing/{self.region}/{batch_id}/partners.parquet"
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -140,14 +143,24 @@ class SyncRun:
 
     # -- write ----------------------------------------------------------------------------------
     def touched(self, plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
-        """Partner id → the plan's last batch that changed it, and → the batch that enrolled it."""
+        """Partner id → the plan's last batch that changed it, and → the batch that enrolled it.
+
+        From each batch's partner changes (``partners.parquet``, one row per partner: a small
+        object); batches landed by an older version are read from their events."""
+        from google.api_core.exceptions import NotFound
+
         last, enrolled = {}, {}
         for b in plan.batches:
-            valid = self.warehouse._read_parquet(plan.valid_uri(b["batch_id"])).select(["partner_id", "event_type"])
-            valid = valid.filter(pc.is_in(valid.column("event_type"), pa.array(PARTNER_EVENTS)))
-            for pid, kind in zip(valid.column("partner_id").to_pylist(), valid.column("event_type").to_pylist(), strict=True):
+            try:
+                changes = self.warehouse._read_parquet(plan.partners_uri(b["batch_id"])).select(["partner_id", "enrolled_at"])
+                pairs = zip(changes.column("partner_id").to_pylist(), (e is not None for e in changes.column("enrolled_at").to_pylist()), strict=True)
+            except NotFound:
+                valid = pq.read_table(io.BytesIO(self.warehouse._blob(plan.valid_uri(b["batch_id"])).download_as_bytes()), columns=["partner_id", "event_type"])
+                valid = valid.filter(pc.is_in(valid.column("event_type"), pa.array(PARTNER_EVENTS)))
+                pairs = zip(valid.column("partner_id").to_pylist(), (k == "partner.enrolled" for k in valid.column("event_type").to_pylist()), strict=True)
+            for pid, is_enrollment in pairs:
                 last[pid] = b["batch_id"]
-                if kind == "partner.enrolled":
+                if is_enrollment:
                     enrolled[pid] = b["batch_id"]
         return last, enrolled
 

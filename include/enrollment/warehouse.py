@@ -21,23 +21,15 @@ import io
 import time
 from dataclasses import dataclass, field
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .batches import GateError, Landed
+from .partners import PARTNER_COLUMNS, PARTNER_SCHEMA, partner_changes  # noqa: F401 (re-exported)
 
 _BQ_TYPES = {pa.string(): "STRING", pa.int16(): "INT64", pa.int32(): "INT64", pa.int64(): "INT64", pa.float64(): "FLOAT64",
              pa.bool_(): "BOOL", pa.binary(): "BYTES"}
 
-PARTNER_COLUMNS = ("region", "country", "first_name", "last_name", "email", "phone", "language", "address_line1", "address_city",
-                   "address_postal_code", "address_state", "date_of_birth", "sponsor_id", "status", "enrolled_at", "terminated_at")
-# Each field keeps the partner version that set it (<field>_version): a field takes a value only
-# from an event newer than the one that set it, whatever order events arrive in, within a batch
-# or across batches.
-PARTNER_SCHEMA = [("partner_id", "STRING"), *((c, "TIMESTAMP" if c.endswith("_at") else "STRING") for c in PARTNER_COLUMNS),
-                  ("partner_version", "INT64"), ("last_event_id", "STRING"), ("updated_at", "TIMESTAMP"), ("batch_id", "STRING"),
-                  *((f"{c}_version", "INT64") for c in PARTNER_COLUMNS)]
 LEDGER_SCHEMA = [("batch_id", "STRING"), ("region", "STRING"), ("stage", "STRING"), ("offsets_in", "INT64"), ("valid", "INT64"),
                  ("quarantined", "INT64"), ("duplicates", "INT64"), ("rows_merged", "INT64"), ("seconds", "FLOAT64"),
                  ("ok", "BOOL"), ("detail", "STRING"), ("recorded_at", "TIMESTAMP")]
@@ -83,6 +75,10 @@ class Warehouse:
         """The tables and the readers' view, created when missing (one listing per dataset when not)."""
         have = {t.table_id for t in self.client.list_tables(f"{self.project}.{self.dataset}")}
         have_ops = {t.table_id for t in self.client.list_tables(f"{self.project}.{self.ops_dataset}")}
+        for leftover in sorted(t for t in have if t.startswith("_cycle_")):
+            # The one writer runs one cycle at a time: staging tables here were left by a cycle
+            # that died (possibly over another set of batches, so under another name).
+            self.client.delete_table(f"{self.project}.{self.dataset}.{leftover}", not_found_ok=True)
         if "events" not in have:
             self.run(_ddl(self.table("events"), events_schema, "kafka_timestamp", "region, partner_id, event_type"))
         if "events_unique" not in have:
@@ -111,16 +107,23 @@ class Warehouse:
         self.client.load_table_from_file(sink, table_id, job_config=config).result()
         return f"`{table_id}`"
 
-    def stage_uris(self, name: str, columns: list[tuple[str, str]], uris: list[str]) -> str:
+    def stage_uris(self, name: str, columns: list[tuple[str, str]], uris: list[str], tables: list[pa.Table] = ()) -> str:
         """A fresh staging table loaded from Parquet objects with one load job (BigQuery reads
-        them where they are: nothing passes through this process)."""
+        them where they are: nothing passes through this process); ``tables`` (rare: batches
+        landed by an older version) are appended from memory."""
         from google.cloud import bigquery
 
         table_id = f"{self.project}.{self.dataset}.{name}"
         self.client.delete_table(table_id, not_found_ok=True)
         self.client.create_table(bigquery.Table(table_id, schema=[bigquery.SchemaField(c, t) for c, t in columns]))
         config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_APPEND")
-        self.client.load_table_from_uri(list(uris), table_id, job_config=config).result()
+        if uris:
+            self.client.load_table_from_uri(list(uris), table_id, job_config=config).result()
+        for table in tables:
+            sink = io.BytesIO()
+            pq.write_table(table, sink)
+            sink.seek(0)
+            self.client.load_table_from_file(sink, table_id, job_config=config).result()
         return f"`{table_id}`"
 
     def warehoused(self, batch_ids: list[str], window) -> list[str]:
@@ -328,36 +331,3 @@ def cycle_freshness_gate(batches: list[dict], sla_s: float) -> dict:
     if late:
         raise GateError(f"{len(late)} of {len(batches)} batches late: " + " | ".join(late))
     return out
-
-
-def partner_changes(valid: pa.Table) -> pa.Table:
-    """One row per partner of the batch: what its partner events say, newest version first."""
-    frame = valid.select(["partner_id", "event_type", "event_id", "partner_version", "occurred_at", "batch_id", "region", "country", "first_name", "last_name",
-                          "email", "phone", "language", "address_line1", "address_city", "address_postal_code", "address_state", "date_of_birth",
-                          "sponsor_id"]).to_pandas()
-    frame = frame[frame["event_type"].isin(["partner.enrolled", "partner.updated", "partner.terminated"])]
-    if frame.empty:
-        return pa.table({c: pa.array([], pa.string() if t == "STRING" else pa.int64() if t == "INT64" else pa.timestamp("us", tz="UTC")) for c, t in PARTNER_SCHEMA})
-    frame["status"] = frame["event_type"].map({"partner.enrolled": "active", "partner.terminated": "terminated"})
-    frame["enrolled_at"] = frame["occurred_at"].where(frame["event_type"] == "partner.enrolled")
-    frame["terminated_at"] = frame["occurred_at"].where(frame["event_type"] == "partner.terminated")
-    frame["last_event_id"] = frame["event_id"]
-    frame["updated_at"] = frame["occurred_at"]
-    # Within the batch the same rule as the MERGE: each field's value from the newest event that
-    # set it, with that event's version.
-    ordered = frame.sort_values(["partner_version", "occurred_at"], ascending=False, kind="stable")
-    latest = ordered.groupby("partner_id", sort=True).first().reset_index()
-    latest["partner_version"] = frame.groupby("partner_id")["partner_version"].max().reindex(latest["partner_id"]).to_numpy()
-    for column in PARTNER_COLUMNS:
-        set_at = frame[frame[column].notna()].groupby("partner_id")["partner_version"].max()
-        latest[f"{column}_version"] = set_at.reindex(latest["partner_id"]).to_numpy()
-    out = {}
-    for column, kind in PARTNER_SCHEMA:
-        series = latest[column]
-        if kind == "TIMESTAMP":
-            out[column] = pa.array(pd.to_datetime(series, utc=True), pa.timestamp("us", tz="UTC"))
-        elif kind == "INT64":
-            out[column] = pa.array(series.astype("Int64"), pa.int64(), from_pandas=True)
-        else:
-            out[column] = pa.array(series.astype(object).where(series.notna(), None), pa.string())
-    return pa.table(out)

@@ -58,7 +58,8 @@ def test_killed_land_and_warehouse_retried_lose_and_duplicate_nothing(stack, pip
     landed = land(stack.kafka_bootstrap, manifest, bucket)  # the retry
     assert landed.offsets == len(messages) == landed.valid + landed.quarantined + landed.duplicates
     listed = [b.name for b in bucket.list_blobs(prefix=manifest.prefix)]
-    assert sorted(listed) == sorted([manifest.valid_object, manifest.quarantine_object]), "each object written once"
+    assert sorted(listed) == sorted([manifest.valid_object, manifest.quarantine_object, manifest.raw_object, manifest.partners_object]), \
+        "each object written once"
 
     outcomes = kill_during(MERGE, [__import__("json").dumps(landed.as_dict()), stack.project, warehouse.dataset, warehouse.ops_dataset], [1.0, 2.0, 3.0])
     assert any(o.startswith("killed") for o in outcomes), outcomes
