@@ -1,14 +1,14 @@
 """How far the pipeline's consumer group is behind a topic: offsets and timestamps only.
 
-The backlog trigger asks this every second; it never reads event data beyond one record's
-timestamp per partition and never commits."""
+The backlog trigger asks this every second; it reads offsets, at most one record batch per
+lagging partition for its timestamp (none once enough records are pending), and never commits."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-from .batches import _consumer, pending_ranges
+from .batches import pending_ranges
 
 
 @dataclass(frozen=True)
@@ -33,15 +33,23 @@ class Backlog:
         return max(0.0, (now if now is not None else time.time()) - self.oldest_timestamp_ms / 1000)
 
 
-def measure(bootstrap: str, group: str, topic: str, partitions: int) -> Backlog:
-    from confluent_kafka import TopicPartition
+def measure(bootstrap: str, group: str, topic: str, partitions: int, enough: int | None = None) -> Backlog:
+    """Offsets per partition, and the timestamp of the oldest pending record of each lagging
+    partition — unless ``enough`` records are pending: then the count decides and no record is
+    fetched at all (the backlog trigger asks every second; at the peak the count always decides)."""
+    from confluent_kafka import Consumer, TopicPartition
 
     ranges = tuple(pending_ranges(bootstrap, group, topic, partitions))
     oldest = None
     by_partition: dict[int, int] = {}
     behind = [(p, start) for p, start, end in ranges if end > start]
+    if enough is not None and sum(end - start for _, start, end in ranges) >= enough:
+        behind = []
     if behind:
-        consumer = _consumer(bootstrap, group)
+        # Fetch limits of one byte: the broker still answers with the first record batch of a
+        # partition, and nothing more (the pipeline's consumer would pull up to 16 MB each).
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "enable.partition.eof": False,
+                             "fetch.max.bytes": 1, "max.partition.fetch.bytes": 1, "fetch.wait.max.ms": 100})
         try:
             consumer.assign([TopicPartition(topic, p, start) for p, start in behind])
             seen: set[int] = set()

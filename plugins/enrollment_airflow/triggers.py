@@ -43,7 +43,7 @@ class BacklogTrigger(BaseEventTrigger):
         fired_for, fired_at = None, 0.0
         while True:
             try:
-                backlog = await asyncio.to_thread(measure, bootstrap, self.group, self.topic, self.partitions)
+                backlog = await asyncio.to_thread(measure, bootstrap, self.group, self.topic, self.partitions, self.min_records)
             except Exception as exc:  # noqa: BLE001 (the broker may be restarting: keep watching)
                 self.log.warning("backlog of %s not measured: %s", self.topic, exc)
                 await asyncio.sleep(max(self.poll_s, 5.0))

@@ -36,6 +36,24 @@ async def _pump(trigger, queue: asyncio.Queue) -> None:
         await queue.put(event)
 
 
+def test_the_backlog_reads_a_timestamp_only_when_the_count_does_not_decide(stack):
+    from enrollment.backlog import measure
+
+    topic, group = f"test.backlog.{uuid.uuid4().hex[:8]}", f"test-backlog-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
+    try:
+        before = time.time()
+        _produce(stack.kafka_bootstrap, topic, 6)
+        aged = measure(stack.kafka_bootstrap, group, topic, 2, enough=100)
+        assert aged.pending == 6 and aged.oldest_timestamp_ms is not None and aged.oldest_timestamp_ms >= int(before * 1000) - 1000
+        assert {p for p, _ in aged.oldest_by_partition} == {p for p, start, end in aged.ranges if end > start}
+        counted = measure(stack.kafka_bootstrap, group, topic, 2, enough=5)
+        assert counted.pending == 6 and counted.oldest_timestamp_ms is None, "enough records pending: no record fetched"
+    finally:
+        admin.delete_topics([topic])
+
+
 def test_trigger_fires_once_per_piece_of_work(stack):
     topic, group = f"test.backlog.{uuid.uuid4().hex[:8]}", f"test-backlog-{uuid.uuid4().hex[:6]}"
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
