@@ -40,3 +40,40 @@ def pin_to_one_core() -> None:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
+
+
+def local_stack(services: list[str]):
+    """The benchmark's side of the local stack: the services started, their clients' environment
+    set; (stack config, pipeline config, a run id for the benchmark's own topics and datasets)."""
+    import uuid
+
+    from enrollment.config import load_config
+    from stack import cli as stack_cli
+    from stack import config as stack_config
+
+    stack_cli.up(services, quiet=True)
+    cfg = stack_config.load()
+    os.environ.update(cfg.client_env())
+    return cfg, load_config(), uuid.uuid4().hex[:6]
+
+
+def produce_simulated(bootstrap: str, sim, topic_of: dict[str, str], events: int) -> int:
+    """``events`` messages of the simulator into the benchmark's topics (``topic_of``: the
+    region topic a message names → the topic to produce to); how many were produced."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 20, "batch.size": 1_000_000,
+                         "queue.buffering.max.messages": 500_000})
+    produced = 0
+    for message in sim:
+        if produced >= events:
+            break
+        while True:
+            try:
+                producer.produce(topic_of[message.topic], key=message.key, value=message.value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        produced += 1
+    assert producer.flush(60) == 0
+    return produced

@@ -16,21 +16,17 @@ import io
 import os
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.common import write
+from bench.common import local_stack, produce_simulated, write
 from enrollment.batches import claim, land, pending_batches
-from enrollment.config import load_config
 from enrollment.cycle import raise_failed, run_cycle
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.warehouse import Warehouse
-from stack import cli as stack_cli
-from stack import config as stack_config
 
 EVENTS = int(os.environ.get("BENCH_CYCLE_EVENTS", "400000"))
 HISTORY = [(0, "inside"), (1_000_000, "inside"), (5_000_000, "inside"), (5_000_000, "before")]
@@ -42,15 +38,10 @@ def log(message: str) -> None:
 
 
 def main() -> int:
-    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
     from google.cloud import bigquery
 
-    stack_cli.up(["kafka", "gcs", "bigquery"], quiet=True)
-    cfg = stack_config.load()
-    os.environ.update(cfg.client_env())
-    config = load_config()
-    run = uuid.uuid4().hex[:6]
+    cfg, config, run = local_stack(["kafka", "gcs", "bigquery"])
     admin = AdminClient({"bootstrap.servers": cfg.kafka_bootstrap})
     client = bigquery_client(cfg.project)
     bucket = storage_client(cfg.project).bucket(config.landing_bucket)
@@ -58,8 +49,6 @@ def main() -> int:
     for name in datasets:
         client.create_dataset(bigquery.Dataset(f"{cfg.project}.{name}"))
     warehouse = Warehouse(client, storage_client(cfg.project), cfg.project, *datasets, settings=config.warehouse)
-    producer = Producer({"bootstrap.servers": cfg.kafka_bootstrap, "partitioner": "murmur2_random", "linger.ms": 20, "batch.size": 1_000_000,
-                         "queue.buffering.max.messages": 500_000})
     sim = Simulator(seed=4711, faults=FaultRates.mix(0.02))
     topics_made: list[str] = []
     results: list[dict] = []
@@ -76,17 +65,7 @@ def main() -> int:
             for future in admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in topics.values()]).values():
                 future.result(30)
             topics_made += topics.values()
-            region_topic = {r.topic: topics[r.code] for r in config.regions}
-            for n, message in enumerate(sim):
-                if n >= EVENTS:
-                    break
-                while True:
-                    try:
-                        producer.produce(region_topic[message.topic], key=message.key, value=message.value)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            assert producer.flush(60) == 0
+            produce_simulated(cfg.kafka_bootstrap, sim, {r.topic: topics[r.code] for r in config.regions}, EVENTS)
             group = f"bench-cycle-{run}-{step}"
             for region in config.regions:
                 land(cfg.kafka_bootstrap, claim(cfg.kafka_bootstrap, group, region.code, topics[region.code], 4, bucket, 10_000_000), bucket)

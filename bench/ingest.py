@@ -17,17 +17,13 @@ import json
 import os
 import sys
 import time
-import uuid
 
-from bench.common import write
+from bench.common import local_stack, produce_simulated, write
 from enrollment.batches import claim, land, pending_batches
 from enrollment.cycle import raise_failed, run_cycle
-from enrollment.config import load_config
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.warehouse import Warehouse
-from stack import cli as stack_cli
-from stack import config as stack_config
 
 EVENTS = int(os.environ.get("BENCH_INGEST_EVENTS", "400000"))
 
@@ -37,15 +33,11 @@ def log(message: str) -> None:
 
 
 def main() -> int:
-    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import Consumer
     from confluent_kafka.admin import AdminClient, NewTopic
     from google.cloud import bigquery
 
-    stack_cli.up(["kafka", "gcs", "bigquery"], quiet=True)
-    cfg = stack_config.load()
-    os.environ.update(cfg.client_env())
-    config = load_config()
-    run = uuid.uuid4().hex[:6]
+    cfg, config, run = local_stack(["kafka", "gcs", "bigquery"])
     topics = {r.code: f"bench.{run}.{r.code.lower()}.events" for r in config.regions}
     admin = AdminClient({"bootstrap.servers": cfg.kafka_bootstrap})
     for future in admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in topics.values()]).values():
@@ -57,22 +49,8 @@ def main() -> int:
     bucket = storage_client(cfg.project).bucket(config.landing_bucket)
     try:
         log(f"producing {EVENTS:,} events (2% faults) to {len(topics)} region topics ...")
-        sim = Simulator(seed=31337, faults=FaultRates.mix(0.02))
-        producer = Producer({"bootstrap.servers": cfg.kafka_bootstrap, "partitioner": "murmur2_random", "linger.ms": 20, "batch.size": 1_000_000,
-                             "queue.buffering.max.messages": 500_000})
-        bench_topic = {r.topic: topics[r.code] for r in config.regions}
-        produced = 0
-        for message in sim:
-            while True:
-                try:
-                    producer.produce(bench_topic[message.topic], key=message.key, value=message.value)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            produced += 1
-            if produced >= EVENTS:
-                break
-        assert producer.flush(60) == 0
+        produced = produce_simulated(cfg.kafka_bootstrap, Simulator(seed=31337, faults=FaultRates.mix(0.02)),
+                                     {r.topic: topics[r.code] for r in config.regions}, EVENTS)
 
         # The limit: one consumer reads and parses everything.
         consumer = Consumer({"bootstrap.servers": cfg.kafka_bootstrap, "group.id": f"bench-raw-{run}", "auto.offset.reset": "earliest", "enable.auto.commit": False})

@@ -152,6 +152,7 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
         now = time.monotonic()
         result.phases[name] = round(result.phases.get(name, 0.0) + now - clock[0], 3)
         clock[0] = now
+
     # What the cycle needs of each batch: its partner changes and its arrival span. A batch landed
     # by this version brings both (partners.parquet, the record's Kafka span): its events are
     # never read here, BigQuery loads them from where they landed. Older batches are read.
