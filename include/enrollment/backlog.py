@@ -46,10 +46,10 @@ def measure(bootstrap: str, group: str, topic: str, partitions: int, enough: int
     if enough is not None and sum(end - start for _, start, end in ranges) >= enough:
         behind = []
     if behind:
-        # Fetch limits of one byte: the broker still answers with the first record batch of a
-        # partition, and nothing more (the pipeline's consumer would pull up to 16 MB each).
+        # The smallest fetch limits librdkafka accepts: the broker still answers with the first
+        # record batch of a partition, and nothing more (the pipeline's consumer pulls up to 16 MB).
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "enable.partition.eof": False,
-                             "fetch.max.bytes": 1, "max.partition.fetch.bytes": 1, "fetch.wait.max.ms": 100})
+                             "message.max.bytes": 1000, "fetch.max.bytes": 1000, "max.partition.fetch.bytes": 1, "fetch.wait.max.ms": 100})
         try:
             consumer.assign([TopicPartition(topic, p, start) for p, start in behind])
             seen: set[int] = set()
