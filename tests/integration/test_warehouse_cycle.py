@@ -132,3 +132,16 @@ def test_a_batch_that_fails_its_gate_stays_pending_and_the_next_cycle_takes_it(s
     assert [b["batch_id"] for b in nxt.batches] == [emea.batch_id]
     assert pending_batches(bucket, group) == []
     assert_written_once(warehouse, [amer, emea], valid_ids(amer_messages) | valid_ids(emea_messages))
+
+
+def test_the_cycle_as_one_transaction_writes_the_same(stack, pipeline_config, warehouse, two_regions):
+    """``warehouse.transaction`` (for BigQuery) wraps the writes in BEGIN/COMMIT TRANSACTION: the
+    emulator accepts the script and the rows read back are the same as without it."""
+    topics, group = two_regions
+    bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
+    messages = Simulator(seed=7201, faults=FaultRates.mix(0.05), initial_partners=30).take(800)
+    batch = land_region(stack, bucket, group, "APAC", topics["AMER"], messages)
+    result = run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings(transaction=True))
+    raise_failed(result)
+    assert any(s.startswith("BEGIN TRANSACTION;") and s.rstrip().endswith("COMMIT TRANSACTION;") for s in warehouse.statements)
+    assert_written_once(warehouse, [batch], valid_ids(messages))
