@@ -278,7 +278,7 @@ def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict
             "stage_seconds": stage_seconds}
 
 
-def cost_estimate(config, batches: int, duration_s: float, outcome) -> dict:
+def cost_estimate(config, outcome) -> dict:
     """The cost on paper at 400,000 events/min after 30 days, one warehouse cycle a minute (the
     catch-up cadence; a busier cadence costs in proportion), and how many cycles this run took."""
     from stack.airflow_client import AirflowClient
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "records_lost": figures["records_lost"], "records_late": late, "records_late_claimed": figures["records_late_claimed"],
         "records_late_unclaimed": figures["records_late_unclaimed"], "samples_lost": samples_lost, "drained": outcome.drained,
         "backlog_left": outcome.backlog_left | {"sinks_batches_not_synced": sinks_behind}, "cpu": cpu_figures,
-        "cost": cost_estimate(config, figures["batches"], duration_s, outcome),
+        "cost": cost_estimate(config, outcome),
         "samples": len(watched), "samples_never_visible_everywhere": len(never),
         "freshness_p50_s": fresh["p50"], "freshness_p95_s": fresh["p95"], "freshness_max_s": fresh["max"],
         "all_sinks_p50_s": stages["visible in all sinks"]["p50"], "all_sinks_p95_s": stages["visible in all sinks"]["p95"],

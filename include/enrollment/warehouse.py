@@ -95,17 +95,7 @@ class Warehouse:
 
     def stage_table(self, name: str, columns: list[tuple[str, str]], table: pa.Table) -> str:
         """A fresh staging table holding ``table``, with one load job (from memory, no object)."""
-        from google.cloud import bigquery
-
-        table_id = f"{self.project}.{self.dataset}.{name}"
-        self.client.delete_table(table_id, not_found_ok=True)
-        self.client.create_table(bigquery.Table(table_id, schema=[bigquery.SchemaField(c, t) for c, t in columns]))
-        sink = io.BytesIO()
-        pq.write_table(table, sink)
-        sink.seek(0)
-        config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_TRUNCATE")
-        self.client.load_table_from_file(sink, table_id, job_config=config).result()
-        return f"`{table_id}`"
+        return self.stage_uris(name, columns, [], [table])
 
     def stage_uris(self, name: str, columns: list[tuple[str, str]], uris: list[str], tables: list[pa.Table] = ()) -> str:
         """A fresh staging table loaded from Parquet objects with one load job (BigQuery reads
@@ -160,14 +150,7 @@ class Warehouse:
 
     def _stage(self, name: str, columns: list[tuple[str, str]], uri: str) -> str:
         """A per-batch staging table with one load job (keeps the per-table load quota untouched)."""
-        from google.cloud import bigquery
-
-        table_id = f"{self.project}.{self.dataset}.{name}"
-        self.client.delete_table(table_id, not_found_ok=True)
-        self.client.create_table(bigquery.Table(table_id, schema=[bigquery.SchemaField(c, t) for c, t in columns]))
-        config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_TRUNCATE")
-        self.client.load_table_from_uri(uri, table_id, job_config=config).result()
-        return f"`{table_id}`"
+        return self.stage_uris(name, columns, [uri])
 
     def _blob(self, uri: str):
         bucket, name = uri.removeprefix("gs://").split("/", 1)
