@@ -1,26 +1,38 @@
 """Batch validation: raw Kafka message values in, a table of valid rows and quarantine rows out.
 
-Every input message comes out exactly once: valid, or quarantined with every reason code that
-applies (``REASON_CODES`` lists their families). The work is vectorised over the batch:
+Total: for any list of byte strings ``validate_batch`` returns, and every message comes out
+exactly once, valid or quarantined with every reason code that applies (``REASON_CODES`` lists
+their families). A message's outcome depends on its own bytes only, except ``duplicate_event_id``
+(an earlier message of the batch has the same id).
 
-1. byte-level screening (size, UTF-8, "starts like an object");
-2. one bulk parse of the batch as newline-delimited JSON with Arrow, against the parse schema
-   derived from the contracts, in windows of lines. A message the bulk parser refuses is cut
-   out and the rest of its window is parsed again in bulk;
-3. only refused messages take a per-record path: ``json.loads`` decides whether they are JSON at
-   all, and fields of the wrong JSON type become ``bad_format:<field>`` reasons;
-4. the contract checks (mandatory fields by type, version, region and market; formats; semantic
-   rules; duplicate event ids) run as Arrow/NumPy column operations over the parsed table.
+1. byte screening: size, UTF-8 (strict: an encoded surrogate is not UTF-8), nesting depth;
+2. a strict decode of each message (msgspec: RFC 8259 — no NaN or Infinity literals, no raw
+   control characters or lone surrogate escapes in strings; integers exact) straight into its
+   event type's own contract, a struct tagged on ``event_type`` (the fast path);
+3. what the fast path refuses takes the per-record path: a strict decode to plain values, then
+   each field of the event's own contract (type *and* version) is kept or becomes a reason. It
+   decides everything the fast path decides, only slower (a property test holds them equal);
+4. every readable message, reduced to the fields of its own contract (foreign fields are never
+   typed or carried; they stay in the raw event), is re-encoded by msgspec and read into one
+   Arrow table: the reader cannot refuse what msgspec wrote;
+5. the contract checks (mandatory fields by type, version, region and market; formats, calendar
+   dates, lengths and ranges every downstream holds; semantic rules; duplicate event ids) run as
+   Arrow/NumPy column operations over that table.
+
+``validate_guarded`` is the last line of defence of ``land``: should validation raise after all,
+the batch is bisected and the culprits quarantined as ``validator_error`` with their raw bytes.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated, Optional, Union
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -35,39 +47,43 @@ from .contracts.spec import (
     EVENT_TYPES,
     FORMATS,
     INTEGER,
+    MAX_NESTING,
+    NUMBER_LIMIT,
     PAYLOADS,
     REGIONS,
+    SAFE_INTEGER,
     SCHEMA_VERSIONS,
     STRING,
     FieldSpec,
     all_fields,
+    fields,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 REASON_CODES = (
-    "oversized", "not_utf8", "unparsable", "unknown_event_type", "unknown_schema_version", "duplicate_event_id",
-    "missing:<field>", "bad_format:<field>", "sponsor_missing", "country_not_in_region", "under_age",
-    "consent_not_granted:<field>", "sponsor_is_self",
+    "oversized", "not_utf8", "unparsable", "too_deep", "unknown_event_type", "unknown_schema_version", "duplicate_event_id",
+    "missing:<field>", "bad_format:<field>", "too_long:<field>", "out_of_range:<field>", "sponsor_missing",
+    "country_not_in_region", "under_age", "consent_not_granted:<field>", "sponsor_is_self", "validator_error",
 )
-# Lines per bulk read. Each read costs ~0.6 ms of setup and each refused line one re-read of
-# what came before it in its window; with ~0.3 % refusals, sqrt(2·setup/(row cost·rate)) ≈ 350.
-PARSE_WINDOW = 384
-_ROW_IN_ERROR = re.compile(r"in row (\d+)")
-_KIND_TYPE = {STRING: pa.string(), "number": pa.float64(), INTEGER: pa.float64(), BOOLEAN: pa.bool_()}
+_KIND_TYPE = {STRING: pa.string(), "number": pa.float64(), INTEGER: pa.int64(), BOOLEAN: pa.bool_()}
 _MISSING_PATH = {spec.missing_code: spec.path for spec in all_fields().values()} | {
     spec.missing_code: spec.path for specs in PAYLOADS.values() for spec in specs} | {"missing:event_type": "event_type", "missing:schema_version": "schema_version"}
 _CORE_ENVELOPE = tuple(f for f in ENVELOPE if f.versions == (1, 2) and f.path not in ("event_type", "schema_version"))
+# Raw control characters are invalid JSON; escaped ones decode into text no field may hold.
+_CONTROL = r"[\x00-\x1f\x7f]"
 
 
-# -- the parse schema, derived from the contracts ---------------------------------------------------
-def _schema_tree() -> dict:
+# -- the contracts as trees: the parse schema and one struct per event type --------------------------
+def _tree(specs) -> dict:
     tree: dict = {}
-    for path, spec in all_fields().items():
+    for spec in specs:
         node = tree
-        *parents, leaf = path.split(".")
+        *parents, leaf = spec.path.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-            assert isinstance(node, dict), f"{path}: {part} is both a field and an object"
+            assert isinstance(node, dict), f"{spec.path}: {part} is both a field and an object"
         node[leaf] = spec.kind
     return tree
 
@@ -75,13 +91,53 @@ def _schema_tree() -> dict:
 def _arrow_type(node) -> pa.DataType:
     if isinstance(node, dict):
         return pa.struct([pa.field(name, _arrow_type(child)) for name, child in node.items()])
-    # Numbers parse as float64: an int64 column refuses 1.5 without saying which row; the
-    # integer check is a contract check instead.
     return _KIND_TYPE[node]
 
 
-SCHEMA_TREE = _schema_tree()
+SCHEMA_TREE = _tree(all_fields().values())
 PARSE_SCHEMA: pa.Schema = pa.schema([pa.field(name, _arrow_type(child)) for name, child in SCHEMA_TREE.items()])
+# What the per-record path keeps of a message: its own contract's fields, or (type or version
+# unknown) the envelope's.
+CONTRACT_TREES: dict[tuple[str, int], dict] = {(t, v): _tree(fields(t, v)) for t in EVENT_TYPES for v in SCHEMA_VERSIONS[t]}
+ENVELOPE_TREE = _tree(_CORE_ENVELOPE + tuple(f for f in ENVELOPE if f.path in ("event_type", "schema_version")))
+
+_PY_KIND = {
+    STRING: str,
+    BOOLEAN: bool,
+    INTEGER: Annotated[int, msgspec.Meta(ge=-SAFE_INTEGER, le=SAFE_INTEGER)],
+    "number": Annotated[float, msgspec.Meta(ge=-NUMBER_LIMIT, le=NUMBER_LIMIT)],
+}
+
+
+def _struct(name: str, tree: dict, **options) -> type:
+    members = []
+    for key, node in tree.items():
+        kind = _struct(f"{name}_{key}", node) if isinstance(node, dict) else _PY_KIND[node]
+        members.append((key, Optional[kind], None))
+    return msgspec.defstruct(name, members, kw_only=True, omit_defaults=True, **options)
+
+
+def _type_struct(event_type: str) -> type:
+    """One struct for every version of a type (a path has one kind everywhere); the fields a
+    version does not define are cleared after decoding (``_FOREIGN``)."""
+    tree = _tree(f for v in SCHEMA_VERSIONS[event_type] for f in fields(event_type, v) if f.path != "event_type")
+    return _struct("E_" + re.sub(r"\W", "_", event_type), tree, tag_field="event_type", tag=event_type)
+
+
+_TYPE_STRUCTS = {t: _type_struct(t) for t in EVENT_TYPES}
+_TYPE_OF = {cls: t for t, cls in _TYPE_STRUCTS.items()}
+_FAST = msgspec.json.Decoder(Union[tuple(_TYPE_STRUCTS.values())])
+_PLAIN = msgspec.json.Decoder(float_hook=float)  # 1e400 is JSON: infinite here, refused where typed
+_ENCODER = msgspec.json.Encoder()
+
+
+def _foreign(event_type: str, version: int) -> tuple[tuple[str, ...], ...]:
+    own = {f.path for f in fields(event_type, version)}
+    other = {f.path for v in SCHEMA_VERSIONS[event_type] for f in fields(event_type, v)}
+    return tuple(tuple(p.split(".")) for p in sorted(other - own))
+
+
+_FOREIGN = {(t, v): _foreign(t, v) for t in EVENT_TYPES for v in SCHEMA_VERSIONS[t]}
 
 
 @dataclass
@@ -112,6 +168,9 @@ class _Reasons:
             self.rows.append(rows if self.index is None else self.index[rows])
             self.codes.append(code)
 
+    def add_one(self, row: int, code: str) -> None:
+        self.add(np.array([row], dtype=np.int64), code)
+
     def mapped(self, index: np.ndarray) -> _Reasons:
         """The same collector, for a subset of rows: local row k is row index[k] here."""
         return _Reasons(self.rows, self.codes, index if self.index is None else self.index[index])
@@ -124,159 +183,182 @@ class _Reasons:
         return {row: _without_consequences(codes) for row, codes in out.items()}
 
 
+_DROPPING = ("bad_format:", "out_of_range:")
+
+
 def _without_consequences(codes: set[str]) -> list[str]:
-    """A value of the wrong JSON type is dropped while parsing: report the bad format only,
-    not the field's absence that follows from it."""
-    bad = [c.removeprefix("bad_format:") for c in codes if c.startswith("bad_format:")]
+    """A value of the wrong JSON type or beyond range is dropped while parsing: report that, not
+    the field's absence that follows from it."""
+    bad = [c.split(":", 1)[1] for c in codes if c.startswith(_DROPPING)]
     if bad:
         codes = {c for c in codes if not any(_MISSING_PATH.get(c, "\0") == p or _MISSING_PATH.get(c, "\0").startswith(p + ".") for p in bad)}
     return sorted(codes)
 
 
-# -- 1. byte-level screening -------------------------------------------------------------------------
-_OK, _NOT_UTF8, _NOT_OBJECT = 0, 1, 2
+# -- 1. byte screening ----------------------------------------------------------------------------------
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_OPEN, _CLOSE = np.zeros(256, np.int8), np.zeros(256, np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_CLOSE[[ord("]"), ord("}")]] = 1
 
 
-def _classify(message: bytes) -> int:
+def nesting_depth(message: bytes) -> int:
+    """The deepest nesting of arrays and objects, strings skipped (an upper bound on bad JSON)."""
+    skeleton = np.frombuffer(_STRINGS.sub(b"", message), dtype=np.uint8)
+    if not len(skeleton):
+        return 0
+    return int(np.cumsum(_OPEN[skeleton].astype(np.int32) - _CLOSE[skeleton]).max(initial=0))
+
+
+def _screen(message: bytes, max_bytes: int) -> str | None:
+    """The terminal reason of a message not worth decoding, or None."""
+    if len(message) > max_bytes:
+        return "oversized"
     try:
-        message.decode("utf-8")  # measured: 0.2 µs a message, faster than one decode of the batch
+        message.decode("utf-8")  # measured: 0.2 µs a message
     except UnicodeDecodeError:
-        return _NOT_UTF8
-    # Anything that does not start like a JSON object (empty, scalars, arrays) is not an event.
-    return _OK if message[:1] == b"{" or message.lstrip()[:1] == b"{" else _NOT_OBJECT
+        return "not_utf8"
+    # A depth bound of our own: the decoder's depends on the caller's stack.
+    if message.count(b"[") + message.count(b"{") > MAX_NESTING and nesting_depth(message) > MAX_NESTING:
+        return "too_deep"
+    return None
 
 
-def _screen(messages: Sequence[bytes], max_bytes: int, reasons: _Reasons) -> np.ndarray:
-    """Indices of the messages worth parsing; the others get their terminal reason."""
-    lengths = np.fromiter(map(len, messages), dtype=np.int64, count=len(messages))
-    oversized = lengths > max_bytes
-    reasons.add(oversized, "oversized")
-    candidates = np.flatnonzero(~oversized)
-    verdict = np.fromiter(map(_classify, (messages[i] for i in candidates)), dtype=np.int8, count=len(candidates))
-    reasons.add(candidates[verdict == _NOT_UTF8], "not_utf8")
-    reasons.add(candidates[verdict == _NOT_OBJECT], "unparsable")
-    return candidates[verdict == _OK]
-
-
-# -- 2. bulk parse with cut-out of refused messages --------------------------------------------------
-def _read(buffer: pa.Buffer, lo: int, hi: int, starts: np.ndarray) -> pa.Table:
-    view = buffer.slice(int(starts[lo]), int(starts[hi] - starts[lo]))
-    return pa_json.read_json(
-        pa.BufferReader(view),
-        read_options=pa_json.ReadOptions(use_threads=False, block_size=view.size + 1),  # one block: row numbers are absolute
-        parse_options=pa_json.ParseOptions(explicit_schema=PARSE_SCHEMA, unexpected_field_behavior="ignore"))
-
-
-def _lines_containing(joined: bytes, starts: np.ndarray, words: tuple[bytes, ...]) -> set[int]:
-    found: set[int] = set()
-    for word in words:
-        pos = joined.find(word)
-        while pos != -1:
-            line = int(np.searchsorted(starts, pos, side="right")) - 1
-            found.add(line)
-            pos = joined.find(word, int(starts[line + 1]))
-    return found
-
-
-def _bulk_parse(lines: list[bytes]) -> tuple[list[tuple[int, pa.Table]], list[int]]:
-    """Parses lines (one message each) in bulk; returns (first line, table) pieces and refused lines."""
-    # A raw newline inside a JSON text can only be whitespace: blank it so one message is one line.
-    lines = [m if b"\n" not in m and b"\r" not in m else m.replace(b"\n", b" ").replace(b"\r", b" ") for m in lines]
-    starts = np.concatenate(([0], np.cumsum([len(m) + 1 for m in lines])))
-    joined = b"\n".join(lines) + b"\n"
-    buffer = pa.py_buffer(joined)
-    pieces: list[tuple[int, pa.Table]] = []
-    # The bulk parser accepts NaN and Infinity, which JSON does not: lines holding those words
-    # (rare; also inside strings) take the strict per-record path.
-    refused: list[int] = sorted(_lines_containing(joined, starts, (b"NaN", b"Infinity")))
-    # Windows bound the cost of a refusal: the reader scans its whole input before parsing, so
-    # cutting a message out of one huge input would rescan the batch each time.
-    bounds = sorted(set(range(0, len(lines), PARSE_WINDOW)) | set(refused) | {r + 1 for r in refused} | {len(lines)})
-    stack = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if lo not in set(refused)]
-    while stack:
-        lo, hi = stack.pop()
-        if lo >= hi:
-            continue
-        try:
-            table = _read(buffer, lo, hi, starts)
-        except pa.ArrowInvalid as exc:
-            found = _ROW_IN_ERROR.search(str(exc))
-            bad = lo + int(found.group(1)) if found else hi
-            if hi - lo == 1:
-                refused.append(lo)
-            elif bad >= hi:  # no usable row number: find the culprit by halving
-                mid = (lo + hi) // 2
-                stack += [(lo, mid), (mid, hi)]
-            else:
-                # The parser counts objects, not lines, and blames the row after trailing
-                # garbage: the reported line and the one before go to the per-record path
-                # (which accepts a good one), the lines around them back to bulk parsing.
-                first_suspect = max(lo, bad - 1)
-                refused += range(first_suspect, bad + 1)
-                stack += [(lo, first_suspect), (bad + 1, hi)]
-            continue
-        if table.num_rows == hi - lo:
-            pieces.append((lo, table))
-        elif hi - lo == 1:
-            refused.append(lo)
-        else:  # a line held more than one object: find it by halving
-            mid = (lo + hi) // 2
-            stack += [(lo, mid), (mid, hi)]
-    return pieces, refused
-
-
-# -- 3. the per-record path for what the bulk parser refused ------------------------------------------
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _no_duplicate_keys(pairs):
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError("duplicate key")
+def _no_repeats(pairs: list) -> dict:
+    if len(pairs) != len({key for key, _ in pairs}):
+        raise _RepeatedKey
     return dict(pairs)
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _repeats_a_key(message: bytes) -> bool:
+    """Whether an object of this (valid JSON) message repeats a key. Without escapes, strings are
+    exactly the runs between quotes: when no string repeats, no key can (the exact check, slow,
+    runs only when one does)."""
+    if b"\\" not in message:
+        parts = message.split(b'"')
+        strings = parts[1::2]
+        if len(strings) == len(set(strings)):
+            return False
+        keys = [parts[i] for i in range(1, len(parts) - 1, 2) if parts[i + 1].lstrip()[:1] == b":"]
+        if len(keys) == len(set(keys)):
+            return False  # a repeated value (a timestamp twice), not a repeated key
+    try:
+        json.loads(message, object_pairs_hook=_no_repeats)
+    except _RepeatedKey:
+        return True
+    except (ValueError, RecursionError):
+        return False  # msgspec decided it is JSON; its verdict stands
+    return False
+
+
+# -- 2. the fast path ---------------------------------------------------------------------------------
+def _fast(message: bytes):
+    """The event as its type's struct, reduced to its version's fields; None when the per-record
+    path must decide (any refusal, of any kind)."""
+    try:
+        event = _FAST.decode(message)
+    except (msgspec.MsgspecError, RecursionError, ValueError):
+        return None
+    if _repeats_a_key(message):
+        return None
+    foreign = _FOREIGN.get((_TYPE_OF[type(event)], event.schema_version)) if type(event.schema_version) is int else None
+    if foreign is None:
+        return None  # version absent or unknown: the per-record path names it
+    for path in foreign:
+        node = event
+        for part in path[:-1]:
+            node = getattr(node, part)
+            if node is None:
+                break
+        else:
+            setattr(node, path[-1], None)
+    return event
+
+
+# -- 3. the per-record path ----------------------------------------------------------------------------
+def _per_record(message: bytes, bad: list[str]) -> dict | None:
+    """The message's own-contract fields as plain values, wrong ones turned into reasons; None
+    when it is not one JSON object."""
+    try:
+        obj = _PLAIN.decode(message)
+    except (msgspec.MsgspecError, RecursionError, ValueError):
+        return None
+    if not isinstance(obj, dict) or _repeats_a_key(message):
+        return None
+    event_type, version = obj.get("event_type"), obj.get("schema_version")
+    if isinstance(version, float) and version.is_integer() and abs(version) <= SAFE_INTEGER:
+        version = int(version)
+    known = isinstance(event_type, str) and type(version) is int
+    return _coerce(obj, CONTRACT_TREES.get((event_type, version), ENVELOPE_TREE) if known else ENVELOPE_TREE, "", bad)
+
+
 def _coerce(obj: dict, tree: dict, prefix: str, bad: list[str]) -> dict:
-    """Keeps what matches the parse schema; a value of the wrong JSON type becomes a reason."""
+    """Keeps what the tree types; a value of the wrong JSON type or beyond range becomes a reason."""
     out = {}
     for name, kind in tree.items():
-        if name not in obj or obj[name] is None:
+        value = obj.get(name)
+        if value is None:
             continue
-        value, path = obj[name], f"{prefix}{name}"
+        path = f"{prefix}{name}"
         if isinstance(kind, dict):
             if isinstance(value, dict):
                 out[name] = _coerce(value, kind, path + ".", bad)
             else:
                 bad.append(f"bad_format:{path}")
         elif kind == STRING:
-            out[name] = value if isinstance(value, str) else bad.append(f"bad_format:{path}")
+            if isinstance(value, str):
+                out[name] = value
+            else:
+                bad.append(f"bad_format:{path}")
         elif kind == BOOLEAN:
-            out[name] = value if isinstance(value, bool) else bad.append(f"bad_format:{path}")
+            if isinstance(value, bool):
+                out[name] = value
+            else:
+                bad.append(f"bad_format:{path}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            bad.append(f"bad_format:{path}")
+        elif kind == INTEGER:
+            if isinstance(value, float) and not value.is_integer():
+                bad.append(f"bad_format:{path}")
+            elif abs(value) > SAFE_INTEGER:
+                bad.append(f"out_of_range:{path}")
+            else:
+                out[name] = int(value)
+        elif isinstance(value, int) and abs(value) > NUMBER_LIMIT or abs(value) > NUMBER_LIMIT:
+            bad.append(f"out_of_range:{path}")
         else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            out[name] = value if ok else bad.append(f"bad_format:{path}")
-    return {k: v for k, v in out.items() if v is not None}
+            out[name] = float(value)
+    return out
 
 
-def _per_record(messages: Sequence[bytes], indices: list[int], reasons: _Reasons) -> tuple[list[int], list[bytes]]:
-    """Returns the messages that are JSON objects, coerced to the schema, with their indices."""
-    kept, lines = [], []
-    for i in indices:
+# -- 4. one table of what could be read -------------------------------------------------------------------
+def _read(lines: bytes) -> pa.Table:
+    return pa_json.read_json(
+        pa.BufferReader(pa.py_buffer(lines)),
+        read_options=pa_json.ReadOptions(use_threads=False, block_size=max(len(lines), 1) + 1),
+        parse_options=pa_json.ParseOptions(explicit_schema=PARSE_SCHEMA, unexpected_field_behavior="error"))
+
+
+def _tabulate(readable: list) -> tuple[pa.Table, np.ndarray]:
+    """The readable messages as one table; positions (into ``readable``) of those it holds."""
+    if not readable:
+        return PARSE_SCHEMA.empty_table(), np.zeros(0, dtype=np.int64)
+    try:
+        return _read(_ENCODER.encode_lines(readable)).combine_chunks(), np.arange(len(readable))
+    except (pa.ArrowException, msgspec.MsgspecError) as exc:  # a defect: keep every message we can
+        log.error("validation: the reader refused re-encoded messages (%s); reading them one by one", type(exc).__name__)
+    tables, kept = [], []
+    for k, item in enumerate(readable):
         try:
-            obj = json.loads(messages[i], parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            reasons.add(np.array([i]), "unparsable")
+            tables.append(_read(_ENCODER.encode_lines([item])))
+            kept.append(k)
+        except (pa.ArrowException, msgspec.MsgspecError):
             continue
-        bad: list[str] = []
-        coerced = _coerce(obj, SCHEMA_TREE, "", bad)
-        for code in bad:
-            reasons.add(np.array([i]), code)
-        kept.append(i)
-        lines.append(json.dumps(coerced, ensure_ascii=False, allow_nan=False).encode())
-    return kept, lines
+    return (pa.concat_tables(tables).combine_chunks() if tables else PARSE_SCHEMA.empty_table()), np.array(kept, dtype=np.int64)
 
 
 # -- 4. contract checks, vectorised --------------------------------------------------------------------
@@ -284,15 +366,16 @@ class _Columns:
     """Flattened columns of the parsed table by dotted path, with NumPy views cached. A view of
     some rows (``of(rows)``) takes only the leaves its checks read, when they read them."""
 
-    def __init__(self, table: pa.Table, parent: _Columns | None = None, rows: pa.Array | None = None):
+    def __init__(self, table: pa.Table, escaped: np.ndarray, parent: _Columns | None = None, rows: pa.Array | None = None):
         self.table = table
+        self.escaped = escaped  # rows whose raw text holds a backslash: only they can hold control characters
         self.parent, self.rows = parent, rows
         self.n = len(rows) if rows is not None else table.num_rows
         self._cols: dict[str, pa.Array] = {}
         self._cache: dict[tuple, np.ndarray] = {}
 
     def of(self, rows: np.ndarray) -> _Columns:
-        return _Columns(self.table, self, pa.array(rows, pa.int64()))
+        return _Columns(self.table, self.escaped[rows], self, pa.array(rows, pa.int64()))
 
     def arrow(self, path: str) -> pa.Array:
         if path not in self._cols:
@@ -330,25 +413,71 @@ class _Columns:
         return self._cache[key]
 
     def numbers(self, path: str) -> np.ndarray:
-        return self.arrow(path).to_numpy(zero_copy_only=False)
+        return self.arrow(path).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    def too_long(self, path: str, max_chars: int) -> np.ndarray:
+        return _np(pc.greater(pc.utf8_length(self.arrow(path)), max_chars))
+
+    def control(self, path: str) -> np.ndarray:
+        out = np.zeros(self.n, dtype=bool)
+        rows = np.flatnonzero(self.escaped)
+        if len(rows):
+            out[rows] = _np(pc.match_substring_regex(self.arrow(path).take(pa.array(rows)), _CONTROL))
+        return out
+
+    def calendar(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """For values that start like a date: (a real calendar date, of year 0000). Only days
+        from the 29th on can be impossible, so only they are parsed."""
+        key = ("calendar", path)
+        if key not in self._cache:
+            arr = self.arrow(path)
+            year, day = pc.utf8_slice_codeunits(arr, 0, 4), pc.utf8_slice_codeunits(arr, 8, 10)
+            year_zero = _np(pc.equal(year, "0000"))
+            real = np.ones(self.n, dtype=bool)
+            rows = np.flatnonzero(_np(pc.greater_equal(day, "29")) & self.matches(path, r"^\d{4}-\d{2}-\d{2}"))
+            if len(rows):
+                take = pa.array(rows)
+                parsed = pc.strptime(pc.utf8_slice_codeunits(arr.take(take), 0, 10), format="%Y-%m-%d", unit="s", error_is_null=True)
+                real[rows] = _np(pc.equal(pc.day(parsed), pc.cast(day.take(take), pa.int64())))
+            self._cache[key] = (real, year_zero)
+        return self._cache[key]
+
+    def instant_out_of_range(self, path: str) -> np.ndarray:
+        """Well-formed instants whose UTC time leaves 0001-01-01..9999-12-31 (an offset at either end)."""
+        key = ("out_of_range", path)
+        if key in self._cache:
+            return self._cache[key]
+        arr = self.arrow(path)
+        year = pc.utf8_slice_codeunits(arr, 0, 4)
+        real, year_zero = self.calendar(path)
+        out = year_zero.copy()
+        edge = np.flatnonzero(_np(pc.is_in(year, value_set=pa.array(["0001", "9999"]))) & real & self.matches(path, FORMATS["timestamp"]))
+        if len(edge):
+            at = pc.cast(arr.take(pa.array(edge)), pa.timestamp("us", tz="UTC"))
+            low, high = pa.scalar(_EARLIEST, pa.timestamp("us", tz="UTC")), pa.scalar(_LATEST, pa.timestamp("us", tz="UTC"))
+            out[edge] = _np(pc.or_(pc.less(at, low), pc.greater(at, high)))
+        self._cache[key] = out
+        return out
 
 
 def _np(boolean: pa.Array) -> np.ndarray:
     return pc.fill_null(boolean, False).to_numpy(zero_copy_only=False)
 
 
+_EARLIEST, _LATEST = pd.Timestamp("0001-01-01T00:00:00Z").to_pydatetime(), pd.Timestamp("9999-12-31T23:59:59.999999Z").to_pydatetime()
+
+
 def _valid_dates(cols: _Columns, path: str) -> np.ndarray:
-    """Calendar-valid ISO dates (2023-02-30 matches the pattern but is no date)."""
-    arr = cols.arrow(path)
-    parsed = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
-    return cols.matches(path, FORMATS["date"]) & _np(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), arr))
+    """Calendar-valid ISO dates from 0001-01-01 (2023-02-30 matches the pattern but is no date)."""
+    real, year_zero = cols.calendar(path)
+    return cols.matches(path, FORMATS["date"]) & real & ~year_zero
 
 
 def _format_ok(cols: _Columns, spec: FieldSpec, market_country: pa.Array | None) -> np.ndarray:
     """True where the value (if present) is well formed; rows without a value pass."""
     ok = np.ones(cols.n, dtype=bool)
-    if spec.format == "date":
-        ok &= _valid_dates(cols, spec.path)
+    if spec.format in ("date", "timestamp"):
+        ok &= cols.matches(spec.path, FORMATS[spec.format]) & cols.calendar(spec.path)[0]
     elif spec.format:
         ok &= cols.matches(spec.path, FORMATS[spec.format])
     if spec.enum:
@@ -402,12 +531,19 @@ def _check_fields(cols: _Columns, specs, applies: np.ndarray, reasons: _Reasons,
         present = cols.present(spec.path, spec.kind)
         required = applies & _condition(cols, spec.required, market_country)
         reasons.add(required & ~present, spec.missing_code)
+        given = applies & present
         if spec.checked_format:
-            reasons.add(applies & present & ~_format_ok(cols, spec, market_country), spec.format_code)
+            reasons.add(given & ~_format_ok(cols, spec, market_country), spec.format_code)
+        if spec.kind == STRING:
+            reasons.add(given & cols.control(spec.path), spec.format_code)
+            reasons.add(given & cols.too_long(spec.path, spec.max_length), spec.too_long_code)
+        if spec.format in ("date", "timestamp"):
+            out = cols.calendar(spec.path)[1] if spec.format == "date" else cols.instant_out_of_range(spec.path)
+            reasons.add(given & out, spec.range_code)
 
 
-def _check(table: pa.Table, reasons: _Reasons) -> None:
-    cols = _Columns(table)
+def _check(table: pa.Table, escaped: np.ndarray, reasons: _Reasons) -> None:
+    cols = _Columns(table, escaped)
     has_type = cols.present("event_type", STRING)
     reasons.add(~has_type, "missing:event_type")
     reasons.add(has_type & ~cols.isin("event_type", EVENT_TYPES), "unknown_event_type")
@@ -463,11 +599,13 @@ def _ymd(arr: pa.Array) -> np.ndarray:
 
 
 def _check_enrollment(cols: _Columns, market_country: pa.Array, reasons: _Reasons) -> None:
-    both = _valid_dates(cols, "payload.date_of_birth") & cols.matches("occurred_at", FORMATS["timestamp"])
+    # An age is judged only against a real instant.
+    both = (_valid_dates(cols, "payload.date_of_birth") & cols.matches("occurred_at", FORMATS["timestamp"])
+            & cols.calendar("occurred_at")[0] & ~cols.instant_out_of_range("occurred_at"))
     if both.any():
         rows = pa.array(np.flatnonzero(both))
-        dob = pc.strptime(cols.arrow("payload.date_of_birth").take(rows), format="%Y-%m-%d", unit="s")
-        at = pc.strptime(pc.utf8_slice_codeunits(cols.arrow("occurred_at").take(rows), 0, 10), format="%Y-%m-%d", unit="s")
+        dob = pc.strptime(cols.arrow("payload.date_of_birth").take(rows), format="%Y-%m-%d", unit="s", error_is_null=True)
+        at = pc.strptime(pc.utf8_slice_codeunits(cols.arrow("occurred_at").take(rows), 0, 10), format="%Y-%m-%d", unit="s", error_is_null=True)
         min_age = pd.Series(market_country.take(rows).to_pandas()).map(lambda c: markets.MARKETS[c].min_age if c else 18).to_numpy(dtype=np.int64)
         too_young = np.zeros(cols.n, dtype=bool)
         too_young[np.flatnonzero(both)] = _ymd(dob) + min_age * 10000 > _ymd(at)
@@ -483,33 +621,102 @@ VALID_COLUMNS = ("event_id", "event_type", "region", "source_system", "partner_i
 
 def validate_batch(messages: Sequence[bytes | None], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ValidationResult:
     """Validates raw message values; every message comes out once, valid or quarantined."""
-    messages = [m if m is not None else b"" for m in messages]
+    messages = [m if isinstance(m, bytes) else bytes(m) if m is not None else b"" for m in messages]
     reasons = _Reasons()
-    candidates = _screen(messages, max_message_bytes, reasons)
+    readable, index = [], []
+    for i, message in enumerate(messages):
+        terminal = _screen(message, max_message_bytes)
+        if terminal is not None:
+            reasons.add_one(i, terminal)
+            continue
+        event = _fast(message)
+        if event is None:
+            bad: list[str] = []
+            event = _per_record(message, bad)
+            if event is None:
+                reasons.add_one(i, "unparsable")
+                continue
+            for code in bad:
+                reasons.add_one(i, code)
+        readable.append(event)
+        index.append(i)
 
-    pieces, refused_lines = _bulk_parse([messages[i] for i in candidates])
-    tables = [(candidates[lo:lo + t.num_rows], t) for lo, t in pieces]
-    kept, coerced_lines = _per_record(messages, sorted(int(candidates[k]) for k in refused_lines), reasons)
-    if kept:
-        recovered, lost = _bulk_parse(coerced_lines)
-        for k in lost:  # JSON the bulk parser still refuses after coercion: not an event we can read
-            reasons.add(np.array([kept[k]]), "unparsable")
-        tables += [(np.asarray(kept[lo:lo + t.num_rows], dtype=np.int64), t) for lo, t in recovered]
-
-    empty = PARSE_SCHEMA.empty_table()
-    parsed = pa.concat_tables([t for _, t in tables] or [empty]).combine_chunks()
-    source_index = np.concatenate([idx for idx, _ in tables]) if tables else np.zeros(0, dtype=np.int64)
-    order = np.argsort(source_index, kind="stable")
-    parsed, source_index = parsed.take(pa.array(order)), source_index[order]
-
-    _check(parsed, reasons.mapped(source_index))
+    parsed, held = _tabulate(readable)
+    source_index = np.asarray(index, dtype=np.int64)[held] if len(held) else np.zeros(0, dtype=np.int64)
+    for k in np.setdiff1d(np.arange(len(readable)), held):
+        reasons.add_one(index[k], "validator_error")
+    escaped = np.fromiter((b"\\" in messages[i] for i in source_index), dtype=bool, count=len(source_index))
+    _check(parsed, escaped, reasons.mapped(source_index))
     by_row = reasons.by_row()
 
     bad_rows = np.isin(source_index, np.fromiter(by_row, dtype=np.int64, count=len(by_row)))
     valid = _valid_table(parsed.filter(pa.array(~bad_rows)), source_index[~bad_rows])
     quarantine = _quarantine_table(messages, by_row, parsed, source_index)
-    assert valid.num_rows + quarantine.num_rows == len(messages), "a message was lost or doubled"
+    if valid.num_rows + quarantine.num_rows != len(messages):
+        raise AssertionError("validation: a message was lost or doubled")
     return ValidationResult(valid=valid, quarantine=quarantine)
+
+
+def validate_guarded(messages: Sequence[bytes | None], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ValidationResult:
+    """``validate_batch``, and should it raise, the batch bisected: the halves that validate are
+    kept, each message that alone makes it raise is quarantined as ``validator_error`` with its
+    raw bytes. The region never stops on input; the error is logged (no message content)."""
+    try:
+        return validate_batch(messages, max_message_bytes)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: anything
+        log.error("validation raised %s on a batch of %d messages; bisecting to quarantine the culprits", type(exc).__name__, len(messages))
+    results: list[tuple[int, ValidationResult]] = []
+    culprits: list[int] = []
+
+    def split(lo: int, hi: int) -> None:
+        if lo >= hi:
+            return
+        try:
+            results.append((lo, validate_batch(messages[lo:hi], max_message_bytes)))
+            return
+        except Exception:  # noqa: BLE001
+            if hi - lo == 1:
+                culprits.append(lo)
+                return
+        mid = (lo + hi) // 2
+        split(lo, mid)
+        split(mid, hi)
+
+    split(0, len(messages))
+    log.error("validation: %d message(s) quarantined as validator_error", len(culprits))
+    return _combined(messages, results, culprits)
+
+
+def _combined(messages, results: list[tuple[int, ValidationResult]], culprits: list[int]) -> ValidationResult:
+    """Parts validated apart, as one result: indices shifted, duplicates across parts found again."""
+    def shifted(table: pa.Table, offset: int) -> pa.Table:
+        column = table.schema.get_field_index("source_index")
+        return table.set_column(column, "source_index", pc.add(table.column("source_index"), offset))
+
+    valid = pa.concat_tables([shifted(r.valid, lo) for lo, r in results] or [_valid_table(PARSE_SCHEMA.empty_table(), np.zeros(0, np.int64))])
+    quarantine = [shifted(r.quarantine, lo) for lo, r in results]
+    quarantine.append(pa.table({
+        "source_index": pa.array(culprits, pa.int64()), "reasons": pa.array([["validator_error"]] * len(culprits), pa.list_(pa.string())),
+        "raw": pa.array([messages[i] or b"" for i in culprits], pa.binary()),
+        **{name: pa.nulls(len(culprits), pa.string()) for name in ("event_id", "event_type", "partner_id", "region")}}, schema=QUARANTINE_SCHEMA))
+    # An id first seen in an earlier part makes later copies duplicates, as in one batch.
+    valid = valid.sort_by("source_index")
+    ids = valid.column("event_id").to_pylist()
+    seen, repeat = set(), []
+    for k, event_id in enumerate(ids):
+        if event_id in seen:
+            repeat.append(k)
+        seen.add(event_id)
+    if repeat:
+        moved = valid.take(pa.array(repeat))
+        quarantine.append(pa.table({
+            "source_index": moved.column("source_index"), "reasons": pa.array([["duplicate_event_id"]] * len(repeat), pa.list_(pa.string())),
+            "raw": pa.array([messages[i] or b"" for i in moved.column("source_index").to_pylist()], pa.binary()),
+            **{name: moved.column(name) for name in ("event_id", "event_type", "partner_id", "region")}}, schema=QUARANTINE_SCHEMA))
+        keep = np.ones(valid.num_rows, dtype=bool)
+        keep[repeat] = False
+        valid = valid.filter(pa.array(keep))
+    return ValidationResult(valid=valid, quarantine=pa.concat_tables(quarantine).sort_by("source_index"))
 
 
 def _valid_table(parsed: pa.Table, source_index: np.ndarray) -> pa.Table:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import markets
-from .spec import BOOLEAN, CONDITIONS, COUNTRY_PATH, EVENT_TYPES, FORMATS, INTEGER, SCHEMA_VERSIONS, FieldSpec, fields
+from .spec import BOOLEAN, CONDITIONS, COUNTRY_PATH, EVENT_TYPES, FORMATS, INTEGER, NUMBER_LIMIT, SAFE_INTEGER, SCHEMA_VERSIONS, FieldSpec, fields
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 _JSON_TYPES = {"string": "string", "number": "number", INTEGER: "integer", BOOLEAN: "boolean"}
@@ -27,8 +27,11 @@ def _leaf(spec: FieldSpec) -> dict:
         leaf["pattern"] = FORMATS[spec.format]
     if spec.enum:
         leaf["enum"] = list(spec.enum)
-    if spec.minimum is not None:
-        leaf["minimum"] = spec.minimum
+    if spec.kind in ("number", INTEGER):  # what every downstream holds exactly
+        leaf["minimum"] = spec.minimum if spec.minimum is not None else -(SAFE_INTEGER if spec.kind == INTEGER else NUMBER_LIMIT)
+        leaf["maximum"] = SAFE_INTEGER if spec.kind == INTEGER else NUMBER_LIMIT
+    if spec.kind == "string":
+        leaf["maxLength"] = spec.max_length
     if spec.kind == "string" and not (spec.format or spec.enum or spec.by_country):
         leaf["pattern"] = r"\S"  # blank is missing
     if spec.required not in ("always", "never"):

@@ -21,6 +21,17 @@ SCHEMA_VERSIONS: dict[str, tuple[int, ...]] = {t: (1, 2) for t in EVENT_TYPES}
 REGIONS = tuple(REGION_COUNTRIES)
 CHANNELS = ("web", "mobile", "call-center")
 
+# What every downstream holds exactly (the contract's edges, enforced by the validator):
+# integers within I-JSON's safe range (RFC 7493: exact in BigQuery INT64, Firestore, Solr and
+# every JSON reader, including JavaScript's), numbers of the same magnitude, text of at most
+# TEXT_MAX_CHARS characters (Marketing Cloud's text fields, far below Solr's 32,766-byte term and
+# Firestore's 1 MiB), instants from 0001-01-01 to 9999-12-31 UTC (BigQuery's and Firestore's
+# TIMESTAMP range), no more than MAX_NESTING levels of JSON nesting in the whole message.
+SAFE_INTEGER = 2**53 - 1
+NUMBER_LIMIT = float(2**53)
+TEXT_MAX_CHARS = 256
+MAX_NESTING = 64
+
 # RE2 patterns (Arrow's regex engine) that Python's `re` reads the same way.
 FORMATS: dict[str, str] = {
     "uuid": r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$",
@@ -65,6 +76,7 @@ class FieldSpec:
     versions: tuple[int, ...] = (1, 2)
     missing_reason: str | None = None  # default: "missing:<path>"
     description: str = ""
+    max_length: int = TEXT_MAX_CHARS  # strings: characters (Unicode scalar values)
 
     def __post_init__(self):
         assert self.required in CONDITIONS, self.required
@@ -77,6 +89,14 @@ class FieldSpec:
     @property
     def format_code(self) -> str:
         return f"bad_format:{self.path}"
+
+    @property
+    def too_long_code(self) -> str:
+        return f"too_long:{self.path}"
+
+    @property
+    def range_code(self) -> str:
+        return f"out_of_range:{self.path}"
 
     @property
     def checked_format(self) -> bool:
@@ -169,11 +189,23 @@ SEMANTIC_REASONS = {
     "sponsor_is_self": "a partner cannot sponsor themself",
     "missing:payload.changes": "an update must change at least one field",
 }
+# Families of field reasons, by prefix.
+FIELD_REASONS = {
+    "missing:<field>": "a mandatory field is absent, null or blank",
+    "bad_format:<field>": "the value has the wrong JSON type, pattern, enumeration, calendar date, or holds control characters",
+    "too_long:<field>": f"text longer than the field's maximum (default {TEXT_MAX_CHARS} characters)",
+    "out_of_range:<field>": "a well-formed value no downstream holds exactly: an integer or number beyond 2^53 - 1, "
+                            "an instant outside 0001-01-01..9999-12-31 UTC",
+}
 # Reasons decided before any field is looked at; a message with one of these gets no other.
 ENVELOPE_REASONS = {
     "oversized": "the message is larger than the limit",
-    "not_utf8": "the message is not UTF-8 text",
-    "unparsable": "the message is not one JSON object",
+    "not_utf8": "the message is not UTF-8 text (or encodes a surrogate)",
+    "unparsable": "the message is not one JSON object (RFC 8259, strictly: no NaN or Infinity literals, no raw "
+                  "control characters or lone surrogate escapes in strings; of a key repeated in one object the last "
+                  "value counts, as in msgspec, Python and JavaScript)",
+    "too_deep": f"the message nests JSON values deeper than {MAX_NESTING} levels",
+    "validator_error": "validation itself failed on the message (a defect, never the producer's fault): kept for re-processing",
     "unknown_event_type": "the event type is not one of the contracts",
     "unknown_schema_version": "the schema version is not accepted for this event type",
     "duplicate_event_id": "an earlier message of the batch has the same event id",

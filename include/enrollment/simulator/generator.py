@@ -25,6 +25,7 @@ from ..contracts import markets
 from ..contracts.spec import BOOLEAN, CHANNELS, INTEGER, STRING, FieldSpec
 from ..contracts.spec import fields as contract_fields
 from ..validation import DEFAULT_MAX_MESSAGE_BYTES
+from . import hostile
 from . import people
 
 EVENT_MIX = {"order.placed": 0.55, "subscription.changed": 0.25, "partner.updated": 0.10, "partner.enrolled": 0.07, "partner.terminated": 0.03}
@@ -48,6 +49,7 @@ class FaultRates:
     poison: float = 0.0  # bytes that are not UTF-8 or not JSON
     oversized: float = 0.0  # larger than the message limit
     unknown_version: float = 0.0  # an unknown schema version or event type
+    hostile: float = 0.0  # the edges of JSON and of the contract (simulator.hostile); not in the default mix
 
     # The default mix of a total fault rate (`--faults 2%`).
     MIX = {"missing": 0.22, "bad_format": 0.22, "rule_violation": 0.1, "duplicate": 0.14, "out_of_order": 0.14, "poison": 0.06, "oversized": 0.04, "unknown_version": 0.08}
@@ -332,7 +334,10 @@ class Simulator:
         elif fault == "oversized":
             event["payload"]["notes"] = "x" * (self.max_message_bytes + 1)
             reasons = ["oversized"]
-        value = self._encode(event)
+        value = None
+        if fault == "hostile":
+            value, reasons, _ = hostile.make(self.rng, event)
+        value = value if value is not None else self._encode(event)
         if fault == "poison":
             value, reason = self._poison(value)
             reasons = [reason]
@@ -348,7 +353,7 @@ class Simulator:
             "reasons": sorted(reasons),
             "duplicate_of": None,
             "out_of_order": fault == "out_of_order",
-            "id_readable": fault not in ("poison", "oversized") and isinstance(event.get("event_id"), str) and bool(event["event_id"].strip()),
+            "id_readable": fault not in ("poison", "oversized") and not {"unparsable", "too_deep"} & set(reasons) and isinstance(event.get("event_id"), str) and bool(event["event_id"].strip()),
         }
         return Message(0, self.topics[partner.region], partner.partner_id.encode(), value, expected), fault
 
