@@ -35,6 +35,7 @@ class LoadOutcome:
     produced: int = 0
     watched: dict[str, float] = field(default_factory=dict)  # partner id -> occurred_at (epoch s)
     unexplained: int = 0
+    hostile: dict = field(default_factory=dict)  # (region, partition, offset) -> expected reasons, of the hostile messages produced
     failed_runs: int = 0
     failed: dict[str, list[str]] = field(default_factory=dict)  # DAG id -> its failed run ids
     offsets: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (region, partition) -> offsets produced
@@ -44,10 +45,11 @@ class LoadOutcome:
 
 
 def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll: Callable[[dict[str, float]], int],
-                sample_every: int = 5, drain_s: float = 300.0, bad: str = "2%", tick: Callable[[float], None] | None = None) -> LoadOutcome:
+                sample_every: int = 5, drain_s: float = 300.0, bad: str = "2%", tick: Callable[[float], None] | None = None,
+                hostile: str | None = None) -> LoadOutcome:
     """Runs the load; ``poll(watched)`` looks for the watched partners and returns how many are
     still missing (called every POLL_S seconds, and after the simulator until 0 or ``drain_s``).
-    ``bad`` is the simulator's share of faulty messages; ``tick(seconds since the load began)`` is
+    ``bad`` is the simulator's share of faulty messages, ``hostile`` its share of hostile ones; ``tick(seconds since the load began)`` is
     called at every poll, during the load and the drain (fault injection, lag sampling)."""
     airflow = AirflowClient(cfg)
     for dag_id in dag_ids:
@@ -66,7 +68,8 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
             expected = Path(tmp) / "expected.jsonl"
             load_began = time.monotonic()
             producer = subprocess.Popen([sys.executable, "-m", "enrollment.simulator", "produce", "--rate", rate, "--duration", duration,
-                                         "--faults", bad, "--seed", str(int(time.time())), "--start", "now", "--expected", str(expected)], env=os.environ.copy())
+                                         "--faults", bad, *(["--hostile", hostile] if hostile else []), "--seed", str(int(time.time())), "--start", "now",
+                                         "--expected", str(expected)], env=os.environ.copy())
             read_to, enrollments = 0, 0
 
             def sample() -> int:
@@ -81,6 +84,8 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
                         record = json.loads(line)
                         outcome.produced += 1
                         offsets.setdefault((record["region"], record["partition"]), []).append(record["offset"])
+                        if record["fault"] == "hostile":
+                            outcome.hostile[(record["region"], record["partition"], record["offset"])] = record["reasons"]
                         if record["event_type"] == "partner.enrolled" and record["outcome"] == "valid" and record["partner_version"] == 1:
                             enrollments += 1
                             if enrollments % sample_every == 0:

@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from google.cloud import bigquery
+
 from bench.common import RESULTS, machine
 from bench.load import log, percentiles, steady_load
 from bench.plots import latency_over_time
@@ -405,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault", action="append", type=Fault.parse, default=[], metavar="NAME@START[:FOR]",
                         help="inject a fault (repeatable): <service>-down@3m:2m, broker-restart@5m[:20s], worker-kill@4m")
     parser.add_argument("--bad", default="2%", help="share of faulty messages the simulator sends (default 2%%)")
+    parser.add_argument("--hostile", default=None, help="share of hostile messages (JSON and contract edges, simulator.hostile), e.g. 0.5%%")
     parser.add_argument("--sample-every", type=int, default=25, help="follow one new enrollment in N to every sink (default 25)")
     parser.add_argument("--drain", type=seconds, default=seconds("15m"), help="how long to wait after the load for everything to arrive (default 15m)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default bench/results/loadtest/<UTC time>)")
@@ -438,13 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     cpu = CpuSampler(resolve=airflow_resolver(cfg.airflow_db_uri)).start()
     try:
         outcome = steady_load(cfg, config, args.rate, args.duration, dag_ids, poll, sample_every=args.sample_every, drain_s=args.drain,
-                              bad=args.bad, tick=tick)
+                              bad=args.bad, tick=tick, hostile=args.hostile)
     finally:
         cpu_figures = cpu.stop()
         injector.heal()
 
     # Claims since the load began: the backlog found before it was drained first, by batches of its own.
     figures = verdict(cfg, config, warehouse, outcome, outcome.started - timedelta(seconds=1))
+    hostile = hostile_verdict(warehouse, outcome, outcome.started - timedelta(minutes=1))
     failed_tasks = failed_task_counts(cfg, outcome.failed)
     watched = outcome.watched
     never = [p for p in watched if sink_watch.everywhere(p) is None or p not in bq_watch.seen]
@@ -461,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     everything_arrived = outcome.drained and not any(sinks_behind.values()) and not figures["records_late_claimed"] + figures["records_late_unclaimed"]
     samples_lost = len(never) if everything_arrived else 0
     late = figures["records_late_claimed"] + figures["records_late_unclaimed"]
-    unexplained = figures["records_lost"] + samples_lost
+    unexplained = figures["records_lost"] + samples_lost + hostile["not_quarantined"]
     visible = {"bigquery": [(watched[p], bq_watch.seen[p] - watched[p]) for p in watched if p in bq_watch.seen],
                **{name: [(watched[p], got[p] - watched[p]) for p in watched if p in got] for name, got in sink_watch.seen.items()},
                "all sinks": [(watched[p], sink_watch.everywhere(p) - watched[p]) for p in watched if sink_watch.everywhere(p) is not None]}
@@ -482,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "all_sinks_p50_s": stages["visible in all sinks"]["p50"], "all_sinks_p95_s": stages["visible in all sinks"]["p95"],
         "produced_events_per_min": round(outcome.produced * 60 / duration_s) if duration_s else None,
         "batches": figures["batches"], "batches_balanced": figures["batches_balanced"], "valid": figures["valid"], "quarantined": figures["quarantined"],
-        "failed_dag_runs": outcome.failed_runs, "failed_tasks": failed_tasks, "faults": [asdict(f) | {"spec": f.label} for f in args.fault],
+        "hostile": hostile, "failed_dag_runs": outcome.failed_runs, "failed_tasks": failed_tasks, "faults": [asdict(f) | {"spec": f.label} for f in args.fault],
         "stages": stages, "plots": [p.name for p in paths], "machine": machine(), "began_at": began.isoformat(),
     }
     (out / "summary.json").write_text(json.dumps(summary | {"cost": {k: v for k, v in summary["cost"].items() if k != "statements"}}, indent=2, default=str) + "\n")
@@ -490,6 +494,21 @@ def main(argv: list[str] | None = None) -> int:
     log(f"verdict: records in {summary['records_in']:,}, accounted {summary['records_accounted']:,}, late {late:,}, lost {unexplained:,}")
     print(out / "report.md")
     return 0 if unexplained == 0 else 1
+
+
+def hostile_verdict(warehouse: Warehouse, outcome, since: datetime) -> dict:
+    """Each hostile message produced, looked up in the quarantine by its Kafka coordinates: there,
+    with the reasons the contract gives it?"""
+    sent = outcome.hostile
+    if not sent:
+        return {"sent": 0, "quarantined_as_expected": 0, "quarantined_otherwise": 0, "not_quarantined": 0}
+    rows = warehouse.run(f"""SELECT region, kafka_partition, kafka_offset, reasons FROM {warehouse.table('quarantine')}
+                             WHERE kafka_timestamp >= @since""", [bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)])
+    found = {(r["region"], r["kafka_partition"], r["kafka_offset"]): sorted(r["reasons"].split(",")) for r in rows}
+    as_expected = sum(1 for key, reasons in sent.items() if found.get(key) == sorted(reasons))
+    missing = sum(1 for key in sent if key not in found)
+    return {"sent": len(sent), "quarantined_as_expected": as_expected, "quarantined_otherwise": len(sent) - as_expected - missing,
+            "not_quarantined": missing}
 
 
 def report(s: dict, title: str) -> str:
@@ -504,13 +523,17 @@ def report(s: dict, title: str) -> str:
              f"The drain gave up: left behind {left.get('kafka_records_pending', 0):,} records pending in Kafka, "
              f"{left.get('landed_batches_not_warehoused', 0)} landed batches not warehoused, sinks' batches not synced "
              f"{left.get('sinks_batches_not_synced')}; the DAGs were paused with that backlog (unpause them, or `make reset-data`).")
+    h = s["hostile"]
+    hostile = (f" Of {h['sent']:,} hostile messages sent, **{h['quarantined_as_expected']:,} are in quarantine with the reasons the "
+               f"contract gives them**, {h['quarantined_otherwise']:,} with other reasons, {h['not_quarantined']:,} not in quarantine."
+               if h["sent"] else "")
     failed = (" — failed tasks: " + ", ".join(f"`{k}` {v}" for k, v in s["failed_tasks"].items())) if s["failed_tasks"] else ""
     return f"""# Load test: {title}
 
 Began {s['began_at']} on {s['machine']['cores']} cores. The simulator produced **{s['records_in']:,} events**
 ({fmt(s['produced_events_per_min'])} per minute, asked {s['rate']}); {s['batches']:,} batches carried them
 ({s['valid']:,} valid, {s['quarantined']:,} quarantined with a reason); {s['failed_dag_runs']} DAG runs failed
-on the way{failed}. A failed run loses nothing: the freshness gate fails after the data is in, a
+on the way{failed}.{hostile} A failed run loses nothing: the freshness gate fails after the data is in, a
 sync run's batches are taken again by the next run from the watermark, an ingest batch is claimed
 again from the committed offsets.
 

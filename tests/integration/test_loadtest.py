@@ -1,5 +1,5 @@
 """The gridlock test, short, on the running stack and scheduler: a steady load with Solr stopped
-for a while ends with every record accounted for by the ledger, and a report with its plots."""
+for a while and 1 % hostile messages ends with every record accounted for by the ledger, and a report with its plots."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_a_short_load_with_solr_down_ends_with_zero_unexplained_records(stack, p
 
     out = tmp_path / "report"
     code = loadtest.main(["--rate", "30000/min", "--duration", "40s", "--fault", "solr-down@10s:20s", "--sample-every", "10",
-                          "--drain", "10m", "--out", str(out)])
+                          "--hostile", "1%", "--drain", "10m", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0, {k: summary[k] for k in ("records_in", "records_accounted", "unexplained_records", "samples_never_visible_everywhere")}
     assert summary["records_in"] >= 19_000 and summary["records_accounted"] == summary["records_in"]
@@ -27,6 +27,9 @@ def test_a_short_load_with_solr_down_ends_with_zero_unexplained_records(stack, p
     assert cpu.get("bigquery emulator", 0) > 0 and cpu.get("tasks: ingest land", 0) > 0 and cpu.get("tasks: warehouse cycle", 0) > 0, cpu
     assert summary["cost"]["cycles_in_run"] >= 1
     assert summary["quarantined"] > 0 and summary["valid"] + summary["quarantined"] == summary["records_in"]
+    hostile = summary["hostile"]
+    assert hostile["sent"] > 50 and hostile["quarantined_as_expected"] == hostile["sent"], hostile
+    assert "hostile messages sent" in (out / "report.md").read_text()
     [fault] = summary["faults"]
     assert fault["kind"] == "solr-down" and fault["began_s"] >= 10 and fault["ended_s"] >= fault["began_s"] + 20
     assert total_pending(stack.kafka_bootstrap, pipeline_config.consumer_group, pipeline_config.regions) == 0
