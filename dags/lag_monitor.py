@@ -27,7 +27,9 @@ It reads offsets and one timestamp per partition, never the data, and never comm
 when a region's pending records grew at each of the last `lag.grow_minutes` measurements
 (a consumer falling further behind: a stall, a gridlock), when a pending record is older than
 `lag.max_age_s` (or a landed batch has waited that long for the warehouse), or when a sink is
-more than `lag.max_sink_batches` batches behind.
+more than `lag.max_sink_batches` batches behind; when the warehouse has set a batch aside (its
+landed objects missing or unreadable); and when a region's topic has another partition count
+on the cluster than `partitions` in the configuration (every partition is ingested all the same).
 
 Lag over time: `SELECT measured_at, region, SUM(pending) FROM enrollment_ops.lag
 WHERE kind = 'kafka' GROUP BY 1, 2 ORDER BY 1`. Owner: enrollment-data team.
@@ -51,7 +53,7 @@ def lag_monitor():
         run = sync_run_from_connections(config)
         rows = kafka_lag(endpoints_from_connections().kafka_bootstrap, config) + warehouse_lag(run.bucket, config) + sink_lag(run, config)
         history = record(run.warehouse, rows, rules)
-        found = alerts(rows, history, rules)
+        found = alerts(rows, history, rules, config)
         if found:
             raise AirflowFailException("lag alert: " + "; ".join(found))
         totals: dict = {}

@@ -23,7 +23,7 @@ that the consumer group has committed past; for them it compares
 | comparison | expected | found |
 |---|---|---|
 | kafka → ledger | offsets consumed from Kafka | the ledger's `offsets_in` (every batch has its rows) |
-| ledger balance | ledger rows | rows where offsets = valid + quarantined + duplicates |
+| ledger balance | ledger rows | rows where offsets = valid + quarantined + duplicates + skipped, and ok (a `gap` or `set_aside` row never is) |
 | ledger → events | valid events the ledger counts | those event ids in `{CONFIG.warehouse_dataset}.events` |
 | ledger → quarantine | quarantined + duplicates | rows in `{CONFIG.warehouse_dataset}.quarantine` |
 | events → partners | partners of the day's events | their rows in `{CONFIG.warehouse_dataset}.partners` |

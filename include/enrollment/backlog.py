@@ -33,8 +33,9 @@ class Backlog:
         return max(0.0, (now if now is not None else time.time()) - self.oldest_timestamp_ms / 1000)
 
 
-def measure(bootstrap: str, group: str, topic: str, partitions: int, enough: int | None = None) -> Backlog:
-    """Offsets per partition, and the timestamp of the oldest pending record of each lagging
+def measure(bootstrap: str, group: str, topic: str, partitions: int | None = None, enough: int | None = None) -> Backlog:
+    """Offsets per partition — every partition the cluster reports; ``partitions`` is the
+    configured count, only compared (a warning when it differs) — and the timestamp of the oldest pending record of each lagging
     partition — unless ``enough`` records are pending: then the count decides and no record is
     fetched at all (the backlog trigger asks every second; at the peak the count always decides)."""
     from confluent_kafka import Consumer, TopicPartition

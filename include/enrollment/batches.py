@@ -1,13 +1,22 @@
 """Micro-batches: claim an offset range, land it in Cloud Storage, then commit the offsets.
 
-- ``claim`` freezes, per partition, the range from the pipeline group's committed offset to the
-  end seen now (capped). The batch id and every object name derive from that range, and the
-  manifest is written once, under a name derived from the start offsets: claiming again before
-  the batch is landed returns the same range.
-- ``land`` reads exactly that range (assign, not subscribe), validates it, writes the valid and
-  the quarantined rows as write-once Parquet objects, checks the gate (offsets in the range =
-  valid + quarantined, duplicates among the quarantined), records the batch as **pending** for
-  the warehouse (``pending/<group>/<region>/<batch id>.json``) and only then commits the offsets.
+- ``claim`` freezes, per partition **the cluster reports** (topic metadata, not configuration:
+  a partition added on the cluster is ingested at once), the range from the pipeline group's
+  committed offset to the end seen now (capped). The batch id and every object name derive from
+  the group, topic and range, and the manifest is written once, under a name derived from the
+  start offsets: claiming again before the batch is landed returns the same range.
+- Each claim is chained to where the group's landed batches end (``claims/<region>/landed-….json``):
+  a committed offset *past* that end means offsets were deleted (retention) before they were read
+  — a **gap**; one *before* it means the group's offsets expired and it rewound — a **rewind**,
+  and the claim starts at the landed end instead (nothing is ingested twice). Both travel with
+  the batch and become ledger rows of their own (stage ``gap``/``rewind``).
+- ``land`` reads exactly that range (assign, not subscribe) up to each partition's *position*
+  (offsets without a message — transaction markers, compacted records — never stall it), stops
+  at the batch's byte budget (the claim record is rewritten to the shrunk range first), validates
+  it, writes the valid and the quarantined rows as write-once Parquet objects, checks the gate
+  (offsets in the range = valid + quarantined + duplicates + skipped), records the batch as
+  **pending** for the warehouse (``pending/<group>/<region>/<batch id>.json``) and only then
+  commits the offsets.
 - The warehouse writer takes every pending batch, and clears the record once the batch's ledger
   rows are written: a batch that fails anywhere after ``land`` is taken by the next cycle.
 
@@ -19,8 +28,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from datetime import datetime, timezone
 
@@ -30,8 +40,11 @@ import pyarrow.parquet as pq
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from .partners import partner_changes
-from .validation import ValidationResult, validate_batch
+from .validation import ValidationResult, validate_batch, validate_guarded
 
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # a batch's byte budget when the caller names none (enrollment.config.Region)
 
 class GateError(RuntimeError):
     """A gate found numbers that do not balance; the message says which."""
@@ -56,12 +69,21 @@ class Manifest:
     bucket: str
     ranges: tuple[PartitionRange, ...]
     claimed_at: str = field(default="", compare=False)
+    # Gaps and rewinds the claim found (dicts: kind, partition, start, end, detail); ledger rows later.
+    anomalies: tuple = field(default=(), compare=False)
+    # 1: ids from topic + offsets (batches claimed before the group joined the identity keep them).
+    id_scheme: int = 2
 
     @property
     def batch_id(self) -> str:
-        """Derived from the offset range only: the same range is always the same batch."""
-        key = self.topic + "|" + ",".join(f"{r.partition}:{r.start}-{r.end}" for r in self.ranges)
+        """Derived from the group, topic and offset range: the same range is always the same batch,
+        and two pipelines (groups) reading one topic never share a batch."""
+        key = ("" if self.id_scheme < 2 else self.group + "|") + self.topic + "|" + ",".join(f"{r.partition}:{r.start}-{r.end}" for r in self.ranges)
         return f"{self.region.lower()}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+    @property
+    def claim_record(self) -> str:
+        return claim_object(self.region, self.topic, {r.partition: r.start for r in self.ranges}, self.group if self.id_scheme >= 2 else None)
 
     @property
     def offsets(self) -> int:
@@ -98,13 +120,48 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
         return cls(region=data["region"], topic=data["topic"], group=data["group"], bucket=data["bucket"],
-                   ranges=tuple(PartitionRange(**r) for r in data["ranges"]), claimed_at=data.get("claimed_at", ""))
+                   ranges=tuple(PartitionRange(**r) for r in data["ranges"]), claimed_at=data.get("claimed_at", ""),
+                   anomalies=tuple(data.get("anomalies") or ()), id_scheme=int(data.get("id_scheme", 1)))
 
 
-def claim_object(region: str, topic: str, starts: dict[int, int]) -> str:
-    """Where the claim starting at these offsets is recorded (one per start, write-once)."""
-    key = topic + "|" + ",".join(f"{p}:{o}" for p, o in sorted(starts.items()))
-    return f"claims/{region}/from-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+CLAIMS_PREFIX = "claims/"
+
+
+def claim_object(region: str, topic: str, starts: dict[int, int], group: str | None = None) -> str:
+    """Where the claim of ``group`` starting at these offsets is recorded (one per start; rewritten
+    only to shrink it before anything is landed). Without a group: the name claims had before the
+    group joined their identity."""
+    key = ("" if group is None else group + "|") + topic + "|" + ",".join(f"{p}:{o}" for p, o in sorted(starts.items()))
+    return f"{CLAIMS_PREFIX}{region}/from-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def chain_object(region: str, topic: str, group: str) -> str:
+    """Where the group's landed batches of a topic end, per partition (updated by each land)."""
+    return f"{CLAIMS_PREFIX}{region}/landed-{hashlib.sha256((group + '|' + topic).encode()).hexdigest()[:20]}.json"
+
+
+def read_chain(bucket, region: str, topic: str, group: str) -> dict | None:
+    """{"ends": {partition: end}, "starts": …, "claim": record name} of the last landed batch, or None."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        data = json.loads(bucket.blob(chain_object(region, topic, group)).download_as_text())
+    except NotFound:
+        return None
+    return {"ends": {int(p): o for p, o in data["ends"].items()}, "starts": {int(p): o for p, o in data.get("starts", {}).items()},
+            "claim": data.get("claim", "")}
+
+
+def advance_chain(bucket, manifest: Manifest) -> None:
+    """Moves the chain to the end of a landed batch; never backwards (a late retry of an older batch)."""
+    chain = read_chain(bucket, manifest.region, manifest.topic, manifest.group) or {"ends": {}}
+    ends = dict(chain["ends"])
+    for r in manifest.ranges:
+        ends[r.partition] = max(ends.get(r.partition, 0), r.end)
+    body = {"group": manifest.group, "topic": manifest.topic, "ends": {str(p): o for p, o in sorted(ends.items())},
+            "starts": {str(r.partition): r.start for r in manifest.ranges}, "claim": manifest.claim_record, "batch_id": manifest.batch_id}
+    bucket.blob(chain_object(manifest.region, manifest.topic, manifest.group)).upload_from_string(json.dumps(body, sort_keys=True),
+                                                                                                   content_type="application/json")
 
 
 def _consumer(bootstrap: str, group: str):
@@ -125,14 +182,44 @@ def _retriable(exc: BaseException) -> bool:
 _kafka_retry = retry(retry=retry_if_exception(_retriable), wait=wait_exponential(multiplier=0.5, max=5), stop=stop_after_delay(60), reraise=True)
 
 
+_drift_warned: set[tuple[str, int, int]] = set()
+
+
+def topic_partitions(consumer, topic: str, expected: int | None = None, timeout: float = 10.0) -> list[int]:
+    """The topic's partitions as the cluster reports them (metadata). When they are not the
+    ``expected`` (configured) count it warns, once per process and count: every partition is read
+    all the same, and the configuration should be updated."""
+    from confluent_kafka import KafkaException
+
+    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise KafkaException(metadata.error) if metadata is not None else RuntimeError(f"kafka: topic {topic} not in the cluster's metadata")
+    partitions = sorted(metadata.partitions)
+    if expected is not None and len(partitions) != expected and (topic, expected, len(partitions)) not in _drift_warned:
+        _drift_warned.add((topic, expected, len(partitions)))
+        log.warning("kafka: topic %s has %d partitions on the cluster, the configuration says %d: reading all %d; update `partitions`",
+                    topic, len(partitions), expected, len(partitions))
+    return partitions
+
+
+def partition_drift(topic: str, expected: int, actual: int) -> str | None:
+    """An alert's words when the cluster's partitions are not the configured count, else None."""
+    if actual == expected:
+        return None
+    return (f"topic {topic} has {actual} partitions on the cluster, the configuration says {expected} "
+            f"(all {actual} are ingested; update `partitions` in the pipeline configuration)")
+
+
 @_kafka_retry
-def pending_ranges(bootstrap: str, group: str, topic: str, partitions: int, timeout: float = 10.0) -> list[tuple[int, int, int]]:
-    """(partition, committed or earliest offset, end offset) per partition. Reads offsets only."""
+def pending_ranges(bootstrap: str, group: str, topic: str, partitions: int | None = None, timeout: float = 10.0) -> list[tuple[int, int, int]]:
+    """(partition, committed or earliest offset, end offset) for every partition of the topic on the
+    cluster; ``partitions`` is the configured count, only compared. Reads offsets only."""
     from confluent_kafka import TopicPartition
 
     consumer = _consumer(bootstrap, group)
     try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=timeout)
+        ids = topic_partitions(consumer, topic, partitions, timeout)
+        committed = consumer.committed([TopicPartition(topic, p) for p in ids], timeout=timeout)
         out = []
         for tp in committed:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout)
@@ -143,20 +230,67 @@ def pending_ranges(bootstrap: str, group: str, topic: str, partitions: int, time
         consumer.close()
 
 
-def claim(bootstrap: str, group: str, region: str, topic: str, partitions: int, bucket, max_batch: int) -> Manifest | None:
-    """Freezes the next batch of a region, or returns the unfinished one; None when nothing is pending."""
+def _recorded(bucket, *names: str) -> Manifest | None:
+    for name in names:
+        blob = bucket.blob(name)
+        if blob.exists():
+            return Manifest.from_json(blob.download_as_text())
+    return None
+
+
+def chain_starts(pending: list[tuple[int, int, int]], chain: dict | None, topic: str) -> tuple[dict[int, int], list[dict]]:
+    """Where the next claim starts per partition, and the gaps and rewinds against the chain (the
+    end of the group's landed batches; a partition the chain does not know started at 0)."""
+    starts, anomalies = {}, []
+    for p, start, end in pending:
+        starts[p] = start
+        if chain is None:
+            continue  # the group's first claim of the topic (or claimed before the chain existed)
+        landed = chain["ends"].get(p, 0)
+        if start > landed:
+            anomalies.append({"kind": "gap", "partition": p, "start": landed, "end": start,
+                              "detail": f"{topic} partition {p}: offsets {landed}-{start} ({start - landed}) deleted before they were read"})
+        elif start < landed <= end:
+            anomalies.append({"kind": "rewind", "partition": p, "start": start, "end": landed,
+                              "detail": f"{topic} partition {p}: the group rewound to {start}, its batches were landed to {landed}; "
+                                        f"offsets {start}-{landed} ({landed - start}) not ingested again"})
+            starts[p] = landed
+        elif start < landed:
+            anomalies.append({"kind": "rewind", "partition": p, "start": start, "end": landed,
+                              "detail": f"{topic} partition {p}: the partition ends at {end}, before the landed end {landed} "
+                                        f"(topic recreated or truncated?): reading from {start}"})
+    return starts, anomalies
+
+
+def claim(bootstrap: str, group: str, region: str, topic: str, partitions: int | None, bucket, max_batch: int) -> Manifest | None:
+    """Freezes the next batch of a region, or returns the unfinished one; None when nothing is pending.
+    ``partitions`` is the configured count: the partitions read are the cluster's."""
     from google.api_core.exceptions import PreconditionFailed
 
     pending = pending_ranges(bootstrap, group, topic, partitions)
-    record = bucket.blob(claim_object(region, topic, {p: start for p, start, _ in pending}))
-    if record.exists():
-        return Manifest.from_json(record.download_as_text())
-    cap = max(1, -(-max_batch // max(1, partitions)))
-    ranges = tuple(PartitionRange(p, start, min(end, start + cap)) for p, start, end in pending)
+    committed = {p: start for p, start, _ in pending}
+    chain = read_chain(bucket, region, topic, group)
+    if (chain and chain["claim"] and all(committed.get(p) == s for p, s in chain["starts"].items())
+            and any(chain["ends"].get(p, s) != s for p, s in chain["starts"].items())):
+        # The last landed batch, its offsets not committed (land died after landing): land it again.
+        again = _recorded(bucket, chain["claim"])
+        if again is not None:
+            return again
+    unfinished = _recorded(bucket, claim_object(region, topic, committed, group), claim_object(region, topic, committed))
+    if unfinished is not None and (chain is None or all(r.start >= chain["ends"].get(r.partition, 0) for r in unfinished.ranges)):
+        return unfinished
+    starts, anomalies = chain_starts(pending, chain, topic)
+    for a in anomalies:
+        log.error("claim %s %s: %s %s", region, group, a["kind"].upper(), a["detail"])
+    record = bucket.blob(claim_object(region, topic, starts, group))
+    if starts != committed and (again := _recorded(bucket, record.name)) is not None:
+        return again  # the unfinished claim after a rewind
+    cap = max(1, -(-max_batch // max(1, len(pending))))
+    ranges = tuple(PartitionRange(p, starts[p], max(starts[p], min(end, starts[p] + cap))) for p, _, end in pending)
     if sum(r.size for r in ranges) == 0:
-        return None
+        return None  # a gap or rewind alone waits for the next batch with data: it is found again then
     manifest = Manifest(region=region, topic=topic, group=group, bucket=bucket.name, ranges=ranges,
-                        claimed_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+                        claimed_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"), anomalies=tuple(anomalies))
     try:
         record.upload_from_string(manifest.to_json(), content_type="application/json", if_generation_match=0)
     except PreconditionFailed:  # a concurrent claim of the same start won: use its range
@@ -164,38 +298,85 @@ def claim(bootstrap: str, group: str, region: str, topic: str, partitions: int, 
     return manifest
 
 
-def read_range(bootstrap: str, manifest: Manifest, timeout_s: float = 120.0) -> pa.Table:
-    """Exactly the manifest's messages: partition, offset, timestamp, key, value."""
+def read_range(bootstrap: str, manifest: Manifest, timeout_s: float = 120.0,
+               max_bytes: int | None = None) -> tuple[pa.Table, tuple[PartitionRange, ...]]:
+    """The manifest's messages (partition, offset, timestamp, key, value), and the ranges read:
+    the manifest's, or shorter ones when ``max_bytes`` (keys + values) was reached first.
+
+    A partition is done when the consumer's *position* reaches the range end: offsets that hold
+    no message (transaction markers, aborted or compacted records) are passed, never waited for."""
     from confluent_kafka import TopicPartition
 
     consumer = _consumer(bootstrap, manifest.group)
     wanted = {r.partition: r for r in manifest.ranges if r.size > 0}
     parts, offsets, stamps, keys, values = [], [], [], [], []
+    size, full = 0, False
     try:
         consumer.assign([TopicPartition(manifest.topic, p, r.start) for p, r in wanted.items()])
         next_offset = {p: r.start for p, r in wanted.items()}
+        done: set[int] = set()
         deadline = time.monotonic() + timeout_s
-        while any(next_offset[p] < r.end for p, r in wanted.items()):
+        while len(done) < len(wanted) and not full:
             if time.monotonic() > deadline:
-                short = {p: (next_offset[p], r.end) for p, r in wanted.items() if next_offset[p] < r.end}
+                short = {p: (next_offset[p], r.end) for p, r in wanted.items() if p not in done}
                 raise TimeoutError(f"kafka: batch {manifest.batch_id} still misses offsets {short} after {timeout_s:.0f} s")
             for msg in consumer.consume(num_messages=10_000, timeout=0.5):
                 if msg.error() is not None:
                     raise RuntimeError(f"kafka: reading batch {manifest.batch_id}: {msg.error()}")
                 p, o = msg.partition(), msg.offset()
-                if o >= wanted[p].end:
-                    continue  # beyond the batch: the next batch reads it
+                if p in done or o >= wanted[p].end or o < next_offset[p]:
+                    continue  # beyond the batch (the next batch reads it), or seen already
+                value, key = msg.value(), msg.key()
+                weight = len(value or b"") + len(key or b"")
+                if max_bytes is not None and parts and size + weight > max_bytes:
+                    full = True  # the budget: the batch ends before this message
+                    break
+                size += weight
                 parts.append(p)
                 offsets.append(o)
                 stamps.append(msg.timestamp()[1])
-                keys.append(msg.key())
-                values.append(msg.value())
+                keys.append(key)
+                values.append(value)
                 next_offset[p] = o + 1
+            if full:
+                break
+            for tp in consumer.position([TopicPartition(manifest.topic, p) for p in wanted if p not in done]):
+                if next_offset[tp.partition] >= wanted[tp.partition].end or tp.offset >= wanted[tp.partition].end:
+                    done.add(tp.partition)
+            if done:
+                consumer.pause([TopicPartition(manifest.topic, p) for p in done])
     finally:
         consumer.close()
+    # Shrunk to what was read: a partition not done ends after its last message read.
+    ranges = manifest.ranges if not full else tuple(r if r.size == 0 or r.partition in done else PartitionRange(r.partition, r.start, next_offset[r.partition])
+                                                     for r in manifest.ranges)
     return pa.table({"kafka_partition": pa.array(parts, pa.int32()), "kafka_offset": pa.array(offsets, pa.int64()),
                      "kafka_timestamp": pa.array(stamps, pa.timestamp("ms", tz="UTC")), "kafka_key": pa.array(keys, pa.binary()),
-                     "value": pa.array(values, pa.binary())})
+                     "value": pa.array(values, pa.binary())}), ranges
+
+
+def lost_below_watermark(bootstrap: str, manifest: Manifest, read: pa.Table) -> list[dict]:
+    """Offsets of the range deleted (retention) between the claim and the read: the consumer was
+    reset to the partition's earliest offset past them. Gaps, never 'offsets without a message'."""
+    from confluent_kafka import TopicPartition
+
+    counts = pc.value_counts(read.column("kafka_partition")).to_pylist() if read.num_rows else []
+    seen = {c["values"]: c["counts"] for c in counts}
+    short = [r for r in manifest.ranges if r.size and seen.get(r.partition, 0) < r.size]
+    if not short:
+        return []
+    consumer = _consumer(bootstrap, manifest.group)
+    try:
+        out = []
+        for r in short:
+            low, _ = consumer.get_watermark_offsets(TopicPartition(manifest.topic, r.partition), timeout=10)
+            if low > r.start:
+                end = min(low, r.end)
+                out.append({"kind": "gap", "partition": r.partition, "start": r.start, "end": end,
+                            "detail": f"{manifest.topic} partition {r.partition}: offsets {r.start}-{end} ({end - r.start}) deleted after the claim, before they were read"})
+        return out
+    finally:
+        consumer.close()
 
 
 # What the warehouse and the sinks read of each event, flat; partner fields come from an
@@ -293,7 +474,8 @@ def commit_range(bootstrap: str, manifest: Manifest) -> None:
 
     consumer = _consumer(bootstrap, manifest.group)
     try:
-        consumer.commit(offsets=[TopicPartition(manifest.topic, r.partition, r.end) for r in manifest.ranges if r.size], asynchronous=False)
+        # Every partition, the empty ones too: after a rewind the group's offset moves back to the landed end.
+        consumer.commit(offsets=[TopicPartition(manifest.topic, r.partition, r.end) for r in manifest.ranges], asynchronous=False)
     finally:
         consumer.close()
 
@@ -314,24 +496,41 @@ class Landed:
     partners_uri: str = ""  # the batch's partner changes, one row per partner (empty: landed by an older version)
     first_kafka_ms: int | None = None  # the Kafka timestamps of its oldest and newest message
     last_kafka_ms: int | None = None
+    skipped: int = 0  # offsets of the range that hold no message (transaction markers, compacted or deleted records)
+    anomalies: list = field(default_factory=list)  # gaps and rewinds found by its claim or read: ledger rows of their own
+    requeued: bool = False  # set aside by a warehouse cycle once, repaired and queued again
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def land(bootstrap: str, manifest: Manifest, bucket) -> Landed:
-    """Reads, validates and lands the batch; commits the offsets after the gate passes."""
+def land(bootstrap: str, manifest: Manifest, bucket, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Landed:
+    """Reads, validates and lands the batch; commits the offsets after the gate passes. A batch
+    whose messages pass ``max_bytes`` shrinks to what fits, its claim record first."""
     t0 = time.monotonic()
-    messages = read_range(bootstrap, manifest)
-    if messages.num_rows != manifest.offsets:
-        raise GateError(f"land gate, batch {manifest.batch_id}: read {messages.num_rows} messages, the range holds {manifest.offsets} offsets")
-    result = validate_batch(messages.column("value").to_pylist())
+    messages, ranges = read_range(bootstrap, manifest, max_bytes=max_bytes)
+    if ranges != manifest.ranges:
+        # Rewritten before anything lands: a retry claims this same shrunk range, and the batch id
+        # (every object name) derives from it. The rest is the next batch's.
+        shrunk = replace(manifest, ranges=ranges)
+        bucket.blob(manifest.claim_record).upload_from_string(shrunk.to_json(), content_type="application/json")
+        log.info("land %s: %d offsets passed the byte budget (%d bytes); the batch shrinks to %d offsets, now %s",
+                 manifest.batch_id, manifest.offsets, max_bytes, shrunk.offsets, shrunk.batch_id)
+        manifest = shrunk
+    read = messages.num_rows
+    if read > manifest.offsets or len(set(zip(messages.column("kafka_partition").to_pylist(), messages.column("kafka_offset").to_pylist()))) != read:
+        raise GateError(f"land gate, batch {manifest.batch_id}: read {read} messages (some twice?), the range holds {manifest.offsets} offsets")
+    skipped = manifest.offsets - read  # offsets holding no message: accounted, never waited for
+    anomalies = list(manifest.anomalies) + (lost_below_watermark(bootstrap, manifest, messages) if skipped else [])
+    for a in anomalies[len(manifest.anomalies):]:
+        log.error("land %s %s: GAP %s", manifest.region, manifest.batch_id, a["detail"])
+    result = validate_guarded(messages.column("value").to_pylist())  # a raising validator never stops the region
     valid = flatten(result, messages, manifest.batch_id)
     quarantine = quarantine_rows(result, messages, manifest.batch_id, manifest.region)
     duplicates = int(pc.sum(quarantine.column("duplicate_only")).as_py() or 0)
-    if valid.num_rows + quarantine.num_rows != manifest.offsets:
+    if valid.num_rows + quarantine.num_rows + skipped != manifest.offsets:
         raise GateError(f"land gate, batch {manifest.batch_id}: offsets {manifest.offsets} != valid {valid.num_rows} + quarantined "
-                        f"{quarantine.num_rows - duplicates} + duplicates {duplicates}")
+                        f"{quarantine.num_rows - duplicates} + duplicates {duplicates} + skipped {skipped}")
     # The raw JSON apart from the flat rows: the warehouse never loads it (it was most of every
     # row's bytes), and it stays here, write-once, joined by (batch_id, partition, offset).
     raw = valid.select(["batch_id", "kafka_partition", "kafka_offset", "event_id", "event_json"])
@@ -348,9 +547,12 @@ def land(bootstrap: str, manifest: Manifest, bucket) -> Landed:
                     quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
                     quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=round(time.monotonic() - t0, 3), group=manifest.group,
                     claimed_at=manifest.claimed_at, partners_uri=manifest.uri(manifest.partners_object),
-                    first_kafka_ms=int(first.timestamp() * 1000) if first else None, last_kafka_ms=int(last.timestamp() * 1000) if last else None)
-    # Before the commit: once the offsets move on, this record is the only way to the batch.
+                    first_kafka_ms=int(first.timestamp() * 1000) if first else None, last_kafka_ms=int(last.timestamp() * 1000) if last else None,
+                    skipped=skipped, anomalies=anomalies)
+    # Before the commit: once the offsets move on, this record is the only way to the batch; and
+    # the chain, which the next claim checks its start against.
     mark_pending(bucket, landed)
+    advance_chain(bucket, manifest)
     commit_range(bootstrap, manifest)
     return landed
 
@@ -411,7 +613,7 @@ def claims(bucket, region: str, topic: str, group: str, start: datetime, end: da
     """The batches claimed for a region's topic by ``group`` in [start, end) (when each claim was
     recorded), oldest first: the index that reconciliation and replay work from."""
     found = []
-    for blob in bucket.list_blobs(prefix=f"claims/{region}/"):
+    for blob in bucket.list_blobs(prefix=f"{CLAIMS_PREFIX}{region}/from-"):
         if blob.time_created is not None and start <= blob.time_created < end:
             manifest = Manifest.from_json(blob.download_as_text())
             if manifest.topic == topic and manifest.group == group:
@@ -431,4 +633,5 @@ def landed_from(bucket, manifest: Manifest) -> Landed | None:
     return Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid_rows,
                   quarantined=quarantine.num_rows - duplicates, duplicates=duplicates, valid_uri=manifest.uri(manifest.valid_object),
                   quarantine_uri=manifest.uri(manifest.quarantine_object), seconds=0.0, group=manifest.group, claimed_at=manifest.claimed_at,
-                  partners_uri=manifest.uri(manifest.partners_object) if partners.exists() else "")
+                  partners_uri=manifest.uri(manifest.partners_object) if partners.exists() else "",
+                  skipped=manifest.offsets - valid_rows - quarantine.num_rows, anomalies=list(manifest.anomalies))

@@ -23,7 +23,13 @@ class Region:
     min_records: int = 20_000
     max_age_s: float = 10.0
     max_batch: int = 200_000
+    max_batch_bytes: int = 256 * 1024 * 1024  # a batch stops reading here and shrinks to what it read (memory of one task)
+    land_timeout_s: float = 900.0  # the ingest task's execution_timeout
 
+
+# Upper bounds of a manual run's parameters: one batch is held in one task's memory.
+MAX_BATCH_LIMIT = 2_000_000
+MAX_BATCH_BYTES_LIMIT = 1024 * 1024 * 1024
 
 # The Airflow pool (1 slot) of every task that writes the warehouse tables.
 WAREHOUSE_POOL = "warehouse_writer"
@@ -38,10 +44,14 @@ class WarehouseSettings:
     dedup_window_days: int = 1  # resent event ids are removed against this many days of arrivals before the cycle's
     transaction: bool = False  # wrap the cycle's writes in BEGIN/COMMIT TRANSACTION (BigQuery: yes; the emulator copies every table)
     catch_up_every: str = "* * * * *"  # cron: a cycle runs this often even when no landed asset wakes it
+    job_timeout_s: float = 600.0  # one BigQuery job awaited longer than this is cancelled (a hang, not work)
+    cycle_timeout_s: float = 1800.0  # the cycle task's execution_timeout
 
     def __post_init__(self) -> None:
         if self.max_cycle_rows < 1 or self.dedup_window_days < 0:
             raise ValueError(f"warehouse: max_cycle_rows must be >= 1 and dedup_window_days >= 0, got {self}")
+        if self.job_timeout_s <= 0 or self.cycle_timeout_s < self.job_timeout_s:
+            raise ValueError(f"warehouse: job_timeout_s must be > 0 and cycle_timeout_s >= job_timeout_s, got {self}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,10 @@ def parse_config(raw: dict) -> PipelineConfig:
     regions = tuple(Region(code=r["code"].upper(), topic=r["topic"], partitions=int(r["partitions"]),
                            min_records=int(r.get("min_records", backlog.get("min_records", 20_000))),
                            max_age_s=float(r.get("max_age_s", backlog.get("max_age_s", 10.0))),
-                           max_batch=int(r.get("max_batch", backlog.get("max_batch", 200_000)))) for r in raw["regions"])
+                           max_batch=int(r.get("max_batch", backlog.get("max_batch", 200_000))),
+                           max_batch_bytes=int(r.get("max_batch_bytes", backlog.get("max_batch_bytes", Region.max_batch_bytes))),
+                           land_timeout_s=float(r.get("land_timeout_s", backlog.get("land_timeout_s", Region.land_timeout_s))))
+                    for r in raw["regions"])
     codes = [r.code for r in regions]
     if len(set(codes)) != len(codes):
         raise ValueError(f"region codes must be unique, got {codes}")

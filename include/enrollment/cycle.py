@@ -18,6 +18,11 @@ One writer for all regions (the ``warehouse`` DAG, one run at a time), once per 
    then their pending records are cleared. A batch that failed its gate stays pending and is
    named; the others are committed.
 
+Before any of it, each batch's landed objects are checked: a batch whose objects are gone or
+unreadable is **set aside** — a ``set_aside`` ledger row (not ok) naming the object, its pending
+record moved to ``set_aside/<group>/<region>/`` (``requeue`` puts it back once repaired) — and the
+cycle goes on with the others: one lost batch never stops every region.
+
 Every statement is idempotent (anti-joins, version guards, keyed MERGEs), so a cycle killed at
 any point and run again converges to the same rows; the ledger rows come last and mark it done.
 The writes are sent as one multi-statement script; with ``transaction`` on (for BigQuery) they
@@ -29,6 +34,8 @@ the path without it is the one whose idempotence the tests prove.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -36,12 +43,15 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .batches import GateError, Landed, clear_pending, landed_schemas
+from .batches import GateError, Landed, clear_pending, landed_schemas, pending_object
 from .config import WarehouseSettings
 from .partners import PARTNER_SCHEMA, fold_partners, partner_changes
 from .warehouse import Warehouse, landed_schema
 
+log = logging.getLogger(__name__)
+
 MANDATORY = ("partner_id", "occurred_at", "region", "event_type")
+SET_ASIDE_PREFIX = "set_aside/"
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class CycleResult:
     batches: list[dict] = field(default_factory=list)  # per batch: ids, counts, ages (XCom-sized)
     already: list[str] = field(default_factory=list)  # batches an earlier cycle had written
     failed: dict[str, str] = field(default_factory=dict)  # batch id -> why its gate failed
+    set_aside: dict[str, str] = field(default_factory=dict)  # batch id -> the object missing or unreadable
     window_days: int = 0
     seconds: float = 0.0
     statements: dict[str, int] = field(default_factory=dict)  # table -> write statements sent
@@ -77,7 +88,7 @@ class CycleResult:
 
     def as_dict(self) -> dict:
         return {"cycle_id": self.cycle_id, "batches": self.batches, "already": self.already, "failed": self.failed,
-                "window_days": self.window_days, "seconds": self.seconds, "statements": self.statements, "phases": self.phases}
+                "set_aside": self.set_aside, "window_days": self.window_days, "seconds": self.seconds, "statements": self.statements, "phases": self.phases}
 
 
 def cycle_id(batches: list[Landed]) -> str:
@@ -139,6 +150,57 @@ LEFT JOIN W X ON X.event_id = S.event_id AND X.batch_id = S.batch_id AND X.kafka
 GROUP BY S.batch_id"""
 
 
+def set_aside_object(group: str, region: str, batch_id: str) -> str:
+    return f"{SET_ASIDE_PREFIX}{group}/{region}/{batch_id}.json"
+
+
+def unreadable(w: Warehouse, b: Landed) -> str | None:
+    """Why the cycle could not load the batch — an object missing or not Parquet — or None. A
+    metadata read and the 4-byte Parquet trailer per object: the data stays where it landed."""
+    from google.api_core.exceptions import NotFound
+
+    needed = [b.valid_uri, b.quarantine_uri] + ([b.partners_uri] if b.partners_uri else [])
+    for uri in needed:
+        blob = w._blob(uri)
+        try:
+            blob.reload()
+            if not blob.size or blob.download_as_bytes(start=blob.size - 4) != b"PAR1":
+                return f"{uri} is not a readable Parquet object ({blob.size or 0} bytes)"
+        except NotFound:
+            return f"{uri} is missing"
+    return None
+
+
+def set_aside(w: Warehouse, b: Landed, why: str) -> None:
+    """Takes the batch out of the warehouse queue, loudly: a ledger row (not ok) and its pending
+    record moved to ``set_aside/``, from where ``requeue`` puts it back."""
+    from google.api_core.exceptions import NotFound
+
+    log.error("warehouse: batch %s (%s, %d offsets) SET ASIDE: %s — repair it, then requeue it (enrollment.cycle.requeue)",
+              b.batch_id, b.region, b.offsets, why)
+    w.record(b, "set_aside", 0, 0.0, ok=False, detail=f"set aside: {why}")
+    bucket = w.storage.bucket(b.valid_uri.removeprefix("gs://").split("/", 1)[0])
+    bucket.blob(set_aside_object(b.group, b.region, b.batch_id)).upload_from_string(json.dumps(b.as_dict(), sort_keys=True),
+                                                                                   content_type="application/json")
+    try:
+        bucket.blob(pending_object(b.group, b.region, b.batch_id)).delete()
+    except NotFound:
+        pass  # not queued (a replay): the record above is enough to requeue it
+
+
+def set_aside_batches(bucket, group: str) -> list[str]:
+    """The names of the batches set aside for ``group``: what the lag monitor alerts on."""
+    return [blob.name for blob in bucket.list_blobs(prefix=f"{SET_ASIDE_PREFIX}{group}/")]
+
+
+def requeue(bucket, group: str, region: str, batch_id: str) -> None:
+    """Puts a repaired batch back in the warehouse queue (its next cycle takes it)."""
+    record = bucket.blob(set_aside_object(group, region, batch_id))
+    body = json.loads(record.download_as_text()) | {"requeued": True}  # its set_aside ledger row turns ok once it is warehoused
+    bucket.blob(pending_object(group, region, batch_id)).upload_from_string(json.dumps(body, sort_keys=True), content_type="application/json")
+    record.delete()
+
+
 def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) -> CycleResult:
     """Writes the batches (every region) into the warehouse once, then clears their pending
     records in the landing bucket; see the module's doc."""
@@ -152,6 +214,17 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
         now = time.monotonic()
         result.phases[name] = round(result.phases.get(name, 0.0) + now - clock[0], 3)
         clock[0] = now
+
+    for b in batches:
+        why = unreadable(w, b)
+        if why is not None:
+            set_aside(w, b, why)
+            result.set_aside[b.batch_id] = why
+    batches = [b for b in batches if b.batch_id not in result.set_aside]
+    phase("check")
+    if not batches:
+        result.seconds = round(time.monotonic() - t0, 3)
+        return result
 
     # What the cycle needs of each batch: its partner changes and its arrival span. A batch landed
     # by this version brings both (partners.parquet, the record's Kafka span): its events are
@@ -245,6 +318,8 @@ def _gate(w: Warehouse, todo: list[Landed], events_stage: str | None, partners_s
         h = held.get(b.batch_id, {"valid": 0, "held": 0, "repeated": 0, "incomplete": 0, "written": 0})
         q = quarantined.get(b.batch_id, 0)
         problems = []
+        if b.offsets != b.valid + b.quarantined + b.duplicates + b.skipped:
+            problems.append(f"its offsets {b.offsets} != valid {b.valid} + quarantined {b.quarantined} + duplicates {b.duplicates} + skipped {b.skipped}")
         if h["valid"] != b.valid:
             problems.append(f"staged {h['valid']} valid rows, the batch landed {b.valid}")
         if h["held"] != b.valid:

@@ -2,13 +2,16 @@
 recorded every minute in ``<ops>.lag`` (a metrics table people query and plot), and the rules
 that raise an alert.
 
-- Kafka, per region and partition: records pending, the age of the oldest pending record.
-- The warehouse, per region: landed batches waiting for the one writer, the age of the oldest.
+- Kafka, per region and partition (every partition the cluster reports): records pending, the
+  age of the oldest pending record.
+- The warehouse, per region: landed batches waiting for the one writer, the age of the oldest;
+  and batches the writer set aside (objects missing or unreadable).
 - Sinks, per sink and region: warehoused batches the sink has not synced yet.
 - Alert when a region's pending records grew at every one of the last ``grow_minutes``
   measurements (a consumer that falls further behind: a stall or gridlock), or when the oldest
   pending record (or landed batch waiting for the warehouse) is older than ``max_age_s``, or a
-  sink is more than ``max_sink_batches`` behind.
+  sink is more than ``max_sink_batches`` behind, or a batch is set aside, or a topic's partitions
+  on the cluster are not the configured count (all are ingested; the configuration is stale).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ LAG_SCHEMA = [("measured_at", "TIMESTAMP"), ("kind", "STRING"), ("region", "STRI
 
 @dataclass
 class LagRow:
-    kind: str  # "kafka" (records pending), "warehouse" (landed batches waiting) or "sink" (batches not synced)
+    kind: str  # "kafka" (records pending), "warehouse" (landed batches waiting), "set_aside" (batches set aside) or "sink" (not synced)
     region: str
     partition: int | None
     sink: str | None
@@ -51,14 +54,19 @@ def warehouse_lag(bucket, config: PipelineConfig, now: float | None = None) -> l
     from datetime import datetime
 
     from .batches import pending_batches
+    from .cycle import SET_ASIDE_PREFIX, set_aside_batches
 
     now = time.time() if now is None else now
     waiting = pending_batches(bucket, config.consumer_group)
+    aside = set_aside_batches(bucket, config.consumer_group)
     rows = []
     for region in config.regions:
         mine = [b for b in waiting if b.region == region.code]
         claimed = [datetime.fromisoformat(b.claimed_at).timestamp() for b in mine if b.claimed_at]
         rows.append(LagRow("warehouse", region.code, None, None, len(mine), round(max(0.0, now - min(claimed)), 1) if claimed else 0.0))
+        held = sum(1 for name in aside if name.startswith(f"{SET_ASIDE_PREFIX}{config.consumer_group}/{region.code}/"))
+        if held:
+            rows.append(LagRow("set_aside", region.code, None, None, held, None))
     return rows
 
 
@@ -89,26 +97,38 @@ class LagRules:
         return cls(**{k: type(getattr(cls, k))(v) for k, v in (raw or {}).items() if k in cls.__dataclass_fields__})
 
 
-def alerts(rows: list[LagRow], history: dict[str, list[int]], rules: LagRules) -> list[str]:
+def alerts(rows: list[LagRow], history: dict[str, list[int]], rules: LagRules, config: PipelineConfig | None = None) -> list[str]:
     """What is wrong now. ``history``: region -> its total pending records at the previous
-    measurements, oldest first (this measurement not included)."""
+    measurements, oldest first (this measurement not included); ``config``: the configured
+    partition counts, compared with the partitions measured (the cluster's)."""
+    from .batches import partition_drift
+
     out = []
     totals: dict[str, int] = {}
+    partitions: dict[str, set] = {}
     for row in rows:
         if row.kind == "kafka":
             totals[row.region] = totals.get(row.region, 0) + row.pending
+            partitions.setdefault(row.region, set()).add(row.partition)
             if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
                 out.append(f"{row.region} partition {row.partition}: oldest pending record {row.oldest_age_s:.0f} s old (> {rules.max_age_s:.0f} s)")
         elif row.kind == "warehouse":
             if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
                 out.append(f"{row.region}: a landed batch has waited {row.oldest_age_s:.0f} s for the warehouse (> {rules.max_age_s:.0f} s; "
                            f"{row.pending} waiting) — see the warehouse DAG")
+        elif row.kind == "set_aside":
+            out.append(f"{row.region}: {row.pending} landed batch(es) set aside by the warehouse (objects missing or unreadable; "
+                       f"see the ledger's set_aside rows, repair, then requeue)")
         elif row.pending > rules.max_sink_batches:
             out.append(f"sink {row.sink} {row.region}: {row.pending} warehoused batches not synced (> {rules.max_sink_batches})")
     for region, total in totals.items():
         series = (history.get(region) or [])[-rules.grow_minutes:] + [total]
         if len(series) > rules.grow_minutes and all(b > a for a, b in zip(series, series[1:], strict=False)):
             out.append(f"{region}: pending records grew at each of the last {rules.grow_minutes} measurements ({' → '.join(f'{n:,}' for n in series)})")
+    for region in (config.regions if config else ()):
+        drift = partition_drift(region.topic, region.partitions, len(partitions.get(region.code, ())))
+        if region.code in partitions and drift:
+            out.append(f"{region.code}: {drift}")
     return out
 
 

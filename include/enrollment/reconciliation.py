@@ -34,6 +34,7 @@ from .batches import Manifest, claims, pending_ranges
 from .config import PipelineConfig, Region
 from .sinks.base import Sink
 from .sync import PARTNER_EVENTS, SyncRun
+from .warehouse import balances
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Reconciliation:
 
         start, end = day_bounds(day)
         manifests = claims(self.bucket, region.code, region.topic, self.config.consumer_group, start, end)
+        # Every partition on the cluster (the configured count only compared: a warning when it differs).
         committed = {p: offset for p, offset, _ in pending_ranges(self.bootstrap, self.config.consumer_group, region.topic, region.partitions)}
         consumed = [m for m in manifests if all(r.end <= committed.get(r.partition, 0) for r in m.ranges if r.size)]
         report = DayReport(day, region.code, len(consumed), len(manifests) - len(consumed), [])
@@ -103,9 +105,11 @@ class Reconciliation:
             self._write(report)
             return report
         self.run.ensure_tables()
+        self.w.ensure_ledger()
         batch_ids = [m.batch_id for m in consumed]
         ledger = {(r["batch_id"], r["stage"]): dict(r) for r in self.w.run(
-            f"SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, ok FROM {self.w.table('ledger', ops=True)} WHERE batch_id IN UNNEST(@ids)",
+            f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped, ok, detail
+                FROM {self.w.table('ledger', ops=True)} WHERE batch_id IN UNNEST(@ids)""",
             [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)])}
         events = self._landed_events(consumed)
         report.findings.append(self._kafka_vs_ledger(consumed, ledger, events))
@@ -140,7 +144,8 @@ class Reconciliation:
         return Finding("kafka → ledger", sum(m.offsets for m in consumed), recorded, partners, detail)
 
     def _ledger_balance(self, ledger: dict) -> Finding:
-        off = [f"{b} {s}" for (b, s), r in sorted(ledger.items()) if r["offsets_in"] != r["valid"] + r["quarantined"] + r["duplicates"] or not r["ok"]]
+        # A gap (offsets deleted before they were read) or a set-aside batch is a row that is not ok.
+        off = [f"{b} {s}" + (f" ({r['detail']})" if s in ("gap", "set_aside") else "") for (b, s), r in sorted(ledger.items()) if not balances(r) or not r["ok"]]
         return Finding("ledger balance", len(ledger), len(ledger) - len(off), [], f"rows that do not balance: {', '.join(off[:5])}" if off else "")
 
     def _stage(self, region: Region, day: date, events: pa.Table) -> str:

@@ -7,7 +7,8 @@ the write-once Parquet objects in the landing bucket; Kafka is not read again) a
   written where it is missing or wrong (the numbers come from the same objects);
 - **sync**: the partners they touched written again to each chosen sink in their current state,
   gated by reading back, and a ledger row (stage ``sync_<sink>``) for each batch that has none
-  (existing rows stay as the regular runs wrote them). The sink's watermark
+  (existing rows stay as the regular runs wrote them, except a batch's row saying it was set
+  aside, which is replaced: a replay also repairs those). The sink's watermark
   does not move: a replay of old batches neither skips nor repeats what the regular sync runs do.
 
 Everything is idempotent: MERGEs keyed by event id and partner, version-guarded sink writes; a
@@ -54,9 +55,11 @@ def replay_warehouse(run: SyncRun, batches: list[Landed]) -> dict:
     for landed in batches:
         merged = w.merge_batch(landed)
         held = {r["stage"]: dict(r) for r in w.run(
-            f"SELECT stage, offsets_in, valid, quarantined, duplicates, rows_merged, ok FROM {w.table('ledger', ops=True)} WHERE batch_id = @b",
+            f"""SELECT stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped, rows_merged, ok
+                FROM {w.table('ledger', ops=True)} WHERE batch_id = @b""",
             [bigquery.ScalarQueryParameter("b", "STRING", landed.batch_id)])}
-        numbers = {"offsets_in": landed.offsets, "valid": landed.valid, "quarantined": landed.quarantined, "duplicates": landed.duplicates, "ok": True}
+        numbers = {"offsets_in": landed.offsets, "valid": landed.valid, "quarantined": landed.quarantined, "duplicates": landed.duplicates,
+                   "skipped": landed.skipped, "ok": True}
         for stage, rows_merged, seconds in (("land", landed.valid, landed.seconds), ("warehouse", merged.get("written", merged["events"]), merged["seconds"])):
             # rows_merged of a warehouse row counts what its cycle wrote (resends excluded): not compared
             if {k: v for k, v in (held.get(stage) or {}).items() if k != "rows_merged"} != numbers | {"stage": stage}:
@@ -85,7 +88,7 @@ def replay_sync(run: SyncRun, sink: Sink, region: str, batch_ids: list[str], chu
         plan = Plan(sink.name, region, run.bucket.name, [{"batch_id": b, "warehoused_at": recorded[b].isoformat()} for b in batch_ids[start:start + chunk]])
         written = run.write(sink, plan)
         gated = run.gate(sink, written)
-        run.commit(written, move_watermark=False)
+        run.commit(written | {"gate": gated}, move_watermark=False)
         result = written["result"]
         totals["batches"] += len(plan.batches)
         totals["partners"] += result["partners"]

@@ -18,6 +18,7 @@ query jobs, tables created before loads.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -30,9 +31,15 @@ from .partners import PARTNER_COLUMNS, PARTNER_SCHEMA, partner_changes  # noqa: 
 _BQ_TYPES = {pa.string(): "STRING", pa.int16(): "INT64", pa.int32(): "INT64", pa.int64(): "INT64", pa.float64(): "FLOAT64",
              pa.bool_(): "BOOL", pa.binary(): "BYTES"}
 
+log = logging.getLogger(__name__)
+
+# offsets_in = valid + quarantined + duplicates + skipped on every row. ``skipped`` (offsets that
+# hold no message) came last: ledgers created before it get the column added (``ensure_ledger``)
+# and their rows read it as NULL, i.e. 0.
 LEDGER_SCHEMA = [("batch_id", "STRING"), ("region", "STRING"), ("stage", "STRING"), ("offsets_in", "INT64"), ("valid", "INT64"),
                  ("quarantined", "INT64"), ("duplicates", "INT64"), ("rows_merged", "INT64"), ("seconds", "FLOAT64"),
-                 ("ok", "BOOL"), ("detail", "STRING"), ("recorded_at", "TIMESTAMP")]
+                 ("ok", "BOOL"), ("detail", "STRING"), ("recorded_at", "TIMESTAMP"), ("skipped", "INT64")]
+DEFAULT_JOB_TIMEOUT_S = 600.0  # enrollment.config.WarehouseSettings.job_timeout_s
 
 
 def _bq_type(arrow_type: pa.DataType) -> str:
@@ -59,6 +66,7 @@ class Warehouse:
     ops_dataset: str
     settings: object = None  # enrollment.config.WarehouseSettings (the defaults when None)
     statements: list = field(default_factory=list, repr=False)  # every statement sent, in order (tests count the writers)
+    _ledger_ready: bool = field(default=False, init=False, repr=False, compare=False)  # created and migrated (once per process)
 
     def table(self, name: str, ops: bool = False) -> str:
         return f"`{self.project}.{self.ops_dataset if ops else self.dataset}.{name}`"
@@ -68,7 +76,22 @@ class Warehouse:
 
         self.statements.append(sql)
         job = self.client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params or []))
-        return list(job.result())
+        return list(self.wait(job))
+
+    def wait(self, job):
+        """The job's result, awaited at most ``job_timeout_s``: a job that hangs is cancelled and the
+        caller fails (its task is retried) instead of holding the one writer's slot forever."""
+        import concurrent.futures
+
+        timeout = getattr(self.settings, "job_timeout_s", None) or DEFAULT_JOB_TIMEOUT_S
+        try:
+            return job.result(timeout=timeout)
+        except concurrent.futures.TimeoutError as exc:
+            try:
+                job.cancel()
+            except Exception as cancel_error:  # noqa: BLE001 (the timeout is the error to report)
+                log.warning("BigQuery job %s not cancelled: %s", job.job_id, cancel_error)
+            raise TimeoutError(f"BigQuery job {job.job_id} still running after {timeout:.0f} s: cancelled") from exc
 
     # -- tables ----------------------------------------------------------------------------------
     def ensure_tables(self, events_schema: list[tuple[str, str]], quarantine_schema: list[tuple[str, str]]) -> None:
@@ -90,8 +113,30 @@ class Warehouse:
             self.run(_ddl(self.table("partners"), PARTNER_SCHEMA, "updated_at", "region, partner_id"))
         if "quarantine" not in have:
             self.run(_ddl(self.table("quarantine"), quarantine_schema, "kafka_timestamp", "region, batch_id"))
-        if "ledger" not in have_ops:
-            self.run(_ddl(self.table("ledger", ops=True), LEDGER_SCHEMA, "recorded_at", "region, batch_id"))
+        self.ensure_ledger("ledger" in have_ops)
+
+    def ensure_ledger(self, exists: bool | None = None) -> None:
+        """The ledger, created when missing, and migrated: a ledger from before the ``skipped``
+        column gets it (``ADD COLUMN IF NOT EXISTS``: running it twice changes nothing)."""
+        from google.api_core.exceptions import NotFound
+
+        if self._ledger_ready:
+            return
+        table_id = self.table("ledger", ops=True)
+        if exists is None:
+            try:
+                schema = self.client.get_table(table_id.strip("`")).schema
+                exists = True
+            except NotFound:
+                exists = False
+        else:
+            schema = self.client.get_table(table_id.strip("`")).schema if exists else []
+        if not exists:
+            self.run(_ddl(table_id, LEDGER_SCHEMA, "recorded_at", "region, batch_id"))
+        elif "skipped" not in {f.name for f in schema}:
+            # BigQuery lists the column once added; the emulator does not, so it asks once per process.
+            self.run(f"ALTER TABLE {table_id} ADD COLUMN IF NOT EXISTS skipped INT64")
+        self._ledger_ready = True
 
     def stage_table(self, name: str, columns: list[tuple[str, str]], table: pa.Table) -> str:
         """A fresh staging table holding ``table``, with one load job (from memory, no object)."""
@@ -108,12 +153,12 @@ class Warehouse:
         self.client.create_table(bigquery.Table(table_id, schema=[bigquery.SchemaField(c, t) for c, t in columns]))
         config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_APPEND")
         if uris:
-            self.client.load_table_from_uri(list(uris), table_id, job_config=config).result()
+            self.wait(self.client.load_table_from_uri(list(uris), table_id, job_config=config))
         for table in tables:
             sink = io.BytesIO()
             pq.write_table(table, sink)
             sink.seek(0)
-            self.client.load_table_from_file(sink, table_id, job_config=config).result()
+            self.wait(self.client.load_table_from_file(sink, table_id, job_config=config))
         return f"`{table_id}`"
 
     def warehoused(self, batch_ids: list[str], window) -> list[str]:
@@ -126,20 +171,26 @@ class Warehouse:
         return sorted(r["batch_id"] for r in rows)
 
     def record_cycle(self, batches: list[Landed], info: dict[str, dict], window, seconds: float) -> None:
-        """The ``land`` and ``warehouse`` ledger rows of a cycle's batches, in one MERGE."""
+        """The ``land`` and ``warehouse`` ledger rows of a cycle's batches, and a row per gap or
+        rewind their claims found (``anomaly_rows``), in one MERGE."""
         from google.cloud import bigquery
 
         if not batches:
             return
+        self.ensure_ledger()
         types = dict(LEDGER_SCHEMA)
         cols = [c for c, _ in LEDGER_SCHEMA if c != "recorded_at"]
         params, selects = [], []
         for i, b in enumerate(batches):
-            for stage, rows, secs, detail in (("land", b.valid, b.seconds, ""),
-                                              ("warehouse", info[b.batch_id]["written"], seconds, info[b.batch_id]["detail"])):
-                values = {"batch_id": b.batch_id, "region": b.region, "stage": stage, "offsets_in": b.offsets, "valid": b.valid,
-                          "quarantined": b.quarantined, "duplicates": b.duplicates, "rows_merged": rows, "seconds": float(secs), "ok": True,
-                          "detail": detail}
+            rows_of_batch = [{"batch_id": b.batch_id, "region": b.region, "stage": stage, "offsets_in": b.offsets, "valid": b.valid,
+                              "quarantined": b.quarantined, "duplicates": b.duplicates, "skipped": b.skipped, "rows_merged": rows,
+                              "seconds": float(secs), "ok": True, "detail": detail}
+                             for stage, rows, secs, detail in (("land", b.valid, b.seconds, ""),
+                                                               ("warehouse", info[b.batch_id]["written"], seconds, info[b.batch_id]["detail"]))]
+            if b.requeued:  # set aside by an earlier cycle, repaired: its set_aside row says so now
+                rows_of_batch.append(rows_of_batch[0] | {"stage": "set_aside", "rows_merged": 0, "seconds": 0.0,
+                                                         "detail": "set aside, repaired, requeued and warehoused"})
+            for values in rows_of_batch + anomaly_rows(b):
                 n = len(selects)
                 params += [bigquery.ScalarQueryParameter(f"{c}{n}", types[c], values[c]) for c in cols]
                 selects.append("SELECT " + ", ".join(f"@{c}{n} AS {c}" for c in cols) + ", CURRENT_TIMESTAMP() AS recorded_at")
@@ -172,6 +223,8 @@ class Warehouse:
         from .cycle import raise_failed, run_cycle
 
         result = run_cycle(self, [landed], self.settings or WarehouseSettings())
+        if result.set_aside:
+            raise GateError(f"batch {landed.batch_id} set aside: {result.set_aside[landed.batch_id]}")
         raise_failed(result)
         if result.already:
             return {"events": landed.valid, "quarantine": landed.quarantined + landed.duplicates, "seconds": result.seconds,
@@ -231,9 +284,10 @@ class Warehouse:
         """One ledger row per batch and stage; recording again replaces it (idempotent)."""
         from google.cloud import bigquery
 
+        self.ensure_ledger()
         values = {"batch_id": landed.batch_id, "region": landed.region, "stage": stage, "offsets_in": landed.offsets, "valid": landed.valid,
-                  "quarantined": landed.quarantined, "duplicates": landed.duplicates, "rows_merged": rows_merged, "seconds": float(seconds),
-                  "ok": ok, "detail": detail}
+                  "quarantined": landed.quarantined, "duplicates": landed.duplicates, "skipped": landed.skipped, "rows_merged": rows_merged,
+                  "seconds": float(seconds), "ok": ok, "detail": detail}
         types = dict(LEDGER_SCHEMA)
         params = [bigquery.ScalarQueryParameter(k, types[k], v) for k, v in values.items()]
         cols = list(values)
@@ -250,6 +304,7 @@ class Warehouse:
         ``replace=False`` an existing row is never changed (a replay adds only missing rows)."""
         from google.cloud import bigquery
 
+        self.ensure_ledger()
         params = [bigquery.ScalarQueryParameter("b", "STRING", batch_id), bigquery.ScalarQueryParameter("stage", "STRING", stage),
                   bigquery.ScalarQueryParameter("like", "STRING", like), bigquery.ScalarQueryParameter("rows", "INT64", rows_merged),
                   bigquery.ScalarQueryParameter("seconds", "FLOAT64", float(seconds)), bigquery.ScalarQueryParameter("ok", "BOOL", ok),
@@ -257,7 +312,7 @@ class Warehouse:
         cols = [c for c, _ in LEDGER_SCHEMA]
         self.run(f"""MERGE {self.table('ledger', ops=True)} T
             USING (SELECT batch_id, region, @stage AS stage, offsets_in, valid, quarantined, duplicates, @rows AS rows_merged, @seconds AS seconds,
-                          @ok AS ok, @detail AS detail, CURRENT_TIMESTAMP() AS recorded_at
+                          @ok AS ok, @detail AS detail, CURRENT_TIMESTAMP() AS recorded_at, skipped
                    FROM {self.table('ledger', ops=True)} WHERE batch_id = @b AND stage = @like) S
             ON T.batch_id = S.batch_id AND T.stage = S.stage
             WHEN MATCHED AND @replace AND (T.rows_merged != S.rows_merged OR T.ok != S.ok OR COALESCE(T.detail, '') != COALESCE(S.detail, ''))
@@ -265,18 +320,41 @@ class Warehouse:
             WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""", params)
 
     def balance(self, batch_id: str) -> dict:
-        """Every offset accounted for: valid + quarantined + duplicates = offsets, at every stage."""
+        """Every offset accounted for: valid + quarantined + duplicates + skipped = offsets, at
+        every stage, and no row says otherwise (``ok``: a gap row never is)."""
         from google.cloud import bigquery
 
-        rows = self.run(f"SELECT stage, offsets_in, valid, quarantined, duplicates, ok FROM {self.table('ledger', ops=True)} WHERE batch_id = @b",
-                        [bigquery.ScalarQueryParameter("b", "STRING", batch_id)])
+        self.ensure_ledger()
+        rows = self.run(f"""SELECT stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped, ok, detail
+            FROM {self.table('ledger', ops=True)} WHERE batch_id = @b""", [bigquery.ScalarQueryParameter("b", "STRING", batch_id)])
         if not rows:
             raise GateError(f"ledger: no row for batch {batch_id}")
         for r in rows:
-            if r["offsets_in"] != r["valid"] + r["quarantined"] + r["duplicates"] or not r["ok"]:
+            if not balances(r) or not r["ok"]:
                 raise GateError(f"ledger, batch {batch_id}, stage {r['stage']}: offsets {r['offsets_in']} != valid {r['valid']} + quarantined "
-                                f"{r['quarantined']} + duplicates {r['duplicates']} (ok={r['ok']})")
+                                f"{r['quarantined']} + duplicates {r['duplicates']} + skipped {r['skipped']} (ok={r['ok']}; {r['detail'] or ''})")
         return {r["stage"]: dict(r) for r in rows}
+
+
+def balances(row) -> bool:
+    """offsets_in = valid + quarantined + duplicates + skipped (NULL skipped: a row from before it)."""
+    return row["offsets_in"] == row["valid"] + row["quarantined"] + row["duplicates"] + (row.get("skipped") or 0)
+
+
+def anomaly_rows(landed: Landed) -> list[dict]:
+    """One ledger row per kind of anomaly its claim or read found: ``gap`` (offsets deleted before
+    they were read: lost, so ``ok`` is false and the ledger never balances quietly) and ``rewind``
+    (offsets already landed that the group was rewound to: not read again, counted as duplicates)."""
+    out = []
+    for kind in ("gap", "rewind"):
+        found = [a for a in landed.anomalies or [] if a["kind"] == kind]
+        if not found:
+            continue
+        n = sum(max(0, a["end"] - a["start"]) for a in found)
+        out.append({"batch_id": landed.batch_id, "region": landed.region, "stage": kind, "offsets_in": n, "valid": 0, "quarantined": 0,
+                    "duplicates": n if kind == "rewind" else 0, "skipped": n if kind == "gap" else 0, "rows_merged": 0, "seconds": 0.0,
+                    "ok": kind == "rewind", "detail": "; ".join(a["detail"] for a in found)})
+    return out
 
 
 def event_ages(valid: pa.Table) -> dict:

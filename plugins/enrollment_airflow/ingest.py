@@ -11,11 +11,11 @@ DAG files call ``ingest_dag(region)`` once per configured region; every piece of
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset, AssetWatcher, Param, task
 
-from enrollment.config import Region, load_config
+from enrollment.config import MAX_BATCH_BYTES_LIMIT, MAX_BATCH_LIMIT, Region, load_config
 from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
 from enrollment_airflow.triggers import BacklogTrigger
 
@@ -48,13 +48,19 @@ sees {min_records:,} records pending or the oldest pending record {max_age_s:g} 
 run takes whatever is pending.
 
 One task, **land**:
-1. **claim** freezes the offset range per partition, from the consumer group `{group}`'s committed
-   offsets to the end seen now (at most `max_batch` offsets). The batch id and every object name
-   derive from the range; claiming again before the batch is landed returns the same range.
-2. **land** reads exactly that range, validates every message against the contracts and writes
+1. **claim** freezes the offset range per partition — every partition the cluster has, whatever
+   the configuration says — from the consumer group `{group}`'s committed offsets to the end seen
+   now (at most `max_batch` offsets). The batch id and every object name derive from the group and
+   the range; claiming again before the batch is landed returns the same range. A committed offset
+   past where the group's batches were landed (retention deleted them unread) is a **gap**; one
+   before it (the group's offsets expired) a **rewind** — the claim starts at the landed end; both
+   become ledger rows (stage `gap`, not ok; stage `rewind`) and errors in the task log.
+2. **land** reads exactly that range — up to `max_batch_bytes`: past it the claim shrinks to what
+   was read, the rest is the next batch's — validates every message against the contracts and writes
    `valid.parquet` and `quarantine.parquet` (reasons and raw bytes) under
    `gs://{bucket}/landing/{region}/<batch id>/`, write-once. **Gate:** offsets in the range =
-   valid + quarantined + duplicates, or the task fails.
+   valid + quarantined + duplicates + skipped (offsets holding no message: transaction markers,
+   compacted records), or the task fails.
 3. The batch is recorded as **pending** for the warehouse (`gs://{bucket}/pending/{region}/`),
    and only then are the offsets committed.
 
@@ -63,12 +69,12 @@ writer of the warehouse for all regions, which takes every pending batch (this o
 the next cycle if this one fails), writes the ledger and wakes the sinks.
 
 **Reading the ledger** (`{ops}.ledger`, one row per batch and stage):
-`offsets_in = valid + quarantined + duplicates` must hold on every row;
+`offsets_in = valid + quarantined + duplicates + skipped` must hold on every row;
 `SELECT * FROM {ops}.ledger WHERE region = '{region}' ORDER BY recorded_at DESC`.
 Why a message was refused: `SELECT reasons, COUNT(*) FROM {dataset}.quarantine GROUP BY 1`.
 
 Every run may run twice: names derive from offsets, objects are write-once. A manual run takes
-`max_batch` as a parameter. Owner: enrollment-data team.
+`max_batch` and `max_batch_bytes` as parameters. Owner: enrollment-data team.
 """
 
 
@@ -87,10 +93,18 @@ def ingest_dag(region: Region) -> DAG:
         doc_md=DOC_MD.format(region=region.code, region_lower=region.code.lower(), topic=region.topic, group=config.consumer_group,
                              bucket=config.landing_bucket, dataset=config.warehouse_dataset, ops=config.ops_dataset,
                              min_records=region.min_records, max_age_s=region.max_age_s),
-        params={"max_batch": Param(region.max_batch, type="integer", minimum=1, description="Most offsets one batch claims")},
+        # Bounded: one batch is held in one task's memory (a typo of a zero too many must not OOM a worker).
+        params={"max_batch": Param(region.max_batch, type="integer", minimum=1, maximum=max(MAX_BATCH_LIMIT, region.max_batch),
+                                   description="Most offsets one batch claims"),
+                "max_batch_bytes": Param(region.max_batch_bytes, type="integer", minimum=1024,
+                                         maximum=max(MAX_BATCH_BYTES_LIMIT, region.max_batch_bytes),
+                                         description="Most message bytes (keys + values) one batch reads; the claim shrinks to fit")},
     ) as dag:
 
-        @task(task_id="land", outlets=[landed_asset(region)])
+        # A batch of max_batch offsets lands in well under a minute, and reading gives up after
+        # 120 s without its offsets; land_timeout_s (15 min by default) is a hang — a broker or
+        # Cloud Storage call that never returns — not work. The retry claims the same batch.
+        @task(task_id="land", outlets=[landed_asset(region)], execution_timeout=timedelta(seconds=region.land_timeout_s))
         def land_batch(params=None) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
             from enrollment.batches import claim, land
@@ -104,7 +118,7 @@ def ingest_dag(region: Region) -> DAG:
             manifest = claim(ep.kafka_bootstrap, config.consumer_group, region.code, region.topic, region.partitions, bucket, int(params["max_batch"]))
             if manifest is None:
                 raise AirflowSkipException(f"nothing pending on {region.topic}")
-            return land(ep.kafka_bootstrap, manifest, bucket).as_dict()
+            return land(ep.kafka_bootstrap, manifest, bucket, max_bytes=int(params.get("max_batch_bytes") or region.max_batch_bytes)).as_dict()
 
         land_batch()
     return dag

@@ -8,6 +8,11 @@ land stage does, after the batch is durable).
 It fires once per piece of work (the committed offsets it saw); when those have not moved for
 ``refire_after_s`` — the run failed and gave up — it fires again, and the new run claims the
 same unfinished batch (claims are idempotent), so a restart or a re-fire never makes a second batch.
+
+The partitions watched are the cluster's (``partitions`` is the configured count, only compared).
+A connection that is missing or broken never crashes the trigger (a crashed watcher would wake
+nothing again): it fires one event saying so — the ingest run it wakes fails on the same
+connection, red in the UI — and keeps looking for the connection until it works.
 """
 
 from __future__ import annotations
@@ -38,10 +43,22 @@ class BacklogTrigger(BaseEventTrigger):
         from airflow.sdk import BaseHook
         from enrollment.backlog import measure, should_fire
 
-        conn = await BaseHook.aget_connection(self.kafka_conn_id)
-        bootstrap = conn.extra_dejson["bootstrap.servers"]
+        bootstrap = None
         fired_for, fired_at = None, 0.0
         while True:
+            if bootstrap is None:
+                try:
+                    conn = await BaseHook.aget_connection(self.kafka_conn_id)
+                    bootstrap = conn.extra_dejson["bootstrap.servers"]
+                except Exception as exc:  # noqa: BLE001 (missing, unreadable or without bootstrap.servers)
+                    error = f"connection {self.kafka_conn_id!r} unusable: {type(exc).__name__}: {exc}"
+                    self.log.error("%s: %s; the backlog of %s is not watched until it is fixed", self.region, error, self.topic)
+                    now = time.time()
+                    if error != fired_for or now - fired_at >= self.refire_after_s:
+                        fired_for, fired_at = error, now
+                        yield TriggerEvent({"region": self.region, "error": error, "pending": None})
+                    await asyncio.sleep(max(self.poll_s, 5.0))
+                    continue
             try:
                 backlog = await asyncio.to_thread(measure, bootstrap, self.group, self.topic, self.partitions, self.min_records)
             except Exception as exc:  # noqa: BLE001 (the broker may be restarting: keep watching)

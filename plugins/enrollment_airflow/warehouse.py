@@ -9,13 +9,16 @@ batch and writes each table once per cycle (``enrollment.cycle``).
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from enrollment.config import load_config
 from enrollment_airflow.defaults import DEFAULT_ARGS, WAREHOUSE_POOL, Tag
 from enrollment_airflow.ingest import landed_asset, warehouse_asset
+
+log = logging.getLogger(__name__)
 
 DAG_ID = "warehouse"
 
@@ -34,7 +37,10 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    mandatory columns filled, every quarantined offset there, every partner at its version.
    Then the `land` and `warehouse` ledger rows (`{ops}.ledger`) and the batches' metrics
    (`{ops}.metrics`). A batch that fails its gate stays pending and is named; the others are
-   committed. Its success updates the asset `warehouse`, which wakes the sink DAGs.
+   committed. A batch whose landed objects are missing or unreadable is **set aside** first
+   (ledger row `set_aside`, not ok; its record moved to `gs://{bucket}/set_aside/{group}/`; the
+   lag monitor alerts) and the cycle goes on with the others: requeue it once repaired with
+   `enrollment.cycle.requeue`. Its success updates the asset `warehouse`, which wakes the sink DAGs.
 2. **freshness** — fails the run when a batch's oldest event took more than {sla:g} s from Kafka
    to queryable (`freshness_sla_s`): the data is in, the red run is the alert (a gate that
    measured lateness, not a stage that broke — that one is **cycle**).
@@ -66,7 +72,10 @@ def warehouse_dag() -> DAG:
                              bucket=config.landing_bucket, group=config.consumer_group, pool=WAREHOUSE_POOL),
     ) as dag:
 
-        @task(task_id="cycle", outlets=[warehouse_asset()], pool=WAREHOUSE_POOL)
+        # Each BigQuery job is cancelled after job_timeout_s; a cycle sends about ten of them in
+        # sequence and reads small objects, so cycle_timeout_s (30 min by default, at least one
+        # job's timeout) means something hangs, and the one writer's slot must come free.
+        @task(task_id="cycle", outlets=[warehouse_asset()], pool=WAREHOUSE_POOL, execution_timeout=timedelta(seconds=settings.cycle_timeout_s))
         def cycle() -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
             from enrollment import metrics
@@ -82,6 +91,8 @@ def warehouse_dag() -> DAG:
             if not batches:
                 raise AirflowSkipException("no landed batch is waiting for the warehouse")
             result = run_cycle(warehouse, batches, settings)
+            for batch_id, why in result.set_aside.items():
+                log.error("batch %s set aside (the cycle went on with the others): %s", batch_id, why)
             metrics.record_batches(warehouse, "ingest", [b | {"warehouse_s": result.seconds} for b in result.batches])
             raise_failed(result)
             return result.as_dict()

@@ -85,6 +85,22 @@ def test_trigger_fires_once_per_piece_of_work(stack):
         admin.delete_topics([topic])
 
 
+def test_a_missing_connection_fires_a_clear_event_and_the_trigger_keeps_running(stack):
+    trigger = BacklogTrigger(region="TEST", topic="test.backlog.none", partitions=2, group="test-backlog-none", min_records=1, max_age_s=1.0,
+                             kafka_conn_id="no_such_kafka_connection", poll_s=0.2)
+
+    async def scenario():
+        events: asyncio.Queue = asyncio.Queue()
+        pump = asyncio.create_task(_pump(trigger, events))
+        first = await _next_event(events, 15)
+        assert first is not None and "no_such_kafka_connection" in first.payload["error"] and first.payload["region"] == "TEST"
+        assert await _next_event(events, 6.0) is None, "the same error fires once"
+        assert not pump.done(), "the trigger keeps looking for its connection"
+        pump.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_running_airflow_wakes_the_ingest_dag_through_the_backlog_watcher(stack, pipeline_config):
     from stack.airflow_client import AirflowClient
 

@@ -145,3 +145,39 @@ def test_the_cycle_as_one_transaction_writes_the_same(stack, pipeline_config, wa
     raise_failed(result)
     assert any(s.startswith("BEGIN TRANSACTION;") and s.rstrip().endswith("COMMIT TRANSACTION;") for s in warehouse.statements)
     assert_written_once(warehouse, [batch], valid_ids(messages))
+
+
+def test_a_batch_whose_objects_are_gone_is_set_aside_and_the_cycle_goes_on(stack, pipeline_config, warehouse, two_regions):
+    from enrollment.cycle import requeue, set_aside_object
+
+    topics, group = two_regions
+    bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
+    amer_messages = Simulator(seed=7301, faults=FaultRates.mix(0.05), initial_partners=30).take(1000)
+    emea_messages = Simulator(seed=7302, faults=FaultRates.mix(0.05), initial_partners=30).take(1000)
+    amer = land_region(stack, bucket, group, "AMER", topics["AMER"], amer_messages)
+    emea = land_region(stack, bucket, group, "EMEA", topics["EMEA"], emea_messages)
+
+    # EMEA's events are gone (an emulator's data reset, a deletion): the cycle cannot load them.
+    lost = bucket.blob(emea.valid_uri.removeprefix(f"gs://{bucket.name}/"))
+    saved = lost.download_as_bytes()
+    lost.delete()
+    result = run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings())
+    raise_failed(result)  # the others are committed: nothing to raise
+    assert list(result.set_aside) == [emea.batch_id] and "valid.parquet is missing" in result.set_aside[emea.batch_id]
+    assert [b["batch_id"] for b in result.batches] == [amer.batch_id], "the cycle went on with the other region"
+    assert pending_batches(bucket, group) == [], "nothing left pending: no cycle gridlocks on it"
+    assert bucket.blob(set_aside_object(group, "EMEA", emea.batch_id)).exists()
+    row = warehouse.run(f"SELECT ok, detail FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = '{emea.batch_id}' AND stage = 'set_aside'")
+    assert len(row) == 1 and not row[0]["ok"] and emea.valid_uri in row[0]["detail"]
+    with pytest.raises(GateError, match="set_aside"):
+        warehouse.balance(emea.batch_id)
+
+    lost.upload_from_string(saved)  # repaired
+    requeue(bucket, group, "EMEA", emea.batch_id)
+    nxt = run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings())
+    raise_failed(nxt)
+    assert [b["batch_id"] for b in nxt.batches] == [emea.batch_id] and not nxt.set_aside
+    assert not bucket.blob(set_aside_object(group, "EMEA", emea.batch_id)).exists()
+    assert warehouse.balance(emea.batch_id)["set_aside"]["ok"], "once warehoused, its set_aside row says it was repaired"
+    events = warehouse.run(f"SELECT COUNT(DISTINCT event_id) AS n, COUNT(*) AS rows FROM {warehouse.table('events')}")[0]
+    assert events["n"] == events["rows"] == len(valid_ids(amer_messages) | valid_ids(emea_messages))
