@@ -39,6 +39,19 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
 
 
+def unsent(exc: BaseException) -> bool:
+    """The request never reached the service (no connection): sending it again cannot do anything twice."""
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def not_queued(exc: BaseException) -> bool:
+    """A failed call the service certainly did not carry out: refused (4xx, throttled), never sent,
+    or answered with a server error — except a gateway timeout (504), behind which it may have."""
+    if isinstance(exc, MarketingCloudError) or unsent(exc):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500 and exc.response.status_code != 504
+
+
 @dataclass
 class MarketingCloudClient:
     auth_url: str
@@ -75,8 +88,7 @@ class MarketingCloudClient:
             return self._token
 
     # -- transport --------------------------------------------------------------------------
-    @retry(retry=retry_if_exception(_transient), wait=wait_exponential(multiplier=0.5, max=20), stop=stop_after_attempt(8), reraise=True)
-    def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         waited = 0.0
         renewed = False
         while True:
@@ -97,6 +109,11 @@ class MarketingCloudClient:
             if response.status_code >= 500:
                 response.raise_for_status()
             return response
+
+    _call = retry(retry=retry_if_exception(_transient), wait=wait_exponential(multiplier=0.5, max=20), stop=stop_after_attempt(8), reraise=True)(_request)
+    # Journey entry events are not idempotent: a timeout or a 5xx may hide an event queued, so they
+    # are sent again only when the request never left (429 and 401 are refusals: waited out above).
+    _call_once = retry(retry=retry_if_exception(unsent), wait=wait_exponential(multiplier=0.5, max=20), stop=stop_after_attempt(8), reraise=True)(_request)
 
     def _json(self, response: httpx.Response, what: str) -> dict:
         if response.status_code >= 400:
@@ -157,7 +174,7 @@ class MarketingCloudClient:
 
     # -- journeys ---------------------------------------------------------------------------
     def fire_entry_event(self, event_definition_key: str, contact_key: str, data: dict) -> str:
-        response = self._call("POST", "/interaction/v1/events", json={"ContactKey": contact_key, "EventDefinitionKey": event_definition_key, "Data": data})
+        response = self._call_once("POST", "/interaction/v1/events", json={"ContactKey": contact_key, "EventDefinitionKey": event_definition_key, "Data": data})
         return self._json(response, f"entry event {event_definition_key}")["eventInstanceId"]
 
     def fire_entry_events(self, event_definition_key: str, members: list[tuple[str, dict]]) -> list[dict]:
@@ -166,7 +183,7 @@ class MarketingCloudClient:
         out = []
         for start in range(0, len(members), MAX_JOURNEY_MEMBERS):
             chunk = [{"contactKey": key, "data": data} for key, data in members[start:start + MAX_JOURNEY_MEMBERS]]
-            response = self._call("POST", "/interaction/v1/async/events", json={"eventDefinitionKey": event_definition_key, "members": chunk})
+            response = self._call_once("POST", "/interaction/v1/async/events", json={"eventDefinitionKey": event_definition_key, "members": chunk})
             out.extend(self._json(response, f"entry events {event_definition_key}")["members"])
         return out
 

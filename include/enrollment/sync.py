@@ -14,7 +14,18 @@ A run:
 4. **commit** — rejected rows into ``<warehouse>.sink_quarantine`` with the service's message, a
    ledger row per batch (stage ``sync_<sink>``), then the sink's **watermark**
    (``<ops>.sink_watermarks``: the newest batch it synced per region, for people and the lag
-   monitor; plans do not read it).
+   monitor; plans do not read it). Rows are recorded from what is read back, never from what a
+   step handed on: only for batches whose warehouse ledger row exists when committing and whose
+   partners the gate read back from the sink — a stale run (a retry from before a data reset)
+   records nothing for batches that are gone.
+
+A value the service refuses (a term too long for Solr, a Firestore document over its limits, a
+row Marketing Cloud rejects) is one partner in the sink quarantine, never a failed run. A batch
+whose landed objects are gone or unreadable is **set aside**: a ``sync_<sink>`` ledger row with
+``ok = false`` and the reason (plans skip it; the reconciliation reports it as a row that does not
+balance), an error logged and the alert callback called; the run goes on with the other batches.
+Once repaired, ``SyncRun.resync`` (the sync DAGs' ``resync_batches`` param) syncs it again from
+the warehouse's current state and replaces that row.
 
 Every step may run twice: the plan is a function of the ledger, writes are version-guarded or
 upserts, ledger and quarantine rows are MERGEd, the watermark only moves forward.
@@ -26,6 +37,7 @@ import hashlib
 import logging
 import io
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -85,6 +97,7 @@ class SyncRun:
 
     warehouse: Warehouse
     bucket: object  # google.cloud.storage.Bucket (the landing bucket)
+    alert: Callable[[str], None] | None = None  # called with the message when a batch is set aside (the DAG's alert callback)
 
     def ensure_tables(self) -> None:
         """The watermark and sink-quarantine tables, created when missing (a metadata read when not)."""
@@ -142,27 +155,80 @@ class SyncRun:
         return self.plan_all(sink, [region], max_batches)[region]
 
     # -- write ----------------------------------------------------------------------------------
-    def touched(self, plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
-        """Partner id → the plan's last batch that changed it, and → the batch that enrolled it.
+    def touched(self, plan: Plan, from_warehouse: bool = False) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        """Partner id → the plan's last batch that changed it, and → the batch that enrolled it; and
+        batch id → why it cannot be read.
 
         From each batch's partner changes (``partners.parquet``, one row per partner: a small
-        object); batches landed by an older version are read from their events."""
+        object); batches landed by an older version are read from their events. A batch whose
+        objects are gone or unreadable is returned as unreadable, or, ``from_warehouse``, read
+        from the warehouse's events instead (a resync)."""
         from google.api_core.exceptions import NotFound
 
-        last, enrolled = {}, {}
+        last, enrolled, unreadable = {}, {}, {}
         for b in plan.batches:
             try:
-                changes = self.warehouse._read_parquet(plan.partners_uri(b["batch_id"])).select(["partner_id", "enrolled_at"])
-                pairs = zip(changes.column("partner_id").to_pylist(), (e is not None for e in changes.column("enrolled_at").to_pylist()), strict=True)
+                try:
+                    changes = self.warehouse._read_parquet(plan.partners_uri(b["batch_id"])).select(["partner_id", "enrolled_at"])
+                    pairs = list(zip(changes.column("partner_id").to_pylist(), (e is not None for e in changes.column("enrolled_at").to_pylist()), strict=True))
+                except NotFound:
+                    valid = pq.read_table(io.BytesIO(self.warehouse._blob(plan.valid_uri(b["batch_id"])).download_as_bytes()), columns=["partner_id", "event_type"])
+                    valid = valid.filter(pc.is_in(valid.column("event_type"), pa.array(PARTNER_EVENTS)))
+                    pairs = list(zip(valid.column("partner_id").to_pylist(), (k == "partner.enrolled" for k in valid.column("event_type").to_pylist()), strict=True))
             except NotFound:
-                valid = pq.read_table(io.BytesIO(self.warehouse._blob(plan.valid_uri(b["batch_id"])).download_as_bytes()), columns=["partner_id", "event_type"])
-                valid = valid.filter(pc.is_in(valid.column("event_type"), pa.array(PARTNER_EVENTS)))
-                pairs = zip(valid.column("partner_id").to_pylist(), (k == "partner.enrolled" for k in valid.column("event_type").to_pylist()), strict=True)
+                reason = f"its landed objects are gone ({plan.partners_uri(b['batch_id'])}, valid.parquet)"
+            except (pa.ArrowException, KeyError, ValueError) as exc:  # not Parquet, or not the columns a landed batch has
+                reason = _said("its landed rows are unreadable", exc)
+            else:
+                reason = None
+            if reason is not None:
+                if not from_warehouse:
+                    unreadable[b["batch_id"]] = reason
+                    continue
+                pairs = self.touched_in_warehouse(b)
             for pid, is_enrollment in pairs:
                 last[pid] = b["batch_id"]
                 if is_enrollment:
                     enrolled[pid] = b["batch_id"]
-        return last, enrolled
+        return last, enrolled, unreadable
+
+    def touched_in_warehouse(self, batch: dict, days_before: int = 30) -> list[tuple[str, bool]]:
+        """(partner id, enrolled) of a batch, from the warehouse's events: for a batch whose landed
+        objects are gone. Its events arrived before it was warehoused: the scan is bounded to the
+        ``days_before`` partitions before that (never all history)."""
+        from google.cloud import bigquery
+
+        w = self.warehouse
+        rows = w.run(f"""SELECT partner_id, LOGICAL_OR(event_type = 'partner.enrolled') AS enrolled FROM {w.table('events')}
+            WHERE kafka_timestamp BETWEEN TIMESTAMP_SUB(@at, INTERVAL {int(days_before)} DAY) AND TIMESTAMP_ADD(@at, INTERVAL 1 DAY)
+              AND batch_id = @b AND event_type IN UNNEST(@kinds)
+            GROUP BY partner_id ORDER BY partner_id""",
+                     [bigquery.ScalarQueryParameter("at", "TIMESTAMP", datetime.fromisoformat(batch["warehoused_at"])),
+                      bigquery.ScalarQueryParameter("b", "STRING", batch["batch_id"]), bigquery.ArrayQueryParameter("kinds", "STRING", PARTNER_EVENTS)])
+        return [(r["partner_id"], bool(r["enrolled"])) for r in rows]
+
+    def set_aside(self, plan: Plan, reasons: dict[str, str]) -> dict[str, str]:
+        """Batches a sink cannot read: a ``sync_<sink>`` ledger row with ok = false names each (plans
+        skip it, the reconciliation reports it), an error logged, the alert called. A batch with no
+        warehouse ledger row is no batch of this pipeline (a stale plan): the region fails instead."""
+        from google.cloud import bigquery
+
+        w = self.warehouse
+        known = {r["batch_id"] for r in w.run(f"SELECT batch_id FROM {w.table('ledger', ops=True)} WHERE stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)",
+                                              [bigquery.ArrayQueryParameter("ids", "STRING", sorted(reasons))])}
+        unknown = sorted(set(reasons) - known)
+        if unknown:
+            raise GateError(f"sync {plan.sink} {plan.region}: {len(unknown)} planned batches have neither landed objects nor a warehouse ledger row "
+                            f"(a stale plan?), e.g. {unknown[0]}: {reasons[unknown[0]]}")
+        for batch_id, reason in sorted(reasons.items()):
+            # Never over a row that says the batch was synced (a replay meeting a batch damaged since).
+            w.record_stage(batch_id, f"sync_{plan.sink}", 0, 0.0, ok=False, detail=f"set aside: {reason}"[:1000], replace=False)
+            message = (f"sync {plan.sink} {plan.region}: batch {batch_id} set aside, {reason}. The other batches go on; once repaired, "
+                       f"sync it again with the sync_{plan.sink} DAG's resync_batches param (SyncRun.resync)")
+            log.error(message)
+            if self.alert is not None:
+                self.alert(message)
+        return reasons
 
     def current_state(self, partner_ids: list[str], chunk: int = 10_000) -> list[dict]:
         from google.cloud import bigquery
@@ -174,9 +240,11 @@ class SyncRun:
                                                [bigquery.ArrayQueryParameter("ids", "STRING", ids)]))
         return sorted(out, key=lambda r: r["partner_id"])
 
-    def write(self, sink: Sink, plan: Plan) -> dict:
+    def write(self, sink: Sink, plan: Plan, from_warehouse: bool = False) -> dict:
         t0 = time.monotonic()
-        last, enrolled = self.touched(plan)
+        last, enrolled, unreadable = self.touched(plan, from_warehouse)
+        set_aside = self.set_aside(plan, unreadable) if unreadable else {}
+        plan = Plan(plan.sink, plan.region, plan.bucket, [b for b in plan.batches if b["batch_id"] not in set_aside])
         partners = self.current_state(sorted(last))
         missing = set(last) - {p["partner_id"] for p in partners}
         if missing:
@@ -187,7 +255,7 @@ class SyncRun:
         self.bucket.blob(plan.manifest_object).upload_from_string(sink_buffer.getvalue(), content_type="application/vnd.apache.parquet")
         result = sink.write(partners, enrolled)
         return {"plan": plan.as_dict(), "partners_uri": f"gs://{plan.bucket}/{plan.manifest_object}", "result": result.as_dict(),
-                "seconds": round(time.monotonic() - t0, 3)}
+                "set_aside": set_aside, "seconds": round(time.monotonic() - t0, 3)}
 
     def handed_over(self, written: dict) -> list[dict]:
         table = self.warehouse._read_parquet(written["partners_uri"])
@@ -206,34 +274,64 @@ class SyncRun:
         problems += sink.verify([p for p in partners if p["partner_id"] not in rejected], result)
         if problems:
             raise GateError(f"sync gate, {sink.name} {written['plan']['region']}: {describe(problems)}")
-        return {"verified": len(partners) - len(rejected), "rejected": len(rejected)}
+        # Per batch, what was read back: the partners handed over (read from Cloud Storage), each
+        # verified in the sink or refused by it. Commit records ledger rows from this only.
+        per_batch = {b["batch_id"]: [0, 0] for b in written["plan"]["batches"]}
+        for p in partners:
+            per_batch[p["sync_batch_id"]][1 if p["partner_id"] in rejected else 0] += 1
+        return {"verified": len(partners) - len(rejected), "rejected": len(rejected), "per_batch": per_batch}
 
     # -- commit ---------------------------------------------------------------------------------
-    def commit(self, written: dict, seconds: float | None = None, move_watermark: bool = True) -> dict:
+    def commit(self, written: dict, seconds: float | None = None, move_watermark: bool = True, replace: bool | None = None) -> dict:
+        """Quarantine, ledger rows and watermark for a gated write (``written["gate"]``).
+
+        A ledger row per batch the gate read back whose warehouse ledger row exists now; the other
+        batches are left out and logged (a stale run). ``replace`` (default: ``move_watermark``)
+        replaces existing rows; a row that says the batch was set aside is always replaced."""
         from google.cloud import bigquery
 
         w, plan = self.warehouse, Plan(**written["plan"])
-        result = SinkResult.from_dict(written["result"])
+        set_aside = sorted(written.get("set_aside") or {})
         if not plan.batches:
-            return {"batches": 0}
+            return {"batches": 0, "set_aside": set_aside}
+        if "gate" not in written:
+            raise ValueError(f"sync commit, {plan.sink} {plan.region}: no gate result; commit records only what the gate read back")
+        per_batch = written["gate"]["per_batch"]
+        stage = f"sync_{plan.sink}"
+        held = w.run(f"SELECT batch_id, stage, ok FROM {w.table('ledger', ops=True)} WHERE batch_id IN UNNEST(@ids) AND stage IN ('warehouse', @stage)",
+                     [bigquery.ArrayQueryParameter("ids", "STRING", [b["batch_id"] for b in plan.batches]),
+                      bigquery.ScalarQueryParameter("stage", "STRING", stage)])
+        warehoused = {r["batch_id"] for r in held if r["stage"] == "warehouse" and r["ok"]}
+        not_ok = {r["batch_id"] for r in held if r["stage"] == stage and not r["ok"]}
+        batches = [b for b in plan.batches if b["batch_id"] in warehoused and b["batch_id"] in per_batch]
+        stale = sorted({b["batch_id"] for b in plan.batches} - {b["batch_id"] for b in batches})
+        if stale:
+            log.warning("sync %s %s: %d batches of the plan have no warehouse ledger row now or were not gated (a stale run): nothing recorded "
+                        "for them, e.g. %s", plan.sink, plan.region, len(stale), stale[0])
+        if not batches:
+            return {"batches": 0, "stale": stale, "set_aside": set_aside, "watermark": None}
+        result = SinkResult.from_dict(written["result"])
         partners = self.handed_over(written)
+        recorded = {b["batch_id"] for b in batches}
         batch_of = {p["partner_id"]: p["sync_batch_id"] for p in partners}
         version_of = {p["partner_id"]: p["partner_version"] for p in partners}
-        if result.rejected:
-            self._quarantine(plan, [(pid, batch_of.get(pid, plan.batches[-1]["batch_id"]), version_of.get(pid), msg) for pid, msg in result.rejected])
-        rejected = {pid for pid, _ in result.rejected}
-        per_batch = {b["batch_id"]: [0, 0] for b in plan.batches}
-        for pid, batch_id in batch_of.items():
-            per_batch[batch_id][1 if pid in rejected else 0] += 1
+        refused = [(pid, batch_of.get(pid, batches[-1]["batch_id"]), version_of.get(pid), msg) for pid, msg in result.rejected]
+        refused = [r for r in refused if r[1] in recorded]
+        if refused:
+            self._quarantine(plan, refused)
         seconds = written.get("seconds", 0.0) if seconds is None else seconds
-        for batch_id, (synced, refused) in per_batch.items():
+        replace = move_watermark if replace is None else replace
+        for b in batches:
+            synced, rejected = per_batch[b["batch_id"]]
             # A replay adds the rows of batches never synced and leaves the others: its grouping of
             # batches differs from the regular runs', so would its per-batch counts.
-            w.record_stage(batch_id, f"sync_{plan.sink}", synced, seconds, detail=f"partners {synced + refused}: synced {synced}, rejected {refused}",
-                           replace=move_watermark)
-        last = plan.batches[-1]
+            w.record_stage(b["batch_id"], stage, synced, seconds, detail=f"partners {synced + rejected}: synced {synced}, rejected {rejected}",
+                           replace=replace or b["batch_id"] in not_ok)
+        out = {"batches": len(batches), "partners": sum(sum(per_batch[b["batch_id"]]) for b in batches), "rejected": len(refused), "stale": stale,
+               "set_aside": set_aside}
+        last = batches[-1]
         if not move_watermark:  # a replay of old batches: the regular runs keep their place
-            return {"batches": len(plan.batches), "partners": len(partners), "rejected": len(rejected), "watermark": None}
+            return out | {"watermark": None}
         params = [bigquery.ScalarQueryParameter("s", "STRING", plan.sink), bigquery.ScalarQueryParameter("r", "STRING", plan.region),
                   bigquery.ScalarQueryParameter("b", "STRING", last["batch_id"]),
                   bigquery.ScalarQueryParameter("t", "TIMESTAMP", datetime.fromisoformat(last["warehoused_at"]))]
@@ -243,7 +341,7 @@ class SyncRun:
             WHEN MATCHED AND S.warehoused_at > T.warehoused_at THEN UPDATE SET batch_id = S.batch_id, warehoused_at = S.warehoused_at, synced_at = S.synced_at
             WHEN NOT MATCHED THEN INSERT (sink, region, batch_id, warehoused_at, synced_at) VALUES (S.sink, S.region, S.batch_id, S.warehoused_at, S.synced_at)""",
               params)
-        return {"batches": len(plan.batches), "partners": len(partners), "rejected": len(rejected), "watermark": last["batch_id"]}
+        return out | {"watermark": last["batch_id"]}
 
     def _quarantine(self, plan: Plan, rows: list[tuple]) -> None:
         w = self.warehouse
@@ -289,7 +387,7 @@ class SyncRun:
 
     def commit_all(self, stage: dict) -> dict:
         """Commits every region that passed its gate, then fails loudly naming the others."""
-        committed = {w["plan"]["region"]: self.commit(w) | w["gate"] for w in stage["written"]}
+        committed = {w["plan"]["region"]: self.commit(w) | {k: v for k, v in w["gate"].items() if k != "per_batch"} for w in stage["written"]}
         if stage["failed"]:
             raise SyncError("; ".join(f"{region}: {message}" for region, message in sorted(stage["failed"].items()))
                             + f" (committed: {', '.join(sorted(committed)) or 'none'})")
@@ -303,4 +401,33 @@ class SyncRun:
             return {"batches": 0}
         written = self.write(sink, plan)
         gated = self.gate(sink, written)
-        return self.commit(written) | gated | {"result": written["result"]}
+        return self.commit(written | {"gate": gated}) | {k: v for k, v in gated.items() if k != "per_batch"} | {"result": written["result"]}
+
+    def resync(self, sink: Sink, batch_ids: list[str], chunk: int = 20) -> dict:
+        """Syncs these batches again from the warehouse's current state: the way back for a batch
+        set aside, once repaired (or any warehoused batch). Their partners are read from the landed
+        objects, or from the warehouse's events when those are gone; each batch's ``sync_<sink>``
+        ledger row is replaced. The watermark does not move (old batches)."""
+        from google.cloud import bigquery
+
+        w = self.warehouse
+        rows = w.run(f"""SELECT batch_id, region, recorded_at FROM {w.table('ledger', ops=True)}
+            WHERE stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)""", [bigquery.ArrayQueryParameter("ids", "STRING", list(batch_ids))]) if batch_ids else []
+        found = {r["batch_id"]: r for r in rows}
+        missing = [b for b in batch_ids if b not in found]
+        if missing:
+            raise ValueError(f"resync {sink.name}: {len(missing)} batches have no warehouse ledger row (replay the warehouse stage first), e.g. {missing[:3]}")
+        self.ensure_tables()
+        out: dict[str, dict] = {}
+        for region in sorted({r["region"] for r in rows}):
+            ids = sorted((b for b in found if found[b]["region"] == region), key=lambda b: (found[b]["recorded_at"], b))
+            for start in range(0, len(ids), chunk):
+                plan = Plan(sink.name, region, self.bucket.name,
+                            [{"batch_id": b, "warehoused_at": found[b]["recorded_at"].isoformat()} for b in ids[start:start + chunk]])
+                written = self.write(sink, plan, from_warehouse=True)
+                committed = self.commit(written | {"gate": self.gate(sink, written)}, move_watermark=False, replace=True)
+                totals = out.setdefault(region, {"batches": 0, "partners": 0, "rejected": 0})
+                for key in totals:
+                    totals[key] += committed.get(key, 0)
+        log.info("resync %s: %s", sink.name, out)
+        return out

@@ -15,13 +15,16 @@ retry) takes it again.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from enrollment.config import load_config
 from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
 from enrollment_airflow.ingest import warehouse_asset
+
+MAX_BATCHES = 500  # a run reads each batch's partner changes: beyond this, let the next run take the rest
+MAX_RESYNC = 1000
 
 DOC_MD = """
 ### Sync: {sink}
@@ -39,6 +42,13 @@ it, and the next run takes it again):
 3. **commit** — rows the service refused go to `{dataset}.sink_quarantine` with its message; one
    ledger row per batch (stage `sync_{sink}`): what marks a batch synced; the watermark
    (`{ops}.sink_watermarks`) records the newest one for people to read.
+
+**Refusals never stop a region**: a value the service refuses is one partner in the sink
+quarantine. A batch whose landed objects are gone or unreadable is **set aside**: a `sync_{sink}`
+ledger row with `ok = false` and the reason (`SELECT batch_id, detail FROM {ops}.ledger WHERE stage =
+'sync_{sink}' AND NOT ok`), an error in the log and an alert; the other batches go on. Once
+repaired, trigger this DAG with `resync_batches` = those batch ids: they are synced again from the
+warehouse's current state (from its events when the landed objects are gone) and their rows replaced.
 
 **Runs when** the `warehouse` asset is updated (after each warehouse cycle), and every
 `{cron}` (UTC) to catch up after an outage. **Catch-up is automatic**: the next run takes every
@@ -65,21 +75,35 @@ def sync_dag(sink_name: str) -> DAG:
         tags=[str(Tag.SYNC)],
         doc_md=DOC_MD.format(sink=sink_name, module=options["module"], dataset=config.warehouse_dataset, ops=config.ops_dataset,
                              cron=config.sync_catch_up_every, lookback=config.sync_lookback_days),
-        params={"max_batches": Param(config.sync_max_batches, type="integer", minimum=1, description="Most batches one run takes per region")},
+        params={"max_batches": Param(config.sync_max_batches, type="integer", minimum=1, maximum=max(MAX_BATCHES, config.sync_max_batches),
+                                     description="Most batches one run takes per region"),
+                "resync_batches": Param([], type="array", items={"type": "string"}, maxItems=MAX_RESYNC,
+                                        description="Batch ids to sync again from the warehouse first (batches set aside, once repaired)")},
     ) as dag:
 
-        @task(task_id="sync")
-        def sync(params=None) -> dict:
+        # A run's work is bounded (max_batches per region, each write ridden through throttling and
+        # short outages: Marketing Cloud waits up to 10 min per request, Solr 2 min); 45 min is far
+        # beyond a healthy catch-up run. A task hung on a dead connection would otherwise hold the
+        # sink's only run slot (max_active_runs=1) forever; killed, it is retried and catches up.
+        @task(task_id="sync", execution_timeout=timedelta(minutes=45))
+        def sync(params=None, **context) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
             from enrollment.health import require
+            from enrollment_airflow.alerts import on_failure
             from enrollment_airflow.connections import endpoints_from_connections, sink_from_connections, sync_run_from_connections
 
             require(["bigquery", "gcs", *options.get("needs", [])], endpoints_from_connections(), config)
             run, sink = sync_run_from_connections(config), sink_from_connections(config, sink_name)
+            # A batch set aside does not fail the run: the alert goes where the monitors' alerts go.
+            shared = {k: context[k] for k in ("ti", "task_instance", "dag", "dag_run", "run_id", "logical_date", "params") if k in context}
+            run.alert = lambda message: on_failure(shared | {"exception": message})
             try:
+                resynced = run.resync(sink, list(params.get("resync_batches") or [])) if params.get("resync_batches") else {}
                 plans = run.plan_all(sink_name, [r.code for r in config.regions], int(params["max_batches"]), config.sync_lookback_days)
                 if not any(p.batches for p in plans.values()):
+                    if resynced:
+                        return {"resynced": resynced}
                     raise AirflowSkipException(f"{sink_name}: every warehoused batch is synced, in every region")
                 written = run.write_all(sink, plans)
                 if not written["written"]:
@@ -87,7 +111,7 @@ def sync_dag(sink_name: str) -> DAG:
                 gated = run.gate_all(sink, written)
             finally:
                 sink.close()
-            return run.commit_all(gated)
+            return run.commit_all(gated) | ({"resynced": resynced} if resynced else {})
 
         sync()
     return dag

@@ -162,8 +162,7 @@ def test_batches_reach_every_sink_exactly_and_a_rerun_changes_nothing(stack, pip
         plan.batches = [{"batch_id": b, "warehoused_at": "1970-01-01T00:00:00+00:00"} for b in batch_ids]
         written = sync.write(sink, plan)
         assert written["result"]["written"] + written["result"]["unchanged"] + len(written["result"]["rejected"]) == len(scenario.ids)
-        sync.gate(sink, written)
-        sync.commit(written)
+        sync.commit(written | {"gate": sync.gate(sink, written)})
     assert {d.id: d.update_time for d in firestore_client(stack.project).collection(fs.collection.id).stream()} == before
     assert {d["id"]: d["_version_"] for d in sinks["solr"].get(list(scenario.ids.values())).values()} == solr_before, "Solr ignored every same-version update"
     assert mc_rows(stack, sinks["marketing_cloud"].data_extension) == mc_before
@@ -258,7 +257,7 @@ def test_a_failing_region_does_not_hold_back_the_others(stack, pipeline_config, 
 
     written = sync.write_all(sink, plans)
     assert list(written["failed"]) == ["APAC"] and len(written["written"]) == 1
-    with pytest.raises(SyncError, match="APAC: write: NotFound.*committed: EMEA"):
+    with pytest.raises(SyncError, match="APAC: write: GateError: .*neither landed objects nor a warehouse ledger row.*committed: EMEA"):
         sync.commit_all(sync.gate_all(sink, written))
     assert sync.watermark(sink.name, REGION)["batch_id"] == batch_id, "the healthy region moved on"
     assert sync.watermark(sink.name, "APAC") is None
@@ -283,8 +282,7 @@ def test_a_batch_warehoused_late_is_still_synced(stack, pipeline_config, region_
     assert [b["batch_id"] for b in only_early.batches] == [late, early], "oldest ledger row first"
     only_early.batches = [b for b in only_early.batches if b["batch_id"] == early]
     written = sync.write(sink, only_early)
-    sync.gate(sink, written)
-    assert sync.commit(written)["watermark"] == early
+    assert sync.commit(written | {"gate": sync.gate(sink, written)})["watermark"] == early
 
     plan = sync.plan(sink.name, REGION)
     assert [b["batch_id"] for b in plan.batches] == [late], "the late batch is planned although the watermark is past it"

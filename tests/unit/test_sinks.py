@@ -64,3 +64,49 @@ def test_sink_entries_need_a_module_and_a_dag_safe_name():
     for bad in ({"Bad-Name": {"module": "x"}}, {"ok": {}}):
         with pytest.raises(ValueError, match="sink"):
             parse_config(raw | {"sinks": bad})
+
+
+def test_solr_bisects_a_refused_chunk_down_to_the_documents_it_refuses():
+    """Solr refuses a whole request for one bad document (HTTP 400): the sink finds the culprits,
+    returns them with Solr's message (without the refused value's bytes), and writes the rest."""
+    import json
+
+    import httpx
+
+    from enrollment.sinks.solr import SolrSink
+
+    indexed, requests = set(), []
+
+    def solr(request: httpx.Request) -> httpx.Response:
+        docs = json.loads(request.content)
+        requests.append(len(docs))
+        for d in docs:  # like Solr: documents before the bad one are indexed, then it stops
+            if d["id"].startswith("BAD"):
+                return httpx.Response(400, json={"error": {"msg": f"Exception writing document id {d['id']} to the index; possible analysis error: "
+                                                                  "Document contains at least one immense term in field=\"sponsor_id\". "
+                                                                  "The prefix of the first immense term is: '[106, 111, 115]...'", "code": 400}})
+            indexed.add(d["id"])
+        return httpx.Response(200, json={"responseHeader": {"status": 0}})
+
+    sink = SolrSink("http://solr.invalid/solr", "partners", chunk=16, outage_s=0)
+    sink.http = httpx.Client(transport=httpx.MockTransport(solr))
+    partners = [partner(partner_id=f"{'BAD' if i in (3, 11) else 'EM'}{i:09d}") for i in range(20)]
+    result = sink.write(partners, set())
+    assert [pid for pid, _ in result.rejected] == ["BAD000000003", "BAD000000011"]
+    assert all("immense term" in message and "106, 111" not in message for _, message in result.rejected), "the value is not echoed"
+    assert indexed == {p["partner_id"] for p in partners} - {"BAD000000003", "BAD000000011"}
+    assert result.written == 18 and result.accounted()
+    assert len(requests) < 20, f"bisected, not one request per document: {requests}"
+
+
+def test_a_welcome_call_counts_as_not_queued_only_when_the_service_cannot_have_queued_it():
+    import httpx
+
+    from enrollment.marketing_cloud import MarketingCloudError, not_queued
+
+    def answered(status: int) -> httpx.HTTPStatusError:
+        request = httpx.Request("POST", "http://mc.invalid/interaction/v1/async/events")
+        return httpx.HTTPStatusError("x", request=request, response=httpx.Response(status, request=request))
+
+    assert not_queued(MarketingCloudError("refused")) and not_queued(httpx.ConnectError("refused")) and not_queued(answered(503))
+    assert not not_queued(httpx.ReadTimeout("no answer")) and not not_queued(answered(504)), "it may have queued: the claim stays"

@@ -6,6 +6,9 @@
   chunk reads the documents, skips those already at this revision or newer, and writes the others with a precondition (``create`` for a new document, an
   update conditioned on the update time just read for an existing one). A concurrent writer makes
   the precondition fail and the chunk is read and decided again: a stale write never lands.
+- A document Firestore refuses (over 1 MiB, a field value too long…) never fails the run: a
+  refused commit is redone partner by partner, and the culprits are returned as rejected with
+  Firestore's message (the sync quarantines them).
 - At most 500 writes per commit (Firestore's limit); terminations mark the document
   (``status: terminated``, ``terminated_at``) rather than delete it: the apps show the state.
 """
@@ -48,36 +51,58 @@ class FirestoreSink(Sink):
         self.attempts = attempts
 
     def write(self, partners: Sequence[Partner], enrolled: set[str]) -> SinkResult:
-        from google.api_core.exceptions import AlreadyExists, Conflict, FailedPrecondition
+        from google.api_core.exceptions import InvalidArgument
 
         result = SinkResult(self.name, partners=len(partners))
         for chunk in chunks(list(partners), self.batch_size):
-            for attempt in range(1, self.attempts + 1):
-                refs = [self.collection.document(p["partner_id"]) for p in chunk]
-                held = {snap.id: snap for snap in self.client.get_all(refs)}
-                batch, writes, unchanged = self.client.batch(), 0, 0
-                for p, ref in zip(chunk, refs, strict=True):
-                    snap = held.get(p["partner_id"])
-                    if snap is not None and snap.exists and _revision_of(snap) >= revision(p):
-                        unchanged += 1
+            try:
+                written, unchanged = self._commit(chunk)
+            except InvalidArgument as exc:
+                # A commit is atomic: one document Firestore refuses fails the chunk. Write its
+                # partners one by one to find the culprits; the others are written.
+                log.warning("firestore: a %d-partner commit was refused (%s); writing its partners one by one", len(chunk), type(exc).__name__)
+                written = unchanged = 0
+                for p in chunk:
+                    try:
+                        w, u = self._commit([p])
+                    except InvalidArgument as refused:
+                        log.warning("firestore: partner %s refused, quarantined with Firestore's message", p["partner_id"])
+                        result.rejected.append((p["partner_id"], " ".join(str(refused).split())[:500]))
                         continue
-                    if snap is not None and snap.exists:
-                        batch.update(ref, profile(p), option=self.client.write_option(last_update_time=snap.update_time))
-                    else:
-                        batch.create(ref, profile(p))
-                    writes += 1
-                try:
-                    if writes:
-                        batch.commit()
-                except (FailedPrecondition, AlreadyExists, Conflict) as exc:
-                    if attempt == self.attempts:
-                        raise
-                    log.info("firestore: a concurrent write changed %d-partner chunk (%s); deciding again", len(chunk), type(exc).__name__)
-                    continue
-                result.written += writes
-                result.unchanged += unchanged
-                break
+                    written, unchanged = written + w, unchanged + u
+            result.written += written
+            result.unchanged += unchanged
         return result
+
+    def _commit(self, chunk: Sequence[Partner]) -> tuple[int, int]:
+        """One commit of the chunk's writes, decided against what Firestore holds (decided again
+        when a concurrent writer got there first): (written, unchanged)."""
+        from google.api_core.exceptions import AlreadyExists, Conflict, FailedPrecondition
+
+        for attempt in range(1, self.attempts + 1):
+            refs = [self.collection.document(p["partner_id"]) for p in chunk]
+            held = {snap.id: snap for snap in self.client.get_all(refs)}
+            batch, writes, unchanged = self.client.batch(), 0, 0
+            for p, ref in zip(chunk, refs, strict=True):
+                snap = held.get(p["partner_id"])
+                if snap is not None and snap.exists and _revision_of(snap) >= revision(p):
+                    unchanged += 1
+                    continue
+                if snap is not None and snap.exists:
+                    batch.update(ref, profile(p), option=self.client.write_option(last_update_time=snap.update_time))
+                else:
+                    batch.create(ref, profile(p))
+                writes += 1
+            try:
+                if writes:
+                    batch.commit()
+            except (FailedPrecondition, AlreadyExists, Conflict) as exc:
+                if attempt == self.attempts:
+                    raise
+                log.info("firestore: a concurrent write changed %d-partner chunk (%s); deciding again", len(chunk), type(exc).__name__)
+                continue
+            return writes, unchanged
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
         problems = {}

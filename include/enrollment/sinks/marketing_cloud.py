@@ -5,11 +5,10 @@
   returned with its message (the sync puts them in the sink quarantine): never dropped.
 - The data extension holds the current state: an upsert of the same version is a no-op in effect,
   so a re-run changes nothing.
-- A partner enrolled in the run's batches, accepted by the service and still active, fires the
-  welcome journey's entry event once (in requests of 100, the API's limit): the ids fired per batch are kept in
-  ``gs://<landing bucket>/sinks/<sink>/welcome/<batch id>.json`` so a re-run does not fire again.
-  (Between firing and recording, a crash may fire twice; set the journey's re-entry to "no
-  re-entry" in Journey Builder — the service, like the stub, does not deduplicate.)
+- A partner enrolled in the run's batches, accepted by the service and still active, enters the
+  welcome journey **once, ever** (entry events in requests of 100, the API's limit): see
+  ``JourneyEntries`` for the per-partner claim that makes it so, across re-runs, replays
+  racing the regular sync, and enrollments the producer sends again in a later batch.
 """
 
 from __future__ import annotations
@@ -18,8 +17,10 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
-from ..marketing_cloud import MarketingCloudClient, MarketingCloudError
+from ..marketing_cloud import MAX_JOURNEY_MEMBERS, MarketingCloudClient, MarketingCloudError, not_queued
 from ..canary import is_canary
 from .base import Partner, Sink, SinkResult, iso
 
@@ -40,6 +41,102 @@ def row(partner: Partner) -> dict:
 def welcome_data(partner: Partner) -> dict:
     return {"PartnerId": partner["partner_id"], "EmailAddress": partner.get("email"), "FirstName": partner.get("first_name"),
             "Language": partner.get("language"), "Country": partner.get("country")}
+
+
+class JourneyEntries:
+    """Who entered a journey: one claim object per partner and entry event, made before firing.
+
+    ``gs://<landing bucket>/sinks/<sink>/journeys/<event definition key>/<partner id>.json``,
+    created with ``if_generation_match=0``: Cloud Storage (and the emulator) create it atomically,
+    so of two runs racing for a partner — the regular sync and a replay, a retry beside a stale
+    attempt — exactly one wins and fires; the other skips. The claim is keyed by partner, not by
+    batch, so an enrollment the producer sends again in a later batch finds it and fires nothing.
+
+    Why not the alternatives: Marketing Cloud's event API is not idempotent and its journey
+    history cannot be queried race-free before firing, so the pipeline must guard itself; a
+    BigQuery table would need a conditional MERGE per run, and concurrent DML on one table is
+    serialised or aborted (BigQuery allows few mutating statements per table at once; the
+    emulator holds one lock), while object creation is per partner and needs no lock.
+
+    States: ``claimed`` (written before firing), ``entered`` (the service returned an event
+    instance id), or deleted again when the service answered that the event was *not* queued (a
+    later run tries again). A crash between claim and answer leaves ``claimed``: at most once,
+    never twice — a duplicate welcome reaches the partner, a missing one is visible here and
+    logged as an error by later runs that meet it (check Journey Builder, then delete the object
+    to fire again). No personal data is kept: ids, state, times."""
+
+    WORKERS = 8  # claims are one small request each: a few at a time, within the client's connection pool
+
+    def __init__(self, bucket, sink: str, event_definition_key: str):
+        self.bucket = bucket
+        self.prefix = f"sinks/{sink}/journeys/{event_definition_key}"
+        self.event_definition_key = event_definition_key
+
+    def _blob(self, partner_id: str):
+        return self.bucket.blob(f"{self.prefix}/{partner_id}.json")
+
+    def _write(self, blob, body: dict, generation: int) -> None:
+        blob.upload_from_string(json.dumps(body), content_type="application/json", if_generation_match=generation)
+
+    def claim(self, partners: Mapping[str, str]) -> dict[str, int]:
+        """Partner id (→ the batch that enrolled it) claimed for this run: id → the claim's generation.
+        Partners someone already claimed are left out."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        now = datetime.now(timezone.utc).isoformat()
+
+        def one(pid: str) -> tuple[str, int | None]:
+            blob = self._blob(pid)
+            try:
+                self._write(blob, {"partner_id": pid, "state": "claimed", "batch_id": partners[pid], "claimed_at": now}, 0)
+            except PreconditionFailed:
+                self._unconfirmed(pid)
+                return pid, None
+            return pid, blob.generation
+
+        with ThreadPoolExecutor(self.WORKERS) as pool:
+            return {pid: generation for pid, generation in pool.map(one, sorted(partners)) if generation is not None}
+
+    def _unconfirmed(self, partner_id: str) -> None:
+        """A claim left ``claimed`` for an hour (a crash between claiming and the service's answer) is logged as an error."""
+        from google.api_core.exceptions import NotFound
+
+        try:
+            held = json.loads(self._blob(partner_id).download_as_text())
+        except (NotFound, ValueError):
+            return
+        if held.get("state") == "claimed" and datetime.fromisoformat(held["claimed_at"]) < datetime.now(timezone.utc) - timedelta(hours=1):
+            log.error("marketing cloud: the %s entry of partner %s was claimed at %s and never confirmed; check Journey Builder, then delete "
+                      "%s/%s.json to fire it again", self.event_definition_key, partner_id, held["claimed_at"], self.prefix, partner_id)
+
+    def entered(self, claims: Mapping[str, int], event_ids: Mapping[str, str]) -> None:
+        now = datetime.now(timezone.utc).isoformat()
+
+        def one(pid: str) -> None:
+            self._write(self._blob(pid), {"partner_id": pid, "state": "entered", "event_instance_id": event_ids[pid], "entered_at": now}, claims[pid])
+
+        with ThreadPoolExecutor(self.WORKERS) as pool:
+            list(pool.map(one, sorted(event_ids)))
+
+    def release(self, claims: Mapping[str, int], partner_ids: Sequence[str]) -> None:
+        """The service said these were not queued: a later run may fire them."""
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        for pid in partner_ids:
+            try:
+                self._blob(pid).delete(if_generation_match=claims[pid])
+            except (NotFound, PreconditionFailed):
+                pass
+
+    def adopt(self, partner_ids: Sequence[str], batch_id: str) -> None:
+        """Partners fired before these claims existed (recorded per batch): claimed as entered, so they never fire again."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        for pid in partner_ids:
+            try:
+                self._write(self._blob(pid), {"partner_id": pid, "state": "entered", "batch_id": batch_id, "adopted": True}, 0)
+            except PreconditionFailed:
+                pass
 
 
 class MarketingCloudSink(Sink):
@@ -76,24 +173,41 @@ class MarketingCloudSink(Sink):
     def _welcome(self, accepted: Sequence[Partner], enrolled: Mapping[str, str]) -> int:
         if not self.welcome_event or self.bucket is None:
             return 0
+        entries = JourneyEntries(self.bucket, self.name, self.welcome_event)
         by_batch: dict[str, list[Partner]] = defaultdict(list)
         for p in accepted:
             if p["partner_id"] in enrolled and p.get("status") == "active" and not is_canary(p["partner_id"]):
                 by_batch[enrolled[p["partner_id"]]].append(p)
+        newcomers: dict[str, Partner] = {}
+        for batch_id, partners in sorted(by_batch.items()):
+            # Ids fired per batch by the versions before the claims: adopted, never fired again.
+            legacy = self.bucket.blob(f"sinks/{self.name}/welcome/{batch_id}.json")
+            fired = set(json.loads(legacy.download_as_text())) if legacy.exists() else set()
+            entries.adopt(sorted(fired & {p["partner_id"] for p in partners}), batch_id)
+            newcomers.update((p["partner_id"], p) for p in partners if p["partner_id"] not in fired)
+        claims = entries.claim({pid: enrolled[pid] for pid in newcomers})
+        todo = [newcomers[pid] for pid in sorted(claims)]
         fired_now = 0
-        for batch_id, newcomers in sorted(by_batch.items()):
-            blob = self.bucket.blob(f"sinks/{self.name}/welcome/{batch_id}.json")
-            fired = set(json.loads(blob.download_as_text())) if blob.exists() else set()
-            todo = [p for p in newcomers if p["partner_id"] not in fired]
-            for start in range(0, len(todo), 500):  # record progress every 500: keeps the window for a double fire small
-                chunk = todo[start:start + 500]
+        for start in range(0, len(todo), MAX_JOURNEY_MEMBERS):  # one request at a time: a crash leaves at most 100 claims unconfirmed
+            chunk = todo[start:start + MAX_JOURNEY_MEMBERS]
+            unsent = [p["partner_id"] for p in todo[start + MAX_JOURNEY_MEMBERS:]]
+            try:
                 answers = self.client.fire_entry_events(self.welcome_event, [(p["partner_id"], welcome_data(p)) for p in chunk])
-                failed = [(a.get("contactKey"), a.get("message")) for a in answers if not a.get("eventInstanceId")]
-                fired.update(a["contactKey"] for a in answers if a.get("eventInstanceId"))
-                fired_now += len(answers) - len(failed)
-                blob.upload_from_string(json.dumps(sorted(fired)), content_type="application/json")
-                if failed:
-                    raise MarketingCloudError(f"marketing cloud: {len(failed)} welcome entry events not queued, e.g. {failed[0][0]}: {failed[0][1]}")
+            except Exception as exc:
+                if not_queued(exc):
+                    unsent += [p["partner_id"] for p in chunk]
+                else:
+                    log.error("marketing cloud: %d welcome entries may or may not be queued (%s); their claims stay unconfirmed, never fired twice",
+                              len(chunk), type(exc).__name__)
+                entries.release(claims, unsent)  # the next run fires them
+                raise
+            entered = {a["contactKey"]: a["eventInstanceId"] for a in answers if a.get("eventInstanceId")}
+            failed = [(a.get("contactKey"), a.get("message")) for a in answers if not a.get("eventInstanceId")]
+            entries.entered(claims, entered)
+            fired_now += len(entered)
+            if failed:
+                entries.release(claims, unsent + [p["partner_id"] for p in chunk if p["partner_id"] not in entered])
+                raise MarketingCloudError(f"marketing cloud: {len(failed)} welcome entry events not queued, e.g. {failed[0][0]}: {failed[0][1]}")
         return fired_now
 
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:

@@ -12,10 +12,16 @@
   that version (``status: removed``) so a late older update cannot bring the partner back.
 - Partners known only from updates (no enrollment yet) are indexed with ``status: pending``;
   ``search_partners`` shows only active partners.
+- A document Solr refuses (HTTP 400: a term over 32,766 bytes, a value a typed field cannot
+  parse, a date out of range) never fails the run: a refused chunk is bisected down to the
+  culprits, which are returned as rejected with Solr's message (the sync quarantines them).
+  Solr stops at the first bad document of a request, so the halves resend some documents already
+  indexed: the version constraint drops those as equal, nothing changes twice.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -23,6 +29,8 @@ import httpx
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .base import Partner, Sink, SinkResult, chunks, iso, revision
+
+log = logging.getLogger(__name__)
 
 SEARCH_FIELDS = ("region", "country", "first_name", "last_name", "sponsor_id", "language")
 def quote(term: str) -> str:
@@ -46,6 +54,20 @@ class SolrError(RuntimeError):
     pass
 
 
+class SolrRefusal(RuntimeError):
+    """Solr refused an update (HTTP 400): something in the documents, not the service, is wrong."""
+
+
+def refusal_message(response: httpx.Response) -> str:
+    """Solr's reason, without the echo of the refused value (an immense term's bytes may be personal data)."""
+    try:
+        message = str(response.json()["error"]["msg"])
+    except (ValueError, KeyError, TypeError):
+        message = response.text
+    message = message.split("The prefix of the first immense term is")[0]
+    return f"HTTP {response.status_code}: {' '.join(message.split())}"[:500]
+
+
 class SolrSink(Sink):
     name = "solr"
 
@@ -63,6 +85,8 @@ class SolrSink(Sink):
         response = self.http.post(f"{self.url}/update", params={"commitWithin": self.commit_within_ms, "wt": "json", **params}, json=body)
         if response.status_code >= 500:
             raise SolrError(f"solr: update answered HTTP {response.status_code}")
+        if response.status_code == 400:
+            raise SolrRefusal(refusal_message(response))
         if response.status_code != 200:
             raise RuntimeError(f"solr: update refused with HTTP {response.status_code}: {response.text[:300]}")
         return response.json()
@@ -71,7 +95,7 @@ class SolrSink(Sink):
         result = SinkResult(self.name, partners=len(partners))
         indexed = [p for p in partners if p.get("status") != "terminated"]
         for chunk in chunks(indexed, self.chunk):
-            self._post([document(p) for p in chunk])
+            result.rejected += self._index([document(p) for p in chunk])
         # A delete carries one version for all its ids: group the terminations by version.
         removals: dict[int, list[str]] = defaultdict(list)
         for p in partners:
@@ -81,9 +105,21 @@ class SolrSink(Sink):
             for chunk in chunks(ids, self.chunk):
                 self._post({"delete": list(chunk)}, del_version=version)
         # Solr answers 200 for an update it ignores as older: the gate reads back what holds.
-        result.written = len(partners)
+        result.written = len(partners) - len(result.rejected)
         result.extra["removed"] = sum(len(v) for v in removals.values())
         return result
+
+    def _index(self, docs: list[dict]) -> list[tuple[str, str]]:
+        """Indexes the documents; those Solr refuses, found by bisecting, as (id, Solr's message)."""
+        try:
+            self._post(docs)
+            return []
+        except SolrRefusal as exc:
+            if len(docs) == 1:
+                log.warning("solr: partner %s refused, quarantined with Solr's message", docs[0]["id"])  # the message may echo a value: not logged
+                return [(docs[0]["id"], str(exc))]
+        middle = len(docs) // 2
+        return self._index(docs[:middle]) + self._index(docs[middle:])
 
     def get(self, ids: Sequence[str]) -> dict[str, dict]:
         """Real-time get: the documents as Solr holds them now, committed or not."""
