@@ -8,13 +8,13 @@ their families). A message's outcome depends on its own bytes only, except ``dup
 1. byte screening: size, UTF-8 (strict: an encoded surrogate is not UTF-8), nesting depth;
 2. a strict decode of each message (msgspec: RFC 8259 — no NaN or Infinity literals, no raw
    control characters or lone surrogate escapes in strings; integers exact) straight into its
-   event type's own contract, a struct tagged on ``event_type`` (the fast path);
+   own contract, chosen by its type and version: only that contract's fields are typed and kept
+   (the fast path);
 3. what the fast path refuses takes the per-record path: a strict decode to plain values, then
    each field of the event's own contract (type *and* version) is kept or becomes a reason. It
    decides everything the fast path decides, only slower (a property test holds them equal);
 4. every readable message, reduced to the fields of its own contract (foreign fields are never
-   typed or carried; they stay in the raw event), is re-encoded by msgspec and read into one
-   Arrow table: the reader cannot refuse what msgspec wrote;
+   typed or carried; they stay in the raw event), becomes a row of one Arrow table;
 5. the contract checks (mandatory fields by type, version, region and market; formats, calendar
    dates, lengths and ranges every downstream holds; semantic rules; duplicate event ids) run as
    Arrow/NumPy column operations over that table.
@@ -25,19 +25,19 @@ the batch is bisected and the culprits quarantined as ``validator_error`` with t
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Optional, Union
+from typing import Annotated, Optional, TypedDict
 
 import msgspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pa_json
 
 from .contracts import markets
 from .contracts.spec import (
@@ -75,7 +75,7 @@ _CORE_ENVELOPE = tuple(f for f in ENVELOPE if f.versions == (1, 2) and f.path no
 _CONTROL = r"[\x00-\x1f\x7f]"
 
 
-# -- the contracts as trees: the parse schema and one struct per event type --------------------------
+# -- the contracts as trees: the parse schema and one typed decoder per contract --------------------------
 def _tree(specs) -> dict:
     tree: dict = {}
     for spec in specs:
@@ -109,35 +109,25 @@ _PY_KIND = {
 }
 
 
-def _struct(name: str, tree: dict, **options) -> type:
-    members = []
+def _typed_dict(name: str, tree: dict) -> type:
+    annotations = {}
     for key, node in tree.items():
-        kind = _struct(f"{name}_{key}", node) if isinstance(node, dict) else _PY_KIND[node]
-        members.append((key, Optional[kind], None))
-    return msgspec.defstruct(name, members, kw_only=True, omit_defaults=True, **options)
+        annotations[key] = Optional[_typed_dict(f"{name}_{key}", node) if isinstance(node, dict) else _PY_KIND[node]]
+    return TypedDict(name, annotations, total=False)  # type: ignore[operator]
 
 
-def _type_struct(event_type: str) -> type:
-    """One struct for every version of a type (a path has one kind everywhere); the fields a
-    version does not define are cleared after decoding (``_FOREIGN``)."""
-    tree = _tree(f for v in SCHEMA_VERSIONS[event_type] for f in fields(event_type, v) if f.path != "event_type")
-    return _struct("E_" + re.sub(r"\W", "_", event_type), tree, tag_field="event_type", tag=event_type)
+class _Head(msgspec.Struct):
+    event_type: object = None
+    schema_version: object = None
 
 
-_TYPE_STRUCTS = {t: _type_struct(t) for t in EVENT_TYPES}
-_TYPE_OF = {cls: t for t, cls in _TYPE_STRUCTS.items()}
-_FAST = msgspec.json.Decoder(Union[tuple(_TYPE_STRUCTS.values())])
+_HEAD = msgspec.json.Decoder(_Head)
+# One decoder per contract (type and version): it types that contract's fields and no other.
+_CONTRACT_DECODERS = {key: msgspec.json.Decoder(_typed_dict("C_" + re.sub(r"\W", "_", f"{key[0]}_v{key[1]}"), tree))
+                      for key, tree in CONTRACT_TREES.items()}
 _PLAIN = msgspec.json.Decoder(float_hook=float)  # 1e400 is JSON: infinite here, refused where typed
 _ENCODER = msgspec.json.Encoder()
-
-
-def _foreign(event_type: str, version: int) -> tuple[tuple[str, ...], ...]:
-    own = {f.path for f in fields(event_type, version)}
-    other = {f.path for v in SCHEMA_VERSIONS[event_type] for f in fields(event_type, v)}
-    return tuple(tuple(p.split(".")) for p in sorted(other - own))
-
-
-_FOREIGN = {(t, v): _foreign(t, v) for t in EVENT_TYPES for v in SCHEMA_VERSIONS[t]}
+_STRUCT_TYPE = pa.struct(list(PARSE_SCHEMA))
 
 
 @dataclass
@@ -234,18 +224,20 @@ class _RepeatedKey(ValueError):
     pass
 
 
-def _repeats_a_key(message: bytes) -> bool:
-    """Whether an object of this (valid JSON) message repeats a key. Without escapes, strings are
-    exactly the runs between quotes: when no string repeats, no key can (the exact check, slow,
-    runs only when one does)."""
-    if b"\\" not in message:
-        parts = message.split(b'"')
-        strings = parts[1::2]
+_QUOTE_SPACE = re.compile(rb'"[ \t\r\n]')
+
+
+def _repeats_a_key(message: bytes, decoded: dict | None = None) -> bool:
+    """Whether an object of this (valid JSON) message repeats a key. Without escapes, ``":``
+    ends exactly the keys, so a compact message with as many keys as its decoding (nulls kept,
+    foreign fields dropped) repeats none; a message holding a repeated string might. Only the
+    others take the exact, slow check."""
+    if b"\\" not in message and not _QUOTE_SPACE.search(message):
+        if decoded is not None and message.count(b'":') == _ENCODER.encode(decoded).count(b'":'):
+            return False
+        strings = message.split(b'"')[1::2]
         if len(strings) == len(set(strings)):
             return False
-        keys = [parts[i] for i in range(1, len(parts) - 1, 2) if parts[i + 1].lstrip()[:1] == b":"]
-        if len(keys) == len(set(keys)):
-            return False  # a repeated value (a timestamp twice), not a repeated key
     try:
         json.loads(message, object_pairs_hook=_no_repeats)
     except _RepeatedKey:
@@ -256,26 +248,19 @@ def _repeats_a_key(message: bytes) -> bool:
 
 
 # -- 2. the fast path ---------------------------------------------------------------------------------
-def _fast(message: bytes):
-    """The event as its type's struct, reduced to its version's fields; None when the per-record
-    path must decide (any refusal, of any kind)."""
+def _fast(message: bytes) -> dict | None:
+    """The event as a dict of its own contract's fields (type and version); None when the
+    per-record path must decide (any refusal, of any kind)."""
     try:
-        event = _FAST.decode(message)
-    except (msgspec.MsgspecError, RecursionError, ValueError):
+        head = _HEAD.decode(message)
+        decoder = _CONTRACT_DECODERS.get((head.event_type, head.schema_version))
+        if decoder is None or type(head.schema_version) is not int:
+            return None  # type or version absent, unknown or mistyped: the per-record path names it
+        event = decoder.decode(message)
+    except (msgspec.MsgspecError, RecursionError, ValueError, TypeError):
         return None
-    if _repeats_a_key(message):
+    if _ENCODER.encode(event) != message and _repeats_a_key(message, event):
         return None
-    foreign = _FOREIGN.get((_TYPE_OF[type(event)], event.schema_version)) if type(event.schema_version) is int else None
-    if foreign is None:
-        return None  # version absent or unknown: the per-record path names it
-    for path in foreign:
-        node = event
-        for part in path[:-1]:
-            node = getattr(node, part)
-            if node is None:
-                break
-        else:
-            setattr(node, path[-1], None)
     return event
 
 
@@ -336,32 +321,25 @@ def _coerce(obj: dict, tree: dict, prefix: str, bad: list[str]) -> dict:
 
 
 # -- 4. one table of what could be read -------------------------------------------------------------------
-def _read(lines: bytes) -> pa.Table:
-    return pa_json.read_json(
-        pa.BufferReader(pa.py_buffer(lines)),
-        read_options=pa_json.ReadOptions(use_threads=False, block_size=max(len(lines), 1) + 1),
-        parse_options=pa_json.ParseOptions(explicit_schema=PARSE_SCHEMA, unexpected_field_behavior="error"))
-
-
-def _tabulate(readable: list) -> tuple[pa.Table, np.ndarray]:
+def _tabulate(readable: list[dict]) -> tuple[pa.Table, np.ndarray]:
     """The readable messages as one table; positions (into ``readable``) of those it holds."""
-    if not readable:
-        return PARSE_SCHEMA.empty_table(), np.zeros(0, dtype=np.int64)
     try:
-        return _read(_ENCODER.encode_lines(readable)).combine_chunks(), np.arange(len(readable))
-    except (pa.ArrowException, msgspec.MsgspecError) as exc:  # a defect: keep every message we can
-        log.error("validation: the reader refused re-encoded messages (%s); reading them one by one", type(exc).__name__)
-    tables, kept = [], []
+        return pa.Table.from_struct_array(pa.array(readable, type=_STRUCT_TYPE)), np.arange(len(readable))
+    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:  # a defect: keep every message we can
+        log.error("validation: Arrow refused decoded messages (%s); converting them one by one", type(exc).__name__)
+    rows, kept = [], []
     for k, item in enumerate(readable):
         try:
-            tables.append(_read(_ENCODER.encode_lines([item])))
+            rows.append(pa.array([item], type=_STRUCT_TYPE))
             kept.append(k)
-        except (pa.ArrowException, msgspec.MsgspecError):
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
             continue
-    return (pa.concat_tables(tables).combine_chunks() if tables else PARSE_SCHEMA.empty_table()), np.array(kept, dtype=np.int64)
+    if not rows:
+        return PARSE_SCHEMA.empty_table(), np.zeros(0, dtype=np.int64)
+    return pa.Table.from_struct_array(pa.concat_arrays(rows)), np.array(kept, dtype=np.int64)
 
 
-# -- 4. contract checks, vectorised --------------------------------------------------------------------
+# -- 5. contract checks, vectorised --------------------------------------------------------------------
 class _Columns:
     """Flattened columns of the parsed table by dotted path, with NumPy views cached. A view of
     some rows (``of(rows)``) takes only the leaves its checks read, when they read them."""
@@ -383,7 +361,9 @@ class _Columns:
                 self._cols[path] = self.parent.arrow(path).take(self.rows)
             else:
                 head, *rest = path.split(".")
-                arr = self.table.column(head).combine_chunks()
+                if ("top", head) not in self._cache:  # combining a nested column copies it: once per column
+                    self._cache[("top", head)] = self.table.column(head).combine_chunks()
+                arr = self._cache[("top", head)]
                 for part in rest:
                     arr = pc.struct_field(arr, part)
                 self._cols[path] = arr
@@ -624,6 +604,19 @@ def validate_batch(messages: Sequence[bytes | None], max_message_bytes: int = DE
     messages = [m if isinstance(m, bytes) else bytes(m) if m is not None else b"" for m in messages]
     reasons = _Reasons()
     readable, index = [], []
+    # Hundreds of thousands of small dicts, no cycles among them: the cyclic collector would only
+    # rescan them again and again (measured: a third of the decode time).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        _decode_all(messages, max_message_bytes, reasons, readable, index)
+    finally:
+        if collecting:
+            gc.enable()
+    return _validated(messages, reasons, readable, index)
+
+
+def _decode_all(messages: list[bytes], max_message_bytes: int, reasons: _Reasons, readable: list, index: list) -> None:
     for i, message in enumerate(messages):
         terminal = _screen(message, max_message_bytes)
         if terminal is not None:
@@ -641,6 +634,8 @@ def validate_batch(messages: Sequence[bytes | None], max_message_bytes: int = DE
         readable.append(event)
         index.append(i)
 
+
+def _validated(messages: list[bytes], reasons: _Reasons, readable: list, index: list) -> ValidationResult:
     parsed, held = _tabulate(readable)
     source_index = np.asarray(index, dtype=np.int64)[held] if len(held) else np.zeros(0, dtype=np.int64)
     for k in np.setdiff1d(np.arange(len(readable)), held):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 
-import msgspec
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -128,6 +127,12 @@ def test_hostile_messages_get_exactly_their_reasons_among_valid_neighbours(items
     assert [[r for r in g if r != "duplicate_event_id"] for g in got] == expected
 
 
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
 @SETTINGS
 @given(spliced_events())
 def test_the_fast_path_decides_as_the_per_record_path(message):
@@ -138,7 +143,7 @@ def test_the_fast_path_decides_as_the_per_record_path(message):
     bad: list[str] = []
     slow = validation._per_record(message, bad)
     assert bad == [] and slow is not None
-    assert msgspec.json.decode(msgspec.json.encode(fast)) == msgspec.json.decode(msgspec.json.encode(slow))
+    assert _without_nulls(fast) == _without_nulls(slow)  # a null and an absent field are one and the same
 
 
 def test_the_guard_quarantines_what_makes_validation_raise_and_keeps_the_rest(monkeypatch):
