@@ -20,19 +20,25 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
-$(STACK_DIR)/kafka/.installed: stack/kafka/pom.xml
+# The state folder holds the stack's generated secrets: readable by its owner only (also when it existed).
+$(STACK_DIR)/.private:
+	install -d -m 700 $(STACK_DIR)
+	chmod 700 $(STACK_DIR)
+	touch $@
+
+$(STACK_DIR)/kafka/.installed: stack/kafka/pom.xml | $(STACK_DIR)/.private
 	rm -rf $(STACK_DIR)/kafka/lib
 	$(MVN) -f stack/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(STACK_DIR)/kafka/lib
 	touch $@
 
-$(STACK_DIR)/solr/.installed: stack/solr/pom.xml stack/solr/SolrLauncher.java
+$(STACK_DIR)/solr/.installed: stack/solr/pom.xml stack/solr/SolrLauncher.java | $(STACK_DIR)/.private
 	rm -rf $(STACK_DIR)/solr/lib $(STACK_DIR)/solr/classes
 	$(MVN) -f stack/solr/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(STACK_DIR)/solr/lib
 	mkdir -p $(STACK_DIR)/solr/classes
 	javac -cp '$(STACK_DIR)/solr/lib/*' -d $(STACK_DIR)/solr/classes stack/solr/SolrLauncher.java
 	touch $@
 
-$(STACK_DIR)/bq-venv/.installed: stack/bqemulator-requirements.lock $(VENV)/.installed
+$(STACK_DIR)/bq-venv/.installed: stack/bqemulator-requirements.lock $(VENV)/.installed | $(STACK_DIR)/.private
 	test -x $(STACK_DIR)/bq-venv/bin/python || $(PYTHON) -m venv $(STACK_DIR)/bq-venv
 	$(UV) pip sync -q --python $(STACK_DIR)/bq-venv/bin/python stack/bqemulator-requirements.lock
 	touch $@
@@ -50,7 +56,7 @@ schemas: $(VENV)/.installed
 simulate: up
 	source $(STACK_DIR)/stack.env && $(PY) -m enrollment.simulator produce $(or $(ARGS),--rate 400000/min --duration 1m --faults 2%)
 
-## up / down / status: the local stack (every service on 127.0.0.1; state under .stack/)
+## up / down / status: the local stack (every service on 127.0.0.1; state and generated secrets under .stack/, mode 0700)
 up: install
 	$(PY) -m stack up
 

@@ -45,6 +45,7 @@ class SinkWatcher:
         self.documents = self.db.collection(config.sinks["firestore"].get("collection", "partners"))
         self.solr = f"{cfg.url('SOLR_PORT', '/solr')}/{config.sinks['solr'].get('core') or config.solr_core}"
         self.mc = f"{cfg.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud'].get('data_extension')}/lookup"
+        self.mc_headers = cfg.stub_headers()  # the stub's admin endpoints want its token
         self.limit = limit
         self.seen: dict[str, dict[str, float]] = {"firestore": {}, "solr": {}, "marketing_cloud": {}}
 
@@ -60,7 +61,7 @@ class SinkWatcher:
                 docs = httpx.post(f"{self.solr}/get", data={"ids": ",".join(waiting["solr"]), "wt": "json"}, timeout=30).json()["response"]["docs"]
                 self.seen["solr"].update({d["id"]: now for d in docs})
             if waiting["marketing_cloud"]:
-                rows = httpx.post(self.mc, json={"keys": waiting["marketing_cloud"]}, timeout=30).json()["items"]
+                rows = httpx.post(self.mc, json={"keys": waiting["marketing_cloud"]}, headers=self.mc_headers, timeout=30).json()["items"]
                 self.seen["marketing_cloud"].update({r["PartnerId"]: r.get("_written_at", now) for r in rows})
         except (httpx.HTTPError, OSError, ValueError):
             pass  # a sink down (a fault being injected): look again at the next poll

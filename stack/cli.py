@@ -3,7 +3,7 @@
 ``up`` starts what is not running (each service in its own process group, bound to 127.0.0.1),
 polls every service until it answers, then creates topics, the Solr core, the bucket and the
 datasets. ``down`` stops each group and checks that its ports are free. ``status`` prints each
-service, its URL and whether it answers, and the Airflow login.
+service, its URL and whether it answers, and where the Airflow login is kept (never the password).
 """
 
 from __future__ import annotations
@@ -64,13 +64,24 @@ def _spawn(service: Service) -> subprocess.Popen:
     busy = [p for p in service.ports() if _port_open(p)]
     if busy:
         raise ServiceError(f"{service.name}: port(s) {busy} already in use by another program; set {'/'.join(service.port_names)} to free ports")
-    env = {**os.environ, **service.env()}
     log = open(service.log_file, "ab")  # noqa: SIM115 (the child owns it)
+    # umask 077: whatever the service writes (Airflow's generated airflow.cfg, its DB, logs, data)
+    # is readable by this user only, from the moment it is created.
     process = subprocess.Popen(
-        service.command(), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=service.dir,
-        start_new_session=True)
+        service.command(), env=service_env(service), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=service.dir,
+        start_new_session=True, umask=0o077)
     _pid_file(service).write_text(str(process.pid))
     return process
+
+
+# What a service may inherit from the caller's environment: nothing secret, only what finds
+# programs and sets the locale. Everything else (ports, credentials) comes from ``service.env()``,
+# so each service gets only its own secrets (the stub's client secret and admin token, Airflow's keys).
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "JAVA_HOME")
+
+
+def service_env(service: Service) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in INHERITED_ENV} | service.env()
 
 
 def _stop(service: Service, timeout_s: float = 30.0) -> bool:
@@ -143,8 +154,7 @@ def up(names: Iterable[str] | None = None, quiet: bool = False) -> dict[str, dic
         time.sleep(POLL_S)
     for service in services:
         service.setup()
-    (cfg.state / "stack.env").write_text("".join(f"export {k}='{v}'\n" for k, v in cfg.client_env().items()))
-    (cfg.state / "stack.env").chmod(0o600)
+    cfg.save_env()
     return report
 
 
@@ -189,9 +199,15 @@ def status(names: Iterable[str] | None = None) -> bool:
         all_ok &= answers
         state = "answers" if answers else ("running, not answering" if _pgid(service) else "down")
         print(f"{service.name:16} {service.url():40} {state}")
-    print(f"\nAirflow UI login: {Airflow.admin_user} / {cfg.credentials['airflow_admin_password']}  (generated; kept in {cfg.saved_file})")
-    print(f"Client environment for your shell: source {cfg.state / 'stack.env'}")
+    # Never the password itself: this output lands in CI logs.
+    print(f"\nAirflow UI login: {Airflow.admin_user}, password in {_shown(cfg.saved_file)} (airflow_admin_password)")
+    print(f"Client environment for your shell: source {_shown(cfg.env_file)}")
     return all_ok
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (shorter, and no home folder in logs)."""
+    return str(path.relative_to(stack_config.ROOT)) if path.is_relative_to(stack_config.ROOT) else str(path)
 
 
 def bench(names: Iterable[str] | None = None) -> dict:

@@ -16,6 +16,29 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
+AIRFLOW_DB_NAME = AIRFLOW_DB_ROLE = "airflow_enrollment"
+STUB_TOKEN_HEADER = "X-Stub-Token"
+
+
+def private_dir(path: Path) -> Path:
+    """Creates ``path`` (and parents) and makes it readable by its owner only (0700), also when it existed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Writes a file that holds secrets: created 0600 (never readable by others, not even for a moment);
+    an existing file is narrowed to 0600 before its new content is written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fd = -1
+            fh.write(text)
+    finally:
+        if fd != -1:
+            os.close(fd)
 
 DEFAULT_PORTS = {
     "KAFKA_PORT": 19092,
@@ -59,15 +82,34 @@ class StackConfig:
     @property
     def airflow_db_uri(self) -> str:
         if self.airflow_db == "postgres":
-            # Peer authentication over the Unix socket: no password to keep anywhere.
-            return "postgresql+psycopg2://root@/airflow_enrollment?host=/var/run/postgresql"
+            # An ordinary role (not a superuser) that owns only its database, with a generated
+            # password, over TCP on loopback (pg_hba.conf asks for a password there).
+            return (f"postgresql+psycopg2://{AIRFLOW_DB_ROLE}:{self.credentials['airflow_db_password']}"
+                    f"@{HOST}:{self.postgres_port}/{AIRFLOW_DB_NAME}")
         return f"sqlite:///{self.airflow_home / 'airflow.db'}"
 
+    @property
+    def postgres_port(self) -> int:
+        return int(os.environ.get("STACK_POSTGRES_PORT") or 5432)
+
+    @property
+    def env_file(self) -> Path:
+        return self.state / "stack.env"
+
+    def stub_headers(self) -> dict[str, str]:
+        """The header the Marketing Cloud stub's admin endpoints (``/_stub/...``) require."""
+        return {STUB_TOKEN_HEADER: self.credentials["mc_stub_token"]}
+
     def save(self) -> None:
-        self.state.mkdir(parents=True, exist_ok=True)
+        """Writes ``stack.json`` (ports and the generated credentials): 0600 in a 0700 folder."""
+        private_dir(self.state)
         data = asdict(self) | {"state": str(self.state)}
-        self.saved_file.write_text(json.dumps(data, indent=2))
-        self.saved_file.chmod(0o600)  # holds the stub's generated client secret
+        write_private(self.saved_file, json.dumps(data, indent=2))
+
+    def save_env(self) -> None:
+        """Writes ``stack.env`` (the clients' environment, with their secrets): 0600 in a 0700 folder."""
+        private_dir(self.state)
+        write_private(self.env_file, "".join(f"export {k}='{v}'\n" for k, v in self.client_env().items()))
 
     def client_env(self) -> dict[str, str]:
         """The environment a client of the stack needs: emulator hosts and Airflow connections."""
@@ -90,6 +132,8 @@ class StackConfig:
             "MARKETING_CLOUD_URL": mc_url,
             "MARKETING_CLOUD_CLIENT_ID": self.credentials["mc_client_id"],
             "MARKETING_CLOUD_CLIENT_SECRET": self.credentials["mc_client_secret"],
+            # For tests and tools that read back what the stub accepted (its /_stub/ endpoints).
+            "MARKETING_CLOUD_STUB_TOKEN": self.credentials["mc_stub_token"],
             "AIRFLOW_URL": self.url("AIRFLOW_PORT"),
         }
         env |= {f"AIRFLOW_CONN_{name}": json.dumps(value) for name, value in conns.items()}
@@ -113,6 +157,8 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
     for key, make in (("mc_client_id", lambda: "local-" + secrets.token_hex(6)), ("mc_client_secret", lambda: secrets.token_urlsafe(24)),
                       ("airflow_admin_password", lambda: secrets.token_urlsafe(12)), ("airflow_jwt_secret", lambda: secrets.token_urlsafe(32)),
                       ("airflow_api_secret_key", lambda: secrets.token_urlsafe(32)),
+                      # The stub's admin endpoints (/_stub/...) and the metadata DB's ordinary role.
+                      ("mc_stub_token", lambda: secrets.token_urlsafe(24)), ("airflow_db_password", lambda: secrets.token_urlsafe(24)),
                       # Trigger kwargs are encrypted by the DAG processor and decrypted by the triggerer.
                       ("airflow_fernet_key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())):
         credentials.setdefault(key, make())

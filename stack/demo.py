@@ -36,12 +36,12 @@ def main() -> int:
         print(f"  {ti['task_id']}[{ti['rendered_map_index'] or ti['map_index']}]: {ti['state']}")
     print(f"""
 Where to look:
-  Airflow UI      {cfg.url('AIRFLOW_PORT')}/dags/{DEMO_DAG}   login admin / {cfg.credentials['airflow_admin_password']}
+  Airflow UI      {cfg.url('AIRFLOW_PORT')}/dags/{DEMO_DAG}   login admin, password in {cfg.saved_file} (airflow_admin_password)
   Cloud Storage   {cfg.url('GCS_PORT')}/storage/v1/b
   BigQuery        {cfg.url('BIGQUERY_PORT')}/bigquery/v2/projects/{cfg.project}/datasets
   Solr            {cfg.url('SOLR_PORT', '/solr/')}
   Firestore       {cfg.url('FIRESTORE_PORT')}/  (emulator; FIRESTORE_EMULATOR_HOST=127.0.0.1:{cfg.port('FIRESTORE_PORT')})
-  Marketing Cloud {cfg.url('MARKETING_CLOUD_PORT')}/_stub/docs  (contract stub)
+  Marketing Cloud {cfg.url('MARKETING_CLOUD_PORT')}/_stub/docs  (contract stub; its /_stub/ endpoints want the X-Stub-Token header, MARKETING_CLOUD_STUB_TOKEN)
   Kafka           {cfg.kafka_bootstrap}
   Your shell:     source {cfg.state / 'stack.env'}
 Stop everything with `make down`.""")
@@ -122,7 +122,7 @@ def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> boo
             found["Firestore"] = f"document partners/{partner_id}: status {snap.get('status')}, version {snap.get('partner_version')}"
         if "Solr" not in found and (hit := httpx.get(solr, params={"id": partner_id, "wt": "json"}, timeout=10).json().get("doc")):
             found["Solr"] = f"search document: status {hit.get('status')}, country {hit.get('country')}, version {hit.get('partner_version')}"
-        if "Marketing Cloud" not in found and (rows := httpx.post(mc, json={"keys": [partner_id]}, timeout=10).json()["items"]):
+        if "Marketing Cloud" not in found and (rows := httpx.post(mc, json={"keys": [partner_id]}, headers=cfg.stub_headers(), timeout=10).json()["items"]):
             found["Marketing Cloud"] = f"data extension row: Status {rows[0]['Status']}, PartnerVersion {rows[0]['PartnerVersion']}"
         if len(found) < 3:
             print(f"  ... visible in {', '.join(found) or 'no sink yet'} after {time.monotonic() - t0:.0f} s", flush=True)

@@ -21,7 +21,12 @@ It follows the published contract the pipeline depends on:
   answered ``429`` with error code 50100 and ``Retry-After``.
 
 It keeps what it accepted so tests can read it back under ``/_stub/`` (local use only: the stub
-binds 127.0.0.1). Credentials come from the environment, never from code.
+binds 127.0.0.1). Those admin endpoints (settings, reset, counters, rows, journey events, data
+extension definitions) hold personal data and change the stub's behaviour, so each call needs the
+admin token in the ``X-Stub-Token`` header (else ``401``); only ``/_stub/health`` and the API docs
+are open. The published endpoints above keep their OAuth behaviour. Credentials and the admin
+token come from the environment (``MC_STUB_CLIENT_ID``, ``MC_STUB_CLIENT_SECRET``,
+``MC_STUB_ADMIN_TOKEN``), never from code.
 
 Run: ``python -m stack.marketing_cloud_stub --port 18090``.
 """
@@ -52,10 +57,13 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 class StubState:
     """Everything the stub remembers; one lock, since handlers run in a thread pool."""
 
-    def __init__(self, client_id: str, client_secret: str, primary_key: list[str]):
+    def __init__(self, client_id: str, client_secret: str, primary_key: list[str], admin_token: str):
+        if not admin_token:
+            raise ValueError("the stub's admin endpoints need a token")
         self.lock = threading.Lock()
         self.client_id = client_id
         self.client_secret = client_secret
+        self.admin_token = admin_token
         self.default_primary_key = primary_key
         self.settings = {"token_ttl_s": 1080.0, "rate_per_s": 200.0, "processing_delay_s": 0.2, "throttle_until": 0.0, "retry_after_s": 1}
         self.reset()
@@ -107,8 +115,24 @@ class StubState:
         request["completed_at"] = time.time()
 
 
+ADMIN_PREFIX = "/_stub/"
+ADMIN_TOKEN_HEADER = "X-Stub-Token"
+OPEN_ADMIN_PATHS = frozenset({"/_stub/health", "/_stub/docs", "/_stub/openapi.json", "/_stub/docs/oauth2-redirect"})
+
+
 def create_app(state: StubState) -> FastAPI:
     app = FastAPI(title="Marketing Cloud contract stub", docs_url="/_stub/docs", openapi_url="/_stub/openapi.json")
+
+    @app.middleware("http")
+    async def admin_token_required(request: Request, call_next):
+        """Every ``/_stub/`` endpoint but health and docs: the admin token, or 401."""
+        path = request.url.path
+        if path.startswith(ADMIN_PREFIX) and path not in OPEN_ADMIN_PATHS:
+            given = request.headers.get(ADMIN_TOKEN_HEADER, "")
+            if not secrets.compare_digest(given.encode(), state.admin_token.encode()):
+                return JSONResponse({"message": f"The stub's admin endpoints need the {ADMIN_TOKEN_HEADER} header (MARKETING_CLOUD_STUB_TOKEN).",
+                                     "errorcode": 0, "documentation": ""}, status_code=401)
+        return await call_next(request)
 
     def error(status: int, message: str, errorcode: int = 0, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"message": message, "errorcode": errorcode, "documentation": ""}, status_code=status, headers=headers)
@@ -335,11 +359,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18090)
     args = parser.parse_args()
-    try:
-        client_id, client_secret = os.environ["MC_STUB_CLIENT_ID"], os.environ["MC_STUB_CLIENT_SECRET"]
-    except KeyError as missing:
-        raise SystemExit(f"marketing cloud stub: set {missing.args[0]} (the stack generates it)") from None
-    state = StubState(client_id, client_secret, os.environ.get("MC_STUB_PRIMARY_KEY", "PartnerId").split(","))
+    missing = [k for k in ("MC_STUB_CLIENT_ID", "MC_STUB_CLIENT_SECRET", "MC_STUB_ADMIN_TOKEN") if not os.environ.get(k)]
+    if missing:
+        raise SystemExit(f"marketing cloud stub: set {', '.join(missing)} (the stack generates them)")
+    state = StubState(os.environ["MC_STUB_CLIENT_ID"], os.environ["MC_STUB_CLIENT_SECRET"], os.environ.get("MC_STUB_PRIMARY_KEY", "PartnerId").split(","),
+                      admin_token=os.environ["MC_STUB_ADMIN_TOKEN"])
     uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from .config import HOST, ROOT, StackConfig
+from .config import AIRFLOW_DB_NAME, AIRFLOW_DB_ROLE, HOST, ROOT, StackConfig, private_dir, write_private
 
 STACK = ROOT / "stack"
 LOG4J2 = STACK / "log4j2.xml"
@@ -376,7 +376,10 @@ class MarketingCloudStub(Service):
         return [sys.executable, "-m", "stack.marketing_cloud_stub", "--host", HOST, "--port", str(self.cfg.port("MARKETING_CLOUD_PORT"))]
 
     def env(self) -> dict[str, str]:
-        return {"MC_STUB_CLIENT_ID": self.cfg.credentials["mc_client_id"], "MC_STUB_CLIENT_SECRET": self.cfg.credentials["mc_client_secret"], "PYTHONPATH": str(ROOT)}
+        # Its own secrets only: the client credentials it checks and the token of its admin endpoints.
+        credentials = self.cfg.credentials
+        return {"MC_STUB_CLIENT_ID": credentials["mc_client_id"], "MC_STUB_CLIENT_SECRET": credentials["mc_client_secret"],
+                "MC_STUB_ADMIN_TOKEN": credentials["mc_stub_token"], "PYTHONPATH": str(ROOT)}
 
     def ready(self) -> bool:
         response = _get(self.url() + "/_stub/health")
@@ -396,20 +399,22 @@ class Airflow(Service):
     port_names = ("AIRFLOW_PORT",)
     start_timeout_s = 180.0
     admin_user = "admin"
+    NOT_FOR_AIRFLOW = frozenset({"MARKETING_CLOUD_CLIENT_ID", "MARKETING_CLOUD_CLIENT_SECRET", "MARKETING_CLOUD_STUB_TOKEN"})
 
     def prepare(self) -> bool:
         home = self.cfg.airflow_home
         cold = not home.exists()
-        home.mkdir(parents=True, exist_ok=True)
-        passwords = home / "passwords.json"
-        passwords.write_text(json.dumps({self.admin_user: self.cfg.credentials["airflow_admin_password"]}))
-        passwords.chmod(0o600)
+        private_dir(home)
+        # The simple auth manager's users file: the admin's generated password, 0600 from the start.
+        write_private(home / "passwords.json", json.dumps({self.admin_user: self.cfg.credentials["airflow_admin_password"]}))
         if self.cfg.airflow_db == "postgres":
             cold |= self._prepare_postgres()
         return cold
 
-    @staticmethod
-    def _prepare_postgres() -> bool:
+    def _prepare_postgres(self) -> bool:
+        """Starts the local PostgreSQL if needed and makes the metadata DB's role an ordinary one
+        (no superuser, cannot create databases or roles) that owns its database and every object in it.
+        A database left by an older stack (owned by the superuser ``root``) is handed over to the role."""
         status = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True)
         if status.returncode != 0:
             raise ServiceError("airflow: STACK_AIRFLOW_DB=postgres but PostgreSQL is not installed (pg_lsclusters failed)")
@@ -417,14 +422,42 @@ class Airflow(Service):
             version, cluster = status.stdout.split()[:2]
             subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=True)
 
-        def psql(sql: str) -> str:
-            return subprocess.run(["su", "postgres", "-c", f"psql -tAc \"{sql}\""], capture_output=True, text=True, check=True).stdout.strip()
+        def psql(sql: str, database: str = "postgres") -> str:
+            # SQL on stdin, never on a command line (where `ps` shows the role's password to everyone).
+            done = subprocess.run(["su", "postgres", "-c", f"psql -X -q -tA -v ON_ERROR_STOP=1 -d {database}"], input=sql,
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise ServiceError(f"airflow: preparing PostgreSQL failed: {done.stderr.strip()}")
+            return done.stdout.strip()
 
-        if psql("SELECT 1 FROM pg_roles WHERE rolname='root'") != "1":
-            psql("CREATE ROLE root LOGIN SUPERUSER")
-        if psql("SELECT 1 FROM pg_database WHERE datname='airflow_enrollment'") != "1":
-            psql("CREATE DATABASE airflow_enrollment OWNER root")
+        role, db = AIRFLOW_DB_ROLE, AIRFLOW_DB_NAME
+        password = self.cfg.credentials["airflow_db_password"].replace("'", "''")
+        attributes = f"LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+        exists = psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'") == "1"
+        psql(f"{'ALTER' if exists else 'CREATE'} ROLE {role} {attributes};")
+        if psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'") != "1":
+            psql(f"CREATE DATABASE {db} OWNER {role};")
+            psql(f"REVOKE ALL ON DATABASE {db} FROM PUBLIC;")
             return True
+        # An existing database: the role owns it and everything Airflow created in it.
+        psql(f"ALTER DATABASE {db} OWNER TO {role}; REVOKE ALL ON DATABASE {db} FROM PUBLIC;")
+        psql(f"""DO $$
+DECLARE obj record;
+BEGIN
+  FOR obj IN SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND pg_get_userbyid(c.relowner) <> '{role}'
+             AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
+  LOOP
+    EXECUTE format('ALTER %s public.%I OWNER TO {role}',
+                   CASE obj.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+                   obj.relname);
+  END LOOP;
+  FOR obj IN SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+             WHERE n.nspname = 'public' AND t.typtype = 'e' AND pg_get_userbyid(t.typowner) <> '{role}'
+  LOOP
+    EXECUTE format('ALTER TYPE public.%I OWNER TO {role}', obj.typname);
+  END LOOP;
+END $$;""", database=db)
         return False
 
     def command(self) -> list[str]:
@@ -437,8 +470,13 @@ class Airflow(Service):
 
     def env(self) -> dict[str, str]:
         cfg = self.cfg
+        # A client of every service: the clients' environment, except what it does not use. Inside
+        # Airflow, Marketing Cloud is reached through its connection (which carries the client
+        # credentials), and no DAG reads back what the stub kept (its admin token).
+        client = {k: v for k, v in cfg.client_env().items() if k not in self.NOT_FOR_AIRFLOW}
         return {
-            **cfg.client_env(),
+            **client,
+            **({"ENROLLMENT_CONFIG": os.environ["ENROLLMENT_CONFIG"]} if os.environ.get("ENROLLMENT_CONFIG") else {}),
             "AIRFLOW_HOME": str(cfg.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),

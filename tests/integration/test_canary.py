@@ -55,5 +55,5 @@ def test_the_canary_is_traced_to_every_sink(stack, pipeline_config):
         mc.close()
     # A canary is not a business enrollment: no welcome journey for it.
     journey = httpx.get(f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/journey-events",
-                        params={"event_definition_key": config.sinks["marketing_cloud"]["welcome_event"]}, timeout=30).json()["items"]
+                        params={"event_definition_key": config.sinks["marketing_cloud"]["welcome_event"]}, headers=stack.stub_headers(), timeout=30).json()["items"]
     assert not [e for e in journey if e.get("ContactKey") in versions]

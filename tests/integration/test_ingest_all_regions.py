@@ -75,7 +75,7 @@ def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, is
     solr = SolrSink(stack.url("SOLR_PORT", "/solr"), config.solr_core).get(list(partners))
     assert {pid: ("removed" if r["status"] == "terminated" else r["partner_version"]) for pid, r in partners.items()} == {
         pid: ("removed" if d["status"] == "removed" else d["partner_version"]) for pid, d in solr.items()}
-    mc_rows = httpx.get(f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud']['data_extension']}/rows").json()
+    mc_rows = httpx.get(f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud']['data_extension']}/rows", headers=stack.stub_headers()).json()
     assert {r["PartnerId"]: r["PartnerVersion"] for r in mc_rows["items"]} == {pid: r["partner_version"] for pid, r in partners.items()}
     marks = rows("SELECT sink, region, batch_id FROM {o}.sink_watermarks")
     warehoused = {(r["region"], r["batch_id"]) for r in ledger_rows(rows)}

@@ -9,12 +9,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
 
 @pytest.fixture
-def mc(stack):
+def admin(stack):
+    """A client of the stub's admin endpoints (/_stub/...), which want the stack's stub token."""
+    with httpx.Client(headers=stack.stub_headers()) as client:
+        yield client
+
+
+@pytest.fixture
+def mc(stack, admin):
     base = stack.url("MARKETING_CLOUD_PORT")
-    httpx.post(f"{base}/_stub/reset").raise_for_status()
-    httpx.patch(f"{base}/_stub/settings", json={"rate_per_s": 200, "processing_delay_s": 0.2, "token_ttl_s": 1080}).raise_for_status()
+    admin.post(f"{base}/_stub/reset").raise_for_status()
+    admin.patch(f"{base}/_stub/settings", json={"rate_per_s": 200, "processing_delay_s": 0.2, "token_ttl_s": 1080}).raise_for_status()
     yield base
-    httpx.patch(f"{base}/_stub/settings", json={"rate_per_s": 200, "processing_delay_s": 0.2, "token_ttl_s": 1080, "throttle_for_s": 0})
+    admin.patch(f"{base}/_stub/settings", json={"rate_per_s": 200, "processing_delay_s": 0.2, "token_ttl_s": 1080, "throttle_for_s": 0})
 
 
 def _token(base, stack, **override):
@@ -33,7 +40,7 @@ def test_token_requires_the_right_client_credentials(mc, stack):
     assert good.json()["expires_in"] == 1080 and good.json()["token_type"] == "Bearer"
 
 
-def test_async_upsert_status_results_and_rows_kept(mc, stack):
+def test_async_upsert_status_results_and_rows_kept(mc, stack, admin):
     token = _token(mc, stack).json()["access_token"]
     items = [{"PartnerId": "P1", "EmailAddress": "ana@example.com", "Region": "EMEA"},
              {"PartnerId": "P2", "EmailAddress": "not-an-email"},
@@ -54,41 +61,41 @@ def test_async_upsert_status_results_and_rows_kept(mc, stack):
     assert [r["status"] for r in results["items"]] == ["OK", "Error", "Error", "OK"]
     assert "EmailAddress" in results["items"][1]["message"] and "PartnerId" in results["items"][2]["message"]
 
-    rows = httpx.get(f"{mc}/_stub/dataextensions/partners/rows").json()
+    rows = admin.get(f"{mc}/_stub/dataextensions/partners/rows").json()
     assert rows["count"] == 1
     written_at = rows["items"][0].pop("_written_at")
     assert rows["items"][0] == {"PartnerId": "P1", "EmailAddress": "ana.new@example.com", "Region": "EMEA"}
     assert abs(written_at - time.time()) < 60, "the stub says when it last changed the row"
 
 
-def test_more_than_32000_rows_are_refused(mc, stack):
+def test_more_than_32000_rows_are_refused(mc, stack, admin):
     token = _token(mc, stack).json()["access_token"]
     too_many = [{"PartnerId": f"P{i}"} for i in range(32_001)]
     refused = httpx.put(f"{mc}/data/v1/async/dataextensions/key:partners/rows", json={"items": too_many}, headers=_auth(token), timeout=30)
     assert refused.status_code == 400 and "32000" in refused.json()["message"]
-    assert httpx.get(f"{mc}/_stub/dataextensions/partners/rows").json()["count"] == 0
+    assert admin.get(f"{mc}/_stub/dataextensions/partners/rows").json()["count"] == 0
 
 
-def test_exceeding_the_rate_answers_429_with_retry_after(mc, stack):
-    httpx.patch(f"{mc}/_stub/settings", json={"rate_per_s": 3}).raise_for_status()
+def test_exceeding_the_rate_answers_429_with_retry_after(mc, stack, admin):
+    admin.patch(f"{mc}/_stub/settings", json={"rate_per_s": 3}).raise_for_status()
     token = _token(mc, stack).json()["access_token"]
     codes = [httpx.get(f"{mc}/data/v1/async/unknown/status", headers=_auth(token)) for _ in range(6)]
     throttled = [r for r in codes if r.status_code == 429]
     assert throttled, [r.status_code for r in codes]
     assert int(throttled[0].headers["Retry-After"]) >= 1
     assert throttled[0].json()["errorcode"] == 50100
-    assert httpx.get(f"{mc}/_stub/counters").json()["throttled"] == len(throttled)
+    assert admin.get(f"{mc}/_stub/counters").json()["throttled"] == len(throttled)
 
 
-def test_an_expired_token_is_refused(mc, stack):
-    httpx.patch(f"{mc}/_stub/settings", json={"token_ttl_s": 0.2}).raise_for_status()
+def test_an_expired_token_is_refused(mc, stack, admin):
+    admin.patch(f"{mc}/_stub/settings", json={"token_ttl_s": 0.2}).raise_for_status()
     token = _token(mc, stack).json()["access_token"]
     time.sleep(0.3)
     expired = httpx.put(f"{mc}/data/v1/async/dataextensions/key:partners/rows", json={"items": [{"PartnerId": "P9"}]}, headers=_auth(token))
     assert expired.status_code == 401
 
 
-def test_journey_entry_events_in_batches_of_at_most_100(mc, stack):
+def test_journey_entry_events_in_batches_of_at_most_100(mc, stack, admin):
     token = httpx.post(f"{mc}/v2/token", json={"grant_type": "client_credentials", "client_id": stack.credentials["mc_client_id"],
                                                "client_secret": stack.credentials["mc_client_secret"]}).json()["access_token"]
     key = f"welcome-{time.time_ns()}"
@@ -98,5 +105,21 @@ def test_journey_entry_events_in_batches_of_at_most_100(mc, stack):
     assert all(m["eventInstanceId"] for m in accepted.json()["members"])
     too_many = httpx.post(f"{mc}/interaction/v1/async/events", headers=_auth(token), json={"eventDefinitionKey": key, "members": members + members[:1]})
     assert too_many.status_code == 400 and "100" in too_many.json()["message"]
-    fired = httpx.get(f"{mc}/_stub/journey-events", params={"event_definition_key": key}).json()
+    fired = admin.get(f"{mc}/_stub/journey-events", params={"event_definition_key": key}).json()
     assert fired["count"] == 100, "the refused request fired nothing"
+
+
+def test_admin_endpoints_refuse_a_call_without_the_stub_token(mc, stack, admin):
+    """/_stub/ holds what the stub accepted (personal data) and changes its behaviour: token or 401."""
+    calls = [("GET", "/_stub/settings", None), ("PATCH", "/_stub/settings", {"rate_per_s": 200}), ("GET", "/_stub/counters", None),
+             ("GET", "/_stub/dataextensions/partners/rows", None), ("POST", "/_stub/dataextensions/partners/lookup", {"keys": ["P1"]}),
+             ("PUT", "/_stub/dataextensions/partners", {"primary_key": ["PartnerId"]}), ("GET", "/_stub/journey-events", None),
+             ("POST", "/_stub/reset", None)]
+    for method, path, body in calls:
+        for headers in ({}, {"X-Stub-Token": "wrong"}, {"Authorization": f"Bearer {stack.credentials['mc_stub_token']}"}):
+            refused = httpx.request(method, f"{mc}{path}", json=body, headers=headers)
+            assert refused.status_code == 401, (method, path, headers.keys(), refused.status_code)
+        assert admin.request(method, f"{mc}{path}", json=body).status_code == 200, (method, path)
+    assert httpx.get(f"{mc}/_stub/health").status_code == 200, "the readiness probe stays open"
+    # The published endpoints keep their OAuth behaviour: the stub token is no access token.
+    assert httpx.get(f"{mc}/data/v1/async/unknown/status", headers=_auth(stack.credentials["mc_stub_token"])).status_code == 401

@@ -75,7 +75,7 @@ def sinks(stack, pipeline_config):
     mc = stack.url("MARKETING_CLOUD_PORT")
     data_extension = f"partners-{run}"
     # A Text(30) last name, as a real data extension might have: the refused partner is longer.
-    httpx.put(f"{mc}/_stub/dataextensions/{data_extension}", json={"primary_key": ["PartnerId"], "max_length": {"LastName": 30}}).raise_for_status()
+    httpx.put(f"{mc}/_stub/dataextensions/{data_extension}", json={"primary_key": ["PartnerId"], "max_length": {"LastName": 30}}, headers=stack.stub_headers()).raise_for_status()
     endpoints = Endpoints.from_env()
     options = {name: dict(o) for name, o in pipeline_config.sinks.items()}
     options["firestore"]["collection"] = f"partners_{run}"
@@ -86,7 +86,7 @@ def sinks(stack, pipeline_config):
     yield built
     for sink in built.values():
         sink.close()
-    httpx.patch(f"{mc}/_stub/settings", json={"throttle_for_s": 0, "token_ttl_s": 1080, "processing_delay_s": 0.2})
+    httpx.patch(f"{mc}/_stub/settings", json={"throttle_for_s": 0, "token_ttl_s": 1080, "processing_delay_s": 0.2}, headers=stack.stub_headers())
 
 
 def firestore_state(collection: str, project: str, ids: dict) -> dict:
@@ -105,12 +105,12 @@ def solr_search(stack, scenario, text: str = "") -> list[str]:
 
 
 def mc_rows(stack, data_extension: str) -> dict:
-    body = httpx.get(f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{data_extension}/rows").json()
+    body = httpx.get(f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{data_extension}/rows", headers=stack.stub_headers()).json()
     return {r["PartnerId"]: r for r in body["items"]}
 
 
 def journey_events(stack, key: str) -> list[str]:
-    body = httpx.get(f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/journey-events", params={"event_definition_key": key}).json()
+    body = httpx.get(f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/journey-events", params={"event_definition_key": key}, headers=stack.stub_headers()).json()
     return sorted(e["ContactKey"] for e in body["items"])
 
 
@@ -179,15 +179,15 @@ def test_outages_and_throttling_converge_with_nothing_lost_or_duplicated(stack, 
 
     # Solr down: its sync fails, the others go on. Marketing Cloud throttles: the sync waits it out.
     assert stack_cli.down(["solr"], quiet=True)
-    httpx.patch(f"{mc}/_stub/settings", json={"throttle_for_s": 20}).raise_for_status()
-    throttled_before = httpx.get(f"{mc}/_stub/counters").json()["throttled"]
+    httpx.patch(f"{mc}/_stub/settings", json={"throttle_for_s": 20}, headers=stack.stub_headers()).raise_for_status()
+    throttled_before = httpx.get(f"{mc}/_stub/counters", headers=stack.stub_headers()).json()["throttled"]
     try:
         with pytest.raises(httpx.TransportError):  # Solr is down: the task fails, its retry or the next run catches up
             sync.run(sinks["solr"], REGION)
         t0 = time.monotonic()
         assert sync.run(sinks["marketing_cloud"], REGION)["batches"] == 1
         assert time.monotonic() - t0 >= 15, "the sync waited for Retry-After instead of failing"
-        assert httpx.get(f"{mc}/_stub/counters").json()["throttled"] > throttled_before
+        assert httpx.get(f"{mc}/_stub/counters", headers=stack.stub_headers()).json()["throttled"] > throttled_before
         assert sync.run(sinks["firestore"], REGION)["batches"] == 1
     finally:
         stack_cli.up(["solr"], quiet=True)
@@ -214,7 +214,7 @@ def test_token_expiring_mid_sync_is_renewed(stack, pipeline_config, region_topic
     sync = SyncRun(warehouse, storage_client(stack.project).bucket(pipeline_config.landing_bucket))
     ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, f"test-token-{uuid.uuid4().hex[:6]}", scenario.batches()[0])
     # Tokens live 2 s and every request takes 3 s to process: the token expires while the sync polls.
-    httpx.patch(f"{mc}/_stub/settings", json={"token_ttl_s": 2, "processing_delay_s": 3}).raise_for_status()
+    httpx.patch(f"{mc}/_stub/settings", json={"token_ttl_s": 2, "processing_delay_s": 3}, headers=stack.stub_headers()).raise_for_status()
     sink = sinks["marketing_cloud"]
     before = sink.client.tokens_fetched
     outcome = sync.run(sink, REGION)

@@ -40,3 +40,113 @@ def test_endpoints_repr_hides_the_marketing_cloud_secret():
     ep = Endpoints("p", "k:1", "http://s", "http://a", "http://r", "client-id-value", "secret-value-xyz")
     assert "secret-value-xyz" not in repr(ep)
     assert "client-id-value" not in repr(ep)
+
+
+def test_secret_files_are_private_from_the_start_in_a_private_folder(tmp_path, monkeypatch):
+    """stack.json, stack.env and Airflow's users file: 0600 in a 0700 folder, even under a lax umask,
+    even when an older stack left the folder and files readable by others; never written then narrowed."""
+    import os
+    import stat
+
+    from stack.services import Airflow
+
+    state = tmp_path / ".stack"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    (state / "stack.json").write_text("{}")
+    (state / "stack.json").chmod(0o644)
+    created_modes = []
+    real_open = os.open
+
+    def watching_open(path, flags, mode=0o777, *args, **kwargs):
+        if flags & os.O_CREAT:
+            created_modes.append((os.path.basename(path), mode))
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    old_umask = os.umask(0o022)
+    try:
+        monkeypatch.setattr(os, "open", watching_open)
+        cfg = stack_config.load(state)
+        cfg.save()
+        cfg.save_env()
+        Airflow(cfg).prepare()
+    finally:
+        monkeypatch.undo()
+        os.umask(old_umask)
+    secret_files = [state / "stack.json", state / "stack.env", cfg.airflow_home / "passwords.json"]
+    for path in secret_files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path.name, oct(path.stat().st_mode))
+    for folder in (state, cfg.airflow_home):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, (folder.name, oct(folder.stat().st_mode))
+    assert {name: mode for name, mode in created_modes} == {"stack.json": 0o600, "stack.env": 0o600, "passwords.json": 0o600}
+    assert cfg.credentials["mc_stub_token"] in (state / "stack.env").read_text()
+
+
+def test_the_status_never_prints_the_admin_password(tmp_path, monkeypatch, capsys):
+    from stack import cli as stack_cli
+
+    cfg = stack_config.load(tmp_path)
+    cfg.save()
+    monkeypatch.setattr(stack_config, "load", lambda *a, **k: cfg)
+    monkeypatch.setattr(stack_cli, "select", lambda names, c: [])
+    stack_cli.status()
+    out = capsys.readouterr().out
+    assert "airflow_admin_password" in out and str(cfg.saved_file.name) in out
+    for secret in cfg.credentials.values():
+        assert secret not in out
+
+
+def test_each_service_gets_only_its_own_secrets(tmp_path, monkeypatch):
+    """Nothing secret is inherited from the caller; the stub gets its client credentials and admin
+    token, Airflow its own keys and its connections, Kafka, Solr and the emulators none."""
+    from stack import cli as stack_cli
+    from stack.services import ALL, Airflow, MarketingCloudStub
+
+    cfg = stack_config.load(tmp_path)
+    monkeypatch.setenv("SOME_CALLER_SECRET", "caller-secret-value")
+    monkeypatch.setenv("MARKETING_CLOUD_CLIENT_SECRET", cfg.credentials["mc_client_secret"])  # as after `up` or in a test session
+    secrets = cfg.credentials
+    airflow_only = {"airflow_admin_password", "airflow_jwt_secret", "airflow_api_secret_key", "airflow_fernet_key", "airflow_db_password"}
+    for cls in ALL:
+        env = stack_cli.service_env(cls(cfg))
+        text = "\n".join(env.values())
+        assert "caller-secret-value" not in text, cls.name
+        held = {key for key, value in secrets.items() if value in text}
+        if cls is MarketingCloudStub:
+            assert held == {"mc_client_id", "mc_client_secret", "mc_stub_token"}, held
+        elif cls is Airflow:
+            assert held <= airflow_only | {"mc_client_id", "mc_client_secret"}, held
+            assert "mc_stub_token" not in held
+            assert {"airflow_jwt_secret", "airflow_fernet_key", "airflow_api_secret_key"} <= held
+        else:
+            assert held == set(), (cls.name, held)
+
+
+def test_the_stub_admin_endpoints_want_the_token_and_the_published_api_keeps_oauth():
+    from fastapi.testclient import TestClient
+
+    from stack.marketing_cloud_stub import ADMIN_TOKEN_HEADER, StubState, create_app
+
+    client = TestClient(create_app(StubState("id", "secret", ["PartnerId"], admin_token="admin-token")))
+    good = {ADMIN_TOKEN_HEADER: "admin-token"}
+    calls = [("GET", "/_stub/settings", None), ("PATCH", "/_stub/settings", {"rate_per_s": 200}), ("GET", "/_stub/counters", None),
+             ("GET", "/_stub/dataextensions/partners/rows", None), ("POST", "/_stub/dataextensions/partners/lookup", {"keys": ["P1"]}),
+             ("PUT", "/_stub/dataextensions/partners", {"primary_key": ["PartnerId"]}), ("GET", "/_stub/journey-events", None),
+             ("POST", "/_stub/reset", None)]
+    for method, path, body in calls:
+        for headers in ({}, {ADMIN_TOKEN_HEADER: "wrong"}, {"Authorization": "Bearer admin-token"}):
+            assert client.request(method, path, json=body, headers=headers).status_code == 401, (method, path, headers)
+        assert client.request(method, path, json=body, headers=good).status_code == 200, (method, path)
+    assert client.get("/_stub/health").status_code == 200
+    # The published API: OAuth as before, and the admin token is no access token.
+    assert client.get("/data/v1/async/x/status", headers={"Authorization": "Bearer admin-token"}).status_code == 401
+    token = client.post("/v2/token", json={"grant_type": "client_credentials", "client_id": "id", "client_secret": "secret"}).json()["access_token"]
+    assert client.get("/data/v1/async/x/status", headers={"Authorization": f"Bearer {token}"}).status_code == 404
+
+
+def test_the_postgres_metadata_db_uses_an_ordinary_role_with_a_password(tmp_path):
+    cfg = stack_config.load(tmp_path)
+    cfg.airflow_db = "postgres"
+    uri = cfg.airflow_db_uri
+    assert "root@" not in uri and uri.startswith(f"postgresql+psycopg2://{stack_config.AIRFLOW_DB_ROLE}:")
+    assert cfg.credentials["airflow_db_password"] in uri and "@127.0.0.1:" in uri
