@@ -55,6 +55,21 @@ class WarehouseSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long what is only transient is kept; applied by the ``housekeeping`` DAG (the emulators
+    ignore bucket lifecycle rules and table expiration, so the pipeline does not rely on them)."""
+
+    handover_days: int = 2  # a sync's hand-over object (the partners it gave a sink): read in the same run only
+    claims_days: int = 35  # claim records: reconciliation and replay find a day's batches by them
+    staging_hours: int = 6  # staging tables a killed cycle, reconciliation or sync left (each drops its own)
+    at: str = "15 3 * * *"  # cron (UTC) of the housekeeping DAG
+
+    def __post_init__(self) -> None:
+        if self.handover_days < 1 or self.claims_days < 2 or self.staging_hours < 1:
+            raise ValueError(f"retention: handover_days >= 1, claims_days >= 2 (a day is reconciled the day after) and staging_hours >= 1, got {self}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     project: str
     consumer_group: str
@@ -74,6 +89,7 @@ class PipelineConfig:
     reconciliation: dict = field(default_factory=dict)  # at (cron, UTC), start_date (the first day a backfill covers)
     warehouse: WarehouseSettings = field(default_factory=lambda: WarehouseSettings())
     sync_lookback_days: int = 7
+    retention: RetentionSettings = field(default_factory=lambda: RetentionSettings())
 
     def carrier_dags(self, sinks: bool = True, regions: list[str] | None = None) -> list[str]:
         """The DAG ids that carry events: each region's ingest, the warehouse writer, and (with
@@ -123,7 +139,15 @@ def parse_config(raw: dict) -> PipelineConfig:
         reconciliation={"at": "30 0 * * *", "start_date": "2026-11-01"} | dict(raw.get("reconciliation") or {}),
         warehouse=_warehouse_settings(raw.get("warehouse") or {}),
         sync_lookback_days=int(raw.get("sync", {}).get("lookback_days", 7)),
+        retention=_retention_settings(raw.get("retention") or {}),
     )
+
+
+def _retention_settings(raw: dict) -> RetentionSettings:
+    unknown = sorted(set(raw) - set(RetentionSettings.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"retention: unknown settings {unknown}; known: {sorted(RetentionSettings.__dataclass_fields__)}")
+    return RetentionSettings(**raw)
 
 
 def _warehouse_settings(raw: dict) -> WarehouseSettings:

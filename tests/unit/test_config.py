@@ -1,6 +1,7 @@
 import pytest
+import yaml
 
-from enrollment.config import load_config, parse_config
+from enrollment.config import DEFAULT_CONFIG, RetentionSettings, load_config, parse_config
 
 
 def test_embedded_defaults_define_four_regions_with_distinct_topics():
@@ -34,3 +35,12 @@ def test_adding_a_region_is_one_config_line(tmp_path):
     config = load_config(custom)
     assert config.region("ANZ").topic == "commerce.anz.events"
     assert len(config.regions) == 5
+
+
+def test_retention_settings_have_defaults_and_refuse_unknown_keys_and_nonsense():
+    assert load_config().retention == RetentionSettings(handover_days=2, claims_days=35, staging_hours=6, at="15 3 * * *")
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    with pytest.raises(ValueError, match="unknown settings \\['handover_day'\\]"):
+        parse_config(raw | {"retention": {"handover_day": 2}})
+    with pytest.raises(ValueError, match="claims_days >= 2"):
+        parse_config(raw | {"retention": {"claims_days": 1}})
