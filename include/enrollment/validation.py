@@ -462,14 +462,9 @@ def _format_ok(cols: _Columns, spec: FieldSpec, market_country: pa.Array | None)
         ok &= cols.matches(spec.path, FORMATS[spec.format])
     if spec.enum:
         ok &= cols.isin(spec.path, spec.enum)
-    if spec.kind in ("number", INTEGER):
-        values = cols.numbers(spec.path)
-        ok &= ~(~np.isfinite(values) & cols.present(spec.path, spec.kind))
+    if spec.minimum is not None:  # numbers arrive finite and integers whole: decoding refused the rest
         with np.errstate(invalid="ignore"):
-            if spec.minimum is not None:
-                ok &= ~(values < spec.minimum)
-            if spec.kind == INTEGER:
-                ok &= ~(np.isfinite(values) & (values != np.floor(values)))
+            ok &= ~(cols.numbers(spec.path) < spec.minimum)
     if spec.by_country and market_country is not None:
         for country, market in markets.MARKETS.items():
             pattern = getattr(market, spec.by_country)
@@ -529,14 +524,12 @@ def _check(table: pa.Table, escaped: np.ndarray, reasons: _Reasons) -> None:
     reasons.add(has_type & ~cols.isin("event_type", EVENT_TYPES), "unknown_event_type")
     version = cols.numbers("schema_version")
     has_version = cols.present("schema_version", INTEGER)
-    integral = has_version & (version == np.floor(np.nan_to_num(version)))
-    reasons.add(has_type & ~has_version, "missing:schema_version")
-    reasons.add(has_version & ~integral, "bad_format:schema_version")
+    reasons.add(has_type & ~has_version, "missing:schema_version")  # a mistyped one was dropped (and named) while decoding
     _check_fields(cols, _CORE_ENVELOPE, np.ones(cols.n, dtype=bool), reasons, None)
 
     # Payload checks run on each type's own rows: rare types cost little, frequent ones no more.
     for event_type in EVENT_TYPES:
-        of_type = cols.equals("event_type", event_type) & integral
+        of_type = cols.equals("event_type", event_type) & has_version
         supported = of_type & np.isin(version, SCHEMA_VERSIONS[event_type])
         reasons.add(of_type & ~supported, "unknown_schema_version")
         rows = np.flatnonzero(supported)
@@ -690,10 +683,14 @@ def _combined(messages, results: list[tuple[int, ValidationResult]], culprits: l
 
     valid = pa.concat_tables([shifted(r.valid, lo) for lo, r in results] or [_valid_table(PARSE_SCHEMA.empty_table(), np.zeros(0, np.int64))])
     quarantine = [shifted(r.quarantine, lo) for lo, r in results]
-    quarantine.append(pa.table({
-        "source_index": pa.array(culprits, pa.int64()), "reasons": pa.array([["validator_error"]] * len(culprits), pa.list_(pa.string())),
-        "raw": pa.array([messages[i] or b"" for i in culprits], pa.binary()),
-        **{name: pa.nulls(len(culprits), pa.string()) for name in ("event_id", "event_type", "partner_id", "region")}}, schema=QUARANTINE_SCHEMA))
+    def refused(indices: list[int], reason: str, known: pa.Table | None = None) -> pa.Table:
+        return pa.table({
+            "source_index": pa.array(indices, pa.int64()), "reasons": pa.array([[reason]] * len(indices), pa.list_(pa.string())),
+            "raw": pa.array([messages[i] or b"" for i in indices], pa.binary()),
+            **{name: known.column(name) if known is not None else pa.nulls(len(indices), pa.string())
+               for name in ("event_id", "event_type", "partner_id", "region")}}, schema=QUARANTINE_SCHEMA)
+
+    quarantine.append(refused(culprits, "validator_error"))
     # An id first seen in an earlier part makes later copies duplicates, as in one batch.
     valid = valid.sort_by("source_index")
     ids = valid.column("event_id").to_pylist()
@@ -704,10 +701,7 @@ def _combined(messages, results: list[tuple[int, ValidationResult]], culprits: l
         seen.add(event_id)
     if repeat:
         moved = valid.take(pa.array(repeat))
-        quarantine.append(pa.table({
-            "source_index": moved.column("source_index"), "reasons": pa.array([["duplicate_event_id"]] * len(repeat), pa.list_(pa.string())),
-            "raw": pa.array([messages[i] or b"" for i in moved.column("source_index").to_pylist()], pa.binary()),
-            **{name: moved.column(name) for name in ("event_id", "event_type", "partner_id", "region")}}, schema=QUARANTINE_SCHEMA))
+        quarantine.append(refused(moved.column("source_index").to_pylist(), "duplicate_event_id", moved))
         keep = np.ones(valid.num_rows, dtype=bool)
         keep[repeat] = False
         valid = valid.filter(pa.array(keep))
