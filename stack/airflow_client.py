@@ -53,3 +53,17 @@ class AirflowClient:
     def task_states(self, dag_id: str, run_id: str) -> list[dict]:
         tis = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).raise_for_status().json()["task_instances"]
         return [{"task_id": t["task_id"], "map_index": t["map_index"], "rendered_map_index": t.get("rendered_map_index"), "state": t["state"]} for t in tis]
+
+    def failure_logs(self, dag_id: str, run_id: str, tail: int = 30) -> dict[str, str]:
+        """The last lines of each failed task's log (its final try): why a run failed, for a test's message."""
+        out = {}
+        for ti in self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).raise_for_status().json()["task_instances"]:
+            if ti["state"] != "failed":
+                continue
+            params = {"full_content": True, **({"map_index": ti["map_index"]} if ti["map_index"] >= 0 else {})}
+            log = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti['try_number'], 1)}",
+                                params=params, headers={"Accept": "application/json"})
+            content = log.json().get("content", "") if log.status_code == 200 else f"(log: HTTP {log.status_code})"
+            lines = [str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in content] if isinstance(content, list) else str(content).splitlines()
+            out[f"{ti['task_id']}[{ti['map_index']}]"] = "\n".join(lines[-tail:])
+        return out

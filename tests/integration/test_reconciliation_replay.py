@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from enrollment.services import bigquery_client, firestore_client
+from enrollment.services import Endpoints, bigquery_client, firestore_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from tests.integration.conftest import produce
 
@@ -29,6 +29,26 @@ def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(stack, a
     produce(stack.kafka_bootstrap, [m for m in Simulator(seed=4242, faults=FaultRates.mix(0.05), initial_partners=40, config=config).take(1500)
                                     if m.topic == region.topic])
     assert ingest_dag(region).test().state == DagRunState.SUCCESS
+
+    # Landed and still queued for the warehouse: a replay of the sync leaves those batches to the
+    # live pipeline and says so; a batch neither queued nor warehoused is an error that names it.
+    from enrollment.replay import landed_batches, replay_sync
+    from enrollment.sinks import build_sink
+    from enrollment.sync import SyncRun
+    from enrollment.warehouse import Warehouse
+
+    day = datetime.now(timezone.utc).date()
+    w = Warehouse(client=bigquery_client(stack.project), storage=storage_client(stack.project), project=stack.project,
+                  dataset=config.warehouse_dataset, ops_dataset=config.ops_dataset)
+    early = SyncRun(w, storage_client(stack.project).bucket(config.landing_bucket))
+    firestore = build_sink("firestore", config.sinks["firestore"], Endpoints.from_env())
+    try:
+        ids = [b.batch_id for b in landed_batches(early, config, REGION, day, day)]
+        assert ids and replay_sync(early, firestore, REGION, ids)["queued"] == len(ids)
+        with pytest.raises(ValueError, match="1 batches have no warehouse ledger row"):
+            replay_sync(early, firestore, REGION, [*ids, "EMEA-never-landed"])
+    finally:
+        firestore.close()
     assert warehouse_dag().test().state == DagRunState.SUCCESS
     for name in config.sinks:
         assert sync_dag(name).test().state == DagRunState.SUCCESS, name
