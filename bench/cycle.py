@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from bench.common import local_stack, produce_simulated, write
 from enrollment.batches import claim, land, pending_batches
+from enrollment.pii import Keyring
 from enrollment.cycle import raise_failed, run_cycle
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
@@ -45,6 +46,7 @@ def main() -> int:
     admin = AdminClient({"bootstrap.servers": cfg.kafka_bootstrap})
     client = bigquery_client(cfg.project)
     bucket = storage_client(cfg.project).bucket(config.landing_bucket)
+    keyring = Keyring.from_env()  # the stack's key (local_stack exported it), as the ingest DAG takes it from its connection
     datasets = (f"bench_cycle_{run}", f"bench_cycle_ops_{run}")
     for name in datasets:
         client.create_dataset(bigquery.Dataset(f"{cfg.project}.{name}"))
@@ -68,7 +70,7 @@ def main() -> int:
             produce_simulated(cfg.kafka_bootstrap, sim, {r.topic: topics[r.code] for r in config.regions}, EVENTS)
             group = f"bench-cycle-{run}-{step}"
             for region in config.regions:
-                land(cfg.kafka_bootstrap, claim(cfg.kafka_bootstrap, group, region.code, topics[region.code], 4, bucket, 10_000_000), bucket)
+                land(cfg.kafka_bootstrap, claim(cfg.kafka_bootstrap, group, region.code, topics[region.code], 4, bucket, 10_000_000), bucket, keyring)
             batches = pending_batches(bucket, group)
             if template is None:
                 template = warehouse._read_parquet(batches[0].valid_uri)  # what history rows are copied from

@@ -20,6 +20,7 @@ import time
 
 from bench.common import local_stack, produce_simulated, write
 from enrollment.batches import claim, land, pending_batches
+from enrollment.pii import Keyring
 from enrollment.cycle import raise_failed, run_cycle
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
@@ -47,6 +48,7 @@ def main() -> int:
     for name in datasets:
         client.create_dataset(bigquery.Dataset(f"{cfg.project}.{name}"))
     bucket = storage_client(cfg.project).bucket(config.landing_bucket)
+    keyring = Keyring.from_env()  # the stack's key (local_stack exported it), as the ingest DAG takes it from its connection
     try:
         log(f"producing {EVENTS:,} events (2% faults) to {len(topics)} region topics ...")
         produced = produce_simulated(cfg.kafka_bootstrap, Simulator(seed=31337, faults=FaultRates.mix(0.02)),
@@ -94,7 +96,7 @@ def main() -> int:
         for region in config.regions:
             manifest = claim(cfg.kafka_bootstrap, group, region.code, topics[region.code], 4, bucket, max_batch=10_000_000)
             t1 = time.monotonic()
-            landed = land(cfg.kafka_bootstrap, manifest, bucket)
+            landed = land(cfg.kafka_bootstrap, manifest, bucket, keyring)
             landed_batches.append(landed)
             stages[region.code] = {"offsets": landed.offsets, "land_s": round(time.monotonic() - t1, 2)}
             log(f"  {region.code}: {landed.offsets:,} offsets landed in {time.monotonic() - t1:.1f} s")

@@ -59,7 +59,7 @@ class StackConfig:
     ports: dict[str, int]
     airflow_db: str  # "sqlite" (embedded default) or "postgres"
     project: str
-    credentials: dict[str, str] = field(default_factory=dict)
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)  # secrets: never in a repr (logs, tracebacks)
 
     @property
     def saved_file(self) -> Path:
@@ -96,6 +96,11 @@ class StackConfig:
     def env_file(self) -> Path:
         return self.state / "stack.env"
 
+    @property
+    def pii_retired_keys(self) -> dict[str, str]:
+        """Personal-data keys retired by a rotation ({key id: key}; ``pii_retired_keys`` in stack.json)."""
+        return json.loads(self.credentials.get("pii_retired_keys") or "{}")
+
     def stub_headers(self) -> dict[str, str]:
         """The header the Marketing Cloud stub's admin endpoints (``/_stub/...``) require."""
         return {STUB_TOKEN_HEADER: self.credentials["mc_stub_token"]}
@@ -121,6 +126,9 @@ class StackConfig:
             "MARKETING_CLOUD_DEFAULT": {"conn_type": "marketing_cloud", "host": mc_url,
                                         "login": self.credentials["mc_client_id"], "password": self.credentials["mc_client_secret"],
                                         "extra": {"auth_url": mc_url, "rest_url": mc_url}},
+            # The key tax ids are tokenised with (enrollment.pii): login = key id, password = key.
+            "ENROLLMENT_PII": {"conn_type": "generic", "login": self.credentials["pii_key_id"], "password": self.credentials["pii_key"],
+                               "extra": {"retired": self.pii_retired_keys}},
         }
         env = {
             "GOOGLE_CLOUD_PROJECT": self.project,
@@ -135,6 +143,10 @@ class StackConfig:
             # For tests and tools that read back what the stub accepted (its /_stub/ endpoints).
             "MARKETING_CLOUD_STUB_TOKEN": self.credentials["mc_stub_token"],
             "AIRFLOW_URL": self.url("AIRFLOW_PORT"),
+            # The same key for tests and tools outside Airflow (enrollment.pii.Keyring.from_env).
+            "ENROLLMENT_PII_KEY_ID": self.credentials["pii_key_id"],
+            "ENROLLMENT_PII_KEY": self.credentials["pii_key"],
+            "ENROLLMENT_PII_RETIRED_KEYS": json.dumps(self.pii_retired_keys),
         }
         env |= {f"AIRFLOW_CONN_{name}": json.dumps(value) for name, value in conns.items()}
         return env
@@ -160,7 +172,9 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
                       # The stub's admin endpoints (/_stub/...) and the metadata DB's ordinary role.
                       ("mc_stub_token", lambda: secrets.token_urlsafe(24)), ("airflow_db_password", lambda: secrets.token_urlsafe(24)),
                       # Trigger kwargs are encrypted by the DAG processor and decrypted by the triggerer.
-                      ("airflow_fernet_key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())):
+                      ("airflow_fernet_key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()),
+                      # The key tax ids are tokenised with (a keyed hash: without it nobody can test a guess).
+                      ("pii_key_id", lambda: "local1"), ("pii_key", lambda: secrets.token_urlsafe(32))):
         credentials.setdefault(key, make())
     from enrollment.config import load_config
 

@@ -102,15 +102,18 @@ def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> boo
 
     from enrollment.services import firestore_client
 
-    partner_id = None
+    enrollments = []
     with open(expected_file, encoding="utf-8") as fh:
         for line in fh:
             record = json.loads(line)
             if record["event_type"] == "partner.enrolled" and record["outcome"] == "valid":
-                partner_id = record["partner_id"]  # the last one: the newest batch
-    if partner_id is None:
+                enrollments.append(record)
+    if not enrollments:
         print("no valid enrollment among the simulated events to follow")
         return False
+    # The newest enrollment (the newest batch) of a market with tax ids, when one has one.
+    sampled = sampled_with_tax_id(cfg, config, enrollments)
+    partner_id = (sampled or {"record": enrollments[-1]})["record"]["partner_id"]
     print(f"\nfollowing enrollment {partner_id} into the three sinks ...", flush=True)
     doc = firestore_client(cfg.project).collection(config.sinks["firestore"].get("collection", "partners")).document(partner_id)
     solr = f"{cfg.url('SOLR_PORT', '/solr')}/{config.sinks['solr'].get('core') or config.solr_core}/get"
@@ -133,7 +136,94 @@ def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> boo
         print(f"  not visible in every sink after {timeout_s:.0f} s: see the sync_* DAGs in the Airflow UI")
         return False
     print(f"  visible in all three sinks {time.monotonic() - t0:.0f} s after the ingest finished")
-    return True
+    if sampled is None:
+        print("  (no enrollment with a tax id among the sampled ones: nothing to show about tax ids)")
+        return True
+    return tax_id_everywhere(cfg, config, partner_id, sampled["tax_id"], doc, solr, mc)
+
+
+def sampled_with_tax_id(cfg, config, enrollments: list[dict], tries: int = 50) -> dict | None:
+    """The newest of these enrollments that carries a tax id (and may be contacted, so Marketing
+    Cloud holds it), with its clear tax id read from the one place it is kept: Kafka."""
+    import json
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    topics = {r.code: r.topic for r in config.regions}
+    consumer = Consumer({"bootstrap.servers": cfg.kafka_bootstrap, "group.id": "demo-tax-id-reader", "enable.auto.commit": False})
+    try:
+        for record in reversed(enrollments[-tries:]):
+            if record.get("partition") is None or record.get("region") not in topics:
+                continue
+            consumer.assign([TopicPartition(topics[record["region"]], record["partition"], record["offset"])])
+            message = consumer.poll(10)
+            if message is None or message.error():
+                continue
+            payload = json.loads(message.value()).get("payload") or {}
+            if isinstance(payload.get("tax_id"), str) and (payload.get("consents") or {}).get("marketing_email", True) is not False:
+                return {"record": record, "tax_id": payload["tax_id"]}
+    finally:
+        consumer.close()
+    return None
+
+
+def tax_id_everywhere(cfg, config, partner_id: str, clear: str, doc, solr: str, mc: str) -> bool:
+    """Reads every store the partner reached and says whether its tax id is there in clear (in any
+    separator format) and its token where it belongs; the clear value is shown masked, never as is."""
+    import io
+    import json
+    import re
+
+    import httpx
+    import pyarrow.parquet as pq
+    from google.cloud import bigquery
+
+    from enrollment.pii import Keyring, shape
+    from enrollment.services import bigquery_client, storage_client
+
+    keyring = Keyring.from_env()
+    token = keyring.token(clear, "tax_id")
+    # The tax id in any separator format (and case): its letters and digits, any of '-./ ' between.
+    pattern = re.compile("(?<![0-9A-Za-z])" + "[-./ ]?".join(map(re.escape, re.sub(r"[^0-9A-Za-z]", "", clear))) + "(?![0-9A-Za-z])", re.I)
+    bq = bigquery_client(cfg.project)
+    w = f"`{cfg.project}.{config.warehouse_dataset}`"
+    param = [bigquery.ScalarQueryParameter("p", "STRING", partner_id)]
+
+    def query(sql: str) -> list[dict]:
+        return [dict(r.items()) for r in bq.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=param)).result()]
+
+    def text(value) -> str:
+        return json.dumps(value, default=str, ensure_ascii=False)
+
+    events = query(f"SELECT * FROM {w}.events WHERE partner_id = @p")
+    batches = sorted({(e["region"], e["batch_id"]) for e in events})
+    checked: dict[str, tuple[bool, str]] = {}  # store: (clear value absent, what else was seen)
+    bucket = storage_client(cfg.project).bucket(config.landing_bucket)
+    for region, batch_id in batches:
+        for name in ("raw", "valid", "quarantine", "partners"):
+            blob = bucket.blob(f"landing/{region}/{batch_id}/{name}.parquet")
+            if not blob.exists():
+                continue
+            table = pq.read_table(io.BytesIO(blob.download_as_bytes()))
+            content = text(table.to_pylist())
+            seen = "token present" if token in content else ""
+            checked[f"GCS {batch_id}/{name}.parquet"] = (not pattern.search(content), seen)
+    enrolled_tokens = {e.get("tax_id_token") for e in events if e["event_type"] == "partner.enrolled"}
+    checked["BigQuery events"] = (not pattern.search(text(events)),
+                                  "tax_id_token = token" if enrolled_tokens == {token} else f"tax_id_token {sorted(map(str, enrolled_tokens))}")
+    checked["BigQuery partners"] = (not pattern.search(text(query(f"SELECT * FROM {w}.partners WHERE partner_id = @p"))), "")
+    quarantined = [dict(r.items()) for r in bq.query(f"SELECT * FROM {w}.quarantine WHERE batch_id IN UNNEST(@b)", job_config=bigquery.QueryJobConfig(
+        query_parameters=[bigquery.ArrayQueryParameter("b", "STRING", [b for _, b in batches])])).result()] if batches else []
+    checked["BigQuery quarantine"] = (not pattern.search(text(quarantined)), f"{len(quarantined)} rows of its batch")
+    checked["Firestore"] = (not pattern.search(text((doc.get().to_dict() or {}))), "")
+    checked["Solr"] = (not pattern.search(text(httpx.get(solr, params={"id": partner_id, "wt": "json"}, timeout=10).json().get("doc"))), "")
+    checked["Marketing Cloud"] = (not pattern.search(text(httpx.post(mc, json={"keys": [partner_id]}, headers=cfg.stub_headers(), timeout=10).json())), "")
+    ok = all(absent for absent, _ in checked.values()) and enrolled_tokens == {token} and bool(batches)
+    print(f"\ntax id {shape(clear)} of {partner_id} {'is tokenised everywhere' if ok else 'is NOT tokenised everywhere'}: {token}"
+          f" (the clear value lives only in Kafka)")
+    for store, (absent, seen) in checked.items():
+        print(f"  {store:<48} {'clear value absent' if absent else 'CLEAR VALUE FOUND'}{'; ' + seen if seen else ''}")
+    return ok
 
 
 if __name__ == "__main__":

@@ -17,6 +17,19 @@ It follows the published contract the pipeline depends on:
   come back in lower case and values as strings, as the service returns them.
 - A data extension's fields may declare ``max_length`` (``PUT /_stub/dataextensions/{key}``):
   a longer value fails that row with error 10003, as the service does for a Text(n) field.
+- ``POST /Service.asmx`` (the SOAP API, ``soap_instance_url``) with a ``DeleteRequest`` of
+  ``DataExtensionObject`` items (``CustomerKey``, ``Keys/Key/Name,Value``): the data extension's
+  rows deleted by primary key, the token in the ``fueloauth`` header element. One ``Results`` per
+  object (``StatusCode`` OK, or Error with "Row not found" for a key no row has) and an
+  ``OverallStatus``. Marketing Cloud publishes no REST call that deletes data-extension rows; the
+  service answers a bad token with a SOAP fault (HTTP 500), the stub with the same fault and 401.
+- ``POST /contacts/v1/contacts/actions/delete?type=keys`` (``values``, ``DeleteOperationType``
+  ``ContactAndAttributes``): the contact delete used for privacy requests, asynchronous; ``200``
+  with ``operationInitiated`` and an ``operationID``. ``GET
+  /contacts/v1/contacts/actions/delete/status?operationID=`` follows it (``operation.status``
+  ``PendingProcessing`` then ``Completed``, ``processing_delay_s`` after the request; the service
+  suppresses the contact for days first). Completed, the contact is gone: its rows (by primary key)
+  in every data extension and its journey entries.
 - More than ``rate_per_s`` API calls in a second, or any call while throttling is forced, is
   answered ``429`` with error code 50100 and ``Retry-After``.
 
@@ -40,11 +53,14 @@ import secrets
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections import deque
+from datetime import datetime, timezone
 from typing import Any
+from xml.sax.saxutils import escape
 
 from fastapi import FastAPI, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 MAX_ROWS_PER_ASYNC_REQUEST = 32_000
 THROTTLE_ERROR_CODE = 50100
@@ -52,6 +68,9 @@ MAX_JOURNEY_MEMBERS = 100
 MAX_ROWSET_PAGE = 2_500
 _FILTER = re.compile(r"(\w+) eq '([^']*)'")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+PARTNER_API = "http://exacttarget.com/wsdl/partnerAPI"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+CONTACT_DELETE_TYPES = ("ContactAndAttributes",)  # AttributesOnly: "reserved for future use"
 
 
 class StubState:
@@ -76,7 +95,9 @@ class StubState:
         self.max_lengths: dict[str, dict[str, int]] = {}
         self.journey_events: list[dict[str, Any]] = []
         self.calls: deque[float] = deque()
-        self.counters = {"tokens_issued": 0, "throttled": 0, "upsert_requests": 0, "rows_received": 0, "unauthorized": 0, "journey_events": 0}
+        self.contact_deletes: dict[int, dict[str, Any]] = {}
+        self.counters = {"tokens_issued": 0, "throttled": 0, "upsert_requests": 0, "rows_received": 0, "unauthorized": 0, "journey_events": 0,
+                         "rows_deleted": 0, "contact_delete_requests": 0, "contacts_deleted": 0}
 
     # -- processing -------------------------------------------------------------------------
     def settle(self, now: float) -> None:
@@ -84,6 +105,38 @@ class StubState:
         for request in self.requests.values():
             if request["status"] == "Pending" and now >= request["due"]:
                 self._process(request)
+        for operation in self.contact_deletes.values():
+            if operation["status"] == "PendingProcessing" and now >= operation["due"]:
+                self._delete_contacts(operation)
+
+    def _delete_contacts(self, operation: dict[str, Any]) -> None:
+        """A contact delete carried out: the contacts' rows (by primary key) and journey entries gone."""
+        keys = set(operation["keys"])
+        for table in self.rows.values():
+            for pk in [pk for pk in table if len(pk) == 1 and pk[0] in keys]:
+                del table[pk]
+        self.journey_events = [e for e in self.journey_events if e["ContactKey"] not in keys]
+        operation.update(status="Completed", completed_at=time.time())
+        self.counters["contacts_deleted"] += len(keys)
+
+    def delete_rows(self, key: str, wanted: list[dict[str, str]]) -> list[tuple[str, str]]:
+        """Rows of one data extension deleted by primary key (each ``{field: value}``): (StatusCode, StatusMessage) each."""
+        self.settle(time.time())
+        primary_key = self.primary_keys.get(key, self.default_primary_key)
+        table = self.rows.get(key, {})
+        out = []
+        for given in wanted:
+            lowered = {k.lower(): v for k, v in given.items()}
+            if sorted(lowered) != sorted(f.lower() for f in primary_key):
+                out.append(("Error", f"The keys given must be the primary key fields {', '.join(primary_key)}"))
+                continue
+            pk = tuple(str(lowered[f.lower()]) for f in primary_key)
+            if table.pop(pk, None) is None:
+                out.append(("Error", "Row not found for the given primary key"))
+            else:
+                self.counters["rows_deleted"] += 1
+                out.append(("OK", "Deleted DataExtensionObject"))
+        return out
 
     def _process(self, request: dict[str, Any]) -> None:
         key = request["data_extension"]
@@ -190,6 +243,84 @@ def create_app(state: StubState) -> FastAPI:
             state.counters["upsert_requests"] += 1
             state.counters["rows_received"] += len(items)
             return JSONResponse({"requestId": request_id, "resultMessages": []}, status_code=202)
+
+    def soap_response(body: str, status: int = 200) -> Response:
+        envelope = ('<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://www.w3.org/2003/05/soap-envelope" '
+                    f'xmlns:xsi="{XSI}"><soap:Body>{body}</soap:Body></soap:Envelope>')
+        return Response(envelope, status_code=status, media_type="application/soap+xml; charset=utf-8")
+
+    def soap_fault(message: str, status: int) -> Response:
+        return soap_response(f"<soap:Fault><soap:Code><soap:Value>soap:Sender</soap:Value></soap:Code><soap:Reason><soap:Text xml:lang=\"en\">"
+                             f"{escape(message)}</soap:Text></soap:Reason></soap:Fault>", status)
+
+    @app.post("/Service.asmx")
+    async def soap(request: Request) -> Response:
+        """The SOAP API's Delete of data-extension rows (the only SOAP call the pipeline makes)."""
+        try:
+            root = ET.fromstring(await request.body())
+        except ET.ParseError:
+            return soap_fault("The request is not well-formed XML.", 400)
+        token = next((e.text or "" for e in root.iter() if e.tag.endswith("}fueloauth") or e.tag == "fueloauth"), "")
+        delete = next((e for e in root.iter() if e.tag == f"{{{PARTNER_API}}}DeleteRequest"), None)
+        with state.lock:
+            if (refused := gate(f"Bearer {token}")) is not None:
+                if refused.status_code == 401:
+                    return soap_fault("Security requirements are not satisfied because the security token is missing, invalid or expired.", 401)
+                return refused
+            if delete is None:
+                return soap_fault("This stub answers DeleteRequest only.", 400)
+            results = []
+            for ordinal, obj in enumerate(delete.findall(f"{{{PARTNER_API}}}Objects")):
+                kind = obj.get(f"{{{XSI}}}type", "")
+                customer_key = obj.findtext(f"{{{PARTNER_API}}}CustomerKey")
+                keys = {k.findtext(f"{{{PARTNER_API}}}Name"): k.findtext(f"{{{PARTNER_API}}}Value") or ""
+                        for k in obj.iterfind(f"{{{PARTNER_API}}}Keys/{{{PARTNER_API}}}Key")}
+                if kind.split(":")[-1] != "DataExtensionObject" or not customer_key or not keys:
+                    code, message = "Error", "Objects must be DataExtensionObject with a CustomerKey and Keys"
+                else:
+                    code, message = state.delete_rows(customer_key, [keys])[0]
+                results.append(f"<Results><StatusCode>{code}</StatusCode><StatusMessage>{escape(message)}</StatusMessage>"
+                               f"<OrdinalID>{ordinal}</OrdinalID></Results>")
+            if not results:
+                return soap_fault("A DeleteRequest needs at least one Objects element.", 400)
+            ok = sum(1 for r in results if "<StatusCode>OK<" in r)
+            overall = "OK" if ok == len(results) else "Error" if ok == 0 else "Has Errors"
+            return soap_response(f'<DeleteResponse xmlns="{PARTNER_API}">{"".join(results)}<RequestID>{uuid.uuid4()}</RequestID>'
+                                 f"<OverallStatus>{overall}</OverallStatus></DeleteResponse>")
+
+    @app.post("/contacts/v1/contacts/actions/delete")
+    async def delete_contacts(request: Request, type: str = "", authorization: str | None = Header(default=None)) -> JSONResponse:  # noqa: A002 (the contract's name)
+        body = await request.json()
+        with state.lock:
+            if refused := gate(authorization):
+                return refused
+            if type != "keys":
+                return error(400, "This stub deletes contacts by key only (type=keys).", 10000)
+            values = body.get("values") if isinstance(body, dict) else None
+            if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+                return error(400, "values must be a non-empty array of contact keys.", 10000)
+            if body.get("DeleteOperationType") not in CONTACT_DELETE_TYPES:
+                return error(400, f"DeleteOperationType must be one of {', '.join(CONTACT_DELETE_TYPES)}.", 10000)
+            operation_id = len(state.contact_deletes) + 1
+            now = time.time()
+            state.contact_deletes[operation_id] = {"operationID": operation_id, "keys": list(values), "deleteType": body["DeleteOperationType"],
+                                                   "status": "PendingProcessing", "received_at": now, "due": now + state.settings["processing_delay_s"]}
+            state.counters["contact_delete_requests"] += 1
+            return JSONResponse({"operationInitiated": True, "operationID": operation_id, "requestServiceMessageID": str(uuid.uuid4()),
+                                 "responseDateTime": datetime.now(timezone.utc).isoformat(), "hasErrors": False, "resultMessages": [],
+                                 "serviceMessageID": str(uuid.uuid4())})
+
+    @app.get("/contacts/v1/contacts/actions/delete/status")
+    def contact_delete_status(operationID: int = 0, authorization: str | None = Header(default=None)) -> JSONResponse:  # noqa: N803 (the contract's name)
+        with state.lock:
+            if refused := gate(authorization):
+                return refused
+            operation = state.contact_deletes.get(operationID)
+            if operation is None:
+                return error(404, f"Operation {operationID} not found", 10004)
+            return JSONResponse({"operation": {"operationID": operationID, "deleteType": operation["deleteType"], "status": operation["status"],
+                                               "expectedListCount": len(operation["keys"]), "retryCount": 0},
+                                 "requestServiceMessageID": str(uuid.uuid4()), "resultMessages": [], "serviceMessageID": str(uuid.uuid4())})
 
     @app.post("/interaction/v1/events")
     async def fire_event(request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
@@ -342,6 +473,13 @@ def create_app(state: StubState) -> FastAPI:
             state.settle(time.time())
             rows = list(state.rows.get(key, {}).values())
         return {"key": key, "count": len(rows), "items": rows}
+
+    @app.get("/_stub/contact-deletes")
+    def contact_deletes() -> dict:
+        with state.lock:
+            state.settle(time.time())
+            items = [{k: v for k, v in op.items() if k != "due"} for op in state.contact_deletes.values()]
+        return {"count": len(items), "items": items}
 
     @app.get("/_stub/counters")
     def counters() -> dict:

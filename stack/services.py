@@ -399,7 +399,9 @@ class Airflow(Service):
     port_names = ("AIRFLOW_PORT",)
     start_timeout_s = 180.0
     admin_user = "admin"
-    NOT_FOR_AIRFLOW = frozenset({"MARKETING_CLOUD_CLIENT_ID", "MARKETING_CLOUD_CLIENT_SECRET", "MARKETING_CLOUD_STUB_TOKEN"})
+    NOT_FOR_AIRFLOW = frozenset({"MARKETING_CLOUD_CLIENT_ID", "MARKETING_CLOUD_CLIENT_SECRET", "MARKETING_CLOUD_STUB_TOKEN",
+                                 # Airflow takes the personal-data key from its connection (AIRFLOW_CONN_ENROLLMENT_PII).
+                                 "ENROLLMENT_PII_KEY_ID", "ENROLLMENT_PII_KEY", "ENROLLMENT_PII_RETIRED_KEYS"})
 
     def prepare(self) -> bool:
         home = self.cfg.airflow_home

@@ -39,7 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
+from .erasure import anonymise_landed, erased_among, mentioned_ids, suppressed
 from .partners import partner_changes
+from .pii import Keyring, mask_raw, tokenise_json
 from .validation import ValidationResult, validate_batch, validate_guarded
 
 log = logging.getLogger(__name__)
@@ -385,8 +387,9 @@ _PARTNER_FIELDS = ("first_name", "last_name", "email", "phone", "language")
 _ADDRESS_FIELDS = ("line1", "city", "postal_code", "country")
 
 
-def flatten(result: ValidationResult, messages: pa.Table, batch_id: str) -> pa.Table:
-    """The valid rows as landed: envelope, Kafka coordinates, flat payload fields, the raw JSON."""
+def flatten(result: ValidationResult, messages: pa.Table, batch_id: str, tax_id_tokens: pa.Array | None = None) -> pa.Table:
+    """The valid rows as landed: envelope, Kafka coordinates, flat payload fields, the raw JSON
+    (as ``messages`` carry it: ``land`` passes them with their tax ids tokenised, and the tokens)."""
     valid = result.valid
     rows = pa.array(valid.column("source_index").to_numpy(), pa.int64())
     payload = valid.column("payload").combine_chunks()
@@ -411,6 +414,14 @@ def flatten(result: ValidationResult, messages: pa.Table, batch_id: str) -> pa.T
     columns["date_of_birth"] = field_of("date_of_birth")
     columns["sponsor_id"] = field_of("sponsor_id")
     columns["tax_id_present"] = pc.if_else(enrolled, pc.is_valid(field_of("tax_id")), pa.scalar(None, pa.bool_()))
+    columns["tax_id_token"] = tax_id_tokens if tax_id_tokens is not None else pa.nulls(valid.num_rows, pa.string())
+    # Marketing consent, as an enrollment states it or an update changes it (null: not stated).
+    for name, part in (("marketing_consent", "marketing_email"), ("consent_version", "version"), ("consent_captured_at", "captured_at")):
+        columns[name] = pc.coalesce(field_of("consents", part), field_of("changes", "consents", part))
+    # An enrollment that states a consent without its own version answered the agreement's text.
+    columns["consent_version"] = pc.if_else(pc.and_(enrolled, pc.is_valid(columns["marketing_consent"])),
+                                            pc.coalesce(columns["consent_version"], field_of("agreement", "version")), columns["consent_version"])
+    columns["consent_captured_at"] = pc.cast(columns["consent_captured_at"], pa.timestamp("us", tz="UTC"))
     columns["termination_reason"] = field_of("reason")
     for name in ("order_id", "order_type", "currency", "total_amount", "volume_points", "subscription_id", "plan_sku", "next_ship_date"):
         columns[name] = field_of(name)
@@ -442,7 +453,8 @@ def quarantine_rows(result: ValidationResult, messages: pa.Table, batch_id: str,
         "event_id": q.column("event_id"),
         "event_type": q.column("event_type"),
         "partner_id": q.column("partner_id"),
-        "raw": q.column("raw"),
+        # What the operator needs to see why, with the personal values masked by shape (pii.mask_raw).
+        "raw": pa.array([mask_raw(r) for r in q.column("raw").to_pylist()], pa.binary()),
     })
 
 
@@ -504,9 +516,25 @@ class Landed:
         return asdict(self)
 
 
-def land(bootstrap: str, manifest: Manifest, bucket, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Landed:
+def tokenised(result: ValidationResult, messages: pa.Table, keyring: Keyring) -> tuple[pa.Table, pa.Array]:
+    """The messages with each valid event's tax ids replaced by their tokens (``pii.tokenise_json``:
+    every other byte kept), and the token of each valid row's ``payload.tax_id`` (null without one).
+    Quarantined messages are left as they are: ``quarantine_rows`` masks what it writes."""
+    index = result.valid.column("source_index").to_pylist()
+    values = messages.column("value").to_pylist()
+    for i in index:
+        values[i] = tokenise_json(values[i], keyring)
+    payload = result.valid.column("payload").combine_chunks()
+    clear = pc.struct_field(payload, "tax_id").to_pylist() if payload.type.get_field_index("tax_id") >= 0 else [None] * len(index)
+    tokens = pa.array([None if v is None else keyring.token(v, "tax_id") for v in clear], pa.string())
+    return messages.set_column(messages.schema.get_field_index("value"), "value", pa.array(values, pa.binary())), tokens
+
+
+def land(bootstrap: str, manifest: Manifest, bucket, keyring: Keyring, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Landed:
     """Reads, validates and lands the batch; commits the offsets after the gate passes. A batch
-    whose messages pass ``max_bytes`` shrinks to what fits, its claim record first."""
+    whose messages pass ``max_bytes`` shrinks to what fits, its claim record first. Nothing is
+    written with a tax id in clear: they are tokenised under ``keyring`` (valid events) or masked
+    (quarantined messages) first."""
     t0 = time.monotonic()
     messages, ranges = read_range(bootstrap, manifest, max_bytes=max_bytes)
     if ranges != manifest.ranges:
@@ -525,7 +553,9 @@ def land(bootstrap: str, manifest: Manifest, bucket, max_bytes: int | None = DEF
     for a in anomalies[len(manifest.anomalies):]:
         log.error("land %s %s: GAP %s", manifest.region, manifest.batch_id, a["detail"])
     result = validate_guarded(messages.column("value").to_pylist())  # a raising validator never stops the region
-    valid = flatten(result, messages, manifest.batch_id)
+    # Reasons are found on the clear values; from here on the batch's tax ids are tokens.
+    messages, tax_id_tokens = tokenised(result, messages, keyring)
+    valid = flatten(result, messages, manifest.batch_id, tax_id_tokens)
     quarantine = quarantine_rows(result, messages, manifest.batch_id, manifest.region)
     duplicates = int(pc.sum(quarantine.column("duplicate_only")).as_py() or 0)
     if valid.num_rows + quarantine.num_rows + skipped != manifest.offsets:
@@ -535,12 +565,18 @@ def land(bootstrap: str, manifest: Manifest, bucket, max_bytes: int | None = DEF
     # row's bytes), and it stays here, write-once, joined by (batch_id, partition, offset).
     raw = valid.select(["batch_id", "kafka_partition", "kafka_offset", "event_id", "event_json"])
     valid = valid.drop_columns(["event_json"])
+    changes = partner_changes(valid)
+    erased = erased_among(set(valid.column("partner_id").to_pylist()) | mentioned_ids(quarantine), keyring, suppressed(bucket))
+    if erased:  # partners erased before these events arrived (a resend, a rewind): they never land in clear
+        (valid, raw, quarantine, changes), counts = anonymise_landed(valid, raw, quarantine, changes, erased)
+        log.info("land %s: %d events and %d quarantined messages of %d erased partners anonymised before landing",
+                 manifest.batch_id, counts["events"], counts["quarantined"], len(erased))
     write_once(bucket, manifest.valid_object, valid)
     write_once(bucket, manifest.quarantine_object, quarantine)
     write_once(bucket, manifest.raw_object, raw)
     # The batch's partner changes, folded here where regions run in parallel, so the warehouse
     # cycle reads one small object per batch instead of every event.
-    write_once(bucket, manifest.partners_object, partner_changes(valid))
+    write_once(bucket, manifest.partners_object, changes)
     stamps = messages.column("kafka_timestamp")
     first, last = (pc.min(stamps).as_py(), pc.max(stamps).as_py()) if messages.num_rows else (None, None)
     landed = Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid.num_rows,

@@ -65,6 +65,8 @@ def canary_event(config: PipelineConfig, region: Region, version: int) -> dict:
     event.update(event_id=str(uuid.uuid4()), partner_id=canary_id(region), partner_version=version, occurred_at=_timestamp(time.time()))
     event["payload"].update(first_name="Canary", last_name=region.code.title(), email=f"canary.{region.code.lower()}@example.com",
                             sponsor_id=canary_id(region, 1))
+    if "consents" in event["payload"]:  # contactable, so the canary is traced through Marketing Cloud too (never welcomed: is_canary)
+        event["payload"]["consents"]["marketing_email"] = True
     return event
 
 

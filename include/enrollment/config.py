@@ -69,6 +69,54 @@ class RetentionSettings:
             raise ValueError(f"retention: handover_days >= 1, claims_days >= 2 (a day is reconciled the day after) and staging_hours >= 1, got {self}")
 
 
+# Who may receive marketing e-mail, per region: ``opt_in`` (only a partner whose consent is true)
+# or ``opt_out`` (anyone whose consent is not false: never stated counts as not objected).
+MARKETING_CONSENT_RULES = ("opt_in", "opt_out")
+DEFAULT_MARKETING_CONSENT = "opt_out"  # the one default: a region the configuration does not name
+
+
+@dataclass(frozen=True)
+class MarketingConsent:
+    """The marketing-consent rule of each region. Regions whose contract requires a recorded
+    consent (``markets.CONSENT_REGIONS``) are ``opt_in`` whatever is configured; the others follow
+    the configuration (``regions``, else ``default``)."""
+
+    default: str = DEFAULT_MARKETING_CONSENT
+    regions: dict = field(default_factory=dict)  # region code -> rule
+
+    def __post_init__(self) -> None:
+        from .contracts.markets import CONSENT_REGIONS
+
+        for where, rule in [("default", self.default), *self.regions.items()]:
+            if rule not in MARKETING_CONSENT_RULES:
+                raise ValueError(f"marketing_consent: {where} is {rule!r}; known rules: {', '.join(MARKETING_CONSENT_RULES)}")
+        forced = sorted(r for r in self.regions if r in CONSENT_REGIONS and self.regions[r] != "opt_in")
+        if forced:
+            raise ValueError(f"marketing_consent: {forced} must be opt_in: the contract requires a recorded consent there (markets.CONSENT_REGIONS)")
+
+    def rule(self, region: str | None) -> str:
+        from .contracts.markets import CONSENT_REGIONS
+
+        code = (region or "").upper()
+        return "opt_in" if code in CONSENT_REGIONS else self.regions.get(code, self.default)
+
+    def contactable(self, region: str | None, consent: bool | None) -> bool:
+        """May marketing reach this partner: opt_in wants consent true, opt_out anything but false."""
+        return consent is True if self.rule(region) == "opt_in" else consent is not False
+
+
+def _marketing_consent(raw, region_codes: list[str]) -> MarketingConsent:
+    if raw is None:
+        return MarketingConsent()
+    if not isinstance(raw, dict) or set(raw) - {"default", "regions"}:
+        raise ValueError(f"marketing_consent: expected {{default: <rule>, regions: {{<REGION>: <rule>}}}}, got {raw!r}")
+    regions = {str(k).upper(): v for k, v in (raw.get("regions") or {}).items()}
+    unknown = sorted(set(regions) - set(region_codes))
+    if unknown:
+        raise ValueError(f"marketing_consent: unknown region(s) {unknown}; configured regions: {', '.join(region_codes)}")
+    return MarketingConsent(default=raw.get("default", DEFAULT_MARKETING_CONSENT), regions=regions)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     project: str
@@ -90,6 +138,7 @@ class PipelineConfig:
     warehouse: WarehouseSettings = field(default_factory=lambda: WarehouseSettings())
     sync_lookback_days: int = 7
     retention: RetentionSettings = field(default_factory=lambda: RetentionSettings())
+    marketing_consent: MarketingConsent = field(default_factory=lambda: MarketingConsent())
 
     def carrier_dags(self, sinks: bool = True, regions: list[str] | None = None) -> list[str]:
         """The DAG ids that carry events: each region's ingest, the warehouse writer, and (with
@@ -140,6 +189,7 @@ def parse_config(raw: dict) -> PipelineConfig:
         warehouse=_warehouse_settings(raw.get("warehouse") or {}),
         sync_lookback_days=int(raw.get("sync", {}).get("lookback_days", 7)),
         retention=_retention_settings(raw.get("retention") or {}),
+        marketing_consent=_marketing_consent(raw.get("marketing_consent"), codes),
     )
 
 

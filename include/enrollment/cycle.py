@@ -117,7 +117,11 @@ def _ages(span: tuple[datetime, datetime] | None) -> dict:
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A batch landed by an older version, in today's landed schema (its raw JSON column dropped)."""
+    """A batch landed by an older version, in today's landed schema (its raw JSON column dropped,
+    columns added since — ``tax_id_token`` — null)."""
+    for f in schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
     return table.select(schema.names).cast(schema)
 
 

@@ -8,6 +8,11 @@
   call); connection errors and 5xx by exponential backoff (tenacity).
 - Journey entry events (``POST /interaction/v1/events`` for one contact,
   ``POST /interaction/v1/async/events`` for up to 100).
+- Deletions: data-extension rows by primary key with the SOAP API's ``Delete`` of
+  ``DataExtensionObject`` (Marketing Cloud publishes no REST call for it; the SOAP endpoint is the
+  token's ``soap_instance_url``, the token travels in the ``fueloauth`` header element), and
+  contacts by key with ``POST /contacts/v1/contacts/actions/delete?type=keys`` (the privacy
+  request delete: asynchronous, followed with ``/contacts/v1/contacts/actions/delete/status``).
 
 Secrets live in the Airflow connection (``marketing_cloud`` type) and in this object only; they
 are never logged, and ``repr`` hides them.
@@ -18,7 +23,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from xml.sax.saxutils import escape
 
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
@@ -27,6 +34,9 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS_PER_ASYNC_REQUEST = 32_000
 MAX_JOURNEY_MEMBERS = 100
+DELETE_OBJECTS_PER_CALL = 2_500  # ours: rows per SOAP Delete call (one envelope of a few hundred kB)
+CONTACT_KEYS_PER_DELETE = 1_000  # ours: contact keys per delete request (the service queues each request as one operation)
+PARTNER_API = "http://exacttarget.com/wsdl/partnerAPI"
 
 
 class MarketingCloudError(RuntimeError):
@@ -62,6 +72,7 @@ class MarketingCloudClient:
     max_throttle_wait_s: float = 300.0
     _token: str = field(default="", repr=False)
     _expires_at: float = 0.0
+    soap_url: str = ""  # the token's soap_instance_url (the REST URL until a token says)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +94,7 @@ class MarketingCloudClient:
                 body = response.json()
                 lifetime = float(body.get("expires_in", 0))
                 self._token = body["access_token"]
+                self.soap_url = (body.get("soap_instance_url") or self.soap_url or self.rest_url).rstrip("/")
                 self._expires_at = time.time() + lifetime - min(60.0, lifetime / 10)
                 self.tokens_fetched += 1
             return self._token
@@ -92,7 +104,9 @@ class MarketingCloudClient:
         waited = 0.0
         renewed = False
         while True:
-            response = self._http.request(method, f"{self.rest_url}{path}", headers={"Authorization": f"Bearer {self.token()}"}, **kwargs)
+            url = path if path.startswith(("http://", "https://")) else f"{self.rest_url}{path}"
+            headers = {"Authorization": f"Bearer {self.token()}"} | kwargs.get("headers", {})
+            response = self._http.request(method, url, **(kwargs | {"headers": headers}))
             if response.status_code == 429:
                 delay = float(response.headers.get("Retry-After") or 1)
                 if waited + delay > self.max_throttle_wait_s:
@@ -171,6 +185,62 @@ class MarketingCloudClient:
             if len(out) >= int(body.get("count", 0)) or not body.get("items"):
                 return out
             page += 1
+
+    def delete_rows(self, data_extension: str, keys: list[str], key_field: str = "PartnerId") -> dict[str, str | None]:
+        """Deletes the data extension's rows of these primary-key values (SOAP ``Delete`` of
+        ``DataExtensionObject``); key → None when the row is gone (deleted now, or there was none),
+        else the service's message. Safe to send again: a row already gone is not an error."""
+        out: dict[str, str | None] = {}
+        for start in range(0, len(keys), DELETE_OBJECTS_PER_CALL):
+            chunk = list(keys[start:start + DELETE_OBJECTS_PER_CALL])
+            objects = "".join(f'<Objects xsi:type="DataExtensionObject"><CustomerKey>{escape(data_extension)}</CustomerKey><Keys><Key>'
+                              f"<Name>{escape(key_field)}</Name><Value>{escape(str(k))}</Value></Key></Keys></Objects>" for k in chunk)
+            root = self._soap("Delete", f"<DeleteRequest xmlns=\"{PARTNER_API}\"><Options/>{objects}</DeleteRequest>", f"delete from {data_extension}")
+            results = sorted(root.iter(f"{{{PARTNER_API}}}Results"), key=lambda r: int(r.findtext(f"{{{PARTNER_API}}}OrdinalID") or 0))
+            if len(results) != len(chunk):
+                raise MarketingCloudError(f"marketing cloud: delete from {data_extension} answered {len(results)} results for {len(chunk)} rows")
+            for key, result in zip(chunk, results):
+                code, message = result.findtext(f"{{{PARTNER_API}}}StatusCode"), result.findtext(f"{{{PARTNER_API}}}StatusMessage") or ""
+                out[key] = None if code == "OK" or "not found" in message.lower() else f"{code}: {message}"
+        return out
+
+    def _soap(self, action: str, body: str, what: str) -> ET.Element:
+        """One SOAP call; the token is in the envelope, so a refused token is renewed and the call rebuilt once."""
+        for attempt in (1, 2):
+            token = self.token(force=attempt == 2)  # also learns soap_instance_url
+            url = f"{self.soap_url}/Service.asmx"
+            envelope = ('<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+                        'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header>'
+                        f'<a:Action s:mustUnderstand="1">{action}</a:Action><a:To s:mustUnderstand="1">{escape(url)}</a:To>'
+                        f'<fueloauth xmlns="http://exacttarget.com">{escape(token)}</fueloauth></s:Header>'
+                        '<s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
+                        f"{body}</s:Body></s:Envelope>")
+            response = self._call("POST", url, content=envelope.encode(), headers={"Content-Type": "application/soap+xml; charset=utf-8", "SOAPAction": action})
+            if response.status_code != 401:
+                break
+        if response.status_code >= 400:
+            raise MarketingCloudError(f"marketing cloud: {what} refused with HTTP {response.status_code}")
+        return ET.fromstring(response.content)
+
+    # -- contacts ---------------------------------------------------------------------------
+    def delete_contacts(self, contact_keys: list[str]) -> list[int]:
+        """Deletes contacts by key from the whole account (``ContactAndAttributes``: the privacy
+        request delete); returns the operation ids to follow with ``contact_delete_status``."""
+        ids = []
+        for start in range(0, len(contact_keys), CONTACT_KEYS_PER_DELETE):
+            chunk = list(contact_keys[start:start + CONTACT_KEYS_PER_DELETE])
+            response = self._call("POST", "/contacts/v1/contacts/actions/delete", params={"type": "keys"},
+                                  json={"values": chunk, "DeleteOperationType": "ContactAndAttributes"})
+            body = self._json(response, "contact delete")
+            if not body.get("operationInitiated"):
+                raise MarketingCloudError(f"marketing cloud: contact delete not initiated: {body.get('resultMessages')}")
+            ids.append(int(body["operationID"]))
+        return ids
+
+    def contact_delete_status(self, operation_id: int) -> str:
+        """The status of a contact delete operation (e.g. PendingProcessing, Completed)."""
+        response = self._call("GET", "/contacts/v1/contacts/actions/delete/status", params={"operationID": operation_id})
+        return str(self._json(response, f"contact delete {operation_id}")["operation"]["status"])
 
     # -- journeys ---------------------------------------------------------------------------
     def fire_entry_event(self, event_definition_key: str, contact_key: str, data: dict) -> str:

@@ -12,19 +12,27 @@ import pandas as pd
 import pyarrow as pa
 
 PARTNER_COLUMNS = ("region", "country", "first_name", "last_name", "email", "phone", "language", "address_line1", "address_city",
-                   "address_postal_code", "address_state", "date_of_birth", "sponsor_id", "status", "enrolled_at", "terminated_at")
+                   "address_postal_code", "address_state", "date_of_birth", "sponsor_id", "status", "enrolled_at", "terminated_at",
+                   "marketing_consent", "consent_version", "consent_captured_at")
+# Fields that are one statement with another (their leader): they take their values, nulls
+# included, from the event that set the leader, and carry its version. A consent withdrawn without
+# a version of its own must not keep the version of the consent it replaced.
+FOLLOWS = {"consent_version": "marketing_consent", "consent_captured_at": "marketing_consent"}
+_TYPES = {"marketing_consent": "BOOL"}
 # Each field keeps the partner version that set it (<field>_version): a field takes a value only
 # from an event newer than the one that set it, whatever order events arrive in, within a batch
 # or across batches.
-PARTNER_SCHEMA = [("partner_id", "STRING"), *((c, "TIMESTAMP" if c.endswith("_at") else "STRING") for c in PARTNER_COLUMNS),
+PARTNER_SCHEMA = [("partner_id", "STRING"), *((c, _TYPES.get(c) or ("TIMESTAMP" if c.endswith("_at") else "STRING")) for c in PARTNER_COLUMNS),
                   ("partner_version", "INT64"), ("last_event_id", "STRING"), ("updated_at", "TIMESTAMP"), ("batch_id", "STRING"),
                   *((f"{c}_version", "INT64") for c in PARTNER_COLUMNS)]
 PARTNER_EVENTS = ("partner.enrolled", "partner.updated", "partner.terminated")
 
 
+_ARROW = {"STRING": pa.string(), "INT64": pa.int64(), "BOOL": pa.bool_(), "TIMESTAMP": pa.timestamp("us", tz="UTC")}
+
+
 def _empty() -> pa.Table:
-    return pa.table({c: pa.array([], pa.string() if t == "STRING" else pa.int64() if t == "INT64" else pa.timestamp("us", tz="UTC"))
-                     for c, t in PARTNER_SCHEMA})
+    return pa.table({c: pa.array([], _ARROW[t]) for c, t in PARTNER_SCHEMA})
 
 
 def _to_table(latest: pd.DataFrame) -> pa.Table:
@@ -35,6 +43,8 @@ def _to_table(latest: pd.DataFrame) -> pa.Table:
             out[column] = pa.array(pd.to_datetime(series, utc=True), pa.timestamp("us", tz="UTC"))
         elif kind == "INT64":
             out[column] = pa.array(series.astype("Int64"), pa.int64(), from_pandas=True)
+        elif kind == "BOOL":
+            out[column] = pa.array(series.astype(object).where(series.notna(), None), pa.bool_())
         else:
             out[column] = pa.array(series.astype(object).where(series.notna(), None), pa.string())
     return pa.table(out)
@@ -42,9 +52,13 @@ def _to_table(latest: pd.DataFrame) -> pa.Table:
 
 def partner_changes(valid: pa.Table) -> pa.Table:
     """One row per partner of the batch: what its partner events say, newest version first."""
+    consent = [c for c in ("marketing_consent", "consent_version", "consent_captured_at") if c in valid.column_names]  # batches landed before them: none
     frame = valid.select(["partner_id", "event_type", "event_id", "partner_version", "occurred_at", "batch_id", "region", "country", "first_name", "last_name",
                           "email", "phone", "language", "address_line1", "address_city", "address_postal_code", "address_state", "date_of_birth",
-                          "sponsor_id"]).to_pandas()
+                          "sponsor_id", *consent]).to_pandas()
+    for column in ("marketing_consent", "consent_version", "consent_captured_at"):
+        if column not in frame:
+            frame[column] = None
     frame = frame[frame["event_type"].isin(list(PARTNER_EVENTS))]
     if frame.empty:
         return _empty()
@@ -59,8 +73,11 @@ def partner_changes(valid: pa.Table) -> pa.Table:
     latest = ordered.groupby("partner_id", sort=True).first().reset_index()
     latest["partner_version"] = frame.groupby("partner_id")["partner_version"].max().reindex(latest["partner_id"]).to_numpy()
     for column in PARTNER_COLUMNS:
-        set_at = frame[frame[column].notna()].groupby("partner_id")["partner_version"].max()
+        set_at = frame[frame[FOLLOWS.get(column, column)].notna()].groupby("partner_id")["partner_version"].max()
         latest[f"{column}_version"] = set_at.reindex(latest["partner_id"]).to_numpy()
+    for column, leader in FOLLOWS.items():  # from the very event that set the leader, null or not
+        setter = ordered[ordered[leader].notna()].drop_duplicates("partner_id").set_index("partner_id")[column]
+        latest[column] = setter.reindex(latest["partner_id"]).to_numpy()
     return _to_table(latest)
 
 
@@ -74,12 +91,26 @@ def fold_partners(tables: list[pa.Table]) -> pa.Table:
         return _empty()
     if len(tables) == 1:
         return tables[0]
-    frame = pa.concat_tables(tables).to_pandas()
+    frame = pa.concat_tables([_conform(t) for t in tables]).to_pandas()
     latest = frame.sort_values("partner_version", ascending=False, kind="stable").groupby("partner_id", sort=True).first()
     for column in PARTNER_COLUMNS:
         version = f"{column}_version"
+        if column in FOLLOWS:  # the whole row that set the leader: its nulls too
+            lead = f"{FOLLOWS[column]}_version"
+            setter = frame[frame[lead].notna()].sort_values(lead, ascending=False, kind="stable").drop_duplicates("partner_id").set_index("partner_id")
+            latest[column] = setter[column].reindex(latest.index)
+            latest[version] = setter[lead].reindex(latest.index)
+            continue
         setters = frame[frame[version].notna()].sort_values(version, ascending=False, kind="stable").groupby("partner_id")
         latest[column] = setters[column].first().reindex(latest.index)
         latest[version] = setters[version].first().reindex(latest.index)
     latest["partner_version"] = frame.groupby("partner_id")["partner_version"].max().reindex(latest.index)
     return _to_table(latest.reset_index())
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """A batch's partner changes written before a column existed: the column added, null."""
+    for column, kind in PARTNER_SCHEMA:
+        if column not in table.column_names:
+            table = table.append_column(column, pa.nulls(table.num_rows, _ARROW[kind]))
+    return table.select([c for c, _ in PARTNER_SCHEMA])

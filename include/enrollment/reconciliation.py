@@ -10,7 +10,10 @@ the consumer group has committed past (consumed), it compares:
 4. **events → partners**: every partner of those events is in ``<warehouse>.partners``;
 5. **partners → <sink>**, for every sink: the service holds each partner in its current state
    (``Sink.audit`` reads it back), for the partners whose newest change the sink has synced;
-   rows the service refused are in the sink quarantine with its message, not differences.
+   rows the service refused are in the sink quarantine with its message, not differences. A sink
+   that holds only some partners (``Sink.expects``: Marketing Cloud, the contactable ones) is
+   expected to hold those, and a second finding, **partners → <sink>: not expected**, lists any
+   partner it holds that it should not (a partner who declined or withdrew marketing consent).
 
 Differences name the batches and the partner ids involved. Findings are written to
 ``<ops>.reconciliation`` (running again for the same day and region replaces them).
@@ -32,7 +35,8 @@ import pyarrow.parquet as pq
 
 from .batches import Manifest, claims, pending_ranges
 from .config import PipelineConfig, Region
-from .sinks.base import Sink
+from .erasure import ERASED
+from .sinks.base import Sink, summarise
 from .sync import PARTNER_EVENTS, SyncRun
 from .warehouse import balances
 
@@ -56,8 +60,9 @@ class Finding:
         return self.expected == self.actual and not self.partner_ids
 
     def describe(self) -> str:
-        ids = f"; partners {', '.join(self.partner_ids[:10])}" + (f" (+{len(self.partner_ids) - 10})" if len(self.partner_ids) > 10 else "")
-        return f"{self.comparison}: expected {self.expected:,}, found {self.actual:,}" + (f" ({self.detail})" if self.detail else "") + (ids if self.partner_ids else "")
+        """For logs and alerts: counts, never ids (they are in the reconciliation table's ``partner_ids``)."""
+        ids = f"; {len(self.partner_ids)} partners listed in the reconciliation table" if self.partner_ids else ""
+        return f"{self.comparison}: expected {self.expected:,}, found {self.actual:,}" + (f" ({self.detail})" if self.detail else "") + ids
 
 
 @dataclass
@@ -118,7 +123,7 @@ class Reconciliation:
         try:
             report.findings += self._warehouse(batch_ids, ledger, stage)
             for name, sink in self.sinks.items():
-                report.findings.append(self._sink(name, sink, stage))
+                report.findings += self._sink(name, sink, stage)
         finally:
             self.w.client.delete_table(stage.strip("`"), not_found_ok=True)
         self._write(report)
@@ -165,15 +170,17 @@ class Reconciliation:
         in_quarantine = w.run(f"SELECT COUNT(*) AS n FROM {w.table('quarantine')} WHERE batch_id IN UNNEST(@ids)",
                               [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)])[0]["n"]
         partner_events = ", ".join(f"'{e}'" for e in PARTNER_EVENTS)
-        expected_partners = w.run(f"SELECT COUNT(DISTINCT partner_id) AS n FROM {stage} WHERE event_type IN ({partner_events})")[0]["n"]
+        # An erased partner's events stay (anonymised, counted by the ledger) but have no state by design.
+        expected_partners = w.run(f"""SELECT COUNT(DISTINCT partner_id) AS n FROM {stage}
+            WHERE event_type IN ({partner_events}) AND partner_id != '{ERASED}'""")[0]["n"]
         no_state = [r["partner_id"] for r in w.run(f"""SELECT DISTINCT S.partner_id FROM {stage} S LEFT JOIN {w.table('partners')} P ON P.partner_id = S.partner_id
-            WHERE S.event_type IN ({partner_events}) AND P.partner_id IS NULL ORDER BY 1""")]
+            WHERE S.event_type IN ({partner_events}) AND S.partner_id != '{ERASED}' AND P.partner_id IS NULL ORDER BY 1""")]
         return [Finding("ledger → events", valid, found, [r["partner_id"] for r in lost], "valid events not in the events table" if lost else ""),
                 Finding("ledger → quarantine", quarantined, in_quarantine),
                 Finding("events → partners", expected_partners, expected_partners - len(no_state), no_state,
                         "partners of the day's events without a current state" if no_state else "")]
 
-    def _sink(self, name: str, sink: Sink, stage: str) -> Finding:
+    def _sink(self, name: str, sink: Sink, stage: str) -> list[Finding]:
         from google.cloud import bigquery
 
         w = self.w
@@ -188,10 +195,21 @@ class Reconciliation:
         partners = [dict(r) for r in rows]
         audited = [p for p in partners if p["_synced"] and not p["_refused"]]
         problems = sink.audit(audited) if audited else {}
+        expects = getattr(sink, "expects", None)
+        barred = {p["partner_id"] for p in audited if expects is not None and not expects(p)}
+        held_barred = sorted(pid for pid in problems if pid in barred)
+        problems = {pid: problem for pid, problem in problems.items() if pid not in barred}
+        wanted = len(audited) - len(barred)
         notes = [f"{sum(1 for p in partners if not p['_synced'])} not synced yet", f"{sum(1 for p in partners if p['_refused'])} refused by the service (sink quarantine)"]
+        if barred:
+            notes.append(f"{len(barred)} not expected there (e.g. no marketing consent)")
         if problems:
-            notes.insert(0, "; ".join(f"{pid}: {problem}" for pid, problem in sorted(problems.items())[:3]))
-        return Finding(f"partners → {name}", len(audited), len(audited) - len(problems), sorted(problems), ", ".join(notes))
+            notes.insert(0, summarise(f"{pid}: {problem}" for pid, problem in sorted(problems.items())))
+        findings = [Finding(f"partners → {name}", wanted, wanted - len(problems), sorted(problems), ", ".join(notes))]
+        if expects is not None:
+            findings.append(Finding(f"partners → {name}: not expected", 0, len(held_barred), held_barred,
+                                    f"held by the service though it should not hold them, of {len(barred)} not expected" if held_barred else ""))
+        return findings
 
     # -- the record -----------------------------------------------------------------------------
     def _write(self, report: DayReport) -> None:

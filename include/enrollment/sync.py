@@ -46,7 +46,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .batches import GateError
-from .sinks.base import Sink, SinkResult, describe
+from .erasure import ERASED
+from .sinks.base import Sink, SinkResult, summarise
 from .warehouse import Warehouse
 
 PARTNER_EVENTS = ["partner.enrolled", "partner.updated", "partner.terminated"]
@@ -187,6 +188,8 @@ class SyncRun:
                     continue
                 pairs = self.touched_in_warehouse(b)
             for pid, is_enrollment in pairs:
+                if pid == ERASED:  # events of an erased partner, anonymised: nobody to sync
+                    continue
                 last[pid] = b["batch_id"]
                 if is_enrollment:
                     enrolled[pid] = b["batch_id"]
@@ -248,7 +251,8 @@ class SyncRun:
         partners = self.current_state(sorted(last))
         missing = set(last) - {p["partner_id"] for p in partners}
         if missing:
-            raise GateError(f"sync {sink.name}: {len(missing)} partners of the plan are not in the warehouse's partners table, e.g. {sorted(missing)[:3]}")
+            raise GateError(f"sync {sink.name}: {len(missing)} partners of the plan are not in the warehouse's partners table "
+                            "(erased meanwhile? the next run reads the rewritten batches)")
         handed = pa.Table.from_pylist([p | {"sync_batch_id": last[p["partner_id"]]} for p in partners]) if partners else pa.table({})
         sink_buffer = io.BytesIO()
         pq.write_table(handed, sink_buffer)
@@ -273,7 +277,7 @@ class SyncRun:
         rejected = {pid for pid, _ in result.rejected}
         problems += sink.verify([p for p in partners if p["partner_id"] not in rejected], result)
         if problems:
-            raise GateError(f"sync gate, {sink.name} {written['plan']['region']}: {describe(problems)}")
+            raise GateError(f"sync gate, {sink.name} {written['plan']['region']}: {len(problems)} problems: {summarise(problems)}")
         # Per batch, what was read back: the partners handed over (read from Cloud Storage), each
         # verified in the sink or refused by it. Commit records ledger rows from this only.
         per_batch = {b["batch_id"]: [0, 0] for b in written["plan"]["batches"]}

@@ -105,7 +105,9 @@ _PY_KIND = {
     STRING: str,
     BOOLEAN: bool,
     INTEGER: Annotated[int, msgspec.Meta(ge=-SAFE_INTEGER, le=SAFE_INTEGER)],
-    "number": Annotated[float, msgspec.Meta(ge=-NUMBER_LIMIT, le=NUMBER_LIMIT)],
+    # Strictly inside: the decoder turns an integer into a float first, so 2^53 + 1 would arrive
+    # rounded to 2^53; a value at the edge takes the per-record path, which sees the integer.
+    "number": Annotated[float, msgspec.Meta(gt=-NUMBER_LIMIT, lt=NUMBER_LIMIT)],
 }
 
 

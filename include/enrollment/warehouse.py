@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .batches import GateError, Landed
-from .partners import PARTNER_COLUMNS, PARTNER_SCHEMA, partner_changes  # noqa: F401 (re-exported)
+from .partners import FOLLOWS, PARTNER_COLUMNS, PARTNER_SCHEMA, partner_changes  # noqa: F401 (re-exported)
 
 _BQ_TYPES = {pa.string(): "STRING", pa.int16(): "INT64", pa.int32(): "INT64", pa.int64(): "INT64", pa.float64(): "FLOAT64",
              pa.bool_(): "BOOL", pa.binary(): "BYTES"}
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 LEDGER_SCHEMA = [("batch_id", "STRING"), ("region", "STRING"), ("stage", "STRING"), ("offsets_in", "INT64"), ("valid", "INT64"),
                  ("quarantined", "INT64"), ("duplicates", "INT64"), ("rows_merged", "INT64"), ("seconds", "FLOAT64"),
                  ("ok", "BOOL"), ("detail", "STRING"), ("recorded_at", "TIMESTAMP"), ("skipped", "INT64")]
+# Columns of ``events`` added after tables were created: an existing table gets them (ensure_tables).
+EVENTS_ADDED_COLUMNS = ("tax_id_token", "marketing_consent", "consent_version", "consent_captured_at")
 DEFAULT_JOB_TIMEOUT_S = 600.0  # enrollment.config.WarehouseSettings.job_timeout_s
 
 
@@ -67,6 +69,7 @@ class Warehouse:
     settings: object = None  # enrollment.config.WarehouseSettings (the defaults when None)
     statements: list = field(default_factory=list, repr=False)  # every statement sent, in order (tests count the writers)
     _ledger_ready: bool = field(default=False, init=False, repr=False, compare=False)  # created and migrated (once per process)
+    _events_migrated: bool = field(default=False, init=False, repr=False, compare=False)
 
     def table(self, name: str, ops: bool = False) -> str:
         return f"`{self.project}.{self.ops_dataset if ops else self.dataset}.{name}`"
@@ -104,6 +107,13 @@ class Warehouse:
             self.client.delete_table(f"{self.project}.{self.dataset}.{leftover}", not_found_ok=True)
         if "events" not in have:
             self.run(_ddl(self.table("events"), events_schema, "kafka_timestamp", "region, partner_id, event_type"))
+        elif not self._events_migrated:
+            # Columns the landed rows gained after the table was made (tax_id_token); once per
+            # process (the emulator does not list added columns), and idempotent.
+            for column in EVENTS_ADDED_COLUMNS:
+                if column in dict(events_schema):
+                    self.run(f"ALTER TABLE {self.table('events')} ADD COLUMN IF NOT EXISTS {column} {dict(events_schema)[column]}")
+        self._events_migrated = True
         if "events_unique" not in have:
             # Within the dedup window the table holds each event id once; a resend that arrived
             # later than the window is removed here, for readers (no partition pruning through it).
@@ -111,6 +121,8 @@ class Warehouse:
                 WHERE TRUE QUALIFY ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY kafka_timestamp, batch_id, kafka_partition, kafka_offset) = 1""")
         if "partners" not in have:
             self.run(_ddl(self.table("partners"), PARTNER_SCHEMA, "updated_at", "region, partner_id"))
+        else:
+            self.add_missing_columns("partners", PARTNER_SCHEMA)
         if "quarantine" not in have:
             self.run(_ddl(self.table("quarantine"), quarantine_schema, "kafka_timestamp", "region, batch_id"))
         self.ensure_ledger("ledger" in have_ops)
@@ -137,6 +149,20 @@ class Warehouse:
             # BigQuery lists the column once added; the emulator does not, so it asks once per process.
             self.run(f"ALTER TABLE {table_id} ADD COLUMN IF NOT EXISTS skipped INT64")
         self._ledger_ready = True
+
+    def add_missing_columns(self, name: str, columns: list[tuple[str, str]]) -> list[str]:
+        """A table created by an earlier version gets the columns added since (nullable, null in
+        the rows it holds): ``ADD COLUMN IF NOT EXISTS``, so running it twice changes nothing. Once
+        per table and process (the emulator does not list added columns)."""
+        done = self.__dict__.setdefault("_migrated", set())
+        if name in done:
+            return []
+        have = {f.name for f in self.client.get_table(self.table(name).strip("`")).schema}
+        missing = [(c, t) for c, t in columns if c not in have]
+        for column, kind in missing:  # one statement each: the emulator takes one ALTER command per statement
+            self.run(f"ALTER TABLE {self.table(name)} ADD COLUMN IF NOT EXISTS {column} {kind}")
+        done.add(name)
+        return [c for c, _ in missing]
 
     def stage_table(self, name: str, columns: list[tuple[str, str]], table: pa.Table) -> str:
         """A fresh staging table holding ``table``, with one load job (from memory, no object)."""
@@ -237,7 +263,8 @@ class Warehouse:
         # Field by field: the value set by the newest event wins, so an older event arriving late
         # only fills a field no newer event has set, and never overwrites one.
         def pick(c: str) -> list[str]:
-            newer = f"S.{c}_version > COALESCE(T.{c}_version, -1)"
+            lead = FOLLOWS.get(c, c)  # a follower moves with its leader (both sides' versions are the leader's)
+            newer = f"S.{lead}_version > COALESCE(T.{lead}_version, -1)"
             return [f"{c} = CASE WHEN {newer} THEN S.{c} ELSE T.{c} END",
                     f"{c}_version = NULLIF(GREATEST(COALESCE(S.{c}_version, -1), COALESCE(T.{c}_version, -1)), -1)"]
 

@@ -8,6 +8,8 @@ KAFKA_CONN_ID = "kafka_default"
 GCP_CONN_ID = "google_cloud_default"
 SOLR_CONN_ID = "solr_default"
 MARKETING_CLOUD_CONN_ID = "marketing_cloud_default"
+# The personal-data key: login = key id, password = key, extra {"retired": {"<key id>": "<key>"}}.
+PII_CONN_ID = "enrollment_pii"
 
 
 class AirflowEndpoints(Endpoints):
@@ -39,6 +41,19 @@ def endpoints_from_connections() -> Endpoints:
         marketing_cloud_client_id=mc.login or "",
         marketing_cloud_client_secret=mc.password or "",
     )
+
+
+def keyring_from_connections():
+    """The tax-id tokenising key (``enrollment.pii.Keyring``) from the ``enrollment_pii`` connection:
+    the current key id and key, and the retired keys tokens made before a rotation still match."""
+    from airflow.sdk import BaseHook
+
+    from enrollment.pii import Keyring
+
+    conn = BaseHook.get_connection(PII_CONN_ID)
+    if not conn.password:
+        raise RuntimeError(f"connection {PII_CONN_ID} has no key (its password); see the README, 'Tax identifiers'")
+    return Keyring.from_secret(conn.login or "k1", conn.password, conn.extra_dejson.get("retired") or {})
 
 
 def warehouse_from_connections(config):

@@ -110,15 +110,16 @@ def ingest_dag(region: Region) -> DAG:
             from enrollment.batches import claim, land
             from enrollment.health import require
             from enrollment.services import storage_client
-            from enrollment_airflow.connections import endpoints_from_connections
+            from enrollment_airflow.connections import endpoints_from_connections, keyring_from_connections
 
             ep = endpoints_from_connections()
+            keyring = keyring_from_connections()  # before the claim: no key, nothing landed (tax ids are tokenised first)
             require(["kafka", "gcs"], ep, config)
             bucket = storage_client(ep.project).bucket(config.landing_bucket)
             manifest = claim(ep.kafka_bootstrap, config.consumer_group, region.code, region.topic, region.partitions, bucket, int(params["max_batch"]))
             if manifest is None:
                 raise AirflowSkipException(f"nothing pending on {region.topic}")
-            return land(ep.kafka_bootstrap, manifest, bucket, max_bytes=int(params.get("max_batch_bytes") or region.max_batch_bytes)).as_dict()
+            return land(ep.kafka_bootstrap, manifest, bucket, keyring, max_bytes=int(params.get("max_batch_bytes") or region.max_batch_bytes)).as_dict()
 
         land_batch()
     return dag

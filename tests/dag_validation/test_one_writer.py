@@ -10,7 +10,7 @@ from enrollment.config import WAREHOUSE_POOL, load_config
 from tests.conftest import ROOT
 
 # What writes events, partners, quarantine or the warehouse ledger rows.
-WRITERS = re.compile(r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle)\(")
+WRITERS = re.compile(r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle|scrub_warehouse)\(")
 
 
 def test_regions_only_land_and_one_dag_writes_the_warehouse(dagbag):
@@ -28,9 +28,9 @@ def test_every_task_that_writes_the_warehouse_holds_the_one_slot(dagbag):
     """Writers (found in the DAG code by what they call) run only in the 1-slot pool."""
     calls = {path.relative_to(ROOT).as_posix() for path in [*(ROOT / "dags").glob("*.py"), *(ROOT / "plugins").rglob("*.py")]
              if WRITERS.search(path.read_text(encoding="utf-8"))}
-    assert calls == {"plugins/enrollment_airflow/warehouse.py", "dags/replay.py"}, calls
+    assert calls == {"plugins/enrollment_airflow/warehouse.py", "dags/replay.py", "dags/erase_partners.py"}, calls
     in_pool = {(dag.dag_id, task.task_id) for dag in dagbag.dags.values() for task in dag.tasks if task.pool == WAREHOUSE_POOL}
-    assert in_pool == {("warehouse", "cycle"), ("replay", "warehouse")}
+    assert in_pool == {("warehouse", "cycle"), ("replay", "warehouse"), ("erase_partners", "warehouse")}
 
 
 def test_docker_compose_creates_the_pool_with_one_slot():

@@ -14,6 +14,7 @@ from google.cloud import bigquery
 
 from enrollment import config as pipeline_config_module
 from enrollment.batches import Manifest, claim, land
+from enrollment.pii import Keyring
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.warehouse import Warehouse
@@ -117,7 +118,7 @@ def ingest_events(stack, pipeline_config, warehouse, topic: str, region: str, gr
         producer.flush(10)
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     manifest = claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=100_000)
-    landed = land(stack.kafka_bootstrap, manifest, bucket)
+    landed = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
     assert landed.valid + landed.duplicates == len(events), "hand-made events are valid (or in-batch duplicates)"
     counts = warehouse.merge_batch(landed)
     warehouse.record(landed, "land", landed.valid, landed.seconds)

@@ -32,6 +32,8 @@ def _events() -> tuple[dict, list[dict]]:
         e = sim.event_for(kind, "DE", 2)
         e.update(event_id=str(uuid.uuid4()), partner_id=ids[who], partner_version=version, occurred_at=occurred_at)
         e["payload"].update(payload)
+        if kind == "partner.enrolled":  # EMEA is opt-in: both may be contacted, so Marketing Cloud holds them
+            e["payload"]["consents"]["marketing_email"] = True
         return e
 
     enrolled = event("partner.enrolled", "edge", SAFE_INTEGER - 1, "9999-12-31T23:59:59.999999Z", first_name=LONG_NAME, last_name="NaN")

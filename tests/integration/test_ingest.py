@@ -8,6 +8,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from enrollment.batches import claim, land
+from enrollment.pii import Keyring
 from tests.integration.conftest import claimed_batch, committed_offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
@@ -18,7 +19,7 @@ def test_a_batch_with_faults_lands_and_merges_exactly(stack, pipeline_config, re
     assert manifest is not None and manifest.offsets == len(messages)
     assert claim(stack.kafka_bootstrap, group, "EMEA", region_topic, 2, bucket, max_batch=100_000) == manifest, "an unfinished batch is claimed again as it was"
 
-    landed = land(stack.kafka_bootstrap, manifest, bucket)
+    landed = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
     expected_valid = {m.expected["event_id"] for m in messages if m.expected["outcome"] == "valid"}
     expected_quarantine = sorted(",".join(m.expected["reasons"]) for m in messages if m.expected["outcome"] == "quarantined")
     assert landed.valid == len(expected_valid)
@@ -50,7 +51,7 @@ def test_a_batch_with_faults_lands_and_merges_exactly(stack, pipeline_config, re
 
     # Everything again: nothing changes.
     snapshot = warehouse.run(f"SELECT COUNT(*) AS n FROM {warehouse.table('events')}")[0]["n"], warehouse.run(f"SELECT TO_JSON_STRING(t) AS j FROM {warehouse.table('partners')} t ORDER BY partner_id")
-    again = land(stack.kafka_bootstrap, manifest, bucket)
+    again = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
     assert again.as_dict() | {"seconds": 0} == landed.as_dict() | {"seconds": 0}
     warehouse.merge_batch(again)
     assert (warehouse.run(f"SELECT COUNT(*) AS n FROM {warehouse.table('events')}")[0]["n"], warehouse.run(f"SELECT TO_JSON_STRING(t) AS j FROM {warehouse.table('partners')} t ORDER BY partner_id")) == snapshot

@@ -12,6 +12,7 @@ import time
 
 import pytest
 from enrollment.batches import land
+from enrollment.pii import Keyring
 from stack import cli as stack_cli
 from tests.integration.conftest import claimed_batch, committed_offsets
 
@@ -20,9 +21,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 LAND = """
 import sys
 from enrollment.batches import Manifest, land
+from enrollment.pii import Keyring
 from enrollment.services import storage_client
 manifest = Manifest.from_json(sys.argv[1])
-land(sys.argv[2], manifest, storage_client(sys.argv[3]).bucket(manifest.bucket))
+land(sys.argv[2], manifest, storage_client(sys.argv[3]).bucket(manifest.bucket), Keyring.from_env())
 """
 MERGE = """
 import sys
@@ -55,7 +57,7 @@ def test_killed_land_and_warehouse_retried_lose_and_duplicate_nothing(stack, pip
 
     outcomes = kill_during(LAND, [manifest.to_json(), stack.kafka_bootstrap, stack.project], [0.5, 1.5, 2.5])
     assert any(o.startswith("killed") for o in outcomes), outcomes
-    landed = land(stack.kafka_bootstrap, manifest, bucket)  # the retry
+    landed = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())  # the retry
     assert landed.offsets == len(messages) == landed.valid + landed.quarantined + landed.duplicates
     listed = [b.name for b in bucket.list_blobs(prefix=manifest.prefix)]
     assert sorted(listed) == sorted([manifest.valid_object, manifest.quarantine_object, manifest.raw_object, manifest.partners_object]), \
@@ -81,6 +83,6 @@ def test_broker_restarted_between_claim_and_land(stack, pipeline_config, region_
     assert stack_cli.down(["kafka"], quiet=True)
     stack_cli.up(["kafka"], quiet=True)
 
-    landed = land(stack.kafka_bootstrap, manifest, bucket)
+    landed = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
     assert landed.offsets == len(messages) == landed.valid + landed.quarantined + landed.duplicates
     assert sum(committed_offsets(stack.kafka_bootstrap, group, region_topic, 2)) == len(messages)

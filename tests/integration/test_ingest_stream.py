@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from enrollment.batches import GateError, Manifest, claim, land
+from enrollment.pii import Keyring
 from enrollment.services import storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from tests.integration.conftest import committed_offsets, produce
@@ -52,7 +53,7 @@ def test_partitions_added_on_the_cluster_are_claimed_and_landed(stack, pipeline_
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     produce(bootstrap, events(801, 200), region_topic)
     first = claim(bootstrap, group, "AMER", region_topic, 2, bucket, max_batch=100_000)
-    land(bootstrap, first, bucket)
+    land(bootstrap, first, bucket, Keyring.from_env())
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_partitions([NewPartitions(region_topic, 4)])[region_topic].result(30)
@@ -65,7 +66,7 @@ def test_partitions_added_on_the_cluster_are_claimed_and_landed(stack, pipeline_
         second = claim(bootstrap, group, "AMER", region_topic, 2, bucket, max_batch=100_000)  # the configuration still says 2
     assert {r.partition for r in second.ranges} == {0, 1, 2, 3}
     assert "has 4 partitions on the cluster, the configuration says 2" in caplog.text
-    landed = land(bootstrap, second, bucket)
+    landed = land(bootstrap, second, bucket, Keyring.from_env())
     assert landed.offsets == 120 == landed.valid + landed.quarantined + landed.duplicates + landed.skipped
     assert landed_partitions(bucket, second).get(2) == 30 and landed_partitions(bucket, second).get(3) == 30
     assert committed_offsets(bootstrap, group, region_topic, 4) == ends(bootstrap, region_topic, 4), "every partition committed to its end"
@@ -95,7 +96,7 @@ def test_transaction_markers_never_stall_a_batch_and_the_ledger_balances(stack, 
 
     manifest = claim(bootstrap, group, "EMEA", region_topic, 2, bucket, max_batch=100_000)
     t0 = time.monotonic()
-    landed = land(bootstrap, manifest, bucket)
+    landed = land(bootstrap, manifest, bucket, Keyring.from_env())
     assert time.monotonic() - t0 < 60, "the read ends at the partitions' positions, never waits for a marker"
     assert landed.offsets == offsets and landed.skipped == offsets - len(delivered) == 20
     assert landed.valid + landed.quarantined + landed.duplicates == len(delivered)
@@ -112,7 +113,7 @@ def test_a_retention_gap_is_a_ledger_row_and_the_region_goes_on(stack, pipeline_
     bootstrap, group = stack.kafka_bootstrap, new_group()
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     produce(bootstrap, events(804, 100), region_topic)
-    warehouse.merge_batch(land(bootstrap, claim(bootstrap, group, "LATAM", region_topic, 2, bucket, max_batch=100_000), bucket))
+    warehouse.merge_batch(land(bootstrap, claim(bootstrap, group, "LATAM", region_topic, 2, bucket, max_batch=100_000), bucket, Keyring.from_env()))
     landed_to = committed_offsets(bootstrap, group, region_topic, 2)
 
     produce(bootstrap, events(805, 100), region_topic)
@@ -124,7 +125,7 @@ def test_a_retention_gap_is_a_ledger_row_and_the_region_goes_on(stack, pipeline_
     manifest = claim(bootstrap, group, "LATAM", region_topic, 2, bucket, max_batch=100_000)
     assert [(a["kind"], a["partition"], a["start"], a["end"]) for a in manifest.anomalies] == [("gap", 0, landed_to[0], landed_to[0] + 7)]
     assert manifest.ranges[0].start == landed_to[0] + 7
-    landed = land(bootstrap, manifest, bucket)
+    landed = land(bootstrap, manifest, bucket, Keyring.from_env())
     assert landed.offsets == sum(ends(bootstrap, region_topic, 2)) - sum(landed_to) - 7
     assert committed_offsets(bootstrap, group, region_topic, 2) == ends(bootstrap, region_topic, 2)
 
@@ -145,7 +146,7 @@ def test_a_rewound_group_is_recorded_and_not_ingested_again(stack, pipeline_conf
     batches = []
     for seed, n in ((807, 100), (808, 50)):
         produce(bootstrap, events(seed, n), region_topic)
-        batches.append(land(bootstrap, claim(bootstrap, group, "APAC", region_topic, 2, bucket, max_batch=100_000), bucket))
+        batches.append(land(bootstrap, claim(bootstrap, group, "APAC", region_topic, 2, bucket, max_batch=100_000), bucket, Keyring.from_env()))
         warehouse.merge_batch(batches[-1])
     landed_to = committed_offsets(bootstrap, group, region_topic, 2)
 
@@ -159,7 +160,7 @@ def test_a_rewound_group_is_recorded_and_not_ingested_again(stack, pipeline_conf
     assert [r.start for r in manifest.ranges] == landed_to, "the claim starts where the landed batches end"
     assert sorted((a["kind"], a["partition"], a["start"], a["end"]) for a in manifest.anomalies) == \
         [("rewind", p, 0, landed_to[p]) for p in (0, 1) if landed_to[p]]
-    landed = land(bootstrap, manifest, bucket)
+    landed = land(bootstrap, manifest, bucket, Keyring.from_env())
     assert landed.offsets == 30
     assert committed_offsets(bootstrap, group, region_topic, 2) == ends(bootstrap, region_topic, 2)
 
@@ -179,7 +180,7 @@ def test_a_batch_past_its_byte_budget_shrinks_its_claim(stack, pipeline_config, 
 
     manifest = claim(bootstrap, group, "EMEA", region_topic, 2, bucket, max_batch=100_000)
     assert manifest.offsets == 300
-    first = land(bootstrap, manifest, bucket, max_bytes=budget)
+    first = land(bootstrap, manifest, bucket, Keyring.from_env(), max_bytes=budget)
     assert 0 < first.offsets < 300 and first.batch_id != manifest.batch_id
     recorded = Manifest.from_json(bucket.blob(manifest.claim_record).download_as_text())
     assert recorded.batch_id == first.batch_id and recorded.offsets == first.offsets, "the claim record holds the shrunk range"
@@ -187,7 +188,7 @@ def test_a_batch_past_its_byte_budget_shrinks_its_claim(stack, pipeline_config, 
 
     landed, total = [first], first.offsets
     while (nxt := claim(bootstrap, group, "EMEA", region_topic, 2, bucket, max_batch=100_000)) is not None:
-        landed.append(land(bootstrap, nxt, bucket, max_bytes=budget))
+        landed.append(land(bootstrap, nxt, bucket, Keyring.from_env(), max_bytes=budget))
         total += landed[-1].offsets
         assert len(landed) < 20
     assert total == 300 and len(landed) >= 4

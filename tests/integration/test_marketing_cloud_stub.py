@@ -123,3 +123,74 @@ def test_admin_endpoints_refuse_a_call_without_the_stub_token(mc, stack, admin):
     assert httpx.get(f"{mc}/_stub/health").status_code == 200, "the readiness probe stays open"
     # The published endpoints keep their OAuth behaviour: the stub token is no access token.
     assert httpx.get(f"{mc}/data/v1/async/unknown/status", headers=_auth(stack.credentials["mc_stub_token"])).status_code == 401
+
+
+def _soap_delete(mc, token, data_extension, keys):
+    objects = "".join(f'<Objects xsi:type="DataExtensionObject"><CustomerKey>{data_extension}</CustomerKey><Keys><Key><Name>PartnerId</Name>'
+                      f"<Value>{k}</Value></Key></Keys></Objects>" for k in keys)
+    envelope = ('<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+                'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header><a:Action s:mustUnderstand="1">Delete</a:Action>'
+                f'<fueloauth xmlns="http://exacttarget.com">{token}</fueloauth></s:Header>'
+                '<s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><DeleteRequest xmlns="http://exacttarget.com/wsdl/partnerAPI">'
+                f"<Options/>{objects}</DeleteRequest></s:Body></s:Envelope>")
+    return httpx.post(f"{mc}/Service.asmx", content=envelope, headers={"Content-Type": "application/soap+xml", "SOAPAction": "Delete"})
+
+
+def _upserted(mc, token, data_extension, items):
+    request_id = httpx.put(f"{mc}/data/v1/async/dataextensions/key:{data_extension}/rows", json={"items": items}, headers=_auth(token)).json()["requestId"]
+    for _ in range(50):
+        if httpx.get(f"{mc}/data/v1/async/{request_id}/status", headers=_auth(token)).json()["status"]["requestStatus"] == "Complete":
+            return
+        time.sleep(0.1)
+    raise AssertionError("the upsert never completed")
+
+
+def test_soap_delete_removes_data_extension_rows_with_a_valid_token_only(mc, stack, admin):
+    import xml.etree.ElementTree as ET
+
+    token = _token(mc, stack).json()["access_token"]
+    _upserted(mc, token, "partners", [{"PartnerId": "P1", "EmailAddress": "a@example.com"}, {"PartnerId": "P2", "EmailAddress": "b@example.com"}])
+
+    for bad in ("", "not-a-token"):
+        refused = _soap_delete(mc, bad, "partners", ["P1"])
+        assert refused.status_code == 401 and b"Fault" in refused.content
+    assert admin.get(f"{mc}/_stub/dataextensions/partners/rows").json()["count"] == 2, "a refused call deletes nothing"
+
+    answered = _soap_delete(mc, token, "partners", ["P1", "P-missing"])
+    assert answered.status_code == 200
+    ns = "{http://exacttarget.com/wsdl/partnerAPI}"
+    results = [(r.findtext(f"{ns}StatusCode"), r.findtext(f"{ns}StatusMessage")) for r in ET.fromstring(answered.content).iter(f"{ns}Results")]
+    assert results == [("OK", "Deleted DataExtensionObject"), ("Error", "Row not found for the given primary key")]
+    assert ET.fromstring(answered.content).findtext(f".//{ns}OverallStatus") == "Has Errors"
+    rows = admin.get(f"{mc}/_stub/dataextensions/partners/rows").json()
+    assert [r["PartnerId"] for r in rows["items"]] == ["P2"]
+    assert admin.get(f"{mc}/_stub/counters").json()["rows_deleted"] == 1
+
+
+def test_contact_delete_is_accepted_and_removes_the_contact_everywhere(mc, stack, admin):
+    token = _token(mc, stack).json()["access_token"]
+    _upserted(mc, token, "partners", [{"PartnerId": "P1"}, {"PartnerId": "P2"}])
+    key = f"welcome-{time.time_ns()}"
+    httpx.post(f"{mc}/interaction/v1/async/events", headers=_auth(token),
+               json={"eventDefinitionKey": key, "members": [{"contactKey": "P1", "data": {}}, {"contactKey": "P2", "data": {}}]}).raise_for_status()
+    path = f"{mc}/contacts/v1/contacts/actions/delete"
+    body = {"values": ["P1"], "DeleteOperationType": "ContactAndAttributes"}
+    assert httpx.post(path, params={"type": "keys"}, json=body).status_code == 401, "no token, no delete"
+    assert httpx.post(path, params={"type": "keys"}, json=body | {"DeleteOperationType": "AttributesOnly"}, headers=_auth(token)).status_code == 400
+    assert httpx.post(path, params={"type": "keys"}, json={"values": [], "DeleteOperationType": "ContactAndAttributes"}, headers=_auth(token)).status_code == 400
+
+    accepted = httpx.post(path, params={"type": "keys"}, json=body, headers=_auth(token))
+    assert accepted.status_code == 200 and accepted.json()["operationInitiated"] is True and not accepted.json()["hasErrors"]
+    operation = accepted.json()["operationID"]
+    status_url = f"{mc}/contacts/v1/contacts/actions/delete/status"
+    assert httpx.get(status_url, params={"operationID": operation}).status_code == 401
+    for _ in range(50):
+        status = httpx.get(status_url, params={"operationID": operation}, headers=_auth(token)).json()["operation"]["status"]
+        if status == "Completed":
+            break
+        time.sleep(0.1)
+    assert status == "Completed"
+    assert [r["PartnerId"] for r in admin.get(f"{mc}/_stub/dataextensions/partners/rows").json()["items"]] == ["P2"]
+    assert [e["ContactKey"] for e in admin.get(f"{mc}/_stub/journey-events", params={"event_definition_key": key}).json()["items"]] == ["P2"]
+    assert httpx.get(f"{mc}/_stub/contact-deletes").status_code == 401, "the deletion record is an admin endpoint"
+    assert admin.get(f"{mc}/_stub/contact-deletes").json()["items"][0]["status"] == "Completed"

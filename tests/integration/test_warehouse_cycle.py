@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from enrollment.batches import GateError, claim, land, pending_batches, pending_object
+from enrollment.pii import Keyring
 from enrollment.config import WarehouseSettings
 from enrollment.cycle import Window, raise_failed, run_cycle
 from enrollment.services import storage_client
@@ -49,7 +50,7 @@ def two_regions(stack):
 
 def land_region(stack, bucket, group: str, region: str, topic: str, messages) -> object:
     produce(stack.kafka_bootstrap, messages, topic)
-    return land(stack.kafka_bootstrap, claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=10_000_000), bucket)
+    return land(stack.kafka_bootstrap, claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=10_000_000), bucket, Keyring.from_env())
 
 
 def valid_ids(messages) -> set[str]:

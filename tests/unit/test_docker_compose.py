@@ -28,7 +28,7 @@ def test_airflow_runs_celery_with_postgres_and_redis(compose):
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
-    for conn in ("KAFKA_DEFAULT", "GOOGLE_CLOUD_DEFAULT", "SOLR_DEFAULT", "MARKETING_CLOUD_DEFAULT"):
+    for conn in ("KAFKA_DEFAULT", "GOOGLE_CLOUD_DEFAULT", "SOLR_DEFAULT", "MARKETING_CLOUD_DEFAULT", "ENROLLMENT_PII"):
         assert f"AIRFLOW_CONN_{conn}" in env
 
 
@@ -73,7 +73,7 @@ def _local_stack_shared_settings(tmp_path) -> dict[str, str]:
 def test_the_compose_file_shares_the_local_stacks_airflow_secrets_from_env(compose, tmp_path):
     shared = _local_stack_shared_settings(tmp_path)
     assert {"AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
-            "AIRFLOW_CONN_MARKETING_CLOUD_DEFAULT"} <= set(shared), sorted(shared)
+            "AIRFLOW_CONN_MARKETING_CLOUD_DEFAULT", "AIRFLOW_CONN_ENROLLMENT_PII"} <= set(shared), sorted(shared)
     common = compose["x-airflow-common"]["environment"]
     for key in shared:
         assert key in common, f"{key} is shared by the local stack's Airflow components but missing from x-airflow-common"
@@ -105,5 +105,6 @@ def test_every_variable_the_compose_file_requires_is_in_env_example(compose):
     assert required == example, (sorted(required - example), sorted(example - required))
     assert all(not line.split("=", 1)[1].strip() for line in (ROOT / ".env.example").read_text().splitlines()
                if "=" in line and not line.startswith("#")), ".env.example holds no values, let alone real secrets"
-    for name in ("AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_DB_PASSWORD", "AIRFLOW_API_SECRET_KEY", "MC_STUB_TOKEN"):
+    for name in ("AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_DB_PASSWORD", "AIRFLOW_API_SECRET_KEY", "MC_STUB_TOKEN",
+                 "ENROLLMENT_PII_KEY_ID", "ENROLLMENT_PII_KEY"):
         assert name in required, name

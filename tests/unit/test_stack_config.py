@@ -106,7 +106,8 @@ def test_each_service_gets_only_its_own_secrets(tmp_path, monkeypatch):
     monkeypatch.setenv("SOME_CALLER_SECRET", "caller-secret-value")
     monkeypatch.setenv("MARKETING_CLOUD_CLIENT_SECRET", cfg.credentials["mc_client_secret"])  # as after `up` or in a test session
     secrets = cfg.credentials
-    airflow_only = {"airflow_admin_password", "airflow_jwt_secret", "airflow_api_secret_key", "airflow_fernet_key", "airflow_db_password"}
+    airflow_only = {"airflow_admin_password", "airflow_jwt_secret", "airflow_api_secret_key", "airflow_fernet_key", "airflow_db_password",
+                    "pii_key_id", "pii_key"}
     for cls in ALL:
         env = stack_cli.service_env(cls(cfg))
         text = "\n".join(env.values())
@@ -117,7 +118,7 @@ def test_each_service_gets_only_its_own_secrets(tmp_path, monkeypatch):
         elif cls is Airflow:
             assert held <= airflow_only | {"mc_client_id", "mc_client_secret"}, held
             assert "mc_stub_token" not in held
-            assert {"airflow_jwt_secret", "airflow_fernet_key", "airflow_api_secret_key"} <= held
+            assert {"airflow_jwt_secret", "airflow_fernet_key", "airflow_api_secret_key", "pii_key"} <= held
         else:
             assert held == set(), (cls.name, held)
 
@@ -150,3 +151,23 @@ def test_the_postgres_metadata_db_uses_an_ordinary_role_with_a_password(tmp_path
     uri = cfg.airflow_db_uri
     assert "root@" not in uri and uri.startswith(f"postgresql+psycopg2://{stack_config.AIRFLOW_DB_ROLE}:")
     assert cfg.credentials["airflow_db_password"] in uri and "@127.0.0.1:" in uri
+
+
+def test_the_personal_data_key_is_generated_once_and_reaches_airflow_only_as_its_connection(tmp_path):
+    """One random key per stack (kept in stack.json), as the ``enrollment_pii`` connection for
+    Airflow and as ENROLLMENT_PII_* for tests and tools: both give the same tokens."""
+    from enrollment.pii import Keyring
+    from stack.services import Airflow
+
+    cfg = stack_config.load(tmp_path)
+    cfg.save()
+    again = stack_config.load(tmp_path)
+    assert again.credentials["pii_key"] == cfg.credentials["pii_key"] and len(cfg.credentials["pii_key"]) >= 32
+    assert stack_config.load(tmp_path / "other").credentials["pii_key"] != cfg.credentials["pii_key"], "random per stack"
+    env = cfg.client_env()
+    conn = json.loads(env["AIRFLOW_CONN_ENROLLMENT_PII"])
+    from_conn = Keyring.from_secret(conn["login"], conn["password"], conn["extra"]["retired"])
+    assert from_conn.token("123-45-6789", "tax_id") == Keyring.from_env(env).token("123456789", "tax_id")
+    airflow = Airflow(cfg).env()
+    assert "AIRFLOW_CONN_ENROLLMENT_PII" in airflow and not any(k.startswith("ENROLLMENT_PII_") for k in airflow)
+    assert cfg.credentials["pii_key"] not in repr(cfg), "the key stays out of reprs"

@@ -143,6 +143,8 @@ PAYLOADS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec("payload.consents.data_processing", BOOLEAN, required="consent_region", description="Must be granted (true) where required"),
         FieldSpec("payload.consents.marketing_email", BOOLEAN, required="consent_region"),
         FieldSpec("payload.consents.captured_at", format="timestamp", required="consent_region", versions=(2,)),
+        FieldSpec("payload.consents.version", required="never", format="agreement_version", versions=(2,),
+                  description="Version of the consent text the partner answered; absent: the agreement's version"),
         FieldSpec("payload.channel", enum=CHANNELS, versions=(2,)),
     ),
     "partner.updated": (
@@ -155,6 +157,9 @@ PAYLOADS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec(f"{_CHANGES}.address.city", required="never"),
         FieldSpec(f"{_CHANGES}.address.postal_code", required="never", by_country="postal_code"),
         FieldSpec(f"{_CHANGES}.address.country", required="never", format="country"),
+        FieldSpec(f"{_CHANGES}.consents.marketing_email", BOOLEAN, required="never", description="Marketing e-mail consent granted (true) or withdrawn (false)"),
+        FieldSpec(f"{_CHANGES}.consents.captured_at", required="never", format="timestamp", description="When the consent change was captured"),
+        FieldSpec(f"{_CHANGES}.consents.version", required="never", format="agreement_version", description="Version of the consent text answered"),
         FieldSpec("payload.changed_by", enum=("partner", "support", "system"), versions=(2,)),
     ),
     "partner.terminated": (

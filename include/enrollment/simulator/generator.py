@@ -28,6 +28,7 @@ from ..validation import DEFAULT_MAX_MESSAGE_BYTES
 from . import hostile
 from . import people
 
+CONSENT_CHANGE_SHARE = 0.1  # of partner.updated events: a marketing-consent change besides the other changes
 EVENT_MIX = {"order.placed": 0.55, "subscription.changed": 0.25, "partner.updated": 0.10, "partner.enrolled": 0.07, "partner.terminated": 0.03}
 REGION_SHARE = {"AMER": 0.35, "EMEA": 0.30, "APAC": 0.20, "LATAM": 0.15}
 REGION_PREFIX = {"AMER": "AM", "EMEA": "EM", "APAC": "AP", "LATAM": "LA"}
@@ -72,6 +73,7 @@ class Partner:
     country: str
     version: int = 0
     active: bool = True
+    marketing: bool | None = None  # the marketing e-mail consent last stated (None: never)
 
 
 @dataclass(slots=True)
@@ -88,6 +90,8 @@ class Simulator:
                  start: datetime = DEFAULT_START, events_per_second: float = 6666.0, wall_clock: bool = False,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, config: PipelineConfig | None = None):
         self.rng = random.Random(seed)
+        # Consent changes draw from their own generator: the rest of the stream stays what it was.
+        self.consent_rng = random.Random(f"consent-{seed}")
         self.faults = faults or FaultRates()
         assert self.faults.total() <= 1.0, "fault rates add up to more than 100 %"
         self.v2_share = v2_share
@@ -267,6 +271,9 @@ class Simulator:
             payload["consents"] = {"data_processing": True, "marketing_email": rng.random() < 0.6}
             if version == 2:
                 payload["consents"]["captured_at"] = payload["agreement"]["accepted_at"]
+                if self.consent_rng.random() < 0.5:  # else the consent version is the agreement's
+                    payload["consents"]["version"] = payload["agreement"]["version"]
+            partner.marketing = payload["consents"]["marketing_email"]
         if version == 2:
             payload["channel"] = rng.choice(CHANNELS)
         return payload
@@ -286,6 +293,13 @@ class Simulator:
                 changes["address"] = {"line1": rng.choice(pool.streets), "city": rng.choice(pool.cities), "postal_code": people.fill(people.POSTAL_TEMPLATES[country], rng), "country": country}
             else:
                 changes["last_name"] = rng.choice(pool.last_names)
+        if self.consent_rng.random() < CONSENT_CHANGE_SHARE:
+            # A partner withdraws marketing consent, or grants it later (never stated: grants).
+            granted = not partner.marketing
+            today = datetime.fromtimestamp(now, timezone.utc)
+            changes["consents"] = {"marketing_email": granted, "captured_at": _timestamp(now - self.consent_rng.randrange(1, 600)),
+                                   "version": f"{today.year}.{self.consent_rng.randrange(1, 3)}"}
+            partner.marketing = granted
         payload = {"changes": changes}
         if version == 2:
             payload["changed_by"] = rng.choice(("partner", "support", "system"))

@@ -20,7 +20,9 @@ only fills empty fields), and writes it idempotently within its service's limits
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
@@ -88,6 +90,10 @@ class Sink(ABC):
         """Partner id → what the service holds wrong (missing, older, other status); empty when all is there."""
         raise NotImplementedError(f"sink {self.name} cannot be audited: implement audit(partners)")
 
+    def erase(self, partner_ids: Sequence[str]) -> dict:
+        """Removes the partners from the service for good (an erasure request); counts, never ids."""
+        raise NotImplementedError(f"sink {self.name} cannot erase partners: implement erase(partner_ids)")
+
     def close(self) -> None:  # noqa: B027 (optional: not every sink holds a client)
         """Releases clients; called once the run is over."""
 
@@ -106,6 +112,18 @@ def iso(value) -> str | None:
     if isinstance(value, date):
         return value.isoformat()
     return str(value)
+
+
+_NAMED = re.compile(r"^[A-Z]{2}[0-9A-Z]{10}: ")
+
+
+def summarise(problems: Iterable[str], limit: int = 5) -> str:
+    """Problems counted by kind, without the partner ids that start them ("<id>: <problem>"):
+    what a gate's error, a log line or an alert may say. The ids are in the sink quarantine or
+    the reconciliation table, where access is controlled."""
+    kinds = Counter(_NAMED.sub("", p) for p in problems)
+    more = f" (and {len(kinds) - limit} more kinds)" if len(kinds) > limit else ""
+    return "; ".join(f"{n} × {kind}" if n > 1 else kind for kind, n in kinds.most_common(limit)) + more
 
 
 def describe(problems: Iterable[str], limit: int = 10) -> str:

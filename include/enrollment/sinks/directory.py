@@ -71,6 +71,18 @@ class DirectorySink(Sink):
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
         return [f"{pid}: {problem}" for pid, problem in self.audit(partners).items()]
 
+    def erase(self, partner_ids: Sequence[str]) -> dict:
+        from google.api_core.exceptions import NotFound
+
+        deleted = 0
+        for pid in partner_ids:
+            try:
+                self._blob(pid).delete()
+                deleted += 1
+            except NotFound:
+                pass
+        return {"deleted": deleted, "remaining": sum(1 for pid in partner_ids if self._blob(pid).exists())}
+
 def build(options: dict, endpoints) -> DirectorySink:
     from enrollment.services import storage_client
 

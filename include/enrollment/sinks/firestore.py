@@ -66,7 +66,7 @@ class FirestoreSink(Sink):
                     try:
                         w, u = self._commit([p])
                     except InvalidArgument as refused:
-                        log.warning("firestore: partner %s refused, quarantined with Firestore's message", p["partner_id"])
+                        log.warning("firestore: a partner refused, quarantined with Firestore's message (in the sink quarantine)")
                         result.rejected.append((p["partner_id"], " ".join(str(refused).split())[:500]))
                         continue
                     written, unchanged = written + w, unchanged + u
@@ -120,6 +120,17 @@ class FirestoreSink(Sink):
 
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
         return [f"{pid}: {problem}" for pid, problem in self.audit(partners).items()]
+
+    def erase(self, partner_ids: Sequence[str]) -> dict:
+        """Deletes the partners' documents; how many there were, and how many remain."""
+        refs = [self.collection.document(pid) for pid in partner_ids]
+        present = [snap.reference for snap in self.client.get_all(refs) if snap.exists]
+        for chunk in chunks(present, self.batch_size):
+            batch = self.client.batch()
+            for ref in chunk:
+                batch.delete(ref)
+            batch.commit()
+        return {"deleted": len(present), "remaining": sum(1 for snap in self.client.get_all(refs) if snap.exists)}
 
 def build(options: dict, endpoints) -> FirestoreSink:
     from enrollment.services import firestore_client

@@ -5,6 +5,10 @@
   returned with its message (the sync puts them in the sink quarantine): never dropped.
 - The data extension holds the current state: an upsert of the same version is a no-op in effect,
   so a re-run changes nothing.
+- Only partners marketing may contact are sent (``config.MarketingConsent``: opt_in regions want
+  ``marketing_consent`` true, opt_out regions anything but false). A partner who is not contactable
+  — declined at enrollment, or withdrew later — has its row deleted (SOAP ``Delete``; a row that
+  was never there is no error) and never enters the welcome journey.
 - A partner enrolled in the run's batches, accepted by the service and still active, enters the
   welcome journey **once, ever** (entry events in requests of 100, the API's limit): see
   ``JourneyEntries`` for the per-partner claim that makes it so, across re-runs, replays
@@ -20,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+from ..config import MarketingConsent
 from ..marketing_cloud import MAX_JOURNEY_MEMBERS, MarketingCloudClient, MarketingCloudError, not_queued
 from ..canary import is_canary
 from .base import Partner, Sink, SinkResult, iso
@@ -143,20 +148,30 @@ class MarketingCloudSink(Sink):
     name = "marketing_cloud"
 
     def __init__(self, client: MarketingCloudClient, data_extension: str, welcome_event: str | None, bucket=None, chunk_rows: int = 10_000,
-                 wait_s: float = 600.0):
+                 wait_s: float = 600.0, consent: MarketingConsent | None = None):
         self.client = client
+        self.consent = consent or MarketingConsent()
         self.data_extension = data_extension
         self.welcome_event = welcome_event
         self.bucket = bucket
         self.chunk_rows = chunk_rows
         self.wait_s = wait_s
 
+    def expects(self, partner: Partner) -> bool:
+        """Whether the data extension should hold this partner: marketing may contact them."""
+        return self.consent.contactable(partner.get("region"), partner.get("marketing_consent"))
+
     def write(self, partners: Sequence[Partner], enrolled: Mapping[str, str]) -> SinkResult:
         result = SinkResult(self.name, partners=len(partners))
         if not partners:
             return result
+        barred = [p["partner_id"] for p in partners if not self.expects(p)]
+        partners = [p for p in partners if self.expects(p)]
+        removed = self.client.delete_rows(self.data_extension, barred) if barred else {}
+        result.rejected += [(pid, f"not contactable, its row not deleted: {message}") for pid, message in removed.items() if message is not None]
+        result.extra["not_contactable"] = len(barred)
         rows = [row(p) for p in partners]
-        result.receipts = self.client.upsert_async(self.data_extension, rows, chunk_rows=self.chunk_rows)
+        result.receipts = self.client.upsert_async(self.data_extension, rows, chunk_rows=self.chunk_rows) if rows else []
         accepted = set()
         for request_id in result.receipts:
             self.client.wait(request_id, timeout_s=self.wait_s)
@@ -166,8 +181,9 @@ class MarketingCloudSink(Sink):
                     accepted.add(pid)
                 else:
                     result.rejected.append((pid, f"{item.get('errorCode')}: {item.get('message')}"))
-        result.written = len(accepted)
-        result.extra["welcome_events"] = self._welcome([p for p in partners if p["partner_id"] in accepted], enrolled)
+        # A partner not contactable is done when its row is gone: written, in the sync's accounting.
+        result.written = len(accepted) + sum(1 for message in removed.values() if message is None)
+        result.extra["welcome_events"] = self._welcome([p for p in partners if p["partner_id"] in accepted and self.expects(p)], enrolled)
         return result
 
     def _welcome(self, accepted: Sequence[Partner], enrolled: Mapping[str, str]) -> int:
@@ -211,8 +227,9 @@ class MarketingCloudSink(Sink):
         return fired_now
 
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
-        """The service's own results for every request: each row sent is OK or quarantined."""
-        sent = {p["partner_id"] for p in partners}
+        """The service's own results for every request: each row sent is OK or quarantined; and
+        no row left of a partner who is not contactable."""
+        sent = {p["partner_id"] for p in partners if self.expects(p)}
         seen, problems = {}, []
         for request_id in result.receipts:
             status = self.client.wait(request_id, timeout_s=self.wait_s)
@@ -228,18 +245,33 @@ class MarketingCloudSink(Sink):
         for pid, status in seen.items():
             if status != "OK" and pid not in rejected:
                 problems.append(f"{pid}: the service answered {status} but the row is not in the quarantine")
+        barred = [p for p in partners if not self.expects(p) and p["partner_id"] not in rejected]
+        held = self._held(barred)
+        problems += [f"{pid}: not contactable, yet its row is in the data extension" for pid in sorted(held)]
         return problems
 
-    def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
-        """The data extension's rows read back (one filtered read for a few partners, every page for many)."""
+    def _held(self, partners: Sequence[Partner]) -> dict[str, dict]:
+        """The data extension's rows of these partners (one filtered read for a few, every page for many)."""
+        if not partners:
+            return {}
         if len(partners) <= 20:
             rows = [r for p in partners for r in self.client.rowset(self.data_extension, where=("PartnerId", p["partner_id"]))]
         else:
             rows = self.client.rowset(self.data_extension)
-        held = {r.get("partnerid"): r for r in rows}
+        wanted = {p["partner_id"] for p in partners}
+        return {r.get("partnerid"): r for r in rows if r.get("partnerid") in wanted}
+
+    def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
+        """The data extension's rows read back (one filtered read for a few partners, every page for
+        many): a contactable partner's row at its version, and no row of one who is not."""
+        held = self._held(partners)
         problems = {}
         for p in partners:
             r = held.get(p["partner_id"])
+            if not self.expects(p):
+                if r is not None:
+                    problems[p["partner_id"]] = "not contactable, yet in the data extension"
+                continue
             expected = row(p)
             if r is None:
                 problems[p["partner_id"]] = "no row in the data extension"
@@ -248,6 +280,31 @@ class MarketingCloudSink(Sink):
             elif int(r["partnerversion"]) == expected["PartnerVersion"] and r.get("status") != expected["Status"]:
                 problems[p["partner_id"]] = f"status {r.get('status')!r}, expected {expected['Status']!r}"
         return problems
+
+    def erase(self, partner_ids: Sequence[str]) -> dict:
+        """An erasure request: the partners' data-extension rows deleted, their contacts deleted from
+        the account (the privacy-request delete: the service suppresses, then removes them from
+        every list, journey and sendable data extension), and this sink's journey claims of them.
+        Counts only, never ids."""
+        ids = sorted(set(partner_ids))
+        if not ids:
+            return {"partners": 0, "rows_deleted_or_absent": 0, "rows_failed": 0, "contact_delete_operations": 0, "journey_claims_deleted": 0}
+        removed = self.client.delete_rows(self.data_extension, ids)
+        failed = sum(1 for message in removed.values() if message is not None)
+        if failed:
+            raise MarketingCloudError(f"marketing cloud: {failed} of {len(ids)} data-extension rows not deleted")
+        operations = self.client.delete_contacts(ids)
+        claims = 0
+        if self.bucket is not None and self.welcome_event:
+            entries = JourneyEntries(self.bucket, self.name, self.welcome_event)
+            for pid in ids:
+                blob = entries._blob(pid)
+                if blob.exists():
+                    blob.delete()
+                    claims += 1
+        log.info("marketing cloud: erased %d partners (%d contact delete operations queued)", len(ids), len(operations))
+        return {"partners": len(ids), "rows_deleted_or_absent": len(ids), "rows_failed": 0, "contact_delete_operations": len(operations),
+                "journey_claims_deleted": claims}
 
     def close(self) -> None:
         self.client.close()
@@ -260,4 +317,5 @@ def build(options: dict, endpoints) -> MarketingCloudSink:
     config = load_config()
     return MarketingCloudSink(endpoints.marketing_cloud(), options.get("data_extension") or config.marketing_cloud_data_extension,
                               options.get("welcome_event"), bucket=storage_client(endpoints.project).bucket(config.landing_bucket),
-                              chunk_rows=int(options.get("chunk_rows", 10_000)), wait_s=float(options.get("wait_s", 600)))
+                              chunk_rows=int(options.get("chunk_rows", 10_000)), wait_s=float(options.get("wait_s", 600)),
+                              consent=config.marketing_consent)

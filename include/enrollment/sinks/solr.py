@@ -116,7 +116,7 @@ class SolrSink(Sink):
             return []
         except SolrRefusal as exc:
             if len(docs) == 1:
-                log.warning("solr: partner %s refused, quarantined with Solr's message", docs[0]["id"])  # the message may echo a value: not logged
+                log.warning("solr: a partner refused, quarantined with Solr's message")  # id and message (it may echo a value) not logged
                 return [(docs[0]["id"], str(exc))]
         middle = len(docs) // 2
         return self._index(docs[:middle]) + self._index(docs[middle:])
@@ -145,6 +145,19 @@ class SolrSink(Sink):
 
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
         return [f"{pid}: {problem}" for pid, problem in self.audit(partners).items()]
+
+    def erase(self, partner_ids: Sequence[str]) -> dict:
+        """Deletes the partners' documents and tombstones (whatever their version) and commits at
+        once, so that no search shows them again; how many there were, and how many remain."""
+        present = list(self.get(partner_ids))  # termination tombstones included: they hold the id
+        if present:
+            # By query: the version processor handles deletes by id only (they would need a version
+            # and leave a tombstone); a delete by query removes documents and tombstones alike.
+            query = "id:(" + " OR ".join(quote(pid) for pid in present) + ")"
+            response = self.http.post(f"{self.url}/update", params={"commit": "true", "wt": "json"}, json={"delete": {"query": query}})
+            if response.status_code != 200:
+                raise SolrError(f"solr: erasure delete answered HTTP {response.status_code}")
+        return {"deleted": len(present), "remaining": len(self.get(partner_ids))}
 
     def close(self) -> None:
         self.http.close()

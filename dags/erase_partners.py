@@ -1,0 +1,161 @@
+"""Erasure of partners across every store (GDPR art. 17 and its equivalents): see enrollment.erasure."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+from enrollment_airflow.alerts import on_failure
+from enrollment_airflow.defaults import DEFAULT_ARGS, WAREHOUSE_POOL, Tag
+
+from enrollment.config import load_config
+from enrollment.erasure import MAX_PARTNERS, REASONS
+
+CONFIG = load_config()
+SINKS = list(CONFIG.sinks)
+
+DOC_MD = f"""
+### Erase partners
+
+Honours a request to erase partners (GDPR art. 17, LGPD art. 18, CCPA, PIPA): **Trigger** with
+`partner_ids` (at most {MAX_PARTNERS}), the `reason` and the `ticket` of the request.
+
+1. **suppress** — the partners' keyed tokens join `gs://{CONFIG.landing_bucket}/erasures/index.json`:
+   from now on `land` anonymises whatever of theirs still arrives (Kafka keeps its copy until the
+   topic's retention; a rewind or a producer resending never brings them back).
+2. **settle** — waits `settle_seconds` so that a batch landing at this moment is written and found.
+3. **warehouse** (the warehouse writer's slot) — the landed batches holding them are rewritten row
+   for row (events anonymised, raw JSON reduced to the envelope, quarantined bytes dropped, partner
+   changes removed: the ledger's counts stay true), then `events`, `quarantine`, `sink_quarantine`
+   anonymised, `partners` deleted, past reconciliation lists cleared.
+4. **sinks** — {", ".join(SINKS)}: documents and rows deleted; Marketing Cloud's contacts deleted.
+5. **objects** — welcome-journey claims deleted, sync hand-over copies and reconciliation day files
+   rewritten without them.
+6. **verify** — every store read again; the run fails if anything of theirs remains.
+
+Each step writes `{CONFIG.ops_dataset}.erasures` (store, items, ok) with the partner's **token**,
+the reason and the ticket — never the id. XCom and logs carry counts only. Safe to run again (the
+same ticket and partners are the same erasure). The run's conf keeps the ids as typed: delete the
+run afterwards if your policy wants them gone from Airflow too. Owner: enrollment-data team.
+"""
+
+
+@dag(dag_id="erase_partners", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1, tags=[str(Tag.OPS)],
+     doc_md=DOC_MD, default_args=DEFAULT_ARGS | {"on_failure_callback": on_failure},
+     params={"partner_ids": Param([], type="array", items={"type": "string"}, minItems=1, maxItems=MAX_PARTNERS,
+                                  description="The partners to erase (partner ids)"),
+             "reason": Param("gdpr_art17", type="string", enum=list(REASONS), description="The legal ground of the request"),
+             "ticket": Param("", type="string", minLength=1, maxLength=64, description="The request's reference (privacy desk ticket)"),
+             "settle_seconds": Param(60, type="integer", minimum=0, maximum=900,
+                                     description="Wait after suppressing, so that a batch landing meanwhile is found")})
+def erase_partners():
+    @task
+    def suppress(params=None) -> dict:
+        from enrollment_airflow.connections import keyring_from_connections, warehouse_from_connections
+
+        from enrollment import erasure
+
+        request = erasure.Request.parse(params["partner_ids"], params["reason"], params["ticket"])
+        keyring, w = keyring_from_connections(), warehouse_from_connections(load_config())
+        erasure_id = request.erasure_id(keyring)
+        new = erasure.suppress(w.storage.bucket(load_config().landing_bucket), request.tokens(keyring))
+        erasure.record(w, erasure_id, request, keyring, "suppress", "suppression_index", new)
+        return {"erasure_id": erasure_id, "partners": len(request.partner_ids), "newly_suppressed": new}
+
+    @task
+    def settle(requested: dict, params=None) -> dict:
+        import time
+
+        time.sleep(int(params["settle_seconds"]))
+        return requested
+
+    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))  # no warehouse cycle meanwhile: one writer
+    def warehouse(requested: dict, params=None) -> dict:
+        from enrollment_airflow.connections import keyring_from_connections, warehouse_from_connections
+
+        from enrollment import erasure
+
+        config = load_config()
+        request = erasure.Request.parse(params["partner_ids"], params["reason"], params["ticket"])
+        keyring, w = keyring_from_connections(), warehouse_from_connections(config)
+        bucket, ids = w.storage.bucket(config.landing_bucket), set(request.partner_ids)
+        batches = erasure.batches_holding(w, bucket, config.consumer_group, request.partner_ids)
+        landed = {"events": 0, "raw": 0, "quarantined": 0, "partner_changes": 0}
+        for batch_id in batches:
+            for k, v in erasure.scrub_batch(bucket, batch_id, ids).items():
+                landed[k] += v
+        erasure.record(w, requested["erasure_id"], request, keyring, "erase", "landed_batches", sum(landed.values()),
+                       detail=f"{len(batches)} batches looked at: " + ", ".join(f"{k} {v}" for k, v in landed.items()))
+        tables = erasure.scrub_warehouse(w, request.partner_ids)
+        for table, rows in tables.items():
+            erasure.record(w, requested["erasure_id"], request, keyring, "erase", f"bigquery.{table}", rows)
+        return {"batches": batches, "landed": landed, "tables": tables}
+
+    @task(map_index_template="{{ sink }}")
+    def erase_sink(sink: str, requested: dict, params=None) -> dict:
+        from enrollment_airflow.connections import keyring_from_connections, sink_from_connections, warehouse_from_connections
+
+        from enrollment import erasure
+
+        config = load_config()
+        request = erasure.Request.parse(params["partner_ids"], params["reason"], params["ticket"])
+        target = sink_from_connections(config, sink)
+        try:
+            done = target.erase(list(request.partner_ids))
+        finally:
+            target.close()
+        erasure.record(warehouse_from_connections(config), requested["erasure_id"], request, keyring_from_connections(), "erase", sink,
+                       int(done.get("deleted", 0)), detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())))
+        return done
+
+    @task
+    def objects(requested: dict, params=None) -> dict:
+        from enrollment_airflow.connections import keyring_from_connections, warehouse_from_connections
+
+        from enrollment import erasure
+
+        config = load_config()
+        request = erasure.Request.parse(params["partner_ids"], params["reason"], params["ticket"])
+        w = warehouse_from_connections(config)
+        done = erasure.scrub_objects(w.storage.bucket(config.landing_bucket), SINKS, [r.code for r in config.regions], set(request.partner_ids))
+        erasure.record(w, requested["erasure_id"], request, keyring_from_connections(), "erase", "transient_objects", sum(done.values()),
+                       detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())))
+        return done
+
+    @task
+    def verify(requested: dict, scrubbed: dict, params=None) -> dict:
+        """Every store read again for the clear ids; a sink holding one again (a sync that read the
+        partner before the warehouse step) is erased once more. Fails, naming stores, if any remain."""
+        from enrollment_airflow.connections import keyring_from_connections, sink_from_connections, warehouse_from_connections
+
+        from enrollment import erasure
+
+        config = load_config()
+        request = erasure.Request.parse(params["partner_ids"], params["reason"], params["ticket"])
+        keyring, w = keyring_from_connections(), warehouse_from_connections(config)
+        bucket, ids = w.storage.bucket(config.landing_bucket), set(request.partner_ids)
+        left = {f"bigquery.{k}": v for k, v in erasure.remaining_in_warehouse(w, request.partner_ids).items()}
+        left["landed_batches"] = sum(erasure.remaining_in_batch(bucket, b, ids) for b in scrubbed["batches"])
+        for sink in SINKS:
+            target = sink_from_connections(config, sink)
+            try:
+                left[sink] = int(target.erase(list(request.partner_ids)).get("remaining", 0))
+            finally:
+                target.close()
+        for store, n in left.items():
+            erasure.record(w, requested["erasure_id"], request, keyring, "verify", store, n, ok=n == 0)
+        if any(left.values()):
+            raise RuntimeError("erasure incomplete, items remain in: " + ", ".join(f"{k} ({v})" for k, v in left.items() if v)
+                               + " — run the DAG again with the same params")
+        return left
+
+    requested = suppress()
+    settled = settle(requested)
+    scrubbed = warehouse(settled)
+    sinks = erase_sink.partial(requested=settled).expand(sink=SINKS)
+    cleared = objects(settled)
+    scrubbed >> [sinks, cleared]
+    [sinks, cleared] >> verify(settled, scrubbed)
+
+
+erase_partners()

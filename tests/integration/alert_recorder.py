@@ -1,0 +1,12 @@
+"""An alert callback for tests: appends each alert's payload to the JSON-lines file named by
+``ENROLLMENT_TEST_ALERTS`` (what a real callback would send to a pager or a chat)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def record(context) -> None:
+    with open(os.environ["ENROLLMENT_TEST_ALERTS"], "a", encoding="utf-8") as out:
+        out.write(json.dumps(context["alert_payload"], default=str) + "\n")
