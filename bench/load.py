@@ -86,7 +86,9 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
                         offsets.setdefault((record["region"], record["partition"]), []).append(record["offset"])
                         if record["fault"] == "hostile":
                             outcome.hostile[(record["region"], record["partition"], record["offset"])] = record["reasons"]
-                        if record["event_type"] == "partner.enrolled" and record["outcome"] == "valid" and record["partner_version"] == 1:
+                        # Followed into every sink: so only those Marketing Cloud may hold (a partner who declined never goes there).
+                        if (record["event_type"] == "partner.enrolled" and record["outcome"] == "valid" and record["partner_version"] == 1
+                                and config.marketing_consent.contactable(record["region"], record.get("marketing_email"))):
                             enrollments += 1
                             if enrollments % sample_every == 0:
                                 outcome.watched[record["partner_id"]] = datetime.fromisoformat(record["occurred_at"].replace("Z", "+00:00")).timestamp()
@@ -138,7 +140,7 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
                 committed[(region.code, p)] = start
         outcome.unexplained = sum(sum(1 for o in produced if o >= committed[key]) for key, produced in offsets.items())
         for dag_id in dag_ids:
-            runs = airflow.http.get(f"/dags/{dag_id}/dagRuns", params={"limit": 1000}).json()["dag_runs"]
+            runs = airflow.http.get(f"/dags/{dag_id}/dagRuns", params={"limit": 1000, "order_by": "-start_date"}).json()["dag_runs"]
             failed = [r["dag_run_id"] for r in runs if r["state"] == "failed" and r["start_date"] >= started.isoformat()]
             if failed:
                 outcome.failed[dag_id] = failed

@@ -287,7 +287,7 @@ def cost_estimate(config, outcome) -> dict:
 
     cycles = 0
     try:
-        runs = AirflowClient(stack_config.load()).http.get("/dags/warehouse/dagRuns", params={"limit": 1000}).json()["dag_runs"]
+        runs = AirflowClient(stack_config.load()).http.get("/dags/warehouse/dagRuns", params={"limit": 1000, "order_by": "-start_date"}).json()["dag_runs"]
         cycles = sum(1 for r in runs if outcome.started and r["start_date"] and r["start_date"] >= outcome.started.isoformat() and r["state"] == "success")
     except Exception as exc:  # noqa: BLE001
         log(f"warehouse runs unreadable: {type(exc).__name__}")

@@ -57,7 +57,8 @@ def partner_states(n: int, sponsor: str) -> list[dict]:
                     "language": p.get("language"), "address_line1": address["line1"], "address_city": address["city"],
                     "address_postal_code": address.get("postal_code"), "address_state": address.get("state"), "date_of_birth": p.get("date_of_birth"),
                     "sponsor_id": sponsor, "status": "active", "enrolled_at": now, "terminated_at": None, "updated_at": now,
-                    "last_event_id": e["event_id"], "batch_id": "bench"})
+                    "last_event_id": e["event_id"], "batch_id": "bench",
+                    "marketing_consent": True})  # every one may be contacted: the benchmark measures writes, not deletions
     return out
 
 

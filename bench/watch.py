@@ -48,6 +48,12 @@ class SinkWatcher:
         self.mc_headers = cfg.stub_headers()  # the stub's admin endpoints want its token
         self.limit = limit
         self.seen: dict[str, dict[str, float]] = {"firestore": {}, "solr": {}, "marketing_cloud": {}}
+        # Partners Marketing Cloud must not hold (consent withdrawn after the enrollment was sampled):
+        # followed into the other sinks only.
+        self.consent = config.marketing_consent
+        self.partners = f"`{cfg.project}.{config.warehouse_dataset}.partners`"
+        self.bq = bigquery_client(cfg.project)
+        self.not_contactable: set[str] = set()
 
     def poll(self, watched: dict[str, float]) -> int:
         now = time.time()
@@ -60,16 +66,35 @@ class SinkWatcher:
             if waiting["solr"]:
                 docs = httpx.post(f"{self.solr}/get", data={"ids": ",".join(waiting["solr"]), "wt": "json"}, timeout=30).json()["response"]["docs"]
                 self.seen["solr"].update({d["id"]: now for d in docs})
+            waiting["marketing_cloud"] = [p for p in waiting["marketing_cloud"] if p not in self.not_contactable]
             if waiting["marketing_cloud"]:
                 rows = httpx.post(self.mc, json={"keys": waiting["marketing_cloud"]}, headers=self.mc_headers, timeout=30).json()["items"]
                 self.seen["marketing_cloud"].update({r["PartnerId"]: r.get("_written_at", now) for r in rows})
+                self._barred([p for p in waiting["marketing_cloud"] if p not in self.seen["marketing_cloud"]])
         except (httpx.HTTPError, OSError, ValueError):
             pass  # a sink down (a fault being injected): look again at the next poll
         return self.missing(watched)
 
+    def _barred(self, ids: list[str]) -> None:
+        """Notes which of these partners the warehouse says marketing may not contact (now)."""
+        from google.api_core.exceptions import GoogleAPIError
+        from google.cloud import bigquery
+
+        if not ids:
+            return
+        try:
+            rows = self.bq.query(f"SELECT partner_id, region, marketing_consent FROM {self.partners} WHERE partner_id IN UNNEST(@ids)",
+                                 job_config=bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", ids)])).result()
+        except GoogleAPIError:
+            return
+        self.not_contactable.update(r["partner_id"] for r in rows if not self.consent.contactable(r["region"], r["marketing_consent"]))
+
+    def _expected(self, partner_id: str) -> dict[str, dict[str, float]]:
+        return {name: got for name, got in self.seen.items() if not (name == "marketing_cloud" and partner_id in self.not_contactable)}
+
     def missing(self, watched: dict[str, float]) -> int:
-        return sum(1 for p in watched if any(p not in got for got in self.seen.values()))
+        return sum(1 for p in watched if any(p not in got for got in self._expected(p).values()))
 
     def everywhere(self, partner_id: str) -> float | None:
-        times = [got.get(partner_id) for got in self.seen.values()]
+        times = [got.get(partner_id) for got in self._expected(partner_id).values()]
         return None if None in times else max(times)

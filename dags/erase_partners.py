@@ -105,7 +105,8 @@ def erase_partners():
         finally:
             target.close()
         erasure.record(warehouse_from_connections(config), requested["erasure_id"], request, keyring_from_connections(), "erase", sink,
-                       int(done.get("deleted", 0)), detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())))
+                       int(done.get("deleted", done.get("rows_deleted_or_absent", 0))), ok=not done.get("remaining"),
+                       detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())))
         return done
 
     @task

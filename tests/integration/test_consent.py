@@ -148,6 +148,7 @@ def test_reconciliation_names_a_non_contactable_partner_held_by_the_data_extensi
         # The erasure call: rows and contacts deleted, counts only.
         outcome = mc.erase([decliner, scenario.ids["ana"]])
         assert outcome["partners"] == 2 and outcome["contact_delete_operations"] == 1 and outcome["journey_claims_deleted"] == 1
+        assert outcome["remaining"] == 0, "read back: none of their rows is left"
         assert json.dumps(outcome).find(decliner) == -1, "no ids in what erase returns"
         assert sorted(mc_rows(stack, mc.data_extension)) == [scenario.ids["withdrawer"]]
         deletes = httpx.get(f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/contact-deletes", headers=stack.stub_headers()).json()["items"]

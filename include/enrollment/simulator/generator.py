@@ -355,6 +355,8 @@ class Simulator:
         if fault == "poison":
             value, reason = self._poison(value)
             reasons = [reason]
+        payload = event.get("payload") if isinstance(event.get("payload"), dict) else {}
+        consents = payload.get("consents") if isinstance(payload.get("consents"), dict) else {}
         expected = {
             "key": partner.partner_id,
             "event_id": event.get("event_id") if fault != "poison" else None,
@@ -367,6 +369,8 @@ class Simulator:
             "reasons": sorted(reasons),
             "duplicate_of": None,
             "out_of_order": fault == "out_of_order",
+            # What an enrollment states of marketing consent (None: nothing): whether Marketing Cloud may hold the partner.
+            "marketing_email": consents.get("marketing_email") if isinstance(consents.get("marketing_email"), bool) else None,
             "id_readable": fault not in ("poison", "oversized") and not {"unparsable", "too_deep"} & set(reasons) and isinstance(event.get("event_id"), str) and bool(event["event_id"].strip()),
         }
         return Message(0, self.topics[partner.region], partner.partner_id.encode(), value, expected), fault

@@ -288,7 +288,8 @@ class MarketingCloudSink(Sink):
         Counts only, never ids."""
         ids = sorted(set(partner_ids))
         if not ids:
-            return {"partners": 0, "rows_deleted_or_absent": 0, "rows_failed": 0, "contact_delete_operations": 0, "journey_claims_deleted": 0}
+            return {"partners": 0, "rows_deleted_or_absent": 0, "rows_failed": 0, "contact_delete_operations": 0, "journey_claims_deleted": 0,
+                    "remaining": 0}
         removed = self.client.delete_rows(self.data_extension, ids)
         failed = sum(1 for message in removed.values() if message is not None)
         if failed:
@@ -302,9 +303,10 @@ class MarketingCloudSink(Sink):
                 if blob.exists():
                     blob.delete()
                     claims += 1
-        log.info("marketing cloud: erased %d partners (%d contact delete operations queued)", len(ids), len(operations))
+        remaining = len(self._held([{"partner_id": pid} for pid in ids]))  # read back: the erasure's verify step counts on it
+        log.info("marketing cloud: erased %d partners (%d contact delete operations queued, %d rows remain)", len(ids), len(operations), remaining)
         return {"partners": len(ids), "rows_deleted_or_absent": len(ids), "rows_failed": 0, "contact_delete_operations": len(operations),
-                "journey_claims_deleted": claims}
+                "journey_claims_deleted": claims, "remaining": remaining}
 
     def close(self) -> None:
         self.client.close()
