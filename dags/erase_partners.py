@@ -8,8 +8,9 @@ from airflow.sdk import Param, dag, task
 from enrollment_airflow.alerts import on_failure
 from enrollment_airflow.defaults import DEFAULT_ARGS, WAREHOUSE_POOL, Tag
 
+from enrollment.config import ERASURE_REASONS as REASONS
+from enrollment.config import MAX_ERASURE_PARTNERS as MAX_PARTNERS
 from enrollment.config import load_config
-from enrollment.erasure import MAX_PARTNERS, REASONS
 
 CONFIG = load_config()
 SINKS = list(CONFIG.sinks)
@@ -40,6 +41,18 @@ run afterwards if your policy wants them gone from Airflow too. Owner: enrollmen
 """
 
 
+def _erasure(params):
+    """The run's request (checked again in every step: params are the run's) with its clients."""
+    from enrollment_airflow.connections import keyring_from_connections, warehouse_from_connections
+
+    from enrollment.erasure import Erasure, Request
+
+    config = load_config()  # the configuration in force when the task runs
+    w = warehouse_from_connections(config)
+    return Erasure(Request.parse(params["partner_ids"], params["reason"], params["ticket"]), w, w.storage.bucket(config.landing_bucket),
+                   keyring_from_connections())
+
+
 @dag(dag_id="erase_partners", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1, tags=[str(Tag.OPS)],
      doc_md=DOC_MD, default_args=DEFAULT_ARGS | {"on_failure_callback": on_failure},
      params={"partner_ids": Param([], type="array", items={"type": "string"}, minItems=1, maxItems=MAX_PARTNERS,
@@ -51,16 +64,12 @@ run afterwards if your policy wants them gone from Airflow too. Owner: enrollmen
 def erase_partners():
     @task
     def suppress(params=None) -> dict:
-        from enrollment_airflow.connections import keyring_from_connections, warehouse_from_connections
-
         from enrollment import erasure
 
-        request = erasure.Request.parse(params["partner_ids"], params["reason"], params["ticket"])
-        keyring, w = keyring_from_connections(), warehouse_from_connections(load_config())
-        erasure_id = request.erasure_id(keyring)
-        new = erasure.suppress(w.storage.bucket(load_config().landing_bucket), request.tokens(keyring))
-        erasure.record(w, erasure_id, request, keyring, "suppress", "suppression_index", new)
-        return {"erasure_id": erasure_id, "partners": len(request.partner_ids), "newly_suppressed": new}
+        e = _erasure(params)
+        new = erasure.suppress(e.bucket, e.request.tokens(e.keyring))
+        e.record("suppress", "suppression_index", new)
+        return {"erasure_id": e.erasure_id, "partners": len(e.ids), "newly_suppressed": new}
 
     @task
     def settle(requested: dict, params=None) -> dict:
@@ -71,80 +80,60 @@ def erase_partners():
 
     @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))  # no warehouse cycle meanwhile: one writer
     def warehouse(requested: dict, params=None) -> dict:
-        from enrollment_airflow.connections import keyring_from_connections, warehouse_from_connections
-
         from enrollment import erasure
 
-        config = load_config()
-        request = erasure.Request.parse(params["partner_ids"], params["reason"], params["ticket"])
-        keyring, w = keyring_from_connections(), warehouse_from_connections(config)
-        bucket, ids = w.storage.bucket(config.landing_bucket), set(request.partner_ids)
-        batches = erasure.batches_holding(w, bucket, config.consumer_group, request.partner_ids)
-        landed = {"events": 0, "raw": 0, "quarantined": 0, "partner_changes": 0}
-        for batch_id in batches:
-            for k, v in erasure.scrub_batch(bucket, batch_id, ids).items():
-                landed[k] += v
-        erasure.record(w, requested["erasure_id"], request, keyring, "erase", "landed_batches", sum(landed.values()),
-                       detail=f"{len(batches)} batches looked at: " + ", ".join(f"{k} {v}" for k, v in landed.items()))
-        tables = erasure.scrub_warehouse(w, request.partner_ids)
+        e = _erasure(params)
+        batches = erasure.batches_holding(e.warehouse, e.bucket, load_config().consumer_group, e.request.partner_ids)
+        landed = erasure.scrub_landed(e.bucket, batches, e.ids)
+        e.record("erase", "landed_batches", sum(landed.values()),
+                 detail=f"{len(batches)} batches looked at: " + ", ".join(f"{k} {v}" for k, v in landed.items()))
+        tables = erasure.scrub_warehouse(e.warehouse, e.request.partner_ids)
         for table, rows in tables.items():
-            erasure.record(w, requested["erasure_id"], request, keyring, "erase", f"bigquery.{table}", rows)
+            e.record("erase", f"bigquery.{table}", rows)
         return {"batches": batches, "landed": landed, "tables": tables}
 
     @task(map_index_template="{{ sink }}")
     def erase_sink(sink: str, requested: dict, params=None) -> dict:
-        from enrollment_airflow.connections import keyring_from_connections, sink_from_connections, warehouse_from_connections
+        from enrollment_airflow.connections import sink_from_connections
 
-        from enrollment import erasure
-
-        config = load_config()
-        request = erasure.Request.parse(params["partner_ids"], params["reason"], params["ticket"])
-        target = sink_from_connections(config, sink)
+        e = _erasure(params)
+        target = sink_from_connections(load_config(), sink)
         try:
-            done = target.erase(list(request.partner_ids))
+            done = target.erase(list(e.request.partner_ids))
         finally:
             target.close()
-        erasure.record(warehouse_from_connections(config), requested["erasure_id"], request, keyring_from_connections(), "erase", sink,
-                       int(done.get("deleted", done.get("rows_deleted_or_absent", 0))), ok=not done.get("remaining"),
-                       detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())))
+        e.record("erase", sink, int(done.get("deleted", done.get("rows_deleted_or_absent", 0))), ok=not done.get("remaining"),
+                 detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())))
         return done
 
     @task
     def objects(requested: dict, params=None) -> dict:
-        from enrollment_airflow.connections import keyring_from_connections, warehouse_from_connections
-
         from enrollment import erasure
 
-        config = load_config()
-        request = erasure.Request.parse(params["partner_ids"], params["reason"], params["ticket"])
-        w = warehouse_from_connections(config)
-        done = erasure.scrub_objects(w.storage.bucket(config.landing_bucket), SINKS, [r.code for r in config.regions], set(request.partner_ids))
-        erasure.record(w, requested["erasure_id"], request, keyring_from_connections(), "erase", "transient_objects", sum(done.values()),
-                       detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())))
+        e, config = _erasure(params), load_config()
+        done = erasure.scrub_objects(e.bucket, SINKS, [r.code for r in config.regions], e.ids)
+        e.record("erase", "transient_objects", sum(done.values()), detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())))
         return done
 
     @task
     def verify(requested: dict, scrubbed: dict, params=None) -> dict:
         """Every store read again for the clear ids; a sink holding one again (a sync that read the
         partner before the warehouse step) is erased once more. Fails, naming stores, if any remain."""
-        from enrollment_airflow.connections import keyring_from_connections, sink_from_connections, warehouse_from_connections
+        from enrollment_airflow.connections import sink_from_connections
 
         from enrollment import erasure
 
-        config = load_config()
-        request = erasure.Request.parse(params["partner_ids"], params["reason"], params["ticket"])
-        keyring, w = keyring_from_connections(), warehouse_from_connections(config)
-        bucket, ids = w.storage.bucket(config.landing_bucket), set(request.partner_ids)
-        left = {f"bigquery.{k}": v for k, v in erasure.remaining_in_warehouse(w, request.partner_ids).items()}
-        left["landed_batches"] = sum(erasure.remaining_in_batch(bucket, b, ids) for b in scrubbed["batches"])
+        e = _erasure(params)
+        left = {f"bigquery.{k}": v for k, v in erasure.remaining_in_warehouse(e.warehouse, e.request.partner_ids).items()}
+        left["landed_batches"] = sum(erasure.remaining_in_batch(e.bucket, b, e.ids) for b in scrubbed["batches"])
         for sink in SINKS:
-            target = sink_from_connections(config, sink)
+            target = sink_from_connections(load_config(), sink)
             try:
-                left[sink] = int(target.erase(list(request.partner_ids)).get("remaining", 0))
+                left[sink] = int(target.erase(list(e.request.partner_ids)).get("remaining", 0))
             finally:
                 target.close()
         for store, n in left.items():
-            erasure.record(w, requested["erasure_id"], request, keyring, "verify", store, n, ok=n == 0)
+            e.record("verify", store, n, ok=n == 0)
         if any(left.values()):
             raise RuntimeError("erasure incomplete, items remain in: " + ", ".join(f"{k} ({v})" for k, v in left.items() if v)
                                + " — run the DAG again with the same params")

@@ -34,6 +34,9 @@ MAX_BATCH_BYTES_LIMIT = 1024 * 1024 * 1024
 # The Airflow pool (1 slot) of every task that writes the warehouse tables.
 WAREHOUSE_POOL = "warehouse_writer"
 WAREHOUSE_POOL_DESCRIPTION = "The one writer of the warehouse tables (1 slot): the warehouse cycle and replays"
+# An erasure request (enrollment.erasure): its legal grounds, and how many partners one run takes.
+ERASURE_REASONS = ("gdpr_art17", "lgpd_art18", "ccpa_deletion", "pipa_art36", "other")
+MAX_ERASURE_PARTNERS = 100
 
 
 @dataclass(frozen=True)

@@ -41,22 +41,22 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .config import ERASURE_REASONS, MAX_ERASURE_PARTNERS
 from .contracts.spec import FORMATS
 from .pii import Keyring
 
 log = logging.getLogger(__name__)
 
 ERASED = "erased"  # what stands in a row for a partner who was erased
-REASONS = ("gdpr_art17", "lgpd_art18", "ccpa_deletion", "pipa_art36", "other")
+REASONS = ERASURE_REASONS
 TICKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:#/-]{0,63}$")
 PARTNER_ID_RE = re.compile(FORMATS["partner_id"])
-MAX_PARTNERS = 100
+MAX_PARTNERS = MAX_ERASURE_PARTNERS
 INDEX_OBJECT = "erasures/index.json"
 # Columns of landed events (and the warehouse's events) that describe the person: emptied.
 PERSONAL_COLUMNS = ("first_name", "last_name", "email", "phone", "language", "address_line1", "address_city", "address_postal_code",
@@ -269,6 +269,15 @@ def scrub_batch(bucket, batch_id: str, ids: set[str]) -> dict:
     return found
 
 
+def scrub_landed(bucket, batch_ids: Iterable[str], ids: set[str]) -> dict:
+    """``scrub_batch`` over the batches: rows changed, per kind of object."""
+    landed = {"events": 0, "raw": 0, "quarantined": 0, "partner_changes": 0}
+    for batch_id in batch_ids:
+        for k, v in scrub_batch(bucket, batch_id, ids).items():
+            landed[k] += v
+    return landed
+
+
 def _raw_rewrite(raw: pa.Table, ids: set[str], event_ids: set[str]) -> tuple[pa.Table, int]:
     # By the events' ids, and by any raw text still naming a partner (a rerun, whose valid rows
     # were already anonymised and so no longer give the event ids).
@@ -278,6 +287,15 @@ def _raw_rewrite(raw: pa.Table, ids: set[str], event_ids: set[str]) -> tuple[pa.
 
 
 # -- where the partners are -----------------------------------------------------------------------
+def _mentions(column: str, ids: Sequence[str]) -> tuple[str, list]:
+    """SQL true where ``column`` names one of the ids (``raw`` bytes read as text), and its parameters."""
+    from google.cloud import bigquery
+
+    text = "SAFE_CONVERT_BYTES_TO_STRING(raw)" if column == "raw" else column
+    return (" OR ".join(f"STRPOS({text}, @p{i}) > 0" for i in range(len(ids))) or "FALSE",
+            [bigquery.ScalarQueryParameter(f"p{i}", "STRING", p) for i, p in enumerate(ids)])
+
+
 def batches_holding(w, bucket, group: str, ids: Sequence[str]) -> list[str]:
     """The landed batches holding the partners: by the warehouse (events by partner, quarantine by
     partner or raw bytes), and the batches still queued or set aside (not in the warehouse yet).
@@ -290,10 +308,10 @@ def batches_holding(w, bucket, group: str, ids: Sequence[str]) -> list[str]:
     from .cycle import SET_ASIDE_PREFIX
 
     params = [bigquery.ArrayQueryParameter("ids", "STRING", list(ids))]
-    mentions = " OR ".join(f"STRPOS(SAFE_CONVERT_BYTES_TO_STRING(raw), @p{i}) > 0" for i in range(len(ids))) or "FALSE"
-    params += [bigquery.ScalarQueryParameter(f"p{i}", "STRING", p) for i, p in enumerate(ids)]
-    found = {r["batch_id"] for r in w.run(f"SELECT DISTINCT batch_id FROM {w.table('events')} WHERE partner_id IN UNNEST(@ids)", params[:1])}
-    found |= {r["batch_id"] for r in w.run(f"SELECT DISTINCT batch_id FROM {w.table('quarantine')} WHERE partner_id IN UNNEST(@ids) OR {mentions}", params)}
+    mentions, by_text = _mentions("raw", ids)
+    found = {r["batch_id"] for r in w.run(f"SELECT DISTINCT batch_id FROM {w.table('events')} WHERE partner_id IN UNNEST(@ids)", params)}
+    found |= {r["batch_id"] for r in w.run(f"SELECT DISTINCT batch_id FROM {w.table('quarantine')} WHERE partner_id IN UNNEST(@ids) OR {mentions}",
+                                           params + by_text)}
     for prefix in (f"{PENDING_PREFIX}{group}/", f"{SET_ASIDE_PREFIX}{group}/"):
         for blob in bucket.list_blobs(prefix=prefix):
             found.add(blob.name.rsplit("/", 1)[-1].removesuffix(".json"))
@@ -329,19 +347,17 @@ def scrub_warehouse(w, ids: Sequence[str]) -> dict:
             continue
         nulls = [c for c in (*PERSONAL_COLUMNS, "raw", "message") if c in have]
         sets = ", ".join(["partner_id = @erased", *(f"{c} = NULL" for c in nulls)])
-        where = "partner_id IN UNNEST(@ids)"
-        extra = []
+        where, extra = "partner_id IN UNNEST(@ids)", []
         if "raw" in have:
-            extra = [bigquery.ScalarQueryParameter(f"p{i}", "STRING", p) for i, p in enumerate(ids)]
-            where += "".join(f" OR STRPOS(SAFE_CONVERT_BYTES_TO_STRING(raw), @p{i}) > 0" for i in range(len(ids)))
+            mentions, extra = _mentions("raw", ids)
+            where += f" OR {mentions}"
         out[name] = dml(name, f"UPDATE {w.table(name)} SET {sets} WHERE {where}", extra)
     out["partners"] = dml("partners", f"DELETE FROM {w.table('partners')} WHERE partner_id IN UNNEST(@ids)") if columns("partners") else 0
     if "partner_ids" in columns("reconciliation", ops=True):
+        where, extra = _mentions("partner_ids", ids)
         replaced = "partner_ids"
-        extra = [bigquery.ScalarQueryParameter(f"p{i}", "STRING", p) for i, p in enumerate(ids)]
         for i in range(len(ids)):
             replaced = f"REPLACE({replaced}, @p{i}, @erased)"
-        where = " OR ".join(f"STRPOS(partner_ids, @p{i}) > 0" for i in range(len(ids)))
         out["reconciliation"] = dml("reconciliation", f"UPDATE {w.table('reconciliation', ops=True)} SET partner_ids = {replaced} WHERE {where}", extra)
     return out
 
@@ -383,8 +399,8 @@ def remaining_in_warehouse(w, ids: Sequence[str]) -> dict[str, int]:
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
 
-    params = [bigquery.ArrayQueryParameter("ids", "STRING", list(ids))] + [bigquery.ScalarQueryParameter(f"p{i}", "STRING", p) for i, p in enumerate(ids)]
-    mentions = " OR ".join(f"STRPOS(SAFE_CONVERT_BYTES_TO_STRING(raw), @p{i}) > 0" for i in range(len(ids)))
+    mentions, by_text = _mentions("raw", ids)
+    params = [bigquery.ArrayQueryParameter("ids", "STRING", list(ids)), *by_text]
     queries = {"events": f"SELECT COUNT(*) AS n FROM {w.table('events')} WHERE partner_id IN UNNEST(@ids)",
                "partners": f"SELECT COUNT(*) AS n FROM {w.table('partners')} WHERE partner_id IN UNNEST(@ids)",
                "quarantine": f"SELECT COUNT(*) AS n FROM {w.table('quarantine')} WHERE partner_id IN UNNEST(@ids) OR {mentions}",
@@ -466,5 +482,23 @@ def record(w, erasure_id: str, request: Request, keyring: Keyring, step: str, st
           VALUES (S.erasure_id, S.partner_token, S.reason, S.ticket, S.step, S.store, S.items, S.ok, S.detail, CURRENT_TIMESTAMP())""", params)
 
 
-def now() -> datetime:
-    return datetime.now(timezone.utc)
+@dataclass(frozen=True)
+class Erasure:
+    """One request at work: what each step of the ``erase_partners`` DAG needs, and its ledger."""
+
+    request: Request
+    warehouse: object  # enrollment.warehouse.Warehouse
+    bucket: object  # the landing bucket
+    keyring: Keyring = field(repr=False)
+
+    @property
+    def erasure_id(self) -> str:
+        return self.request.erasure_id(self.keyring)
+
+    @property
+    def ids(self) -> set[str]:
+        return set(self.request.partner_ids)
+
+    def record(self, step: str, store: str, items: int, ok: bool = True, detail: str = "") -> None:
+        record(self.warehouse, self.erasure_id, self.request, self.keyring, step, store, items, ok, detail)
+

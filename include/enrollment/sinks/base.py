@@ -124,9 +124,3 @@ def summarise(problems: Iterable[str], limit: int = 5) -> str:
     kinds = Counter(_NAMED.sub("", p) for p in problems)
     more = f" (and {len(kinds) - limit} more kinds)" if len(kinds) > limit else ""
     return "; ".join(f"{n} × {kind}" if n > 1 else kind for kind, n in kinds.most_common(limit)) + more
-
-
-def describe(problems: Iterable[str], limit: int = 10) -> str:
-    problems = list(problems)
-    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
-    return "; ".join(problems[:limit]) + more
