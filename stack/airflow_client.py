@@ -12,12 +12,19 @@ from .config import StackConfig
 TERMINAL_RUN_STATES = {"success", "failed"}
 
 
+def login_token(cfg: StackConfig, user: str = "admin") -> str:
+    """A JWT for one of the stack's users (``admin`` or the read-only ``viewer``)."""
+    token = httpx.post(f"{cfg.url('AIRFLOW_PORT')}/auth/token",
+                       json={"username": user, "password": cfg.credentials[f"airflow_{user}_password"]}, timeout=10)
+    token.raise_for_status()
+    return token.json()["access_token"]
+
+
 class AirflowClient:
     def __init__(self, cfg: StackConfig, user: str = "admin"):
         self.base = cfg.url("AIRFLOW_PORT")
-        token = httpx.post(f"{self.base}/auth/token", json={"username": user, "password": cfg.credentials["airflow_admin_password"]}, timeout=10)
-        token.raise_for_status()
-        self.http = httpx.Client(base_url=f"{self.base}/api/v2", headers={"Authorization": f"Bearer {token.json()['access_token']}"}, timeout=30)
+        self.token = login_token(cfg, user)
+        self.http = httpx.Client(base_url=f"{self.base}/api/v2", headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
 
     def dag_ids(self) -> set[str]:
         return {d["dag_id"] for d in self.http.get("/dags", params={"limit": 1000}).raise_for_status().json()["dags"]}

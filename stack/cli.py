@@ -200,7 +200,8 @@ def status(names: Iterable[str] | None = None) -> bool:
         state = "answers" if answers else ("running, not answering" if _pgid(service) else "down")
         print(f"{service.name:16} {service.url():40} {state}")
     # Never the password itself: this output lands in CI logs.
-    print(f"\nAirflow UI login: {Airflow.admin_user}, password in {_shown(cfg.saved_file)} (airflow_admin_password)")
+    print(f"\nAirflow UI login: {Airflow.admin_user}, password in {_shown(cfg.saved_file)} (airflow_admin_password); "
+          f"read-only: {Airflow.viewer_user} (airflow_viewer_password)")
     print(f"Client environment for your shell: source {_shown(cfg.env_file)}")
     return all_ok
 

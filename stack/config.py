@@ -167,7 +167,9 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
     # tokens the others refuse) and one Fernet key.
     credentials = dict(saved.get("credentials") or {})
     for key, make in (("mc_client_id", lambda: "local-" + secrets.token_hex(6)), ("mc_client_secret", lambda: secrets.token_urlsafe(24)),
-                      ("airflow_admin_password", lambda: secrets.token_urlsafe(12)), ("airflow_jwt_secret", lambda: secrets.token_urlsafe(32)),
+                      ("airflow_admin_password", lambda: secrets.token_urlsafe(12)),
+                      # A read-only user: what an operator who may look but not start runs sees (access tests).
+                      ("airflow_viewer_password", lambda: secrets.token_urlsafe(12)), ("airflow_jwt_secret", lambda: secrets.token_urlsafe(32)),
                       ("airflow_api_secret_key", lambda: secrets.token_urlsafe(32)),
                       # The stub's admin endpoints (/_stub/...) and the metadata DB's ordinary role.
                       ("mc_stub_token", lambda: secrets.token_urlsafe(24)), ("airflow_db_password", lambda: secrets.token_urlsafe(24)),

@@ -84,14 +84,20 @@ def ingest(cfg, client: AirflowClient) -> int:
     w, o = f"`{cfg.project}.{config.warehouse_dataset}`", f"`{cfg.project}.{config.ops_dataset}`"
     counts = {name: list(bq.query(f"SELECT COUNT(*) AS n FROM {w}.{name}").result())[0]["n"] for name in ("events", "partners", "quarantine")}
     reasons = list(bq.query(f"SELECT reasons, COUNT(*) AS n FROM {w}.quarantine GROUP BY reasons ORDER BY n DESC LIMIT 5").result())
-    unbalanced = list(bq.query(f"SELECT COUNT(*) AS n FROM {o}.ledger WHERE offsets_in != valid + quarantined + duplicates").result())[0]["n"]
+    unbalanced = list(bq.query(f"SELECT COUNT(*) AS n FROM {o}.ledger WHERE offsets_in != valid + quarantined + duplicates + COALESCE(skipped, 0) + COALESCE(recovered, 0)").result())[0]["n"]
     print(f"\nproduced {summary['events']:,} events; BigQuery now holds {counts['events']:,} events, {counts['partners']:,} partners, "
           f"{counts['quarantine']:,} quarantined messages; ledger rows that do not balance: {unbalanced}")
     for row in reasons:
         print(f"  quarantined for {row['reasons']}: {row['n']}")
     followed = follow_enrollment(cfg, config, cfg.state / "demo-expected.jsonl")
     print(f"The ingest, warehouse and sync DAGs stay unpaused: run `make simulate` for more traffic. Query the ledger: SELECT * FROM {o}.ledger ORDER BY recorded_at DESC")
+    print(f"\nThe pipeline, region by region and sink by sink (log in as admin): {page_url(cfg)}")
     return 0 if unbalanced == 0 and followed else 1
+
+
+def page_url(cfg) -> str:
+    """The "Enrollment pipeline" page in the Airflow UI's navigation (the plugin's external view)."""
+    return cfg.url("AIRFLOW_PORT", "/plugin/enrollment-pipeline")
 
 
 def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> bool:

@@ -1,7 +1,8 @@
 """Session fixtures: Airflow configured for tests before it is first imported, and the local
 stack started once per session (or reused when it already runs).
 
-Tiers: ``unit/`` (no services), ``dag_validation/`` (the DagBag), ``integration/`` (real services).
+Tiers: ``unit/`` (no services), ``dag_validation/`` (the DagBag), ``integration/`` (real services),
+``browser/`` (Debian's chromium against the running Airflow UI).
 Only tests that ask for the ``stack`` fixture start anything.
 """
 
