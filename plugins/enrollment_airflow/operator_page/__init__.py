@@ -1,0 +1,1 @@
+"""The operator's page in the Airflow UI ("Enrollment pipeline"): see ``app``."""

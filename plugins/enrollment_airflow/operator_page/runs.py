@@ -1,0 +1,110 @@
+"""What Airflow's metadata DB says about the pipeline's DAGs, for the operator's page: each DAG's
+last finished run (and whether its failure is a stage that broke or a gate that measured
+lateness), and which ingest and warehouse runs landed which batch (their XCom carries the batch id).
+
+Read in the API server's process (it holds the metadata DB's session); small, bounded queries.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+from enrollment.config import PipelineConfig
+from enrollment.operator_view import BROKEN, LATE, OK
+
+# DAGs whose failure is a measurement of lateness, not a stage that broke; and the warehouse's
+# gate task (the cycle's data is in whatever it says).
+LATE_DAGS = frozenset({"lag_monitor", "canary"})
+LATE_TASKS = {"warehouse": frozenset({"freshness"})}
+MONITOR_DAGS = ("lag_monitor", "canary", "environment_health", "reconciliation", "requeue_quarantine")
+
+
+def run_url(dag_id: str, run_id: str) -> str:
+    """The run in Airflow 3's UI (route ``dags/:dagId/runs/:runId``)."""
+    from urllib.parse import quote
+
+    return f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def pipeline_dag_ids(config: PipelineConfig) -> list[str]:
+    return [f"ingest_{r.code.lower()}" for r in config.regions] + ["warehouse"] + [f"sync_{s}" for s in config.sinks] + list(MONITOR_DAGS)
+
+
+def failure_status(dag_id: str, failed_tasks: list[str]) -> str:
+    """A failed run: late when only a gate that measures lateness failed, broken otherwise."""
+    if dag_id in LATE_DAGS:
+        return LATE
+    late_tasks = LATE_TASKS.get(dag_id)
+    if late_tasks and failed_tasks and set(failed_tasks) <= late_tasks:
+        return LATE
+    return BROKEN
+
+
+def _value(raw):
+    if isinstance(raw, (bytes, str)):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+    return raw
+
+
+def dag_runs(config: PipelineConfig, window_hours: float = 24) -> dict:
+    """Per DAG: its last finished run in the window with state, failed tasks, status and link."""
+    from sqlalchemy import select
+
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    ids = pipeline_dag_ids(config)
+    since = datetime.now(timezone.utc) - timedelta(hours=window_hours)
+    out: dict[str, dict] = {}
+    with create_session() as session:
+        rows = session.execute(select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.start_date, DagRun.end_date)
+                               .where(DagRun.dag_id.in_(ids), DagRun.state.in_(["success", "failed"]), DagRun.end_date >= since)
+                               .order_by(DagRun.end_date.desc()).limit(2000)).all()
+        for r in rows:
+            out.setdefault(r.dag_id, {"dag_id": r.dag_id, "run_id": r.run_id, "state": str(r.state.value if hasattr(r.state, "value") else r.state),
+                                      "end_date": r.end_date.isoformat() if r.end_date else None, "url": run_url(r.dag_id, r.run_id)})
+        failed = [(d["dag_id"], d["run_id"]) for d in out.values() if d["state"] == "failed"]
+        tasks: dict[tuple, list[str]] = {}
+        if failed:
+            for t in session.execute(select(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id)
+                                     .where(TaskInstance.dag_id.in_({d for d, _ in failed}), TaskInstance.run_id.in_({r for _, r in failed}),
+                                            TaskInstance.state.in_(["failed", "upstream_failed"]))).all():
+                tasks.setdefault((t.dag_id, t.run_id), []).append(t.task_id)
+    for d in out.values():
+        d["failed_tasks"] = sorted(tasks.get((d["dag_id"], d["run_id"]), []))
+        d["status"] = OK if d["state"] == "success" else failure_status(d["dag_id"], d["failed_tasks"])
+    return {"source": "airflow", "dags": [out.get(i) or {"dag_id": i, "run_id": None, "state": None, "status": None, "failed_tasks": []} for i in ids]}
+
+
+def batch_runs(config: PipelineConfig, limit: int = 400) -> dict[str, dict]:
+    """batch id → the ingest run that landed it and the warehouse run that wrote it (from their
+    return values in XCom: ``land`` returns the landed batch, ``cycle`` its batches)."""
+    from sqlalchemy import select
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    ingest = [f"ingest_{r.code.lower()}" for r in config.regions]
+    out: dict[str, dict] = {}
+    with create_session() as session:
+        land = session.execute(select(XComModel.dag_id, XComModel.run_id, XComModel.value)
+                               .where(XComModel.dag_id.in_(ingest), XComModel.task_id == "land", XComModel.key == "return_value")
+                               .order_by(XComModel.timestamp.desc()).limit(limit)).all()
+        cycles = session.execute(select(XComModel.dag_id, XComModel.run_id, XComModel.value)
+                                 .where(XComModel.dag_id == "warehouse", XComModel.task_id == "cycle", XComModel.key == "return_value")
+                                 .order_by(XComModel.timestamp.desc()).limit(50)).all()
+    for r in land:
+        value = _value(r.value)
+        if isinstance(value, dict) and value.get("batch_id"):
+            out.setdefault(value["batch_id"], {})["land"] = {"dag_id": r.dag_id, "run_id": r.run_id, "url": run_url(r.dag_id, r.run_id)}
+    for r in cycles:
+        value = _value(r.value)
+        for b in (value or {}).get("batches", []) if isinstance(value, dict) else []:
+            if isinstance(b, dict) and b.get("batch_id"):
+                out.setdefault(b["batch_id"], {}).setdefault("warehouse", {"dag_id": r.dag_id, "run_id": r.run_id, "url": run_url(r.dag_id, r.run_id)})
+    return out

@@ -1,0 +1,19 @@
+"""Registers the "Enrollment pipeline" page with Airflow: a FastAPI app the API server mounts at
+``/enrollment`` and an entry in the UI's navigation that shows it (an iframe, ``plugin/enrollment-pipeline``).
+
+At the top of the plugins folder so Airflow's plugin loader finds it; the app (and its access
+control: every route asks the auth manager) is ``enrollment_airflow.operator_page.app``.
+"""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+
+from enrollment_airflow.operator_page.app import URL_PREFIX, app
+
+
+class EnrollmentPipelinePlugin(AirflowPlugin):
+    name = "enrollment_pipeline"
+    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Enrollment pipeline"}]
+    external_views = [{"name": "Enrollment pipeline", "href": f"{URL_PREFIX}/", "destination": "nav", "url_route": "enrollment-pipeline",
+                       "nav_top_level": True}]
