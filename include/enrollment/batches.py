@@ -126,6 +126,13 @@ class Manifest:
                    anomalies=tuple(data.get("anomalies") or ()), id_scheme=int(data.get("id_scheme", 1)))
 
 
+def landing_prefix(batch_id: str) -> str:
+    """Where a batch's objects land: ``landing/<REGION>/<batch id>``, the region read from the id
+    (``<region>-<hash>``, or ``recovery-<region>-<hash>`` for a recovery batch)."""
+    parts = batch_id.split("-")
+    return f"landing/{(parts[1] if parts[0] == 'recovery' and len(parts) > 2 else parts[0]).upper()}/{batch_id}"
+
+
 CLAIMS_PREFIX = "claims/"
 
 
@@ -530,6 +537,41 @@ def tokenised(result: ValidationResult, messages: pa.Table, keyring: Keyring) ->
     return messages.set_column(messages.schema.get_field_index("value"), "value", pa.array(values, pa.binary())), tokens
 
 
+def shape_batch(result: ValidationResult, messages: pa.Table, batch_id: str, region: str,
+                keyring: Keyring) -> tuple[pa.Table, pa.Table, pa.Table, int]:
+    """A validated batch as it lands: the messages with their valid events' tax ids tokenised,
+    the flat valid rows (raw JSON still in ``event_json``), the quarantine rows and how many of
+    those are in-batch duplicates only. Shared by ``land`` and ``recovery.recover``."""
+    # Reasons are found on the clear values; from here on the batch's tax ids are tokens.
+    messages, tax_id_tokens = tokenised(result, messages, keyring)
+    valid = flatten(result, messages, batch_id, tax_id_tokens)
+    quarantine = quarantine_rows(result, messages, batch_id, region)
+    duplicates = int(pc.sum(quarantine.column("duplicate_only")).as_py() or 0)
+    return messages, valid, quarantine, duplicates
+
+
+def write_batch(bucket, prefix: str, batch_id: str, valid: pa.Table, quarantine: pa.Table, keyring: Keyring) -> tuple[pa.Table, pa.Table]:
+    """Writes a shaped batch's four write-once objects under ``prefix`` (valid, quarantine, raw,
+    partners), its erased partners anonymised first; the valid and quarantine rows as written."""
+    # The raw JSON apart from the flat rows: the warehouse never loads it (it was most of every
+    # row's bytes), and it stays here, write-once, joined by (batch_id, partition, offset).
+    raw = valid.select(["batch_id", "kafka_partition", "kafka_offset", "event_id", "event_json"])
+    valid = valid.drop_columns(["event_json"])
+    changes = partner_changes(valid)
+    erased = erased_among(set(valid.column("partner_id").to_pylist()) | mentioned_ids(quarantine), keyring, suppressed(bucket))
+    if erased:  # partners erased before these events arrived (a resend, a rewind): they never land in clear
+        (valid, raw, quarantine, changes), counts = anonymise_landed(valid, raw, quarantine, changes, erased)
+        log.info("land %s: %d events and %d quarantined messages of %d erased partners anonymised before landing",
+                 batch_id, counts["events"], counts["quarantined"], len(erased))
+    write_once(bucket, f"{prefix}/valid.parquet", valid)
+    write_once(bucket, f"{prefix}/quarantine.parquet", quarantine)
+    write_once(bucket, f"{prefix}/raw.parquet", raw)
+    # The batch's partner changes, folded here where regions run in parallel, so the warehouse
+    # cycle reads one small object per batch instead of every event.
+    write_once(bucket, f"{prefix}/partners.parquet", changes)
+    return valid, quarantine
+
+
 def land(bootstrap: str, manifest: Manifest, bucket, keyring: Keyring, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Landed:
     """Reads, validates and lands the batch; commits the offsets after the gate passes. A batch
     whose messages pass ``max_bytes`` shrinks to what fits, its claim record first. Nothing is
@@ -553,30 +595,11 @@ def land(bootstrap: str, manifest: Manifest, bucket, keyring: Keyring, max_bytes
     for a in anomalies[len(manifest.anomalies):]:
         log.error("land %s %s: GAP %s", manifest.region, manifest.batch_id, a["detail"])
     result = validate_guarded(messages.column("value").to_pylist())  # a raising validator never stops the region
-    # Reasons are found on the clear values; from here on the batch's tax ids are tokens.
-    messages, tax_id_tokens = tokenised(result, messages, keyring)
-    valid = flatten(result, messages, manifest.batch_id, tax_id_tokens)
-    quarantine = quarantine_rows(result, messages, manifest.batch_id, manifest.region)
-    duplicates = int(pc.sum(quarantine.column("duplicate_only")).as_py() or 0)
+    messages, valid, quarantine, duplicates = shape_batch(result, messages, manifest.batch_id, manifest.region, keyring)
     if valid.num_rows + quarantine.num_rows + skipped != manifest.offsets:
         raise GateError(f"land gate, batch {manifest.batch_id}: offsets {manifest.offsets} != valid {valid.num_rows} + quarantined "
                         f"{quarantine.num_rows - duplicates} + duplicates {duplicates} + skipped {skipped}")
-    # The raw JSON apart from the flat rows: the warehouse never loads it (it was most of every
-    # row's bytes), and it stays here, write-once, joined by (batch_id, partition, offset).
-    raw = valid.select(["batch_id", "kafka_partition", "kafka_offset", "event_id", "event_json"])
-    valid = valid.drop_columns(["event_json"])
-    changes = partner_changes(valid)
-    erased = erased_among(set(valid.column("partner_id").to_pylist()) | mentioned_ids(quarantine), keyring, suppressed(bucket))
-    if erased:  # partners erased before these events arrived (a resend, a rewind): they never land in clear
-        (valid, raw, quarantine, changes), counts = anonymise_landed(valid, raw, quarantine, changes, erased)
-        log.info("land %s: %d events and %d quarantined messages of %d erased partners anonymised before landing",
-                 manifest.batch_id, counts["events"], counts["quarantined"], len(erased))
-    write_once(bucket, manifest.valid_object, valid)
-    write_once(bucket, manifest.quarantine_object, quarantine)
-    write_once(bucket, manifest.raw_object, raw)
-    # The batch's partner changes, folded here where regions run in parallel, so the warehouse
-    # cycle reads one small object per batch instead of every event.
-    write_once(bucket, manifest.partners_object, changes)
+    valid, quarantine = write_batch(bucket, manifest.prefix, manifest.batch_id, valid, quarantine, keyring)
     stamps = messages.column("kafka_timestamp")
     first, last = (pc.min(stamps).as_py(), pc.max(stamps).as_py()) if messages.num_rows else (None, None)
     landed = Landed(batch_id=manifest.batch_id, region=manifest.region, offsets=manifest.offsets, valid=valid.num_rows,

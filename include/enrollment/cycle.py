@@ -238,7 +238,10 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
     spans = {b.batch_id: _span(b, legacy.get(b.batch_id)) for b in batches}
     known = [s for s in spans.values() if s is not None]
     now = datetime.now(timezone.utc)
-    window = Window.around(min(s[0] for s in known) if known else now, max(s[1] for s in known) if known else now, settings.dedup_window_days)
+    # Up to today whatever the batches' spans: a recovery batch (enrollment.recovery) carries old
+    # Kafka timestamps, and its ledger rows, written now, must be inside the window the ledger's
+    # MERGE and ``warehoused`` look in (else a retried cycle would not see them and write them twice).
+    window = Window.around(min(s[0] for s in known) if known else now, max([s[1] for s in known] + [now]), settings.dedup_window_days)
     result.window_days = window.days
     valid_schema, quarantine_arrow_schema = landed_schemas()
     events_schema, quarantine_schema = landed_schema(valid_schema), landed_schema(quarantine_arrow_schema)

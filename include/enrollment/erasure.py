@@ -253,7 +253,9 @@ def _rewrite(blob, transform) -> int:
 
 def scrub_batch(bucket, batch_id: str, ids: set[str]) -> dict:
     """Rewrites a landed batch without the partners (its four objects; rows keep their count)."""
-    prefix = f"landing/{batch_id.split('-', 1)[0].upper()}/{batch_id}"
+    from .batches import landing_prefix  # here: batches imports this module
+
+    prefix = landing_prefix(batch_id)
     found: dict[str, int] = {}
     event_ids: set[str] = set()
 
@@ -431,7 +433,9 @@ def remaining_in_batch(bucket, batch_id: str, ids: set[str]) -> int:
     """Values of a landed batch that still name one of the partners (sponsor references aside)."""
     from google.api_core.exceptions import NotFound
 
-    prefix = f"landing/{batch_id.split('-', 1)[0].upper()}/{batch_id}"
+    from .batches import landing_prefix  # here: batches imports this module
+
+    prefix = landing_prefix(batch_id)
     hits = 0
     for name in ("valid", "raw", "quarantine", "partners"):
         try:

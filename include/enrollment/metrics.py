@@ -20,9 +20,14 @@ def batch_metrics(landed: dict, merged: dict) -> dict[str, float | None]:
     """One ingest batch's figures: how many events, how fast, how fresh."""
     land_s, warehouse_s = float(landed.get("seconds") or 0), float(merged.get("seconds") or 0)
     busy = land_s + warehouse_s
+    from .recovery import is_recovery_batch
+
+    # A recovery batch's events are old on purpose (re-processed from quarantine): no freshness.
+    fresh = not is_recovery_batch(landed.get("batch_id") or "")
     return {"events": landed["offsets"], "valid": landed["valid"], "quarantined": landed["quarantined"] + landed["duplicates"],
             "land_s": land_s, "warehouse_s": warehouse_s, "events_per_min": round(landed["offsets"] * 60 / busy, 1) if busy else None,
-            "freshness_oldest_s": merged.get("oldest_event_age_s"), "freshness_newest_s": merged.get("newest_event_age_s")}
+            "freshness_oldest_s": merged.get("oldest_event_age_s") if fresh else None,
+            "freshness_newest_s": merged.get("newest_event_age_s") if fresh else None}
 
 
 def record(warehouse, source: str, region: str, batch_id: str, values: dict[str, float | None], at: datetime | None = None) -> int:

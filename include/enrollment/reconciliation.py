@@ -4,7 +4,9 @@ The batches claimed that day (the claim records in the landing bucket) are the u
 the consumer group has committed past (consumed), it compares:
 
 1. **kafka → ledger**: the offsets consumed = the ledger's ``offsets_in`` (land and warehouse
-   rows present for every batch), and every ledger row balances;
+   rows present for every batch), and every ledger row balances (a ``recovered`` row counts the
+   quarantined messages ``enrollment.recovery`` brought back; recovery batches have no claim
+   record, so they are neither consumed offsets here nor extra ones);
 2. **ledger → events**: every valid event of the landed batches is in ``<warehouse>.events``;
 3. **ledger → quarantine**: ``<warehouse>.quarantine`` holds the ledger's quarantined + duplicates;
 4. **events → partners**: every partner of those events is in ``<warehouse>.partners``;
@@ -113,8 +115,8 @@ class Reconciliation:
         self.w.ensure_ledger()
         batch_ids = [m.batch_id for m in consumed]
         ledger = {(r["batch_id"], r["stage"]): dict(r) for r in self.w.run(
-            f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped, ok, detail
-                FROM {self.w.table('ledger', ops=True)} WHERE batch_id IN UNNEST(@ids)""",
+            f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped,
+                       COALESCE(recovered, 0) AS recovered, ok, detail FROM {self.w.table('ledger', ops=True)} WHERE batch_id IN UNNEST(@ids)""",
             [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)])}
         events = self._landed_events(consumed)
         report.findings.append(self._kafka_vs_ledger(consumed, ledger, events))

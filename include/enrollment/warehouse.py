@@ -33,12 +33,15 @@ _BQ_TYPES = {pa.string(): "STRING", pa.int16(): "INT64", pa.int32(): "INT64", pa
 
 log = logging.getLogger(__name__)
 
-# offsets_in = valid + quarantined + duplicates + skipped on every row. ``skipped`` (offsets that
-# hold no message) came last: ledgers created before it get the column added (``ensure_ledger``)
-# and their rows read it as NULL, i.e. 0.
+# offsets_in = valid + quarantined + duplicates + skipped + recovered on every row. ``skipped``
+# (offsets that hold no message) and ``recovered`` (quarantined messages brought back by
+# ``enrollment.recovery``: only on an origin batch's ``recovered`` row) came last: ledgers created
+# before them get the columns added (``ensure_ledger``) and their rows read them as NULL, i.e. 0.
 LEDGER_SCHEMA = [("batch_id", "STRING"), ("region", "STRING"), ("stage", "STRING"), ("offsets_in", "INT64"), ("valid", "INT64"),
                  ("quarantined", "INT64"), ("duplicates", "INT64"), ("rows_merged", "INT64"), ("seconds", "FLOAT64"),
-                 ("ok", "BOOL"), ("detail", "STRING"), ("recorded_at", "TIMESTAMP"), ("skipped", "INT64")]
+                 ("ok", "BOOL"), ("detail", "STRING"), ("recorded_at", "TIMESTAMP"), ("skipped", "INT64"),
+                 ("recovered", "INT64")]
+LEDGER_ADDED_COLUMNS = ("skipped", "recovered")  # added after ledgers were created: ensure_ledger adds them
 # Columns of ``events`` added after tables were created: an existing table gets them (ensure_tables).
 EVENTS_ADDED_COLUMNS = ("tax_id_token", "marketing_consent", "consent_version", "consent_captured_at")
 DEFAULT_JOB_TIMEOUT_S = 600.0  # enrollment.config.WarehouseSettings.job_timeout_s
@@ -128,8 +131,8 @@ class Warehouse:
         self.ensure_ledger("ledger" in have_ops)
 
     def ensure_ledger(self, exists: bool | None = None) -> None:
-        """The ledger, created when missing, and migrated: a ledger from before the ``skipped``
-        column gets it (``ADD COLUMN IF NOT EXISTS``: running it twice changes nothing)."""
+        """The ledger, created when missing, and migrated: a ledger from before the ``skipped`` or
+        ``recovered`` column gets it (``ADD COLUMN IF NOT EXISTS``: running it twice changes nothing)."""
         from google.api_core.exceptions import NotFound
 
         if self._ledger_ready:
@@ -145,9 +148,12 @@ class Warehouse:
             schema = self.client.get_table(table_id.strip("`")).schema if exists else []
         if not exists:
             self.run(_ddl(table_id, LEDGER_SCHEMA, "recorded_at", "region, batch_id"))
-        elif "skipped" not in {f.name for f in schema}:
-            # BigQuery lists the column once added; the emulator does not, so it asks once per process.
-            self.run(f"ALTER TABLE {table_id} ADD COLUMN IF NOT EXISTS skipped INT64")
+        else:
+            have = {f.name for f in schema}
+            for column in LEDGER_ADDED_COLUMNS:
+                if column not in have:
+                    # BigQuery lists the column once added; the emulator does not, so it asks once per process.
+                    self.run(f"ALTER TABLE {table_id} ADD COLUMN IF NOT EXISTS {column} INT64")
         self._ledger_ready = True
 
     def add_missing_columns(self, name: str, columns: list[tuple[str, str]]) -> list[str]:
@@ -218,7 +224,7 @@ class Warehouse:
                                                          "detail": "set aside, repaired, requeued and warehoused"})
             for values in rows_of_batch + anomaly_rows(b):
                 n = len(selects)
-                params += [bigquery.ScalarQueryParameter(f"{c}{n}", types[c], values[c]) for c in cols]
+                params += [bigquery.ScalarQueryParameter(f"{c}{n}", types[c], values.get(c)) for c in cols]
                 selects.append("SELECT " + ", ".join(f"@{c}{n} AS {c}" for c in cols) + ", CURRENT_TIMESTAMP() AS recorded_at")
         self.run(f"""MERGE {self.table('ledger', ops=True)} T USING ({' UNION ALL '.join(selects)}) S
             ON {window.sql('T.recorded_at')} AND T.batch_id = S.batch_id AND T.stage = S.stage
@@ -339,7 +345,7 @@ class Warehouse:
         cols = [c for c, _ in LEDGER_SCHEMA]
         self.run(f"""MERGE {self.table('ledger', ops=True)} T
             USING (SELECT batch_id, region, @stage AS stage, offsets_in, valid, quarantined, duplicates, @rows AS rows_merged, @seconds AS seconds,
-                          @ok AS ok, @detail AS detail, CURRENT_TIMESTAMP() AS recorded_at, skipped
+                          @ok AS ok, @detail AS detail, CURRENT_TIMESTAMP() AS recorded_at, skipped, recovered
                    FROM {self.table('ledger', ops=True)} WHERE batch_id = @b AND stage = @like) S
             ON T.batch_id = S.batch_id AND T.stage = S.stage
             WHEN MATCHED AND @replace AND (T.rows_merged != S.rows_merged OR T.ok != S.ok OR COALESCE(T.detail, '') != COALESCE(S.detail, ''))
@@ -347,25 +353,27 @@ class Warehouse:
             WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""", params)
 
     def balance(self, batch_id: str) -> dict:
-        """Every offset accounted for: valid + quarantined + duplicates + skipped = offsets, at
-        every stage, and no row says otherwise (``ok``: a gap row never is)."""
+        """Every offset accounted for: valid + quarantined + duplicates + skipped + recovered = offsets,
+        at every stage, and no row says otherwise (``ok``: a gap row never is)."""
         from google.cloud import bigquery
 
         self.ensure_ledger()
-        rows = self.run(f"""SELECT stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped, ok, detail
-            FROM {self.table('ledger', ops=True)} WHERE batch_id = @b""", [bigquery.ScalarQueryParameter("b", "STRING", batch_id)])
+        rows = self.run(f"""SELECT stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped,
+            COALESCE(recovered, 0) AS recovered, ok, detail FROM {self.table('ledger', ops=True)} WHERE batch_id = @b""", [bigquery.ScalarQueryParameter("b", "STRING", batch_id)])
         if not rows:
             raise GateError(f"ledger: no row for batch {batch_id}")
         for r in rows:
             if not balances(r) or not r["ok"]:
                 raise GateError(f"ledger, batch {batch_id}, stage {r['stage']}: offsets {r['offsets_in']} != valid {r['valid']} + quarantined "
-                                f"{r['quarantined']} + duplicates {r['duplicates']} + skipped {r['skipped']} (ok={r['ok']}; {r['detail'] or ''})")
+                                f"{r['quarantined']} + duplicates {r['duplicates']} + skipped {r['skipped']} + recovered {r['recovered']} "
+                                f"(ok={r['ok']}; {r['detail'] or ''})")
         return {r["stage"]: dict(r) for r in rows}
 
 
 def balances(row) -> bool:
-    """offsets_in = valid + quarantined + duplicates + skipped (NULL skipped: a row from before it)."""
-    return row["offsets_in"] == row["valid"] + row["quarantined"] + row["duplicates"] + (row.get("skipped") or 0)
+    """offsets_in = valid + quarantined + duplicates + skipped + recovered (NULL: a row from before
+    the column, or a stage that recovers nothing)."""
+    return row["offsets_in"] == row["valid"] + row["quarantined"] + row["duplicates"] + (row.get("skipped") or 0) + (row.get("recovered") or 0)
 
 
 def anomaly_rows(landed: Landed) -> list[dict]:
@@ -409,9 +417,17 @@ def freshness_gate(batch_id: str, merged: dict, sla_s: float) -> dict:
 
 
 def cycle_freshness_gate(batches: list[dict], sla_s: float) -> dict:
-    """The freshness gate over a warehouse cycle's batches: every late batch named at once."""
+    """The freshness gate over a warehouse cycle's batches: every late batch named at once.
+
+    Recovery batches (``enrollment.recovery``: quarantined messages re-validated, ids starting
+    ``recovery-``) carry their messages' original Kafka timestamps on purpose: they are old by
+    design, never late, and are left out."""
+    from .recovery import is_recovery_batch
+
     late, out = [], {}
     for b in batches:
+        if is_recovery_batch(b["batch_id"]):
+            continue
         try:
             out[b["batch_id"]] = freshness_gate(b["batch_id"], b, sla_s)
         except GateError as exc:

@@ -43,7 +43,9 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    `enrollment.cycle.requeue`. Its success updates the asset `warehouse`, which wakes the sink DAGs.
 2. **freshness** — fails the run when a batch's oldest event took more than {sla:g} s from Kafka
    to queryable (`freshness_sla_s`): the data is in, the red run is the alert (a gate that
-   measured lateness, not a stage that broke — that one is **cycle**).
+   measured lateness, not a stage that broke — that one is **cycle**). Recovery batches
+   (`recovery-…`, from the `requeue_quarantine` DAG) are left out: they carry their messages'
+   original Kafka timestamps on purpose, old by design, never late.
 
 **Runs when** any region's `landed_<region>` asset is updated, and every `{cron}` (UTC) to take
 batches a failed cycle left. One run at a time, in the pool `{pool}` (1 slot, shared with the

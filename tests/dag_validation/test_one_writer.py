@@ -9,8 +9,9 @@ import re
 from enrollment.config import WAREHOUSE_POOL, load_config
 from tests.conftest import ROOT
 
-# What writes events, partners, quarantine or the warehouse ledger rows.
-WRITERS = re.compile(r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle|scrub_warehouse)\(")
+# What writes events, partners, quarantine or the warehouse ledger rows (a recovery writes ledger
+# rows and the recovered table, never events: it queues a batch for the warehouse DAG).
+WRITERS = re.compile(r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle|scrub_warehouse|recovery\.recover)\(")
 
 
 def test_regions_only_land_and_one_dag_writes_the_warehouse(dagbag):
@@ -28,9 +29,16 @@ def test_every_task_that_writes_the_warehouse_holds_the_one_slot(dagbag):
     """Writers (found in the DAG code by what they call) run only in the 1-slot pool."""
     calls = {path.relative_to(ROOT).as_posix() for path in [*(ROOT / "dags").glob("*.py"), *(ROOT / "plugins").rglob("*.py")]
              if WRITERS.search(path.read_text(encoding="utf-8"))}
-    assert calls == {"plugins/enrollment_airflow/warehouse.py", "dags/replay.py", "dags/erase_partners.py"}, calls
+    assert calls == {"plugins/enrollment_airflow/warehouse.py", "dags/replay.py", "dags/erase_partners.py", "dags/requeue_quarantine.py"}, calls
     in_pool = {(dag.dag_id, task.task_id) for dag in dagbag.dags.values() for task in dag.tasks if task.pool == WAREHOUSE_POOL}
-    assert in_pool == {("warehouse", "cycle"), ("replay", "warehouse"), ("erase_partners", "warehouse")}
+    assert in_pool == {("warehouse", "cycle"), ("replay", "warehouse"), ("erase_partners", "warehouse"), ("requeue_quarantine", "recover")}
+
+
+def test_a_recovery_queues_batches_and_never_writes_events_itself():
+    """The warehouse DAG stays the only writer of events: a recovery lands and queues a batch."""
+    source = (ROOT / "include" / "enrollment" / "recovery.py").read_text(encoding="utf-8")
+    assert not re.search(r"\b(run_cycle|merge_batch|events_insert_sql|_merge_partners_sql)\b", source)
+    assert "mark_pending(" in source
 
 
 def test_docker_compose_creates_the_pool_with_one_slot():

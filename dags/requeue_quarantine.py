@@ -1,0 +1,120 @@
+"""Quarantine re-processing: quarantined messages validated again with today's contracts; see enrollment.recovery."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+from enrollment_airflow.alerts import on_failure
+from enrollment_airflow.defaults import DEFAULT_ARGS, WAREHOUSE_POOL, Tag
+
+from enrollment.config import load_config
+
+CONFIG = load_config()
+REGIONS = [r.code for r in CONFIG.regions]
+
+DOC_MD = f"""
+### Requeue quarantine
+
+Once a contract is fixed (a producer's new field accepted, a market rule corrected), brings the
+messages it quarantined back. **Trigger** with `region` (or ALL), the window `since` – `until`
+(the messages' Kafka arrival, UTC, at most 31 days; empty: the last 7 days), the `reasons` to take
+(a filter matches a reason equal to it or starting `<filter>:`; empty: every reason but
+`duplicate_event_id`) and `dry_run` (**true by default**: a manual trigger changes nothing unless asked).
+
+1. **plan** — the window's rows of `{CONFIG.warehouse_dataset}.quarantine` (partitions pruned), minus
+   those already in `{CONFIG.ops_dataset}.recovered`; each message's **original bytes read back
+   from Kafka** (the quarantine holds them masked) and validated with today's contracts. Counted
+   per region and reason: `candidates` = `already_recovered` + `expired` (no longer in Kafka:
+   retention) + `still_invalid` + `erased` (partner erased) + `already_in_events` (a fixed resend
+   got there first) + `recoverable`.
+2. **recover** (not in a dry run; the warehouse writer's slot) — per region, the recoverable
+   messages landed as **one recovery batch** (`recovery-<region>-…`, tax ids tokenised, partner
+   changes folded, write-once objects in `gs://{CONFIG.landing_bucket}/landing/<region>/`) and queued
+   for the `warehouse` DAG, which writes them into `events` and `partners` (it stays the **only
+   writer of `events`**) and wakes the sink DAGs (Firestore, Solr, Marketing Cloud). The messages
+   are recorded in `{CONFIG.ops_dataset}.recovered` (one row per message, ever) and each origin batch
+   gets a ledger row `recovered`: offsets = valid + quarantined (still) + duplicates + skipped + recovered.
+3. **report** — the counts (XCom and log): never a partner id or a message byte.
+
+Safe to run again: a recovered message is never recovered twice, the same set of messages is the
+same batch (its objects write-once), a batch the warehouse already wrote is not queued again.
+A recovery batch carries its messages' **old Kafka timestamps on purpose**: the warehouse's
+freshness gate leaves it out, the lag monitor measures it from when it was queued, and the daily
+reconciliation's Kafka → ledger comparison does not count it (it has no claim). The quarantine
+rows stay (history); `recovered` says which came back. Owner: enrollment-data team.
+"""
+
+
+def _request(params):
+    """The run's params checked; a parameter that cannot be honoured fails the run at once, unretried."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from enrollment.recovery import Request, RequestError
+
+    try:
+        return Request.parse(params, REGIONS)
+    except RequestError as exc:
+        raise AirflowFailException(f"requeue_quarantine: {exc}") from None
+
+
+def _clients():
+    from enrollment_airflow.connections import endpoints_from_connections, keyring_from_connections, warehouse_from_connections
+
+    from enrollment.health import require
+
+    config = load_config()  # the configuration in force when the task runs
+    endpoints = endpoints_from_connections()
+    require(["kafka", "gcs", "bigquery"], endpoints, config)
+    w = warehouse_from_connections(config)
+    return config, w, w.storage.bucket(config.landing_bucket), keyring_from_connections(), endpoints.kafka_bootstrap
+
+
+@dag(dag_id="requeue_quarantine", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1, tags=[str(Tag.OPS)],
+     doc_md=DOC_MD, default_args=DEFAULT_ARGS | {"on_failure_callback": on_failure},
+     params={"region": Param("ALL", type="string", enum=["ALL", *REGIONS], description="The region whose quarantine to re-process, or ALL"),
+             "since": Param(None, type=["null", "string"], description="Window start, ISO 8601 (UTC), e.g. 2026-11-23T00:00:00Z; empty: 7 days before until"),
+             "until": Param(None, type=["null", "string"], description="Window end, ISO 8601 (UTC); empty: now. At most 31 days after since"),
+             "reasons": Param([], type="array", items={"type": "string"},
+                              description="Reason codes to take (e.g. country_not_in_region, missing); empty: every reason but duplicate_event_id"),
+             "dry_run": Param(True, type="boolean", description="Only count what would be recovered (the default): nothing is written")})
+def requeue_quarantine():
+    @task(retries=1)
+    def plan(params=None) -> dict:
+        """What would be recovered, counted by region and reason."""
+        from enrollment import recovery
+
+        request = _request(params)
+        config, w, bucket, keyring, bootstrap = _clients()
+        return recovery.plan(w, bucket, keyring, bootstrap, config, request).counts()
+
+    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))  # writes ledger rows: never beside a warehouse cycle
+    def recover(planned: dict, params=None, dag_run=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from enrollment import recovery
+
+        request = _request(params)
+        if request.dry_run:
+            raise AirflowSkipException("dry run: nothing recovered (see plan's counts)")
+        config, w, bucket, keyring, bootstrap = _clients()
+        return recovery.recover(w, bucket, keyring, bootstrap, config, request, dag_run=dag_run.run_id)
+
+    @task(trigger_rule="none_failed")
+    def report(planned: dict, ti=None) -> dict:
+        """The run's result: the recovery's counts, or the plan's in a dry run."""
+        import logging
+
+        done = ti.xcom_pull(task_ids="recover")
+        result = (done or planned) | {"dry_run": done is None}
+        total = result["total"]
+        logging.getLogger(__name__).info("requeue_quarantine %s: %s", "dry run" if done is None else "recovered",
+                                         ", ".join(f"{k} {v}" for k, v in total.items()))
+        return result
+
+    planned = plan()
+    recovered = recover(planned)
+    recovered >> report(planned)
+
+
+requeue_quarantine()
