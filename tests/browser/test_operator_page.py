@@ -120,14 +120,22 @@ def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(stack,
     run_id = link.inner_text().split(" run ", 1)[1]
     run = client.http.get(f"/dags/requeue_quarantine/dagRuns/{run_id}").raise_for_status().json()
     assert run["conf"]["dry_run"] is True and run["conf"]["region"] == REGION
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "operator-page-region.png"), full_page=True)
     client.http.patch("/dags/requeue_quarantine", json={"is_paused": False}).raise_for_status()
     try:
         assert client.wait_for_run("requeue_quarantine", run_id, timeout_s=300) == "success", client.failure_logs("requeue_quarantine", run_id)
     finally:
         client.http.patch("/dags/requeue_quarantine", json={"is_paused": True})
     assert _recovered(bq, ops) == recovered_before
+    # Its counts, by the page's last re-processing runs: what the run's report task returned.
+    result = client.http.get(f"/dags/requeue_quarantine/dagRuns/{run_id}/taskInstances/report/xcomEntries/return_value").raise_for_status().json()["value"]
+    assert result["dry_run"] is True and set(result["regions"]) == {REGION}
+    page.goto(stack.url("AIRFLOW_PORT", f"/enrollment/regions/{REGION}"))
+    shown = page.locator(f'#requeue-runs tr[data-run="{run_id}"]')
+    shown.wait_for(timeout=30_000)
+    for field in ("candidates", "recoverable", "still_invalid", "expired"):
+        assert number(shown.locator(f'[data-field="{field}"]').inner_text()) == result["total"][field], field
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "operator-page-region.png"), full_page=True)
 
     # The whole page, as the README shows it.
     overview = page.context.new_page()

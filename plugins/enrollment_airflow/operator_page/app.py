@@ -132,6 +132,7 @@ def overview_data(window_hours: float) -> dict:
         links = _airflow(lambda: runs.batch_runs(config), {})
         _annotate(data["regions"]["regions"], data["sinks"]["sinks"], dags, links, data["health"])
         data["dags"] = dags
+        data["requeue"] = _airflow(runs.requeue_runs, {"source": "airflow", "runs": [], "error": "metadata DB unavailable"})
         data["status"] = _overall(data)
         return data
 
@@ -149,6 +150,7 @@ def region_data(code: str, window_hours: float) -> dict:
         links = _airflow(lambda: runs.batch_runs(config), {})
         _annotate([data["region"]], [], dags, links, None)
         data["dags"] = {"source": "airflow", "dags": [d for d in dags["dags"] if d["dag_id"] in (f"ingest_{code.lower()}", "warehouse")]}
+        data["requeue"] = _airflow(runs.requeue_runs, {"source": "airflow", "runs": [], "error": "metadata DB unavailable"})
         return data
 
     return cached(("region", code, window_hours), CACHE_S, make)

@@ -1,6 +1,7 @@
 """What Airflow's metadata DB says about the pipeline's DAGs, for the operator's page: each DAG's
 last finished run (and whether its failure is a stage that broke or a gate that measured
-lateness), and which ingest and warehouse runs landed which batch (their XCom carries the batch id).
+lateness), which ingest and warehouse runs landed which batch (their XCom carries the batch id), and the
+last re-processing runs with what they counted.
 
 Read in the API server's process (it holds the metadata DB's session); small, bounded queries.
 """
@@ -108,3 +109,33 @@ def batch_runs(config: PipelineConfig, limit: int = 400) -> dict[str, dict]:
             if isinstance(b, dict) and b.get("batch_id"):
                 out.setdefault(b["batch_id"], {}).setdefault("warehouse", {"dag_id": r.dag_id, "run_id": r.run_id, "url": run_url(r.dag_id, r.run_id)})
     return out
+
+
+REQUEUE_DAG = "requeue_quarantine"
+
+
+def requeue_runs(limit: int = 5) -> dict:
+    """The last runs of ``requeue_quarantine``, newest first: state, the conf they were started
+    with and their result (the ``report`` task's counts by region and reason: no personal data)."""
+    from sqlalchemy import select
+
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        runs = session.execute(select(DagRun.run_id, DagRun.state, DagRun.start_date, DagRun.end_date, DagRun.conf)
+                               .where(DagRun.dag_id == REQUEUE_DAG).order_by(DagRun.id.desc()).limit(limit)).all()
+        results = {r.run_id: _value(r.value) for r in session.execute(
+            select(XComModel.run_id, XComModel.value).where(XComModel.dag_id == REQUEUE_DAG, XComModel.task_id == "report",
+                                                           XComModel.key == "return_value", XComModel.run_id.in_([r.run_id for r in runs]))).all()}
+    out = []
+    for r in runs:
+        conf = r.conf if isinstance(r.conf, dict) else {}
+        result = results.get(r.run_id) if isinstance(results.get(r.run_id), dict) else None
+        out.append({"run_id": r.run_id, "url": run_url(REQUEUE_DAG, r.run_id), "state": str(r.state.value if hasattr(r.state, "value") else r.state),
+                    "started": r.start_date.isoformat() if r.start_date else None,
+                    "region": conf.get("region", "ALL"), "reasons": conf.get("reasons") or [], "dry_run": conf.get("dry_run", True) is not False,
+                    "total": (result or {}).get("total"),
+                    "by_reason": {region: v.get("by_reason", {}) for region, v in ((result or {}).get("regions") or {}).items()}})
+    return {"source": "airflow", "runs": out}
