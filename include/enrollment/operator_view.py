@@ -26,8 +26,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
 from .config import PipelineConfig
-from .pii import TAX_ID_SHAPED, mask_raw
-from .pii import _norm, _rewrite, shape  # the quarantine's own lexer, for the extra keys masked on the page
+from .pii import TAX_ID_SHAPED, mask_keys, mask_raw
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +83,8 @@ def masked_example(raw: bytes | None) -> str | None:
     if raw is None:
         return None
     text = mask_raw(bytes(raw)).decode("utf-8", "replace")
-    text = _rewrite(text, _mask_page_key, PAGE_MASKED_KEYS)
+    text = mask_keys(text, PAGE_MASKED_KEYS)
     return _CONTROL.sub("\ufffd", mask_partner_ids(text))
-
-
-def _mask_page_key(key: str | None, tok: str) -> str:
-    if _norm(key) not in PAGE_MASKED_KEYS or tok in ("true", "false", "null"):
-        return tok
-    if tok[0] == '"':
-        closing = '"' if len(tok) >= 2 and tok.endswith('"') else ""
-        return '"' + shape(tok[1:len(tok) - len(closing)]) + closing
-    return shape(tok)
 
 
 def minute_series(rows: list[dict], now: datetime, minutes: int = 60) -> list[dict]:

@@ -228,6 +228,20 @@ def mask_raw(raw: bytes | None) -> bytes | None:
     return _rewrite(text, _mask_token, SENSITIVE_KEYS).encode("utf-8", "surrogateescape")
 
 
+def mask_keys(text: str, keys: frozenset[str]) -> str:
+    """``text`` (JSON, or what is left of it) with every value under one of ``keys`` (normalised:
+    ``first_name`` is ``firstname``), and inside their objects and arrays, replaced by its shape."""
+    def masked(key: str | None, tok: str) -> str:
+        if _norm(key) not in keys or tok in _LITERALS:
+            return tok
+        if tok[0] == '"':
+            closing = '"' if len(tok) >= 2 and tok.endswith('"') else ""
+            return '"' + shape(tok[1:len(tok) - len(closing)]) + closing
+        return shape(tok)
+
+    return _rewrite(text, masked, keys)
+
+
 def tokenise_json(raw: bytes, keyring: Keyring) -> bytes:
     """A valid event's bytes with the value of every tax-id key (``payload.tax_id``, and anywhere
     else: foreign fields travel in the raw event) replaced by its token; every other byte kept.
