@@ -1,8 +1,8 @@
 """The "Enrollment pipeline" page on the live API server: who may see it, who may start a
 re-processing, that the UI's navigation lists it, and that what it serves holds no personal value.
 
-The plugin is loaded by the API server at start: after changing it, restart Airflow
-(``python -m stack down airflow && python -m stack up airflow``)."""
+The plugin is loaded by the API server at start: after changing its Python code, restart the
+stack (``make down && make up``; templates are read again on their own)."""
 
 from __future__ import annotations
 
