@@ -21,7 +21,9 @@ def chromium_binary() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+# Per module, never per session: Playwright's sync API keeps an asyncio loop running in this
+# thread while it is started, and every later test that calls asyncio.run would fail.
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
