@@ -31,6 +31,8 @@ from .pii import TAX_ID_SHAPED, mask_keys, mask_raw
 log = logging.getLogger(__name__)
 
 BROKEN, LATE, OK = "broken", "late", "ok"
+STALE = "stale"  # a measurement too old to say anything (shown grey, never counted as broken)
+HEALTH_STALE_S = 15 * 60  # environment_health runs every 5 minutes: three missed runs
 LEDGER_LOOKBACK_DAYS = 7  # the batches shown and the sinks' backlog: the sync plans' lookback
 BATCHES_SHOWN = 10
 EXAMPLES_PER_REASON = 3
@@ -85,6 +87,15 @@ def masked_example(raw: bytes | None) -> str | None:
     text = mask_raw(bytes(raw)).decode("utf-8", "replace")
     text = mask_keys(text, PAGE_MASKED_KEYS)
     return _CONTROL.sub("\ufffd", mask_partner_ids(text))
+
+
+def check_status(service: str, ok: bool, checked_at: datetime, now: datetime) -> dict:
+    """An environment check's status: its verdict while it is recent; **stale** once the checks
+    stopped (``HEALTH_STALE_S``) — a failure from an hour ago says nothing about the service now."""
+    age = (now - (checked_at if checked_at.tzinfo else checked_at.replace(tzinfo=timezone.utc))).total_seconds()
+    if age > HEALTH_STALE_S:
+        return {"status": STALE, "why": [f"{service}: last checked {age / 60:.0f} min ago (environment_health not running?)"]}
+    return classify([] if ok else [f"{service}: check failed"])
 
 
 def minute_series(rows: list[dict], now: datetime, minutes: int = 60) -> list[dict]:
@@ -516,7 +527,7 @@ def health_overview(reader: Reader, now: datetime | None = None) -> dict:
             QUALIFY ROW_NUMBER() OVER (PARTITION BY service ORDER BY checked_at DESC) = 1 ORDER BY service LIMIT 100""")
         return {"services": [{"service": r["service"], "ok": bool(r["ok"]), "seconds": r["seconds"], "detail": scrub(r["detail"]),
                               "run_id": r["run_id"], "checked_at": _iso(r["checked_at"]),
-                              **classify([] if r["ok"] else [f"{r['service']}: check failed"])} for r in rows]}
+                              **check_status(r["service"], bool(r["ok"]), r["checked_at"], now)} for r in rows]}
 
     return _section(reader.source("health"), body, {"services": []})
 

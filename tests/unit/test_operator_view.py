@@ -119,3 +119,16 @@ def test_charts_escape_labels():
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     spark = charts.sparkline(ov.minute_series([{"minute": NOW, "events": 4}], NOW, 5))
     assert spark.count("<rect") == 5 and "4 in the last 5 minutes" in spark
+
+
+def test_a_failed_check_counts_while_recent_and_is_stale_once_the_checks_stopped():
+    from datetime import datetime, timedelta, timezone
+
+    from enrollment.operator_view import BROKEN, HEALTH_STALE_S, OK, STALE, check_status
+
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+    assert check_status("solr", False, now - timedelta(minutes=4), now)["status"] == BROKEN
+    assert check_status("solr", True, now - timedelta(minutes=4), now)["status"] == OK
+    old = check_status("solr", False, now - timedelta(seconds=HEALTH_STALE_S + 60), now)
+    assert old["status"] == STALE and "min ago" in old["why"][0]
+    assert check_status("solr", False, (now - timedelta(minutes=1)).replace(tzinfo=None), now)["status"] == BROKEN  # naive: UTC

@@ -193,7 +193,7 @@ def _overall(data: dict) -> dict:
         (broken if region["status"] == "broken" else late if region["status"] == "late" else []).append(f"region {region['code']}")
     for sink in data["sinks"]["sinks"]:
         (broken if sink["status"] == "broken" else late if sink["status"] == "late" else []).append(f"sink {sink['sink']}")
-    broken += [f"service {s['service']}" for s in data["health"]["services"] if not s["ok"]]
+    broken += [f"service {s['service']}" for s in data["health"]["services"] if s["status"] == "broken"]  # not a stale check
     return classify(broken, late)
 
 
