@@ -27,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 
 from .config import PipelineConfig
 from .pii import TAX_ID_SHAPED, mask_keys, mask_raw
+from .warehouse import sql_timestamp as ts
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,6 @@ def window_bounds(window_hours: float, now: datetime | None = None) -> tuple[dat
     now = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     hours = min(max(float(window_hours), 1 / 60), MAX_WINDOW_HOURS)
     return now - timedelta(hours=hours), now + timedelta(seconds=1)
-
-
-def ts(value: datetime) -> str:
-    """A constant TIMESTAMP literal for a partition filter."""
-    return f"TIMESTAMP '{value.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}+00'"
 
 
 def balance(row: dict) -> dict:

@@ -37,6 +37,8 @@ from typing import Iterable, Mapping, Sequence
 
 import pyarrow as pa
 
+from .warehouse import sql_timestamp as _ts
+
 log = logging.getLogger(__name__)
 
 RECOVERY_PREFIX = "recovery-"
@@ -159,11 +161,6 @@ def recovery_batch_id(region: str, group: str, topic: str, keys: Iterable[tuple[
     return f"{RECOVERY_PREFIX}{region.lower()}-{hashlib.sha256(body.encode()).hexdigest()[:16]}"
 
 
-def _ts(at: datetime) -> str:
-    """A constant timestamp literal (a query parameter would not prune partitions everywhere)."""
-    return f"TIMESTAMP '{at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S.%f}+00:00'"
-
-
 def _day(at: datetime) -> datetime:
     return datetime(at.year, at.month, at.day, tzinfo=timezone.utc)
 
@@ -218,8 +215,8 @@ class Plan:
 
 
 def _tables(w) -> set[str]:
-    return {t.table_id for t in w.client.list_tables(f"{w.project}.{w.dataset}")} | \
-           {f"ops.{t.table_id}" for t in w.client.list_tables(f"{w.project}.{w.ops_dataset}")}
+    tables, ops = w.existing_tables()
+    return tables | {f"ops.{t}" for t in ops}
 
 
 def _candidates(w, request: Request, region: str, have: set[str]) -> list[Candidate]:

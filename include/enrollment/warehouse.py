@@ -21,6 +21,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -100,10 +101,14 @@ class Warehouse:
             raise TimeoutError(f"BigQuery job {job.job_id} still running after {timeout:.0f} s: cancelled") from exc
 
     # -- tables ----------------------------------------------------------------------------------
+    def existing_tables(self) -> tuple[set[str], set[str]]:
+        """The tables of the warehouse dataset and of the ops dataset (one listing each)."""
+        return ({t.table_id for t in self.client.list_tables(f"{self.project}.{self.dataset}")},
+                {t.table_id for t in self.client.list_tables(f"{self.project}.{self.ops_dataset}")})
+
     def ensure_tables(self, events_schema: list[tuple[str, str]], quarantine_schema: list[tuple[str, str]]) -> None:
         """The tables and the readers' view, created when missing (one listing per dataset when not)."""
-        have = {t.table_id for t in self.client.list_tables(f"{self.project}.{self.dataset}")}
-        have_ops = {t.table_id for t in self.client.list_tables(f"{self.project}.{self.ops_dataset}")}
+        have, have_ops = self.existing_tables()
         for leftover in sorted(t for t in have if t.startswith("_cycle_")):
             # The one writer runs one cycle at a time: staging tables here were left by a cycle
             # that died (possibly over another set of batches, so under another name).
@@ -368,6 +373,11 @@ class Warehouse:
                                 f"{r['quarantined']} + duplicates {r['duplicates']} + skipped {r['skipped']} + recovered {r['recovered']} "
                                 f"(ok={r['ok']}; {r['detail'] or ''})")
         return {r["stage"]: dict(r) for r in rows}
+
+
+def sql_timestamp(at: datetime) -> str:
+    """A constant TIMESTAMP literal: BigQuery prunes partitions on it (a query parameter it may not)."""
+    return f"TIMESTAMP '{at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S.%f}+00:00'"
 
 
 def balances(row) -> bool:

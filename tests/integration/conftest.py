@@ -124,3 +124,23 @@ def ingest_events(stack, pipeline_config, warehouse, topic: str, region: str, gr
     warehouse.record(landed, "land", landed.valid, landed.seconds)
     warehouse.record(landed, "warehouse", counts["events"], counts["seconds"])
     return landed.batch_id
+
+
+def succeeded(run):
+    """A DAG run of ``dag.test()`` that must have succeeded (else: its tasks' states)."""
+    from airflow.utils.state import DagRunState
+
+    assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
+    return run
+
+
+def ingest_and_warehouse(stack, config, messages):
+    """The messages produced, then every region's ingest DAG and the warehouse DAG run in this
+    process (``dag.test()``), each successful; the warehouse run."""
+    from enrollment_airflow.ingest import ingest_dag
+    from enrollment_airflow.warehouse import warehouse_dag
+
+    produce(stack.kafka_bootstrap, messages)
+    for region in config.regions:
+        succeeded(ingest_dag(region).test())
+    return succeeded(warehouse_dag().test())

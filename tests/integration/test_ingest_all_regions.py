@@ -15,27 +15,16 @@ from confluent_kafka import Consumer, TopicPartition
 from enrollment.services import bigquery_client, firestore_client
 from enrollment.sinks.solr import SolrSink
 from enrollment.simulator.generator import FaultRates, Simulator
-from tests.integration.conftest import produce
+from tests.integration.conftest import ingest_and_warehouse, succeeded
 
 pytestmark = [pytest.mark.integration]
 
 
 def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, isolated_pipeline):
-    from airflow.utils.state import DagRunState
-
-    from enrollment_airflow.ingest import ingest_dag
-    from enrollment_airflow.warehouse import warehouse_dag
-
     config = isolated_pipeline
     messages = Simulator(seed=2718, faults=FaultRates.mix(0.05), initial_partners=60, config=config).take(4000)
-    produce(stack.kafka_bootstrap, messages)
-
-    for region in config.regions:
-        run = ingest_dag(region).test()
-        assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
     # Four regions landed: one warehouse cycle writes them all, each table once.
-    run = warehouse_dag().test()
-    assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
+    run = ingest_and_warehouse(stack, config, messages)
     cycled = run.get_task_instance("cycle").xcom_pull(task_ids="cycle")
     assert sorted(b["region"] for b in cycled["batches"]) == sorted(r.code for r in config.regions)
     assert cycled["statements"] == {"events": 1, "partners": 1, "quarantine": 1, "ledger": 1}, "one writer's statement per table"
@@ -66,8 +55,7 @@ def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, is
     from enrollment_airflow.sync import sync_dag
 
     for name in config.sinks:
-        run = sync_dag(name).test()
-        assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
+        succeeded(sync_dag(name).test())
     partners = {r["partner_id"]: r for r in rows("SELECT partner_id, partner_version, status, region, marketing_consent FROM {w}.partners")}
     assert partners, "the simulated events hold partner events"
     docs = {d.id: d.get("partner_version") for d in firestore_client(stack.project).collection(config.sinks["firestore"]["collection"]).stream()}

@@ -18,7 +18,7 @@ from enrollment import operator_view as ov
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.warehouse import Warehouse
-from tests.integration.conftest import produce
+from tests.integration.conftest import ingest_and_warehouse, produce
 
 pytestmark = [pytest.mark.integration]
 
@@ -49,19 +49,9 @@ def _personal_values(messages) -> set[str]:
 
 
 def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, isolated_pipeline):
-    from airflow.utils.state import DagRunState
-
-    from enrollment_airflow.ingest import ingest_dag
-    from enrollment_airflow.warehouse import warehouse_dag
-
     config = isolated_pipeline
     messages = Simulator(seed=4242, faults=FaultRates.mix(0.08), initial_partners=40, config=config).take(1200)
-    produce(stack.kafka_bootstrap, messages)
-    for region in config.regions:
-        run = ingest_dag(region).test()
-        assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
-    run = warehouse_dag().test()
-    assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
+    ingest_and_warehouse(stack, config, messages)
     # More events after the batches: pending in Kafka, not landed.
     later = Simulator(seed=4343, faults=FaultRates.mix(0.0), initial_partners=10, config=config).take(150)
     produce(stack.kafka_bootstrap, later)

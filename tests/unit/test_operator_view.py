@@ -100,7 +100,7 @@ def test_windows_are_bounded_and_literal():
     assert until - since == timedelta(hours=24, seconds=1) and since.microsecond == 0
     since, until = ov.window_bounds(10_000, NOW)
     assert until - since == timedelta(days=31, seconds=1)
-    assert ov.ts(NOW) == "TIMESTAMP '2026-11-30 12:30:40+00'"
+    assert ov.ts(NOW) == "TIMESTAMP '2026-11-30 12:30:40.000000+00:00'"
 
 
 def test_canary_seen_parses_and_ignores_garbage():
