@@ -8,10 +8,10 @@ UV_VERSION := 0.13.9
 STACK_DIR := .stack
 MVN := mvn -q -B
 
-.PHONY: install chromium up down reset-data status demo test bench loadtest lock schemas simulate clean
+.PHONY: install chromium redis-server up down reset-data status demo test bench loadtest lock schemas simulate clean
 
 ## install: everything the stack and the tests need (idempotent; only what is missing or changed)
-install: $(VENV)/.installed $(STACK_DIR)/kafka/.installed $(STACK_DIR)/solr/.installed $(STACK_DIR)/bq-venv/.installed chromium
+install: $(VENV)/.installed $(STACK_DIR)/kafka/.installed $(STACK_DIR)/solr/.installed $(STACK_DIR)/bq-venv/.installed chromium redis-server
 
 # The browser tests drive Debian's chromium (Playwright launches the system binary; it downloads no browser).
 CHROMIUM ?= /usr/bin/chromium
@@ -20,6 +20,14 @@ chromium:
 	  if [ "$$(id -u)" != 0 ]; then echo "The browser tests need Debian's chromium: sudo apt-get install chromium (or set CHROMIUM)" >&2; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }
+
+# The Celery broker of STACK_EXECUTOR=celery (and of the Celery tests): Debian's redis-server. The
+# stack starts its own on loopback with a password; the package's own service is not used.
+redis-server:
+	@command -v redis-server >/dev/null || test -x /usr/bin/redis-server || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "The Celery executor needs Debian's redis-server: sudo apt-get install redis-server" >&2; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q redis-server >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }; }
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +73,7 @@ simulate: up
 	source $(STACK_DIR)/stack.env && $(PY) -m enrollment.simulator produce $(or $(ARGS),--rate 400000/min --duration 1m --faults 2%)
 
 ## up / down / status: the local stack (every service on 127.0.0.1; state and generated secrets under .stack/, mode 0700)
+##   STACK_EXECUTOR=celery make up: Airflow on the CeleryExecutor (Redis broker, the configured workers); kept until STACK_EXECUTOR=local
 up: install
 	$(PY) -m stack up
 

@@ -2,8 +2,9 @@
 
 A thread samples every process of the machine every ``every_s`` seconds (psutil) and charges the
 growth of each one's user + system time to a component named from its command line: each Airflow
-component, the task processes by the kind of DAG they run (a LocalExecutor worker's title names
-the task instance it runs; ``resolve`` maps that id to its DAG), each service of the stack, the
+component, the task processes by the kind of DAG they run (a LocalExecutor worker's title, or a
+Celery pool process's ``airflow supervisor:`` title, names the task instance it runs; ``resolve``
+maps that id to its DAG), each service of the stack, the
 simulator, and the load test itself (its watchers). A
 process that ends between two samples loses at most its last ``every_s`` seconds: short task
 processes are slightly under-counted (the machine's total, from /proc/stat, shows the rest).
@@ -25,6 +26,9 @@ RULES = (  # (substring of the command line, component), first match wins
     ("airflow triggerer", "airflow triggerer"),
     ("airflow api-server", "airflow api-server"),
     ("airflow api_server", "airflow api-server"),
+    ("celeryd:", "airflow celery workers (idle)"),
+    ("celery worker", "airflow celery workers (idle)"),
+    ("redis-server", "redis (celery broker)"),
     ("bqemulator", "bigquery emulator"),
     ("kafka.Kafka", "kafka"),
     ("SolrLauncher", "solr"),
@@ -86,7 +90,7 @@ class CpuSampler:
     def component(self, proc: psutil.Process, cmdline: str, parents: dict[int, int]) -> str:
         if proc.pid == self.me:
             return "load test (watchers)"
-        if cmdline.startswith("airflow worker --"):
+        if cmdline.startswith(("airflow worker --", "airflow supervisor:")):
             if "<idle>" in cmdline:
                 self.kind_of_worker.pop(proc.pid, None)
                 return "airflow workers (idle)"

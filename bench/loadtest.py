@@ -10,8 +10,11 @@ backlog trigger, the ingest DAGs and the sink DAGs carry it. Faults (``NAME@STAR
 - ``<service>-down@3m:2m`` — stop a service of the stack (solr, firestore, marketing-cloud,
   bigquery, gcs) 3 minutes in, start it again 2 minutes later;
 - ``broker-restart@5m[:20s]`` — stop Kafka, start it again (after 20 s; default at once);
-- ``worker-kill@4m`` — SIGKILL a busy Airflow worker process and its task (the scheduler finds
-  the task without heartbeat and retries it).
+- ``worker-kill@4m[:30s]`` — SIGKILL a busy Airflow worker process and its task (the scheduler finds
+  the task without heartbeat and retries it). On Celery (STACK_EXECUTOR=celery) the whole worker
+  that runs a task goes (its process group: main process, pool, task processes) and is started
+  again after FOR (default 30 s), as its supervisor (systemd, Kubernetes) would; meanwhile the
+  other worker carries the queues it shares.
 
 Every 5 s it samples each region's pending records and the offsets produced and committed;
 every 30 s each sink's batches behind its watermark. One enrollment in ``--sample-every`` is
@@ -63,9 +66,11 @@ from enrollment.sync import SyncRun
 from enrollment.warehouse import Warehouse
 from stack import cli as stack_cli
 from stack import config as stack_config
+from stack.services import Airflow
 
 SERVICES_THAT_MAY_GO_DOWN = ("solr", "firestore", "marketing-cloud", "bigquery", "gcs")
 LAG_EVERY_S, SINK_LAG_EVERY_S = 5.0, 30.0
+CELERY_WORKER_RESTART_S = 30.0
 
 
 def seconds(text: str) -> float:
@@ -84,6 +89,7 @@ class Fault:
     began_s: float | None = None
     ended_s: float | None = None
     detail: str = ""
+    restart: str = ""  # the stack's service to start again when the fault ends (a killed Celery worker)
 
     @classmethod
     def parse(cls, text: str) -> Fault:
@@ -103,6 +109,32 @@ class Fault:
     @property
     def label(self) -> str:
         return f"{self.kind}@{self.at_s:g}s" + (f":{self.for_s:g}s" if self.for_s else "")
+
+
+def busy_celery_workers(cfg) -> list:
+    """The stack's Celery workers that run a task now (a task process under one of their pool
+    processes, whose title is ``airflow supervisor: <task instance id>``), with what it runs."""
+    import psutil
+
+    from stack.cli import _pgid
+    from stack.services import CeleryWorker, stack_services
+
+    busy = []
+    for worker in (s for s in stack_services(cfg) if isinstance(s, CeleryWorker)):
+        pgid = _pgid(worker)
+        if pgid is None:
+            continue
+        running = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                title = " ".join(proc.info["cmdline"] or [])
+                if title.startswith("airflow supervisor:") and os.getpgid(proc.pid) == pgid and proc.children():
+                    running.append(title.split(":", 1)[1].strip())
+            except (psutil.Error, ProcessLookupError):
+                continue
+        if running:
+            busy.append((worker, pgid, running))
+    return busy
 
 
 def busy_workers() -> list:
@@ -131,7 +163,20 @@ class Injector:
                 self._end(f, elapsed)
 
     def _begin(self, f: Fault, elapsed: float) -> None:
-        if f.kind == "worker-kill":
+        if f.kind == "worker-kill" and stack_config.load().celery:
+            busy = busy_celery_workers(stack_config.load())
+            if not busy:
+                if elapsed > f.at_s + 120:
+                    f.began_s = f.ended_s = elapsed
+                    f.detail = "no Celery worker ran a task for 2 minutes: nothing killed"
+                return
+            worker, pgid, running = busy[0]
+            killed = stack_cli.kill_hard(worker)
+            f.began_s, f.for_s = elapsed, f.for_s or CELERY_WORKER_RESTART_S
+            f.detail = (f"SIGKILL to Celery worker {worker.worker.name} ({len(killed)} processes: its group {pgid} and its task processes) "
+                        f"running {len(running)} task(s) ({', '.join(running)})")
+            f.restart = worker.name
+        elif f.kind == "worker-kill":
             workers = busy_workers()
             if not workers:
                 if elapsed > f.at_s + 120:
@@ -160,7 +205,7 @@ class Injector:
         log(f"fault {f.label}: {f.detail}")
 
     def _end(self, f: Fault, elapsed: float) -> None:
-        service = "kafka" if f.kind == "broker-restart" else f.kind.removesuffix("-down")
+        service = "kafka" if f.kind == "broker-restart" else f.restart if f.kind == "worker-kill" else f.kind.removesuffix("-down")
         t0 = time.monotonic()
         stack_cli.up([service], quiet=True)
         f.ended_s = elapsed + (time.monotonic() - t0)
@@ -488,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
         "batches": figures["batches"], "batches_balanced": figures["batches_balanced"], "valid": figures["valid"], "quarantined": figures["quarantined"],
         "hostile": hostile, "failed_dag_runs": outcome.failed_runs, "failed_tasks": failed_tasks, "faults": [asdict(f) | {"spec": f.label} for f in args.fault],
         "stages": stages, "plots": [p.name for p in paths], "machine": machine(), "began_at": began.isoformat(),
+        "executor": Airflow(cfg).executor,
+        "workers": (" (" + ", ".join(f"worker {w.name}: queues {','.join(w.queues)}, concurrency {w.concurrency}" for w in config.celery_workers) + ")"
+                    if cfg.celery else ""),
     }
     (out / "summary.json").write_text(json.dumps(summary | {"cost": {k: v for k, v in summary["cost"].items() if k != "statements"}}, indent=2, default=str) + "\n")
     (out / "report.md").write_text(report(summary, title))
@@ -530,7 +578,7 @@ def report(s: dict, title: str) -> str:
     failed = (" — failed tasks: " + ", ".join(f"`{k}` {v}" for k, v in s["failed_tasks"].items())) if s["failed_tasks"] else ""
     return f"""# Load test: {title}
 
-Began {s['began_at']} on {s['machine']['cores']} cores. The simulator produced **{s['records_in']:,} events**
+Began {s['began_at']} on {s['machine']['cores']} cores, Airflow on the **{s['executor']}**{s['workers']}. The simulator produced **{s['records_in']:,} events**
 ({fmt(s['produced_events_per_min'])} per minute, asked {s['rate']}); {s['batches']:,} batches carried them
 ({s['valid']:,} valid, {s['quarantined']:,} quarantined with a reason); {s['failed_dag_runs']} DAG runs failed
 on the way{failed}.{hostile} A failed run loses nothing: the freshness gate fails after the data is in, a

@@ -8,7 +8,7 @@ from airflow.sdk import CronTriggerTimetable, dag, task
 
 from enrollment.config import load_config
 from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.defaults import default_args, Tag
 
 CONFIG = load_config()
 
@@ -37,7 +37,7 @@ process costs less than starting a task process at every look. Owner: enrollment
 @dag(dag_id="canary", schedule=CronTriggerTimetable(CONFIG.canary["every"], timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
      max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD,
      # Injecting twice is harmless (a newer version of the same partner); tracing again re-reads.
-     default_args=DEFAULT_ARGS | {"retries": 1, "retry_delay": timedelta(seconds=20)})
+     default_args=default_args("monitors") | {"retries": 1, "retry_delay": timedelta(seconds=20)})
 def canary():
     @task
     def inject() -> list[dict]:

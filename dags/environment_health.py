@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, dag, task
-from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.defaults import default_args, Tag
 
 SERVICES = ["kafka", "gcs", "bigquery", "firestore", "solr", "marketing-cloud"]
 
@@ -30,7 +30,7 @@ Owner: enrollment-data team.
 
 
 @dag(dag_id="environment_health", schedule=CronTriggerTimetable("*/5 * * * *", timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
-     max_active_runs=1, default_args=DEFAULT_ARGS | {"retries": 1, "retry_delay": timedelta(seconds=20)}, tags=[str(Tag.OPS)], doc_md=DOC_MD)
+     max_active_runs=1, default_args=default_args("monitors") | {"retries": 1, "retry_delay": timedelta(seconds=20)}, tags=[str(Tag.OPS)], doc_md=DOC_MD)
 def environment_health():
     @task(map_index_template="{{ service }}")
     def check_service(service: str, ti=None) -> dict:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import DEFAULT_ARGS, WAREHOUSE_POOL, Tag
+from enrollment_airflow.defaults import default_args, WAREHOUSE_POOL, Tag
 
 from enrollment.config import ERASURE_REASONS as REASONS
 from enrollment.config import MAX_ERASURE_PARTNERS as MAX_PARTNERS
@@ -54,7 +54,7 @@ def _erasure(params):
 
 
 @dag(dag_id="erase_partners", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1, tags=[str(Tag.OPS)],
-     doc_md=DOC_MD, default_args=DEFAULT_ARGS | {"on_failure_callback": on_failure},
+     doc_md=DOC_MD, default_args=default_args("maintenance") | {"on_failure_callback": on_failure},
      params={"partner_ids": Param([], type="array", items={"type": "string"}, minItems=1, maxItems=MAX_PARTNERS,
                                   description="The partners to erase (partner ids)"),
              "reason": Param("gdpr_art17", type="string", enum=list(REASONS), description="The legal ground of the request"),

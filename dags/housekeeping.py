@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.defaults import default_args, Tag
 
 from enrollment.config import load_config
 
@@ -34,7 +34,7 @@ Owner: enrollment-data team.
 
 
 @dag(dag_id="housekeeping", schedule=CronTriggerTimetable(R.at, timezone="UTC"), start_date=datetime(2026, 11, 1), catchup=False,
-     max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD, default_args=DEFAULT_ARGS | {"retries": 1, "retry_delay": timedelta(minutes=5)})
+     max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD, default_args=default_args("maintenance") | {"retries": 1, "retry_delay": timedelta(minutes=5)})
 def housekeeping():
     @task(execution_timeout=timedelta(minutes=30), on_failure_callback=on_failure)
     def sweep() -> dict:

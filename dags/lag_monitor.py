@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.defaults import default_args, Tag
 
 DOC_MD = """
 ### Lag monitor
@@ -39,7 +39,7 @@ WHERE kind = 'kafka' GROUP BY 1, 2 ORDER BY 1`. Owner: enrollment-data team.
 @dag(dag_id="lag_monitor", schedule=CronTriggerTimetable("* * * * *", timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
      max_active_runs=1, dagrun_timeout=timedelta(minutes=5), tags=[str(Tag.OPS)], doc_md=DOC_MD,
      # An error (BigQuery down) is retried once; an alert fails at once: its rules already span minutes.
-     default_args=DEFAULT_ARGS | {"retries": 1, "retry_delay": timedelta(seconds=20)})
+     default_args=default_args("monitors") | {"retries": 1, "retry_delay": timedelta(seconds=20)})
 def lag_monitor():
     @task(on_failure_callback=on_failure)
     def measure() -> dict:

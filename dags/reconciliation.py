@@ -8,7 +8,7 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from enrollment.config import load_config
 from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.defaults import default_args, Tag
 
 CONFIG = load_config()
 REGIONS = [r.code for r in CONFIG.regions]
@@ -44,7 +44,7 @@ Owner: enrollment-data team.
 
 @dag(dag_id="reconciliation", schedule=CronTriggerTimetable(CONFIG.reconciliation["at"], timezone="UTC"),
      start_date=datetime.fromisoformat(str(CONFIG.reconciliation["start_date"])), catchup=True, max_active_runs=2, tags=[str(Tag.OPS)],
-     doc_md=DOC_MD, default_args=DEFAULT_ARGS | {"retries": 1, "retry_delay": timedelta(minutes=1)},
+     doc_md=DOC_MD, default_args=default_args("maintenance") | {"retries": 1, "retry_delay": timedelta(minutes=1)},
      params={"day": Param(None, type=["null", "string"], format="date", description="The day to reconcile (UTC); empty: the day before the run's date"),
              "regions": Param(REGIONS, type="array", items={"type": "string", "enum": REGIONS}, description="Regions to reconcile")})
 def reconciliation():

@@ -7,7 +7,7 @@ from datetime import datetime
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import DEFAULT_ARGS, WAREHOUSE_POOL, Tag
+from enrollment_airflow.defaults import default_args, WAREHOUSE_POOL, Tag
 
 CONFIG = load_config()
 REGIONS = [r.code for r in CONFIG.regions]
@@ -40,7 +40,7 @@ once. It is not paused (Airflow 3.3 does not run backfills of a paused DAG: they
 
 
 @dag(dag_id="replay", schedule=CronTriggerTimetable("0 0 * * *", timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
-     is_paused_upon_creation=False, max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD, default_args=DEFAULT_ARGS,
+     is_paused_upon_creation=False, max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD, default_args=default_args("maintenance"),
      params={"region": Param("ALL", type="string", enum=["ALL", *REGIONS], description="The region to replay, or ALL"),
              "date_from": Param(None, type=["null", "string"], format="date", description="First day (UTC); empty: the run's data interval"),
              "date_to": Param(None, type=["null", "string"], format="date", description="Last day (UTC, inclusive); empty: as date_from"),

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import DEFAULT_ARGS, WAREHOUSE_POOL, Tag
+from enrollment_airflow.defaults import default_args, WAREHOUSE_POOL, Tag
 
 from enrollment.config import load_config
 
@@ -71,7 +71,7 @@ def _clients():
 
 
 @dag(dag_id="requeue_quarantine", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1, tags=[str(Tag.OPS)],
-     doc_md=DOC_MD, default_args=DEFAULT_ARGS | {"on_failure_callback": on_failure},
+     doc_md=DOC_MD, default_args=default_args("maintenance") | {"on_failure_callback": on_failure},
      params={"region": Param("ALL", type="string", enum=["ALL", *REGIONS], description="The region whose quarantine to re-process, or ALL"),
              "since": Param(None, type=["null", "string"], description="Window start, ISO 8601 (UTC), e.g. 2026-11-23T00:00:00Z; empty: 7 days before until"),
              "until": Param(None, type=["null", "string"], description="Window end, ISO 8601 (UTC); empty: now. At most 31 days after since"),

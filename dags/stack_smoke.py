@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from airflow.sdk import dag, task
-from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.defaults import default_args, Tag
 
 SERVICES = ["kafka", "gcs", "bigquery", "firestore", "solr", "marketing-cloud"]
 
@@ -23,7 +23,7 @@ Owner: enrollment-data team.
 """
 
 
-@dag(dag_id="stack_smoke", schedule=None, catchup=False, default_args=DEFAULT_ARGS, tags=[str(Tag.SMOKE), str(Tag.OPS)], doc_md=DOC_MD)
+@dag(dag_id="stack_smoke", schedule=None, catchup=False, default_args=default_args("monitors"), tags=[str(Tag.SMOKE), str(Tag.OPS)], doc_md=DOC_MD)
 def stack_smoke():
     @task(map_index_template="{{ service }}", retries=0)
     def check_service(service: str) -> dict:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import config as stack_config
-from .services import ALL, NAMES, Airflow, Service, ServiceError
+from .services import CELERY_NAMES, NAMES, Airflow, Service, ServiceError, stack_services
 
 POLL_S = 0.1
 
@@ -51,6 +51,41 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def kill_hard(service: Service) -> list[int]:
+    """SIGKILL to a service's whole process group and every descendant that left it (Airflow's task
+    processes start sessions of their own): as when its machine dies. Returns the pids killed."""
+    import psutil
+
+    pgid = _pgid(service)
+    if pgid is None:
+        return []
+    victims = [p for p in psutil.process_iter(["pid"]) if _in_group(p.pid, pgid)]
+    victims += [child for p in list(victims) for child in _children(p) if child not in victims]
+    for proc in victims:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    _reap(pgid)
+    return [p.pid for p in victims]
+
+
+def _in_group(pid: int, pgid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pgid
+    except OSError:
+        return False
+
+
+def _children(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def _port_open(port: int) -> bool:
@@ -112,12 +147,16 @@ def _log_tail(service: Service, lines: int = 25) -> str:
 
 
 # -- commands -------------------------------------------------------------------------------------
-def select(names: Iterable[str] | None, cfg: stack_config.StackConfig) -> list[Service]:
-    wanted = list(names or NAMES)
-    unknown = set(wanted) - set(NAMES)
+def select(names: Iterable[str] | None, cfg: stack_config.StackConfig, every: bool = False) -> list[Service]:
+    """The named services (default: all of this stack; ``every``: also the Celery parts a
+    LocalExecutor stack does not run, so that ``down`` stops what an earlier Celery ``up`` left)."""
+    services = stack_services(cfg, every=every or bool(names))
+    known = [s.name for s in services]
+    wanted = list(names or known)
+    unknown = set(wanted) - set(known)
     if unknown:
-        raise SystemExit(f"unknown service(s) {sorted(unknown)}; known: {', '.join(NAMES)}")
-    return [cls(cfg) for cls in ALL if cls.name in wanted]
+        raise SystemExit(f"unknown service(s) {sorted(unknown)}; known: {', '.join(known)}")
+    return [s for s in services if s.name in wanted]
 
 
 def up(names: Iterable[str] | None = None, quiet: bool = False) -> dict[str, dict]:
@@ -130,6 +169,9 @@ def up(names: Iterable[str] | None = None, quiet: bool = False) -> dict[str, dic
     started: dict[str, tuple[subprocess.Popen, float, bool]] = {}
     report: dict[str, dict] = {}
     for service in services:
+        if isinstance(service, Airflow) and _pgid(service) is not None and service.started_with() not in (None, cfg.executor):
+            say(f"restarting Airflow: it runs the {service.started_with()} executor, STACK_EXECUTOR asks for {cfg.executor}")
+            _stop(service)
         if _pgid(service) is not None and service.ready():
             report[service.name] = {"started": False}
             continue
@@ -164,7 +206,7 @@ def reset_data(names: Iterable[str] | None = None) -> list[str]:
     Airflow keeps its run history; Firestore and the Marketing Cloud stub keep data in memory
     only (a restart empties them). Returns what was removed."""
     cfg = stack_config.load()
-    services = select(names, cfg)
+    services = select(names, cfg, every=True)
     if not down([s.name for s in services], quiet=True):
         raise ServiceError("reset-data: a service is still listening after stopping; nothing was removed")
     removed = []
@@ -179,7 +221,7 @@ def reset_data(names: Iterable[str] | None = None) -> list[str]:
 def down(names: Iterable[str] | None = None, quiet: bool = False) -> bool:
     cfg = stack_config.load()
     clean = True
-    for service in reversed(select(names, cfg)):
+    for service in reversed(select(names, cfg, every=True)):
         running = _pgid(service) is not None
         ok = _stop(service)
         clean &= ok
@@ -191,14 +233,18 @@ def down(names: Iterable[str] | None = None, quiet: bool = False) -> bool:
 def status(names: Iterable[str] | None = None) -> bool:
     cfg = stack_config.load()
     all_ok = True
-    for service in select(names, cfg):
+    # This stack's services, and Celery parts still running from an earlier executor's `up`.
+    current = {s.name for s in select(names, cfg)} if not names else set(names)
+    shown = [s for s in select(names, cfg, every=True) if s.name in current or _pgid(s) is not None]
+    print(f"executor: {Airflow(cfg).executor}" + (" (STACK_EXECUTOR=celery)" if cfg.celery else " (the default; STACK_EXECUTOR=celery for Celery workers)"))
+    for service in shown:
         try:
             answers = service.ready()
         except Exception:  # noqa: BLE001
             answers = False
         all_ok &= answers
         state = "answers" if answers else ("running, not answering" if _pgid(service) else "down")
-        print(f"{service.name:16} {service.url():40} {state}")
+        print(f"{service.name:16} {service.url():40} {state}" + (f"  {service.title}" if service.name.startswith("worker-") else ""))
     # Never the password itself: this output lands in CI logs.
     print(f"\nAirflow UI login: {Airflow.admin_user}, password in {_shown(cfg.saved_file)} (airflow_admin_password); "
           f"read-only: {Airflow.viewer_user} (airflow_viewer_password)")
@@ -243,9 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "down", "status", "bench"):
         p = sub.add_parser(name)
-        p.add_argument("services", nargs="*", help=f"default: all ({', '.join(NAMES)})")
+        p.add_argument("services", nargs="*", help=f"default: all ({', '.join(NAMES)}; with STACK_EXECUTOR=celery also {', '.join(CELERY_NAMES)} and worker-<name> per Celery worker)")
     p = sub.add_parser("reset-data", help="stop the stack and remove the data its services keep (benchmarks start from here)")
-    p.add_argument("services", nargs="*", help=f"default: all ({', '.join(NAMES)})")
+    p.add_argument("services", nargs="*", help=f"default: all ({', '.join(NAMES)}; with STACK_EXECUTOR=celery also {', '.join(CELERY_NAMES)} and worker-<name> per Celery worker)")
     p = sub.add_parser("env", help="print the client environment as shell exports")
     args = parser.parse_args(argv)
     try:

@@ -50,7 +50,9 @@ DEFAULT_PORTS = {
     "FIRESTORE_PORT": 18081,
     "MARKETING_CLOUD_PORT": 18090,
     "AIRFLOW_PORT": 18080,
+    "REDIS_PORT": 16379,  # the Celery broker (STACK_EXECUTOR=celery only)
 }
+EXECUTORS = ("local", "celery")
 
 
 @dataclass
@@ -59,11 +61,20 @@ class StackConfig:
     ports: dict[str, int]
     airflow_db: str  # "sqlite" (embedded default) or "postgres"
     project: str
+    executor: str = "local"  # "local" (LocalExecutor, the embedded default) or "celery" (Redis broker, the configured workers)
     credentials: dict[str, str] = field(default_factory=dict, repr=False)  # secrets: never in a repr (logs, tracebacks)
 
     @property
     def saved_file(self) -> Path:
         return self.state / "stack.json"
+
+    @property
+    def celery(self) -> bool:
+        return self.executor == "celery"
+
+    def redis_url(self, db: int) -> str:
+        """The Celery broker (db 0) and result backend (db 1): Redis on loopback, with its password."""
+        return f"redis://:{self.credentials['redis_password']}@{HOST}:{self.ports['REDIS_PORT']}/{db}"
 
     def port(self, name: str) -> int:
         return self.ports[name]
@@ -162,6 +173,10 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
     airflow_db = os.environ.get("STACK_AIRFLOW_DB") or saved.get("airflow_db") or "sqlite"
     if airflow_db not in ("sqlite", "postgres"):
         raise SystemExit(f"STACK_AIRFLOW_DB must be 'sqlite' or 'postgres', not {airflow_db!r}")
+    # Kept like the ports, so `status` and `down` find the workers `up` started.
+    executor = os.environ.get("STACK_EXECUTOR") or saved.get("executor") or "local"
+    if executor not in EXECUTORS:
+        raise SystemExit(f"STACK_EXECUTOR must be one of {', '.join(EXECUTORS)}, not {executor!r}")
     # Generated once per stack and kept in the git-ignored state folder (mode 600). Airflow's
     # components run as separate processes: they must share one JWT secret (or each signs task
     # tokens the others refuse) and one Fernet key.
@@ -176,8 +191,11 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
                       # Trigger kwargs are encrypted by the DAG processor and decrypted by the triggerer.
                       ("airflow_fernet_key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()),
                       # The key tax ids are tokenised with (a keyed hash: without it nobody can test a guess).
-                      ("pii_key_id", lambda: "local1"), ("pii_key", lambda: secrets.token_urlsafe(32))):
+                      ("pii_key_id", lambda: "local1"), ("pii_key", lambda: secrets.token_urlsafe(32)),
+                      # The Celery broker's password (Redis' requirepass).
+                      ("redis_password", lambda: secrets.token_urlsafe(24))):
         credentials.setdefault(key, make())
     from enrollment.config import load_config
 
-    return StackConfig(state=state_dir, ports=ports, airflow_db=airflow_db, project=load_config().project, credentials=credentials)
+    return StackConfig(state=state_dir, ports=ports, airflow_db=airflow_db, project=load_config().project, executor=executor,
+                       credentials=credentials)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from enrollment.config import DEFAULT_QUEUE, CeleryWorker as CeleryWorkerConfig
+
 from .config import AIRFLOW_DB_NAME, AIRFLOW_DB_ROLE, HOST, ROOT, StackConfig, private_dir, write_private
 
 STACK = ROOT / "stack"
@@ -395,8 +397,11 @@ class Airflow(Service):
     setting to change it, and the API server reads task logs from the shared log folder anyway.
     If any component exits, the group goes down with it, so a half-running Airflow never looks up."""
 
-    name, title = "airflow", "Apache Airflow 3 (LocalExecutor)"
+    name = "airflow"
     port_names = ("AIRFLOW_PORT",)
+    # The components every deployment runs (docker-compose and the Helm chart too); with
+    # STACK_EXECUTOR=celery the tasks run in the configured Celery workers (CeleryWorker), not here.
+    COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
     start_timeout_s = 180.0
     admin_user = "admin"
     viewer_user = "viewer"
@@ -404,10 +409,28 @@ class Airflow(Service):
                                  # Airflow takes the personal-data key from its connection (AIRFLOW_CONN_ENROLLMENT_PII).
                                  "ENROLLMENT_PII_KEY_ID", "ENROLLMENT_PII_KEY", "ENROLLMENT_PII_RETIRED_KEYS"})
 
+    @property
+    def title(self) -> str:  # type: ignore[override]
+        return f"Apache Airflow 3 ({self.executor})"
+
+    @property
+    def executor(self) -> str:
+        return "CeleryExecutor" if self.cfg.celery else "LocalExecutor"
+
+    @property
+    def pools_file(self) -> Path:
+        return self.cfg.airflow_home / "pools.json"
+
     def prepare(self) -> bool:
+        from enrollment.pools import pools_file
+
         home = self.cfg.airflow_home
         cold = not home.exists()
         private_dir(home)
+        # The configuration's pools, imported at every start (`airflow pools import` updates slots).
+        self.pools_file.write_text(json.dumps(pools_file(), indent=2))
+        # Which executor this Airflow was started with: `up` restarts it when STACK_EXECUTOR changed.
+        (home / "executor").write_text(self.cfg.executor)
         # The simple auth manager's users file: the generated passwords, 0600 from the start.
         write_private(home / "passwords.json", json.dumps({self.admin_user: self.cfg.credentials["airflow_admin_password"],
                                                            self.viewer_user: self.cfg.credentials["airflow_viewer_password"]}))
@@ -464,12 +487,18 @@ BEGIN
 END $$;""", database=db)
         return False
 
-    def command(self) -> list[str]:
-        components = ["api-server", "scheduler --skip-serve-logs", "dag-processor", "triggerer --skip-serve-logs"]
-        from enrollment.config import WAREHOUSE_POOL, WAREHOUSE_POOL_DESCRIPTION
+    def started_with(self) -> str | None:
+        """The executor the running Airflow was started with (None: not known)."""
+        try:
+            return (self.cfg.airflow_home / "executor").read_text().strip()
+        except FileNotFoundError:
+            return None
 
-        pool = f"airflow pools set {WAREHOUSE_POOL} 1 '{WAREHOUSE_POOL_DESCRIPTION}' >/dev/null"
-        script = f"airflow db migrate >/dev/null && {pool} && {{ " + " & ".join(f"airflow {c}" for c in components) + " & wait -n; kill 0; }"
+    def command(self) -> list[str]:
+        local_flags = {"scheduler": " --skip-serve-logs", "triggerer": " --skip-serve-logs"}
+        components = [c + local_flags.get(c, "") for c in self.COMPONENTS]
+        pools = f"airflow pools import {self.pools_file} >/dev/null"
+        script = f"airflow db migrate >/dev/null && {pools} && {{ " + " & ".join(f"airflow {c}" for c in components) + " & wait -n; kill 0; }"
         return ["bash", "-c", script]
 
     def env(self) -> dict[str, str]:
@@ -489,7 +518,10 @@ END $$;""", database=db)
             # defaults create every DAG unpaused (the canary and the reconciliation then ran at once).
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
+            **(self._celery_env() if cfg.celery else {}),
+            # Tasks without a pool of ours' queue (none of the pipeline's): the `default` queue.
+            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": DEFAULT_QUEUE,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cfg.airflow_db_uri,
             "AIRFLOW__API__HOST": HOST,
             "AIRFLOW__API__PORT": str(cfg.port("AIRFLOW_PORT")),
@@ -515,6 +547,19 @@ END $$;""", database=db)
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
 
+    def _celery_env(self) -> dict[str, str]:
+        cfg = self.cfg
+        return {
+            "AIRFLOW__CELERY__BROKER_URL": cfg.redis_url(0),
+            "AIRFLOW__CELERY__RESULT_BACKEND": cfg.redis_url(1),
+            # A worker killed mid-task never acknowledges it; the scheduler retries the task once its
+            # heartbeat stops (task_instance_heartbeat_timeout), so the broker need not redeliver it
+            # soon (a redelivered stale try is refused by the API server anyway).
+            "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+            # Each worker takes one task per free process: no task waits behind a long one in a busy worker.
+            "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        }
+
     def health(self) -> dict | None:
         response = _get(self.url() + "/api/v2/monitor/health", timeout=2.0)
         return response.json() if response is not None and response.status_code == 200 else None
@@ -527,5 +572,105 @@ END $$;""", database=db)
         return self.cfg.url("AIRFLOW_PORT")
 
 
+class Redis(Service):
+    """The Celery broker and result backend (STACK_EXECUTOR=celery): Debian's redis-server on
+    loopback, with a password, its queue kept on disk (append-only file) so a restart loses no task."""
+
+    name, title = "redis", "Redis (Celery broker)"
+    port_names = ("REDIS_PORT",)
+
+    def data_dirs(self) -> list[Path]:
+        return [self.dir / "data"]
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+        if found is None:
+            raise ServiceError("redis: redis-server is not installed; `make install` installs Debian's redis-server (or: apt-get install redis-server)")
+        return found
+
+    def prepare(self) -> bool:
+        cold = not (self.dir / "data").exists()
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        # The password lives in the config file (0600), never on a command line where `ps` shows it.
+        write_private(self.dir / "redis.conf", "\n".join([
+            f"bind {HOST}", f"port {self.cfg.port('REDIS_PORT')}", "protected-mode yes", f"requirepass {self.cfg.credentials['redis_password']}",
+            f"dir {self.dir / 'data'}", "appendonly yes", "appendfsync everysec", 'save ""', "daemonize no", 'logfile ""', "loglevel warning", ""]))
+        return cold
+
+    def command(self) -> list[str]:
+        return [self.binary(), str(self.dir / "redis.conf")]
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host=HOST, port=self.cfg.port("REDIS_PORT"), password=self.cfg.credentials["redis_password"], socket_timeout=1.0)
+
+    def ready(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except Exception:  # noqa: BLE001 (any failure means "not yet")
+            return False
+
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.cfg.port('REDIS_PORT')}"
+
+
+class CeleryWorker(Service):
+    """One Celery worker of the configuration (``celery_workers:``): a process group of its own, so
+    killing it (the load test's worker-kill, the Celery tests) leaves the other worker and the rest
+    of Airflow running, as on separate machines. Same settings as Airflow's other components."""
+
+    start_timeout_s = 120.0
+
+    def __init__(self, cfg: StackConfig, worker: CeleryWorkerConfig):
+        self.worker = worker
+        self.name = f"worker-{worker.name}"
+        self.title = f"Celery worker {worker.name} (queues {','.join(worker.queues)}, concurrency {worker.concurrency})"
+        super().__init__(cfg)
+
+    @property
+    def hostname(self) -> str:
+        """Celery's node name of this worker (``celery inspect``, the results' ``worker`` field)."""
+        return f"{self.worker.name}@{HOST}"
+
+    def command(self) -> list[str]:
+        return ["airflow", "celery", "worker", "--queues", ",".join(self.worker.queues), "--concurrency", str(self.worker.concurrency),
+                "--celery-hostname", self.hostname, "--skip-serve-logs"]
+
+    def env(self) -> dict[str, str]:
+        return Airflow(self.cfg).env()
+
+    def ready(self) -> bool:
+        """It answers a ping over the broker (a live process alone may still be loading Airflow)."""
+        try:
+            from celery import Celery
+
+            app = Celery(broker=self.cfg.redis_url(0))
+            try:
+                return bool(app.control.ping(destination=[self.hostname], timeout=1.0))
+            finally:
+                app.close()
+        except Exception:  # noqa: BLE001
+            return False
+
+    def url(self) -> str:
+        return f"celery node {self.hostname}"
+
+
 ALL = (Kafka, Solr, CloudStorage, BigQuery, Firestore, MarketingCloudStub, Airflow)
 NAMES = tuple(s.name for s in ALL)
+CELERY_NAMES = ("redis",)  # and one ``worker-<name>`` per configured Celery worker
+
+
+def stack_services(cfg: StackConfig, every: bool = False) -> list[Service]:
+    """The services of this stack, in start order: with Celery, Redis before Airflow and the
+    workers after it. ``every``: also the Celery parts of a stack that runs LocalExecutor now
+    (``down`` stops what an earlier ``STACK_EXECUTOR=celery up`` left)."""
+    from enrollment.config import load_config
+
+    services: list[Service] = [cls(cfg) for cls in ALL]
+    if cfg.celery or every:
+        services.insert(len(services) - 1, Redis(cfg))
+        services += [CeleryWorker(cfg, worker) for worker in load_config().celery_workers]
+    return services

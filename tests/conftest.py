@@ -2,7 +2,8 @@
 stack started once per session (or reused when it already runs).
 
 Tiers: ``unit/`` (no services), ``dag_validation/`` (the DagBag), ``integration/`` (real services),
-``browser/`` (Debian's chromium against the running Airflow UI).
+``browser/`` (Debian's chromium against the running Airflow UI), ``celery/`` (the running Airflow
+switched to the CeleryExecutor and its two workers; collected last).
 Only tests that ask for the ``stack`` fixture start anything.
 """
 
@@ -30,6 +31,12 @@ for path in (ROOT, ROOT / "plugins"):
 
 from stack import cli as stack_cli  # noqa: E402
 from stack import config as stack_config  # noqa: E402
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The Celery tier last: it switches the running Airflow to Celery and back, once."""
+    celery = [item for item in items if "/tests/celery/" in str(item.path)]
+    items[:] = [item for item in items if item not in celery] + celery
 
 
 @pytest.fixture(scope="session")

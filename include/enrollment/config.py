@@ -34,6 +34,8 @@ MAX_BATCH_BYTES_LIMIT = 1024 * 1024 * 1024
 # The Airflow pool (1 slot) of every task that writes the warehouse tables.
 WAREHOUSE_POOL = "warehouse_writer"
 WAREHOUSE_POOL_DESCRIPTION = "The one writer of the warehouse tables (1 slot): the warehouse cycle and replays"
+# Airflow's own queue (``[operators] default_queue``): what a task without a queue of ours goes to.
+DEFAULT_QUEUE = "default"
 # An erasure request (enrollment.erasure): its legal grounds, and how many partners one run takes.
 ERASURE_REASONS = ("gdpr_art17", "lgpd_art18", "ccpa_deletion", "pipa_art36", "other")
 MAX_ERASURE_PARTNERS = 100
@@ -70,6 +72,83 @@ class RetentionSettings:
     def __post_init__(self) -> None:
         if self.handover_days < 1 or self.claims_days < 2 or self.staging_hours < 1:
             raise ValueError(f"retention: handover_days >= 1, claims_days >= 2 (a day is reconciled the day after) and staging_hours >= 1, got {self}")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """An Airflow pool of the pipeline (``pools:``): how many of its tasks run at once, their
+    priority when slots are scarce (higher first, absolute: a task's weight is its own, not the sum
+    of what follows it) and the Celery queue they go to (LocalExecutor ignores queues)."""
+
+    name: str
+    slots: int
+    description: str
+    priority: int = 1
+    queue: str = DEFAULT_QUEUE
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name) or self.slots < 1 or not self.description.strip():
+            raise ValueError(f"pools: {self.name!r} needs a lower_snake_case name, slots >= 1 and a description, got {self}")
+
+    def task_args(self) -> dict:
+        """What a DAG's ``default_args`` carry so that its tasks run in this pool."""
+        return {"pool": self.name, "priority_weight": self.priority, "weight_rule": "absolute", "queue": self.queue}
+
+
+@dataclass(frozen=True)
+class CeleryWorker:
+    """One Celery worker of the local stack (``celery_workers:``, STACK_EXECUTOR=celery): a process
+    of its own, the queues it takes tasks from, and how many tasks it runs at once."""
+
+    name: str
+    queues: tuple[str, ...]
+    concurrency: int
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", self.name) or not self.queues or self.concurrency < 1:
+            raise ValueError(f"celery_workers: {self.name!r} needs a lower-case name, at least one queue and concurrency >= 1, got {self}")
+
+
+# The pools every deployment has, whatever its configuration says (their tasks name them).
+POOLS_REQUIRED = ("ingest", "sinks", "monitors", "maintenance", WAREHOUSE_POOL)
+
+
+def _embedded(section: str):
+    """A section of the embedded ``pipeline.yaml``: what a configuration without it gets."""
+    with open(DEFAULT_CONFIG, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)[section]
+
+
+def _pools(raw: dict | None) -> dict[str, Pool]:
+    if raw is None:
+        raw = _embedded("pools")
+    known = set(Pool.__dataclass_fields__) - {"name"}
+    pools = {}
+    for name, options in (raw or {}).items():
+        unknown = sorted(set(options or {}) - known)
+        if unknown:
+            raise ValueError(f"pools: {name}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        pools[name] = Pool(name=name, **(options or {}))
+    missing = [p for p in POOLS_REQUIRED if p not in pools]
+    if missing:
+        raise ValueError(f"pools: {missing} missing; the pipeline's tasks run in {list(POOLS_REQUIRED)}")
+    if pools[WAREHOUSE_POOL].slots != 1:
+        raise ValueError(f"pools: {WAREHOUSE_POOL} has exactly 1 slot (one writer of the warehouse tables)")
+    return pools
+
+
+def _celery_workers(raw: list | None, pools: dict[str, Pool]) -> tuple[CeleryWorker, ...]:
+    if raw is None:
+        raw = _embedded("celery_workers")
+    workers = tuple(CeleryWorker(name=w["name"], queues=tuple(w["queues"]), concurrency=int(w["concurrency"])) for w in raw or ())
+    names = [w.name for w in workers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"celery_workers: names must be unique, got {names}")
+    served = {q for w in workers for q in w.queues}
+    unserved = sorted({p.queue for p in pools.values()} - served)
+    if workers and unserved:
+        raise ValueError(f"celery_workers: no worker takes the queue(s) {unserved} that pools send tasks to")
+    return workers
 
 
 # Who may receive marketing e-mail, per region: ``opt_in`` (only a partner whose consent is true)
@@ -142,6 +221,8 @@ class PipelineConfig:
     sync_lookback_days: int = 7
     retention: RetentionSettings = field(default_factory=lambda: RetentionSettings())
     marketing_consent: MarketingConsent = field(default_factory=lambda: MarketingConsent())
+    pools: dict[str, Pool] = field(default_factory=lambda: _pools(None))
+    celery_workers: tuple[CeleryWorker, ...] = ()
 
     def carrier_dags(self, sinks: bool = True, regions: list[str] | None = None) -> list[str]:
         """The DAG ids that carry events: each region's ingest, the warehouse writer, and (with
@@ -193,6 +274,8 @@ def parse_config(raw: dict) -> PipelineConfig:
         sync_lookback_days=int(raw.get("sync", {}).get("lookback_days", 7)),
         retention=_retention_settings(raw.get("retention") or {}),
         marketing_consent=_marketing_consent(raw.get("marketing_consent"), codes),
+        pools=(pools := _pools(raw.get("pools"))),
+        celery_workers=_celery_workers(raw.get("celery_workers"), pools),
     )
 
 

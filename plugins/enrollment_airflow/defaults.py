@@ -23,7 +23,7 @@ class Tag(str, Enum):
 # The one slot every task that writes the warehouse tables runs in (the warehouse cycle, a
 # replay's warehouse stage): never two writers of a table at once, whatever runs. The local stack
 # and docker-compose create it (`airflow pools set`), so its name lives with the configuration.
-from enrollment.config import WAREHOUSE_POOL, WAREHOUSE_POOL_DESCRIPTION  # noqa: E402,F401
+from enrollment.config import WAREHOUSE_POOL, WAREHOUSE_POOL_DESCRIPTION, load_config  # noqa: E402,F401
 
 DEFAULT_ARGS = {
     "owner": OWNER,
@@ -32,3 +32,9 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=5),
 }
+
+
+def default_args(pool: str) -> dict:
+    """``DEFAULT_ARGS`` for the DAGs whose tasks run in ``pool`` (``pools:`` of the configuration):
+    the pool, its priority and its Celery queue, so the line is never starved at peak."""
+    return DEFAULT_ARGS | load_config().pools[pool].task_args()

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset, AssetWatcher, Param, task
 
 from enrollment.config import MAX_BATCH_BYTES_LIMIT, MAX_BATCH_LIMIT, Region, load_config
-from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.defaults import default_args, Tag
 from enrollment_airflow.triggers import BacklogTrigger
 
 
@@ -88,7 +88,7 @@ def ingest_dag(region: Region) -> DAG:
         start_date=datetime(2026, 1, 1),
         catchup=False,  # every run takes what is pending: there is nothing to catch up per interval
         max_active_runs=1,  # batches of a region follow each other: the next claim starts where this one commits
-        default_args=DEFAULT_ARGS,
+        default_args=default_args("ingest"),
         tags=[str(Tag.INGEST)],
         doc_md=DOC_MD.format(region=region.code, region_lower=region.code.lower(), topic=region.topic, group=config.consumer_group,
                              bucket=config.landing_bucket, dataset=config.warehouse_dataset, ops=config.ops_dataset,

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import DEFAULT_ARGS, Tag
+from enrollment_airflow.defaults import default_args, Tag
 from enrollment_airflow.ingest import warehouse_asset
 
 MAX_BATCHES = 500  # a run reads each batch's partner changes: beyond this, let the next run take the rest
@@ -71,7 +71,7 @@ def sync_dag(sink_name: str) -> DAG:
         start_date=datetime(2026, 1, 1),
         catchup=False,  # a run syncs everything since the watermark: there is nothing per interval to catch up
         max_active_runs=1,  # one writer per sink: the watermark moves in order
-        default_args=DEFAULT_ARGS,
+        default_args=default_args("sinks"),
         tags=[str(Tag.SYNC)],
         doc_md=DOC_MD.format(sink=sink_name, module=options["module"], dataset=config.warehouse_dataset, ops=config.ops_dataset,
                              cron=config.sync_catch_up_every, lookback=config.sync_lookback_days),

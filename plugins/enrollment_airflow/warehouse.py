@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import DEFAULT_ARGS, WAREHOUSE_POOL, Tag
+from enrollment_airflow.defaults import default_args, WAREHOUSE_POOL, Tag
 from enrollment_airflow.ingest import landed_asset, warehouse_asset
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def warehouse_dag() -> DAG:
         start_date=datetime(2026, 1, 1),
         catchup=False,  # a cycle takes everything pending: there is nothing per interval to catch up
         max_active_runs=1,  # the one writer: two cycles at once would be two writers of every table
-        default_args=DEFAULT_ARGS,
+        default_args=default_args("ingest"),
         tags=[str(Tag.INGEST)],
         doc_md=DOC_MD.format(max_rows=settings.max_cycle_rows, dataset=config.warehouse_dataset, ops=config.ops_dataset,
                              window=settings.dedup_window_days, sla=config.freshness_sla_s, cron=settings.catch_up_every,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from enrollment.config import WAREHOUSE_POOL, load_config
 from tests.conftest import ROOT
 
@@ -41,8 +43,19 @@ def test_a_recovery_queues_batches_and_never_writes_events_itself():
     assert "mark_pending(" in source
 
 
-def test_docker_compose_creates_the_pool_with_one_slot():
+def test_the_pool_has_one_slot_wherever_airflow_runs():
+    """The stack, docker-compose and a deployment import the configuration's pools (enrollment.pools),
+    and a configuration cannot give the writers' pool a second slot."""
     import yaml
 
+    from enrollment.config import parse_config
+    from enrollment.pools import pools_file
+
+    assert pools_file()[WAREHOUSE_POOL]["slots"] == 1
     compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text(encoding="utf-8"))
-    assert f"airflow pools set {WAREHOUSE_POOL} 1 " in " ".join(compose["services"]["airflow-init"]["command"])
+    init = " ".join(compose["services"]["airflow-init"]["command"])
+    assert "python -m enrollment.pools" in init and "airflow pools import" in init
+    raw = yaml.safe_load((ROOT / "include" / "enrollment" / "config" / "pipeline.yaml").read_text(encoding="utf-8"))
+    raw["pools"][WAREHOUSE_POOL]["slots"] = 2
+    with pytest.raises(ValueError, match="exactly 1 slot"):
+        parse_config(raw)

@@ -1,13 +1,17 @@
 """docker-compose.yaml (no Docker engine runs here): it parses, carries every service of the
-local stack with a healthcheck, publishes ports on loopback only, and runs Airflow on Celery."""
+local stack with a healthcheck, publishes ports on loopback only, and runs Airflow on Celery with
+the local stack's settings, components and configured workers (tests/unit/airflow_settings.py)."""
 
 import re
+import shlex
 
 import pytest
 import yaml
 
+from enrollment.config import load_config
 from stack.services import NAMES
 from tests.conftest import ROOT
+from tests.unit.airflow_settings import MACHINE_SPECIFIC, airflow_settings, local_stack
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +21,7 @@ def compose():
 
 def test_every_local_stack_service_is_present_with_a_healthcheck(compose):
     services = compose["services"]
-    expected = [n for n in NAMES if n != "airflow"] + ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "postgres", "redis"]
+    expected = [n for n in NAMES if n != "airflow"] + list(AIRFLOW_CONTAINERS) + ["postgres", "redis"]
     for name in expected:
         assert name in services, f"{name} missing from docker-compose.yaml"
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
@@ -41,7 +45,7 @@ def test_published_ports_bind_loopback_and_no_secret_is_written(compose):
     envs = [compose["x-airflow-common"]["environment"]] + [s.get("environment") or {} for s in compose["services"].values()]
     for env in envs:
         for key, value in env.items():
-            if re.search(r"PASSWORD$|SECRET|TOKEN|FERNET_KEY|SQL_ALCHEMY_CONN|RESULT_BACKEND", key):
+            if re.search(r"PASSWORD$|SECRET|TOKEN|FERNET_KEY|SQL_ALCHEMY_CONN|RESULT_BACKEND|BROKER_URL|AUTH$", key):
                 assert re.search(r"\$\{\w+:\?[^}]+\}", str(value)), f"{key} must come from .env (${{VAR:?message}}), not {value!r}"
 
 
@@ -51,19 +55,19 @@ def test_topics_match_the_pipeline_config(compose, pipeline_config):
         assert region.topic.replace(region.code.lower(), "$$r") in command or region.topic in command, region.topic
 
 
-AIRFLOW_CONTAINERS = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker")
+# One container per component of the local stack (Airflow.COMPONENTS; the API server's is named
+# as in Airflow's own compose file), one per configured Celery worker, and the init container.
+COMPONENT_CONTAINERS = {"api-server": "airflow-apiserver", "scheduler": "airflow-scheduler", "dag-processor": "airflow-dag-processor",
+                        "triggerer": "airflow-triggerer"}
+WORKER_CONTAINERS = {w.name: f"airflow-worker-{w.name}" for w in load_config().celery_workers}
+AIRFLOW_CONTAINERS = ("airflow-init", *COMPONENT_CONTAINERS.values(), *WORKER_CONTAINERS.values())
 REQUIRED = re.compile(r"\$\{(\w+):\?[^}]+\}")
 
 
 def _local_stack_shared_settings(tmp_path) -> dict[str, str]:
     """The settings the local stack gives every Airflow component alike that carry one of its
-    generated secrets (on PostgreSQL, as the Docker path runs), and the admin's password."""
-    from stack import config as stack_config
-    from stack.services import Airflow
-
-    cfg = stack_config.load(tmp_path)
-    cfg.airflow_db = "postgres"
-    env = Airflow(cfg).env()
+    generated secrets (on PostgreSQL and Celery, as the Docker path runs), and the users file."""
+    env, cfg, _ = local_stack(tmp_path)
     shared = {key: value for key, value in env.items() if any(secret in value for secret in cfg.credentials.values())}
     # The admin's password reaches the API server through the users file this setting names.
     shared["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
@@ -73,16 +77,23 @@ def _local_stack_shared_settings(tmp_path) -> dict[str, str]:
 def test_the_compose_file_shares_the_local_stacks_airflow_secrets_from_env(compose, tmp_path):
     shared = _local_stack_shared_settings(tmp_path)
     assert {"AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
-            "AIRFLOW_CONN_MARKETING_CLOUD_DEFAULT", "AIRFLOW_CONN_ENROLLMENT_PII"} <= set(shared), sorted(shared)
+            "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW_CONN_MARKETING_CLOUD_DEFAULT", "AIRFLOW_CONN_ENROLLMENT_PII"} <= set(shared), sorted(shared)
     common = compose["x-airflow-common"]["environment"]
     for key in shared:
         assert key in common, f"{key} is shared by the local stack's Airflow components but missing from x-airflow-common"
         if key != "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE":
             assert REQUIRED.search(str(common[key])), f"{key} must come from .env as ${{VAR:?message}}, not {common[key]!r}"
-    # The admin's password: from .env, and written where the API server reads users from.
-    assert REQUIRED.fullmatch(common["AIRFLOW_ADMIN_PASSWORD"])
+    # The users' passwords (the admin and the read-only viewer, as in the local stack): from .env,
+    # and written where the API server reads users from.
+    users = [u.split(":")[0] for u in common["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")]
+    assert users == ["admin", "viewer"], users
     entrypoint = (ROOT / "docker" / "airflow-entrypoint.sh").read_text()
-    assert "AIRFLOW_ADMIN_PASSWORD" in entrypoint and "SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in entrypoint and "0o600" in entrypoint
+    for user in users:
+        variable = f"AIRFLOW_{user.upper()}_PASSWORD"
+        assert REQUIRED.fullmatch(common[variable]), variable
+        assert f'"{user}": os.environ["{variable}"]' in entrypoint, f"the entrypoint does not write {user}'s password"
+        assert re.search(rf"^unset .*\b{variable}\b", entrypoint, re.M), f"the entrypoint keeps {variable} in Airflow's environment"
+    assert "SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in entrypoint and "0o600" in entrypoint
     assert "airflow-entrypoint.sh" in (ROOT / "docker" / "airflow.Dockerfile").read_text().split("ENTRYPOINT")[-1]
 
 
@@ -105,6 +116,71 @@ def test_every_variable_the_compose_file_requires_is_in_env_example(compose):
     assert required == example, (sorted(required - example), sorted(example - required))
     assert all(not line.split("=", 1)[1].strip() for line in (ROOT / ".env.example").read_text().splitlines()
                if "=" in line and not line.startswith("#")), ".env.example holds no values, let alone real secrets"
-    for name in ("AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_DB_PASSWORD", "AIRFLOW_API_SECRET_KEY", "MC_STUB_TOKEN",
-                 "ENROLLMENT_PII_KEY_ID", "ENROLLMENT_PII_KEY"):
+    for name in ("AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_VIEWER_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_DB_PASSWORD",
+                 "AIRFLOW_API_SECRET_KEY", "REDIS_PASSWORD", "MC_STUB_TOKEN", "ENROLLMENT_PII_KEY_ID", "ENROLLMENT_PII_KEY"):
         assert name in required, name
+
+
+def test_the_compose_file_carries_every_airflow_setting_of_the_local_stack(compose, tmp_path):
+    """Every AIRFLOW__* setting the local stack gives Airflow is in x-airflow-common: the same value,
+    or ${VAR:?} from .env when it carries a secret; only the machine-specific ones may differ."""
+    plain, secret = airflow_settings(tmp_path)
+    assert {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", "AIRFLOW__CORE__PARALLELISM",
+            "AIRFLOW__CORE__EXECUTOR", "AIRFLOW__OPERATORS__DEFAULT_QUEUE"} <= set(plain), sorted(plain)
+    common = compose["x-airflow-common"]["environment"]
+    differing = {k: (v, common.get(k)) for k, v in plain.items() if str(common.get(k)) != v}
+    assert not differing, f"x-airflow-common differs from the local stack (local, compose): {differing}"
+    for key in secret:
+        assert REQUIRED.search(str(common.get(key, ""))), f"{key} must come from .env as ${{VAR:?message}}, not {common.get(key)!r}"
+    # What compose sets beyond the local stack: the machine-specific ones only, each for a reason.
+    env, _, _ = local_stack(tmp_path)
+    extra = {k for k in common if k.startswith("AIRFLOW__") and k not in env}
+    assert not extra, f"x-airflow-common sets {sorted(extra)}, which the local stack does not: add them there, or explain here"
+    assert {k for k in MACHINE_SPECIFIC if k in common} <= set(MACHINE_SPECIFIC)
+
+
+def test_the_broker_needs_its_password_from_env_and_keeps_it_off_command_lines(compose):
+    redis = compose["services"]["redis"]
+    assert REQUIRED.fullmatch(redis["environment"]["REDIS_PASSWORD"]) and REQUIRED.fullmatch(redis["environment"]["REDISCLI_AUTH"])
+    command = " ".join(redis["command"])
+    assert "requirepass" in command and "--requirepass" not in command, "the password goes into a config file, not redis-server's arguments"
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"]) and "-a" not in redis["healthcheck"]["test"][-1].split()
+    broker = compose["x-airflow-common"]["environment"]["AIRFLOW__CELERY__BROKER_URL"]
+    assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/0", broker), broker
+
+
+def _command(service) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else list(command)
+
+
+def test_every_component_and_configured_worker_runs_in_its_own_container(compose):
+    """The components of the local stack (Airflow.COMPONENTS) each have a container running them;
+    each configured Celery worker has one with the same queues and concurrency."""
+    from stack.services import Airflow
+
+    services = compose["services"]
+    assert set(Airflow.COMPONENTS) == set(COMPONENT_CONTAINERS), "a component was added to the local stack: give it a container"
+    for component, name in COMPONENT_CONTAINERS.items():
+        assert _command(services[name]) == [component], (name, services[name]["command"])
+    workers = load_config().celery_workers
+    assert workers, "the configuration names the Celery workers"
+    for worker in workers:
+        command = _command(services[WORKER_CONTAINERS[worker.name]])
+        assert command[:2] == ["celery", "worker"], command
+        flags = dict(zip(command[2::2], command[3::2]))
+        assert flags["--queues"].split(",") == list(worker.queues), (worker, flags)
+        assert int(flags["--concurrency"]) == worker.concurrency, (worker, flags)
+        # Named as the local stack names its workers (``<name>@<host>``): the healthcheck pings that node.
+        assert flags["--celery-hostname"] == f"{worker.name}@%h"
+        assert f"{worker.name}@$${{HOSTNAME}}" in " ".join(services[WORKER_CONTAINERS[worker.name]]["healthcheck"]["test"])
+    # Every queue a pool sends tasks to is served.
+    served = {q for w in workers for q in w.queues}
+    assert {p.queue for p in load_config().pools.values()} <= served
+
+
+def test_airflow_init_imports_the_configured_pools(compose):
+    command = " ".join(_command(compose["services"]["airflow-init"]))
+    assert "airflow db migrate" in command
+    assert re.search(r"python -m enrollment\.pools > (\S+) && airflow pools import \1", command), command
+    assert "pools set" not in command, "the pools come from the configuration, every one of them"

@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from stack import config as stack_config
+from stack.services import NAMES
 
 
 def test_ports_come_from_the_environment_over_the_defaults(tmp_path, monkeypatch):
@@ -88,7 +91,7 @@ def test_the_status_never_prints_the_admin_password(tmp_path, monkeypatch, capsy
     cfg = stack_config.load(tmp_path)
     cfg.save()
     monkeypatch.setattr(stack_config, "load", lambda *a, **k: cfg)
-    monkeypatch.setattr(stack_cli, "select", lambda names, c: [])
+    monkeypatch.setattr(stack_cli, "select", lambda names, c, every=False: [])
     stack_cli.status()
     out = capsys.readouterr().out
     assert "airflow_admin_password" in out and str(cfg.saved_file.name) in out
@@ -171,3 +174,67 @@ def test_the_personal_data_key_is_generated_once_and_reaches_airflow_only_as_its
     airflow = Airflow(cfg).env()
     assert "AIRFLOW_CONN_ENROLLMENT_PII" in airflow and not any(k.startswith("ENROLLMENT_PII_") for k in airflow)
     assert cfg.credentials["pii_key"] not in repr(cfg), "the key stays out of reprs"
+
+
+def test_the_celery_stack_binds_loopback_with_a_password_kept_off_command_lines(tmp_path, monkeypatch):
+    """STACK_EXECUTOR=celery: Redis on 127.0.0.1 with requirepass in a 0600 file, Airflow's broker
+    and result backend carry that password, one worker process per configured worker with its own
+    queues and concurrency; LocalExecutor stays the default and starts neither."""
+    from enrollment.config import load_config
+    from stack.services import Airflow, CeleryWorker, Redis, stack_services
+
+    local = stack_config.load(tmp_path)
+    assert local.executor == "local" and Airflow(local).env()["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert [s.name for s in stack_services(local)] == list(NAMES) and "AIRFLOW__CELERY__BROKER_URL" not in Airflow(local).env()
+
+    monkeypatch.setenv("STACK_EXECUTOR", "celery")
+    cfg = stack_config.load(tmp_path)
+    password = cfg.credentials["redis_password"]
+    services = stack_services(cfg)
+    names = [s.name for s in services]
+    assert names.index("redis") < names.index("airflow") < names.index("worker-line")
+    redis = next(s for s in services if isinstance(s, Redis))
+    monkeypatch.setattr(Redis, "binary", staticmethod(lambda: "redis-server"))
+    redis.prepare()
+    conf = (redis.dir / "redis.conf").read_text()
+    assert "bind 127.0.0.1\n" in conf and f"requirepass {password}\n" in conf and "protected-mode yes" in conf
+    assert (redis.dir / "redis.conf").stat().st_mode & 0o077 == 0
+    env = Airflow(cfg).env()
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{password}@127.0.0.1:{cfg.port('REDIS_PORT')}/0"
+    workers = [s for s in services if isinstance(s, CeleryWorker)]
+    assert [(w.worker.name, w.worker.queues, w.worker.concurrency) for w in workers] == [(w.name, w.queues, w.concurrency) for w in load_config().celery_workers]
+    for worker in workers:
+        command = worker.command()
+        assert command[:3] == ["airflow", "celery", "worker"] and "--skip-serve-logs" in command
+        assert command[command.index("--queues") + 1] == ",".join(worker.worker.queues)
+        assert command[command.index("--concurrency") + 1] == str(worker.worker.concurrency)
+    for service in services:
+        if service.name != "airflow":
+            assert not any(password in part for part in (redis.command() if service is redis else service.command())), service.name
+    assert stack_config.load(tmp_path).executor == "celery"
+    monkeypatch.setenv("STACK_EXECUTOR", "kubernetes")
+    with pytest.raises(SystemExit, match="STACK_EXECUTOR"):
+        stack_config.load(tmp_path)
+
+
+def test_pools_and_workers_are_checked_when_the_configuration_loads():
+    import yaml
+
+    from enrollment.config import DEFAULT_CONFIG, parse_config
+
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    config = parse_config(raw)
+    assert config.pools["ingest"].priority > config.pools["sinks"].priority > config.pools["maintenance"].priority
+    assert config.pools["ingest"].task_args() == {"pool": "ingest", "priority_weight": 100, "weight_rule": "absolute", "queue": "ingest"}
+    for broken, message in ((lambda r: r["pools"].pop("sinks"), "missing"),
+                            (lambda r: r["pools"]["ingest"].update(slot=3), "unknown setting"),
+                            (lambda r: r["pools"]["sinks"].update(queue="nowhere"), "no worker takes the queue"),
+                            (lambda r: r["celery_workers"].append(dict(r["celery_workers"][0])), "unique"),
+                            (lambda r: r["celery_workers"][0].update(concurrency=0), "concurrency")):
+        copy = yaml.safe_load(yaml.safe_dump(raw))
+        broken(copy)
+        with pytest.raises(ValueError, match=message):
+            parse_config(copy)
+    without = {k: v for k, v in raw.items() if k not in ("pools", "celery_workers")}
+    assert parse_config(without).pools == config.pools, "a configuration without pools gets the embedded ones"
