@@ -10,8 +10,11 @@ from __future__ import annotations
 import sys
 import time
 
+from enrollment.config import load_config
+
 from . import config as stack_config
 from .airflow_client import AirflowClient
+from .services import Airflow
 
 DEMO_DAG = "stack_smoke"
 
@@ -19,6 +22,8 @@ DEMO_DAG = "stack_smoke"
 def main() -> int:
     cfg = stack_config.load()
     client = AirflowClient(cfg)
+    print(f"Airflow runs the {Airflow(cfg).executor}" + (" with the Celery workers " + ", ".join(
+        f"{w.name} (queues {','.join(w.queues)}, concurrency {w.concurrency})" for w in load_config().celery_workers) if cfg.celery else ""), flush=True)
     client.wait_for_dag(DEMO_DAG)
     run_id = client.trigger(DEMO_DAG)
     print(f"triggered {DEMO_DAG} run {run_id}", flush=True)
@@ -54,7 +59,6 @@ def ingest(cfg, client: AirflowClient) -> int:
     import os
 
     from enrollment.backlog import total_pending
-    from enrollment.config import load_config
     from enrollment.batches import pending_batches
     from enrollment.services import bigquery_client, storage_client
     from enrollment.simulator import cli as simulator

@@ -182,6 +182,9 @@ def test_the_guide_overrides_every_setting_on_composer(guide, tmp_path):
     assert f"triggerer-capacity={capacity}" in composer
 
 
-def test_the_guide_leaves_the_measured_figures_marked(guide):
+def test_the_sizing_quotes_measured_figures_from_reports_in_the_repository(guide):
     sizing = guide.split("## Sizing for the peak")[1].split("\n## ")[0]
-    assert "400,000" in sizing and "<!-- MEASURED:" in sizing
+    assert "400,000" in sizing and "<!--" not in sizing, "no placeholder left"
+    assert sizing.count("*measured*") >= 6
+    for report in re.findall(r"`(?:bench/results/loadtest/)?(\d{8}T\d{6}Z)/?`", sizing):
+        assert (ROOT / "bench" / "results" / "loadtest" / report / "summary.json").exists(), report
