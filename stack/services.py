@@ -520,7 +520,7 @@ END $$;""", database=db)
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__EXECUTOR": self.executor,
             **(self._celery_env() if cfg.celery else {}),
-            # Tasks without a pool of ours' queue (none of the pipeline's): the `default` queue.
+            # Where a task without a queue of its own goes (every pool of the configuration names one).
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": DEFAULT_QUEUE,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cfg.airflow_db_uri,
             "AIRFLOW__API__HOST": HOST,

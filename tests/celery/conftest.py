@@ -87,7 +87,13 @@ def worker_of(workers: dict[str, CeleryWorker], wanted: set[str] = frozenset(), 
 
 
 def runs_since(airflow: AirflowClient, dag_id: str, since: str) -> list[dict]:
-    return airflow.http.get(f"/dags/{dag_id}/dagRuns", params={"run_after_gte": since, "limit": 100}).raise_for_status().json()["dag_runs"]
+    """The runs meant since ``since`` (manual, asset-triggered) and those that started since: an
+    unpaused DAG's scheduled run from before may be the one that carries the test's data."""
+    runs: dict[str, dict] = {}
+    for bound in ("run_after_gte", "start_date_gte"):
+        got = airflow.http.get(f"/dags/{dag_id}/dagRuns", params={bound: since, "limit": 100}).raise_for_status().json()["dag_runs"]
+        runs |= {r["dag_run_id"]: r for r in got}
+    return list(runs.values())
 
 
 def task_instances(airflow: AirflowClient, dag_id: str, run_id: str) -> list[dict]:
