@@ -116,3 +116,16 @@ def land_result(airflow: AirflowClient, dag_id: str, run_id: str) -> dict | None
     """What the run's ``land`` task returned (its XCom): the batch id and its counts, or None (nothing pending)."""
     got = airflow.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/land/xcomEntries/return_value")
     return got.json().get("value") if got.status_code == 200 else None
+
+
+def broken_runs(airflow: AirflowClient, dag_id: str, runs: list[dict]) -> dict[str, list[str]]:
+    """The runs that failed for another reason than being late: only the warehouse's ``freshness``
+    gate failing means the data is in, late (records an earlier test left pending were old)."""
+    broken = {}
+    for run in runs:
+        if run["state"] == "success":
+            continue
+        failed = [ti["task_id"] for ti in task_instances(airflow, dag_id, run["dag_run_id"]) if ti["state"] in ("failed", "upstream_failed")]
+        if failed != ["freshness"]:
+            broken[run["dag_run_id"]] = failed
+    return broken
