@@ -57,14 +57,18 @@ class AirflowClient:
                 progress(state, time.monotonic() - t0)
             time.sleep(1)
 
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        """A run's task instances as the REST API gives them (id, state, try_number, pool, queue, pid, ...)."""
+        return self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).raise_for_status().json()["task_instances"]
+
     def task_states(self, dag_id: str, run_id: str) -> list[dict]:
-        tis = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).raise_for_status().json()["task_instances"]
+        tis = self.task_instances(dag_id, run_id)
         return [{"task_id": t["task_id"], "map_index": t["map_index"], "rendered_map_index": t.get("rendered_map_index"), "state": t["state"]} for t in tis]
 
     def failure_logs(self, dag_id: str, run_id: str, tail: int = 30) -> dict[str, str]:
         """The last lines of each failed task's log (its final try): why a run failed, for a test's message."""
         out = {}
-        for ti in self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).raise_for_status().json()["task_instances"]:
+        for ti in self.task_instances(dag_id, run_id):
             if ti["state"] != "failed":
                 continue
             params = {"full_content": True, **({"map_index": ti["map_index"]} if ti["map_index"] >= 0 else {})}

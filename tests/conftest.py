@@ -79,9 +79,11 @@ def airflow_db():
     db.initdb()
     from airflow.models.pool import Pool
 
-    from enrollment_airflow.defaults import WAREHOUSE_POOL, WAREHOUSE_POOL_DESCRIPTION
+    from enrollment.pools import pools_file
 
-    Pool.create_or_update_pool(WAREHOUSE_POOL, slots=1, description=WAREHOUSE_POOL_DESCRIPTION, include_deferred=False)
+    # The configuration's pools, as the stack imports them (the warehouse writers' has 1 slot).
+    for name, pool in pools_file().items():
+        Pool.create_or_update_pool(name, slots=pool["slots"], description=pool["description"], include_deferred=pool["include_deferred"])
     # Assets are activated when a DAG using them is first synced; a test DB kept from an older
     # checkout may hold one of the same name with an older URI, which would keep ours inactive.
     with create_session() as session:

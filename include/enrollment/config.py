@@ -31,9 +31,8 @@ class Region:
 MAX_BATCH_LIMIT = 2_000_000
 MAX_BATCH_BYTES_LIMIT = 1024 * 1024 * 1024
 
-# The Airflow pool (1 slot) of every task that writes the warehouse tables.
+# The Airflow pool (1 slot) of every task that writes the warehouse tables (described in ``pools:``).
 WAREHOUSE_POOL = "warehouse_writer"
-WAREHOUSE_POOL_DESCRIPTION = "The one writer of the warehouse tables (1 slot): the warehouse cycle and replays"
 # Airflow's own queue (``[operators] default_queue``): what a task without a queue of ours goes to.
 DEFAULT_QUEUE = "default"
 # An erasure request (enrollment.erasure): its legal grounds, and how many partners one run takes.
@@ -113,10 +112,15 @@ class CeleryWorker:
 POOLS_REQUIRED = ("ingest", "sinks", "monitors", "maintenance", WAREHOUSE_POOL)
 
 
-def _embedded(section: str):
-    """A section of the embedded ``pipeline.yaml``: what a configuration without it gets."""
+@lru_cache(maxsize=1)
+def _embedded_raw() -> dict:
     with open(DEFAULT_CONFIG, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)[section]
+        return yaml.safe_load(fh)
+
+
+def _embedded(section: str):
+    """A section of the embedded ``pipeline.yaml``: what a configuration without it gets (read once)."""
+    return _embedded_raw()[section]
 
 
 def _pools(raw: dict | None) -> dict[str, Pool]:

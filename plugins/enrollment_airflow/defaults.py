@@ -23,7 +23,7 @@ class Tag(str, Enum):
 # The one slot every task that writes the warehouse tables runs in (the warehouse cycle, a
 # replay's warehouse stage): never two writers of a table at once, whatever runs. Pools live with
 # the configuration (`pools:`); the local stack and docker-compose import them (enrollment.pools).
-from enrollment.config import WAREHOUSE_POOL, WAREHOUSE_POOL_DESCRIPTION, load_config  # noqa: E402,F401
+from enrollment.config import WAREHOUSE_POOL, load_config  # noqa: E402,F401
 
 DEFAULT_ARGS = {
     "owner": OWNER,

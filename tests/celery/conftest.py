@@ -96,10 +96,6 @@ def runs_since(airflow: AirflowClient, dag_id: str, since: str) -> list[dict]:
     return list(runs.values())
 
 
-def task_instances(airflow: AirflowClient, dag_id: str, run_id: str) -> list[dict]:
-    return airflow.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).raise_for_status().json()["task_instances"]
-
-
 def wait_until_done(airflow: AirflowClient, dag_id: str, since: str, timeout_s: float = 600) -> list[dict]:
     """Every run of ``dag_id`` since ``since``, once none is queued or running any more."""
     deadline = time.monotonic() + timeout_s
@@ -125,7 +121,7 @@ def broken_runs(airflow: AirflowClient, dag_id: str, runs: list[dict]) -> dict[s
     for run in runs:
         if run["state"] == "success":
             continue
-        failed = [ti["task_id"] for ti in task_instances(airflow, dag_id, run["dag_run_id"]) if ti["state"] in ("failed", "upstream_failed")]
+        failed = [ti["task_id"] for ti in airflow.task_instances(dag_id, run["dag_run_id"]) if ti["state"] in ("failed", "upstream_failed")]
         if failed != ["freshness"]:
             broken[run["dag_run_id"]] = failed
     return broken

@@ -16,7 +16,7 @@ from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.warehouse import Warehouse
 from stack import cli as stack_cli
-from tests.celery.conftest import broken_runs, land_result, runs_since, task_instances, wait_until_done, worker_of
+from tests.celery.conftest import broken_runs, land_result, runs_since, wait_until_done, worker_of
 from tests.integration.conftest import committed_offsets, produce
 
 pytestmark = [pytest.mark.integration]
@@ -79,7 +79,7 @@ def test_ingest_warehouse_and_sinks_complete_with_tasks_on_both_workers(celery_s
 
     # Where each task ran: every one on a worker that takes its queue, and both workers used.
     done = [(dag_id, ti) for dag_id in [f"ingest_{r.code.lower()}" for r in config.regions] + ["warehouse", *sync_dags]
-            for run in runs_since(airflow, dag_id, since) for ti in task_instances(airflow, dag_id, run["dag_run_id"]) if ti["state"] == "success"]
+            for run in runs_since(airflow, dag_id, since) for ti in airflow.task_instances(dag_id, run["dag_run_id"]) if ti["state"] == "success"]
     ran_on = worker_of(workers, {ti["id"] for _, ti in done})
     placed: dict[str, set[str]] = {}
     for dag_id, ti in done:
@@ -94,7 +94,7 @@ def test_ingest_warehouse_and_sinks_complete_with_tasks_on_both_workers(celery_s
 
 def _running_land(airflow, dag_id: str, since: str) -> dict | None:
     for run in runs_since(airflow, dag_id, since):
-        for ti in task_instances(airflow, dag_id, run["dag_run_id"]):
+        for ti in airflow.task_instances(dag_id, run["dag_run_id"]):
             if ti["task_id"] == "land" and ti["state"] == "running" and ti.get("pid"):
                 return ti | {"dag_run_id": run["dag_run_id"]}
     return None
@@ -123,8 +123,8 @@ def test_a_worker_killed_mid_land_has_its_task_retried_on_the_other_with_nothing
     try:
         runs = wait_until_done(airflow, dag_id, since, timeout_s=900)
         run = next(r for r in runs if r["dag_run_id"] == land["dag_run_id"])
-        assert run["state"] == "success", [(ti["task_id"], ti["state"]) for ti in task_instances(airflow, dag_id, run["dag_run_id"])]
-        [final] = [ti for ti in task_instances(airflow, dag_id, run["dag_run_id"]) if ti["task_id"] == "land"]
+        assert run["state"] == "success", [(ti["task_id"], ti["state"]) for ti in airflow.task_instances(dag_id, run["dag_run_id"])]
+        [final] = [ti for ti in airflow.task_instances(dag_id, run["dag_run_id"]) if ti["task_id"] == "land"]
         assert final["try_number"] > land["try_number"], "the killed try was retried"
         ran_on = worker_of(workers, {final["id"]})
         assert ran_on.get(final["id"]) not in (None, killed), f"retry of the land killed on {killed} ran on {ran_on.get(final['id'])}"
