@@ -18,7 +18,10 @@ def machine() -> dict:
         "cores_used": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {name: version(name) for name in ("pyarrow", "pandas", "numpy", "confluent-kafka", "msgspec")},
+        "versions": {
+            name: version(name)
+            for name in ("pyarrow", "pandas", "numpy", "confluent-kafka", "msgspec")
+        },
     }
 
 
@@ -29,7 +32,10 @@ def write(name: str, result: dict, merge: bool = False) -> Path:
     path = RESULTS / f"{name}.json"
     previous = json.loads(path.read_text()) if merge and path.exists() else {}
     path.write_text(json.dumps(previous | result | {"machine": machine()}, indent=2) + "\n")
-    print(f"written {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}", file=sys.stderr)
+    print(
+        f"written {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}",
+        file=sys.stderr,
+    )
     return path
 
 
@@ -62,8 +68,15 @@ def produce_simulated(bootstrap: str, sim, topic_of: dict[str, str], events: int
     region topic a message names → the topic to produce to); how many were produced."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 20, "batch.size": 1_000_000,
-                         "queue.buffering.max.messages": 500_000})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
     produced = 0
     for message in sim:
         if produced >= events:

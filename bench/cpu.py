@@ -41,8 +41,14 @@ RULES = (  # (substring of the command line, component), first match wins
 
 
 TI_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-KINDS = (("ingest_", "tasks: ingest land"), ("warehouse", "tasks: warehouse cycle"), ("sync_", "tasks: sinks"), ("lag_monitor", "tasks: lag monitor"),
-         ("environment_health", "tasks: health"), ("canary", "tasks: canary"))
+KINDS = (
+    ("ingest_", "tasks: ingest land"),
+    ("warehouse", "tasks: warehouse cycle"),
+    ("sync_", "tasks: sinks"),
+    ("lag_monitor", "tasks: lag monitor"),
+    ("environment_health", "tasks: health"),
+    ("canary", "tasks: canary"),
+)
 
 
 def task_kind(dag_id: str | None) -> str:
@@ -65,8 +71,10 @@ def airflow_resolver(db_uri: str) -> Callable[[str], str | None]:
                 with engine.connect() as conn:
                     # SQLite keeps the UUID as 32 hex digits, PostgreSQL as a uuid (hyphens accepted).
                     key = ti_id.replace("-", "") if engine.dialect.name == "sqlite" else ti_id
-                    cache[ti_id] = conn.execute(text("SELECT dag_id FROM task_instance WHERE id = :id"), {"id": key}).scalar()
-            except Exception:  # noqa: BLE001 (a busy SQLite: ask again at the next sample)
+                    cache[ti_id] = conn.execute(
+                        text("SELECT dag_id FROM task_instance WHERE id = :id"), {"id": key}
+                    ).scalar()
+            except Exception:
                 return None
         return cache[ti_id]
 
@@ -81,7 +89,9 @@ class CpuSampler:
         self.last: dict[int, float] = {}
         self.kind_of_worker: dict[int, str] = {}
         self.totals: dict[str, float] = {}
-        self.series: list[tuple[float, dict[str, float]]] = []  # (s since start, cpu s per component in the interval)
+        self.series: list[
+            tuple[float, dict[str, float]]
+        ] = []  # (s since start, cpu s per component in the interval)
         self.machine_busy_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
@@ -117,7 +127,13 @@ class CpuSampler:
             if info["cpu_times"] is None:
                 continue
             parents[info["pid"]] = info["ppid"]
-            procs.append((proc, " ".join(info["cmdline"] or []), info["cpu_times"].user + info["cpu_times"].system))
+            procs.append(
+                (
+                    proc,
+                    " ".join(info["cmdline"] or []),
+                    info["cpu_times"].user + info["cpu_times"].system,
+                )
+            )
         used: dict[str, float] = {}
         seen = set()
         for proc, cmdline, cpu in procs:
@@ -134,7 +150,13 @@ class CpuSampler:
 
     def _machine_busy(self) -> float:
         times = psutil.cpu_times()
-        return times.user + times.system + getattr(times, "nice", 0.0) + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+        return (
+            times.user
+            + times.system
+            + getattr(times, "nice", 0.0)
+            + getattr(times, "irq", 0.0)
+            + getattr(times, "softirq", 0.0)
+        )
 
     def _run(self) -> None:
         self.sample()  # the baseline: CPU spent before the load is not charged
@@ -156,20 +178,30 @@ class CpuSampler:
         self._stop.set()
         self._thread.join(timeout=30)
         minutes = max((self.ended - self.started) / 60, 1e-9)
-        per_min = {name: round(value / minutes, 1) for name, value in sorted(self.totals.items(), key=lambda kv: -kv[1])}
-        return {"minutes": round(minutes, 2), "cores": psutil.cpu_count(), "cpu_s_per_min": per_min,
-                "components_cpu_s_per_min": round(sum(self.totals.values()) / minutes, 1),
-                "machine_busy_cpu_s_per_min": round(self.machine_busy_s / minutes, 1),
-                "machine_capacity_cpu_s_per_min": 60 * (psutil.cpu_count() or 1)}
+        per_min = {
+            name: round(value / minutes, 1)
+            for name, value in sorted(self.totals.items(), key=lambda kv: -kv[1])
+        }
+        return {
+            "minutes": round(minutes, 2),
+            "cores": psutil.cpu_count(),
+            "cpu_s_per_min": per_min,
+            "components_cpu_s_per_min": round(sum(self.totals.values()) / minutes, 1),
+            "machine_busy_cpu_s_per_min": round(self.machine_busy_s / minutes, 1),
+            "machine_capacity_cpu_s_per_min": 60 * (psutil.cpu_count() or 1),
+        }
 
 
 def markdown(cpu: dict) -> str:
-    rows = "\n".join(f"| {name} | {value:,.1f} | {100 * value / cpu['machine_capacity_cpu_s_per_min']:.0f} % |" for name, value in cpu["cpu_s_per_min"].items())
-    return f"""| component | CPU s per minute | share of the {cpu['cores']} cores |
+    rows = "\n".join(
+        f"| {name} | {value:,.1f} | {100 * value / cpu['machine_capacity_cpu_s_per_min']:.0f} % |"
+        for name, value in cpu["cpu_s_per_min"].items()
+    )
+    return f"""| component | CPU s per minute | share of the {cpu["cores"]} cores |
 |---|---|---|
 {rows}
-| **all components** | **{cpu['components_cpu_s_per_min']:,.1f}** | {100 * cpu['components_cpu_s_per_min'] / cpu['machine_capacity_cpu_s_per_min']:.0f} % |
-| machine busy (/proc/stat) | {cpu['machine_busy_cpu_s_per_min']:,.1f} | {100 * cpu['machine_busy_cpu_s_per_min'] / cpu['machine_capacity_cpu_s_per_min']:.0f} % |
+| **all components** | **{cpu["components_cpu_s_per_min"]:,.1f}** | {100 * cpu["components_cpu_s_per_min"] / cpu["machine_capacity_cpu_s_per_min"]:.0f} % |
+| machine busy (/proc/stat) | {cpu["machine_busy_cpu_s_per_min"]:,.1f} | {100 * cpu["machine_busy_cpu_s_per_min"] / cpu["machine_capacity_cpu_s_per_min"]:.0f} % |
 
-Sampled every 2 s over {cpu['minutes']:,.1f} minutes; the capacity is {cpu['machine_capacity_cpu_s_per_min']} CPU s a minute.
+Sampled every 2 s over {cpu["minutes"]:,.1f} minutes; the capacity is {cpu["machine_capacity_cpu_s_per_min"]} CPU s a minute.
 """

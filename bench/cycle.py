@@ -16,15 +16,15 @@ import io
 import os
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import local_stack, produce_simulated, write
 from enrollment.batches import claim, land, pending_batches
-from enrollment.pii import Keyring
 from enrollment.cycle import raise_failed, run_cycle
+from enrollment.pii import Keyring
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.warehouse import Warehouse
@@ -46,11 +46,15 @@ def main() -> int:
     admin = AdminClient({"bootstrap.servers": cfg.kafka_bootstrap})
     client = bigquery_client(cfg.project)
     bucket = storage_client(cfg.project).bucket(config.landing_bucket)
-    keyring = Keyring.from_env()  # the stack's key (local_stack exported it), as the ingest DAG takes it from its connection
+    keyring = (
+        Keyring.from_env()
+    )  # the stack's key (local_stack exported it), as the ingest DAG takes it from its connection
     datasets = (f"bench_cycle_{run}", f"bench_cycle_ops_{run}")
     for name in datasets:
         client.create_dataset(bigquery.Dataset(f"{cfg.project}.{name}"))
-    warehouse = Warehouse(client, storage_client(cfg.project), cfg.project, *datasets, settings=config.warehouse)
+    warehouse = Warehouse(
+        client, storage_client(cfg.project), cfg.project, *datasets, settings=config.warehouse
+    )
     sim = Simulator(seed=4711, faults=FaultRates.mix(0.02))
     topics_made: list[str] = []
     results: list[dict] = []
@@ -59,41 +63,84 @@ def main() -> int:
         for step, (history, where) in enumerate(HISTORY):
             if template is not None and (history > history_rows or where == "before"):
                 if where == "before":
-                    warehouse.run(f"DELETE FROM {warehouse.table('events')} WHERE batch_id LIKE 'history-%'")
+                    warehouse.run(
+                        f"DELETE FROM {warehouse.table('events')} WHERE batch_id LIKE 'history-%'"
+                    )
                     history_rows = 0
                 fill_history(warehouse, template, history - history_rows, where)
                 history_rows = history
             topics = {r.code: f"bench.cycle.{run}.{step}.{r.code.lower()}" for r in config.regions}
-            for future in admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in topics.values()]).values():
+            for future in admin.create_topics(
+                [NewTopic(t, num_partitions=4, replication_factor=1) for t in topics.values()]
+            ).values():
                 future.result(30)
             topics_made += topics.values()
-            produce_simulated(cfg.kafka_bootstrap, sim, {r.topic: topics[r.code] for r in config.regions}, EVENTS)
+            produce_simulated(
+                cfg.kafka_bootstrap, sim, {r.topic: topics[r.code] for r in config.regions}, EVENTS
+            )
             group = f"bench-cycle-{run}-{step}"
             for region in config.regions:
-                land(cfg.kafka_bootstrap, claim(cfg.kafka_bootstrap, group, region.code, topics[region.code], 4, bucket, 10_000_000), bucket, keyring)
+                land(
+                    cfg.kafka_bootstrap,
+                    claim(
+                        cfg.kafka_bootstrap,
+                        group,
+                        region.code,
+                        topics[region.code],
+                        4,
+                        bucket,
+                        10_000_000,
+                    ),
+                    bucket,
+                    keyring,
+                )
             batches = pending_batches(bucket, group)
             if template is None:
-                template = warehouse._read_parquet(batches[0].valid_uri)  # what history rows are copied from
+                template = warehouse._read_parquet(
+                    batches[0].valid_uri
+                )  # what history rows are copied from
             t0 = time.monotonic()
             result = run_cycle(warehouse, batches, config.warehouse)
             raise_failed(result)
             seconds = time.monotonic() - t0
-            table_rows = warehouse.run(f"SELECT COUNT(*) AS n FROM {warehouse.table('events')}")[0]["n"]
-            results.append({"history_rows": history, "history": where, "events_table_rows_after": table_rows, "cycle_events": sum(b.offsets for b in batches),
-                            "cycle_s": round(seconds, 2), "statements": result.statements, "window_days": result.window_days})
-            log(f"history {history:,} ({where} the window): one cycle of {EVENTS:,} events in {seconds:.1f} s; events table now {table_rows:,} rows")
+            table_rows = warehouse.run(f"SELECT COUNT(*) AS n FROM {warehouse.table('events')}")[0][
+                "n"
+            ]
+            results.append(
+                {
+                    "history_rows": history,
+                    "history": where,
+                    "events_table_rows_after": table_rows,
+                    "cycle_events": sum(b.offsets for b in batches),
+                    "cycle_s": round(seconds, 2),
+                    "statements": result.statements,
+                    "window_days": result.window_days,
+                }
+            )
+            log(
+                f"history {history:,} ({where} the window): one cycle of {EVENTS:,} events in {seconds:.1f} s; events table now {table_rows:,} rows"
+            )
     finally:
         admin.delete_topics(topics_made) if topics_made else None
         for name in datasets:
             client.delete_dataset(name, delete_contents=True, not_found_ok=True)
 
     base = results[0]["cycle_s"]
-    figures = {"events_per_cycle": EVENTS, "runs": results,
-               "ratio_5m_inside_vs_empty": round(results[2]["cycle_s"] / base, 2) if base else None,
-               "ratio_5m_before_vs_empty": round(results[3]["cycle_s"] / base, 2) if base else None,
-               "note": "history rows are synthetic copies of landed events; 'inside' = arrived within the dedup window"}
-    print("cycle: " + "; ".join(f"{r['history_rows']:,} rows {r['history']} the window → {r['cycle_s']} s" for r in results)
-          + f"; 5M inside / empty = {figures['ratio_5m_inside_vs_empty']}, 5M before / empty = {figures['ratio_5m_before_vs_empty']}")
+    figures = {
+        "events_per_cycle": EVENTS,
+        "runs": results,
+        "ratio_5m_inside_vs_empty": round(results[2]["cycle_s"] / base, 2) if base else None,
+        "ratio_5m_before_vs_empty": round(results[3]["cycle_s"] / base, 2) if base else None,
+        "note": "history rows are synthetic copies of landed events; 'inside' = arrived within the dedup window",
+    }
+    print(
+        "cycle: "
+        + "; ".join(
+            f"{r['history_rows']:,} rows {r['history']} the window → {r['cycle_s']} s"
+            for r in results
+        )
+        + f"; 5M inside / empty = {figures['ratio_5m_inside_vs_empty']}, 5M before / empty = {figures['ratio_5m_before_vs_empty']}"
+    )
     write("cycle", figures)
     plot(results)
     return 0
@@ -104,7 +151,7 @@ def fill_history(warehouse: Warehouse, template: pa.Table, rows: int, where: str
     window (today) or before it (spread over the 30 days before)."""
     from google.cloud import bigquery
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     done = 0
     while done < rows:
         n = min(CHUNK, rows - done)
@@ -112,20 +159,38 @@ def fill_history(warehouse: Warehouse, template: pa.Table, rows: int, where: str
         chunk = pa.concat_tables([template] * reps).slice(0, n)
         ids = pa.array([f"history-{where}-{done + i:09d}" for i in range(n)], pa.string())
         if where == "inside":
-            stamps = pa.array([now - timedelta(seconds=(done + i) % 3600) for i in range(n)], pa.timestamp("ms", tz="UTC"))
+            stamps = pa.array(
+                [now - timedelta(seconds=(done + i) % 3600) for i in range(n)],
+                pa.timestamp("ms", tz="UTC"),
+            )
         else:
-            stamps = pa.array([now - timedelta(days=2 + (done + i) % 30) for i in range(n)], pa.timestamp("ms", tz="UTC"))
+            stamps = pa.array(
+                [now - timedelta(days=2 + (done + i) % 30) for i in range(n)],
+                pa.timestamp("ms", tz="UTC"),
+            )
         chunk = chunk.set_column(chunk.schema.get_field_index("event_id"), "event_id", ids)
-        chunk = chunk.set_column(chunk.schema.get_field_index("batch_id"), "batch_id", pa.array([f"history-{done // CHUNK}"] * n, pa.string()))
-        chunk = chunk.set_column(chunk.schema.get_field_index("kafka_timestamp"), "kafka_timestamp", stamps)
+        chunk = chunk.set_column(
+            chunk.schema.get_field_index("batch_id"),
+            "batch_id",
+            pa.array([f"history-{done // CHUNK}"] * n, pa.string()),
+        )
+        chunk = chunk.set_column(
+            chunk.schema.get_field_index("kafka_timestamp"), "kafka_timestamp", stamps
+        )
         sink = io.BytesIO()
         pq.write_table(chunk, sink)
         sink.seek(0)
-        config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_APPEND")
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_APPEND"
+        )
         t0 = time.monotonic()
-        warehouse.client.load_table_from_file(sink, f"{warehouse.project}.{warehouse.dataset}.events", job_config=config).result()
+        warehouse.client.load_table_from_file(
+            sink, f"{warehouse.project}.{warehouse.dataset}.events", job_config=config
+        ).result()
         done += n
-        log(f"  history: {done:,}/{rows:,} rows ({where} the window) loaded, last chunk {time.monotonic() - t0:.1f} s")
+        log(
+            f"  history: {done:,}/{rows:,} rows ({where} the window) loaded, last chunk {time.monotonic() - t0:.1f} s"
+        )
 
 
 def plot(results: list[dict]) -> None:

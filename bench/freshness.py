@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import sys
+
 from bench.common import RESULTS, write
-from bench.plots import latency_over_time
 from bench.load import POLL_S, log, percentiles, steady_load
+from bench.plots import latency_over_time
 from bench.watch import WarehouseWatcher
 from enrollment.config import load_config
 from stack import cli as stack_cli
@@ -33,21 +34,38 @@ def main() -> int:
     config = load_config()
     watcher = WarehouseWatcher(cfg, config)
     seen = watcher.seen
-    outcome = steady_load(cfg, config, RATE, DURATION, config.carrier_dags(sinks=False), watcher.poll)
+    outcome = steady_load(
+        cfg, config, RATE, DURATION, config.carrier_dags(sinks=False), watcher.poll
+    )
     q = percentiles([seen[p] - outcome.watched[p] for p in seen])
-    plot = latency_over_time(RESULTS / "freshness.png", {"queryable in partners": [(outcome.watched[p], seen[p] - outcome.watched[p]) for p in seen]},
-                             f"Enrollment to queryable in BigQuery at {RATE} for {DURATION}", target_s=60)
+    plot = latency_over_time(
+        RESULTS / "freshness.png",
+        {
+            "queryable in partners": [
+                (outcome.watched[p], seen[p] - outcome.watched[p]) for p in seen
+            ]
+        },
+        f"Enrollment to queryable in BigQuery at {RATE} for {DURATION}",
+        target_s=60,
+    )
     log(f"plot: {plot}")
     figures = {
-        "freshness_rate": RATE, "freshness_duration": DURATION, "freshness_produced": outcome.produced,
-        "freshness_samples": len(outcome.watched), "freshness_samples_seen": len(seen),
-        "freshness_p50_s": q["p50"], "freshness_p95_s": q["p95"], "freshness_max_s": q["max"],
+        "freshness_rate": RATE,
+        "freshness_duration": DURATION,
+        "freshness_produced": outcome.produced,
+        "freshness_samples": len(outcome.watched),
+        "freshness_samples_seen": len(seen),
+        "freshness_p50_s": q["p50"],
+        "freshness_p95_s": q["p95"],
+        "freshness_max_s": q["max"],
         "freshness_unexplained_records": outcome.unexplained,
         "freshness_failed_runs": outcome.failed_runs,
         "freshness_note": f"enrollments seen in the partners table, polled every {POLL_S:g} s; on the BigQuery emulator, whose every write copies the whole table",
     }
-    log(f"freshness at {RATE} for {DURATION}: p50 {q['p50']} s, p95 {q['p95']} s, max {q['max']} s ({len(seen)}/{len(outcome.watched)} samples); "
-        f"unexplained {outcome.unexplained}")
+    log(
+        f"freshness at {RATE} for {DURATION}: p50 {q['p50']} s, p95 {q['p95']} s, max {q['max']} s ({len(seen)}/{len(outcome.watched)} samples); "
+        f"unexplained {outcome.unexplained}"
+    )
     write("ingest", figures, merge=True)
     return 0
 

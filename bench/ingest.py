@@ -20,8 +20,8 @@ import time
 
 from bench.common import local_stack, produce_simulated, write
 from enrollment.batches import claim, land, pending_batches
-from enrollment.pii import Keyring
 from enrollment.cycle import raise_failed, run_cycle
+from enrollment.pii import Keyring
 from enrollment.services import bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.warehouse import Warehouse
@@ -41,21 +41,36 @@ def main() -> int:
     cfg, config, run = local_stack(["kafka", "gcs", "bigquery"])
     topics = {r.code: f"bench.{run}.{r.code.lower()}.events" for r in config.regions}
     admin = AdminClient({"bootstrap.servers": cfg.kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in topics.values()]).values():
+    for future in admin.create_topics(
+        [NewTopic(t, num_partitions=4, replication_factor=1) for t in topics.values()]
+    ).values():
         future.result(30)
     client = bigquery_client(cfg.project)
     datasets = (f"bench_{run}", f"bench_ops_{run}")
     for name in datasets:
         client.create_dataset(bigquery.Dataset(f"{cfg.project}.{name}"))
     bucket = storage_client(cfg.project).bucket(config.landing_bucket)
-    keyring = Keyring.from_env()  # the stack's key (local_stack exported it), as the ingest DAG takes it from its connection
+    keyring = (
+        Keyring.from_env()
+    )  # the stack's key (local_stack exported it), as the ingest DAG takes it from its connection
     try:
         log(f"producing {EVENTS:,} events (2% faults) to {len(topics)} region topics ...")
-        produced = produce_simulated(cfg.kafka_bootstrap, Simulator(seed=31337, faults=FaultRates.mix(0.02)),
-                                     {r.topic: topics[r.code] for r in config.regions}, EVENTS)
+        produced = produce_simulated(
+            cfg.kafka_bootstrap,
+            Simulator(seed=31337, faults=FaultRates.mix(0.02)),
+            {r.topic: topics[r.code] for r in config.regions},
+            EVENTS,
+        )
 
         # The limit: one consumer reads and parses everything.
-        consumer = Consumer({"bootstrap.servers": cfg.kafka_bootstrap, "group.id": f"bench-raw-{run}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": cfg.kafka_bootstrap,
+                "group.id": f"bench-raw-{run}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         consumer.subscribe(list(topics.values()))
         t0, seen = time.monotonic(), 0
         while seen < produced and time.monotonic() - t0 < 300:
@@ -73,39 +88,76 @@ def main() -> int:
         # The baseline: the stock operator, batches of 1,000 written to Cloud Storage.
         from airflow.providers.apache.kafka.operators.consume import ConsumeFromTopicOperator
 
-        os.environ["AIRFLOW_CONN_BENCH_KAFKA"] = json.dumps({"conn_type": "kafka", "extra": {
-            "bootstrap.servers": cfg.kafka_bootstrap, "group.id": f"bench-baseline-{run}", "auto.offset.reset": "earliest", "enable.auto.commit": False}})
+        os.environ["AIRFLOW_CONN_BENCH_KAFKA"] = json.dumps(
+            {
+                "conn_type": "kafka",
+                "extra": {
+                    "bootstrap.servers": cfg.kafka_bootstrap,
+                    "group.id": f"bench-baseline-{run}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                },
+            }
+        )
         written = [0]
 
         def to_gcs(messages):
-            bucket.blob(f"bench/{run}/baseline/{written[0]:06d}.jsonl").upload_from_string(b"\n".join(m.value() for m in messages))
+            bucket.blob(f"bench/{run}/baseline/{written[0]:06d}.jsonl").upload_from_string(
+                b"\n".join(m.value() for m in messages)
+            )
             written[0] += 1
 
-        operator = ConsumeFromTopicOperator(task_id="baseline", topics=list(topics.values()), kafka_config_id="bench_kafka",
-                                            apply_function_batch=to_gcs, max_messages=produced, max_batch_size=1000, poll_timeout=5)
+        operator = ConsumeFromTopicOperator(
+            task_id="baseline",
+            topics=list(topics.values()),
+            kafka_config_id="bench_kafka",
+            apply_function_batch=to_gcs,
+            max_messages=produced,
+            max_batch_size=1000,
+            poll_timeout=5,
+        )
         t0 = time.monotonic()
         operator.execute(context={})
         baseline_s = time.monotonic() - t0
-        log(f"baseline ConsumeFromTopicOperator → GCS: {produced:,} in {baseline_s:.1f} s ({written[0]} objects)")
+        log(
+            f"baseline ConsumeFromTopicOperator → GCS: {produced:,} in {baseline_s:.1f} s ({written[0]} objects)"
+        )
 
         # The pipeline: one batch per region claimed and landed (one after the other here; the
         # ingest DAGs land regions in parallel), then ONE warehouse cycle writes them all.
-        warehouse = Warehouse(client, storage_client(cfg.project), cfg.project, *datasets, settings=config.warehouse)
+        warehouse = Warehouse(
+            client, storage_client(cfg.project), cfg.project, *datasets, settings=config.warehouse
+        )
         group = f"bench-pipeline-{run}"
         t0, accounted, stages, landed_batches = time.monotonic(), 0, {}, []
         for region in config.regions:
-            manifest = claim(cfg.kafka_bootstrap, group, region.code, topics[region.code], 4, bucket, max_batch=10_000_000)
+            manifest = claim(
+                cfg.kafka_bootstrap,
+                group,
+                region.code,
+                topics[region.code],
+                4,
+                bucket,
+                max_batch=10_000_000,
+            )
             t1 = time.monotonic()
             landed = land(cfg.kafka_bootstrap, manifest, bucket, keyring)
             landed_batches.append(landed)
-            stages[region.code] = {"offsets": landed.offsets, "land_s": round(time.monotonic() - t1, 2)}
-            log(f"  {region.code}: {landed.offsets:,} offsets landed in {time.monotonic() - t1:.1f} s")
+            stages[region.code] = {
+                "offsets": landed.offsets,
+                "land_s": round(time.monotonic() - t1, 2),
+            }
+            log(
+                f"  {region.code}: {landed.offsets:,} offsets landed in {time.monotonic() - t1:.1f} s"
+            )
         t2 = time.monotonic()
         cycle = run_cycle(warehouse, pending_batches(bucket, group), config.warehouse)
         raise_failed(cycle)
         cycle_s = time.monotonic() - t2
         stages["warehouse_cycle_s"] = round(cycle_s, 2)
-        log(f"  one warehouse cycle over {len(cycle.batches)} batches: {cycle_s:.1f} s, write statements {cycle.statements}, phases {cycle.phases}")
+        log(
+            f"  one warehouse cycle over {len(cycle.batches)} batches: {cycle_s:.1f} s, write statements {cycle.statements}, phases {cycle.phases}"
+        )
         stages["warehouse_cycle_phases_s"] = cycle.phases
         for landed in landed_batches:
             warehouse.balance(landed.batch_id)
@@ -129,9 +181,11 @@ def main() -> int:
         "unexplained_records": produced - accounted,
         "mode": "four regions claimed and landed one after the other in one process, then one warehouse cycle (validation on the critical path)",
     }
-    print(f"ingest: {produced:,} events through claim → land → warehouse in {pipeline_s:.1f} s = {figures['throughput_events_per_min']:,}/min; "
-          f"baseline operator {figures['baseline_events_per_min']:,}/min (ratio {figures['ratio_vs_baseline']}); raw consume+parse "
-          f"{figures['raw_consume_events_per_min']:,}/min (ratio {figures['ratio_vs_raw']}); unexplained records {figures['unexplained_records']}")
+    print(
+        f"ingest: {produced:,} events through claim → land → warehouse in {pipeline_s:.1f} s = {figures['throughput_events_per_min']:,}/min; "
+        f"baseline operator {figures['baseline_events_per_min']:,}/min (ratio {figures['ratio_vs_baseline']}); raw consume+parse "
+        f"{figures['raw_consume_events_per_min']:,}/min (ratio {figures['ratio_vs_raw']}); unexplained records {figures['unexplained_records']}"
+    )
     write("ingest", figures, merge=True)  # keeps the freshness figures of bench/freshness.py
     return 0
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from enrollment.backlog import total_pending
@@ -27,7 +27,7 @@ POLL_S = 2.0
 
 
 def log(message: str) -> None:
-    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -35,18 +35,32 @@ class LoadOutcome:
     produced: int = 0
     watched: dict[str, float] = field(default_factory=dict)  # partner id -> occurred_at (epoch s)
     unexplained: int = 0
-    hostile: dict = field(default_factory=dict)  # (region, partition, offset) -> expected reasons, of the hostile messages produced
+    hostile: dict = field(
+        default_factory=dict
+    )  # (region, partition, offset) -> expected reasons, of the hostile messages produced
     failed_runs: int = 0
     failed: dict[str, list[str]] = field(default_factory=dict)  # DAG id -> its failed run ids
-    offsets: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (region, partition) -> offsets produced
+    offsets: dict[tuple[str, int], list[int]] = field(
+        default_factory=dict
+    )  # (region, partition) -> offsets produced
     started: datetime | None = None
     drained: bool = False  # everything produced reached the warehouse and every sample was seen before the drain ended
     backlog_left: dict = field(default_factory=dict)  # what was still waiting when the load gave up
 
 
-def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll: Callable[[dict[str, float]], int],
-                sample_every: int = 5, drain_s: float = 300.0, bad: str = "2%", tick: Callable[[float], None] | None = None,
-                hostile: str | None = None) -> LoadOutcome:
+def steady_load(
+    cfg,
+    config,
+    rate: str,
+    duration: str,
+    dag_ids: list[str],
+    poll: Callable[[dict[str, float]], int],
+    sample_every: int = 5,
+    drain_s: float = 300.0,
+    bad: str = "2%",
+    tick: Callable[[float], None] | None = None,
+    hostile: str | None = None,
+) -> LoadOutcome:
     """Runs the load; ``poll(watched)`` looks for the watched partners and returns how many are
     still missing (called every POLL_S seconds, and after the simulator until 0 or ``drain_s``).
     ``bad`` is the simulator's share of faulty messages, ``hostile`` its share of hostile ones; ``tick(seconds since the load began)`` is
@@ -59,17 +73,38 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
     try:
         # Whatever waits from before is carried first, so the run measures only its own events.
         deadline = time.monotonic() + 600
-        while (left := total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions)) and time.monotonic() < deadline:
+        while (
+            left := total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions)
+        ) and time.monotonic() < deadline:
             log(f"draining earlier backlog: {left:,} pending")
             time.sleep(5)
-        started = outcome.started = datetime.now(timezone.utc)
+        started = outcome.started = datetime.now(UTC)
         offsets = outcome.offsets
         with tempfile.TemporaryDirectory() as tmp:
             expected = Path(tmp) / "expected.jsonl"
             load_began = time.monotonic()
-            producer = subprocess.Popen([sys.executable, "-m", "enrollment.simulator", "produce", "--rate", rate, "--duration", duration,
-                                         "--faults", bad, *(["--hostile", hostile] if hostile else []), "--seed", str(int(time.time())), "--start", "now",
-                                         "--expected", str(expected)], env=os.environ.copy())
+            producer = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "enrollment.simulator",
+                    "produce",
+                    "--rate",
+                    rate,
+                    "--duration",
+                    duration,
+                    "--faults",
+                    bad,
+                    *(["--hostile", hostile] if hostile else []),
+                    "--seed",
+                    str(int(time.time())),
+                    "--start",
+                    "now",
+                    "--expected",
+                    str(expected),
+                ],
+                env=os.environ.copy(),
+            )
             read_to, enrollments = 0, 0
 
             def sample() -> int:
@@ -83,26 +118,42 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
                     for line in complete.splitlines():
                         record = json.loads(line)
                         outcome.produced += 1
-                        offsets.setdefault((record["region"], record["partition"]), []).append(record["offset"])
+                        offsets.setdefault((record["region"], record["partition"]), []).append(
+                            record["offset"]
+                        )
                         if record["fault"] == "hostile":
-                            outcome.hostile[(record["region"], record["partition"], record["offset"])] = record["reasons"]
+                            outcome.hostile[
+                                (record["region"], record["partition"], record["offset"])
+                            ] = record["reasons"]
                         # Followed into every sink: so only those Marketing Cloud may hold (a partner who declined never goes there).
-                        if (record["event_type"] == "partner.enrolled" and record["outcome"] == "valid" and record["partner_version"] == 1
-                                and config.marketing_consent.contactable(record["region"], record.get("marketing_email"))):
+                        if (
+                            record["event_type"] == "partner.enrolled"
+                            and record["outcome"] == "valid"
+                            and record["partner_version"] == 1
+                            and config.marketing_consent.contactable(
+                                record["region"], record.get("marketing_email")
+                            )
+                        ):
                             enrollments += 1
                             if enrollments % sample_every == 0:
-                                outcome.watched[record["partner_id"]] = datetime.fromisoformat(record["occurred_at"].replace("Z", "+00:00")).timestamp()
+                                outcome.watched[record["partner_id"]] = datetime.fromisoformat(
+                                    record["occurred_at"].replace("Z", "+00:00")
+                                ).timestamp()
                 return poll(outcome.watched)
 
             try:
                 last_report = 0.0
                 while producer.poll() is None:
-                    if tick:  # before the (slower) look for the watched partners: faults start on time
+                    if (
+                        tick
+                    ):  # before the (slower) look for the watched partners: faults start on time
                         tick(time.monotonic() - load_began)
                     missing = sample()
                     if time.monotonic() - last_report > 15:
                         last_report = time.monotonic()
-                        log(f"produced {outcome.produced:,}; enrollments watched {len(outcome.watched):,}, not visible yet {missing:,}")
+                        log(
+                            f"produced {outcome.produced:,}; enrollments watched {len(outcome.watched):,}, not visible yet {missing:,}"
+                        )
                     time.sleep(POLL_S)
                 if producer.returncode != 0:
                     raise SystemExit(f"the simulator failed with exit code {producer.returncode}")
@@ -110,7 +161,9 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
                 bucket = storage_client(cfg.project).bucket(config.landing_bucket)
 
                 def waiting() -> tuple[int, int]:
-                    return total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions), len(pending_batches(bucket, config.consumer_group))
+                    return total_pending(
+                        cfg.kafka_bootstrap, config.consumer_group, config.regions
+                    ), len(pending_batches(bucket, config.consumer_group))
 
                 while True:
                     missing, left = sample(), waiting()
@@ -120,28 +173,48 @@ def steady_load(cfg, config, rate: str, duration: str, dag_ids: list[str], poll:
                     if tick:
                         tick(time.monotonic() - load_began)
                     if time.monotonic() > deadline:
-                        outcome.backlog_left = {"kafka_records_pending": left[0], "landed_batches_not_warehoused": left[1], "samples_not_visible": missing}
-                        log(f"gave up waiting after {drain_s:.0f} s: {missing:,} watched partners not visible, {left[0]:,} records pending "
-                            f"in Kafka, {left[1]} landed batches not warehoused; the DAGs are paused with that backlog left")
+                        outcome.backlog_left = {
+                            "kafka_records_pending": left[0],
+                            "landed_batches_not_warehoused": left[1],
+                            "samples_not_visible": missing,
+                        }
+                        log(
+                            f"gave up waiting after {drain_s:.0f} s: {missing:,} watched partners not visible, {left[0]:,} records pending "
+                            f"in Kafka, {left[1]} landed batches not warehoused; the DAGs are paused with that backlog left"
+                        )
                         break
                     if time.monotonic() - last_report > 15:
                         last_report = time.monotonic()
-                        log(f"draining: {missing:,} watched partners not visible yet, {left[0]:,} records pending in Kafka, "
-                            f"{left[1]} landed batches waiting for the warehouse")
+                        log(
+                            f"draining: {missing:,} watched partners not visible yet, {left[0]:,} records pending in Kafka, "
+                            f"{left[1]} landed batches waiting for the warehouse"
+                        )
                     time.sleep(POLL_S)
             finally:
-                if producer.poll() is None:  # the watcher failed: do not leave the simulator producing
+                if (
+                    producer.poll() is None
+                ):  # the watcher failed: do not leave the simulator producing
                     producer.terminate()
 
         # Every produced offset must lie below its partition's committed offset (landed, gate passed).
         committed = {}
         for region in config.regions:
-            for p, start, _ in pending_ranges(cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions):
+            for p, start, _ in pending_ranges(
+                cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions
+            ):
                 committed[(region.code, p)] = start
-        outcome.unexplained = sum(sum(1 for o in produced if o >= committed[key]) for key, produced in offsets.items())
+        outcome.unexplained = sum(
+            sum(1 for o in produced if o >= committed[key]) for key, produced in offsets.items()
+        )
         for dag_id in dag_ids:
-            runs = airflow.http.get(f"/dags/{dag_id}/dagRuns", params={"limit": 1000, "order_by": "-start_date"}).json()["dag_runs"]
-            failed = [r["dag_run_id"] for r in runs if r["state"] == "failed" and r["start_date"] >= started.isoformat()]
+            runs = airflow.http.get(
+                f"/dags/{dag_id}/dagRuns", params={"limit": 1000, "order_by": "-start_date"}
+            ).json()["dag_runs"]
+            failed = [
+                r["dag_run_id"]
+                for r in runs
+                if r["state"] == "failed" and r["start_date"] >= started.isoformat()
+            ]
             if failed:
                 outcome.failed[dag_id] = failed
         outcome.failed_runs = sum(len(v) for v in outcome.failed.values())

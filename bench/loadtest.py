@@ -47,17 +47,17 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from google.cloud import bigquery
 
 from bench.common import RESULTS, machine
+from bench.cpu import CpuSampler, airflow_resolver
+from bench.cpu import markdown as cpu_markdown
 from bench.load import log, percentiles, steady_load
 from bench.plots import latency_over_time
 from bench.watch import SinkWatcher, WarehouseWatcher
-from bench.cpu import CpuSampler, airflow_resolver
-from bench.cpu import markdown as cpu_markdown
 from enrollment import cost
 from enrollment.batches import claims, pending_ranges
 from enrollment.config import load_config
@@ -89,21 +89,35 @@ class Fault:
     began_s: float | None = None
     ended_s: float | None = None
     detail: str = ""
-    restart: str = ""  # the stack's service to start again when the fault ends (a killed Celery worker)
+    restart: str = (
+        ""  # the stack's service to start again when the fault ends (a killed Celery worker)
+    )
 
     @classmethod
     def parse(cls, text: str) -> Fault:
         match = re.fullmatch(r"([a-z-]+)@([^:]+)(?::(.+))?", text.strip())
         if not match:
-            raise argparse.ArgumentTypeError(f"fault {text!r}: write NAME@START[:FOR], e.g. solr-down@3m:2m")
-        kind, at, length = match.group(1), seconds(match.group(2)), seconds(match.group(3)) if match.group(3) else 0.0
+            raise argparse.ArgumentTypeError(
+                f"fault {text!r}: write NAME@START[:FOR], e.g. solr-down@3m:2m"
+            )
+        kind, at, length = (
+            match.group(1),
+            seconds(match.group(2)),
+            seconds(match.group(3)) if match.group(3) else 0.0,
+        )
         if kind.endswith("-down"):
             if kind.removesuffix("-down") not in SERVICES_THAT_MAY_GO_DOWN:
-                raise argparse.ArgumentTypeError(f"fault {text!r}: services that may go down: {', '.join(SERVICES_THAT_MAY_GO_DOWN)}")
+                raise argparse.ArgumentTypeError(
+                    f"fault {text!r}: services that may go down: {', '.join(SERVICES_THAT_MAY_GO_DOWN)}"
+                )
             if not length:
-                raise argparse.ArgumentTypeError(f"fault {text!r}: say for how long, e.g. {kind}@{match.group(2)}:2m")
+                raise argparse.ArgumentTypeError(
+                    f"fault {text!r}: say for how long, e.g. {kind}@{match.group(2)}:2m"
+                )
         elif kind not in ("broker-restart", "worker-kill"):
-            raise argparse.ArgumentTypeError(f"fault {text!r}: known faults are <service>-down, broker-restart, worker-kill")
+            raise argparse.ArgumentTypeError(
+                f"fault {text!r}: known faults are <service>-down, broker-restart, worker-kill"
+            )
         return cls(kind, at, length)
 
     @property
@@ -128,7 +142,11 @@ def busy_celery_workers(cfg) -> list:
         for proc in psutil.process_iter(["pid", "cmdline"]):
             try:
                 title = " ".join(proc.info["cmdline"] or [])
-                if title.startswith("airflow supervisor:") and os.getpgid(proc.pid) == pgid and proc.children():
+                if (
+                    title.startswith("airflow supervisor:")
+                    and os.getpgid(proc.pid) == pgid
+                    and proc.children()
+                ):
                     running.append(title.split(":", 1)[1].strip())
             except (psutil.Error, ProcessLookupError):
                 continue
@@ -173,8 +191,10 @@ class Injector:
             worker, pgid, running = busy[0]
             killed = stack_cli.kill_hard(worker)
             f.began_s, f.for_s = elapsed, f.for_s or CELERY_WORKER_RESTART_S
-            f.detail = (f"SIGKILL to Celery worker {worker.worker.name} ({len(killed)} processes: its group {pgid} and its task processes) "
-                        f"running {len(running)} task(s) ({', '.join(running)})")
+            f.detail = (
+                f"SIGKILL to Celery worker {worker.worker.name} ({len(killed)} processes: its group {pgid} and its task processes) "
+                f"running {len(running)} task(s) ({', '.join(running)})"
+            )
             f.restart = worker.name
         elif f.kind == "worker-kill":
             workers = busy_workers()
@@ -189,7 +209,7 @@ class Injector:
             for proc in victims:
                 try:
                     proc.send_signal(signal.SIGKILL)
-                except Exception:  # noqa: BLE001 (gone already)
+                except Exception:
                     pass
             f.began_s = f.ended_s = elapsed
             f.detail = f"SIGKILL to worker {worker.pid} and {len(victims) - 1} task processes ({title.split(':', 1)[1].strip()})"
@@ -205,7 +225,13 @@ class Injector:
         log(f"fault {f.label}: {f.detail}")
 
     def _end(self, f: Fault, elapsed: float) -> None:
-        service = "kafka" if f.kind == "broker-restart" else f.restart if f.kind == "worker-kill" else f.kind.removesuffix("-down")
+        service = (
+            "kafka"
+            if f.kind == "broker-restart"
+            else f.restart
+            if f.kind == "worker-kill"
+            else f.kind.removesuffix("-down")
+        )
         t0 = time.monotonic()
         stack_cli.up([service], quiet=True)
         f.ended_s = elapsed + (time.monotonic() - t0)
@@ -224,7 +250,9 @@ class Samples:
     """The time series the report plots."""
 
     lag: list[tuple[float, str, int]] = field(default_factory=list)  # (s, region, pending)
-    offsets: list[tuple[float, int, int]] = field(default_factory=list)  # (s, produced so far, committed so far)
+    offsets: list[tuple[float, int, int]] = field(
+        default_factory=list
+    )  # (s, produced so far, committed so far)
     sinks: list[tuple[float, str, int]] = field(default_factory=list)  # (s, sink, batches behind)
 
 
@@ -240,26 +268,44 @@ class Sampler:
             try:
                 ends = committed = 0
                 for region in self.config.regions:
-                    ranges = pending_ranges(self.cfg.kafka_bootstrap, self.config.consumer_group, region.topic, region.partitions, timeout=3)
-                    self.samples.lag.append((elapsed, region.code, sum(end - start for _, start, end in ranges)))
+                    ranges = pending_ranges(
+                        self.cfg.kafka_bootstrap,
+                        self.config.consumer_group,
+                        region.topic,
+                        region.partitions,
+                        timeout=3,
+                    )
+                    self.samples.lag.append(
+                        (elapsed, region.code, sum(end - start for _, start, end in ranges))
+                    )
                     ends += sum(end for _, _, end in ranges)
                     committed += sum(start for _, start, _ in ranges)
                 self.base = self.base or (ends, committed)
-                self.samples.offsets.append((elapsed, ends - self.base[0], committed - self.base[1]))
-            except Exception as exc:  # noqa: BLE001 (Kafka may be the fault being injected)
+                self.samples.offsets.append(
+                    (elapsed, ends - self.base[0], committed - self.base[1])
+                )
+            except Exception as exc:
                 log(f"lag sample skipped: {type(exc).__name__}")
         if elapsed >= self.next_sinks:
             self.next_sinks = elapsed + SINK_LAG_EVERY_S
             try:
                 for sink in self.config.sinks:
-                    plans = self.run.plan_all(sink, [r.code for r in self.config.regions], max_batches=10_000)
-                    self.samples.sinks.append((elapsed, sink, sum(len(p.batches) for p in plans.values())))
-            except Exception as exc:  # noqa: BLE001 (BigQuery may be the fault being injected)
+                    plans = self.run.plan_all(
+                        sink, [r.code for r in self.config.regions], max_batches=10_000
+                    )
+                    self.samples.sinks.append(
+                        (elapsed, sink, sum(len(p.batches) for p in plans.values()))
+                    )
+            except Exception as exc:
                 log(f"sink backlog sample skipped: {type(exc).__name__}")
 
 
-def classify(offsets: dict[tuple[str, int], list[int]], ranges: dict[tuple[str, int], list[tuple[int, int, str]]], balanced: set[str],
-             committed: dict[tuple[str, int], int]) -> dict[str, int]:
+def classify(
+    offsets: dict[tuple[str, int], list[int]],
+    ranges: dict[tuple[str, int], list[tuple[int, int, str]]],
+    balanced: set[str],
+    committed: dict[tuple[str, int], int],
+) -> dict[str, int]:
     """Each produced offset is **accounted** (in a batch whose land and warehouse ledger rows
     balance), **late** (in a claimed batch not yet warehoused — ``late_claimed`` — or at/past the
     committed offset, not yet claimed — ``late_unclaimed``) or **lost** (committed past, in no
@@ -290,39 +336,89 @@ def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict
     ranges: dict[tuple[str, int], list[tuple[int, int, str]]] = {}
     batch_ids = []
     for region in config.regions:
-        for m in claims(bucket, region.code, region.topic, config.consumer_group, since, datetime.now(timezone.utc) + timedelta(minutes=1)):
+        for m in claims(
+            bucket,
+            region.code,
+            region.topic,
+            config.consumer_group,
+            since,
+            datetime.now(UTC) + timedelta(minutes=1),
+        ):
             batch_ids.append(m.batch_id)
             for r in m.ranges:
                 if r.size:
-                    ranges.setdefault((region.code, r.partition), []).append((r.start, r.end, m.batch_id))
-    rows = warehouse.run(f"SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, seconds, ok FROM {warehouse.table('ledger', ops=True)} "
-                         "WHERE batch_id IN UNNEST(@ids)", [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)]) if batch_ids else []
+                    ranges.setdefault((region.code, r.partition), []).append(
+                        (r.start, r.end, m.batch_id)
+                    )
+    rows = (
+        warehouse.run(
+            f"SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, seconds, ok FROM {warehouse.table('ledger', ops=True)} "
+            "WHERE batch_id IN UNNEST(@ids)",
+            [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)],
+        )
+        if batch_ids
+        else []
+    )
     ledger: dict[str, dict[str, dict]] = {}
     for r in rows:
         ledger.setdefault(r["batch_id"], {})[r["stage"]] = dict(r)
-    balanced = {b for b, stages in ledger.items() if {"land", "warehouse"} <= set(stages)
-                and all(s["ok"] and s["offsets_in"] == s["valid"] + s["quarantined"] + s["duplicates"] for s in stages.values())}
+    balanced = {
+        b
+        for b, stages in ledger.items()
+        if {"land", "warehouse"} <= set(stages)
+        and all(
+            s["ok"] and s["offsets_in"] == s["valid"] + s["quarantined"] + s["duplicates"]
+            for s in stages.values()
+        )
+    }
     committed = {}
     for region in config.regions:
         try:
-            for p, start, _ in pending_ranges(cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions):
+            for p, start, _ in pending_ranges(
+                cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions
+            ):
                 committed[(region.code, p)] = start
-        except Exception as exc:  # noqa: BLE001 (Kafka down at the end: nothing can be called lost)
-            log(f"committed offsets of {region.code} unreadable ({type(exc).__name__}): its unaccounted records count as late")
+        except Exception as exc:
+            log(
+                f"committed offsets of {region.code} unreadable ({type(exc).__name__}): its unaccounted records count as late"
+            )
     counts = classify(outcome.offsets, ranges, balanced, committed)
-    accounted, late_claimed, late_unclaimed, lost = counts["accounted"], counts["late_claimed"], counts["late_unclaimed"], counts["lost"]
+    accounted, late_claimed, late_unclaimed, lost = (
+        counts["accounted"],
+        counts["late_claimed"],
+        counts["late_unclaimed"],
+        counts["lost"],
+    )
     stage_seconds: dict[str, list[float]] = {}
     for stages in ledger.values():
         for stage, r in stages.items():
             stage_seconds.setdefault(stage, []).append(float(r["seconds"] or 0))
     land = [s["land"] for s in ledger.values() if "land" in s]
-    metrics = [dict(r) for r in warehouse.run(
-        f"SELECT measured_at, region, batch_id, name, value FROM {warehouse.table('metrics', ops=True)} "
-        "WHERE source = 'ingest' AND batch_id IN UNNEST(@ids) ORDER BY measured_at", [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)])] if batch_ids else []
-    return {"metrics": metrics, "records_in": outcome.produced, "records_accounted": accounted, "records_late_claimed": late_claimed,
-            "records_late_unclaimed": late_unclaimed, "records_lost": lost, "batches": len(batch_ids), "batches_balanced": len(balanced),
-            "valid": sum(r["valid"] for r in land), "quarantined": sum(r["quarantined"] + r["duplicates"] for r in land),
-            "stage_seconds": stage_seconds}
+    metrics = (
+        [
+            dict(r)
+            for r in warehouse.run(
+                f"SELECT measured_at, region, batch_id, name, value FROM {warehouse.table('metrics', ops=True)} "
+                "WHERE source = 'ingest' AND batch_id IN UNNEST(@ids) ORDER BY measured_at",
+                [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)],
+            )
+        ]
+        if batch_ids
+        else []
+    )
+    return {
+        "metrics": metrics,
+        "records_in": outcome.produced,
+        "records_accounted": accounted,
+        "records_late_claimed": late_claimed,
+        "records_late_unclaimed": late_unclaimed,
+        "records_lost": lost,
+        "batches": len(batch_ids),
+        "batches_balanced": len(balanced),
+        "valid": sum(r["valid"] for r in land),
+        "quarantined": sum(r["quarantined"] + r["duplicates"] for r in land),
+        "stage_seconds": stage_seconds,
+    }
 
 
 def cost_estimate(config, outcome) -> dict:
@@ -332,11 +428,26 @@ def cost_estimate(config, outcome) -> dict:
 
     cycles = 0
     try:
-        runs = AirflowClient(stack_config.load()).http.get("/dags/warehouse/dagRuns", params={"limit": 1000, "order_by": "-start_date"}).json()["dag_runs"]
-        cycles = sum(1 for r in runs if outcome.started and r["start_date"] and r["start_date"] >= outcome.started.isoformat() and r["state"] == "success")
-    except Exception as exc:  # noqa: BLE001
+        runs = (
+            AirflowClient(stack_config.load())
+            .http.get("/dags/warehouse/dagRuns", params={"limit": 1000, "order_by": "-start_date"})
+            .json()["dag_runs"]
+        )
+        cycles = sum(
+            1
+            for r in runs
+            if outcome.started
+            and r["start_date"]
+            and r["start_date"] >= outcome.started.isoformat()
+            and r["state"] == "success"
+        )
+    except Exception as exc:
         log(f"warehouse runs unreadable: {type(exc).__name__}")
-    return cost.estimate(events_per_min=400_000, cycles_per_day=1440, dedup_window_days=config.warehouse.dedup_window_days) | {"cycles_in_run": cycles}
+    return cost.estimate(
+        events_per_min=400_000,
+        cycles_per_day=1440,
+        dedup_window_days=config.warehouse.dedup_window_days,
+    ) | {"cycles_in_run": cycles}
 
 
 def failed_task_counts(cfg, failed: dict[str, list[str]]) -> dict[str, int]:
@@ -353,8 +464,15 @@ def failed_task_counts(cfg, failed: dict[str, list[str]]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, dict], e2e: dict[str, list[tuple[float, float]]], metrics: list[dict],
-          title: str) -> list[Path]:
+def plots(
+    out: Path,
+    samples: Samples,
+    faults: list[Fault],
+    stages: dict[str, dict],
+    e2e: dict[str, list[tuple[float, float]]],
+    metrics: list[dict],
+    title: str,
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -366,7 +484,9 @@ def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, di
                 continue
             end = f.ended_s if f.ended_s and f.ended_s > f.began_s else f.began_s + 2
             ax.axvspan(f.began_s, end, color="red", alpha=0.12)
-            ax.text(f.began_s, ax.get_ylim()[1] * 0.97, f.kind, fontsize=7, color="darkred", va="top")
+            ax.text(
+                f.began_s, ax.get_ylim()[1] * 0.97, f.kind, fontsize=7, color="darkred", va="top"
+            )
 
     paths = []
 
@@ -410,7 +530,13 @@ def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, di
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
     names = [n for n, q in stages.items() if q["p50"] is not None]
     for i, (q, color) in enumerate((("p50", "#4c72b0"), ("p95", "#dd8452"), ("max", "#c44e52"))):
-        ax.bar([j + (i - 1) * 0.27 for j in range(len(names))], [stages[n][q] for n in names], width=0.27, label=q, color=color)
+        ax.bar(
+            [j + (i - 1) * 0.27 for j in range(len(names))],
+            [stages[n][q] for n in names],
+            width=0.27,
+            label=q,
+            color=color,
+        )
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("seconds (stages: per batch task; visible: from the event)")
@@ -429,8 +555,19 @@ def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, di
     start = min((m["measured_at"] for m in metrics), default=None)
     for region in sorted({m["region"] for m in metrics}):
         for axis, name in ((ax, "freshness_oldest_s"), (ax2, "events_per_min")):
-            points = [((m["measured_at"] - start).total_seconds(), m["value"]) for m in metrics if m["region"] == region and m["name"] == name]
-            axis.plot([t for t, _ in points], [v for _, v in points], marker="o", markersize=3, linewidth=1, label=region)
+            points = [
+                ((m["measured_at"] - start).total_seconds(), m["value"])
+                for m in metrics
+                if m["region"] == region and m["name"] == name
+            ]
+            axis.plot(
+                [t for t, _ in points],
+                [v for _, v in points],
+                marker="o",
+                markersize=3,
+                linewidth=1,
+                label=region,
+            )
     ax.set_ylabel("oldest event of the batch,\ns from Kafka to queryable")
     ax.set_title(f"Per batch, from enrollment_ops.metrics — {title}")
     ax2.set_ylabel("events per minute of the batch\n(land + warehouse)")
@@ -446,28 +583,72 @@ def plots(out: Path, samples: Samples, faults: list[Fault], stages: dict[str, di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make loadtest ARGS=...", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", default="400000/min", help="events per minute over all regions (the simulator's spelling), default 400000/min")
-    parser.add_argument("--duration", default="10m", help="how long the simulator produces, e.g. 90s, 10m (default 10m)")
-    parser.add_argument("--fault", action="append", type=Fault.parse, default=[], metavar="NAME@START[:FOR]",
-                        help="inject a fault (repeatable): <service>-down@3m:2m, broker-restart@5m[:20s], worker-kill@4m")
-    parser.add_argument("--bad", default="2%", help="share of faulty messages the simulator sends (default 2%%)")
-    parser.add_argument("--hostile", default=None, help="share of hostile messages (JSON and contract edges, simulator.hostile), e.g. 0.5%%")
-    parser.add_argument("--sample-every", type=int, default=25, help="follow one new enrollment in N to every sink (default 25)")
-    parser.add_argument("--drain", type=seconds, default=seconds("15m"), help="how long to wait after the load for everything to arrive (default 15m)")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default bench/results/loadtest/<UTC time>)")
+    parser = argparse.ArgumentParser(
+        prog="make loadtest ARGS=...", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--rate",
+        default="400000/min",
+        help="events per minute over all regions (the simulator's spelling), default 400000/min",
+    )
+    parser.add_argument(
+        "--duration",
+        default="10m",
+        help="how long the simulator produces, e.g. 90s, 10m (default 10m)",
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        type=Fault.parse,
+        default=[],
+        metavar="NAME@START[:FOR]",
+        help="inject a fault (repeatable): <service>-down@3m:2m, broker-restart@5m[:20s], worker-kill@4m",
+    )
+    parser.add_argument(
+        "--bad", default="2%", help="share of faulty messages the simulator sends (default 2%%)"
+    )
+    parser.add_argument(
+        "--hostile",
+        default=None,
+        help="share of hostile messages (JSON and contract edges, simulator.hostile), e.g. 0.5%%",
+    )
+    parser.add_argument(
+        "--sample-every",
+        type=int,
+        default=25,
+        help="follow one new enrollment in N to every sink (default 25)",
+    )
+    parser.add_argument(
+        "--drain",
+        type=seconds,
+        default=seconds("15m"),
+        help="how long to wait after the load for everything to arrive (default 15m)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="report folder (default bench/results/loadtest/<UTC time>)",
+    )
     args = parser.parse_args(argv)
 
     stack_cli.up(quiet=True)
     cfg = stack_config.load()
     os.environ.update(cfg.client_env())
     config = load_config()
-    warehouse = Warehouse(client=bigquery_client(cfg.project), storage=storage_client(cfg.project), project=cfg.project,
-                          dataset=config.warehouse_dataset, ops_dataset=config.ops_dataset)
+    warehouse = Warehouse(
+        client=bigquery_client(cfg.project),
+        storage=storage_client(cfg.project),
+        project=cfg.project,
+        dataset=config.warehouse_dataset,
+        ops_dataset=config.ops_dataset,
+    )
     run = SyncRun(warehouse, storage_client(cfg.project).bucket(config.landing_bucket))
-    out = args.out or RESULTS / "loadtest" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or RESULTS / "loadtest" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{args.rate} for {args.duration}" + (f", faults {', '.join(f.label for f in args.fault)}" if args.fault else "")
+    title = f"{args.rate} for {args.duration}" + (
+        f", faults {', '.join(f.label for f in args.fault)}" if args.fault else ""
+    )
     log(f"load test: {title}; report in {out}")
 
     injector, samples = Injector(args.fault), Samples()
@@ -482,11 +663,22 @@ def main(argv: list[str] | None = None) -> int:
         return max(bq_watch.poll(watched), sink_watch.poll(watched))
 
     dag_ids = config.carrier_dags()
-    began = datetime.now(timezone.utc)
+    began = datetime.now(UTC)
     cpu = CpuSampler(resolve=airflow_resolver(cfg.airflow_db_uri)).start()
     try:
-        outcome = steady_load(cfg, config, args.rate, args.duration, dag_ids, poll, sample_every=args.sample_every, drain_s=args.drain,
-                              bad=args.bad, tick=tick, hostile=args.hostile)
+        outcome = steady_load(
+            cfg,
+            config,
+            args.rate,
+            args.duration,
+            dag_ids,
+            poll,
+            sample_every=args.sample_every,
+            drain_s=args.drain,
+            bad=args.bad,
+            tick=tick,
+            hostile=args.hostile,
+        )
     finally:
         cpu_figures = cpu.stop()
         injector.heal()
@@ -502,44 +694,110 @@ def main(argv: list[str] | None = None) -> int:
     sinks_behind = {}
     try:
         for sink in config.sinks:
-            plans = run.plan_all(sink, [r.code for r in config.regions], max_batches=10_000, lookback_days=config.sync_lookback_days)
+            plans = run.plan_all(
+                sink,
+                [r.code for r in config.regions],
+                max_batches=10_000,
+                lookback_days=config.sync_lookback_days,
+            )
             sinks_behind[sink] = sum(len(p.batches) for p in plans.values())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log(f"sinks' backlog unreadable: {type(exc).__name__}")
         sinks_behind = {"unknown": 1}
-    everything_arrived = outcome.drained and not any(sinks_behind.values()) and not figures["records_late_claimed"] + figures["records_late_unclaimed"]
+    everything_arrived = (
+        outcome.drained
+        and not any(sinks_behind.values())
+        and not figures["records_late_claimed"] + figures["records_late_unclaimed"]
+    )
     samples_lost = len(never) if everything_arrived else 0
     late = figures["records_late_claimed"] + figures["records_late_unclaimed"]
     unexplained = figures["records_lost"] + samples_lost + hostile["not_quarantined"]
-    visible = {"bigquery": [(watched[p], bq_watch.seen[p] - watched[p]) for p in watched if p in bq_watch.seen],
-               **{name: [(watched[p], got[p] - watched[p]) for p in watched if p in got] for name, got in sink_watch.seen.items()},
-               "all sinks": [(watched[p], sink_watch.everywhere(p) - watched[p]) for p in watched if sink_watch.everywhere(p) is not None]}
-    stages = {name: percentiles(values) for name, values in sorted(figures.pop("stage_seconds").items())}
-    stages |= {f"visible in {name}": percentiles([latency for _, latency in points]) for name, points in visible.items()}
+    visible = {
+        "bigquery": [
+            (watched[p], bq_watch.seen[p] - watched[p]) for p in watched if p in bq_watch.seen
+        ],
+        **{
+            name: [(watched[p], got[p] - watched[p]) for p in watched if p in got]
+            for name, got in sink_watch.seen.items()
+        },
+        "all sinks": [
+            (watched[p], sink_watch.everywhere(p) - watched[p])
+            for p in watched
+            if sink_watch.everywhere(p) is not None
+        ],
+    }
+    stages = {
+        name: percentiles(values) for name, values in sorted(figures.pop("stage_seconds").items())
+    }
+    stages |= {
+        f"visible in {name}": percentiles([latency for _, latency in points])
+        for name, points in visible.items()
+    }
     fresh = stages["visible in bigquery"]
     paths = plots(out, samples, args.fault, stages, visible, figures.pop("metrics"), title)
     duration_s = seconds(args.duration)
     summary = {
-        "rate": args.rate, "duration": args.duration, "records_in": figures["records_in"], "records_accounted": figures["records_accounted"],
-        "unexplained_records": unexplained, "unaccounted_offsets": figures["records_in"] - figures["records_accounted"],
-        "records_lost": figures["records_lost"], "records_late": late, "records_late_claimed": figures["records_late_claimed"],
-        "records_late_unclaimed": figures["records_late_unclaimed"], "samples_lost": samples_lost, "drained": outcome.drained,
-        "backlog_left": outcome.backlog_left | {"sinks_batches_not_synced": sinks_behind}, "cpu": cpu_figures,
+        "rate": args.rate,
+        "duration": args.duration,
+        "records_in": figures["records_in"],
+        "records_accounted": figures["records_accounted"],
+        "unexplained_records": unexplained,
+        "unaccounted_offsets": figures["records_in"] - figures["records_accounted"],
+        "records_lost": figures["records_lost"],
+        "records_late": late,
+        "records_late_claimed": figures["records_late_claimed"],
+        "records_late_unclaimed": figures["records_late_unclaimed"],
+        "samples_lost": samples_lost,
+        "drained": outcome.drained,
+        "backlog_left": outcome.backlog_left | {"sinks_batches_not_synced": sinks_behind},
+        "cpu": cpu_figures,
         "cost": cost_estimate(config, outcome),
-        "samples": len(watched), "samples_never_visible_everywhere": len(never),
-        "freshness_p50_s": fresh["p50"], "freshness_p95_s": fresh["p95"], "freshness_max_s": fresh["max"],
-        "all_sinks_p50_s": stages["visible in all sinks"]["p50"], "all_sinks_p95_s": stages["visible in all sinks"]["p95"],
-        "produced_events_per_min": round(outcome.produced * 60 / duration_s) if duration_s else None,
-        "batches": figures["batches"], "batches_balanced": figures["batches_balanced"], "valid": figures["valid"], "quarantined": figures["quarantined"],
-        "hostile": hostile, "failed_dag_runs": outcome.failed_runs, "failed_tasks": failed_tasks, "faults": [asdict(f) | {"spec": f.label} for f in args.fault],
-        "stages": stages, "plots": [p.name for p in paths], "machine": machine(), "began_at": began.isoformat(),
+        "samples": len(watched),
+        "samples_never_visible_everywhere": len(never),
+        "freshness_p50_s": fresh["p50"],
+        "freshness_p95_s": fresh["p95"],
+        "freshness_max_s": fresh["max"],
+        "all_sinks_p50_s": stages["visible in all sinks"]["p50"],
+        "all_sinks_p95_s": stages["visible in all sinks"]["p95"],
+        "produced_events_per_min": round(outcome.produced * 60 / duration_s)
+        if duration_s
+        else None,
+        "batches": figures["batches"],
+        "batches_balanced": figures["batches_balanced"],
+        "valid": figures["valid"],
+        "quarantined": figures["quarantined"],
+        "hostile": hostile,
+        "failed_dag_runs": outcome.failed_runs,
+        "failed_tasks": failed_tasks,
+        "faults": [asdict(f) | {"spec": f.label} for f in args.fault],
+        "stages": stages,
+        "plots": [p.name for p in paths],
+        "machine": machine(),
+        "began_at": began.isoformat(),
         "executor": Airflow(cfg).executor,
-        "workers": (" (" + ", ".join(f"worker {w.name}: queues {','.join(w.queues)}, concurrency {w.concurrency}" for w in config.celery_workers) + ")"
-                    if cfg.celery else ""),
+        "workers": (
+            " ("
+            + ", ".join(
+                f"worker {w.name}: queues {','.join(w.queues)}, concurrency {w.concurrency}"
+                for w in config.celery_workers
+            )
+            + ")"
+            if cfg.celery
+            else ""
+        ),
     }
-    (out / "summary.json").write_text(json.dumps(summary | {"cost": {k: v for k, v in summary["cost"].items() if k != "statements"}}, indent=2, default=str) + "\n")
+    (out / "summary.json").write_text(
+        json.dumps(
+            summary | {"cost": {k: v for k, v in summary["cost"].items() if k != "statements"}},
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     (out / "report.md").write_text(report(summary, title))
-    log(f"verdict: records in {summary['records_in']:,}, accounted {summary['records_accounted']:,}, late {late:,}, lost {unexplained:,}")
+    log(
+        f"verdict: records in {summary['records_in']:,}, accounted {summary['records_accounted']:,}, late {late:,}, lost {unexplained:,}"
+    )
     print(out / "report.md")
     return 0 if unexplained == 0 else 1
 
@@ -549,38 +807,72 @@ def hostile_verdict(warehouse: Warehouse, outcome, since: datetime) -> dict:
     with the reasons the contract gives it?"""
     sent = outcome.hostile
     if not sent:
-        return {"sent": 0, "quarantined_as_expected": 0, "quarantined_otherwise": 0, "not_quarantined": 0}
-    rows = warehouse.run(f"""SELECT region, kafka_partition, kafka_offset, reasons FROM {warehouse.table('quarantine')}
-                             WHERE kafka_timestamp >= @since""", [bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)])
-    found = {(r["region"], r["kafka_partition"], r["kafka_offset"]): sorted(r["reasons"].split(",")) for r in rows}
+        return {
+            "sent": 0,
+            "quarantined_as_expected": 0,
+            "quarantined_otherwise": 0,
+            "not_quarantined": 0,
+        }
+    rows = warehouse.run(
+        f"""SELECT region, kafka_partition, kafka_offset, reasons FROM {warehouse.table("quarantine")}
+                             WHERE kafka_timestamp >= @since""",
+        [bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)],
+    )
+    found = {
+        (r["region"], r["kafka_partition"], r["kafka_offset"]): sorted(r["reasons"].split(","))
+        for r in rows
+    }
     as_expected = sum(1 for key, reasons in sent.items() if found.get(key) == sorted(reasons))
     missing = sum(1 for key in sent if key not in found)
-    return {"sent": len(sent), "quarantined_as_expected": as_expected, "quarantined_otherwise": len(sent) - as_expected - missing,
-            "not_quarantined": missing}
+    return {
+        "sent": len(sent),
+        "quarantined_as_expected": as_expected,
+        "quarantined_otherwise": len(sent) - as_expected - missing,
+        "not_quarantined": missing,
+    }
 
 
 def report(s: dict, title: str) -> str:
     def fmt(v) -> str:
         return "–" if v is None else f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
 
-    faults = "\n".join(f"| `{f['spec']}` | {fmt(f['began_s'])} | {fmt(f['ended_s'])} | {f['detail']} |" for f in s["faults"]) or "| none | | | |"
-    stages = "\n".join(f"| {name} | {fmt(q['p50'])} | {fmt(q['p95'])} | {fmt(q['max'])} |" for name, q in s["stages"].items())
+    faults = (
+        "\n".join(
+            f"| `{f['spec']}` | {fmt(f['began_s'])} | {fmt(f['ended_s'])} | {f['detail']} |"
+            for f in s["faults"]
+        )
+        or "| none | | | |"
+    )
+    stages = "\n".join(
+        f"| {name} | {fmt(q['p50'])} | {fmt(q['p95'])} | {fmt(q['max'])} |"
+        for name, q in s["stages"].items()
+    )
     ok = s["unexplained_records"] == 0
     left = s["backlog_left"]
-    drain = ("Everything drained before the deadline." if s["drained"] else
-             f"The drain gave up: left behind {left.get('kafka_records_pending', 0):,} records pending in Kafka, "
-             f"{left.get('landed_batches_not_warehoused', 0)} landed batches not warehoused, sinks' batches not synced "
-             f"{left.get('sinks_batches_not_synced')}; the DAGs were paused with that backlog (unpause them, or `make reset-data`).")
+    drain = (
+        "Everything drained before the deadline."
+        if s["drained"]
+        else f"The drain gave up: left behind {left.get('kafka_records_pending', 0):,} records pending in Kafka, "
+        f"{left.get('landed_batches_not_warehoused', 0)} landed batches not warehoused, sinks' batches not synced "
+        f"{left.get('sinks_batches_not_synced')}; the DAGs were paused with that backlog (unpause them, or `make reset-data`)."
+    )
     h = s["hostile"]
-    hostile = (f" Of {h['sent']:,} hostile messages sent, **{h['quarantined_as_expected']:,} are in quarantine with the reasons the "
-               f"contract gives them**, {h['quarantined_otherwise']:,} with other reasons, {h['not_quarantined']:,} not in quarantine."
-               if h["sent"] else "")
-    failed = (" — failed tasks: " + ", ".join(f"`{k}` {v}" for k, v in s["failed_tasks"].items())) if s["failed_tasks"] else ""
+    hostile = (
+        f" Of {h['sent']:,} hostile messages sent, **{h['quarantined_as_expected']:,} are in quarantine with the reasons the "
+        f"contract gives them**, {h['quarantined_otherwise']:,} with other reasons, {h['not_quarantined']:,} not in quarantine."
+        if h["sent"]
+        else ""
+    )
+    failed = (
+        (" — failed tasks: " + ", ".join(f"`{k}` {v}" for k, v in s["failed_tasks"].items()))
+        if s["failed_tasks"]
+        else ""
+    )
     return f"""# Load test: {title}
 
-Began {s['began_at']} on {s['machine']['cores']} cores, Airflow on the **{s['executor']}**{s['workers']}. The simulator produced **{s['records_in']:,} events**
-({fmt(s['produced_events_per_min'])} per minute, asked {s['rate']}); {s['batches']:,} batches carried them
-({s['valid']:,} valid, {s['quarantined']:,} quarantined with a reason); {s['failed_dag_runs']} DAG runs failed
+Began {s["began_at"]} on {s["machine"]["cores"]} cores, Airflow on the **{s["executor"]}**{s["workers"]}. The simulator produced **{s["records_in"]:,} events**
+({fmt(s["produced_events_per_min"])} per minute, asked {s["rate"]}); {s["batches"]:,} batches carried them
+({s["valid"]:,} valid, {s["quarantined"]:,} quarantined with a reason); {s["failed_dag_runs"]} DAG runs failed
 on the way{failed}.{hostile} A failed run loses nothing: the freshness gate fails after the data is in, a
 sync run's batches are taken again by the next run from the watermark, an ingest batch is claimed
 again from the committed offsets.
@@ -603,7 +895,7 @@ again from the committed offsets.
 
 Batch stages: seconds of each batch's task (from the ledger). *Visible in …*: from the event's
 production to the sampled enrollment being queryable in BigQuery or visible in a sink
-({s['samples']:,} samples; polled every 2 s).
+({s["samples"]:,} samples; polled every 2 s).
 
 | stage | p50 s | p95 s | max s |
 |---|---|---|---|
@@ -618,31 +910,31 @@ event, throughput of its land and warehouse tasks):
 
 ![per-batch metrics](metrics.png)
 
-Freshness (event → queryable in BigQuery): p50 {fmt(s['freshness_p50_s'])} s, **p95 {fmt(s['freshness_p95_s'])} s**,
-max {fmt(s['freshness_max_s'])} s. All three sinks: p50 {fmt(s['all_sinks_p50_s'])} s, p95 {fmt(s['all_sinks_p95_s'])} s.
+Freshness (event → queryable in BigQuery): p50 {fmt(s["freshness_p50_s"])} s, **p95 {fmt(s["freshness_p95_s"])} s**,
+max {fmt(s["freshness_max_s"])} s. All three sinks: p50 {fmt(s["all_sinks_p50_s"])} s, p95 {fmt(s["all_sinks_p95_s"])} s.
 
 ## Where the CPU went
 
 CPU seconds per minute of the run (load and drain), per component; tasks are charged by the
 kind of DAG their worker ran.
 
-{cpu_markdown(s['cpu'])}
+{cpu_markdown(s["cpu"])}
 ## The warehouse on real BigQuery, on paper
 
-{cost.markdown(s['cost'])}
-This run took {s['cost']['cycles_in_run']:,} warehouse cycles.
+{cost.markdown(s["cost"])}
+This run took {s["cost"]["cycles_in_run"]:,} warehouse cycles.
 
 ## Verdict of the ledger
 
 | records in | accounted for | late (not yet accounted when the drain ended) | lost |
 |---|---|---|---|
-| {s['records_in']:,} | {s['records_accounted']:,} | {s['records_late']:,} | **{s['unexplained_records']:,}** |
+| {s["records_in"]:,} | {s["records_accounted"]:,} | {s["records_late"]:,} | **{s["unexplained_records"]:,}** |
 
-{"Nothing is lost" if ok else "RECORDS ARE LOST"}: {s['batches_balanced']:,} of {s['batches']:,} batches have balanced land and
-warehouse ledger rows covering {s['records_accounted']:,} of the produced offsets. Late: {s['records_late_claimed']:,}
-in batches claimed but not yet warehoused, {s['records_late_unclaimed']:,} not yet claimed;
-{s['samples_never_visible_everywhere']:,} of {s['samples']:,} sampled enrollments were not visible in all sinks when the
-drain ended ({s['samples_lost']:,} counted lost: only once everything else has arrived). {drain}
+{"Nothing is lost" if ok else "RECORDS ARE LOST"}: {s["batches_balanced"]:,} of {s["batches"]:,} batches have balanced land and
+warehouse ledger rows covering {s["records_accounted"]:,} of the produced offsets. Late: {s["records_late_claimed"]:,}
+in batches claimed but not yet warehoused, {s["records_late_unclaimed"]:,} not yet claimed;
+{s["samples_never_visible_everywhere"]:,} of {s["samples"]:,} sampled enrollments were not visible in all sinks when the
+drain ended ({s["samples_lost"]:,} counted lost: only once everything else has arrived). {drain}
 """
 
 

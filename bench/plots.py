@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def latency_over_time(path: Path, series: dict[str, list[tuple[float, float]]], title: str, target_s: float | None = None) -> Path:
+def latency_over_time(
+    path: Path,
+    series: dict[str, list[tuple[float, float]]],
+    title: str,
+    target_s: float | None = None,
+) -> Path:
     """One scatter per series of (event time, latency s), with each series' p95 and the target."""
     import matplotlib
 
@@ -20,7 +25,13 @@ def latency_over_time(path: Path, series: dict[str, list[tuple[float, float]]], 
         xs, ys = [t - start for t, _ in points], [y for _, y in points]
         dots = ax.scatter(xs, ys, s=6, alpha=0.5, label=name)
         p95 = sorted(ys)[min(len(ys) - 1, int(0.95 * len(ys)))]
-        ax.axhline(p95, color=dots.get_facecolor()[0], linestyle=":", linewidth=1, label=f"{name} p95 {p95:.0f} s")
+        ax.axhline(
+            p95,
+            color=dots.get_facecolor()[0],
+            linestyle=":",
+            linewidth=1,
+            label=f"{name} p95 {p95:.0f} s",
+        )
     if target_s is not None:
         ax.axhline(target_s, color="red", linewidth=1.2, label=f"target {target_s:g} s")
     ax.set_xlabel("event produced, s after the start of the load")

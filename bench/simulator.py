@@ -22,11 +22,34 @@ def main() -> int:
     stack_cli.up(["kafka"], quiet=True)
     os.environ.update(stack_config.load().client_env())
     with tempfile.TemporaryDirectory() as tmp:
-        summary = cli.produce(cli.parse_args(["produce", "--events", str(EVENTS), "--rate", "max", "--faults", "2%", "--seed", "2026",
-                                              "--expected", f"{tmp}/expected.jsonl"]))
-    figures = {"events": summary["events"], "seconds": summary["seconds"], "events_per_min": summary["events_per_min"],
-               "target_events_per_min": 1_000_000, "faults": summary["faults"], "target": "kafka"}
-    print(f"simulator: {figures['events']:,} events to Kafka in {figures['seconds']:.1f} s = {figures['events_per_min']:,} events/min from one process")
+        summary = cli.produce(
+            cli.parse_args(
+                [
+                    "produce",
+                    "--events",
+                    str(EVENTS),
+                    "--rate",
+                    "max",
+                    "--faults",
+                    "2%",
+                    "--seed",
+                    "2026",
+                    "--expected",
+                    f"{tmp}/expected.jsonl",
+                ]
+            )
+        )
+    figures = {
+        "events": summary["events"],
+        "seconds": summary["seconds"],
+        "events_per_min": summary["events_per_min"],
+        "target_events_per_min": 1_000_000,
+        "faults": summary["faults"],
+        "target": "kafka",
+    }
+    print(
+        f"simulator: {figures['events']:,} events to Kafka in {figures['seconds']:.1f} s = {figures['events_per_min']:,} events/min from one process"
+    )
     write("simulator", figures)
     return 0
 

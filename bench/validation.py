@@ -41,7 +41,11 @@ def main() -> int:
         t0 = time.perf_counter()
         result = validate_batch(values)
         timings.append(time.perf_counter() - t0)
-        print(f"  run {run + 1}: validate {timings[-1]:.2f} s, json.loads {baseline[-1]:.2f} s", file=sys.stderr, flush=True)
+        print(
+            f"  run {run + 1}: validate {timings[-1]:.2f} s, json.loads {baseline[-1]:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     got = {i: [] for i in range(EVENTS)}
     for row in result.quarantine.select(["source_index", "reasons"]).to_pylist():
@@ -63,9 +67,11 @@ def main() -> int:
         "repeats": REPEATS,
         "statistic": "median",
     }
-    print(f"validation: {EVENTS:,} events in {seconds:.2f} s = {EVENTS / seconds:,.0f} events/s on one core "
-          f"(json.loads alone {base:.2f} s; validation takes {seconds / base:.2f}x as long); "
-          f"{result.quarantine.num_rows:,} quarantined, {mismatches} differ from the expected outcomes")
+    print(
+        f"validation: {EVENTS:,} events in {seconds:.2f} s = {EVENTS / seconds:,.0f} events/s on one core "
+        f"(json.loads alone {base:.2f} s; validation takes {seconds / base:.2f}x as long); "
+        f"{result.quarantine.num_rows:,} quarantined, {mismatches} differ from the expected outcomes"
+    )
     write("validation", figures)
     return 0
 

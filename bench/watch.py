@@ -28,9 +28,14 @@ class WarehouseWatcher:
         if waiting:
             now = time.time()
             try:
-                rows = self.client.query(f"SELECT partner_id FROM {self.table} WHERE partner_id IN UNNEST(@ids)",
-                                         job_config=bigquery.QueryJobConfig(query_parameters=[
-                                             bigquery.ArrayQueryParameter("ids", "STRING", waiting[: self.limit])])).result()
+                rows = self.client.query(
+                    f"SELECT partner_id FROM {self.table} WHERE partner_id IN UNNEST(@ids)",
+                    job_config=bigquery.QueryJobConfig(
+                        query_parameters=[
+                            bigquery.ArrayQueryParameter("ids", "STRING", waiting[: self.limit])
+                        ]
+                    ),
+                ).result()
             except NotFound:  # a fresh stack: the first batch has not created the table yet
                 rows = []
             self.seen.update({row["partner_id"]: now for row in rows})
@@ -47,7 +52,11 @@ class SinkWatcher:
         self.mc = f"{cfg.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud'].get('data_extension')}/lookup"
         self.mc_headers = cfg.stub_headers()  # the stub's admin endpoints want its token
         self.limit = limit
-        self.seen: dict[str, dict[str, float]] = {"firestore": {}, "solr": {}, "marketing_cloud": {}}
+        self.seen: dict[str, dict[str, float]] = {
+            "firestore": {},
+            "solr": {},
+            "marketing_cloud": {},
+        }
         # Partners Marketing Cloud must not hold (consent withdrawn after the enrollment was sampled):
         # followed into the other sinks only.
         self.consent = config.marketing_consent
@@ -57,20 +66,40 @@ class SinkWatcher:
 
     def poll(self, watched: dict[str, float]) -> int:
         now = time.time()
-        waiting = {name: [p for p in watched if p not in got][: self.limit] for name, got in self.seen.items()}
+        waiting = {
+            name: [p for p in watched if p not in got][: self.limit]
+            for name, got in self.seen.items()
+        }
         try:
             if waiting["firestore"]:
-                for snap in self.db.get_all([self.documents.document(p) for p in waiting["firestore"]]):
+                for snap in self.db.get_all(
+                    [self.documents.document(p) for p in waiting["firestore"]]
+                ):
                     if snap.exists:
                         self.seen["firestore"][snap.id] = now
             if waiting["solr"]:
-                docs = httpx.post(f"{self.solr}/get", data={"ids": ",".join(waiting["solr"]), "wt": "json"}, timeout=30).json()["response"]["docs"]
+                docs = httpx.post(
+                    f"{self.solr}/get",
+                    data={"ids": ",".join(waiting["solr"]), "wt": "json"},
+                    timeout=30,
+                ).json()["response"]["docs"]
                 self.seen["solr"].update({d["id"]: now for d in docs})
-            waiting["marketing_cloud"] = [p for p in waiting["marketing_cloud"] if p not in self.not_contactable]
+            waiting["marketing_cloud"] = [
+                p for p in waiting["marketing_cloud"] if p not in self.not_contactable
+            ]
             if waiting["marketing_cloud"]:
-                rows = httpx.post(self.mc, json={"keys": waiting["marketing_cloud"]}, headers=self.mc_headers, timeout=30).json()["items"]
-                self.seen["marketing_cloud"].update({r["PartnerId"]: r.get("_written_at", now) for r in rows})
-                self._barred([p for p in waiting["marketing_cloud"] if p not in self.seen["marketing_cloud"]])
+                rows = httpx.post(
+                    self.mc,
+                    json={"keys": waiting["marketing_cloud"]},
+                    headers=self.mc_headers,
+                    timeout=30,
+                ).json()["items"]
+                self.seen["marketing_cloud"].update(
+                    {r["PartnerId"]: r.get("_written_at", now) for r in rows}
+                )
+                self._barred(
+                    [p for p in waiting["marketing_cloud"] if p not in self.seen["marketing_cloud"]]
+                )
         except (httpx.HTTPError, OSError, ValueError):
             pass  # a sink down (a fault being injected): look again at the next poll
         return self.missing(watched)
@@ -83,14 +112,26 @@ class SinkWatcher:
         if not ids:
             return
         try:
-            rows = self.bq.query(f"SELECT partner_id, region, marketing_consent FROM {self.partners} WHERE partner_id IN UNNEST(@ids)",
-                                 job_config=bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", ids)])).result()
+            rows = self.bq.query(
+                f"SELECT partner_id, region, marketing_consent FROM {self.partners} WHERE partner_id IN UNNEST(@ids)",
+                job_config=bigquery.QueryJobConfig(
+                    query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", ids)]
+                ),
+            ).result()
         except GoogleAPIError:
             return
-        self.not_contactable.update(r["partner_id"] for r in rows if not self.consent.contactable(r["region"], r["marketing_consent"]))
+        self.not_contactable.update(
+            r["partner_id"]
+            for r in rows
+            if not self.consent.contactable(r["region"], r["marketing_consent"])
+        )
 
     def _expected(self, partner_id: str) -> dict[str, dict[str, float]]:
-        return {name: got for name, got in self.seen.items() if not (name == "marketing_cloud" and partner_id in self.not_contactable)}
+        return {
+            name: got
+            for name, got in self.seen.items()
+            if not (name == "marketing_cloud" and partner_id in self.not_contactable)
+        }
 
     def missing(self, watched: dict[str, float]) -> int:
         return sum(1 for p in watched if any(p not in got for got in self._expected(p).values()))

@@ -8,22 +8,22 @@ from airflow.sdk import CronTriggerTimetable, dag, task
 
 from enrollment.config import load_config
 from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import default_args, Tag
+from enrollment_airflow.defaults import Tag, default_args
 
 CONFIG = load_config()
 
 DOC_MD = f"""
 ### Canary
 
-Flow validation, every `{CONFIG.canary['every']}` (UTC):
+Flow validation, every `{CONFIG.canary["every"]}` (UTC):
 
 1. **inject** produces one `partner.enrolled` per region into its Kafka topic — the region's
    canary partner (`AMCANARY0000`, `EMCANARY0000`, …) at a new version, named `Canary <Region>`.
    It travels like any other event: backlog trigger, ingest, warehouse, the sink DAGs.
-2. **trace** looks every {CONFIG.canary['poke_s']} s until each canary is visible in BigQuery's
-   `partners` table and in every sink ({', '.join(CONFIG.sinks)}), read back from the service.
+2. **trace** looks every {CONFIG.canary["poke_s"]} s until each canary is visible in BigQuery's
+   `partners` table and in every sink ({", ".join(CONFIG.sinks)}), read back from the service.
    It **fails** (and calls the alert callback) when a canary is not everywhere within
-   {CONFIG.canary['within_s']:g} s, naming the region and where it is missing.
+   {CONFIG.canary["within_s"]:g} s, naming the region and where it is missing.
 
 Every trace is in `{CONFIG.ops_dataset}.canary` (seconds to each destination, what was missing),
 the time to visible everywhere also in `{CONFIG.ops_dataset}.metrics` (`source = 'canary'`):
@@ -34,10 +34,17 @@ process costs less than starting a task process at every look. Owner: enrollment
 """
 
 
-@dag(dag_id="canary", schedule=CronTriggerTimetable(CONFIG.canary["every"], timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
-     max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD,
-     # Injecting twice is harmless (a newer version of the same partner); tracing again re-reads.
-     default_args=default_args("monitors") | {"retries": 1, "retry_delay": timedelta(seconds=20)})
+@dag(
+    dag_id="canary",
+    schedule=CronTriggerTimetable(CONFIG.canary["every"], timezone="UTC"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=[str(Tag.OPS)],
+    doc_md=DOC_MD,
+    # Injecting twice is harmless (a newer version of the same partner); tracing again re-reads.
+    default_args=default_args("monitors") | {"retries": 1, "retry_delay": timedelta(seconds=20)},
+)
 def canary():
     @task
     def inject() -> list[dict]:
@@ -50,7 +57,11 @@ def canary():
         require(["kafka"], endpoints, config)
         return [c.as_dict() for c in inject_canaries(endpoints.kafka_bootstrap, config)]
 
-    @task(retries=0, on_failure_callback=on_failure, execution_timeout=timedelta(seconds=float(CONFIG.canary["within_s"]) + 300))
+    @task(
+        retries=0,
+        on_failure_callback=on_failure,
+        execution_timeout=timedelta(seconds=float(CONFIG.canary["within_s"]) + 300),
+    )
     def trace(injected: list[dict]) -> dict:
         import time
 
@@ -77,11 +88,22 @@ def canary():
                 sink.close()
         record(warehouse, canaries, list(sinks))
         for c in canaries:
-            metrics.record(warehouse, "canary", c.region, c.event_id, {f"visible_{d}_s": s for d, s in c.seen.items()}
-                           | {"visible_everywhere_s": max(c.seen.values()) if c.region not in gone else None})
+            metrics.record(
+                warehouse,
+                "canary",
+                c.region,
+                c.event_id,
+                {f"visible_{d}_s": s for d, s in c.seen.items()}
+                | {"visible_everywhere_s": max(c.seen.values()) if c.region not in gone else None},
+            )
         if gone:
-            raise AirflowFailException(f"canary not visible within {config.canary['within_s']:g} s: "
-                                       + "; ".join(f"{region} missing in {', '.join(where)}" for region, where in sorted(gone.items())))
+            raise AirflowFailException(
+                f"canary not visible within {config.canary['within_s']:g} s: "
+                + "; ".join(
+                    f"{region} missing in {', '.join(where)}"
+                    for region, where in sorted(gone.items())
+                )
+            )
         return {c.region: c.seen for c in canaries}
 
     trace(inject())

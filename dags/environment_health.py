@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, dag, task
-from enrollment_airflow.defaults import default_args, Tag
+
+from enrollment_airflow.defaults import Tag, default_args
 
 SERVICES = ["kafka", "gcs", "bigquery", "firestore", "solr", "marketing-cloud"]
 
@@ -29,17 +30,28 @@ Owner: enrollment-data team.
 """
 
 
-@dag(dag_id="environment_health", schedule=CronTriggerTimetable("*/5 * * * *", timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
-     max_active_runs=1, default_args=default_args("monitors") | {"retries": 1, "retry_delay": timedelta(seconds=20)}, tags=[str(Tag.OPS)], doc_md=DOC_MD)
+@dag(
+    dag_id="environment_health",
+    schedule=CronTriggerTimetable("*/5 * * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args("monitors") | {"retries": 1, "retry_delay": timedelta(seconds=20)},
+    tags=[str(Tag.OPS)],
+    doc_md=DOC_MD,
+)
 def environment_health():
     @task(map_index_template="{{ service }}")
     def check_service(service: str, ti=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
+
         from enrollment.health import check
         from enrollment_airflow.connections import endpoints_from_connections
 
         result = check(service, endpoints_from_connections())
-        ti.xcom_push(key="check", value=result.as_dict())  # kept even when the task fails, for the verdict
+        ti.xcom_push(
+            key="check", value=result.as_dict()
+        )  # kept even when the task fails, for the verdict
         if not result.ok:
             raise AirflowFailException(f"{service} failed its round trip: {result.detail}")
         return result.as_dict()
@@ -47,13 +59,22 @@ def environment_health():
     @task(trigger_rule="all_done")
     def verdict(ti=None, run_id=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
+
         from enrollment.health import Check, record
         from enrollment_airflow.connections import endpoints_from_connections
 
-        pulled = ti.xcom_pull(task_ids="check_service", key="check", map_indexes=list(range(len(SERVICES)))) or []
+        pulled = (
+            ti.xcom_pull(
+                task_ids="check_service", key="check", map_indexes=list(range(len(SERVICES)))
+            )
+            or []
+        )
         checks = [Check(**c) for c in pulled if c]
         missing = sorted(set(SERVICES) - {c.service for c in checks})
-        checks += [Check(service=s, ok=False, seconds=0.0, detail="the check did not report") for s in missing]
+        checks += [
+            Check(service=s, ok=False, seconds=0.0, detail="the check did not report")
+            for s in missing
+        ]
         record(checks, run_id, endpoints_from_connections().project)
         down = [f"{c.service} ({c.detail})" for c in checks if not c.ok]
         if down:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
-from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import default_args, WAREHOUSE_POOL, Tag
 
 from enrollment.config import ERASURE_REASONS as REASONS
 from enrollment.config import MAX_ERASURE_PARTNERS as MAX_PARTNERS
 from enrollment.config import load_config
+from enrollment_airflow.alerts import on_failure
+from enrollment_airflow.defaults import WAREHOUSE_POOL, Tag, default_args
 
 CONFIG = load_config()
 SINKS = list(CONFIG.sinks)
@@ -43,24 +43,59 @@ run afterwards if your policy wants them gone from Airflow too. Owner: enrollmen
 
 def _erasure(params):
     """The run's request (checked again in every step: params are the run's) with its clients."""
-    from enrollment_airflow.connections import keyring_from_connections, warehouse_from_connections
-
     from enrollment.erasure import Erasure, Request
+    from enrollment_airflow.connections import keyring_from_connections, warehouse_from_connections
 
     config = load_config()  # the configuration in force when the task runs
     w = warehouse_from_connections(config)
-    return Erasure(Request.parse(params["partner_ids"], params["reason"], params["ticket"]), w, w.storage.bucket(config.landing_bucket),
-                   keyring_from_connections())
+    return Erasure(
+        Request.parse(params["partner_ids"], params["reason"], params["ticket"]),
+        w,
+        w.storage.bucket(config.landing_bucket),
+        keyring_from_connections(),
+    )
 
 
-@dag(dag_id="erase_partners", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1, tags=[str(Tag.OPS)],
-     doc_md=DOC_MD, default_args=default_args("maintenance") | {"on_failure_callback": on_failure},
-     params={"partner_ids": Param([], type="array", items={"type": "string"}, minItems=1, maxItems=MAX_PARTNERS,
-                                  description="The partners to erase (partner ids)"),
-             "reason": Param("gdpr_art17", type="string", enum=list(REASONS), description="The legal ground of the request"),
-             "ticket": Param("", type="string", minLength=1, maxLength=64, description="The request's reference (privacy desk ticket)"),
-             "settle_seconds": Param(60, type="integer", minimum=0, maximum=900,
-                                     description="Wait after suppressing, so that a batch landing meanwhile is found")})
+@dag(
+    dag_id="erase_partners",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=[str(Tag.OPS)],
+    doc_md=DOC_MD,
+    default_args=default_args("maintenance") | {"on_failure_callback": on_failure},
+    params={
+        "partner_ids": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            minItems=1,
+            maxItems=MAX_PARTNERS,
+            description="The partners to erase (partner ids)",
+        ),
+        "reason": Param(
+            "gdpr_art17",
+            type="string",
+            enum=list(REASONS),
+            description="The legal ground of the request",
+        ),
+        "ticket": Param(
+            "",
+            type="string",
+            minLength=1,
+            maxLength=64,
+            description="The request's reference (privacy desk ticket)",
+        ),
+        "settle_seconds": Param(
+            60,
+            type="integer",
+            minimum=0,
+            maximum=900,
+            description="Wait after suppressing, so that a batch landing meanwhile is found",
+        ),
+    },
+)
 def erase_partners():
     @task
     def suppress(params=None) -> dict:
@@ -78,15 +113,24 @@ def erase_partners():
         time.sleep(int(params["settle_seconds"]))
         return requested
 
-    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))  # no warehouse cycle meanwhile: one writer
+    @task(
+        pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60)
+    )  # no warehouse cycle meanwhile: one writer
     def warehouse(requested: dict, params=None) -> dict:
         from enrollment import erasure
 
         e = _erasure(params)
-        batches = erasure.batches_holding(e.warehouse, e.bucket, load_config().consumer_group, e.request.partner_ids)
+        batches = erasure.batches_holding(
+            e.warehouse, e.bucket, load_config().consumer_group, e.request.partner_ids
+        )
         landed = erasure.scrub_landed(e.bucket, batches, e.ids)
-        e.record("erase", "landed_batches", sum(landed.values()),
-                 detail=f"{len(batches)} batches looked at: " + ", ".join(f"{k} {v}" for k, v in landed.items()))
+        e.record(
+            "erase",
+            "landed_batches",
+            sum(landed.values()),
+            detail=f"{len(batches)} batches looked at: "
+            + ", ".join(f"{k} {v}" for k, v in landed.items()),
+        )
         tables = erasure.scrub_warehouse(e.warehouse, e.request.partner_ids)
         for table, rows in tables.items():
             e.record("erase", f"bigquery.{table}", rows)
@@ -102,8 +146,13 @@ def erase_partners():
             done = target.erase(list(e.request.partner_ids))
         finally:
             target.close()
-        e.record("erase", sink, int(done.get("deleted", done.get("rows_deleted_or_absent", 0))), ok=not done.get("remaining"),
-                 detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())))
+        e.record(
+            "erase",
+            sink,
+            int(done.get("deleted", done.get("rows_deleted_or_absent", 0))),
+            ok=not done.get("remaining"),
+            detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())),
+        )
         return done
 
     @task
@@ -112,20 +161,29 @@ def erase_partners():
 
         e, config = _erasure(params), load_config()
         done = erasure.scrub_objects(e.bucket, SINKS, [r.code for r in config.regions], e.ids)
-        e.record("erase", "transient_objects", sum(done.values()), detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())))
+        e.record(
+            "erase",
+            "transient_objects",
+            sum(done.values()),
+            detail=", ".join(f"{k} {v}" for k, v in sorted(done.items())),
+        )
         return done
 
     @task
     def verify(requested: dict, scrubbed: dict, params=None) -> dict:
         """Every store read again for the clear ids; a sink holding one again (a sync that read the
         partner before the warehouse step) is erased once more. Fails, naming stores, if any remain."""
+        from enrollment import erasure
         from enrollment_airflow.connections import sink_from_connections
 
-        from enrollment import erasure
-
         e = _erasure(params)
-        left = {f"bigquery.{k}": v for k, v in erasure.remaining_in_warehouse(e.warehouse, e.request.partner_ids).items()}
-        left["landed_batches"] = sum(erasure.remaining_in_batch(e.bucket, b, e.ids) for b in scrubbed["batches"])
+        left = {
+            f"bigquery.{k}": v
+            for k, v in erasure.remaining_in_warehouse(e.warehouse, e.request.partner_ids).items()
+        }
+        left["landed_batches"] = sum(
+            erasure.remaining_in_batch(e.bucket, b, e.ids) for b in scrubbed["batches"]
+        )
         for sink in SINKS:
             target = sink_from_connections(load_config(), sink)
             try:
@@ -135,8 +193,11 @@ def erase_partners():
         for store, n in left.items():
             e.record("verify", store, n, ok=n == 0)
         if any(left.values()):
-            raise RuntimeError("erasure incomplete, items remain in: " + ", ".join(f"{k} ({v})" for k, v in left.items() if v)
-                               + " — run the DAG again with the same params")
+            raise RuntimeError(
+                "erasure incomplete, items remain in: "
+                + ", ".join(f"{k} ({v})" for k, v in left.items() if v)
+                + " — run the DAG again with the same params"
+            )
         return left
 
     requested = suppress()

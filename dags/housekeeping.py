@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, dag, task
-from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import default_args, Tag
 
 from enrollment.config import load_config
+from enrollment_airflow.alerts import on_failure
+from enrollment_airflow.defaults import Tag, default_args
 
 CONFIG = load_config()
 R = CONFIG.retention
@@ -33,15 +33,22 @@ Owner: enrollment-data team.
 """
 
 
-@dag(dag_id="housekeeping", schedule=CronTriggerTimetable(R.at, timezone="UTC"), start_date=datetime(2026, 11, 1), catchup=False,
-     max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD, default_args=default_args("maintenance") | {"retries": 1, "retry_delay": timedelta(minutes=5)})
+@dag(
+    dag_id="housekeeping",
+    schedule=CronTriggerTimetable(R.at, timezone="UTC"),
+    start_date=datetime(2026, 11, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=[str(Tag.OPS)],
+    doc_md=DOC_MD,
+    default_args=default_args("maintenance") | {"retries": 1, "retry_delay": timedelta(minutes=5)},
+)
 def housekeeping():
     @task(execution_timeout=timedelta(minutes=30), on_failure_callback=on_failure)
     def sweep() -> dict:
-        from enrollment_airflow.connections import warehouse_from_connections
-
         from enrollment import housekeeping as hk
         from enrollment.config import load_config
+        from enrollment_airflow.connections import warehouse_from_connections
 
         config = load_config()
         w = warehouse_from_connections(config)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, dag, task
+
 from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import default_args, Tag
+from enrollment_airflow.defaults import Tag, default_args
 
 DOC_MD = """
 ### Lag monitor
@@ -36,29 +37,55 @@ WHERE kind = 'kafka' GROUP BY 1, 2 ORDER BY 1`. Owner: enrollment-data team.
 """
 
 
-@dag(dag_id="lag_monitor", schedule=CronTriggerTimetable("* * * * *", timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
-     max_active_runs=1, dagrun_timeout=timedelta(minutes=5), tags=[str(Tag.OPS)], doc_md=DOC_MD,
-     # An error (BigQuery down) is retried once; an alert fails at once: its rules already span minutes.
-     default_args=default_args("monitors") | {"retries": 1, "retry_delay": timedelta(seconds=20)})
+@dag(
+    dag_id="lag_monitor",
+    schedule=CronTriggerTimetable("* * * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=5),
+    tags=[str(Tag.OPS)],
+    doc_md=DOC_MD,
+    # An error (BigQuery down) is retried once; an alert fails at once: its rules already span minutes.
+    default_args=default_args("monitors") | {"retries": 1, "retry_delay": timedelta(seconds=20)},
+)
 def lag_monitor():
     @task(on_failure_callback=on_failure)
     def measure() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
+
         from enrollment.config import load_config
-        from enrollment.lag import LagRules, alerts, as_dicts, kafka_lag, record, sink_lag, warehouse_lag
-        from enrollment_airflow.connections import endpoints_from_connections, sync_run_from_connections
+        from enrollment.lag import (
+            LagRules,
+            alerts,
+            as_dicts,
+            kafka_lag,
+            record,
+            sink_lag,
+            warehouse_lag,
+        )
+        from enrollment_airflow.connections import (
+            endpoints_from_connections,
+            sync_run_from_connections,
+        )
 
         config = load_config()
         rules = LagRules.from_config(config.lag)
         run = sync_run_from_connections(config)
-        rows = kafka_lag(endpoints_from_connections().kafka_bootstrap, config) + warehouse_lag(run.bucket, config) + sink_lag(run, config)
+        rows = (
+            kafka_lag(endpoints_from_connections().kafka_bootstrap, config)
+            + warehouse_lag(run.bucket, config)
+            + sink_lag(run, config)
+        )
         history = record(run.warehouse, rows, rules)
         found = alerts(rows, history, rules, config)
         if found:
             raise AirflowFailException("lag alert: " + "; ".join(found))
         totals: dict = {}
         for row in as_dicts(rows):
-            key = {"kafka": row["region"], "warehouse": f"warehouse:{row['region']}"}.get(row["kind"], f"{row['sink']}:{row['region']}")
+            key = {"kafka": row["region"], "warehouse": f"warehouse:{row['region']}"}.get(
+                row["kind"], f"{row['sink']}:{row['region']}"
+            )
             totals[key] = totals.get(key, 0) + row["pending"]
         return totals
 

@@ -8,7 +8,7 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from enrollment.config import load_config
 from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import default_args, Tag
+from enrollment_airflow.defaults import Tag, default_args
 
 CONFIG = load_config()
 REGIONS = [r.code for r in CONFIG.regions]
@@ -16,7 +16,7 @@ REGIONS = [r.code for r in CONFIG.regions]
 DOC_MD = f"""
 ### Daily reconciliation
 
-At `{CONFIG.reconciliation['at']}` (UTC) it reconciles **the day before**, one mapped task per
+At `{CONFIG.reconciliation["at"]}` (UTC) it reconciles **the day before**, one mapped task per
 region. The unit is the batches claimed that day (their claim records in the landing bucket)
 that the consumer group has committed past; for them it compares
 
@@ -35,18 +35,37 @@ findings are in `{CONFIG.ops_dataset}.reconciliation` (a run again for the same 
 Rows a sink refused (its quarantine) and partners not synced yet are counted, not differences.
 To repair what it finds, run **replay** for the region and day.
 
-**Catch-up is on**: unpausing covers every day since `{CONFIG.reconciliation['start_date']}`; past days:
+**Catch-up is on**: unpausing covers every day since `{CONFIG.reconciliation["start_date"]}`; past days:
 `airflow backfill create --dag-id reconciliation --from-date 2026-11-01 --to-date 2026-11-20`
 (each run reconciles the day before its date). A manual run reconciles the `day` parameter.
 Owner: enrollment-data team.
 """
 
 
-@dag(dag_id="reconciliation", schedule=CronTriggerTimetable(CONFIG.reconciliation["at"], timezone="UTC"),
-     start_date=datetime.fromisoformat(str(CONFIG.reconciliation["start_date"])), catchup=True, max_active_runs=2, tags=[str(Tag.OPS)],
-     doc_md=DOC_MD, default_args=default_args("maintenance") | {"retries": 1, "retry_delay": timedelta(minutes=1)},
-     params={"day": Param(None, type=["null", "string"], format="date", description="The day to reconcile (UTC); empty: the day before the run's date"),
-             "regions": Param(REGIONS, type="array", items={"type": "string", "enum": REGIONS}, description="Regions to reconcile")})
+@dag(
+    dag_id="reconciliation",
+    schedule=CronTriggerTimetable(CONFIG.reconciliation["at"], timezone="UTC"),
+    start_date=datetime.fromisoformat(str(CONFIG.reconciliation["start_date"])),
+    catchup=True,
+    max_active_runs=2,
+    tags=[str(Tag.OPS)],
+    doc_md=DOC_MD,
+    default_args=default_args("maintenance") | {"retries": 1, "retry_delay": timedelta(minutes=1)},
+    params={
+        "day": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="The day to reconcile (UTC); empty: the day before the run's date",
+        ),
+        "regions": Param(
+            REGIONS,
+            type="array",
+            items={"type": "string", "enum": REGIONS},
+            description="Regions to reconcile",
+        ),
+    },
+)
 def reconciliation():
     @task
     def regions(params=None) -> list[str]:
@@ -60,20 +79,41 @@ def reconciliation():
 
         from enrollment.health import require
         from enrollment.reconciliation import Reconciliation
-        from enrollment_airflow.connections import endpoints_from_connections, sink_from_connections, sync_run_from_connections
+        from enrollment_airflow.connections import (
+            endpoints_from_connections,
+            sink_from_connections,
+            sync_run_from_connections,
+        )
 
         config = load_config()  # the configuration in force when the task runs
-        day = date.fromisoformat(params["day"]) if params.get("day") else (logical_date - timedelta(days=1)).date()
+        day = (
+            date.fromisoformat(params["day"])
+            if params.get("day")
+            else (logical_date - timedelta(days=1)).date()
+        )
         endpoints = endpoints_from_connections()
-        require(["kafka", "gcs", "bigquery", *{s for o in config.sinks.values() for s in o.get("needs", [])}], endpoints, config)
+        require(
+            [
+                "kafka",
+                "gcs",
+                "bigquery",
+                *{s for o in config.sinks.values() for s in o.get("needs", [])},
+            ],
+            endpoints,
+            config,
+        )
         sinks = {name: sink_from_connections(config, name) for name in config.sinks}
         try:
-            report = Reconciliation(sync_run_from_connections(config), sinks, endpoints.kafka_bootstrap, config).day(config.region(region), day)
+            report = Reconciliation(
+                sync_run_from_connections(config), sinks, endpoints.kafka_bootstrap, config
+            ).day(config.region(region), day)
         finally:
             for sink in sinks.values():
                 sink.close()
         if report.differences:
-            raise AirflowFailException(f"{region} {day}: " + " | ".join(f.describe() for f in report.differences))
+            raise AirflowFailException(
+                f"{region} {day}: " + " | ".join(f.describe() for f in report.differences)
+            )
         return report.summary()
 
     reconcile.expand(region=regions())

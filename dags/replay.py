@@ -7,7 +7,7 @@ from datetime import datetime
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import default_args, WAREHOUSE_POOL, Tag
+from enrollment_airflow.defaults import WAREHOUSE_POOL, Tag, default_args
 
 CONFIG = load_config()
 REGIONS = [r.code for r in CONFIG.regions]
@@ -39,13 +39,46 @@ once. It is not paused (Airflow 3.3 does not run backfills of a paused DAG: they
 """
 
 
-@dag(dag_id="replay", schedule=CronTriggerTimetable("0 0 * * *", timezone="UTC"), start_date=datetime(2026, 1, 1), catchup=False,
-     is_paused_upon_creation=False, max_active_runs=1, tags=[str(Tag.OPS)], doc_md=DOC_MD, default_args=default_args("maintenance"),
-     params={"region": Param("ALL", type="string", enum=["ALL", *REGIONS], description="The region to replay, or ALL"),
-             "date_from": Param(None, type=["null", "string"], format="date", description="First day (UTC); empty: the run's data interval"),
-             "date_to": Param(None, type=["null", "string"], format="date", description="Last day (UTC, inclusive); empty: as date_from"),
-             "stages": Param(STAGES, type="array", items={"type": "string", "enum": STAGES}, description="Stages to run again"),
-             "sinks": Param(SINKS, type="array", items={"type": "string", "enum": SINKS}, description="Sinks to sync again (the sync stage)")})
+@dag(
+    dag_id="replay",
+    schedule=CronTriggerTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    is_paused_upon_creation=False,
+    max_active_runs=1,
+    tags=[str(Tag.OPS)],
+    doc_md=DOC_MD,
+    default_args=default_args("maintenance"),
+    params={
+        "region": Param(
+            "ALL", type="string", enum=["ALL", *REGIONS], description="The region to replay, or ALL"
+        ),
+        "date_from": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="First day (UTC); empty: the run's data interval",
+        ),
+        "date_to": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Last day (UTC, inclusive); empty: as date_from",
+        ),
+        "stages": Param(
+            STAGES,
+            type="array",
+            items={"type": "string", "enum": STAGES},
+            description="Stages to run again",
+        ),
+        "sinks": Param(
+            SINKS,
+            type="array",
+            items={"type": "string", "enum": SINKS},
+            description="Sinks to sync again (the sync stage)",
+        ),
+    },
+)
 def replay():
     @task
     def select(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
@@ -55,15 +88,25 @@ def replay():
         from enrollment.replay import days, landed_batches
 
         if str(getattr(dag_run.run_type, "value", dag_run.run_type)) == "scheduled":
-            raise AirflowSkipException("the schedule only gives backfills one run per day: trigger or backfill a replay")
+            raise AirflowSkipException(
+                "the schedule only gives backfills one run per day: trigger or backfill a replay"
+            )
         from enrollment_airflow.connections import sync_run_from_connections
 
         config = load_config()  # the configuration in force when the task runs
-        first, last = days(params.get("date_from"), params.get("date_to"), data_interval_start, data_interval_end)
+        first, last = days(
+            params.get("date_from"), params.get("date_to"), data_interval_start, data_interval_end
+        )
         run = sync_run_from_connections(config)
         regions = REGIONS if params["region"] == "ALL" else [params["region"]]
-        return {"first_day": first.isoformat(), "last_day": last.isoformat(),
-                "batches": {r: [b.batch_id for b in landed_batches(run, config, r, first, last)] for r in regions}}
+        return {
+            "first_day": first.isoformat(),
+            "last_day": last.isoformat(),
+            "batches": {
+                r: [b.batch_id for b in landed_batches(run, config, r, first, last)]
+                for r in regions
+            },
+        }
 
     @task(pool=WAREHOUSE_POOL)  # never beside a warehouse cycle: one writer of each table
     def warehouse(selected: dict, params=None) -> dict:
@@ -73,17 +116,27 @@ def replay():
 
         from enrollment.health import require
         from enrollment.replay import landed_batches, replay_warehouse
-        from enrollment_airflow.connections import endpoints_from_connections, sync_run_from_connections
+        from enrollment_airflow.connections import (
+            endpoints_from_connections,
+            sync_run_from_connections,
+        )
 
         config = load_config()  # the configuration in force when the task runs
         if "warehouse" not in params["stages"]:
             raise AirflowSkipException("stage warehouse not chosen")
         require(["bigquery", "gcs"], endpoints_from_connections(), config)
         run = sync_run_from_connections(config)
-        first, last = date.fromisoformat(selected["first_day"]), date.fromisoformat(selected["last_day"])
+        first, last = (
+            date.fromisoformat(selected["first_day"]),
+            date.fromisoformat(selected["last_day"]),
+        )
         out = {}
         for region, ids in selected["batches"].items():
-            batches = [b for b in landed_batches(run, config, region, first, last) if b.batch_id in set(ids)]
+            batches = [
+                b
+                for b in landed_batches(run, config, region, first, last)
+                if b.batch_id in set(ids)
+            ]
             out[region] = replay_warehouse(run, batches)
         return out
 
@@ -96,13 +149,25 @@ def replay():
     def sync(sink: str, selected: dict) -> dict:
         from enrollment.health import require
         from enrollment.replay import replay_sync
-        from enrollment_airflow.connections import endpoints_from_connections, sink_from_connections, sync_run_from_connections
+        from enrollment_airflow.connections import (
+            endpoints_from_connections,
+            sink_from_connections,
+            sync_run_from_connections,
+        )
 
         config = load_config()  # the configuration in force when the task runs
-        require(["bigquery", "gcs", *config.sinks[sink].get("needs", [])], endpoints_from_connections(), config)
+        require(
+            ["bigquery", "gcs", *config.sinks[sink].get("needs", [])],
+            endpoints_from_connections(),
+            config,
+        )
         run, target = sync_run_from_connections(config), sink_from_connections(config, sink)
         try:
-            return {region: replay_sync(run, target, region, ids, config.sync_max_batches) for region, ids in selected["batches"].items() if ids}
+            return {
+                region: replay_sync(run, target, region, ids, config.sync_max_batches)
+                for region, ids in selected["batches"].items()
+                if ids
+            }
         finally:
             target.close()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
-from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import default_args, WAREHOUSE_POOL, Tag
 
 from enrollment.config import load_config
+from enrollment_airflow.alerts import on_failure
+from enrollment_airflow.defaults import WAREHOUSE_POOL, Tag, default_args
 
 CONFIG = load_config()
 REGIONS = [r.code for r in CONFIG.regions]
@@ -59,25 +59,65 @@ def _request(params):
 
 
 def _clients():
-    from enrollment_airflow.connections import endpoints_from_connections, keyring_from_connections, warehouse_from_connections
-
     from enrollment.health import require
+    from enrollment_airflow.connections import (
+        endpoints_from_connections,
+        keyring_from_connections,
+        warehouse_from_connections,
+    )
 
     config = load_config()  # the configuration in force when the task runs
     endpoints = endpoints_from_connections()
     require(["kafka", "gcs", "bigquery"], endpoints, config)
     w = warehouse_from_connections(config)
-    return config, w, w.storage.bucket(config.landing_bucket), keyring_from_connections(), endpoints.kafka_bootstrap
+    return (
+        config,
+        w,
+        w.storage.bucket(config.landing_bucket),
+        keyring_from_connections(),
+        endpoints.kafka_bootstrap,
+    )
 
 
-@dag(dag_id="requeue_quarantine", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1, tags=[str(Tag.OPS)],
-     doc_md=DOC_MD, default_args=default_args("maintenance") | {"on_failure_callback": on_failure},
-     params={"region": Param("ALL", type="string", enum=["ALL", *REGIONS], description="The region whose quarantine to re-process, or ALL"),
-             "since": Param(None, type=["null", "string"], description="Window start, ISO 8601 (UTC), e.g. 2026-11-23T00:00:00Z; empty: 7 days before until"),
-             "until": Param(None, type=["null", "string"], description="Window end, ISO 8601 (UTC); empty: now. At most 31 days after since"),
-             "reasons": Param([], type="array", items={"type": "string"},
-                              description="Reason codes to take (e.g. country_not_in_region, missing); empty: every reason but duplicate_event_id"),
-             "dry_run": Param(True, type="boolean", description="Only count what would be recovered (the default): nothing is written")})
+@dag(
+    dag_id="requeue_quarantine",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=[str(Tag.OPS)],
+    doc_md=DOC_MD,
+    default_args=default_args("maintenance") | {"on_failure_callback": on_failure},
+    params={
+        "region": Param(
+            "ALL",
+            type="string",
+            enum=["ALL", *REGIONS],
+            description="The region whose quarantine to re-process, or ALL",
+        ),
+        "since": Param(
+            None,
+            type=["null", "string"],
+            description="Window start, ISO 8601 (UTC), e.g. 2026-11-23T00:00:00Z; empty: 7 days before until",
+        ),
+        "until": Param(
+            None,
+            type=["null", "string"],
+            description="Window end, ISO 8601 (UTC); empty: now. At most 31 days after since",
+        ),
+        "reasons": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            description="Reason codes to take (e.g. country_not_in_region, missing); empty: every reason but duplicate_event_id",
+        ),
+        "dry_run": Param(
+            True,
+            type="boolean",
+            description="Only count what would be recovered (the default): nothing is written",
+        ),
+    },
+)
 def requeue_quarantine():
     @task(retries=1)
     def plan(params=None) -> dict:
@@ -88,7 +128,9 @@ def requeue_quarantine():
         config, w, bucket, keyring, bootstrap = _clients()
         return recovery.plan(w, bucket, keyring, bootstrap, config, request).counts()
 
-    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))  # writes ledger rows: never beside a warehouse cycle
+    @task(
+        pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60)
+    )  # writes ledger rows: never beside a warehouse cycle
     def recover(planned: dict, params=None, dag_run=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -98,7 +140,9 @@ def requeue_quarantine():
         if request.dry_run:
             raise AirflowSkipException("dry run: nothing recovered (see plan's counts)")
         config, w, bucket, keyring, bootstrap = _clients()
-        return recovery.recover(w, bucket, keyring, bootstrap, config, request, dag_run=dag_run.run_id)
+        return recovery.recover(
+            w, bucket, keyring, bootstrap, config, request, dag_run=dag_run.run_id
+        )
 
     @task(trigger_rule="none_failed")
     def report(planned: dict, ti=None) -> dict:
@@ -108,8 +152,11 @@ def requeue_quarantine():
         done = ti.xcom_pull(task_ids="recover")
         result = (done or planned) | {"dry_run": done is None}
         total = result["total"]
-        logging.getLogger(__name__).info("requeue_quarantine %s: %s", "dry run" if done is None else "recovered",
-                                         ", ".join(f"{k} {v}" for k, v in total.items()))
+        logging.getLogger(__name__).info(
+            "requeue_quarantine %s: %s",
+            "dry run" if done is None else "recovered",
+            ", ".join(f"{k} {v}" for k, v in total.items()),
+        )
         return result
 
     planned = plan()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from airflow.sdk import dag, task
-from enrollment_airflow.defaults import default_args, Tag
+
+from enrollment_airflow.defaults import Tag, default_args
 
 SERVICES = ["kafka", "gcs", "bigquery", "firestore", "solr", "marketing-cloud"]
 
@@ -23,11 +24,19 @@ Owner: enrollment-data team.
 """
 
 
-@dag(dag_id="stack_smoke", schedule=None, catchup=False, default_args=default_args("monitors"), tags=[str(Tag.SMOKE), str(Tag.OPS)], doc_md=DOC_MD)
+@dag(
+    dag_id="stack_smoke",
+    schedule=None,
+    catchup=False,
+    default_args=default_args("monitors"),
+    tags=[str(Tag.SMOKE), str(Tag.OPS)],
+    doc_md=DOC_MD,
+)
 def stack_smoke():
     @task(map_index_template="{{ service }}", retries=0)
     def check_service(service: str) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
+
         from enrollment.health import check
         from enrollment_airflow.connections import endpoints_from_connections
 

@@ -15,5 +15,12 @@ from enrollment_airflow.operator_page.app import URL_PREFIX, app
 class EnrollmentPipelinePlugin(AirflowPlugin):
     name = "enrollment_pipeline"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Enrollment pipeline"}]
-    external_views = [{"name": "Enrollment pipeline", "href": f"{URL_PREFIX}/", "destination": "nav", "url_route": "enrollment-pipeline",
-                       "nav_top_level": True}]
+    external_views = [
+        {
+            "name": "Enrollment pipeline",
+            "href": f"{URL_PREFIX}/",
+            "destination": "nav",
+            "url_route": "enrollment-pipeline",
+            "nav_top_level": True,
+        }
+    ]

@@ -14,8 +14,11 @@ TERMINAL_RUN_STATES = {"success", "failed"}
 
 def login_token(cfg: StackConfig, user: str = "admin") -> str:
     """A JWT for one of the stack's users (``admin`` or the read-only ``viewer``)."""
-    token = httpx.post(f"{cfg.url('AIRFLOW_PORT')}/auth/token",
-                       json={"username": user, "password": cfg.credentials[f"airflow_{user}_password"]}, timeout=10)
+    token = httpx.post(
+        f"{cfg.url('AIRFLOW_PORT')}/auth/token",
+        json={"username": user, "password": cfg.credentials[f"airflow_{user}_password"]},
+        timeout=10,
+    )
     token.raise_for_status()
     return token.json()["access_token"]
 
@@ -24,10 +27,19 @@ class AirflowClient:
     def __init__(self, cfg: StackConfig, user: str = "admin"):
         self.base = cfg.url("AIRFLOW_PORT")
         self.token = login_token(cfg, user)
-        self.http = httpx.Client(base_url=f"{self.base}/api/v2", headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+        self.http = httpx.Client(
+            base_url=f"{self.base}/api/v2",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        )
 
     def dag_ids(self) -> set[str]:
-        return {d["dag_id"] for d in self.http.get("/dags", params={"limit": 1000}).raise_for_status().json()["dags"]}
+        return {
+            d["dag_id"]
+            for d in self.http.get("/dags", params={"limit": 1000})
+            .raise_for_status()
+            .json()["dags"]
+        }
 
     def import_errors(self) -> list[dict]:
         return self.http.get("/importErrors").raise_for_status().json()["import_errors"]
@@ -37,18 +49,34 @@ class AirflowClient:
         deadline = time.monotonic() + timeout_s
         while self.http.get(f"/dags/{dag_id}").status_code != 200:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Airflow has not parsed {dag_id} within {timeout_s:.0f} s; import errors: {self.import_errors()}")
+                raise TimeoutError(
+                    f"Airflow has not parsed {dag_id} within {timeout_s:.0f} s; import errors: {self.import_errors()}"
+                )
             time.sleep(1)
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
         self.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        run = self.http.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}}).raise_for_status().json()
+        run = (
+            self.http.post(
+                f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}}
+            )
+            .raise_for_status()
+            .json()
+        )
         return run["dag_run_id"]
 
-    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = 600, progress: Callable[[str, float], None] | None = None) -> str:
+    def wait_for_run(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout_s: float = 600,
+        progress: Callable[[str, float], None] | None = None,
+    ) -> str:
         t0 = time.monotonic()
         while True:
-            state = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()["state"]
+            state = (
+                self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()["state"]
+            )
             if state in TERMINAL_RUN_STATES:
                 return state
             if time.monotonic() - t0 > timeout_s:
@@ -59,11 +87,23 @@ class AirflowClient:
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         """A run's task instances as the REST API gives them (id, state, try_number, pool, queue, pid, ...)."""
-        return self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}).raise_for_status().json()["task_instances"]
+        return (
+            self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
+            .raise_for_status()
+            .json()["task_instances"]
+        )
 
     def task_states(self, dag_id: str, run_id: str) -> list[dict]:
         tis = self.task_instances(dag_id, run_id)
-        return [{"task_id": t["task_id"], "map_index": t["map_index"], "rendered_map_index": t.get("rendered_map_index"), "state": t["state"]} for t in tis]
+        return [
+            {
+                "task_id": t["task_id"],
+                "map_index": t["map_index"],
+                "rendered_map_index": t.get("rendered_map_index"),
+                "state": t["state"],
+            }
+            for t in tis
+        ]
 
     def failure_logs(self, dag_id: str, run_id: str, tail: int = 30) -> dict[str, str]:
         """The last lines of each failed task's log (its final try): why a run failed, for a test's message."""
@@ -71,10 +111,24 @@ class AirflowClient:
         for ti in self.task_instances(dag_id, run_id):
             if ti["state"] != "failed":
                 continue
-            params = {"full_content": True, **({"map_index": ti["map_index"]} if ti["map_index"] >= 0 else {})}
-            log = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti['try_number'], 1)}",
-                                params=params, headers={"Accept": "application/json"})
-            content = log.json().get("content", "") if log.status_code == 200 else f"(log: HTTP {log.status_code})"
-            lines = [str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in content] if isinstance(content, list) else str(content).splitlines()
+            params = {
+                "full_content": True,
+                **({"map_index": ti["map_index"]} if ti["map_index"] >= 0 else {}),
+            }
+            log = self.http.get(
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti['try_number'], 1)}",
+                params=params,
+                headers={"Accept": "application/json"},
+            )
+            content = (
+                log.json().get("content", "")
+                if log.status_code == 200
+                else f"(log: HTTP {log.status_code})"
+            )
+            lines = (
+                [str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in content]
+                if isinstance(content, list)
+                else str(content).splitlines()
+            )
             out[f"{ti['task_id']}[{ti['map_index']}]"] = "\n".join(lines[-tail:])
         return out

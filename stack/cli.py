@@ -98,13 +98,22 @@ def _spawn(service: Service) -> subprocess.Popen:
     service.dir.mkdir(parents=True, exist_ok=True)
     busy = [p for p in service.ports() if _port_open(p)]
     if busy:
-        raise ServiceError(f"{service.name}: port(s) {busy} already in use by another program; set {'/'.join(service.port_names)} to free ports")
+        raise ServiceError(
+            f"{service.name}: port(s) {busy} already in use by another program; set {'/'.join(service.port_names)} to free ports"
+        )
     log = open(service.log_file, "ab")  # noqa: SIM115 (the child owns it)
     # umask 077: whatever the service writes (Airflow's generated airflow.cfg, its DB, logs, data)
     # is readable by this user only, from the moment it is created.
     process = subprocess.Popen(
-        service.command(), env=service_env(service), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=service.dir,
-        start_new_session=True, umask=0o077)
+        service.command(),
+        env=service_env(service),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=service.dir,
+        start_new_session=True,
+        umask=0o077,
+    )
     _pid_file(service).write_text(str(process.pid))
     return process
 
@@ -112,7 +121,19 @@ def _spawn(service: Service) -> subprocess.Popen:
 # What a service may inherit from the caller's environment: nothing secret, only what finds
 # programs and sets the locale. Everything else (ports, credentials) comes from ``service.env()``,
 # so each service gets only its own secrets (the stub's client secret and admin token, Airflow's keys).
-INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "JAVA_HOME")
+INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "JAVA_HOME",
+)
 
 
 def service_env(service: Service) -> dict[str, str]:
@@ -147,7 +168,9 @@ def _log_tail(service: Service, lines: int = 25) -> str:
 
 
 # -- commands -------------------------------------------------------------------------------------
-def select(names: Iterable[str] | None, cfg: stack_config.StackConfig, every: bool = False) -> list[Service]:
+def select(
+    names: Iterable[str] | None, cfg: stack_config.StackConfig, every: bool = False
+) -> list[Service]:
     """The named services (default: all of this stack; ``every``: also the Celery parts a
     LocalExecutor stack does not run, so that ``down`` stops what an earlier Celery ``up`` left)."""
     services = stack_services(cfg, every=every or bool(names))
@@ -169,8 +192,14 @@ def up(names: Iterable[str] | None = None, quiet: bool = False) -> dict[str, dic
     started: dict[str, tuple[subprocess.Popen, float, bool]] = {}
     report: dict[str, dict] = {}
     for service in services:
-        if isinstance(service, Airflow) and _pgid(service) is not None and service.started_with() not in (None, cfg.executor):
-            say(f"restarting Airflow: it runs the {service.started_with()} executor, STACK_EXECUTOR asks for {cfg.executor}")
+        if (
+            isinstance(service, Airflow)
+            and _pgid(service) is not None
+            and service.started_with() not in (None, cfg.executor)
+        ):
+            say(
+                f"restarting Airflow: it runs the {service.started_with()} executor, STACK_EXECUTOR asks for {cfg.executor}"
+            )
             _stop(service)
         if _pgid(service) is not None and service.ready():
             report[service.name] = {"started": False}
@@ -190,9 +219,13 @@ def up(names: Iterable[str] | None = None, quiet: bool = False) -> dict[str, dic
                 say(f"  {name} ready in {elapsed:.1f} s{' (cold)' if cold else ''}")
                 del pending[name]
             elif process.poll() is not None:
-                raise ServiceError(f"{name} exited with code {process.returncode} before answering; last lines of {service.log_file}:\n{_log_tail(service)}")
+                raise ServiceError(
+                    f"{name} exited with code {process.returncode} before answering; last lines of {service.log_file}:\n{_log_tail(service)}"
+                )
             elif time.monotonic() > deadline_of[name]:
-                raise ServiceError(f"{name} did not answer within {service.start_timeout_s:.0f} s; last lines of {service.log_file}:\n{_log_tail(service)}")
+                raise ServiceError(
+                    f"{name} did not answer within {service.start_timeout_s:.0f} s; last lines of {service.log_file}:\n{_log_tail(service)}"
+                )
         time.sleep(POLL_S)
     for service in services:
         service.setup()
@@ -208,13 +241,19 @@ def reset_data(names: Iterable[str] | None = None) -> list[str]:
     cfg = stack_config.load()
     services = select(names, cfg, every=True)
     if not down([s.name for s in services], quiet=True):
-        raise ServiceError("reset-data: a service is still listening after stopping; nothing was removed")
+        raise ServiceError(
+            "reset-data: a service is still listening after stopping; nothing was removed"
+        )
     removed = []
     for service in services:
         for path in service.data_dirs():
             if path.exists():
                 shutil.rmtree(path)
-                removed.append(str(path.relative_to(cfg.state.parent)) if path.is_relative_to(cfg.state.parent) else str(path))
+                removed.append(
+                    str(path.relative_to(cfg.state.parent))
+                    if path.is_relative_to(cfg.state.parent)
+                    else str(path)
+                )
     return removed
 
 
@@ -226,7 +265,10 @@ def down(names: Iterable[str] | None = None, quiet: bool = False) -> bool:
         ok = _stop(service)
         clean &= ok
         if not quiet and (running or not ok):
-            print(f"{service.name}: {'stopped' if ok else 'STILL LISTENING on ' + str(service.ports())}", flush=True)
+            print(
+                f"{service.name}: {'stopped' if ok else 'STILL LISTENING on ' + str(service.ports())}",
+                flush=True,
+            )
     return clean
 
 
@@ -236,25 +278,41 @@ def status(names: Iterable[str] | None = None) -> bool:
     # This stack's services, and Celery parts still running from an earlier executor's `up`.
     current = {s.name for s in select(names, cfg)} if not names else set(names)
     shown = [s for s in select(names, cfg, every=True) if s.name in current or _pgid(s) is not None]
-    print(f"executor: {Airflow(cfg).executor}" + (" (STACK_EXECUTOR=celery)" if cfg.celery else " (the default; STACK_EXECUTOR=celery for Celery workers)"))
+    print(
+        f"executor: {Airflow(cfg).executor}"
+        + (
+            " (STACK_EXECUTOR=celery)"
+            if cfg.celery
+            else " (the default; STACK_EXECUTOR=celery for Celery workers)"
+        )
+    )
     for service in shown:
         try:
             answers = service.ready()
-        except Exception:  # noqa: BLE001
+        except Exception:
             answers = False
         all_ok &= answers
         state = "answers" if answers else ("running, not answering" if _pgid(service) else "down")
-        print(f"{service.name:16} {service.url():40} {state}" + (f"  {service.title}" if service.name.startswith("worker-") else ""))
+        print(
+            f"{service.name:16} {service.url():40} {state}"
+            + (f"  {service.title}" if service.name.startswith("worker-") else "")
+        )
     # Never the password itself: this output lands in CI logs.
-    print(f"\nAirflow UI login: {Airflow.admin_user}, password in {_shown(cfg.saved_file)} (airflow_admin_password); "
-          f"read-only: {Airflow.viewer_user} (airflow_viewer_password)")
+    print(
+        f"\nAirflow UI login: {Airflow.admin_user}, password in {_shown(cfg.saved_file)} (airflow_admin_password); "
+        f"read-only: {Airflow.viewer_user} (airflow_viewer_password)"
+    )
     print(f"Client environment for your shell: source {_shown(cfg.env_file)}")
     return all_ok
 
 
 def _shown(path: Path) -> str:
     """A path relative to the repository when it is inside it (shorter, and no home folder in logs)."""
-    return str(path.relative_to(stack_config.ROOT)) if path.is_relative_to(stack_config.ROOT) else str(path)
+    return (
+        str(path.relative_to(stack_config.ROOT))
+        if path.is_relative_to(stack_config.ROOT)
+        else str(path)
+    )
 
 
 def bench(names: Iterable[str] | None = None) -> dict:
@@ -279,7 +337,10 @@ def bench(names: Iterable[str] | None = None) -> dict:
         down(names, quiet=True)
     print(f"{'service':16} {'cold (s)':>9} {'warm (s)':>9}")
     for name, row in results.items():
-        cold, warm = row.get("cold_ready_s", row.get("cold_up_s")), row.get("warm_ready_s", row.get("warm_up_s"))
+        cold, warm = (
+            row.get("cold_ready_s", row.get("cold_up_s")),
+            row.get("warm_ready_s", row.get("warm_up_s")),
+        )
         print(f"{name if name != '_all' else 'whole stack up':16} {cold:>9} {warm:>9}")
     return results
 
@@ -289,9 +350,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "down", "status", "bench"):
         p = sub.add_parser(name)
-        p.add_argument("services", nargs="*", help=f"default: all ({', '.join(NAMES)}; with STACK_EXECUTOR=celery also {', '.join(CELERY_NAMES)} and worker-<name> per Celery worker)")
-    p = sub.add_parser("reset-data", help="stop the stack and remove the data its services keep (benchmarks start from here)")
-    p.add_argument("services", nargs="*", help=f"default: all ({', '.join(NAMES)}; with STACK_EXECUTOR=celery also {', '.join(CELERY_NAMES)} and worker-<name> per Celery worker)")
+        p.add_argument(
+            "services",
+            nargs="*",
+            help=f"default: all ({', '.join(NAMES)}; with STACK_EXECUTOR=celery also {', '.join(CELERY_NAMES)} and worker-<name> per Celery worker)",
+        )
+    p = sub.add_parser(
+        "reset-data",
+        help="stop the stack and remove the data its services keep (benchmarks start from here)",
+    )
+    p.add_argument(
+        "services",
+        nargs="*",
+        help=f"default: all ({', '.join(NAMES)}; with STACK_EXECUTOR=celery also {', '.join(CELERY_NAMES)} and worker-<name> per Celery worker)",
+    )
     p = sub.add_parser("env", help="print the client environment as shell exports")
     args = parser.parse_args(argv)
     try:
@@ -303,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if down(args.services) else 1
         if args.command == "reset-data":
             removed = reset_data(args.services)
-            print("removed " + (", ".join(removed) if removed else "nothing (no data kept)") + "; `make up` starts the stack empty")
+            print(
+                "removed "
+                + (", ".join(removed) if removed else "nothing (no data kept)")
+                + "; `make up` starts the stack empty"
+            )
             return 0
         if args.command == "status":
             return 0 if status(args.services) else 1
@@ -311,7 +387,15 @@ def main(argv: list[str] | None = None) -> int:
             results = bench(args.services)
             out = stack_config.ROOT / "bench" / "results" / "stack.json"
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"services": results, "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}}, indent=2))
+            out.write_text(
+                json.dumps(
+                    {
+                        "services": results,
+                        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+                    },
+                    indent=2,
+                )
+            )
             print(f"written {out.relative_to(stack_config.ROOT)}")
             return 0
         if args.command == "env":

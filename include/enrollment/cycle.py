@@ -38,7 +38,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -63,7 +63,7 @@ class Window:
 
     @classmethod
     def around(cls, first: datetime, last: datetime, days_before: int) -> Window:
-        day = lambda t: datetime(t.year, t.month, t.day, tzinfo=timezone.utc)  # noqa: E731
+        day = lambda t: datetime(t.year, t.month, t.day, tzinfo=UTC)  # noqa: E731
         return cls(day(first) - timedelta(days=days_before), day(last) + timedelta(days=1))
 
     def sql(self, column: str) -> str:
@@ -80,15 +80,26 @@ class CycleResult:
     batches: list[dict] = field(default_factory=list)  # per batch: ids, counts, ages (XCom-sized)
     already: list[str] = field(default_factory=list)  # batches an earlier cycle had written
     failed: dict[str, str] = field(default_factory=dict)  # batch id -> why its gate failed
-    set_aside: dict[str, str] = field(default_factory=dict)  # batch id -> the object missing or unreadable
+    set_aside: dict[str, str] = field(
+        default_factory=dict
+    )  # batch id -> the object missing or unreadable
     window_days: int = 0
     seconds: float = 0.0
     statements: dict[str, int] = field(default_factory=dict)  # table -> write statements sent
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the cycle
 
     def as_dict(self) -> dict:
-        return {"cycle_id": self.cycle_id, "batches": self.batches, "already": self.already, "failed": self.failed,
-                "set_aside": self.set_aside, "window_days": self.window_days, "seconds": self.seconds, "statements": self.statements, "phases": self.phases}
+        return {
+            "cycle_id": self.cycle_id,
+            "batches": self.batches,
+            "already": self.already,
+            "failed": self.failed,
+            "set_aside": self.set_aside,
+            "window_days": self.window_days,
+            "seconds": self.seconds,
+            "statements": self.statements,
+            "phases": self.phases,
+        }
 
 
 def cycle_id(batches: list[Landed]) -> str:
@@ -98,7 +109,10 @@ def cycle_id(batches: list[Landed]) -> str:
 def _span(b: Landed, tables: tuple[pa.Table, pa.Table] | None) -> tuple[datetime, datetime] | None:
     """When the batch's oldest and newest messages reached Kafka."""
     if tables is None:
-        return (datetime.fromtimestamp(b.first_kafka_ms / 1000, timezone.utc), datetime.fromtimestamp(b.last_kafka_ms / 1000, timezone.utc))
+        return (
+            datetime.fromtimestamp(b.first_kafka_ms / 1000, UTC),
+            datetime.fromtimestamp(b.last_kafka_ms / 1000, UTC),
+        )
     lows, highs = [], []
     for t in tables:
         if t.num_rows:
@@ -113,7 +127,10 @@ def _ages(span: tuple[datetime, datetime] | None) -> dict:
     if span is None:
         return {"oldest_event_age_s": None, "newest_event_age_s": None}
     now = time.time()
-    return {"oldest_event_age_s": round(now - span[0].timestamp(), 1), "newest_event_age_s": round(now - span[1].timestamp(), 1)}
+    return {
+        "oldest_event_age_s": round(now - span[0].timestamp(), 1),
+        "newest_event_age_s": round(now - span[1].timestamp(), 1),
+    }
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -127,16 +144,16 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def events_insert_sql(w: Warehouse, stage: str, columns: list[str], window: Window) -> str:
     cols = ", ".join(columns)
-    return f"""INSERT INTO {w.table('events')} ({cols})
-SELECT {', '.join('S.' + c for c in columns)} FROM {stage} S
-WHERE NOT EXISTS (SELECT 1 FROM {w.table('events')} T WHERE {window.sql('T.kafka_timestamp')} AND T.event_id = S.event_id)
+    return f"""INSERT INTO {w.table("events")} ({cols})
+SELECT {", ".join("S." + c for c in columns)} FROM {stage} S
+WHERE NOT EXISTS (SELECT 1 FROM {w.table("events")} T WHERE {window.sql("T.kafka_timestamp")} AND T.event_id = S.event_id)
 QUALIFY ROW_NUMBER() OVER (PARTITION BY S.event_id ORDER BY S.kafka_timestamp, S.batch_id, S.kafka_partition, S.kafka_offset) = 1"""
 
 
 def quarantine_insert_sql(w: Warehouse, stage: str, columns: list[str], window: Window) -> str:
-    return f"""INSERT INTO {w.table('quarantine')} ({', '.join(columns)})
-SELECT {', '.join('S.' + c for c in columns)} FROM {stage} S
-WHERE NOT EXISTS (SELECT 1 FROM {w.table('quarantine')} T WHERE {window.sql('T.kafka_timestamp')}
+    return f"""INSERT INTO {w.table("quarantine")} ({", ".join(columns)})
+SELECT {", ".join("S." + c for c in columns)} FROM {stage} S
+WHERE NOT EXISTS (SELECT 1 FROM {w.table("quarantine")} T WHERE {window.sql("T.kafka_timestamp")}
   AND T.batch_id = S.batch_id AND T.kafka_partition = S.kafka_partition AND T.kafka_offset = S.kafka_offset)"""
 
 
@@ -145,7 +162,7 @@ def events_gate_sql(w: Warehouse, stage: str, window: Window) -> str:
     # staged rows, which the INSERT copies as they are.
     incomplete = " OR ".join(f"S.{c} IS NULL" for c in MANDATORY)
     return f"""WITH W AS (SELECT T.event_id, T.batch_id, T.kafka_partition, T.kafka_offset
-  FROM {w.table('events')} T WHERE {window.sql('T.kafka_timestamp')} AND T.event_id IN (SELECT event_id FROM {stage})),
+  FROM {w.table("events")} T WHERE {window.sql("T.kafka_timestamp")} AND T.event_id IN (SELECT event_id FROM {stage})),
 C AS (SELECT event_id, COUNT(*) AS n FROM W GROUP BY event_id)
 SELECT S.batch_id, COUNT(*) AS valid, COUNTIF(C.event_id IS NOT NULL) AS held, COUNTIF(C.n > 1) AS repeated,
   COUNTIF({incomplete}) AS incomplete, COUNTIF(X.event_id IS NOT NULL) AS written
@@ -180,12 +197,18 @@ def set_aside(w: Warehouse, b: Landed, why: str) -> None:
     record moved to ``set_aside/``, from where ``requeue`` puts it back."""
     from google.api_core.exceptions import NotFound
 
-    log.error("warehouse: batch %s (%s, %d offsets) SET ASIDE: %s — repair it, then requeue it (enrollment.cycle.requeue)",
-              b.batch_id, b.region, b.offsets, why)
+    log.error(
+        "warehouse: batch %s (%s, %d offsets) SET ASIDE: %s — repair it, then requeue it (enrollment.cycle.requeue)",
+        b.batch_id,
+        b.region,
+        b.offsets,
+        why,
+    )
     w.record(b, "set_aside", 0, 0.0, ok=False, detail=f"set aside: {why}")
     bucket = w.storage.bucket(b.valid_uri.removeprefix("gs://").split("/", 1)[0])
-    bucket.blob(set_aside_object(b.group, b.region, b.batch_id)).upload_from_string(json.dumps(b.as_dict(), sort_keys=True),
-                                                                                   content_type="application/json")
+    bucket.blob(set_aside_object(b.group, b.region, b.batch_id)).upload_from_string(
+        json.dumps(b.as_dict(), sort_keys=True), content_type="application/json"
+    )
     try:
         bucket.blob(pending_object(b.group, b.region, b.batch_id)).delete()
     except NotFound:
@@ -200,8 +223,12 @@ def set_aside_batches(bucket, group: str) -> list[str]:
 def requeue(bucket, group: str, region: str, batch_id: str) -> None:
     """Puts a repaired batch back in the warehouse queue (its next cycle takes it)."""
     record = bucket.blob(set_aside_object(group, region, batch_id))
-    body = json.loads(record.download_as_text()) | {"requeued": True}  # its set_aside ledger row turns ok once it is warehoused
-    bucket.blob(pending_object(group, region, batch_id)).upload_from_string(json.dumps(body, sort_keys=True), content_type="application/json")
+    body = json.loads(record.download_as_text()) | {
+        "requeued": True
+    }  # its set_aside ledger row turns ok once it is warehoused
+    bucket.blob(pending_object(group, region, batch_id)).upload_from_string(
+        json.dumps(body, sort_keys=True), content_type="application/json"
+    )
     record.delete()
 
 
@@ -233,18 +260,28 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
     # What the cycle needs of each batch: its partner changes and its arrival span. A batch landed
     # by this version brings both (partners.parquet, the record's Kafka span): its events are
     # never read here, BigQuery loads them from where they landed. Older batches are read.
-    legacy = {b.batch_id: (w._read_parquet(b.valid_uri), w._read_parquet(b.quarantine_uri)) for b in batches
-              if not b.partners_uri or b.first_kafka_ms is None}
+    legacy = {
+        b.batch_id: (w._read_parquet(b.valid_uri), w._read_parquet(b.quarantine_uri))
+        for b in batches
+        if not b.partners_uri or b.first_kafka_ms is None
+    }
     spans = {b.batch_id: _span(b, legacy.get(b.batch_id)) for b in batches}
     known = [s for s in spans.values() if s is not None]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # Up to today whatever the batches' spans: a recovery batch (enrollment.recovery) carries old
     # Kafka timestamps, and its ledger rows, written now, must be inside the window the ledger's
     # MERGE and ``warehoused`` look in (else a retried cycle would not see them and write them twice).
-    window = Window.around(min(s[0] for s in known) if known else now, max([s[1] for s in known] + [now]), settings.dedup_window_days)
+    window = Window.around(
+        min(s[0] for s in known) if known else now,
+        max([s[1] for s in known] + [now]),
+        settings.dedup_window_days,
+    )
     result.window_days = window.days
     valid_schema, quarantine_arrow_schema = landed_schemas()
-    events_schema, quarantine_schema = landed_schema(valid_schema), landed_schema(quarantine_arrow_schema)
+    events_schema, quarantine_schema = (
+        landed_schema(valid_schema),
+        landed_schema(quarantine_arrow_schema),
+    )
     w.ensure_tables(events_schema, quarantine_schema)
     phase("read")
 
@@ -257,29 +294,54 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
             suffix = result.cycle_id
             fresh = [b for b in todo if b.batch_id not in legacy]
             old = [b for b in todo if b.batch_id in legacy]
-            partners = fold_partners([w._read_parquet(b.partners_uri) for b in fresh] + [partner_changes(legacy[b.batch_id][0]) for b in old])
+            partners = fold_partners(
+                [w._read_parquet(b.partners_uri) for b in fresh]
+                + [partner_changes(legacy[b.batch_id][0]) for b in old]
+            )
             phase("partner_changes")
             script = []
             events_stage = None
             if any(b.valid for b in todo):
-                events_stage = w.stage_uris(f"_cycle_events_{suffix}", events_schema, [b.valid_uri for b in fresh if b.valid],
-                                            [_conform(legacy[b.batch_id][0], valid_schema) for b in old if b.valid])
+                events_stage = w.stage_uris(
+                    f"_cycle_events_{suffix}",
+                    events_schema,
+                    [b.valid_uri for b in fresh if b.valid],
+                    [_conform(legacy[b.batch_id][0], valid_schema) for b in old if b.valid],
+                )
                 staged.append(events_stage)
-                script.append(events_insert_sql(w, events_stage, [c for c, _ in events_schema], window))
+                script.append(
+                    events_insert_sql(w, events_stage, [c for c, _ in events_schema], window)
+                )
             partners_stage = None
             if partners.num_rows:
-                partners_stage = w.stage_table(f"_cycle_partners_{suffix}", PARTNER_SCHEMA, partners)
+                partners_stage = w.stage_table(
+                    f"_cycle_partners_{suffix}", PARTNER_SCHEMA, partners
+                )
                 staged.append(partners_stage)
                 script.append(w._merge_partners_sql(partners_stage))
             if any(b.quarantined + b.duplicates for b in todo):
-                stage = w.stage_uris(f"_cycle_quarantine_{suffix}", quarantine_schema, [b.quarantine_uri for b in fresh if b.quarantined + b.duplicates],
-                                     [_conform(legacy[b.batch_id][1], quarantine_arrow_schema) for b in old if b.quarantined + b.duplicates])
+                stage = w.stage_uris(
+                    f"_cycle_quarantine_{suffix}",
+                    quarantine_schema,
+                    [b.quarantine_uri for b in fresh if b.quarantined + b.duplicates],
+                    [
+                        _conform(legacy[b.batch_id][1], quarantine_arrow_schema)
+                        for b in old
+                        if b.quarantined + b.duplicates
+                    ],
+                )
                 staged.append(stage)
-                script.append(quarantine_insert_sql(w, stage, [c for c, _ in quarantine_schema], window))
+                script.append(
+                    quarantine_insert_sql(w, stage, [c for c, _ in quarantine_schema], window)
+                )
             phase("stage")
             if script:
                 body = ";\n".join(script)
-                w.run(f"BEGIN TRANSACTION;\n{body};\nCOMMIT TRANSACTION;" if settings.transaction else body + ";")
+                w.run(
+                    f"BEGIN TRANSACTION;\n{body};\nCOMMIT TRANSACTION;"
+                    if settings.transaction
+                    else body + ";"
+                )
             phase("write")
             counts = _gate(w, todo, events_stage, partners_stage, window)
             phase("gate")
@@ -291,9 +353,22 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
                 detail = f"written {c['written']}, resent {b.valid - c['written']}"
                 if ages[b.batch_id]["oldest_event_age_s"] is not None:
                     detail += f"; oldest event queryable {ages[b.batch_id]['oldest_event_age_s']:.0f} s after it reached Kafka"
-                result.batches.append({**b.as_dict(), "events": b.valid, "written": c["written"], "quarantine": c["quarantine"],
-                                       "detail": detail, **ages[b.batch_id]})
-            w.record_cycle(passed, {x["batch_id"]: x for x in result.batches}, window, seconds=time.monotonic() - t0)
+                result.batches.append(
+                    {
+                        **b.as_dict(),
+                        "events": b.valid,
+                        "written": c["written"],
+                        "quarantine": c["quarantine"],
+                        "detail": detail,
+                        **ages[b.batch_id],
+                    }
+                )
+            w.record_cycle(
+                passed,
+                {x["batch_id"]: x for x in result.batches},
+                window,
+                seconds=time.monotonic() - t0,
+            )
             phase("ledger")
     finally:
         for stage in staged:
@@ -302,31 +377,56 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
     result.statements = _count_writes(w.statements[writes_before:])
     done = set(result.already) | {x["batch_id"] for x in result.batches}
     for bucket_name in {b.valid_uri.removeprefix("gs://").split("/", 1)[0] for b in batches}:
-        clear_pending(w.storage.bucket(bucket_name), [b for b in batches if b.batch_id in done and b.valid_uri.startswith(f"gs://{bucket_name}/")])
+        clear_pending(
+            w.storage.bucket(bucket_name),
+            [
+                b
+                for b in batches
+                if b.batch_id in done and b.valid_uri.startswith(f"gs://{bucket_name}/")
+            ],
+        )
     phase("clear_pending")
     result.seconds = round(time.monotonic() - t0, 3)
     return result
 
 
-def _gate(w: Warehouse, todo: list[Landed], events_stage: str | None, partners_stage: str | None, window: Window) -> dict:
+def _gate(
+    w: Warehouse,
+    todo: list[Landed],
+    events_stage: str | None,
+    partners_stage: str | None,
+    window: Window,
+) -> dict:
     from google.cloud import bigquery
 
-    held = {r["batch_id"]: dict(r) for r in w.run(events_gate_sql(w, events_stage, window))} if events_stage else {}
+    held = (
+        {r["batch_id"]: dict(r) for r in w.run(events_gate_sql(w, events_stage, window))}
+        if events_stage
+        else {}
+    )
     ids = [b.batch_id for b in todo]
-    quarantined = {r["batch_id"]: r["n"] for r in w.run(
-        f"SELECT batch_id, COUNT(*) AS n FROM {w.table('quarantine')} WHERE {window.sql('kafka_timestamp')} AND batch_id IN UNNEST(@ids) GROUP BY batch_id",
-        [bigquery.ArrayQueryParameter("ids", "STRING", ids)])}
+    quarantined = {
+        r["batch_id"]: r["n"]
+        for r in w.run(
+            f"SELECT batch_id, COUNT(*) AS n FROM {w.table('quarantine')} WHERE {window.sql('kafka_timestamp')} AND batch_id IN UNNEST(@ids) GROUP BY batch_id",
+            [bigquery.ArrayQueryParameter("ids", "STRING", ids)],
+        )
+    }
     behind = 0
     if partners_stage:
-        behind = w.run(f"""SELECT COUNT(*) AS n FROM {partners_stage} S LEFT JOIN {w.table('partners')} P ON P.partner_id = S.partner_id
+        behind = w.run(f"""SELECT COUNT(*) AS n FROM {partners_stage} S LEFT JOIN {w.table("partners")} P ON P.partner_id = S.partner_id
             WHERE P.partner_id IS NULL OR P.partner_version < S.partner_version""")[0]["n"]
     out, failed = {}, {}
     for b in todo:
-        h = held.get(b.batch_id, {"valid": 0, "held": 0, "repeated": 0, "incomplete": 0, "written": 0})
+        h = held.get(
+            b.batch_id, {"valid": 0, "held": 0, "repeated": 0, "incomplete": 0, "written": 0}
+        )
         q = quarantined.get(b.batch_id, 0)
         problems = []
         if b.offsets != b.valid + b.quarantined + b.duplicates + b.skipped:
-            problems.append(f"its offsets {b.offsets} != valid {b.valid} + quarantined {b.quarantined} + duplicates {b.duplicates} + skipped {b.skipped}")
+            problems.append(
+                f"its offsets {b.offsets} != valid {b.valid} + quarantined {b.quarantined} + duplicates {b.duplicates} + skipped {b.skipped}"
+            )
         if h["valid"] != b.valid:
             problems.append(f"staged {h['valid']} valid rows, the batch landed {b.valid}")
         if h["held"] != b.valid:
@@ -336,11 +436,15 @@ def _gate(w: Warehouse, todo: list[Landed], events_stage: str | None, partners_s
         if h["incomplete"]:
             problems.append(f"{h['incomplete']} rows miss a mandatory column")
         if q != b.quarantined + b.duplicates:
-            problems.append(f"quarantine holds {q} rows, the batch quarantined {b.quarantined} + {b.duplicates} duplicates")
+            problems.append(
+                f"quarantine holds {q} rows, the batch quarantined {b.quarantined} + {b.duplicates} duplicates"
+            )
         if behind:
             problems.append(f"{behind} partners of the cycle are missing or older in partners")
         if problems:
-            failed[b.batch_id] = f"warehouse gate, batch {b.batch_id} ({b.region}): " + "; ".join(problems)
+            failed[b.batch_id] = f"warehouse gate, batch {b.batch_id} ({b.region}): " + "; ".join(
+                problems
+            )
         out[b.batch_id] = {"written": h["written"], "quarantine": q}
     return {"batches": out, "failed": failed}
 
@@ -351,7 +455,11 @@ def _count_writes(statements: list[str]) -> dict[str, int]:
     for sql in statements:
         for part in sql.split(";"):
             words = part.split()
-            if len(words) >= 3 and words[0].upper() in ("INSERT", "MERGE") and words[1].upper() == "INTO":
+            if (
+                len(words) >= 3
+                and words[0].upper() in ("INSERT", "MERGE")
+                and words[1].upper() == "INTO"
+            ):
                 table = words[2].strip("`").rsplit(".", 1)[-1]
             elif len(words) >= 2 and words[0].upper() == "MERGE":
                 table = words[1].strip("`").rsplit(".", 1)[-1]
@@ -364,4 +472,7 @@ def _count_writes(statements: list[str]) -> dict[str, int]:
 def raise_failed(result: CycleResult) -> None:
     if result.failed:
         committed = ", ".join(x["batch_id"] for x in result.batches) or "none"
-        raise GateError("; ".join(result.failed.values()) + f" (committed: {committed}; the failed batches stay pending)")
+        raise GateError(
+            "; ".join(result.failed.values())
+            + f" (committed: {committed}; the failed batches stay pending)"
+        )

@@ -59,13 +59,46 @@ PARTNER_ID_RE = re.compile(FORMATS["partner_id"])
 MAX_PARTNERS = MAX_ERASURE_PARTNERS
 INDEX_OBJECT = "erasures/index.json"
 # Columns of landed events (and the warehouse's events) that describe the person: emptied.
-PERSONAL_COLUMNS = ("first_name", "last_name", "email", "phone", "language", "address_line1", "address_city", "address_postal_code",
-                    "address_state", "date_of_birth", "tax_id_present", "tax_id_token", "marketing_consent", "consent_version",
-                    "consent_captured_at", "correlation_id")
+PERSONAL_COLUMNS = (
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "language",
+    "address_line1",
+    "address_city",
+    "address_postal_code",
+    "address_state",
+    "date_of_birth",
+    "tax_id_present",
+    "tax_id_token",
+    "marketing_consent",
+    "consent_version",
+    "consent_captured_at",
+    "correlation_id",
+)
 # What a raw event keeps once its partner is erased: the envelope, nothing about the person.
-ENVELOPE_KEYS = ("event_id", "event_type", "schema_version", "region", "source_system", "occurred_at", "partner_version")
-ERASURE_SCHEMA = [("erasure_id", "STRING"), ("partner_token", "STRING"), ("reason", "STRING"), ("ticket", "STRING"), ("step", "STRING"),
-                  ("store", "STRING"), ("items", "INT64"), ("ok", "BOOL"), ("detail", "STRING"), ("recorded_at", "TIMESTAMP")]
+ENVELOPE_KEYS = (
+    "event_id",
+    "event_type",
+    "schema_version",
+    "region",
+    "source_system",
+    "occurred_at",
+    "partner_version",
+)
+ERASURE_SCHEMA = [
+    ("erasure_id", "STRING"),
+    ("partner_token", "STRING"),
+    ("reason", "STRING"),
+    ("ticket", "STRING"),
+    ("step", "STRING"),
+    ("store", "STRING"),
+    ("items", "INT64"),
+    ("ok", "BOOL"),
+    ("detail", "STRING"),
+    ("recorded_at", "TIMESTAMP"),
+]
 
 
 @dataclass(frozen=True)
@@ -82,14 +115,24 @@ class Request:
         if not isinstance(partner_ids, (list, tuple)) or not partner_ids:
             raise ValueError("erasure: partner_ids must name at least one partner id")
         if len(partner_ids) > MAX_PARTNERS:
-            raise ValueError(f"erasure: at most {MAX_PARTNERS} partners per request ({len(partner_ids)} given): split it")
-        bad = [i for i, p in enumerate(partner_ids, 1) if not isinstance(p, str) or not PARTNER_ID_RE.match(p)]
+            raise ValueError(
+                f"erasure: at most {MAX_PARTNERS} partners per request ({len(partner_ids)} given): split it"
+            )
+        bad = [
+            i
+            for i, p in enumerate(partner_ids, 1)
+            if not isinstance(p, str) or not PARTNER_ID_RE.match(p)
+        ]
         if bad:
-            raise ValueError(f"erasure: partner_ids entries {bad[:10]} are not partner ids (two capitals and ten capitals or digits)")
+            raise ValueError(
+                f"erasure: partner_ids entries {bad[:10]} are not partner ids (two capitals and ten capitals or digits)"
+            )
         if reason not in REASONS:
             raise ValueError(f"erasure: reason must be one of {', '.join(REASONS)}")
         if not isinstance(ticket, str) or not TICKET_RE.match(ticket):
-            raise ValueError("erasure: ticket must be the request's reference (1-64 letters, digits, . _ : # / -)")
+            raise ValueError(
+                "erasure: ticket must be the request's reference (1-64 letters, digits, . _ : # / -)"
+            )
         return cls(tuple(sorted(set(partner_ids))), reason, ticket)
 
     def erasure_id(self, keyring: Keyring) -> str:
@@ -122,25 +165,40 @@ def suppress(bucket, tokens: Iterable[str], attempts: int = 20) -> int:
         blob = bucket.blob(INDEX_OBJECT)
         try:
             blob.reload()
-            held, generation = set(json.loads(blob.download_as_text(if_generation_match=blob.generation))["tokens"]), blob.generation
+            held, generation = (
+                set(
+                    json.loads(blob.download_as_text(if_generation_match=blob.generation))["tokens"]
+                ),
+                blob.generation,
+            )
         except NotFound:
             held, generation = set(), 0
         new = wanted - held
         if not new:
             return 0
         try:
-            blob.upload_from_string(json.dumps({"tokens": sorted(held | new)}), content_type="application/json", if_generation_match=generation)
+            blob.upload_from_string(
+                json.dumps({"tokens": sorted(held | new)}),
+                content_type="application/json",
+                if_generation_match=generation,
+            )
             return len(new)
         except PreconditionFailed:
             continue  # another request wrote it meanwhile: read again
-    raise RuntimeError(f"erasure: the suppression index {INDEX_OBJECT} kept changing; run the request again")
+    raise RuntimeError(
+        f"erasure: the suppression index {INDEX_OBJECT} kept changing; run the request again"
+    )
 
 
 def erased_among(partner_ids: Iterable[str], keyring: Keyring, tokens: frozenset[str]) -> set[str]:
     """The ids among ``partner_ids`` whose token (under any known key) is in ``tokens``."""
     if not tokens:
         return set()
-    return {p for p in set(partner_ids) if p and any(t in tokens for t in keyring.tokens(p, "partner_id"))}
+    return {
+        p
+        for p in set(partner_ids)
+        if p and any(t in tokens for t in keyring.tokens(p, "partner_id"))
+    }
 
 
 _PARTNER_ID_BYTES = re.compile(FORMATS["partner_id"].strip("^$").encode())
@@ -164,9 +222,13 @@ def _mask(table: pa.Table, rows: pa.Array) -> pa.Table:
     for i, name in enumerate(table.column_names):
         column = table.column(name)
         if name == "partner_id":
-            table = table.set_column(i, name, pc.if_else(rows, pa.scalar(ERASED, column.type), column))
+            table = table.set_column(
+                i, name, pc.if_else(rows, pa.scalar(ERASED, column.type), column)
+            )
         elif name in PERSONAL_COLUMNS or name == "raw":
-            table = table.set_column(i, name, pc.if_else(rows, pa.scalar(None, column.type), column))
+            table = table.set_column(
+                i, name, pc.if_else(rows, pa.scalar(None, column.type), column)
+            )
     return table
 
 
@@ -203,16 +265,28 @@ def anonymise_raw(raw: pa.Table, event_ids: set[str]) -> pa.Table:
             continue
         try:
             event = json.loads(text)
-            envelope = {k: event[k] for k in ENVELOPE_KEYS if isinstance(event, dict) and k in event}
+            envelope = {
+                k: event[k] for k in ENVELOPE_KEYS if isinstance(event, dict) and k in event
+            }
         except (TypeError, ValueError, RecursionError):
             envelope = {}
         out.append(json.dumps(envelope | {"partner_id": ERASED, "erased": True}, sort_keys=True))
-    return raw.set_column(raw.column_names.index("event_json"), "event_json", pa.array(out, raw.schema.field("event_json").type))
+    return raw.set_column(
+        raw.column_names.index("event_json"),
+        "event_json",
+        pa.array(out, raw.schema.field("event_json").type),
+    )
 
 
 def anonymise_quarantine(quarantine: pa.Table, ids: set[str]) -> tuple[pa.Table, int]:
-    rows = pc.or_(_holds(quarantine.column("partner_id"), ids), _raw_mentions(quarantine.column("raw"), ids)) if quarantine.num_rows else \
-        pa.array([], pa.bool_())
+    rows = (
+        pc.or_(
+            _holds(quarantine.column("partner_id"), ids),
+            _raw_mentions(quarantine.column("raw"), ids),
+        )
+        if quarantine.num_rows
+        else pa.array([], pa.bool_())
+    )
     hit = int(pc.sum(rows).as_py() or 0) if quarantine.num_rows else 0
     return (_mask(quarantine, rows) if hit else quarantine), hit
 
@@ -224,13 +298,19 @@ def drop_partners(changes: pa.Table, ids: set[str]) -> tuple[pa.Table, int]:
     return (changes.filter(pc.invert(rows)) if hit else changes), hit
 
 
-def anonymise_landed(valid: pa.Table, raw: pa.Table, quarantine: pa.Table, changes: pa.Table, ids: set[str]) -> tuple[tuple, dict]:
+def anonymise_landed(
+    valid: pa.Table, raw: pa.Table, quarantine: pa.Table, changes: pa.Table, ids: set[str]
+) -> tuple[tuple, dict]:
     """One batch's four tables with the partners erased, and what changed (counts)."""
     valid, event_ids = anonymise_valid(valid, ids)
     raw = anonymise_raw(raw, event_ids)
     quarantine, quarantined = anonymise_quarantine(quarantine, ids)
     changes, dropped = drop_partners(changes, ids)
-    return (valid, raw, quarantine, changes), {"events": len(event_ids), "quarantined": quarantined, "partner_changes": dropped}
+    return (valid, raw, quarantine, changes), {
+        "events": len(event_ids),
+        "quarantined": quarantined,
+        "partner_changes": dropped,
+    }
 
 
 def _rewrite(blob, transform) -> int:
@@ -240,14 +320,20 @@ def _rewrite(blob, transform) -> int:
 
     try:
         blob.reload()
-        table = pq.read_table(io.BytesIO(blob.download_as_bytes(if_generation_match=blob.generation)))
+        table = pq.read_table(
+            io.BytesIO(blob.download_as_bytes(if_generation_match=blob.generation))
+        )
     except NotFound:
         return 0
     table, changed = transform(table)
     if changed:
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        blob.upload_from_string(buffer.getvalue(), content_type="application/vnd.apache.parquet", if_generation_match=blob.generation)
+        blob.upload_from_string(
+            buffer.getvalue(),
+            content_type="application/vnd.apache.parquet",
+            if_generation_match=blob.generation,
+        )
     return changed
 
 
@@ -265,9 +351,15 @@ def scrub_batch(bucket, batch_id: str, ids: set[str]) -> dict:
         return table, len(event_ids)
 
     found["events"] = _rewrite(bucket.blob(f"{prefix}/valid.parquet"), valid)
-    found["raw"] = _rewrite(bucket.blob(f"{prefix}/raw.parquet"), lambda t: _raw_rewrite(t, ids, event_ids))
-    found["quarantined"] = _rewrite(bucket.blob(f"{prefix}/quarantine.parquet"), lambda t: anonymise_quarantine(t, ids))
-    found["partner_changes"] = _rewrite(bucket.blob(f"{prefix}/partners.parquet"), lambda t: drop_partners(t, ids))
+    found["raw"] = _rewrite(
+        bucket.blob(f"{prefix}/raw.parquet"), lambda t: _raw_rewrite(t, ids, event_ids)
+    )
+    found["quarantined"] = _rewrite(
+        bucket.blob(f"{prefix}/quarantine.parquet"), lambda t: anonymise_quarantine(t, ids)
+    )
+    found["partner_changes"] = _rewrite(
+        bucket.blob(f"{prefix}/partners.parquet"), lambda t: drop_partners(t, ids)
+    )
     return found
 
 
@@ -283,8 +375,14 @@ def scrub_landed(bucket, batch_ids: Iterable[str], ids: set[str]) -> dict:
 def _raw_rewrite(raw: pa.Table, ids: set[str], event_ids: set[str]) -> tuple[pa.Table, int]:
     # By the events' ids, and by any raw text still naming a partner (a rerun, whose valid rows
     # were already anonymised and so no longer give the event ids).
-    mention = _raw_mentions(raw.column("event_json"), ids) if raw.num_rows else pa.array([], pa.bool_())
-    hits = event_ids | set(raw.filter(mention).column("event_id").to_pylist()) if raw.num_rows else set()
+    mention = (
+        _raw_mentions(raw.column("event_json"), ids) if raw.num_rows else pa.array([], pa.bool_())
+    )
+    hits = (
+        event_ids | set(raw.filter(mention).column("event_id").to_pylist())
+        if raw.num_rows
+        else set()
+    )
     return anonymise_raw(raw, hits), len(hits)
 
 
@@ -294,8 +392,10 @@ def _mentions(column: str, ids: Sequence[str]) -> tuple[str, list]:
     from google.cloud import bigquery
 
     text = "SAFE_CONVERT_BYTES_TO_STRING(raw)" if column == "raw" else column
-    return (" OR ".join(f"STRPOS({text}, @p{i}) > 0" for i in range(len(ids))) or "FALSE",
-            [bigquery.ScalarQueryParameter(f"p{i}", "STRING", p) for i, p in enumerate(ids)])
+    return (
+        " OR ".join(f"STRPOS({text}, @p{i}) > 0" for i in range(len(ids))) or "FALSE",
+        [bigquery.ScalarQueryParameter(f"p{i}", "STRING", p) for i, p in enumerate(ids)],
+    )
 
 
 def batches_holding(w, bucket, group: str, ids: Sequence[str]) -> list[str]:
@@ -311,9 +411,20 @@ def batches_holding(w, bucket, group: str, ids: Sequence[str]) -> list[str]:
 
     params = [bigquery.ArrayQueryParameter("ids", "STRING", list(ids))]
     mentions, by_text = _mentions("raw", ids)
-    found = {r["batch_id"] for r in w.run(f"SELECT DISTINCT batch_id FROM {w.table('events')} WHERE partner_id IN UNNEST(@ids)", params)}
-    found |= {r["batch_id"] for r in w.run(f"SELECT DISTINCT batch_id FROM {w.table('quarantine')} WHERE partner_id IN UNNEST(@ids) OR {mentions}",
-                                           params + by_text)}
+    found = {
+        r["batch_id"]
+        for r in w.run(
+            f"SELECT DISTINCT batch_id FROM {w.table('events')} WHERE partner_id IN UNNEST(@ids)",
+            params,
+        )
+    }
+    found |= {
+        r["batch_id"]
+        for r in w.run(
+            f"SELECT DISTINCT batch_id FROM {w.table('quarantine')} WHERE partner_id IN UNNEST(@ids) OR {mentions}",
+            params + by_text,
+        )
+    }
     for prefix in (f"{PENDING_PREFIX}{group}/", f"{SET_ASIDE_PREFIX}{group}/"):
         for blob in bucket.list_blobs(prefix=prefix):
             found.add(blob.name.rsplit("/", 1)[-1].removesuffix(".json"))
@@ -327,7 +438,10 @@ def scrub_warehouse(w, ids: Sequence[str]) -> dict:
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
 
-    params = [bigquery.ArrayQueryParameter("ids", "STRING", list(ids)), bigquery.ScalarQueryParameter("erased", "STRING", ERASED)]
+    params = [
+        bigquery.ArrayQueryParameter("ids", "STRING", list(ids)),
+        bigquery.ScalarQueryParameter("erased", "STRING", ERASED),
+    ]
     out: dict[str, int] = {}
 
     def columns(name: str, ops: bool = False) -> set[str]:
@@ -337,7 +451,9 @@ def scrub_warehouse(w, ids: Sequence[str]) -> dict:
             return set()
 
     def dml(name: str, sql: str, extra: list | None = None) -> int:
-        job = w.client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params + (extra or [])))
+        job = w.client.query(
+            sql, job_config=bigquery.QueryJobConfig(query_parameters=params + (extra or []))
+        )
         w.statements.append(sql)
         w.wait(job)
         return int(job.num_dml_affected_rows or 0)
@@ -354,13 +470,21 @@ def scrub_warehouse(w, ids: Sequence[str]) -> dict:
             mentions, extra = _mentions("raw", ids)
             where += f" OR {mentions}"
         out[name] = dml(name, f"UPDATE {w.table(name)} SET {sets} WHERE {where}", extra)
-    out["partners"] = dml("partners", f"DELETE FROM {w.table('partners')} WHERE partner_id IN UNNEST(@ids)") if columns("partners") else 0
+    out["partners"] = (
+        dml("partners", f"DELETE FROM {w.table('partners')} WHERE partner_id IN UNNEST(@ids)")
+        if columns("partners")
+        else 0
+    )
     if "partner_ids" in columns("reconciliation", ops=True):
         where, extra = _mentions("partner_ids", ids)
         replaced = "partner_ids"
         for i in range(len(ids)):
             replaced = f"REPLACE({replaced}, @p{i}, @erased)"
-        out["reconciliation"] = dml("reconciliation", f"UPDATE {w.table('reconciliation', ops=True)} SET partner_ids = {replaced} WHERE {where}", extra)
+        out["reconciliation"] = dml(
+            "reconciliation",
+            f"UPDATE {w.table('reconciliation', ops=True)} SET partner_ids = {replaced} WHERE {where}",
+            extra,
+        )
     return out
 
 
@@ -374,7 +498,12 @@ def scrub_objects(bucket, sinks: Iterable[str], regions: Iterable[str], ids: set
         for region in regions:
             for blob in bucket.list_blobs(prefix=f"sinks/{sink}/{region}/"):
                 if blob.name.endswith(".parquet"):
-                    out["handover_rows"] += _rewrite(blob, lambda t: drop_partners(t, ids) if "partner_id" in t.column_names else (t, 0))
+                    out["handover_rows"] += _rewrite(
+                        blob,
+                        lambda t: (
+                            drop_partners(t, ids) if "partner_id" in t.column_names else (t, 0)
+                        ),
+                    )
         for blob in bucket.list_blobs(prefix=f"sinks/{sink}/journeys/"):
             if blob.name.rsplit("/", 1)[-1].removesuffix(".json") in ids:
                 try:
@@ -403,14 +532,21 @@ def remaining_in_warehouse(w, ids: Sequence[str]) -> dict[str, int]:
 
     mentions, by_text = _mentions("raw", ids)
     params = [bigquery.ArrayQueryParameter("ids", "STRING", list(ids)), *by_text]
-    queries = {"events": f"SELECT COUNT(*) AS n FROM {w.table('events')} WHERE partner_id IN UNNEST(@ids)",
-               "partners": f"SELECT COUNT(*) AS n FROM {w.table('partners')} WHERE partner_id IN UNNEST(@ids)",
-               "quarantine": f"SELECT COUNT(*) AS n FROM {w.table('quarantine')} WHERE partner_id IN UNNEST(@ids) OR {mentions}",
-               "sink_quarantine": f"SELECT COUNT(*) AS n FROM {w.table('sink_quarantine')} WHERE partner_id IN UNNEST(@ids)"}
+    queries = {
+        "events": f"SELECT COUNT(*) AS n FROM {w.table('events')} WHERE partner_id IN UNNEST(@ids)",
+        "partners": f"SELECT COUNT(*) AS n FROM {w.table('partners')} WHERE partner_id IN UNNEST(@ids)",
+        "quarantine": f"SELECT COUNT(*) AS n FROM {w.table('quarantine')} WHERE partner_id IN UNNEST(@ids) OR {mentions}",
+        "sink_quarantine": f"SELECT COUNT(*) AS n FROM {w.table('sink_quarantine')} WHERE partner_id IN UNNEST(@ids)",
+    }
     out = {}
     for name, sql in queries.items():
         try:
-            job = w.client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params if "@p0" in sql else params[:1]))
+            job = w.client.query(
+                sql,
+                job_config=bigquery.QueryJobConfig(
+                    query_parameters=params if "@p0" in sql else params[:1]
+                ),
+            )
             out[name] = int(next(iter(w.wait(job)))["n"])
         except NotFound:
             out[name] = 0
@@ -425,7 +561,11 @@ def _without_sponsor(text: str) -> str:
         if isinstance(event, dict) and isinstance(event.get("payload"), dict):
             event["payload"].pop("sponsor_id", None)
         return json.dumps(event)
-    except (TypeError, ValueError, RecursionError):  # any text at all: it decides nothing, it only narrows
+    except (
+        TypeError,
+        ValueError,
+        RecursionError,
+    ):  # any text at all: it decides nothing, it only narrows
         return text
 
 
@@ -439,15 +579,24 @@ def remaining_in_batch(bucket, batch_id: str, ids: set[str]) -> int:
     hits = 0
     for name in ("valid", "raw", "quarantine", "partners"):
         try:
-            table = pq.read_table(io.BytesIO(bucket.blob(f"{prefix}/{name}.parquet").download_as_bytes()))
+            table = pq.read_table(
+                io.BytesIO(bucket.blob(f"{prefix}/{name}.parquet").download_as_bytes())
+            )
         except NotFound:
             continue
         for column in table.column_names:
             kind = table.schema.field(column).type
-            if column == "sponsor_id" or not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)):
+            if column == "sponsor_id" or not (
+                pa.types.is_string(kind)
+                or pa.types.is_large_string(kind)
+                or pa.types.is_binary(kind)
+            ):
                 continue
             found = table.column(column).filter(_raw_mentions(table.column(column), ids))
-            values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in found.to_pylist()]
+            values = [
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                for v in found.to_pylist()
+            ]
             hits += sum(1 for v in values if any(pid in _without_sponsor(v) for pid in ids))
     return hits
 
@@ -461,29 +610,66 @@ def ensure_ledger(w) -> None:
         w.client.get_table(table.strip("`"))
     except NotFound:
         cols = ", ".join(f"{c} {t}" for c, t in ERASURE_SCHEMA)
-        w.run(f"CREATE TABLE IF NOT EXISTS {table} ({cols}) PARTITION BY DATE(recorded_at) CLUSTER BY erasure_id")
+        w.run(
+            f"CREATE TABLE IF NOT EXISTS {table} ({cols}) PARTITION BY DATE(recorded_at) CLUSTER BY erasure_id"
+        )
 
 
-def record(w, erasure_id: str, request: Request, keyring: Keyring, step: str, store: str, items: int, ok: bool = True, detail: str = "") -> None:
+def record(
+    w,
+    erasure_id: str,
+    request: Request,
+    keyring: Keyring,
+    step: str,
+    store: str,
+    items: int,
+    ok: bool = True,
+    detail: str = "",
+) -> None:
     """One row per partner for a step in a store (MERGEd: a rerun replaces its own rows)."""
     from google.cloud import bigquery
 
     ensure_ledger(w)
-    rows = [{"erasure_id": erasure_id, "partner_token": t, "reason": request.reason, "ticket": request.ticket, "step": step, "store": store,
-             "items": int(items), "ok": bool(ok), "detail": detail[:1000]} for t in request.tokens(keyring)]
+    rows = [
+        {
+            "erasure_id": erasure_id,
+            "partner_token": t,
+            "reason": request.reason,
+            "ticket": request.ticket,
+            "step": step,
+            "store": store,
+            "items": int(items),
+            "ok": bool(ok),
+            "detail": detail[:1000],
+        }
+        for t in request.tokens(keyring)
+    ]
     source = " UNION ALL ".join(
         f"SELECT @e AS erasure_id, @t{i} AS partner_token, @r AS reason, @k AS ticket, @s AS step, @st AS store, @n AS items, @ok AS ok, @d AS detail"
-        for i in range(len(rows)))
-    params = [bigquery.ScalarQueryParameter("e", "STRING", erasure_id), bigquery.ScalarQueryParameter("r", "STRING", request.reason),
-              bigquery.ScalarQueryParameter("k", "STRING", request.ticket), bigquery.ScalarQueryParameter("s", "STRING", step),
-              bigquery.ScalarQueryParameter("st", "STRING", store), bigquery.ScalarQueryParameter("n", "INT64", int(items)),
-              bigquery.ScalarQueryParameter("ok", "BOOL", bool(ok)), bigquery.ScalarQueryParameter("d", "STRING", detail[:1000])]
-    params += [bigquery.ScalarQueryParameter(f"t{i}", "STRING", r["partner_token"]) for i, r in enumerate(rows)]
-    w.run(f"""MERGE {w.table('erasures', ops=True)} T USING ({source}) S
+        for i in range(len(rows))
+    )
+    params = [
+        bigquery.ScalarQueryParameter("e", "STRING", erasure_id),
+        bigquery.ScalarQueryParameter("r", "STRING", request.reason),
+        bigquery.ScalarQueryParameter("k", "STRING", request.ticket),
+        bigquery.ScalarQueryParameter("s", "STRING", step),
+        bigquery.ScalarQueryParameter("st", "STRING", store),
+        bigquery.ScalarQueryParameter("n", "INT64", int(items)),
+        bigquery.ScalarQueryParameter("ok", "BOOL", bool(ok)),
+        bigquery.ScalarQueryParameter("d", "STRING", detail[:1000]),
+    ]
+    params += [
+        bigquery.ScalarQueryParameter(f"t{i}", "STRING", r["partner_token"])
+        for i, r in enumerate(rows)
+    ]
+    w.run(
+        f"""MERGE {w.table("erasures", ops=True)} T USING ({source}) S
         ON T.erasure_id = S.erasure_id AND T.partner_token = S.partner_token AND T.step = S.step AND T.store = S.store
         WHEN MATCHED THEN UPDATE SET items = S.items, ok = S.ok, detail = S.detail, recorded_at = CURRENT_TIMESTAMP()
-        WHEN NOT MATCHED THEN INSERT ({', '.join(c for c, _ in ERASURE_SCHEMA)})
-          VALUES (S.erasure_id, S.partner_token, S.reason, S.ticket, S.step, S.store, S.items, S.ok, S.detail, CURRENT_TIMESTAMP())""", params)
+        WHEN NOT MATCHED THEN INSERT ({", ".join(c for c, _ in ERASURE_SCHEMA)})
+          VALUES (S.erasure_id, S.partner_token, S.reason, S.ticket, S.step, S.store, S.items, S.ok, S.detail, CURRENT_TIMESTAMP())""",
+        params,
+    )
 
 
 @dataclass(frozen=True)
@@ -504,5 +690,14 @@ class Erasure:
         return set(self.request.partner_ids)
 
     def record(self, step: str, store: str, items: int, ok: bool = True, detail: str = "") -> None:
-        record(self.warehouse, self.erasure_id, self.request, self.keyring, step, store, items, ok, detail)
-
+        record(
+            self.warehouse,
+            self.erasure_id,
+            self.request,
+            self.keyring,
+            step,
+            store,
+            items,
+            ok,
+            detail,
+        )

@@ -46,7 +46,9 @@ def _kafka(ep: Endpoints, cfg: PipelineConfig) -> str:
         raise RuntimeError(f"region topics missing: {missing}")
     if HEALTH_TOPIC not in topics:
         try:
-            admin.create_topics([NewTopic(HEALTH_TOPIC, num_partitions=1, replication_factor=1)])[HEALTH_TOPIC].result(10)
+            admin.create_topics([NewTopic(HEALTH_TOPIC, num_partitions=1, replication_factor=1)])[
+                HEALTH_TOPIC
+            ].result(10)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
@@ -55,7 +57,14 @@ def _kafka(ep: Endpoints, cfg: PipelineConfig) -> str:
     producer.produce(HEALTH_TOPIC, key=b"health", value=token)
     if producer.flush(10) != 0:
         raise RuntimeError("produce not acknowledged within 10 s")
-    consumer = Consumer({"bootstrap.servers": ep.kafka_bootstrap, "group.id": HEALTH_GROUP, "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": ep.kafka_bootstrap,
+            "group.id": HEALTH_GROUP,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
         _, high = consumer.get_watermark_offsets(TopicPartition(HEALTH_TOPIC, 0), timeout=5)
         consumer.assign([TopicPartition(HEALTH_TOPIC, 0, high - 1)])
@@ -104,7 +113,9 @@ def _firestore(ep: Endpoints, cfg: PipelineConfig) -> str:
 
 
 def _solr(ep: Endpoints, cfg: PipelineConfig) -> str:
-    response = httpx.get(f"{ep.solr_url}/{cfg.solr_core}/admin/ping", params={"wt": "json"}, timeout=5)
+    response = httpx.get(
+        f"{ep.solr_url}/{cfg.solr_core}/admin/ping", params={"wt": "json"}, timeout=5
+    )
     response.raise_for_status()
     if response.json().get("status") != "OK":
         raise RuntimeError(f"ping answered {response.text[:200]}")
@@ -112,8 +123,15 @@ def _solr(ep: Endpoints, cfg: PipelineConfig) -> str:
 
 
 def _marketing_cloud(ep: Endpoints, cfg: PipelineConfig) -> str:
-    response = httpx.post(f"{ep.marketing_cloud_auth_url}/v2/token", timeout=10,
-                          json={"grant_type": "client_credentials", "client_id": ep.marketing_cloud_client_id, "client_secret": ep.marketing_cloud_client_secret})
+    response = httpx.post(
+        f"{ep.marketing_cloud_auth_url}/v2/token",
+        timeout=10,
+        json={
+            "grant_type": "client_credentials",
+            "client_id": ep.marketing_cloud_client_id,
+            "client_secret": ep.marketing_cloud_client_secret,
+        },
+    )
     if response.status_code != 200:
         raise RuntimeError(f"token request answered HTTP {response.status_code}")
     return f"authenticated; token valid for {json.loads(response.text)['expires_in']} s"
@@ -136,9 +154,14 @@ class ServiceDown(RuntimeError):
 def _where(service: str, ep: Endpoints) -> str:
     import os
 
-    return {"kafka": ep.kafka_bootstrap, "gcs": os.environ.get("STORAGE_EMULATOR_HOST", "Cloud Storage"),
-            "bigquery": os.environ.get("BIGQUERY_EMULATOR_HOST", "BigQuery"), "solr": ep.solr_url,
-            "firestore": os.environ.get("FIRESTORE_EMULATOR_HOST", "Firestore"), "marketing-cloud": ep.marketing_cloud_rest_url}[service]
+    return {
+        "kafka": ep.kafka_bootstrap,
+        "gcs": os.environ.get("STORAGE_EMULATOR_HOST", "Cloud Storage"),
+        "bigquery": os.environ.get("BIGQUERY_EMULATOR_HOST", "BigQuery"),
+        "solr": ep.solr_url,
+        "firestore": os.environ.get("FIRESTORE_EMULATOR_HOST", "Firestore"),
+        "marketing-cloud": ep.marketing_cloud_rest_url,
+    }[service]
 
 
 def _answers(service: str, ep: Endpoints, cfg: PipelineConfig, timeout_s: float) -> None:
@@ -146,16 +169,31 @@ def _answers(service: str, ep: Endpoints, cfg: PipelineConfig, timeout_s: float)
     if service == "kafka":
         from confluent_kafka.admin import AdminClient
 
-        AdminClient({"bootstrap.servers": ep.kafka_bootstrap, "socket.connection.setup.timeout.ms": int(timeout_s * 1000)}).list_topics(timeout=timeout_s)
+        AdminClient(
+            {
+                "bootstrap.servers": ep.kafka_bootstrap,
+                "socket.connection.setup.timeout.ms": int(timeout_s * 1000),
+            }
+        ).list_topics(timeout=timeout_s)
     elif service == "gcs":
-        if not storage_client(ep.project).bucket(cfg.landing_bucket).exists(timeout=timeout_s, retry=None):
+        if (
+            not storage_client(ep.project)
+            .bucket(cfg.landing_bucket)
+            .exists(timeout=timeout_s, retry=None)
+        ):
             raise RuntimeError(f"bucket {cfg.landing_bucket} does not exist")
     elif service == "bigquery":
-        bigquery_client(ep.project).get_dataset(cfg.warehouse_dataset, timeout=timeout_s, retry=None)
+        bigquery_client(ep.project).get_dataset(
+            cfg.warehouse_dataset, timeout=timeout_s, retry=None
+        )
     elif service == "solr":
-        httpx.get(f"{ep.solr_url}/{cfg.solr_core}/admin/ping", params={"wt": "json"}, timeout=timeout_s).raise_for_status()
+        httpx.get(
+            f"{ep.solr_url}/{cfg.solr_core}/admin/ping", params={"wt": "json"}, timeout=timeout_s
+        ).raise_for_status()
     elif service == "marketing-cloud":
-        httpx.get(ep.marketing_cloud_auth_url, timeout=timeout_s)  # any HTTP answer: the token is the sink's business
+        httpx.get(
+            ep.marketing_cloud_auth_url, timeout=timeout_s
+        )  # any HTTP answer: the token is the sink's business
     elif service == "firestore":
         import os
 
@@ -163,46 +201,72 @@ def _answers(service: str, ep: Endpoints, cfg: PipelineConfig, timeout_s: float)
         if host:
             httpx.get(f"http://{host}/", timeout=timeout_s)
         else:
-            firestore_client(ep.project).collection("_health").document("ping").get(timeout=timeout_s, retry=None)
+            firestore_client(ep.project).collection("_health").document("ping").get(
+                timeout=timeout_s, retry=None
+            )
     else:
         raise KeyError(f"unknown service {service!r}")
 
 
-def require(services: list[str], endpoints: Endpoints, config: PipelineConfig | None = None, timeout_s: float = 5.0) -> None:
+def require(
+    services: list[str],
+    endpoints: Endpoints,
+    config: PipelineConfig | None = None,
+    timeout_s: float = 5.0,
+) -> None:
     """Fails fast, naming every service of ``services`` that does not answer within ``timeout_s``."""
     config = config or load_config()
     down = []
     for service in services:
         try:
             _answers(service, endpoints, config, timeout_s)
-        except Exception as exc:  # noqa: BLE001 (collected and raised as one message)
-            down.append(f"{service} at {_where(service, endpoints)} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
+        except Exception as exc:
+            down.append(
+                f"{service} at {_where(service, endpoints)} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            )
     if down:
         raise ServiceDown("service down: " + "; ".join(down))
 
 
-HEALTH_SCHEMA = [("service", "STRING"), ("ok", "BOOL"), ("seconds", "FLOAT64"), ("detail", "STRING"), ("run_id", "STRING"), ("checked_at", "TIMESTAMP")]
+HEALTH_SCHEMA = [
+    ("service", "STRING"),
+    ("ok", "BOOL"),
+    ("seconds", "FLOAT64"),
+    ("detail", "STRING"),
+    ("run_id", "STRING"),
+    ("checked_at", "TIMESTAMP"),
+]
 
 
-def record(checks: list[Check], run_id: str, project: str, config: PipelineConfig | None = None) -> None:
+def record(
+    checks: list[Check], run_id: str, project: str, config: PipelineConfig | None = None
+) -> None:
     """The checks as rows of ``<ops>.health`` (one per service and run; recording again replaces them)."""
     from google.cloud import bigquery
 
     config = config or load_config()
     client = bigquery_client(project)
     table = f"`{project}.{config.ops_dataset}.health`"
-    client.query(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in HEALTH_SCHEMA)}) "
-                 "PARTITION BY DATE(checked_at) CLUSTER BY service").result()
+    client.query(
+        f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in HEALTH_SCHEMA)}) "
+        "PARTITION BY DATE(checked_at) CLUSTER BY service"
+    ).result()
     params, rows = [bigquery.ScalarQueryParameter("run", "STRING", run_id)], []
     for i, c in enumerate(checks):
-        params += [bigquery.ScalarQueryParameter(f"s{i}", "STRING", c.service), bigquery.ScalarQueryParameter(f"o{i}", "BOOL", c.ok),
-                   bigquery.ScalarQueryParameter(f"t{i}", "FLOAT64", c.seconds), bigquery.ScalarQueryParameter(f"d{i}", "STRING", c.detail)]
+        params += [
+            bigquery.ScalarQueryParameter(f"s{i}", "STRING", c.service),
+            bigquery.ScalarQueryParameter(f"o{i}", "BOOL", c.ok),
+            bigquery.ScalarQueryParameter(f"t{i}", "FLOAT64", c.seconds),
+            bigquery.ScalarQueryParameter(f"d{i}", "STRING", c.detail),
+        ]
         rows.append(f"SELECT @s{i} AS service, @o{i} AS ok, @t{i} AS seconds, @d{i} AS detail")
-    client.query(f"""MERGE {table} T USING (SELECT *, @run AS run_id, CURRENT_TIMESTAMP() AS checked_at FROM ({' UNION ALL '.join(rows)})) S
+    client.query(
+        f"""MERGE {table} T USING (SELECT *, @run AS run_id, CURRENT_TIMESTAMP() AS checked_at FROM ({" UNION ALL ".join(rows)})) S
         ON T.run_id = S.run_id AND T.service = S.service
         WHEN MATCHED THEN UPDATE SET ok = S.ok, seconds = S.seconds, detail = S.detail, checked_at = S.checked_at
         WHEN NOT MATCHED THEN INSERT (service, ok, seconds, detail, run_id, checked_at) VALUES (S.service, S.ok, S.seconds, S.detail, S.run_id, S.checked_at)""",
-                 job_config=bigquery.QueryJobConfig(query_parameters=params)).result()
+        job_config=bigquery.QueryJobConfig(query_parameters=params),
+    ).result()
 
 
 def check(service: str, endpoints: Endpoints, config: PipelineConfig | None = None) -> Check:
@@ -211,6 +275,6 @@ def check(service: str, endpoints: Endpoints, config: PipelineConfig | None = No
     try:
         detail = CHECKS[service](endpoints, config)
         ok = True
-    except Exception as exc:  # noqa: BLE001 (a check reports; it does not raise)
+    except Exception as exc:
         detail, ok = f"{type(exc).__name__}: {exc}"[:500], False
     return Check(service=service, ok=ok, seconds=round(time.monotonic() - t0, 3), detail=detail)

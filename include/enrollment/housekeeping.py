@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from .config import PipelineConfig, RetentionSettings
 
@@ -28,14 +28,20 @@ class Swept:
     staging_tables: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"handover_objects": self.handover_objects, "claim_records": self.claim_records, "staging_tables": len(self.staging_tables)}
+        return {
+            "handover_objects": self.handover_objects,
+            "claim_records": self.claim_records,
+            "staging_tables": len(self.staging_tables),
+        }
 
 
 def _older(blob, cutoff: datetime) -> bool:
     return blob.time_created is not None and blob.time_created < cutoff
 
 
-def sweep_objects(bucket, config: PipelineConfig, settings: RetentionSettings, now: datetime) -> Swept:
+def sweep_objects(
+    bucket, config: PipelineConfig, settings: RetentionSettings, now: datetime
+) -> Swept:
     """Deletes hand-over objects and claim records older than their retention."""
     from google.api_core.exceptions import NotFound
 
@@ -53,7 +59,9 @@ def sweep_objects(bucket, config: PipelineConfig, settings: RetentionSettings, n
                     except NotFound:
                         pass
     for region in config.regions:
-        for blob in bucket.list_blobs(prefix=f"claims/{region.code}/from-"):  # never the chain (landed-…)
+        for blob in bucket.list_blobs(
+            prefix=f"claims/{region.code}/from-"
+        ):  # never the chain (landed-…)
             if _older(blob, claims_cutoff):
                 try:
                     blob.delete()
@@ -63,7 +71,9 @@ def sweep_objects(bucket, config: PipelineConfig, settings: RetentionSettings, n
     return out
 
 
-def sweep_staging(client, project: str, dataset: str, settings: RetentionSettings, now: datetime) -> list[str]:
+def sweep_staging(
+    client, project: str, dataset: str, settings: RetentionSettings, now: datetime
+) -> list[str]:
     """Drops staging tables older than ``staging_hours`` (a running task's are younger)."""
     cutoff = now - timedelta(hours=settings.staging_hours)
     dropped = []
@@ -79,10 +89,16 @@ def sweep_staging(client, project: str, dataset: str, settings: RetentionSetting
 
 def sweep(bucket, client, config: PipelineConfig, now: datetime | None = None) -> Swept:
     """One housekeeping pass over the landing bucket and the warehouse dataset."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     settings = config.retention
     out = sweep_objects(bucket, config, settings, now)
-    out.staging_tables = sweep_staging(client, config.project, config.warehouse_dataset, settings, now)
-    log.info("housekeeping: deleted %d hand-over objects, %d claim records; dropped %d staging tables",
-             out.handover_objects, out.claim_records, len(out.staging_tables))
+    out.staging_tables = sweep_staging(
+        client, config.project, config.warehouse_dataset, settings, now
+    )
+    log.info(
+        "housekeeping: deleted %d hand-over objects, %d claim records; dropped %d staging tables",
+        out.handover_objects,
+        out.claim_records,
+        len(out.staging_tables),
+    )
     return out

@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC
 
 from .backlog import measure
 from .config import PipelineConfig
 
-LAG_SCHEMA = [("measured_at", "TIMESTAMP"), ("kind", "STRING"), ("region", "STRING"), ("partition", "INT64"), ("sink", "STRING"),
-              ("pending", "INT64"), ("oldest_age_s", "FLOAT64"), ("growth_per_min", "FLOAT64")]
+LAG_SCHEMA = [
+    ("measured_at", "TIMESTAMP"),
+    ("kind", "STRING"),
+    ("region", "STRING"),
+    ("partition", "INT64"),
+    ("sink", "STRING"),
+    ("pending", "INT64"),
+    ("oldest_age_s", "FLOAT64"),
+    ("growth_per_min", "FLOAT64"),
+]
 
 
 @dataclass
@@ -44,7 +53,11 @@ def kafka_lag(bootstrap: str, config: PipelineConfig, now: float | None = None) 
         backlog = measure(bootstrap, config.consumer_group, region.topic, region.partitions)
         stamps = dict(backlog.oldest_by_partition)
         for partition, start, end in backlog.ranges:
-            age = max(0.0, now - stamps[partition] / 1000) if partition in stamps else (0.0 if end == start else None)
+            age = (
+                max(0.0, now - stamps[partition] / 1000)
+                if partition in stamps
+                else (0.0 if end == start else None)
+            )
             rows.append(LagRow("kafka", region.code, partition, None, end - start, age))
     return rows
 
@@ -63,8 +76,21 @@ def warehouse_lag(bucket, config: PipelineConfig, now: float | None = None) -> l
     for region in config.regions:
         mine = [b for b in waiting if b.region == region.code]
         claimed = [datetime.fromisoformat(b.claimed_at).timestamp() for b in mine if b.claimed_at]
-        rows.append(LagRow("warehouse", region.code, None, None, len(mine), round(max(0.0, now - min(claimed)), 1) if claimed else 0.0))
-        held = sum(1 for name in aside if name.startswith(f"{SET_ASIDE_PREFIX}{config.consumer_group}/{region.code}/"))
+        rows.append(
+            LagRow(
+                "warehouse",
+                region.code,
+                None,
+                None,
+                len(mine),
+                round(max(0.0, now - min(claimed)), 1) if claimed else 0.0,
+            )
+        )
+        held = sum(
+            1
+            for name in aside
+            if name.startswith(f"{SET_ASIDE_PREFIX}{config.consumer_group}/{region.code}/")
+        )
         if held:
             rows.append(LagRow("set_aside", region.code, None, None, held, None))
     return rows
@@ -73,9 +99,18 @@ def warehouse_lag(bucket, config: PipelineConfig, now: float | None = None) -> l
 def sink_lag(sync_run, config: PipelineConfig) -> list[LagRow]:
     rows = []
     for sink in config.sinks:
-        plans = sync_run.plan_all(sink, [r.code for r in config.regions], max_batches=10_000, lookback_days=config.sync_lookback_days)
+        plans = sync_run.plan_all(
+            sink,
+            [r.code for r in config.regions],
+            max_batches=10_000,
+            lookback_days=config.sync_lookback_days,
+        )
         for region, plan in plans.items():
-            age = time.time() - min(_epoch(b["warehoused_at"]) for b in plan.batches) if plan.batches else 0.0
+            age = (
+                time.time() - min(_epoch(b["warehoused_at"]) for b in plan.batches)
+                if plan.batches
+                else 0.0
+            )
             rows.append(LagRow("sink", region, None, sink, len(plan.batches), round(age, 1)))
     return rows
 
@@ -94,10 +129,21 @@ class LagRules:
 
     @classmethod
     def from_config(cls, raw: dict) -> LagRules:
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in (raw or {}).items() if k in cls.__dataclass_fields__})
+        return cls(
+            **{
+                k: type(getattr(cls, k))(v)
+                for k, v in (raw or {}).items()
+                if k in cls.__dataclass_fields__
+            }
+        )
 
 
-def alerts(rows: list[LagRow], history: dict[str, list[int]], rules: LagRules, config: PipelineConfig | None = None) -> list[str]:
+def alerts(
+    rows: list[LagRow],
+    history: dict[str, list[int]],
+    rules: LagRules,
+    config: PipelineConfig | None = None,
+) -> list[str]:
     """What is wrong now. ``history``: region -> its total pending records at the previous
     measurements, oldest first (this measurement not included); ``config``: the configured
     partition counts, compared with the partitions measured (the cluster's)."""
@@ -111,22 +157,36 @@ def alerts(rows: list[LagRow], history: dict[str, list[int]], rules: LagRules, c
             totals[row.region] = totals.get(row.region, 0) + row.pending
             partitions.setdefault(row.region, set()).add(row.partition)
             if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
-                out.append(f"{row.region} partition {row.partition}: oldest pending record {row.oldest_age_s:.0f} s old (> {rules.max_age_s:.0f} s)")
+                out.append(
+                    f"{row.region} partition {row.partition}: oldest pending record {row.oldest_age_s:.0f} s old (> {rules.max_age_s:.0f} s)"
+                )
         elif row.kind == "warehouse":
             if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
-                out.append(f"{row.region}: a landed batch has waited {row.oldest_age_s:.0f} s for the warehouse (> {rules.max_age_s:.0f} s; "
-                           f"{row.pending} waiting) — see the warehouse DAG")
+                out.append(
+                    f"{row.region}: a landed batch has waited {row.oldest_age_s:.0f} s for the warehouse (> {rules.max_age_s:.0f} s; "
+                    f"{row.pending} waiting) — see the warehouse DAG"
+                )
         elif row.kind == "set_aside":
-            out.append(f"{row.region}: {row.pending} landed batch(es) set aside by the warehouse (objects missing or unreadable; "
-                       f"see the ledger's set_aside rows, repair, then requeue)")
+            out.append(
+                f"{row.region}: {row.pending} landed batch(es) set aside by the warehouse (objects missing or unreadable; "
+                f"see the ledger's set_aside rows, repair, then requeue)"
+            )
         elif row.pending > rules.max_sink_batches:
-            out.append(f"sink {row.sink} {row.region}: {row.pending} warehoused batches not synced (> {rules.max_sink_batches})")
+            out.append(
+                f"sink {row.sink} {row.region}: {row.pending} warehoused batches not synced (> {rules.max_sink_batches})"
+            )
     for region, total in totals.items():
-        series = (history.get(region) or [])[-rules.grow_minutes:] + [total]
-        if len(series) > rules.grow_minutes and all(b > a for a, b in zip(series, series[1:], strict=False)):
-            out.append(f"{region}: pending records grew at each of the last {rules.grow_minutes} measurements ({' → '.join(f'{n:,}' for n in series)})")
-    for region in (config.regions if config else ()):
-        drift = partition_drift(region.topic, region.partitions, len(partitions.get(region.code, ())))
+        series = (history.get(region) or [])[-rules.grow_minutes :] + [total]
+        if len(series) > rules.grow_minutes and all(
+            b > a for a, b in zip(series, series[1:], strict=False)
+        ):
+            out.append(
+                f"{region}: pending records grew at each of the last {rules.grow_minutes} measurements ({' → '.join(f'{n:,}' for n in series)})"
+            )
+    for region in config.regions if config else ():
+        drift = partition_drift(
+            region.topic, region.partitions, len(partitions.get(region.code, ()))
+        )
         if region.code in partitions and drift:
             out.append(f"{region.code}: {drift}")
     return out
@@ -139,16 +199,19 @@ def as_dicts(rows: list[LagRow]) -> list[dict]:
 def record(warehouse, rows: list[LagRow], rules: LagRules) -> dict[str, list[int]]:
     """Appends this measurement to ``<ops>.lag`` (growth per minute against the previous one) and
     returns each region's totals at the previous measurements, oldest first."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from google.cloud import bigquery
 
     # Created (and empty) before the history is read; quoted column names: `partition` is reserved.
     warehouse.insert_rows("lag", LAG_SCHEMA, [], partition="measured_at", cluster="kind, region")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     since = now - timedelta(minutes=rules.grow_minutes + 2)
-    previous = warehouse.run(f"""SELECT kind, region, `partition`, sink, pending, measured_at FROM {warehouse.table("lag", ops=True)}
-        WHERE measured_at > @since ORDER BY measured_at""", [bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)])
+    previous = warehouse.run(
+        f"""SELECT kind, region, `partition`, sink, pending, measured_at FROM {warehouse.table("lag", ops=True)}
+        WHERE measured_at > @since ORDER BY measured_at""",
+        [bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)],
+    )
     history: dict[str, dict] = {}
     last: dict[tuple, tuple] = {}
     for r in previous:
@@ -162,4 +225,7 @@ def record(warehouse, rows: list[LagRow], rules: LagRules) -> dict[str, list[int
             minutes = max((now - before[1]).total_seconds() / 60, 1 / 60)
             row.growth_per_min = round((row.pending - before[0]) / minutes, 1)
     warehouse.insert_rows("lag", LAG_SCHEMA, [asdict(r) | {"measured_at": now} for r in rows])
-    return {region: [total for _, total in sorted(by_time.items())] for region, by_time in history.items()}
+    return {
+        region: [total for _, total in sorted(by_time.items())]
+        for region, by_time in history.items()
+    }

@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS_PER_ASYNC_REQUEST = 32_000
 MAX_JOURNEY_MEMBERS = 100
-DELETE_OBJECTS_PER_CALL = 2_500  # ours: rows per SOAP Delete call (one envelope of a few hundred kB)
+DELETE_OBJECTS_PER_CALL = (
+    2_500  # ours: rows per SOAP Delete call (one envelope of a few hundred kB)
+)
 CONTACT_KEYS_PER_DELETE = 1_000  # ours: contact keys per delete request (the service queues each request as one operation)
 PARTNER_API = "http://exacttarget.com/wsdl/partnerAPI"
 
@@ -59,7 +61,11 @@ def not_queued(exc: BaseException) -> bool:
     or answered with a server error — except a gateway timeout (504), behind which it may have."""
     if isinstance(exc, MarketingCloudError) or unsent(exc):
         return True
-    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500 and exc.response.status_code != 504
+    return (
+        isinstance(exc, httpx.HTTPStatusError)
+        and exc.response.status_code >= 500
+        and exc.response.status_code != 504
+    )
 
 
 @dataclass
@@ -77,7 +83,9 @@ class MarketingCloudClient:
 
     def __post_init__(self) -> None:
         if not (self.client_id and self.client_secret):
-            raise MarketingCloudError("marketing cloud: the connection has no client id/secret (login/password)")
+            raise MarketingCloudError(
+                "marketing cloud: the connection has no client id/secret (login/password)"
+            )
         self._http = httpx.Client(timeout=self.timeout_s)
         self.tokens_fetched = 0
         self.throttled = 0
@@ -87,14 +95,24 @@ class MarketingCloudClient:
         with self._lock:
             # Renew a little before expiry: a tenth of the lifetime, at most a minute.
             if force or not self._token or time.time() >= self._expires_at:
-                response = self._http.post(f"{self.auth_url}/v2/token", json={"grant_type": "client_credentials", "client_id": self.client_id,
-                                                                              "client_secret": self.client_secret})
+                response = self._http.post(
+                    f"{self.auth_url}/v2/token",
+                    json={
+                        "grant_type": "client_credentials",
+                        "client_id": self.client_id,
+                        "client_secret": self.client_secret,
+                    },
+                )
                 if response.status_code != 200:
-                    raise MarketingCloudError(f"marketing cloud: token request refused with HTTP {response.status_code}")
+                    raise MarketingCloudError(
+                        f"marketing cloud: token request refused with HTTP {response.status_code}"
+                    )
                 body = response.json()
                 lifetime = float(body.get("expires_in", 0))
                 self._token = body["access_token"]
-                self.soap_url = (body.get("soap_instance_url") or self.soap_url or self.rest_url).rstrip("/")
+                self.soap_url = (
+                    body.get("soap_instance_url") or self.soap_url or self.rest_url
+                ).rstrip("/")
                 self._expires_at = time.time() + lifetime - min(60.0, lifetime / 10)
                 self.tokens_fetched += 1
             return self._token
@@ -110,9 +128,13 @@ class MarketingCloudClient:
             if response.status_code == 429:
                 delay = float(response.headers.get("Retry-After") or 1)
                 if waited + delay > self.max_throttle_wait_s:
-                    raise MarketingCloudError(f"marketing cloud: still throttled (429) after waiting {waited:.0f} s on {method} {path.split('?')[0]}")
+                    raise MarketingCloudError(
+                        f"marketing cloud: still throttled (429) after waiting {waited:.0f} s on {method} {path.split('?')[0]}"
+                    )
                 self.throttled += 1
-                log.info("marketing cloud: throttled (429), waiting %.0f s as Retry-After asks", delay)
+                log.info(
+                    "marketing cloud: throttled (429), waiting %.0f s as Retry-After asks", delay
+                )
                 time.sleep(delay)
                 waited += delay
                 continue
@@ -124,10 +146,20 @@ class MarketingCloudClient:
                 response.raise_for_status()
             return response
 
-    _call = retry(retry=retry_if_exception(_transient), wait=wait_exponential(multiplier=0.5, max=20), stop=stop_after_attempt(8), reraise=True)(_request)
+    _call = retry(
+        retry=retry_if_exception(_transient),
+        wait=wait_exponential(multiplier=0.5, max=20),
+        stop=stop_after_attempt(8),
+        reraise=True,
+    )(_request)
     # Journey entry events are not idempotent: a timeout or a 5xx may hide an event queued, so they
     # are sent again only when the request never left (429 and 401 are refusals: waited out above).
-    _call_once = retry(retry=retry_if_exception(unsent), wait=wait_exponential(multiplier=0.5, max=20), stop=stop_after_attempt(8), reraise=True)(_request)
+    _call_once = retry(
+        retry=retry_if_exception(unsent),
+        wait=wait_exponential(multiplier=0.5, max=20),
+        stop=stop_after_attempt(8),
+        reraise=True,
+    )(_request)
 
     def _json(self, response: httpx.Response, what: str) -> dict:
         if response.status_code >= 400:
@@ -135,16 +167,24 @@ class MarketingCloudClient:
                 message = response.json().get("message", "")
             except ValueError:
                 message = response.text[:200]
-            raise MarketingCloudError(f"marketing cloud: {what} refused with HTTP {response.status_code}: {message}")
+            raise MarketingCloudError(
+                f"marketing cloud: {what} refused with HTTP {response.status_code}: {message}"
+            )
         return response.json()
 
     # -- data extensions --------------------------------------------------------------------
-    def upsert_async(self, data_extension: str, rows: list[dict], chunk_rows: int = 10_000) -> list[str]:
+    def upsert_async(
+        self, data_extension: str, rows: list[dict], chunk_rows: int = 10_000
+    ) -> list[str]:
         """Sends the rows in chunks (≤ 32,000 each); returns the request ids, in order."""
         chunk_rows = max(1, min(chunk_rows, MAX_ROWS_PER_ASYNC_REQUEST))
         ids = []
         for start in range(0, len(rows), chunk_rows):
-            response = self._call("PUT", f"/data/v1/async/dataextensions/key:{data_extension}/rows", json={"items": rows[start:start + chunk_rows]})
+            response = self._call(
+                "PUT",
+                f"/data/v1/async/dataextensions/key:{data_extension}/rows",
+                json={"items": rows[start : start + chunk_rows]},
+            )
             ids.append(self._json(response, f"upsert into {data_extension}")["requestId"])
         return ids
 
@@ -152,13 +192,19 @@ class MarketingCloudClient:
         """Polls a request's status with backoff until it completes; returns the status."""
         delay, deadline = 0.2, time.monotonic() + timeout_s
         while True:
-            status = self._json(self._call("GET", f"/data/v1/async/{request_id}/status"), f"status of {request_id}")["status"]
+            status = self._json(
+                self._call("GET", f"/data/v1/async/{request_id}/status"), f"status of {request_id}"
+            )["status"]
             if status.get("requestStatus") == "Complete":
                 return status
             if status.get("requestStatus") in ("Error", "Failed"):
-                raise MarketingCloudError(f"marketing cloud: request {request_id} ended as {status.get('requestStatus')}")
+                raise MarketingCloudError(
+                    f"marketing cloud: request {request_id} ended as {status.get('requestStatus')}"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"marketing cloud: request {request_id} not complete after {timeout_s:.0f} s")
+                raise TimeoutError(
+                    f"marketing cloud: request {request_id} not complete after {timeout_s:.0f} s"
+                )
             time.sleep(delay)
             delay = min(delay * 1.6, 5.0)
 
@@ -166,42 +212,79 @@ class MarketingCloudClient:
         """Every row's result of a completed request (status, errorCode, message, identifiers)."""
         out, page = [], 1
         while True:
-            body = self._json(self._call("GET", f"/data/v1/async/{request_id}/results", params={"page": page, "pageSize": page_size}),
-                              f"results of {request_id}")
+            body = self._json(
+                self._call(
+                    "GET",
+                    f"/data/v1/async/{request_id}/results",
+                    params={"page": page, "pageSize": page_size},
+                ),
+                f"results of {request_id}",
+            )
             out.extend(body.get("items", []))
             if len(out) >= int(body.get("count", 0)) or not body.get("items"):
                 return out
             page += 1
 
-    def rowset(self, data_extension: str, where: tuple[str, str] | None = None, page_size: int = 2_500) -> list[dict]:
+    def rowset(
+        self, data_extension: str, where: tuple[str, str] | None = None, page_size: int = 2_500
+    ) -> list[dict]:
         """A data extension's rows as the service holds them now (field names in lower case, values
         as strings), every page; ``where=(field, value)`` keeps the rows whose field equals value."""
-        params = {"$pageSize": page_size} | ({"$filter": f"{where[0]} eq '{where[1]}'"} if where else {})
+        params = {"$pageSize": page_size} | (
+            {"$filter": f"{where[0]} eq '{where[1]}'"} if where else {}
+        )
         out, page = [], 1
         while True:
-            body = self._json(self._call("GET", f"/data/v1/customobjectdata/key/{data_extension}/rowset", params=params | {"$page": page}),
-                              f"rows of {data_extension}")
-            out.extend(item.get("keys", {}) | item.get("values", {}) for item in body.get("items", []))
+            body = self._json(
+                self._call(
+                    "GET",
+                    f"/data/v1/customobjectdata/key/{data_extension}/rowset",
+                    params=params | {"$page": page},
+                ),
+                f"rows of {data_extension}",
+            )
+            out.extend(
+                item.get("keys", {}) | item.get("values", {}) for item in body.get("items", [])
+            )
             if len(out) >= int(body.get("count", 0)) or not body.get("items"):
                 return out
             page += 1
 
-    def delete_rows(self, data_extension: str, keys: list[str], key_field: str = "PartnerId") -> dict[str, str | None]:
+    def delete_rows(
+        self, data_extension: str, keys: list[str], key_field: str = "PartnerId"
+    ) -> dict[str, str | None]:
         """Deletes the data extension's rows of these primary-key values (SOAP ``Delete`` of
         ``DataExtensionObject``); key → None when the row is gone (deleted now, or there was none),
         else the service's message. Safe to send again: a row already gone is not an error."""
         out: dict[str, str | None] = {}
         for start in range(0, len(keys), DELETE_OBJECTS_PER_CALL):
-            chunk = list(keys[start:start + DELETE_OBJECTS_PER_CALL])
-            objects = "".join(f'<Objects xsi:type="DataExtensionObject"><CustomerKey>{escape(data_extension)}</CustomerKey><Keys><Key>'
-                              f"<Name>{escape(key_field)}</Name><Value>{escape(str(k))}</Value></Key></Keys></Objects>" for k in chunk)
-            root = self._soap("Delete", f"<DeleteRequest xmlns=\"{PARTNER_API}\"><Options/>{objects}</DeleteRequest>", f"delete from {data_extension}")
-            results = sorted(root.iter(f"{{{PARTNER_API}}}Results"), key=lambda r: int(r.findtext(f"{{{PARTNER_API}}}OrdinalID") or 0))
+            chunk = list(keys[start : start + DELETE_OBJECTS_PER_CALL])
+            objects = "".join(
+                f'<Objects xsi:type="DataExtensionObject"><CustomerKey>{escape(data_extension)}</CustomerKey><Keys><Key>'
+                f"<Name>{escape(key_field)}</Name><Value>{escape(str(k))}</Value></Key></Keys></Objects>"
+                for k in chunk
+            )
+            root = self._soap(
+                "Delete",
+                f'<DeleteRequest xmlns="{PARTNER_API}"><Options/>{objects}</DeleteRequest>',
+                f"delete from {data_extension}",
+            )
+            results = sorted(
+                root.iter(f"{{{PARTNER_API}}}Results"),
+                key=lambda r: int(r.findtext(f"{{{PARTNER_API}}}OrdinalID") or 0),
+            )
             if len(results) != len(chunk):
-                raise MarketingCloudError(f"marketing cloud: delete from {data_extension} answered {len(results)} results for {len(chunk)} rows")
+                raise MarketingCloudError(
+                    f"marketing cloud: delete from {data_extension} answered {len(results)} results for {len(chunk)} rows"
+                )
             for key, result in zip(chunk, results):
-                code, message = result.findtext(f"{{{PARTNER_API}}}StatusCode"), result.findtext(f"{{{PARTNER_API}}}StatusMessage") or ""
-                out[key] = None if code == "OK" or "not found" in message.lower() else f"{code}: {message}"
+                code, message = (
+                    result.findtext(f"{{{PARTNER_API}}}StatusCode"),
+                    result.findtext(f"{{{PARTNER_API}}}StatusMessage") or "",
+                )
+                out[key] = (
+                    None if code == "OK" or "not found" in message.lower() else f"{code}: {message}"
+                )
         return out
 
     def _soap(self, action: str, body: str, what: str) -> ET.Element:
@@ -209,17 +292,29 @@ class MarketingCloudClient:
         for attempt in (1, 2):
             token = self.token(force=attempt == 2)  # also learns soap_instance_url
             url = f"{self.soap_url}/Service.asmx"
-            envelope = ('<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
-                        'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header>'
-                        f'<a:Action s:mustUnderstand="1">{action}</a:Action><a:To s:mustUnderstand="1">{escape(url)}</a:To>'
-                        f'<fueloauth xmlns="http://exacttarget.com">{escape(token)}</fueloauth></s:Header>'
-                        '<s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
-                        f"{body}</s:Body></s:Envelope>")
-            response = self._call("POST", url, content=envelope.encode(), headers={"Content-Type": "application/soap+xml; charset=utf-8", "SOAPAction": action})
+            envelope = (
+                '<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+                'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header>'
+                f'<a:Action s:mustUnderstand="1">{action}</a:Action><a:To s:mustUnderstand="1">{escape(url)}</a:To>'
+                f'<fueloauth xmlns="http://exacttarget.com">{escape(token)}</fueloauth></s:Header>'
+                '<s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
+                f"{body}</s:Body></s:Envelope>"
+            )
+            response = self._call(
+                "POST",
+                url,
+                content=envelope.encode(),
+                headers={
+                    "Content-Type": "application/soap+xml; charset=utf-8",
+                    "SOAPAction": action,
+                },
+            )
             if response.status_code != 401:
                 break
         if response.status_code >= 400:
-            raise MarketingCloudError(f"marketing cloud: {what} refused with HTTP {response.status_code}")
+            raise MarketingCloudError(
+                f"marketing cloud: {what} refused with HTTP {response.status_code}"
+            )
         return ET.fromstring(response.content)
 
     # -- contacts ---------------------------------------------------------------------------
@@ -228,32 +323,59 @@ class MarketingCloudClient:
         request delete); returns the operation ids to follow with ``contact_delete_status``."""
         ids = []
         for start in range(0, len(contact_keys), CONTACT_KEYS_PER_DELETE):
-            chunk = list(contact_keys[start:start + CONTACT_KEYS_PER_DELETE])
-            response = self._call("POST", "/contacts/v1/contacts/actions/delete", params={"type": "keys"},
-                                  json={"values": chunk, "DeleteOperationType": "ContactAndAttributes"})
+            chunk = list(contact_keys[start : start + CONTACT_KEYS_PER_DELETE])
+            response = self._call(
+                "POST",
+                "/contacts/v1/contacts/actions/delete",
+                params={"type": "keys"},
+                json={"values": chunk, "DeleteOperationType": "ContactAndAttributes"},
+            )
             body = self._json(response, "contact delete")
             if not body.get("operationInitiated"):
-                raise MarketingCloudError(f"marketing cloud: contact delete not initiated: {body.get('resultMessages')}")
+                raise MarketingCloudError(
+                    f"marketing cloud: contact delete not initiated: {body.get('resultMessages')}"
+                )
             ids.append(int(body["operationID"]))
         return ids
 
     def contact_delete_status(self, operation_id: int) -> str:
         """The status of a contact delete operation (e.g. PendingProcessing, Completed)."""
-        response = self._call("GET", "/contacts/v1/contacts/actions/delete/status", params={"operationID": operation_id})
+        response = self._call(
+            "GET",
+            "/contacts/v1/contacts/actions/delete/status",
+            params={"operationID": operation_id},
+        )
         return str(self._json(response, f"contact delete {operation_id}")["operation"]["status"])
 
     # -- journeys ---------------------------------------------------------------------------
     def fire_entry_event(self, event_definition_key: str, contact_key: str, data: dict) -> str:
-        response = self._call_once("POST", "/interaction/v1/events", json={"ContactKey": contact_key, "EventDefinitionKey": event_definition_key, "Data": data})
+        response = self._call_once(
+            "POST",
+            "/interaction/v1/events",
+            json={
+                "ContactKey": contact_key,
+                "EventDefinitionKey": event_definition_key,
+                "Data": data,
+            },
+        )
         return self._json(response, f"entry event {event_definition_key}")["eventInstanceId"]
 
-    def fire_entry_events(self, event_definition_key: str, members: list[tuple[str, dict]]) -> list[dict]:
+    def fire_entry_events(
+        self, event_definition_key: str, members: list[tuple[str, dict]]
+    ) -> list[dict]:
         """Journey entry for many contacts, 100 per request (the API's limit); one result per member,
         in order (``eventInstanceId``, or ``errorcode`` and ``message``)."""
         out = []
         for start in range(0, len(members), MAX_JOURNEY_MEMBERS):
-            chunk = [{"contactKey": key, "data": data} for key, data in members[start:start + MAX_JOURNEY_MEMBERS]]
-            response = self._call_once("POST", "/interaction/v1/async/events", json={"eventDefinitionKey": event_definition_key, "members": chunk})
+            chunk = [
+                {"contactKey": key, "data": data}
+                for key, data in members[start : start + MAX_JOURNEY_MEMBERS]
+            ]
+            response = self._call_once(
+                "POST",
+                "/interaction/v1/async/events",
+                json={"eventDefinitionKey": event_definition_key, "members": chunk},
+            )
             out.extend(self._json(response, f"entry events {event_definition_key}")["members"])
         return out
 

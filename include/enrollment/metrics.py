@@ -10,10 +10,16 @@ canary (seconds until visible everywhere); the lag monitor keeps its own table, 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-METRICS_SCHEMA = [("measured_at", "TIMESTAMP"), ("source", "STRING"), ("region", "STRING"), ("batch_id", "STRING"), ("name", "STRING"),
-                  ("value", "FLOAT64")]
+METRICS_SCHEMA = [
+    ("measured_at", "TIMESTAMP"),
+    ("source", "STRING"),
+    ("region", "STRING"),
+    ("batch_id", "STRING"),
+    ("name", "STRING"),
+    ("value", "FLOAT64"),
+]
 
 
 def batch_metrics(landed: dict, merged: dict) -> dict[str, float | None]:
@@ -24,30 +30,81 @@ def batch_metrics(landed: dict, merged: dict) -> dict[str, float | None]:
 
     # A recovery batch's events are old on purpose (re-processed from quarantine): no freshness.
     fresh = not is_recovery_batch(landed.get("batch_id") or "")
-    return {"events": landed["offsets"], "valid": landed["valid"], "quarantined": landed["quarantined"] + landed["duplicates"],
-            "land_s": land_s, "warehouse_s": warehouse_s, "events_per_min": round(landed["offsets"] * 60 / busy, 1) if busy else None,
-            "freshness_oldest_s": merged.get("oldest_event_age_s") if fresh else None,
-            "freshness_newest_s": merged.get("newest_event_age_s") if fresh else None}
+    return {
+        "events": landed["offsets"],
+        "valid": landed["valid"],
+        "quarantined": landed["quarantined"] + landed["duplicates"],
+        "land_s": land_s,
+        "warehouse_s": warehouse_s,
+        "events_per_min": round(landed["offsets"] * 60 / busy, 1) if busy else None,
+        "freshness_oldest_s": merged.get("oldest_event_age_s") if fresh else None,
+        "freshness_newest_s": merged.get("newest_event_age_s") if fresh else None,
+    }
 
 
-def record(warehouse, source: str, region: str, batch_id: str, values: dict[str, float | None], at: datetime | None = None) -> int:
+def record(
+    warehouse,
+    source: str,
+    region: str,
+    batch_id: str,
+    values: dict[str, float | None],
+    at: datetime | None = None,
+) -> int:
     """Writes the values that are known; again for the same batch replaces them (idempotent)."""
-    at = at or datetime.now(timezone.utc)
-    rows = [{"measured_at": at, "source": source, "region": region, "batch_id": batch_id, "name": name, "value": float(value)}
-            for name, value in values.items() if value is not None]
-    return warehouse.insert_rows("metrics", METRICS_SCHEMA, rows, partition="measured_at", cluster="source, region",
-                                 key=("source", "batch_id", "name"))
+    at = at or datetime.now(UTC)
+    rows = [
+        {
+            "measured_at": at,
+            "source": source,
+            "region": region,
+            "batch_id": batch_id,
+            "name": name,
+            "value": float(value),
+        }
+        for name, value in values.items()
+        if value is not None
+    ]
+    return warehouse.insert_rows(
+        "metrics",
+        METRICS_SCHEMA,
+        rows,
+        partition="measured_at",
+        cluster="source, region",
+        key=("source", "batch_id", "name"),
+    )
 
 
 def record_batches(warehouse, source: str, batches: list[dict], at: datetime | None = None) -> int:
     """Every batch of a warehouse cycle in one statement (``batches``: the cycle's per-batch
     dicts, each with the landed counts, ``seconds`` of land and the cycle's ``warehouse_s``)."""
-    at = at or datetime.now(timezone.utc)
+    at = at or datetime.now(UTC)
     rows = []
     for b in batches:
-        values = batch_metrics(b, {"seconds": b.get("warehouse_s"), "oldest_event_age_s": b.get("oldest_event_age_s"),
-                                   "newest_event_age_s": b.get("newest_event_age_s")})
-        rows += [{"measured_at": at, "source": source, "region": b["region"], "batch_id": b["batch_id"], "name": name, "value": float(value)}
-                 for name, value in values.items() if value is not None]
-    return warehouse.insert_rows("metrics", METRICS_SCHEMA, rows, partition="measured_at", cluster="source, region",
-                                 key=("source", "batch_id", "name"))
+        values = batch_metrics(
+            b,
+            {
+                "seconds": b.get("warehouse_s"),
+                "oldest_event_age_s": b.get("oldest_event_age_s"),
+                "newest_event_age_s": b.get("newest_event_age_s"),
+            },
+        )
+        rows += [
+            {
+                "measured_at": at,
+                "source": source,
+                "region": b["region"],
+                "batch_id": b["batch_id"],
+                "name": name,
+                "value": float(value),
+            }
+            for name, value in values.items()
+            if value is not None
+        ]
+    return warehouse.insert_rows(
+        "metrics",
+        METRICS_SCHEMA,
+        rows,
+        partition="measured_at",
+        cluster="source, region",
+        key=("source", "batch_id", "name"),
+    )

@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from .config import PipelineConfig
 from .pii import TAX_ID_SHAPED, mask_keys, mask_raw
@@ -37,7 +37,9 @@ HEALTH_STALE_S = 15 * 60  # environment_health runs every 5 minutes: three misse
 LEDGER_LOOKBACK_DAYS = 7  # the batches shown and the sinks' backlog: the sync plans' lookback
 BATCHES_SHOWN = 10
 EXAMPLES_PER_REASON = 3
-EXAMPLE_REASONS = 12  # examples of the most frequent reasons only (a window can hold a hundred field-level codes)
+EXAMPLE_REASONS = (
+    12  # examples of the most frequent reasons only (a window can hold a hundred field-level codes)
+)
 EXAMPLE_BYTES = 2048  # of a quarantined message shown (cut before masking: the lexer masks a value cut short too)
 MAX_WINDOW_HOURS = 24 * 31
 QUERY_TIMEOUT_S = 30.0
@@ -46,7 +48,21 @@ QUERY_TIMEOUT_S = 30.0
 PARTNER_ID = re.compile(r"\b([A-Z]{2})[0-9A-Z]{10}\b")
 # Shown to every viewer of the page, so beyond what quarantine masks (tax ids, birth dates,
 # emails, phones): names and the whole address too, by shape.
-PAGE_MASKED_KEYS = frozenset({"firstname", "lastname", "name", "fullname", "address", "line1", "line2", "street", "postalcode", "zip", "city"})
+PAGE_MASKED_KEYS = frozenset(
+    {
+        "firstname",
+        "lastname",
+        "name",
+        "fullname",
+        "address",
+        "line1",
+        "line2",
+        "street",
+        "postalcode",
+        "zip",
+        "city",
+    }
+)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 EMAIL = re.compile(r"[^\s\"'<>@,;:]+@[^\s\"'<>@,;:]+\.[A-Za-z]{2,}")
 
@@ -93,9 +109,16 @@ def masked_example(raw: bytes | None) -> str | None:
 def check_status(service: str, ok: bool, checked_at: datetime, now: datetime) -> dict:
     """An environment check's status: its verdict while it is recent; **stale** once the checks
     stopped (``HEALTH_STALE_S``) — a failure from an hour ago says nothing about the service now."""
-    age = (now - (checked_at if checked_at.tzinfo else checked_at.replace(tzinfo=timezone.utc))).total_seconds()
+    age = (
+        now - (checked_at if checked_at.tzinfo else checked_at.replace(tzinfo=UTC))
+    ).total_seconds()
     if age > HEALTH_STALE_S:
-        return {"status": STALE, "why": [f"{service}: last checked {age / 60:.0f} min ago (environment_health not running?)"]}
+        return {
+            "status": STALE,
+            "why": [
+                f"{service}: last checked {age / 60:.0f} min ago (environment_health not running?)"
+            ],
+        }
     return classify([] if ok else [f"{service}: check failed"])
 
 
@@ -107,22 +130,30 @@ def minute_series(rows: list[dict], now: datetime, minutes: int = 60) -> list[di
     for r in rows:
         m = r["minute"]
         if m.tzinfo is None:
-            m = m.replace(tzinfo=timezone.utc)
+            m = m.replace(tzinfo=UTC)
         by_minute[m.replace(second=0, microsecond=0)] += int(r["events"] or 0)
-    return [{"minute": (end - timedelta(minutes=i)).isoformat(), "events": by_minute.get(end - timedelta(minutes=i), 0)}
-            for i in range(minutes - 1, -1, -1)]
+    return [
+        {
+            "minute": (end - timedelta(minutes=i)).isoformat(),
+            "events": by_minute.get(end - timedelta(minutes=i), 0),
+        }
+        for i in range(minutes - 1, -1, -1)
+    ]
 
 
 def window_bounds(window_hours: float, now: datetime | None = None) -> tuple[datetime, datetime]:
     """[since, until) of a window ending now, at most 31 days; whole seconds (literal in SQL)."""
-    now = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
     hours = min(max(float(window_hours), 1 / 60), MAX_WINDOW_HOURS)
     return now - timedelta(hours=hours), now + timedelta(seconds=1)
 
 
 def balance(row: dict) -> dict:
     """A ledger row's balance: offsets_in = valid + quarantined + duplicates + skipped + recovered."""
-    parts = {k: int(row.get(k) or 0) for k in ("valid", "quarantined", "duplicates", "skipped", "recovered")}
+    parts = {
+        k: int(row.get(k) or 0)
+        for k in ("valid", "quarantined", "duplicates", "skipped", "recovered")
+    }
     offsets = int(row.get("offsets_in") or 0)
     return {"offsets_in": offsets, **parts, "balanced": offsets == sum(parts.values())}
 
@@ -161,7 +192,9 @@ class Reader:
         dataset = self.config.ops_dataset if ops else self.config.warehouse_dataset
         if dataset not in self._have:
             try:
-                self._have[dataset] = {t.table_id for t in self.w.client.list_tables(f"{self.w.project}.{dataset}")}
+                self._have[dataset] = {
+                    t.table_id for t in self.w.client.list_tables(f"{self.w.project}.{dataset}")
+                }
             except NotFound:
                 self._have[dataset] = set()
         return name in self._have[dataset]
@@ -174,7 +207,9 @@ class Reader:
         """A read, given up after ``QUERY_TIMEOUT_S`` (a page waits seconds, not the writers' minutes)."""
         from google.cloud import bigquery
 
-        job = self.w.client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params or []))
+        job = self.w.client.query(
+            sql, job_config=bigquery.QueryJobConfig(query_parameters=params or [])
+        )
         try:
             return [dict(r) for r in job.result(timeout=QUERY_TIMEOUT_S)]
         except TimeoutError:
@@ -189,7 +224,7 @@ class Reader:
         try:
             self.run(f"SELECT recovered FROM {self.w.table('ledger', ops=True)} WHERE FALSE")
             return True
-        except Exception:  # noqa: BLE001 (no such column)
+        except Exception:
             return False
 
 
@@ -200,8 +235,10 @@ def _section(source, body, empty):
     try:
         out = body()
         error = None
-    except Exception as exc:  # noqa: BLE001 (the page shows the section as unavailable)
-        log.warning("operator view: %s unavailable: %s", source, scrub(f"{type(exc).__name__}: {exc}"))
+    except Exception as exc:
+        log.warning(
+            "operator view: %s unavailable: %s", source, scrub(f"{type(exc).__name__}: {exc}")
+        )
         out, error = empty, scrub(f"{type(exc).__name__}: {exc}", 200)
     return {"source": source, "error": error, "seconds": round(time.monotonic() - t0, 3), **out}
 
@@ -213,22 +250,29 @@ def kafka_backlog(bootstrap: str, config: PipelineConfig, now: float | None = No
     from .lag import kafka_lag
 
     def body():
-        out = {r.code: {"pending": 0, "oldest_pending_age_s": None, "partitions": 0} for r in config.regions}
+        out = {
+            r.code: {"pending": 0, "oldest_pending_age_s": None, "partitions": 0}
+            for r in config.regions
+        }
         for row in kafka_lag(bootstrap, config, now):
             region = out[row.region]
             region["pending"] += row.pending
             region["partitions"] += 1
             if row.oldest_age_s is not None and row.pending:
-                region["oldest_pending_age_s"] = max(region["oldest_pending_age_s"] or 0.0, round(row.oldest_age_s, 1))
+                region["oldest_pending_age_s"] = max(
+                    region["oldest_pending_age_s"] or 0.0, round(row.oldest_age_s, 1)
+                )
         return {"regions": out}
 
     return _section("kafka", body, {"regions": {}})
 
 
-def ledger_batches(reader: Reader, regions: list[str], per_region: int = BATCHES_SHOWN, now: datetime | None = None) -> dict:
+def ledger_batches(
+    reader: Reader, regions: list[str], per_region: int = BATCHES_SHOWN, now: datetime | None = None
+) -> dict:
     """The last ``per_region`` batches of each region (by when the ledger first recorded them, last
     ``LEDGER_LOOKBACK_DAYS`` days), each with every stage's row and its balance."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
 
     def body():
         if not reader.exists("ledger"):
@@ -238,7 +282,8 @@ def ledger_batches(reader: Reader, regions: list[str], per_region: int = BATCHES
         since = ts(now - timedelta(days=LEDGER_LOOKBACK_DAYS))
         recovered = "COALESCE(L.recovered, 0)" if reader.ledger_has_recovered() else "0"
         table = reader.w.table("ledger", ops=True)
-        rows = reader.run(f"""WITH B AS (
+        rows = reader.run(
+            f"""WITH B AS (
                 SELECT region, batch_id, MIN(recorded_at) AS first_at FROM {table}
                 WHERE recorded_at >= {since} AND region IN UNNEST(@regions) GROUP BY region, batch_id
                 QUALIFY ROW_NUMBER() OVER (PARTITION BY region ORDER BY first_at DESC, batch_id DESC) <= @n)
@@ -247,28 +292,63 @@ def ledger_batches(reader: Reader, regions: list[str], per_region: int = BATCHES
             FROM {table} L JOIN B ON B.region = L.region AND B.batch_id = L.batch_id
             WHERE L.recorded_at >= {since}
             ORDER BY B.first_at DESC, L.batch_id, L.recorded_at LIMIT {len(regions) * per_region * 20}""",
-                          [bigquery.ArrayQueryParameter("regions", "STRING", regions), bigquery.ScalarQueryParameter("n", "INT64", per_region)])
+            [
+                bigquery.ArrayQueryParameter("regions", "STRING", regions),
+                bigquery.ScalarQueryParameter("n", "INT64", per_region),
+            ],
+        )
         out: dict[str, dict[str, dict]] = {r: {} for r in regions}
         for r in rows:
-            batch = out[r["region"]].setdefault(r["batch_id"], {"batch_id": r["batch_id"], "first_recorded_at": _iso(r["first_at"]), "stages": {}})
-            batch["stages"][r["stage"]] = {**balance(r), "ok": bool(r["ok"]), "detail": scrub(r["detail"]), "recorded_at": _iso(r["recorded_at"])}
+            batch = out[r["region"]].setdefault(
+                r["batch_id"],
+                {"batch_id": r["batch_id"], "first_recorded_at": _iso(r["first_at"]), "stages": {}},
+            )
+            batch["stages"][r["stage"]] = {
+                **balance(r),
+                "ok": bool(r["ok"]),
+                "detail": scrub(r["detail"]),
+                "recorded_at": _iso(r["recorded_at"]),
+            }
         for region, batches in out.items():
             for b in batches.values():
-                main = b["stages"].get("recovered") or b["stages"].get("warehouse") or b["stages"].get("land") or next(iter(b["stages"].values()))
-                b.update({k: main[k] for k in ("offsets_in", "valid", "quarantined", "duplicates", "skipped", "recovered")})
+                main = (
+                    b["stages"].get("recovered")
+                    or b["stages"].get("warehouse")
+                    or b["stages"].get("land")
+                    or next(iter(b["stages"].values()))
+                )
+                b.update(
+                    {
+                        k: main[k]
+                        for k in (
+                            "offsets_in",
+                            "valid",
+                            "quarantined",
+                            "duplicates",
+                            "skipped",
+                            "recovered",
+                        )
+                    }
+                )
                 b["balanced"] = all(s["balanced"] for s in b["stages"].values())
                 broken = [f"stage {name}: not ok" for name, s in b["stages"].items() if not s["ok"]]
-                broken += [f"stage {name}: does not balance" for name, s in b["stages"].items() if not s["balanced"]]
+                broken += [
+                    f"stage {name}: does not balance"
+                    for name, s in b["stages"].items()
+                    if not s["balanced"]
+                ]
                 b.update(classify(broken))
         return {"regions": {region: list(batches.values()) for region, batches in out.items()}}
 
     return _section(reader.source("ledger"), body, {"regions": {}})
 
 
-def events_per_minute(reader: Reader, regions: list[str], now: datetime | None = None, minutes: int = 60) -> dict:
+def events_per_minute(
+    reader: Reader, regions: list[str], now: datetime | None = None, minutes: int = 60
+) -> dict:
     """Valid events landed per minute over the last hour, per region: the ledger's ``land`` rows
     summed by the minute they were recorded (one row per batch: cheap at any volume)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
 
     def body():
         series = {r: minute_series([], now, minutes) for r in regions}
@@ -276,7 +356,7 @@ def events_per_minute(reader: Reader, regions: list[str], now: datetime | None =
             return {"regions": series}
         since = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
         rows = reader.run(f"""SELECT region, TIMESTAMP_TRUNC(recorded_at, MINUTE) AS minute, SUM(valid) AS events
-            FROM {reader.w.table('ledger', ops=True)}
+            FROM {reader.w.table("ledger", ops=True)}
             WHERE recorded_at >= {ts(since)} AND stage = 'land' GROUP BY region, minute ORDER BY minute LIMIT {minutes * 50}""")
         for region in regions:
             series[region] = minute_series([r for r in rows if r["region"] == region], now, minutes)
@@ -288,7 +368,7 @@ def events_per_minute(reader: Reader, regions: list[str], now: datetime | None =
 def freshness(reader: Reader, regions: list[str], now: datetime | None = None) -> dict:
     """Per region, the newest warehoused batch's freshness as the warehouse cycle measured it
     (``<ops>.metrics``, source ``ingest``): its oldest and newest event's age when queryable."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
 
     def body():
         out = {r: None for r in regions}
@@ -297,7 +377,7 @@ def freshness(reader: Reader, regions: list[str], now: datetime | None = None) -
         rows = reader.run(f"""SELECT region, batch_id, measured_at,
                 MAX(IF(name = 'freshness_oldest_s', value, NULL)) AS oldest_event_age_s,
                 MAX(IF(name = 'freshness_newest_s', value, NULL)) AS newest_event_age_s
-            FROM {reader.w.table('metrics', ops=True)}
+            FROM {reader.w.table("metrics", ops=True)}
             WHERE measured_at >= {ts(now - timedelta(days=LEDGER_LOOKBACK_DAYS))} AND source = 'ingest'
               AND name IN ('freshness_oldest_s', 'freshness_newest_s') AND NOT STARTS_WITH(batch_id, 'recovery-')
             GROUP BY region, batch_id, measured_at
@@ -305,20 +385,29 @@ def freshness(reader: Reader, regions: list[str], now: datetime | None = None) -
             LIMIT 100""")
         for r in rows:
             if r["region"] in out:
-                out[r["region"]] = {"batch_id": r["batch_id"], "measured_at": _iso(r["measured_at"]),
-                                    "oldest_event_age_s": r["oldest_event_age_s"], "newest_event_age_s": r["newest_event_age_s"]}
+                out[r["region"]] = {
+                    "batch_id": r["batch_id"],
+                    "measured_at": _iso(r["measured_at"]),
+                    "oldest_event_age_s": r["oldest_event_age_s"],
+                    "newest_event_age_s": r["newest_event_age_s"],
+                }
         return {"regions": out}
 
     return _section(reader.source("metrics"), body, {"regions": {}})
 
 
-def regions_overview(reader: Reader, bootstrap: str, config: PipelineConfig, now: datetime | None = None,
-                     per_region: int = BATCHES_SHOWN) -> dict:
+def regions_overview(
+    reader: Reader,
+    bootstrap: str,
+    config: PipelineConfig,
+    now: datetime | None = None,
+    per_region: int = BATCHES_SHOWN,
+) -> dict:
     """The region section: Kafka backlog, freshness, events per minute and the last batches, with
     each region's status from what they show (the plugin adds failed runs)."""
     from .lag import LagRules
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     codes = [r.code for r in config.regions]
     rules = LagRules.from_config(config.lag)
     backlog = kafka_backlog(bootstrap, config, now.timestamp())
@@ -330,17 +419,40 @@ def regions_overview(reader: Reader, bootstrap: str, config: PipelineConfig, now
         kafka = backlog["regions"].get(code) or {}
         last = fresh["regions"].get(code)
         mine = batches["regions"].get(code) or []
-        broken = [f"batch {b['batch_id']}: {'; '.join(b['why'])}" for b in mine if b["status"] == BROKEN]
+        broken = [
+            f"batch {b['batch_id']}: {'; '.join(b['why'])}" for b in mine if b["status"] == BROKEN
+        ]
         late = []
         if (kafka.get("oldest_pending_age_s") or 0) > rules.max_age_s:
-            late.append(f"oldest pending record {kafka['oldest_pending_age_s']:.0f} s old (> {rules.max_age_s:g} s)")
+            late.append(
+                f"oldest pending record {kafka['oldest_pending_age_s']:.0f} s old (> {rules.max_age_s:g} s)"
+            )
         if last and (last.get("oldest_event_age_s") or 0) > config.freshness_sla_s:
-            late.append(f"last batch's oldest event queryable after {last['oldest_event_age_s']:.0f} s (SLA {config.freshness_sla_s:g} s)")
-        regions.append({"code": code, "pending": kafka.get("pending"), "oldest_pending_age_s": kafka.get("oldest_pending_age_s"),
-                        "freshness": last, "events_per_minute": (rate["regions"].get(code) or []), "batches": mine,
-                        **classify(broken, late)})
-    return {"regions": regions, "freshness_sla_s": config.freshness_sla_s, "max_pending_age_s": rules.max_age_s,
-            "sources": {"pending": backlog, "freshness": _meta(fresh), "events_per_minute": _meta(rate), "batches": _meta(batches)}}
+            late.append(
+                f"last batch's oldest event queryable after {last['oldest_event_age_s']:.0f} s (SLA {config.freshness_sla_s:g} s)"
+            )
+        regions.append(
+            {
+                "code": code,
+                "pending": kafka.get("pending"),
+                "oldest_pending_age_s": kafka.get("oldest_pending_age_s"),
+                "freshness": last,
+                "events_per_minute": (rate["regions"].get(code) or []),
+                "batches": mine,
+                **classify(broken, late),
+            }
+        )
+    return {
+        "regions": regions,
+        "freshness_sla_s": config.freshness_sla_s,
+        "max_pending_age_s": rules.max_age_s,
+        "sources": {
+            "pending": backlog,
+            "freshness": _meta(fresh),
+            "events_per_minute": _meta(rate),
+            "batches": _meta(batches),
+        },
+    }
 
 
 def _meta(section: dict) -> dict:
@@ -348,11 +460,13 @@ def _meta(section: dict) -> dict:
 
 
 # -- sinks ---------------------------------------------------------------------------------------------
-def sinks_overview(reader: Reader, config: PipelineConfig, window_hours: float = 24, now: datetime | None = None) -> dict:
+def sinks_overview(
+    reader: Reader, config: PipelineConfig, window_hours: float = 24, now: datetime | None = None
+) -> dict:
     """Per sink and region: warehoused batches not synced yet (the sync plans' anti-join, last
     ``LEDGER_LOOKBACK_DAYS`` days), the last committed batch (``<ops>.sink_watermarks``), the last
     failed sync ledger row, rows in the sink quarantine over the window; and the last canary."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     sinks = list(config.sinks)
     codes = [r.code for r in config.regions]
     since_ledger = ts(now - timedelta(days=LEDGER_LOOKBACK_DAYS))
@@ -364,36 +478,53 @@ def sinks_overview(reader: Reader, config: PipelineConfig, window_hours: float =
         from google.cloud import bigquery
 
         table = reader.w.table("ledger", ops=True)
-        rows = reader.run(f"""SELECT sink, L.region, COUNT(*) AS behind, MIN(L.recorded_at) AS oldest
+        rows = reader.run(
+            f"""SELECT sink, L.region, COUNT(*) AS behind, MIN(L.recorded_at) AS oldest
             FROM {table} L CROSS JOIN UNNEST(@sinks) AS sink
             LEFT JOIN (SELECT DISTINCT batch_id, stage FROM {table} WHERE recorded_at >= {since_ledger} AND STARTS_WITH(stage, 'sync_')) S
               ON S.batch_id = L.batch_id AND S.stage = CONCAT('sync_', sink)
             WHERE L.recorded_at >= {since_ledger} AND L.stage = 'warehouse' AND L.ok AND S.batch_id IS NULL
-            GROUP BY sink, L.region LIMIT 1000""", [bigquery.ArrayQueryParameter("sinks", "STRING", sinks)])
+            GROUP BY sink, L.region LIMIT 1000""",
+            [bigquery.ArrayQueryParameter("sinks", "STRING", sinks)],
+        )
         for r in rows:
-            out[r["sink"]][r["region"]] = {"behind": r["behind"], "oldest_waiting_since": _iso(r["oldest"])}
+            out[r["sink"]][r["region"]] = {
+                "behind": r["behind"],
+                "oldest_waiting_since": _iso(r["oldest"]),
+            }
         return {"sinks": out}
 
     def failures():
         out = {s: None for s in sinks}
         if not reader.exists("ledger"):
             return {"sinks": out}
-        rows = reader.run(f"""SELECT stage, region, batch_id, detail, recorded_at FROM {reader.w.table('ledger', ops=True)}
+        rows = reader.run(f"""SELECT stage, region, batch_id, detail, recorded_at FROM {reader.w.table("ledger", ops=True)}
             WHERE recorded_at >= {since_ledger} AND STARTS_WITH(stage, 'sync_') AND NOT ok
             QUALIFY ROW_NUMBER() OVER (PARTITION BY stage ORDER BY recorded_at DESC) = 1 LIMIT 100""")
         for r in rows:
-            sink = r["stage"][len("sync_"):]
+            sink = r["stage"][len("sync_") :]
             if sink in out:
-                out[sink] = {"region": r["region"], "batch_id": r["batch_id"], "reason": scrub(r["detail"]), "at": _iso(r["recorded_at"])}
+                out[sink] = {
+                    "region": r["region"],
+                    "batch_id": r["batch_id"],
+                    "reason": scrub(r["detail"]),
+                    "at": _iso(r["recorded_at"]),
+                }
         return {"sinks": out}
 
     def watermarks():
         out = {s: {} for s in sinks}
         if not reader.exists("sink_watermarks"):
             return {"sinks": out}
-        for r in reader.run(f"SELECT sink, region, batch_id, warehoused_at, synced_at FROM {reader.w.table('sink_watermarks', ops=True)} LIMIT 1000"):
+        for r in reader.run(
+            f"SELECT sink, region, batch_id, warehoused_at, synced_at FROM {reader.w.table('sink_watermarks', ops=True)} LIMIT 1000"
+        ):
             if r["sink"] in out:
-                out[r["sink"]][r["region"]] = {"batch_id": r["batch_id"], "warehoused_at": _iso(r["warehoused_at"]), "synced_at": _iso(r["synced_at"])}
+                out[r["sink"]][r["region"]] = {
+                    "batch_id": r["batch_id"],
+                    "warehoused_at": _iso(r["warehoused_at"]),
+                    "synced_at": _iso(r["synced_at"]),
+                }
         return {"sinks": out}
 
     def refused():
@@ -401,57 +532,101 @@ def sinks_overview(reader: Reader, config: PipelineConfig, window_hours: float =
         if not reader.exists("sink_quarantine", ops=False):
             return {"sinks": out}
         since, until = window_bounds(window_hours, now)
-        rows = reader.run(f"""SELECT sink, region, COUNT(*) AS n FROM {reader.w.table('sink_quarantine')}
+        rows = reader.run(f"""SELECT sink, region, COUNT(*) AS n FROM {reader.w.table("sink_quarantine")}
             WHERE recorded_at >= {ts(since)} AND recorded_at < {ts(until)} GROUP BY sink, region LIMIT 1000""")
         for r in rows:
             if r["sink"] in out:
                 out[r["sink"]][r["region"]] = r["n"]
         return {"sinks": out, "since": since.isoformat(), "until": until.isoformat()}
 
-    parts = {"behind": _section(reader.source("ledger"), behind, {"sinks": {}}),
-             "failure": _section(reader.source("ledger"), failures, {"sinks": {}}),
-             "committed": _section(reader.source("sink_watermarks"), watermarks, {"sinks": {}}),
-             "quarantined": _section(reader.source("sink_quarantine", ops=False), refused, {"sinks": {}})}
+    parts = {
+        "behind": _section(reader.source("ledger"), behind, {"sinks": {}}),
+        "failure": _section(reader.source("ledger"), failures, {"sinks": {}}),
+        "committed": _section(reader.source("sink_watermarks"), watermarks, {"sinks": {}}),
+        "quarantined": _section(
+            reader.source("sink_quarantine", ops=False), refused, {"sinks": {}}
+        ),
+    }
     result = []
     for sink in sinks:
         per_region = []
         for code in codes:
-            b = (parts["behind"]["sinks"].get(sink) or {}).get(code) or {"behind": 0, "oldest_waiting_since": None}
-            per_region.append({"region": code, **b, "committed": (parts["committed"]["sinks"].get(sink) or {}).get(code),
-                               "quarantined": (parts["quarantined"]["sinks"].get(sink) or {}).get(code, 0)})
+            b = (parts["behind"]["sinks"].get(sink) or {}).get(code) or {
+                "behind": 0,
+                "oldest_waiting_since": None,
+            }
+            per_region.append(
+                {
+                    "region": code,
+                    **b,
+                    "committed": (parts["committed"]["sinks"].get(sink) or {}).get(code),
+                    "quarantined": (parts["quarantined"]["sinks"].get(sink) or {}).get(code, 0),
+                }
+            )
         failure = parts["failure"]["sinks"].get(sink)
-        rules_late = [f"{r['region']}: {r['behind']} batches behind" for r in per_region
-                      if r["behind"] > int((config.lag or {}).get("max_sink_batches", 30))]
-        result.append({"sink": sink, "regions": per_region, "behind": sum(r["behind"] for r in per_region),
-                       "quarantined": sum(r["quarantined"] for r in per_region), "last_failure": failure,
-                       **classify([f"batch {failure['batch_id']} set aside: {failure['reason']}"] if failure else [], rules_late)})
-    return {"sinks": result, "sources": {k: _meta(v) for k, v in parts.items()}, "canary": canaries(reader, config, now)}
+        rules_late = [
+            f"{r['region']}: {r['behind']} batches behind"
+            for r in per_region
+            if r["behind"] > int((config.lag or {}).get("max_sink_batches", 30))
+        ]
+        result.append(
+            {
+                "sink": sink,
+                "regions": per_region,
+                "behind": sum(r["behind"] for r in per_region),
+                "quarantined": sum(r["quarantined"] for r in per_region),
+                "last_failure": failure,
+                **classify(
+                    [f"batch {failure['batch_id']} set aside: {failure['reason']}"]
+                    if failure
+                    else [],
+                    rules_late,
+                ),
+            }
+        )
+    return {
+        "sinks": result,
+        "sources": {k: _meta(v) for k, v in parts.items()},
+        "canary": canaries(reader, config, now),
+    }
 
 
 def canaries(reader: Reader, config: PipelineConfig, now: datetime | None = None) -> dict:
     """The last canary trace per region (``<ops>.canary``): seconds until visible in the warehouse
     and each sink, what it has not reached. The canary partner's id is not shown."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
 
     def body():
         out = {r.code: None for r in config.regions}
         if not reader.exists("canary"):
             return {"regions": out}
-        rows = reader.run(f"""SELECT region, injected_at, traced_at, seen, missing, seconds, ok FROM {reader.w.table('canary', ops=True)}
+        rows = reader.run(f"""SELECT region, injected_at, traced_at, seen, missing, seconds, ok FROM {reader.w.table("canary", ops=True)}
             WHERE injected_at >= {ts(now - timedelta(days=2))}
             QUALIFY ROW_NUMBER() OVER (PARTITION BY region ORDER BY injected_at DESC) = 1 LIMIT 100""")
         for r in rows:
             if r["region"] in out:
-                out[r["region"]] = {"injected_at": _iso(r["injected_at"]), "traced_at": _iso(r["traced_at"]), "seen": parse_seen(r["seen"]),
-                                    "missing": [m for m in (r["missing"] or "").split(",") if m], "seconds": r["seconds"], "ok": bool(r["ok"])}
+                out[r["region"]] = {
+                    "injected_at": _iso(r["injected_at"]),
+                    "traced_at": _iso(r["traced_at"]),
+                    "seen": parse_seen(r["seen"]),
+                    "missing": [m for m in (r["missing"] or "").split(",") if m],
+                    "seconds": r["seconds"],
+                    "ok": bool(r["ok"]),
+                }
         return {"regions": out}
 
     return _section(reader.source("canary"), body, {"regions": {}})
 
 
 # -- quarantine ----------------------------------------------------------------------------------------
-def quarantine_overview(reader: Reader, config: PipelineConfig, window_hours: float = 24, now: datetime | None = None,
-                        region: str | None = None, examples: int = EXAMPLES_PER_REASON) -> dict:
+def quarantine_overview(
+    reader: Reader,
+    config: PipelineConfig,
+    window_hours: float = 24,
+    now: datetime | None = None,
+    region: str | None = None,
+    examples: int = EXAMPLES_PER_REASON,
+) -> dict:
     """Quarantined messages that reached Kafka in the window, by region and reason code (a message
     with two reasons counts under each; ``messages`` counts each once), up to ``examples`` masked
     examples per reason, and what recovery brought back (``<ops>.recovered``, when it exists)."""
@@ -468,83 +643,167 @@ def quarantine_overview(reader: Reader, config: PipelineConfig, window_hours: fl
         if not reader.exists("quarantine", ops=False):
             return {"by_reason": [], "messages": {}}
         table = reader.w.table("quarantine")
-        by_reason = reader.run(f"""SELECT region, reason, COUNT(*) AS n FROM {table}, UNNEST(SPLIT(reasons, ',')) AS reason
-            WHERE {bounds} {where_region} GROUP BY region, reason ORDER BY n DESC, region, reason LIMIT 1000""", params())
-        messages = reader.run(f"SELECT region, COUNT(*) AS n FROM {table} WHERE {bounds} {where_region} GROUP BY region LIMIT 100", params())
-        return {"by_reason": [{"region": r["region"], "reason": r["reason"], "count": r["n"]} for r in by_reason],
-                "messages": {r["region"]: r["n"] for r in messages}}
+        by_reason = reader.run(
+            f"""SELECT region, reason, COUNT(*) AS n FROM {table}, UNNEST(SPLIT(reasons, ',')) AS reason
+            WHERE {bounds} {where_region} GROUP BY region, reason ORDER BY n DESC, region, reason LIMIT 1000""",
+            params(),
+        )
+        messages = reader.run(
+            f"SELECT region, COUNT(*) AS n FROM {table} WHERE {bounds} {where_region} GROUP BY region LIMIT 100",
+            params(),
+        )
+        return {
+            "by_reason": [
+                {"region": r["region"], "reason": r["reason"], "count": r["n"]} for r in by_reason
+            ],
+            "messages": {r["region"]: r["n"] for r in messages},
+        }
 
     def sample(top: list[str]):
         if not reader.exists("quarantine", ops=False) or not top:
             return {"examples": []}
         from google.cloud import bigquery
 
-        rows = reader.run(f"""SELECT reason, region, batch_id, kafka_partition, kafka_offset, kafka_timestamp, event_type, partner_id,
+        rows = reader.run(
+            f"""SELECT reason, region, batch_id, kafka_partition, kafka_offset, kafka_timestamp, event_type, partner_id,
                 raw, reasons
             FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY reason ORDER BY kafka_timestamp DESC, kafka_offset DESC) AS rn
-                  FROM (SELECT Q.*, reason FROM {reader.w.table('quarantine')} Q, UNNEST(SPLIT(Q.reasons, ',')) AS reason
+                  FROM (SELECT Q.*, reason FROM {reader.w.table("quarantine")} Q, UNNEST(SPLIT(Q.reasons, ',')) AS reason
                         WHERE {bounds} {where_region}) WHERE reason IN UNNEST(@top))
             WHERE rn <= {int(examples)} ORDER BY reason, kafka_timestamp DESC LIMIT {len(top) * int(examples)}""",
-                          params() + [bigquery.ArrayQueryParameter("top", "STRING", top)])
-        return {"examples": [{"reason": r["reason"], "reasons": r["reasons"].split(","), "region": r["region"], "batch_id": r["batch_id"],
-                              "kafka_partition": r["kafka_partition"], "kafka_offset": r["kafka_offset"],
-                              "kafka_timestamp": _iso(r["kafka_timestamp"]), "event_type": r["event_type"],
-                              "partner_id": mask_partner_id(r["partner_id"]),
-                              "message": masked_example(r["raw"][:EXAMPLE_BYTES] if r["raw"] is not None else None)} for r in rows]}
+            params() + [bigquery.ArrayQueryParameter("top", "STRING", top)],
+        )
+        return {
+            "examples": [
+                {
+                    "reason": r["reason"],
+                    "reasons": r["reasons"].split(","),
+                    "region": r["region"],
+                    "batch_id": r["batch_id"],
+                    "kafka_partition": r["kafka_partition"],
+                    "kafka_offset": r["kafka_offset"],
+                    "kafka_timestamp": _iso(r["kafka_timestamp"]),
+                    "event_type": r["event_type"],
+                    "partner_id": mask_partner_id(r["partner_id"]),
+                    "message": masked_example(
+                        r["raw"][:EXAMPLE_BYTES] if r["raw"] is not None else None
+                    ),
+                }
+                for r in rows
+            ]
+        }
 
     def recovered():
         if not reader.exists("recovered"):
             return {"by_reason": [], "exists": False}
-        rows = reader.run(f"""SELECT region, reason, COUNT(*) AS n FROM {reader.w.table('recovered', ops=True)}, UNNEST(SPLIT(reasons, ',')) AS reason
+        rows = reader.run(
+            f"""SELECT region, reason, COUNT(*) AS n FROM {reader.w.table("recovered", ops=True)}, UNNEST(SPLIT(reasons, ',')) AS reason
             WHERE recovered_at >= {ts(since)} AND recovered_at < {ts(until)} {where_region}
-            GROUP BY region, reason ORDER BY n DESC LIMIT 1000""", params())
-        return {"by_reason": [{"region": r["region"], "reason": r["reason"], "count": r["n"]} for r in rows], "exists": True}
+            GROUP BY region, reason ORDER BY n DESC LIMIT 1000""",
+            params(),
+        )
+        return {
+            "by_reason": [
+                {"region": r["region"], "reason": r["reason"], "count": r["n"]} for r in rows
+            ],
+            "exists": True,
+        }
 
-    counted = _section(reader.source("quarantine", ops=False), counts, {"by_reason": [], "messages": {}})
+    counted = _section(
+        reader.source("quarantine", ops=False), counts, {"by_reason": [], "messages": {}}
+    )
     totals: dict[str, int] = defaultdict(int)
     for r in counted["by_reason"]:
         totals[r["reason"]] += r["count"]
-    top = [reason for reason, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:EXAMPLE_REASONS]]
-    return {"since": since.isoformat(), "until": until.isoformat(), "region": region, "counts": counted,
-            "examples": _section(reader.source("quarantine", ops=False), lambda: sample(top), {"examples": []}),
-            "recovered": _section(reader.source("recovered"), recovered, {"by_reason": [], "exists": False})}
+    top = [
+        reason
+        for reason, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:EXAMPLE_REASONS]
+    ]
+    return {
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "region": region,
+        "counts": counted,
+        "examples": _section(
+            reader.source("quarantine", ops=False), lambda: sample(top), {"examples": []}
+        ),
+        "recovered": _section(
+            reader.source("recovered"), recovered, {"by_reason": [], "exists": False}
+        ),
+    }
 
 
 # -- health --------------------------------------------------------------------------------------------
 def health_overview(reader: Reader, now: datetime | None = None) -> dict:
     """The last environment check per service (``<ops>.health``, the environment_health DAG)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
 
     def body():
         if not reader.exists("health"):
             return {"services": []}
-        rows = reader.run(f"""SELECT service, ok, seconds, detail, run_id, checked_at FROM {reader.w.table('health', ops=True)}
+        rows = reader.run(f"""SELECT service, ok, seconds, detail, run_id, checked_at FROM {reader.w.table("health", ops=True)}
             WHERE checked_at >= {ts(now - timedelta(days=2))}
             QUALIFY ROW_NUMBER() OVER (PARTITION BY service ORDER BY checked_at DESC) = 1 ORDER BY service LIMIT 100""")
-        return {"services": [{"service": r["service"], "ok": bool(r["ok"]), "seconds": r["seconds"], "detail": scrub(r["detail"]),
-                              "run_id": r["run_id"], "checked_at": _iso(r["checked_at"]),
-                              **check_status(r["service"], bool(r["ok"]), r["checked_at"], now)} for r in rows]}
+        return {
+            "services": [
+                {
+                    "service": r["service"],
+                    "ok": bool(r["ok"]),
+                    "seconds": r["seconds"],
+                    "detail": scrub(r["detail"]),
+                    "run_id": r["run_id"],
+                    "checked_at": _iso(r["checked_at"]),
+                    **check_status(r["service"], bool(r["ok"]), r["checked_at"], now),
+                }
+                for r in rows
+            ]
+        }
 
     return _section(reader.source("health"), body, {"services": []})
 
 
-def overview(warehouse, bootstrap: str, config: PipelineConfig, window_hours: float = 24, now: datetime | None = None) -> dict:
+def overview(
+    warehouse,
+    bootstrap: str,
+    config: PipelineConfig,
+    window_hours: float = 24,
+    now: datetime | None = None,
+) -> dict:
     """Every section of the page (the plugin adds the DAG runs and an overall status)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     reader = Reader(warehouse, config)
-    return {"generated_at": now.isoformat(), "window_hours": window_hours, "project": warehouse.project,
-            "regions": regions_overview(reader, bootstrap, config, now), "sinks": sinks_overview(reader, config, window_hours, now),
-            "quarantine": quarantine_overview(reader, config, window_hours, now), "health": health_overview(reader, now)}
+    return {
+        "generated_at": now.isoformat(),
+        "window_hours": window_hours,
+        "project": warehouse.project,
+        "regions": regions_overview(reader, bootstrap, config, now),
+        "sinks": sinks_overview(reader, config, window_hours, now),
+        "quarantine": quarantine_overview(reader, config, window_hours, now),
+        "health": health_overview(reader, now),
+    }
 
 
-def region_detail(warehouse, bootstrap: str, config: PipelineConfig, code: str, window_hours: float = 24, now: datetime | None = None,
-                  per_region: int = 30) -> dict:
+def region_detail(
+    warehouse,
+    bootstrap: str,
+    config: PipelineConfig,
+    code: str,
+    window_hours: float = 24,
+    now: datetime | None = None,
+    per_region: int = 30,
+) -> dict:
     """One region: its row of the overview with more batches, and its quarantine."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     region = config.region(code)
     reader = Reader(warehouse, config)
     one = dataclasses.replace(config, regions=(region,))
     regions = regions_overview(reader, bootstrap, one, now, per_region)
-    return {"generated_at": now.isoformat(), "window_hours": window_hours, "project": warehouse.project,
-            "region": regions["regions"][0], "sources": regions["sources"], "freshness_sla_s": regions["freshness_sla_s"],
-            "quarantine": quarantine_overview(reader, config, window_hours, now, region=region.code)}
+    return {
+        "generated_at": now.isoformat(),
+        "window_hours": window_hours,
+        "project": warehouse.project,
+        "region": regions["regions"][0],
+        "sources": regions["sources"],
+        "freshness_sla_s": regions["freshness_sla_s"],
+        "quarantine": quarantine_overview(reader, config, window_hours, now, region=region.code),
+    }

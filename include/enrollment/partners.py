@@ -11,9 +11,27 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
-PARTNER_COLUMNS = ("region", "country", "first_name", "last_name", "email", "phone", "language", "address_line1", "address_city",
-                   "address_postal_code", "address_state", "date_of_birth", "sponsor_id", "status", "enrolled_at", "terminated_at",
-                   "marketing_consent", "consent_version", "consent_captured_at")
+PARTNER_COLUMNS = (
+    "region",
+    "country",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "language",
+    "address_line1",
+    "address_city",
+    "address_postal_code",
+    "address_state",
+    "date_of_birth",
+    "sponsor_id",
+    "status",
+    "enrolled_at",
+    "terminated_at",
+    "marketing_consent",
+    "consent_version",
+    "consent_captured_at",
+)
 # Fields that are one statement with another (their leader): they take their values, nulls
 # included, from the event that set the leader, and carry its version. A consent withdrawn without
 # a version of its own must not keep the version of the consent it replaced.
@@ -22,13 +40,27 @@ _TYPES = {"marketing_consent": "BOOL"}
 # Each field keeps the partner version that set it (<field>_version): a field takes a value only
 # from an event newer than the one that set it, whatever order events arrive in, within a batch
 # or across batches.
-PARTNER_SCHEMA = [("partner_id", "STRING"), *((c, _TYPES.get(c) or ("TIMESTAMP" if c.endswith("_at") else "STRING")) for c in PARTNER_COLUMNS),
-                  ("partner_version", "INT64"), ("last_event_id", "STRING"), ("updated_at", "TIMESTAMP"), ("batch_id", "STRING"),
-                  *((f"{c}_version", "INT64") for c in PARTNER_COLUMNS)]
+PARTNER_SCHEMA = [
+    ("partner_id", "STRING"),
+    *(
+        (c, _TYPES.get(c) or ("TIMESTAMP" if c.endswith("_at") else "STRING"))
+        for c in PARTNER_COLUMNS
+    ),
+    ("partner_version", "INT64"),
+    ("last_event_id", "STRING"),
+    ("updated_at", "TIMESTAMP"),
+    ("batch_id", "STRING"),
+    *((f"{c}_version", "INT64") for c in PARTNER_COLUMNS),
+]
 PARTNER_EVENTS = ("partner.enrolled", "partner.updated", "partner.terminated")
 
 
-_ARROW = {"STRING": pa.string(), "INT64": pa.int64(), "BOOL": pa.bool_(), "TIMESTAMP": pa.timestamp("us", tz="UTC")}
+_ARROW = {
+    "STRING": pa.string(),
+    "INT64": pa.int64(),
+    "BOOL": pa.bool_(),
+    "TIMESTAMP": pa.timestamp("us", tz="UTC"),
+}
 
 
 def _empty() -> pa.Table:
@@ -52,17 +84,44 @@ def _to_table(latest: pd.DataFrame) -> pa.Table:
 
 def partner_changes(valid: pa.Table) -> pa.Table:
     """One row per partner of the batch: what its partner events say, newest version first."""
-    consent = [c for c in ("marketing_consent", "consent_version", "consent_captured_at") if c in valid.column_names]  # batches landed before them: none
-    frame = valid.select(["partner_id", "event_type", "event_id", "partner_version", "occurred_at", "batch_id", "region", "country", "first_name", "last_name",
-                          "email", "phone", "language", "address_line1", "address_city", "address_postal_code", "address_state", "date_of_birth",
-                          "sponsor_id", *consent]).to_pandas()
+    consent = [
+        c
+        for c in ("marketing_consent", "consent_version", "consent_captured_at")
+        if c in valid.column_names
+    ]  # batches landed before them: none
+    frame = valid.select(
+        [
+            "partner_id",
+            "event_type",
+            "event_id",
+            "partner_version",
+            "occurred_at",
+            "batch_id",
+            "region",
+            "country",
+            "first_name",
+            "last_name",
+            "email",
+            "phone",
+            "language",
+            "address_line1",
+            "address_city",
+            "address_postal_code",
+            "address_state",
+            "date_of_birth",
+            "sponsor_id",
+            *consent,
+        ]
+    ).to_pandas()
     for column in ("marketing_consent", "consent_version", "consent_captured_at"):
         if column not in frame:
             frame[column] = None
     frame = frame[frame["event_type"].isin(list(PARTNER_EVENTS))]
     if frame.empty:
         return _empty()
-    frame["status"] = frame["event_type"].map({"partner.enrolled": "active", "partner.terminated": "terminated"})
+    frame["status"] = frame["event_type"].map(
+        {"partner.enrolled": "active", "partner.terminated": "terminated"}
+    )
     frame["enrolled_at"] = frame["occurred_at"].where(frame["event_type"] == "partner.enrolled")
     frame["terminated_at"] = frame["occurred_at"].where(frame["event_type"] == "partner.terminated")
     frame["last_event_id"] = frame["event_id"]
@@ -71,12 +130,25 @@ def partner_changes(valid: pa.Table) -> pa.Table:
     # set it, with that event's version.
     ordered = frame.sort_values(["partner_version", "occurred_at"], ascending=False, kind="stable")
     latest = ordered.groupby("partner_id", sort=True).first().reset_index()
-    latest["partner_version"] = frame.groupby("partner_id")["partner_version"].max().reindex(latest["partner_id"]).to_numpy()
+    latest["partner_version"] = (
+        frame.groupby("partner_id")["partner_version"]
+        .max()
+        .reindex(latest["partner_id"])
+        .to_numpy()
+    )
     for column in PARTNER_COLUMNS:
-        set_at = frame[frame[FOLLOWS.get(column, column)].notna()].groupby("partner_id")["partner_version"].max()
+        set_at = (
+            frame[frame[FOLLOWS.get(column, column)].notna()]
+            .groupby("partner_id")["partner_version"]
+            .max()
+        )
         latest[f"{column}_version"] = set_at.reindex(latest["partner_id"]).to_numpy()
     for column, leader in FOLLOWS.items():  # from the very event that set the leader, null or not
-        setter = ordered[ordered[leader].notna()].drop_duplicates("partner_id").set_index("partner_id")[column]
+        setter = (
+            ordered[ordered[leader].notna()]
+            .drop_duplicates("partner_id")
+            .set_index("partner_id")[column]
+        )
         latest[column] = setter.reindex(latest["partner_id"]).to_numpy()
     return _to_table(latest)
 
@@ -92,19 +164,34 @@ def fold_partners(tables: list[pa.Table]) -> pa.Table:
     if len(tables) == 1:
         return tables[0]
     frame = pa.concat_tables([_conform(t) for t in tables]).to_pandas()
-    latest = frame.sort_values("partner_version", ascending=False, kind="stable").groupby("partner_id", sort=True).first()
+    latest = (
+        frame.sort_values("partner_version", ascending=False, kind="stable")
+        .groupby("partner_id", sort=True)
+        .first()
+    )
     for column in PARTNER_COLUMNS:
         version = f"{column}_version"
         if column in FOLLOWS:  # the whole row that set the leader: its nulls too
             lead = f"{FOLLOWS[column]}_version"
-            setter = frame[frame[lead].notna()].sort_values(lead, ascending=False, kind="stable").drop_duplicates("partner_id").set_index("partner_id")
+            setter = (
+                frame[frame[lead].notna()]
+                .sort_values(lead, ascending=False, kind="stable")
+                .drop_duplicates("partner_id")
+                .set_index("partner_id")
+            )
             latest[column] = setter[column].reindex(latest.index)
             latest[version] = setter[lead].reindex(latest.index)
             continue
-        setters = frame[frame[version].notna()].sort_values(version, ascending=False, kind="stable").groupby("partner_id")
+        setters = (
+            frame[frame[version].notna()]
+            .sort_values(version, ascending=False, kind="stable")
+            .groupby("partner_id")
+        )
         latest[column] = setters[column].first().reindex(latest.index)
         latest[version] = setters[version].first().reindex(latest.index)
-    latest["partner_version"] = frame.groupby("partner_id")["partner_version"].max().reindex(latest.index)
+    latest["partner_version"] = (
+        frame.groupby("partner_id")["partner_version"].max().reindex(latest.index)
+    )
     return _to_table(latest.reset_index())
 
 

@@ -59,7 +59,11 @@ class Keyring:
     def matches(self, value: str, kind: str, token: str) -> bool:
         """Whether ``token`` stands for ``value``, under whichever known key made it."""
         parts = token.split(":")
-        if len(parts) != 3 or parts[0] != TOKEN_PREFIX or (parts[1] != self.key_id and parts[1] not in self.retired):
+        if (
+            len(parts) != 3
+            or parts[0] != TOKEN_PREFIX
+            or (parts[1] != self.key_id and parts[1] not in self.retired)
+        ):
             return False
         return hmac.compare_digest(self.token(value, kind, parts[1]), token)
 
@@ -68,16 +72,27 @@ class Keyring:
         return [self.token(value, kind, kid) for kid in (self.key_id, *self.retired)]
 
     @classmethod
-    def from_secret(cls, key_id: str, secret: str, retired: dict[str, str] | None = None) -> Keyring:
-        return cls(key_id, secret.encode("utf-8"), {k: v.encode("utf-8") for k, v in (retired or {}).items()})
+    def from_secret(
+        cls, key_id: str, secret: str, retired: dict[str, str] | None = None
+    ) -> Keyring:
+        return cls(
+            key_id,
+            secret.encode("utf-8"),
+            {k: v.encode("utf-8") for k, v in (retired or {}).items()},
+        )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Keyring:
         env = os.environ if env is None else env
         if not env.get("ENROLLMENT_PII_KEY"):
-            raise RuntimeError("set ENROLLMENT_PII_KEY and ENROLLMENT_PII_KEY_ID (for the local stack: source .stack/stack.env)")
-        return cls.from_secret(env.get("ENROLLMENT_PII_KEY_ID", "k1"), env["ENROLLMENT_PII_KEY"],
-                               json.loads(env.get("ENROLLMENT_PII_RETIRED_KEYS") or "{}"))
+            raise RuntimeError(
+                "set ENROLLMENT_PII_KEY and ENROLLMENT_PII_KEY_ID (for the local stack: source .stack/stack.env)"
+            )
+        return cls.from_secret(
+            env.get("ENROLLMENT_PII_KEY_ID", "k1"),
+            env["ENROLLMENT_PII_KEY"],
+            json.loads(env.get("ENROLLMENT_PII_RETIRED_KEYS") or "{}"),
+        )
 
 
 def is_token(value: object) -> bool:
@@ -95,7 +110,16 @@ def is_token(value: object) -> bool:
 # Keys (lower case, letters and digits only) whose values are tax identifiers, and the other
 # personal values a quarantined message is masked for.
 TAX_ID_KEYS = frozenset({"taxid", "ssn", "cpf", "rrn", "tin", "nationalid", "rfc", "cuit", "rut"})
-SENSITIVE_KEYS = TAX_ID_KEYS | {"dateofbirth", "birthdate", "dob", "email", "emailaddress", "phone", "phonenumber", "mobile"}
+SENSITIVE_KEYS = TAX_ID_KEYS | {
+    "dateofbirth",
+    "birthdate",
+    "dob",
+    "email",
+    "emailaddress",
+    "phone",
+    "phonenumber",
+    "mobile",
+}
 # A run of at least 6 digits, possibly separated by '-', '.', '/' or ' ': the shape of every tax id
 # the markets know (US SSN 9 digits, BR CPF 11, KR RRN 13, CO 6-10 …) and of phone numbers and dates.
 TAX_ID_SHAPED = re.compile(r"\d(?:[-./ ]?\d){5,}")
@@ -106,17 +130,31 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 # Identifier and timestamp values keep their digits when they have their contract's shape (an
 # operator needs the event id, the partner id and the instants): uuid, partner id, ISO date/time.
 _EXEMPT_KEY = re.compile(r"(^|_)(id|at|date)$")
-_EXEMPT_VALUE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[A-Z]{2}[0-9A-Z]{10}"
-                           r"|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?)?")
+_EXEMPT_VALUE = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[A-Z]{2}[0-9A-Z]{10}"
+    r"|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+)
 # Messages that cannot hold a tax-id key are not walked (most of them): no key name, and no escape
 # of an ASCII character that could spell one.
-_TAX_KEY_HINTS = (b"tax", b'ssn"', b'cpf"', b'rrn"', b'tin"', b"national", b'rfc"', b'cuit"', b'rut"')
+_TAX_KEY_HINTS = (
+    b"tax",
+    b'ssn"',
+    b'cpf"',
+    b'rrn"',
+    b'tin"',
+    b"national",
+    b'rfc"',
+    b'cuit"',
+    b'rut"',
+)
 _ASCII_ESCAPE = re.compile(rb"\\u00[0-7]")
 
 
 def _may_hold_tax_key(raw: bytes) -> bool:
     low = raw.lower()  # substring tests: ~20x faster than one case-insensitive pattern
-    return any(hint in low for hint in _TAX_KEY_HINTS) or (b"\\u00" in low and _ASCII_ESCAPE.search(low) is not None)
+    return any(hint in low for hint in _TAX_KEY_HINTS) or (
+        b"\\u00" in low and _ASCII_ESCAPE.search(low) is not None
+    )
 
 
 def _key_name(token: str) -> str:
@@ -125,7 +163,7 @@ def _key_name(token: str) -> str:
     if "\\" in text:
         try:
             text = json.loads(token if token.endswith('"') and len(token) >= 2 else token + '"')
-        except Exception:  # noqa: BLE001 (an undecodable key is compared as written)
+        except Exception:
             pass
     return text.lower() if isinstance(text, str) else ""
 
@@ -137,11 +175,13 @@ def _norm(key: str | None) -> str:
 def shape(text: str) -> str:
     """``text`` masked by shape: digits -> '#', letters -> 'x', everything else kept (separators,
     '@', '+', JSON escapes; a ``\\uXXXX`` escape counts as one character, masked '#')."""
+
     def one(m: re.Match) -> str:
         c = m.group()
         if c[0] == "\\" and len(c) > 1:
             return "#" if c[1] == "u" else c
         return "#" if c.isdigit() else "x" if c.isalpha() else c
+
     return _CHAR.sub(one, text)
 
 
@@ -154,7 +194,9 @@ def _rewrite(text: str, value, capture: frozenset) -> str:
     name of the key whose value it is, None for a key itself, an array element or stray text).
     Inside an object or array that is the value of a key in ``capture`` every scalar is that key's."""
     out: list[str] = []
-    last_string: str | None = None  # the previous significant token, when a string (a key if ':' follows)
+    last_string: str | None = (
+        None  # the previous significant token, when a string (a key if ':' follows)
+    )
     key: str | None = None
     expecting = False  # after ':'
     held: str | None = None  # the captured key whose container we are in
@@ -198,7 +240,13 @@ def _rewrite(text: str, value, capture: frozenset) -> str:
 
 def _mask_token(key: str | None, tok: str) -> str:
     is_string = tok[0] == '"'
-    body = tok[1:-1] if is_string and len(tok) >= 2 and tok.endswith('"') else tok[1:] if is_string else tok
+    body = (
+        tok[1:-1]
+        if is_string and len(tok) >= 2 and tok.endswith('"')
+        else tok[1:]
+        if is_string
+        else tok
+    )
     # A masked string keeps its quotes (or their absence: unterminated); a masked JSON number becomes
     # a string (the JSON stays JSON); any other stray text stays unquoted (byte for byte but the mask).
     if is_string:
@@ -209,7 +257,11 @@ def _mask_token(key: str | None, tok: str) -> str:
         if not is_string and tok in _LITERALS:
             return tok
         return opening + shape(body) + closing
-    if key is not None and _EXEMPT_KEY.search(re.sub(r"[^a-z0-9]+", "_", key)) and _EXEMPT_VALUE.fullmatch(body):
+    if (
+        key is not None
+        and _EXEMPT_KEY.search(re.sub(r"[^a-z0-9]+", "_", key))
+        and _EXEMPT_VALUE.fullmatch(body)
+    ):
         return tok
     masked = _digits_masked(body)
     if masked == body:
@@ -231,12 +283,13 @@ def mask_raw(raw: bytes | None) -> bytes | None:
 def mask_keys(text: str, keys: frozenset[str]) -> str:
     """``text`` (JSON, or what is left of it) with every value under one of ``keys`` (normalised:
     ``first_name`` is ``firstname``), and inside their objects and arrays, replaced by its shape."""
+
     def masked(key: str | None, tok: str) -> str:
         if _norm(key) not in keys or tok in _LITERALS:
             return tok
         if tok[0] == '"':
             closing = '"' if len(tok) >= 2 and tok.endswith('"') else ""
-            return '"' + shape(tok[1:len(tok) - len(closing)]) + closing
+            return '"' + shape(tok[1 : len(tok) - len(closing)]) + closing
         return shape(tok)
 
     return _rewrite(text, masked, keys)
@@ -256,7 +309,7 @@ def tokenise_json(raw: bytes, keyring: Keyring) -> bytes:
         if tok[0] == '"':
             try:
                 value = json.loads(tok)
-            except Exception:  # noqa: BLE001 (a valid event's strings decode; the text as written otherwise)
+            except Exception:
                 value = tok.strip('"')
         if is_token(value):
             return tok

@@ -16,7 +16,10 @@ def pools_file(config: PipelineConfig | None = None) -> dict:
     """``{name: {slots, description, include_deferred}}``: deferred tasks hold no slot (a sensor
     waiting in the triggerer must not keep the line's slots)."""
     config = config or load_config()
-    return {p.name: {"slots": p.slots, "description": p.description, "include_deferred": False} for p in config.pools.values()}
+    return {
+        p.name: {"slots": p.slots, "description": p.description, "include_deferred": False}
+        for p in config.pools.values()
+    }
 
 
 if __name__ == "__main__":

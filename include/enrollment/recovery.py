@@ -31,9 +31,9 @@ import logging
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
@@ -46,12 +46,29 @@ MAX_WINDOW = timedelta(days=31)  # a month of quarantine partitions at most per 
 DEFAULT_WINDOW = timedelta(days=7)
 EXCLUDED_BY_DEFAULT = "duplicate_event_id"  # an in-batch copy is never a message to bring back
 # Outcomes of a candidate, in the order a message meets them; they partition ``candidates``.
-OUTCOMES = ("already_recovered", "expired", "still_invalid", "erased", "already_in_events", "recoverable")
-RECOVERED_SCHEMA = [("region", "STRING"), ("kafka_partition", "INT64"), ("kafka_offset", "INT64"), ("origin_batch_id", "STRING"),
-                    ("recovery_batch_id", "STRING"), ("event_id", "STRING"), ("reasons", "STRING"), ("recovered_at", "TIMESTAMP"),
-                    ("dag_run", "STRING")]
+OUTCOMES = (
+    "already_recovered",
+    "expired",
+    "still_invalid",
+    "erased",
+    "already_in_events",
+    "recoverable",
+)
+RECOVERED_SCHEMA = [
+    ("region", "STRING"),
+    ("kafka_partition", "INT64"),
+    ("kafka_offset", "INT64"),
+    ("origin_batch_id", "STRING"),
+    ("recovery_batch_id", "STRING"),
+    ("event_id", "STRING"),
+    ("reasons", "STRING"),
+    ("recovered_at", "TIMESTAMP"),
+    ("dag_run", "STRING"),
+]
 RECOVERED_KEY = ("region", "kafka_partition", "kafka_offset")
-ROWS_PER_STATEMENT = 500  # recorded rows per MERGE: 9 query parameters each, well under BigQuery's limits
+ROWS_PER_STATEMENT = (
+    500  # recorded rows per MERGE: 9 query parameters each, well under BigQuery's limits
+)
 SEEK_GAP = 1_000  # offsets between two wanted messages past which the reader seeks instead of reading through
 
 
@@ -84,10 +101,16 @@ def _instant(value: object, name: str) -> datetime | None:
         try:
             at = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise RequestError(f"{name}: {value!r} is not an ISO 8601 date-time (e.g. 2026-11-23T00:00:00Z)") from None
+            raise RequestError(
+                f"{name}: {value!r} is not an ISO 8601 date-time (e.g. 2026-11-23T00:00:00Z)"
+            ) from None
     else:
-        raise RequestError(f"{name}: expected an ISO 8601 date-time string, got {type(value).__name__}")
-    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)  # naive: UTC, as the form says
+        raise RequestError(
+            f"{name}: expected an ISO 8601 date-time string, got {type(value).__name__}"
+        )
+    return (
+        at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    )  # naive: UTC, as the form says
 
 
 def _flag(value: object, name: str) -> bool:
@@ -105,37 +128,55 @@ class Request:
     until: datetime
     reasons: tuple[str, ...]  # empty: every reason but duplicate_event_id
     dry_run: bool = True
-    unknown_reasons: tuple[str, ...] = ()  # filters no validator reason has: allowed (older codes), reported
+    unknown_reasons: tuple[
+        str, ...
+    ] = ()  # filters no validator reason has: allowed (older codes), reported
 
     @classmethod
     def parse(cls, params: Mapping, regions: Sequence[str], now: datetime | None = None) -> Request:
         """The run's params (``region``, ``since``, ``until``, ``reasons``, ``dry_run``) checked."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         region = str(params.get("region") or "ALL").strip().upper()
         if region != "ALL" and region not in regions:
-            raise RequestError(f"region: {region!r} is not a region of the pipeline (one of ALL, {', '.join(regions)})")
+            raise RequestError(
+                f"region: {region!r} is not a region of the pipeline (one of ALL, {', '.join(regions)})"
+            )
         until = _instant(params.get("until"), "until") or now
         since = _instant(params.get("since"), "since") or until - DEFAULT_WINDOW
         if since >= until:
             raise RequestError(f"since {since.isoformat()} is not before until {until.isoformat()}")
         if until - since > MAX_WINDOW:
-            raise RequestError(f"the window {since.isoformat()} – {until.isoformat()} spans {(until - since).days} days; "
-                               f"at most {MAX_WINDOW.days} days per run (run once per month of quarantine)")
+            raise RequestError(
+                f"the window {since.isoformat()} – {until.isoformat()} spans {(until - since).days} days; "
+                f"at most {MAX_WINDOW.days} days per run (run once per month of quarantine)"
+            )
         raw = params.get("reasons") or []
         if isinstance(raw, str):
             raw = [r for r in raw.split(",")]
         if not isinstance(raw, (list, tuple)) or not all(isinstance(r, str) for r in raw):
             raise RequestError(f"reasons: expected a list of reason codes, got {raw!r}")
         reasons = tuple(dict.fromkeys(r.strip() for r in raw if r.strip()))
-        return cls(regions=tuple(regions) if region == "ALL" else (region,), since=since, until=until, reasons=reasons,
-                   dry_run=_flag(params.get("dry_run", True), "dry_run"), unknown_reasons=tuple(r for r in reasons if not _known_reason(r)))
+        return cls(
+            regions=tuple(regions) if region == "ALL" else (region,),
+            since=since,
+            until=until,
+            reasons=reasons,
+            dry_run=_flag(params.get("dry_run", True), "dry_run"),
+            unknown_reasons=tuple(r for r in reasons if not _known_reason(r)),
+        )
 
     def matches(self, reasons: str) -> bool:
         return matches(reasons, self.reasons)
 
     def describe(self) -> dict:
-        return {"regions": list(self.regions), "since": self.since.isoformat(), "until": self.until.isoformat(),
-                "reasons": list(self.reasons), "dry_run": self.dry_run, "unknown_reasons": list(self.unknown_reasons)}
+        return {
+            "regions": list(self.regions),
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "reasons": list(self.reasons),
+            "dry_run": self.dry_run,
+            "unknown_reasons": list(self.unknown_reasons),
+        }
 
 
 def matches(reasons: str, filters: Sequence[str]) -> bool:
@@ -162,7 +203,7 @@ def recovery_batch_id(region: str, group: str, topic: str, keys: Iterable[tuple[
 
 
 def _day(at: datetime) -> datetime:
-    return datetime(at.year, at.month, at.day, tzinfo=timezone.utc)
+    return datetime(at.year, at.month, at.day, tzinfo=UTC)
 
 
 # -- the plan ----------------------------------------------------------------------------------------
@@ -183,7 +224,9 @@ class RegionPlan:
     region: str
     topic: str
     candidates: list[Candidate] = field(default_factory=list)
-    messages: pa.Table | None = None  # the recoverable messages' original bytes (never leaves the process)
+    messages: pa.Table | None = (
+        None  # the recoverable messages' original bytes (never leaves the process)
+    )
 
     @property
     def recoverable(self) -> list[Candidate]:
@@ -197,7 +240,7 @@ class Plan:
 
     def counts(self, recovered: bool = False) -> dict:
         """Counts only, by region and by the rows' reasons: no partner id, no message byte."""
-        rename = (lambda o: "recovered" if recovered and o == "recoverable" else o)  # noqa: E731
+        rename = lambda o: "recovered" if recovered and o == "recoverable" else o  # noqa: E731
         names = ["candidates", *map(rename, OUTCOMES)]
 
         def tally(cands: list[Candidate]) -> dict:
@@ -209,7 +252,10 @@ class Plan:
             by_reason = defaultdict(list)
             for c in rp.candidates:
                 by_reason[c.reasons].append(c)
-            out[code] = {"total": tally(rp.candidates), "by_reason": {r: tally(cs) for r, cs in sorted(by_reason.items())}}
+            out[code] = {
+                "total": tally(rp.candidates),
+                "by_reason": {r: tally(cs) for r, cs in sorted(by_reason.items())},
+            }
         everything = [c for rp in self.regions.values() for c in rp.candidates]
         return {"request": self.request.describe(), "regions": out, "total": tally(everything)}
 
@@ -230,26 +276,48 @@ def _candidates(w, request: Request, region: str, have: set[str]) -> list[Candid
     pattern = reasons_regex(request.reasons)
     if pattern:
         params.append(bigquery.ScalarQueryParameter("pattern", "STRING", pattern))
-    recovered = (f"""LEFT JOIN (SELECT DISTINCT kafka_partition, kafka_offset FROM {w.table('recovered', ops=True)} WHERE region = @region) R
-                 ON R.kafka_partition = Q.kafka_partition AND R.kafka_offset = Q.kafka_offset""" if "ops.recovered" in have else "")
-    rows = w.run(f"""SELECT Q.batch_id, Q.kafka_partition, Q.kafka_offset, Q.kafka_timestamp, Q.reasons,
-                            {'R.kafka_offset IS NOT NULL' if recovered else 'FALSE'} AS done
-        FROM {w.table('quarantine')} Q {recovered}
+    recovered = (
+        f"""LEFT JOIN (SELECT DISTINCT kafka_partition, kafka_offset FROM {w.table("recovered", ops=True)} WHERE region = @region) R
+                 ON R.kafka_partition = Q.kafka_partition AND R.kafka_offset = Q.kafka_offset"""
+        if "ops.recovered" in have
+        else ""
+    )
+    rows = w.run(
+        f"""SELECT Q.batch_id, Q.kafka_partition, Q.kafka_offset, Q.kafka_timestamp, Q.reasons,
+                            {"R.kafka_offset IS NOT NULL" if recovered else "FALSE"} AS done
+        FROM {w.table("quarantine")} Q {recovered}
         WHERE Q.kafka_timestamp >= {_ts(request.since)} AND Q.kafka_timestamp < {_ts(request.until)}
-          AND Q.region = @region AND NOT Q.duplicate_only {'AND REGEXP_CONTAINS(Q.reasons, @pattern)' if pattern else ''}
-        ORDER BY Q.kafka_partition, Q.kafka_offset""", params)
+          AND Q.region = @region AND NOT Q.duplicate_only {"AND REGEXP_CONTAINS(Q.reasons, @pattern)" if pattern else ""}
+        ORDER BY Q.kafka_partition, Q.kafka_offset""",
+        params,
+    )
     out, seen = [], set()
     for r in rows:
         key = (r["kafka_partition"], r["kafka_offset"])
         if key in seen or not request.matches(r["reasons"]):
             continue
         seen.add(key)
-        out.append(Candidate(r["batch_id"], region, int(r["kafka_partition"]), int(r["kafka_offset"]), r["kafka_timestamp"], r["reasons"],
-                             "already_recovered" if r["done"] else ""))
+        out.append(
+            Candidate(
+                r["batch_id"],
+                region,
+                int(r["kafka_partition"]),
+                int(r["kafka_offset"]),
+                r["kafka_timestamp"],
+                r["reasons"],
+                "already_recovered" if r["done"] else "",
+            )
+        )
     return out
 
 
-def fetch(bootstrap: str, group: str, topic: str, wanted: Iterable[tuple[int, int]], timeout_s: float = 120.0) -> pa.Table:
+def fetch(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    wanted: Iterable[tuple[int, int]],
+    timeout_s: float = 120.0,
+) -> pa.Table:
     """The messages at these (partition, offset)s, in ``batches.read_range``'s columns; offsets the
     topic no longer holds (retention, compaction) are simply absent. Assigns, never commits."""
     from confluent_kafka import TopicPartition
@@ -259,7 +327,13 @@ def fetch(bootstrap: str, group: str, topic: str, wanted: Iterable[tuple[int, in
     by_partition: dict[int, list[int]] = defaultdict(list)
     for p, o in wanted:
         by_partition[p].append(o)
-    cols: dict[str, list] = {"kafka_partition": [], "kafka_offset": [], "kafka_timestamp": [], "kafka_key": [], "value": []}
+    cols: dict[str, list] = {
+        "kafka_partition": [],
+        "kafka_offset": [],
+        "kafka_timestamp": [],
+        "kafka_key": [],
+        "value": [],
+    }
     consumer = _consumer(bootstrap, group)
     try:
         for p, offsets in sorted(by_partition.items()):
@@ -271,7 +345,9 @@ def fetch(bootstrap: str, group: str, topic: str, wanted: Iterable[tuple[int, in
             consumer.assign([TopicPartition(topic, p, todo[0])])
             while i < len(todo):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"kafka: {topic} partition {p}: {len(todo) - i} quarantined offsets not read after {timeout_s:.0f} s")
+                    raise TimeoutError(
+                        f"kafka: {topic} partition {p}: {len(todo) - i} quarantined offsets not read after {timeout_s:.0f} s"
+                    )
                 batch = consumer.consume(num_messages=1_000, timeout=0.5)
                 for msg in batch:
                     if msg.error() is not None:
@@ -280,12 +356,19 @@ def fetch(bootstrap: str, group: str, topic: str, wanted: Iterable[tuple[int, in
                     while i < len(todo) and todo[i] < o:
                         i += 1  # compacted away (or a transaction marker): absent
                     if i < len(todo) and todo[i] == o:
-                        for name, value in (("kafka_partition", p), ("kafka_offset", o), ("kafka_timestamp", msg.timestamp()[1]),
-                                            ("kafka_key", msg.key()), ("value", msg.value())):
+                        for name, value in (
+                            ("kafka_partition", p),
+                            ("kafka_offset", o),
+                            ("kafka_timestamp", msg.timestamp()[1]),
+                            ("kafka_key", msg.key()),
+                            ("value", msg.value()),
+                        ):
                             cols[name].append(value)
                         i += 1
                     if i < len(todo) and todo[i] - o > SEEK_GAP:
-                        consumer.seek(TopicPartition(topic, p, todo[i]))  # quarantine is sparse: never read a day through
+                        consumer.seek(
+                            TopicPartition(topic, p, todo[i])
+                        )  # quarantine is sparse: never read a day through
                         break
                 if not batch and i < len(todo):
                     position = consumer.position([TopicPartition(topic, p)])[0].offset
@@ -294,12 +377,20 @@ def fetch(bootstrap: str, group: str, topic: str, wanted: Iterable[tuple[int, in
             consumer.unassign()
     finally:
         consumer.close()
-    return pa.table({"kafka_partition": pa.array(cols["kafka_partition"], pa.int32()), "kafka_offset": pa.array(cols["kafka_offset"], pa.int64()),
-                     "kafka_timestamp": pa.array(cols["kafka_timestamp"], pa.timestamp("ms", tz="UTC")),
-                     "kafka_key": pa.array(cols["kafka_key"], pa.binary()), "value": pa.array(cols["value"], pa.binary())})
+    return pa.table(
+        {
+            "kafka_partition": pa.array(cols["kafka_partition"], pa.int32()),
+            "kafka_offset": pa.array(cols["kafka_offset"], pa.int64()),
+            "kafka_timestamp": pa.array(cols["kafka_timestamp"], pa.timestamp("ms", tz="UTC")),
+            "kafka_key": pa.array(cols["kafka_key"], pa.binary()),
+            "value": pa.array(cols["value"], pa.binary()),
+        }
+    )
 
 
-def _in_events(w, request: Request, event_ids: list[str], have: set[str], dedup_days: int) -> dict[str, set[tuple[str, int, int]]]:
+def _in_events(
+    w, request: Request, event_ids: list[str], have: set[str], dedup_days: int
+) -> dict[str, set[tuple[str, int, int]]]:
     """Which of these event ids ``events`` already holds, and where (batch, partition, offset): arrived from the
     warehouse's dedup window before the request's window up to now (a fixed resend usually
     arrives after the broken copy)."""
@@ -307,10 +398,15 @@ def _in_events(w, request: Request, event_ids: list[str], have: set[str], dedup_
 
     if not event_ids or "events" not in have:
         return {}
-    lo, hi = _day(request.since) - timedelta(days=dedup_days), _day(datetime.now(timezone.utc)) + timedelta(days=1)
-    rows = w.run(f"""SELECT DISTINCT event_id, batch_id, kafka_partition, kafka_offset FROM {w.table('events')}
+    lo, hi = (
+        _day(request.since) - timedelta(days=dedup_days),
+        _day(datetime.now(UTC)) + timedelta(days=1),
+    )
+    rows = w.run(
+        f"""SELECT DISTINCT event_id, batch_id, kafka_partition, kafka_offset FROM {w.table("events")}
         WHERE kafka_timestamp >= {_ts(lo)} AND kafka_timestamp < {_ts(hi)} AND event_id IN UNNEST(@ids)""",
-                 [bigquery.ArrayQueryParameter("ids", "STRING", sorted(set(event_ids)))])
+        [bigquery.ArrayQueryParameter("ids", "STRING", sorted(set(event_ids)))],
+    )
     out: dict[str, set[tuple[str, int, int]]] = defaultdict(set)
     for r in rows:
         out[r["event_id"]].add((r["batch_id"], int(r["kafka_partition"]), int(r["kafka_offset"])))
@@ -335,24 +431,57 @@ def plan(w, bucket, keyring, bootstrap: str, config, request: Request) -> Plan:
         messages = fetch(bootstrap, f"{config.consumer_group}-recovery", region.topic, list(todo))
         # The message at that offset must be the one quarantined: a topic recreated since reuses offsets.
         stamps = messages.column("kafka_timestamp").to_pylist()
-        keep = [i for i, (p, o) in enumerate(zip(messages.column("kafka_partition").to_pylist(), messages.column("kafka_offset").to_pylist()))
-                if abs(stamps[i].timestamp() - todo[(p, o)].kafka_timestamp.timestamp()) < 0.002]
+        keep = [
+            i
+            for i, (p, o) in enumerate(
+                zip(
+                    messages.column("kafka_partition").to_pylist(),
+                    messages.column("kafka_offset").to_pylist(),
+                )
+            )
+            if abs(stamps[i].timestamp() - todo[(p, o)].kafka_timestamp.timestamp()) < 0.002
+        ]
         messages = messages.take(pa.array(keep, pa.int64()))
-        found = set(zip(messages.column("kafka_partition").to_pylist(), messages.column("kafka_offset").to_pylist()))
+        found = set(
+            zip(
+                messages.column("kafka_partition").to_pylist(),
+                messages.column("kafka_offset").to_pylist(),
+            )
+        )
         for key, c in todo.items():
             if key not in found:
                 c.outcome = "expired"  # no longer in Kafka: counted, never an error
         result = validate_guarded(messages.column("value").to_pylist())
-        keys = list(zip(messages.column("kafka_partition").to_pylist(), messages.column("kafka_offset").to_pylist()))
-        for i, why in zip(result.quarantine.column("source_index").to_pylist(), result.quarantine.column("reasons").to_pylist()):
+        keys = list(
+            zip(
+                messages.column("kafka_partition").to_pylist(),
+                messages.column("kafka_offset").to_pylist(),
+            )
+        )
+        for i, why in zip(
+            result.quarantine.column("source_index").to_pylist(),
+            result.quarantine.column("reasons").to_pylist(),
+        ):
             # A copy of an event this same set recovers (a producer's resend, quarantined twice): the
             # copy's event is being brought in, the copy itself never is.
-            todo[keys[i]].outcome = "already_in_events" if why == ["duplicate_event_id"] else "still_invalid"
+            todo[keys[i]].outcome = (
+                "already_in_events" if why == ["duplicate_event_id"] else "still_invalid"
+            )
         valid_index = result.valid.column("source_index").to_pylist()
         partner_ids = result.valid.column("partner_id").to_pylist()
         event_ids = result.valid.column("event_id").to_pylist()
-        erased = erased_among({p for p in partner_ids if p}, keyring, erased_tokens) if erased_tokens else set()
-        held = _in_events(w, request, [e for e, p in zip(event_ids, partner_ids) if p not in erased], have, dedup_days)
+        erased = (
+            erased_among({p for p in partner_ids if p}, keyring, erased_tokens)
+            if erased_tokens
+            else set()
+        )
+        held = _in_events(
+            w,
+            request,
+            [e for e, p in zip(event_ids, partner_ids) if p not in erased],
+            have,
+            dedup_days,
+        )
         chosen = []
         for i, partner, event in zip(valid_index, partner_ids, event_ids):
             c = todo[keys[i]]
@@ -360,8 +489,16 @@ def plan(w, bucket, keyring, bootstrap: str, config, request: Request) -> Plan:
             # Held only as this very message by a recovery batch: a run that died after landing it,
             # before recording it. Still recoverable: the same set lands the same batch again
             # (write-once), it is recorded now, and the warehouse drops an event id it holds.
-            by_others = any(not (is_recovery_batch(b) and (p, o) == keys[i]) for b, p, o in held.get(event, ()))
-            c.outcome = "erased" if partner in erased else "already_in_events" if by_others else "recoverable"
+            by_others = any(
+                not (is_recovery_batch(b) and (p, o) == keys[i]) for b, p, o in held.get(event, ())
+            )
+            c.outcome = (
+                "erased"
+                if partner in erased
+                else "already_in_events"
+                if by_others
+                else "recoverable"
+            )
             if c.outcome == "recoverable":
                 chosen.append(i)
         rp.messages = messages.take(pa.array(sorted(chosen), pa.int64()))
@@ -374,8 +511,13 @@ def _warehoused(w, batch_id: str) -> bool:
     from .cycle import Window
 
     w.ensure_ledger()
-    now = datetime.now(timezone.utc)
-    return bool(w.warehoused([batch_id], Window(_day(now) - MAX_WINDOW - timedelta(days=1), _day(now) + timedelta(days=1))))
+    now = datetime.now(UTC)
+    return bool(
+        w.warehoused(
+            [batch_id],
+            Window(_day(now) - MAX_WINDOW - timedelta(days=1), _day(now) + timedelta(days=1)),
+        )
+    )
 
 
 def land_recovery(w, bucket, keyring, config, rp: RegionPlan) -> dict:
@@ -388,23 +530,45 @@ def land_recovery(w, bucket, keyring, config, rp: RegionPlan) -> dict:
 
     t0 = time.monotonic()
     messages = rp.messages
-    keys = list(zip(messages.column("kafka_partition").to_pylist(), messages.column("kafka_offset").to_pylist()))
+    keys = list(
+        zip(
+            messages.column("kafka_partition").to_pylist(),
+            messages.column("kafka_offset").to_pylist(),
+        )
+    )
     batch_id = recovery_batch_id(rp.region, config.consumer_group, rp.topic, keys)
     result = validate_guarded(messages.column("value").to_pylist())
-    messages, valid, quarantine, duplicates = shape_batch(result, messages, batch_id, rp.region, keyring)
+    messages, valid, quarantine, duplicates = shape_batch(
+        result, messages, batch_id, rp.region, keyring
+    )
     if valid.num_rows != messages.num_rows or quarantine.num_rows:
-        raise GateError(f"recovery gate, batch {batch_id}: {messages.num_rows} messages planned as valid, {valid.num_rows} valid now")
-    prefix = landing_prefix(batch_id)  # landing/<REGION>/<id>: where the sinks read a batch's objects (sync.Plan)
+        raise GateError(
+            f"recovery gate, batch {batch_id}: {messages.num_rows} messages planned as valid, {valid.num_rows} valid now"
+        )
+    prefix = landing_prefix(
+        batch_id
+    )  # landing/<REGION>/<id>: where the sinks read a batch's objects (sync.Plan)
     valid, quarantine = write_batch(bucket, prefix, batch_id, valid, quarantine, keyring)
     stamps = messages.column("kafka_timestamp")
     first, last = pc.min(stamps).as_py(), pc.max(stamps).as_py()
     uri = lambda name: f"gs://{bucket.name}/{prefix}/{name}.parquet"  # noqa: E731
-    landed = Landed(batch_id=batch_id, region=rp.region, offsets=messages.num_rows, valid=valid.num_rows, quarantined=0, duplicates=0,
-                    valid_uri=uri("valid"), quarantine_uri=uri("quarantine"), seconds=round(time.monotonic() - t0, 3),
-                    group=config.consumer_group,
-                    # Claimed now: the lag monitor measures how long it waits, not how old its messages are.
-                    claimed_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"), partners_uri=uri("partners"),
-                    first_kafka_ms=int(first.timestamp() * 1000), last_kafka_ms=int(last.timestamp() * 1000))
+    landed = Landed(
+        batch_id=batch_id,
+        region=rp.region,
+        offsets=messages.num_rows,
+        valid=valid.num_rows,
+        quarantined=0,
+        duplicates=0,
+        valid_uri=uri("valid"),
+        quarantine_uri=uri("quarantine"),
+        seconds=round(time.monotonic() - t0, 3),
+        group=config.consumer_group,
+        # Claimed now: the lag monitor measures how long it waits, not how old its messages are.
+        claimed_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        partners_uri=uri("partners"),
+        first_kafka_ms=int(first.timestamp() * 1000),
+        last_kafka_ms=int(last.timestamp() * 1000),
+    )
     queued = not _warehoused(w, batch_id)
     if queued:  # a re-run after the warehouse wrote it must not hand it over again
         mark_pending(bucket, landed)
@@ -416,20 +580,42 @@ def _record(w, rp: RegionPlan, batch_id: str, dag_run: str) -> int:
     from google.cloud import bigquery
 
     table = w.table("recovered", ops=True)
-    w.run(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'`{c}` {t}' for c, t in RECOVERED_SCHEMA)})")
-    now = datetime.now(timezone.utc)
-    rows = [{"region": c.region, "kafka_partition": c.kafka_partition, "kafka_offset": c.kafka_offset, "origin_batch_id": c.origin_batch_id,
-             "recovery_batch_id": batch_id, "event_id": c.event_id, "reasons": c.reasons, "recovered_at": now, "dag_run": dag_run}
-            for c in rp.recoverable]
+    w.run(
+        f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'`{c}` {t}' for c, t in RECOVERED_SCHEMA)})"
+    )
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "region": c.region,
+            "kafka_partition": c.kafka_partition,
+            "kafka_offset": c.kafka_offset,
+            "origin_batch_id": c.origin_batch_id,
+            "recovery_batch_id": batch_id,
+            "event_id": c.event_id,
+            "reasons": c.reasons,
+            "recovered_at": now,
+            "dag_run": dag_run,
+        }
+        for c in rp.recoverable
+    ]
     columns = ", ".join(f"`{c}`" for c, _ in RECOVERED_SCHEMA)
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[start:start + ROWS_PER_STATEMENT]
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
         params, selects = [], []
         for i, row in enumerate(chunk):
-            params += [bigquery.ScalarQueryParameter(f"c{i}_{j}", kind, row[c]) for j, (c, kind) in enumerate(RECOVERED_SCHEMA)]
-            selects.append("SELECT " + ", ".join(f"@c{i}_{j} AS `{c}`" for j, (c, _) in enumerate(RECOVERED_SCHEMA)))
-        w.run(f"""MERGE {table} T USING ({' UNION ALL '.join(selects)}) S ON {' AND '.join(f'T.`{c}` = S.`{c}`' for c in RECOVERED_KEY)}
-            WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({', '.join(f'S.`{c}`' for c, _ in RECOVERED_SCHEMA)})""", params)
+            params += [
+                bigquery.ScalarQueryParameter(f"c{i}_{j}", kind, row[c])
+                for j, (c, kind) in enumerate(RECOVERED_SCHEMA)
+            ]
+            selects.append(
+                "SELECT "
+                + ", ".join(f"@c{i}_{j} AS `{c}`" for j, (c, _) in enumerate(RECOVERED_SCHEMA))
+            )
+        w.run(
+            f"""MERGE {table} T USING ({" UNION ALL ".join(selects)}) S ON {" AND ".join(f"T.`{c}` = S.`{c}`" for c in RECOVERED_KEY)}
+            WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({", ".join(f"S.`{c}`" for c, _ in RECOVERED_SCHEMA)})""",
+            params,
+        )
     return len(rows)
 
 
@@ -444,24 +630,42 @@ def record_ledger(w, origin_batches: Sequence[str], since: datetime) -> None:
         return
     w.ensure_ledger()
     ledger, lo = w.table("ledger", ops=True), _ts(_day(since) - timedelta(days=1))
-    cols = ["batch_id", "region", "stage", "offsets_in", "valid", "quarantined", "duplicates", "rows_merged", "seconds", "ok", "detail",
-            "recorded_at", "skipped", "recovered"]
-    w.run(f"""MERGE {ledger} T USING (
+    cols = [
+        "batch_id",
+        "region",
+        "stage",
+        "offsets_in",
+        "valid",
+        "quarantined",
+        "duplicates",
+        "rows_merged",
+        "seconds",
+        "ok",
+        "detail",
+        "recorded_at",
+        "skipped",
+        "recovered",
+    ]
+    w.run(
+        f"""MERGE {ledger} T USING (
             SELECT L.batch_id, L.region, 'recovered' AS stage, L.offsets_in, L.valid, L.quarantined - R.n AS quarantined, L.duplicates,
                    R.n AS rows_merged, 0.0 AS seconds, TRUE AS ok, CONCAT('recovered ', CAST(R.n AS STRING), ' of ', CAST(L.quarantined AS STRING),
                    ' quarantined: ', R.batches) AS detail, CURRENT_TIMESTAMP() AS recorded_at, COALESCE(L.skipped, 0) AS skipped, R.n AS recovered
             FROM {ledger} L JOIN (SELECT origin_batch_id, COUNT(*) AS n, STRING_AGG(DISTINCT recovery_batch_id, ', ') AS batches
-                                  FROM {w.table('recovered', ops=True)} WHERE origin_batch_id IN UNNEST(@ids) GROUP BY origin_batch_id) R
+                                  FROM {w.table("recovered", ops=True)} WHERE origin_batch_id IN UNNEST(@ids) GROUP BY origin_batch_id) R
               ON R.origin_batch_id = L.batch_id
             WHERE L.recorded_at >= {lo} AND L.stage = 'land' AND L.batch_id IN UNNEST(@ids)) S
         ON T.recorded_at >= {lo} AND T.batch_id = S.batch_id AND T.stage = S.stage
         WHEN MATCHED AND (T.recovered IS NULL OR T.recovered != S.recovered)
-          THEN UPDATE SET {', '.join(f'{c} = S.{c}' for c in cols[3:])}
-        WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""",
-          [bigquery.ArrayQueryParameter("ids", "STRING", sorted(set(origin_batches)))])
+          THEN UPDATE SET {", ".join(f"{c} = S.{c}" for c in cols[3:])}
+        WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) VALUES ({", ".join("S." + c for c in cols)})""",
+        [bigquery.ArrayQueryParameter("ids", "STRING", sorted(set(origin_batches)))],
+    )
 
 
-def recover(w, bucket, keyring, bootstrap: str, config, request: Request, dag_run: str = "") -> dict:
+def recover(
+    w, bucket, keyring, bootstrap: str, config, request: Request, dag_run: str = ""
+) -> dict:
     """Plans again (the plan never travels: it holds message bytes) and recovers; the counts, with
     ``recovered`` where the plan said ``recoverable``, and each region's recovery batch."""
     done = plan(w, bucket, keyring, bootstrap, config, request)
@@ -473,6 +677,11 @@ def recover(w, bucket, keyring, bootstrap: str, config, request: Request, dag_ru
         # Recorded only once landed and queued: a crash before this line lands the same batch again.
         _record(w, rp, batches[code]["batch_id"], dag_run)
         record_ledger(w, [c.origin_batch_id for c in rp.recoverable], request.since)
-        log.info("recovery %s: %d messages recovered as batch %s (queued for the warehouse: %s)", code, len(rp.recoverable),
-                 batches[code]["batch_id"], batches[code]["queued"])
+        log.info(
+            "recovery %s: %d messages recovered as batch %s (queued for the warehouse: %s)",
+            code,
+            len(rp.recoverable),
+            batches[code]["batch_id"],
+            batches[code]["queued"],
+        )
     return done.counts(recovered=True) | {"batches": batches}

@@ -30,7 +30,9 @@ from .sync import Plan, SyncRun
 log = logging.getLogger(__name__)
 
 
-def landed_batches(run: SyncRun, config: PipelineConfig, region: str, first_day: date, last_day: date) -> list[Landed]:
+def landed_batches(
+    run: SyncRun, config: PipelineConfig, region: str, first_day: date, last_day: date
+) -> list[Landed]:
     """The region's batches claimed from ``first_day`` to ``last_day`` (inclusive, UTC) and landed."""
     r = config.region(region)
     start, _ = day_bounds(first_day)
@@ -39,7 +41,11 @@ def landed_batches(run: SyncRun, config: PipelineConfig, region: str, first_day:
     for manifest in claims(run.bucket, r.code, r.topic, config.consumer_group, start, end):
         landed = landed_from(run.bucket, manifest)
         if landed is None:
-            log.info("replay %s: batch %s was claimed but not landed; its ingest run lands it", r.code, manifest.batch_id)
+            log.info(
+                "replay %s: batch %s was claimed but not landed; its ingest run lands it",
+                r.code,
+                manifest.batch_id,
+            )
         else:
             out.append(landed)
     return out
@@ -54,15 +60,30 @@ def replay_warehouse(run: SyncRun, batches: list[Landed]) -> dict:
     w, events, recorded = run.warehouse, 0, 0
     for landed in batches:
         merged = w.merge_batch(landed)
-        held = {r["stage"]: dict(r) for r in w.run(
-            f"""SELECT stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped, rows_merged, ok
-                FROM {w.table('ledger', ops=True)} WHERE batch_id = @b""",
-            [bigquery.ScalarQueryParameter("b", "STRING", landed.batch_id)])}
-        numbers = {"offsets_in": landed.offsets, "valid": landed.valid, "quarantined": landed.quarantined, "duplicates": landed.duplicates,
-                   "skipped": landed.skipped, "ok": True}
-        for stage, rows_merged, seconds in (("land", landed.valid, landed.seconds), ("warehouse", merged.get("written", merged["events"]), merged["seconds"])):
+        held = {
+            r["stage"]: dict(r)
+            for r in w.run(
+                f"""SELECT stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped, rows_merged, ok
+                FROM {w.table("ledger", ops=True)} WHERE batch_id = @b""",
+                [bigquery.ScalarQueryParameter("b", "STRING", landed.batch_id)],
+            )
+        }
+        numbers = {
+            "offsets_in": landed.offsets,
+            "valid": landed.valid,
+            "quarantined": landed.quarantined,
+            "duplicates": landed.duplicates,
+            "skipped": landed.skipped,
+            "ok": True,
+        }
+        for stage, rows_merged, seconds in (
+            ("land", landed.valid, landed.seconds),
+            ("warehouse", merged.get("written", merged["events"]), merged["seconds"]),
+        ):
             # rows_merged of a warehouse row counts what its cycle wrote (resends excluded): not compared
-            if {k: v for k, v in (held.get(stage) or {}).items() if k != "rows_merged"} != numbers | {"stage": stage}:
+            if {
+                k: v for k, v in (held.get(stage) or {}).items() if k != "rows_merged"
+            } != numbers | {"stage": stage}:
                 w.record(landed, stage, rows_merged, seconds, detail="replayed")
                 recorded += 1
         w.balance(landed.batch_id)
@@ -70,31 +91,70 @@ def replay_warehouse(run: SyncRun, batches: list[Landed]) -> dict:
     return {"batches": len(batches), "events": events, "ledger_rows_written": recorded}
 
 
-def replay_sync(run: SyncRun, sink: Sink, region: str, batch_ids: list[str], chunk: int = 20) -> dict:
+def replay_sync(
+    run: SyncRun, sink: Sink, region: str, batch_ids: list[str], chunk: int = 20
+) -> dict:
     """Writes the partners of these batches to the sink again (current state), gates, records."""
     from google.cloud import bigquery
 
     w = run.warehouse
     w.ensure_ledger()  # a pipeline whose first cycle has not run yet has none
-    recorded = {r["batch_id"]: r["recorded_at"] for r in w.run(
-        f"SELECT batch_id, recorded_at FROM {w.table('ledger', ops=True)} WHERE stage = 'warehouse' AND batch_id IN UNNEST(@ids)",
-        [bigquery.ArrayQueryParameter("ids", "STRING", list(batch_ids))])} if batch_ids else {}
+    recorded = (
+        {
+            r["batch_id"]: r["recorded_at"]
+            for r in w.run(
+                f"SELECT batch_id, recorded_at FROM {w.table('ledger', ops=True)} WHERE stage = 'warehouse' AND batch_id IN UNNEST(@ids)",
+                [bigquery.ArrayQueryParameter("ids", "STRING", list(batch_ids))],
+            )
+        }
+        if batch_ids
+        else {}
+    )
     # A batch still queued for the warehouse (landed moments ago) is the live pipeline's: its
     # cycle and then the regular sync carry it, so the replay leaves it and says so.
-    queued = {b.name.rsplit("/", 1)[-1].removesuffix(".json") for b in run.bucket.list_blobs(prefix=PENDING_PREFIX)
-              if b.name.rsplit("/", 2)[-2] == region} if len(recorded) < len(batch_ids) else set()
+    queued = (
+        {
+            b.name.rsplit("/", 1)[-1].removesuffix(".json")
+            for b in run.bucket.list_blobs(prefix=PENDING_PREFIX)
+            if b.name.rsplit("/", 2)[-2] == region
+        }
+        if len(recorded) < len(batch_ids)
+        else set()
+    )
     missing = [b for b in batch_ids if b not in recorded and b not in queued]
     if missing:
-        raise ValueError(f"replay {sink.name} {region}: {len(missing)} batches have no warehouse ledger row (replay the warehouse stage first), "
-                         f"e.g. {missing[:3]}")
+        raise ValueError(
+            f"replay {sink.name} {region}: {len(missing)} batches have no warehouse ledger row (replay the warehouse stage first), "
+            f"e.g. {missing[:3]}"
+        )
     waiting = [b for b in batch_ids if b not in recorded]
     if waiting:
-        log.info("replay %s %s: %d batches are still queued for the warehouse; the regular sync carries them", sink.name, region, len(waiting))
+        log.info(
+            "replay %s %s: %d batches are still queued for the warehouse; the regular sync carries them",
+            sink.name,
+            region,
+            len(waiting),
+        )
     batch_ids = [b for b in batch_ids if b in recorded]
-    totals = {"batches": 0, "partners": 0, "written": 0, "unchanged": 0, "rejected": 0, "queued": len(waiting)}
+    totals = {
+        "batches": 0,
+        "partners": 0,
+        "written": 0,
+        "unchanged": 0,
+        "rejected": 0,
+        "queued": len(waiting),
+    }
     run.ensure_tables()
     for start in range(0, len(batch_ids), chunk):
-        plan = Plan(sink.name, region, run.bucket.name, [{"batch_id": b, "warehoused_at": recorded[b].isoformat()} for b in batch_ids[start:start + chunk]])
+        plan = Plan(
+            sink.name,
+            region,
+            run.bucket.name,
+            [
+                {"batch_id": b, "warehoused_at": recorded[b].isoformat()}
+                for b in batch_ids[start : start + chunk]
+            ],
+        )
         written = run.write(sink, plan)
         gated = run.gate(sink, written)
         run.commit(written | {"gate": gated}, move_watermark=False)
@@ -107,7 +167,12 @@ def replay_sync(run: SyncRun, sink: Sink, region: str, batch_ids: list[str], chu
     return totals
 
 
-def days(first: str | date | None, last: str | date | None, interval_start: datetime | None, interval_end: datetime | None) -> tuple[date, date]:
+def days(
+    first: str | date | None,
+    last: str | date | None,
+    interval_start: datetime | None,
+    interval_end: datetime | None,
+) -> tuple[date, date]:
     """The days to replay: the given range, or else the run's data interval (a scheduled or
     backfill run covers its own day)."""
     as_date = lambda v: v if isinstance(v, date) else date.fromisoformat(str(v))  # noqa: E731
@@ -115,9 +180,15 @@ def days(first: str | date | None, last: str | date | None, interval_start: date
         first_day, last_day = as_date(first or last), as_date(last or first)
     elif interval_start is not None:
         first_day = interval_start.date()
-        last_day = ((interval_end or interval_start) - timedelta(microseconds=1)).date() if interval_end and interval_end > interval_start else first_day
+        last_day = (
+            ((interval_end or interval_start) - timedelta(microseconds=1)).date()
+            if interval_end and interval_end > interval_start
+            else first_day
+        )
     else:
-        raise ValueError("replay: give date_from and date_to (YYYY-MM-DD), or run it for a data interval (a backfill)")
+        raise ValueError(
+            "replay: give date_from and date_to (YYYY-MM-DD), or run it for a data interval (a backfill)"
+        )
     if last_day < first_day:
         raise ValueError(f"replay: date_to {last_day} is before date_from {first_day}")
     return first_day, last_day

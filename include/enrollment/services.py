@@ -24,9 +24,20 @@ class Endpoints:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Endpoints:
         env = os.environ if env is None else env
-        missing = [k for k in ("GOOGLE_CLOUD_PROJECT", "KAFKA_BOOTSTRAP_SERVERS", "SOLR_URL", "MARKETING_CLOUD_URL") if not env.get(k)]
+        missing = [
+            k
+            for k in (
+                "GOOGLE_CLOUD_PROJECT",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "SOLR_URL",
+                "MARKETING_CLOUD_URL",
+            )
+            if not env.get(k)
+        ]
         if missing:
-            raise RuntimeError(f"set {', '.join(missing)} (for the local stack: source .stack/stack.env)")
+            raise RuntimeError(
+                f"set {', '.join(missing)} (for the local stack: source .stack/stack.env)"
+            )
         return cls(
             project=env["GOOGLE_CLOUD_PROJECT"],
             kafka_bootstrap=env["KAFKA_BOOTSTRAP_SERVERS"],
@@ -37,13 +48,16 @@ class Endpoints:
             marketing_cloud_client_secret=env.get("MARKETING_CLOUD_CLIENT_SECRET", ""),
         )
 
-
     def marketing_cloud(self):
         """The Marketing Cloud client for these endpoints (Airflow: the hook's connection)."""
         from .marketing_cloud import MarketingCloudClient
 
-        return MarketingCloudClient(self.marketing_cloud_auth_url, self.marketing_cloud_rest_url, self.marketing_cloud_client_id,
-                                    self.marketing_cloud_client_secret)
+        return MarketingCloudClient(
+            self.marketing_cloud_auth_url,
+            self.marketing_cloud_rest_url,
+            self.marketing_cloud_client_id,
+            self.marketing_cloud_client_secret,
+        )
 
 
 def anonymous_if_emulated(env_var: str):
@@ -58,13 +72,17 @@ def anonymous_if_emulated(env_var: str):
 def storage_client(project: str):
     from google.cloud import storage
 
-    return storage.Client(project=project, credentials=anonymous_if_emulated("STORAGE_EMULATOR_HOST"))
+    return storage.Client(
+        project=project, credentials=anonymous_if_emulated("STORAGE_EMULATOR_HOST")
+    )
 
 
 def bigquery_client(project: str):
     from google.cloud import bigquery
 
-    return bigquery.Client(project=project, credentials=anonymous_if_emulated("BIGQUERY_EMULATOR_HOST"))
+    return bigquery.Client(
+        project=project, credentials=anonymous_if_emulated("BIGQUERY_EMULATOR_HOST")
+    )
 
 
 def firestore_client(project: str):

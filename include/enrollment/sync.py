@@ -34,12 +34,12 @@ upserts, ledger and quarantine rows are MERGEd, the watermark only moves forward
 from __future__ import annotations
 
 import hashlib
-import logging
 import io
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,9 +51,22 @@ from .sinks.base import Sink, SinkResult, summarise
 from .warehouse import Warehouse
 
 PARTNER_EVENTS = ["partner.enrolled", "partner.updated", "partner.terminated"]
-WATERMARK_SCHEMA = [("sink", "STRING"), ("region", "STRING"), ("batch_id", "STRING"), ("warehoused_at", "TIMESTAMP"), ("synced_at", "TIMESTAMP")]
-SINK_QUARANTINE_SCHEMA = [("sink", "STRING"), ("batch_id", "STRING"), ("region", "STRING"), ("partner_id", "STRING"), ("partner_version", "INT64"),
-                          ("message", "STRING"), ("recorded_at", "TIMESTAMP")]
+WATERMARK_SCHEMA = [
+    ("sink", "STRING"),
+    ("region", "STRING"),
+    ("batch_id", "STRING"),
+    ("warehoused_at", "TIMESTAMP"),
+    ("synced_at", "TIMESTAMP"),
+]
+SINK_QUARANTINE_SCHEMA = [
+    ("sink", "STRING"),
+    ("batch_id", "STRING"),
+    ("region", "STRING"),
+    ("partner_id", "STRING"),
+    ("partner_version", "INT64"),
+    ("message", "STRING"),
+    ("recorded_at", "TIMESTAMP"),
+]
 _EPOCH = "1970-01-01 00:00:00+00"
 
 log = logging.getLogger(__name__)
@@ -76,7 +89,9 @@ class Plan:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256("|".join(b["batch_id"] for b in self.batches).encode()).hexdigest()[:16]
+        return hashlib.sha256("|".join(b["batch_id"] for b in self.batches).encode()).hexdigest()[
+            :16
+        ]
 
     @property
     def manifest_object(self) -> str:
@@ -98,16 +113,24 @@ class SyncRun:
 
     warehouse: Warehouse
     bucket: object  # google.cloud.storage.Bucket (the landing bucket)
-    alert: Callable[[str], None] | None = None  # called with the message when a batch is set aside (the DAG's alert callback)
+    alert: Callable[[str], None] | None = (
+        None  # called with the message when a batch is set aside (the DAG's alert callback)
+    )
 
     def ensure_tables(self) -> None:
         """The watermark and sink-quarantine tables, created when missing (a metadata read when not)."""
         from google.api_core.exceptions import NotFound
 
         w = self.warehouse
-        for name, ops, ddl in (("sink_watermarks", True, f"({', '.join(f'{c} {t}' for c, t in WATERMARK_SCHEMA)})"),
-                               ("sink_quarantine", False, f"({', '.join(f'{c} {t}' for c, t in SINK_QUARANTINE_SCHEMA)}) "
-                                                          "PARTITION BY DATE(recorded_at) CLUSTER BY sink, region")):
+        for name, ops, ddl in (
+            ("sink_watermarks", True, f"({', '.join(f'{c} {t}' for c, t in WATERMARK_SCHEMA)})"),
+            (
+                "sink_quarantine",
+                False,
+                f"({', '.join(f'{c} {t}' for c, t in SINK_QUARANTINE_SCHEMA)}) "
+                "PARTITION BY DATE(recorded_at) CLUSTER BY sink, region",
+            ),
+        ):
             try:
                 w.client.get_table(w.table(name, ops=ops).strip("`"))
             except NotFound:
@@ -118,11 +141,18 @@ class SyncRun:
         from google.cloud import bigquery
 
         w = self.warehouse
-        rows = w.run(f"SELECT batch_id, warehoused_at, synced_at FROM {w.table('sink_watermarks', ops=True)} WHERE sink = @s AND region = @r",
-                     [bigquery.ScalarQueryParameter("s", "STRING", sink), bigquery.ScalarQueryParameter("r", "STRING", region)])
+        rows = w.run(
+            f"SELECT batch_id, warehoused_at, synced_at FROM {w.table('sink_watermarks', ops=True)} WHERE sink = @s AND region = @r",
+            [
+                bigquery.ScalarQueryParameter("s", "STRING", sink),
+                bigquery.ScalarQueryParameter("r", "STRING", region),
+            ],
+        )
         return dict(rows[0]) if rows else None
 
-    def plan_all(self, sink: str, regions: list[str], max_batches: int = 20, lookback_days: int = 7) -> dict[str, Plan]:
+    def plan_all(
+        self, sink: str, regions: list[str], max_batches: int = 20, lookback_days: int = 7
+    ) -> dict[str, Plan]:
         """Every region's plan in one query: the warehoused batches of the last ``lookback_days``
         that have no ``sync_<sink>`` ledger row yet, oldest first.
 
@@ -137,26 +167,37 @@ class SyncRun:
         try:
             w.client.get_table(w.table("ledger", ops=True).strip("`"))
         except NotFound:
-            return {region: Plan(sink, region, self.bucket.name) for region in regions}  # nothing warehoused yet
-        since = datetime.now(timezone.utc) - timedelta(days=lookback_days)
+            return {
+                region: Plan(sink, region, self.bucket.name) for region in regions
+            }  # nothing warehoused yet
+        since = datetime.now(UTC) - timedelta(days=lookback_days)
         recent = f"recorded_at >= TIMESTAMP '{since:%Y-%m-%d}'"
-        rows = w.run(f"""SELECT L.region, L.batch_id, L.recorded_at FROM {w.table('ledger', ops=True)} L
-            LEFT JOIN (SELECT DISTINCT batch_id FROM {w.table('ledger', ops=True)} WHERE {recent} AND stage = @stage) S ON S.batch_id = L.batch_id
+        rows = w.run(
+            f"""SELECT L.region, L.batch_id, L.recorded_at FROM {w.table("ledger", ops=True)} L
+            LEFT JOIN (SELECT DISTINCT batch_id FROM {w.table("ledger", ops=True)} WHERE {recent} AND stage = @stage) S ON S.batch_id = L.batch_id
             WHERE L.{recent} AND L.stage = 'warehouse' AND L.ok AND L.region IN UNNEST(@regions) AND S.batch_id IS NULL
             ORDER BY L.region, L.recorded_at, L.batch_id""",
-                     [bigquery.ScalarQueryParameter("stage", "STRING", f"sync_{sink}"), bigquery.ArrayQueryParameter("regions", "STRING", list(regions))])
+            [
+                bigquery.ScalarQueryParameter("stage", "STRING", f"sync_{sink}"),
+                bigquery.ArrayQueryParameter("regions", "STRING", list(regions)),
+            ],
+        )
         plans = {region: Plan(sink, region, self.bucket.name) for region in regions}
         for r in rows:
             plan = plans[r["region"]]
             if len(plan.batches) < max_batches:
-                plan.batches.append({"batch_id": r["batch_id"], "warehoused_at": r["recorded_at"].isoformat()})
+                plan.batches.append(
+                    {"batch_id": r["batch_id"], "warehoused_at": r["recorded_at"].isoformat()}
+                )
         return plans
 
     def plan(self, sink: str, region: str, max_batches: int = 20) -> Plan:
         return self.plan_all(sink, [region], max_batches)[region]
 
     # -- write ----------------------------------------------------------------------------------
-    def touched(self, plan: Plan, from_warehouse: bool = False) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    def touched(
+        self, plan: Plan, from_warehouse: bool = False
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
         """Partner id → the plan's last batch that changed it, and → the batch that enrolled it; and
         batch id → why it cannot be read.
 
@@ -170,15 +211,43 @@ class SyncRun:
         for b in plan.batches:
             try:
                 try:
-                    changes = self.warehouse._read_parquet(plan.partners_uri(b["batch_id"])).select(["partner_id", "enrolled_at"])
-                    pairs = list(zip(changes.column("partner_id").to_pylist(), (e is not None for e in changes.column("enrolled_at").to_pylist()), strict=True))
+                    changes = self.warehouse._read_parquet(plan.partners_uri(b["batch_id"])).select(
+                        ["partner_id", "enrolled_at"]
+                    )
+                    pairs = list(
+                        zip(
+                            changes.column("partner_id").to_pylist(),
+                            (e is not None for e in changes.column("enrolled_at").to_pylist()),
+                            strict=True,
+                        )
+                    )
                 except NotFound:
-                    valid = pq.read_table(io.BytesIO(self.warehouse._blob(plan.valid_uri(b["batch_id"])).download_as_bytes()), columns=["partner_id", "event_type"])
-                    valid = valid.filter(pc.is_in(valid.column("event_type"), pa.array(PARTNER_EVENTS)))
-                    pairs = list(zip(valid.column("partner_id").to_pylist(), (k == "partner.enrolled" for k in valid.column("event_type").to_pylist()), strict=True))
+                    valid = pq.read_table(
+                        io.BytesIO(
+                            self.warehouse._blob(plan.valid_uri(b["batch_id"])).download_as_bytes()
+                        ),
+                        columns=["partner_id", "event_type"],
+                    )
+                    valid = valid.filter(
+                        pc.is_in(valid.column("event_type"), pa.array(PARTNER_EVENTS))
+                    )
+                    pairs = list(
+                        zip(
+                            valid.column("partner_id").to_pylist(),
+                            (
+                                k == "partner.enrolled"
+                                for k in valid.column("event_type").to_pylist()
+                            ),
+                            strict=True,
+                        )
+                    )
             except NotFound:
                 reason = f"its landed objects are gone ({plan.partners_uri(b['batch_id'])}, valid.parquet)"
-            except (pa.ArrowException, KeyError, ValueError) as exc:  # not Parquet, or not the columns a landed batch has
+            except (
+                pa.ArrowException,
+                KeyError,
+                ValueError,
+            ) as exc:  # not Parquet, or not the columns a landed batch has
                 reason = _said("its landed rows are unreadable", exc)
             else:
                 reason = None
@@ -202,12 +271,19 @@ class SyncRun:
         from google.cloud import bigquery
 
         w = self.warehouse
-        rows = w.run(f"""SELECT partner_id, LOGICAL_OR(event_type = 'partner.enrolled') AS enrolled FROM {w.table('events')}
+        rows = w.run(
+            f"""SELECT partner_id, LOGICAL_OR(event_type = 'partner.enrolled') AS enrolled FROM {w.table("events")}
             WHERE kafka_timestamp BETWEEN TIMESTAMP_SUB(@at, INTERVAL {int(days_before)} DAY) AND TIMESTAMP_ADD(@at, INTERVAL 1 DAY)
               AND batch_id = @b AND event_type IN UNNEST(@kinds)
             GROUP BY partner_id ORDER BY partner_id""",
-                     [bigquery.ScalarQueryParameter("at", "TIMESTAMP", datetime.fromisoformat(batch["warehoused_at"])),
-                      bigquery.ScalarQueryParameter("b", "STRING", batch["batch_id"]), bigquery.ArrayQueryParameter("kinds", "STRING", PARTNER_EVENTS)])
+            [
+                bigquery.ScalarQueryParameter(
+                    "at", "TIMESTAMP", datetime.fromisoformat(batch["warehoused_at"])
+                ),
+                bigquery.ScalarQueryParameter("b", "STRING", batch["batch_id"]),
+                bigquery.ArrayQueryParameter("kinds", "STRING", PARTNER_EVENTS),
+            ],
+        )
         return [(r["partner_id"], bool(r["enrolled"])) for r in rows]
 
     def set_aside(self, plan: Plan, reasons: dict[str, str]) -> dict[str, str]:
@@ -217,17 +293,34 @@ class SyncRun:
         from google.cloud import bigquery
 
         w = self.warehouse
-        known = {r["batch_id"] for r in w.run(f"SELECT batch_id FROM {w.table('ledger', ops=True)} WHERE stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)",
-                                              [bigquery.ArrayQueryParameter("ids", "STRING", sorted(reasons))])}
+        known = {
+            r["batch_id"]
+            for r in w.run(
+                f"SELECT batch_id FROM {w.table('ledger', ops=True)} WHERE stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)",
+                [bigquery.ArrayQueryParameter("ids", "STRING", sorted(reasons))],
+            )
+        }
         unknown = sorted(set(reasons) - known)
         if unknown:
-            raise GateError(f"sync {plan.sink} {plan.region}: {len(unknown)} planned batches have neither landed objects nor a warehouse ledger row "
-                            f"(a stale plan?), e.g. {unknown[0]}: {reasons[unknown[0]]}")
+            raise GateError(
+                f"sync {plan.sink} {plan.region}: {len(unknown)} planned batches have neither landed objects nor a warehouse ledger row "
+                f"(a stale plan?), e.g. {unknown[0]}: {reasons[unknown[0]]}"
+            )
         for batch_id, reason in sorted(reasons.items()):
             # Never over a row that says the batch was synced (a replay meeting a batch damaged since).
-            w.record_stage(batch_id, f"sync_{plan.sink}", 0, 0.0, ok=False, detail=f"set aside: {reason}"[:1000], replace=False)
-            message = (f"sync {plan.sink} {plan.region}: batch {batch_id} set aside, {reason}. The other batches go on; once repaired, "
-                       f"sync it again with the sync_{plan.sink} DAG's resync_batches param (SyncRun.resync)")
+            w.record_stage(
+                batch_id,
+                f"sync_{plan.sink}",
+                0,
+                0.0,
+                ok=False,
+                detail=f"set aside: {reason}"[:1000],
+                replace=False,
+            )
+            message = (
+                f"sync {plan.sink} {plan.region}: batch {batch_id} set aside, {reason}. The other batches go on; once repaired, "
+                f"sync it again with the sync_{plan.sink} DAG's resync_batches param (SyncRun.resync)"
+            )
             log.error(message)
             if self.alert is not None:
                 self.alert(message)
@@ -238,28 +331,51 @@ class SyncRun:
 
         w, out = self.warehouse, []
         for start in range(0, len(partner_ids), chunk):
-            ids = partner_ids[start:start + chunk]
-            out.extend(dict(r) for r in w.run(f"SELECT * FROM {w.table('partners')} WHERE partner_id IN UNNEST(@ids)",
-                                               [bigquery.ArrayQueryParameter("ids", "STRING", ids)]))
+            ids = partner_ids[start : start + chunk]
+            out.extend(
+                dict(r)
+                for r in w.run(
+                    f"SELECT * FROM {w.table('partners')} WHERE partner_id IN UNNEST(@ids)",
+                    [bigquery.ArrayQueryParameter("ids", "STRING", ids)],
+                )
+            )
         return sorted(out, key=lambda r: r["partner_id"])
 
     def write(self, sink: Sink, plan: Plan, from_warehouse: bool = False) -> dict:
         t0 = time.monotonic()
         last, enrolled, unreadable = self.touched(plan, from_warehouse)
         set_aside = self.set_aside(plan, unreadable) if unreadable else {}
-        plan = Plan(plan.sink, plan.region, plan.bucket, [b for b in plan.batches if b["batch_id"] not in set_aside])
+        plan = Plan(
+            plan.sink,
+            plan.region,
+            plan.bucket,
+            [b for b in plan.batches if b["batch_id"] not in set_aside],
+        )
         partners = self.current_state(sorted(last))
         missing = set(last) - {p["partner_id"] for p in partners}
         if missing:
-            raise GateError(f"sync {sink.name}: {len(missing)} partners of the plan are not in the warehouse's partners table "
-                            "(erased meanwhile? the next run reads the rewritten batches)")
-        handed = pa.Table.from_pylist([p | {"sync_batch_id": last[p["partner_id"]]} for p in partners]) if partners else pa.table({})
+            raise GateError(
+                f"sync {sink.name}: {len(missing)} partners of the plan are not in the warehouse's partners table "
+                "(erased meanwhile? the next run reads the rewritten batches)"
+            )
+        handed = (
+            pa.Table.from_pylist([p | {"sync_batch_id": last[p["partner_id"]]} for p in partners])
+            if partners
+            else pa.table({})
+        )
         sink_buffer = io.BytesIO()
         pq.write_table(handed, sink_buffer)
-        self.bucket.blob(plan.manifest_object).upload_from_string(sink_buffer.getvalue(), content_type="application/vnd.apache.parquet")
+        self.bucket.blob(plan.manifest_object).upload_from_string(
+            sink_buffer.getvalue(), content_type="application/vnd.apache.parquet"
+        )
         result = sink.write(partners, enrolled)
-        return {"plan": plan.as_dict(), "partners_uri": f"gs://{plan.bucket}/{plan.manifest_object}", "result": result.as_dict(),
-                "set_aside": set_aside, "seconds": round(time.monotonic() - t0, 3)}
+        return {
+            "plan": plan.as_dict(),
+            "partners_uri": f"gs://{plan.bucket}/{plan.manifest_object}",
+            "result": result.as_dict(),
+            "set_aside": set_aside,
+            "seconds": round(time.monotonic() - t0, 3),
+        }
 
     def handed_over(self, written: dict) -> list[dict]:
         table = self.warehouse._read_parquet(written["partners_uri"])
@@ -273,20 +389,34 @@ class SyncRun:
         if result.partners != len(partners):
             problems.append(f"handed {len(partners)} partners, the sink counted {result.partners}")
         if not result.accounted():
-            problems.append(f"partners {result.partners} != written {result.written} + unchanged {result.unchanged} + rejected {len(result.rejected)}")
+            problems.append(
+                f"partners {result.partners} != written {result.written} + unchanged {result.unchanged} + rejected {len(result.rejected)}"
+            )
         rejected = {pid for pid, _ in result.rejected}
         problems += sink.verify([p for p in partners if p["partner_id"] not in rejected], result)
         if problems:
-            raise GateError(f"sync gate, {sink.name} {written['plan']['region']}: {len(problems)} problems: {summarise(problems)}")
+            raise GateError(
+                f"sync gate, {sink.name} {written['plan']['region']}: {len(problems)} problems: {summarise(problems)}"
+            )
         # Per batch, what was read back: the partners handed over (read from Cloud Storage), each
         # verified in the sink or refused by it. Commit records ledger rows from this only.
         per_batch = {b["batch_id"]: [0, 0] for b in written["plan"]["batches"]}
         for p in partners:
             per_batch[p["sync_batch_id"]][1 if p["partner_id"] in rejected else 0] += 1
-        return {"verified": len(partners) - len(rejected), "rejected": len(rejected), "per_batch": per_batch}
+        return {
+            "verified": len(partners) - len(rejected),
+            "rejected": len(rejected),
+            "per_batch": per_batch,
+        }
 
     # -- commit ---------------------------------------------------------------------------------
-    def commit(self, written: dict, seconds: float | None = None, move_watermark: bool = True, replace: bool | None = None) -> dict:
+    def commit(
+        self,
+        written: dict,
+        seconds: float | None = None,
+        move_watermark: bool = True,
+        replace: bool | None = None,
+    ) -> dict:
         """Quarantine, ledger rows and watermark for a gated write (``written["gate"]``).
 
         A ledger row per batch the gate read back whose warehouse ledger row exists now; the other
@@ -299,19 +429,35 @@ class SyncRun:
         if not plan.batches:
             return {"batches": 0, "set_aside": set_aside}
         if "gate" not in written:
-            raise ValueError(f"sync commit, {plan.sink} {plan.region}: no gate result; commit records only what the gate read back")
+            raise ValueError(
+                f"sync commit, {plan.sink} {plan.region}: no gate result; commit records only what the gate read back"
+            )
         per_batch = written["gate"]["per_batch"]
         stage = f"sync_{plan.sink}"
-        held = w.run(f"SELECT batch_id, stage, ok FROM {w.table('ledger', ops=True)} WHERE batch_id IN UNNEST(@ids) AND stage IN ('warehouse', @stage)",
-                     [bigquery.ArrayQueryParameter("ids", "STRING", [b["batch_id"] for b in plan.batches]),
-                      bigquery.ScalarQueryParameter("stage", "STRING", stage)])
+        held = w.run(
+            f"SELECT batch_id, stage, ok FROM {w.table('ledger', ops=True)} WHERE batch_id IN UNNEST(@ids) AND stage IN ('warehouse', @stage)",
+            [
+                bigquery.ArrayQueryParameter(
+                    "ids", "STRING", [b["batch_id"] for b in plan.batches]
+                ),
+                bigquery.ScalarQueryParameter("stage", "STRING", stage),
+            ],
+        )
         warehoused = {r["batch_id"] for r in held if r["stage"] == "warehouse" and r["ok"]}
         not_ok = {r["batch_id"] for r in held if r["stage"] == stage and not r["ok"]}
-        batches = [b for b in plan.batches if b["batch_id"] in warehoused and b["batch_id"] in per_batch]
+        batches = [
+            b for b in plan.batches if b["batch_id"] in warehoused and b["batch_id"] in per_batch
+        ]
         stale = sorted({b["batch_id"] for b in plan.batches} - {b["batch_id"] for b in batches})
         if stale:
-            log.warning("sync %s %s: %d batches of the plan have no warehouse ledger row now or were not gated (a stale run): nothing recorded "
-                        "for them, e.g. %s", plan.sink, plan.region, len(stale), stale[0])
+            log.warning(
+                "sync %s %s: %d batches of the plan have no warehouse ledger row now or were not gated (a stale run): nothing recorded "
+                "for them, e.g. %s",
+                plan.sink,
+                plan.region,
+                len(stale),
+                stale[0],
+            )
         if not batches:
             return {"batches": 0, "stale": stale, "set_aside": set_aside, "watermark": None}
         result = SinkResult.from_dict(written["result"])
@@ -319,7 +465,10 @@ class SyncRun:
         recorded = {b["batch_id"] for b in batches}
         batch_of = {p["partner_id"]: p["sync_batch_id"] for p in partners}
         version_of = {p["partner_id"]: p["partner_version"] for p in partners}
-        refused = [(pid, batch_of.get(pid, batches[-1]["batch_id"]), version_of.get(pid), msg) for pid, msg in result.rejected]
+        refused = [
+            (pid, batch_of.get(pid, batches[-1]["batch_id"]), version_of.get(pid), msg)
+            for pid, msg in result.rejected
+        ]
         refused = [r for r in refused if r[1] in recorded]
         if refused:
             self._quarantine(plan, refused)
@@ -329,38 +478,64 @@ class SyncRun:
             synced, rejected = per_batch[b["batch_id"]]
             # A replay adds the rows of batches never synced and leaves the others: its grouping of
             # batches differs from the regular runs', so would its per-batch counts.
-            w.record_stage(b["batch_id"], stage, synced, seconds, detail=f"partners {synced + rejected}: synced {synced}, rejected {rejected}",
-                           replace=replace or b["batch_id"] in not_ok)
-        out = {"batches": len(batches), "partners": sum(sum(per_batch[b["batch_id"]]) for b in batches), "rejected": len(refused), "stale": stale,
-               "set_aside": set_aside}
+            w.record_stage(
+                b["batch_id"],
+                stage,
+                synced,
+                seconds,
+                detail=f"partners {synced + rejected}: synced {synced}, rejected {rejected}",
+                replace=replace or b["batch_id"] in not_ok,
+            )
+        out = {
+            "batches": len(batches),
+            "partners": sum(sum(per_batch[b["batch_id"]]) for b in batches),
+            "rejected": len(refused),
+            "stale": stale,
+            "set_aside": set_aside,
+        }
         last = batches[-1]
         if not move_watermark:  # a replay of old batches: the regular runs keep their place
             return out | {"watermark": None}
-        params = [bigquery.ScalarQueryParameter("s", "STRING", plan.sink), bigquery.ScalarQueryParameter("r", "STRING", plan.region),
-                  bigquery.ScalarQueryParameter("b", "STRING", last["batch_id"]),
-                  bigquery.ScalarQueryParameter("t", "TIMESTAMP", datetime.fromisoformat(last["warehoused_at"]))]
-        w.run(f"""MERGE {w.table('sink_watermarks', ops=True)} T
+        params = [
+            bigquery.ScalarQueryParameter("s", "STRING", plan.sink),
+            bigquery.ScalarQueryParameter("r", "STRING", plan.region),
+            bigquery.ScalarQueryParameter("b", "STRING", last["batch_id"]),
+            bigquery.ScalarQueryParameter(
+                "t", "TIMESTAMP", datetime.fromisoformat(last["warehoused_at"])
+            ),
+        ]
+        w.run(
+            f"""MERGE {w.table("sink_watermarks", ops=True)} T
             USING (SELECT @s AS sink, @r AS region, @b AS batch_id, @t AS warehoused_at, CURRENT_TIMESTAMP() AS synced_at) S
             ON T.sink = S.sink AND T.region = S.region
             WHEN MATCHED AND S.warehoused_at > T.warehoused_at THEN UPDATE SET batch_id = S.batch_id, warehoused_at = S.warehoused_at, synced_at = S.synced_at
             WHEN NOT MATCHED THEN INSERT (sink, region, batch_id, warehoused_at, synced_at) VALUES (S.sink, S.region, S.batch_id, S.warehoused_at, S.synced_at)""",
-              params)
+            params,
+        )
         return out | {"watermark": last["batch_id"]}
 
     def _quarantine(self, plan: Plan, rows: list[tuple]) -> None:
         w = self.warehouse
-        now = datetime.now(timezone.utc)
-        table = pa.table({"sink": [plan.sink] * len(rows), "batch_id": [r[1] for r in rows], "region": [plan.region] * len(rows),
-                          "partner_id": [r[0] for r in rows], "partner_version": pa.array([r[2] for r in rows], pa.int64()),
-                          "message": [r[3] for r in rows], "recorded_at": pa.array([now] * len(rows), pa.timestamp("us", tz="UTC"))})
+        now = datetime.now(UTC)
+        table = pa.table(
+            {
+                "sink": [plan.sink] * len(rows),
+                "batch_id": [r[1] for r in rows],
+                "region": [plan.region] * len(rows),
+                "partner_id": [r[0] for r in rows],
+                "partner_version": pa.array([r[2] for r in rows], pa.int64()),
+                "message": [r[3] for r in rows],
+                "recorded_at": pa.array([now] * len(rows), pa.timestamp("us", tz="UTC")),
+            }
+        )
         uri = f"gs://{plan.bucket}/sinks/{plan.sink}/{plan.region}/{plan.key}-rejected.parquet"
         w._write_parquet(uri, table)
         stage = w._stage(f"_stage_sinkq_{plan.sink}_{plan.key}", SINK_QUARANTINE_SCHEMA, uri)
         try:
             cols = [c for c, _ in SINK_QUARANTINE_SCHEMA]
-            w.run(f"""MERGE {w.table('sink_quarantine')} T USING (SELECT * FROM {stage}) S
+            w.run(f"""MERGE {w.table("sink_quarantine")} T USING (SELECT * FROM {stage}) S
                 ON T.sink = S.sink AND T.partner_id = S.partner_id AND T.partner_version = S.partner_version
-                WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""")
+                WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) VALUES ({", ".join("S." + c for c in cols)})""")
         finally:
             w.client.delete_table(stage.strip("`"), not_found_ok=True)
 
@@ -373,7 +548,9 @@ class SyncRun:
                 continue
             try:
                 written.append(self.write(sink, plan))
-            except Exception as exc:  # reported by commit_all, after the healthy regions are committed
+            except (
+                Exception
+            ) as exc:  # reported by commit_all, after the healthy regions are committed
                 log.exception("sync %s %s: write failed", sink.name, region)
                 failed[region] = _said("write", exc)
         return {"written": written, "failed": failed}
@@ -391,10 +568,18 @@ class SyncRun:
 
     def commit_all(self, stage: dict) -> dict:
         """Commits every region that passed its gate, then fails loudly naming the others."""
-        committed = {w["plan"]["region"]: self.commit(w) | {k: v for k, v in w["gate"].items() if k != "per_batch"} for w in stage["written"]}
+        committed = {
+            w["plan"]["region"]: self.commit(w)
+            | {k: v for k, v in w["gate"].items() if k != "per_batch"}
+            for w in stage["written"]
+        }
         if stage["failed"]:
-            raise SyncError("; ".join(f"{region}: {message}" for region, message in sorted(stage["failed"].items()))
-                            + f" (committed: {', '.join(sorted(committed)) or 'none'})")
+            raise SyncError(
+                "; ".join(
+                    f"{region}: {message}" for region, message in sorted(stage["failed"].items())
+                )
+                + f" (committed: {', '.join(sorted(committed)) or 'none'})"
+            )
         return committed
 
     # -- all of it ----------------------------------------------------------------------------
@@ -405,7 +590,11 @@ class SyncRun:
             return {"batches": 0}
         written = self.write(sink, plan)
         gated = self.gate(sink, written)
-        return self.commit(written | {"gate": gated}) | {k: v for k, v in gated.items() if k != "per_batch"} | {"result": written["result"]}
+        return (
+            self.commit(written | {"gate": gated})
+            | {k: v for k, v in gated.items() if k != "per_batch"}
+            | {"result": written["result"]}
+        )
 
     def resync(self, sink: Sink, batch_ids: list[str], chunk: int = 20) -> dict:
         """Syncs these batches again from the warehouse's current state: the way back for a batch
@@ -415,21 +604,42 @@ class SyncRun:
         from google.cloud import bigquery
 
         w = self.warehouse
-        rows = w.run(f"""SELECT batch_id, region, recorded_at FROM {w.table('ledger', ops=True)}
-            WHERE stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)""", [bigquery.ArrayQueryParameter("ids", "STRING", list(batch_ids))]) if batch_ids else []
+        rows = (
+            w.run(
+                f"""SELECT batch_id, region, recorded_at FROM {w.table("ledger", ops=True)}
+            WHERE stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)""",
+                [bigquery.ArrayQueryParameter("ids", "STRING", list(batch_ids))],
+            )
+            if batch_ids
+            else []
+        )
         found = {r["batch_id"]: r for r in rows}
         missing = [b for b in batch_ids if b not in found]
         if missing:
-            raise ValueError(f"resync {sink.name}: {len(missing)} batches have no warehouse ledger row (replay the warehouse stage first), e.g. {missing[:3]}")
+            raise ValueError(
+                f"resync {sink.name}: {len(missing)} batches have no warehouse ledger row (replay the warehouse stage first), e.g. {missing[:3]}"
+            )
         self.ensure_tables()
         out: dict[str, dict] = {}
         for region in sorted({r["region"] for r in rows}):
-            ids = sorted((b for b in found if found[b]["region"] == region), key=lambda b: (found[b]["recorded_at"], b))
+            ids = sorted(
+                (b for b in found if found[b]["region"] == region),
+                key=lambda b: (found[b]["recorded_at"], b),
+            )
             for start in range(0, len(ids), chunk):
-                plan = Plan(sink.name, region, self.bucket.name,
-                            [{"batch_id": b, "warehoused_at": found[b]["recorded_at"].isoformat()} for b in ids[start:start + chunk]])
+                plan = Plan(
+                    sink.name,
+                    region,
+                    self.bucket.name,
+                    [
+                        {"batch_id": b, "warehoused_at": found[b]["recorded_at"].isoformat()}
+                        for b in ids[start : start + chunk]
+                    ],
+                )
                 written = self.write(sink, plan, from_warehouse=True)
-                committed = self.commit(written | {"gate": self.gate(sink, written)}, move_watermark=False, replace=True)
+                committed = self.commit(
+                    written | {"gate": self.gate(sink, written)}, move_watermark=False, replace=True
+                )
                 totals = out.setdefault(region, {"batches": 0, "partners": 0, "rejected": 0})
                 for key in totals:
                     totals[key] += committed.get(key, 0)

@@ -63,14 +63,33 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 REASON_CODES = (
-    "oversized", "not_utf8", "unparsable", "too_deep", "unknown_event_type", "unknown_schema_version", "duplicate_event_id",
-    "missing:<field>", "bad_format:<field>", "too_long:<field>", "out_of_range:<field>", "sponsor_missing",
-    "country_not_in_region", "under_age", "consent_not_granted:<field>", "sponsor_is_self", "validator_error",
+    "oversized",
+    "not_utf8",
+    "unparsable",
+    "too_deep",
+    "unknown_event_type",
+    "unknown_schema_version",
+    "duplicate_event_id",
+    "missing:<field>",
+    "bad_format:<field>",
+    "too_long:<field>",
+    "out_of_range:<field>",
+    "sponsor_missing",
+    "country_not_in_region",
+    "under_age",
+    "consent_not_granted:<field>",
+    "sponsor_is_self",
+    "validator_error",
 )
 _KIND_TYPE = {STRING: pa.string(), "number": pa.float64(), INTEGER: pa.int64(), BOOLEAN: pa.bool_()}
-_MISSING_PATH = {spec.missing_code: spec.path for spec in all_fields().values()} | {
-    spec.missing_code: spec.path for specs in PAYLOADS.values() for spec in specs} | {"missing:event_type": "event_type", "missing:schema_version": "schema_version"}
-_CORE_ENVELOPE = tuple(f for f in ENVELOPE if f.versions == (1, 2) and f.path not in ("event_type", "schema_version"))
+_MISSING_PATH = (
+    {spec.missing_code: spec.path for spec in all_fields().values()}
+    | {spec.missing_code: spec.path for specs in PAYLOADS.values() for spec in specs}
+    | {"missing:event_type": "event_type", "missing:schema_version": "schema_version"}
+)
+_CORE_ENVELOPE = tuple(
+    f for f in ENVELOPE if f.versions == (1, 2) and f.path not in ("event_type", "schema_version")
+)
 # Raw control characters are invalid JSON; escaped ones decode into text no field may hold.
 _CONTROL = r"[\x00-\x1f\x7f]"
 
@@ -95,11 +114,17 @@ def _arrow_type(node) -> pa.DataType:
 
 
 SCHEMA_TREE = _tree(all_fields().values())
-PARSE_SCHEMA: pa.Schema = pa.schema([pa.field(name, _arrow_type(child)) for name, child in SCHEMA_TREE.items()])
+PARSE_SCHEMA: pa.Schema = pa.schema(
+    [pa.field(name, _arrow_type(child)) for name, child in SCHEMA_TREE.items()]
+)
 # What the per-record path keeps of a message: its own contract's fields, or (type or version
 # unknown) the envelope's.
-CONTRACT_TREES: dict[tuple[str, int], dict] = {(t, v): _tree(fields(t, v)) for t in EVENT_TYPES for v in SCHEMA_VERSIONS[t]}
-ENVELOPE_TREE = _tree(_CORE_ENVELOPE + tuple(f for f in ENVELOPE if f.path in ("event_type", "schema_version")))
+CONTRACT_TREES: dict[tuple[str, int], dict] = {
+    (t, v): _tree(fields(t, v)) for t in EVENT_TYPES for v in SCHEMA_VERSIONS[t]
+}
+ENVELOPE_TREE = _tree(
+    _CORE_ENVELOPE + tuple(f for f in ENVELOPE if f.path in ("event_type", "schema_version"))
+)
 
 _PY_KIND = {
     STRING: str,
@@ -114,7 +139,9 @@ _PY_KIND = {
 def _typed_dict(name: str, tree: dict) -> type:
     annotations = {}
     for key, node in tree.items():
-        annotations[key] = Optional[_typed_dict(f"{name}_{key}", node) if isinstance(node, dict) else _PY_KIND[node]]
+        annotations[key] = Optional[
+            _typed_dict(f"{name}_{key}", node) if isinstance(node, dict) else _PY_KIND[node]
+        ]
     return TypedDict(name, annotations, total=False)  # type: ignore[operator]
 
 
@@ -125,8 +152,10 @@ class _Head(msgspec.Struct):
 
 _HEAD = msgspec.json.Decoder(_Head)
 # One decoder per contract (type and version): it types that contract's fields and no other.
-_CONTRACT_DECODERS = {key: msgspec.json.Decoder(_typed_dict("C_" + re.sub(r"\W", "_", f"{key[0]}_v{key[1]}"), tree))
-                      for key, tree in CONTRACT_TREES.items()}
+_CONTRACT_DECODERS = {
+    key: msgspec.json.Decoder(_typed_dict("C_" + re.sub(r"\W", "_", f"{key[0]}_v{key[1]}"), tree))
+    for key, tree in CONTRACT_TREES.items()
+}
 _PLAIN = msgspec.json.Decoder(float_hook=float)  # 1e400 is JSON: infinite here, refused where typed
 _ENCODER = msgspec.json.Encoder()
 _STRUCT_TYPE = pa.struct(list(PARSE_SCHEMA))
@@ -134,8 +163,12 @@ _STRUCT_TYPE = pa.struct(list(PARSE_SCHEMA))
 
 @dataclass
 class ValidationResult:
-    valid: pa.Table  # one row per valid event, in input order; `source_index` = position in the batch
-    quarantine: pa.Table  # one row per refused message: `source_index`, `reasons`, `raw`, and what could be read
+    valid: (
+        pa.Table
+    )  # one row per valid event, in input order; `source_index` = position in the batch
+    quarantine: (
+        pa.Table
+    )  # one row per refused message: `source_index`, `reasons`, `raw`, and what could be read
 
     @property
     def duplicates(self) -> int:
@@ -147,7 +180,9 @@ class ValidationResult:
 class _Reasons:
     """Reason codes collected as (row indices, code) pairs: cheap to add in bulk."""
 
-    def __init__(self, rows: list | None = None, codes: list | None = None, index: np.ndarray | None = None):
+    def __init__(
+        self, rows: list | None = None, codes: list | None = None, index: np.ndarray | None = None
+    ):
         self.rows: list[np.ndarray] = [] if rows is None else rows
         self.codes: list[str] = [] if codes is None else codes
         self.index = index
@@ -183,7 +218,14 @@ def _without_consequences(codes: set[str]) -> list[str]:
     the field's absence that follows from it."""
     bad = [c.split(":", 1)[1] for c in codes if c.startswith(_DROPPING)]
     if bad:
-        codes = {c for c in codes if not any(_MISSING_PATH.get(c, "\0") == p or _MISSING_PATH.get(c, "\0").startswith(p + ".") for p in bad)}
+        codes = {
+            c
+            for c in codes
+            if not any(
+                _MISSING_PATH.get(c, "\0") == p or _MISSING_PATH.get(c, "\0").startswith(p + ".")
+                for p in bad
+            )
+        }
     return sorted(codes)
 
 
@@ -211,7 +253,10 @@ def _screen(message: bytes, max_bytes: int) -> str | None:
     except UnicodeDecodeError:
         return "not_utf8"
     # A depth bound of our own: the decoder's depends on the caller's stack.
-    if message.count(b"[") + message.count(b"{") > MAX_NESTING and nesting_depth(message) > MAX_NESTING:
+    if (
+        message.count(b"[") + message.count(b"{") > MAX_NESTING
+        and nesting_depth(message) > MAX_NESTING
+    ):
         return "too_deep"
     return None
 
@@ -280,7 +325,12 @@ def _per_record(message: bytes, bad: list[str]) -> dict | None:
     if isinstance(version, float) and version.is_integer() and abs(version) <= SAFE_INTEGER:
         version = int(version)
     known = isinstance(event_type, str) and type(version) is int
-    return _coerce(obj, CONTRACT_TREES.get((event_type, version), ENVELOPE_TREE) if known else ENVELOPE_TREE, "", bad)
+    return _coerce(
+        obj,
+        CONTRACT_TREES.get((event_type, version), ENVELOPE_TREE) if known else ENVELOPE_TREE,
+        "",
+        bad,
+    )
 
 
 def _coerce(obj: dict, tree: dict, prefix: str, bad: list[str]) -> dict:
@@ -315,7 +365,7 @@ def _coerce(obj: dict, tree: dict, prefix: str, bad: list[str]) -> dict:
                 bad.append(f"out_of_range:{path}")
             else:
                 out[name] = int(value)
-        elif isinstance(value, int) and abs(value) > NUMBER_LIMIT or abs(value) > NUMBER_LIMIT:
+        elif (isinstance(value, int) and abs(value) > NUMBER_LIMIT) or abs(value) > NUMBER_LIMIT:
             bad.append(f"out_of_range:{path}")
         else:
             out[name] = float(value)
@@ -326,9 +376,19 @@ def _coerce(obj: dict, tree: dict, prefix: str, bad: list[str]) -> dict:
 def _tabulate(readable: list[dict]) -> tuple[pa.Table, np.ndarray]:
     """The readable messages as one table; positions (into ``readable``) of those it holds."""
     try:
-        return pa.Table.from_struct_array(pa.array(readable, type=_STRUCT_TYPE)), np.arange(len(readable))
-    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:  # a defect: keep every message we can
-        log.error("validation: Arrow refused decoded messages (%s); converting them one by one", type(exc).__name__)
+        return pa.Table.from_struct_array(pa.array(readable, type=_STRUCT_TYPE)), np.arange(
+            len(readable)
+        )
+    except (
+        pa.ArrowException,
+        OverflowError,
+        TypeError,
+        ValueError,
+    ) as exc:  # a defect: keep every message we can
+        log.error(
+            "validation: Arrow refused decoded messages (%s); converting them one by one",
+            type(exc).__name__,
+        )
     rows, kept = [], []
     for k, item in enumerate(readable):
         try:
@@ -346,9 +406,17 @@ class _Columns:
     """Flattened columns of the parsed table by dotted path, with NumPy views cached. A view of
     some rows (``of(rows)``) takes only the leaves its checks read, when they read them."""
 
-    def __init__(self, table: pa.Table, escaped: np.ndarray, parent: _Columns | None = None, rows: pa.Array | None = None):
+    def __init__(
+        self,
+        table: pa.Table,
+        escaped: np.ndarray,
+        parent: _Columns | None = None,
+        rows: pa.Array | None = None,
+    ):
         self.table = table
-        self.escaped = escaped  # rows whose raw text holds a backslash: only they can hold control characters
+        self.escaped = (
+            escaped  # rows whose raw text holds a backslash: only they can hold control characters
+        )
         self.parent, self.rows = parent, rows
         self.n = len(rows) if rows is not None else table.num_rows
         self._cols: dict[str, pa.Array] = {}
@@ -363,7 +431,10 @@ class _Columns:
                 self._cols[path] = self.parent.arrow(path).take(self.rows)
             else:
                 head, *rest = path.split(".")
-                if ("top", head) not in self._cache:  # combining a nested column copies it: once per column
+                if (
+                    "top",
+                    head,
+                ) not in self._cache:  # combining a nested column copies it: once per column
                     self._cache[("top", head)] = self.table.column(head).combine_chunks()
                 arr = self._cache[("top", head)]
                 for part in rest:
@@ -386,7 +457,9 @@ class _Columns:
         return _np(pc.equal(self.arrow(path), value))
 
     def isin(self, path: str, values) -> np.ndarray:
-        return _np(pc.is_in(self.arrow(path), value_set=pa.array(list(values), type=self.arrow(path).type)))
+        return _np(
+            pc.is_in(self.arrow(path), value_set=pa.array(list(values), type=self.arrow(path).type))
+        )
 
     def matches(self, path: str, pattern: str) -> np.ndarray:
         key = ("re", path, pattern)
@@ -404,7 +477,9 @@ class _Columns:
         out = np.zeros(self.n, dtype=bool)
         rows = np.flatnonzero(self.escaped)
         if len(rows):
-            out[rows] = _np(pc.match_substring_regex(self.arrow(path).take(pa.array(rows)), _CONTROL))
+            out[rows] = _np(
+                pc.match_substring_regex(self.arrow(path).take(pa.array(rows)), _CONTROL)
+            )
         return out
 
     def calendar(self, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -416,10 +491,17 @@ class _Columns:
             year, day = pc.utf8_slice_codeunits(arr, 0, 4), pc.utf8_slice_codeunits(arr, 8, 10)
             year_zero = _np(pc.equal(year, "0000"))
             real = np.ones(self.n, dtype=bool)
-            rows = np.flatnonzero(_np(pc.greater_equal(day, "29")) & self.matches(path, r"^\d{4}-\d{2}-\d{2}"))
+            rows = np.flatnonzero(
+                _np(pc.greater_equal(day, "29")) & self.matches(path, r"^\d{4}-\d{2}-\d{2}")
+            )
             if len(rows):
                 take = pa.array(rows)
-                parsed = pc.strptime(pc.utf8_slice_codeunits(arr.take(take), 0, 10), format="%Y-%m-%d", unit="s", error_is_null=True)
+                parsed = pc.strptime(
+                    pc.utf8_slice_codeunits(arr.take(take), 0, 10),
+                    format="%Y-%m-%d",
+                    unit="s",
+                    error_is_null=True,
+                )
                 real[rows] = _np(pc.equal(pc.day(parsed), pc.cast(day.take(take), pa.int64())))
             self._cache[key] = (real, year_zero)
         return self._cache[key]
@@ -433,10 +515,17 @@ class _Columns:
         year = pc.utf8_slice_codeunits(arr, 0, 4)
         real, year_zero = self.calendar(path)
         out = year_zero.copy()
-        edge = np.flatnonzero(_np(pc.is_in(year, value_set=pa.array(["0001", "9999"]))) & real & self.matches(path, FORMATS["timestamp"]))
+        edge = np.flatnonzero(
+            _np(pc.is_in(year, value_set=pa.array(["0001", "9999"])))
+            & real
+            & self.matches(path, FORMATS["timestamp"])
+        )
         if len(edge):
             at = pc.cast(arr.take(pa.array(edge)), pa.timestamp("us", tz="UTC"))
-            low, high = pa.scalar(_EARLIEST, pa.timestamp("us", tz="UTC")), pa.scalar(_LATEST, pa.timestamp("us", tz="UTC"))
+            low, high = (
+                pa.scalar(_EARLIEST, pa.timestamp("us", tz="UTC")),
+                pa.scalar(_LATEST, pa.timestamp("us", tz="UTC")),
+            )
             out[edge] = _np(pc.or_(pc.less(at, low), pc.greater(at, high)))
         self._cache[key] = out
         return out
@@ -446,7 +535,10 @@ def _np(boolean: pa.Array) -> np.ndarray:
     return pc.fill_null(boolean, False).to_numpy(zero_copy_only=False)
 
 
-_EARLIEST, _LATEST = pd.Timestamp("0001-01-01T00:00:00Z").to_pydatetime(), pd.Timestamp("9999-12-31T23:59:59.999999Z").to_pydatetime()
+_EARLIEST, _LATEST = (
+    pd.Timestamp("0001-01-01T00:00:00Z").to_pydatetime(),
+    pd.Timestamp("9999-12-31T23:59:59.999999Z").to_pydatetime(),
+)
 
 
 def _valid_dates(cols: _Columns, path: str) -> np.ndarray:
@@ -464,7 +556,9 @@ def _format_ok(cols: _Columns, spec: FieldSpec, market_country: pa.Array | None)
         ok &= cols.matches(spec.path, FORMATS[spec.format])
     if spec.enum:
         ok &= cols.isin(spec.path, spec.enum)
-    if spec.minimum is not None:  # numbers arrive finite and integers whole: decoding refused the rest
+    if (
+        spec.minimum is not None
+    ):  # numbers arrive finite and integers whole: decoding refused the rest
         with np.errstate(invalid="ignore"):
             ok &= ~(cols.numbers(spec.path) < spec.minimum)
     if spec.by_country and market_country is not None:
@@ -475,7 +569,9 @@ def _format_ok(cols: _Columns, spec: FieldSpec, market_country: pa.Array | None)
     return ok
 
 
-_MARKET_PAIRS = pa.array(sorted(f"{r}|{c}" for r, cs in markets.REGION_COUNTRIES.items() for c in cs))
+_MARKET_PAIRS = pa.array(
+    sorted(f"{r}|{c}" for r, cs in markets.REGION_COUNTRIES.items() for c in cs)
+)
 
 
 def _market_country(cols: _Columns, event_type: str) -> pa.Array:
@@ -503,7 +599,9 @@ def _condition(cols: _Columns, name: str, market_country: pa.Array | None) -> np
     raise KeyError(name)
 
 
-def _check_fields(cols: _Columns, specs, applies: np.ndarray, reasons: _Reasons, market_country: pa.Array | None) -> None:
+def _check_fields(
+    cols: _Columns, specs, applies: np.ndarray, reasons: _Reasons, market_country: pa.Array | None
+) -> None:
     for spec in specs:
         present = cols.present(spec.path, spec.kind)
         required = applies & _condition(cols, spec.required, market_country)
@@ -515,7 +613,11 @@ def _check_fields(cols: _Columns, specs, applies: np.ndarray, reasons: _Reasons,
             reasons.add(given & cols.control(spec.path), spec.format_code)
             reasons.add(given & cols.too_long(spec.path, spec.max_length), spec.too_long_code)
         if spec.format in ("date", "timestamp"):
-            out = cols.calendar(spec.path)[1] if spec.format == "date" else cols.instant_out_of_range(spec.path)
+            out = (
+                cols.calendar(spec.path)[1]
+                if spec.format == "date"
+                else cols.instant_out_of_range(spec.path)
+            )
             reasons.add(given & out, spec.range_code)
 
 
@@ -526,7 +628,9 @@ def _check(table: pa.Table, escaped: np.ndarray, reasons: _Reasons) -> None:
     reasons.add(has_type & ~cols.isin("event_type", EVENT_TYPES), "unknown_event_type")
     version = cols.numbers("schema_version")
     has_version = cols.present("schema_version", INTEGER)
-    reasons.add(has_type & ~has_version, "missing:schema_version")  # a mistyped one was dropped (and named) while decoding
+    reasons.add(
+        has_type & ~has_version, "missing:schema_version"
+    )  # a mistyped one was dropped (and named) while decoding
     _check_fields(cols, _CORE_ENVELOPE, np.ones(cols.n, dtype=bool), reasons, None)
 
     # Payload checks run on each type's own rows: rare types cost little, frequent ones no more.
@@ -540,7 +644,9 @@ def _check(table: pa.Table, escaped: np.ndarray, reasons: _Reasons) -> None:
 
     # Duplicates: a later message with an event id already seen in this batch.
     has_id = cols.present("event_id", STRING)
-    codes = pc.fill_null(pc.dictionary_encode(cols.arrow("event_id")).indices, -1).to_numpy(zero_copy_only=False)
+    codes = pc.fill_null(pc.dictionary_encode(cols.arrow("event_id")).indices, -1).to_numpy(
+        zero_copy_only=False
+    )
     _, first = np.unique(np.where(has_id, codes, -1), return_index=True)
     repeated = np.ones(cols.n, dtype=bool)
     repeated[first] = False
@@ -552,11 +658,17 @@ def _check_type(event_type: str, cols: _Columns, version: np.ndarray, reasons: _
     for v in SCHEMA_VERSIONS[event_type]:
         applies = version == v
         if applies.any():
-            specs = [s for s in PAYLOADS[event_type] if v in s.versions] + [s for s in ENVELOPE if s.versions == (v,)]
+            specs = [s for s in PAYLOADS[event_type] if v in s.versions] + [
+                s for s in ENVELOPE if s.versions == (v,)
+            ]
             _check_fields(cols, specs, applies, reasons, market_country)
     if market_country is not None:
         path = COUNTRY_PATH[event_type]
-        country_given = cols.isin("region", REGIONS) & cols.present(path, STRING) & cols.matches(path, FORMATS["country"])
+        country_given = (
+            cols.isin("region", REGIONS)
+            & cols.present(path, STRING)
+            & cols.matches(path, FORMATS["country"])
+        )
         reasons.add(country_given & _np(pc.equal(market_country, "")), "country_not_in_region")
     if event_type == "partner.enrolled":
         _check_enrollment(cols, market_country, reasons)
@@ -569,32 +681,67 @@ def _check_type(event_type: str, cols: _Columns, version: np.ndarray, reasons: _
 
 
 def _ymd(arr: pa.Array) -> np.ndarray:
-    return (pc.year(arr).to_numpy(zero_copy_only=False) * 10000 + pc.month(arr).to_numpy(zero_copy_only=False) * 100
-            + pc.day(arr).to_numpy(zero_copy_only=False))
+    return (
+        pc.year(arr).to_numpy(zero_copy_only=False) * 10000
+        + pc.month(arr).to_numpy(zero_copy_only=False) * 100
+        + pc.day(arr).to_numpy(zero_copy_only=False)
+    )
 
 
 def _check_enrollment(cols: _Columns, market_country: pa.Array, reasons: _Reasons) -> None:
     # An age is judged only against a real instant.
-    both = (_valid_dates(cols, "payload.date_of_birth") & cols.matches("occurred_at", FORMATS["timestamp"])
-            & cols.calendar("occurred_at")[0] & ~cols.instant_out_of_range("occurred_at"))
+    both = (
+        _valid_dates(cols, "payload.date_of_birth")
+        & cols.matches("occurred_at", FORMATS["timestamp"])
+        & cols.calendar("occurred_at")[0]
+        & ~cols.instant_out_of_range("occurred_at")
+    )
     if both.any():
         rows = pa.array(np.flatnonzero(both))
-        dob = pc.strptime(cols.arrow("payload.date_of_birth").take(rows), format="%Y-%m-%d", unit="s", error_is_null=True)
-        at = pc.strptime(pc.utf8_slice_codeunits(cols.arrow("occurred_at").take(rows), 0, 10), format="%Y-%m-%d", unit="s", error_is_null=True)
-        min_age = pd.Series(market_country.take(rows).to_pandas()).map(lambda c: markets.MARKETS[c].min_age if c else 18).to_numpy(dtype=np.int64)
+        dob = pc.strptime(
+            cols.arrow("payload.date_of_birth").take(rows),
+            format="%Y-%m-%d",
+            unit="s",
+            error_is_null=True,
+        )
+        at = pc.strptime(
+            pc.utf8_slice_codeunits(cols.arrow("occurred_at").take(rows), 0, 10),
+            format="%Y-%m-%d",
+            unit="s",
+            error_is_null=True,
+        )
+        min_age = (
+            pd.Series(market_country.take(rows).to_pandas())
+            .map(lambda c: markets.MARKETS[c].min_age if c else 18)
+            .to_numpy(dtype=np.int64)
+        )
         too_young = np.zeros(cols.n, dtype=bool)
         too_young[np.flatnonzero(both)] = _ymd(dob) + min_age * 10000 > _ymd(at)
         reasons.add(too_young, "under_age")
     refused = _np(pc.equal(cols.arrow("payload.consents.data_processing"), False))
-    reasons.add(cols.isin("region", markets.CONSENT_REGIONS) & refused, "consent_not_granted:payload.consents.data_processing")
-    reasons.add(_np(pc.equal(cols.arrow("payload.sponsor_id"), cols.arrow("partner_id"))), "sponsor_is_self")
+    reasons.add(
+        cols.isin("region", markets.CONSENT_REGIONS) & refused,
+        "consent_not_granted:payload.consents.data_processing",
+    )
+    reasons.add(
+        _np(pc.equal(cols.arrow("payload.sponsor_id"), cols.arrow("partner_id"))), "sponsor_is_self"
+    )
 
 
 # -- the call --------------------------------------------------------------------------------------------
-VALID_COLUMNS = ("event_id", "event_type", "region", "source_system", "partner_id", "correlation_id")
+VALID_COLUMNS = (
+    "event_id",
+    "event_type",
+    "region",
+    "source_system",
+    "partner_id",
+    "correlation_id",
+)
 
 
-def validate_batch(messages: Sequence[bytes | None], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ValidationResult:
+def validate_batch(
+    messages: Sequence[bytes | None], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> ValidationResult:
     """Validates raw message values; every message comes out once, valid or quarantined."""
     messages = [m if isinstance(m, bytes) else bytes(m) if m is not None else b"" for m in messages]
     reasons = _Reasons()
@@ -611,7 +758,9 @@ def validate_batch(messages: Sequence[bytes | None], max_message_bytes: int = DE
     return _validated(messages, reasons, readable, index)
 
 
-def _decode_all(messages: list[bytes], max_message_bytes: int, reasons: _Reasons, readable: list, index: list) -> None:
+def _decode_all(
+    messages: list[bytes], max_message_bytes: int, reasons: _Reasons, readable: list, index: list
+) -> None:
     for i, message in enumerate(messages):
         terminal = _screen(message, max_message_bytes)
         if terminal is not None:
@@ -630,12 +779,18 @@ def _decode_all(messages: list[bytes], max_message_bytes: int, reasons: _Reasons
         index.append(i)
 
 
-def _validated(messages: list[bytes], reasons: _Reasons, readable: list, index: list) -> ValidationResult:
+def _validated(
+    messages: list[bytes], reasons: _Reasons, readable: list, index: list
+) -> ValidationResult:
     parsed, held = _tabulate(readable)
-    source_index = np.asarray(index, dtype=np.int64)[held] if len(held) else np.zeros(0, dtype=np.int64)
+    source_index = (
+        np.asarray(index, dtype=np.int64)[held] if len(held) else np.zeros(0, dtype=np.int64)
+    )
     for k in np.setdiff1d(np.arange(len(readable)), held):
         reasons.add_one(index[k], "validator_error")
-    escaped = np.fromiter((b"\\" in messages[i] for i in source_index), dtype=bool, count=len(source_index))
+    escaped = np.fromiter(
+        (b"\\" in messages[i] for i in source_index), dtype=bool, count=len(source_index)
+    )
     _check(parsed, escaped, reasons.mapped(source_index))
     by_row = reasons.by_row()
 
@@ -647,14 +802,20 @@ def _validated(messages: list[bytes], reasons: _Reasons, readable: list, index: 
     return ValidationResult(valid=valid, quarantine=quarantine)
 
 
-def validate_guarded(messages: Sequence[bytes | None], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ValidationResult:
+def validate_guarded(
+    messages: Sequence[bytes | None], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> ValidationResult:
     """``validate_batch``, and should it raise, the batch bisected: the halves that validate are
     kept, each message that alone makes it raise is quarantined as ``validator_error`` with its
     raw bytes. The region never stops on input; the error is logged (no message content)."""
     try:
         return validate_batch(messages, max_message_bytes)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: anything
-        log.error("validation raised %s on a batch of %d messages; bisecting to quarantine the culprits", type(exc).__name__, len(messages))
+    except Exception as exc:
+        log.error(
+            "validation raised %s on a batch of %d messages; bisecting to quarantine the culprits",
+            type(exc).__name__,
+            len(messages),
+        )
     results: list[tuple[int, ValidationResult]] = []
     culprits: list[int] = []
 
@@ -664,7 +825,7 @@ def validate_guarded(messages: Sequence[bytes | None], max_message_bytes: int = 
         try:
             results.append((lo, validate_batch(messages[lo:hi], max_message_bytes)))
             return
-        except Exception:  # noqa: BLE001
+        except Exception:
             if hi - lo == 1:
                 culprits.append(lo)
                 return
@@ -677,20 +838,38 @@ def validate_guarded(messages: Sequence[bytes | None], max_message_bytes: int = 
     return _combined(messages, results, culprits)
 
 
-def _combined(messages, results: list[tuple[int, ValidationResult]], culprits: list[int]) -> ValidationResult:
+def _combined(
+    messages, results: list[tuple[int, ValidationResult]], culprits: list[int]
+) -> ValidationResult:
     """Parts validated apart, as one result: indices shifted, duplicates across parts found again."""
+
     def shifted(table: pa.Table, offset: int) -> pa.Table:
         column = table.schema.get_field_index("source_index")
-        return table.set_column(column, "source_index", pc.add(table.column("source_index"), offset))
+        return table.set_column(
+            column, "source_index", pc.add(table.column("source_index"), offset)
+        )
 
-    valid = pa.concat_tables([shifted(r.valid, lo) for lo, r in results] or [_valid_table(PARSE_SCHEMA.empty_table(), np.zeros(0, np.int64))])
+    valid = pa.concat_tables(
+        [shifted(r.valid, lo) for lo, r in results]
+        or [_valid_table(PARSE_SCHEMA.empty_table(), np.zeros(0, np.int64))]
+    )
     quarantine = [shifted(r.quarantine, lo) for lo, r in results]
+
     def refused(indices: list[int], reason: str, known: pa.Table | None = None) -> pa.Table:
-        return pa.table({
-            "source_index": pa.array(indices, pa.int64()), "reasons": pa.array([[reason]] * len(indices), pa.list_(pa.string())),
-            "raw": pa.array([messages[i] or b"" for i in indices], pa.binary()),
-            **{name: known.column(name) if known is not None else pa.nulls(len(indices), pa.string())
-               for name in ("event_id", "event_type", "partner_id", "region")}}, schema=QUARANTINE_SCHEMA)
+        return pa.table(
+            {
+                "source_index": pa.array(indices, pa.int64()),
+                "reasons": pa.array([[reason]] * len(indices), pa.list_(pa.string())),
+                "raw": pa.array([messages[i] or b"" for i in indices], pa.binary()),
+                **{
+                    name: known.column(name)
+                    if known is not None
+                    else pa.nulls(len(indices), pa.string())
+                    for name in ("event_id", "event_type", "partner_id", "region")
+                },
+            },
+            schema=QUARANTINE_SCHEMA,
+        )
 
     quarantine.append(refused(culprits, "validator_error"))
     # An id first seen in an earlier part makes later copies duplicates, as in one batch.
@@ -703,11 +882,15 @@ def _combined(messages, results: list[tuple[int, ValidationResult]], culprits: l
         seen.add(event_id)
     if repeat:
         moved = valid.take(pa.array(repeat))
-        quarantine.append(refused(moved.column("source_index").to_pylist(), "duplicate_event_id", moved))
+        quarantine.append(
+            refused(moved.column("source_index").to_pylist(), "duplicate_event_id", moved)
+        )
         keep = np.ones(valid.num_rows, dtype=bool)
         keep[repeat] = False
         valid = valid.filter(pa.array(keep))
-    return ValidationResult(valid=valid, quarantine=pa.concat_tables(quarantine).sort_by("source_index"))
+    return ValidationResult(
+        valid=valid, quarantine=pa.concat_tables(quarantine).sort_by("source_index")
+    )
 
 
 def _valid_table(parsed: pa.Table, source_index: np.ndarray) -> pa.Table:
@@ -721,22 +904,48 @@ def _valid_table(parsed: pa.Table, source_index: np.ndarray) -> pa.Table:
     return pa.table(columns)
 
 
-QUARANTINE_SCHEMA = pa.schema([
-    ("source_index", pa.int64()), ("reasons", pa.list_(pa.string())), ("raw", pa.binary()),
-    ("event_id", pa.string()), ("event_type", pa.string()), ("partner_id", pa.string()), ("region", pa.string()),
-])
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("source_index", pa.int64()),
+        ("reasons", pa.list_(pa.string())),
+        ("raw", pa.binary()),
+        ("event_id", pa.string()),
+        ("event_type", pa.string()),
+        ("partner_id", pa.string()),
+        ("region", pa.string()),
+    ]
+)
 
 
-def _quarantine_table(messages, by_index: dict[int, list[str]], parsed: pa.Table, source_index: np.ndarray) -> pa.Table:
+def _quarantine_table(
+    messages, by_index: dict[int, list[str]], parsed: pa.Table, source_index: np.ndarray
+) -> pa.Table:
     indices = np.array(sorted(by_index), dtype=np.int64)
     # What could be read of each refused message (nothing for those that never parsed).
     position = np.searchsorted(source_index, indices)
-    readable = (position < len(source_index)) & (source_index[np.minimum(position, max(len(source_index) - 1, 0))] == indices) if len(source_index) else np.zeros(len(indices), bool)
+    readable = (
+        (position < len(source_index))
+        & (source_index[np.minimum(position, max(len(source_index) - 1, 0))] == indices)
+        if len(source_index)
+        else np.zeros(len(indices), bool)
+    )
     take = pa.array(np.where(readable, position, 0), pa.int64(), mask=~readable)
-    known = parsed.select(["event_id", "event_type", "partner_id", "region"]).take(take) if len(source_index) else None
-    return pa.table({
-        "source_index": pa.array(indices, pa.int64()),
-        "reasons": pa.array([by_index[int(i)] for i in indices], pa.list_(pa.string())),
-        "raw": pa.array([messages[int(i)] for i in indices], pa.binary()),
-        **{name: known.column(name) if known is not None else pa.nulls(len(indices), pa.string()) for name in ("event_id", "event_type", "partner_id", "region")},
-    }, schema=QUARANTINE_SCHEMA)
+    known = (
+        parsed.select(["event_id", "event_type", "partner_id", "region"]).take(take)
+        if len(source_index)
+        else None
+    )
+    return pa.table(
+        {
+            "source_index": pa.array(indices, pa.int64()),
+            "reasons": pa.array([by_index[int(i)] for i in indices], pa.list_(pa.string())),
+            "raw": pa.array([messages[int(i)] for i in indices], pa.binary()),
+            **{
+                name: known.column(name)
+                if known is not None
+                else pa.nulls(len(indices), pa.string())
+                for name in ("event_id", "event_type", "partner_id", "region")
+            },
+        },
+        schema=QUARANTINE_SCHEMA,
+    )

@@ -21,7 +21,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,8 +29,15 @@ import pyarrow.parquet as pq
 from .batches import GateError, Landed
 from .partners import FOLLOWS, PARTNER_COLUMNS, PARTNER_SCHEMA, partner_changes  # noqa: F401 (re-exported)
 
-_BQ_TYPES = {pa.string(): "STRING", pa.int16(): "INT64", pa.int32(): "INT64", pa.int64(): "INT64", pa.float64(): "FLOAT64",
-             pa.bool_(): "BOOL", pa.binary(): "BYTES"}
+_BQ_TYPES = {
+    pa.string(): "STRING",
+    pa.int16(): "INT64",
+    pa.int32(): "INT64",
+    pa.int64(): "INT64",
+    pa.float64(): "FLOAT64",
+    pa.bool_(): "BOOL",
+    pa.binary(): "BYTES",
+}
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +45,33 @@ log = logging.getLogger(__name__)
 # (offsets that hold no message) and ``recovered`` (quarantined messages brought back by
 # ``enrollment.recovery``: only on an origin batch's ``recovered`` row) came last: ledgers created
 # before them get the columns added (``ensure_ledger``) and their rows read them as NULL, i.e. 0.
-LEDGER_SCHEMA = [("batch_id", "STRING"), ("region", "STRING"), ("stage", "STRING"), ("offsets_in", "INT64"), ("valid", "INT64"),
-                 ("quarantined", "INT64"), ("duplicates", "INT64"), ("rows_merged", "INT64"), ("seconds", "FLOAT64"),
-                 ("ok", "BOOL"), ("detail", "STRING"), ("recorded_at", "TIMESTAMP"), ("skipped", "INT64"),
-                 ("recovered", "INT64")]
-LEDGER_ADDED_COLUMNS = ("skipped", "recovered")  # added after ledgers were created: ensure_ledger adds them
+LEDGER_SCHEMA = [
+    ("batch_id", "STRING"),
+    ("region", "STRING"),
+    ("stage", "STRING"),
+    ("offsets_in", "INT64"),
+    ("valid", "INT64"),
+    ("quarantined", "INT64"),
+    ("duplicates", "INT64"),
+    ("rows_merged", "INT64"),
+    ("seconds", "FLOAT64"),
+    ("ok", "BOOL"),
+    ("detail", "STRING"),
+    ("recorded_at", "TIMESTAMP"),
+    ("skipped", "INT64"),
+    ("recovered", "INT64"),
+]
+LEDGER_ADDED_COLUMNS = (
+    "skipped",
+    "recovered",
+)  # added after ledgers were created: ensure_ledger adds them
 # Columns of ``events`` added after tables were created: an existing table gets them (ensure_tables).
-EVENTS_ADDED_COLUMNS = ("tax_id_token", "marketing_consent", "consent_version", "consent_captured_at")
+EVENTS_ADDED_COLUMNS = (
+    "tax_id_token",
+    "marketing_consent",
+    "consent_version",
+    "consent_captured_at",
+)
 DEFAULT_JOB_TIMEOUT_S = 600.0  # enrollment.config.WarehouseSettings.job_timeout_s
 
 
@@ -71,8 +98,12 @@ class Warehouse:
     dataset: str
     ops_dataset: str
     settings: object = None  # enrollment.config.WarehouseSettings (the defaults when None)
-    statements: list = field(default_factory=list, repr=False)  # every statement sent, in order (tests count the writers)
-    _ledger_ready: bool = field(default=False, init=False, repr=False, compare=False)  # created and migrated (once per process)
+    statements: list = field(
+        default_factory=list, repr=False
+    )  # every statement sent, in order (tests count the writers)
+    _ledger_ready: bool = field(
+        default=False, init=False, repr=False, compare=False
+    )  # created and migrated (once per process)
     _events_migrated: bool = field(default=False, init=False, repr=False, compare=False)
 
     def table(self, name: str, ops: bool = False) -> str:
@@ -82,7 +113,9 @@ class Warehouse:
         from google.cloud import bigquery
 
         self.statements.append(sql)
-        job = self.client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params or []))
+        job = self.client.query(
+            sql, job_config=bigquery.QueryJobConfig(query_parameters=params or [])
+        )
         return list(self.wait(job))
 
     def wait(self, job):
@@ -96,17 +129,23 @@ class Warehouse:
         except concurrent.futures.TimeoutError as exc:
             try:
                 job.cancel()
-            except Exception as cancel_error:  # noqa: BLE001 (the timeout is the error to report)
+            except Exception as cancel_error:
                 log.warning("BigQuery job %s not cancelled: %s", job.job_id, cancel_error)
-            raise TimeoutError(f"BigQuery job {job.job_id} still running after {timeout:.0f} s: cancelled") from exc
+            raise TimeoutError(
+                f"BigQuery job {job.job_id} still running after {timeout:.0f} s: cancelled"
+            ) from exc
 
     # -- tables ----------------------------------------------------------------------------------
     def existing_tables(self) -> tuple[set[str], set[str]]:
         """The tables of the warehouse dataset and of the ops dataset (one listing each)."""
-        return ({t.table_id for t in self.client.list_tables(f"{self.project}.{self.dataset}")},
-                {t.table_id for t in self.client.list_tables(f"{self.project}.{self.ops_dataset}")})
+        return (
+            {t.table_id for t in self.client.list_tables(f"{self.project}.{self.dataset}")},
+            {t.table_id for t in self.client.list_tables(f"{self.project}.{self.ops_dataset}")},
+        )
 
-    def ensure_tables(self, events_schema: list[tuple[str, str]], quarantine_schema: list[tuple[str, str]]) -> None:
+    def ensure_tables(
+        self, events_schema: list[tuple[str, str]], quarantine_schema: list[tuple[str, str]]
+    ) -> None:
         """The tables and the readers' view, created when missing (one listing per dataset when not)."""
         have, have_ops = self.existing_tables()
         for leftover in sorted(t for t in have if t.startswith("_cycle_")):
@@ -114,25 +153,43 @@ class Warehouse:
             # that died (possibly over another set of batches, so under another name).
             self.client.delete_table(f"{self.project}.{self.dataset}.{leftover}", not_found_ok=True)
         if "events" not in have:
-            self.run(_ddl(self.table("events"), events_schema, "kafka_timestamp", "region, partner_id, event_type"))
+            self.run(
+                _ddl(
+                    self.table("events"),
+                    events_schema,
+                    "kafka_timestamp",
+                    "region, partner_id, event_type",
+                )
+            )
         elif not self._events_migrated:
             # Columns the landed rows gained after the table was made (tax_id_token); once per
             # process (the emulator does not list added columns), and idempotent.
             for column in EVENTS_ADDED_COLUMNS:
                 if column in dict(events_schema):
-                    self.run(f"ALTER TABLE {self.table('events')} ADD COLUMN IF NOT EXISTS {column} {dict(events_schema)[column]}")
+                    self.run(
+                        f"ALTER TABLE {self.table('events')} ADD COLUMN IF NOT EXISTS {column} {dict(events_schema)[column]}"
+                    )
         self._events_migrated = True
         if "events_unique" not in have:
             # Within the dedup window the table holds each event id once; a resend that arrived
             # later than the window is removed here, for readers (no partition pruning through it).
-            self.run(f"""CREATE VIEW IF NOT EXISTS {self.table('events_unique')} AS SELECT * FROM {self.table('events')}
+            self.run(f"""CREATE VIEW IF NOT EXISTS {self.table("events_unique")} AS SELECT * FROM {self.table("events")}
                 WHERE TRUE QUALIFY ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY kafka_timestamp, batch_id, kafka_partition, kafka_offset) = 1""")
         if "partners" not in have:
-            self.run(_ddl(self.table("partners"), PARTNER_SCHEMA, "updated_at", "region, partner_id"))
+            self.run(
+                _ddl(self.table("partners"), PARTNER_SCHEMA, "updated_at", "region, partner_id")
+            )
         else:
             self.add_missing_columns("partners", PARTNER_SCHEMA)
         if "quarantine" not in have:
-            self.run(_ddl(self.table("quarantine"), quarantine_schema, "kafka_timestamp", "region, batch_id"))
+            self.run(
+                _ddl(
+                    self.table("quarantine"),
+                    quarantine_schema,
+                    "kafka_timestamp",
+                    "region, batch_id",
+                )
+            )
         self.ensure_ledger("ledger" in have_ops)
 
     def ensure_ledger(self, exists: bool | None = None) -> None:
@@ -170,7 +227,10 @@ class Warehouse:
             return []
         have = {f.name for f in self.client.get_table(self.table(name).strip("`")).schema}
         missing = [(c, t) for c, t in columns if c not in have]
-        for column, kind in missing:  # one statement each: the emulator takes one ALTER command per statement
+        for (
+            column,
+            kind,
+        ) in missing:  # one statement each: the emulator takes one ALTER command per statement
             self.run(f"ALTER TABLE {self.table(name)} ADD COLUMN IF NOT EXISTS {column} {kind}")
         done.add(name)
         return [c for c, _ in missing]
@@ -179,7 +239,13 @@ class Warehouse:
         """A fresh staging table holding ``table``, with one load job (from memory, no object)."""
         return self.stage_uris(name, columns, [], [table])
 
-    def stage_uris(self, name: str, columns: list[tuple[str, str]], uris: list[str], tables: list[pa.Table] = ()) -> str:
+    def stage_uris(
+        self,
+        name: str,
+        columns: list[tuple[str, str]],
+        uris: list[str],
+        tables: list[pa.Table] = (),
+    ) -> str:
         """A fresh staging table loaded from Parquet objects with one load job (BigQuery reads
         them where they are: nothing passes through this process); ``tables`` (rare: batches
         landed by an older version) are appended from memory."""
@@ -187,8 +253,12 @@ class Warehouse:
 
         table_id = f"{self.project}.{self.dataset}.{name}"
         self.client.delete_table(table_id, not_found_ok=True)
-        self.client.create_table(bigquery.Table(table_id, schema=[bigquery.SchemaField(c, t) for c, t in columns]))
-        config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_APPEND")
+        self.client.create_table(
+            bigquery.Table(table_id, schema=[bigquery.SchemaField(c, t) for c, t in columns])
+        )
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_APPEND"
+        )
         if uris:
             self.wait(self.client.load_table_from_uri(list(uris), table_id, job_config=config))
         for table in tables:
@@ -202,12 +272,16 @@ class Warehouse:
         """Which of these batches already have their warehouse ledger row (a cycle wrote them)."""
         from google.cloud import bigquery
 
-        rows = self.run(f"""SELECT DISTINCT batch_id FROM {self.table('ledger', ops=True)}
-            WHERE {window.sql('recorded_at')} AND stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)""",
-                        [bigquery.ArrayQueryParameter("ids", "STRING", list(batch_ids))])
+        rows = self.run(
+            f"""SELECT DISTINCT batch_id FROM {self.table("ledger", ops=True)}
+            WHERE {window.sql("recorded_at")} AND stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)""",
+            [bigquery.ArrayQueryParameter("ids", "STRING", list(batch_ids))],
+        )
         return sorted(r["batch_id"] for r in rows)
 
-    def record_cycle(self, batches: list[Landed], info: dict[str, dict], window, seconds: float) -> None:
+    def record_cycle(
+        self, batches: list[Landed], info: dict[str, dict], window, seconds: float
+    ) -> None:
         """The ``land`` and ``warehouse`` ledger rows of a cycle's batches, and a row per gap or
         rewind their claims found (``anomaly_rows``), in one MERGE."""
         from google.cloud import bigquery
@@ -219,22 +293,53 @@ class Warehouse:
         cols = [c for c, _ in LEDGER_SCHEMA if c != "recorded_at"]
         params, selects = [], []
         for i, b in enumerate(batches):
-            rows_of_batch = [{"batch_id": b.batch_id, "region": b.region, "stage": stage, "offsets_in": b.offsets, "valid": b.valid,
-                              "quarantined": b.quarantined, "duplicates": b.duplicates, "skipped": b.skipped, "rows_merged": rows,
-                              "seconds": float(secs), "ok": True, "detail": detail}
-                             for stage, rows, secs, detail in (("land", b.valid, b.seconds, ""),
-                                                               ("warehouse", info[b.batch_id]["written"], seconds, info[b.batch_id]["detail"]))]
+            rows_of_batch = [
+                {
+                    "batch_id": b.batch_id,
+                    "region": b.region,
+                    "stage": stage,
+                    "offsets_in": b.offsets,
+                    "valid": b.valid,
+                    "quarantined": b.quarantined,
+                    "duplicates": b.duplicates,
+                    "skipped": b.skipped,
+                    "rows_merged": rows,
+                    "seconds": float(secs),
+                    "ok": True,
+                    "detail": detail,
+                }
+                for stage, rows, secs, detail in (
+                    ("land", b.valid, b.seconds, ""),
+                    ("warehouse", info[b.batch_id]["written"], seconds, info[b.batch_id]["detail"]),
+                )
+            ]
             if b.requeued:  # set aside by an earlier cycle, repaired: its set_aside row says so now
-                rows_of_batch.append(rows_of_batch[0] | {"stage": "set_aside", "rows_merged": 0, "seconds": 0.0,
-                                                         "detail": "set aside, repaired, requeued and warehoused"})
+                rows_of_batch.append(
+                    rows_of_batch[0]
+                    | {
+                        "stage": "set_aside",
+                        "rows_merged": 0,
+                        "seconds": 0.0,
+                        "detail": "set aside, repaired, requeued and warehoused",
+                    }
+                )
             for values in rows_of_batch + anomaly_rows(b):
                 n = len(selects)
-                params += [bigquery.ScalarQueryParameter(f"{c}{n}", types[c], values.get(c)) for c in cols]
-                selects.append("SELECT " + ", ".join(f"@{c}{n} AS {c}" for c in cols) + ", CURRENT_TIMESTAMP() AS recorded_at")
-        self.run(f"""MERGE {self.table('ledger', ops=True)} T USING ({' UNION ALL '.join(selects)}) S
-            ON {window.sql('T.recorded_at')} AND T.batch_id = S.batch_id AND T.stage = S.stage
-            WHEN MATCHED THEN UPDATE SET {', '.join(f'{c} = S.{c}' for c in cols[3:] + ['recorded_at'])}
-            WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}, recorded_at) VALUES ({', '.join('S.' + c for c in cols)}, S.recorded_at)""", params)
+                params += [
+                    bigquery.ScalarQueryParameter(f"{c}{n}", types[c], values.get(c)) for c in cols
+                ]
+                selects.append(
+                    "SELECT "
+                    + ", ".join(f"@{c}{n} AS {c}" for c in cols)
+                    + ", CURRENT_TIMESTAMP() AS recorded_at"
+                )
+        self.run(
+            f"""MERGE {self.table("ledger", ops=True)} T USING ({" UNION ALL ".join(selects)}) S
+            ON {window.sql("T.recorded_at")} AND T.batch_id = S.batch_id AND T.stage = S.stage
+            WHEN MATCHED THEN UPDATE SET {", ".join(f"{c} = S.{c}" for c in cols[3:] + ["recorded_at"])}
+            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}, recorded_at) VALUES ({", ".join("S." + c for c in cols)}, S.recorded_at)""",
+            params,
+        )
 
     def _stage(self, name: str, columns: list[tuple[str, str]], uri: str) -> str:
         """A per-batch staging table with one load job (keeps the per-table load quota untouched)."""
@@ -250,7 +355,9 @@ class Warehouse:
     def _write_parquet(self, uri: str, table: pa.Table) -> None:
         sink = io.BytesIO()
         pq.write_table(table, sink)
-        self._blob(uri).upload_from_string(sink.getvalue(), content_type="application/vnd.apache.parquet")
+        self._blob(uri).upload_from_string(
+            sink.getvalue(), content_type="application/vnd.apache.parquet"
+        )
 
     # -- one batch ---------------------------------------------------------------------------------
     def merge_batch(self, landed: Landed) -> dict:
@@ -261,33 +368,66 @@ class Warehouse:
 
         result = run_cycle(self, [landed], self.settings or WarehouseSettings())
         if result.set_aside:
-            raise GateError(f"batch {landed.batch_id} set aside: {result.set_aside[landed.batch_id]}")
+            raise GateError(
+                f"batch {landed.batch_id} set aside: {result.set_aside[landed.batch_id]}"
+            )
         raise_failed(result)
         if result.already:
-            return {"events": landed.valid, "quarantine": landed.quarantined + landed.duplicates, "seconds": result.seconds,
-                    "oldest_event_age_s": None, "newest_event_age_s": None, "already": True}
+            return {
+                "events": landed.valid,
+                "quarantine": landed.quarantined + landed.duplicates,
+                "seconds": result.seconds,
+                "oldest_event_age_s": None,
+                "newest_event_age_s": None,
+                "already": True,
+            }
         done = result.batches[0]
-        return {"events": done["events"], "written": done["written"], "quarantine": done["quarantine"], "seconds": result.seconds,
-                "oldest_event_age_s": done["oldest_event_age_s"], "newest_event_age_s": done["newest_event_age_s"]}
+        return {
+            "events": done["events"],
+            "written": done["written"],
+            "quarantine": done["quarantine"],
+            "seconds": result.seconds,
+            "oldest_event_age_s": done["oldest_event_age_s"],
+            "newest_event_age_s": done["newest_event_age_s"],
+        }
 
     def _merge_partners_sql(self, stage: str) -> str:
         # Field by field: the value set by the newest event wins, so an older event arriving late
         # only fills a field no newer event has set, and never overwrites one.
         def pick(c: str) -> list[str]:
-            lead = FOLLOWS.get(c, c)  # a follower moves with its leader (both sides' versions are the leader's)
+            lead = FOLLOWS.get(
+                c, c
+            )  # a follower moves with its leader (both sides' versions are the leader's)
             newer = f"S.{lead}_version > COALESCE(T.{lead}_version, -1)"
-            return [f"{c} = CASE WHEN {newer} THEN S.{c} ELSE T.{c} END",
-                    f"{c}_version = NULLIF(GREATEST(COALESCE(S.{c}_version, -1), COALESCE(T.{c}_version, -1)), -1)"]
+            return [
+                f"{c} = CASE WHEN {newer} THEN S.{c} ELSE T.{c} END",
+                f"{c}_version = NULLIF(GREATEST(COALESCE(S.{c}_version, -1), COALESCE(T.{c}_version, -1)), -1)",
+            ]
 
-        latest = [f"{c} = CASE WHEN S.partner_version > T.partner_version THEN S.{c} ELSE T.{c} END" for c in ("last_event_id", "updated_at", "batch_id")]
-        updates = ", ".join([u for c in PARTNER_COLUMNS for u in pick(c)] + latest + ["partner_version = GREATEST(S.partner_version, T.partner_version)"])
+        latest = [
+            f"{c} = CASE WHEN S.partner_version > T.partner_version THEN S.{c} ELSE T.{c} END"
+            for c in ("last_event_id", "updated_at", "batch_id")
+        ]
+        updates = ", ".join(
+            [u for c in PARTNER_COLUMNS for u in pick(c)]
+            + latest
+            + ["partner_version = GREATEST(S.partner_version, T.partner_version)"]
+        )
         cols = [c for c, _ in PARTNER_SCHEMA]
-        return f"""MERGE {self.table('partners')} T USING (SELECT * FROM {stage}) S ON T.partner_id = S.partner_id
+        return f"""MERGE {self.table("partners")} T USING (SELECT * FROM {stage}) S ON T.partner_id = S.partner_id
             WHEN MATCHED THEN UPDATE SET {updates}
-            WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})"""
+            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) VALUES ({", ".join("S." + c for c in cols)})"""
 
-    def insert_rows(self, name: str, schema: list[tuple[str, str]], rows: list[dict], ops: bool = True, partition: str | None = None,
-                    cluster: str | None = None, key: tuple[str, ...] = ()) -> int:
+    def insert_rows(
+        self,
+        name: str,
+        schema: list[tuple[str, str]],
+        rows: list[dict],
+        ops: bool = True,
+        partition: str | None = None,
+        cluster: str | None = None,
+        key: tuple[str, ...] = (),
+    ) -> int:
         """Writes a few rows (a measurement, a report) with one DML statement, the table created
         when missing. DML, not a load job or a streaming insert: no load quota, and rows are
         queryable at once on BigQuery and the emulator. With ``key`` the rows are MERGEd on those
@@ -298,64 +438,115 @@ class Warehouse:
         table = self.table(name, ops=ops)
         ddl = f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'`{c}` {t}' for c, t in schema)})"
         if partition:
-            ddl += f" PARTITION BY DATE({partition})" + (f" CLUSTER BY {cluster}" if cluster else "")
+            ddl += f" PARTITION BY DATE({partition})" + (
+                f" CLUSTER BY {cluster}" if cluster else ""
+            )
         self.run(ddl)
         if not rows:
             return 0
         params, selects = [], []
         for i, row in enumerate(rows):
-            params += [bigquery.ScalarQueryParameter(f"c{i}_{j}", kind, row.get(column)) for j, (column, kind) in enumerate(schema)]
-            selects.append("SELECT " + ", ".join(f"@c{i}_{j} AS `{column}`" for j, (column, _) in enumerate(schema)))
+            params += [
+                bigquery.ScalarQueryParameter(f"c{i}_{j}", kind, row.get(column))
+                for j, (column, kind) in enumerate(schema)
+            ]
+            selects.append(
+                "SELECT "
+                + ", ".join(f"@c{i}_{j} AS `{column}`" for j, (column, _) in enumerate(schema))
+            )
         columns = ", ".join(f"`{c}`" for c, _ in schema)
         if not key:
             self.run(f"INSERT INTO {table} ({columns}) " + " UNION ALL ".join(selects), params)
             return len(rows)
         on = " AND ".join(f"T.`{c}` = S.`{c}`" for c in key)
         updates = ", ".join(f"`{c}` = S.`{c}`" for c, _ in schema if c not in key)
-        self.run(f"""MERGE {table} T USING ({' UNION ALL '.join(selects)}) S ON {on}
+        self.run(
+            f"""MERGE {table} T USING ({" UNION ALL ".join(selects)}) S ON {on}
             WHEN MATCHED THEN UPDATE SET {updates}
-            WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({', '.join(f'S.`{c}`' for c, _ in schema)})""", params)
+            WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({", ".join(f"S.`{c}`" for c, _ in schema)})""",
+            params,
+        )
         return len(rows)
 
     # -- ledger -----------------------------------------------------------------------------------
-    def record(self, landed: Landed, stage: str, rows_merged: int, seconds: float, ok: bool = True, detail: str = "") -> None:
+    def record(
+        self,
+        landed: Landed,
+        stage: str,
+        rows_merged: int,
+        seconds: float,
+        ok: bool = True,
+        detail: str = "",
+    ) -> None:
         """One ledger row per batch and stage; recording again replaces it (idempotent)."""
         from google.cloud import bigquery
 
         self.ensure_ledger()
-        values = {"batch_id": landed.batch_id, "region": landed.region, "stage": stage, "offsets_in": landed.offsets, "valid": landed.valid,
-                  "quarantined": landed.quarantined, "duplicates": landed.duplicates, "skipped": landed.skipped, "rows_merged": rows_merged,
-                  "seconds": float(seconds), "ok": ok, "detail": detail}
+        values = {
+            "batch_id": landed.batch_id,
+            "region": landed.region,
+            "stage": stage,
+            "offsets_in": landed.offsets,
+            "valid": landed.valid,
+            "quarantined": landed.quarantined,
+            "duplicates": landed.duplicates,
+            "skipped": landed.skipped,
+            "rows_merged": rows_merged,
+            "seconds": float(seconds),
+            "ok": ok,
+            "detail": detail,
+        }
         types = dict(LEDGER_SCHEMA)
         params = [bigquery.ScalarQueryParameter(k, types[k], v) for k, v in values.items()]
         cols = list(values)
-        self.run(f"""MERGE {self.table('ledger', ops=True)} T
-            USING (SELECT {', '.join(f'@{c} AS {c}' for c in cols)}, CURRENT_TIMESTAMP() AS recorded_at) S
+        self.run(
+            f"""MERGE {self.table("ledger", ops=True)} T
+            USING (SELECT {", ".join(f"@{c} AS {c}" for c in cols)}, CURRENT_TIMESTAMP() AS recorded_at) S
             ON T.batch_id = S.batch_id AND T.stage = S.stage
-            WHEN MATCHED THEN UPDATE SET {', '.join(f'{c} = S.{c}' for c in cols[3:] + ['recorded_at'])}
-            WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}, recorded_at) VALUES ({', '.join('S.' + c for c in cols)}, S.recorded_at)""", params)
+            WHEN MATCHED THEN UPDATE SET {", ".join(f"{c} = S.{c}" for c in cols[3:] + ["recorded_at"])}
+            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}, recorded_at) VALUES ({", ".join("S." + c for c in cols)}, S.recorded_at)""",
+            params,
+        )
 
-    def record_stage(self, batch_id: str, stage: str, rows_merged: int, seconds: float, ok: bool = True, detail: str = "",
-                     like: str = "warehouse", replace: bool = True) -> None:
+    def record_stage(
+        self,
+        batch_id: str,
+        stage: str,
+        rows_merged: int,
+        seconds: float,
+        ok: bool = True,
+        detail: str = "",
+        like: str = "warehouse",
+        replace: bool = True,
+    ) -> None:
         """A later stage's ledger row (a sync): the batch's numbers copied from its ``like`` row.
         Recording the same outcome again leaves the row as it is (its time included); with
         ``replace=False`` an existing row is never changed (a replay adds only missing rows)."""
         from google.cloud import bigquery
 
         self.ensure_ledger()
-        params = [bigquery.ScalarQueryParameter("b", "STRING", batch_id), bigquery.ScalarQueryParameter("stage", "STRING", stage),
-                  bigquery.ScalarQueryParameter("like", "STRING", like), bigquery.ScalarQueryParameter("rows", "INT64", rows_merged),
-                  bigquery.ScalarQueryParameter("seconds", "FLOAT64", float(seconds)), bigquery.ScalarQueryParameter("ok", "BOOL", ok),
-                  bigquery.ScalarQueryParameter("detail", "STRING", detail), bigquery.ScalarQueryParameter("replace", "BOOL", replace)]
+        params = [
+            bigquery.ScalarQueryParameter("b", "STRING", batch_id),
+            bigquery.ScalarQueryParameter("stage", "STRING", stage),
+            bigquery.ScalarQueryParameter("like", "STRING", like),
+            bigquery.ScalarQueryParameter("rows", "INT64", rows_merged),
+            bigquery.ScalarQueryParameter("seconds", "FLOAT64", float(seconds)),
+            bigquery.ScalarQueryParameter("ok", "BOOL", ok),
+            bigquery.ScalarQueryParameter("detail", "STRING", detail),
+            bigquery.ScalarQueryParameter("replace", "BOOL", replace),
+        ]
         cols = [c for c, _ in LEDGER_SCHEMA]
-        self.run(f"""MERGE {self.table('ledger', ops=True)} T
+        self.run(
+            f"""MERGE {self.table("ledger", ops=True)} T
             USING (SELECT batch_id, region, @stage AS stage, offsets_in, valid, quarantined, duplicates, @rows AS rows_merged, @seconds AS seconds,
                           @ok AS ok, @detail AS detail, CURRENT_TIMESTAMP() AS recorded_at, skipped, recovered
-                   FROM {self.table('ledger', ops=True)} WHERE batch_id = @b AND stage = @like) S
+                   FROM {self.table("ledger", ops=True)} WHERE batch_id = @b AND stage = @like) S
             ON T.batch_id = S.batch_id AND T.stage = S.stage
             WHEN MATCHED AND @replace AND (T.rows_merged != S.rows_merged OR T.ok != S.ok OR COALESCE(T.detail, '') != COALESCE(S.detail, ''))
-              THEN UPDATE SET {', '.join(f'{c} = S.{c}' for c in cols[3:])}
-            WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('S.' + c for c in cols)})""", params)
+              THEN UPDATE SET {", ".join(f"{c} = S.{c}" for c in cols[3:])}
+            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) VALUES ({", ".join("S." + c for c in cols)})""",
+            params,
+        )
 
     def balance(self, batch_id: str) -> dict:
         """Every offset accounted for: valid + quarantined + duplicates + skipped + recovered = offsets,
@@ -363,27 +554,34 @@ class Warehouse:
         from google.cloud import bigquery
 
         self.ensure_ledger()
-        rows = self.run(f"""SELECT stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped,
-            COALESCE(recovered, 0) AS recovered, ok, detail FROM {self.table('ledger', ops=True)} WHERE batch_id = @b""", [bigquery.ScalarQueryParameter("b", "STRING", batch_id)])
+        rows = self.run(
+            f"""SELECT stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped,
+            COALESCE(recovered, 0) AS recovered, ok, detail FROM {self.table("ledger", ops=True)} WHERE batch_id = @b""",
+            [bigquery.ScalarQueryParameter("b", "STRING", batch_id)],
+        )
         if not rows:
             raise GateError(f"ledger: no row for batch {batch_id}")
         for r in rows:
             if not balances(r) or not r["ok"]:
-                raise GateError(f"ledger, batch {batch_id}, stage {r['stage']}: offsets {r['offsets_in']} != valid {r['valid']} + quarantined "
-                                f"{r['quarantined']} + duplicates {r['duplicates']} + skipped {r['skipped']} + recovered {r['recovered']} "
-                                f"(ok={r['ok']}; {r['detail'] or ''})")
+                raise GateError(
+                    f"ledger, batch {batch_id}, stage {r['stage']}: offsets {r['offsets_in']} != valid {r['valid']} + quarantined "
+                    f"{r['quarantined']} + duplicates {r['duplicates']} + skipped {r['skipped']} + recovered {r['recovered']} "
+                    f"(ok={r['ok']}; {r['detail'] or ''})"
+                )
         return {r["stage"]: dict(r) for r in rows}
 
 
 def sql_timestamp(at: datetime) -> str:
     """A constant TIMESTAMP literal: BigQuery prunes partitions on it (a query parameter it may not)."""
-    return f"TIMESTAMP '{at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S.%f}+00:00'"
+    return f"TIMESTAMP '{at.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}+00:00'"
 
 
 def balances(row) -> bool:
     """offsets_in = valid + quarantined + duplicates + skipped + recovered (NULL: a row from before
     the column, or a stage that recovers nothing)."""
-    return row["offsets_in"] == row["valid"] + row["quarantined"] + row["duplicates"] + (row.get("skipped") or 0) + (row.get("recovered") or 0)
+    return row["offsets_in"] == row["valid"] + row["quarantined"] + row["duplicates"] + (
+        row.get("skipped") or 0
+    ) + (row.get("recovered") or 0)
 
 
 def anomaly_rows(landed: Landed) -> list[dict]:
@@ -396,9 +594,22 @@ def anomaly_rows(landed: Landed) -> list[dict]:
         if not found:
             continue
         n = sum(max(0, a["end"] - a["start"]) for a in found)
-        out.append({"batch_id": landed.batch_id, "region": landed.region, "stage": kind, "offsets_in": n, "valid": 0, "quarantined": 0,
-                    "duplicates": n if kind == "rewind" else 0, "skipped": n if kind == "gap" else 0, "rows_merged": 0, "seconds": 0.0,
-                    "ok": kind == "rewind", "detail": "; ".join(a["detail"] for a in found)})
+        out.append(
+            {
+                "batch_id": landed.batch_id,
+                "region": landed.region,
+                "stage": kind,
+                "offsets_in": n,
+                "valid": 0,
+                "quarantined": 0,
+                "duplicates": n if kind == "rewind" else 0,
+                "skipped": n if kind == "gap" else 0,
+                "rows_merged": 0,
+                "seconds": 0.0,
+                "ok": kind == "rewind",
+                "detail": "; ".join(a["detail"] for a in found),
+            }
+        )
     return out
 
 
@@ -411,7 +622,10 @@ def event_ages(valid: pa.Table) -> dict:
     now = time.time()
     stamps = valid.column("kafka_timestamp")
     oldest, newest = pc.min(stamps).as_py(), pc.max(stamps).as_py()
-    return {"oldest_event_age_s": round(now - oldest.timestamp(), 1), "newest_event_age_s": round(now - newest.timestamp(), 1)}
+    return {
+        "oldest_event_age_s": round(now - oldest.timestamp(), 1),
+        "newest_event_age_s": round(now - newest.timestamp(), 1),
+    }
 
 
 def freshness_gate(batch_id: str, merged: dict, sla_s: float) -> dict:
@@ -421,9 +635,15 @@ def freshness_gate(batch_id: str, merged: dict, sla_s: float) -> dict:
     operators see a pipeline falling behind, it never holds a batch back."""
     age = merged.get("oldest_event_age_s")
     if age is not None and age > sla_s:
-        raise GateError(f"freshness gate, batch {batch_id}: its oldest event became queryable {age:.0f} s after it reached Kafka "
-                        f"(newest {merged.get('newest_event_age_s'):.0f} s); the SLA is {sla_s:.0f} s")
-    return {"oldest_event_age_s": age, "newest_event_age_s": merged.get("newest_event_age_s"), "sla_s": sla_s}
+        raise GateError(
+            f"freshness gate, batch {batch_id}: its oldest event became queryable {age:.0f} s after it reached Kafka "
+            f"(newest {merged.get('newest_event_age_s'):.0f} s); the SLA is {sla_s:.0f} s"
+        )
+    return {
+        "oldest_event_age_s": age,
+        "newest_event_age_s": merged.get("newest_event_age_s"),
+        "sla_s": sla_s,
+    }
 
 
 def cycle_freshness_gate(batches: list[dict], sla_s: float) -> dict:

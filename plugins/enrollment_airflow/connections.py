@@ -33,7 +33,8 @@ def endpoints_from_connections() -> Endpoints:
     solr_path = solr.extra_dejson.get("base_path", "/solr")
     mc_auth, mc_rest = MarketingCloudHook(MARKETING_CLOUD_CONN_ID).urls()
     return AirflowEndpoints(
-        project=gcp.extra_dejson.get("project") or gcp.extra_dejson.get("extra__google_cloud_platform__project"),
+        project=gcp.extra_dejson.get("project")
+        or gcp.extra_dejson.get("extra__google_cloud_platform__project"),
         kafka_bootstrap=kafka.extra_dejson["bootstrap.servers"],
         solr_url=f"{solr.schema or 'http'}://{solr.host}:{solr.port}{solr_path}",
         marketing_cloud_auth_url=mc_auth,
@@ -52,8 +53,12 @@ def keyring_from_connections():
 
     conn = BaseHook.get_connection(PII_CONN_ID)
     if not conn.password:
-        raise RuntimeError(f"connection {PII_CONN_ID} has no key (its password); see the README, 'Tax identifiers'")
-    return Keyring.from_secret(conn.login or "k1", conn.password, conn.extra_dejson.get("retired") or {})
+        raise RuntimeError(
+            f"connection {PII_CONN_ID} has no key (its password); see the README, 'Tax identifiers'"
+        )
+    return Keyring.from_secret(
+        conn.login or "k1", conn.password, conn.extra_dejson.get("retired") or {}
+    )
 
 
 def warehouse_from_connections(config):
@@ -62,8 +67,14 @@ def warehouse_from_connections(config):
     from enrollment.warehouse import Warehouse
 
     project = endpoints_from_connections().project
-    return Warehouse(client=bigquery_client(project), storage=storage_client(project), project=project,
-                     dataset=config.warehouse_dataset, ops_dataset=config.ops_dataset, settings=config.warehouse)
+    return Warehouse(
+        client=bigquery_client(project),
+        storage=storage_client(project),
+        project=project,
+        dataset=config.warehouse_dataset,
+        ops_dataset=config.ops_dataset,
+        settings=config.warehouse,
+    )
 
 
 def sync_run_from_connections(config):

@@ -30,15 +30,23 @@ class MarketingCloudHook(BaseHook):
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         return {
             "hidden_fields": ["schema", "port"],
-            "relabeling": {"login": "Client ID", "password": "Client secret", "host": "REST base URL"},
-            "placeholders": {"host": "https://<subdomain>.rest.marketingcloudapis.com",
-                             "extra": '{"auth_url": "https://<subdomain>.auth.marketingcloudapis.com"}'},
+            "relabeling": {
+                "login": "Client ID",
+                "password": "Client secret",
+                "host": "REST base URL",
+            },
+            "placeholders": {
+                "host": "https://<subdomain>.rest.marketingcloudapis.com",
+                "extra": '{"auth_url": "https://<subdomain>.auth.marketingcloudapis.com"}',
+            },
         }
 
     def urls(self) -> tuple[str, str]:
         conn = self.get_connection(self.marketing_cloud_conn_id)
         extra = conn.extra_dejson
-        rest = extra.get("rest_url") or (conn.host if "://" in (conn.host or "") else f"https://{conn.host}")
+        rest = extra.get("rest_url") or (
+            conn.host if "://" in (conn.host or "") else f"https://{conn.host}"
+        )
         return (extra.get("auth_url") or rest).rstrip("/"), rest.rstrip("/")
 
     def get_conn(self) -> MarketingCloudClient:

@@ -16,21 +16,32 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset, AssetWatcher, Param, task
 
 from enrollment.config import MAX_BATCH_BYTES_LIMIT, MAX_BATCH_LIMIT, Region, load_config
-from enrollment_airflow.defaults import default_args, Tag
+from enrollment_airflow.defaults import Tag, default_args
 from enrollment_airflow.triggers import BacklogTrigger
 
 
 def backlog_asset(region: Region, group: str) -> Asset:
     """The region's pending records as an asset, watched by the backlog trigger in the triggerer."""
-    trigger = BacklogTrigger(region=region.code, topic=region.topic, partitions=region.partitions, group=group,
-                             min_records=region.min_records, max_age_s=region.max_age_s)
-    return Asset(name=f"commerce_backlog_{region.code.lower()}", uri=f"kafka-backlog://enrollment/{region.topic}",
-                 watchers=[AssetWatcher(name=f"backlog_{region.code.lower()}", trigger=trigger)])
+    trigger = BacklogTrigger(
+        region=region.code,
+        topic=region.topic,
+        partitions=region.partitions,
+        group=group,
+        min_records=region.min_records,
+        max_age_s=region.max_age_s,
+    )
+    return Asset(
+        name=f"commerce_backlog_{region.code.lower()}",
+        uri=f"kafka-backlog://enrollment/{region.topic}",
+        watchers=[AssetWatcher(name=f"backlog_{region.code.lower()}", trigger=trigger)],
+    )
 
 
 def landed_asset(region: Region) -> Asset:
     """The region's landed batches as an asset: updated by each ingest run, watched by the warehouse DAG."""
-    return Asset(name=f"landed_{region.code.lower()}", uri=f"enrollment-landing://batches/{region.code}")
+    return Asset(
+        name=f"landed_{region.code.lower()}", uri=f"enrollment-landing://batches/{region.code}"
+    )
 
 
 def warehouse_asset() -> Asset:
@@ -80,46 +91,90 @@ Every run may run twice: names derive from offsets, objects are write-once. A ma
 
 def ingest_dag(region: Region) -> DAG:
     config = load_config()
-    with DAG(
-        dag_id=f"ingest_{region.code.lower()}",
-        # Event-driven: measured ~1 s from event to first task, against ~0.8 s more and a 2–3 s
-        # blind window between runs for a continuous DAG with a deferrable sensor.
-        schedule=[backlog_asset(region, config.consumer_group)],
-        start_date=datetime(2026, 1, 1),
-        catchup=False,  # every run takes what is pending: there is nothing to catch up per interval
-        max_active_runs=1,  # batches of a region follow each other: the next claim starts where this one commits
-        default_args=default_args("ingest"),
-        tags=[str(Tag.INGEST)],
-        doc_md=DOC_MD.format(region=region.code, region_lower=region.code.lower(), topic=region.topic, group=config.consumer_group,
-                             bucket=config.landing_bucket, dataset=config.warehouse_dataset, ops=config.ops_dataset,
-                             min_records=region.min_records, max_age_s=region.max_age_s),
-        # Bounded: one batch is held in one task's memory (a typo of a zero too many must not OOM a worker).
-        params={"max_batch": Param(region.max_batch, type="integer", minimum=1, maximum=max(MAX_BATCH_LIMIT, region.max_batch),
-                                   description="Most offsets one batch claims"),
-                "max_batch_bytes": Param(region.max_batch_bytes, type="integer", minimum=1024,
-                                         maximum=max(MAX_BATCH_BYTES_LIMIT, region.max_batch_bytes),
-                                         description="Most message bytes (keys + values) one batch reads; the claim shrinks to fit")},
-    ) as dag:
-
+    with (
+        DAG(
+            dag_id=f"ingest_{region.code.lower()}",
+            # Event-driven: measured ~1 s from event to first task, against ~0.8 s more and a 2–3 s
+            # blind window between runs for a continuous DAG with a deferrable sensor.
+            schedule=[backlog_asset(region, config.consumer_group)],
+            start_date=datetime(2026, 1, 1),
+            catchup=False,  # every run takes what is pending: there is nothing to catch up per interval
+            max_active_runs=1,  # batches of a region follow each other: the next claim starts where this one commits
+            default_args=default_args("ingest"),
+            tags=[str(Tag.INGEST)],
+            doc_md=DOC_MD.format(
+                region=region.code,
+                region_lower=region.code.lower(),
+                topic=region.topic,
+                group=config.consumer_group,
+                bucket=config.landing_bucket,
+                dataset=config.warehouse_dataset,
+                ops=config.ops_dataset,
+                min_records=region.min_records,
+                max_age_s=region.max_age_s,
+            ),
+            # Bounded: one batch is held in one task's memory (a typo of a zero too many must not OOM a worker).
+            params={
+                "max_batch": Param(
+                    region.max_batch,
+                    type="integer",
+                    minimum=1,
+                    maximum=max(MAX_BATCH_LIMIT, region.max_batch),
+                    description="Most offsets one batch claims",
+                ),
+                "max_batch_bytes": Param(
+                    region.max_batch_bytes,
+                    type="integer",
+                    minimum=1024,
+                    maximum=max(MAX_BATCH_BYTES_LIMIT, region.max_batch_bytes),
+                    description="Most message bytes (keys + values) one batch reads; the claim shrinks to fit",
+                ),
+            },
+        ) as dag
+    ):
         # A batch of max_batch offsets lands in well under a minute, and reading gives up after
         # 120 s without its offsets; land_timeout_s (15 min by default) is a hang — a broker or
         # Cloud Storage call that never returns — not work. The retry claims the same batch.
-        @task(task_id="land", outlets=[landed_asset(region)], execution_timeout=timedelta(seconds=region.land_timeout_s))
+        @task(
+            task_id="land",
+            outlets=[landed_asset(region)],
+            execution_timeout=timedelta(seconds=region.land_timeout_s),
+        )
         def land_batch(params=None) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
+
             from enrollment.batches import claim, land
             from enrollment.health import require
             from enrollment.services import storage_client
-            from enrollment_airflow.connections import endpoints_from_connections, keyring_from_connections
+            from enrollment_airflow.connections import (
+                endpoints_from_connections,
+                keyring_from_connections,
+            )
 
             ep = endpoints_from_connections()
-            keyring = keyring_from_connections()  # before the claim: no key, nothing landed (tax ids are tokenised first)
+            keyring = (
+                keyring_from_connections()
+            )  # before the claim: no key, nothing landed (tax ids are tokenised first)
             require(["kafka", "gcs"], ep, config)
             bucket = storage_client(ep.project).bucket(config.landing_bucket)
-            manifest = claim(ep.kafka_bootstrap, config.consumer_group, region.code, region.topic, region.partitions, bucket, int(params["max_batch"]))
+            manifest = claim(
+                ep.kafka_bootstrap,
+                config.consumer_group,
+                region.code,
+                region.topic,
+                region.partitions,
+                bucket,
+                int(params["max_batch"]),
+            )
             if manifest is None:
                 raise AirflowSkipException(f"nothing pending on {region.topic}")
-            return land(ep.kafka_bootstrap, manifest, bucket, keyring, max_bytes=int(params.get("max_batch_bytes") or region.max_batch_bytes)).as_dict()
+            return land(
+                ep.kafka_bootstrap,
+                manifest,
+                bucket,
+                keyring,
+                max_bytes=int(params.get("max_batch_bytes") or region.max_batch_bytes),
+            ).as_dict()
 
         land_batch()
     return dag

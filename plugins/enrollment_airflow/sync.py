@@ -20,10 +20,12 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import default_args, Tag
+from enrollment_airflow.defaults import Tag, default_args
 from enrollment_airflow.ingest import warehouse_asset
 
-MAX_BATCHES = 500  # a run reads each batch's partner changes: beyond this, let the next run take the rest
+MAX_BATCHES = (
+    500  # a run reads each batch's partner changes: beyond this, let the next run take the rest
+)
 MAX_RESYNC = 1000
 
 DOC_MD = """
@@ -64,23 +66,44 @@ Owner: enrollment-data team.
 def sync_dag(sink_name: str) -> DAG:
     config = load_config()
     options = config.sinks[sink_name]
-    with DAG(
-        dag_id=f"sync_{sink_name}",
-        schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(config.sync_catch_up_every, timezone="UTC"),
-                                     assets=AssetAny(warehouse_asset())),
-        start_date=datetime(2026, 1, 1),
-        catchup=False,  # a run syncs everything since the watermark: there is nothing per interval to catch up
-        max_active_runs=1,  # one writer per sink: the watermark moves in order
-        default_args=default_args("sinks"),
-        tags=[str(Tag.SYNC)],
-        doc_md=DOC_MD.format(sink=sink_name, module=options["module"], dataset=config.warehouse_dataset, ops=config.ops_dataset,
-                             cron=config.sync_catch_up_every, lookback=config.sync_lookback_days),
-        params={"max_batches": Param(config.sync_max_batches, type="integer", minimum=1, maximum=max(MAX_BATCHES, config.sync_max_batches),
-                                     description="Most batches one run takes per region"),
-                "resync_batches": Param([], type="array", items={"type": "string"}, maxItems=MAX_RESYNC,
-                                        description="Batch ids to sync again from the warehouse first (batches set aside, once repaired)")},
-    ) as dag:
-
+    with (
+        DAG(
+            dag_id=f"sync_{sink_name}",
+            schedule=AssetOrTimeSchedule(
+                timetable=CronTriggerTimetable(config.sync_catch_up_every, timezone="UTC"),
+                assets=AssetAny(warehouse_asset()),
+            ),
+            start_date=datetime(2026, 1, 1),
+            catchup=False,  # a run syncs everything since the watermark: there is nothing per interval to catch up
+            max_active_runs=1,  # one writer per sink: the watermark moves in order
+            default_args=default_args("sinks"),
+            tags=[str(Tag.SYNC)],
+            doc_md=DOC_MD.format(
+                sink=sink_name,
+                module=options["module"],
+                dataset=config.warehouse_dataset,
+                ops=config.ops_dataset,
+                cron=config.sync_catch_up_every,
+                lookback=config.sync_lookback_days,
+            ),
+            params={
+                "max_batches": Param(
+                    config.sync_max_batches,
+                    type="integer",
+                    minimum=1,
+                    maximum=max(MAX_BATCHES, config.sync_max_batches),
+                    description="Most batches one run takes per region",
+                ),
+                "resync_batches": Param(
+                    [],
+                    type="array",
+                    items={"type": "string"},
+                    maxItems=MAX_RESYNC,
+                    description="Batch ids to sync again from the warehouse first (batches set aside, once repaired)",
+                ),
+            },
+        ) as dag
+    ):
         # A run's work is bounded (max_batches per region, each write ridden through throttling and
         # short outages: Marketing Cloud waits up to 10 min per request, Solr 2 min); 45 min is far
         # beyond a healthy catch-up run. A task hung on a dead connection would otherwise hold the
@@ -91,20 +114,49 @@ def sync_dag(sink_name: str) -> DAG:
 
             from enrollment.health import require
             from enrollment_airflow.alerts import on_failure
-            from enrollment_airflow.connections import endpoints_from_connections, sink_from_connections, sync_run_from_connections
+            from enrollment_airflow.connections import (
+                endpoints_from_connections,
+                sink_from_connections,
+                sync_run_from_connections,
+            )
 
-            require(["bigquery", "gcs", *options.get("needs", [])], endpoints_from_connections(), config)
+            require(
+                ["bigquery", "gcs", *options.get("needs", [])], endpoints_from_connections(), config
+            )
             run, sink = sync_run_from_connections(config), sink_from_connections(config, sink_name)
             # A batch set aside does not fail the run: the alert goes where the monitors' alerts go.
-            shared = {k: context[k] for k in ("ti", "task_instance", "dag", "dag_run", "run_id", "logical_date", "params") if k in context}
+            shared = {
+                k: context[k]
+                for k in (
+                    "ti",
+                    "task_instance",
+                    "dag",
+                    "dag_run",
+                    "run_id",
+                    "logical_date",
+                    "params",
+                )
+                if k in context
+            }
             run.alert = lambda message: on_failure(shared | {"exception": message})
             try:
-                resynced = run.resync(sink, list(params.get("resync_batches") or [])) if params.get("resync_batches") else {}
-                plans = run.plan_all(sink_name, [r.code for r in config.regions], int(params["max_batches"]), config.sync_lookback_days)
+                resynced = (
+                    run.resync(sink, list(params.get("resync_batches") or []))
+                    if params.get("resync_batches")
+                    else {}
+                )
+                plans = run.plan_all(
+                    sink_name,
+                    [r.code for r in config.regions],
+                    int(params["max_batches"]),
+                    config.sync_lookback_days,
+                )
                 if not any(p.batches for p in plans.values()):
                     if resynced:
                         return {"resynced": resynced}
-                    raise AirflowSkipException(f"{sink_name}: every warehoused batch is synced, in every region")
+                    raise AirflowSkipException(
+                        f"{sink_name}: every warehoused batch is synced, in every region"
+                    )
                 written = run.write_all(sink, plans)
                 if not written["written"]:
                     raise RuntimeError(f"{sink_name}: every region failed: {written['failed']}")

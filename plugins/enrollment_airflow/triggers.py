@@ -26,21 +26,42 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 
 class BacklogTrigger(BaseEventTrigger):
-    def __init__(self, region: str, topic: str, partitions: int, group: str, min_records: int, max_age_s: float,
-                 kafka_conn_id: str = "kafka_default", poll_s: float = 1.0, refire_after_s: float = 600.0):
+    def __init__(
+        self,
+        region: str,
+        topic: str,
+        partitions: int,
+        group: str,
+        min_records: int,
+        max_age_s: float,
+        kafka_conn_id: str = "kafka_default",
+        poll_s: float = 1.0,
+        refire_after_s: float = 600.0,
+    ):
         super().__init__()
         self.region, self.topic, self.partitions, self.group = region, topic, partitions, group
         self.min_records, self.max_age_s = min_records, max_age_s
         self.kafka_conn_id, self.poll_s, self.refire_after_s = kafka_conn_id, poll_s, refire_after_s
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("enrollment_airflow.triggers.BacklogTrigger", {
-            "region": self.region, "topic": self.topic, "partitions": self.partitions, "group": self.group,
-            "min_records": self.min_records, "max_age_s": self.max_age_s, "kafka_conn_id": self.kafka_conn_id,
-            "poll_s": self.poll_s, "refire_after_s": self.refire_after_s})
+        return (
+            "enrollment_airflow.triggers.BacklogTrigger",
+            {
+                "region": self.region,
+                "topic": self.topic,
+                "partitions": self.partitions,
+                "group": self.group,
+                "min_records": self.min_records,
+                "max_age_s": self.max_age_s,
+                "kafka_conn_id": self.kafka_conn_id,
+                "poll_s": self.poll_s,
+                "refire_after_s": self.refire_after_s,
+            },
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow.sdk import BaseHook
+
         from enrollment.backlog import measure, should_fire
 
         bootstrap = None
@@ -50,9 +71,16 @@ class BacklogTrigger(BaseEventTrigger):
                 try:
                     conn = await BaseHook.aget_connection(self.kafka_conn_id)
                     bootstrap = conn.extra_dejson["bootstrap.servers"]
-                except Exception as exc:  # noqa: BLE001 (missing, unreadable or without bootstrap.servers)
-                    error = f"connection {self.kafka_conn_id!r} unusable: {type(exc).__name__}: {exc}"
-                    self.log.error("%s: %s; the backlog of %s is not watched until it is fixed", self.region, error, self.topic)
+                except Exception as exc:
+                    error = (
+                        f"connection {self.kafka_conn_id!r} unusable: {type(exc).__name__}: {exc}"
+                    )
+                    self.log.error(
+                        "%s: %s; the backlog of %s is not watched until it is fixed",
+                        self.region,
+                        error,
+                        self.topic,
+                    )
                     now = time.time()
                     if error != fired_for or now - fired_at >= self.refire_after_s:
                         fired_for, fired_at = error, now
@@ -60,8 +88,10 @@ class BacklogTrigger(BaseEventTrigger):
                     await asyncio.sleep(max(self.poll_s, 5.0))
                     continue
             try:
-                backlog = await asyncio.to_thread(measure, bootstrap, self.group, self.topic, self.partitions, self.min_records)
-            except Exception as exc:  # noqa: BLE001 (the broker may be restarting: keep watching)
+                backlog = await asyncio.to_thread(
+                    measure, bootstrap, self.group, self.topic, self.partitions, self.min_records
+                )
+            except Exception as exc:
                 self.log.warning("backlog of %s not measured: %s", self.topic, exc)
                 await asyncio.sleep(max(self.poll_s, 5.0))
                 continue
@@ -69,7 +99,18 @@ class BacklogTrigger(BaseEventTrigger):
             again = backlog.fingerprint != fired_for or now - fired_at >= self.refire_after_s
             if again and should_fire(backlog, self.min_records, self.max_age_s, now):
                 fired_for, fired_at = backlog.fingerprint, now
-                self.log.info("%s: %d records pending, oldest %.1f s: waking the ingest DAG", self.region, backlog.pending, backlog.oldest_age_s(now))
-                yield TriggerEvent({"region": self.region, "pending": backlog.pending, "oldest_age_s": round(backlog.oldest_age_s(now), 3),
-                                    "from_offsets": backlog.fingerprint})
+                self.log.info(
+                    "%s: %d records pending, oldest %.1f s: waking the ingest DAG",
+                    self.region,
+                    backlog.pending,
+                    backlog.oldest_age_s(now),
+                )
+                yield TriggerEvent(
+                    {
+                        "region": self.region,
+                        "pending": backlog.pending,
+                        "oldest_age_s": round(backlog.oldest_age_s(now), 3),
+                        "from_offsets": backlog.fingerprint,
+                    }
+                )
             await asyncio.sleep(self.poll_s)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import default_args, WAREHOUSE_POOL, Tag
+from enrollment_airflow.defaults import WAREHOUSE_POOL, Tag, default_args
 from enrollment_airflow.ingest import landed_asset, warehouse_asset
 
 log = logging.getLogger(__name__)
@@ -62,29 +62,47 @@ def warehouse_dag() -> DAG:
     settings = config.warehouse
     with DAG(
         dag_id=DAG_ID,
-        schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(settings.catch_up_every, timezone="UTC"),
-                                     assets=AssetAny(*(landed_asset(r) for r in config.regions))),
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(settings.catch_up_every, timezone="UTC"),
+            assets=AssetAny(*(landed_asset(r) for r in config.regions)),
+        ),
         start_date=datetime(2026, 1, 1),
         catchup=False,  # a cycle takes everything pending: there is nothing per interval to catch up
         max_active_runs=1,  # the one writer: two cycles at once would be two writers of every table
         default_args=default_args("ingest"),
         tags=[str(Tag.INGEST)],
-        doc_md=DOC_MD.format(max_rows=settings.max_cycle_rows, dataset=config.warehouse_dataset, ops=config.ops_dataset,
-                             window=settings.dedup_window_days, sla=config.freshness_sla_s, cron=settings.catch_up_every,
-                             bucket=config.landing_bucket, group=config.consumer_group, pool=WAREHOUSE_POOL),
+        doc_md=DOC_MD.format(
+            max_rows=settings.max_cycle_rows,
+            dataset=config.warehouse_dataset,
+            ops=config.ops_dataset,
+            window=settings.dedup_window_days,
+            sla=config.freshness_sla_s,
+            cron=settings.catch_up_every,
+            bucket=config.landing_bucket,
+            group=config.consumer_group,
+            pool=WAREHOUSE_POOL,
+        ),
     ) as dag:
-
         # Each BigQuery job is cancelled after job_timeout_s; a cycle sends about ten of them in
         # sequence and reads small objects, so cycle_timeout_s (30 min by default, at least one
         # job's timeout) means something hangs, and the one writer's slot must come free.
-        @task(task_id="cycle", outlets=[warehouse_asset()], pool=WAREHOUSE_POOL, execution_timeout=timedelta(seconds=settings.cycle_timeout_s))
+        @task(
+            task_id="cycle",
+            outlets=[warehouse_asset()],
+            pool=WAREHOUSE_POOL,
+            execution_timeout=timedelta(seconds=settings.cycle_timeout_s),
+        )
         def cycle() -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
+
             from enrollment import metrics
             from enrollment.batches import pending_batches
             from enrollment.cycle import raise_failed, run_cycle
             from enrollment.health import require
-            from enrollment_airflow.connections import endpoints_from_connections, warehouse_from_connections
+            from enrollment_airflow.connections import (
+                endpoints_from_connections,
+                warehouse_from_connections,
+            )
 
             require(["bigquery", "gcs"], endpoints_from_connections(), config)
             warehouse = warehouse_from_connections(config)
@@ -94,8 +112,12 @@ def warehouse_dag() -> DAG:
                 raise AirflowSkipException("no landed batch is waiting for the warehouse")
             result = run_cycle(warehouse, batches, settings)
             for batch_id, why in result.set_aside.items():
-                log.error("batch %s set aside (the cycle went on with the others): %s", batch_id, why)
-            metrics.record_batches(warehouse, "ingest", [b | {"warehouse_s": result.seconds} for b in result.batches])
+                log.error(
+                    "batch %s set aside (the cycle went on with the others): %s", batch_id, why
+                )
+            metrics.record_batches(
+                warehouse, "ingest", [b | {"warehouse_s": result.seconds} for b in result.batches]
+            )
             raise_failed(result)
             return result.as_dict()
 

@@ -17,7 +17,9 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 def chromium_binary() -> str:
     path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
-        pytest.fail(f"no chromium at {path}: `make install` installs Debian's chromium (or set CHROMIUM to a Chromium binary)")
+        pytest.fail(
+            f"no chromium at {path}: `make install` installs Debian's chromium (or set CHROMIUM to a Chromium binary)"
+        )
     return path
 
 

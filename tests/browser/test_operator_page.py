@@ -37,11 +37,21 @@ def carry(stack, client, config, region, dag_ids: list[str], timeout_s: float = 
         deadline = time.monotonic() + timeout_s
 
         def busy() -> bool:
-            return any(client.http.get(f"/dags/{d}/dagRuns", params={"state": ["running", "queued"]}).json()["total_entries"] for d in dag_ids)
+            return any(
+                client.http.get(
+                    f"/dags/{d}/dagRuns", params={"state": ["running", "queued"]}
+                ).json()["total_entries"]
+                for d in dag_ids
+            )
 
-        while (total_pending(stack.kafka_bootstrap, config.consumer_group, [region]) or busy()
-               or any(b.region == region.code for b in pending_batches(bucket, config.consumer_group))):
-            assert time.monotonic() < deadline, f"{region.code} was not carried into the warehouse within {timeout_s:.0f} s"
+        while (
+            total_pending(stack.kafka_bootstrap, config.consumer_group, [region])
+            or busy()
+            or any(b.region == region.code for b in pending_batches(bucket, config.consumer_group))
+        ):
+            assert time.monotonic() < deadline, (
+                f"{region.code} was not carried into the warehouse within {timeout_s:.0f} s"
+            )
             time.sleep(3)
     finally:
         for dag_id in dag_ids:
@@ -52,7 +62,9 @@ def number(text: str) -> int:
     return int(text.strip().replace(",", ""))
 
 
-def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(stack, pipeline_config, login):
+def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(
+    stack, pipeline_config, login
+):
     from stack.airflow_client import AirflowClient
 
     config, region = pipeline_config, pipeline_config.region(REGION)
@@ -63,22 +75,49 @@ def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(stack,
     seed = int(time.time())
 
     # A simulated run with faults, carried into the warehouse by the live DAGs; then a backlog.
-    produce(stack.kafka_bootstrap, [m for m in Simulator(seed=seed, faults=FaultRates.mix(0.05), config=config).take(3000) if m.topic == region.topic])
+    produce(
+        stack.kafka_bootstrap,
+        [
+            m
+            for m in Simulator(seed=seed, faults=FaultRates.mix(0.05), config=config).take(3000)
+            if m.topic == region.topic
+        ],
+    )
     carry(stack, client, config, region, carriers)
-    produce(stack.kafka_bootstrap, [m for m in Simulator(seed=seed + 1, config=config).take(400) if m.topic == region.topic][:WAITING])
+    produce(
+        stack.kafka_bootstrap,
+        [m for m in Simulator(seed=seed + 1, config=config).take(400) if m.topic == region.topic][
+            :WAITING
+        ],
+    )
     pending = total_pending(stack.kafka_bootstrap, config.consumer_group, [region])
     assert pending == WAITING
 
     # What BigQuery holds, counted here with SQL of the test's own.
     bq = bigquery_client(stack.project)
-    wh, ops = f"`{stack.project}.{config.warehouse_dataset}`", f"`{stack.project}.{config.ops_dataset}`"
+    wh, ops = (
+        f"`{stack.project}.{config.warehouse_dataset}`",
+        f"`{stack.project}.{config.ops_dataset}`",
+    )
     window = "kafka_timestamp >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 24 HOUR)"
-    reasons = {r["reason"]: r["n"] for r in bq.query(f"""SELECT reason, COUNT(*) AS n FROM {wh}.quarantine, UNNEST(SPLIT(reasons, ',')) AS reason
-        WHERE region = '{REGION}' AND {window} GROUP BY reason""").result()}
-    messages = list(bq.query(f"SELECT COUNT(*) AS n FROM {wh}.quarantine WHERE region = '{REGION}' AND {window}").result())[0]["n"]
-    assert messages > 0, "the run with faults quarantined nothing: the page would have nothing to show"
-    batches = [dict(r) for r in bq.query(f"""SELECT batch_id, offsets_in, valid, quarantined, duplicates FROM {ops}.ledger
-        WHERE region = '{REGION}' AND stage = 'warehouse' ORDER BY recorded_at DESC, batch_id DESC LIMIT 5""").result()]
+    reasons = {
+        r["reason"]: r["n"]
+        for r in bq.query(f"""SELECT reason, COUNT(*) AS n FROM {wh}.quarantine, UNNEST(SPLIT(reasons, ',')) AS reason
+        WHERE region = '{REGION}' AND {window} GROUP BY reason""").result()
+    }
+    messages = list(
+        bq.query(
+            f"SELECT COUNT(*) AS n FROM {wh}.quarantine WHERE region = '{REGION}' AND {window}"
+        ).result()
+    )[0]["n"]
+    assert messages > 0, (
+        "the run with faults quarantined nothing: the page would have nothing to show"
+    )
+    batches = [
+        dict(r)
+        for r in bq.query(f"""SELECT batch_id, offsets_in, valid, quarantined, duplicates FROM {ops}.ledger
+        WHERE region = '{REGION}' AND stage = 'warehouse' ORDER BY recorded_at DESC, batch_id DESC LIMIT 5""").result()
+    ]
     assert batches
 
     page = login("admin")
@@ -98,7 +137,9 @@ def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(stack,
     assert shown.count() > 0
     for i in range(shown.count()):
         reason = shown.nth(i).get_attribute("data-reason")
-        assert number(shown.nth(i).locator(f'[data-region="{REGION}"]').inner_text()) == reasons.get(reason, 0), reason
+        assert number(
+            shown.nth(i).locator(f'[data-region="{REGION}"]').inner_text()
+        ) == reasons.get(reason, 0), reason
 
     # The region, opened from its row: its last batches and their ledger numbers.
     row.get_by_role("link", name=REGION, exact=True).click()
@@ -106,7 +147,12 @@ def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(stack,
     first.wait_for(timeout=30_000)
     for b in batches:
         cells = frame.locator(f'#region tr[data-batch="{b["batch_id"]}"] td')
-        assert [number(cells.nth(i).inner_text()) for i in (2, 3, 4, 5)] == [b["offsets_in"], b["valid"], b["quarantined"], b["duplicates"]]
+        assert [number(cells.nth(i).inner_text()) for i in (2, 3, 4, 5)] == [
+            b["offsets_in"],
+            b["valid"],
+            b["quarantined"],
+            b["duplicates"],
+        ]
         assert "balanced" in cells.nth(8).inner_text()
 
     # A dry run of re-processing, started from the form: a real run of requeue_quarantine that changes nothing.
@@ -122,18 +168,28 @@ def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(stack,
     assert run["conf"]["dry_run"] is True and run["conf"]["region"] == REGION
     client.http.patch("/dags/requeue_quarantine", json={"is_paused": False}).raise_for_status()
     try:
-        assert client.wait_for_run("requeue_quarantine", run_id, timeout_s=300) == "success", client.failure_logs("requeue_quarantine", run_id)
+        assert client.wait_for_run("requeue_quarantine", run_id, timeout_s=300) == "success", (
+            client.failure_logs("requeue_quarantine", run_id)
+        )
     finally:
         client.http.patch("/dags/requeue_quarantine", json={"is_paused": True})
     assert _recovered(bq, ops) == recovered_before
     # Its counts, by the page's last re-processing runs: what the run's report task returned.
-    result = client.http.get(f"/dags/requeue_quarantine/dagRuns/{run_id}/taskInstances/report/xcomEntries/return_value").raise_for_status().json()["value"]
+    result = (
+        client.http.get(
+            f"/dags/requeue_quarantine/dagRuns/{run_id}/taskInstances/report/xcomEntries/return_value"
+        )
+        .raise_for_status()
+        .json()["value"]
+    )
     assert result["dry_run"] is True and set(result["regions"]) == {REGION}
     page.goto(stack.url("AIRFLOW_PORT", f"/enrollment/regions/{REGION}"))
     shown = page.locator(f'#requeue-runs tr[data-run="{run_id}"]')
     shown.wait_for(timeout=30_000)
     for field in ("candidates", "recoverable", "still_invalid", "expired"):
-        assert number(shown.locator(f'[data-field="{field}"]').inner_text()) == result["total"][field], field
+        assert (
+            number(shown.locator(f'[data-field="{field}"]').inner_text()) == result["total"][field]
+        ), field
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "operator-page-region.png"), full_page=True)
 

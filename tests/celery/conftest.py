@@ -33,7 +33,14 @@ def celery_stack(stack):
         if before != "celery":
             # As found: the broker and workers stopped, Airflow restarted on its own executor (when it runs).
             cfg = stack_config.load()
-            stack_cli.down([s.name for s in stack_services(cfg, every=True) if isinstance(s, (CeleryWorker, Redis))], quiet=True)
+            stack_cli.down(
+                [
+                    s.name
+                    for s in stack_services(cfg, every=True)
+                    if isinstance(s, (CeleryWorker, Redis))
+                ],
+                quiet=True,
+            )
             if stack_cli._pgid(Airflow(cfg)) is not None:
                 stack_cli.up(["airflow"], quiet=True)
             stack_config.load().save()
@@ -69,7 +76,9 @@ def carrier_dags(airflow, pipeline_config):
 FINISHED = re.compile(r"Workload finished.*workload_id=([0-9a-f-]{36})")
 
 
-def worker_of(workers: dict[str, CeleryWorker], wanted: set[str] = frozenset(), timeout_s: float = 60) -> dict[str, str]:
+def worker_of(
+    workers: dict[str, CeleryWorker], wanted: set[str] = frozenset(), timeout_s: float = 60
+) -> dict[str, str]:
     """Task instance id -> the worker that finished it, from each worker's own log (Airflow's
     supervisor logs ``Workload finished ... workload_id=<task instance id>`` where it ran, just
     after the task's state is saved: waits up to ``timeout_s`` for every id in ``wanted``)."""
@@ -91,12 +100,18 @@ def runs_since(airflow: AirflowClient, dag_id: str, since: str) -> list[dict]:
     unpaused DAG's scheduled run from before may be the one that carries the test's data."""
     runs: dict[str, dict] = {}
     for bound in ("run_after_gte", "start_date_gte"):
-        got = airflow.http.get(f"/dags/{dag_id}/dagRuns", params={bound: since, "limit": 100}).raise_for_status().json()["dag_runs"]
+        got = (
+            airflow.http.get(f"/dags/{dag_id}/dagRuns", params={bound: since, "limit": 100})
+            .raise_for_status()
+            .json()["dag_runs"]
+        )
         runs |= {r["dag_run_id"]: r for r in got}
     return list(runs.values())
 
 
-def wait_until_done(airflow: AirflowClient, dag_id: str, since: str, timeout_s: float = 600) -> list[dict]:
+def wait_until_done(
+    airflow: AirflowClient, dag_id: str, since: str, timeout_s: float = 600
+) -> list[dict]:
     """Every run of ``dag_id`` since ``since``, once none is queued or running any more."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -104,13 +119,17 @@ def wait_until_done(airflow: AirflowClient, dag_id: str, since: str, timeout_s: 
         if runs and all(r["state"] in ("success", "failed") for r in runs):
             return runs
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{dag_id}: runs since {since} still {[r['state'] for r in runs]} after {timeout_s:.0f} s")
+            raise TimeoutError(
+                f"{dag_id}: runs since {since} still {[r['state'] for r in runs]} after {timeout_s:.0f} s"
+            )
         time.sleep(1)
 
 
 def land_result(airflow: AirflowClient, dag_id: str, run_id: str) -> dict | None:
     """What the run's ``land`` task returned (its XCom): the batch id and its counts, or None (nothing pending)."""
-    got = airflow.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/land/xcomEntries/return_value")
+    got = airflow.http.get(
+        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/land/xcomEntries/return_value"
+    )
     return got.json().get("value") if got.status_code == 200 else None
 
 
@@ -121,7 +140,11 @@ def broken_runs(airflow: AirflowClient, dag_id: str, runs: list[dict]) -> dict[s
     for run in runs:
         if run["state"] == "success":
             continue
-        failed = [ti["task_id"] for ti in airflow.task_instances(dag_id, run["dag_run_id"]) if ti["state"] in ("failed", "upstream_failed")]
+        failed = [
+            ti["task_id"]
+            for ti in airflow.task_instances(dag_id, run["dag_run_id"])
+            if ti["state"] in ("failed", "upstream_failed")
+        ]
         if failed != ["freshness"]:
             broken[run["dag_run_id"]] = failed
     return broken

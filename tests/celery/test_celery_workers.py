@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psutil
 import pytest
@@ -23,38 +23,61 @@ pytestmark = [pytest.mark.integration]
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _pipeline_ledger(stack, config) -> Warehouse:
-    return Warehouse(bigquery_client(stack.project), storage_client(stack.project), stack.project, config.warehouse_dataset, config.ops_dataset)
+    return Warehouse(
+        bigquery_client(stack.project),
+        storage_client(stack.project),
+        stack.project,
+        config.warehouse_dataset,
+        config.ops_dataset,
+    )
 
 
 def _assert_everything_committed(stack, config, regions) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "celery-test-watermarks"})
+    consumer = Consumer(
+        {"bootstrap.servers": stack.kafka_bootstrap, "group.id": "celery-test-watermarks"}
+    )
     try:
         for region in regions:
-            ends = [consumer.get_watermark_offsets(TopicPartition(region.topic, p), timeout=10)[1] for p in range(region.partitions)]
-            assert committed_offsets(stack.kafka_bootstrap, config.consumer_group, region.topic, region.partitions) == ends, region.code
+            ends = [
+                consumer.get_watermark_offsets(TopicPartition(region.topic, p), timeout=10)[1]
+                for p in range(region.partitions)
+            ]
+            assert (
+                committed_offsets(
+                    stack.kafka_bootstrap, config.consumer_group, region.topic, region.partitions
+                )
+                == ends
+            ), region.code
     finally:
         consumer.close()
 
 
-def _ingest_until_drained(airflow, config, regions, since: str, timeout_s: float = 600) -> list[dict]:
+def _ingest_until_drained(
+    airflow, config, regions, since: str, timeout_s: float = 600
+) -> list[dict]:
     """Runs each region's ingest until its run finds nothing pending; returns every run's land result."""
     landed = []
     for region in regions:
         dag_id = f"ingest_{region.code.lower()}"
         airflow.trigger(dag_id)
         runs = wait_until_done(airflow, dag_id, since, timeout_s)
-        assert all(r["state"] == "success" for r in runs), (dag_id, [(r["dag_run_id"], r["state"]) for r in runs])
+        assert all(r["state"] == "success" for r in runs), (
+            dag_id,
+            [(r["dag_run_id"], r["state"]) for r in runs],
+        )
         landed += [got for r in runs if (got := land_result(airflow, dag_id, r["dag_run_id"]))]
     return landed
 
 
-def test_ingest_warehouse_and_sinks_complete_with_tasks_on_both_workers(celery_stack, airflow, workers, carrier_dags, pipeline_config):
+def test_ingest_warehouse_and_sinks_complete_with_tasks_on_both_workers(
+    celery_stack, airflow, workers, carrier_dags, pipeline_config
+):
     config = pipeline_config
     since = _now()
     messages = Simulator(seed=1515, faults=FaultRates.mix(0.02), initial_partners=200).take(6000)
@@ -75,21 +98,34 @@ def test_ingest_warehouse_and_sinks_complete_with_tasks_on_both_workers(celery_s
     ledger = _pipeline_ledger(celery_stack, config)
     for batch in landed:
         stages = ledger.balance(batch["batch_id"])
-        assert {"land", "warehouse", *(f"sync_{s}" for s in config.sinks)} <= set(stages), (batch["batch_id"], sorted(stages))
+        assert {"land", "warehouse", *(f"sync_{s}" for s in config.sinks)} <= set(stages), (
+            batch["batch_id"],
+            sorted(stages),
+        )
 
     # Where each task ran: every one on a worker that takes its queue, and both workers used.
-    done = [(dag_id, ti) for dag_id in [f"ingest_{r.code.lower()}" for r in config.regions] + ["warehouse", *sync_dags]
-            for run in runs_since(airflow, dag_id, since) for ti in airflow.task_instances(dag_id, run["dag_run_id"]) if ti["state"] == "success"]
+    done = [
+        (dag_id, ti)
+        for dag_id in [f"ingest_{r.code.lower()}" for r in config.regions]
+        + ["warehouse", *sync_dags]
+        for run in runs_since(airflow, dag_id, since)
+        for ti in airflow.task_instances(dag_id, run["dag_run_id"])
+        if ti["state"] == "success"
+    ]
     ran_on = worker_of(workers, {ti["id"] for _, ti in done})
     placed: dict[str, set[str]] = {}
     for dag_id, ti in done:
         worker = ran_on.get(ti["id"])
         assert worker is not None, f"{dag_id}.{ti['task_id']} ({ti['id']}) is in no worker's log"
-        assert ti["queue"] in workers[worker].worker.queues, f"{dag_id}.{ti['task_id']} (queue {ti['queue']}) ran on {worker}"
+        assert ti["queue"] in workers[worker].worker.queues, (
+            f"{dag_id}.{ti['task_id']} (queue {ti['queue']}) ran on {worker}"
+        )
         assert ti["pool"] in config.pools, ti["pool"]
         placed.setdefault(worker, set()).add(f"{dag_id}.{ti['task_id']}")
     assert set(placed) == set(workers), {w: sorted(t)[:10] for w, t in placed.items()}
-    assert any(t.startswith("sync_") for t in placed["general"]), "the sinks run on the worker that takes the default queue"
+    assert any(t.startswith("sync_") for t in placed["general"]), (
+        "the sinks run on the worker that takes the default queue"
+    )
 
 
 def _running_land(airflow, dag_id: str, since: str) -> dict | None:
@@ -100,7 +136,9 @@ def _running_land(airflow, dag_id: str, since: str) -> dict | None:
     return None
 
 
-def test_a_worker_killed_mid_land_has_its_task_retried_on_the_other_with_nothing_lost(celery_stack, airflow, workers, carrier_dags, pipeline_config):
+def test_a_worker_killed_mid_land_has_its_task_retried_on_the_other_with_nothing_lost(
+    celery_stack, airflow, workers, carrier_dags, pipeline_config
+):
     config = pipeline_config
     region = config.region("AMER")
     dag_id = f"ingest_{region.code.lower()}"
@@ -108,7 +146,13 @@ def test_a_worker_killed_mid_land_has_its_task_retried_on_the_other_with_nothing
     _ingest_until_drained(airflow, config, [region], _now())
 
     since = _now()
-    messages = [m for m in Simulator(seed=1616, faults=FaultRates.mix(0.02), initial_partners=500).take(240_000) if m.topic == region.topic]
+    messages = [
+        m
+        for m in Simulator(seed=1616, faults=FaultRates.mix(0.02), initial_partners=500).take(
+            240_000
+        )
+        if m.topic == region.topic
+    ]
     produce(celery_stack.kafka_bootstrap, messages)
     airflow.trigger(dag_id, {"max_batch": 1_000_000})
 
@@ -119,16 +163,28 @@ def test_a_worker_killed_mid_land_has_its_task_retried_on_the_other_with_nothing
     task = psutil.Process(land["pid"])
     groups = {os.getpgid(p.pid) for p in [task, *task.parents()]}
     [killed] = [name for name, w in workers.items() if stack_cli._pgid(w) in groups]
-    assert land["pid"] in stack_cli.kill_hard(workers[killed]), "the land's task process died with its worker"
+    assert land["pid"] in stack_cli.kill_hard(workers[killed]), (
+        "the land's task process died with its worker"
+    )
     try:
         runs = wait_until_done(airflow, dag_id, since, timeout_s=900)
         run = next(r for r in runs if r["dag_run_id"] == land["dag_run_id"])
-        assert run["state"] == "success", [(ti["task_id"], ti["state"]) for ti in airflow.task_instances(dag_id, run["dag_run_id"])]
-        [final] = [ti for ti in airflow.task_instances(dag_id, run["dag_run_id"]) if ti["task_id"] == "land"]
+        assert run["state"] == "success", [
+            (ti["task_id"], ti["state"]) for ti in airflow.task_instances(dag_id, run["dag_run_id"])
+        ]
+        [final] = [
+            ti
+            for ti in airflow.task_instances(dag_id, run["dag_run_id"])
+            if ti["task_id"] == "land"
+        ]
         assert final["try_number"] > land["try_number"], "the killed try was retried"
         ran_on = worker_of(workers, {final["id"]})
-        assert ran_on.get(final["id"]) not in (None, killed), f"retry of the land killed on {killed} ran on {ran_on.get(final['id'])}"
-        assert land["id"] not in ran_on or ran_on[land["id"]] != killed, "the killed try never finished where it was killed"
+        assert ran_on.get(final["id"]) not in (None, killed), (
+            f"retry of the land killed on {killed} ran on {ran_on.get(final['id'])}"
+        )
+        assert land["id"] not in ran_on or ran_on[land["id"]] != killed, (
+            "the killed try never finished where it was killed"
+        )
 
         # Nothing lost: every offset committed, every batch of the region since the kill balanced through the warehouse.
         _assert_everything_committed(celery_stack, config, [region])
@@ -138,6 +194,8 @@ def test_a_worker_killed_mid_land_has_its_task_retried_on_the_other_with_nothing
         assert not broken_runs(airflow, "warehouse", wait_until_done(airflow, "warehouse", since))
         ledger = _pipeline_ledger(celery_stack, config)
         for batch in landed:
-            assert {"land", "warehouse"} <= set(ledger.balance(batch["batch_id"])), batch["batch_id"]
+            assert {"land", "warehouse"} <= set(ledger.balance(batch["batch_id"])), batch[
+                "batch_id"
+            ]
     finally:
         stack_cli.up([workers[killed].name], quiet=True)

@@ -14,8 +14,9 @@ def test_dagbag_imports_without_errors(dagbag):
 
 def _dag_ids() -> list[str]:
     """DAG ids for parametrisation; collection runs before fixtures, so parse here (it is cheap)."""
-    from tests.conftest import ROOT
     from airflow.dag_processing.dagbag import DagBag
+
+    from tests.conftest import ROOT
 
     return sorted(DagBag(dag_folder=str(ROOT / "dags")).dags)
 
@@ -37,7 +38,9 @@ def test_has_doc_md_for_the_person_on_call(dag):
 
 def test_has_owner_tags_and_retries(dag):
     assert dag.default_args.get("owner") == OWNER, dag.dag_id
-    assert dag.tags and set(dag.tags) <= ALLOWED_TAGS, f"{dag.dag_id}: tags {dag.tags} not in {sorted(ALLOWED_TAGS)}"
+    assert dag.tags and set(dag.tags) <= ALLOWED_TAGS, (
+        f"{dag.dag_id}: tags {dag.tags} not in {sorted(ALLOWED_TAGS)}"
+    )
     assert dag.default_args.get("retries", 0) >= 1, f"{dag.dag_id}: set retries in default_args"
 
 

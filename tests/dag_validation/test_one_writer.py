@@ -13,14 +13,18 @@ from tests.conftest import ROOT
 
 # What writes events, partners, quarantine or the warehouse ledger rows (a recovery writes ledger
 # rows and the recovered table, never events: it queues a batch for the warehouse DAG).
-WRITERS = re.compile(r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle|scrub_warehouse|recovery\.recover)\(")
+WRITERS = re.compile(
+    r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle|scrub_warehouse|recovery\.recover)\("
+)
 
 
 def test_regions_only_land_and_one_dag_writes_the_warehouse(dagbag):
     config = load_config()
     for region in config.regions:
         dag = dagbag.dags[f"ingest_{region.code.lower()}"]
-        assert {t.task_id for t in dag.tasks} == {"land"}, f"{dag.dag_id} lands only; the warehouse DAG writes"
+        assert {t.task_id for t in dag.tasks} == {"land"}, (
+            f"{dag.dag_id} lands only; the warehouse DAG writes"
+        )
         assert dag.max_active_runs == 1
     warehouse = dagbag.dags["warehouse"]
     assert warehouse.max_active_runs == 1, "one cycle at a time"
@@ -29,17 +33,37 @@ def test_regions_only_land_and_one_dag_writes_the_warehouse(dagbag):
 
 def test_every_task_that_writes_the_warehouse_holds_the_one_slot(dagbag):
     """Writers (found in the DAG code by what they call) run only in the 1-slot pool."""
-    calls = {path.relative_to(ROOT).as_posix() for path in [*(ROOT / "dags").glob("*.py"), *(ROOT / "plugins").rglob("*.py")]
-             if WRITERS.search(path.read_text(encoding="utf-8"))}
-    assert calls == {"plugins/enrollment_airflow/warehouse.py", "dags/replay.py", "dags/erase_partners.py", "dags/requeue_quarantine.py"}, calls
-    in_pool = {(dag.dag_id, task.task_id) for dag in dagbag.dags.values() for task in dag.tasks if task.pool == WAREHOUSE_POOL}
-    assert in_pool == {("warehouse", "cycle"), ("replay", "warehouse"), ("erase_partners", "warehouse"), ("requeue_quarantine", "recover")}
+    calls = {
+        path.relative_to(ROOT).as_posix()
+        for path in [*(ROOT / "dags").glob("*.py"), *(ROOT / "plugins").rglob("*.py")]
+        if WRITERS.search(path.read_text(encoding="utf-8"))
+    }
+    assert calls == {
+        "plugins/enrollment_airflow/warehouse.py",
+        "dags/replay.py",
+        "dags/erase_partners.py",
+        "dags/requeue_quarantine.py",
+    }, calls
+    in_pool = {
+        (dag.dag_id, task.task_id)
+        for dag in dagbag.dags.values()
+        for task in dag.tasks
+        if task.pool == WAREHOUSE_POOL
+    }
+    assert in_pool == {
+        ("warehouse", "cycle"),
+        ("replay", "warehouse"),
+        ("erase_partners", "warehouse"),
+        ("requeue_quarantine", "recover"),
+    }
 
 
 def test_a_recovery_queues_batches_and_never_writes_events_itself():
     """The warehouse DAG stays the only writer of events: a recovery lands and queues a batch."""
     source = (ROOT / "include" / "enrollment" / "recovery.py").read_text(encoding="utf-8")
-    assert not re.search(r"\b(run_cycle|merge_batch|events_insert_sql|_merge_partners_sql)\b", source)
+    assert not re.search(
+        r"\b(run_cycle|merge_batch|events_insert_sql|_merge_partners_sql)\b", source
+    )
     assert "mark_pending(" in source
 
 
@@ -55,7 +79,9 @@ def test_the_pool_has_one_slot_wherever_airflow_runs():
     compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text(encoding="utf-8"))
     init = " ".join(compose["services"]["airflow-init"]["command"])
     assert "python -m enrollment.pools" in init and "airflow pools import" in init
-    raw = yaml.safe_load((ROOT / "include" / "enrollment" / "config" / "pipeline.yaml").read_text(encoding="utf-8"))
+    raw = yaml.safe_load(
+        (ROOT / "include" / "enrollment" / "config" / "pipeline.yaml").read_text(encoding="utf-8")
+    )
     raw["pools"][WAREHOUSE_POOL]["slots"] = 2
     with pytest.raises(ValueError, match="exactly 1 slot"):
         parse_config(raw)

@@ -7,4 +7,6 @@ def test_marketing_cloud_connection_type_is_registered():
 
     assert "enrollment-pipelines" in ProvidersManager().providers
     hook = ProvidersManagerTaskRuntime().hooks.get("marketing_cloud")
-    assert hook is not None and hook.hook_class_name == "enrollment_airflow.hooks.MarketingCloudHook"
+    assert (
+        hook is not None and hook.hook_class_name == "enrollment_airflow.hooks.MarketingCloudHook"
+    )

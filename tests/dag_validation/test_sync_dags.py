@@ -11,7 +11,9 @@ from enrollment.config import load_config
 def test_sync_tasks_time_out_and_numeric_params_are_bounded(dagbag, sink):
     dag = dagbag.dags[f"sync_{sink}"]
     for task in dag.tasks:
-        assert task.execution_timeout is not None, f"{dag.dag_id}.{task.task_id}: set execution_timeout"
+        assert task.execution_timeout is not None, (
+            f"{dag.dag_id}.{task.task_id}: set execution_timeout"
+        )
     for name, param in dag.params.items():
         schema = dag.params.get_param(name).schema
         if schema.get("type") in ("integer", "number"):

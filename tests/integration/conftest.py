@@ -36,7 +36,13 @@ def warehouse(stack, pipeline_config):
     datasets = (f"test_wh_{suffix}", f"test_ops_{suffix}")
     for name in datasets:
         client.create_dataset(bigquery.Dataset(f"{stack.project}.{name}"))
-    yield Warehouse(client=client, storage=storage_client(stack.project), project=stack.project, dataset=datasets[0], ops_dataset=datasets[1])
+    yield Warehouse(
+        client=client,
+        storage=storage_client(stack.project),
+        project=stack.project,
+        dataset=datasets[0],
+        ops_dataset=datasets[1],
+    )
     for name in datasets:
         client.delete_dataset(name, delete_contents=True, not_found_ok=True)
 
@@ -44,7 +50,13 @@ def warehouse(stack, pipeline_config):
 def produce(bootstrap: str, messages, topic: str | None = None) -> None:
     """Simulated messages into Kafka as SAP Commerce sends them (keyed, murmur2), to their own
     region topics or all to ``topic``."""
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",
+            "enable.idempotence": True,
+        }
+    )
     for m in messages:
         producer.produce(topic or m.topic, key=m.key, value=m.value)
     assert producer.flush(30) == 0
@@ -53,24 +65,47 @@ def produce(bootstrap: str, messages, topic: str | None = None) -> None:
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
-        return [tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)]
+        return [
+            tp.offset
+            for tp in consumer.committed(
+                [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+            )
+        ]
     finally:
         consumer.close()
 
 
-def claimed_batch(stack, pipeline_config, topic: str, region: str, seed: int, events: int, faults: float, initial_partners: int):
+def claimed_batch(
+    stack,
+    pipeline_config,
+    topic: str,
+    region: str,
+    seed: int,
+    events: int,
+    faults: float,
+    initial_partners: int,
+):
     """Simulated events on a 2-partition test topic, claimed as one batch by a fresh group."""
     group = f"test-{region.lower()}-{uuid.uuid4().hex[:8]}"
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
-    messages = Simulator(seed=seed, faults=FaultRates.mix(faults), initial_partners=initial_partners).take(events)
+    messages = Simulator(
+        seed=seed, faults=FaultRates.mix(faults), initial_partners=initial_partners
+    ).take(events)
     produce(stack.kafka_bootstrap, messages, topic)
-    manifest: Manifest = claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=10_000_000)
+    manifest: Manifest = claim(
+        stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=10_000_000
+    )
     return group, bucket, messages, manifest
 
 
 def current_raw_config() -> dict:
     """The pipeline configuration in force, as the YAML mapping (to change and ``use_config``)."""
-    return yaml.safe_load(open(os.environ.get("ENROLLMENT_CONFIG") or pipeline_config_module.DEFAULT_CONFIG, encoding="utf-8"))
+    return yaml.safe_load(
+        open(
+            os.environ.get("ENROLLMENT_CONFIG") or pipeline_config_module.DEFAULT_CONFIG,
+            encoding="utf-8",
+        )
+    )
 
 
 def use_config(raw: dict, path, monkeypatch):
@@ -89,13 +124,17 @@ def isolated_pipeline(stack, tmp_path, monkeypatch):
     raw["consumer_group"] = f"test-pipeline-{run}"
     raw["datasets"] = {"warehouse": f"test_all_{run}", "ops": f"test_all_ops_{run}"}
     raw["sinks"]["firestore"]["collection"] = f"partners_{run}"
-    raw["sinks"]["marketing_cloud"].update(data_extension=f"partners-{run}", welcome_event=f"welcome-{run}")
+    raw["sinks"]["marketing_cloud"].update(
+        data_extension=f"partners-{run}", welcome_event=f"welcome-{run}"
+    )
     for region in raw["regions"]:
         region["topic"] = f"test.{run}.{region['code'].lower()}.events"
         region["partitions"] = 2
     config = use_config(raw, tmp_path / "pipeline.yaml", monkeypatch)
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(r.topic, num_partitions=2, replication_factor=1) for r in config.regions]).values():
+    for future in admin.create_topics(
+        [NewTopic(r.topic, num_partitions=2, replication_factor=1) for r in config.regions]
+    ).values():
         future.result(30)
     client = bigquery_client(stack.project)
     for name in (config.warehouse_dataset, config.ops_dataset):
@@ -108,18 +147,24 @@ def isolated_pipeline(stack, tmp_path, monkeypatch):
     pipeline_config_module._load.cache_clear()
 
 
-def ingest_events(stack, pipeline_config, warehouse, topic: str, region: str, group: str, events: list[dict]) -> str:
+def ingest_events(
+    stack, pipeline_config, warehouse, topic: str, region: str, group: str, events: list[dict]
+) -> str:
     """Hand-made events (dicts) through claim → land → warehouse as one batch; its id.
 
     They are produced one at a time, in order, keyed by partner (Kafka keeps order per partner)."""
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "partitioner": "murmur2_random"})
+    producer = Producer(
+        {"bootstrap.servers": stack.kafka_bootstrap, "partitioner": "murmur2_random"}
+    )
     for e in events:
         producer.produce(topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
         producer.flush(10)
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     manifest = claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=100_000)
     landed = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
-    assert landed.valid + landed.duplicates == len(events), "hand-made events are valid (or in-batch duplicates)"
+    assert landed.valid + landed.duplicates == len(events), (
+        "hand-made events are valid (or in-batch duplicates)"
+    )
     counts = warehouse.merge_batch(landed)
     warehouse.record(landed, "land", landed.valid, landed.seconds)
     warehouse.record(landed, "warehouse", counts["events"], counts["seconds"])
@@ -130,7 +175,9 @@ def succeeded(run):
     """A DAG run of ``dag.test()`` that must have succeeded (else: its tasks' states)."""
     from airflow.utils.state import DagRunState
 
-    assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == DagRunState.SUCCESS, {
+        ti.task_id: ti.state for ti in run.get_task_instances()
+    }
     return run
 
 

@@ -11,7 +11,12 @@ def test_running_airflow_is_healthy_and_lists_the_project_dags(stack, dagbag):
     from stack.airflow_client import AirflowClient
 
     health = httpx.get(f"{stack.url('AIRFLOW_PORT')}/api/v2/monitor/health", timeout=10).json()
-    assert {k: v["status"] for k, v in health.items()} == {"metadatabase": "healthy", "scheduler": "healthy", "triggerer": "healthy", "dag_processor": "healthy"}
+    assert {k: v["status"] for k, v in health.items()} == {
+        "metadatabase": "healthy",
+        "scheduler": "healthy",
+        "triggerer": "healthy",
+        "dag_processor": "healthy",
+    }
     client = AirflowClient(stack)
     for dag_id in dagbag.dag_ids:
         client.wait_for_dag(dag_id, timeout_s=90)
@@ -34,9 +39,13 @@ def test_the_running_scheduler_runs_the_smoke_dag_with_connections_from_the_envi
     client = AirflowClient(stack)
     client.wait_for_dag("stack_smoke", timeout_s=90)
     run_id = client.trigger("stack_smoke")
-    assert client.wait_for_run("stack_smoke", run_id, timeout_s=300) == "success", client.task_states("stack_smoke", run_id)
+    assert client.wait_for_run("stack_smoke", run_id, timeout_s=300) == "success", (
+        client.task_states("stack_smoke", run_id)
+    )
     states = client.task_states("stack_smoke", run_id)
-    assert sorted(t["rendered_map_index"] for t in states) == sorted(["kafka", "gcs", "bigquery", "firestore", "solr", "marketing-cloud"])
+    assert sorted(t["rendered_map_index"] for t in states) == sorted(
+        ["kafka", "gcs", "bigquery", "firestore", "solr", "marketing-cloud"]
+    )
     assert {t["state"] for t in states} == {"success"}
 
 

@@ -25,7 +25,7 @@ def _produce(bootstrap, topic, n):
 async def _next_event(queue: asyncio.Queue, timeout):
     try:
         return await asyncio.wait_for(queue.get(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None
 
 
@@ -46,10 +46,18 @@ def test_the_backlog_reads_a_timestamp_only_when_the_count_does_not_decide(stack
         before = time.time()
         _produce(stack.kafka_bootstrap, topic, 6)
         aged = measure(stack.kafka_bootstrap, group, topic, 2, enough=100)
-        assert aged.pending == 6 and aged.oldest_timestamp_ms is not None and aged.oldest_timestamp_ms >= int(before * 1000) - 1000
-        assert {p for p, _ in aged.oldest_by_partition} == {p for p, start, end in aged.ranges if end > start}
+        assert (
+            aged.pending == 6
+            and aged.oldest_timestamp_ms is not None
+            and aged.oldest_timestamp_ms >= int(before * 1000) - 1000
+        )
+        assert {p for p, _ in aged.oldest_by_partition} == {
+            p for p, start, end in aged.ranges if end > start
+        }
         counted = measure(stack.kafka_bootstrap, group, topic, 2, enough=5)
-        assert counted.pending == 6 and counted.oldest_timestamp_ms is None, "enough records pending: no record fetched"
+        assert counted.pending == 6 and counted.oldest_timestamp_ms is None, (
+            "enough records pending: no record fetched"
+        )
     finally:
         admin.delete_topics([topic])
 
@@ -60,7 +68,15 @@ def test_trigger_fires_once_per_piece_of_work(stack):
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
     try:
         _produce(stack.kafka_bootstrap, topic, 10)
-        trigger = BacklogTrigger(region="TEST", topic=topic, partitions=2, group=group, min_records=10, max_age_s=2.0, poll_s=0.2)
+        trigger = BacklogTrigger(
+            region="TEST",
+            topic=topic,
+            partitions=2,
+            group=group,
+            min_records=10,
+            max_age_s=2.0,
+            poll_s=0.2,
+        )
 
         async def scenario():
             events: asyncio.Queue = asyncio.Queue()
@@ -70,8 +86,14 @@ def test_trigger_fires_once_per_piece_of_work(stack):
             assert await _next_event(events, 1.0) is None, "the same work fires once"
             # The land stage commits the batch; one new record then waits past max_age_s.
             consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group})
-            ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in (0, 1)]
-            consumer.commit(offsets=[TopicPartition(topic, p, e) for p, e in zip((0, 1), ends)], asynchronous=False)
+            ends = [
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in (0, 1)
+            ]
+            consumer.commit(
+                offsets=[TopicPartition(topic, p, e) for p, e in zip((0, 1), ends)],
+                asynchronous=False,
+            )
             consumer.close()
             _produce(stack.kafka_bootstrap, topic, 1)
             t0 = time.monotonic()
@@ -86,14 +108,26 @@ def test_trigger_fires_once_per_piece_of_work(stack):
 
 
 def test_a_missing_connection_fires_a_clear_event_and_the_trigger_keeps_running(stack):
-    trigger = BacklogTrigger(region="TEST", topic="test.backlog.none", partitions=2, group="test-backlog-none", min_records=1, max_age_s=1.0,
-                             kafka_conn_id="no_such_kafka_connection", poll_s=0.2)
+    trigger = BacklogTrigger(
+        region="TEST",
+        topic="test.backlog.none",
+        partitions=2,
+        group="test-backlog-none",
+        min_records=1,
+        max_age_s=1.0,
+        kafka_conn_id="no_such_kafka_connection",
+        poll_s=0.2,
+    )
 
     async def scenario():
         events: asyncio.Queue = asyncio.Queue()
         pump = asyncio.create_task(_pump(trigger, events))
         first = await _next_event(events, 15)
-        assert first is not None and "no_such_kafka_connection" in first.payload["error"] and first.payload["region"] == "TEST"
+        assert (
+            first is not None
+            and "no_such_kafka_connection" in first.payload["error"]
+            and first.payload["region"] == "TEST"
+        )
         assert await _next_event(events, 6.0) is None, "the same error fires once"
         assert not pump.done(), "the trigger keeps looking for its connection"
         pump.cancel()
@@ -106,13 +140,21 @@ def test_running_airflow_wakes_the_ingest_dag_through_the_backlog_watcher(stack,
 
     client = AirflowClient(stack)
     client.wait_for_dag("ingest_apac", timeout_s=120)
-    before = {r["dag_run_id"] for r in client.http.get("/dags/ingest_apac/dagRuns").json()["dag_runs"]}
+    before = {
+        r["dag_run_id"] for r in client.http.get("/dags/ingest_apac/dagRuns").json()["dag_runs"]
+    }
     client.http.patch("/dags/ingest_apac", json={"is_paused": False}).raise_for_status()
     try:
-        _produce(stack.kafka_bootstrap, pipeline_config.region("APAC").topic, 5)  # not JSON events: quarantined, still accounted
+        _produce(
+            stack.kafka_bootstrap, pipeline_config.region("APAC").topic, 5
+        )  # not JSON events: quarantined, still accounted
         deadline, run = time.monotonic() + 180, None
         while time.monotonic() < deadline:
-            runs = [r for r in client.http.get("/dags/ingest_apac/dagRuns").json()["dag_runs"] if r["dag_run_id"] not in before]
+            runs = [
+                r
+                for r in client.http.get("/dags/ingest_apac/dagRuns").json()["dag_runs"]
+                if r["dag_run_id"] not in before
+            ]
             done = [r for r in runs if r["state"] in ("success", "failed")]
             if done:
                 run = done[0]

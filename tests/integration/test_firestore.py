@@ -15,7 +15,9 @@ def test_batch_write_and_read_back(stack):
     collection = client.collection(f"test_partners_{uuid.uuid4().hex[:8]}")
     batch = client.batch()
     for i in range(500):
-        batch.set(collection.document(uuid.uuid4().hex), {"n": i, "region": "APAC" if i % 2 else "EMEA"})
+        batch.set(
+            collection.document(uuid.uuid4().hex), {"n": i, "region": "APAC" if i % 2 else "EMEA"}
+        )
     batch.commit()
     try:
         docs = list(collection.stream())
@@ -25,6 +27,6 @@ def test_batch_write_and_read_back(stack):
     finally:
         for chunk in range(0, len(docs), 500):
             cleanup = client.batch()
-            for d in docs[chunk:chunk + 500]:
+            for d in docs[chunk : chunk + 500]:
                 cleanup.delete(d.reference)
             cleanup.commit()

@@ -18,7 +18,12 @@ def test_write_once_object_in_the_landing_bucket(stack, pipeline_config):
         with pytest.raises(PreconditionFailed):
             bucket.blob(blob.name).upload_from_string(b"second", if_generation_match=0)
         assert bucket.blob(blob.name).download_as_bytes() == b"first"
-        listed = [b.name for b in storage_client(stack.project).list_blobs(pipeline_config.landing_bucket, prefix=blob.name)]
+        listed = [
+            b.name
+            for b in storage_client(stack.project).list_blobs(
+                pipeline_config.landing_bucket, prefix=blob.name
+            )
+        ]
         assert listed == [blob.name]
     finally:
         blob.delete()

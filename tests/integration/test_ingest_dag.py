@@ -16,7 +16,11 @@ def test_ingest_dag_lands_and_merges_a_region(stack, dagbag, airflow_db, pipelin
     from airflow.utils.state import DagRunState
 
     region = pipeline_config.region("LATAM")
-    messages = [m for m in Simulator(seed=808, faults=FaultRates.mix(0.05), initial_partners=40).take(2000) if m.topic == region.topic]
+    messages = [
+        m
+        for m in Simulator(seed=808, faults=FaultRates.mix(0.05), initial_partners=40).take(2000)
+        if m.topic == region.topic
+    ]
     assert messages
     produce(stack.kafka_bootstrap, messages)
 
@@ -25,14 +29,22 @@ def test_ingest_dag_lands_and_merges_a_region(stack, dagbag, airflow_db, pipelin
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == DagRunState.SUCCESS, states
     landed = run.get_task_instance("land").xcom_pull(task_ids="land")
-    assert landed["offsets"] == landed["valid"] + landed["quarantined"] + landed["duplicates"] >= len(messages)
+    assert (
+        landed["offsets"]
+        == landed["valid"] + landed["quarantined"] + landed["duplicates"]
+        >= len(messages)
+    )
 
     cycle = dagbag.dags["warehouse"].test()
-    assert cycle.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in cycle.get_task_instances()}
+    assert cycle.state == DagRunState.SUCCESS, {
+        ti.task_id: ti.state for ti in cycle.get_task_instances()
+    }
     cycled = cycle.get_task_instance("cycle").xcom_pull(task_ids="cycle")
     assert landed["batch_id"] in [b["batch_id"] for b in cycled["batches"]] + cycled["already"]
 
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": pipeline_config.consumer_group})
+    consumer = Consumer(
+        {"bootstrap.servers": stack.kafka_bootstrap, "group.id": pipeline_config.consumer_group}
+    )
     parts = [TopicPartition(region.topic, p) for p in range(region.partitions)]
     committed = [tp.offset for tp in consumer.committed(parts, timeout=10)]
     ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
@@ -43,15 +55,29 @@ def test_ingest_dag_lands_and_merges_a_region(stack, dagbag, airflow_db, pipelin
     client = bigquery_client(stack.project)
     from google.cloud import bigquery
 
-    found = list(client.query(f"SELECT COUNT(*) AS n FROM `{stack.project}.{pipeline_config.warehouse_dataset}.events` WHERE event_id IN UNNEST(@ids)",
-                              job_config=bigquery.QueryJobConfig(query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", valid_ids)])).result())
+    found = list(
+        client.query(
+            f"SELECT COUNT(*) AS n FROM `{stack.project}.{pipeline_config.warehouse_dataset}.events` WHERE event_id IN UNNEST(@ids)",
+            job_config=bigquery.QueryJobConfig(
+                query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", valid_ids)]
+            ),
+        ).result()
+    )
     assert found[0]["n"] == len(valid_ids)
 
-    from enrollment.warehouse import Warehouse
     from enrollment.services import storage_client
+    from enrollment.warehouse import Warehouse
 
-    ledger = Warehouse(client, storage_client(stack.project), stack.project, pipeline_config.warehouse_dataset, pipeline_config.ops_dataset)
+    ledger = Warehouse(
+        client,
+        storage_client(stack.project),
+        stack.project,
+        pipeline_config.warehouse_dataset,
+        pipeline_config.ops_dataset,
+    )
     assert set(ledger.balance(landed["batch_id"])) == {"land", "warehouse"}
 
     again = dag.test()
-    assert {ti.task_id: ti.state for ti in again.get_task_instances()}["land"] == "skipped", "nothing pending: the run skips"
+    assert {ti.task_id: ti.state for ti in again.get_task_instances()}["land"] == "skipped", (
+        "nothing pending: the run skips"
+    )

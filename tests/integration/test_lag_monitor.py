@@ -19,7 +19,9 @@ def record_alert(context) -> None:
     ALERTS.append(str(context.get("exception")))
 
 
-def test_a_stalled_consumer_raises_an_alert(stack, airflow_db, dagbag, isolated_pipeline, tmp_path, monkeypatch):
+def test_a_stalled_consumer_raises_an_alert(
+    stack, airflow_db, dagbag, isolated_pipeline, tmp_path, monkeypatch
+):
     from airflow.utils.state import DagRunState
 
     raw = current_raw_config()
@@ -37,15 +39,29 @@ def test_a_stalled_consumer_raises_an_alert(stack, airflow_db, dagbag, isolated_
         produced += len(batch)
         run = dag.test()
         if step < 2:
-            assert run.state == DagRunState.SUCCESS, f"no alert before {config.lag['grow_minutes']} growing measurements"
+            assert run.state == DagRunState.SUCCESS, (
+                f"no alert before {config.lag['grow_minutes']} growing measurements"
+            )
     assert run.state == DagRunState.FAILED
-    assert ALERTS and "AMER: pending records grew at each of the last 2 measurements" in ALERTS[-1], ALERTS
+    assert (
+        ALERTS and "AMER: pending records grew at each of the last 2 measurements" in ALERTS[-1]
+    ), ALERTS
 
-    rows = list(bigquery_client(stack.project).query(
-        f"SELECT measured_at, SUM(pending) AS pending, MAX(oldest_age_s) AS age FROM `{stack.project}.{config.ops_dataset}.lag` "
-        "WHERE kind = 'kafka' AND region = 'AMER' GROUP BY measured_at ORDER BY measured_at").result())
+    rows = list(
+        bigquery_client(stack.project)
+        .query(
+            f"SELECT measured_at, SUM(pending) AS pending, MAX(oldest_age_s) AS age FROM `{stack.project}.{config.ops_dataset}.lag` "
+            "WHERE kind = 'kafka' AND region = 'AMER' GROUP BY measured_at ORDER BY measured_at"
+        )
+        .result()
+    )
     assert [r["pending"] for r in rows][-1] == produced and len(rows) == 3
     assert all(r["age"] is not None and r["age"] >= 0 for r in rows)
-    sinks = list(bigquery_client(stack.project).query(
-        f"SELECT DISTINCT sink FROM `{stack.project}.{config.ops_dataset}.lag` WHERE kind = 'sink'").result())
+    sinks = list(
+        bigquery_client(stack.project)
+        .query(
+            f"SELECT DISTINCT sink FROM `{stack.project}.{config.ops_dataset}.lag` WHERE kind = 'sink'"
+        )
+        .result()
+    )
     assert {r["sink"] for r in sinks} == set(config.sinks)

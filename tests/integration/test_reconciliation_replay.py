@@ -4,7 +4,7 @@ writes it again from the landed batches; a second replay changes nothing."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -17,17 +17,27 @@ pytestmark = [pytest.mark.integration]
 REGION = "EMEA"
 
 
-def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(stack, airflow_db, dagbag, isolated_pipeline):
+def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(
+    stack, airflow_db, dagbag, isolated_pipeline
+):
     from airflow.utils.state import DagRunState
 
     from enrollment_airflow.ingest import ingest_dag
-    from enrollment_airflow.warehouse import warehouse_dag
     from enrollment_airflow.sync import sync_dag
+    from enrollment_airflow.warehouse import warehouse_dag
 
     config = isolated_pipeline
     region = config.region(REGION)
-    produce(stack.kafka_bootstrap, [m for m in Simulator(seed=4242, faults=FaultRates.mix(0.05), initial_partners=40, config=config).take(1500)
-                                    if m.topic == region.topic])
+    produce(
+        stack.kafka_bootstrap,
+        [
+            m
+            for m in Simulator(
+                seed=4242, faults=FaultRates.mix(0.05), initial_partners=40, config=config
+            ).take(1500)
+            if m.topic == region.topic
+        ],
+    )
     assert ingest_dag(region).test().state == DagRunState.SUCCESS
 
     # Landed and still queued for the warehouse: a replay of the sync leaves those batches to the
@@ -37,9 +47,14 @@ def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(stack, a
     from enrollment.sync import SyncRun
     from enrollment.warehouse import Warehouse
 
-    day = datetime.now(timezone.utc).date()
-    w = Warehouse(client=bigquery_client(stack.project), storage=storage_client(stack.project), project=stack.project,
-                  dataset=config.warehouse_dataset, ops_dataset=config.ops_dataset)
+    day = datetime.now(UTC).date()
+    w = Warehouse(
+        client=bigquery_client(stack.project),
+        storage=storage_client(stack.project),
+        project=stack.project,
+        dataset=config.warehouse_dataset,
+        ops_dataset=config.ops_dataset,
+    )
     early = SyncRun(w, storage_client(stack.project).bucket(config.landing_bucket))
     firestore = build_sink("firestore", config.sinks["firestore"], Endpoints.from_env())
     try:
@@ -52,48 +67,98 @@ def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(stack, a
     assert warehouse_dag().test().state == DagRunState.SUCCESS
     for name in config.sinks:
         assert sync_dag(name).test().state == DagRunState.SUCCESS, name
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     bq = bigquery_client(stack.project)
-    ops, wh = f"`{stack.project}.{config.ops_dataset}`", f"`{stack.project}.{config.warehouse_dataset}`"
+    ops, wh = (
+        f"`{stack.project}.{config.ops_dataset}`",
+        f"`{stack.project}.{config.warehouse_dataset}`",
+    )
 
     def reconcile():
         run = dagbag.dags["reconciliation"].test(run_conf={"day": today, "regions": [REGION]})
-        rows = {r["comparison"]: dict(r) for r in bq.query(f"SELECT * FROM {ops}.reconciliation WHERE region = '{REGION}' AND day = '{today}'").result()}
+        rows = {
+            r["comparison"]: dict(r)
+            for r in bq.query(
+                f"SELECT * FROM {ops}.reconciliation WHERE region = '{REGION}' AND day = '{today}'"
+            ).result()
+        }
         return run, rows
 
     run, rows = reconcile()
-    assert run.state == DagRunState.SUCCESS, {k: (v["expected"], v["actual"], v["detail"]) for k, v in rows.items() if not v["ok"]}
-    assert set(rows) >= {"kafka → ledger", "ledger balance", "ledger → events", "ledger → quarantine", "events → partners",
-                         *(f"partners → {s}" for s in config.sinks)}
+    assert run.state == DagRunState.SUCCESS, {
+        k: (v["expected"], v["actual"], v["detail"]) for k, v in rows.items() if not v["ok"]
+    }
+    assert set(rows) >= {
+        "kafka → ledger",
+        "ledger balance",
+        "ledger → events",
+        "ledger → quarantine",
+        "events → partners",
+        *(f"partners → {s}" for s in config.sinks),
+    }
     assert rows["kafka → ledger"]["expected"] > 0 and rows["partners → firestore"]["expected"] > 0
     assert all(r["ok"] for r in rows.values())
 
     # A document lost behind the pipeline's back.
-    victim = next(iter(bq.query(f"SELECT partner_id FROM {wh}.partners WHERE status = 'active' ORDER BY partner_id LIMIT 1").result()))["partner_id"]
+    victim = next(
+        iter(
+            bq.query(
+                f"SELECT partner_id FROM {wh}.partners WHERE status = 'active' ORDER BY partner_id LIMIT 1"
+            ).result()
+        )
+    )["partner_id"]
     documents = firestore_client(stack.project).collection(config.sinks["firestore"]["collection"])
     assert documents.document(victim).get().exists
     documents.document(victim).delete()
 
     run, rows = reconcile()
     assert run.state == DagRunState.FAILED
-    assert not rows["partners → firestore"]["ok"] and rows["partners → firestore"]["partner_ids"] == victim
+    assert (
+        not rows["partners → firestore"]["ok"]
+        and rows["partners → firestore"]["partner_ids"] == victim
+    )
     assert rows["partners → firestore"]["actual"] == rows["partners → firestore"]["expected"] - 1
-    assert all(r["ok"] for name, r in rows.items() if name != "partners → firestore"), "only Firestore differs"
+    assert all(r["ok"] for name, r in rows.items() if name != "partners → firestore"), (
+        "only Firestore differs"
+    )
 
     replay = dagbag.dags["replay"]
-    conf = {"region": REGION, "date_from": today, "date_to": today, "stages": ["sync"], "sinks": ["firestore"]}
+    conf = {
+        "region": REGION,
+        "date_from": today,
+        "date_to": today,
+        "stages": ["sync"],
+        "sinks": ["firestore"],
+    }
     assert replay.test(run_conf=conf).state == DagRunState.SUCCESS
     restored = documents.document(victim).get()
-    assert restored.exists and restored.get("partner_id") == victim and restored.get("status") == "active"
+    assert (
+        restored.exists
+        and restored.get("partner_id") == victim
+        and restored.get("status") == "active"
+    )
 
     run, rows = reconcile()
     assert run.state == DagRunState.SUCCESS and all(r["ok"] for r in rows.values())
 
     # Everything again: the warehouse MERGEs and the sink writes change nothing.
-    ledger_before = sorted(tuple(r.values()) for r in bq.query(f"SELECT * FROM {ops}.ledger").result())
+    ledger_before = sorted(
+        tuple(r.values()) for r in bq.query(f"SELECT * FROM {ops}.ledger").result()
+    )
     events_before = next(iter(bq.query(f"SELECT COUNT(*) AS n FROM {wh}.events").result()))["n"]
     updated_before = restored.update_time
-    assert replay.test(run_conf=conf | {"stages": ["warehouse", "sync"], "sinks": list(config.sinks)}).state == DagRunState.SUCCESS
-    assert sorted(tuple(r.values()) for r in bq.query(f"SELECT * FROM {ops}.ledger").result()) == ledger_before
-    assert next(iter(bq.query(f"SELECT COUNT(*) AS n FROM {wh}.events").result()))["n"] == events_before
+    assert (
+        replay.test(
+            run_conf=conf | {"stages": ["warehouse", "sync"], "sinks": list(config.sinks)}
+        ).state
+        == DagRunState.SUCCESS
+    )
+    assert (
+        sorted(tuple(r.values()) for r in bq.query(f"SELECT * FROM {ops}.ledger").result())
+        == ledger_before
+    )
+    assert (
+        next(iter(bq.query(f"SELECT COUNT(*) AS n FROM {wh}.events").result()))["n"]
+        == events_before
+    )
     assert documents.document(victim).get().update_time == updated_before

@@ -43,9 +43,17 @@ def austria_joins_emea(monkeypatch):
     from enrollment import validation
 
     with monkeypatch.context() as m:
-        m.setitem(markets.MARKETS, NEW_COUNTRY, markets.Market("EUR", r"^\d{4}$", languages=("de-AT",)))
-        m.setitem(markets.REGION_COUNTRIES, "EMEA", (*markets.REGION_COUNTRIES["EMEA"], NEW_COUNTRY))
-        m.setattr(validation, "_MARKET_PAIRS", pa.array(sorted(f"{r}|{c}" for r, cs in markets.REGION_COUNTRIES.items() for c in cs)))
+        m.setitem(
+            markets.MARKETS, NEW_COUNTRY, markets.Market("EUR", r"^\d{4}$", languages=("de-AT",))
+        )
+        m.setitem(
+            markets.REGION_COUNTRIES, "EMEA", (*markets.REGION_COUNTRIES["EMEA"], NEW_COUNTRY)
+        )
+        m.setattr(
+            validation,
+            "_MARKET_PAIRS",
+            pa.array(sorted(f"{r}|{c}" for r, cs in markets.REGION_COUNTRIES.items() for c in cs)),
+        )
         yield
 
 
@@ -68,9 +76,17 @@ def austrian_enrollments(n: int) -> list[dict]:
 @pytest.fixture
 def pipeline(stack, isolated_pipeline):
     config = isolated_pipeline
-    w = Warehouse(client=bigquery_client(stack.project), storage=storage_client(stack.project), project=stack.project,
-                  dataset=config.warehouse_dataset, ops_dataset=config.ops_dataset, settings=config.warehouse)
-    sinks = {name: build_sink(name, config.sinks[name], Endpoints.from_env()) for name in config.sinks}
+    w = Warehouse(
+        client=bigquery_client(stack.project),
+        storage=storage_client(stack.project),
+        project=stack.project,
+        dataset=config.warehouse_dataset,
+        ops_dataset=config.ops_dataset,
+        settings=config.warehouse,
+    )
+    sinks = {
+        name: build_sink(name, config.sinks[name], Endpoints.from_env()) for name in config.sinks
+    }
     yield config, w, w.storage.bucket(config.landing_bucket), sinks
     for sink in sinks.values():
         sink.close()
@@ -88,26 +104,46 @@ def warehouse_and_sync(config, w, bucket, sinks) -> dict:
 
 def snapshot(w) -> dict:
     """What a recovery may change, read back."""
+
     def rows(sql):
         return [tuple(r.values()) for r in w.run(sql)]
 
-    recovered = rows(f"SELECT region, kafka_partition, kafka_offset, origin_batch_id, recovery_batch_id, event_id, reasons, recovered_at, dag_run "
-                     f"FROM {w.table('recovered', ops=True)} ORDER BY 1, 2, 3") if _exists(w, "recovered", ops=True) else []
-    return {"events": rows(f"SELECT event_id, batch_id FROM {w.table('events')} ORDER BY 1, 2"),
-            "partners": rows(f"SELECT partner_id, partner_version FROM {w.table('partners')} ORDER BY 1"),
-            "quarantine": rows(f"SELECT batch_id, kafka_partition, kafka_offset FROM {w.table('quarantine')} ORDER BY 1, 2, 3"),
-            "ledger": rows(f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, skipped, recovered, recorded_at
-                              FROM {w.table('ledger', ops=True)} ORDER BY 1, 2"""),
-            "recovered": recovered}
+    recovered = (
+        rows(
+            f"SELECT region, kafka_partition, kafka_offset, origin_batch_id, recovery_batch_id, event_id, reasons, recovered_at, dag_run "
+            f"FROM {w.table('recovered', ops=True)} ORDER BY 1, 2, 3"
+        )
+        if _exists(w, "recovered", ops=True)
+        else []
+    )
+    return {
+        "events": rows(f"SELECT event_id, batch_id FROM {w.table('events')} ORDER BY 1, 2"),
+        "partners": rows(
+            f"SELECT partner_id, partner_version FROM {w.table('partners')} ORDER BY 1"
+        ),
+        "quarantine": rows(
+            f"SELECT batch_id, kafka_partition, kafka_offset FROM {w.table('quarantine')} ORDER BY 1, 2, 3"
+        ),
+        "ledger": rows(f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, skipped, recovered, recorded_at
+                              FROM {w.table("ledger", ops=True)} ORDER BY 1, 2"""),
+        "recovered": recovered,
+    }
 
 
 def _exists(w, name: str, ops: bool = False) -> bool:
-    return name in {t.table_id for t in w.client.list_tables(f"{w.project}.{w.ops_dataset if ops else w.dataset}")}
+    return name in {
+        t.table_id
+        for t in w.client.list_tables(f"{w.project}.{w.ops_dataset if ops else w.dataset}")
+    }
 
 
 def recovery_objects(bucket) -> list[str]:
     """Every recovery batch's objects in the (shared) landing bucket."""
-    return sorted(b.name for r in ("AMER", "EMEA", "APAC", "LATAM") for b in bucket.list_blobs(prefix=f"landing/{r}/recovery-"))
+    return sorted(
+        b.name
+        for r in ("AMER", "EMEA", "APAC", "LATAM")
+        for b in bucket.list_blobs(prefix=f"landing/{r}/recovery-")
+    )
 
 
 def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, monkeypatch):
@@ -117,7 +153,9 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
 
     # Simulated traffic with ordinary faults in every region, and five Austrian enrollments that
     # today's contract quarantines as country_not_in_region.
-    messages = Simulator(seed=4242, faults=FaultRates.mix(0.06), initial_partners=40, config=config).take(800)
+    messages = Simulator(
+        seed=4242, faults=FaultRates.mix(0.06), initial_partners=40, config=config
+    ).take(800)
     produce(bootstrap, messages)
     austrians = austrian_enrollments(5)
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
@@ -125,85 +163,162 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
         producer.produce(emea.topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
     assert producer.flush(30) == 0
     for region in config.regions:
-        manifest = claim(bootstrap, config.consumer_group, region.code, region.topic, region.partitions, bucket, max_batch=1_000_000)
+        manifest = claim(
+            bootstrap,
+            config.consumer_group,
+            region.code,
+            region.topic,
+            region.partitions,
+            bucket,
+            max_batch=1_000_000,
+        )
         land(bootstrap, manifest, bucket, keyring)
     # The producer resends one of them in a later batch: quarantined again, one event all the same.
-    producer.produce(emea.topic, key=austrians[0]["partner_id"].encode(), value=json.dumps(austrians[0]).encode())
+    producer.produce(
+        emea.topic, key=austrians[0]["partner_id"].encode(), value=json.dumps(austrians[0]).encode()
+    )
     assert producer.flush(30) == 0
-    land(bootstrap, claim(bootstrap, config.consumer_group, "EMEA", emea.topic, emea.partitions, bucket, max_batch=1_000_000), bucket, keyring)
+    land(
+        bootstrap,
+        claim(
+            bootstrap,
+            config.consumer_group,
+            "EMEA",
+            emea.topic,
+            emea.partitions,
+            bucket,
+            max_batch=1_000_000,
+        ),
+        bucket,
+        keyring,
+    )
     warehouse_and_sync(config, w, bucket, sinks)
 
     at_ids = {e["event_id"] for e in austrians}
     at_partners = {e["partner_id"] for e in austrians}
-    quarantined = {r["event_id"]: r["reasons"] for r in w.run(f"SELECT event_id, reasons FROM {w.table('quarantine')} WHERE region = 'EMEA'")}
-    assert {quarantined.get(i) for i in at_ids} == {REASON}, "today's contract quarantines them for that one reason"
+    quarantined = {
+        r["event_id"]: r["reasons"]
+        for r in w.run(
+            f"SELECT event_id, reasons FROM {w.table('quarantine')} WHERE region = 'EMEA'"
+        )
+    }
+    assert {quarantined.get(i) for i in at_ids} == {REASON}, (
+        "today's contract quarantines them for that one reason"
+    )
     # Other messages quarantined for the same reason (a country of another region): they stay invalid.
-    others = Counter(m.expected["region"] for m in messages
-                     if m.expected["outcome"] == "quarantined" and REASON in m.expected["reasons"] and m.expected["reasons"] != ["duplicate_event_id"])
+    others = Counter(
+        m.expected["region"]
+        for m in messages
+        if m.expected["outcome"] == "quarantined"
+        and REASON in m.expected["reasons"]
+        and m.expected["reasons"] != ["duplicate_event_id"]
+    )
     assert others, "the fault mix holds countries outside their region"
     before = snapshot(w)
     objects_before = recovery_objects(bucket)
     assert not before["recovered"]
 
-    request = recovery.Request.parse({"region": "ALL", "reasons": [REASON], "dry_run": True}, [r.code for r in config.regions])
+    request = recovery.Request.parse(
+        {"region": "ALL", "reasons": [REASON], "dry_run": True}, [r.code for r in config.regions]
+    )
     with austria_joins_emea(monkeypatch):
         # The dry run: exactly the Austrian class, by region and reason; nothing written.
         planned = recovery.plan(w, bucket, keyring, bootstrap, config, request).counts()
         assert planned["regions"]["EMEA"]["by_reason"][REASON]["recoverable"] == 5
-        assert planned["regions"]["EMEA"]["total"]["already_in_events"] == 1, "the resent copy: its event comes back once"
+        assert planned["regions"]["EMEA"]["total"]["already_in_events"] == 1, (
+            "the resent copy: its event comes back once"
+        )
         assert planned["total"]["recoverable"] == 5
         assert {code: r["total"]["still_invalid"] for code, r in planned["regions"].items()} == {
-            r.code: others.get(r.code, 0) for r in config.regions}
+            r.code: others.get(r.code, 0) for r in config.regions
+        }
         for counts in [planned["total"], *(r["total"] for r in planned["regions"].values())]:
             assert counts["candidates"] == sum(counts[o] for o in recovery.OUTCOMES), counts
-        assert set(planned["regions"]["EMEA"]["by_reason"]) <= {r for r in quarantined.values()}, "keys are reason codes, never ids"
+        assert set(planned["regions"]["EMEA"]["by_reason"]) <= {r for r in quarantined.values()}, (
+            "keys are reason codes, never ids"
+        )
         assert not any(p in json.dumps(planned) for p in at_partners)
-        assert snapshot(w) == before and recovery_objects(bucket) == objects_before, "a dry run changes nothing"
+        assert snapshot(w) == before and recovery_objects(bucket) == objects_before, (
+            "a dry run changes nothing"
+        )
         assert not pending_batches(bucket, config.consumer_group)
 
         # The recovery: one batch for EMEA, queued for the warehouse writer, carried to every sink.
-        done = recovery.recover(w, bucket, keyring, bootstrap, config, request, dag_run="test-run-1")
-    assert done["total"]["recovered"] == 5 and done["total"]["still_invalid"] == planned["total"]["still_invalid"]
+        done = recovery.recover(
+            w, bucket, keyring, bootstrap, config, request, dag_run="test-run-1"
+        )
+    assert (
+        done["total"]["recovered"] == 5
+        and done["total"]["still_invalid"] == planned["total"]["still_invalid"]
+    )
     assert list(done["batches"]) == ["EMEA"] and done["batches"]["EMEA"]["events"] == 5
     batch_id = done["batches"]["EMEA"]["batch_id"]
     assert batch_id.startswith("recovery-emea-")
     assert [b.batch_id for b in pending_batches(bucket, config.consumer_group)] == [batch_id]
-    assert sorted(set(recovery_objects(bucket)) - set(objects_before)) == [f"landing/EMEA/{batch_id}/{n}.parquet" for n in ("partners", "quarantine", "raw", "valid")]
+    assert sorted(set(recovery_objects(bucket)) - set(objects_before)) == [
+        f"landing/EMEA/{batch_id}/{n}.parquet" for n in ("partners", "quarantine", "raw", "valid")
+    ]
     cycled = warehouse_and_sync(config, w, bucket, sinks)
     assert [b["batch_id"] for b in cycled["batches"]] == [batch_id]
-    assert cycle_freshness_gate(cycled["batches"], sla_s=0.001) == {}, "a recovery batch is never late"
+    assert cycle_freshness_gate(cycled["batches"], sla_s=0.001) == {}, (
+        "a recovery batch is never late"
+    )
 
     after = snapshot(w)
     new_events = {e for e, b in after["events"]} - {e for e, b in before["events"]}
     assert new_events == at_ids and {b for e, b in after["events"] if e in at_ids} == {batch_id}
     assert {p for p, v in after["partners"]} - {p for p, v in before["partners"]} == at_partners
-    assert after["quarantine"] == before["quarantine"], "the quarantine keeps its history; still invalid ones stay"
-    assert {(r[5], r[4], r[6], r[8]) for r in after["recovered"]} == {(i, batch_id, REASON, "test-run-1") for i in at_ids}
-    docs = {d.id: d.get("partner_version") for d in firestore_client(stack.project).collection(config.sinks["firestore"]["collection"]).stream()}
+    assert after["quarantine"] == before["quarantine"], (
+        "the quarantine keeps its history; still invalid ones stay"
+    )
+    assert {(r[5], r[4], r[6], r[8]) for r in after["recovered"]} == {
+        (i, batch_id, REASON, "test-run-1") for i in at_ids
+    }
+    docs = {
+        d.id: d.get("partner_version")
+        for d in firestore_client(stack.project)
+        .collection(config.sinks["firestore"]["collection"])
+        .stream()
+    }
     assert {p: docs.get(p) for p in at_partners} == {p: 1 for p in at_partners}
     solr = SolrSink(stack.url("SOLR_PORT", "/solr"), config.solr_core).get(sorted(at_partners))
     assert {p: d["partner_version"] for p, d in solr.items()} == {p: 1 for p in at_partners}
-    mc = httpx.get(f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud']['data_extension']}/rows",
-                   headers=stack.stub_headers()).json()
+    mc = httpx.get(
+        f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud']['data_extension']}/rows",
+        headers=stack.stub_headers(),
+    ).json()
     assert {r["PartnerId"] for r in mc["items"]} >= at_partners
 
     # The ledger: every row balances; the origin batches' recovered rows sum to what was recovered.
-    ledger = [dict(r) for r in w.run(f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped,
-        COALESCE(recovered, 0) AS recovered, ok FROM {w.table('ledger', ops=True)}""")]
+    ledger = [
+        dict(r)
+        for r in w.run(f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped,
+        COALESCE(recovered, 0) AS recovered, ok FROM {w.table("ledger", ops=True)}""")
+    ]
     assert all(balances(r) and r["ok"] for r in ledger), [r for r in ledger if not balances(r)]
     rows_recovered = [r for r in ledger if r["stage"] == "recovered"]
-    assert sum(r["recovered"] for r in rows_recovered) == 5 and {r["batch_id"] for r in rows_recovered} == {r[3] for r in after["recovered"]}
+    assert sum(r["recovered"] for r in rows_recovered) == 5 and {
+        r["batch_id"] for r in rows_recovered
+    } == {r[3] for r in after["recovered"]}
     land_rows = {r["batch_id"]: r for r in ledger if r["stage"] == "land"}
     for r in rows_recovered:
         assert r["quarantined"] == land_rows[r["batch_id"]]["quarantined"] - r["recovered"]
-    assert {(r["stage"], r["offsets_in"], r["valid"]) for r in ledger if r["batch_id"] == batch_id} >= {("land", 5, 5), ("warehouse", 5, 5)}
+    assert {
+        (r["stage"], r["offsets_in"], r["valid"]) for r in ledger if r["batch_id"] == batch_id
+    } >= {("land", 5, 5), ("warehouse", 5, 5)}
     for b in {r["batch_id"] for r in ledger}:
         w.balance(b)
 
     # Again: nothing changes, everything counted as already recovered.
     with austria_joins_emea(monkeypatch):
-        again = recovery.recover(w, bucket, keyring, bootstrap, config, request, dag_run="test-run-2")
-    assert again["total"]["recovered"] == 0 and again["total"]["already_recovered"] == 5 and again["batches"] == {}
+        again = recovery.recover(
+            w, bucket, keyring, bootstrap, config, request, dag_run="test-run-2"
+        )
+    assert (
+        again["total"]["recovered"] == 0
+        and again["total"]["already_recovered"] == 5
+        and again["batches"] == {}
+    )
     assert again["regions"]["EMEA"]["total"]["already_in_events"] == 1
     assert not pending_batches(bucket, config.consumer_group)
     assert snapshot(w) == after
@@ -224,32 +339,82 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
     three_days_ago = int((time.time() - 3 * 86400) * 1000)
     for e in austrians:
-        producer.produce(emea.topic, key=e["partner_id"].encode(), value=json.dumps(e).encode(), timestamp=three_days_ago)
+        producer.produce(
+            emea.topic,
+            key=e["partner_id"].encode(),
+            value=json.dumps(e).encode(),
+            timestamp=three_days_ago,
+        )
     assert producer.flush(30) == 0
-    land(bootstrap, claim(bootstrap, config.consumer_group, "EMEA", emea.topic, emea.partitions, bucket, max_batch=1_000), bucket, keyring)
+    land(
+        bootstrap,
+        claim(
+            bootstrap,
+            config.consumer_group,
+            "EMEA",
+            emea.topic,
+            emea.partitions,
+            bucket,
+            max_batch=1_000,
+        ),
+        bucket,
+        keyring,
+    )
     warehouse_and_sync(config, w, bucket, sinks)
-    request = recovery.Request.parse({"region": "EMEA", "reasons": [REASON], "dry_run": False}, [r.code for r in config.regions])
+    request = recovery.Request.parse(
+        {"region": "EMEA", "reasons": [REASON], "dry_run": False}, [r.code for r in config.regions]
+    )
 
     with austria_joins_emea(monkeypatch):
         crashed = recovery.plan(w, bucket, keyring, bootstrap, config, request)
-        first = recovery.land_recovery(w, bucket, keyring, config, crashed.regions["EMEA"])  # then the worker died
+        first = recovery.land_recovery(
+            w, bucket, keyring, config, crashed.regions["EMEA"]
+        )  # then the worker died
         pending_record = pending_batches(bucket, config.consumer_group)[0]
-        cycled = warehouse_and_sync(config, w, bucket, sinks)  # the warehouse DAG took the batch meanwhile
-        assert [b["batch_id"] for b in cycled["batches"]] == [first["batch_id"]] and cycled["batches"][0]["oldest_event_age_s"] > 2 * 86400
-        assert cycle_freshness_gate(cycled["batches"], config.freshness_sla_s) == {}, "old by design, never late"
+        cycled = warehouse_and_sync(
+            config, w, bucket, sinks
+        )  # the warehouse DAG took the batch meanwhile
+        assert [b["batch_id"] for b in cycled["batches"]] == [first["batch_id"]] and cycled[
+            "batches"
+        ][0]["oldest_event_age_s"] > 2 * 86400
+        assert cycle_freshness_gate(cycled["batches"], config.freshness_sla_s) == {}, (
+            "old by design, never late"
+        )
         # A cycle that died after its ledger rows, before clearing the record, takes the batch again: written already.
         mark_pending(bucket, pending_record)
-        assert run_cycle(w, pending_batches(bucket, config.consumer_group), config.warehouse).already == [first["batch_id"]]
-        objects = {b.name: b.generation for b in bucket.list_blobs(prefix=f"landing/EMEA/{first['batch_id']}/")}
+        assert run_cycle(
+            w, pending_batches(bucket, config.consumer_group), config.warehouse
+        ).already == [first["batch_id"]]
+        objects = {
+            b.name: b.generation
+            for b in bucket.list_blobs(prefix=f"landing/EMEA/{first['batch_id']}/")
+        }
         done = recovery.recover(w, bucket, keyring, bootstrap, config, request, dag_run="rerun")
-    assert done["batches"]["EMEA"] == {"batch_id": first["batch_id"], "events": 3, "queued": False}, "same set, same batch, not queued again"
-    assert {b.name: b.generation for b in bucket.list_blobs(prefix=f"landing/EMEA/{first['batch_id']}/")} == objects, "write-once"
+    assert done["batches"]["EMEA"] == {
+        "batch_id": first["batch_id"],
+        "events": 3,
+        "queued": False,
+    }, "same set, same batch, not queued again"
+    assert {
+        b.name: b.generation for b in bucket.list_blobs(prefix=f"landing/EMEA/{first['batch_id']}/")
+    } == objects, "write-once"
     assert not pending_batches(bucket, config.consumer_group)
     events = w.run(f"SELECT event_id, COUNT(*) AS n FROM {w.table('events')} GROUP BY event_id")
     assert {r["event_id"]: r["n"] for r in events} == {e["event_id"]: 1 for e in austrians}
     assert w.run(f"SELECT COUNT(*) AS n FROM {w.table('recovered', ops=True)}")[0]["n"] == 3
-    assert [dict(r) for r in w.run(f"SELECT stage, recovered, quarantined FROM {w.table('ledger', ops=True)} WHERE stage = 'recovered'")] == [
-        {"stage": "recovered", "recovered": 3, "quarantined": 0}]
-    stages = Counter((r["batch_id"], r["stage"]) for r in w.run(f"SELECT batch_id, stage FROM {w.table('ledger', ops=True)}"))
+    assert [
+        dict(r)
+        for r in w.run(
+            f"SELECT stage, recovered, quarantined FROM {w.table('ledger', ops=True)} WHERE stage = 'recovered'"
+        )
+    ] == [{"stage": "recovered", "recovered": 3, "quarantined": 0}]
+    stages = Counter(
+        (r["batch_id"], r["stage"])
+        for r in w.run(f"SELECT batch_id, stage FROM {w.table('ledger', ops=True)}")
+    )
     assert set(stages.values()) == {1}, "one ledger row per batch and stage"
-    assert {s for b, s in stages if b == first["batch_id"]} == {"land", "warehouse", *(f"sync_{n}" for n in config.sinks)}
+    assert {s for b, s in stages if b == first["batch_id"]} == {
+        "land",
+        "warehouse",
+        *(f"sync_{n}" for n in config.sinks),
+    }

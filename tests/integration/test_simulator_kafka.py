@@ -14,9 +14,25 @@ from enrollment.validation import validate_batch
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
 
-def test_produced_events_land_where_the_expected_file_says_and_validate_as_expected(stack, pipeline_config, tmp_path):
+def test_produced_events_land_where_the_expected_file_says_and_validate_as_expected(
+    stack, pipeline_config, tmp_path
+):
     expected_file = tmp_path / "expected.jsonl"
-    simulator(["produce", "--events", "3000", "--rate", "max", "--faults", "5%", "--seed", "99", "--expected", str(expected_file)])
+    simulator(
+        [
+            "produce",
+            "--events",
+            "3000",
+            "--rate",
+            "max",
+            "--faults",
+            "5%",
+            "--seed",
+            "99",
+            "--expected",
+            str(expected_file),
+        ]
+    )
     expected = [json.loads(line) for line in expected_file.read_text().splitlines()]
     # 3000 generated, plus the events held back for out-of-order delivery, sent last.
     n = len(expected)
@@ -26,7 +42,13 @@ def test_produced_events_land_where_the_expected_file_says_and_validate_as_expec
     wanted = defaultdict(dict)  # (topic, partition) -> offset -> expected record
     for e in expected:
         wanted[(topic_of[e["region"]], e["partition"])][e["offset"]] = e
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "test-simulator-readback", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.kafka_bootstrap,
+            "group.id": "test-simulator-readback",
+            "enable.auto.commit": False,
+        }
+    )
     values, records, partitions_of_partner = [], [], defaultdict(set)
     try:
         for (topic, partition), by_offset in wanted.items():
@@ -45,12 +67,22 @@ def test_produced_events_land_where_the_expected_file_says_and_validate_as_expec
     finally:
         consumer.close()
     assert len(values) == n, "every produced message was read back at its offset"
-    assert all(len(p) == 1 for p in partitions_of_partner.values()), "a partner's events share one partition"
+    assert all(len(p) == 1 for p in partitions_of_partner.values()), (
+        "a partner's events share one partition"
+    )
 
     # In offset order, each partner's versions only grow, except events held back on purpose.
     last_version = {}
     for record in sorted(records, key=lambda r: (r["partition"], r["region"], r["offset"])):
-        if record["fault"] in (None, "missing", "bad_format", "rule_violation", "oversized", "unknown_version", "poison"):
+        if record["fault"] in (
+            None,
+            "missing",
+            "bad_format",
+            "rule_violation",
+            "oversized",
+            "unknown_version",
+            "poison",
+        ):
             assert record["partner_version"] > last_version.get(record["key"], 0)
             last_version[record["key"]] = record["partner_version"]
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from enrollment.batches import GateError, claim, land, pending_batches, pending_object
-from enrollment.pii import Keyring
 from enrollment.config import WarehouseSettings
 from enrollment.cycle import Window, raise_failed, run_cycle
+from enrollment.pii import Keyring
 from enrollment.services import storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
 from tests.integration.conftest import produce
@@ -42,7 +42,9 @@ def two_regions(stack):
     run = uuid.uuid4().hex[:8]
     topics = {"AMER": f"test.cycle.{run}.amer", "EMEA": f"test.cycle.{run}.emea"}
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1) for t in topics.values()]).values():
+    for future in admin.create_topics(
+        [NewTopic(t, num_partitions=2, replication_factor=1) for t in topics.values()]
+    ).values():
         future.result(30)
     yield topics, f"test-cycle-{run}"
     admin.delete_topics(list(topics.values()))
@@ -50,7 +52,12 @@ def two_regions(stack):
 
 def land_region(stack, bucket, group: str, region: str, topic: str, messages) -> object:
     produce(stack.kafka_bootstrap, messages, topic)
-    return land(stack.kafka_bootstrap, claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=10_000_000), bucket, Keyring.from_env())
+    return land(
+        stack.kafka_bootstrap,
+        claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=10_000_000),
+        bucket,
+        Keyring.from_env(),
+    )
 
 
 def valid_ids(messages) -> set[str]:
@@ -58,20 +65,34 @@ def valid_ids(messages) -> set[str]:
 
 
 def assert_written_once(warehouse, batches, expected_ids: set[str]) -> None:
-    events = warehouse.run(f"SELECT event_id, COUNT(*) AS n FROM {warehouse.table('events')} GROUP BY event_id")
+    events = warehouse.run(
+        f"SELECT event_id, COUNT(*) AS n FROM {warehouse.table('events')} GROUP BY event_id"
+    )
     assert {r["event_id"] for r in events} == expected_ids
     assert all(r["n"] == 1 for r in events), "every event stored once"
-    quarantined = warehouse.run(f"SELECT COUNT(*) AS n FROM {warehouse.table('quarantine')}")[0]["n"]
+    quarantined = warehouse.run(f"SELECT COUNT(*) AS n FROM {warehouse.table('quarantine')}")[0][
+        "n"
+    ]
     assert quarantined == sum(b.quarantined + b.duplicates for b in batches)
-    ledger = warehouse.run(f"SELECT batch_id, stage, COUNT(*) AS n FROM {warehouse.table('ledger', ops=True)} GROUP BY batch_id, stage")
-    assert sorted((r["batch_id"], r["stage"], r["n"]) for r in ledger) == sorted((b.batch_id, s, 1) for b in batches for s in ("land", "warehouse"))
+    ledger = warehouse.run(
+        f"SELECT batch_id, stage, COUNT(*) AS n FROM {warehouse.table('ledger', ops=True)} GROUP BY batch_id, stage"
+    )
+    assert sorted((r["batch_id"], r["stage"], r["n"]) for r in ledger) == sorted(
+        (b.batch_id, s, 1) for b in batches for s in ("land", "warehouse")
+    )
     for b in batches:
         warehouse.balance(b.batch_id)
-    leftovers = [t.table_id for t in warehouse.client.list_tables(warehouse.dataset) if t.table_id.startswith("_cycle")]
+    leftovers = [
+        t.table_id
+        for t in warehouse.client.list_tables(warehouse.dataset)
+        if t.table_id.startswith("_cycle")
+    ]
     assert leftovers == [], "staging tables are dropped, by the retry for a killed cycle"
 
 
-def test_a_cycle_killed_at_several_points_and_run_again_writes_everything_once(stack, pipeline_config, warehouse, two_regions):
+def test_a_cycle_killed_at_several_points_and_run_again_writes_everything_once(
+    stack, pipeline_config, warehouse, two_regions
+):
     topics, group = two_regions
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     first = Simulator(seed=7001, faults=FaultRates.mix(0.03), initial_partners=60).take(8000)
@@ -79,13 +100,23 @@ def test_a_cycle_killed_at_several_points_and_run_again_writes_everything_once(s
     # The producer resends 400 messages of AMER's first batch with its next one.
     resent = first[:400]
     third = Simulator(seed=7003, faults=FaultRates.mix(0.03), initial_partners=60).take(3000)
-    batches = [land_region(stack, bucket, group, "AMER", topics["AMER"], first),
-               land_region(stack, bucket, group, "EMEA", topics["EMEA"], second),
-               land_region(stack, bucket, group, "AMER", topics["AMER"], resent + third)]
-    assert [b.batch_id for b in pending_batches(bucket, group)] == [b.batch_id for b in batches], "oldest claim first"
-    assert [b.batch_id for b in pending_batches(bucket, group, max_rows=9000)] == [batches[0].batch_id], "the row budget cuts the cycle"
+    batches = [
+        land_region(stack, bucket, group, "AMER", topics["AMER"], first),
+        land_region(stack, bucket, group, "EMEA", topics["EMEA"], second),
+        land_region(stack, bucket, group, "AMER", topics["AMER"], resent + third),
+    ]
+    assert [b.batch_id for b in pending_batches(bucket, group)] == [b.batch_id for b in batches], (
+        "oldest claim first"
+    )
+    assert [b.batch_id for b in pending_batches(bucket, group, max_rows=9000)] == [
+        batches[0].batch_id
+    ], "the row budget cuts the cycle"
 
-    outcomes = kill_during(CYCLE, [stack.project, warehouse.dataset, warehouse.ops_dataset, bucket.name, group], [2.5, 4.0, 5.5, 7.0])
+    outcomes = kill_during(
+        CYCLE,
+        [stack.project, warehouse.dataset, warehouse.ops_dataset, bucket.name, group],
+        [2.5, 4.0, 5.5, 7.0],
+    )
     assert any(o.startswith("killed") for o in outcomes), outcomes
     retry = run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings())
     raise_failed(retry)
@@ -94,7 +125,9 @@ def test_a_cycle_killed_at_several_points_and_run_again_writes_everything_once(s
 
     # The resent messages were valid in their batch and are held once: the ledger says so.
     resent_valid = len(valid_ids(resent))
-    detail = warehouse.run(f"SELECT detail FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = '{batches[2].batch_id}' AND stage = 'warehouse'")
+    detail = warehouse.run(
+        f"SELECT detail FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = '{batches[2].batch_id}' AND stage = 'warehouse'"
+    )
     assert f"resent {resent_valid}" in detail[0]["detail"], (detail, outcomes)
 
     # Everything again (a retried task with the same batches): nothing changes.
@@ -104,57 +137,92 @@ def test_a_cycle_killed_at_several_points_and_run_again_writes_everything_once(s
     assert_written_once(warehouse, batches, valid_ids(first) | valid_ids(second) | valid_ids(third))
 
 
-def test_a_batch_that_fails_its_gate_stays_pending_and_the_next_cycle_takes_it(stack, pipeline_config, warehouse, two_regions):
+def test_a_batch_that_fails_its_gate_stays_pending_and_the_next_cycle_takes_it(
+    stack, pipeline_config, warehouse, two_regions
+):
     topics, group = two_regions
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
-    amer_messages = Simulator(seed=7101, faults=FaultRates.mix(0.05), initial_partners=40).take(2000)
-    emea_messages = Simulator(seed=7102, faults=FaultRates.mix(0.05), initial_partners=40).take(2000)
+    amer_messages = Simulator(seed=7101, faults=FaultRates.mix(0.05), initial_partners=40).take(
+        2000
+    )
+    emea_messages = Simulator(seed=7102, faults=FaultRates.mix(0.05), initial_partners=40).take(
+        2000
+    )
     amer = land_region(stack, bucket, group, "AMER", topics["AMER"], amer_messages)
     emea = land_region(stack, bucket, group, "EMEA", topics["EMEA"], emea_messages)
 
     # EMEA's record claims one valid row more than its objects hold: its gate must fail.
     record = bucket.blob(pending_object(group, "EMEA", emea.batch_id))
     true_record = record.download_as_text()
-    record.upload_from_string(json.dumps(json.loads(true_record) | {"valid": emea.valid + 1, "quarantined": emea.quarantined - 1}))
+    record.upload_from_string(
+        json.dumps(
+            json.loads(true_record) | {"valid": emea.valid + 1, "quarantined": emea.quarantined - 1}
+        )
+    )
 
     result = run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings())
-    assert [b["batch_id"] for b in result.batches] == [amer.batch_id], "the healthy batch is committed"
+    assert [b["batch_id"] for b in result.batches] == [amer.batch_id], (
+        "the healthy batch is committed"
+    )
     assert list(result.failed) == [emea.batch_id] and "events holds" in result.failed[emea.batch_id]
-    assert result.statements == {"events": 1, "partners": 1, "quarantine": 1, "ledger": 1}, "two regions, one write statement per table"
+    assert result.statements == {"events": 1, "partners": 1, "quarantine": 1, "ledger": 1}, (
+        "two regions, one write statement per table"
+    )
     with pytest.raises(GateError, match=f"{emea.batch_id}.*stay pending"):
         raise_failed(result)
-    assert [b.batch_id for b in pending_batches(bucket, group)] == [emea.batch_id], "the failed batch waits for the next cycle"
-    now = datetime.now(timezone.utc)
-    assert warehouse.warehoused([emea.batch_id, amer.batch_id], Window.around(now, now, 1)) == [amer.batch_id], "only AMER's ledger rows"
+    assert [b.batch_id for b in pending_batches(bucket, group)] == [emea.batch_id], (
+        "the failed batch waits for the next cycle"
+    )
+    now = datetime.now(UTC)
+    assert warehouse.warehoused([emea.batch_id, amer.batch_id], Window.around(now, now, 1)) == [
+        amer.batch_id
+    ], "only AMER's ledger rows"
 
-    record.upload_from_string(true_record)  # fixed (here: the record; in life, whatever the gate named)
+    record.upload_from_string(
+        true_record
+    )  # fixed (here: the record; in life, whatever the gate named)
     nxt = run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings())
     raise_failed(nxt)
     assert [b["batch_id"] for b in nxt.batches] == [emea.batch_id]
     assert pending_batches(bucket, group) == []
-    assert_written_once(warehouse, [amer, emea], valid_ids(amer_messages) | valid_ids(emea_messages))
+    assert_written_once(
+        warehouse, [amer, emea], valid_ids(amer_messages) | valid_ids(emea_messages)
+    )
 
 
-def test_the_cycle_as_one_transaction_writes_the_same(stack, pipeline_config, warehouse, two_regions):
+def test_the_cycle_as_one_transaction_writes_the_same(
+    stack, pipeline_config, warehouse, two_regions
+):
     """``warehouse.transaction`` (for BigQuery) wraps the writes in BEGIN/COMMIT TRANSACTION: the
     emulator accepts the script and the rows read back are the same as without it."""
     topics, group = two_regions
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     messages = Simulator(seed=7201, faults=FaultRates.mix(0.05), initial_partners=30).take(800)
     batch = land_region(stack, bucket, group, "APAC", topics["AMER"], messages)
-    result = run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings(transaction=True))
+    result = run_cycle(
+        warehouse, pending_batches(bucket, group), WarehouseSettings(transaction=True)
+    )
     raise_failed(result)
-    assert any(s.startswith("BEGIN TRANSACTION;") and s.rstrip().endswith("COMMIT TRANSACTION;") for s in warehouse.statements)
+    assert any(
+        s.startswith("BEGIN TRANSACTION;") and s.rstrip().endswith("COMMIT TRANSACTION;")
+        for s in warehouse.statements
+    )
     assert_written_once(warehouse, [batch], valid_ids(messages))
 
 
-def test_a_batch_whose_objects_are_gone_is_set_aside_and_the_cycle_goes_on(stack, pipeline_config, warehouse, two_regions):
+def test_a_batch_whose_objects_are_gone_is_set_aside_and_the_cycle_goes_on(
+    stack, pipeline_config, warehouse, two_regions
+):
     from enrollment.cycle import requeue, set_aside_object
 
     topics, group = two_regions
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
-    amer_messages = Simulator(seed=7301, faults=FaultRates.mix(0.05), initial_partners=30).take(1000)
-    emea_messages = Simulator(seed=7302, faults=FaultRates.mix(0.05), initial_partners=30).take(1000)
+    amer_messages = Simulator(seed=7301, faults=FaultRates.mix(0.05), initial_partners=30).take(
+        1000
+    )
+    emea_messages = Simulator(seed=7302, faults=FaultRates.mix(0.05), initial_partners=30).take(
+        1000
+    )
     amer = land_region(stack, bucket, group, "AMER", topics["AMER"], amer_messages)
     emea = land_region(stack, bucket, group, "EMEA", topics["EMEA"], emea_messages)
 
@@ -164,11 +232,18 @@ def test_a_batch_whose_objects_are_gone_is_set_aside_and_the_cycle_goes_on(stack
     lost.delete()
     result = run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings())
     raise_failed(result)  # the others are committed: nothing to raise
-    assert list(result.set_aside) == [emea.batch_id] and "valid.parquet is missing" in result.set_aside[emea.batch_id]
-    assert [b["batch_id"] for b in result.batches] == [amer.batch_id], "the cycle went on with the other region"
+    assert (
+        list(result.set_aside) == [emea.batch_id]
+        and "valid.parquet is missing" in result.set_aside[emea.batch_id]
+    )
+    assert [b["batch_id"] for b in result.batches] == [amer.batch_id], (
+        "the cycle went on with the other region"
+    )
     assert pending_batches(bucket, group) == [], "nothing left pending: no cycle gridlocks on it"
     assert bucket.blob(set_aside_object(group, "EMEA", emea.batch_id)).exists()
-    row = warehouse.run(f"SELECT ok, detail FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = '{emea.batch_id}' AND stage = 'set_aside'")
+    row = warehouse.run(
+        f"SELECT ok, detail FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = '{emea.batch_id}' AND stage = 'set_aside'"
+    )
     assert len(row) == 1 and not row[0]["ok"] and emea.valid_uri in row[0]["detail"]
     with pytest.raises(GateError, match="set_aside"):
         warehouse.balance(emea.batch_id)
@@ -179,6 +254,10 @@ def test_a_batch_whose_objects_are_gone_is_set_aside_and_the_cycle_goes_on(stack
     raise_failed(nxt)
     assert [b["batch_id"] for b in nxt.batches] == [emea.batch_id] and not nxt.set_aside
     assert not bucket.blob(set_aside_object(group, "EMEA", emea.batch_id)).exists()
-    assert warehouse.balance(emea.batch_id)["set_aside"]["ok"], "once warehoused, its set_aside row says it was repaired"
-    events = warehouse.run(f"SELECT COUNT(DISTINCT event_id) AS n, COUNT(*) AS rows FROM {warehouse.table('events')}")[0]
+    assert warehouse.balance(emea.batch_id)["set_aside"]["ok"], (
+        "once warehoused, its set_aside row says it was repaired"
+    )
+    events = warehouse.run(
+        f"SELECT COUNT(DISTINCT event_id) AS n, COUNT(*) AS rows FROM {warehouse.table('events')}"
+    )[0]
     assert events["n"] == events["rows"] == len(valid_ids(amer_messages) | valid_ids(emea_messages))

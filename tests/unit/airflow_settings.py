@@ -51,7 +51,13 @@ def airflow_settings(tmp_path) -> tuple[dict[str, str], set[str]]:
     the same value, and the names of those it must take from a secret. Fails when a setting
     carries a generated secret but is not declared in ``SECRET`` (the list would be stale)."""
     env, cfg, _ = local_stack(tmp_path)
-    settings = {k: v for k, v in env.items() if k.startswith("AIRFLOW__") and k not in MACHINE_SPECIFIC}
-    carrying = {k for k, v in settings.items() if any(secret in v for secret in cfg.credentials.values())}
-    assert carrying == set(SECRET), f"settings carrying a secret changed: {sorted(carrying ^ set(SECRET))}; update SECRET"
+    settings = {
+        k: v for k, v in env.items() if k.startswith("AIRFLOW__") and k not in MACHINE_SPECIFIC
+    }
+    carrying = {
+        k for k, v in settings.items() if any(secret in v for secret in cfg.credentials.values())
+    }
+    assert carrying == set(SECRET), (
+        f"settings carrying a secret changed: {sorted(carrying ^ set(SECRET))}; update SECRET"
+    )
     return {k: v for k, v in settings.items() if k not in carrying}, carrying

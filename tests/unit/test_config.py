@@ -20,9 +20,16 @@ def test_region_lookup_is_case_insensitive_and_unknown_region_names_the_known_on
 
 def test_duplicate_region_codes_are_refused():
     raw = {
-        "project": "p", "consumer_group": "g", "landing_bucket": "b", "datasets": {"warehouse": "w", "ops": "o"},
-        "solr_core": "c", "marketing_cloud": {"data_extension": "d"},
-        "regions": [{"code": "amer", "topic": "a", "partitions": 1}, {"code": "AMER", "topic": "b", "partitions": 1}],
+        "project": "p",
+        "consumer_group": "g",
+        "landing_bucket": "b",
+        "datasets": {"warehouse": "w", "ops": "o"},
+        "solr_core": "c",
+        "marketing_cloud": {"data_extension": "d"},
+        "regions": [
+            {"code": "amer", "topic": "a", "partitions": 1},
+            {"code": "AMER", "topic": "b", "partitions": 1},
+        ],
     }
     with pytest.raises(ValueError, match="unique"):
         parse_config(raw)
@@ -38,7 +45,9 @@ def test_adding_a_region_is_one_config_line(tmp_path):
 
 
 def test_retention_settings_have_defaults_and_refuse_unknown_keys_and_nonsense():
-    assert load_config().retention == RetentionSettings(handover_days=2, claims_days=35, staging_hours=6, at="15 3 * * *")
+    assert load_config().retention == RetentionSettings(
+        handover_days=2, claims_days=35, staging_hours=6, at="15 3 * * *"
+    )
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     with pytest.raises(ValueError, match="unknown settings \\['handover_day'\\]"):
         parse_config(raw | {"retention": {"handover_day": 2}})

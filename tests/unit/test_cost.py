@@ -5,14 +5,18 @@ from enrollment.cost import GIB, estimate, markdown
 
 def test_a_cycle_reads_the_same_whatever_the_history():
     short, long = estimate(history_days=2), estimate(history_days=365)
-    assert short["bytes_per_cycle"] == long["bytes_per_cycle"], "history beyond the window is never read"
+    assert short["bytes_per_cycle"] == long["bytes_per_cycle"], (
+        "history beyond the window is never read"
+    )
     assert long["old_design_usd_per_day"] > 100 * short["old_design_usd_per_day"] / 2
 
 
 def test_the_arithmetic_of_the_events_window():
     e = estimate(events_per_min=400_000, cycles_per_day=1440, dedup_window_days=1)
     insert = e["statements"][0]
-    assert insert.rows_read == 400_000 * 1440 * 1.5, "1 day before + half of the current day on average"
+    assert insert.rows_read == 400_000 * 1440 * 1.5, (
+        "1 day before + half of the current day on average"
+    )
     assert insert.bytes == insert.rows_read * (38 + 8)
     assert e["query_usd_per_day"] < e["old_design_usd_per_day"] / 10
     assert estimate(dedup_window_days=0)["bytes_per_cycle"] < e["bytes_per_cycle"] / 2

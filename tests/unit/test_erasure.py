@@ -20,56 +20,141 @@ VICTIM, OTHER = "DE0000000001", "DE0000000002"
 def test_a_request_is_checked_and_its_errors_never_repeat_an_id():
     request = erasure.Request.parse([VICTIM, VICTIM, OTHER], "gdpr_art17", "DPO-1")
     assert request.partner_ids == (VICTIM, OTHER)
-    assert erasure.Request.parse(f"{VICTIM}, {OTHER}", "other", "T#1").partner_ids == (VICTIM, OTHER)
-    for ids, reason, ticket in (([], "gdpr_art17", "T"), (["not-an-id"], "gdpr_art17", "T"), ([VICTIM], "because", "T"),
-                                ([VICTIM], "gdpr_art17", ""), ([VICTIM], "gdpr_art17", "x" * 65), ([f"DE{i:010d}" for i in range(101)], "other", "T")):
+    assert erasure.Request.parse(f"{VICTIM}, {OTHER}", "other", "T#1").partner_ids == (
+        VICTIM,
+        OTHER,
+    )
+    for ids, reason, ticket in (
+        ([], "gdpr_art17", "T"),
+        (["not-an-id"], "gdpr_art17", "T"),
+        ([VICTIM], "because", "T"),
+        ([VICTIM], "gdpr_art17", ""),
+        ([VICTIM], "gdpr_art17", "x" * 65),
+        ([f"DE{i:010d}" for i in range(101)], "other", "T"),
+    ):
         with pytest.raises(ValueError) as refused:
             erasure.Request.parse(ids, reason, ticket)
         assert "not-an-id" not in str(refused.value) and VICTIM not in str(refused.value)
     # The same request is the same erasure; the id is derived from tokens, never from the ids.
-    assert request.erasure_id(KEYRING) == erasure.Request.parse([OTHER, VICTIM], "other", "DPO-1").erasure_id(KEYRING)
+    assert request.erasure_id(KEYRING) == erasure.Request.parse(
+        [OTHER, VICTIM], "other", "DPO-1"
+    ).erasure_id(KEYRING)
     assert all(VICTIM not in t for t in request.tokens(KEYRING))
 
 
 def _valid(ids: list[str]) -> pa.Table:
-    return pa.table({"event_id": [f"e{i}" for i in range(len(ids))], "partner_id": ids, "email": [f"{p}@example.com" for p in ids],
-                     "first_name": ["Ann"] * len(ids), "country": ["DE"] * len(ids), "total_amount": [1.5] * len(ids)})
+    return pa.table(
+        {
+            "event_id": [f"e{i}" for i in range(len(ids))],
+            "partner_id": ids,
+            "email": [f"{p}@example.com" for p in ids],
+            "first_name": ["Ann"] * len(ids),
+            "country": ["DE"] * len(ids),
+            "total_amount": [1.5] * len(ids),
+        }
+    )
 
 
 def test_landed_tables_are_anonymised_row_for_row():
     valid = _valid([VICTIM, OTHER, VICTIM])
-    raw = pa.table({"event_id": ["e0", "e1", "e2"], "event_json": [json.dumps({"event_id": f"e{i}", "event_type": "partner.updated",
-                                                                               "partner_id": p, "payload": {"email": "x@y.z"}})
-                                                                   for i, p in enumerate([VICTIM, OTHER, VICTIM])]})
-    quarantine = pa.table({"partner_id": [None, OTHER], "raw": [f'{{"partner_id": "{VICTIM}", "email": '.encode(), b"{}"],
-                           "reasons": ["unparsable", "missing:payload.email"]})
+    raw = pa.table(
+        {
+            "event_id": ["e0", "e1", "e2"],
+            "event_json": [
+                json.dumps(
+                    {
+                        "event_id": f"e{i}",
+                        "event_type": "partner.updated",
+                        "partner_id": p,
+                        "payload": {"email": "x@y.z"},
+                    }
+                )
+                for i, p in enumerate([VICTIM, OTHER, VICTIM])
+            ],
+        }
+    )
+    quarantine = pa.table(
+        {
+            "partner_id": [None, OTHER],
+            "raw": [f'{{"partner_id": "{VICTIM}", "email": '.encode(), b"{}"],
+            "reasons": ["unparsable", "missing:payload.email"],
+        }
+    )
     changes = pa.table({"partner_id": [VICTIM, OTHER], "email": ["a", "b"]})
     (v, r, q, c), counts = erasure.anonymise_landed(valid, raw, quarantine, changes, {VICTIM})
-    assert (v.num_rows, r.num_rows, q.num_rows) == (3, 3, 2), "rows stay: the ledger's counts stay true"
+    assert (v.num_rows, r.num_rows, q.num_rows) == (3, 3, 2), (
+        "rows stay: the ledger's counts stay true"
+    )
     assert counts == {"events": 2, "quarantined": 1, "partner_changes": 1}
     assert v.column("partner_id").to_pylist() == [erasure.ERASED, OTHER, erasure.ERASED]
-    assert v.column("email").to_pylist() == [None, f"{OTHER}@example.com", None] and v.column("total_amount").to_pylist() == [1.5] * 3
-    assert [json.loads(t).get("payload") for t in r.column("event_json").to_pylist()] == [None, {"email": "x@y.z"}, None]
-    assert json.loads(r.column("event_json")[0].as_py()) == {"event_id": "e0", "event_type": "partner.updated", "partner_id": "erased", "erased": True}
-    assert q.column("raw").to_pylist() == [None, b"{}"] and q.column("reasons").to_pylist() == ["unparsable", "missing:payload.email"]
+    assert (
+        v.column("email").to_pylist() == [None, f"{OTHER}@example.com", None]
+        and v.column("total_amount").to_pylist() == [1.5] * 3
+    )
+    assert [json.loads(t).get("payload") for t in r.column("event_json").to_pylist()] == [
+        None,
+        {"email": "x@y.z"},
+        None,
+    ]
+    assert json.loads(r.column("event_json")[0].as_py()) == {
+        "event_id": "e0",
+        "event_type": "partner.updated",
+        "partner_id": "erased",
+        "erased": True,
+    }
+    assert q.column("raw").to_pylist() == [None, b"{}"] and q.column("reasons").to_pylist() == [
+        "unparsable",
+        "missing:payload.email",
+    ]
     assert c.column("partner_id").to_pylist() == [OTHER]
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.sampled_from([VICTIM, OTHER]), st.text(max_size=20)), max_size=12),
-       st.lists(st.one_of(st.none(), st.binary(max_size=60), st.builds(lambda b: b + VICTIM.encode(), st.binary(max_size=20))), max_size=12))
+@given(
+    st.lists(
+        st.one_of(st.none(), st.sampled_from([VICTIM, OTHER]), st.text(max_size=20)), max_size=12
+    ),
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.binary(max_size=60),
+            st.builds(lambda b: b + VICTIM.encode(), st.binary(max_size=20)),
+        ),
+        max_size=12,
+    ),
+)
 def test_anonymising_is_total_and_leaves_no_mention(partner_ids, raws):
-    valid = _valid([p or "" for p in partner_ids]).set_column(1, "partner_id", pa.array(partner_ids, pa.string()))
-    raw = pa.table({"event_id": valid.column("event_id"), "event_json": [json.dumps({"partner_id": p, "event_id": "x"}) for p in partner_ids]})
-    quarantine = pa.table({"partner_id": pa.array([None] * len(raws), pa.string()), "raw": pa.array(raws, pa.binary())})
-    (v, r, q, _), _ = erasure.anonymise_landed(valid, raw, quarantine, pa.table({"partner_id": pa.array(partner_ids, pa.string())}), {VICTIM})
+    valid = _valid([p or "" for p in partner_ids]).set_column(
+        1, "partner_id", pa.array(partner_ids, pa.string())
+    )
+    raw = pa.table(
+        {
+            "event_id": valid.column("event_id"),
+            "event_json": [json.dumps({"partner_id": p, "event_id": "x"}) for p in partner_ids],
+        }
+    )
+    quarantine = pa.table(
+        {
+            "partner_id": pa.array([None] * len(raws), pa.string()),
+            "raw": pa.array(raws, pa.binary()),
+        }
+    )
+    (v, r, q, _), _ = erasure.anonymise_landed(
+        valid,
+        raw,
+        quarantine,
+        pa.table({"partner_id": pa.array(partner_ids, pa.string())}),
+        {VICTIM},
+    )
     assert v.num_rows == len(partner_ids) and q.num_rows == len(raws)
     assert VICTIM not in json.dumps(v.to_pylist() + r.to_pylist(), default=str)
     assert not any(VICTIM.encode() in b for b in q.column("raw").to_pylist() if b)
 
 
 def test_erased_partners_are_found_by_token_under_any_key():
-    rotated = Keyring.from_secret("k2", "the-next-key-of-enough-length", {"k1": "a-test-key-of-enough-length"})
+    rotated = Keyring.from_secret(
+        "k2", "the-next-key-of-enough-length", {"k1": "a-test-key-of-enough-length"}
+    )
     tokens = frozenset([KEYRING.token(VICTIM, "partner_id")])
     assert erasure.erased_among([VICTIM, OTHER], rotated, tokens) == {VICTIM}
     assert erasure.erased_among([VICTIM], rotated, frozenset()) == set()

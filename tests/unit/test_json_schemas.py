@@ -14,12 +14,24 @@ def test_committed_schemas_match_the_code():
     committed = {path.name: path.read_text(encoding="utf-8") for path in SCHEMA_DIR.glob("*.json")}
     stale = sorted(name for name in generated if committed.get(name) != generated[name])
     extra = sorted(set(committed) - set(generated))
-    assert not stale and not extra, (f"schemas drifted from the code: {stale}, no longer produced: {extra}; "
-                                     "run `python -m enrollment.contracts.json_schema` and commit the result")
+    assert not stale and not extra, (
+        f"schemas drifted from the code: {stale}, no longer produced: {extra}; "
+        "run `python -m enrollment.contracts.json_schema` and commit the result"
+    )
 
 
 def test_there_is_a_schema_per_contract_and_version():
-    assert sorted(all_schemas()) == sorted(f"{t}.v{v}.json" for t in ("partner.enrolled", "partner.updated", "partner.terminated", "order.placed", "subscription.changed") for v in (1, 2))
+    assert sorted(all_schemas()) == sorted(
+        f"{t}.v{v}.json"
+        for t in (
+            "partner.enrolled",
+            "partner.updated",
+            "partner.terminated",
+            "order.placed",
+            "subscription.changed",
+        )
+        for v in (1, 2)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +47,16 @@ def test_valid_events_conform_and_faulty_ones_mostly_do_not(validators):
     for message in sim.take(3000):
         doc = json.loads(message.value)
         validator = validators.get(f"{doc.get('event_type')}.v{doc.get('schema_version')}.json")
-        verdict = validator is not None and validator.is_valid(doc)  # no schema for a missing type or version
-        (conform if message.expected["outcome"] == "valid" else refuse).append((verdict, message.expected["reasons"]))
+        verdict = validator is not None and validator.is_valid(
+            doc
+        )  # no schema for a missing type or version
+        (conform if message.expected["outcome"] == "valid" else refuse).append(
+            (verdict, message.expected["reasons"])
+        )
     assert conform and all(ok for ok, _ in conform)
-    wrongly_accepted = [reasons for ok, reasons in refuse if ok and not reasons[0].startswith("bad_format:payload.date_of_birth")]
+    wrongly_accepted = [
+        reasons
+        for ok, reasons in refuse
+        if ok and not reasons[0].startswith("bad_format:payload.date_of_birth")
+    ]
     assert refuse and wrongly_accepted == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -18,20 +18,37 @@ from enrollment.replay import days
 from enrollment.validation import validate_batch
 
 
-@pytest.mark.parametrize(("text", "expected"), [("90", 90), ("90s", 90), ("3m", 180), ("1.5m", 90), ("1h", 3600)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("90", 90), ("90s", 90), ("3m", 180), ("1.5m", 90), ("1h", 3600)]
+)
 def test_durations(text, expected):
     assert seconds(text) == expected
 
 
-@pytest.mark.parametrize(("text", "kind", "at", "length"), [("solr-down@3m:2m", "solr-down", 180, 120), ("broker-restart@5m", "broker-restart", 300, 0),
-                                                             ("broker-restart@5m:20s", "broker-restart", 300, 20), ("worker-kill@40s", "worker-kill", 40, 0)])
+@pytest.mark.parametrize(
+    ("text", "kind", "at", "length"),
+    [
+        ("solr-down@3m:2m", "solr-down", 180, 120),
+        ("broker-restart@5m", "broker-restart", 300, 0),
+        ("broker-restart@5m:20s", "broker-restart", 300, 20),
+        ("worker-kill@40s", "worker-kill", 40, 0),
+    ],
+)
 def test_fault_specs(text, kind, at, length):
     fault = Fault.parse(text)
     assert (fault.kind, fault.at_s, fault.for_s) == (kind, at, length)
 
 
-@pytest.mark.parametrize(("text", "says"), [("solr-down@3m", "for how long"), ("kafka-down@1m:1m", "may go down"), ("meteor@1m", "known faults"),
-                                            ("solr-down", "NAME@START"), ("solr-down@soon:1m", "not a duration")])
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("solr-down@3m", "for how long"),
+        ("kafka-down@1m:1m", "may go down"),
+        ("meteor@1m", "known faults"),
+        ("solr-down", "NAME@START"),
+        ("solr-down@soon:1m", "not a duration"),
+    ],
+)
 def test_bad_fault_specs_say_what_is_wrong(text, says):
     with pytest.raises(argparse.ArgumentTypeError, match=says):
         Fault.parse(text)
@@ -40,8 +57,13 @@ def test_bad_fault_specs_say_what_is_wrong(text, says):
 def test_replay_days_from_params_or_the_data_interval():
     assert days("2026-11-20", "2026-11-22", None, None) == (date(2026, 11, 20), date(2026, 11, 22))
     assert days("2026-11-20", None, None, None) == (date(2026, 11, 20), date(2026, 11, 20))
-    start, end = datetime(2026, 11, 20, tzinfo=timezone.utc), datetime(2026, 11, 21, tzinfo=timezone.utc)
-    assert days(None, None, start, end) == (date(2026, 11, 20), date(2026, 11, 20)), "a daily interval is one day, its end excluded"
+    start, end = (
+        datetime(2026, 11, 20, tzinfo=UTC),
+        datetime(2026, 11, 21, tzinfo=UTC),
+    )
+    assert days(None, None, start, end) == (date(2026, 11, 20), date(2026, 11, 20)), (
+        "a daily interval is one day, its end excluded"
+    )
     with pytest.raises(ValueError, match="before"):
         days("2026-11-22", "2026-11-20", None, None)
     with pytest.raises(ValueError, match="date_from"):
@@ -52,7 +74,9 @@ def test_a_finding_is_ok_only_when_the_numbers_agree_and_nobody_is_named():
     assert Finding("ledger → events", 10, 10).ok
     assert not Finding("ledger → events", 10, 9).ok
     assert not Finding("partners → solr", 10, 10, ["EM0000000001"]).ok
-    said = Finding("partners → solr", 10, 9, ["EM0000000001"]).describe()  # what logs and alerts carry
+    said = Finding(
+        "partners → solr", 10, 9, ["EM0000000001"]
+    ).describe()  # what logs and alerts carry
     assert "EM0000000001" not in said and "1 partners listed in the reconciliation table" in said
 
 
@@ -63,7 +87,10 @@ def test_canary_events_are_valid_enrollments_of_one_partner_per_region():
     assert result.quarantine.num_rows == 0, result.quarantine.column("reasons").to_pylist()
     assert [e["partner_id"] for e in events] == [canary_id(r) for r in config.regions]
     assert len({e["partner_id"] for e in events}) == len(config.regions)
-    assert all(e["payload"]["sponsor_id"] != e["partner_id"] and e["event_type"] == "partner.enrolled" for e in events)
+    assert all(
+        e["payload"]["sponsor_id"] != e["partner_id"] and e["event_type"] == "partner.enrolled"
+        for e in events
+    )
     assert all(is_canary(e["partner_id"]) for e in events) and not is_canary("EM7Q2K9D0ZX1AB"[:12])
 
 
@@ -73,10 +100,20 @@ def test_missing_names_each_destination_a_canary_has_not_reached():
 
 
 def test_batch_metrics():
-    m = batch_metrics({"offsets": 1200, "valid": 1100, "quarantined": 60, "duplicates": 40, "seconds": 2.0},
-                      {"seconds": 4.0, "oldest_event_age_s": 30.0, "newest_event_age_s": 5.0})
-    assert m == {"events": 1200, "valid": 1100, "quarantined": 100, "land_s": 2.0, "warehouse_s": 4.0, "events_per_min": 12000.0,
-                 "freshness_oldest_s": 30.0, "freshness_newest_s": 5.0}
+    m = batch_metrics(
+        {"offsets": 1200, "valid": 1100, "quarantined": 60, "duplicates": 40, "seconds": 2.0},
+        {"seconds": 4.0, "oldest_event_age_s": 30.0, "newest_event_age_s": 5.0},
+    )
+    assert m == {
+        "events": 1200,
+        "valid": 1100,
+        "quarantined": 100,
+        "land_s": 2.0,
+        "warehouse_s": 4.0,
+        "events_per_min": 12000.0,
+        "freshness_oldest_s": 30.0,
+        "freshness_newest_s": 5.0,
+    }
 
 
 def test_late_is_not_lost():
@@ -89,4 +126,6 @@ def test_late_is_not_lost():
     # 8-11 at or past the committed offset 8 (late, not claimed). EMEA: committed offset unknown.
     counts = classify(offsets, ranges, {"done"}, {key: 8})
     assert counts == {"accounted": 4, "late_claimed": 2, "late_unclaimed": 4 + 2, "lost": 2}
-    assert classify(offsets, ranges, {"done", "landed-only"}, {key: 12})["lost"] == 6 + 0, "past the commit, uncovered: lost"
+    assert classify(offsets, ranges, {"done", "landed-only"}, {key: 12})["lost"] == 6 + 0, (
+        "past the commit, uncovered: lost"
+    )

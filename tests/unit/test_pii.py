@@ -19,7 +19,14 @@ from enrollment.validation import validate_batch
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = Keyring.from_secret("t1", "unit-test-key-not-a-secret-0123456789")
 # Distinctive tax ids in the markets' formats (US SSN, BR CPF, KR RRN, AR CUIT, CL RUT, MX RFC).
-TAX_IDS = {"US": "219-09-9999", "BR": "529.982.247-25", "KR": "850101-1234567", "AR": "20-12345678-9", "CL": "12345678-K", "MX": "GODE561231GR8"}
+TAX_IDS = {
+    "US": "219-09-9999",
+    "BR": "529.982.247-25",
+    "KR": "850101-1234567",
+    "AR": "20-12345678-9",
+    "CL": "12345678-K",
+    "MX": "GODE561231GR8",
+}
 
 
 def digits(value: str) -> str:
@@ -38,19 +45,32 @@ def encode(event: dict) -> bytes:
 
 def kafka_table(values: list[bytes]) -> pa.Table:
     n = len(values)
-    return pa.table({"kafka_partition": pa.array([0] * n, pa.int32()), "kafka_offset": pa.array(range(n), pa.int64()),
-                     "kafka_timestamp": pa.array([0] * n, pa.timestamp("ms", tz="UTC")), "kafka_key": pa.array([b""] * n, pa.binary()),
-                     "value": pa.array(values, pa.binary())})
+    return pa.table(
+        {
+            "kafka_partition": pa.array([0] * n, pa.int32()),
+            "kafka_offset": pa.array(range(n), pa.int64()),
+            "kafka_timestamp": pa.array([0] * n, pa.timestamp("ms", tz="UTC")),
+            "kafka_key": pa.array([b""] * n, pa.binary()),
+            "value": pa.array(values, pa.binary()),
+        }
+    )
 
 
 # -- tokens ----------------------------------------------------------------------------------------
 def test_tokens_are_keyed_normalised_and_tagged_with_their_key():
     token = KEYS.token("219-09-9999", "tax_id")
     assert is_token(token) and token.startswith("tok1:t1:")
-    assert KEYS.token("219099999", "tax_id") == KEYS.token("219 09 9999", "tax_id") == token, "separators are formatting"
+    assert KEYS.token("219099999", "tax_id") == KEYS.token("219 09 9999", "tax_id") == token, (
+        "separators are formatting"
+    )
     assert KEYS.token("219-09-9998", "tax_id") != token
-    assert KEYS.token("219099999", "partner_id") != KEYS.token("219099999", "tax_id"), "kinds never collide"
-    assert Keyring.from_secret("t1", "another-key-entirely-0123456789").token("219-09-9999", "tax_id") != token, "keyed"
+    assert KEYS.token("219099999", "partner_id") != KEYS.token("219099999", "tax_id"), (
+        "kinds never collide"
+    )
+    assert (
+        Keyring.from_secret("t1", "another-key-entirely-0123456789").token("219-09-9999", "tax_id")
+        != token
+    ), "keyed"
     assert "9999" not in token and not is_token("219-09-9999")
     with pytest.raises(ValueError):
         Keyring.from_secret("t1", "short")
@@ -61,19 +81,28 @@ def test_tokens_are_keyed_normalised_and_tagged_with_their_key():
 
 def test_a_rotated_key_still_matches_the_tokens_made_before():
     old = KEYS.token("529.982.247-25", "tax_id")
-    rotated = Keyring.from_secret("t2", "the-new-key-after-rotation-98765", {"t1": "unit-test-key-not-a-secret-0123456789"})
+    rotated = Keyring.from_secret(
+        "t2", "the-new-key-after-rotation-98765", {"t1": "unit-test-key-not-a-secret-0123456789"}
+    )
     new = rotated.token("529.982.247-25", "tax_id")
     assert new != old and new.startswith("tok1:t2:")
-    assert rotated.matches("52998224725", "tax_id", old) and rotated.matches("529.982.247-25", "tax_id", new)
+    assert rotated.matches("52998224725", "tax_id", old) and rotated.matches(
+        "529.982.247-25", "tax_id", new
+    )
     assert not rotated.matches("52998224726", "tax_id", old)
     assert set(rotated.tokens("529.982.247-25", "tax_id")) == {old, new}
-    assert not KEYS.matches("529.982.247-25", "tax_id", new), "a key id it does not know matches nothing"
+    assert not KEYS.matches("529.982.247-25", "tax_id", new), (
+        "a key id it does not know matches nothing"
+    )
     assert not rotated.matches("529.982.247-25", "tax_id", "tok1:t9:" + "a" * 32)
 
 
 def test_the_key_comes_from_the_environment():
-    env = {"ENROLLMENT_PII_KEY_ID": "t2", "ENROLLMENT_PII_KEY": "the-new-key-after-rotation-98765",
-           "ENROLLMENT_PII_RETIRED_KEYS": json.dumps({"t1": "unit-test-key-not-a-secret-0123456789"})}
+    env = {
+        "ENROLLMENT_PII_KEY_ID": "t2",
+        "ENROLLMENT_PII_KEY": "the-new-key-after-rotation-98765",
+        "ENROLLMENT_PII_RETIRED_KEYS": json.dumps({"t1": "unit-test-key-not-a-secret-0123456789"}),
+    }
     keys = Keyring.from_env(env)
     assert keys.matches("219-09-9999", "tax_id", KEYS.token("219-09-9999", "tax_id"))
     with pytest.raises(RuntimeError):
@@ -84,7 +113,10 @@ def test_the_key_comes_from_the_environment():
 @pytest.mark.parametrize("country", sorted(TAX_IDS))
 def test_an_enrollments_raw_json_carries_the_token_and_nothing_else_changes(country):
     event = Simulator(seed=3).event_for("partner.enrolled", country, 2, tax_id=TAX_IDS[country])
-    event["payload"]["notes"] = {"tax_id": TAX_IDS[country], "tax\\u005fid": 1}  # foreign fields travel in the raw event too
+    event["payload"]["notes"] = {
+        "tax_id": TAX_IDS[country],
+        "tax\\u005fid": 1,
+    }  # foreign fields travel in the raw event too
     raw = encode(event)
     out = tokenise_json(raw, KEYS)
     decoded = json.loads(out)
@@ -99,18 +131,29 @@ def test_an_enrollments_raw_json_carries_the_token_and_nothing_else_changes(coun
 
 def test_land_tokenises_the_valid_rows_and_adds_their_token_column():
     sim = Simulator(seed=5)
-    events = [sim.event_for("partner.enrolled", c, 2, tax_id=TAX_IDS[c]) for c in ("US", "BR", "KR")]
-    events.append(sim.event_for("partner.enrolled", "US", 1, tax_id="219099999"))  # the same SSN, other formatting
+    events = [
+        sim.event_for("partner.enrolled", c, 2, tax_id=TAX_IDS[c]) for c in ("US", "BR", "KR")
+    ]
+    events.append(
+        sim.event_for("partner.enrolled", "US", 1, tax_id="219099999")
+    )  # the same SSN, other formatting
     events.append(sim.event_for("partner.enrolled", "DE", 2))  # no tax id in this market
     values = [encode(e) for e in events]
     result = validate_batch(values)
     assert result.quarantine.num_rows == 0, result.quarantine.column("reasons").to_pylist()
     messages, tokens = tokenised(result, kafka_table(values), KEYS)
     valid = flatten(result, messages, "b", tokens)
-    assert valid.schema.names.index("tax_id_token") == valid.schema.names.index("tax_id_present") + 1
+    assert (
+        valid.schema.names.index("tax_id_token") == valid.schema.names.index("tax_id_present") + 1
+    )
     rows = valid.to_pylist()
-    assert [r["tax_id_token"] for r in rows] == [KEYS.token(TAX_IDS["US"], "tax_id"), KEYS.token(TAX_IDS["BR"], "tax_id"),
-                                                KEYS.token(TAX_IDS["KR"], "tax_id"), KEYS.token(TAX_IDS["US"], "tax_id"), None]
+    assert [r["tax_id_token"] for r in rows] == [
+        KEYS.token(TAX_IDS["US"], "tax_id"),
+        KEYS.token(TAX_IDS["BR"], "tax_id"),
+        KEYS.token(TAX_IDS["KR"], "tax_id"),
+        KEYS.token(TAX_IDS["US"], "tax_id"),
+        None,
+    ]
     for r in rows:
         assert json.loads(r["event_json"])["payload"].get("tax_id") == r["tax_id_token"]
     text = valid.to_pandas().to_json()
@@ -146,30 +189,56 @@ def test_quarantine_keeps_the_reasons_and_masks_the_values():
     wrong = sim.event_for("partner.enrolled", "US", 2, tax_id="219-09-99999")  # a digit too many
     unknown = sim.event_for("partner.enrolled", "BR", 2, tax_id=TAX_IDS["BR"])
     unknown["schema_version"] = 9
-    values = [encode(wrong), encode(unknown), b'{"payload": {"tax_id": "850101-1234567", "email": "kim@example.kr"', b"\xff SSN 219-09-9999 \xed\xa0\x80"]
+    values = [
+        encode(wrong),
+        encode(unknown),
+        b'{"payload": {"tax_id": "850101-1234567", "email": "kim@example.kr"',
+        b"\xff SSN 219-09-9999 \xed\xa0\x80",
+    ]
     result = validate_batch(values)
     q = quarantine_rows(result, kafka_table(values), "b", "NA")
-    assert q.column("reasons").to_pylist() == [",".join(r) for r in result.quarantine.column("reasons").to_pylist()]
+    assert q.column("reasons").to_pylist() == [
+        ",".join(r) for r in result.quarantine.column("reasons").to_pylist()
+    ]
     assert "bad_format:payload.tax_id" in q.column("reasons").to_pylist()[0]
     assert "unknown_schema_version" in q.column("reasons").to_pylist()[1]
     raws = q.column("raw").to_pylist()
-    assert json.loads(raws[0])["payload"]["tax_id"] == "###-##-#####", "the operator sees the wrong shape"
+    assert json.loads(raws[0])["payload"]["tax_id"] == "###-##-#####", (
+        "the operator sees the wrong shape"
+    )
     assert json.loads(raws[1])["payload"]["tax_id"] == "###.###.###-##"
-    assert json.loads(raws[0])["event_id"] == wrong["event_id"] and json.loads(raws[0])["occurred_at"] == wrong["occurred_at"]
+    assert (
+        json.loads(raws[0])["event_id"] == wrong["event_id"]
+        and json.loads(raws[0])["occurred_at"] == wrong["occurred_at"]
+    )
     assert json.loads(raws[0])["payload"]["email"] != wrong["payload"]["email"]
     blob = b"".join(raws)
     for value in ("219-09-9999", "219-09-99999", TAX_IDS["BR"], "850101-1234567", "kim@example.kr"):
         for form in forms(value):
             assert form.encode() not in blob, form
-    assert raws[3].startswith(b"\xff SSN ###-##-#### \xed\xa0\x80"), "bytes that are not text kept byte for byte"
-    assert result.quarantine.column("raw").to_pylist() == values, "the validator still sees the clear bytes"
+    assert raws[3].startswith(b"\xff SSN ###-##-#### \xed\xa0\x80"), (
+        "bytes that are not text kept byte for byte"
+    )
+    assert result.quarantine.column("raw").to_pylist() == values, (
+        "the validator still sees the clear bytes"
+    )
 
 
-tax_ids = st.sampled_from(sorted(TAX_IDS.values()) + ["219099999", "52998224725", "8501011234567"]) | st.from_regex(r"\d{3}-\d{2}-\d{4}", fullmatch=True)
+tax_ids = st.sampled_from(
+    sorted(TAX_IDS.values()) + ["219099999", "52998224725", "8501011234567"]
+) | st.from_regex(r"\d{3}-\d{2}-\d{4}", fullmatch=True)
 sensitive_keys = st.sampled_from(["tax_id", "email", "phone", "date_of_birth"])
-json_values = st.recursive(st.none() | st.booleans() | st.integers(max_value=10**5) | st.text(alphabet="abcxyz -_.:", max_size=8),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet="abcxyz_", max_size=6), inner, max_size=3),
-                           max_leaves=10)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(max_value=10**5)
+    | st.text(alphabet="abcxyz -_.:", max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(alphabet="abcxyz_", max_size=6), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
 
 
 @SETTINGS
@@ -179,12 +248,25 @@ def test_masking_any_bytes_never_raises_nor_keeps_a_tax_id(before, after, tax_id
     out = mask_raw(raw)
     assert isinstance(out, bytes)
     assert tax_id.encode() not in out and digits(tax_id).encode() not in out
-    assert not TAX_ID_SHAPED.search(out.decode("utf-8", "surrogateescape").replace('"', " ")) or b'_id"' in raw or b'_at"' in raw or b'date"' in raw
+    assert (
+        not TAX_ID_SHAPED.search(out.decode("utf-8", "surrogateescape").replace('"', " "))
+        or b'_id"' in raw
+        or b'_at"' in raw
+        or b'date"' in raw
+    )
     assert mask_raw(before) is not None
 
 
 @SETTINGS
-@given(json_values, st.lists(st.tuples(sensitive_keys, tax_ids | st.integers(min_value=10**8, max_value=10**13)), min_size=1, max_size=4), st.randoms())
+@given(
+    json_values,
+    st.lists(
+        st.tuples(sensitive_keys, tax_ids | st.integers(min_value=10**8, max_value=10**13)),
+        min_size=1,
+        max_size=4,
+    ),
+    st.randoms(),
+)
 def test_masking_any_json_keeps_its_structure_and_hides_sensitive_values(doc, secrets, rnd):
     def plant(node, key, value):
         dicts = []
@@ -197,6 +279,7 @@ def test_masking_any_json_keeps_its_structure_and_hides_sensitive_values(doc, se
             elif isinstance(n, list):
                 for v in n:
                     walk(v)
+
         walk(node)
         rnd.choice(dicts)[key] = value
 
@@ -213,7 +296,9 @@ def test_masking_any_json_keeps_its_structure_and_hides_sensitive_values(doc, se
     # Reasons are found on the clear bytes and quarantine_rows only masks what it writes.
     result = validate_batch([raw])
     q = quarantine_rows(result, kafka_table([raw]), "b", "NA")
-    assert q.column("reasons").to_pylist() == [",".join(r) for r in result.quarantine.column("reasons").to_pylist()]
+    assert q.column("reasons").to_pylist() == [
+        ",".join(r) for r in result.quarantine.column("reasons").to_pylist()
+    ]
     assert q.column("raw").to_pylist() == [out]
 
 

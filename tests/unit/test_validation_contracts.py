@@ -44,15 +44,28 @@ def reasons_of(*events) -> list[list[str]]:
     return [got[i] for i in range(len(messages))]
 
 
-CASES = [(t, v, c) for t in EVENT_TYPES for v in SCHEMA_VERSIONS[t] for c in COUNTRIES_PER_REGION.values()] + [
-    ("partner.enrolled", v, c) for v in (1, 2) for c in TAX_MARKETS if c not in COUNTRIES_PER_REGION.values()]
+CASES = [
+    (t, v, c)
+    for t in EVENT_TYPES
+    for v in SCHEMA_VERSIONS[t]
+    for c in COUNTRIES_PER_REGION.values()
+] + [
+    ("partner.enrolled", v, c)
+    for v in (1, 2)
+    for c in TAX_MARKETS
+    if c not in COUNTRIES_PER_REGION.values()
+]
 
 
 @pytest.mark.parametrize(("event_type", "version", "country"), CASES)
 def test_every_mandatory_field_missing_gives_its_exact_reason(sim, event_type, version, country):
     base = sim.event_for(event_type, country, version)
     assert reasons_of(base) == [[]], "the untouched event must be valid"
-    mandatory = [s for s in fields(event_type, version) if sim._required_here(s, base) and _get(base, s.path) is not None]
+    mandatory = [
+        s
+        for s in fields(event_type, version)
+        if sim._required_here(s, base) and _get(base, s.path) is not None
+    ]
     assert mandatory, "no mandatory field found"
     events, expected = [], []
     for spec in mandatory:
@@ -72,7 +85,9 @@ def test_every_mandatory_field_missing_gives_its_exact_reason(sim, event_type, v
 def test_market_rules_differ_by_market(sim):
     us = sim.event_for("partner.enrolled", "US", 1)
     de = sim.event_for("partner.enrolled", "DE", 1)
-    assert "tax_id" in us["payload"] and "tax_id" not in de["payload"], "tax ids exist where the market requires one"
+    assert "tax_id" in us["payload"] and "tax_id" not in de["payload"], (
+        "tax ids exist where the market requires one"
+    )
     no_tax_us = fresh(us)
     del no_tax_us["payload"]["tax_id"]
     no_consent_us = fresh(us)
@@ -80,15 +95,28 @@ def test_market_rules_differ_by_market(sim):
     no_consent_de = fresh(de)
     del no_consent_de["payload"]["consents"]
     assert reasons_of(no_tax_us, no_consent_us, de, no_consent_de) == [
-        ["missing:payload.tax_id"], [], [], ["missing:payload.consents.data_processing", "missing:payload.consents.marketing_email"]]
+        ["missing:payload.tax_id"],
+        [],
+        [],
+        ["missing:payload.consents.data_processing", "missing:payload.consents.marketing_email"],
+    ]
     # v2: a state is mandatory in the US, not in Germany.
-    us2, de2 = sim.event_for("partner.enrolled", "US", 2), sim.event_for("partner.enrolled", "DE", 2)
+    us2, de2 = (
+        sim.event_for("partner.enrolled", "US", 2),
+        sim.event_for("partner.enrolled", "DE", 2),
+    )
     del us2["payload"]["address"]["state"]
     assert reasons_of(us2, de2) == [["missing:payload.address.state"], []]
 
 
-FORMAT_FIELDS = sorted({(t, s.path) for t in EVENT_TYPES for s in PAYLOADS[t] if s.checked_format} | {
-    ("order.placed", s.path) for s in fields("order.placed", 1) if s.checked_format and s.path not in ("event_type", "schema_version")})
+FORMAT_FIELDS = sorted(
+    {(t, s.path) for t in EVENT_TYPES for s in PAYLOADS[t] if s.checked_format}
+    | {
+        ("order.placed", s.path)
+        for s in fields("order.placed", 1)
+        if s.checked_format and s.path not in ("event_type", "schema_version")
+    }
+)
 
 
 @pytest.mark.parametrize(("event_type", "path"), FORMAT_FIELDS)
@@ -131,7 +159,9 @@ def test_rules_beyond_single_fields(sim):
         return event
 
     adult_today = variant(1, date_of_birth=f"{y - 20}-{m}-{d}")
-    not_yet = variant(2, date_of_birth=f"{y - 20}-{m}-{int(d) + 1:02d}" if int(d) < 28 else f"{y - 19}-{m}-{d}")
+    not_yet = variant(
+        2, date_of_birth=f"{y - 20}-{m}-{int(d) + 1:02d}" if int(d) < 28 else f"{y - 19}-{m}-{d}"
+    )
     abroad = variant(3, address={**base["payload"]["address"], "country": "DE"})
     self_sponsored = variant(4, sponsor_id=base["partner_id"])
     impossible_date = variant(5, date_of_birth=f"{y - 30}-02-30")
@@ -139,9 +169,17 @@ def test_rules_beyond_single_fields(sim):
     de["payload"]["consents"]["data_processing"] = False
     empty_update = sim.event_for("partner.updated", "US", 1)
     empty_update["payload"]["changes"] = {}
-    assert reasons_of(adult_today, not_yet, abroad, self_sponsored, impossible_date, de, empty_update) == [
-        [], ["under_age"], ["country_not_in_region"], ["sponsor_is_self"], ["bad_format:payload.date_of_birth"],
-        ["consent_not_granted:payload.consents.data_processing"], ["missing:payload.changes"]]
+    assert reasons_of(
+        adult_today, not_yet, abroad, self_sponsored, impossible_date, de, empty_update
+    ) == [
+        [],
+        ["under_age"],
+        ["country_not_in_region"],
+        ["sponsor_is_self"],
+        ["bad_format:payload.date_of_birth"],
+        ["consent_not_granted:payload.consents.data_processing"],
+        ["missing:payload.changes"],
+    ]
 
 
 def test_what_cannot_be_parsed_is_quarantined_with_its_reason(sim):
@@ -151,13 +189,45 @@ def test_what_cannot_be_parsed_is_quarantined_with_its_reason(sim):
     wrong_type["payload"]["channel"] = 7
     unknown_version = sim.event_for("order.placed", "US", 1) | {"schema_version": 9}
     unknown_type = sim.event_for("order.placed", "US", 1) | {"event_type": "order.returned"}
-    pretty = json.dumps(sim.event_for("order.placed", "US", 1), indent=2).encode()  # newlines inside are whitespace
-    messages = [good, b"\xff\xfe{}", b'{"event_id": "x"', b"[1, 2]", b"", b"   ", b'{"a": NaN}', b'{"event_id": "a", "event_id": "b"}',
-                good[:-1] + b"} {}", good + b" trailing", b"x" * 70_000, encode(wrong_type), encode(unknown_version), encode(unknown_type), pretty, good]
+    pretty = json.dumps(
+        sim.event_for("order.placed", "US", 1), indent=2
+    ).encode()  # newlines inside are whitespace
+    messages = [
+        good,
+        b"\xff\xfe{}",
+        b'{"event_id": "x"',
+        b"[1, 2]",
+        b"",
+        b"   ",
+        b'{"a": NaN}',
+        b'{"event_id": "a", "event_id": "b"}',
+        good[:-1] + b"} {}",
+        good + b" trailing",
+        b"x" * 70_000,
+        encode(wrong_type),
+        encode(unknown_version),
+        encode(unknown_type),
+        pretty,
+        good,
+    ]
     assert reasons_of(*messages) == [
-        [], ["not_utf8"], ["unparsable"], ["unparsable"], ["unparsable"], ["unparsable"], ["unparsable"], ["unparsable"],
-        ["unparsable"], ["unparsable"], ["oversized"], ["bad_format:payload.channel", "bad_format:payload.total_amount"],
-        ["unknown_schema_version"], ["unknown_event_type"], [], ["duplicate_event_id"]]
+        [],
+        ["not_utf8"],
+        ["unparsable"],
+        ["unparsable"],
+        ["unparsable"],
+        ["unparsable"],
+        ["unparsable"],
+        ["unparsable"],
+        ["unparsable"],
+        ["unparsable"],
+        ["oversized"],
+        ["bad_format:payload.channel", "bad_format:payload.total_amount"],
+        ["unknown_schema_version"],
+        ["unknown_event_type"],
+        [],
+        ["duplicate_event_id"],
+    ]
 
 
 def test_every_message_comes_out_once_with_its_raw_bytes_and_readable_fields(sim):
@@ -170,12 +240,18 @@ def test_every_message_comes_out_once_with_its_raw_bytes_and_readable_fields(sim
     quarantine = result.quarantine.to_pylist()
     assert [q["source_index"] for q in quarantine] == [5, 6, 7]
     assert [q["raw"] for q in quarantine] == messages[5:]
-    assert quarantine[0]["event_type"] == "order.placed" and quarantine[0]["partner_id"] == broken["partner_id"]
+    assert (
+        quarantine[0]["event_type"] == "order.placed"
+        and quarantine[0]["partner_id"] == broken["partner_id"]
+    )
     assert quarantine[1]["event_id"] is None
     assert result.duplicates == 1
     valid = result.valid
     assert str(valid.schema.field("occurred_at").type) == "timestamp[us, tz=UTC]"
-    assert valid.column("partner_version").type == "int64" and valid.column("schema_version").to_pylist() == [2] * 5
+    assert (
+        valid.column("partner_version").type == "int64"
+        and valid.column("schema_version").to_pylist() == [2] * 5
+    )
 
 
 def test_an_empty_batch_is_fine():

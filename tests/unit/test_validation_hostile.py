@@ -23,14 +23,21 @@ from enrollment.simulator import hostile
 from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.validation import validate_batch, validate_guarded
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SIM = Simulator(seed=5, initial_partners=30)
 EVENTS = [json.loads(m.value) for m in SIM.take(300)]
 
 
 def outcomes(messages) -> list[list[str]]:
     result = validate_batch(messages)
-    indices = result.valid.column("source_index").to_pylist() + result.quarantine.column("source_index").to_pylist()
+    indices = (
+        result.valid.column("source_index").to_pylist()
+        + result.quarantine.column("source_index").to_pylist()
+    )
     assert sorted(indices) == list(range(len(messages))), "every message exactly once"
     got = {i: [] for i in range(len(messages))}
     for row in result.quarantine.select(["source_index", "reasons", "raw"]).to_pylist():
@@ -56,17 +63,65 @@ def hostile_messages(draw):
     return value, reasons
 
 
-edge_text = st.sampled_from(["NaN", "Infinity", "-Infinity", "1 Infinity Loop", "nan", "null", "true", "\U0001f600", "Ünïcödé",
-                             "\\", '"', "\u2028", "a" * TEXT_MAX_CHARS])
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.sampled_from([2**53 - 1, 2**53, 2**53 + 1, 2**63, -(2**63) - 1])
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12) | edge_text)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                           max_leaves=10)
-raw_fragments = st.sampled_from([
-    b'"\\ud800"', b'"\\udfff\\ud800"', b'"a\nb"', b'"\x00"', b"NaN", b"Infinity", b"-Infinity", b"1e400", b"9" * 400, b"-0", b"01",
-    b'"\\u0000"', b"[" * 10_000 + b"]" * 10_000, b"{" * 20, b'"\xed\xa0\x80"', b"\xef\xbb\xbf", b"true", b"nul", b'"\\x41"',
-    b'"2026-02-30T00:00:00Z"', b'"0000-01-01T00:00:00Z"', b'"9999-12-31T23:59:59-01:00"',
-])
+edge_text = st.sampled_from(
+    [
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1 Infinity Loop",
+        "nan",
+        "null",
+        "true",
+        "\U0001f600",
+        "Ünïcödé",
+        "\\",
+        '"',
+        "\u2028",
+        "a" * TEXT_MAX_CHARS,
+    ]
+)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from([2**53 - 1, 2**53, 2**53 + 1, 2**63, -(2**63) - 1])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+    | edge_text
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+raw_fragments = st.sampled_from(
+    [
+        b'"\\ud800"',
+        b'"\\udfff\\ud800"',
+        b'"a\nb"',
+        b'"\x00"',
+        b"NaN",
+        b"Infinity",
+        b"-Infinity",
+        b"1e400",
+        b"9" * 400,
+        b"-0",
+        b"01",
+        b'"\\u0000"',
+        b"[" * 10_000 + b"]" * 10_000,
+        b"{" * 20,
+        b'"\xed\xa0\x80"',
+        b"\xef\xbb\xbf",
+        b"true",
+        b"nul",
+        b'"\\x41"',
+        b'"2026-02-30T00:00:00Z"',
+        b'"0000-01-01T00:00:00Z"',
+        b'"9999-12-31T23:59:59-01:00"',
+    ]
+)
 
 
 @st.composite
@@ -74,10 +129,21 @@ def spliced_events(draw):
     """A valid event whose one field (known, foreign or new) holds an arbitrary raw JSON fragment,
     or whose text is cut anywhere, or with a key repeated."""
     event = draw(valid_events)
-    target = event["payload"] if draw(st.booleans()) and isinstance(event.get("payload"), dict) else event
-    key = draw(st.sampled_from(sorted(target) + ["extra", "reason", "first_name", "email", "channel", "changes"]))
+    target = (
+        event["payload"]
+        if draw(st.booleans()) and isinstance(event.get("payload"), dict)
+        else event
+    )
+    key = draw(
+        st.sampled_from(
+            sorted(target) + ["extra", "reason", "first_name", "email", "channel", "changes"]
+        )
+    )
     target[key] = "\u2063"
-    text = encode(event).replace(b'"\xe2\x81\xa3"', draw(raw_fragments | st.builds(lambda v: json.dumps(v).encode(), json_values)))
+    text = encode(event).replace(
+        b'"\xe2\x81\xa3"',
+        draw(raw_fragments | st.builds(lambda v: json.dumps(v).encode(), json_values)),
+    )
     how = draw(st.integers(0, 9))
     if how == 0:
         text = text[: draw(st.integers(0, len(text)))]
@@ -90,8 +156,16 @@ def mixed(draw_list):
     return draw_list
 
 
-batches = st.lists(st.one_of(valid_events.map(encode), hostile_messages().map(lambda p: p[0]), spliced_events(), st.binary(max_size=60)),
-                   min_size=1, max_size=25)
+batches = st.lists(
+    st.one_of(
+        valid_events.map(encode),
+        hostile_messages().map(lambda p: p[0]),
+        spliced_events(),
+        st.binary(max_size=60),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
 # -- totality, exactly once, neighbour independence ------------------------------------------------------
@@ -137,13 +211,19 @@ def _without_nulls(value):
 @given(spliced_events())
 def test_the_fast_path_decides_as_the_per_record_path(message):
     """Whatever the struct decoder accepts (after the byte screening), the slow path keeps the same values."""
-    fast = validation._fast(message) if validation._screen(message, validation.DEFAULT_MAX_MESSAGE_BYTES) is None else None
+    fast = (
+        validation._fast(message)
+        if validation._screen(message, validation.DEFAULT_MAX_MESSAGE_BYTES) is None
+        else None
+    )
     if fast is None:
         return
     bad: list[str] = []
     slow = validation._per_record(message, bad)
     assert bad == [] and slow is not None
-    assert _without_nulls(fast) == _without_nulls(slow)  # a null and an absent field are one and the same
+    assert _without_nulls(fast) == _without_nulls(
+        slow
+    )  # a null and an absent field are one and the same
 
 
 def test_the_guard_quarantines_what_makes_validation_raise_and_keeps_the_rest(monkeypatch):
@@ -158,10 +238,15 @@ def test_the_guard_quarantines_what_makes_validation_raise_and_keeps_the_rest(mo
 
     monkeypatch.setattr(validation, "validate_batch", breaks_on_the_culprit)
     result = validate_guarded(messages)
-    indices = sorted(result.valid.column("source_index").to_pylist() + result.quarantine.column("source_index").to_pylist())
+    indices = sorted(
+        result.valid.column("source_index").to_pylist()
+        + result.quarantine.column("source_index").to_pylist()
+    )
     assert indices == list(range(40))
     q = result.quarantine.to_pylist()
-    assert [(r["source_index"], r["reasons"], r["raw"]) for r in q] == [(17, ["validator_error"], culprit)]
+    assert [(r["source_index"], r["reasons"], r["raw"]) for r in q] == [
+        (17, ["validator_error"], culprit)
+    ]
     assert result.valid.num_rows == 39
 
 
@@ -188,11 +273,21 @@ def _order(**changes) -> dict:
     return event
 
 
-@pytest.mark.parametrize(("raw", "reasons"), [
-    (b'"\\ud800"', ["unparsable"]), (b'"a\nb"', ["unparsable"]), (b"NaN", ["unparsable"]), (b"Infinity", ["unparsable"]),
-    (b"[" * 10_000 + b"]" * 10_000, ["too_deep"]), (b"[" * (MAX_NESTING - 1) + b"]" * (MAX_NESTING - 1), []), (b"[" * MAX_NESTING + b"]" * MAX_NESTING, ["too_deep"]),
-    (b'"\\ud83d\\ude00"', []), (b'"NaN Infinity"', []), (b"1e400", []),
-])
+@pytest.mark.parametrize(
+    ("raw", "reasons"),
+    [
+        (b'"\\ud800"', ["unparsable"]),
+        (b'"a\nb"', ["unparsable"]),
+        (b"NaN", ["unparsable"]),
+        (b"Infinity", ["unparsable"]),
+        (b"[" * 10_000 + b"]" * 10_000, ["too_deep"]),
+        (b"[" * (MAX_NESTING - 1) + b"]" * (MAX_NESTING - 1), []),
+        (b"[" * MAX_NESTING + b"]" * MAX_NESTING, ["too_deep"]),
+        (b'"\\ud83d\\ude00"', []),
+        (b'"NaN Infinity"', []),
+        (b"1e400", []),
+    ],
+)
 def test_json_is_read_strictly_wherever_it_appears(raw, reasons):
     event = _order()
     event["note"] = "\u2063"
@@ -200,10 +295,18 @@ def test_json_is_read_strictly_wherever_it_appears(raw, reasons):
     assert outcomes([message]) == [reasons]
 
 
-@pytest.mark.parametrize(("version", "reasons"), [
-    (SAFE_INTEGER, []), (SAFE_INTEGER + 1, ["out_of_range:partner_version"]), (2**63, ["out_of_range:partner_version"]),
-    (int("9" * 300), ["out_of_range:partner_version"]), (7.0, []), (7.5, ["bad_format:partner_version"]), (True, ["bad_format:partner_version"]),
-])
+@pytest.mark.parametrize(
+    ("version", "reasons"),
+    [
+        (SAFE_INTEGER, []),
+        (SAFE_INTEGER + 1, ["out_of_range:partner_version"]),
+        (2**63, ["out_of_range:partner_version"]),
+        (int("9" * 300), ["out_of_range:partner_version"]),
+        (7.0, []),
+        (7.5, ["bad_format:partner_version"]),
+        (True, ["bad_format:partner_version"]),
+    ],
+)
 def test_integers_are_exact_and_within_what_every_downstream_holds(version, reasons):
     message = encode(_order(partner_version=version))
     assert outcomes([message]) == [reasons]
@@ -212,29 +315,44 @@ def test_integers_are_exact_and_within_what_every_downstream_holds(version, reas
         assert valid.column("partner_version").to_pylist() == [int(version)]
 
 
-@pytest.mark.parametrize(("at", "reasons"), [
-    ("2024-02-29T10:00:00Z", []), ("2026-02-29T10:00:00Z", ["bad_format:occurred_at"]), ("2026-02-30T10:00:00Z", ["bad_format:occurred_at"]),
-    ("2026-04-31T10:00:00+02:00", ["bad_format:occurred_at"]), ("0000-01-01T00:00:00Z", ["out_of_range:occurred_at"]),
-    ("0001-01-01T00:00:00Z", []), ("0001-01-01T00:30:00+01:00", ["out_of_range:occurred_at"]),
-    ("9999-12-31T23:59:59.999999Z", []), ("9999-12-31T23:30:00-01:00", ["out_of_range:occurred_at"]),
-])
+@pytest.mark.parametrize(
+    ("at", "reasons"),
+    [
+        ("2024-02-29T10:00:00Z", []),
+        ("2026-02-29T10:00:00Z", ["bad_format:occurred_at"]),
+        ("2026-02-30T10:00:00Z", ["bad_format:occurred_at"]),
+        ("2026-04-31T10:00:00+02:00", ["bad_format:occurred_at"]),
+        ("0000-01-01T00:00:00Z", ["out_of_range:occurred_at"]),
+        ("0001-01-01T00:00:00Z", []),
+        ("0001-01-01T00:30:00+01:00", ["out_of_range:occurred_at"]),
+        ("9999-12-31T23:59:59.999999Z", []),
+        ("9999-12-31T23:30:00-01:00", ["out_of_range:occurred_at"]),
+    ],
+)
 def test_instants_are_calendar_dates_within_the_warehouse_range(at, reasons):
     assert outcomes([encode(_order(occurred_at=at))]) == [reasons]
 
 
 def test_payload_instants_and_dates_are_calendar_checked():
-    enrolled = next(json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.enrolled")
+    enrolled = next(
+        json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.enrolled"
+    )
     bad_accept = json.loads(json.dumps(enrolled))
     bad_accept["payload"]["agreement"]["accepted_at"] = "2025-02-29T10:00:00Z"
     bad_accept["event_id"] = "00000000-0000-4000-8000-000000000001"
     bad_birth = json.loads(json.dumps(enrolled))
     bad_birth["payload"]["date_of_birth"] = "1990-06-31"
     bad_birth["event_id"] = "00000000-0000-4000-8000-000000000002"
-    assert outcomes([encode(bad_accept), encode(bad_birth)]) == [["bad_format:payload.agreement.accepted_at"], ["bad_format:payload.date_of_birth"]]
+    assert outcomes([encode(bad_accept), encode(bad_birth)]) == [
+        ["bad_format:payload.agreement.accepted_at"],
+        ["bad_format:payload.date_of_birth"],
+    ]
 
 
 def test_the_words_nan_and_infinity_are_text_and_a_later_copy_stays_the_duplicate():
-    enrolled = next(json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.enrolled")
+    enrolled = next(
+        json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.enrolled"
+    )
     enrolled["payload"]["last_name"] = "NaN"
     enrolled["payload"]["address"]["line1"] = "1 Infinity Loop"
     message = encode(enrolled)
@@ -245,13 +363,17 @@ def test_the_words_nan_and_infinity_are_text_and_a_later_copy_stays_the_duplicat
 
 @pytest.mark.parametrize("text", ["Ann\u0000", "Ann\u0007", "\u001bAnn"])
 def test_escaped_control_characters_in_text_are_a_bad_format(text):
-    enrolled = next(json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.enrolled")
+    enrolled = next(
+        json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.enrolled"
+    )
     enrolled["payload"]["first_name"] = text
     assert outcomes([encode(enrolled)]) == [["bad_format:payload.first_name"]]
 
 
 def test_text_longer_than_the_sinks_hold_is_too_long():
-    enrolled = next(json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.enrolled")
+    enrolled = next(
+        json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.enrolled"
+    )
     enrolled["payload"]["first_name"] = "\U0001f600" * TEXT_MAX_CHARS  # characters, not bytes
     assert outcomes([encode(enrolled)]) == [[]]
     enrolled["payload"]["first_name"] += "x"
@@ -262,28 +384,44 @@ def test_text_longer_than_the_sinks_hold_is_too_long():
 def _landed(message: bytes) -> dict:
     result = validate_batch([message])
     assert result.quarantine.num_rows == 0, result.quarantine.column("reasons").to_pylist()
-    messages = pa.table({"kafka_partition": pa.array([0], pa.int32()), "kafka_offset": pa.array([0], pa.int64()),
-                         "kafka_timestamp": pa.array([0], pa.timestamp("ms", tz="UTC")), "kafka_key": pa.array([b""], pa.binary()),
-                         "value": pa.array([message], pa.binary())})
+    messages = pa.table(
+        {
+            "kafka_partition": pa.array([0], pa.int32()),
+            "kafka_offset": pa.array([0], pa.int64()),
+            "kafka_timestamp": pa.array([0], pa.timestamp("ms", tz="UTC")),
+            "kafka_key": pa.array([b""], pa.binary()),
+            "value": pa.array([message], pa.binary()),
+        }
+    )
     return flatten(result, messages, "b").to_pylist()[0]
 
 
 def test_fields_of_another_type_are_neither_checked_nor_carried():
-    terminated = next(json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.terminated")
+    terminated = next(
+        json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.terminated"
+    )
     terminated["payload"] |= {"first_name": "Mallory", "email": 5, "order_id": ["x"]}
     row = _landed(encode(terminated))
     assert row["first_name"] is None and row["email"] is None and row["order_id"] is None
 
 
 def test_a_stray_payload_email_never_overrides_the_checked_change():
-    updated = next(json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "partner.updated" and "email" in e["payload"]["changes"])
+    updated = next(
+        json.loads(json.dumps(e))
+        for e in EVENTS
+        if e["event_type"] == "partner.updated" and "email" in e["payload"]["changes"]
+    )
     updated["payload"]["email"] = "mallory@example.com"
     row = _landed(encode(updated))
     assert row["email"] == updated["payload"]["changes"]["email"]
 
 
 def test_fields_of_another_version_are_not_typed_against_it():
-    v1 = next(json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "order.placed" and e["schema_version"] == 1)
+    v1 = next(
+        json.loads(json.dumps(e))
+        for e in EVENTS
+        if e["event_type"] == "order.placed" and e["schema_version"] == 1
+    )
     v1["payload"]["channel"] = 7  # a v2 field, of the wrong type: v1 does not define it
     v1["correlation_id"] = {"not": "text"}
     row = _landed(encode(v1))
@@ -303,7 +441,11 @@ def test_unknown_fields_of_a_future_version_are_kept_raw_only():
 @SETTINGS
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 300), rate=st.floats(0.05, 0.95))
 def test_the_simulator_hostile_fault_agrees_with_the_validator(seed, n, rate):
-    messages = Simulator(seed=seed, faults=FaultRates(hostile=rate, duplicate=0.05), initial_partners=20).take(n)
+    messages = Simulator(
+        seed=seed, faults=FaultRates(hostile=rate, duplicate=0.05), initial_partners=20
+    ).take(n)
     got = outcomes([m.value for m in messages])
     assert got == [m.expected["reasons"] for m in messages]
-    assert all(m.expected["reasons"] for m in messages if m.expected["fault"] == "hostile"), "every hostile message is refused"
+    assert all(m.expected["reasons"] for m in messages if m.expected["fault"] == "hostile"), (
+        "every hostile message is refused"
+    )

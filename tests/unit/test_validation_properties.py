@@ -16,15 +16,30 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 def _accounted(messages) -> None:
     result = validate_batch(messages)
-    indices = result.valid.column("source_index").to_pylist() + result.quarantine.column("source_index").to_pylist()
+    indices = (
+        result.valid.column("source_index").to_pylist()
+        + result.quarantine.column("source_index").to_pylist()
+    )
     assert sorted(indices) == list(range(len(messages))), "every input exactly once"
-    assert all(result.quarantine.column("reasons").to_pylist()), "a quarantined message always says why"
-    raws = dict(zip(result.quarantine.column("source_index").to_pylist(), result.quarantine.column("raw").to_pylist()))
+    assert all(result.quarantine.column("reasons").to_pylist()), (
+        "a quarantined message always says why"
+    )
+    raws = dict(
+        zip(
+            result.quarantine.column("source_index").to_pylist(),
+            result.quarantine.column("raw").to_pylist(),
+        )
+    )
     assert all(raws[i] == (messages[i] or b"") for i in raws), "the raw bytes are kept"
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 
 
 @SETTINGS
@@ -34,7 +49,18 @@ def test_arbitrary_bytes_come_out_exactly_once(messages):
 
 
 @SETTINGS
-@given(st.lists(st.dictionaries(st.sampled_from(["event_id", "event_type", "schema_version", "region", "payload", "partner_id", "x"]), json_values, max_size=6), max_size=25))
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(
+                ["event_id", "event_type", "schema_version", "region", "payload", "partner_id", "x"]
+            ),
+            json_values,
+            max_size=6,
+        ),
+        max_size=25,
+    )
+)
 def test_arbitrary_json_objects_come_out_exactly_once(objects):
     _accounted([json.dumps(o).encode() for o in objects])
 
@@ -47,11 +73,17 @@ def mutated_events(draw):
     out = []
     for event in events:
         if draw(st.booleans()):
-            target = event["payload"] if draw(st.booleans()) and isinstance(event.get("payload"), dict) else event
+            target = (
+                event["payload"]
+                if draw(st.booleans()) and isinstance(event.get("payload"), dict)
+                else event
+            )
             key = draw(st.sampled_from(sorted(target) + ["extra"]))
             target[key] = draw(json_values)
         text = json.dumps(event, ensure_ascii=False).encode()
-        out.append(text[: draw(st.integers(0, len(text)))] if draw(st.integers(0, 9)) == 0 else text)
+        out.append(
+            text[: draw(st.integers(0, len(text)))] if draw(st.integers(0, 9)) == 0 else text
+        )
     return out
 
 
@@ -62,8 +94,12 @@ def test_mutated_events_come_out_exactly_once(messages):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 400), total=st.floats(0, 0.6),
-       mix=st.fixed_dictionaries({name: st.floats(0, 1) for name in FaultRates().as_dict()}))
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 400),
+    total=st.floats(0, 0.6),
+    mix=st.fixed_dictionaries({name: st.floats(0, 1) for name in FaultRates().as_dict()}),
+)
 def test_the_validator_agrees_with_the_simulator_expected_outcomes(seed, n, total, mix):
     weight = sum(mix.values()) or 1.0
     faults = FaultRates(**{name: total * share / weight for name, share in mix.items()})

@@ -4,7 +4,7 @@ aligned on days, the statements name their tables, and the settings refuse what 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
@@ -15,20 +15,30 @@ from enrollment.batches import flatten, landed_schemas
 from enrollment.config import WarehouseSettings, parse_config
 from enrollment.cycle import Window, _count_writes, events_insert_sql
 from enrollment.lag import LagRow, LagRules, alerts
+from enrollment.partners import PARTNER_COLUMNS, fold_partners
 from enrollment.simulator.generator import FaultRates, Simulator
 from enrollment.validation import validate_batch
-from enrollment.partners import PARTNER_COLUMNS, fold_partners
 from enrollment.warehouse import PARTNER_SCHEMA, Warehouse, partner_changes
 
 
 def landed(seed: int, n: int, batch_id: str, redeliver: list | None = None) -> pa.Table:
     """A landed valid table as the land step makes it, from simulated messages (optionally with
     another batch's messages delivered again)."""
-    messages = Simulator(seed=seed, faults=FaultRates.mix(0.05), initial_partners=20).take(n) + (redeliver or [])
+    messages = Simulator(seed=seed, faults=FaultRates.mix(0.05), initial_partners=20).take(n) + (
+        redeliver or []
+    )
     values = [m.value for m in messages]
-    kafka = pa.table({"kafka_partition": pa.array([0] * len(values), pa.int32()), "kafka_offset": pa.array(range(len(values)), pa.int64()),
-                      "kafka_timestamp": pa.array([1_764_400_000_000 + i for i in range(len(values))], pa.timestamp("ms", tz="UTC")),
-                      "kafka_key": pa.array([m.key for m in messages], pa.binary()), "value": pa.array(values, pa.binary())})
+    kafka = pa.table(
+        {
+            "kafka_partition": pa.array([0] * len(values), pa.int32()),
+            "kafka_offset": pa.array(range(len(values)), pa.int64()),
+            "kafka_timestamp": pa.array(
+                [1_764_400_000_000 + i for i in range(len(values))], pa.timestamp("ms", tz="UTC")
+            ),
+            "kafka_key": pa.array([m.key for m in messages], pa.binary()),
+            "value": pa.array(values, pa.binary()),
+        }
+    )
     return flatten(validate_batch(values), kafka, batch_id).drop_columns(["event_json"]), messages
 
 
@@ -45,36 +55,76 @@ def test_the_partners_merge_source_has_one_row_per_partner(seed, sizes):
     ids = changes.column("partner_id").to_pylist()
     assert len(ids) == len(set(ids)), "a MERGE source with duplicate keys fails on BigQuery"
     assert changes.column_names == [c for c, _ in PARTNER_SCHEMA]
-    partner_rows = cycle.filter(pa.compute.is_in(cycle.column("event_type"), pa.array(["partner.enrolled", "partner.updated", "partner.terminated"])))
+    partner_rows = cycle.filter(
+        pa.compute.is_in(
+            cycle.column("event_type"),
+            pa.array(["partner.enrolled", "partner.updated", "partner.terminated"]),
+        )
+    )
     assert set(ids) == set(partner_rows.column("partner_id").to_pylist())
 
 
 def test_the_window_is_whole_days_before_the_first_arrival_to_the_end_of_the_last():
-    w = Window.around(datetime(2026, 11, 29, 0, 0, 5, tzinfo=timezone.utc), datetime(2026, 11, 30, 13, 0, tzinfo=timezone.utc), 1)
-    assert (w.lo, w.hi, w.days) == (datetime(2026, 11, 28, tzinfo=timezone.utc), datetime(2026, 12, 1, tzinfo=timezone.utc), 3)
-    assert w.sql("T.kafka_timestamp") == "T.kafka_timestamp >= TIMESTAMP '2026-11-28' AND T.kafka_timestamp < TIMESTAMP '2026-12-01'"
+    w = Window.around(
+        datetime(2026, 11, 29, 0, 0, 5, tzinfo=UTC),
+        datetime(2026, 11, 30, 13, 0, tzinfo=UTC),
+        1,
+    )
+    assert (w.lo, w.hi, w.days) == (
+        datetime(2026, 11, 28, tzinfo=UTC),
+        datetime(2026, 12, 1, tzinfo=UTC),
+        3,
+    )
+    assert (
+        w.sql("T.kafka_timestamp")
+        == "T.kafka_timestamp >= TIMESTAMP '2026-11-28' AND T.kafka_timestamp < TIMESTAMP '2026-12-01'"
+    )
 
 
 def test_the_events_insert_filters_history_by_constants_only():
     w = Warehouse(client=None, storage=None, project="p", dataset="d", ops_dataset="o")
-    sql = events_insert_sql(w, "`p.d._cycle_events_x`", ["event_id", "kafka_timestamp"], Window.around(datetime(2026, 11, 29, tzinfo=timezone.utc),
-                                                                                               datetime(2026, 11, 29, tzinfo=timezone.utc), 1))
+    sql = events_insert_sql(
+        w,
+        "`p.d._cycle_events_x`",
+        ["event_id", "kafka_timestamp"],
+        Window.around(
+            datetime(2026, 11, 29, tzinfo=UTC),
+            datetime(2026, 11, 29, tzinfo=UTC),
+            1,
+        ),
+    )
     exists = sql.split("WHERE NOT EXISTS", 1)[1]
-    assert "T.kafka_timestamp >= TIMESTAMP '2026-11-28' AND T.kafka_timestamp < TIMESTAMP '2026-11-30'" in exists, "a constant partition filter"
-    assert "@" not in sql and "SELECT MIN" not in sql.upper(), "no parameter or subquery in the partition filter: BigQuery would not prune"
+    assert (
+        "T.kafka_timestamp >= TIMESTAMP '2026-11-28' AND T.kafka_timestamp < TIMESTAMP '2026-11-30'"
+        in exists
+    ), "a constant partition filter"
+    assert "@" not in sql and "SELECT MIN" not in sql.upper(), (
+        "no parameter or subquery in the partition filter: BigQuery would not prune"
+    )
 
 
 def test_write_statements_are_counted_per_table():
     script = "INSERT INTO `p.d.events` (a) SELECT 1;\nMERGE `p.d.partners` T USING x S ON TRUE WHEN MATCHED THEN DELETE;\nINSERT INTO `p.d.quarantine` (a) SELECT 1"
-    assert _count_writes([script, "SELECT 1", "MERGE `p.o.ledger` T USING y S ON TRUE WHEN MATCHED THEN DELETE"]) == {
-        "events": 1, "partners": 1, "quarantine": 1, "ledger": 1}
+    assert _count_writes(
+        [script, "SELECT 1", "MERGE `p.o.ledger` T USING y S ON TRUE WHEN MATCHED THEN DELETE"]
+    ) == {"events": 1, "partners": 1, "quarantine": 1, "ledger": 1}
 
 
 def test_warehouse_settings_have_defaults_and_refuse_unknown_keys():
-    base = {"project": "p", "consumer_group": "g", "landing_bucket": "b", "datasets": {"warehouse": "w", "ops": "o"}, "solr_core": "c",
-            "marketing_cloud": {"data_extension": "d"}, "regions": [{"code": "AMER", "topic": "a", "partitions": 1}]}
+    base = {
+        "project": "p",
+        "consumer_group": "g",
+        "landing_bucket": "b",
+        "datasets": {"warehouse": "w", "ops": "o"},
+        "solr_core": "c",
+        "marketing_cloud": {"data_extension": "d"},
+        "regions": [{"code": "AMER", "topic": "a", "partitions": 1}],
+    }
     assert parse_config(base).warehouse == WarehouseSettings()
-    assert parse_config(base | {"warehouse": {"dedup_window_days": 0}}).warehouse.dedup_window_days == 0
+    assert (
+        parse_config(base | {"warehouse": {"dedup_window_days": 0}}).warehouse.dedup_window_days
+        == 0
+    )
     with pytest.raises(ValueError, match=r"warehouse: unknown setting\(s\) \['max_rows'\]"):
         parse_config(base | {"warehouse": {"max_rows": 5}})
     with pytest.raises(ValueError, match="max_cycle_rows"):

@@ -13,7 +13,19 @@ import sys
 from pathlib import Path
 
 from . import markets
-from .spec import BOOLEAN, CONDITIONS, COUNTRY_PATH, EVENT_TYPES, FORMATS, INTEGER, NUMBER_LIMIT, SAFE_INTEGER, SCHEMA_VERSIONS, FieldSpec, fields
+from .spec import (
+    BOOLEAN,
+    CONDITIONS,
+    COUNTRY_PATH,
+    EVENT_TYPES,
+    FORMATS,
+    INTEGER,
+    NUMBER_LIMIT,
+    SAFE_INTEGER,
+    SCHEMA_VERSIONS,
+    FieldSpec,
+    fields,
+)
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 _JSON_TYPES = {"string": "string", "number": "number", INTEGER: "integer", BOOLEAN: "boolean"}
@@ -28,14 +40,20 @@ def _leaf(spec: FieldSpec) -> dict:
     if spec.enum:
         leaf["enum"] = list(spec.enum)
     if spec.kind in ("number", INTEGER):  # what every downstream holds exactly
-        leaf["minimum"] = spec.minimum if spec.minimum is not None else -(SAFE_INTEGER if spec.kind == INTEGER else NUMBER_LIMIT)
+        leaf["minimum"] = (
+            spec.minimum
+            if spec.minimum is not None
+            else -(SAFE_INTEGER if spec.kind == INTEGER else NUMBER_LIMIT)
+        )
         leaf["maximum"] = SAFE_INTEGER if spec.kind == INTEGER else NUMBER_LIMIT
     if spec.kind == "string":
         leaf["maxLength"] = spec.max_length
     if spec.kind == "string" and not (spec.format or spec.enum or spec.by_country):
         leaf["pattern"] = r"\S"  # blank is missing
     if spec.required not in ("always", "never"):
-        leaf["description"] = (leaf.get("description", "") + f" (mandatory {CONDITIONS[spec.required]})").strip()
+        leaf["description"] = (
+            leaf.get("description", "") + f" (mandatory {CONDITIONS[spec.required]})"
+        ).strip()
     return leaf
 
 
@@ -74,7 +92,9 @@ def schema(event_type: str, version: int) -> dict:
         node = root
         parts = spec.path.split(".")
         for part in parts[:-1]:
-            child = node["properties"].setdefault(part, {"type": "object", "properties": {}, "required": []})
+            child = node["properties"].setdefault(
+                part, {"type": "object", "properties": {}, "required": []}
+            )
             if spec.required == "always" and part not in node["required"]:
                 node["required"].append(part)
             node = child
@@ -83,18 +103,38 @@ def schema(event_type: str, version: int) -> dict:
         if spec.required == "always" and leaf not in node["required"]:
             node["required"].append(leaf)
         conditions += _conditions(spec, event_type)
-    root["properties"]["event_type"] = {"const": event_type, "description": root["properties"]["event_type"].get("description", "")}
-    root["properties"]["schema_version"] = {"const": version, "description": "Version of this contract"}
+    root["properties"]["event_type"] = {
+        "const": event_type,
+        "description": root["properties"]["event_type"].get("description", ""),
+    }
+    root["properties"]["schema_version"] = {
+        "const": version,
+        "description": "Version of this contract",
+    }
     for region, countries in markets.REGION_COUNTRIES.items():
         if event_type in COUNTRY_PATH:
-            conditions.append({"if": _if_value_in("region", [region]), "then": _nested(COUNTRY_PATH[event_type], {"enum": list(countries)})})
+            conditions.append(
+                {
+                    "if": _if_value_in("region", [region]),
+                    "then": _nested(COUNTRY_PATH[event_type], {"enum": list(countries)}),
+                }
+            )
     if event_type == "partner.enrolled":
         ages = ", ".join(f"{c} {m.min_age}" for c, m in markets.MARKETS.items() if m.min_age != 18)
-        root["description"] += f" Partners must be at least 18 years old at enrollment ({ages}). Data-processing consent must be true where consents are mandatory."
-        conditions.append({"if": _if_value_in("region", markets.CONSENT_REGIONS), "then": _nested("payload.consents.data_processing", {"const": True})})
+        root["description"] += (
+            f" Partners must be at least 18 years old at enrollment ({ages}). Data-processing consent must be true where consents are mandatory."
+        )
+        conditions.append(
+            {
+                "if": _if_value_in("region", markets.CONSENT_REGIONS),
+                "then": _nested("payload.consents.data_processing", {"const": True}),
+            }
+        )
     if event_type == "partner.updated":
         root["properties"]["payload"]["properties"]["changes"]["minProperties"] = 1
-        root["properties"]["payload"]["required"] = sorted(set(root["properties"]["payload"]["required"]) | {"changes"})
+        root["properties"]["payload"]["required"] = sorted(
+            set(root["properties"]["payload"]["required"]) | {"changes"}
+        )
     root["allOf"] = conditions
     return _drop_empty_required(root)
 
@@ -103,27 +143,62 @@ def _conditions(spec: FieldSpec, event_type: str) -> list[dict]:
     out = []
     country_path = COUNTRY_PATH.get(event_type)
     if spec.required == "tax_id_market":
-        out.append({"if": _if_value_in(country_path, markets.tax_id_countries()), "then": _require(spec.path)})
+        out.append(
+            {
+                "if": _if_value_in(country_path, markets.tax_id_countries()),
+                "then": _require(spec.path),
+            }
+        )
     elif spec.required == "state_market":
-        out.append({"if": _if_value_in(country_path, markets.state_countries()), "then": _require(spec.path)})
+        out.append(
+            {
+                "if": _if_value_in(country_path, markets.state_countries()),
+                "then": _require(spec.path),
+            }
+        )
     elif spec.required == "consent_region":
-        out.append({"if": _if_value_in("region", markets.CONSENT_REGIONS), "then": _require(spec.path)})
+        out.append(
+            {"if": _if_value_in("region", markets.CONSENT_REGIONS), "then": _require(spec.path)}
+        )
     elif spec.required == "without_first_order":
-        out.append({"if": {"properties": {"payload": {"not": {"required": ["first_order"]}}}}, "then": _require(spec.path)})
+        out.append(
+            {
+                "if": {"properties": {"payload": {"not": {"required": ["first_order"]}}}},
+                "then": _require(spec.path),
+            }
+        )
     elif spec.required == "not_cancelled":
-        out.append({"if": {"properties": {"payload": {"properties": {"action": {"not": {"const": "cancelled"}}}, "required": ["action"]}}},
-                    "then": _require(spec.path)})
+        out.append(
+            {
+                "if": {
+                    "properties": {
+                        "payload": {
+                            "properties": {"action": {"not": {"const": "cancelled"}}},
+                            "required": ["action"],
+                        }
+                    }
+                },
+                "then": _require(spec.path),
+            }
+        )
     if spec.by_country and country_path:
         for country, market in markets.MARKETS.items():
             pattern = getattr(market, spec.by_country)
             if pattern:
-                out.append({"if": _if_value_in(country_path, [country]), "then": _nested(spec.path, {"pattern": pattern})})
+                out.append(
+                    {
+                        "if": _if_value_in(country_path, [country]),
+                        "then": _nested(spec.path, {"pattern": pattern}),
+                    }
+                )
     return out
 
 
 def _drop_empty_required(node):
     if isinstance(node, dict):
-        return {k: _drop_empty_required(v) for k, v in node.items() if not (k == "required" and v == [])}
+        return {
+            k: _drop_empty_required(v) for k, v in node.items() if not (k == "required" and v == [])
+        }
     if isinstance(node, list):
         return [_drop_empty_required(v) for v in node]
     return node

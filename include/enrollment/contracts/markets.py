@@ -30,8 +30,16 @@ class Market:
 
 
 MARKETS: dict[str, Market] = {
-    "US": Market("USD", r"^\d{5}(-\d{4})?$", tax_id=r"^\d{3}-?\d{2}-?\d{4}$", state_required=True, languages=("en-US", "es-US")),
-    "CA": Market("CAD", r"^[A-Z]\d[A-Z] ?\d[A-Z]\d$", state_required=True, languages=("en-CA", "fr-CA")),
+    "US": Market(
+        "USD",
+        r"^\d{5}(-\d{4})?$",
+        tax_id=r"^\d{3}-?\d{2}-?\d{4}$",
+        state_required=True,
+        languages=("en-US", "es-US"),
+    ),
+    "CA": Market(
+        "CAD", r"^[A-Z]\d[A-Z] ?\d[A-Z]\d$", state_required=True, languages=("en-CA", "fr-CA")
+    ),
     "DE": Market("EUR", r"^\d{5}$", languages=("de-DE",)),
     "FR": Market("EUR", r"^\d{5}$", languages=("fr-FR",)),
     "GB": Market("GBP", r"^[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}$", languages=("en-GB",)),
@@ -49,10 +57,24 @@ MARKETS: dict[str, Market] = {
     "PH": Market("PHP", r"^\d{4}$", languages=("en-PH", "fil-PH")),
     "MY": Market("MYR", r"^\d{5}$", languages=("en-MY", "ms-MY")),
     "TW": Market("TWD", r"^\d{3}(\d{2,3})?$", languages=("zh-TW",)),
-    "MX": Market("MXN", r"^\d{5}$", tax_id=r"^[A-Z&Ñ]{3,4}\d{6}[A-Z\d]{3}$", state_required=True, languages=("es-MX",)),
-    "BR": Market("BRL", r"^\d{5}-?\d{3}$", tax_id=r"^\d{3}\.?\d{3}\.?\d{3}-?\d{2}$", state_required=True, languages=("pt-BR",)),
+    "MX": Market(
+        "MXN",
+        r"^\d{5}$",
+        tax_id=r"^[A-Z&Ñ]{3,4}\d{6}[A-Z\d]{3}$",
+        state_required=True,
+        languages=("es-MX",),
+    ),
+    "BR": Market(
+        "BRL",
+        r"^\d{5}-?\d{3}$",
+        tax_id=r"^\d{3}\.?\d{3}\.?\d{3}-?\d{2}$",
+        state_required=True,
+        languages=("pt-BR",),
+    ),
     "CO": Market("COP", r"^\d{6}$", tax_id=r"^\d{6,10}$", languages=("es-CO",)),
-    "AR": Market("ARS", r"^([A-Z]\d{4}[A-Z]{3}|\d{4})$", tax_id=r"^\d{2}-?\d{8}-?\d$", languages=("es-AR",)),
+    "AR": Market(
+        "ARS", r"^([A-Z]\d{4}[A-Z]{3}|\d{4})$", tax_id=r"^\d{2}-?\d{8}-?\d$", languages=("es-AR",)
+    ),
     "CL": Market("CLP", r"^\d{7}$", tax_id=r"^\d{7,8}-[\dK]$", languages=("es-CL",)),
     "PE": Market("PEN", r"^\d{5}$", languages=("es-PE",)),
 }
@@ -77,4 +99,6 @@ def state_countries() -> tuple[str, ...]:
     return tuple(c for c, m in MARKETS.items() if m.state_required)
 
 
-assert set(MARKETS) == {c for cs in REGION_COUNTRIES.values() for c in cs}, "every region country needs a market"
+assert set(MARKETS) == {c for cs in REGION_COUNTRIES.values() for c in cs}, (
+    "every region country needs a market"
+)

@@ -16,7 +16,13 @@ from .markets import REGION_COUNTRIES
 
 STRING, NUMBER, INTEGER, BOOLEAN = "string", "number", "integer", "boolean"
 
-EVENT_TYPES = ("partner.enrolled", "partner.updated", "partner.terminated", "order.placed", "subscription.changed")
+EVENT_TYPES = (
+    "partner.enrolled",
+    "partner.updated",
+    "partner.terminated",
+    "order.placed",
+    "subscription.changed",
+)
 SCHEMA_VERSIONS: dict[str, tuple[int, ...]] = {t: (1, 2) for t in EVENT_TYPES}
 REGIONS = tuple(REGION_COUNTRIES)
 CHANNELS = ("web", "mobile", "call-center")
@@ -100,19 +106,47 @@ class FieldSpec:
 
     @property
     def checked_format(self) -> bool:
-        return bool(self.format or self.by_country or self.enum or self.minimum is not None or self.kind == INTEGER)
+        return bool(
+            self.format
+            or self.by_country
+            or self.enum
+            or self.minimum is not None
+            or self.kind == INTEGER
+        )
 
 
 ENVELOPE: tuple[FieldSpec, ...] = (
-    FieldSpec("event_id", format="uuid", description="Unique id of the event (UUID); the same id twice is a duplicate"),
+    FieldSpec(
+        "event_id",
+        format="uuid",
+        description="Unique id of the event (UUID); the same id twice is a duplicate",
+    ),
     FieldSpec("event_type", enum=EVENT_TYPES, description="What happened"),
     FieldSpec("schema_version", INTEGER, description="Version of this event type's contract"),
     FieldSpec("region", enum=REGIONS, description="The SAP Commerce region that emitted the event"),
-    FieldSpec("source_system", format="source_system", description="Emitting system, e.g. sap-commerce-emea"),
-    FieldSpec("occurred_at", format="timestamp", description="When it happened (RFC 3339 with offset)"),
-    FieldSpec("partner_id", format="partner_id", description="The sales partner (Kafka message key)"),
-    FieldSpec("partner_version", INTEGER, minimum=1, description="Per-partner sequence: the newest version wins downstream"),
-    FieldSpec("correlation_id", required="never", versions=(2,), description="Id of the storefront request that caused the event"),
+    FieldSpec(
+        "source_system",
+        format="source_system",
+        description="Emitting system, e.g. sap-commerce-emea",
+    ),
+    FieldSpec(
+        "occurred_at", format="timestamp", description="When it happened (RFC 3339 with offset)"
+    ),
+    FieldSpec(
+        "partner_id", format="partner_id", description="The sales partner (Kafka message key)"
+    ),
+    FieldSpec(
+        "partner_version",
+        INTEGER,
+        minimum=1,
+        description="Per-partner sequence: the newest version wins downstream",
+    ),
+    FieldSpec(
+        "correlation_id",
+        required="never",
+        versions=(2,),
+        description="Id of the storefront request that caused the event",
+    ),
 )
 
 _ADDRESS = "payload.address"
@@ -129,22 +163,72 @@ PAYLOADS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec(f"{_ADDRESS}.line1"),
         FieldSpec(f"{_ADDRESS}.line2", required="never"),
         FieldSpec(f"{_ADDRESS}.city"),
-        FieldSpec(f"{_ADDRESS}.state", required="state_market", versions=(2,), description="State or province code"),
+        FieldSpec(
+            f"{_ADDRESS}.state",
+            required="state_market",
+            versions=(2,),
+            description="State or province code",
+        ),
         FieldSpec(f"{_ADDRESS}.postal_code", by_country="postal_code"),
-        FieldSpec(f"{_ADDRESS}.country", format="country", description="ISO 3166-1 alpha-2; must belong to the region"),
-        FieldSpec("payload.sponsor_id", format="partner_id", missing_reason="sponsor_missing", description="Upline partner who sponsors the enrollment"),
-        FieldSpec("payload.enrollment_kit.sku", format="sku", versions=(1,), description="Starter kit bought with the enrollment"),
-        FieldSpec("payload.enrollment_kit.sku", format="sku", required="without_first_order", versions=(2,)),
-        FieldSpec("payload.first_order.order_id", format="order_id", required="never", versions=(2,), description="A first order instead of a kit (v2)"),
+        FieldSpec(
+            f"{_ADDRESS}.country",
+            format="country",
+            description="ISO 3166-1 alpha-2; must belong to the region",
+        ),
+        FieldSpec(
+            "payload.sponsor_id",
+            format="partner_id",
+            missing_reason="sponsor_missing",
+            description="Upline partner who sponsors the enrollment",
+        ),
+        FieldSpec(
+            "payload.enrollment_kit.sku",
+            format="sku",
+            versions=(1,),
+            description="Starter kit bought with the enrollment",
+        ),
+        FieldSpec(
+            "payload.enrollment_kit.sku",
+            format="sku",
+            required="without_first_order",
+            versions=(2,),
+        ),
+        FieldSpec(
+            "payload.first_order.order_id",
+            format="order_id",
+            required="never",
+            versions=(2,),
+            description="A first order instead of a kit (v2)",
+        ),
         FieldSpec("payload.agreement.contract_id", description="Signed partner agreement"),
         FieldSpec("payload.agreement.version", format="agreement_version"),
         FieldSpec("payload.agreement.accepted_at", format="timestamp"),
-        FieldSpec("payload.tax_id", required="tax_id_market", by_country="tax_id", description="Where the market requires one (e.g. US SSN/ITIN, Brazil CPF)"),
-        FieldSpec("payload.consents.data_processing", BOOLEAN, required="consent_region", description="Must be granted (true) where required"),
+        FieldSpec(
+            "payload.tax_id",
+            required="tax_id_market",
+            by_country="tax_id",
+            description="Where the market requires one (e.g. US SSN/ITIN, Brazil CPF)",
+        ),
+        FieldSpec(
+            "payload.consents.data_processing",
+            BOOLEAN,
+            required="consent_region",
+            description="Must be granted (true) where required",
+        ),
         FieldSpec("payload.consents.marketing_email", BOOLEAN, required="consent_region"),
-        FieldSpec("payload.consents.captured_at", format="timestamp", required="consent_region", versions=(2,)),
-        FieldSpec("payload.consents.version", required="never", format="agreement_version", versions=(2,),
-                  description="Version of the consent text the partner answered; absent: the agreement's version"),
+        FieldSpec(
+            "payload.consents.captured_at",
+            format="timestamp",
+            required="consent_region",
+            versions=(2,),
+        ),
+        FieldSpec(
+            "payload.consents.version",
+            required="never",
+            format="agreement_version",
+            versions=(2,),
+            description="Version of the consent text the partner answered; absent: the agreement's version",
+        ),
         FieldSpec("payload.channel", enum=CHANNELS, versions=(2,)),
     ),
     "partner.updated": (
@@ -157,9 +241,24 @@ PAYLOADS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec(f"{_CHANGES}.address.city", required="never"),
         FieldSpec(f"{_CHANGES}.address.postal_code", required="never", by_country="postal_code"),
         FieldSpec(f"{_CHANGES}.address.country", required="never", format="country"),
-        FieldSpec(f"{_CHANGES}.consents.marketing_email", BOOLEAN, required="never", description="Marketing e-mail consent granted (true) or withdrawn (false)"),
-        FieldSpec(f"{_CHANGES}.consents.captured_at", required="never", format="timestamp", description="When the consent change was captured"),
-        FieldSpec(f"{_CHANGES}.consents.version", required="never", format="agreement_version", description="Version of the consent text answered"),
+        FieldSpec(
+            f"{_CHANGES}.consents.marketing_email",
+            BOOLEAN,
+            required="never",
+            description="Marketing e-mail consent granted (true) or withdrawn (false)",
+        ),
+        FieldSpec(
+            f"{_CHANGES}.consents.captured_at",
+            required="never",
+            format="timestamp",
+            description="When the consent change was captured",
+        ),
+        FieldSpec(
+            f"{_CHANGES}.consents.version",
+            required="never",
+            format="agreement_version",
+            description="Version of the consent text answered",
+        ),
         FieldSpec("payload.changed_by", enum=("partner", "support", "system"), versions=(2,)),
     ),
     "partner.terminated": (
@@ -171,7 +270,12 @@ PAYLOADS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec("payload.order_type", enum=("enrollment", "retail", "autoship")),
         FieldSpec("payload.currency", format="currency"),
         FieldSpec("payload.total_amount", NUMBER, minimum=0),
-        FieldSpec("payload.volume_points", NUMBER, minimum=0, description="Personal volume credited to the partner"),
+        FieldSpec(
+            "payload.volume_points",
+            NUMBER,
+            minimum=0,
+            description="Personal volume credited to the partner",
+        ),
         FieldSpec("payload.line_count", INTEGER, minimum=1),
         FieldSpec("payload.channel", enum=CHANNELS, versions=(2,)),
     ),
@@ -184,7 +288,10 @@ PAYLOADS: dict[str, tuple[FieldSpec, ...]] = {
 }
 
 # Where each type keeps the country its market rules follow, and whose region it must match.
-COUNTRY_PATH: dict[str, str] = {"partner.enrolled": f"{_ADDRESS}.country", "partner.updated": f"{_CHANGES}.address.country"}
+COUNTRY_PATH: dict[str, str] = {
+    "partner.enrolled": f"{_ADDRESS}.country",
+    "partner.updated": f"{_CHANGES}.address.country",
+}
 
 # Checks beyond single fields, with their reason codes.
 SEMANTIC_REASONS = {
@@ -200,15 +307,15 @@ FIELD_REASONS = {
     "bad_format:<field>": "the value has the wrong JSON type, pattern, enumeration, calendar date, or holds control characters",
     "too_long:<field>": f"text longer than the field's maximum (default {TEXT_MAX_CHARS} characters)",
     "out_of_range:<field>": "a well-formed value no downstream holds exactly: an integer or number beyond 2^53 - 1, "
-                            "an instant outside 0001-01-01..9999-12-31 UTC",
+    "an instant outside 0001-01-01..9999-12-31 UTC",
 }
 # Reasons decided before any field is looked at; a message with one of these gets no other.
 ENVELOPE_REASONS = {
     "oversized": "the message is larger than the limit",
     "not_utf8": "the message is not UTF-8 text (or encodes a surrogate)",
     "unparsable": "the message is not one JSON object (RFC 8259, strictly: no NaN or Infinity literals, no raw "
-                  "control characters or lone surrogate escapes in strings; of a key repeated in one object the last "
-                  "value counts, as in msgspec, Python and JavaScript)",
+    "control characters or lone surrogate escapes in strings; of a key repeated in one object the last "
+    "value counts, as in msgspec, Python and JavaScript)",
     "too_deep": f"the message nests JSON values deeper than {MAX_NESTING} levels",
     "validator_error": "validation itself failed on the message (a defect, never the producer's fault): kept for re-processing",
     "unknown_event_type": "the event type is not one of the contracts",
@@ -227,5 +334,7 @@ def all_fields() -> dict[str, FieldSpec]:
     found: dict[str, FieldSpec] = {}
     for spec in ENVELOPE + tuple(f for specs in PAYLOADS.values() for f in specs):
         seen = found.setdefault(spec.path, spec)
-        assert seen.kind == spec.kind, f"{spec.path} is {seen.kind} in one contract and {spec.kind} in another"
+        assert seen.kind == spec.kind, (
+            f"{spec.path} is {seen.kind} in one contract and {spec.kind} in another"
+        )
     return found

@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .generator import DEFAULT_START, FaultRates, Simulator, expected_line
@@ -72,7 +72,11 @@ class _Progress:
             self.last = now
             elapsed = max(now - self.t0, 1e-9)
             of = f"/{self.total:,}" if self.total else ""
-            print(f"[{elapsed:6.1f}s] {done:,}{of} events ({done / elapsed * 60:,.0f}/min), {faults:,} with faults{extra}", file=sys.stderr, flush=True)
+            print(
+                f"[{elapsed:6.1f}s] {done:,}{of} events ({done / elapsed * 60:,.0f}/min), {faults:,} with faults{extra}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def produce(args) -> dict:
@@ -81,10 +85,22 @@ def produce(args) -> dict:
     if total is None:
         raise SystemExit("give --events, or --rate with --duration")
     to_kafka = args.out is None
-    start = datetime.now(timezone.utc) if args.start == "now" or (args.start is None and to_kafka) else (datetime.fromisoformat(args.start) if args.start else DEFAULT_START)
-    sim = Simulator(seed=args.seed, faults=_faults(args), v2_share=args.v2_share, start=start,
-                    events_per_second=rate or 20000.0, wall_clock=to_kafka and args.start in (None, "now"))
-    expected_path = Path(args.expected or (Path(args.out) / "expected.jsonl" if args.out else "expected.jsonl"))
+    start = (
+        datetime.now(UTC)
+        if args.start == "now" or (args.start is None and to_kafka)
+        else (datetime.fromisoformat(args.start) if args.start else DEFAULT_START)
+    )
+    sim = Simulator(
+        seed=args.seed,
+        faults=_faults(args),
+        v2_share=args.v2_share,
+        start=start,
+        events_per_second=rate or 20000.0,
+        wall_clock=to_kafka and args.start in (None, "now"),
+    )
+    expected_path = Path(
+        args.expected or (Path(args.out) / "expected.jsonl" if args.out else "expected.jsonl")
+    )
     expected_path.parent.mkdir(parents=True, exist_ok=True)
     progress = _Progress(total)
     faults = 0
@@ -95,24 +111,41 @@ def produce(args) -> dict:
             produced, faults = _to_files(sim, total, Path(args.out), expected_file, progress)
     seconds = time.monotonic() - progress.t0
     progress.tick(produced, faults, force=True)
-    summary = {"events": produced, "seconds": round(seconds, 3), "events_per_min": round(produced / seconds * 60), "faults": faults,
-               "fault_rates": sim.faults.as_dict(), "seed": args.seed, "expected": str(expected_path), "target": "kafka" if to_kafka else str(args.out)}
+    summary = {
+        "events": produced,
+        "seconds": round(seconds, 3),
+        "events_per_min": round(produced / seconds * 60),
+        "faults": faults,
+        "fault_rates": sim.faults.as_dict(),
+        "seed": args.seed,
+        "expected": str(expected_path),
+        "target": "kafka" if to_kafka else str(args.out),
+    }
     print(json.dumps(summary))
     return summary
 
 
-def _to_kafka(sim: Simulator, total: int, rate: float | None, args, expected_file, progress: _Progress) -> tuple[int, int]:
+def _to_kafka(
+    sim: Simulator, total: int, rate: float | None, args, expected_file, progress: _Progress
+) -> tuple[int, int]:
     from confluent_kafka import Producer
 
     bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
-        raise SystemExit("set --bootstrap or KAFKA_BOOTSTRAP_SERVERS (for the local stack: source .stack/stack.env)")
-    producer = Producer({
-        "bootstrap.servers": bootstrap,
-        "partitioner": "murmur2_random",  # the Java client's partitioner, as SAP Commerce's producers use
-        "enable.idempotence": True,  # retries keep per-partner order and do not duplicate
-        "linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4", "queue.buffering.max.messages": 500_000,
-    })
+        raise SystemExit(
+            "set --bootstrap or KAFKA_BOOTSTRAP_SERVERS (for the local stack: source .stack/stack.env)"
+        )
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",  # the Java client's partitioner, as SAP Commerce's producers use
+            "enable.idempotence": True,  # retries keep per-partner order and do not duplicate
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
     errors: list[str] = []
 
     def delivered(err, msg, message) -> None:
@@ -144,32 +177,53 @@ def _to_kafka(sim: Simulator, total: int, rate: float | None, args, expected_fil
             time.sleep(0.002)
     left = producer.flush(60)
     if left or errors:
-        raise SystemExit(f"kafka: {left} messages undelivered, {len(errors)} delivery errors (first: {errors[:1]})")
+        raise SystemExit(
+            f"kafka: {left} messages undelivered, {len(errors)} delivery errors (first: {errors[:1]})"
+        )
     return produced, faults
 
 
 def _send(producer, message, delivered) -> None:
     while True:
         try:
-            producer.produce(message.topic, key=message.key, value=message.value, on_delivery=lambda err, msg, m=message: delivered(err, msg, m))
+            producer.produce(
+                message.topic,
+                key=message.key,
+                value=message.value,
+                on_delivery=lambda err, msg, m=message: delivered(err, msg, m),
+            )
             return
         except BufferError:
             producer.poll(0.05)
 
 
-def _to_files(sim: Simulator, total: int, out: Path, expected_file, progress: _Progress) -> tuple[int, int]:
+def _to_files(
+    sim: Simulator, total: int, out: Path, expected_file, progress: _Progress
+) -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([("seq", pa.int64()), ("topic", pa.string()), ("key", pa.binary()), ("value", pa.binary())])
+    schema = pa.schema(
+        [("seq", pa.int64()), ("topic", pa.string()), ("key", pa.binary()), ("value", pa.binary())]
+    )
     produced = faults = 0
     with pq.ParquetWriter(out / "messages.parquet", schema) as writer:
         while produced < total:
             chunk = [next(sim) for _ in range(min(50_000, total - produced))]
             if produced + len(chunk) >= total:
                 chunk += sim.flush()
-            writer.write_table(pa.table({"seq": [m.seq for m in chunk], "topic": [m.topic for m in chunk], "key": [m.key for m in chunk], "value": [m.value for m in chunk]}, schema=schema))
+            writer.write_table(
+                pa.table(
+                    {
+                        "seq": [m.seq for m in chunk],
+                        "topic": [m.topic for m in chunk],
+                        "key": [m.key for m in chunk],
+                        "value": [m.value for m in chunk],
+                    },
+                    schema=schema,
+                )
+            )
             for message in chunk:
                 expected_file.write(expected_line(message))
                 faults += message.expected["fault"] is not None
@@ -198,31 +252,65 @@ def check(args) -> int:
     got = {seq: [] for seq in seqs}
     for row in result.quarantine.select(["source_index", "reasons"]).to_pylist():
         got[seqs[row["source_index"]]] = row["reasons"]
-    mismatches = [(seq, expected.get(seq), got[seq]) for seq in seqs if expected.get(seq) != got[seq]]
-    print(f"{len(seqs):,} messages validated in {seconds:.2f} s: {result.valid.num_rows:,} valid, {result.quarantine.num_rows:,} quarantined "
-          f"({result.duplicates:,} duplicates); {len(mismatches)} differ from the expected outcomes")
+    mismatches = [
+        (seq, expected.get(seq), got[seq]) for seq in seqs if expected.get(seq) != got[seq]
+    ]
+    print(
+        f"{len(seqs):,} messages validated in {seconds:.2f} s: {result.valid.num_rows:,} valid, {result.quarantine.num_rows:,} quarantined "
+        f"({result.duplicates:,} duplicates); {len(mismatches)} differ from the expected outcomes"
+    )
     for seq, want, have in mismatches[:20]:
         print(f"  seq {seq}: expected {want}, validator {have}")
     return 1 if mismatches or len(expected) != len(seqs) else 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m enrollment.simulator", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m enrollment.simulator", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("produce", help="generate events into Kafka or files, with the expected-outcome file")
-    p.add_argument("--rate", type=parse_rate, default=parse_rate("400000/min"), help="e.g. 400000/min, 5000/s, max (default 400000/min)")
+    p = sub.add_parser(
+        "produce", help="generate events into Kafka or files, with the expected-outcome file"
+    )
+    p.add_argument(
+        "--rate",
+        type=parse_rate,
+        default=parse_rate("400000/min"),
+        help="e.g. 400000/min, 5000/s, max (default 400000/min)",
+    )
     p.add_argument("--duration", type=parse_duration, help="e.g. 5m (with --rate)")
     p.add_argument("--events", type=int, help="number of events (instead of --duration)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--faults", type=parse_share, help="total fault share with the default mix, e.g. 2%%")
+    p.add_argument(
+        "--faults", type=parse_share, help="total fault share with the default mix, e.g. 2%%"
+    )
     for name in FaultRates().as_dict():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=parse_share, help=f"share of {name.replace('_', ' ')} faults (overrides the mix)")
-    p.add_argument("--v2-share", type=parse_share, default=0.5, help="share of events on schema version 2 (default 50%%)")
-    p.add_argument("--out", help="write messages.parquet and expected.jsonl here instead of producing to Kafka")
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=parse_share,
+            help=f"share of {name.replace('_', ' ')} faults (overrides the mix)",
+        )
+    p.add_argument(
+        "--v2-share",
+        type=parse_share,
+        default=0.5,
+        help="share of events on schema version 2 (default 50%%)",
+    )
+    p.add_argument(
+        "--out", help="write messages.parquet and expected.jsonl here instead of producing to Kafka"
+    )
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--expected", help="expected-outcome file (default: expected.jsonl, or inside --out)")
-    p.add_argument("--start", help="occurred_at of the first event: ISO time or 'now' (default: now for Kafka, a fixed time for files)")
-    c = sub.add_parser("check", help="validate a file run as one batch and compare with its expected outcomes")
+    p.add_argument(
+        "--expected", help="expected-outcome file (default: expected.jsonl, or inside --out)"
+    )
+    p.add_argument(
+        "--start",
+        help="occurred_at of the first event: ISO time or 'now' (default: now for Kafka, a fixed time for files)",
+    )
+    c = sub.add_parser(
+        "check", help="validate a file run as one batch and compare with its expected outcomes"
+    )
     c.add_argument("folder")
     return parser.parse_args(argv)
 

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, fields
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import msgspec
 
@@ -25,17 +25,24 @@ from ..contracts import markets
 from ..contracts.spec import BOOLEAN, CHANNELS, INTEGER, STRING, FieldSpec
 from ..contracts.spec import fields as contract_fields
 from ..validation import DEFAULT_MAX_MESSAGE_BYTES
-from . import hostile
-from . import people
+from . import hostile, people
 
-CONSENT_CHANGE_SHARE = 0.1  # of partner.updated events: a marketing-consent change besides the other changes
-EVENT_MIX = {"order.placed": 0.55, "subscription.changed": 0.25, "partner.updated": 0.10, "partner.enrolled": 0.07, "partner.terminated": 0.03}
+CONSENT_CHANGE_SHARE = (
+    0.1  # of partner.updated events: a marketing-consent change besides the other changes
+)
+EVENT_MIX = {
+    "order.placed": 0.55,
+    "subscription.changed": 0.25,
+    "partner.updated": 0.10,
+    "partner.enrolled": 0.07,
+    "partner.terminated": 0.03,
+}
 REGION_SHARE = {"AMER": 0.35, "EMEA": 0.30, "APAC": 0.20, "LATAM": 0.15}
 REGION_PREFIX = {"AMER": "AM", "EMEA": "EM", "APAC": "AP", "LATAM": "LA"}
 KITS = ("KIT-STARTER", "KIT-BUSINESS", "KIT-PREMIUM")
 PLANS = ("PLAN-NUTRITION-30", "PLAN-SKINCARE-60", "PLAN-WELLNESS-30", "PLAN-FAMILY-90")
 
-DEFAULT_START = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 
 
 @dataclass
@@ -44,16 +51,29 @@ class FaultRates:
 
     missing: float = 0.0  # a mandatory field absent, null or blank
     bad_format: float = 0.0  # a field of the wrong format or JSON type
-    rule_violation: float = 0.0  # country outside the region, under age, consent refused, self-sponsored
+    rule_violation: float = (
+        0.0  # country outside the region, under age, consent refused, self-sponsored
+    )
     duplicate: float = 0.0  # an earlier message sent again, later
     out_of_order: float = 0.0  # an event held back and sent after newer versions of its partner
     poison: float = 0.0  # bytes that are not UTF-8 or not JSON
     oversized: float = 0.0  # larger than the message limit
     unknown_version: float = 0.0  # an unknown schema version or event type
-    hostile: float = 0.0  # the edges of JSON and of the contract (simulator.hostile); not in the default mix
+    hostile: float = (
+        0.0  # the edges of JSON and of the contract (simulator.hostile); not in the default mix
+    )
 
     # The default mix of a total fault rate (`--faults 2%`).
-    MIX = {"missing": 0.22, "bad_format": 0.22, "rule_violation": 0.1, "duplicate": 0.14, "out_of_order": 0.14, "poison": 0.06, "oversized": 0.04, "unknown_version": 0.08}
+    MIX = {
+        "missing": 0.22,
+        "bad_format": 0.22,
+        "rule_violation": 0.1,
+        "duplicate": 0.14,
+        "out_of_order": 0.14,
+        "poison": 0.06,
+        "oversized": 0.04,
+        "unknown_version": 0.08,
+    }
 
     @classmethod
     def mix(cls, total: float) -> FaultRates:
@@ -86,9 +106,18 @@ class Message:
 
 
 class Simulator:
-    def __init__(self, seed: int = 7, faults: FaultRates | None = None, v2_share: float = 0.5, initial_partners: int = 200,
-                 start: datetime = DEFAULT_START, events_per_second: float = 6666.0, wall_clock: bool = False,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, config: PipelineConfig | None = None):
+    def __init__(
+        self,
+        seed: int = 7,
+        faults: FaultRates | None = None,
+        v2_share: float = 0.5,
+        initial_partners: int = 200,
+        start: datetime = DEFAULT_START,
+        events_per_second: float = 6666.0,
+        wall_clock: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        config: PipelineConfig | None = None,
+    ):
         self.rng = random.Random(seed)
         # Consent changes draw from their own generator: the rest of the stream stays what it was.
         self.consent_rng = random.Random(f"consent-{seed}")
@@ -106,9 +135,13 @@ class Simulator:
         self.partners: dict[str, Partner] = {}
         self.active: list[Partner] = []
         self._position: dict[str, int] = {}  # partner id -> index in self.active
-        self.sponsor_slots: dict[str, list[str]] = {r: [f"{REGION_PREFIX[r]}0000000000"] for r in REGION_SHARE}
+        self.sponsor_slots: dict[str, list[str]] = {
+            r: [f"{REGION_PREFIX[r]}0000000000"] for r in REGION_SHARE
+        }
         self.seq = 0
-        self.held: list[tuple[int, Message]] = []  # (release at seq, message) for out-of-order faults
+        self.held: list[
+            tuple[int, Message]
+        ] = []  # (release at seq, message) for out-of-order faults
         self.recent: deque[Message] = deque(maxlen=2000)  # candidates for duplicates
         self._fault_names = list(self.faults.as_dict())
         self._fault_cum = _cumulative(self.faults.as_dict().values())
@@ -126,11 +159,25 @@ class Simulator:
         if self.held and self.held[0][0] <= self.seq:
             _, message = self.held.pop(0)
             return self._emit(message)
-        fault = self._draw(self._fault_names, self._fault_cum, self.rng.random() * 1.0, none_above=self._fault_cum[-1])
+        fault = self._draw(
+            self._fault_names,
+            self._fault_cum,
+            self.rng.random() * 1.0,
+            none_above=self._fault_cum[-1],
+        )
         if fault == "duplicate" and self.recent:
             original = self.rng.choice(self.recent)
-            reasons = sorted(set(original.expected["reasons"]) | ({"duplicate_event_id"} if original.expected["id_readable"] else set()))
-            expected = {**original.expected, "fault": "duplicate", "reasons": reasons, "duplicate_of": original.seq, "out_of_order": False}
+            reasons = sorted(
+                set(original.expected["reasons"])
+                | ({"duplicate_event_id"} if original.expected["id_readable"] else set())
+            )
+            expected = {
+                **original.expected,
+                "fault": "duplicate",
+                "reasons": reasons,
+                "duplicate_of": original.seq,
+                "out_of_order": False,
+            }
             return self._emit(Message(0, original.topic, original.key, original.value, expected))
         event, partner = self._event(force_enrollment=fault == "rule_violation")
         message, fault = self._encode_with_fault(event, partner, fault)
@@ -208,10 +255,20 @@ class Simulator:
         partner.country = country
         partner.version += 1
         now = self._now()
-        event = {"event_id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)), "event_type": event_type, "schema_version": version,
-                 "region": region, "source_system": f"sap-commerce-{region.lower()}", "occurred_at": _timestamp(now),
-                 "partner_id": partner.partner_id, "partner_version": partner.version}
-        event["payload"] = getattr(self, "_" + event_type.replace(".", "_"))(partner, version, now) | payload_overrides
+        event = {
+            "event_id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+            "event_type": event_type,
+            "schema_version": version,
+            "region": region,
+            "source_system": f"sap-commerce-{region.lower()}",
+            "occurred_at": _timestamp(now),
+            "partner_id": partner.partner_id,
+            "partner_version": partner.version,
+        }
+        event["payload"] = (
+            getattr(self, "_" + event_type.replace(".", "_"))(partner, version, now)
+            | payload_overrides
+        )
         return event
 
     def _new_partner(self, region: str) -> Partner:
@@ -246,7 +303,7 @@ class Simulator:
         rng, country = self.rng, partner.country
         market, pool = markets.MARKETS[country], self.pools[country]
         first, last = rng.choice(pool.first_names), rng.choice(pool.last_names)
-        today = datetime.fromtimestamp(now, timezone.utc).date()
+        today = datetime.fromtimestamp(now, UTC).date()
         dob = today - timedelta(days=rng.randrange(21 * 366, 70 * 365))
         payload = {
             "first_name": first,
@@ -255,7 +312,12 @@ class Simulator:
             "phone": people.phone(country, rng),
             "date_of_birth": dob.isoformat(),
             "language": rng.choice(market.languages),
-            "address": {"line1": rng.choice(pool.streets), "city": rng.choice(pool.cities), "postal_code": people.fill(people.POSTAL_TEMPLATES[country], rng), "country": country},
+            "address": {
+                "line1": rng.choice(pool.streets),
+                "city": rng.choice(pool.cities),
+                "postal_code": people.fill(people.POSTAL_TEMPLATES[country], rng),
+                "country": country,
+            },
             "sponsor_id": self._sponsor(partner),
         }
         if version == 2 and market.state_required:
@@ -264,7 +326,11 @@ class Simulator:
             payload["first_order"] = {"order_id": self._id("O")}
         else:
             payload["enrollment_kit"] = {"sku": rng.choice(KITS)}
-        payload["agreement"] = {"contract_id": f"PA-{country}-{today.year}", "version": f"{today.year}.1", "accepted_at": _timestamp(now - rng.randrange(5, 600))}
+        payload["agreement"] = {
+            "contract_id": f"PA-{country}-{today.year}",
+            "version": f"{today.year}.1",
+            "accepted_at": _timestamp(now - rng.randrange(5, 600)),
+        }
         if market.tax_id:
             payload["tax_id"] = people.fill(people.TAX_ID_TEMPLATES[country], rng)
         if partner.region in markets.CONSENT_REGIONS or rng.random() < 0.5:
@@ -282,23 +348,35 @@ class Simulator:
         rng, country = self.rng, partner.country
         pool = self.pools[country]
         changes: dict = {}
-        for what in rng.sample(("email", "phone", "language", "address", "last_name"), rng.randrange(1, 3)):
+        for what in rng.sample(
+            ("email", "phone", "language", "address", "last_name"), rng.randrange(1, 3)
+        ):
             if what == "email":
-                changes["email"] = people.email(rng.choice(pool.first_names), rng.choice(pool.last_names), pool, rng)
+                changes["email"] = people.email(
+                    rng.choice(pool.first_names), rng.choice(pool.last_names), pool, rng
+                )
             elif what == "phone":
                 changes["phone"] = people.phone(country, rng)
             elif what == "language":
                 changes["language"] = rng.choice(markets.MARKETS[country].languages)
             elif what == "address":
-                changes["address"] = {"line1": rng.choice(pool.streets), "city": rng.choice(pool.cities), "postal_code": people.fill(people.POSTAL_TEMPLATES[country], rng), "country": country}
+                changes["address"] = {
+                    "line1": rng.choice(pool.streets),
+                    "city": rng.choice(pool.cities),
+                    "postal_code": people.fill(people.POSTAL_TEMPLATES[country], rng),
+                    "country": country,
+                }
             else:
                 changes["last_name"] = rng.choice(pool.last_names)
         if self.consent_rng.random() < CONSENT_CHANGE_SHARE:
             # A partner withdraws marketing consent, or grants it later (never stated: grants).
             granted = not partner.marketing
-            today = datetime.fromtimestamp(now, timezone.utc)
-            changes["consents"] = {"marketing_email": granted, "captured_at": _timestamp(now - self.consent_rng.randrange(1, 600)),
-                                   "version": f"{today.year}.{self.consent_rng.randrange(1, 3)}"}
+            today = datetime.fromtimestamp(now, UTC)
+            changes["consents"] = {
+                "marketing_email": granted,
+                "captured_at": _timestamp(now - self.consent_rng.randrange(1, 600)),
+                "version": f"{today.year}.{self.consent_rng.randrange(1, 3)}",
+            }
             partner.marketing = granted
         payload = {"changes": changes}
         if version == 2:
@@ -306,31 +384,52 @@ class Simulator:
         return payload
 
     def _partner_terminated(self, partner: Partner, version: int, now: float) -> dict:
-        return {"reason": self.rng.choice(("voluntary", "voluntary", "inactivity", "compliance", "other")), "effective_at": _timestamp(now)}
+        return {
+            "reason": self.rng.choice(
+                ("voluntary", "voluntary", "inactivity", "compliance", "other")
+            ),
+            "effective_at": _timestamp(now),
+        }
 
     def _order_placed(self, partner: Partner, version: int, now: float) -> dict:
         rng = self.rng
         total = round(rng.uniform(12, 450), 2)
-        payload = {"order_id": self._id("O"), "order_type": rng.choice(("retail", "retail", "autoship", "autoship", "enrollment")),
-                   "currency": markets.MARKETS[partner.country].currency, "total_amount": total, "volume_points": round(total * 0.8, 1),
-                   "line_count": rng.randrange(1, 9)}
+        payload = {
+            "order_id": self._id("O"),
+            "order_type": rng.choice(("retail", "retail", "autoship", "autoship", "enrollment")),
+            "currency": markets.MARKETS[partner.country].currency,
+            "total_amount": total,
+            "volume_points": round(total * 0.8, 1),
+            "line_count": rng.randrange(1, 9),
+        }
         if version == 2:
             payload["channel"] = rng.choice(CHANNELS)
         return payload
 
     def _subscription_changed(self, partner: Partner, version: int, now: float) -> dict:
         rng = self.rng
-        action = rng.choices(("modified", "created", "paused", "resumed", "cancelled"), weights=(40, 20, 15, 15, 10))[0]
-        payload = {"subscription_id": self._id("S"), "action": action, "plan_sku": rng.choice(PLANS)}
+        action = rng.choices(
+            ("modified", "created", "paused", "resumed", "cancelled"), weights=(40, 20, 15, 15, 10)
+        )[0]
+        payload = {
+            "subscription_id": self._id("S"),
+            "action": action,
+            "plan_sku": rng.choice(PLANS),
+        }
         if action != "cancelled":
-            payload["next_ship_date"] = (datetime.fromtimestamp(now, timezone.utc).date() + timedelta(days=rng.randrange(3, 40))).isoformat()
+            payload["next_ship_date"] = (
+                datetime.fromtimestamp(now, UTC).date()
+                + timedelta(days=rng.randrange(3, 40))
+            ).isoformat()
         return payload
 
     def _id(self, prefix: str) -> str:
         return prefix + _base32(self.rng.getrandbits(64), 12)
 
     # -- faults ------------------------------------------------------------------------------------
-    def _encode_with_fault(self, event: dict, partner: Partner, fault: str | None) -> tuple[Message, str | None]:
+    def _encode_with_fault(
+        self, event: dict, partner: Partner, fault: str | None
+    ) -> tuple[Message, str | None]:
         reasons: list[str] = []
         if fault == "missing":
             reasons = [self._remove_mandatory(event)]
@@ -343,7 +442,9 @@ class Simulator:
                 event["schema_version"] = self.rng.choice((3, 4, 99))
                 reasons = ["unknown_schema_version"]
             else:
-                event["event_type"] = self.rng.choice(("partner.reactivated", "order.returned", "wallet.credited"))
+                event["event_type"] = self.rng.choice(
+                    ("partner.reactivated", "order.returned", "wallet.credited")
+                )
                 reasons = ["unknown_event_type"]
         elif fault == "oversized":
             event["payload"]["notes"] = "x" * (self.max_message_bytes + 1)
@@ -364,23 +465,36 @@ class Simulator:
             "partner_id": partner.partner_id,
             "region": partner.region,
             "partner_version": partner.version,
-            "occurred_at": event.get("occurred_at") if isinstance(event.get("occurred_at"), str) else None,
+            "occurred_at": event.get("occurred_at")
+            if isinstance(event.get("occurred_at"), str)
+            else None,
             "fault": fault,
             "reasons": sorted(reasons),
             "duplicate_of": None,
             "out_of_order": fault == "out_of_order",
             # What an enrollment states of marketing consent (None: nothing): whether Marketing Cloud may hold the partner.
-            "marketing_email": consents.get("marketing_email") if isinstance(consents.get("marketing_email"), bool) else None,
-            "id_readable": fault not in ("poison", "oversized") and not {"unparsable", "too_deep"} & set(reasons) and isinstance(event.get("event_id"), str) and bool(event["event_id"].strip()),
+            "marketing_email": consents.get("marketing_email")
+            if isinstance(consents.get("marketing_email"), bool)
+            else None,
+            "id_readable": fault not in ("poison", "oversized")
+            and not {"unparsable", "too_deep"} & set(reasons)
+            and isinstance(event.get("event_id"), str)
+            and bool(event["event_id"].strip()),
         }
-        return Message(0, self.topics[partner.region], partner.partner_id.encode(), value, expected), fault
+        return Message(
+            0, self.topics[partner.region], partner.partner_id.encode(), value, expected
+        ), fault
 
     def _applicable(self, event: dict) -> list[FieldSpec]:
         return list(contract_fields(event["event_type"], event["schema_version"]))
 
     def _required_here(self, spec: FieldSpec, event: dict) -> bool:
         payload = event["payload"]
-        country = payload.get("address", {}).get("country") if event["event_type"] == "partner.enrolled" else None
+        country = (
+            payload.get("address", {}).get("country")
+            if event["event_type"] == "partner.enrolled"
+            else None
+        )
         return {
             "always": True,
             "never": False,
@@ -392,7 +506,11 @@ class Simulator:
         }[spec.required]
 
     def _remove_mandatory(self, event: dict) -> str:
-        candidates = [s for s in self._applicable(event) if self._required_here(s, event) and _get(event, s.path) is not None]
+        candidates = [
+            s
+            for s in self._applicable(event)
+            if self._required_here(s, event) and _get(event, s.path) is not None
+        ]
         spec = self.rng.choice(candidates)
         how = self.rng.random()
         if spec.kind == STRING and how < 0.3:
@@ -416,26 +534,43 @@ class Simulator:
         if spec.kind == BOOLEAN:
             _set(event, spec.path, self.rng.choice(("yes", 1)))
         elif spec.kind in ("number", INTEGER):
-            _set(event, spec.path, -1 if spec.minimum is not None and self.rng.random() < 0.5 else "12")
+            _set(
+                event,
+                spec.path,
+                -1 if spec.minimum is not None and self.rng.random() < 0.5 else "12",
+            )
             if spec.kind == INTEGER and self.rng.random() < 0.3:
                 _set(event, spec.path, 2.5)
         elif not spec.checked_format or (self._may_change_type(spec) and self.rng.random() < 0.3):
             _set(event, spec.path, self.rng.choice((12345, ["a"], {"value": "x"})))
         elif spec.path == "event_id":
-            _set(event, spec.path, f"bad-{self.rng.getrandbits(64):016x}")  # unique: no accidental duplicate
+            _set(
+                event, spec.path, f"bad-{self.rng.getrandbits(64):016x}"
+            )  # unique: no accidental duplicate
         else:
-            _set(event, spec.path, self.rng.choice(("#n/a#", f"31/12/{1990 + self.rng.randrange(20)}", "x@")))
+            _set(
+                event,
+                spec.path,
+                self.rng.choice(("#n/a#", f"31/12/{1990 + self.rng.randrange(20)}", "x@")),
+            )
         return spec.format_code
 
     @staticmethod
     def _may_change_type(spec: FieldSpec) -> bool:
         # A field of the wrong JSON type is dropped while parsing; these fields decide whether
         # others are mandatory, so dropping them would add reasons of their own.
-        return not (spec.path in ("payload.first_order.order_id", "payload.action") or spec.path.startswith("payload.changes."))
+        return not (
+            spec.path in ("payload.first_order.order_id", "payload.action")
+            or spec.path.startswith("payload.changes.")
+        )
 
     def _violate_rule(self, event: dict) -> str:
         payload, region = event["payload"], event["region"]
-        choices = ["country_not_in_region", "under_age", "sponsor_is_self"] + (["consent_not_granted:payload.consents.data_processing"] if region in markets.CONSENT_REGIONS else [])
+        choices = ["country_not_in_region", "under_age", "sponsor_is_self"] + (
+            ["consent_not_granted:payload.consents.data_processing"]
+            if region in markets.CONSENT_REGIONS
+            else []
+        )
         rule = self.rng.choice(choices)
         if rule == "country_not_in_region":
             other = self.rng.choice([r for r in markets.REGION_COUNTRIES if r != region])
@@ -443,7 +578,9 @@ class Simulator:
         elif rule == "under_age":
             at = date.fromisoformat(event["occurred_at"][:10])
             min_age = markets.MARKETS[payload["address"]["country"]].min_age
-            payload["date_of_birth"] = date(at.year - min_age + 1, at.month, min(at.day, 28)).isoformat()
+            payload["date_of_birth"] = date(
+                at.year - min_age + 1, at.month, min(at.day, 28)
+            ).isoformat()
         elif rule == "sponsor_is_self":
             payload["sponsor_id"] = event["partner_id"]
         else:
@@ -452,7 +589,9 @@ class Simulator:
 
     def _poison(self, value: bytes) -> tuple[bytes, str]:
         if self.rng.random() < 0.5:
-            return b"\xff\xfe" + self.rng.randbytes(self.rng.randrange(4, 64)) + value[:20], "not_utf8"
+            return b"\xff\xfe" + self.rng.randbytes(self.rng.randrange(4, 64)) + value[
+                :20
+            ], "not_utf8"
         text = value.decode()
         return text[: self.rng.randrange(0, len(text) - 1)].encode(), "unparsable"
 
@@ -472,7 +611,10 @@ def _cumulative(values) -> list[float]:
 
 def _timestamp(epoch: float) -> str:
     whole = int(epoch)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((epoch - whole) * 1000):03d}Z"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        + f".{int((epoch - whole) * 1000):03d}Z"
+    )
 
 
 def _parent(event: dict, path: str) -> tuple[dict | None, str]:

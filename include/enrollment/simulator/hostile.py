@@ -17,12 +17,25 @@ from ..contracts.spec import MAX_NESTING, SAFE_INTEGER, TEXT_MAX_CHARS
 _MARK = "\u2063hostile\u2063"  # spliced: text json.dumps cannot write (invalid JSON on purpose)
 
 KINDS = (
-    "lone_surrogate", "deep_nesting", "impossible_date", "impossible_payload_date", "int_beyond_int64", "int_beyond_safe",
-    "long_int_next_to_missing", "raw_line_break", "repeated_key", "control_character", "too_long_text",
-    "instant_beyond_range", "year_zero",
+    "lone_surrogate",
+    "deep_nesting",
+    "impossible_date",
+    "impossible_payload_date",
+    "int_beyond_int64",
+    "int_beyond_safe",
+    "long_int_next_to_missing",
+    "raw_line_break",
+    "repeated_key",
+    "control_character",
+    "too_long_text",
+    "instant_beyond_range",
+    "year_zero",
 )
 # Where a contract keeps a timestamp in the payload, and free text of each type.
-_PAYLOAD_INSTANT = {"partner.enrolled": ("agreement", "accepted_at"), "partner.terminated": ("effective_at",)}
+_PAYLOAD_INSTANT = {
+    "partner.enrolled": ("agreement", "accepted_at"),
+    "partner.terminated": ("effective_at",),
+}
 _FREE_TEXT = {"partner.enrolled": ("first_name",)}
 
 
@@ -40,15 +53,27 @@ def make(rng: random.Random, event: dict) -> tuple[bytes, list[str], str]:
     kind = rng.choice(KINDS)
     payload = event.get("payload") or {}
     if kind == "lone_surrogate":
-        return _spliced(event, '"' + rng.choice(("\\ud800", "\\udfff", "x\\udc00y")) + '"'), ["unparsable"], kind
+        return (
+            _spliced(event, '"' + rng.choice(("\\ud800", "\\udfff", "x\\udc00y")) + '"'),
+            ["unparsable"],
+            kind,
+        )
     if kind == "deep_nesting":
         depth = rng.choice((MAX_NESTING + 1, 10_000))
         return _spliced(event, "[" * depth + "]" * depth), ["too_deep"], kind
     if kind == "raw_line_break":
-        return _spliced(event, '"line one' + rng.choice(("\n", "\r", "\t", "\x00")) + 'line two"'), ["unparsable"], kind
+        return (
+            _spliced(event, '"line one' + rng.choice(("\n", "\r", "\t", "\x00")) + 'line two"'),
+            ["unparsable"],
+            kind,
+        )
     if kind == "repeated_key":
         text = _dumps(event)
-        return ('{"partner_version":' + str(rng.randrange(1, 100)) + "," + text[1:]).encode(), ["unparsable"], kind
+        return (
+            ('{"partner_version":' + str(rng.randrange(1, 100)) + "," + text[1:]).encode(),
+            ["unparsable"],
+            kind,
+        )
     reasons: list[str]
     if kind == "impossible_payload_date" and event["event_type"] in _PAYLOAD_INSTANT:
         *parents, leaf = _PAYLOAD_INSTANT[event["event_type"]]
@@ -65,7 +90,9 @@ def make(rng: random.Random, event: dict) -> tuple[bytes, list[str], str]:
         event["partner_version"] = rng.choice((2**63, 2**64 + 1, -(2**63) - 1))
         reasons = ["out_of_range:partner_version"]
     elif kind == "int_beyond_safe":
-        event["partner_version"] = SAFE_INTEGER + rng.choice((1, 2, 3))  # a float64 parser rounds these
+        event["partner_version"] = SAFE_INTEGER + rng.choice(
+            (1, 2, 3)
+        )  # a float64 parser rounds these
         reasons = ["out_of_range:partner_version"]
     elif kind == "long_int_next_to_missing":
         event["partner_version"] = int("9" * rng.randrange(30, 400))
@@ -83,7 +110,9 @@ def make(rng: random.Random, event: dict) -> tuple[bytes, list[str], str]:
         reasons = ["too_long:correlation_id"]
     elif kind == "instant_beyond_range" or kind == "too_long_text":
         kind = "instant_beyond_range"
-        event["occurred_at"] = rng.choice(("9999-12-31T23:30:00-01:00", "0001-01-01T00:10:00+05:00"))
+        event["occurred_at"] = rng.choice(
+            ("9999-12-31T23:30:00-01:00", "0001-01-01T00:10:00+05:00")
+        )
         reasons = ["out_of_range:occurred_at"]
     else:  # year_zero
         event["occurred_at"] = "0000-06-01T00:00:00Z"

@@ -17,30 +17,111 @@ from ..contracts.markets import MARKETS
 
 # Faker locale per market (Faker has none for a few: the nearest one stands in).
 LOCALES = {
-    "US": "en_US", "CA": "en_CA", "DE": "de_DE", "FR": "fr_FR", "GB": "en_GB", "ES": "es_ES", "IT": "it_IT", "NL": "nl_NL",
-    "PL": "pl_PL", "SE": "sv_SE", "ZA": "en_GB", "JP": "ja_JP", "KR": "ko_KR", "AU": "en_AU", "NZ": "en_NZ", "SG": "en_GB",
-    "PH": "en_PH", "MY": "en_US", "TW": "zh_TW", "MX": "es_MX", "BR": "pt_BR", "CO": "es_CO", "AR": "es_AR", "CL": "es_CL", "PE": "es_CO",
+    "US": "en_US",
+    "CA": "en_CA",
+    "DE": "de_DE",
+    "FR": "fr_FR",
+    "GB": "en_GB",
+    "ES": "es_ES",
+    "IT": "it_IT",
+    "NL": "nl_NL",
+    "PL": "pl_PL",
+    "SE": "sv_SE",
+    "ZA": "en_GB",
+    "JP": "ja_JP",
+    "KR": "ko_KR",
+    "AU": "en_AU",
+    "NZ": "en_NZ",
+    "SG": "en_GB",
+    "PH": "en_PH",
+    "MY": "en_US",
+    "TW": "zh_TW",
+    "MX": "es_MX",
+    "BR": "pt_BR",
+    "CO": "es_CO",
+    "AR": "es_AR",
+    "CL": "es_CL",
+    "PE": "es_CO",
 }
 # Templates: '#' a digit, '@' an upper-case letter, anything else as is.
 POSTAL_TEMPLATES = {
-    "US": "#####", "CA": "@#@ #@#", "DE": "#####", "FR": "#####", "GB": "@@# #@@", "ES": "#####", "IT": "#####", "NL": "#### @@",
-    "PL": "##-###", "SE": "### ##", "ZA": "####", "JP": "###-####", "KR": "#####", "AU": "####", "NZ": "####", "SG": "######",
-    "PH": "####", "MY": "#####", "TW": "###", "MX": "#####", "BR": "#####-###", "CO": "######", "AR": "####", "CL": "#######", "PE": "#####",
+    "US": "#####",
+    "CA": "@#@ #@#",
+    "DE": "#####",
+    "FR": "#####",
+    "GB": "@@# #@@",
+    "ES": "#####",
+    "IT": "#####",
+    "NL": "#### @@",
+    "PL": "##-###",
+    "SE": "### ##",
+    "ZA": "####",
+    "JP": "###-####",
+    "KR": "#####",
+    "AU": "####",
+    "NZ": "####",
+    "SG": "######",
+    "PH": "####",
+    "MY": "#####",
+    "TW": "###",
+    "MX": "#####",
+    "BR": "#####-###",
+    "CO": "######",
+    "AR": "####",
+    "CL": "#######",
+    "PE": "#####",
 }
-TAX_ID_TEMPLATES = {"US": "###-##-####", "KR": "######-#######", "MX": "@@@@######@@@", "BR": "###.###.###-##", "CO": "##########",
-                    "AR": "##-########-#", "CL": "########-#"}
-STATES = {"US": ("CA", "TX", "NY", "FL", "WA", "UT"), "CA": ("ON", "QC", "BC", "AB"), "AU": ("NSW", "VIC", "QLD", "WA"),
-          "MX": ("CMX", "JAL", "NLE", "PUE"), "BR": ("SP", "RJ", "MG", "RS")}
+TAX_ID_TEMPLATES = {
+    "US": "###-##-####",
+    "KR": "######-#######",
+    "MX": "@@@@######@@@",
+    "BR": "###.###.###-##",
+    "CO": "##########",
+    "AR": "##-########-#",
+    "CL": "########-#",
+}
+STATES = {
+    "US": ("CA", "TX", "NY", "FL", "WA", "UT"),
+    "CA": ("ON", "QC", "BC", "AB"),
+    "AU": ("NSW", "VIC", "QLD", "WA"),
+    "MX": ("CMX", "JAL", "NLE", "PUE"),
+    "BR": ("SP", "RJ", "MG", "RS"),
+}
 CALLING_CODES = {
-    "US": "1", "CA": "1", "DE": "49", "FR": "33", "GB": "44", "ES": "34", "IT": "39", "NL": "31", "PL": "48", "SE": "46", "ZA": "27",
-    "JP": "81", "KR": "82", "AU": "61", "NZ": "64", "SG": "65", "PH": "63", "MY": "60", "TW": "886", "MX": "52", "BR": "55",
-    "CO": "57", "AR": "54", "CL": "56", "PE": "51",
+    "US": "1",
+    "CA": "1",
+    "DE": "49",
+    "FR": "33",
+    "GB": "44",
+    "ES": "34",
+    "IT": "39",
+    "NL": "31",
+    "PL": "48",
+    "SE": "46",
+    "ZA": "27",
+    "JP": "81",
+    "KR": "82",
+    "AU": "61",
+    "NZ": "64",
+    "SG": "65",
+    "PH": "63",
+    "MY": "60",
+    "TW": "886",
+    "MX": "52",
+    "BR": "55",
+    "CO": "57",
+    "AR": "54",
+    "CL": "56",
+    "PE": "51",
 }
 POOL_SIZE = 200
 
 
 def fill(template: str, rng: random.Random) -> str:
-    return "".join(str(rng.randrange(10)) if ch == "#" else chr(65 + rng.randrange(26)) if ch == "@" else ch for ch in template)
+    return "".join(
+        str(rng.randrange(10)) if ch == "#" else chr(65 + rng.randrange(26)) if ch == "@" else ch
+        for ch in template
+    )
 
 
 def _ascii(text: str) -> str:

@@ -14,10 +14,14 @@ def build_sink(name: str, options: dict, endpoints) -> Sink:
     """The configured sink ``name``: ``options["module"]``'s ``build`` with the other options."""
     module_name = options.get("module")
     if not module_name:
-        raise ValueError(f"sink {name!r}: its config entry needs a 'module' (e.g. enrollment.sinks.{name})")
+        raise ValueError(
+            f"sink {name!r}: its config entry needs a 'module' (e.g. enrollment.sinks.{name})"
+        )
     module = importlib.import_module(module_name)
     if not hasattr(module, "build"):
-        raise ValueError(f"sink {name!r}: module {module_name} has no build(options, endpoints) function")
+        raise ValueError(
+            f"sink {name!r}: module {module_name} has no build(options, endpoints) function"
+        )
     sink = module.build({k: v for k, v in options.items() if k != "module"}, endpoints)
     sink.name = name
     return sink

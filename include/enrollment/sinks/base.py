@@ -30,8 +30,24 @@ from datetime import date, datetime
 Partner = dict  # one row of the warehouse's partners table
 
 # The fields whose filling counts in a revision (the warehouse's partner columns).
-STATE_FIELDS = ("region", "country", "first_name", "last_name", "email", "phone", "language", "address_line1", "address_city",
-                "address_postal_code", "address_state", "date_of_birth", "sponsor_id", "status", "enrolled_at", "terminated_at")
+STATE_FIELDS = (
+    "region",
+    "country",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "language",
+    "address_line1",
+    "address_city",
+    "address_postal_code",
+    "address_state",
+    "date_of_birth",
+    "sponsor_id",
+    "status",
+    "enrolled_at",
+    "terminated_at",
+)
 
 
 def revision(partner: Partner) -> int:
@@ -46,7 +62,9 @@ def revision(partner: Partner) -> int:
     total = 0
     for f in STATE_FIELDS:
         set_at = partner.get(f"{f}_version")
-        total += int(set_at) if set_at is not None else (version if partner.get(f) is not None else 0)
+        total += (
+            int(set_at) if set_at is not None else (version if partner.get(f) is not None else 0)
+        )
     return total
 
 
@@ -56,9 +74,15 @@ class SinkResult:
     partners: int = 0
     written: int = 0
     unchanged: int = 0
-    rejected: list[tuple[str, str]] = field(default_factory=list)  # (partner id, the service's message)
-    receipts: list[str] = field(default_factory=list)  # ids the service gave back to check later (MC request ids)
-    extra: dict = field(default_factory=dict)  # sink-specific counts (journey events fired, documents removed…)
+    rejected: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (partner id, the service's message)
+    receipts: list[str] = field(
+        default_factory=list
+    )  # ids the service gave back to check later (MC request ids)
+    extra: dict = field(
+        default_factory=dict
+    )  # sink-specific counts (journey events fired, documents removed…)
 
     def accounted(self) -> bool:
         return self.partners == self.written + self.unchanged + len(self.rejected)
@@ -92,7 +116,9 @@ class Sink(ABC):
 
     def erase(self, partner_ids: Sequence[str]) -> dict:
         """Removes the partners from the service for good (an erasure request); counts, never ids."""
-        raise NotImplementedError(f"sink {self.name} cannot erase partners: implement erase(partner_ids)")
+        raise NotImplementedError(
+            f"sink {self.name} cannot erase partners: implement erase(partner_ids)"
+        )
 
     def close(self) -> None:  # noqa: B027 (optional: not every sink holds a client)
         """Releases clients; called once the run is over."""
@@ -100,7 +126,7 @@ class Sink(ABC):
 
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def iso(value) -> str | None:
@@ -123,4 +149,6 @@ def summarise(problems: Iterable[str], limit: int = 5) -> str:
     the reconciliation table, where access is controlled."""
     kinds = Counter(_NAMED.sub("", p) for p in problems)
     more = f" (and {len(kinds) - limit} more kinds)" if len(kinds) > limit else ""
-    return "; ".join(f"{n} × {kind}" if n > 1 else kind for kind, n in kinds.most_common(limit)) + more
+    return (
+        "; ".join(f"{n} × {kind}" if n > 1 else kind for kind, n in kinds.most_common(limit)) + more
+    )

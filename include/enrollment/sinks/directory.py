@@ -48,10 +48,16 @@ class DirectorySink(Sink):
                 continue
             target = self._blob(p["partner_id"])
             target.metadata = {"revision": str(revision(p))}
-            body = {f: p.get(f) for f in PUBLIC_FIELDS} | {"partner_id": p["partner_id"], "status": p.get("status") or "pending",
-                                                          "enrolled_at": iso(p.get("enrolled_at"))}
-            target.upload_from_string(json.dumps(body), content_type="application/json",
-                                      if_generation_match=blob.generation if blob is not None else 0)
+            body = {f: p.get(f) for f in PUBLIC_FIELDS} | {
+                "partner_id": p["partner_id"],
+                "status": p.get("status") or "pending",
+                "enrolled_at": iso(p.get("enrolled_at")),
+            }
+            target.upload_from_string(
+                json.dumps(body),
+                content_type="application/json",
+                if_generation_match=blob.generation if blob is not None else 0,
+            )
             result.written += 1
         return result
 
@@ -65,7 +71,9 @@ class DirectorySink(Sink):
             elif blob is None:
                 problems[p["partner_id"]] = "not in the directory"
             elif int((blob.metadata or {}).get("revision", 0)) < revision(p):
-                problems[p["partner_id"]] = f"directory at revision {blob.metadata.get('revision')}, expected {revision(p)}"
+                problems[p["partner_id"]] = (
+                    f"directory at revision {blob.metadata.get('revision')}, expected {revision(p)}"
+                )
         return problems
 
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
@@ -81,9 +89,16 @@ class DirectorySink(Sink):
                 deleted += 1
             except NotFound:
                 pass
-        return {"deleted": deleted, "remaining": sum(1 for pid in partner_ids if self._blob(pid).exists())}
+        return {
+            "deleted": deleted,
+            "remaining": sum(1 for pid in partner_ids if self._blob(pid).exists()),
+        }
+
 
 def build(options: dict, endpoints) -> DirectorySink:
     from enrollment.services import storage_client
 
-    return DirectorySink(storage_client(endpoints.project).bucket(options["bucket"]), prefix=options.get("prefix", "directory"))
+    return DirectorySink(
+        storage_client(endpoints.project).bucket(options["bucket"]),
+        prefix=options.get("prefix", "directory"),
+    )

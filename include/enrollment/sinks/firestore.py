@@ -22,8 +22,21 @@ from .base import Partner, Sink, SinkResult, chunks, revision
 
 log = logging.getLogger(__name__)
 
-PROFILE_FIELDS = ("region", "country", "first_name", "last_name", "email", "phone", "language", "date_of_birth", "sponsor_id", "status",
-                  "enrolled_at", "terminated_at", "updated_at")
+PROFILE_FIELDS = (
+    "region",
+    "country",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "language",
+    "date_of_birth",
+    "sponsor_id",
+    "status",
+    "enrolled_at",
+    "terminated_at",
+    "updated_at",
+)
 
 
 def profile(partner: Partner) -> dict:
@@ -31,8 +44,12 @@ def profile(partner: Partner) -> dict:
     doc["partner_id"] = partner["partner_id"]
     doc["partner_version"] = int(partner["partner_version"])
     doc["revision"] = revision(partner)
-    doc["address"] = {"line1": partner.get("address_line1"), "city": partner.get("address_city"), "postal_code": partner.get("address_postal_code"),
-                      "state": partner.get("address_state")}
+    doc["address"] = {
+        "line1": partner.get("address_line1"),
+        "city": partner.get("address_city"),
+        "postal_code": partner.get("address_postal_code"),
+        "state": partner.get("address_state"),
+    }
     return doc
 
 
@@ -44,7 +61,9 @@ def _revision_of(snap) -> int:
 class FirestoreSink(Sink):
     name = "firestore"
 
-    def __init__(self, client, collection: str = "partners", batch_size: int = 500, attempts: int = 5):
+    def __init__(
+        self, client, collection: str = "partners", batch_size: int = 500, attempts: int = 5
+    ):
         self.client = client
         self.collection = client.collection(collection)
         self.batch_size = min(int(batch_size), 500)
@@ -60,14 +79,22 @@ class FirestoreSink(Sink):
             except InvalidArgument as exc:
                 # A commit is atomic: one document Firestore refuses fails the chunk. Write its
                 # partners one by one to find the culprits; the others are written.
-                log.warning("firestore: a %d-partner commit was refused (%s); writing its partners one by one", len(chunk), type(exc).__name__)
+                log.warning(
+                    "firestore: a %d-partner commit was refused (%s); writing its partners one by one",
+                    len(chunk),
+                    type(exc).__name__,
+                )
                 written = unchanged = 0
                 for p in chunk:
                     try:
                         w, u = self._commit([p])
                     except InvalidArgument as refused:
-                        log.warning("firestore: a partner refused, quarantined with Firestore's message (in the sink quarantine)")
-                        result.rejected.append((p["partner_id"], " ".join(str(refused).split())[:500]))
+                        log.warning(
+                            "firestore: a partner refused, quarantined with Firestore's message (in the sink quarantine)"
+                        )
+                        result.rejected.append(
+                            (p["partner_id"], " ".join(str(refused).split())[:500])
+                        )
                         continue
                     written, unchanged = written + w, unchanged + u
             result.written += written
@@ -89,7 +116,11 @@ class FirestoreSink(Sink):
                     unchanged += 1
                     continue
                 if snap is not None and snap.exists:
-                    batch.update(ref, profile(p), option=self.client.write_option(last_update_time=snap.update_time))
+                    batch.update(
+                        ref,
+                        profile(p),
+                        option=self.client.write_option(last_update_time=snap.update_time),
+                    )
                 else:
                     batch.create(ref, profile(p))
                 writes += 1
@@ -99,7 +130,11 @@ class FirestoreSink(Sink):
             except (FailedPrecondition, AlreadyExists, Conflict) as exc:
                 if attempt == self.attempts:
                     raise
-                log.info("firestore: a concurrent write changed %d-partner chunk (%s); deciding again", len(chunk), type(exc).__name__)
+                log.info(
+                    "firestore: a concurrent write changed %d-partner chunk (%s); deciding again",
+                    len(chunk),
+                    type(exc).__name__,
+                )
                 continue
             return writes, unchanged
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -107,15 +142,24 @@ class FirestoreSink(Sink):
     def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
         problems = {}
         for chunk in chunks(list(partners), 500):
-            held = {snap.id: snap for snap in self.client.get_all([self.collection.document(p["partner_id"]) for p in chunk])}
+            held = {
+                snap.id: snap
+                for snap in self.client.get_all(
+                    [self.collection.document(p["partner_id"]) for p in chunk]
+                )
+            }
             for p in chunk:
                 snap = held.get(p["partner_id"])
                 if snap is None or not snap.exists:
                     problems[p["partner_id"]] = "no document"
                 elif _revision_of(snap) < revision(p):
-                    problems[p["partner_id"]] = f"document at revision {_revision_of(snap)}, expected {revision(p)}"
+                    problems[p["partner_id"]] = (
+                        f"document at revision {_revision_of(snap)}, expected {revision(p)}"
+                    )
                 elif _revision_of(snap) == revision(p) and snap.get("status") != p.get("status"):
-                    problems[p["partner_id"]] = f"status {snap.get('status')!r}, expected {p.get('status')!r}"
+                    problems[p["partner_id"]] = (
+                        f"status {snap.get('status')!r}, expected {p.get('status')!r}"
+                    )
         return problems
 
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
@@ -130,10 +174,17 @@ class FirestoreSink(Sink):
             for ref in chunk:
                 batch.delete(ref)
             batch.commit()
-        return {"deleted": len(present), "remaining": sum(1 for snap in self.client.get_all(refs) if snap.exists)}
+        return {
+            "deleted": len(present),
+            "remaining": sum(1 for snap in self.client.get_all(refs) if snap.exists),
+        }
+
 
 def build(options: dict, endpoints) -> FirestoreSink:
     from enrollment.services import firestore_client
 
-    return FirestoreSink(firestore_client(endpoints.project), collection=options.get("collection", "partners"),
-                         batch_size=int(options.get("batch_size", 500)))
+    return FirestoreSink(
+        firestore_client(endpoints.project),
+        collection=options.get("collection", "partners"),
+        batch_size=int(options.get("batch_size", 500)),
+    )

@@ -22,17 +22,30 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from ..config import MarketingConsent
-from ..marketing_cloud import MAX_JOURNEY_MEMBERS, MarketingCloudClient, MarketingCloudError, not_queued
 from ..canary import is_canary
+from ..config import MarketingConsent
+from ..marketing_cloud import (
+    MAX_JOURNEY_MEMBERS,
+    MarketingCloudClient,
+    MarketingCloudError,
+    not_queued,
+)
 from .base import Partner, Sink, SinkResult, iso
 
 log = logging.getLogger(__name__)
 
-ROW_FIELDS = {"PartnerId": "partner_id", "EmailAddress": "email", "FirstName": "first_name", "LastName": "last_name", "Region": "region",
-              "Country": "country", "Language": "language", "SponsorId": "sponsor_id"}
+ROW_FIELDS = {
+    "PartnerId": "partner_id",
+    "EmailAddress": "email",
+    "FirstName": "first_name",
+    "LastName": "last_name",
+    "Region": "region",
+    "Country": "country",
+    "Language": "language",
+    "SponsorId": "sponsor_id",
+}
 
 
 def row(partner: Partner) -> dict:
@@ -44,8 +57,13 @@ def row(partner: Partner) -> dict:
 
 
 def welcome_data(partner: Partner) -> dict:
-    return {"PartnerId": partner["partner_id"], "EmailAddress": partner.get("email"), "FirstName": partner.get("first_name"),
-            "Language": partner.get("language"), "Country": partner.get("country")}
+    return {
+        "PartnerId": partner["partner_id"],
+        "EmailAddress": partner.get("email"),
+        "FirstName": partner.get("first_name"),
+        "Language": partner.get("language"),
+        "Country": partner.get("country"),
+    }
 
 
 class JourneyEntries:
@@ -70,7 +88,9 @@ class JourneyEntries:
     logged as an error by later runs that meet it (check Journey Builder, then delete the object
     to fire again). No personal data is kept: ids, state, times."""
 
-    WORKERS = 8  # claims are one small request each: a few at a time, within the client's connection pool
+    WORKERS = (
+        8  # claims are one small request each: a few at a time, within the client's connection pool
+    )
 
     def __init__(self, bucket, sink: str, event_definition_key: str):
         self.bucket = bucket
@@ -81,26 +101,41 @@ class JourneyEntries:
         return self.bucket.blob(f"{self.prefix}/{partner_id}.json")
 
     def _write(self, blob, body: dict, generation: int) -> None:
-        blob.upload_from_string(json.dumps(body), content_type="application/json", if_generation_match=generation)
+        blob.upload_from_string(
+            json.dumps(body), content_type="application/json", if_generation_match=generation
+        )
 
     def claim(self, partners: Mapping[str, str]) -> dict[str, int]:
         """Partner id (→ the batch that enrolled it) claimed for this run: id → the claim's generation.
         Partners someone already claimed are left out."""
         from google.api_core.exceptions import PreconditionFailed
 
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
 
         def one(pid: str) -> tuple[str, int | None]:
             blob = self._blob(pid)
             try:
-                self._write(blob, {"partner_id": pid, "state": "claimed", "batch_id": partners[pid], "claimed_at": now}, 0)
+                self._write(
+                    blob,
+                    {
+                        "partner_id": pid,
+                        "state": "claimed",
+                        "batch_id": partners[pid],
+                        "claimed_at": now,
+                    },
+                    0,
+                )
             except PreconditionFailed:
                 self._unconfirmed(pid)
                 return pid, None
             return pid, blob.generation
 
         with ThreadPoolExecutor(self.WORKERS) as pool:
-            return {pid: generation for pid, generation in pool.map(one, sorted(partners)) if generation is not None}
+            return {
+                pid: generation
+                for pid, generation in pool.map(one, sorted(partners))
+                if generation is not None
+            }
 
     def _unconfirmed(self, partner_id: str) -> None:
         """A claim left ``claimed`` for an hour (a crash between claiming and the service's answer) is logged as an error."""
@@ -110,15 +145,33 @@ class JourneyEntries:
             held = json.loads(self._blob(partner_id).download_as_text())
         except (NotFound, ValueError):
             return
-        if held.get("state") == "claimed" and datetime.fromisoformat(held["claimed_at"]) < datetime.now(timezone.utc) - timedelta(hours=1):
-            log.error("marketing cloud: the %s entry of partner %s was claimed at %s and never confirmed; check Journey Builder, then delete "
-                      "%s/%s.json to fire it again", self.event_definition_key, partner_id, held["claimed_at"], self.prefix, partner_id)
+        if held.get("state") == "claimed" and datetime.fromisoformat(
+            held["claimed_at"]
+        ) < datetime.now(UTC) - timedelta(hours=1):
+            log.error(
+                "marketing cloud: the %s entry of partner %s was claimed at %s and never confirmed; check Journey Builder, then delete "
+                "%s/%s.json to fire it again",
+                self.event_definition_key,
+                partner_id,
+                held["claimed_at"],
+                self.prefix,
+                partner_id,
+            )
 
     def entered(self, claims: Mapping[str, int], event_ids: Mapping[str, str]) -> None:
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
 
         def one(pid: str) -> None:
-            self._write(self._blob(pid), {"partner_id": pid, "state": "entered", "event_instance_id": event_ids[pid], "entered_at": now}, claims[pid])
+            self._write(
+                self._blob(pid),
+                {
+                    "partner_id": pid,
+                    "state": "entered",
+                    "event_instance_id": event_ids[pid],
+                    "entered_at": now,
+                },
+                claims[pid],
+            )
 
         with ThreadPoolExecutor(self.WORKERS) as pool:
             list(pool.map(one, sorted(event_ids)))
@@ -139,7 +192,11 @@ class JourneyEntries:
 
         for pid in partner_ids:
             try:
-                self._write(self._blob(pid), {"partner_id": pid, "state": "entered", "batch_id": batch_id, "adopted": True}, 0)
+                self._write(
+                    self._blob(pid),
+                    {"partner_id": pid, "state": "entered", "batch_id": batch_id, "adopted": True},
+                    0,
+                )
             except PreconditionFailed:
                 pass
 
@@ -147,8 +204,16 @@ class JourneyEntries:
 class MarketingCloudSink(Sink):
     name = "marketing_cloud"
 
-    def __init__(self, client: MarketingCloudClient, data_extension: str, welcome_event: str | None, bucket=None, chunk_rows: int = 10_000,
-                 wait_s: float = 600.0, consent: MarketingConsent | None = None):
+    def __init__(
+        self,
+        client: MarketingCloudClient,
+        data_extension: str,
+        welcome_event: str | None,
+        bucket=None,
+        chunk_rows: int = 10_000,
+        wait_s: float = 600.0,
+        consent: MarketingConsent | None = None,
+    ):
         self.client = client
         self.consent = consent or MarketingConsent()
         self.data_extension = data_extension
@@ -168,22 +233,35 @@ class MarketingCloudSink(Sink):
         barred = [p["partner_id"] for p in partners if not self.expects(p)]
         partners = [p for p in partners if self.expects(p)]
         removed = self.client.delete_rows(self.data_extension, barred) if barred else {}
-        result.rejected += [(pid, f"not contactable, its row not deleted: {message}") for pid, message in removed.items() if message is not None]
+        result.rejected += [
+            (pid, f"not contactable, its row not deleted: {message}")
+            for pid, message in removed.items()
+            if message is not None
+        ]
         result.extra["not_contactable"] = len(barred)
         rows = [row(p) for p in partners]
-        result.receipts = self.client.upsert_async(self.data_extension, rows, chunk_rows=self.chunk_rows) if rows else []
+        result.receipts = (
+            self.client.upsert_async(self.data_extension, rows, chunk_rows=self.chunk_rows)
+            if rows
+            else []
+        )
         accepted = set()
         for request_id in result.receipts:
             self.client.wait(request_id, timeout_s=self.wait_s)
             for item in self.client.results(request_id):
-                pid = next((i["value"] for i in item.get("identifiers", []) if i["key"] == "PartnerId"), None)
+                pid = next(
+                    (i["value"] for i in item.get("identifiers", []) if i["key"] == "PartnerId"),
+                    None,
+                )
                 if item.get("status") == "OK":
                     accepted.add(pid)
                 else:
                     result.rejected.append((pid, f"{item.get('errorCode')}: {item.get('message')}"))
         # A partner not contactable is done when its row is gone: written, in the sync's accounting.
         result.written = len(accepted) + sum(1 for message in removed.values() if message is None)
-        result.extra["welcome_events"] = self._welcome([p for p in partners if p["partner_id"] in accepted and self.expects(p)], enrolled)
+        result.extra["welcome_events"] = self._welcome(
+            [p for p in partners if p["partner_id"] in accepted and self.expects(p)], enrolled
+        )
         return result
 
     def _welcome(self, accepted: Sequence[Partner], enrolled: Mapping[str, str]) -> int:
@@ -192,7 +270,11 @@ class MarketingCloudSink(Sink):
         entries = JourneyEntries(self.bucket, self.name, self.welcome_event)
         by_batch: dict[str, list[Partner]] = defaultdict(list)
         for p in accepted:
-            if p["partner_id"] in enrolled and p.get("status") == "active" and not is_canary(p["partner_id"]):
+            if (
+                p["partner_id"] in enrolled
+                and p.get("status") == "active"
+                and not is_canary(p["partner_id"])
+            ):
                 by_batch[enrolled[p["partner_id"]]].append(p)
         newcomers: dict[str, Partner] = {}
         for batch_id, partners in sorted(by_batch.items()):
@@ -204,26 +286,44 @@ class MarketingCloudSink(Sink):
         claims = entries.claim({pid: enrolled[pid] for pid in newcomers})
         todo = [newcomers[pid] for pid in sorted(claims)]
         fired_now = 0
-        for start in range(0, len(todo), MAX_JOURNEY_MEMBERS):  # one request at a time: a crash leaves at most 100 claims unconfirmed
-            chunk = todo[start:start + MAX_JOURNEY_MEMBERS]
-            unsent = [p["partner_id"] for p in todo[start + MAX_JOURNEY_MEMBERS:]]
+        for start in range(
+            0, len(todo), MAX_JOURNEY_MEMBERS
+        ):  # one request at a time: a crash leaves at most 100 claims unconfirmed
+            chunk = todo[start : start + MAX_JOURNEY_MEMBERS]
+            unsent = [p["partner_id"] for p in todo[start + MAX_JOURNEY_MEMBERS :]]
             try:
-                answers = self.client.fire_entry_events(self.welcome_event, [(p["partner_id"], welcome_data(p)) for p in chunk])
+                answers = self.client.fire_entry_events(
+                    self.welcome_event, [(p["partner_id"], welcome_data(p)) for p in chunk]
+                )
             except Exception as exc:
                 if not_queued(exc):
                     unsent += [p["partner_id"] for p in chunk]
                 else:
-                    log.error("marketing cloud: %d welcome entries may or may not be queued (%s); their claims stay unconfirmed, never fired twice",
-                              len(chunk), type(exc).__name__)
+                    log.error(
+                        "marketing cloud: %d welcome entries may or may not be queued (%s); their claims stay unconfirmed, never fired twice",
+                        len(chunk),
+                        type(exc).__name__,
+                    )
                 entries.release(claims, unsent)  # the next run fires them
                 raise
-            entered = {a["contactKey"]: a["eventInstanceId"] for a in answers if a.get("eventInstanceId")}
-            failed = [(a.get("contactKey"), a.get("message")) for a in answers if not a.get("eventInstanceId")]
+            entered = {
+                a["contactKey"]: a["eventInstanceId"] for a in answers if a.get("eventInstanceId")
+            }
+            failed = [
+                (a.get("contactKey"), a.get("message"))
+                for a in answers
+                if not a.get("eventInstanceId")
+            ]
             entries.entered(claims, entered)
             fired_now += len(entered)
             if failed:
-                entries.release(claims, unsent + [p["partner_id"] for p in chunk if p["partner_id"] not in entered])
-                raise MarketingCloudError(f"marketing cloud: {len(failed)} welcome entry events not queued, e.g. {failed[0][0]}: {failed[0][1]}")
+                entries.release(
+                    claims,
+                    unsent + [p["partner_id"] for p in chunk if p["partner_id"] not in entered],
+                )
+                raise MarketingCloudError(
+                    f"marketing cloud: {len(failed)} welcome entry events not queued, e.g. {failed[0][0]}: {failed[0][1]}"
+                )
         return fired_now
 
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
@@ -236,18 +336,27 @@ class MarketingCloudSink(Sink):
             if status.get("requestStatus") != "Complete":
                 problems.append(f"request {request_id} is {status.get('requestStatus')}")
             for item in self.client.results(request_id):
-                pid = next((i["value"] for i in item.get("identifiers", []) if i["key"] == "PartnerId"), None)
+                pid = next(
+                    (i["value"] for i in item.get("identifiers", []) if i["key"] == "PartnerId"),
+                    None,
+                )
                 seen[pid] = item.get("status")
         rejected = {pid for pid, _ in result.rejected}
         missing = sent - set(seen)
         if missing:
-            problems.append(f"{len(missing)} partners sent have no result, e.g. {sorted(missing)[:3]}")
+            problems.append(
+                f"{len(missing)} partners sent have no result, e.g. {sorted(missing)[:3]}"
+            )
         for pid, status in seen.items():
             if status != "OK" and pid not in rejected:
-                problems.append(f"{pid}: the service answered {status} but the row is not in the quarantine")
+                problems.append(
+                    f"{pid}: the service answered {status} but the row is not in the quarantine"
+                )
         barred = [p for p in partners if not self.expects(p) and p["partner_id"] not in rejected]
         held = self._held(barred)
-        problems += [f"{pid}: not contactable, yet its row is in the data extension" for pid in sorted(held)]
+        problems += [
+            f"{pid}: not contactable, yet its row is in the data extension" for pid in sorted(held)
+        ]
         return problems
 
     def _held(self, partners: Sequence[Partner]) -> dict[str, dict]:
@@ -255,7 +364,13 @@ class MarketingCloudSink(Sink):
         if not partners:
             return {}
         if len(partners) <= 20:
-            rows = [r for p in partners for r in self.client.rowset(self.data_extension, where=("PartnerId", p["partner_id"]))]
+            rows = [
+                r
+                for p in partners
+                for r in self.client.rowset(
+                    self.data_extension, where=("PartnerId", p["partner_id"])
+                )
+            ]
         else:
             rows = self.client.rowset(self.data_extension)
         wanted = {p["partner_id"] for p in partners}
@@ -276,9 +391,16 @@ class MarketingCloudSink(Sink):
             if r is None:
                 problems[p["partner_id"]] = "no row in the data extension"
             elif int(r.get("partnerversion") or 0) < expected["PartnerVersion"]:
-                problems[p["partner_id"]] = f"row at version {r.get('partnerversion')}, expected {expected['PartnerVersion']}"
-            elif int(r["partnerversion"]) == expected["PartnerVersion"] and r.get("status") != expected["Status"]:
-                problems[p["partner_id"]] = f"status {r.get('status')!r}, expected {expected['Status']!r}"
+                problems[p["partner_id"]] = (
+                    f"row at version {r.get('partnerversion')}, expected {expected['PartnerVersion']}"
+                )
+            elif (
+                int(r["partnerversion"]) == expected["PartnerVersion"]
+                and r.get("status") != expected["Status"]
+            ):
+                problems[p["partner_id"]] = (
+                    f"status {r.get('status')!r}, expected {expected['Status']!r}"
+                )
         return problems
 
     def erase(self, partner_ids: Sequence[str]) -> dict:
@@ -288,12 +410,20 @@ class MarketingCloudSink(Sink):
         Counts only, never ids."""
         ids = sorted(set(partner_ids))
         if not ids:
-            return {"partners": 0, "rows_deleted_or_absent": 0, "rows_failed": 0, "contact_delete_operations": 0, "journey_claims_deleted": 0,
-                    "remaining": 0}
+            return {
+                "partners": 0,
+                "rows_deleted_or_absent": 0,
+                "rows_failed": 0,
+                "contact_delete_operations": 0,
+                "journey_claims_deleted": 0,
+                "remaining": 0,
+            }
         removed = self.client.delete_rows(self.data_extension, ids)
         failed = sum(1 for message in removed.values() if message is not None)
         if failed:
-            raise MarketingCloudError(f"marketing cloud: {failed} of {len(ids)} data-extension rows not deleted")
+            raise MarketingCloudError(
+                f"marketing cloud: {failed} of {len(ids)} data-extension rows not deleted"
+            )
         operations = self.client.delete_contacts(ids)
         claims = 0
         if self.bucket is not None and self.welcome_event:
@@ -303,10 +433,23 @@ class MarketingCloudSink(Sink):
                 if blob.exists():
                     blob.delete()
                     claims += 1
-        remaining = len(self._held([{"partner_id": pid} for pid in ids]))  # read back: the erasure's verify step counts on it
-        log.info("marketing cloud: erased %d partners (%d contact delete operations queued, %d rows remain)", len(ids), len(operations), remaining)
-        return {"partners": len(ids), "rows_deleted_or_absent": len(ids), "rows_failed": 0, "contact_delete_operations": len(operations),
-                "journey_claims_deleted": claims, "remaining": remaining}
+        remaining = len(
+            self._held([{"partner_id": pid} for pid in ids])
+        )  # read back: the erasure's verify step counts on it
+        log.info(
+            "marketing cloud: erased %d partners (%d contact delete operations queued, %d rows remain)",
+            len(ids),
+            len(operations),
+            remaining,
+        )
+        return {
+            "partners": len(ids),
+            "rows_deleted_or_absent": len(ids),
+            "rows_failed": 0,
+            "contact_delete_operations": len(operations),
+            "journey_claims_deleted": claims,
+            "remaining": remaining,
+        }
 
     def close(self) -> None:
         self.client.close()
@@ -317,7 +460,12 @@ def build(options: dict, endpoints) -> MarketingCloudSink:
     from enrollment.services import storage_client
 
     config = load_config()
-    return MarketingCloudSink(endpoints.marketing_cloud(), options.get("data_extension") or config.marketing_cloud_data_extension,
-                              options.get("welcome_event"), bucket=storage_client(endpoints.project).bucket(config.landing_bucket),
-                              chunk_rows=int(options.get("chunk_rows", 10_000)), wait_s=float(options.get("wait_s", 600)),
-                              consent=config.marketing_consent)
+    return MarketingCloudSink(
+        endpoints.marketing_cloud(),
+        options.get("data_extension") or config.marketing_cloud_data_extension,
+        options.get("welcome_event"),
+        bucket=storage_client(endpoints.project).bucket(config.landing_bucket),
+        chunk_rows=int(options.get("chunk_rows", 10_000)),
+        wait_s=float(options.get("wait_s", 600)),
+        consent=config.marketing_consent,
+    )

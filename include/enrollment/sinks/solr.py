@@ -33,10 +33,11 @@ from .base import Partner, Sink, SinkResult, chunks, iso, revision
 log = logging.getLogger(__name__)
 
 SEARCH_FIELDS = ("region", "country", "first_name", "last_name", "sponsor_id", "language")
+
+
 def quote(term: str) -> str:
     """A user's text as one literal Solr phrase: no operators, wildcards or field syntax survive."""
     return '"' + term.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
 
 
 def document(partner: Partner) -> dict:
@@ -71,24 +72,41 @@ def refusal_message(response: httpx.Response) -> str:
 class SolrSink(Sink):
     name = "solr"
 
-    def __init__(self, solr_url: str, core: str, chunk: int = 1000, commit_within_ms: int = 1000, outage_s: float = 120.0):
+    def __init__(
+        self,
+        solr_url: str,
+        core: str,
+        chunk: int = 1000,
+        commit_within_ms: int = 1000,
+        outage_s: float = 120.0,
+    ):
         self.url = f"{solr_url.rstrip('/')}/{core}"
         self.chunk = int(chunk)
         self.commit_within_ms = int(commit_within_ms)
         self.http = httpx.Client(timeout=60)
         # Ride out a short outage (a restart) inside the task; longer ones fail it and the next
         # run catches up from the watermark.
-        self._post = retry(retry=retry_if_exception_type((httpx.TransportError, SolrError)), wait=wait_exponential(multiplier=0.5, max=10),
-                           stop=stop_after_delay(outage_s), reraise=True)(self._post_once)
+        self._post = retry(
+            retry=retry_if_exception_type((httpx.TransportError, SolrError)),
+            wait=wait_exponential(multiplier=0.5, max=10),
+            stop=stop_after_delay(outage_s),
+            reraise=True,
+        )(self._post_once)
 
     def _post_once(self, body, **params) -> dict:
-        response = self.http.post(f"{self.url}/update", params={"commitWithin": self.commit_within_ms, "wt": "json", **params}, json=body)
+        response = self.http.post(
+            f"{self.url}/update",
+            params={"commitWithin": self.commit_within_ms, "wt": "json", **params},
+            json=body,
+        )
         if response.status_code >= 500:
             raise SolrError(f"solr: update answered HTTP {response.status_code}")
         if response.status_code == 400:
             raise SolrRefusal(refusal_message(response))
         if response.status_code != 200:
-            raise RuntimeError(f"solr: update refused with HTTP {response.status_code}: {response.text[:300]}")
+            raise RuntimeError(
+                f"solr: update refused with HTTP {response.status_code}: {response.text[:300]}"
+            )
         return response.json()
 
     def write(self, partners: Sequence[Partner], enrolled: set[str]) -> SinkResult:
@@ -116,7 +134,9 @@ class SolrSink(Sink):
             return []
         except SolrRefusal as exc:
             if len(docs) == 1:
-                log.warning("solr: a partner refused, quarantined with Solr's message")  # id and message (it may echo a value) not logged
+                log.warning(
+                    "solr: a partner refused, quarantined with Solr's message"
+                )  # id and message (it may echo a value) not logged
                 return [(docs[0]["id"], str(exc))]
         middle = len(docs) // 2
         return self._index(docs[:middle]) + self._index(docs[middle:])
@@ -125,7 +145,9 @@ class SolrSink(Sink):
         """Real-time get: the documents as Solr holds them now, committed or not."""
         out = {}
         for chunk in chunks(list(ids), 500):
-            response = self.http.post(f"{self.url}/get", data={"ids": ",".join(chunk), "wt": "json"})
+            response = self.http.post(
+                f"{self.url}/get", data={"ids": ",".join(chunk), "wt": "json"}
+            )
             response.raise_for_status()
             out.update({d["id"]: d for d in response.json()["response"]["docs"]})
         return out
@@ -138,9 +160,15 @@ class SolrSink(Sink):
             if doc is None:
                 problems[p["partner_id"]] = "not in the index"
             elif int(doc.get("revision", 0)) < expected:
-                problems[p["partner_id"]] = f"indexed at revision {doc.get('revision')}, expected {expected}"
-            elif int(doc["revision"]) == expected and (doc.get("status") == "removed") != (p.get("status") == "terminated"):
-                problems[p["partner_id"]] = f"status {doc.get('status')!r} for a partner {p.get('status') or 'pending'}"
+                problems[p["partner_id"]] = (
+                    f"indexed at revision {doc.get('revision')}, expected {expected}"
+                )
+            elif int(doc["revision"]) == expected and (doc.get("status") == "removed") != (
+                p.get("status") == "terminated"
+            ):
+                problems[p["partner_id"]] = (
+                    f"status {doc.get('status')!r} for a partner {p.get('status') or 'pending'}"
+                )
         return problems
 
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
@@ -154,7 +182,11 @@ class SolrSink(Sink):
             # By query: the version processor handles deletes by id only (they would need a version
             # and leave a tombstone); a delete by query removes documents and tombstones alike.
             query = "id:(" + " OR ".join(quote(pid) for pid in present) + ")"
-            response = self.http.post(f"{self.url}/update", params={"commit": "true", "wt": "json"}, json={"delete": {"query": query}})
+            response = self.http.post(
+                f"{self.url}/update",
+                params={"commit": "true", "wt": "json"},
+                json={"delete": {"query": query}},
+            )
             if response.status_code != 200:
                 raise SolrError(f"solr: erasure delete answered HTTP {response.status_code}")
         return {"deleted": len(present), "remaining": len(self.get(partner_ids))}
@@ -163,14 +195,33 @@ class SolrSink(Sink):
         self.http.close()
 
 
-def search_partners(solr_url: str, core: str, text: str = "", *, region: str | None = None, country: str | None = None,
-                    sponsor_id: str | None = None, rows: int = 20, timeout: float = 10.0) -> list[dict]:
+def search_partners(
+    solr_url: str,
+    core: str,
+    text: str = "",
+    *,
+    region: str | None = None,
+    country: str | None = None,
+    sponsor_id: str | None = None,
+    rows: int = 20,
+    timeout: float = 10.0,
+) -> list[dict]:
     """Active partners whose names match every word of ``text`` (accents and case ignored).
 
     Each word is quoted as a phrase, so user input can never become query syntax."""
     terms = [quote(t) for t in text.split() if t.strip()]
-    filters = ["status:active"] + [f"{field}:{quote(value)}" for field, value in (("region", region), ("country", country), ("sponsor_id", sponsor_id)) if value]
-    params = {"q": " AND ".join(f"names:{t}" for t in terms) or "*:*", "fq": filters, "rows": rows, "wt": "json", "sort": "id asc"}
+    filters = ["status:active"] + [
+        f"{field}:{quote(value)}"
+        for field, value in (("region", region), ("country", country), ("sponsor_id", sponsor_id))
+        if value
+    ]
+    params = {
+        "q": " AND ".join(f"names:{t}" for t in terms) or "*:*",
+        "fq": filters,
+        "rows": rows,
+        "wt": "json",
+        "sort": "id asc",
+    }
     response = httpx.get(f"{solr_url.rstrip('/')}/{core}/select", params=params, timeout=timeout)
     response.raise_for_status()
     return response.json()["response"]["docs"]
@@ -179,5 +230,10 @@ def search_partners(solr_url: str, core: str, text: str = "", *, region: str | N
 def build(options: dict, endpoints) -> SolrSink:
     from enrollment.config import load_config
 
-    return SolrSink(endpoints.solr_url, options.get("core") or load_config().solr_core, chunk=int(options.get("chunk", 1000)),
-                    commit_within_ms=int(options.get("commit_within_ms", 1000)), outage_s=float(options.get("outage_s", 120)))
+    return SolrSink(
+        endpoints.solr_url,
+        options.get("core") or load_config().solr_core,
+        chunk=int(options.get("chunk", 1000)),
+        commit_within_ms=int(options.get("commit_within_ms", 1000)),
+        outage_s=float(options.get("outage_s", 120)),
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -67,9 +67,17 @@ async def viewer(request: Request):
 
 def may_requeue(user) -> bool:
     from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+    from airflow.api_fastapi.auth.managers.models.resource_details import (
+        DagAccessEntity,
+        DagDetails,
+    )
 
-    return get_auth_manager().is_authorized_dag(method="POST", access_entity=DagAccessEntity.RUN, details=DagDetails(id=REQUEUE_DAG), user=user)
+    return get_auth_manager().is_authorized_dag(
+        method="POST",
+        access_entity=DagAccessEntity.RUN,
+        details=DagDetails(id=REQUEUE_DAG),
+        user=user,
+    )
 
 
 # -- data, cached ---------------------------------------------------------------------------------------
@@ -91,7 +99,9 @@ def cached(key: tuple, seconds: float, make):
         _cache[key] = (time.monotonic(), value)
     if len(_cache) > 100:  # windows are the caller's choice: forget what expired
         with _locks_guard:
-            for old in [k for k, (at, _) in list(_cache.items()) if time.monotonic() - at > CLIENTS_S]:
+            for old in [
+                k for k, (at, _) in list(_cache.items()) if time.monotonic() - at > CLIENTS_S
+            ]:
                 _cache.pop(old, None)
                 _locks.pop(old, None)
     return value
@@ -99,12 +109,20 @@ def cached(key: tuple, seconds: float, make):
 
 def clients():
     """The pipeline configuration, its warehouse and Kafka bootstrap, from the Airflow connections the DAGs use."""
+
     def make():
         from enrollment.config import load_config
-        from enrollment_airflow.connections import endpoints_from_connections, warehouse_from_connections
+        from enrollment_airflow.connections import (
+            endpoints_from_connections,
+            warehouse_from_connections,
+        )
 
         config = load_config()
-        return config, warehouse_from_connections(config), endpoints_from_connections().kafka_bootstrap
+        return (
+            config,
+            warehouse_from_connections(config),
+            endpoints_from_connections().kafka_bootstrap,
+        )
 
     return cached(("clients",), CLIENTS_S, make)
 
@@ -112,8 +130,10 @@ def clients():
 def _airflow(make, empty):
     try:
         return make()
-    except Exception as exc:  # noqa: BLE001 (the metadata DB is optional to the page)
-        log.warning("enrollment page: Airflow metadata unavailable: %s: %s", type(exc).__name__, exc)
+    except Exception as exc:
+        log.warning(
+            "enrollment page: Airflow metadata unavailable: %s: %s", type(exc).__name__, exc
+        )
         return empty
 
 
@@ -128,11 +148,16 @@ def overview_data(window_hours: float) -> dict:
 
         config, warehouse, bootstrap = clients()
         data = ov.overview(warehouse, bootstrap, config, window_hours)
-        dags = _airflow(lambda: runs.dag_runs(config, window_hours), {"source": "airflow", "dags": [], "error": "metadata DB unavailable"})
+        dags = _airflow(
+            lambda: runs.dag_runs(config, window_hours),
+            {"source": "airflow", "dags": [], "error": "metadata DB unavailable"},
+        )
         links = _airflow(lambda: runs.batch_runs(config), {})
         _annotate(data["regions"]["regions"], data["sinks"]["sinks"], dags, links, data["health"])
         data["dags"] = dags
-        data["requeue"] = _airflow(runs.requeue_runs, {"source": "airflow", "runs": [], "error": "metadata DB unavailable"})
+        data["requeue"] = _airflow(
+            runs.requeue_runs, {"source": "airflow", "runs": [], "error": "metadata DB unavailable"}
+        )
         data["status"] = _overall(data)
         return data
 
@@ -146,17 +171,28 @@ def region_data(code: str, window_hours: float) -> dict:
 
         config, warehouse, bootstrap = clients()
         data = ov.region_detail(warehouse, bootstrap, config, code, window_hours)
-        dags = _airflow(lambda: runs.dag_runs(config, window_hours), {"source": "airflow", "dags": []})
+        dags = _airflow(
+            lambda: runs.dag_runs(config, window_hours), {"source": "airflow", "dags": []}
+        )
         links = _airflow(lambda: runs.batch_runs(config), {})
         _annotate([data["region"]], [], dags, links, None)
-        data["dags"] = {"source": "airflow", "dags": [d for d in dags["dags"] if d["dag_id"] in (f"ingest_{code.lower()}", "warehouse")]}
-        data["requeue"] = _airflow(runs.requeue_runs, {"source": "airflow", "runs": [], "error": "metadata DB unavailable"})
+        data["dags"] = {
+            "source": "airflow",
+            "dags": [
+                d for d in dags["dags"] if d["dag_id"] in (f"ingest_{code.lower()}", "warehouse")
+            ],
+        }
+        data["requeue"] = _airflow(
+            runs.requeue_runs, {"source": "airflow", "runs": [], "error": "metadata DB unavailable"}
+        )
         return data
 
     return cached(("region", code, window_hours), CACHE_S, make)
 
 
-def _annotate(regions: list[dict], sinks: list[dict], dags: dict, links: dict, health: dict | None) -> None:
+def _annotate(
+    regions: list[dict], sinks: list[dict], dags: dict, links: dict, health: dict | None
+) -> None:
     """Adds the DAG runs to what the tables say: each batch's runs, and a region's or sink's status
     from its DAG's last run (broken wins over late)."""
     from enrollment.operator_view import classify
@@ -166,13 +202,20 @@ def _annotate(regions: list[dict], sinks: list[dict], dags: dict, links: dict, h
     for region in regions:
         for b in region["batches"]:
             b["runs"] = links.get(b["batch_id"], {})
-        broken, late = [w for w in region["why"] if region["status"] == "broken"], [w for w in region["why"] if region["status"] == "late"]
+        broken, late = (
+            [w for w in region["why"] if region["status"] == "broken"],
+            [w for w in region["why"] if region["status"] == "late"],
+        )
         ingest = by_dag.get(f"ingest_{region['code'].lower()}") or {}
         for d in (ingest, warehouse):
             if d.get("status") == "broken":
-                broken.append(f"last {d['dag_id']} run failed ({', '.join(d['failed_tasks']) or 'no task failed'})")
+                broken.append(
+                    f"last {d['dag_id']} run failed ({', '.join(d['failed_tasks']) or 'no task failed'})"
+                )
             elif d.get("status") == "late":
-                late.append(f"last {d['dag_id']} run: the {', '.join(d['failed_tasks'])} gate measured lateness")
+                late.append(
+                    f"last {d['dag_id']} run: the {', '.join(d['failed_tasks'])} gate measured lateness"
+                )
         region.update(classify(broken, late))
         region["dag"] = ingest or None
     for sink in sinks:
@@ -180,7 +223,9 @@ def _annotate(regions: list[dict], sinks: list[dict], dags: dict, links: dict, h
         broken = [w for w in sink["why"] if sink["status"] == "broken"]
         late = [w for w in sink["why"] if sink["status"] == "late"]
         if d.get("status") == "broken":
-            broken.append(f"last {d['dag_id']} run failed ({', '.join(d['failed_tasks']) or 'no task failed'})")
+            broken.append(
+                f"last {d['dag_id']} run failed ({', '.join(d['failed_tasks']) or 'no task failed'})"
+            )
         sink.update(classify(broken, late))
         sink["dag"] = d or None
 
@@ -190,17 +235,27 @@ def _overall(data: dict) -> dict:
 
     broken, late = [], []
     for region in data["regions"]["regions"]:
-        (broken if region["status"] == "broken" else late if region["status"] == "late" else []).append(f"region {region['code']}")
+        (
+            broken if region["status"] == "broken" else late if region["status"] == "late" else []
+        ).append(f"region {region['code']}")
     for sink in data["sinks"]["sinks"]:
-        (broken if sink["status"] == "broken" else late if sink["status"] == "late" else []).append(f"sink {sink['sink']}")
-    broken += [f"service {s['service']}" for s in data["health"]["services"] if s["status"] == "broken"]  # not a stale check
+        (broken if sink["status"] == "broken" else late if sink["status"] == "late" else []).append(
+            f"sink {sink['sink']}"
+        )
+    broken += [
+        f"service {s['service']}" for s in data["health"]["services"] if s["status"] == "broken"
+    ]  # not a stale check
     return classify(broken, late)
 
 
 # -- routes ------------------------------------------------------------------------------------------------
 def _render(request: Request, template: str, **context) -> HTMLResponse:
-    return templates.TemplateResponse(request, template, {"prefix": URL_PREFIX, **context},
-                                      headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+    return templates.TemplateResponse(
+        request,
+        template,
+        {"prefix": URL_PREFIX, **context},
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def _page_user(request: Request):
@@ -212,11 +267,18 @@ async def _page_user(request: Request):
             raise
         from airflow.api_fastapi.app import get_auth_manager
 
-        return None, RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=status.HTTP_303_SEE_OTHER)
+        return None, RedirectResponse(
+            get_auth_manager().get_url_login(next_url=str(request.url)),
+            status_code=status.HTTP_303_SEE_OTHER,
+        )
 
 
 @app.get("/", response_class=HTMLResponse)
-async def page(request: Request, window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS), fragment: bool = False):
+async def page(
+    request: Request,
+    window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS),
+    fragment: bool = False,
+):
     user, redirect = await _page_user(request)
     if redirect:
         return redirect
@@ -225,12 +287,24 @@ async def page(request: Request, window_hours: float = Query(24, gt=0, le=MAX_WI
     from enrollment_airflow.operator_page import charts
 
     data = await run_in_threadpool(overview_data, _window(window_hours))
-    return _render(request, "fragment.html" if fragment else "page.html", data=data, charts=charts, can_requeue=may_requeue(user),
-                   regions=[r["code"] for r in data["regions"]["regions"]], title="Enrollment pipeline")
+    return _render(
+        request,
+        "fragment.html" if fragment else "page.html",
+        data=data,
+        charts=charts,
+        can_requeue=may_requeue(user),
+        regions=[r["code"] for r in data["regions"]["regions"]],
+        title="Enrollment pipeline",
+    )
 
 
 @app.get("/regions/{code}", response_class=HTMLResponse)
-async def region_page(request: Request, code: str, window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS), fragment: bool = False):
+async def region_page(
+    request: Request,
+    code: str,
+    window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS),
+    fragment: bool = False,
+):
     user, redirect = await _page_user(request)
     if redirect:
         return redirect
@@ -239,8 +313,15 @@ async def region_page(request: Request, code: str, window_hours: float = Query(2
     from enrollment_airflow.operator_page import charts
 
     data = await run_in_threadpool(_region_or_404, code, _window(window_hours))
-    return _render(request, "region_fragment.html" if fragment else "region.html", data=data, charts=charts, can_requeue=may_requeue(user),
-                   regions=[data["region"]["code"]], title=f"Enrollment pipeline — {data['region']['code']}")
+    return _render(
+        request,
+        "region_fragment.html" if fragment else "region.html",
+        data=data,
+        charts=charts,
+        can_requeue=may_requeue(user),
+        regions=[data["region"]["code"]],
+        title=f"Enrollment pipeline — {data['region']['code']}",
+    )
 
 
 def _region_or_404(code: str, window_hours: float) -> dict:
@@ -251,17 +332,24 @@ def _region_or_404(code: str, window_hours: float) -> dict:
 
 
 @app.get("/api/overview")
-def api_overview(window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS), user=Depends(viewer)) -> JSONResponse:
+def api_overview(
+    window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS), user=Depends(viewer)
+) -> JSONResponse:
     return JSONResponse(overview_data(_window(window_hours)), headers={"Cache-Control": "no-store"})
 
 
 @app.get("/api/regions/{code}")
-def api_region(code: str, window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS), user=Depends(viewer)) -> JSONResponse:
-    return JSONResponse(_region_or_404(code, _window(window_hours)), headers={"Cache-Control": "no-store"})
+def api_region(
+    code: str, window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS), user=Depends(viewer)
+) -> JSONResponse:
+    return JSONResponse(
+        _region_or_404(code, _window(window_hours)), headers={"Cache-Control": "no-store"}
+    )
 
 
 class Requeue(BaseModel):
     """The ``requeue_quarantine`` DAG's params (its own checks decide; these only shape them)."""
+
     region: str = "ALL"
     since: str = ""
     until: str = ""
@@ -273,23 +361,34 @@ class Requeue(BaseModel):
 async def api_requeue(request: Request, user=Depends(viewer)) -> JSONResponse:
     """Starts ``requeue_quarantine`` with the caller's own token through Airflow's REST API."""
     if not may_requeue(user):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"not allowed to start runs of {REQUEUE_DAG}")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"not allowed to start runs of {REQUEUE_DAG}"
+        )
     # A JSON body only (a cross-site form cannot send one without CORS), from this origin when the browser says.
     if not request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the request as application/json")
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the request as application/json"
+        )
     origin = request.headers.get("origin")
     if origin and origin.rstrip("/") != f"{request.url.scheme}://{request.url.netloc}":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-origin request refused")
     try:
         body = Requeue.model_validate(await request.json())
     except (ValidationError, ValueError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"invalid request: {exc}") from None
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY, f"invalid request: {exc}"
+        ) from None
     config = clients()[0]
     region = body.region.strip().upper() or "ALL"
     if region != "ALL" and region not in {r.code for r in config.regions}:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"unknown region {body.region!r}")
-    conf = {"region": region, "since": body.since.strip(), "until": body.until.strip(),
-            "reasons": [r.strip() for r in body.reasons if r.strip()], "dry_run": body.dry_run}
+    conf = {
+        "region": region,
+        "since": body.since.strip(),
+        "until": body.until.strip(),
+        "reasons": [r.strip() for r in body.reasons if r.strip()],
+        "dry_run": body.dry_run,
+    }
     return JSONResponse(await trigger(request, conf), status_code=status.HTTP_201_CREATED)
 
 
@@ -297,7 +396,11 @@ def _api_base(request: Request) -> str:
     from airflow.configuration import conf
 
     base = conf.get("api", "base_url", fallback="") or ""
-    return base.rstrip("/") if base.startswith("http") else f"{request.url.scheme}://{request.url.netloc}"
+    return (
+        base.rstrip("/")
+        if base.startswith("http")
+        else f"{request.url.scheme}://{request.url.netloc}"
+    )
 
 
 async def trigger(request: Request, conf: dict) -> dict:
@@ -305,21 +408,40 @@ async def trigger(request: Request, conf: dict) -> dict:
 
     token = _token(request)
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=f"{_api_base(request)}/api/v2", headers=headers, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=f"{_api_base(request)}/api/v2", headers=headers, timeout=30
+    ) as client:
         dag = await client.get(f"/dags/{REQUEUE_DAG}")
         if dag.status_code != 200:
-            raise HTTPException(dag.status_code if dag.status_code in (401, 403, 404) else 502,
-                                f"DAG {REQUEUE_DAG}: {_detail(dag)}")
+            raise HTTPException(
+                dag.status_code if dag.status_code in (401, 403, 404) else 502,
+                f"DAG {REQUEUE_DAG}: {_detail(dag)}",
+            )
         paused = bool(dag.json().get("is_paused"))
-        run = await client.post(f"/dags/{REQUEUE_DAG}/dagRuns", json={"logical_date": None, "conf": conf})
+        run = await client.post(
+            f"/dags/{REQUEUE_DAG}/dagRuns", json={"logical_date": None, "conf": conf}
+        )
         if run.status_code not in (200, 201):
-            raise HTTPException(run.status_code if 400 <= run.status_code < 500 else 502, f"Airflow refused the run: {_detail(run)}")
+            raise HTTPException(
+                run.status_code if 400 <= run.status_code < 500 else 502,
+                f"Airflow refused the run: {_detail(run)}",
+            )
     created = run.json()
     run_id = created["dag_run_id"]
-    return {"dag_id": REQUEUE_DAG, "dag_run_id": run_id, "url": f"/dags/{quote(REQUEUE_DAG, safe='')}/runs/{quote(run_id, safe='')}",
-            "state": created.get("state"), "paused": paused, "conf": conf,
-            "note": (f"{REQUEUE_DAG} is paused: the run waits until someone unpauses the DAG" if paused else None),
-            "requested_at": datetime.now(timezone.utc).isoformat()}
+    return {
+        "dag_id": REQUEUE_DAG,
+        "dag_run_id": run_id,
+        "url": f"/dags/{quote(REQUEUE_DAG, safe='')}/runs/{quote(run_id, safe='')}",
+        "state": created.get("state"),
+        "paused": paused,
+        "conf": conf,
+        "note": (
+            f"{REQUEUE_DAG} is paused: the run waits until someone unpauses the DAG"
+            if paused
+            else None
+        ),
+        "requested_at": datetime.now(UTC).isoformat(),
+    }
 
 
 def _detail(response) -> str:

@@ -19,25 +19,33 @@ def sparkline(series: list[dict], width: int = 180, height: int = 36, key: str =
     n = len(series)
     step = width / n
     heights = bar_lengths([float(p[key] or 0) for p in series], height - 2)
-    bars = "".join(f'<rect x="{i * step:.1f}" y="{height - h:.1f}" width="{max(step - 1, 1):.1f}" height="{h:.1f}">'
-                   f'<title>{escape(str(p["minute"])[11:16])} UTC: {int(p[key] or 0):,}</title></rect>'
-                   for i, (p, h) in enumerate(zip(series, heights, strict=True)))
+    bars = "".join(
+        f'<rect x="{i * step:.1f}" y="{height - h:.1f}" width="{max(step - 1, 1):.1f}" height="{h:.1f}">'
+        f"<title>{escape(str(p['minute'])[11:16])} UTC: {int(p[key] or 0):,}</title></rect>"
+        for i, (p, h) in enumerate(zip(series, heights, strict=True))
+    )
     total = sum(int(p[key] or 0) for p in series)
-    return (f'<svg class="spark" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-            f'<title>{total:,} in the last {n} minutes</title><line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" class="axis"/>{bars}</svg>')
+    return (
+        f'<svg class="spark" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+        f'<title>{total:,} in the last {n} minutes</title><line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" class="axis"/>{bars}</svg>'
+    )
 
 
-def hbars(items: list[tuple[str, float]], width: int = 260, row: int = 18, label_width: int = 230) -> str:
+def hbars(
+    items: list[tuple[str, float]], width: int = 260, row: int = 18, label_width: int = 230
+) -> str:
     """Horizontal bars with labels (quarantine by reason)."""
     if not items:
         return ""
     lengths = bar_lengths([v for _, v in items], width)
     height = row * len(items)
     total = label_width + width + 60
-    rows = "".join(f'<g transform="translate(0,{i * row})"><text x="0" y="{row - 5}" class="label">{escape(label)}</text>'
-                   f'<rect x="{label_width}" y="3" width="{length}" height="{row - 6}"/>'
-                   f'<text x="{label_width + length + 4}" y="{row - 5}" class="value">{int(v):,}</text></g>'
-                   for i, ((label, v), length) in enumerate(zip(items, lengths, strict=True)))
+    rows = "".join(
+        f'<g transform="translate(0,{i * row})"><text x="0" y="{row - 5}" class="label">{escape(label)}</text>'
+        f'<rect x="{label_width}" y="3" width="{length}" height="{row - 6}"/>'
+        f'<text x="{label_width + length + 4}" y="{row - 5}" class="value">{int(v):,}</text></g>'
+        for i, ((label, v), length) in enumerate(zip(items, lengths, strict=True))
+    )
     return f'<svg class="hbars" role="img" width="{total}" height="{height}" viewBox="0 0 {total} {height}">{rows}</svg>'
 
 
