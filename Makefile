@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 STACK_DIR := .stack
 MVN := mvn -q -B
 
-.PHONY: install chromium redis-server up down reset-data status demo test bench loadtest lock schemas simulate clean
+.PHONY: install chromium redis-server up down reset-data status demo test lint bench loadtest lock schemas simulate clean
 
 ## install: everything the stack and the tests need (idempotent; only what is missing or changed)
 install: $(VENV)/.installed $(STACK_DIR)/kafka/.installed $(STACK_DIR)/solr/.installed $(STACK_DIR)/bq-venv/.installed chromium redis-server
@@ -63,6 +63,12 @@ $(STACK_DIR)/bq-venv/.installed: stack/bqemulator-requirements.lock $(VENV)/.ins
 lock: $(VENV)/.installed
 	$(UV) pip compile -q --no-header --python-version 3.11 requirements.txt -o requirements.lock
 	$(UV) pip compile -q --no-header --python-version 3.11 stack/bqemulator-requirements.txt -o stack/bqemulator-requirements.lock
+
+## lint: ruff (format and lint, line length 100) over the tree, mypy strict on include/ and plugins/
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/mypy
 
 ## schemas: regenerate the published JSON Schemas from the contracts (a test fails when they drift)
 schemas: $(VENV)/.installed
