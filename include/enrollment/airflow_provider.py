@@ -3,12 +3,17 @@ the Marketing Cloud connection type appears in the UI's connection form."""
 
 from __future__ import annotations
 
+from typing import Any
 
-def get_provider_info() -> dict:
+
+def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "enrollment-pipelines",
         "name": "Enrollment pipelines",
-        "description": "Hooks and connection types of the enrollment pipelines (Salesforce Marketing Cloud REST).",
+        "description": (
+            "Hooks and connection types of the enrollment pipelines "
+            "(Salesforce Marketing Cloud REST)."
+        ),
         "connection-types": [
             {
                 "connection-type": "marketing_cloud",

@@ -6,9 +6,14 @@ lagging partition for its timestamp (none once enough records are pending), and 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .batches import pending_ranges
+
+if TYPE_CHECKING:
+    from .config import Region
 
 
 @dataclass(frozen=True)
@@ -39,13 +44,14 @@ def measure(
     bootstrap: str, group: str, topic: str, partitions: int | None = None, enough: int | None = None
 ) -> Backlog:
     """Offsets per partition — every partition the cluster reports; ``partitions`` is the
-    configured count, only compared (a warning when it differs) — and the timestamp of the oldest pending record of each lagging
-    partition — unless ``enough`` records are pending: then the count decides and no record is
-    fetched at all (the backlog trigger asks every second; at the peak the count always decides)."""
+    configured count, only compared (a warning when it differs) — and the timestamp of the oldest
+    pending record of each lagging partition — unless ``enough`` records are pending: then the
+    count decides and no record is fetched at all (the backlog trigger asks every second; at the
+    peak the count always decides)."""
     from confluent_kafka import Consumer, TopicPartition
 
     ranges = tuple(pending_ranges(bootstrap, group, topic, partitions))
-    oldest = None
+    oldest: int | None = None
     by_partition: dict[int, int] = {}
     behind = [(p, start) for p, start, end in ranges if end > start]
     if enough is not None and sum(end - start for _, start, end in ranges) >= enough:
@@ -71,12 +77,13 @@ def measure(
             deadline = time.monotonic() + 5
             while len(seen) < len(behind) and time.monotonic() < deadline:
                 for msg in consumer.consume(num_messages=len(behind), timeout=0.5):
-                    if msg.error() is None and msg.partition() not in seen:
-                        seen.add(msg.partition())
+                    partition = msg.partition()  # None only on an error event
+                    if msg.error() is None and partition is not None and partition not in seen:
+                        seen.add(partition)
                         stamp = msg.timestamp()[1]
-                        by_partition[msg.partition()] = stamp
+                        by_partition[partition] = stamp
                         oldest = stamp if oldest is None else min(oldest, stamp)
-                        consumer.pause([TopicPartition(topic, msg.partition())])
+                        consumer.pause([TopicPartition(topic, partition)])
         finally:
             consumer.close()
     return Backlog(
@@ -87,7 +94,7 @@ def measure(
     )
 
 
-def total_pending(bootstrap: str, group: str, regions) -> int:
+def total_pending(bootstrap: str, group: str, regions: Iterable[Region]) -> int:
     """Records the group has still to land across regions (offsets only, no timestamps)."""
     return sum(
         end - start
@@ -99,7 +106,8 @@ def total_pending(bootstrap: str, group: str, regions) -> int:
 def should_fire(
     backlog: Backlog, min_records: int, max_age_s: float, now: float | None = None
 ) -> bool:
-    """A batch is worth it when enough is pending, or when what is pending has waited long enough."""
+    """A batch is worth it when enough is pending, or when what is pending has waited long
+    enough."""
     return backlog.pending > 0 and (
         backlog.pending >= min_records or backlog.oldest_age_s(now) >= max_age_s
     )

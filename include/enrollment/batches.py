@@ -5,11 +5,12 @@
   committed offset to the end seen now (capped). The batch id and every object name derive from
   the group, topic and range, and the manifest is written once, under a name derived from the
   start offsets: claiming again before the batch is landed returns the same range.
-- Each claim is chained to where the group's landed batches end (``claims/<region>/landed-….json``):
-  a committed offset *past* that end means offsets were deleted (retention) before they were read
-  — a **gap**; one *before* it means the group's offsets expired and it rewound — a **rewind**,
-  and the claim starts at the landed end instead (nothing is ingested twice). Both travel with
-  the batch and become ledger rows of their own (stage ``gap``/``rewind``).
+- Each claim is chained to where the group's landed batches end
+  (``claims/<region>/landed-….json``): a committed offset *past* that end means offsets were
+  deleted (retention) before they were read — a **gap**; one *before* it means the group's
+  offsets expired and it rewound — a **rewind**, and the claim starts at the landed end instead
+  (nothing is ingested twice). Both travel with the batch and become ledger rows of their own
+  (stage ``gap``/``rewind``).
 - ``land`` reads exactly that range (assign, not subscribe) up to each partition's *position*
   (offsets without a message — transaction markers, compacted records — never stall it), stops
   at the batch's byte budget (the claim record is rewritten to the shrunk range first), validates
@@ -25,6 +26,7 @@ Everything after ``land`` reads the landed objects, never Kafka.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -33,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,11 +47,34 @@ from .partners import partner_changes
 from .pii import Keyring, mask_raw, tokenise_json
 from .validation import ValidationResult, validate_batch, validate_guarded
 
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer
+
+    # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
+    from google.cloud.storage import Bucket  # type: ignore[import-untyped]
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = (
-    256 * 1024 * 1024
-)  # a batch's byte budget when the caller names none (enrollment.config.Region)
+# A batch's byte budget when the caller names none (enrollment.config.Region).
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+class Anomaly(TypedDict):
+    """A gap or rewind found by a claim or a read: a ledger row of its own later."""
+
+    kind: Literal["gap", "rewind"]
+    partition: int
+    start: int
+    end: int
+    detail: str
+
+
+class Chain(TypedDict):
+    """Where the group's landed batches of a topic end (``read_chain``)."""
+
+    ends: dict[int, int]  # partition → one past the last landed offset
+    starts: dict[int, int]  # partition → the last landed batch's start
+    claim: str  # that batch's claim record
 
 
 class GateError(RuntimeError):
@@ -74,8 +100,8 @@ class Manifest:
     bucket: str
     ranges: tuple[PartitionRange, ...]
     claimed_at: str = field(default="", compare=False)
-    # Gaps and rewinds the claim found (dicts: kind, partition, start, end, detail); ledger rows later.
-    anomalies: tuple = field(default=(), compare=False)
+    # Gaps and rewinds the claim found; ledger rows later.
+    anomalies: tuple[Anomaly, ...] = field(default=(), compare=False)
     # 1: ids from topic + offsets (batches claimed before the group joined the identity keep them).
     id_scheme: int = 2
 
@@ -152,7 +178,8 @@ def landing_prefix(batch_id: str) -> str:
     """Where a batch's objects land: ``landing/<REGION>/<batch id>``, the region read from the id
     (``<region>-<hash>``, or ``recovery-<region>-<hash>`` for a recovery batch)."""
     parts = batch_id.split("-")
-    return f"landing/{(parts[1] if parts[0] == 'recovery' and len(parts) > 2 else parts[0]).upper()}/{batch_id}"
+    region = parts[1] if parts[0] == "recovery" and len(parts) > 2 else parts[0]
+    return f"landing/{region.upper()}/{batch_id}"
 
 
 CLAIMS_PREFIX = "claims/"
@@ -173,11 +200,13 @@ def claim_object(region: str, topic: str, starts: dict[int, int], group: str | N
 
 def chain_object(region: str, topic: str, group: str) -> str:
     """Where the group's landed batches of a topic end, per partition (updated by each land)."""
-    return f"{CLAIMS_PREFIX}{region}/landed-{hashlib.sha256((group + '|' + topic).encode()).hexdigest()[:20]}.json"
+    digest = hashlib.sha256((group + "|" + topic).encode()).hexdigest()[:20]
+    return f"{CLAIMS_PREFIX}{region}/landed-{digest}.json"
 
 
-def read_chain(bucket, region: str, topic: str, group: str) -> dict | None:
-    """{"ends": {partition: end}, "starts": …, "claim": record name} of the last landed batch, or None."""
+def read_chain(bucket: Bucket, region: str, topic: str, group: str) -> Chain | None:
+    """{"ends": {partition: end}, "starts": …, "claim": record name} of the last landed batch, or
+    None."""
     from google.api_core.exceptions import NotFound
 
     try:
@@ -191,10 +220,11 @@ def read_chain(bucket, region: str, topic: str, group: str) -> dict | None:
     }
 
 
-def advance_chain(bucket, manifest: Manifest) -> None:
-    """Moves the chain to the end of a landed batch; never backwards (a late retry of an older batch)."""
-    chain = read_chain(bucket, manifest.region, manifest.topic, manifest.group) or {"ends": {}}
-    ends = dict(chain["ends"])
+def advance_chain(bucket: Bucket, manifest: Manifest) -> None:
+    """Moves the chain to the end of a landed batch; never backwards (a late retry of an older
+    batch)."""
+    chain = read_chain(bucket, manifest.region, manifest.topic, manifest.group)
+    ends = dict(chain["ends"]) if chain is not None else {}
     for r in manifest.ranges:
         ends[r.partition] = max(ends.get(r.partition, 0), r.end)
     body = {
@@ -210,7 +240,7 @@ def advance_chain(bucket, manifest: Manifest) -> None:
     )
 
 
-def _consumer(bootstrap: str, group: str):
+def _consumer(bootstrap: str, group: str) -> Consumer:
     from confluent_kafka import Consumer
 
     return Consumer(
@@ -251,7 +281,7 @@ _drift_warned: set[tuple[str, int, int]] = set()
 
 
 def topic_partitions(
-    consumer, topic: str, expected: int | None = None, timeout: float = 10.0
+    consumer: Consumer, topic: str, expected: int | None = None, timeout: float = 10.0
 ) -> list[int]:
     """The topic's partitions as the cluster reports them (metadata). When they are not the
     ``expected`` (configured) count it warns, once per process and count: every partition is read
@@ -273,7 +303,8 @@ def topic_partitions(
     ):
         _drift_warned.add((topic, expected, len(partitions)))
         log.warning(
-            "kafka: topic %s has %d partitions on the cluster, the configuration says %d: reading all %d; update `partitions`",
+            "kafka: topic %s has %d partitions on the cluster, the configuration says %d: "
+            "reading all %d; update `partitions`",
             topic,
             len(partitions),
             expected,
@@ -296,15 +327,15 @@ def partition_drift(topic: str, expected: int, actual: int) -> str | None:
 def pending_ranges(
     bootstrap: str, group: str, topic: str, partitions: int | None = None, timeout: float = 10.0
 ) -> list[tuple[int, int, int]]:
-    """(partition, committed or earliest offset, end offset) for every partition of the topic on the
-    cluster; ``partitions`` is the configured count, only compared. Reads offsets only."""
+    """(partition, committed or earliest offset, end offset) for every partition of the topic on
+    the cluster; ``partitions`` is the configured count, only compared. Reads offsets only."""
     from confluent_kafka import TopicPartition
 
     consumer = _consumer(bootstrap, group)
     try:
         ids = topic_partitions(consumer, topic, partitions, timeout)
         committed = consumer.committed([TopicPartition(topic, p) for p in ids], timeout=timeout)
-        out = []
+        out: list[tuple[int, int, int]] = []
         for tp in committed:
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(topic, tp.partition), timeout=timeout
@@ -316,7 +347,7 @@ def pending_ranges(
         consumer.close()
 
 
-def _recorded(bucket, *names: str) -> Manifest | None:
+def _recorded(bucket: Bucket, *names: str) -> Manifest | None:
     for name in names:
         blob = bucket.blob(name)
         if blob.exists():
@@ -325,11 +356,12 @@ def _recorded(bucket, *names: str) -> Manifest | None:
 
 
 def chain_starts(
-    pending: list[tuple[int, int, int]], chain: dict | None, topic: str
-) -> tuple[dict[int, int], list[dict]]:
+    pending: list[tuple[int, int, int]], chain: Chain | None, topic: str
+) -> tuple[dict[int, int], list[Anomaly]]:
     """Where the next claim starts per partition, and the gaps and rewinds against the chain (the
     end of the group's landed batches; a partition the chain does not know started at 0)."""
-    starts, anomalies = {}, []
+    starts: dict[int, int] = {}
+    anomalies: list[Anomaly] = []
     for p, start, end in pending:
         starts[p] = start
         if chain is None:
@@ -342,7 +374,8 @@ def chain_starts(
                     "partition": p,
                     "start": landed,
                     "end": start,
-                    "detail": f"{topic} partition {p}: offsets {landed}-{start} ({start - landed}) deleted before they were read",
+                    "detail": f"{topic} partition {p}: offsets {landed}-{start} "
+                    f"({start - landed}) deleted before they were read",
                 }
             )
         elif start < landed <= end:
@@ -352,7 +385,8 @@ def chain_starts(
                     "partition": p,
                     "start": start,
                     "end": landed,
-                    "detail": f"{topic} partition {p}: the group rewound to {start}, its batches were landed to {landed}; "
+                    "detail": f"{topic} partition {p}: the group rewound to {start}, "
+                    f"its batches were landed to {landed}; "
                     f"offsets {start}-{landed} ({landed - start}) not ingested again",
                 }
             )
@@ -364,7 +398,8 @@ def chain_starts(
                     "partition": p,
                     "start": start,
                     "end": landed,
-                    "detail": f"{topic} partition {p}: the partition ends at {end}, before the landed end {landed} "
+                    "detail": f"{topic} partition {p}: the partition ends at {end}, "
+                    f"before the landed end {landed} "
                     f"(topic recreated or truncated?): reading from {start}",
                 }
             )
@@ -377,11 +412,11 @@ def claim(
     region: str,
     topic: str,
     partitions: int | None,
-    bucket,
+    bucket: Bucket,
     max_batch: int,
 ) -> Manifest | None:
-    """Freezes the next batch of a region, or returns the unfinished one; None when nothing is pending.
-    ``partitions`` is the configured count: the partitions read are the cluster's."""
+    """Freezes the next batch of a region, or returns the unfinished one; None when nothing is
+    pending. ``partitions`` is the configured count: the partitions read are the cluster's."""
     from google.api_core.exceptions import PreconditionFailed
 
     pending = pending_ranges(bootstrap, group, topic, partitions)
@@ -393,7 +428,8 @@ def claim(
         and all(committed.get(p) == s for p, s in chain["starts"].items())
         and any(chain["ends"].get(p, s) != s for p, s in chain["starts"].items())
     ):
-        # The last landed batch, its offsets not committed (land died after landing): land it again.
+        # The last landed batch, its offsets not committed (land died after landing): land it
+        # again.
         again = _recorded(bucket, chain["claim"])
         if again is not None:
             return again
@@ -419,9 +455,8 @@ def claim(
         for p, _, end in pending
     )
     if sum(r.size for r in ranges) == 0:
-        return (
-            None  # a gap or rewind alone waits for the next batch with data: it is found again then
-        )
+        # A gap or rewind alone waits for the next batch with data: it is found again then.
+        return None
     manifest = Manifest(
         region=region,
         topic=topic,
@@ -452,7 +487,11 @@ def read_range(
 
     consumer = _consumer(bootstrap, manifest.group)
     wanted = {r.partition: r for r in manifest.ranges if r.size > 0}
-    parts, offsets, stamps, keys, values = [], [], [], [], []
+    parts: list[int] = []
+    offsets: list[int] = []
+    stamps: list[int] = []
+    keys: list[bytes | None] = []
+    values: list[bytes | None] = []
     size, full = 0, False
     try:
         consumer.assign([TopicPartition(manifest.topic, p, r.start) for p, r in wanted.items()])
@@ -463,12 +502,14 @@ def read_range(
             if time.monotonic() > deadline:
                 short = {p: (next_offset[p], r.end) for p, r in wanted.items() if p not in done}
                 raise TimeoutError(
-                    f"kafka: batch {manifest.batch_id} still misses offsets {short} after {timeout_s:.0f} s"
+                    f"kafka: batch {manifest.batch_id} still misses offsets {short} "
+                    f"after {timeout_s:.0f} s"
                 )
             for msg in consumer.consume(num_messages=10_000, timeout=0.5):
                 if msg.error() is not None:
                     raise RuntimeError(f"kafka: reading batch {manifest.batch_id}: {msg.error()}")
                 p, o = msg.partition(), msg.offset()
+                assert p is not None and o is not None, "set on every message without an error"
                 if p in done or o >= wanted[p].end or o < next_offset[p]:
                     continue  # beyond the batch (the next batch reads it), or seen already
                 value, key = msg.value(), msg.key()
@@ -519,7 +560,7 @@ def read_range(
     ), ranges
 
 
-def lost_below_watermark(bootstrap: str, manifest: Manifest, read: pa.Table) -> list[dict]:
+def lost_below_watermark(bootstrap: str, manifest: Manifest, read: pa.Table) -> list[Anomaly]:
     """Offsets of the range deleted (retention) between the claim and the read: the consumer was
     reset to the partition's earliest offset past them. Gaps, never 'offsets without a message'."""
     from confluent_kafka import TopicPartition
@@ -531,7 +572,7 @@ def lost_below_watermark(bootstrap: str, manifest: Manifest, read: pa.Table) -> 
         return []
     consumer = _consumer(bootstrap, manifest.group)
     try:
-        out = []
+        out: list[Anomaly] = []
         for r in short:
             low, _ = consumer.get_watermark_offsets(
                 TopicPartition(manifest.topic, r.partition), timeout=10
@@ -544,7 +585,9 @@ def lost_below_watermark(bootstrap: str, manifest: Manifest, read: pa.Table) -> 
                         "partition": r.partition,
                         "start": r.start,
                         "end": end,
-                        "detail": f"{manifest.topic} partition {r.partition}: offsets {r.start}-{end} ({end - r.start}) deleted after the claim, before they were read",
+                        "detail": f"{manifest.topic} partition {r.partition}: "
+                        f"offsets {r.start}-{end} ({end - r.start}) deleted after the claim, "
+                        "before they were read",
                     }
                 )
         return out
@@ -565,7 +608,8 @@ def flatten(
     tax_id_tokens: pa.Array | None = None,
 ) -> pa.Table:
     """The valid rows as landed: envelope, Kafka coordinates, flat payload fields, the raw JSON
-    (as ``messages`` carry it: ``land`` passes them with their tax ids tokenised, and the tokens)."""
+    (as ``messages`` carry it: ``land`` passes them with their tax ids tokenised, and the
+    tokens)."""
     valid = result.valid
     rows = pa.array(valid.column("source_index").to_numpy(), pa.int64())
     payload = valid.column("payload").combine_chunks()
@@ -689,13 +733,14 @@ def quarantine_rows(
             "event_id": q.column("event_id"),
             "event_type": q.column("event_type"),
             "partner_id": q.column("partner_id"),
-            # What the operator needs to see why, with the personal values masked by shape (pii.mask_raw).
+            # What the operator needs to see why, with the personal values masked by shape
+            # (pii.mask_raw).
             "raw": pa.array([mask_raw(r) for r in q.column("raw").to_pylist()], pa.binary()),
         }
     )
 
 
-def write_once(bucket, name: str, table: pa.Table) -> bool:
+def write_once(bucket: Bucket, name: str, table: pa.Table) -> bool:
     """Writes a Parquet object unless it exists; True when this call wrote it.
 
     A retried task finds the object there and leaves it: the content is a function of the offset
@@ -725,7 +770,8 @@ def commit_range(bootstrap: str, manifest: Manifest) -> None:
 
     consumer = _consumer(bootstrap, manifest.group)
     try:
-        # Every partition, the empty ones too: after a rewind the group's offset moves back to the landed end.
+        # Every partition, the empty ones too: after a rewind the group's offset moves back to
+        # the landed end.
         consumer.commit(
             offsets=[TopicPartition(manifest.topic, r.partition, r.end) for r in manifest.ranges],
             asynchronous=False,
@@ -747,27 +793,27 @@ class Landed:
     seconds: float
     group: str = ""  # the pipeline's consumer group: whose warehouse queue the batch waits in
     claimed_at: str = ""  # when the batch was claimed (ISO 8601), from its manifest
-    partners_uri: str = (
-        ""  # the batch's partner changes, one row per partner (empty: landed by an older version)
-    )
+    # The batch's partner changes, one row per partner (empty: landed by an older version).
+    partners_uri: str = ""
     first_kafka_ms: int | None = None  # the Kafka timestamps of its oldest and newest message
     last_kafka_ms: int | None = None
-    skipped: int = 0  # offsets of the range that hold no message (transaction markers, compacted or deleted records)
-    anomalies: list = field(
-        default_factory=list
-    )  # gaps and rewinds found by its claim or read: ledger rows of their own
+    # Offsets of the range that hold no message (transaction markers, compacted or deleted records).
+    skipped: int = 0
+    # Gaps and rewinds found by its claim or read: ledger rows of their own.
+    anomalies: list[Anomaly] = field(default_factory=list)
     requeued: bool = False  # set aside by a warehouse cycle once, repaired and queued again
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def tokenised(
     result: ValidationResult, messages: pa.Table, keyring: Keyring
 ) -> tuple[pa.Table, pa.Array]:
-    """The messages with each valid event's tax ids replaced by their tokens (``pii.tokenise_json``:
-    every other byte kept), and the token of each valid row's ``payload.tax_id`` (null without one).
-    Quarantined messages are left as they are: ``quarantine_rows`` masks what it writes."""
+    """The messages with each valid event's tax ids replaced by their tokens
+    (``pii.tokenise_json``: every other byte kept), and the token of each valid row's
+    ``payload.tax_id`` (null without one). Quarantined messages are left as they are:
+    ``quarantine_rows`` masks what it writes."""
     index = result.valid.column("source_index").to_pylist()
     values = messages.column("value").to_pylist()
     for i in index:
@@ -801,7 +847,12 @@ def shape_batch(
 
 
 def write_batch(
-    bucket, prefix: str, batch_id: str, valid: pa.Table, quarantine: pa.Table, keyring: Keyring
+    bucket: Bucket,
+    prefix: str,
+    batch_id: str,
+    valid: pa.Table,
+    quarantine: pa.Table,
+    keyring: Keyring,
 ) -> tuple[pa.Table, pa.Table]:
     """Writes a shaped batch's four write-once objects under ``prefix`` (valid, quarantine, raw,
     partners), its erased partners anonymised first; the valid and quarantine rows as written."""
@@ -815,14 +866,14 @@ def write_batch(
         keyring,
         suppressed(bucket),
     )
-    if (
-        erased
-    ):  # partners erased before these events arrived (a resend, a rewind): they never land in clear
+    # Partners erased before these events arrived (a resend, a rewind): they never land in clear.
+    if erased:
         (valid, raw, quarantine, changes), counts = anonymise_landed(
             valid, raw, quarantine, changes, erased
         )
         log.info(
-            "land %s: %d events and %d quarantined messages of %d erased partners anonymised before landing",
+            "land %s: %d events and %d quarantined messages of %d erased partners "
+            "anonymised before landing",
             batch_id,
             counts["events"],
             counts["quarantined"],
@@ -840,7 +891,7 @@ def write_batch(
 def land(
     bootstrap: str,
     manifest: Manifest,
-    bucket,
+    bucket: Bucket,
     keyring: Keyring,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> Landed:
@@ -858,7 +909,8 @@ def land(
             shrunk.to_json(), content_type="application/json"
         )
         log.info(
-            "land %s: %d offsets passed the byte budget (%d bytes); the batch shrinks to %d offsets, now %s",
+            "land %s: %d offsets passed the byte budget (%d bytes); "
+            "the batch shrinks to %d offsets, now %s",
             manifest.batch_id,
             manifest.offsets,
             max_bytes,
@@ -874,13 +926,15 @@ def land(
                 zip(
                     messages.column("kafka_partition").to_pylist(),
                     messages.column("kafka_offset").to_pylist(),
+                    strict=True,
                 )
             )
         )
         != read
     ):
         raise GateError(
-            f"land gate, batch {manifest.batch_id}: read {read} messages (some twice?), the range holds {manifest.offsets} offsets"
+            f"land gate, batch {manifest.batch_id}: read {read} messages (some twice?), "
+            f"the range holds {manifest.offsets} offsets"
         )
     skipped = manifest.offsets - read  # offsets holding no message: accounted, never waited for
     anomalies = list(manifest.anomalies) + (
@@ -896,7 +950,8 @@ def land(
     )
     if valid.num_rows + quarantine.num_rows + skipped != manifest.offsets:
         raise GateError(
-            f"land gate, batch {manifest.batch_id}: offsets {manifest.offsets} != valid {valid.num_rows} + quarantined "
+            f"land gate, batch {manifest.batch_id}: offsets {manifest.offsets} "
+            f"!= valid {valid.num_rows} + quarantined "
             f"{quarantine.num_rows - duplicates} + duplicates {duplicates} + skipped {skipped}"
         )
     valid, quarantine = write_batch(
@@ -941,31 +996,30 @@ def pending_object(group: str, region: str, batch_id: str) -> str:
     return f"{PENDING_PREFIX}{group}/{region}/{batch_id}.json"
 
 
-def mark_pending(bucket, landed: Landed) -> None:
+def mark_pending(bucket: Bucket, landed: Landed) -> None:
     """Records the batch as landed, not warehoused; writing it again changes nothing."""
     from google.api_core.exceptions import PreconditionFailed
 
     blob = bucket.blob(pending_object(landed.group, landed.region, landed.batch_id))
     body = json.dumps(landed.as_dict(), sort_keys=True)
-    try:
+    with contextlib.suppress(PreconditionFailed):  # a retry of land: the record is there already
         blob.upload_from_string(body, content_type="application/json", if_generation_match=0)
-    except PreconditionFailed:
-        pass  # a retry of land: the record is there already
 
 
-def pending_batches(bucket, group: str, max_rows: int | None = None) -> list[Landed]:
+def pending_batches(bucket: Bucket, group: str, max_rows: int | None = None) -> list[Landed]:
     """The pipeline's landed batches not yet warehoused, every region, oldest claim first; at
     most ``max_rows`` offsets in all (and always the oldest batch, however large)."""
     from google.api_core.exceptions import NotFound
 
-    records = []
+    records: list[dict[str, Any]] = []
     for blob in bucket.list_blobs(prefix=f"{PENDING_PREFIX}{group}/"):
         try:
             records.append(json.loads(blob.download_as_text()))
         except NotFound:  # cleared by a cycle meanwhile
             continue
     records.sort(key=lambda r: (r.get("claimed_at") or "", r["batch_id"]))
-    out, rows = [], 0
+    out: list[Landed] = []
+    rows = 0
     for r in records:
         if out and max_rows is not None and rows + r["offsets"] > max_rows:
             break
@@ -974,22 +1028,20 @@ def pending_batches(bucket, group: str, max_rows: int | None = None) -> list[Lan
     return out
 
 
-def clear_pending(bucket, batches: list[Landed]) -> None:
+def clear_pending(bucket: Bucket, batches: list[Landed]) -> None:
     from google.api_core.exceptions import NotFound
 
     for landed in batches:
-        try:
+        with contextlib.suppress(NotFound):
             bucket.blob(pending_object(landed.group, landed.region, landed.batch_id)).delete()
-        except NotFound:
-            pass
 
 
 def claims(
-    bucket, region: str, topic: str, group: str, start: datetime, end: datetime
+    bucket: Bucket, region: str, topic: str, group: str, start: datetime, end: datetime
 ) -> list[Manifest]:
     """The batches claimed for a region's topic by ``group`` in [start, end) (when each claim was
     recorded), oldest first: the index that reconciliation and replay work from."""
-    found = []
+    found: list[Manifest] = []
     for blob in bucket.list_blobs(prefix=f"{CLAIMS_PREFIX}{region}/from-"):
         if blob.time_created is not None and start <= blob.time_created < end:
             manifest = Manifest.from_json(blob.download_as_text())
@@ -998,8 +1050,9 @@ def claims(
     return sorted(found, key=lambda m: (m.claimed_at, m.batch_id))
 
 
-def landed_from(bucket, manifest: Manifest) -> Landed | None:
-    """A claimed batch as it was landed (its counts read from the objects), None when not landed."""
+def landed_from(bucket: Bucket, manifest: Manifest) -> Landed | None:
+    """A claimed batch as it was landed (its counts read from the objects), None when not
+    landed."""
     valid_blob, quarantine_blob = (
         bucket.blob(manifest.valid_object),
         bucket.blob(manifest.quarantine_object),

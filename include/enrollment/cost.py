@@ -10,15 +10,18 @@ Storage Write API $0.025 per GiB ingested, batch load jobs free. BigQuery bills 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 PRICE_PER_TIB = 6.25
 STORAGE_WRITE_PER_GIB = 0.025
 TIB, GIB = 1024**4, 1024**3
 MIN_BYTES_PER_TABLE = 10 * 1024**2
 
-# Logical bytes per value as BigQuery counts them (STRING: 2 + UTF-8 length; INT64 and TIMESTAMP: 8).
+# Logical bytes per value as BigQuery counts them (STRING: 2 + UTF-8 length; INT64 and
+# TIMESTAMP: 8).
 EVENT_ID, BATCH_ID, PARTNER_ID, TS, INT = 2 + 36, 2 + 21, 2 + 12, 8, 8
-EVENT_ROW = 1_300  # a landed event: envelope, flat payload and its raw JSON (measured on the simulator's mix)
+# A landed event: envelope, flat payload and its raw JSON (measured on the simulator's mix).
+EVENT_ROW = 1_300
 PARTNER_ROW = 620  # a partners row with every field and field version
 QUARANTINE_SHARE = 0.02  # the simulator's fault mix
 LEDGER_ROWS_PER_BATCH = 5  # land, warehouse, three sinks
@@ -116,7 +119,7 @@ def estimate(
     partners: int = 20_000_000,
     history_days: int = 30,
     regions: int = 4,
-) -> dict:
+) -> dict[str, Any]:
     statements = cycle_statements(
         events_per_min, cycles_per_day, dedup_window_days, partners, regions
     )
@@ -141,28 +144,43 @@ def estimate(
     }
 
 
-def markdown(e: dict) -> str:
+def markdown(e: dict[str, Any]) -> str:
     rows = "\n".join(
-        f"| {s.table} | {s.what} | {s.rows_read:,.0f} | {s.bytes_per_row:,} | {s.bytes / GIB:,.2f} | {s.why} |"
+        f"| {s.table} | {s.what} | {s.rows_read:,.0f} | {s.bytes_per_row:,} "
+        f"| {s.bytes / GIB:,.2f} | {s.why} |"
         for s in e["statements"]
     )
     writes = {"events": 1, "partners": 1, "quarantine": 1, "ledger": 1}
-    return f"""| table | statement | rows it may read per cycle | bytes/row read | GiB per cycle | why this many |
-|---|---|---|---|---|---|
-{rows}
-
-Write statements per cycle: {", ".join(f"{t} {n}" for t, n in writes.items())} (plus three staging tables, one load job each).
-None of these reads grows with history: the window is a constant filter on the arrival-day
-partitions ({e["dedup_window_days"]} day(s) before the cycle's first arrival), partners is the current state.
-
-At **{e["events_per_min"]:,.0f} events/min**, {e["cycles_per_day"]:,.0f} cycles a day, {e["partners"]:,} partners, after
-{e["history_days"]} days of history: {e["bytes_per_cycle"] / GIB:,.1f} GiB read per cycle × {e["cycles_per_day"]:,.0f} =
-**{e["tib_per_day"]:,.1f} TiB/day → ${e["query_usd_per_day"]:,.0f}/day** on demand (${PRICE_PER_TIB}/TiB). Load jobs into the
-staging tables: free (3 per cycle, each into its own table: no per-table quota reached). The
-Storage Write API is not used; ingesting the same rows through it would cost
-${e["storage_write_usd_per_day_if_used"]:,.0f}/day (${STORAGE_WRITE_PER_GIB}/GiB). For comparison, the per-batch MERGE
-this replaced read the event_id of all history for every batch: {e["old_design_tib_per_day"]:,.0f} TiB/day →
-${e["old_design_usd_per_day"]:,.0f}/day after {e["history_days"]} days, and growing every day. Fewer, larger cycles cut the
-bill in proportion (at 2 cycles a minute it doubles; at one every 2 minutes it halves); a
-dedup window of 0 days reads a third of it.
-"""
+    return (
+        "| table | statement | rows it may read per cycle | bytes/row read | GiB per cycle "
+        "| why this many |\n"
+        "|---|---|---|---|---|---|\n"
+        f"{rows}\n"
+        "\n"
+        f"Write statements per cycle: {', '.join(f'{t} {n}' for t, n in writes.items())} "
+        "(plus three staging tables, one load job each).\n"
+        "None of these reads grows with history: the window is a constant filter "
+        "on the arrival-day\n"
+        f"partitions ({e['dedup_window_days']} day(s) before the cycle's first arrival), "
+        "partners is the current state.\n"
+        "\n"
+        f"At **{e['events_per_min']:,.0f} events/min**, {e['cycles_per_day']:,.0f} cycles a day, "
+        f"{e['partners']:,} partners, after\n"
+        f"{e['history_days']} days of history: "
+        f"{e['bytes_per_cycle'] / GIB:,.1f} GiB read per cycle "
+        f"\N{MULTIPLICATION SIGN} {e['cycles_per_day']:,.0f} =\n"
+        f"**{e['tib_per_day']:,.1f} TiB/day → ${e['query_usd_per_day']:,.0f}/day** on demand "
+        f"(${PRICE_PER_TIB}/TiB). Load jobs into the\n"
+        "staging tables: free (3 per cycle, each into its own table: no per-table quota reached). "
+        "The\n"
+        "Storage Write API is not used; ingesting the same rows through it would cost\n"
+        f"${e['storage_write_usd_per_day_if_used']:,.0f}/day (${STORAGE_WRITE_PER_GIB}/GiB). "
+        "For comparison, the per-batch MERGE\n"
+        "this replaced read the event_id of all history for every batch: "
+        f"{e['old_design_tib_per_day']:,.0f} TiB/day →\n"
+        f"${e['old_design_usd_per_day']:,.0f}/day after {e['history_days']} days, "
+        "and growing every day. Fewer, larger cycles cut the\n"
+        "bill in proportion (at 2 cycles a minute it doubles; "
+        "at one every 2 minutes it halves); a\n"
+        "dedup window of 0 days reads a third of it.\n"
+    )

@@ -37,8 +37,10 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,6 +49,9 @@ from .batches import GateError, Landed, clear_pending, landed_schemas, pending_o
 from .config import WarehouseSettings
 from .partners import PARTNER_SCHEMA, fold_partners, partner_changes
 from .warehouse import Warehouse, landed_schema
+
+if TYPE_CHECKING:
+    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +68,16 @@ class Window:
 
     @classmethod
     def around(cls, first: datetime, last: datetime, days_before: int) -> Window:
-        day = lambda t: datetime(t.year, t.month, t.day, tzinfo=UTC)  # noqa: E731
+        def day(t: datetime) -> datetime:
+            return datetime(t.year, t.month, t.day, tzinfo=UTC)
+
         return cls(day(first) - timedelta(days=days_before), day(last) + timedelta(days=1))
 
     def sql(self, column: str) -> str:
-        return f"{column} >= TIMESTAMP '{self.lo:%Y-%m-%d}' AND {column} < TIMESTAMP '{self.hi:%Y-%m-%d}'"
+        return (
+            f"{column} >= TIMESTAMP '{self.lo:%Y-%m-%d}' "
+            f"AND {column} < TIMESTAMP '{self.hi:%Y-%m-%d}'"
+        )
 
     @property
     def days(self) -> int:
@@ -77,7 +87,9 @@ class Window:
 @dataclass
 class CycleResult:
     cycle_id: str
-    batches: list[dict] = field(default_factory=list)  # per batch: ids, counts, ages (XCom-sized)
+    batches: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # per batch: ids, counts, ages (XCom-sized)
     already: list[str] = field(default_factory=list)  # batches an earlier cycle had written
     failed: dict[str, str] = field(default_factory=dict)  # batch id -> why its gate failed
     set_aside: dict[str, str] = field(
@@ -88,7 +100,7 @@ class CycleResult:
     statements: dict[str, int] = field(default_factory=dict)  # table -> write statements sent
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the cycle
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "cycle_id": self.cycle_id,
             "batches": self.batches,
@@ -109,6 +121,8 @@ def cycle_id(batches: list[Landed]) -> str:
 def _span(b: Landed, tables: tuple[pa.Table, pa.Table] | None) -> tuple[datetime, datetime] | None:
     """When the batch's oldest and newest messages reached Kafka."""
     if tables is None:
+        # Only a batch landed with its Kafka span comes without tables (run_cycle reads the others).
+        assert b.first_kafka_ms is not None and b.last_kafka_ms is not None
         return (
             datetime.fromtimestamp(b.first_kafka_ms / 1000, UTC),
             datetime.fromtimestamp(b.last_kafka_ms / 1000, UTC),
@@ -122,8 +136,9 @@ def _span(b: Landed, tables: tuple[pa.Table, pa.Table] | None) -> tuple[datetime
     return (min(lows), max(highs)) if lows else None
 
 
-def _ages(span: tuple[datetime, datetime] | None) -> dict:
-    """How old the batch's oldest and newest messages are now, in seconds (from Kafka's timestamps)."""
+def _ages(span: tuple[datetime, datetime] | None) -> dict[str, float | None]:
+    """How old the batch's oldest and newest messages are now, in seconds (from Kafka's
+    timestamps)."""
     if span is None:
         return {"oldest_event_age_s": None, "newest_event_age_s": None}
     now = time.time()
@@ -144,31 +159,44 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def events_insert_sql(w: Warehouse, stage: str, columns: list[str], window: Window) -> str:
     cols = ", ".join(columns)
-    return f"""INSERT INTO {w.table("events")} ({cols})
+    return (
+        f"""INSERT INTO {w.table("events")} ({cols})
 SELECT {", ".join("S." + c for c in columns)} FROM {stage} S
-WHERE NOT EXISTS (SELECT 1 FROM {w.table("events")} T WHERE {window.sql("T.kafka_timestamp")} AND T.event_id = S.event_id)
-QUALIFY ROW_NUMBER() OVER (PARTITION BY S.event_id ORDER BY S.kafka_timestamp, S.batch_id, S.kafka_partition, S.kafka_offset) = 1"""
+WHERE NOT EXISTS (SELECT 1 FROM {w.table("events")} T """
+        f"""WHERE {window.sql("T.kafka_timestamp")} AND T.event_id = S.event_id)
+QUALIFY ROW_NUMBER() OVER (PARTITION BY S.event_id """
+        "ORDER BY S.kafka_timestamp, S.batch_id, S.kafka_partition, S.kafka_offset) = 1"
+    )
 
 
 def quarantine_insert_sql(w: Warehouse, stage: str, columns: list[str], window: Window) -> str:
-    return f"""INSERT INTO {w.table("quarantine")} ({", ".join(columns)})
+    return (
+        f"""INSERT INTO {w.table("quarantine")} ({", ".join(columns)})
 SELECT {", ".join("S." + c for c in columns)} FROM {stage} S
-WHERE NOT EXISTS (SELECT 1 FROM {w.table("quarantine")} T WHERE {window.sql("T.kafka_timestamp")}
-  AND T.batch_id = S.batch_id AND T.kafka_partition = S.kafka_partition AND T.kafka_offset = S.kafka_offset)"""
+WHERE NOT EXISTS (SELECT 1 FROM {w.table("quarantine")} T """
+        f"""WHERE {window.sql("T.kafka_timestamp")}
+  AND T.batch_id = S.batch_id AND T.kafka_partition = S.kafka_partition """
+        "AND T.kafka_offset = S.kafka_offset)"
+    )
 
 
 def events_gate_sql(w: Warehouse, stage: str, window: Window) -> str:
     # The window is read for five narrow columns only; mandatory columns are checked on the
     # staged rows, which the INSERT copies as they are.
     incomplete = " OR ".join(f"S.{c} IS NULL" for c in MANDATORY)
-    return f"""WITH W AS (SELECT T.event_id, T.batch_id, T.kafka_partition, T.kafka_offset
-  FROM {w.table("events")} T WHERE {window.sql("T.kafka_timestamp")} AND T.event_id IN (SELECT event_id FROM {stage})),
+    return (
+        f"""WITH W AS (SELECT T.event_id, T.batch_id, T.kafka_partition, T.kafka_offset
+  FROM {w.table("events")} T WHERE {window.sql("T.kafka_timestamp")} """
+        f"""AND T.event_id IN (SELECT event_id FROM {stage})),
 C AS (SELECT event_id, COUNT(*) AS n FROM W GROUP BY event_id)
-SELECT S.batch_id, COUNT(*) AS valid, COUNTIF(C.event_id IS NOT NULL) AS held, COUNTIF(C.n > 1) AS repeated,
+SELECT S.batch_id, COUNT(*) AS valid, COUNTIF(C.event_id IS NOT NULL) AS held, """
+        f"""COUNTIF(C.n > 1) AS repeated,
   COUNTIF({incomplete}) AS incomplete, COUNTIF(X.event_id IS NOT NULL) AS written
 FROM {stage} S LEFT JOIN C ON C.event_id = S.event_id
-LEFT JOIN W X ON X.event_id = S.event_id AND X.batch_id = S.batch_id AND X.kafka_partition = S.kafka_partition AND X.kafka_offset = S.kafka_offset
+LEFT JOIN W X ON X.event_id = S.event_id AND X.batch_id = S.batch_id """
+        """AND X.kafka_partition = S.kafka_partition AND X.kafka_offset = S.kafka_offset
 GROUP BY S.batch_id"""
+    )
 
 
 def set_aside_object(group: str, region: str, batch_id: str) -> str:
@@ -198,7 +226,8 @@ def set_aside(w: Warehouse, b: Landed, why: str) -> None:
     from google.api_core.exceptions import NotFound
 
     log.error(
-        "warehouse: batch %s (%s, %d offsets) SET ASIDE: %s — repair it, then requeue it (enrollment.cycle.requeue)",
+        "warehouse: batch %s (%s, %d offsets) SET ASIDE: %s — repair it, then requeue it "
+        "(enrollment.cycle.requeue)",
         b.batch_id,
         b.region,
         b.offsets,
@@ -209,18 +238,16 @@ def set_aside(w: Warehouse, b: Landed, why: str) -> None:
     bucket.blob(set_aside_object(b.group, b.region, b.batch_id)).upload_from_string(
         json.dumps(b.as_dict(), sort_keys=True), content_type="application/json"
     )
-    try:
+    with suppress(NotFound):  # not queued (a replay): the record above is enough to requeue it
         bucket.blob(pending_object(b.group, b.region, b.batch_id)).delete()
-    except NotFound:
-        pass  # not queued (a replay): the record above is enough to requeue it
 
 
-def set_aside_batches(bucket, group: str) -> list[str]:
+def set_aside_batches(bucket: gcs.Bucket, group: str) -> list[str]:
     """The names of the batches set aside for ``group``: what the lag monitor alerts on."""
     return [blob.name for blob in bucket.list_blobs(prefix=f"{SET_ASIDE_PREFIX}{group}/")]
 
 
-def requeue(bucket, group: str, region: str, batch_id: str) -> None:
+def requeue(bucket: gcs.Bucket, group: str, region: str, batch_id: str) -> None:
     """Puts a repaired batch back in the warehouse queue (its next cycle takes it)."""
     record = bucket.blob(set_aside_object(group, region, batch_id))
     body = json.loads(record.download_as_text()) | {
@@ -270,7 +297,8 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
     now = datetime.now(UTC)
     # Up to today whatever the batches' spans: a recovery batch (enrollment.recovery) carries old
     # Kafka timestamps, and its ledger rows, written now, must be inside the window the ledger's
-    # MERGE and ``warehoused`` look in (else a retried cycle would not see them and write them twice).
+    # MERGE and ``warehoused`` look in (else a retried cycle would not see them and write them
+    # twice).
     window = Window.around(
         min(s[0] for s in known) if known else now,
         max([s[1] for s in known] + [now]),
@@ -299,7 +327,7 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
                 + [partner_changes(legacy[b.batch_id][0]) for b in old]
             )
             phase("partner_changes")
-            script = []
+            script: list[str] = []
             events_stage = None
             if any(b.valid for b in todo):
                 events_stage = w.stage_uris(
@@ -352,7 +380,10 @@ def run_cycle(w: Warehouse, batches: list[Landed], settings: WarehouseSettings) 
                 c = counts["batches"][b.batch_id]
                 detail = f"written {c['written']}, resent {b.valid - c['written']}"
                 if ages[b.batch_id]["oldest_event_age_s"] is not None:
-                    detail += f"; oldest event queryable {ages[b.batch_id]['oldest_event_age_s']:.0f} s after it reached Kafka"
+                    detail += (
+                        f"; oldest event queryable {ages[b.batch_id]['oldest_event_age_s']:.0f} s "
+                        "after it reached Kafka"
+                    )
                 result.batches.append(
                     {
                         **b.as_dict(),
@@ -396,7 +427,7 @@ def _gate(
     events_stage: str | None,
     partners_stage: str | None,
     window: Window,
-) -> dict:
+) -> dict[str, Any]:
     from google.cloud import bigquery
 
     held = (
@@ -408,15 +439,20 @@ def _gate(
     quarantined = {
         r["batch_id"]: r["n"]
         for r in w.run(
-            f"SELECT batch_id, COUNT(*) AS n FROM {w.table('quarantine')} WHERE {window.sql('kafka_timestamp')} AND batch_id IN UNNEST(@ids) GROUP BY batch_id",
+            f"SELECT batch_id, COUNT(*) AS n FROM {w.table('quarantine')} "
+            f"WHERE {window.sql('kafka_timestamp')} AND batch_id IN UNNEST(@ids) GROUP BY batch_id",
             [bigquery.ArrayQueryParameter("ids", "STRING", ids)],
         )
     }
     behind = 0
     if partners_stage:
-        behind = w.run(f"""SELECT COUNT(*) AS n FROM {partners_stage} S LEFT JOIN {w.table("partners")} P ON P.partner_id = S.partner_id
-            WHERE P.partner_id IS NULL OR P.partner_version < S.partner_version""")[0]["n"]
-    out, failed = {}, {}
+        behind = w.run(
+            f"SELECT COUNT(*) AS n FROM {partners_stage} S "
+            f"""LEFT JOIN {w.table("partners")} P ON P.partner_id = S.partner_id
+            WHERE P.partner_id IS NULL OR P.partner_version < S.partner_version"""
+        )[0]["n"]
+    out: dict[str, dict[str, int]] = {}
+    failed: dict[str, str] = {}
     for b in todo:
         h = held.get(
             b.batch_id, {"valid": 0, "held": 0, "repeated": 0, "incomplete": 0, "written": 0}
@@ -425,7 +461,8 @@ def _gate(
         problems = []
         if b.offsets != b.valid + b.quarantined + b.duplicates + b.skipped:
             problems.append(
-                f"its offsets {b.offsets} != valid {b.valid} + quarantined {b.quarantined} + duplicates {b.duplicates} + skipped {b.skipped}"
+                f"its offsets {b.offsets} != valid {b.valid} + quarantined {b.quarantined} "
+                f"+ duplicates {b.duplicates} + skipped {b.skipped}"
             )
         if h["valid"] != b.valid:
             problems.append(f"staged {h['valid']} valid rows, the batch landed {b.valid}")
@@ -437,7 +474,8 @@ def _gate(
             problems.append(f"{h['incomplete']} rows miss a mandatory column")
         if q != b.quarantined + b.duplicates:
             problems.append(
-                f"quarantine holds {q} rows, the batch quarantined {b.quarantined} + {b.duplicates} duplicates"
+                f"quarantine holds {q} rows, the batch quarantined {b.quarantined} "
+                f"+ {b.duplicates} duplicates"
             )
         if behind:
             problems.append(f"{behind} partners of the cycle are missing or older in partners")

@@ -1,5 +1,5 @@
-"""Erasure of partners (GDPR art. 17, LGPD art. 18, CCPA): every store, the landed batches included,
-and a suppression list that keeps them from coming back.
+"""Erasure of partners (GDPR art. 17, LGPD art. 18, CCPA): every store, the landed batches
+included, and a suppression list that keeps them from coming back.
 
 A request names partner ids, a reason and a ticket. Its steps (the ``erase_partners`` DAG):
 
@@ -39,8 +39,9 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,6 +50,14 @@ import pyarrow.parquet as pq
 from .config import ERASURE_REASONS, MAX_ERASURE_PARTNERS
 from .contracts.spec import FORMATS
 from .pii import Keyring
+
+if TYPE_CHECKING:
+    from google.cloud import bigquery
+
+    # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
+    from google.cloud.storage import Blob, Bucket  # type: ignore[import-untyped]
+
+    from .warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +118,16 @@ class Request:
 
     @classmethod
     def parse(cls, partner_ids: object, reason: object, ticket: object) -> Request:
-        """A request from a DAG run's params; the errors never repeat an id (they reach the logs)."""
+        """A request from a DAG run's params; the errors never repeat an id (they reach the
+        logs)."""
         if isinstance(partner_ids, str):
             partner_ids = [p for p in re.split(r"[\s,;]+", partner_ids) if p]
         if not isinstance(partner_ids, (list, tuple)) or not partner_ids:
             raise ValueError("erasure: partner_ids must name at least one partner id")
         if len(partner_ids) > MAX_PARTNERS:
             raise ValueError(
-                f"erasure: at most {MAX_PARTNERS} partners per request ({len(partner_ids)} given): split it"
+                f"erasure: at most {MAX_PARTNERS} partners per request "
+                f"({len(partner_ids)} given): split it"
             )
         bad = [
             i
@@ -125,18 +136,21 @@ class Request:
         ]
         if bad:
             raise ValueError(
-                f"erasure: partner_ids entries {bad[:10]} are not partner ids (two capitals and ten capitals or digits)"
+                f"erasure: partner_ids entries {bad[:10]} are not partner ids "
+                "(two capitals and ten capitals or digits)"
             )
         if reason not in REASONS:
             raise ValueError(f"erasure: reason must be one of {', '.join(REASONS)}")
         if not isinstance(ticket, str) or not TICKET_RE.match(ticket):
             raise ValueError(
-                "erasure: ticket must be the request's reference (1-64 letters, digits, . _ : # / -)"
+                "erasure: ticket must be the request's reference "
+                "(1-64 letters, digits, . _ : # / -)"
             )
         return cls(tuple(sorted(set(partner_ids))), reason, ticket)
 
     def erasure_id(self, keyring: Keyring) -> str:
-        """The same request (ticket and partners) always has the same id: a rerun is the same erasure."""
+        """The same request (ticket and partners) always has the same id: a rerun is the same
+        erasure."""
         key = "|".join([self.ticket, *self.tokens(keyring)])
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -145,7 +159,7 @@ class Request:
 
 
 # -- the suppression index ----------------------------------------------------------------------
-def suppressed(bucket) -> frozenset[str]:
+def suppressed(bucket: Bucket) -> frozenset[str]:
     """The tokens of every erased partner (empty when none was ever erased)."""
     from google.api_core.exceptions import NotFound
 
@@ -155,7 +169,7 @@ def suppressed(bucket) -> frozenset[str]:
         return frozenset()
 
 
-def suppress(bucket, tokens: Iterable[str], attempts: int = 20) -> int:
+def suppress(bucket: Bucket, tokens: Iterable[str], attempts: int = 20) -> int:
     """Adds the tokens to the index (read-modify-write guarded by the object's generation, so two
     requests at once both land); how many were new."""
     from google.api_core.exceptions import NotFound, PreconditionFailed
@@ -216,7 +230,8 @@ def mentioned_ids(quarantine: pa.Table) -> set[str]:
 
 # -- landed objects, row for row ----------------------------------------------------------------
 def _mask(table: pa.Table, rows: pa.Array) -> pa.Table:
-    """The table with ``partner_id`` set to ERASED and the personal columns nulled where ``rows``."""
+    """The table with ``partner_id`` set to ERASED and the personal columns nulled where
+    ``rows``."""
     if not pc.any(rows).as_py():
         return table
     for i, name in enumerate(table.column_names):
@@ -237,7 +252,8 @@ def _holds(column: pa.ChunkedArray, ids: set[str]) -> pa.Array:
 
 
 def _raw_mentions(raw: pa.ChunkedArray, ids: set[str]) -> pa.Array:
-    """Rows whose text or bytes mention one of the ids (a message too broken to yield its partner id)."""
+    """Rows whose text or bytes mention one of the ids (a message too broken to yield its partner
+    id)."""
     hits = pa.array([False] * len(raw))
     for pid in sorted(ids):
         hits = pc.or_(hits, pc.fill_null(pc.match_substring(raw, pid), False))
@@ -300,7 +316,7 @@ def drop_partners(changes: pa.Table, ids: set[str]) -> tuple[pa.Table, int]:
 
 def anonymise_landed(
     valid: pa.Table, raw: pa.Table, quarantine: pa.Table, changes: pa.Table, ids: set[str]
-) -> tuple[tuple, dict]:
+) -> tuple[tuple[pa.Table, pa.Table, pa.Table, pa.Table], dict[str, int]]:
     """One batch's four tables with the partners erased, and what changed (counts)."""
     valid, event_ids = anonymise_valid(valid, ids)
     raw = anonymise_raw(raw, event_ids)
@@ -313,7 +329,7 @@ def anonymise_landed(
     }
 
 
-def _rewrite(blob, transform) -> int:
+def _rewrite(blob: Blob, transform: Callable[[pa.Table], tuple[pa.Table, int]]) -> int:
     """Rewrites a Parquet object through ``transform(table) -> (table, changed rows)``; guarded by
     its generation (a concurrent writer makes this fail, and the step is run again)."""
     from google.api_core.exceptions import NotFound
@@ -337,7 +353,7 @@ def _rewrite(blob, transform) -> int:
     return changed
 
 
-def scrub_batch(bucket, batch_id: str, ids: set[str]) -> dict:
+def scrub_batch(bucket: Bucket, batch_id: str, ids: set[str]) -> dict[str, int]:
     """Rewrites a landed batch without the partners (its four objects; rows keep their count)."""
     from .batches import landing_prefix  # here: batches imports this module
 
@@ -345,7 +361,7 @@ def scrub_batch(bucket, batch_id: str, ids: set[str]) -> dict:
     found: dict[str, int] = {}
     event_ids: set[str] = set()
 
-    def valid(table):
+    def valid(table: pa.Table) -> tuple[pa.Table, int]:
         nonlocal event_ids
         table, event_ids = anonymise_valid(table, ids)
         return table, len(event_ids)
@@ -363,7 +379,7 @@ def scrub_batch(bucket, batch_id: str, ids: set[str]) -> dict:
     return found
 
 
-def scrub_landed(bucket, batch_ids: Iterable[str], ids: set[str]) -> dict:
+def scrub_landed(bucket: Bucket, batch_ids: Iterable[str], ids: set[str]) -> dict[str, int]:
     """``scrub_batch`` over the batches: rows changed, per kind of object."""
     landed = {"events": 0, "raw": 0, "quarantined": 0, "partner_changes": 0}
     for batch_id in batch_ids:
@@ -387,8 +403,9 @@ def _raw_rewrite(raw: pa.Table, ids: set[str], event_ids: set[str]) -> tuple[pa.
 
 
 # -- where the partners are -----------------------------------------------------------------------
-def _mentions(column: str, ids: Sequence[str]) -> tuple[str, list]:
-    """SQL true where ``column`` names one of the ids (``raw`` bytes read as text), and its parameters."""
+def _mentions(column: str, ids: Sequence[str]) -> tuple[str, list[bigquery.ScalarQueryParameter]]:
+    """SQL true where ``column`` names one of the ids (``raw`` bytes read as text), and its
+    parameters."""
     from google.cloud import bigquery
 
     text = "SAFE_CONVERT_BYTES_TO_STRING(raw)" if column == "raw" else column
@@ -398,7 +415,7 @@ def _mentions(column: str, ids: Sequence[str]) -> tuple[str, list]:
     )
 
 
-def batches_holding(w, bucket, group: str, ids: Sequence[str]) -> list[str]:
+def batches_holding(w: Warehouse, bucket: Bucket, group: str, ids: Sequence[str]) -> list[str]:
     """The landed batches holding the partners: by the warehouse (events by partner, quarantine by
     partner or raw bytes), and the batches still queued or set aside (not in the warehouse yet).
 
@@ -421,8 +438,9 @@ def batches_holding(w, bucket, group: str, ids: Sequence[str]) -> list[str]:
     found |= {
         r["batch_id"]
         for r in w.run(
-            f"SELECT DISTINCT batch_id FROM {w.table('quarantine')} WHERE partner_id IN UNNEST(@ids) OR {mentions}",
-            params + by_text,
+            f"SELECT DISTINCT batch_id FROM {w.table('quarantine')} "
+            f"WHERE partner_id IN UNNEST(@ids) OR {mentions}",
+            [*params, *by_text],
         )
     }
     for prefix in (f"{PENDING_PREFIX}{group}/", f"{SET_ASIDE_PREFIX}{group}/"):
@@ -431,7 +449,7 @@ def batches_holding(w, bucket, group: str, ids: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
-def scrub_warehouse(w, ids: Sequence[str]) -> dict:
+def scrub_warehouse(w: Warehouse, ids: Sequence[str]) -> dict[str, int]:
     """The partners in BigQuery: events and quarantine rows anonymised (they stay, counted by the
     ledger), the partners row deleted, sink-quarantine rows anonymised, reconciliation lists
     cleared of the ids. Idempotent: a second run finds nothing."""
@@ -450,7 +468,7 @@ def scrub_warehouse(w, ids: Sequence[str]) -> dict:
         except NotFound:
             return set()
 
-    def dml(name: str, sql: str, extra: list | None = None) -> int:
+    def dml(name: str, sql: str, extra: list[bigquery.ScalarQueryParameter] | None = None) -> int:
         job = w.client.query(
             sql, job_config=bigquery.QueryJobConfig(query_parameters=params + (extra or []))
         )
@@ -465,7 +483,8 @@ def scrub_warehouse(w, ids: Sequence[str]) -> dict:
             continue
         nulls = [c for c in (*PERSONAL_COLUMNS, "raw", "message") if c in have]
         sets = ", ".join(["partner_id = @erased", *(f"{c} = NULL" for c in nulls)])
-        where, extra = "partner_id IN UNNEST(@ids)", []
+        where = "partner_id IN UNNEST(@ids)"
+        extra: list[bigquery.ScalarQueryParameter] = []
         if "raw" in have:
             mentions, extra = _mentions("raw", ids)
             where += f" OR {mentions}"
@@ -482,13 +501,16 @@ def scrub_warehouse(w, ids: Sequence[str]) -> dict:
             replaced = f"REPLACE({replaced}, @p{i}, @erased)"
         out["reconciliation"] = dml(
             "reconciliation",
-            f"UPDATE {w.table('reconciliation', ops=True)} SET partner_ids = {replaced} WHERE {where}",
+            f"UPDATE {w.table('reconciliation', ops=True)} "
+            f"SET partner_ids = {replaced} WHERE {where}",
             extra,
         )
     return out
 
 
-def scrub_objects(bucket, sinks: Iterable[str], regions: Iterable[str], ids: set[str]) -> dict:
+def scrub_objects(
+    bucket: Bucket, sinks: Iterable[str], regions: Iterable[str], ids: set[str]
+) -> dict[str, int]:
     """The sync hand-over copies and the reconciliation's day files without the partners; the
     welcome-journey claims (named by partner id) deleted."""
     from google.api_core.exceptions import NotFound
@@ -525,20 +547,23 @@ def _mask_count(table: pa.Table, ids: set[str]) -> tuple[pa.Table, int]:
 
 
 # -- what remains ---------------------------------------------------------------------------------
-def remaining_in_warehouse(w, ids: Sequence[str]) -> dict[str, int]:
+def remaining_in_warehouse(w: Warehouse, ids: Sequence[str]) -> dict[str, int]:
     """Rows still naming the partners, per table (the verify step: all zero)."""
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
 
     mentions, by_text = _mentions("raw", ids)
     params = [bigquery.ArrayQueryParameter("ids", "STRING", list(ids)), *by_text]
+    named = "partner_id IN UNNEST(@ids)"
     queries = {
-        "events": f"SELECT COUNT(*) AS n FROM {w.table('events')} WHERE partner_id IN UNNEST(@ids)",
-        "partners": f"SELECT COUNT(*) AS n FROM {w.table('partners')} WHERE partner_id IN UNNEST(@ids)",
-        "quarantine": f"SELECT COUNT(*) AS n FROM {w.table('quarantine')} WHERE partner_id IN UNNEST(@ids) OR {mentions}",
-        "sink_quarantine": f"SELECT COUNT(*) AS n FROM {w.table('sink_quarantine')} WHERE partner_id IN UNNEST(@ids)",
+        "events": f"SELECT COUNT(*) AS n FROM {w.table('events')} WHERE {named}",
+        "partners": f"SELECT COUNT(*) AS n FROM {w.table('partners')} WHERE {named}",
+        "quarantine": (
+            f"SELECT COUNT(*) AS n FROM {w.table('quarantine')} WHERE {named} OR {mentions}"
+        ),
+        "sink_quarantine": f"SELECT COUNT(*) AS n FROM {w.table('sink_quarantine')} WHERE {named}",
     }
-    out = {}
+    out: dict[str, int] = {}
     for name, sql in queries.items():
         try:
             job = w.client.query(
@@ -569,7 +594,7 @@ def _without_sponsor(text: str) -> str:
         return text
 
 
-def remaining_in_batch(bucket, batch_id: str, ids: set[str]) -> int:
+def remaining_in_batch(bucket: Bucket, batch_id: str, ids: set[str]) -> int:
     """Values of a landed batch that still name one of the partners (sponsor references aside)."""
     from google.api_core.exceptions import NotFound
 
@@ -602,7 +627,7 @@ def remaining_in_batch(bucket, batch_id: str, ids: set[str]) -> int:
 
 
 # -- the erasure ledger ---------------------------------------------------------------------------
-def ensure_ledger(w) -> None:
+def ensure_ledger(w: Warehouse) -> None:
     from google.api_core.exceptions import NotFound
 
     table = w.table("erasures", ops=True)
@@ -611,12 +636,13 @@ def ensure_ledger(w) -> None:
     except NotFound:
         cols = ", ".join(f"{c} {t}" for c, t in ERASURE_SCHEMA)
         w.run(
-            f"CREATE TABLE IF NOT EXISTS {table} ({cols}) PARTITION BY DATE(recorded_at) CLUSTER BY erasure_id"
+            f"CREATE TABLE IF NOT EXISTS {table} ({cols}) "
+            "PARTITION BY DATE(recorded_at) CLUSTER BY erasure_id"
         )
 
 
 def record(
-    w,
+    w: Warehouse,
     erasure_id: str,
     request: Request,
     keyring: Keyring,
@@ -630,6 +656,7 @@ def record(
     from google.cloud import bigquery
 
     ensure_ledger(w)
+    tokens = request.tokens(keyring)
     rows = [
         {
             "erasure_id": erasure_id,
@@ -642,10 +669,11 @@ def record(
             "ok": bool(ok),
             "detail": detail[:1000],
         }
-        for t in request.tokens(keyring)
+        for t in tokens
     ]
     source = " UNION ALL ".join(
-        f"SELECT @e AS erasure_id, @t{i} AS partner_token, @r AS reason, @k AS ticket, @s AS step, @st AS store, @n AS items, @ok AS ok, @d AS detail"
+        f"SELECT @e AS erasure_id, @t{i} AS partner_token, @r AS reason, @k AS ticket, "
+        "@s AS step, @st AS store, @n AS items, @ok AS ok, @d AS detail"
         for i in range(len(rows))
     )
     params = [
@@ -658,16 +686,16 @@ def record(
         bigquery.ScalarQueryParameter("ok", "BOOL", bool(ok)),
         bigquery.ScalarQueryParameter("d", "STRING", detail[:1000]),
     ]
-    params += [
-        bigquery.ScalarQueryParameter(f"t{i}", "STRING", r["partner_token"])
-        for i, r in enumerate(rows)
-    ]
+    params += [bigquery.ScalarQueryParameter(f"t{i}", "STRING", t) for i, t in enumerate(tokens)]
     w.run(
         f"""MERGE {w.table("erasures", ops=True)} T USING ({source}) S
-        ON T.erasure_id = S.erasure_id AND T.partner_token = S.partner_token AND T.step = S.step AND T.store = S.store
-        WHEN MATCHED THEN UPDATE SET items = S.items, ok = S.ok, detail = S.detail, recorded_at = CURRENT_TIMESTAMP()
+        ON T.erasure_id = S.erasure_id AND T.partner_token = S.partner_token
+          AND T.step = S.step AND T.store = S.store
+        WHEN MATCHED THEN UPDATE SET items = S.items, ok = S.ok, detail = S.detail,
+          recorded_at = CURRENT_TIMESTAMP()
         WHEN NOT MATCHED THEN INSERT ({", ".join(c for c, _ in ERASURE_SCHEMA)})
-          VALUES (S.erasure_id, S.partner_token, S.reason, S.ticket, S.step, S.store, S.items, S.ok, S.detail, CURRENT_TIMESTAMP())""",
+          VALUES (S.erasure_id, S.partner_token, S.reason, S.ticket, S.step, S.store, S.items,
+            S.ok, S.detail, CURRENT_TIMESTAMP())""",
         params,
     )
 
@@ -677,8 +705,8 @@ class Erasure:
     """One request at work: what each step of the ``erase_partners`` DAG needs, and its ledger."""
 
     request: Request
-    warehouse: object  # enrollment.warehouse.Warehouse
-    bucket: object  # the landing bucket
+    warehouse: Warehouse
+    bucket: Bucket  # the landing bucket
     keyring: Keyring = field(repr=False)
 
     @property

@@ -2,9 +2,9 @@
 
 Each check writes something small where the pipeline writes, reads it back, and reports a
 ``Check`` (never raises), so a caller can name the failing service instead of timing out deep
-inside a task. Used by the smoke DAG and the scheduled ``environment_health`` DAG (which records them in
-``<ops>.health``); ``require`` is the quick version the ingest and sync tasks call first, so a
-task fails within seconds naming the service that is down.
+inside a task. Used by the smoke DAG and the scheduled ``environment_health`` DAG (which records
+them in ``<ops>.health``); ``require`` is the quick version the ingest and sync tasks call first,
+so a task fails within seconds naming the service that is down.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import httpx
 
@@ -31,13 +32,16 @@ class Check:
     seconds: float
     detail: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _kafka(ep: Endpoints, cfg: PipelineConfig) -> str:
     from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+
+    # Where NewTopic is defined: confluent_kafka.admin re-exports it, but not in its type hints.
+    from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({"bootstrap.servers": ep.kafka_bootstrap})
     topics = admin.list_topics(timeout=5).topics
@@ -73,7 +77,10 @@ def _kafka(ep: Endpoints, cfg: PipelineConfig) -> str:
             msg = consumer.poll(0.5)
             if msg is not None and not msg.error() and msg.value() == token:
                 consumer.commit(message=msg, asynchronous=False)
-                return f"{len(cfg.regions)} region topics present; produced and consumed offset {msg.offset()}"
+                return (
+                    f"{len(cfg.regions)} region topics present; "
+                    f"produced and consumed offset {msg.offset()}"
+                )
         raise RuntimeError("the produced message was not consumed back within 10 s")
     finally:
         consumer.close()
@@ -105,7 +112,8 @@ def _firestore(ep: Endpoints, cfg: PipelineConfig) -> str:
     doc = firestore_client(ep.project).collection("_health").document(uuid.uuid4().hex)
     doc.set({"ok": True})
     try:
-        if not doc.get().to_dict().get("ok"):
+        read = doc.get().to_dict()  # None: the document is not there
+        if read is None or not read.get("ok"):
             raise RuntimeError("read back a different document than was written")
     finally:
         doc.delete()
@@ -184,7 +192,9 @@ def _answers(service: str, ep: Endpoints, cfg: PipelineConfig, timeout_s: float)
             raise RuntimeError(f"bucket {cfg.landing_bucket} does not exist")
     elif service == "bigquery":
         bigquery_client(ep.project).get_dataset(
-            cfg.warehouse_dataset, timeout=timeout_s, retry=None
+            cfg.warehouse_dataset,
+            timeout=timeout_s,
+            retry=None,  # type: ignore[arg-type]  # None (no retries) is valid; the hint omits it
         )
     elif service == "solr":
         httpx.get(
@@ -214,7 +224,8 @@ def require(
     config: PipelineConfig | None = None,
     timeout_s: float = 5.0,
 ) -> None:
-    """Fails fast, naming every service of ``services`` that does not answer within ``timeout_s``."""
+    """Fails fast, naming every service of ``services`` that does not answer within
+    ``timeout_s``."""
     config = config or load_config()
     down = []
     for service in services:
@@ -222,7 +233,8 @@ def require(
             _answers(service, endpoints, config, timeout_s)
         except Exception as exc:
             down.append(
-                f"{service} at {_where(service, endpoints)} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+                f"{service} at {_where(service, endpoints)} "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
             )
     if down:
         raise ServiceDown("service down: " + "; ".join(down))
@@ -241,7 +253,8 @@ HEALTH_SCHEMA = [
 def record(
     checks: list[Check], run_id: str, project: str, config: PipelineConfig | None = None
 ) -> None:
-    """The checks as rows of ``<ops>.health`` (one per service and run; recording again replaces them)."""
+    """The checks as rows of ``<ops>.health`` (one per service and run; recording again replaces
+    them)."""
     from google.cloud import bigquery
 
     config = config or load_config()
@@ -261,10 +274,13 @@ def record(
         ]
         rows.append(f"SELECT @s{i} AS service, @o{i} AS ok, @t{i} AS seconds, @d{i} AS detail")
     client.query(
-        f"""MERGE {table} T USING (SELECT *, @run AS run_id, CURRENT_TIMESTAMP() AS checked_at FROM ({" UNION ALL ".join(rows)})) S
+        f"MERGE {table} T USING (SELECT *, @run AS run_id, CURRENT_TIMESTAMP() AS checked_at "
+        f"""FROM ({" UNION ALL ".join(rows)})) S
         ON T.run_id = S.run_id AND T.service = S.service
-        WHEN MATCHED THEN UPDATE SET ok = S.ok, seconds = S.seconds, detail = S.detail, checked_at = S.checked_at
-        WHEN NOT MATCHED THEN INSERT (service, ok, seconds, detail, run_id, checked_at) VALUES (S.service, S.ok, S.seconds, S.detail, S.run_id, S.checked_at)""",
+        WHEN MATCHED THEN UPDATE SET ok = S.ok, seconds = S.seconds, detail = S.detail, """
+        """checked_at = S.checked_at
+        WHEN NOT MATCHED THEN INSERT (service, ok, seconds, detail, run_id, checked_at) """
+        "VALUES (S.service, S.ok, S.seconds, S.detail, S.run_id, S.checked_at)",
         job_config=bigquery.QueryJobConfig(query_parameters=params),
     ).result()
 

@@ -13,8 +13,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from .config import PipelineConfig, RetentionSettings
+
+if TYPE_CHECKING:
+    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
+    from google.cloud import bigquery
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,7 @@ class Swept:
     claim_records: int = 0
     staging_tables: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int]:
         return {
             "handover_objects": self.handover_objects,
             "claim_records": self.claim_records,
@@ -35,12 +40,12 @@ class Swept:
         }
 
 
-def _older(blob, cutoff: datetime) -> bool:
+def _older(blob: gcs.Blob, cutoff: datetime) -> bool:
     return blob.time_created is not None and blob.time_created < cutoff
 
 
 def sweep_objects(
-    bucket, config: PipelineConfig, settings: RetentionSettings, now: datetime
+    bucket: gcs.Bucket, config: PipelineConfig, settings: RetentionSettings, now: datetime
 ) -> Swept:
     """Deletes hand-over objects and claim records older than their retention."""
     from google.api_core.exceptions import NotFound
@@ -72,7 +77,7 @@ def sweep_objects(
 
 
 def sweep_staging(
-    client, project: str, dataset: str, settings: RetentionSettings, now: datetime
+    client: bigquery.Client, project: str, dataset: str, settings: RetentionSettings, now: datetime
 ) -> list[str]:
     """Drops staging tables older than ``staging_hours`` (a running task's are younger)."""
     cutoff = now - timedelta(hours=settings.staging_hours)
@@ -87,7 +92,12 @@ def sweep_staging(
     return dropped
 
 
-def sweep(bucket, client, config: PipelineConfig, now: datetime | None = None) -> Swept:
+def sweep(
+    bucket: gcs.Bucket,
+    client: bigquery.Client,
+    config: PipelineConfig,
+    now: datetime | None = None,
+) -> Swept:
     """One housekeeping pass over the landing bucket and the warehouse dataset."""
     now = now or datetime.now(UTC)
     settings = config.retention

@@ -18,10 +18,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
 
 from .backlog import measure
-from .config import PipelineConfig
+from .config import LagRules, PipelineConfig  # the rules are the configuration's `lag:`
+
+if TYPE_CHECKING:
+    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
+
+    from .sync import SyncRun
+    from .warehouse import Warehouse
 
 LAG_SCHEMA = [
     ("measured_at", "TIMESTAMP"),
@@ -37,7 +45,9 @@ LAG_SCHEMA = [
 
 @dataclass
 class LagRow:
-    kind: str  # "kafka" (records pending), "warehouse" (landed batches waiting), "set_aside" (batches set aside) or "sink" (not synced)
+    # "kafka" (records pending), "warehouse" (landed batches waiting), "set_aside" (batches set
+    # aside) or "sink" (not synced)
+    kind: str
     region: str
     partition: int | None
     sink: str | None
@@ -62,10 +72,10 @@ def kafka_lag(bootstrap: str, config: PipelineConfig, now: float | None = None) 
     return rows
 
 
-def warehouse_lag(bucket, config: PipelineConfig, now: float | None = None) -> list[LagRow]:
+def warehouse_lag(
+    bucket: gcs.Bucket, config: PipelineConfig, now: float | None = None
+) -> list[LagRow]:
     """Per region: landed batches not yet warehoused, and how long ago the oldest was claimed."""
-    from datetime import datetime
-
     from .batches import pending_batches
     from .cycle import SET_ASIDE_PREFIX, set_aside_batches
 
@@ -96,7 +106,7 @@ def warehouse_lag(bucket, config: PipelineConfig, now: float | None = None) -> l
     return rows
 
 
-def sink_lag(sync_run, config: PipelineConfig) -> list[LagRow]:
+def sink_lag(sync_run: SyncRun, config: PipelineConfig) -> list[LagRow]:
     rows = []
     for sink in config.sinks:
         plans = sync_run.plan_all(
@@ -116,26 +126,7 @@ def sink_lag(sync_run, config: PipelineConfig) -> list[LagRow]:
 
 
 def _epoch(iso: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(iso).timestamp()
-
-
-@dataclass(frozen=True)
-class LagRules:
-    grow_minutes: int = 5
-    max_age_s: float = 300.0
-    max_sink_batches: int = 30
-
-    @classmethod
-    def from_config(cls, raw: dict) -> LagRules:
-        return cls(
-            **{
-                k: type(getattr(cls, k))(v)
-                for k, v in (raw or {}).items()
-                if k in cls.__dataclass_fields__
-            }
-        )
 
 
 def alerts(
@@ -151,69 +142,72 @@ def alerts(
 
     out = []
     totals: dict[str, int] = {}
-    partitions: dict[str, set] = {}
+    partitions: dict[str, set[int | None]] = {}
     for row in rows:
         if row.kind == "kafka":
             totals[row.region] = totals.get(row.region, 0) + row.pending
             partitions.setdefault(row.region, set()).add(row.partition)
             if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
                 out.append(
-                    f"{row.region} partition {row.partition}: oldest pending record {row.oldest_age_s:.0f} s old (> {rules.max_age_s:.0f} s)"
+                    f"{row.region} partition {row.partition}: oldest pending record "
+                    f"{row.oldest_age_s:.0f} s old (> {rules.max_age_s:.0f} s)"
                 )
         elif row.kind == "warehouse":
             if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
                 out.append(
-                    f"{row.region}: a landed batch has waited {row.oldest_age_s:.0f} s for the warehouse (> {rules.max_age_s:.0f} s; "
+                    f"{row.region}: a landed batch has waited {row.oldest_age_s:.0f} s "
+                    f"for the warehouse (> {rules.max_age_s:.0f} s; "
                     f"{row.pending} waiting) — see the warehouse DAG"
                 )
         elif row.kind == "set_aside":
             out.append(
-                f"{row.region}: {row.pending} landed batch(es) set aside by the warehouse (objects missing or unreadable; "
+                f"{row.region}: {row.pending} landed batch(es) set aside by the warehouse "
+                "(objects missing or unreadable; "
                 f"see the ledger's set_aside rows, repair, then requeue)"
             )
         elif row.pending > rules.max_sink_batches:
             out.append(
-                f"sink {row.sink} {row.region}: {row.pending} warehoused batches not synced (> {rules.max_sink_batches})"
+                f"sink {row.sink} {row.region}: {row.pending} warehoused batches not synced "
+                f"(> {rules.max_sink_batches})"
             )
     for region, total in totals.items():
-        series = (history.get(region) or [])[-rules.grow_minutes :] + [total]
-        if len(series) > rules.grow_minutes and all(
-            b > a for a, b in zip(series, series[1:], strict=False)
-        ):
+        series = [*(history.get(region) or [])[-rules.grow_minutes :], total]
+        if len(series) > rules.grow_minutes and all(b > a for a, b in pairwise(series)):
             out.append(
-                f"{region}: pending records grew at each of the last {rules.grow_minutes} measurements ({' → '.join(f'{n:,}' for n in series)})"
+                f"{region}: pending records grew at each of the last {rules.grow_minutes} "
+                f"measurements ({' → '.join(f'{n:,}' for n in series)})"
             )
-    for region in config.regions if config else ():
+    for configured in config.regions if config else ():
         drift = partition_drift(
-            region.topic, region.partitions, len(partitions.get(region.code, ()))
+            configured.topic, configured.partitions, len(partitions.get(configured.code, ()))
         )
-        if region.code in partitions and drift:
-            out.append(f"{region.code}: {drift}")
+        if configured.code in partitions and drift:
+            out.append(f"{configured.code}: {drift}")
     return out
 
 
-def as_dicts(rows: list[LagRow]) -> list[dict]:
+def as_dicts(rows: list[LagRow]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
 
 
-def record(warehouse, rows: list[LagRow], rules: LagRules) -> dict[str, list[int]]:
+def record(warehouse: Warehouse, rows: list[LagRow], rules: LagRules) -> dict[str, list[int]]:
     """Appends this measurement to ``<ops>.lag`` (growth per minute against the previous one) and
     returns each region's totals at the previous measurements, oldest first."""
-    from datetime import datetime, timedelta
-
     from google.cloud import bigquery
 
-    # Created (and empty) before the history is read; quoted column names: `partition` is reserved.
+    # Created (and empty) before the history is read; quoted column names: `partition` is
+    # reserved.
     warehouse.insert_rows("lag", LAG_SCHEMA, [], partition="measured_at", cluster="kind, region")
     now = datetime.now(UTC)
     since = now - timedelta(minutes=rules.grow_minutes + 2)
     previous = warehouse.run(
-        f"""SELECT kind, region, `partition`, sink, pending, measured_at FROM {warehouse.table("lag", ops=True)}
+        "SELECT kind, region, `partition`, sink, pending, measured_at "
+        f"""FROM {warehouse.table("lag", ops=True)}
         WHERE measured_at > @since ORDER BY measured_at""",
         [bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)],
     )
-    history: dict[str, dict] = {}
-    last: dict[tuple, tuple] = {}
+    history: dict[str, dict[datetime, int]] = {}
+    last: dict[tuple[str, str, int | None, str | None], tuple[int, datetime]] = {}
     for r in previous:
         if r["kind"] == "kafka":
             by_time = history.setdefault(r["region"], {})

@@ -24,7 +24,9 @@ import logging
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypedDict, Unpack
 from xml.sax.saxutils import escape
 
 import httpx
@@ -37,7 +39,8 @@ MAX_JOURNEY_MEMBERS = 100
 DELETE_OBJECTS_PER_CALL = (
     2_500  # ours: rows per SOAP Delete call (one envelope of a few hundred kB)
 )
-CONTACT_KEYS_PER_DELETE = 1_000  # ours: contact keys per delete request (the service queues each request as one operation)
+# ours: contact keys per delete request (the service queues each request as one operation)
+CONTACT_KEYS_PER_DELETE = 1_000
 PARTNER_API = "http://exacttarget.com/wsdl/partnerAPI"
 
 
@@ -52,7 +55,8 @@ def _transient(exc: BaseException) -> bool:
 
 
 def unsent(exc: BaseException) -> bool:
-    """The request never reached the service (no connection): sending it again cannot do anything twice."""
+    """The request never reached the service (no connection): sending it again cannot do anything
+    twice."""
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
 
 
@@ -68,8 +72,21 @@ def not_queued(exc: BaseException) -> bool:
     )
 
 
+class _RequestOptions(TypedDict, total=False):
+    """The ``httpx`` request options the client's calls pass through ``_request``."""
+
+    params: Mapping[str, str | int]
+    json: Any  # any JSON-serialisable body, as httpx takes it
+    content: bytes
+    headers: dict[str, str]
+
+
 @dataclass
 class MarketingCloudClient:
+    """Over 200 lines on purpose: every call shares one token (and its lock), the 429/401
+    handling and the retry policies, and the hook and sinks use the REST and SOAP surface as one
+    object; the sections below (auth, transport, data extensions, contacts, journeys) are short."""
+
     auth_url: str
     rest_url: str
     client_id: str = field(repr=False)
@@ -118,7 +135,7 @@ class MarketingCloudClient:
             return self._token
 
     # -- transport --------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def _request(self, method: str, path: str, **kwargs: Unpack[_RequestOptions]) -> httpx.Response:
         waited = 0.0
         renewed = False
         while True:
@@ -129,7 +146,8 @@ class MarketingCloudClient:
                 delay = float(response.headers.get("Retry-After") or 1)
                 if waited + delay > self.max_throttle_wait_s:
                     raise MarketingCloudError(
-                        f"marketing cloud: still throttled (429) after waiting {waited:.0f} s on {method} {path.split('?')[0]}"
+                        f"marketing cloud: still throttled (429) after waiting {waited:.0f} s "
+                        f"on {method} {path.split('?')[0]}"
                     )
                 self.throttled += 1
                 log.info(
@@ -161,7 +179,7 @@ class MarketingCloudClient:
         reraise=True,
     )(_request)
 
-    def _json(self, response: httpx.Response, what: str) -> dict:
+    def _json(self, response: httpx.Response, what: str) -> dict[str, Any]:
         if response.status_code >= 400:
             try:
                 message = response.json().get("message", "")
@@ -170,15 +188,16 @@ class MarketingCloudClient:
             raise MarketingCloudError(
                 f"marketing cloud: {what} refused with HTTP {response.status_code}: {message}"
             )
-        return response.json()
+        body: dict[str, Any] = response.json()
+        return body
 
     # -- data extensions --------------------------------------------------------------------
     def upsert_async(
-        self, data_extension: str, rows: list[dict], chunk_rows: int = 10_000
+        self, data_extension: str, rows: list[dict[str, Any]], chunk_rows: int = 10_000
     ) -> list[str]:
         """Sends the rows in chunks (≤ 32,000 each); returns the request ids, in order."""
         chunk_rows = max(1, min(chunk_rows, MAX_ROWS_PER_ASYNC_REQUEST))
-        ids = []
+        ids: list[str] = []
         for start in range(0, len(rows), chunk_rows):
             response = self._call(
                 "PUT",
@@ -188,11 +207,11 @@ class MarketingCloudClient:
             ids.append(self._json(response, f"upsert into {data_extension}")["requestId"])
         return ids
 
-    def wait(self, request_id: str, timeout_s: float = 600.0) -> dict:
+    def wait(self, request_id: str, timeout_s: float = 600.0) -> dict[str, Any]:
         """Polls a request's status with backoff until it completes; returns the status."""
         delay, deadline = 0.2, time.monotonic() + timeout_s
         while True:
-            status = self._json(
+            status: dict[str, Any] = self._json(
                 self._call("GET", f"/data/v1/async/{request_id}/status"), f"status of {request_id}"
             )["status"]
             if status.get("requestStatus") == "Complete":
@@ -208,9 +227,10 @@ class MarketingCloudClient:
             time.sleep(delay)
             delay = min(delay * 1.6, 5.0)
 
-    def results(self, request_id: str, page_size: int = 5_000) -> list[dict]:
+    def results(self, request_id: str, page_size: int = 5_000) -> list[dict[str, Any]]:
         """Every row's result of a completed request (status, errorCode, message, identifiers)."""
-        out, page = [], 1
+        out: list[dict[str, Any]] = []
+        page = 1
         while True:
             body = self._json(
                 self._call(
@@ -227,13 +247,15 @@ class MarketingCloudClient:
 
     def rowset(
         self, data_extension: str, where: tuple[str, str] | None = None, page_size: int = 2_500
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """A data extension's rows as the service holds them now (field names in lower case, values
-        as strings), every page; ``where=(field, value)`` keeps the rows whose field equals value."""
-        params = {"$pageSize": page_size} | (
+        as strings), every page; ``where=(field, value)`` keeps the rows whose field equals
+        value."""
+        params: dict[str, str | int] = {"$pageSize": page_size} | (
             {"$filter": f"{where[0]} eq '{where[1]}'"} if where else {}
         )
-        out, page = [], 1
+        out: list[dict[str, Any]] = []
+        page = 1
         while True:
             body = self._json(
                 self._call(
@@ -260,8 +282,10 @@ class MarketingCloudClient:
         for start in range(0, len(keys), DELETE_OBJECTS_PER_CALL):
             chunk = list(keys[start : start + DELETE_OBJECTS_PER_CALL])
             objects = "".join(
-                f'<Objects xsi:type="DataExtensionObject"><CustomerKey>{escape(data_extension)}</CustomerKey><Keys><Key>'
-                f"<Name>{escape(key_field)}</Name><Value>{escape(str(k))}</Value></Key></Keys></Objects>"
+                '<Objects xsi:type="DataExtensionObject">'
+                f"<CustomerKey>{escape(data_extension)}</CustomerKey><Keys><Key>"
+                f"<Name>{escape(key_field)}</Name><Value>{escape(str(k))}</Value>"
+                "</Key></Keys></Objects>"
                 for k in chunk
             )
             root = self._soap(
@@ -275,9 +299,10 @@ class MarketingCloudClient:
             )
             if len(results) != len(chunk):
                 raise MarketingCloudError(
-                    f"marketing cloud: delete from {data_extension} answered {len(results)} results for {len(chunk)} rows"
+                    f"marketing cloud: delete from {data_extension} answered {len(results)} "
+                    f"results for {len(chunk)} rows"
                 )
-            for key, result in zip(chunk, results):
+            for key, result in zip(chunk, results, strict=True):  # lengths checked just above
                 code, message = (
                     result.findtext(f"{{{PARTNER_API}}}StatusCode"),
                     result.findtext(f"{{{PARTNER_API}}}StatusMessage") or "",
@@ -288,16 +313,20 @@ class MarketingCloudClient:
         return out
 
     def _soap(self, action: str, body: str, what: str) -> ET.Element:
-        """One SOAP call; the token is in the envelope, so a refused token is renewed and the call rebuilt once."""
+        """One SOAP call; the token is in the envelope, so a refused token is renewed and the call
+        rebuilt once."""
         for attempt in (1, 2):
             token = self.token(force=attempt == 2)  # also learns soap_instance_url
             url = f"{self.soap_url}/Service.asmx"
             envelope = (
-                '<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+                '<?xml version="1.0" encoding="utf-8"?>'
+                '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
                 'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header>'
-                f'<a:Action s:mustUnderstand="1">{action}</a:Action><a:To s:mustUnderstand="1">{escape(url)}</a:To>'
+                f'<a:Action s:mustUnderstand="1">{action}</a:Action>'
+                f'<a:To s:mustUnderstand="1">{escape(url)}</a:To>'
                 f'<fueloauth xmlns="http://exacttarget.com">{escape(token)}</fueloauth></s:Header>'
-                '<s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
+                '<s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+                'xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
                 f"{body}</s:Body></s:Envelope>"
             )
             response = self._call(
@@ -321,7 +350,7 @@ class MarketingCloudClient:
     def delete_contacts(self, contact_keys: list[str]) -> list[int]:
         """Deletes contacts by key from the whole account (``ContactAndAttributes``: the privacy
         request delete); returns the operation ids to follow with ``contact_delete_status``."""
-        ids = []
+        ids: list[int] = []
         for start in range(0, len(contact_keys), CONTACT_KEYS_PER_DELETE):
             chunk = list(contact_keys[start : start + CONTACT_KEYS_PER_DELETE])
             response = self._call(
@@ -348,7 +377,9 @@ class MarketingCloudClient:
         return str(self._json(response, f"contact delete {operation_id}")["operation"]["status"])
 
     # -- journeys ---------------------------------------------------------------------------
-    def fire_entry_event(self, event_definition_key: str, contact_key: str, data: dict) -> str:
+    def fire_entry_event(
+        self, event_definition_key: str, contact_key: str, data: Mapping[str, Any]
+    ) -> str:
         response = self._call_once(
             "POST",
             "/interaction/v1/events",
@@ -358,14 +389,17 @@ class MarketingCloudClient:
                 "Data": data,
             },
         )
-        return self._json(response, f"entry event {event_definition_key}")["eventInstanceId"]
+        event_id: str = self._json(response, f"entry event {event_definition_key}")[
+            "eventInstanceId"
+        ]
+        return event_id
 
     def fire_entry_events(
-        self, event_definition_key: str, members: list[tuple[str, dict]]
-    ) -> list[dict]:
-        """Journey entry for many contacts, 100 per request (the API's limit); one result per member,
-        in order (``eventInstanceId``, or ``errorcode`` and ``message``)."""
-        out = []
+        self, event_definition_key: str, members: list[tuple[str, Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Journey entry for many contacts, 100 per request (the API's limit); one result per
+        member, in order (``eventInstanceId``, or ``errorcode`` and ``message``)."""
+        out: list[dict[str, Any]] = []
         for start in range(0, len(members), MAX_JOURNEY_MEMBERS):
             chunk = [
                 {"contactKey": key, "data": data}

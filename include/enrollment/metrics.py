@@ -10,7 +10,12 @@ canary (seconds until visible everywhere); the lag monitor keeps its own table, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .warehouse import Warehouse
 
 METRICS_SCHEMA = [
     ("measured_at", "TIMESTAMP"),
@@ -22,7 +27,7 @@ METRICS_SCHEMA = [
 ]
 
 
-def batch_metrics(landed: dict, merged: dict) -> dict[str, float | None]:
+def batch_metrics(landed: Mapping[str, Any], merged: Mapping[str, Any]) -> dict[str, float | None]:
     """One ingest batch's figures: how many events, how fast, how fresh."""
     land_s, warehouse_s = float(landed.get("seconds") or 0), float(merged.get("seconds") or 0)
     busy = land_s + warehouse_s
@@ -43,7 +48,7 @@ def batch_metrics(landed: dict, merged: dict) -> dict[str, float | None]:
 
 
 def record(
-    warehouse,
+    warehouse: Warehouse,
     source: str,
     region: str,
     batch_id: str,
@@ -74,7 +79,12 @@ def record(
     )
 
 
-def record_batches(warehouse, source: str, batches: list[dict], at: datetime | None = None) -> int:
+def record_batches(
+    warehouse: Warehouse,
+    source: str,
+    batches: list[dict[str, Any]],
+    at: datetime | None = None,
+) -> int:
     """Every batch of a warehouse cycle in one statement (``batches``: the cycle's per-batch
     dicts, each with the landed counts, ``seconds`` of land and the cycle's ``warehouse_s``)."""
     at = at or datetime.now(UTC)

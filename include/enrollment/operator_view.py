@@ -23,11 +23,16 @@ import logging
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .config import PipelineConfig
 from .pii import TAX_ID_SHAPED, mask_keys, mask_raw
 from .warehouse import sql_timestamp as ts
+
+if TYPE_CHECKING:
+    from .warehouse import QueryParameter, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,8 @@ EXAMPLES_PER_REASON = 3
 EXAMPLE_REASONS = (
     12  # examples of the most frequent reasons only (a window can hold a hundred field-level codes)
 )
-EXAMPLE_BYTES = 2048  # of a quarantined message shown (cut before masking: the lexer masks a value cut short too)
+# Of a quarantined message shown (cut before masking: the lexer masks a value cut short too).
+EXAMPLE_BYTES = 2048
 MAX_WINDOW_HOURS = 24 * 31
 QUERY_TIMEOUT_S = 30.0
 # A partner (or sponsor) id: two letters of the region and ten of the id (enrollment.simulator); a
@@ -67,15 +73,24 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 EMAIL = re.compile(r"[^\s\"'<>@,;:]+@[^\s\"'<>@,;:]+\.[A-Za-z]{2,}")
 
 
-# -- pure helpers (unit tested) ----------------------------------------------------------------------
-def classify(broken: list[str] | tuple = (), late: list[str] | tuple = ()) -> dict:
+class RegionBacklog(TypedDict):
+    """One region's Kafka backlog as the page shows it (``kafka_backlog``)."""
+
+    pending: int
+    oldest_pending_age_s: float | None
+    partitions: int
+
+
+# -- pure helpers (unit tested) -------------------------------------------------------------------
+def classify(broken: Sequence[str] = (), late: Sequence[str] = ()) -> dict[str, Any]:
     """A status and why: broken wins over late; each list holds the reasons found."""
     status = BROKEN if broken else LATE if late else OK
     return {"status": status, "why": list(broken) + list(late)}
 
 
 def mask_partner_id(value: str | None) -> str | None:
-    """``AB1234567890`` → ``AB••••••••••``: the region prefix stays (it says where), the id does not."""
+    """``AB1234567890`` → ``AB••••••••••``: the region prefix stays (it says where), the id does
+    not."""
     if not value:
         return value
     return value[:2] + "•" * max(0, len(value) - 2)
@@ -101,12 +116,14 @@ def masked_example(raw: bytes | None) -> str | None:
     masked, decoded leniently (a refused message may not be UTF-8)."""
     if raw is None:
         return None
-    text = mask_raw(bytes(raw)).decode("utf-8", "replace")
+    masked = mask_raw(bytes(raw))
+    assert masked is not None  # bytes in, bytes out
+    text = masked.decode("utf-8", "replace")
     text = mask_keys(text, PAGE_MASKED_KEYS)
     return _CONTROL.sub("\ufffd", mask_partner_ids(text))
 
 
-def check_status(service: str, ok: bool, checked_at: datetime, now: datetime) -> dict:
+def check_status(service: str, ok: bool, checked_at: datetime, now: datetime) -> dict[str, Any]:
     """An environment check's status: its verdict while it is recent; **stale** once the checks
     stopped (``HEALTH_STALE_S``) — a failure from an hour ago says nothing about the service now."""
     age = (
@@ -122,11 +139,14 @@ def check_status(service: str, ok: bool, checked_at: datetime, now: datetime) ->
     return classify([] if ok else [f"{service}: check failed"])
 
 
-def minute_series(rows: list[dict], now: datetime, minutes: int = 60) -> list[dict]:
+def minute_series(
+    rows: Sequence[dict[str, Any]], now: datetime, minutes: int = 60
+) -> list[dict[str, Any]]:
     """``rows`` ({"minute": datetime, "events": n}) on a dense series of the last ``minutes``
-    minutes ending with ``now``'s (missing minutes are 0: a chart shows a stall as a gap to zero)."""
+    minutes ending with ``now``'s (missing minutes are 0: a chart shows a stall as a gap to
+    zero)."""
     end = now.replace(second=0, microsecond=0)
-    by_minute = defaultdict(int)
+    by_minute: defaultdict[datetime, int] = defaultdict(int)
     for r in rows:
         m = r["minute"]
         if m.tzinfo is None:
@@ -148,8 +168,9 @@ def window_bounds(window_hours: float, now: datetime | None = None) -> tuple[dat
     return now - timedelta(hours=hours), now + timedelta(seconds=1)
 
 
-def balance(row: dict) -> dict:
-    """A ledger row's balance: offsets_in = valid + quarantined + duplicates + skipped + recovered."""
+def balance(row: dict[str, Any]) -> dict[str, Any]:
+    """A ledger row's balance: offsets_in = valid + quarantined + duplicates + skipped +
+    recovered."""
     parts = {
         k: int(row.get(k) or 0)
         for k in ("valid", "quarantined", "duplicates", "skipped", "recovered")
@@ -170,16 +191,16 @@ def parse_seen(seen: str | None) -> dict[str, float]:
     return out
 
 
-def _iso(value) -> str | None:
+def _iso(value: datetime | str | None) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-# -- reading --------------------------------------------------------------------------------------
+# -- reading ---------------------------------------------------------------------------------------
 class Reader:
     """The warehouse as the page reads it: which tables exist (one listing per dataset per
     reader), queries that read nothing when their table is missing."""
 
-    def __init__(self, warehouse, config: PipelineConfig):
+    def __init__(self, warehouse: Warehouse, config: PipelineConfig) -> None:
         self.w, self.config = warehouse, config
         self._have: dict[str, set[str]] = {}
 
@@ -203,8 +224,9 @@ class Reader:
         table = self.w.table(name, ops=ops).strip("`")
         return {f.name for f in self.w.client.get_table(table).schema}
 
-    def run(self, sql: str, params: list | None = None) -> list[dict]:
-        """A read, given up after ``QUERY_TIMEOUT_S`` (a page waits seconds, not the writers' minutes)."""
+    def run(self, sql: str, params: Sequence[QueryParameter] | None = None) -> list[dict[str, Any]]:
+        """A read, given up after ``QUERY_TIMEOUT_S`` (a page waits seconds, not the writers'
+        minutes)."""
         from google.cloud import bigquery
 
         job = self.w.client.query(
@@ -228,13 +250,15 @@ class Reader:
             return False
 
 
-def _section(source, body, empty):
+def _section(
+    source: str, body: Callable[[], dict[str, Any]], empty: dict[str, Any]
+) -> dict[str, Any]:
     """Runs one section; a failure (a service down, a table half made) is an empty section with
     the error's kind, never an exception to the page."""
     t0 = time.monotonic()
     try:
         out = body()
-        error = None
+        error: str | None = None
     except Exception as exc:
         log.warning(
             "operator view: %s unavailable: %s", source, scrub(f"{type(exc).__name__}: {exc}")
@@ -243,14 +267,16 @@ def _section(source, body, empty):
     return {"source": source, "error": error, "seconds": round(time.monotonic() - t0, 3), **out}
 
 
-# -- regions -------------------------------------------------------------------------------------------
-def kafka_backlog(bootstrap: str, config: PipelineConfig, now: float | None = None) -> dict:
+# -- regions ---------------------------------------------------------------------------------------
+def kafka_backlog(
+    bootstrap: str, config: PipelineConfig, now: float | None = None
+) -> dict[str, Any]:
     """Per region: records the consumer group has not landed yet and the oldest one's age (from
     Kafka: committed offsets, end offsets, the first pending record's timestamp)."""
     from .lag import kafka_lag
 
-    def body():
-        out = {
+    def body() -> dict[str, Any]:
+        out: dict[str, RegionBacklog] = {
             r.code: {"pending": 0, "oldest_pending_age_s": None, "partitions": 0}
             for r in config.regions
         }
@@ -269,12 +295,12 @@ def kafka_backlog(bootstrap: str, config: PipelineConfig, now: float | None = No
 
 def ledger_batches(
     reader: Reader, regions: list[str], per_region: int = BATCHES_SHOWN, now: datetime | None = None
-) -> dict:
+) -> dict[str, Any]:
     """The last ``per_region`` batches of each region (by when the ledger first recorded them, last
     ``LEDGER_LOOKBACK_DAYS`` days), each with every stage's row and its balance."""
     now = now or datetime.now(UTC)
 
-    def body():
+    def body() -> dict[str, Any]:
         if not reader.exists("ledger"):
             return {"regions": {r: [] for r in regions}}
         from google.cloud import bigquery
@@ -285,19 +311,23 @@ def ledger_batches(
         rows = reader.run(
             f"""WITH B AS (
                 SELECT region, batch_id, MIN(recorded_at) AS first_at FROM {table}
-                WHERE recorded_at >= {since} AND region IN UNNEST(@regions) GROUP BY region, batch_id
-                QUALIFY ROW_NUMBER() OVER (PARTITION BY region ORDER BY first_at DESC, batch_id DESC) <= @n)
-            SELECT L.region, L.batch_id, L.stage, L.offsets_in, L.valid, L.quarantined, L.duplicates, COALESCE(L.skipped, 0) AS skipped,
+                WHERE recorded_at >= {since} AND region IN UNNEST(@regions) """
+            """GROUP BY region, batch_id
+                QUALIFY ROW_NUMBER() OVER (PARTITION BY region """
+            """ORDER BY first_at DESC, batch_id DESC) <= @n)
+            SELECT L.region, L.batch_id, L.stage, L.offsets_in, L.valid, L.quarantined, """
+            f"""L.duplicates, COALESCE(L.skipped, 0) AS skipped,
                    {recovered} AS recovered, L.ok, L.detail, L.recorded_at, B.first_at
             FROM {table} L JOIN B ON B.region = L.region AND B.batch_id = L.batch_id
             WHERE L.recorded_at >= {since}
-            ORDER BY B.first_at DESC, L.batch_id, L.recorded_at LIMIT {len(regions) * per_region * 20}""",
+            ORDER BY B.first_at DESC, L.batch_id, L.recorded_at """
+            f"LIMIT {len(regions) * per_region * 20}",
             [
                 bigquery.ArrayQueryParameter("regions", "STRING", regions),
                 bigquery.ScalarQueryParameter("n", "INT64", per_region),
             ],
         )
-        out: dict[str, dict[str, dict]] = {r: {} for r in regions}
+        out: dict[str, dict[str, dict[str, Any]]] = {r: {} for r in regions}
         for r in rows:
             batch = out[r["region"]].setdefault(
                 r["batch_id"],
@@ -309,7 +339,7 @@ def ledger_batches(
                 "detail": scrub(r["detail"]),
                 "recorded_at": _iso(r["recorded_at"]),
             }
-        for region, batches in out.items():
+        for batches in out.values():
             for b in batches.values():
                 main = (
                     b["stages"].get("recovered")
@@ -345,19 +375,23 @@ def ledger_batches(
 
 def events_per_minute(
     reader: Reader, regions: list[str], now: datetime | None = None, minutes: int = 60
-) -> dict:
+) -> dict[str, Any]:
     """Valid events landed per minute over the last hour, per region: the ledger's ``land`` rows
     summed by the minute they were recorded (one row per batch: cheap at any volume)."""
     now = now or datetime.now(UTC)
 
-    def body():
+    def body() -> dict[str, Any]:
         series = {r: minute_series([], now, minutes) for r in regions}
         if not reader.exists("ledger"):
             return {"regions": series}
         since = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
-        rows = reader.run(f"""SELECT region, TIMESTAMP_TRUNC(recorded_at, MINUTE) AS minute, SUM(valid) AS events
+        rows = reader.run(
+            "SELECT region, TIMESTAMP_TRUNC(recorded_at, MINUTE) AS minute, SUM(valid) AS events"
+            f"""
             FROM {reader.w.table("ledger", ops=True)}
-            WHERE recorded_at >= {ts(since)} AND stage = 'land' GROUP BY region, minute ORDER BY minute LIMIT {minutes * 50}""")
+            WHERE recorded_at >= {ts(since)} AND stage = 'land' GROUP BY region, minute """
+            f"ORDER BY minute LIMIT {minutes * 50}"
+        )
         for region in regions:
             series[region] = minute_series([r for r in rows if r["region"] == region], now, minutes)
         return {"regions": series}
@@ -365,24 +399,29 @@ def events_per_minute(
     return _section(reader.source("ledger"), body, {"regions": {}})
 
 
-def freshness(reader: Reader, regions: list[str], now: datetime | None = None) -> dict:
+def freshness(reader: Reader, regions: list[str], now: datetime | None = None) -> dict[str, Any]:
     """Per region, the newest warehoused batch's freshness as the warehouse cycle measured it
     (``<ops>.metrics``, source ``ingest``): its oldest and newest event's age when queryable."""
     now = now or datetime.now(UTC)
 
-    def body():
-        out = {r: None for r in regions}
+    def body() -> dict[str, Any]:
+        out: dict[str, dict[str, Any] | None] = {r: None for r in regions}
         if not reader.exists("metrics"):
             return {"regions": out}
-        rows = reader.run(f"""SELECT region, batch_id, measured_at,
+        rows = reader.run(
+            f"""SELECT region, batch_id, measured_at,
                 MAX(IF(name = 'freshness_oldest_s', value, NULL)) AS oldest_event_age_s,
                 MAX(IF(name = 'freshness_newest_s', value, NULL)) AS newest_event_age_s
             FROM {reader.w.table("metrics", ops=True)}
-            WHERE measured_at >= {ts(now - timedelta(days=LEDGER_LOOKBACK_DAYS))} AND source = 'ingest'
-              AND name IN ('freshness_oldest_s', 'freshness_newest_s') AND NOT STARTS_WITH(batch_id, 'recovery-')
+            WHERE measured_at >= {ts(now - timedelta(days=LEDGER_LOOKBACK_DAYS))} """
+            """AND source = 'ingest'
+              AND name IN ('freshness_oldest_s', 'freshness_newest_s') """
+            """AND NOT STARTS_WITH(batch_id, 'recovery-')
             GROUP BY region, batch_id, measured_at
-            QUALIFY ROW_NUMBER() OVER (PARTITION BY region ORDER BY measured_at DESC, batch_id DESC) = 1
-            LIMIT 100""")
+            QUALIFY ROW_NUMBER() OVER (PARTITION BY region """
+            """ORDER BY measured_at DESC, batch_id DESC) = 1
+            LIMIT 100"""
+        )
         for r in rows:
             if r["region"] in out:
                 out[r["region"]] = {
@@ -402,14 +441,13 @@ def regions_overview(
     config: PipelineConfig,
     now: datetime | None = None,
     per_region: int = BATCHES_SHOWN,
-) -> dict:
+) -> dict[str, Any]:
     """The region section: Kafka backlog, freshness, events per minute and the last batches, with
     each region's status from what they show (the plugin adds failed runs)."""
-    from .lag import LagRules
 
     now = now or datetime.now(UTC)
     codes = [r.code for r in config.regions]
-    rules = LagRules.from_config(config.lag)
+    rules = config.lag
     backlog = kafka_backlog(bootstrap, config, now.timestamp())
     fresh = freshness(reader, codes, now)
     rate = events_per_minute(reader, codes, now)
@@ -425,11 +463,13 @@ def regions_overview(
         late = []
         if (kafka.get("oldest_pending_age_s") or 0) > rules.max_age_s:
             late.append(
-                f"oldest pending record {kafka['oldest_pending_age_s']:.0f} s old (> {rules.max_age_s:g} s)"
+                f"oldest pending record {kafka['oldest_pending_age_s']:.0f} s old "
+                f"(> {rules.max_age_s:g} s)"
             )
         if last and (last.get("oldest_event_age_s") or 0) > config.freshness_sla_s:
             late.append(
-                f"last batch's oldest event queryable after {last['oldest_event_age_s']:.0f} s (SLA {config.freshness_sla_s:g} s)"
+                f"last batch's oldest event queryable after {last['oldest_event_age_s']:.0f} s "
+                f"(SLA {config.freshness_sla_s:g} s)"
             )
         regions.append(
             {
@@ -455,14 +495,14 @@ def regions_overview(
     }
 
 
-def _meta(section: dict) -> dict:
+def _meta(section: dict[str, Any]) -> dict[str, Any]:
     return {k: section[k] for k in ("source", "error", "seconds")}
 
 
-# -- sinks ---------------------------------------------------------------------------------------------
+# -- sinks -----------------------------------------------------------------------------------------
 def sinks_overview(
     reader: Reader, config: PipelineConfig, window_hours: float = 24, now: datetime | None = None
-) -> dict:
+) -> dict[str, Any]:
     """Per sink and region: warehoused batches not synced yet (the sync plans' anti-join, last
     ``LEDGER_LOOKBACK_DAYS`` days), the last committed batch (``<ops>.sink_watermarks``), the last
     failed sync ledger row, rows in the sink quarantine over the window; and the last canary."""
@@ -471,8 +511,8 @@ def sinks_overview(
     codes = [r.code for r in config.regions]
     since_ledger = ts(now - timedelta(days=LEDGER_LOOKBACK_DAYS))
 
-    def behind():
-        out = {s: {} for s in sinks}
+    def behind() -> dict[str, Any]:
+        out: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in sinks}
         if not reader.exists("ledger"):
             return {"sinks": out}
         from google.cloud import bigquery
@@ -481,9 +521,11 @@ def sinks_overview(
         rows = reader.run(
             f"""SELECT sink, L.region, COUNT(*) AS behind, MIN(L.recorded_at) AS oldest
             FROM {table} L CROSS JOIN UNNEST(@sinks) AS sink
-            LEFT JOIN (SELECT DISTINCT batch_id, stage FROM {table} WHERE recorded_at >= {since_ledger} AND STARTS_WITH(stage, 'sync_')) S
+            LEFT JOIN (SELECT DISTINCT batch_id, stage FROM {table} """
+            f"""WHERE recorded_at >= {since_ledger} AND STARTS_WITH(stage, 'sync_')) S
               ON S.batch_id = L.batch_id AND S.stage = CONCAT('sync_', sink)
-            WHERE L.recorded_at >= {since_ledger} AND L.stage = 'warehouse' AND L.ok AND S.batch_id IS NULL
+            WHERE L.recorded_at >= {since_ledger} AND L.stage = 'warehouse' AND L.ok """
+            f"""AND S.batch_id IS NULL
             GROUP BY sink, L.region LIMIT 1000""",
             [bigquery.ArrayQueryParameter("sinks", "STRING", sinks)],
         )
@@ -494,13 +536,17 @@ def sinks_overview(
             }
         return {"sinks": out}
 
-    def failures():
-        out = {s: None for s in sinks}
+    def failures() -> dict[str, Any]:
+        out: dict[str, dict[str, Any] | None] = {s: None for s in sinks}
         if not reader.exists("ledger"):
             return {"sinks": out}
-        rows = reader.run(f"""SELECT stage, region, batch_id, detail, recorded_at FROM {reader.w.table("ledger", ops=True)}
+        rows = reader.run(
+            "SELECT stage, region, batch_id, detail, recorded_at "
+            f"""FROM {reader.w.table("ledger", ops=True)}
             WHERE recorded_at >= {since_ledger} AND STARTS_WITH(stage, 'sync_') AND NOT ok
-            QUALIFY ROW_NUMBER() OVER (PARTITION BY stage ORDER BY recorded_at DESC) = 1 LIMIT 100""")
+            QUALIFY ROW_NUMBER() OVER (PARTITION BY stage ORDER BY recorded_at DESC) = 1 """
+            "LIMIT 100"
+        )
         for r in rows:
             sink = r["stage"][len("sync_") :]
             if sink in out:
@@ -512,12 +558,13 @@ def sinks_overview(
                 }
         return {"sinks": out}
 
-    def watermarks():
-        out = {s: {} for s in sinks}
+    def watermarks() -> dict[str, Any]:
+        out: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in sinks}
         if not reader.exists("sink_watermarks"):
             return {"sinks": out}
         for r in reader.run(
-            f"SELECT sink, region, batch_id, warehoused_at, synced_at FROM {reader.w.table('sink_watermarks', ops=True)} LIMIT 1000"
+            "SELECT sink, region, batch_id, warehoused_at, synced_at "
+            f"FROM {reader.w.table('sink_watermarks', ops=True)} LIMIT 1000"
         ):
             if r["sink"] in out:
                 out[r["sink"]][r["region"]] = {
@@ -527,13 +574,16 @@ def sinks_overview(
                 }
         return {"sinks": out}
 
-    def refused():
-        out = {s: {} for s in sinks}
+    def refused() -> dict[str, Any]:
+        out: dict[str, dict[str, int]] = {s: {} for s in sinks}
         if not reader.exists("sink_quarantine", ops=False):
             return {"sinks": out}
         since, until = window_bounds(window_hours, now)
-        rows = reader.run(f"""SELECT sink, region, COUNT(*) AS n FROM {reader.w.table("sink_quarantine")}
-            WHERE recorded_at >= {ts(since)} AND recorded_at < {ts(until)} GROUP BY sink, region LIMIT 1000""")
+        rows = reader.run(
+            f"""SELECT sink, region, COUNT(*) AS n FROM {reader.w.table("sink_quarantine")}
+            WHERE recorded_at >= {ts(since)} AND recorded_at < {ts(until)} """
+            "GROUP BY sink, region LIMIT 1000"
+        )
         for r in rows:
             if r["sink"] in out:
                 out[r["sink"]][r["region"]] = r["n"]
@@ -567,7 +617,7 @@ def sinks_overview(
         rules_late = [
             f"{r['region']}: {r['behind']} batches behind"
             for r in per_region
-            if r["behind"] > int((config.lag or {}).get("max_sink_batches", 30))
+            if r["behind"] > config.lag.max_sink_batches
         ]
         result.append(
             {
@@ -591,18 +641,22 @@ def sinks_overview(
     }
 
 
-def canaries(reader: Reader, config: PipelineConfig, now: datetime | None = None) -> dict:
+def canaries(reader: Reader, config: PipelineConfig, now: datetime | None = None) -> dict[str, Any]:
     """The last canary trace per region (``<ops>.canary``): seconds until visible in the warehouse
     and each sink, what it has not reached. The canary partner's id is not shown."""
     now = now or datetime.now(UTC)
 
-    def body():
-        out = {r.code: None for r in config.regions}
+    def body() -> dict[str, Any]:
+        out: dict[str, dict[str, Any] | None] = {r.code: None for r in config.regions}
         if not reader.exists("canary"):
             return {"regions": out}
-        rows = reader.run(f"""SELECT region, injected_at, traced_at, seen, missing, seconds, ok FROM {reader.w.table("canary", ops=True)}
+        rows = reader.run(
+            "SELECT region, injected_at, traced_at, seen, missing, seconds, ok "
+            f"""FROM {reader.w.table("canary", ops=True)}
             WHERE injected_at >= {ts(now - timedelta(days=2))}
-            QUALIFY ROW_NUMBER() OVER (PARTITION BY region ORDER BY injected_at DESC) = 1 LIMIT 100""")
+            QUALIFY ROW_NUMBER() OVER (PARTITION BY region ORDER BY injected_at DESC) = 1 """
+            "LIMIT 100"
+        )
         for r in rows:
             if r["region"] in out:
                 out[r["region"]] = {
@@ -618,7 +672,7 @@ def canaries(reader: Reader, config: PipelineConfig, now: datetime | None = None
     return _section(reader.source("canary"), body, {"regions": {}})
 
 
-# -- quarantine ----------------------------------------------------------------------------------------
+# -- quarantine ------------------------------------------------------------------------------------
 def quarantine_overview(
     reader: Reader,
     config: PipelineConfig,
@@ -626,7 +680,7 @@ def quarantine_overview(
     now: datetime | None = None,
     region: str | None = None,
     examples: int = EXAMPLES_PER_REASON,
-) -> dict:
+) -> dict[str, Any]:
     """Quarantined messages that reached Kafka in the window, by region and reason code (a message
     with two reasons counts under each; ``messages`` counts each once), up to ``examples`` masked
     examples per reason, and what recovery brought back (``<ops>.recovered``, when it exists)."""
@@ -634,22 +688,25 @@ def quarantine_overview(
     bounds = f"kafka_timestamp >= {ts(since)} AND kafka_timestamp < {ts(until)}"
     where_region = "AND region = @region" if region else ""
 
-    def params():
+    def params() -> list[QueryParameter]:
         from google.cloud import bigquery
 
         return [bigquery.ScalarQueryParameter("region", "STRING", region)] if region else []
 
-    def counts():
+    def counts() -> dict[str, Any]:
         if not reader.exists("quarantine", ops=False):
             return {"by_reason": [], "messages": {}}
         table = reader.w.table("quarantine")
         by_reason = reader.run(
-            f"""SELECT region, reason, COUNT(*) AS n FROM {table}, UNNEST(SPLIT(reasons, ',')) AS reason
-            WHERE {bounds} {where_region} GROUP BY region, reason ORDER BY n DESC, region, reason LIMIT 1000""",
+            f"""SELECT region, reason, COUNT(*) AS n FROM {table}, """
+            f"""UNNEST(SPLIT(reasons, ',')) AS reason
+            WHERE {bounds} {where_region} GROUP BY region, reason """
+            "ORDER BY n DESC, region, reason LIMIT 1000",
             params(),
         )
         messages = reader.run(
-            f"SELECT region, COUNT(*) AS n FROM {table} WHERE {bounds} {where_region} GROUP BY region LIMIT 100",
+            f"SELECT region, COUNT(*) AS n FROM {table} WHERE {bounds} {where_region} "
+            "GROUP BY region LIMIT 100",
             params(),
         )
         return {
@@ -659,19 +716,23 @@ def quarantine_overview(
             "messages": {r["region"]: r["n"] for r in messages},
         }
 
-    def sample(top: list[str]):
+    def sample(top: list[str]) -> dict[str, Any]:
         if not reader.exists("quarantine", ops=False) or not top:
             return {"examples": []}
         from google.cloud import bigquery
 
         rows = reader.run(
-            f"""SELECT reason, region, batch_id, kafka_partition, kafka_offset, kafka_timestamp, event_type, partner_id,
+            "SELECT reason, region, batch_id, kafka_partition, kafka_offset, kafka_timestamp, "
+            """event_type, partner_id,
                 raw, reasons
-            FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY reason ORDER BY kafka_timestamp DESC, kafka_offset DESC) AS rn
-                  FROM (SELECT Q.*, reason FROM {reader.w.table("quarantine")} Q, UNNEST(SPLIT(Q.reasons, ',')) AS reason
+            FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY reason """
+            """ORDER BY kafka_timestamp DESC, kafka_offset DESC) AS rn
+                  FROM (SELECT Q.*, reason FROM """
+            f"""{reader.w.table("quarantine")} Q, UNNEST(SPLIT(Q.reasons, ',')) AS reason
                         WHERE {bounds} {where_region}) WHERE reason IN UNNEST(@top))
-            WHERE rn <= {int(examples)} ORDER BY reason, kafka_timestamp DESC LIMIT {len(top) * int(examples)}""",
-            params() + [bigquery.ArrayQueryParameter("top", "STRING", top)],
+            WHERE rn <= {int(examples)} ORDER BY reason, kafka_timestamp DESC """
+            f"LIMIT {len(top) * int(examples)}",
+            [*params(), bigquery.ArrayQueryParameter("top", "STRING", top)],
         )
         return {
             "examples": [
@@ -693,11 +754,12 @@ def quarantine_overview(
             ]
         }
 
-    def recovered():
+    def recovered() -> dict[str, Any]:
         if not reader.exists("recovered"):
             return {"by_reason": [], "exists": False}
         rows = reader.run(
-            f"""SELECT region, reason, COUNT(*) AS n FROM {reader.w.table("recovered", ops=True)}, UNNEST(SPLIT(reasons, ',')) AS reason
+            "SELECT region, reason, COUNT(*) AS n "
+            f"""FROM {reader.w.table("recovered", ops=True)}, UNNEST(SPLIT(reasons, ',')) AS reason
             WHERE recovered_at >= {ts(since)} AND recovered_at < {ts(until)} {where_region}
             GROUP BY region, reason ORDER BY n DESC LIMIT 1000""",
             params(),
@@ -733,17 +795,21 @@ def quarantine_overview(
     }
 
 
-# -- health --------------------------------------------------------------------------------------------
-def health_overview(reader: Reader, now: datetime | None = None) -> dict:
+# -- health ----------------------------------------------------------------------------------------
+def health_overview(reader: Reader, now: datetime | None = None) -> dict[str, Any]:
     """The last environment check per service (``<ops>.health``, the environment_health DAG)."""
     now = now or datetime.now(UTC)
 
-    def body():
+    def body() -> dict[str, Any]:
         if not reader.exists("health"):
             return {"services": []}
-        rows = reader.run(f"""SELECT service, ok, seconds, detail, run_id, checked_at FROM {reader.w.table("health", ops=True)}
+        rows = reader.run(
+            "SELECT service, ok, seconds, detail, run_id, checked_at "
+            f"""FROM {reader.w.table("health", ops=True)}
             WHERE checked_at >= {ts(now - timedelta(days=2))}
-            QUALIFY ROW_NUMBER() OVER (PARTITION BY service ORDER BY checked_at DESC) = 1 ORDER BY service LIMIT 100""")
+            QUALIFY ROW_NUMBER() OVER (PARTITION BY service ORDER BY checked_at DESC) = 1 """
+            "ORDER BY service LIMIT 100"
+        )
         return {
             "services": [
                 {
@@ -763,12 +829,12 @@ def health_overview(reader: Reader, now: datetime | None = None) -> dict:
 
 
 def overview(
-    warehouse,
+    warehouse: Warehouse,
     bootstrap: str,
     config: PipelineConfig,
     window_hours: float = 24,
     now: datetime | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Every section of the page (the plugin adds the DAG runs and an overall status)."""
     now = now or datetime.now(UTC)
     reader = Reader(warehouse, config)
@@ -784,14 +850,14 @@ def overview(
 
 
 def region_detail(
-    warehouse,
+    warehouse: Warehouse,
     bootstrap: str,
     config: PipelineConfig,
     code: str,
     window_hours: float = 24,
     now: datetime | None = None,
     per_region: int = 30,
-) -> dict:
+) -> dict[str, Any]:
     """One region: its row of the overview with more batches, and its quarantine."""
     now = now or datetime.now(UTC)
     region = config.region(code)

@@ -16,11 +16,13 @@ tokens made under them (``Keyring.matches``); see the README's "Personal data".
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 TOKEN_PREFIX = "tok1"
@@ -68,7 +70,8 @@ class Keyring:
         return hmac.compare_digest(self.token(value, kind, parts[1]), token)
 
     def tokens(self, value: str, kind: str) -> list[str]:
-        """The value's token under every known key (to find what was tokenised before a rotation)."""
+        """The value's token under every known key (to find what was tokenised before a
+        rotation)."""
         return [self.token(value, kind, kid) for kid in (self.key_id, *self.retired)]
 
     @classmethod
@@ -82,11 +85,12 @@ class Keyring:
         )
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Keyring:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Keyring:
         env = os.environ if env is None else env
         if not env.get("ENROLLMENT_PII_KEY"):
             raise RuntimeError(
-                "set ENROLLMENT_PII_KEY and ENROLLMENT_PII_KEY_ID (for the local stack: source .stack/stack.env)"
+                "set ENROLLMENT_PII_KEY and ENROLLMENT_PII_KEY_ID "
+                "(for the local stack: source .stack/stack.env)"
             )
         return cls.from_secret(
             env.get("ENROLLMENT_PII_KEY_ID", "k1"),
@@ -99,7 +103,7 @@ def is_token(value: object) -> bool:
     return isinstance(value, str) and TOKEN_RE.match(value) is not None
 
 
-# -- raw messages: tax ids tokenised in valid events, sensitive values masked in quarantined ones ----
+# -- raw messages: tax ids tokenised in valid events, sensitive values masked in quarantined ones --
 #
 # Both work on the message's text *in place* with one tolerant lexer (JSON strings, structural
 # characters, whitespace, anything else), so every byte that carries no personal value is kept as
@@ -121,7 +125,8 @@ SENSITIVE_KEYS = TAX_ID_KEYS | {
     "mobile",
 }
 # A run of at least 6 digits, possibly separated by '-', '.', '/' or ' ': the shape of every tax id
-# the markets know (US SSN 9 digits, BR CPF 11, KR RRN 13, CO 6-10 …) and of phone numbers and dates.
+# the markets know (US SSN 9 digits, BR CPF 11, KR RRN 13, CO 6-10 …) and of phone numbers and
+# dates.
 TAX_ID_SHAPED = re.compile(r"\d(?:[-./ ]?\d){5,}")
 _LEX = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[{}\[\]:,]|\s+|[^\s"{}\[\]:,]+', re.S)
 _CHAR = re.compile(r"\\u[0-9a-fA-F]{4}|\\.|.", re.S)
@@ -161,10 +166,8 @@ def _key_name(token: str) -> str:
     """A string token as a key: its decoded text, lower case (escapes decoded when they can be)."""
     text = token[1:-1] if len(token) >= 2 and token.endswith('"') else token[1:]
     if "\\" in text:
-        try:
+        with contextlib.suppress(Exception):
             text = json.loads(token if token.endswith('"') and len(token) >= 2 else token + '"')
-        except Exception:
-            pass
     return text.lower() if isinstance(text, str) else ""
 
 
@@ -176,7 +179,7 @@ def shape(text: str) -> str:
     """``text`` masked by shape: digits -> '#', letters -> 'x', everything else kept (separators,
     '@', '+', JSON escapes; a ``\\uXXXX`` escape counts as one character, masked '#')."""
 
-    def one(m: re.Match) -> str:
+    def one(m: re.Match[str]) -> str:
         c = m.group()
         if c[0] == "\\" and len(c) > 1:
             return "#" if c[1] == "u" else c
@@ -189,10 +192,11 @@ def _digits_masked(text: str) -> str:
     return TAX_ID_SHAPED.sub(lambda m: re.sub(r"\d", "#", m.group()), text)
 
 
-def _rewrite(text: str, value, capture: frozenset) -> str:
+def _rewrite(text: str, value: Callable[[str | None, str], str], capture: frozenset[str]) -> str:
     """``text`` with every scalar token replaced by ``value(key, token)`` (``key``: the lower-case
     name of the key whose value it is, None for a key itself, an array element or stray text).
-    Inside an object or array that is the value of a key in ``capture`` every scalar is that key's."""
+    Inside an object or array that is the value of a key in ``capture`` every scalar is that
+    key's."""
     out: list[str] = []
     last_string: str | None = (
         None  # the previous significant token, when a string (a key if ':' follows)
@@ -247,8 +251,9 @@ def _mask_token(key: str | None, tok: str) -> str:
         if is_string
         else tok
     )
-    # A masked string keeps its quotes (or their absence: unterminated); a masked JSON number becomes
-    # a string (the JSON stays JSON); any other stray text stays unquoted (byte for byte but the mask).
+    # A masked string keeps its quotes (or their absence: unterminated); a masked JSON number
+    # becomes a string (the JSON stays JSON); any other stray text stays unquoted (byte for byte
+    # but the mask).
     if is_string:
         opening, closing = '"', ('"' if len(tok) >= 2 and tok.endswith('"') else "")
     else:

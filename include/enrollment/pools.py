@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TypedDict
 
 from enrollment.config import PipelineConfig, load_config
 
 
-def pools_file(config: PipelineConfig | None = None) -> dict:
+class PoolEntry(TypedDict):
+    slots: int
+    description: str
+    include_deferred: bool
+
+
+def pools_file(config: PipelineConfig | None = None) -> dict[str, PoolEntry]:
     """``{name: {slots, description, include_deferred}}``: deferred tasks hold no slot (a sensor
     waiting in the triggerer must not keep the line's slots)."""
     config = config or load_config()

@@ -30,6 +30,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,7 +41,10 @@ from .config import PipelineConfig, Region
 from .erasure import ERASED
 from .sinks.base import Sink, summarise
 from .sync import PARTNER_EVENTS, SyncRun
-from .warehouse import balances
+from .warehouse import Warehouse, balances
+
+if TYPE_CHECKING:
+    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ RECONCILIATION_SCHEMA = [
     ("recorded_at", "TIMESTAMP"),
 ]
 LISTED_IDS = 100  # partner ids written per finding (the detail says how many in all)
+Ledger = dict[tuple[str, str], dict[str, Any]]  # (batch id, stage) -> that ledger row
 
 
 @dataclass
@@ -71,7 +76,8 @@ class Finding:
         return self.expected == self.actual and not self.partner_ids
 
     def describe(self) -> str:
-        """For logs and alerts: counts, never ids (they are in the reconciliation table's ``partner_ids``)."""
+        """For logs and alerts: counts, never ids (they are in the reconciliation table's
+        ``partner_ids``)."""
         ids = (
             f"; {len(self.partner_ids)} partners listed in the reconciliation table"
             if self.partner_ids
@@ -96,7 +102,7 @@ class DayReport:
     def differences(self) -> list[Finding]:
         return [f for f in self.findings if not f.ok]
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {
             "day": self.day.isoformat(),
             "region": self.region,
@@ -116,10 +122,129 @@ def _ids(table: pa.Table, column: str = "partner_id") -> list[str]:
     return sorted({v for v in table.column(column).to_pylist() if v is not None})
 
 
+# -- without a query: the landed events, and the comparisons of them and the ledger ------
+def _landed_events(bucket: gcs.Bucket, manifests: list[Manifest]) -> pa.Table:
+    parts = []
+    for m in manifests:
+        blob = bucket.blob(m.valid_object)
+        if not blob.exists():
+            continue
+        t = pq.read_table(
+            io.BytesIO(blob.download_as_bytes()),
+            columns=["batch_id", "event_id", "partner_id", "event_type"],
+        )
+        parts.append(t)
+    schema = pa.schema(
+        [
+            ("batch_id", pa.string()),
+            ("event_id", pa.string()),
+            ("partner_id", pa.string()),
+            ("event_type", pa.string()),
+        ]
+    )
+    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+
+
+def _kafka_vs_ledger(consumed: list[Manifest], ledger: Ledger, events: pa.Table) -> Finding:
+    unrecorded = [
+        m
+        for m in consumed
+        if (m.batch_id, "land") not in ledger or (m.batch_id, "warehouse") not in ledger
+    ]
+    recorded = sum(
+        ledger[(m.batch_id, "land")]["offsets_in"]
+        for m in consumed
+        if (m.batch_id, "land") in ledger
+    )
+    partners = _ids(
+        events.filter(
+            pc.is_in(
+                events.column("batch_id"),
+                pa.array([m.batch_id for m in unrecorded], pa.string()),
+            )
+        )
+    )
+    detail = (
+        f"{len(unrecorded)} consumed batches lack a land or warehouse ledger row: "
+        f"{', '.join(m.batch_id for m in unrecorded[:5])}"
+        if unrecorded
+        else ""
+    )
+    return Finding("kafka → ledger", sum(m.offsets for m in consumed), recorded, partners, detail)
+
+
+def _ledger_balance(ledger: Ledger) -> Finding:
+    # A gap (offsets deleted before they were read) or a set-aside batch is a row that is not ok.
+    off = [
+        f"{b} {s}" + (f" ({r['detail']})" if s in ("gap", "set_aside") else "")
+        for (b, s), r in sorted(ledger.items())
+        if not balances(r) or not r["ok"]
+    ]
+    return Finding(
+        "ledger balance",
+        len(ledger),
+        len(ledger) - len(off),
+        [],
+        f"rows that do not balance: {', '.join(off[:5])}" if off else "",
+    )
+
+
+# -- the record ---------------------------------------------------------------------------------
+def _write(w: Warehouse, report: DayReport) -> None:
+    """The report as rows of ``<ops>.reconciliation`` (replacing the day's and region's)."""
+    from google.cloud import bigquery
+
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "day": report.day,
+            "region": report.region,
+            "comparison": f.comparison,
+            "expected": f.expected,
+            "actual": f.actual,
+            "ok": f.ok,
+            "partner_ids": ",".join(f.partner_ids[:LISTED_IDS]) or None,
+            "detail": (
+                f.detail
+                + (f" ({len(f.partner_ids)} partners)" if len(f.partner_ids) > LISTED_IDS else "")
+            )
+            or None,
+            "recorded_at": now,
+        }
+        for f in report.findings
+    ]
+    rows.append(
+        {
+            "day": report.day,
+            "region": report.region,
+            "comparison": "batches",
+            "expected": report.batches + report.in_flight,
+            "actual": report.batches,
+            "ok": True,
+            "partner_ids": None,
+            "detail": f"{report.in_flight} claimed but not committed yet (in flight)",
+            "recorded_at": now,
+        }
+    )
+    w.insert_rows(
+        "reconciliation", RECONCILIATION_SCHEMA, [], partition="recorded_at", cluster="region"
+    )
+    w.run(
+        f"DELETE FROM {w.table('reconciliation', ops=True)} WHERE day = @day AND region = @region",
+        [
+            bigquery.ScalarQueryParameter("day", "DATE", report.day),
+            bigquery.ScalarQueryParameter("region", "STRING", report.region),
+        ],
+    )
+    w.insert_rows("reconciliation", RECONCILIATION_SCHEMA, rows)
+
+
 class Reconciliation:
+    """One region's day followed from Kafka to every sink (see the module's doc)."""
+
     def __init__(
         self, run: SyncRun, sinks: dict[str, Sink], bootstrap: str, config: PipelineConfig
-    ):
+    ) -> None:
         self.run, self.w, self.bucket = run, run.warehouse, run.bucket
         self.sinks, self.bootstrap, self.config = sinks, bootstrap, config
 
@@ -130,7 +255,8 @@ class Reconciliation:
         manifests = claims(
             self.bucket, region.code, region.topic, self.config.consumer_group, start, end
         )
-        # Every partition on the cluster (the configured count only compared: a warning when it differs).
+        # Every partition on the cluster (the configured count only compared: a warning when it
+        # differs).
         committed = {
             p: offset
             for p, offset, _ in pending_ranges(
@@ -144,22 +270,24 @@ class Reconciliation:
         ]
         report = DayReport(day, region.code, len(consumed), len(manifests) - len(consumed), [])
         if not consumed:
-            self._write(report)
+            _write(self.w, report)
             return report
         self.run.ensure_tables()
         self.w.ensure_ledger()
         batch_ids = [m.batch_id for m in consumed]
-        ledger = {
+        ledger: Ledger = {
             (r["batch_id"], r["stage"]): dict(r)
             for r in self.w.run(
-                f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped,
-                       COALESCE(recovered, 0) AS recovered, ok, detail FROM {self.w.table("ledger", ops=True)} WHERE batch_id IN UNNEST(@ids)""",
+                """SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, """
+                f"""COALESCE(skipped, 0) AS skipped,
+                       COALESCE(recovered, 0) AS recovered, ok, detail """
+                f"""FROM {self.w.table("ledger", ops=True)} WHERE batch_id IN UNNEST(@ids)""",
                 [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)],
             )
         }
-        events = self._landed_events(consumed)
-        report.findings.append(self._kafka_vs_ledger(consumed, ledger, events))
-        report.findings.append(self._ledger_balance(ledger))
+        events = _landed_events(self.bucket, consumed)
+        report.findings.append(_kafka_vs_ledger(consumed, ledger, events))
+        report.findings.append(_ledger_balance(ledger))
         stage = self._stage(region, day, events)
         try:
             report.findings += self._warehouse(batch_ids, ledger, stage)
@@ -167,74 +295,10 @@ class Reconciliation:
                 report.findings += self._sink(name, sink, stage)
         finally:
             self.w.client.delete_table(stage.strip("`"), not_found_ok=True)
-        self._write(report)
+        _write(self.w, report)
         return report
 
     # -- the comparisons ------------------------------------------------------------------------
-    def _landed_events(self, manifests: list[Manifest]) -> pa.Table:
-        parts = []
-        for m in manifests:
-            blob = self.bucket.blob(m.valid_object)
-            if not blob.exists():
-                continue
-            t = pq.read_table(
-                io.BytesIO(blob.download_as_bytes()),
-                columns=["batch_id", "event_id", "partner_id", "event_type"],
-            )
-            parts.append(t)
-        schema = pa.schema(
-            [
-                ("batch_id", pa.string()),
-                ("event_id", pa.string()),
-                ("partner_id", pa.string()),
-                ("event_type", pa.string()),
-            ]
-        )
-        return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
-
-    def _kafka_vs_ledger(self, consumed: list[Manifest], ledger: dict, events: pa.Table) -> Finding:
-        unrecorded = [
-            m
-            for m in consumed
-            if (m.batch_id, "land") not in ledger or (m.batch_id, "warehouse") not in ledger
-        ]
-        recorded = sum(
-            ledger[(m.batch_id, "land")]["offsets_in"]
-            for m in consumed
-            if (m.batch_id, "land") in ledger
-        )
-        partners = _ids(
-            events.filter(
-                pc.is_in(
-                    events.column("batch_id"),
-                    pa.array([m.batch_id for m in unrecorded], pa.string()),
-                )
-            )
-        )
-        detail = (
-            f"{len(unrecorded)} consumed batches lack a land or warehouse ledger row: {', '.join(m.batch_id for m in unrecorded[:5])}"
-            if unrecorded
-            else ""
-        )
-        return Finding(
-            "kafka → ledger", sum(m.offsets for m in consumed), recorded, partners, detail
-        )
-
-    def _ledger_balance(self, ledger: dict) -> Finding:
-        # A gap (offsets deleted before they were read) or a set-aside batch is a row that is not ok.
-        off = [
-            f"{b} {s}" + (f" ({r['detail']})" if s in ("gap", "set_aside") else "")
-            for (b, s), r in sorted(ledger.items())
-            if not balances(r) or not r["ok"]
-        ]
-        return Finding(
-            "ledger balance",
-            len(ledger),
-            len(ledger) - len(off),
-            [],
-            f"rows that do not balance: {', '.join(off[:5])}" if off else "",
-        )
-
     def _stage(self, region: Region, day: date, events: pa.Table) -> str:
         uri = (
             f"gs://{self.bucket.name}/reconciliation/{region.code}/{day.isoformat()}/events.parquet"
@@ -246,7 +310,7 @@ class Reconciliation:
             uri,
         )
 
-    def _warehouse(self, batch_ids: list[str], ledger: dict, stage: str) -> list[Finding]:
+    def _warehouse(self, batch_ids: list[str], ledger: Ledger, stage: str) -> list[Finding]:
         from google.cloud import bigquery
 
         w = self.w
@@ -255,22 +319,31 @@ class Reconciliation:
             r["quarantined"] + r["duplicates"] for (_, s), r in ledger.items() if s == "warehouse"
         )
         found = w.run(
-            f"SELECT COUNT(DISTINCT S.event_id) AS n FROM {stage} S JOIN {w.table('events')} T ON T.event_id = S.event_id"
+            f"SELECT COUNT(DISTINCT S.event_id) AS n FROM {stage} S "
+            f"JOIN {w.table('events')} T ON T.event_id = S.event_id"
         )[0]["n"]
-        lost = w.run(f"""SELECT DISTINCT S.partner_id FROM {stage} S LEFT JOIN {w.table("events")} T ON T.event_id = S.event_id
-            WHERE T.event_id IS NULL ORDER BY 1""")
+        lost = w.run(
+            f"SELECT DISTINCT S.partner_id FROM {stage} S "
+            f"""LEFT JOIN {w.table("events")} T ON T.event_id = S.event_id
+            WHERE T.event_id IS NULL ORDER BY 1"""
+        )
         in_quarantine = w.run(
             f"SELECT COUNT(*) AS n FROM {w.table('quarantine')} WHERE batch_id IN UNNEST(@ids)",
             [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)],
         )[0]["n"]
         partner_events = ", ".join(f"'{e}'" for e in PARTNER_EVENTS)
-        # An erased partner's events stay (anonymised, counted by the ledger) but have no state by design.
+        # An erased partner's events stay (anonymised, counted by the ledger) but have no state by
+        # design.
         expected_partners = w.run(f"""SELECT COUNT(DISTINCT partner_id) AS n FROM {stage}
             WHERE event_type IN ({partner_events}) AND partner_id != '{ERASED}'""")[0]["n"]
         no_state = [
             r["partner_id"]
-            for r in w.run(f"""SELECT DISTINCT S.partner_id FROM {stage} S LEFT JOIN {w.table("partners")} P ON P.partner_id = S.partner_id
-            WHERE S.event_type IN ({partner_events}) AND S.partner_id != '{ERASED}' AND P.partner_id IS NULL ORDER BY 1""")
+            for r in w.run(
+                f"SELECT DISTINCT S.partner_id FROM {stage} S "
+                f"""LEFT JOIN {w.table("partners")} P ON P.partner_id = S.partner_id
+            WHERE S.event_type IN ({partner_events}) AND S.partner_id != '{ERASED}' """
+                "AND P.partner_id IS NULL ORDER BY 1"
+            )
         ]
         return [
             Finding(
@@ -298,9 +371,12 @@ class Reconciliation:
         rows = w.run(
             f"""SELECT P.*, L.batch_id IS NOT NULL AS _synced, Q.partner_id IS NOT NULL AS _refused
             FROM {w.table("partners")} P
-            JOIN (SELECT DISTINCT partner_id FROM {stage} WHERE event_type IN ({partner_events})) S ON S.partner_id = P.partner_id
-            LEFT JOIN (SELECT DISTINCT batch_id FROM {w.table("ledger", ops=True)} WHERE stage = @stage) L ON L.batch_id = P.batch_id
-            LEFT JOIN (SELECT DISTINCT partner_id, partner_version FROM {w.table("sink_quarantine")} WHERE sink = @sink) Q
+            JOIN (SELECT DISTINCT partner_id FROM {stage} """
+            f"""WHERE event_type IN ({partner_events})) S ON S.partner_id = P.partner_id
+            LEFT JOIN (SELECT DISTINCT batch_id FROM {w.table("ledger", ops=True)} """
+            f"""WHERE stage = @stage) L ON L.batch_id = P.batch_id
+            LEFT JOIN (SELECT DISTINCT partner_id, partner_version """
+            f"""FROM {w.table("sink_quarantine")} WHERE sink = @sink) Q
               ON Q.partner_id = P.partner_id AND Q.partner_version = P.partner_version""",
             [
                 bigquery.ScalarQueryParameter("stage", "STRING", f"sync_{name}"),
@@ -341,62 +417,10 @@ class Reconciliation:
                     0,
                     len(held_barred),
                     held_barred,
-                    f"held by the service though it should not hold them, of {len(barred)} not expected"
+                    "held by the service though it should not hold them, "
+                    f"of {len(barred)} not expected"
                     if held_barred
                     else "",
                 )
             )
         return findings
-
-    # -- the record -----------------------------------------------------------------------------
-    def _write(self, report: DayReport) -> None:
-        from google.cloud import bigquery
-
-        w = self.w
-        now = datetime.now(UTC)
-        rows = [
-            {
-                "day": report.day,
-                "region": report.region,
-                "comparison": f.comparison,
-                "expected": f.expected,
-                "actual": f.actual,
-                "ok": f.ok,
-                "partner_ids": ",".join(f.partner_ids[:LISTED_IDS]) or None,
-                "detail": (
-                    f.detail
-                    + (
-                        f" ({len(f.partner_ids)} partners)"
-                        if len(f.partner_ids) > LISTED_IDS
-                        else ""
-                    )
-                )
-                or None,
-                "recorded_at": now,
-            }
-            for f in report.findings
-        ]
-        rows.append(
-            {
-                "day": report.day,
-                "region": report.region,
-                "comparison": "batches",
-                "expected": report.batches + report.in_flight,
-                "actual": report.batches,
-                "ok": True,
-                "partner_ids": None,
-                "detail": f"{report.in_flight} claimed but not committed yet (in flight)",
-                "recorded_at": now,
-            }
-        )
-        w.insert_rows(
-            "reconciliation", RECONCILIATION_SCHEMA, [], partition="recorded_at", cluster="region"
-        )
-        w.run(
-            f"DELETE FROM {w.table('reconciliation', ops=True)} WHERE day = @day AND region = @region",
-            [
-                bigquery.ScalarQueryParameter("day", "DATE", report.day),
-                bigquery.ScalarQueryParameter("region", "STRING", report.region),
-            ],
-        )
-        w.insert_rows("reconciliation", RECONCILIATION_SCHEMA, rows)

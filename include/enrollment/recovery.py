@@ -34,10 +34,19 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from .warehouse import sql_timestamp as _ts
+
+if TYPE_CHECKING:
+    # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
+    from google.cloud.storage import Bucket  # type: ignore[import-untyped]
+
+    from .config import PipelineConfig
+    from .pii import Keyring
+    from .warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +75,13 @@ RECOVERED_SCHEMA = [
     ("dag_run", "STRING"),
 ]
 RECOVERED_KEY = ("region", "kafka_partition", "kafka_offset")
-ROWS_PER_STATEMENT = (
-    500  # recorded rows per MERGE: 9 query parameters each, well under BigQuery's limits
-)
-SEEK_GAP = 1_000  # offsets between two wanted messages past which the reader seeks instead of reading through
+# Recorded rows per MERGE: 9 query parameters each, well under BigQuery's limits.
+ROWS_PER_STATEMENT = 500
+# Offsets between two wanted messages past which the reader seeks instead of reading through.
+SEEK_GAP = 1_000
+
+
+_EN_DASH = "–"  # noqa: RUF001 (the en dash is meant: it joins the window's two ends)
 
 
 def is_recovery_batch(batch_id: str) -> bool:
@@ -87,7 +99,7 @@ def _known_reason(code: str) -> bool:
 
     for known in REASON_CODES:
         stem = known.split(":<", 1)[0]
-        if code == known or code == stem or (known.endswith(">") and code.startswith(stem + ":")):
+        if code in (known, stem) or (known.endswith(">") and code.startswith(stem + ":")):
             return True
     return False
 
@@ -133,13 +145,16 @@ class Request:
     ] = ()  # filters no validator reason has: allowed (older codes), reported
 
     @classmethod
-    def parse(cls, params: Mapping, regions: Sequence[str], now: datetime | None = None) -> Request:
+    def parse(
+        cls, params: Mapping[str, Any], regions: Sequence[str], now: datetime | None = None
+    ) -> Request:
         """The run's params (``region``, ``since``, ``until``, ``reasons``, ``dry_run``) checked."""
         now = now or datetime.now(UTC)
         region = str(params.get("region") or "ALL").strip().upper()
         if region != "ALL" and region not in regions:
             raise RequestError(
-                f"region: {region!r} is not a region of the pipeline (one of ALL, {', '.join(regions)})"
+                f"region: {region!r} is not a region of the pipeline "
+                f"(one of ALL, {', '.join(regions)})"
             )
         until = _instant(params.get("until"), "until") or now
         since = _instant(params.get("since"), "since") or until - DEFAULT_WINDOW
@@ -147,7 +162,8 @@ class Request:
             raise RequestError(f"since {since.isoformat()} is not before until {until.isoformat()}")
         if until - since > MAX_WINDOW:
             raise RequestError(
-                f"the window {since.isoformat()} – {until.isoformat()} spans {(until - since).days} days; "
+                f"the window {since.isoformat()} {_EN_DASH} {until.isoformat()} "
+                f"spans {(until - since).days} days; "
                 f"at most {MAX_WINDOW.days} days per run (run once per month of quarantine)"
             )
         raw = params.get("reasons") or []
@@ -168,7 +184,7 @@ class Request:
     def matches(self, reasons: str) -> bool:
         return matches(reasons, self.reasons)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "regions": list(self.regions),
             "since": self.since.isoformat(),
@@ -197,7 +213,8 @@ def reasons_regex(filters: Sequence[str]) -> str | None:
 
 
 def recovery_batch_id(region: str, group: str, topic: str, keys: Iterable[tuple[int, int]]) -> str:
-    """The same set of messages is always the same batch: a re-run after a crash finds its objects."""
+    """The same set of messages is always the same batch: a re-run after a crash finds its
+    objects."""
     body = group + "|" + topic + "|" + ",".join(f"{p}:{o}" for p, o in sorted(keys))
     return f"{RECOVERY_PREFIX}{region.lower()}-{hashlib.sha256(body.encode()).hexdigest()[:16]}"
 
@@ -206,7 +223,7 @@ def _day(at: datetime) -> datetime:
     return datetime(at.year, at.month, at.day, tzinfo=UTC)
 
 
-# -- the plan ----------------------------------------------------------------------------------------
+# -- the plan -------------------------------------------------------------------------------------
 @dataclass
 class Candidate:
     origin_batch_id: str
@@ -224,9 +241,8 @@ class RegionPlan:
     region: str
     topic: str
     candidates: list[Candidate] = field(default_factory=list)
-    messages: pa.Table | None = (
-        None  # the recoverable messages' original bytes (never leaves the process)
-    )
+    # The recoverable messages' original bytes (never leaves the process).
+    messages: pa.Table | None = None
 
     @property
     def recoverable(self) -> list[Candidate]:
@@ -238,18 +254,21 @@ class Plan:
     request: Request
     regions: dict[str, RegionPlan]
 
-    def counts(self, recovered: bool = False) -> dict:
+    def counts(self, recovered: bool = False) -> dict[str, Any]:
         """Counts only, by region and by the rows' reasons: no partner id, no message byte."""
-        rename = lambda o: "recovered" if recovered and o == "recoverable" else o  # noqa: E731
+
+        def rename(o: str) -> str:
+            return "recovered" if recovered and o == "recoverable" else o
+
         names = ["candidates", *map(rename, OUTCOMES)]
 
-        def tally(cands: list[Candidate]) -> dict:
+        def tally(cands: list[Candidate]) -> dict[str, int]:
             n = Counter(rename(c.outcome) for c in cands)
             return {"candidates": len(cands)} | {k: n.get(k, 0) for k in names[1:]}
 
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for code, rp in sorted(self.regions.items()):
-            by_reason = defaultdict(list)
+            by_reason: dict[str, list[Candidate]] = defaultdict(list)
             for c in rp.candidates:
                 by_reason[c.reasons].append(c)
             out[code] = {
@@ -260,12 +279,12 @@ class Plan:
         return {"request": self.request.describe(), "regions": out, "total": tally(everything)}
 
 
-def _tables(w) -> set[str]:
+def _tables(w: Warehouse) -> set[str]:
     tables, ops = w.existing_tables()
     return tables | {f"ops.{t}" for t in ops}
 
 
-def _candidates(w, request: Request, region: str, have: set[str]) -> list[Candidate]:
+def _candidates(w: Warehouse, request: Request, region: str, have: set[str]) -> list[Candidate]:
     """The window's quarantine rows of the region that match the reasons, once per offset, those
     already recovered marked so (both tables read within the window: partitions pruned)."""
     from google.cloud import bigquery
@@ -277,7 +296,8 @@ def _candidates(w, request: Request, region: str, have: set[str]) -> list[Candid
     if pattern:
         params.append(bigquery.ScalarQueryParameter("pattern", "STRING", pattern))
     recovered = (
-        f"""LEFT JOIN (SELECT DISTINCT kafka_partition, kafka_offset FROM {w.table("recovered", ops=True)} WHERE region = @region) R
+        f"""LEFT JOIN (SELECT DISTINCT kafka_partition, kafka_offset
+                 FROM {w.table("recovered", ops=True)} WHERE region = @region) R
                  ON R.kafka_partition = Q.kafka_partition AND R.kafka_offset = Q.kafka_offset"""
         if "ops.recovered" in have
         else ""
@@ -287,11 +307,13 @@ def _candidates(w, request: Request, region: str, have: set[str]) -> list[Candid
                             {"R.kafka_offset IS NOT NULL" if recovered else "FALSE"} AS done
         FROM {w.table("quarantine")} Q {recovered}
         WHERE Q.kafka_timestamp >= {_ts(request.since)} AND Q.kafka_timestamp < {_ts(request.until)}
-          AND Q.region = @region AND NOT Q.duplicate_only {"AND REGEXP_CONTAINS(Q.reasons, @pattern)" if pattern else ""}
+          AND Q.region = @region AND NOT Q.duplicate_only
+          {"AND REGEXP_CONTAINS(Q.reasons, @pattern)" if pattern else ""}
         ORDER BY Q.kafka_partition, Q.kafka_offset""",
         params,
     )
-    out, seen = [], set()
+    out: list[Candidate] = []
+    seen: set[tuple[int, int]] = set()
     for r in rows:
         key = (r["kafka_partition"], r["kafka_offset"])
         if key in seen or not request.matches(r["reasons"]):
@@ -327,7 +349,7 @@ def fetch(
     by_partition: dict[int, list[int]] = defaultdict(list)
     for p, o in wanted:
         by_partition[p].append(o)
-    cols: dict[str, list] = {
+    cols: dict[str, list[Any]] = {
         "kafka_partition": [],
         "kafka_offset": [],
         "kafka_timestamp": [],
@@ -346,29 +368,30 @@ def fetch(
             while i < len(todo):
                 if time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"kafka: {topic} partition {p}: {len(todo) - i} quarantined offsets not read after {timeout_s:.0f} s"
+                        f"kafka: {topic} partition {p}: {len(todo) - i} quarantined offsets "
+                        f"not read after {timeout_s:.0f} s"
                     )
                 batch = consumer.consume(num_messages=1_000, timeout=0.5)
                 for msg in batch:
                     if msg.error() is not None:
                         raise RuntimeError(f"kafka: reading {topic} partition {p}: {msg.error()}")
-                    o = msg.offset()
-                    while i < len(todo) and todo[i] < o:
+                    at = msg.offset()
+                    assert at is not None, "set on every message without an error"
+                    while i < len(todo) and todo[i] < at:
                         i += 1  # compacted away (or a transaction marker): absent
-                    if i < len(todo) and todo[i] == o:
+                    if i < len(todo) and todo[i] == at:
                         for name, value in (
                             ("kafka_partition", p),
-                            ("kafka_offset", o),
+                            ("kafka_offset", at),
                             ("kafka_timestamp", msg.timestamp()[1]),
                             ("kafka_key", msg.key()),
                             ("value", msg.value()),
                         ):
                             cols[name].append(value)
                         i += 1
-                    if i < len(todo) and todo[i] - o > SEEK_GAP:
-                        consumer.seek(
-                            TopicPartition(topic, p, todo[i])
-                        )  # quarantine is sparse: never read a day through
+                    if i < len(todo) and todo[i] - at > SEEK_GAP:
+                        # Quarantine is sparse: never read a day through.
+                        consumer.seek(TopicPartition(topic, p, todo[i]))
                         break
                 if not batch and i < len(todo):
                     position = consumer.position([TopicPartition(topic, p)])[0].offset
@@ -389,11 +412,11 @@ def fetch(
 
 
 def _in_events(
-    w, request: Request, event_ids: list[str], have: set[str], dedup_days: int
+    w: Warehouse, request: Request, event_ids: list[str], have: set[str], dedup_days: int
 ) -> dict[str, set[tuple[str, int, int]]]:
-    """Which of these event ids ``events`` already holds, and where (batch, partition, offset): arrived from the
-    warehouse's dedup window before the request's window up to now (a fixed resend usually
-    arrives after the broken copy)."""
+    """Which of these event ids ``events`` already holds, and where (batch, partition, offset):
+    arrived from the warehouse's dedup window before the request's window up to now (a fixed resend
+    usually arrives after the broken copy)."""
     from google.cloud import bigquery
 
     if not event_ids or "events" not in have:
@@ -403,8 +426,10 @@ def _in_events(
         _day(datetime.now(UTC)) + timedelta(days=1),
     )
     rows = w.run(
-        f"""SELECT DISTINCT event_id, batch_id, kafka_partition, kafka_offset FROM {w.table("events")}
-        WHERE kafka_timestamp >= {_ts(lo)} AND kafka_timestamp < {_ts(hi)} AND event_id IN UNNEST(@ids)""",
+        f"""SELECT DISTINCT event_id, batch_id, kafka_partition, kafka_offset
+        FROM {w.table("events")}
+        WHERE kafka_timestamp >= {_ts(lo)} AND kafka_timestamp < {_ts(hi)}
+          AND event_id IN UNNEST(@ids)""",
         [bigquery.ArrayQueryParameter("ids", "STRING", sorted(set(event_ids)))],
     )
     out: dict[str, set[tuple[str, int, int]]] = defaultdict(set)
@@ -413,7 +438,14 @@ def _in_events(
     return out
 
 
-def plan(w, bucket, keyring, bootstrap: str, config, request: Request) -> Plan:
+def plan(
+    w: Warehouse,
+    bucket: Bucket,
+    keyring: Keyring,
+    bootstrap: str,
+    config: PipelineConfig,
+    request: Request,
+) -> Plan:
     """What a recovery of ``request`` would do, message by message (see the module's doc)."""
     from .erasure import erased_among, suppressed
     from .validation import validate_guarded
@@ -429,7 +461,8 @@ def plan(w, bucket, keyring, bootstrap: str, config, request: Request) -> Plan:
         if not todo:
             continue
         messages = fetch(bootstrap, f"{config.consumer_group}-recovery", region.topic, list(todo))
-        # The message at that offset must be the one quarantined: a topic recreated since reuses offsets.
+        # The message at that offset must be the one quarantined: a topic recreated since reuses
+        # offsets.
         stamps = messages.column("kafka_timestamp").to_pylist()
         keep = [
             i
@@ -437,6 +470,7 @@ def plan(w, bucket, keyring, bootstrap: str, config, request: Request) -> Plan:
                 zip(
                     messages.column("kafka_partition").to_pylist(),
                     messages.column("kafka_offset").to_pylist(),
+                    strict=True,
                 )
             )
             if abs(stamps[i].timestamp() - todo[(p, o)].kafka_timestamp.timestamp()) < 0.002
@@ -446,6 +480,7 @@ def plan(w, bucket, keyring, bootstrap: str, config, request: Request) -> Plan:
             zip(
                 messages.column("kafka_partition").to_pylist(),
                 messages.column("kafka_offset").to_pylist(),
+                strict=True,
             )
         )
         for key, c in todo.items():
@@ -456,14 +491,16 @@ def plan(w, bucket, keyring, bootstrap: str, config, request: Request) -> Plan:
             zip(
                 messages.column("kafka_partition").to_pylist(),
                 messages.column("kafka_offset").to_pylist(),
+                strict=True,
             )
         )
         for i, why in zip(
             result.quarantine.column("source_index").to_pylist(),
             result.quarantine.column("reasons").to_pylist(),
+            strict=True,
         ):
-            # A copy of an event this same set recovers (a producer's resend, quarantined twice): the
-            # copy's event is being brought in, the copy itself never is.
+            # A copy of an event this same set recovers (a producer's resend, quarantined twice):
+            # the copy's event is being brought in, the copy itself never is.
             todo[keys[i]].outcome = (
                 "already_in_events" if why == ["duplicate_event_id"] else "still_invalid"
             )
@@ -478,12 +515,12 @@ def plan(w, bucket, keyring, bootstrap: str, config, request: Request) -> Plan:
         held = _in_events(
             w,
             request,
-            [e for e, p in zip(event_ids, partner_ids) if p not in erased],
+            [e for e, p in zip(event_ids, partner_ids, strict=True) if p not in erased],
             have,
             dedup_days,
         )
-        chosen = []
-        for i, partner, event in zip(valid_index, partner_ids, event_ids):
+        chosen: list[int] = []
+        for i, partner, event in zip(valid_index, partner_ids, event_ids, strict=True):
             c = todo[keys[i]]
             c.event_id = event
             # Held only as this very message by a recovery batch: a run that died after landing it,
@@ -505,9 +542,10 @@ def plan(w, bucket, keyring, bootstrap: str, config, request: Request) -> Plan:
     return out
 
 
-# -- the recovery ------------------------------------------------------------------------------------
-def _warehoused(w, batch_id: str) -> bool:
-    """The warehouse already wrote this recovery batch (its ledger row, within a constant lookback)."""
+# -- the recovery ---------------------------------------------------------------------------------
+def _warehoused(w: Warehouse, batch_id: str) -> bool:
+    """The warehouse already wrote this recovery batch (its ledger row, within a constant
+    lookback)."""
     from .cycle import Window
 
     w.ensure_ledger()
@@ -520,7 +558,9 @@ def _warehoused(w, batch_id: str) -> bool:
     )
 
 
-def land_recovery(w, bucket, keyring, config, rp: RegionPlan) -> dict:
+def land_recovery(
+    w: Warehouse, bucket: Bucket, keyring: Keyring, config: PipelineConfig, rp: RegionPlan
+) -> dict[str, Any]:
     """The region's recoverable messages as one recovery batch, landed as ``land`` lands one and
     queued for the pipeline's warehouse writer; its ids and counts."""
     import pyarrow.compute as pc
@@ -530,20 +570,23 @@ def land_recovery(w, bucket, keyring, config, rp: RegionPlan) -> dict:
 
     t0 = time.monotonic()
     messages = rp.messages
+    assert messages is not None, "plan() sets the messages of a region with recoverable ones"
     keys = list(
         zip(
             messages.column("kafka_partition").to_pylist(),
             messages.column("kafka_offset").to_pylist(),
+            strict=True,
         )
     )
     batch_id = recovery_batch_id(rp.region, config.consumer_group, rp.topic, keys)
     result = validate_guarded(messages.column("value").to_pylist())
-    messages, valid, quarantine, duplicates = shape_batch(
+    messages, valid, quarantine, _duplicates = shape_batch(
         result, messages, batch_id, rp.region, keyring
     )
     if valid.num_rows != messages.num_rows or quarantine.num_rows:
         raise GateError(
-            f"recovery gate, batch {batch_id}: {messages.num_rows} messages planned as valid, {valid.num_rows} valid now"
+            f"recovery gate, batch {batch_id}: {messages.num_rows} messages planned as valid, "
+            f"{valid.num_rows} valid now"
         )
     prefix = landing_prefix(
         batch_id
@@ -551,7 +594,10 @@ def land_recovery(w, bucket, keyring, config, rp: RegionPlan) -> dict:
     valid, quarantine = write_batch(bucket, prefix, batch_id, valid, quarantine, keyring)
     stamps = messages.column("kafka_timestamp")
     first, last = pc.min(stamps).as_py(), pc.max(stamps).as_py()
-    uri = lambda name: f"gs://{bucket.name}/{prefix}/{name}.parquet"  # noqa: E731
+
+    def uri(name: str) -> str:
+        return f"gs://{bucket.name}/{prefix}/{name}.parquet"
+
     landed = Landed(
         batch_id=batch_id,
         region=rp.region,
@@ -575,14 +621,13 @@ def land_recovery(w, bucket, keyring, config, rp: RegionPlan) -> dict:
     return {"batch_id": batch_id, "events": valid.num_rows, "queued": queued}
 
 
-def _record(w, rp: RegionPlan, batch_id: str, dag_run: str) -> int:
+def _record(w: Warehouse, rp: RegionPlan, batch_id: str, dag_run: str) -> int:
     """The recovered messages, each once whatever the runs (a MERGE that never updates)."""
     from google.cloud import bigquery
 
     table = w.table("recovered", ops=True)
-    w.run(
-        f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'`{c}` {t}' for c, t in RECOVERED_SCHEMA)})"
-    )
+    schema = ", ".join(f"`{c}` {t}" for c, t in RECOVERED_SCHEMA)
+    w.run(f"CREATE TABLE IF NOT EXISTS {table} ({schema})")
     now = datetime.now(UTC)
     rows = [
         {
@@ -601,7 +646,8 @@ def _record(w, rp: RegionPlan, batch_id: str, dag_run: str) -> int:
     columns = ", ".join(f"`{c}`" for c, _ in RECOVERED_SCHEMA)
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        params, selects = [], []
+        params: list[bigquery.ScalarQueryParameter] = []
+        selects: list[str] = []
         for i, row in enumerate(chunk):
             params += [
                 bigquery.ScalarQueryParameter(f"c{i}_{j}", kind, row[c])
@@ -611,15 +657,17 @@ def _record(w, rp: RegionPlan, batch_id: str, dag_run: str) -> int:
                 "SELECT "
                 + ", ".join(f"@c{i}_{j} AS `{c}`" for j, (c, _) in enumerate(RECOVERED_SCHEMA))
             )
+        on = " AND ".join(f"T.`{c}` = S.`{c}`" for c in RECOVERED_KEY)
+        values = ", ".join(f"S.`{c}`" for c, _ in RECOVERED_SCHEMA)
         w.run(
-            f"""MERGE {table} T USING ({" UNION ALL ".join(selects)}) S ON {" AND ".join(f"T.`{c}` = S.`{c}`" for c in RECOVERED_KEY)}
-            WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({", ".join(f"S.`{c}`" for c, _ in RECOVERED_SCHEMA)})""",
+            f"""MERGE {table} T USING ({" UNION ALL ".join(selects)}) S ON {on}
+            WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({values})""",
             params,
         )
     return len(rows)
 
 
-def record_ledger(w, origin_batches: Sequence[str], since: datetime) -> None:
+def record_ledger(w: Warehouse, origin_batches: Sequence[str], since: datetime) -> None:
     """Per origin batch, its ``recovered`` ledger row: its landed numbers, ``quarantined`` those
     still quarantined and ``recovered`` every message of it recovered so far (counted from the
     ``recovered`` table, so writing it again gives the same row). The origin's ``land`` row was
@@ -648,33 +696,48 @@ def record_ledger(w, origin_batches: Sequence[str], since: datetime) -> None:
     ]
     w.run(
         f"""MERGE {ledger} T USING (
-            SELECT L.batch_id, L.region, 'recovered' AS stage, L.offsets_in, L.valid, L.quarantined - R.n AS quarantined, L.duplicates,
-                   R.n AS rows_merged, 0.0 AS seconds, TRUE AS ok, CONCAT('recovered ', CAST(R.n AS STRING), ' of ', CAST(L.quarantined AS STRING),
-                   ' quarantined: ', R.batches) AS detail, CURRENT_TIMESTAMP() AS recorded_at, COALESCE(L.skipped, 0) AS skipped, R.n AS recovered
-            FROM {ledger} L JOIN (SELECT origin_batch_id, COUNT(*) AS n, STRING_AGG(DISTINCT recovery_batch_id, ', ') AS batches
-                                  FROM {w.table("recovered", ops=True)} WHERE origin_batch_id IN UNNEST(@ids) GROUP BY origin_batch_id) R
+            SELECT L.batch_id, L.region, 'recovered' AS stage, L.offsets_in, L.valid,
+                   L.quarantined - R.n AS quarantined, L.duplicates,
+                   R.n AS rows_merged, 0.0 AS seconds, TRUE AS ok,
+                   CONCAT('recovered ', CAST(R.n AS STRING), ' of ', CAST(L.quarantined AS STRING),
+                          ' quarantined: ', R.batches) AS detail,
+                   CURRENT_TIMESTAMP() AS recorded_at, COALESCE(L.skipped, 0) AS skipped,
+                   R.n AS recovered
+            FROM {ledger} L JOIN (
+                SELECT origin_batch_id, COUNT(*) AS n,
+                       STRING_AGG(DISTINCT recovery_batch_id, ', ') AS batches
+                FROM {w.table("recovered", ops=True)}
+                WHERE origin_batch_id IN UNNEST(@ids) GROUP BY origin_batch_id) R
               ON R.origin_batch_id = L.batch_id
             WHERE L.recorded_at >= {lo} AND L.stage = 'land' AND L.batch_id IN UNNEST(@ids)) S
         ON T.recorded_at >= {lo} AND T.batch_id = S.batch_id AND T.stage = S.stage
         WHEN MATCHED AND (T.recovered IS NULL OR T.recovered != S.recovered)
           THEN UPDATE SET {", ".join(f"{c} = S.{c}" for c in cols[3:])}
-        WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) VALUES ({", ".join("S." + c for c in cols)})""",
+        WHEN NOT MATCHED THEN INSERT ({", ".join(cols)})
+          VALUES ({", ".join("S." + c for c in cols)})""",
         [bigquery.ArrayQueryParameter("ids", "STRING", sorted(set(origin_batches)))],
     )
 
 
 def recover(
-    w, bucket, keyring, bootstrap: str, config, request: Request, dag_run: str = ""
-) -> dict:
+    w: Warehouse,
+    bucket: Bucket,
+    keyring: Keyring,
+    bootstrap: str,
+    config: PipelineConfig,
+    request: Request,
+    dag_run: str = "",
+) -> dict[str, Any]:
     """Plans again (the plan never travels: it holds message bytes) and recovers; the counts, with
     ``recovered`` where the plan said ``recoverable``, and each region's recovery batch."""
     done = plan(w, bucket, keyring, bootstrap, config, request)
-    batches = {}
+    batches: dict[str, dict[str, Any]] = {}
     for code, rp in sorted(done.regions.items()):
         if not rp.recoverable:
             continue
         batches[code] = land_recovery(w, bucket, keyring, config, rp)
-        # Recorded only once landed and queued: a crash before this line lands the same batch again.
+        # Recorded only once landed and queued: a crash before this line lands the same batch
+        # again.
         _record(w, rp, batches[code]["batch_id"], dag_run)
         record_ledger(w, [c.origin_batch_id for c in rp.recoverable], request.since)
         log.info(

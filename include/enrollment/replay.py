@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from .batches import PENDING_PREFIX, Landed, claims, landed_from
 from .config import PipelineConfig
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 def landed_batches(
     run: SyncRun, config: PipelineConfig, region: str, first_day: date, last_day: date
 ) -> list[Landed]:
-    """The region's batches claimed from ``first_day`` to ``last_day`` (inclusive, UTC) and landed."""
+    """The region's batches claimed from ``first_day`` to ``last_day`` (inclusive, UTC) and
+    landed."""
     r = config.region(region)
     start, _ = day_bounds(first_day)
     _, end = day_bounds(last_day)
@@ -51,7 +53,7 @@ def landed_batches(
     return out
 
 
-def replay_warehouse(run: SyncRun, batches: list[Landed]) -> dict:
+def replay_warehouse(run: SyncRun, batches: list[Landed]) -> dict[str, int]:
     """MERGEs the batches again (gated as in the ingest); a ledger row is written only where it is
     missing or says other numbers, so a replay of a healthy range changes nothing, not even the
     ledger's times (which the sync plans follow)."""
@@ -63,12 +65,13 @@ def replay_warehouse(run: SyncRun, batches: list[Landed]) -> dict:
         held = {
             r["stage"]: dict(r)
             for r in w.run(
-                f"""SELECT stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped, rows_merged, ok
+                "SELECT stage, offsets_in, valid, quarantined, duplicates, "
+                f"""COALESCE(skipped, 0) AS skipped, rows_merged, ok
                 FROM {w.table("ledger", ops=True)} WHERE batch_id = @b""",
                 [bigquery.ScalarQueryParameter("b", "STRING", landed.batch_id)],
             )
         }
-        numbers = {
+        numbers: dict[str, Any] = {
             "offsets_in": landed.offsets,
             "valid": landed.valid,
             "quarantined": landed.quarantined,
@@ -80,7 +83,8 @@ def replay_warehouse(run: SyncRun, batches: list[Landed]) -> dict:
             ("land", landed.valid, landed.seconds),
             ("warehouse", merged.get("written", merged["events"]), merged["seconds"]),
         ):
-            # rows_merged of a warehouse row counts what its cycle wrote (resends excluded): not compared
+            # rows_merged of a warehouse row counts what its cycle wrote (resends excluded): not
+            # compared
             if {
                 k: v for k, v in (held.get(stage) or {}).items() if k != "rows_merged"
             } != numbers | {"stage": stage}:
@@ -93,7 +97,7 @@ def replay_warehouse(run: SyncRun, batches: list[Landed]) -> dict:
 
 def replay_sync(
     run: SyncRun, sink: Sink, region: str, batch_ids: list[str], chunk: int = 20
-) -> dict:
+) -> dict[str, int]:
     """Writes the partners of these batches to the sink again (current state), gates, records."""
     from google.cloud import bigquery
 
@@ -103,7 +107,8 @@ def replay_sync(
         {
             r["batch_id"]: r["recorded_at"]
             for r in w.run(
-                f"SELECT batch_id, recorded_at FROM {w.table('ledger', ops=True)} WHERE stage = 'warehouse' AND batch_id IN UNNEST(@ids)",
+                f"SELECT batch_id, recorded_at FROM {w.table('ledger', ops=True)} "
+                "WHERE stage = 'warehouse' AND batch_id IN UNNEST(@ids)",
                 [bigquery.ArrayQueryParameter("ids", "STRING", list(batch_ids))],
             )
         }
@@ -124,13 +129,15 @@ def replay_sync(
     missing = [b for b in batch_ids if b not in recorded and b not in queued]
     if missing:
         raise ValueError(
-            f"replay {sink.name} {region}: {len(missing)} batches have no warehouse ledger row (replay the warehouse stage first), "
+            f"replay {sink.name} {region}: {len(missing)} batches have no warehouse ledger row "
+            "(replay the warehouse stage first), "
             f"e.g. {missing[:3]}"
         )
     waiting = [b for b in batch_ids if b not in recorded]
     if waiting:
         log.info(
-            "replay %s %s: %d batches are still queued for the warehouse; the regular sync carries them",
+            "replay %s %s: %d batches are still queued for the warehouse; "
+            "the regular sync carries them",
             sink.name,
             region,
             len(waiting),
@@ -175,7 +182,10 @@ def days(
 ) -> tuple[date, date]:
     """The days to replay: the given range, or else the run's data interval (a scheduled or
     backfill run covers its own day)."""
-    as_date = lambda v: v if isinstance(v, date) else date.fromisoformat(str(v))  # noqa: E731
+
+    def as_date(v: str | date | None) -> date:
+        return v if isinstance(v, date) else date.fromisoformat(str(v))
+
     if first or last:
         first_day, last_day = as_date(first or last), as_date(last or first)
     elif interval_start is not None:
@@ -187,7 +197,8 @@ def days(
         )
     else:
         raise ValueError(
-            "replay: give date_from and date_to (YYYY-MM-DD), or run it for a data interval (a backfill)"
+            "replay: give date_from and date_to (YYYY-MM-DD), "
+            "or run it for a data interval (a backfill)"
         )
     if last_day < first_day:
         raise ValueError(f"replay: date_to {last_day} is before date_from {first_day}")

@@ -8,7 +8,18 @@ when their standard ``*_EMULATOR_HOST`` variables are set, as the official clien
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery, firestore
+
+    # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
+    from google.cloud.storage import Client as StorageClient  # type: ignore[import-untyped]
+
+    from .marketing_cloud import MarketingCloudClient
 
 
 @dataclass(frozen=True)
@@ -22,7 +33,7 @@ class Endpoints:
     marketing_cloud_client_secret: str = field(repr=False)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Endpoints:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Endpoints:
         env = os.environ if env is None else env
         missing = [
             k
@@ -48,7 +59,7 @@ class Endpoints:
             marketing_cloud_client_secret=env.get("MARKETING_CLOUD_CLIENT_SECRET", ""),
         )
 
-    def marketing_cloud(self):
+    def marketing_cloud(self) -> MarketingCloudClient:
         """The Marketing Cloud client for these endpoints (Airflow: the hook's connection)."""
         from .marketing_cloud import MarketingCloudClient
 
@@ -60,24 +71,22 @@ class Endpoints:
         )
 
 
-def anonymous_if_emulated(env_var: str):
+def anonymous_if_emulated(env_var: str) -> AnonymousCredentials | None:
     """Emulators take no credentials; without this the clients look for ADC and fail offline."""
     if os.environ.get(env_var):
         from google.auth.credentials import AnonymousCredentials
 
-        return AnonymousCredentials()
+        return AnonymousCredentials()  # type: ignore[no-untyped-call]  # google-auth: __init__ unannotated
     return None
 
 
-def storage_client(project: str):
-    from google.cloud import storage
+def storage_client(project: str) -> StorageClient:
+    from google.cloud.storage import Client
 
-    return storage.Client(
-        project=project, credentials=anonymous_if_emulated("STORAGE_EMULATOR_HOST")
-    )
+    return Client(project=project, credentials=anonymous_if_emulated("STORAGE_EMULATOR_HOST"))
 
 
-def bigquery_client(project: str):
+def bigquery_client(project: str) -> bigquery.Client:
     from google.cloud import bigquery
 
     return bigquery.Client(
@@ -85,7 +94,7 @@ def bigquery_client(project: str):
     )
 
 
-def firestore_client(project: str):
+def firestore_client(project: str) -> firestore.Client:
     from google.cloud import firestore
 
     return firestore.Client(project=project)

@@ -37,9 +37,10 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,6 +50,9 @@ from .batches import GateError
 from .erasure import ERASED
 from .sinks.base import Sink, SinkResult, summarise
 from .warehouse import Warehouse
+
+if TYPE_CHECKING:
+    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
 
 PARTNER_EVENTS = ["partner.enrolled", "partner.updated", "partner.terminated"]
 WATERMARK_SCHEMA = [
@@ -85,7 +89,9 @@ class Plan:
     sink: str
     region: str
     bucket: str
-    batches: list[dict] = field(default_factory=list)  # {"batch_id", "warehoused_at"} oldest first
+    batches: list[dict[str, str]] = field(
+        default_factory=list
+    )  # {"batch_id", "warehoused_at"} oldest first
 
     @property
     def key(self) -> str:
@@ -103,22 +109,27 @@ class Plan:
     def partners_uri(self, batch_id: str) -> str:
         return f"gs://{self.bucket}/landing/{self.region}/{batch_id}/partners.parquet"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @dataclass
 class SyncRun:
-    """The sync of one sink, against the warehouse and the landing bucket."""
+    """The sync of one sink, against the warehouse and the landing bucket.
+
+    One unit over 200 lines on purpose: plan, write, gate and commit are the steps of one run and
+    share its warehouse, bucket and alert; the DAGs call each step as a task, and the ``*_all``,
+    ``run`` and ``resync`` entry points only chain them."""
 
     warehouse: Warehouse
-    bucket: object  # google.cloud.storage.Bucket (the landing bucket)
+    bucket: gcs.Bucket  # the landing bucket
     alert: Callable[[str], None] | None = (
         None  # called with the message when a batch is set aside (the DAG's alert callback)
     )
 
     def ensure_tables(self) -> None:
-        """The watermark and sink-quarantine tables, created when missing (a metadata read when not)."""
+        """The watermark and sink-quarantine tables, created when missing (a metadata read when
+        not)."""
         from google.api_core.exceptions import NotFound
 
         w = self.warehouse
@@ -137,12 +148,13 @@ class SyncRun:
                 w.run(f"CREATE TABLE IF NOT EXISTS {w.table(name, ops=ops)} {ddl}")
 
     # -- plan -----------------------------------------------------------------------------------
-    def watermark(self, sink: str, region: str) -> dict | None:
+    def watermark(self, sink: str, region: str) -> dict[str, Any] | None:
         from google.cloud import bigquery
 
         w = self.warehouse
         rows = w.run(
-            f"SELECT batch_id, warehoused_at, synced_at FROM {w.table('sink_watermarks', ops=True)} WHERE sink = @s AND region = @r",
+            "SELECT batch_id, warehoused_at, synced_at "
+            f"FROM {w.table('sink_watermarks', ops=True)} WHERE sink = @s AND region = @r",
             [
                 bigquery.ScalarQueryParameter("s", "STRING", sink),
                 bigquery.ScalarQueryParameter("r", "STRING", region),
@@ -174,8 +186,10 @@ class SyncRun:
         recent = f"recorded_at >= TIMESTAMP '{since:%Y-%m-%d}'"
         rows = w.run(
             f"""SELECT L.region, L.batch_id, L.recorded_at FROM {w.table("ledger", ops=True)} L
-            LEFT JOIN (SELECT DISTINCT batch_id FROM {w.table("ledger", ops=True)} WHERE {recent} AND stage = @stage) S ON S.batch_id = L.batch_id
-            WHERE L.{recent} AND L.stage = 'warehouse' AND L.ok AND L.region IN UNNEST(@regions) AND S.batch_id IS NULL
+            LEFT JOIN (SELECT DISTINCT batch_id FROM {w.table("ledger", ops=True)} """
+            f"""WHERE {recent} AND stage = @stage) S ON S.batch_id = L.batch_id
+            WHERE L.{recent} AND L.stage = 'warehouse' AND L.ok """
+            """AND L.region IN UNNEST(@regions) AND S.batch_id IS NULL
             ORDER BY L.region, L.recorded_at, L.batch_id""",
             [
                 bigquery.ScalarQueryParameter("stage", "STRING", f"sync_{sink}"),
@@ -198,8 +212,8 @@ class SyncRun:
     def touched(
         self, plan: Plan, from_warehouse: bool = False
     ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-        """Partner id → the plan's last batch that changed it, and → the batch that enrolled it; and
-        batch id → why it cannot be read.
+        """Partner id → the plan's last batch that changed it, and → the batch that enrolled it;
+        and batch id → why it cannot be read.
 
         From each batch's partner changes (``partners.parquet``, one row per partner: a small
         object); batches landed by an older version are read from their events. A batch whose
@@ -207,8 +221,12 @@ class SyncRun:
         from the warehouse's events instead (a resync)."""
         from google.api_core.exceptions import NotFound
 
-        last, enrolled, unreadable = {}, {}, {}
+        last: dict[str, str] = {}
+        enrolled: dict[str, str] = {}
+        unreadable: dict[str, str] = {}
         for b in plan.batches:
+            reason: str | None
+            pairs: list[tuple[str, bool]]
             try:
                 try:
                     changes = self.warehouse._read_parquet(plan.partners_uri(b["batch_id"])).select(
@@ -242,7 +260,10 @@ class SyncRun:
                         )
                     )
             except NotFound:
-                reason = f"its landed objects are gone ({plan.partners_uri(b['batch_id'])}, valid.parquet)"
+                reason = (
+                    f"its landed objects are gone ({plan.partners_uri(b['batch_id'])}, "
+                    "valid.parquet)"
+                )
             except (
                 pa.ArrowException,
                 KeyError,
@@ -264,16 +285,20 @@ class SyncRun:
                     enrolled[pid] = b["batch_id"]
         return last, enrolled, unreadable
 
-    def touched_in_warehouse(self, batch: dict, days_before: int = 30) -> list[tuple[str, bool]]:
-        """(partner id, enrolled) of a batch, from the warehouse's events: for a batch whose landed
-        objects are gone. Its events arrived before it was warehoused: the scan is bounded to the
-        ``days_before`` partitions before that (never all history)."""
+    def touched_in_warehouse(
+        self, batch: Mapping[str, str], days_before: int = 30
+    ) -> list[tuple[str, bool]]:
+        """(partner id, enrolled) of a batch, from the warehouse's events: for a batch whose
+        landed objects are gone. Its events arrived before it was warehoused: the scan is bounded
+        to the ``days_before`` partitions before that (never all history)."""
         from google.cloud import bigquery
 
         w = self.warehouse
         rows = w.run(
-            f"""SELECT partner_id, LOGICAL_OR(event_type = 'partner.enrolled') AS enrolled FROM {w.table("events")}
-            WHERE kafka_timestamp BETWEEN TIMESTAMP_SUB(@at, INTERVAL {int(days_before)} DAY) AND TIMESTAMP_ADD(@at, INTERVAL 1 DAY)
+            "SELECT partner_id, LOGICAL_OR(event_type = 'partner.enrolled') AS enrolled "
+            f"""FROM {w.table("events")}
+            WHERE kafka_timestamp BETWEEN TIMESTAMP_SUB(@at, INTERVAL {int(days_before)} DAY) """
+            """AND TIMESTAMP_ADD(@at, INTERVAL 1 DAY)
               AND batch_id = @b AND event_type IN UNNEST(@kinds)
             GROUP BY partner_id ORDER BY partner_id""",
             [
@@ -287,27 +312,31 @@ class SyncRun:
         return [(r["partner_id"], bool(r["enrolled"])) for r in rows]
 
     def set_aside(self, plan: Plan, reasons: dict[str, str]) -> dict[str, str]:
-        """Batches a sink cannot read: a ``sync_<sink>`` ledger row with ok = false names each (plans
-        skip it, the reconciliation reports it), an error logged, the alert called. A batch with no
-        warehouse ledger row is no batch of this pipeline (a stale plan): the region fails instead."""
+        """Batches a sink cannot read: a ``sync_<sink>`` ledger row with ok = false names each
+        (plans skip it, the reconciliation reports it), an error logged, the alert called. A batch
+        with no warehouse ledger row is no batch of this pipeline (a stale plan): the region fails
+        instead."""
         from google.cloud import bigquery
 
         w = self.warehouse
         known = {
             r["batch_id"]
             for r in w.run(
-                f"SELECT batch_id FROM {w.table('ledger', ops=True)} WHERE stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)",
+                f"SELECT batch_id FROM {w.table('ledger', ops=True)} "
+                "WHERE stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)",
                 [bigquery.ArrayQueryParameter("ids", "STRING", sorted(reasons))],
             )
         }
         unknown = sorted(set(reasons) - known)
         if unknown:
             raise GateError(
-                f"sync {plan.sink} {plan.region}: {len(unknown)} planned batches have neither landed objects nor a warehouse ledger row "
+                f"sync {plan.sink} {plan.region}: {len(unknown)} planned batches have neither "
+                "landed objects nor a warehouse ledger row "
                 f"(a stale plan?), e.g. {unknown[0]}: {reasons[unknown[0]]}"
             )
         for batch_id, reason in sorted(reasons.items()):
-            # Never over a row that says the batch was synced (a replay meeting a batch damaged since).
+            # Never over a row that says the batch was synced (a replay meeting a batch damaged
+            # since).
             w.record_stage(
                 batch_id,
                 f"sync_{plan.sink}",
@@ -318,18 +347,21 @@ class SyncRun:
                 replace=False,
             )
             message = (
-                f"sync {plan.sink} {plan.region}: batch {batch_id} set aside, {reason}. The other batches go on; once repaired, "
-                f"sync it again with the sync_{plan.sink} DAG's resync_batches param (SyncRun.resync)"
+                f"sync {plan.sink} {plan.region}: batch {batch_id} set aside, {reason}. "
+                "The other batches go on; once repaired, "
+                f"sync it again with the sync_{plan.sink} DAG's resync_batches param "
+                "(SyncRun.resync)"
             )
             log.error(message)
             if self.alert is not None:
                 self.alert(message)
         return reasons
 
-    def current_state(self, partner_ids: list[str], chunk: int = 10_000) -> list[dict]:
+    def current_state(self, partner_ids: list[str], chunk: int = 10_000) -> list[dict[str, Any]]:
         from google.cloud import bigquery
 
-        w, out = self.warehouse, []
+        w = self.warehouse
+        out: list[dict[str, Any]] = []
         for start in range(0, len(partner_ids), chunk):
             ids = partner_ids[start : start + chunk]
             out.extend(
@@ -341,7 +373,7 @@ class SyncRun:
             )
         return sorted(out, key=lambda r: r["partner_id"])
 
-    def write(self, sink: Sink, plan: Plan, from_warehouse: bool = False) -> dict:
+    def write(self, sink: Sink, plan: Plan, from_warehouse: bool = False) -> dict[str, Any]:
         t0 = time.monotonic()
         last, enrolled, unreadable = self.touched(plan, from_warehouse)
         set_aside = self.set_aside(plan, unreadable) if unreadable else {}
@@ -355,7 +387,8 @@ class SyncRun:
         missing = set(last) - {p["partner_id"] for p in partners}
         if missing:
             raise GateError(
-                f"sync {sink.name}: {len(missing)} partners of the plan are not in the warehouse's partners table "
+                f"sync {sink.name}: {len(missing)} partners of the plan are not in the warehouse's "
+                "partners table "
                 "(erased meanwhile? the next run reads the rewritten batches)"
             )
         handed = (
@@ -377,12 +410,12 @@ class SyncRun:
             "seconds": round(time.monotonic() - t0, 3),
         }
 
-    def handed_over(self, written: dict) -> list[dict]:
+    def handed_over(self, written: Mapping[str, Any]) -> list[dict[str, Any]]:
         table = self.warehouse._read_parquet(written["partners_uri"])
         return table.to_pylist() if table.num_columns else []
 
     # -- gate -----------------------------------------------------------------------------------
-    def gate(self, sink: Sink, written: dict) -> dict:
+    def gate(self, sink: Sink, written: Mapping[str, Any]) -> dict[str, Any]:
         result = SinkResult.from_dict(written["result"])
         partners = self.handed_over(written)
         problems = []
@@ -390,13 +423,15 @@ class SyncRun:
             problems.append(f"handed {len(partners)} partners, the sink counted {result.partners}")
         if not result.accounted():
             problems.append(
-                f"partners {result.partners} != written {result.written} + unchanged {result.unchanged} + rejected {len(result.rejected)}"
+                f"partners {result.partners} != written {result.written} "
+                f"+ unchanged {result.unchanged} + rejected {len(result.rejected)}"
             )
         rejected = {pid for pid, _ in result.rejected}
         problems += sink.verify([p for p in partners if p["partner_id"] not in rejected], result)
         if problems:
             raise GateError(
-                f"sync gate, {sink.name} {written['plan']['region']}: {len(problems)} problems: {summarise(problems)}"
+                f"sync gate, {sink.name} {written['plan']['region']}: {len(problems)} problems: "
+                f"{summarise(problems)}"
             )
         # Per batch, what was read back: the partners handed over (read from Cloud Storage), each
         # verified in the sink or refused by it. Commit records ledger rows from this only.
@@ -412,11 +447,11 @@ class SyncRun:
     # -- commit ---------------------------------------------------------------------------------
     def commit(
         self,
-        written: dict,
+        written: Mapping[str, Any],
         seconds: float | None = None,
         move_watermark: bool = True,
         replace: bool | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Quarantine, ledger rows and watermark for a gated write (``written["gate"]``).
 
         A ledger row per batch the gate read back whose warehouse ledger row exists now; the other
@@ -430,12 +465,14 @@ class SyncRun:
             return {"batches": 0, "set_aside": set_aside}
         if "gate" not in written:
             raise ValueError(
-                f"sync commit, {plan.sink} {plan.region}: no gate result; commit records only what the gate read back"
+                f"sync commit, {plan.sink} {plan.region}: no gate result; "
+                "commit records only what the gate read back"
             )
         per_batch = written["gate"]["per_batch"]
         stage = f"sync_{plan.sink}"
         held = w.run(
-            f"SELECT batch_id, stage, ok FROM {w.table('ledger', ops=True)} WHERE batch_id IN UNNEST(@ids) AND stage IN ('warehouse', @stage)",
+            f"SELECT batch_id, stage, ok FROM {w.table('ledger', ops=True)} "
+            "WHERE batch_id IN UNNEST(@ids) AND stage IN ('warehouse', @stage)",
             [
                 bigquery.ArrayQueryParameter(
                     "ids", "STRING", [b["batch_id"] for b in plan.batches]
@@ -451,7 +488,8 @@ class SyncRun:
         stale = sorted({b["batch_id"] for b in plan.batches} - {b["batch_id"] for b in batches})
         if stale:
             log.warning(
-                "sync %s %s: %d batches of the plan have no warehouse ledger row now or were not gated (a stale run): nothing recorded "
+                "sync %s %s: %d batches of the plan have no warehouse ledger row now "
+                "or were not gated (a stale run): nothing recorded "
                 "for them, e.g. %s",
                 plan.sink,
                 plan.region,
@@ -506,15 +544,18 @@ class SyncRun:
         ]
         w.run(
             f"""MERGE {w.table("sink_watermarks", ops=True)} T
-            USING (SELECT @s AS sink, @r AS region, @b AS batch_id, @t AS warehoused_at, CURRENT_TIMESTAMP() AS synced_at) S
+            USING (SELECT @s AS sink, @r AS region, @b AS batch_id, @t AS warehoused_at, """
+            """CURRENT_TIMESTAMP() AS synced_at) S
             ON T.sink = S.sink AND T.region = S.region
-            WHEN MATCHED AND S.warehoused_at > T.warehoused_at THEN UPDATE SET batch_id = S.batch_id, warehoused_at = S.warehoused_at, synced_at = S.synced_at
-            WHEN NOT MATCHED THEN INSERT (sink, region, batch_id, warehoused_at, synced_at) VALUES (S.sink, S.region, S.batch_id, S.warehoused_at, S.synced_at)""",
+            WHEN MATCHED AND S.warehoused_at > T.warehoused_at THEN UPDATE SET """
+            """batch_id = S.batch_id, warehoused_at = S.warehoused_at, synced_at = S.synced_at
+            WHEN NOT MATCHED THEN INSERT (sink, region, batch_id, warehoused_at, synced_at) """
+            "VALUES (S.sink, S.region, S.batch_id, S.warehoused_at, S.synced_at)",
             params,
         )
         return out | {"watermark": last["batch_id"]}
 
-    def _quarantine(self, plan: Plan, rows: list[tuple]) -> None:
+    def _quarantine(self, plan: Plan, rows: list[tuple[str, str, int | None, str]]) -> None:
         w = self.warehouse
         now = datetime.now(UTC)
         table = pa.table(
@@ -533,16 +574,21 @@ class SyncRun:
         stage = w._stage(f"_stage_sinkq_{plan.sink}_{plan.key}", SINK_QUARANTINE_SCHEMA, uri)
         try:
             cols = [c for c, _ in SINK_QUARANTINE_SCHEMA]
-            w.run(f"""MERGE {w.table("sink_quarantine")} T USING (SELECT * FROM {stage}) S
-                ON T.sink = S.sink AND T.partner_id = S.partner_id AND T.partner_version = S.partner_version
-                WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) VALUES ({", ".join("S." + c for c in cols)})""")
+            w.run(
+                f"""MERGE {w.table("sink_quarantine")} T USING (SELECT * FROM {stage}) S
+                ON T.sink = S.sink AND T.partner_id = S.partner_id """
+                f"""AND T.partner_version = S.partner_version
+                WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) """
+                f"""VALUES ({", ".join("S." + c for c in cols)})"""
+            )
         finally:
             w.client.delete_table(stage.strip("`"), not_found_ok=True)
 
     # -- every region, one failing not holding back the others --------------------------------
-    def write_all(self, sink: Sink, plans: dict[str, Plan]) -> dict:
+    def write_all(self, sink: Sink, plans: dict[str, Plan]) -> dict[str, Any]:
         """Writes each region's plan; a region that fails is reported, the others go on."""
-        written, failed = [], {}
+        written: list[dict[str, Any]] = []
+        failed: dict[str, str] = {}
         for region, plan in plans.items():
             if not plan.batches:
                 continue
@@ -555,8 +601,9 @@ class SyncRun:
                 failed[region] = _said("write", exc)
         return {"written": written, "failed": failed}
 
-    def gate_all(self, sink: Sink, stage: dict) -> dict:
-        gated, failed = [], dict(stage["failed"])
+    def gate_all(self, sink: Sink, stage: Mapping[str, Any]) -> dict[str, Any]:
+        gated: list[dict[str, Any]] = []
+        failed: dict[str, str] = dict(stage["failed"])
         for written in stage["written"]:
             region = written["plan"]["region"]
             try:
@@ -566,7 +613,7 @@ class SyncRun:
                 failed[region] = _said("gate", exc)
         return {"written": gated, "failed": failed}
 
-    def commit_all(self, stage: dict) -> dict:
+    def commit_all(self, stage: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """Commits every region that passed its gate, then fails loudly naming the others."""
         committed = {
             w["plan"]["region"]: self.commit(w)
@@ -583,8 +630,9 @@ class SyncRun:
         return committed
 
     # -- all of it ----------------------------------------------------------------------------
-    def run(self, sink: Sink, region: str, max_batches: int = 20) -> dict:
-        """Plan, write, gate and commit in one call (command line, tests); Airflow runs the steps as tasks."""
+    def run(self, sink: Sink, region: str, max_batches: int = 20) -> dict[str, Any]:
+        """Plan, write, gate and commit in one call (command line, tests); Airflow runs the steps
+        as tasks."""
         plan = self.plan(sink.name, region, max_batches)
         if not plan.batches:
             return {"batches": 0}
@@ -596,7 +644,9 @@ class SyncRun:
             | {"result": written["result"]}
         )
 
-    def resync(self, sink: Sink, batch_ids: list[str], chunk: int = 20) -> dict:
+    def resync(
+        self, sink: Sink, batch_ids: list[str], chunk: int = 20
+    ) -> dict[str, dict[str, int]]:
         """Syncs these batches again from the warehouse's current state: the way back for a batch
         set aside, once repaired (or any warehoused batch). Their partners are read from the landed
         objects, or from the warehouse's events when those are gone; each batch's ``sync_<sink>``
@@ -617,10 +667,11 @@ class SyncRun:
         missing = [b for b in batch_ids if b not in found]
         if missing:
             raise ValueError(
-                f"resync {sink.name}: {len(missing)} batches have no warehouse ledger row (replay the warehouse stage first), e.g. {missing[:3]}"
+                f"resync {sink.name}: {len(missing)} batches have no warehouse ledger row "
+                f"(replay the warehouse stage first), e.g. {missing[:3]}"
             )
         self.ensure_tables()
-        out: dict[str, dict] = {}
+        out: dict[str, dict[str, int]] = {}
         for region in sorted({r["region"] for r in rows}):
             ids = sorted(
                 (b for b in found if found[b]["region"] == region),

@@ -20,14 +20,26 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .batches import GateError, Landed
 from .partners import FOLLOWS, PARTNER_COLUMNS, PARTNER_SCHEMA, partner_changes  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
+    from google.cloud import bigquery
+    from google.cloud.bigquery.table import Row
+
+    from .config import WarehouseSettings
+    from .cycle import Window
+
+    QueryParameter: TypeAlias = bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter
 
 _BQ_TYPES = {
     pa.string(): "STRING",
@@ -65,7 +77,8 @@ LEDGER_ADDED_COLUMNS = (
     "skipped",
     "recovered",
 )  # added after ledgers were created: ensure_ledger adds them
-# Columns of ``events`` added after tables were created: an existing table gets them (ensure_tables).
+# Columns of ``events`` added after tables were created: an existing table gets them
+# (ensure_tables).
 EVENTS_ADDED_COLUMNS = (
     "tax_id_token",
     "marketing_consent",
@@ -73,6 +86,19 @@ EVENTS_ADDED_COLUMNS = (
     "consent_captured_at",
 )
 DEFAULT_JOB_TIMEOUT_S = 600.0  # enrollment.config.WarehouseSettings.job_timeout_s
+
+_Result = TypeVar("_Result", covariant=True)
+
+
+class _Job(Protocol[_Result]):
+    """What ``Warehouse.wait`` needs of a BigQuery job (a query job or a load job)."""
+
+    @property
+    def job_id(self) -> str | None: ...
+
+    def result(self, *, timeout: float) -> _Result: ...
+
+    def cancel(self) -> object: ...
 
 
 def _bq_type(arrow_type: pa.DataType) -> str:
@@ -87,18 +113,27 @@ def landed_schema(table_schema: pa.Schema) -> list[tuple[str, str]]:
 
 def _ddl(name: str, columns: list[tuple[str, str]], partition: str, cluster: str) -> str:
     cols = ", ".join(f"{c} {t}" for c, t in columns)
-    return f"CREATE TABLE IF NOT EXISTS {name} ({cols}) PARTITION BY DATE({partition}) CLUSTER BY {cluster}"
+    return (
+        f"CREATE TABLE IF NOT EXISTS {name} ({cols}) "
+        f"PARTITION BY DATE({partition}) CLUSTER BY {cluster}"
+    )
 
 
 @dataclass
 class Warehouse:
-    client: object  # google.cloud.bigquery.Client
-    storage: object  # google.cloud.storage.Client
+    """The pipeline's BigQuery tables and the objects they are loaded from.
+
+    One unit over 200 lines on purpose: tables, staging, the ledger and DML writes all share one
+    client, one job timeout, the per-process migration flags and ``statements`` (which the tests
+    count), and callers across DAGs, plugins and tools use it as one handle."""
+
+    client: bigquery.Client
+    storage: gcs.Client
     project: str
     dataset: str
     ops_dataset: str
-    settings: object = None  # enrollment.config.WarehouseSettings (the defaults when None)
-    statements: list = field(
+    settings: WarehouseSettings | None = None  # the defaults when None
+    statements: list[str] = field(
         default_factory=list, repr=False
     )  # every statement sent, in order (tests count the writers)
     _ledger_ready: bool = field(
@@ -109,7 +144,7 @@ class Warehouse:
     def table(self, name: str, ops: bool = False) -> str:
         return f"`{self.project}.{self.ops_dataset if ops else self.dataset}.{name}`"
 
-    def run(self, sql: str, params: list | None = None) -> list:
+    def run(self, sql: str, params: Sequence[QueryParameter] | None = None) -> list[Row]:
         from google.cloud import bigquery
 
         self.statements.append(sql)
@@ -118,9 +153,9 @@ class Warehouse:
         )
         return list(self.wait(job))
 
-    def wait(self, job):
-        """The job's result, awaited at most ``job_timeout_s``: a job that hangs is cancelled and the
-        caller fails (its task is retried) instead of holding the one writer's slot forever."""
+    def wait(self, job: _Job[_Result]) -> _Result:
+        """The job's result, awaited at most ``job_timeout_s``: a job that hangs is cancelled and
+        the caller fails (its task is retried) instead of holding the one writer's slot forever."""
         import concurrent.futures
 
         timeout = getattr(self.settings, "job_timeout_s", None) or DEFAULT_JOB_TIMEOUT_S
@@ -146,7 +181,8 @@ class Warehouse:
     def ensure_tables(
         self, events_schema: list[tuple[str, str]], quarantine_schema: list[tuple[str, str]]
     ) -> None:
-        """The tables and the readers' view, created when missing (one listing per dataset when not)."""
+        """The tables and the readers' view, created when missing (one listing per dataset when
+        not)."""
         have, have_ops = self.existing_tables()
         for leftover in sorted(t for t in have if t.startswith("_cycle_")):
             # The one writer runs one cycle at a time: staging tables here were left by a cycle
@@ -167,14 +203,19 @@ class Warehouse:
             for column in EVENTS_ADDED_COLUMNS:
                 if column in dict(events_schema):
                     self.run(
-                        f"ALTER TABLE {self.table('events')} ADD COLUMN IF NOT EXISTS {column} {dict(events_schema)[column]}"
+                        f"ALTER TABLE {self.table('events')} "
+                        f"ADD COLUMN IF NOT EXISTS {column} {dict(events_schema)[column]}"
                     )
         self._events_migrated = True
         if "events_unique" not in have:
             # Within the dedup window the table holds each event id once; a resend that arrived
             # later than the window is removed here, for readers (no partition pruning through it).
-            self.run(f"""CREATE VIEW IF NOT EXISTS {self.table("events_unique")} AS SELECT * FROM {self.table("events")}
-                WHERE TRUE QUALIFY ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY kafka_timestamp, batch_id, kafka_partition, kafka_offset) = 1""")
+            self.run(
+                f"""CREATE VIEW IF NOT EXISTS {self.table("events_unique")} AS """
+                f"""SELECT * FROM {self.table("events")}
+                WHERE TRUE QUALIFY ROW_NUMBER() OVER (PARTITION BY event_id """
+                "ORDER BY kafka_timestamp, batch_id, kafka_partition, kafka_offset) = 1"
+            )
         if "partners" not in have:
             self.run(
                 _ddl(self.table("partners"), PARTNER_SCHEMA, "updated_at", "region, partner_id")
@@ -194,7 +235,8 @@ class Warehouse:
 
     def ensure_ledger(self, exists: bool | None = None) -> None:
         """The ledger, created when missing, and migrated: a ledger from before the ``skipped`` or
-        ``recovered`` column gets it (``ADD COLUMN IF NOT EXISTS``: running it twice changes nothing)."""
+        ``recovered`` column gets it (``ADD COLUMN IF NOT EXISTS``: running it twice changes
+        nothing)."""
         from google.api_core.exceptions import NotFound
 
         if self._ledger_ready:
@@ -214,7 +256,8 @@ class Warehouse:
             have = {f.name for f in schema}
             for column in LEDGER_ADDED_COLUMNS:
                 if column not in have:
-                    # BigQuery lists the column once added; the emulator does not, so it asks once per process.
+                    # BigQuery lists the column once added; the emulator does not, so it asks once
+                    # per process.
                     self.run(f"ALTER TABLE {table_id} ADD COLUMN IF NOT EXISTS {column} INT64")
         self._ledger_ready = True
 
@@ -222,7 +265,7 @@ class Warehouse:
         """A table created by an earlier version gets the columns added since (nullable, null in
         the rows it holds): ``ADD COLUMN IF NOT EXISTS``, so running it twice changes nothing. Once
         per table and process (the emulator does not list added columns)."""
-        done = self.__dict__.setdefault("_migrated", set())
+        done: set[str] = self.__dict__.setdefault("_migrated", set())
         if name in done:
             return []
         have = {f.name for f in self.client.get_table(self.table(name).strip("`")).schema}
@@ -244,7 +287,7 @@ class Warehouse:
         name: str,
         columns: list[tuple[str, str]],
         uris: list[str],
-        tables: list[pa.Table] = (),
+        tables: Sequence[pa.Table] = (),
     ) -> str:
         """A fresh staging table loaded from Parquet objects with one load job (BigQuery reads
         them where they are: nothing passes through this process); ``tables`` (rare: batches
@@ -268,19 +311,24 @@ class Warehouse:
             self.wait(self.client.load_table_from_file(sink, table_id, job_config=config))
         return f"`{table_id}`"
 
-    def warehoused(self, batch_ids: list[str], window) -> list[str]:
+    def warehoused(self, batch_ids: list[str], window: Window) -> list[str]:
         """Which of these batches already have their warehouse ledger row (a cycle wrote them)."""
         from google.cloud import bigquery
 
         rows = self.run(
             f"""SELECT DISTINCT batch_id FROM {self.table("ledger", ops=True)}
-            WHERE {window.sql("recorded_at")} AND stage = 'warehouse' AND ok AND batch_id IN UNNEST(@ids)""",
+            WHERE {window.sql("recorded_at")} AND stage = 'warehouse' AND ok """
+            "AND batch_id IN UNNEST(@ids)",
             [bigquery.ArrayQueryParameter("ids", "STRING", list(batch_ids))],
         )
         return sorted(r["batch_id"] for r in rows)
 
     def record_cycle(
-        self, batches: list[Landed], info: dict[str, dict], window, seconds: float
+        self,
+        batches: list[Landed],
+        info: dict[str, dict[str, Any]],
+        window: Window,
+        seconds: float,
     ) -> None:
         """The ``land`` and ``warehouse`` ledger rows of a cycle's batches, and a row per gap or
         rewind their claims found (``anomaly_rows``), in one MERGE."""
@@ -291,9 +339,10 @@ class Warehouse:
         self.ensure_ledger()
         types = dict(LEDGER_SCHEMA)
         cols = [c for c, _ in LEDGER_SCHEMA if c != "recorded_at"]
-        params, selects = [], []
-        for i, b in enumerate(batches):
-            rows_of_batch = [
+        params: list[QueryParameter] = []
+        selects: list[str] = []
+        for b in batches:
+            rows_of_batch: list[dict[str, Any]] = [
                 {
                     "batch_id": b.batch_id,
                     "region": b.region,
@@ -310,7 +359,12 @@ class Warehouse:
                 }
                 for stage, rows, secs, detail in (
                     ("land", b.valid, b.seconds, ""),
-                    ("warehouse", info[b.batch_id]["written"], seconds, info[b.batch_id]["detail"]),
+                    (
+                        "warehouse",
+                        info[b.batch_id]["written"],
+                        seconds,
+                        info[b.batch_id]["detail"],
+                    ),
                 )
             ]
             if b.requeued:  # set aside by an earlier cycle, repaired: its set_aside row says so now
@@ -336,16 +390,19 @@ class Warehouse:
         self.run(
             f"""MERGE {self.table("ledger", ops=True)} T USING ({" UNION ALL ".join(selects)}) S
             ON {window.sql("T.recorded_at")} AND T.batch_id = S.batch_id AND T.stage = S.stage
-            WHEN MATCHED THEN UPDATE SET {", ".join(f"{c} = S.{c}" for c in cols[3:] + ["recorded_at"])}
-            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}, recorded_at) VALUES ({", ".join("S." + c for c in cols)}, S.recorded_at)""",
+            WHEN MATCHED THEN UPDATE SET """
+            f"""{", ".join(f"{c} = S.{c}" for c in [*cols[3:], "recorded_at"])}
+            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}, recorded_at) """
+            f"""VALUES ({", ".join("S." + c for c in cols)}, S.recorded_at)""",
             params,
         )
 
     def _stage(self, name: str, columns: list[tuple[str, str]], uri: str) -> str:
-        """A per-batch staging table with one load job (keeps the per-table load quota untouched)."""
+        """A per-batch staging table with one load job (keeps the per-table load quota
+        untouched)."""
         return self.stage_uris(name, columns, [uri])
 
-    def _blob(self, uri: str):
+    def _blob(self, uri: str) -> gcs.Blob:
         bucket, name = uri.removeprefix("gs://").split("/", 1)
         return self.storage.bucket(bucket).blob(name)
 
@@ -360,7 +417,7 @@ class Warehouse:
         )
 
     # -- one batch ---------------------------------------------------------------------------------
-    def merge_batch(self, landed: Landed) -> dict:
+    def merge_batch(self, landed: Landed) -> dict[str, Any]:
         """One batch through a warehouse cycle of its own (replay, tools, tests); the ingest's
         writer is the ``warehouse`` DAG, which takes every pending batch at once."""
         from .config import WarehouseSettings
@@ -401,7 +458,8 @@ class Warehouse:
             newer = f"S.{lead}_version > COALESCE(T.{lead}_version, -1)"
             return [
                 f"{c} = CASE WHEN {newer} THEN S.{c} ELSE T.{c} END",
-                f"{c}_version = NULLIF(GREATEST(COALESCE(S.{c}_version, -1), COALESCE(T.{c}_version, -1)), -1)",
+                f"{c}_version = NULLIF(GREATEST(COALESCE(S.{c}_version, -1), "
+                f"COALESCE(T.{c}_version, -1)), -1)",
             ]
 
         latest = [
@@ -414,15 +472,19 @@ class Warehouse:
             + ["partner_version = GREATEST(S.partner_version, T.partner_version)"]
         )
         cols = [c for c, _ in PARTNER_SCHEMA]
-        return f"""MERGE {self.table("partners")} T USING (SELECT * FROM {stage}) S ON T.partner_id = S.partner_id
+        return (
+            f"MERGE {self.table('partners')} T USING (SELECT * FROM {stage}) S "
+            f"""ON T.partner_id = S.partner_id
             WHEN MATCHED THEN UPDATE SET {updates}
-            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) VALUES ({", ".join("S." + c for c in cols)})"""
+            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) """
+            f"VALUES ({', '.join('S.' + c for c in cols)})"
+        )
 
     def insert_rows(
         self,
         name: str,
         schema: list[tuple[str, str]],
-        rows: list[dict],
+        rows: Sequence[Mapping[str, Any]],
         ops: bool = True,
         partition: str | None = None,
         cluster: str | None = None,
@@ -444,7 +506,8 @@ class Warehouse:
         self.run(ddl)
         if not rows:
             return 0
-        params, selects = [], []
+        params: list[QueryParameter] = []
+        selects: list[str] = []
         for i, row in enumerate(rows):
             params += [
                 bigquery.ScalarQueryParameter(f"c{i}_{j}", kind, row.get(column))
@@ -463,7 +526,8 @@ class Warehouse:
         self.run(
             f"""MERGE {table} T USING ({" UNION ALL ".join(selects)}) S ON {on}
             WHEN MATCHED THEN UPDATE SET {updates}
-            WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({", ".join(f"S.`{c}`" for c, _ in schema)})""",
+            WHEN NOT MATCHED THEN INSERT ({columns}) """
+            f"""VALUES ({", ".join(f"S.`{c}`" for c, _ in schema)})""",
             params,
         )
         return len(rows)
@@ -482,7 +546,7 @@ class Warehouse:
         from google.cloud import bigquery
 
         self.ensure_ledger()
-        values = {
+        values: dict[str, str | int | float | bool] = {
             "batch_id": landed.batch_id,
             "region": landed.region,
             "stage": stage,
@@ -501,10 +565,13 @@ class Warehouse:
         cols = list(values)
         self.run(
             f"""MERGE {self.table("ledger", ops=True)} T
-            USING (SELECT {", ".join(f"@{c} AS {c}" for c in cols)}, CURRENT_TIMESTAMP() AS recorded_at) S
+            USING (SELECT {", ".join(f"@{c} AS {c}" for c in cols)}, """
+            f"""CURRENT_TIMESTAMP() AS recorded_at) S
             ON T.batch_id = S.batch_id AND T.stage = S.stage
-            WHEN MATCHED THEN UPDATE SET {", ".join(f"{c} = S.{c}" for c in cols[3:] + ["recorded_at"])}
-            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}, recorded_at) VALUES ({", ".join("S." + c for c in cols)}, S.recorded_at)""",
+            WHEN MATCHED THEN UPDATE SET """
+            f"""{", ".join(f"{c} = S.{c}" for c in [*cols[3:], "recorded_at"])}
+            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}, recorded_at) """
+            f"""VALUES ({", ".join("S." + c for c in cols)}, S.recorded_at)""",
             params,
         )
 
@@ -538,25 +605,31 @@ class Warehouse:
         cols = [c for c, _ in LEDGER_SCHEMA]
         self.run(
             f"""MERGE {self.table("ledger", ops=True)} T
-            USING (SELECT batch_id, region, @stage AS stage, offsets_in, valid, quarantined, duplicates, @rows AS rows_merged, @seconds AS seconds,
-                          @ok AS ok, @detail AS detail, CURRENT_TIMESTAMP() AS recorded_at, skipped, recovered
+            USING (SELECT batch_id, region, @stage AS stage, offsets_in, valid, quarantined, """
+            """duplicates, @rows AS rows_merged, @seconds AS seconds,
+                          @ok AS ok, @detail AS detail, CURRENT_TIMESTAMP() AS recorded_at, """
+            f"""skipped, recovered
                    FROM {self.table("ledger", ops=True)} WHERE batch_id = @b AND stage = @like) S
             ON T.batch_id = S.batch_id AND T.stage = S.stage
-            WHEN MATCHED AND @replace AND (T.rows_merged != S.rows_merged OR T.ok != S.ok OR COALESCE(T.detail, '') != COALESCE(S.detail, ''))
+            WHEN MATCHED AND @replace AND (T.rows_merged != S.rows_merged OR T.ok != S.ok """
+            f"""OR COALESCE(T.detail, '') != COALESCE(S.detail, ''))
               THEN UPDATE SET {", ".join(f"{c} = S.{c}" for c in cols[3:])}
-            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) VALUES ({", ".join("S." + c for c in cols)})""",
+            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) """
+            f"""VALUES ({", ".join("S." + c for c in cols)})""",
             params,
         )
 
-    def balance(self, batch_id: str) -> dict:
-        """Every offset accounted for: valid + quarantined + duplicates + skipped + recovered = offsets,
-        at every stage, and no row says otherwise (``ok``: a gap row never is)."""
+    def balance(self, batch_id: str) -> dict[str, dict[str, Any]]:
+        """Every offset accounted for: valid + quarantined + duplicates + skipped + recovered =
+        offsets, at every stage, and no row says otherwise (``ok``: a gap row never is)."""
         from google.cloud import bigquery
 
         self.ensure_ledger()
         rows = self.run(
-            f"""SELECT stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped,
-            COALESCE(recovered, 0) AS recovered, ok, detail FROM {self.table("ledger", ops=True)} WHERE batch_id = @b""",
+            """SELECT stage, offsets_in, valid, quarantined, duplicates, """
+            f"""COALESCE(skipped, 0) AS skipped,
+            COALESCE(recovered, 0) AS recovered, ok, detail """
+            f"""FROM {self.table("ledger", ops=True)} WHERE batch_id = @b""",
             [bigquery.ScalarQueryParameter("b", "STRING", batch_id)],
         )
         if not rows:
@@ -564,30 +637,39 @@ class Warehouse:
         for r in rows:
             if not balances(r) or not r["ok"]:
                 raise GateError(
-                    f"ledger, batch {batch_id}, stage {r['stage']}: offsets {r['offsets_in']} != valid {r['valid']} + quarantined "
-                    f"{r['quarantined']} + duplicates {r['duplicates']} + skipped {r['skipped']} + recovered {r['recovered']} "
+                    f"ledger, batch {batch_id}, stage {r['stage']}: offsets {r['offsets_in']} "
+                    f"!= valid {r['valid']} + quarantined "
+                    f"{r['quarantined']} + duplicates {r['duplicates']} + skipped {r['skipped']} "
+                    f"+ recovered {r['recovered']} "
                     f"(ok={r['ok']}; {r['detail'] or ''})"
                 )
         return {r["stage"]: dict(r) for r in rows}
 
 
 def sql_timestamp(at: datetime) -> str:
-    """A constant TIMESTAMP literal: BigQuery prunes partitions on it (a query parameter it may not)."""
+    """A constant TIMESTAMP literal: BigQuery prunes partitions on it (a query parameter it may
+    not)."""
     return f"TIMESTAMP '{at.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}+00:00'"
 
 
-def balances(row) -> bool:
+def balances(row: Row | Mapping[str, Any]) -> bool:
     """offsets_in = valid + quarantined + duplicates + skipped + recovered (NULL: a row from before
     the column, or a stage that recovers nothing)."""
-    return row["offsets_in"] == row["valid"] + row["quarantined"] + row["duplicates"] + (
-        row.get("skipped") or 0
-    ) + (row.get("recovered") or 0)
+    return bool(
+        row["offsets_in"]
+        == row["valid"]
+        + row["quarantined"]
+        + row["duplicates"]
+        + (row.get("skipped") or 0)
+        + (row.get("recovered") or 0)
+    )
 
 
-def anomaly_rows(landed: Landed) -> list[dict]:
+def anomaly_rows(landed: Landed) -> list[dict[str, Any]]:
     """One ledger row per kind of anomaly its claim or read found: ``gap`` (offsets deleted before
     they were read: lost, so ``ok`` is false and the ledger never balances quietly) and ``rewind``
-    (offsets already landed that the group was rewound to: not read again, counted as duplicates)."""
+    (offsets already landed that the group was rewound to: not read again, counted as
+    duplicates)."""
     out = []
     for kind in ("gap", "rewind"):
         found = [a for a in landed.anomalies or [] if a["kind"] == kind]
@@ -613,8 +695,9 @@ def anomaly_rows(landed: Landed) -> list[dict]:
     return out
 
 
-def event_ages(valid: pa.Table) -> dict:
-    """How old the batch's oldest and newest events are now (their Kafka timestamps), in seconds."""
+def event_ages(valid: pa.Table) -> dict[str, float | None]:
+    """How old the batch's oldest and newest events are now (their Kafka timestamps), in
+    seconds."""
     if not valid.num_rows:
         return {"oldest_event_age_s": None, "newest_event_age_s": None}
     import pyarrow.compute as pc
@@ -628,7 +711,9 @@ def event_ages(valid: pa.Table) -> dict:
     }
 
 
-def freshness_gate(batch_id: str, merged: dict, sla_s: float) -> dict:
+def freshness_gate(
+    batch_id: str, merged: Mapping[str, Any], sla_s: float
+) -> dict[str, float | None]:
     """The batch's events were queryable within the SLA (counted from their Kafka timestamps).
 
     The data is in and the offsets are committed whatever this says: it fails the run so that
@@ -636,7 +721,8 @@ def freshness_gate(batch_id: str, merged: dict, sla_s: float) -> dict:
     age = merged.get("oldest_event_age_s")
     if age is not None and age > sla_s:
         raise GateError(
-            f"freshness gate, batch {batch_id}: its oldest event became queryable {age:.0f} s after it reached Kafka "
+            f"freshness gate, batch {batch_id}: its oldest event became queryable {age:.0f} s "
+            "after it reached Kafka "
             f"(newest {merged.get('newest_event_age_s'):.0f} s); the SLA is {sla_s:.0f} s"
         )
     return {
@@ -646,7 +732,9 @@ def freshness_gate(batch_id: str, merged: dict, sla_s: float) -> dict:
     }
 
 
-def cycle_freshness_gate(batches: list[dict], sla_s: float) -> dict:
+def cycle_freshness_gate(
+    batches: list[dict[str, Any]], sla_s: float
+) -> dict[str, dict[str, float | None]]:
     """The freshness gate over a warehouse cycle's batches: every late batch named at once.
 
     Recovery batches (``enrollment.recovery``: quarantined messages re-validated, ids starting
@@ -654,7 +742,8 @@ def cycle_freshness_gate(batches: list[dict], sla_s: float) -> dict:
     design, never late, and are left out."""
     from .recovery import is_recovery_batch
 
-    late, out = [], {}
+    late: list[str] = []
+    out: dict[str, dict[str, float | None]] = {}
     for b in batches:
         if is_recovery_batch(b["batch_id"]):
             continue

@@ -4,13 +4,18 @@ named in ``pipeline.yaml`` under ``sinks:`` (see docs/guide.md)."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .base import Sink, SinkResult
+
+if TYPE_CHECKING:
+    from enrollment.services import Endpoints
 
 __all__ = ["Sink", "SinkResult", "build_sink"]
 
 
-def build_sink(name: str, options: dict, endpoints) -> Sink:
+def build_sink(name: str, options: Mapping[str, Any], endpoints: Endpoints) -> Sink:
     """The configured sink ``name``: ``options["module"]``'s ``build`` with the other options."""
     module_name = options.get("module")
     if not module_name:
@@ -22,6 +27,6 @@ def build_sink(name: str, options: dict, endpoints) -> Sink:
         raise ValueError(
             f"sink {name!r}: module {module_name} has no build(options, endpoints) function"
         )
-    sink = module.build({k: v for k, v in options.items() if k != "module"}, endpoints)
+    sink: Sink = module.build({k: v for k, v in options.items() if k != "module"}, endpoints)
     sink.name = name
     return sink

@@ -15,7 +15,8 @@ only fills empty fields), and writes it idempotently within its service's limits
 
 ``partners`` rows carry the warehouse's ``partners`` columns (``partner_id``, ``partner_version``,
 ``status`` — ``active``, ``terminated`` or ``None`` while only updates arrived —, names, address,
-…); ``enrolled`` holds the ids whose enrollment event is in this run's batches.
+…); ``enrolled`` maps the ids whose enrollment event is in this run's batches to the batch
+that carried it.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
+from typing import Any, TypeVar
 
-Partner = dict  # one row of the warehouse's partners table
+Partner = dict[str, Any]  # one row of the warehouse's partners table
+
+_T = TypeVar("_T")
 
 # The fields whose filling counts in a revision (the warehouse's partner columns).
 STATE_FIELDS = (
@@ -80,23 +84,26 @@ class SinkResult:
     receipts: list[str] = field(
         default_factory=list
     )  # ids the service gave back to check later (MC request ids)
-    extra: dict = field(
+    extra: dict[str, int] = field(
         default_factory=dict
     )  # sink-specific counts (journey events fired, documents removed…)
 
     def accounted(self) -> bool:
         return self.partners == self.written + self.unchanged + len(self.rejected)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> SinkResult:
+    def from_dict(cls, data: Mapping[str, Any]) -> SinkResult:
         return cls(**{**data, "rejected": [tuple(r) for r in data.get("rejected", [])]})
 
     def summary(self) -> str:
         extra = "".join(f", {k} {v}" for k, v in sorted(self.extra.items()))
-        return f"partners {self.partners}: written {self.written}, unchanged {self.unchanged}, rejected {len(self.rejected)}{extra}"
+        return (
+            f"partners {self.partners}: written {self.written}, unchanged {self.unchanged}, "
+            f"rejected {len(self.rejected)}{extra}"
+        )
 
 
 class Sink(ABC):
@@ -105,17 +112,19 @@ class Sink(ABC):
     name: str = ""
 
     @abstractmethod
-    def write(self, partners: Sequence[Partner], enrolled: set[str]) -> SinkResult: ...
+    def write(self, partners: Sequence[Partner], enrolled: Mapping[str, str]) -> SinkResult: ...
 
     @abstractmethod
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]: ...
 
     def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
-        """Partner id → what the service holds wrong (missing, older, other status); empty when all is there."""
+        """Partner id → what the service holds wrong (missing, older, other status); empty when
+        all is there."""
         raise NotImplementedError(f"sink {self.name} cannot be audited: implement audit(partners)")
 
-    def erase(self, partner_ids: Sequence[str]) -> dict:
-        """Removes the partners from the service for good (an erasure request); counts, never ids."""
+    def erase(self, partner_ids: Sequence[str]) -> dict[str, int]:
+        """Removes the partners from the service for good (an erasure request); counts, never
+        ids."""
         raise NotImplementedError(
             f"sink {self.name} cannot erase partners: implement erase(partner_ids)"
         )
@@ -124,12 +133,12 @@ class Sink(ABC):
         """Releases clients; called once the run is over."""
 
 
-def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+def chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def iso(value) -> str | None:
+def iso(value: object) -> str | None:
     """Timestamps and dates as ISO-8601 (UTC ``Z`` for timestamps), None stays None."""
     if value is None:
         return None
@@ -141,6 +150,7 @@ def iso(value) -> str | None:
 
 
 _NAMED = re.compile(r"^[A-Z]{2}[0-9A-Z]{10}: ")
+_TIMES = "×"  # noqa: RUF001 (the multiplication sign is meant, as in "3 times missing")
 
 
 def summarise(problems: Iterable[str], limit: int = 5) -> str:
@@ -150,5 +160,6 @@ def summarise(problems: Iterable[str], limit: int = 5) -> str:
     kinds = Counter(_NAMED.sub("", p) for p in problems)
     more = f" (and {len(kinds) - limit} more kinds)" if len(kinds) > limit else ""
     return (
-        "; ".join(f"{n} × {kind}" if n > 1 else kind for kind, n in kinds.most_common(limit)) + more
+        "; ".join(f"{n} {_TIMES} {kind}" if n > 1 else kind for kind, n in kinds.most_common(limit))
+        + more
     )

@@ -3,15 +3,24 @@
 One JSON object per active partner, ``<prefix>/<partner id>.json``, with what a partner-locator
 page may show (no email, phone, birth date or address line); a terminated partner's object is
 deleted. Guarded by the revision kept in the object's metadata, written with a generation
-precondition so a concurrent writer cannot be overwritten blindly. ``verify`` and ``audit`` read the objects back.
+precondition so a concurrent writer cannot be overwritten blindly. ``verify`` and ``audit`` read
+the objects back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .base import Partner, Sink, SinkResult, iso, revision
+
+if TYPE_CHECKING:
+    # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
+    from google.cloud.storage import Blob, Bucket  # type: ignore[import-untyped]
+
+    from enrollment.services import Endpoints
 
 PUBLIC_FIELDS = ("first_name", "last_name", "region", "country", "language", "sponsor_id")
 
@@ -19,11 +28,11 @@ PUBLIC_FIELDS = ("first_name", "last_name", "region", "country", "language", "sp
 class DirectorySink(Sink):
     name = "directory"
 
-    def __init__(self, bucket, prefix: str = "directory"):
+    def __init__(self, bucket: Bucket, prefix: str = "directory") -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
 
-    def _blob(self, partner_id: str):
+    def _blob(self, partner_id: str) -> Blob:
         return self.bucket.blob(f"{self.prefix}/{partner_id}.json")
 
     def write(self, partners: Sequence[Partner], enrolled: Mapping[str, str]) -> SinkResult:
@@ -37,10 +46,9 @@ class DirectorySink(Sink):
                 if blob is None:
                     result.unchanged += 1
                     continue
-                try:
+                # Gone already, or replaced: the gate reads back what holds.
+                with contextlib.suppress(NotFound, PreconditionFailed):
                     blob.delete(if_generation_match=blob.generation)
-                except (NotFound, PreconditionFailed):
-                    pass  # gone already, or replaced: the gate reads back what holds
                 result.written += 1
                 continue
             if held >= revision(p):
@@ -62,7 +70,7 @@ class DirectorySink(Sink):
         return result
 
     def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
-        problems = {}
+        problems: dict[str, str] = {}
         for p in partners:
             blob = self.bucket.get_blob(f"{self.prefix}/{p['partner_id']}.json")
             if p.get("status") == "terminated":
@@ -79,7 +87,7 @@ class DirectorySink(Sink):
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
         return [f"{pid}: {problem}" for pid, problem in self.audit(partners).items()]
 
-    def erase(self, partner_ids: Sequence[str]) -> dict:
+    def erase(self, partner_ids: Sequence[str]) -> dict[str, int]:
         from google.api_core.exceptions import NotFound
 
         deleted = 0
@@ -95,7 +103,7 @@ class DirectorySink(Sink):
         }
 
 
-def build(options: dict, endpoints) -> DirectorySink:
+def build(options: Mapping[str, Any], endpoints: Endpoints) -> DirectorySink:
     from enrollment.services import storage_client
 
     return DirectorySink(

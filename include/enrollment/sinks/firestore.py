@@ -3,9 +3,10 @@
 - Document ``<collection>/<partner id>``: partner ids are random after their region prefix, so
   writes spread over the key space (no monotonically increasing ids, no hotspot).
 - Guarded by the partner's revision (the sum of its field versions; see ``base.revision``): each
-  chunk reads the documents, skips those already at this revision or newer, and writes the others with a precondition (``create`` for a new document, an
-  update conditioned on the update time just read for an existing one). A concurrent writer makes
-  the precondition fail and the chunk is read and decided again: a stale write never lands.
+  chunk reads the documents, skips those already at this revision or newer, and writes the others
+  with a precondition (``create`` for a new document, an update conditioned on the update time
+  just read for an existing one). A concurrent writer makes the precondition fail and the chunk
+  is read and decided again: a stale write never lands.
 - A document Firestore refuses (over 1 MiB, a field value too long…) never fails the run: a
   refused commit is redone partner by partner, and the culprits are returned as rejected with
   Firestore's message (the sync quarantines them).
@@ -16,9 +17,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .base import Partner, Sink, SinkResult, chunks, revision
+
+if TYPE_CHECKING:
+    from google.cloud import firestore
+    from google.cloud.firestore import DocumentReference, DocumentSnapshot
+
+    from enrollment.services import Endpoints
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +47,7 @@ PROFILE_FIELDS = (
 )
 
 
-def profile(partner: Partner) -> dict:
+def profile(partner: Partner) -> dict[str, Any]:
     doc = {f: partner.get(f) for f in PROFILE_FIELDS}
     doc["partner_id"] = partner["partner_id"]
     doc["partner_version"] = int(partner["partner_version"])
@@ -53,7 +61,7 @@ def profile(partner: Partner) -> dict:
     return doc
 
 
-def _revision_of(snap) -> int:
+def _revision_of(snap: DocumentSnapshot[DocumentReference]) -> int:
     data = snap.to_dict() or {}
     return int(data.get("revision") or 0)
 
@@ -62,14 +70,18 @@ class FirestoreSink(Sink):
     name = "firestore"
 
     def __init__(
-        self, client, collection: str = "partners", batch_size: int = 500, attempts: int = 5
-    ):
+        self,
+        client: firestore.Client,
+        collection: str = "partners",
+        batch_size: int = 500,
+        attempts: int = 5,
+    ) -> None:
         self.client = client
         self.collection = client.collection(collection)
         self.batch_size = min(int(batch_size), 500)
         self.attempts = attempts
 
-    def write(self, partners: Sequence[Partner], enrolled: set[str]) -> SinkResult:
+    def write(self, partners: Sequence[Partner], enrolled: Collection[str]) -> SinkResult:
         from google.api_core.exceptions import InvalidArgument
 
         result = SinkResult(self.name, partners=len(partners))
@@ -80,7 +92,8 @@ class FirestoreSink(Sink):
                 # A commit is atomic: one document Firestore refuses fails the chunk. Write its
                 # partners one by one to find the culprits; the others are written.
                 log.warning(
-                    "firestore: a %d-partner commit was refused (%s); writing its partners one by one",
+                    "firestore: a %d-partner commit was refused (%s); "
+                    "writing its partners one by one",
                     len(chunk),
                     type(exc).__name__,
                 )
@@ -90,7 +103,8 @@ class FirestoreSink(Sink):
                         w, u = self._commit([p])
                     except InvalidArgument as refused:
                         log.warning(
-                            "firestore: a partner refused, quarantined with Firestore's message (in the sink quarantine)"
+                            "firestore: a partner refused, quarantined with Firestore's message "
+                            "(in the sink quarantine)"
                         )
                         result.rejected.append(
                             (p["partner_id"], " ".join(str(refused).split())[:500])
@@ -140,7 +154,7 @@ class FirestoreSink(Sink):
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
-        problems = {}
+        problems: dict[str, str] = {}
         for chunk in chunks(list(partners), 500):
             held = {
                 snap.id: snap
@@ -165,7 +179,7 @@ class FirestoreSink(Sink):
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
         return [f"{pid}: {problem}" for pid, problem in self.audit(partners).items()]
 
-    def erase(self, partner_ids: Sequence[str]) -> dict:
+    def erase(self, partner_ids: Sequence[str]) -> dict[str, int]:
         """Deletes the partners' documents; how many there were, and how many remain."""
         refs = [self.collection.document(pid) for pid in partner_ids]
         present = [snap.reference for snap in self.client.get_all(refs) if snap.exists]
@@ -180,7 +194,7 @@ class FirestoreSink(Sink):
         }
 
 
-def build(options: dict, endpoints) -> FirestoreSink:
+def build(options: Mapping[str, Any], endpoints: Endpoints) -> FirestoreSink:
     from enrollment.services import firestore_client
 
     return FirestoreSink(

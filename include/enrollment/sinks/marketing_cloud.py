@@ -17,12 +17,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
 from ..canary import is_canary
 from ..config import MarketingConsent
@@ -33,6 +35,12 @@ from ..marketing_cloud import (
     not_queued,
 )
 from .base import Partner, Sink, SinkResult, iso
+
+if TYPE_CHECKING:
+    # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
+    from google.cloud.storage import Blob, Bucket  # type: ignore[import-untyped]
+
+    from enrollment.services import Endpoints
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +56,7 @@ ROW_FIELDS = {
 }
 
 
-def row(partner: Partner) -> dict:
+def row(partner: Partner) -> dict[str, Any]:
     out = {name: partner.get(column) for name, column in ROW_FIELDS.items()}
     out["Status"] = partner.get("status") or "pending"
     out["EnrolledAt"] = iso(partner.get("enrolled_at"))
@@ -56,7 +64,7 @@ def row(partner: Partner) -> dict:
     return out
 
 
-def welcome_data(partner: Partner) -> dict:
+def welcome_data(partner: Partner) -> dict[str, Any]:
     return {
         "PartnerId": partner["partner_id"],
         "EmailAddress": partner.get("email"),
@@ -64,6 +72,13 @@ def welcome_data(partner: Partner) -> dict:
         "Language": partner.get("language"),
         "Country": partner.get("country"),
     }
+
+
+def _result_partner_id(item: Mapping[str, Any]) -> str:
+    """The ``PartnerId`` a row's result names. The service echoes the key each row was sent with
+    (the data extension's primary key); were one missing, None passes through as before."""
+    found = next((i["value"] for i in item.get("identifiers", []) if i["key"] == "PartnerId"), None)
+    return cast(str, found)  # see the docstring: None only if the service breaks its contract
 
 
 class JourneyEntries:
@@ -88,26 +103,25 @@ class JourneyEntries:
     logged as an error by later runs that meet it (check Journey Builder, then delete the object
     to fire again). No personal data is kept: ids, state, times."""
 
-    WORKERS = (
-        8  # claims are one small request each: a few at a time, within the client's connection pool
-    )
+    # Claims are one small request each: a few at a time, within the client's connection pool.
+    WORKERS = 8
 
-    def __init__(self, bucket, sink: str, event_definition_key: str):
+    def __init__(self, bucket: Bucket, sink: str, event_definition_key: str) -> None:
         self.bucket = bucket
         self.prefix = f"sinks/{sink}/journeys/{event_definition_key}"
         self.event_definition_key = event_definition_key
 
-    def _blob(self, partner_id: str):
+    def _blob(self, partner_id: str) -> Blob:
         return self.bucket.blob(f"{self.prefix}/{partner_id}.json")
 
-    def _write(self, blob, body: dict, generation: int) -> None:
+    def _write(self, blob: Blob, body: Mapping[str, Any], generation: int) -> None:
         blob.upload_from_string(
             json.dumps(body), content_type="application/json", if_generation_match=generation
         )
 
     def claim(self, partners: Mapping[str, str]) -> dict[str, int]:
-        """Partner id (→ the batch that enrolled it) claimed for this run: id → the claim's generation.
-        Partners someone already claimed are left out."""
+        """Partner id (→ the batch that enrolled it) claimed for this run: id → the claim's
+        generation. Partners someone already claimed are left out."""
         from google.api_core.exceptions import PreconditionFailed
 
         now = datetime.now(UTC).isoformat()
@@ -138,7 +152,8 @@ class JourneyEntries:
             }
 
     def _unconfirmed(self, partner_id: str) -> None:
-        """A claim left ``claimed`` for an hour (a crash between claiming and the service's answer) is logged as an error."""
+        """A claim left ``claimed`` for an hour (a crash between claiming and the service's answer)
+        is logged as an error."""
         from google.api_core.exceptions import NotFound
 
         try:
@@ -149,8 +164,8 @@ class JourneyEntries:
             held["claimed_at"]
         ) < datetime.now(UTC) - timedelta(hours=1):
             log.error(
-                "marketing cloud: the %s entry of partner %s was claimed at %s and never confirmed; check Journey Builder, then delete "
-                "%s/%s.json to fire it again",
+                "marketing cloud: the %s entry of partner %s was claimed at %s and never "
+                "confirmed; check Journey Builder, then delete %s/%s.json to fire it again",
                 self.event_definition_key,
                 partner_id,
                 held["claimed_at"],
@@ -181,27 +196,28 @@ class JourneyEntries:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
         for pid in partner_ids:
-            try:
+            with contextlib.suppress(NotFound, PreconditionFailed):
                 self._blob(pid).delete(if_generation_match=claims[pid])
-            except (NotFound, PreconditionFailed):
-                pass
 
     def adopt(self, partner_ids: Sequence[str], batch_id: str) -> None:
-        """Partners fired before these claims existed (recorded per batch): claimed as entered, so they never fire again."""
+        """Partners fired before these claims existed (recorded per batch): claimed as entered, so
+        they never fire again."""
         from google.api_core.exceptions import PreconditionFailed
 
         for pid in partner_ids:
-            try:
+            with contextlib.suppress(PreconditionFailed):
                 self._write(
                     self._blob(pid),
                     {"partner_id": pid, "state": "entered", "batch_id": batch_id, "adopted": True},
                     0,
                 )
-            except PreconditionFailed:
-                pass
 
 
 class MarketingCloudSink(Sink):
+    """Over 200 lines on purpose: write, verify, audit and erase share the consent rule
+    (``expects``) and the data extension's read-back (``_held``); the journey claims, the part that
+    stands alone, are already ``JourneyEntries``."""
+
     name = "marketing_cloud"
 
     def __init__(
@@ -209,11 +225,11 @@ class MarketingCloudSink(Sink):
         client: MarketingCloudClient,
         data_extension: str,
         welcome_event: str | None,
-        bucket=None,
+        bucket: Bucket | None = None,
         chunk_rows: int = 10_000,
         wait_s: float = 600.0,
         consent: MarketingConsent | None = None,
-    ):
+    ) -> None:
         self.client = client
         self.consent = consent or MarketingConsent()
         self.data_extension = data_extension
@@ -245,14 +261,11 @@ class MarketingCloudSink(Sink):
             if rows
             else []
         )
-        accepted = set()
+        accepted: set[str] = set()
         for request_id in result.receipts:
             self.client.wait(request_id, timeout_s=self.wait_s)
             for item in self.client.results(request_id):
-                pid = next(
-                    (i["value"] for i in item.get("identifiers", []) if i["key"] == "PartnerId"),
-                    None,
-                )
+                pid = _result_partner_id(item)
                 if item.get("status") == "OK":
                     accepted.add(pid)
                 else:
@@ -300,7 +313,8 @@ class MarketingCloudSink(Sink):
                     unsent += [p["partner_id"] for p in chunk]
                 else:
                     log.error(
-                        "marketing cloud: %d welcome entries may or may not be queued (%s); their claims stay unconfirmed, never fired twice",
+                        "marketing cloud: %d welcome entries may or may not be queued (%s); "
+                        "their claims stay unconfirmed, never fired twice",
                         len(chunk),
                         type(exc).__name__,
                     )
@@ -322,7 +336,8 @@ class MarketingCloudSink(Sink):
                     unsent + [p["partner_id"] for p in chunk if p["partner_id"] not in entered],
                 )
                 raise MarketingCloudError(
-                    f"marketing cloud: {len(failed)} welcome entry events not queued, e.g. {failed[0][0]}: {failed[0][1]}"
+                    f"marketing cloud: {len(failed)} welcome entry events not queued, "
+                    f"e.g. {failed[0][0]}: {failed[0][1]}"
                 )
         return fired_now
 
@@ -330,27 +345,24 @@ class MarketingCloudSink(Sink):
         """The service's own results for every request: each row sent is OK or quarantined; and
         no row left of a partner who is not contactable."""
         sent = {p["partner_id"] for p in partners if self.expects(p)}
-        seen, problems = {}, []
+        seen: dict[str, Any] = {}  # partner id → the status the service answered for its row
+        problems: list[str] = []
         for request_id in result.receipts:
             status = self.client.wait(request_id, timeout_s=self.wait_s)
             if status.get("requestStatus") != "Complete":
                 problems.append(f"request {request_id} is {status.get('requestStatus')}")
             for item in self.client.results(request_id):
-                pid = next(
-                    (i["value"] for i in item.get("identifiers", []) if i["key"] == "PartnerId"),
-                    None,
-                )
-                seen[pid] = item.get("status")
+                seen[_result_partner_id(item)] = item.get("status")
         rejected = {pid for pid, _ in result.rejected}
         missing = sent - set(seen)
         if missing:
             problems.append(
                 f"{len(missing)} partners sent have no result, e.g. {sorted(missing)[:3]}"
             )
-        for pid, status in seen.items():
-            if status != "OK" and pid not in rejected:
+        for pid, answered in seen.items():
+            if answered != "OK" and pid not in rejected:
                 problems.append(
-                    f"{pid}: the service answered {status} but the row is not in the quarantine"
+                    f"{pid}: the service answered {answered} but the row is not in the quarantine"
                 )
         barred = [p for p in partners if not self.expects(p) and p["partner_id"] not in rejected]
         held = self._held(barred)
@@ -359,8 +371,9 @@ class MarketingCloudSink(Sink):
         ]
         return problems
 
-    def _held(self, partners: Sequence[Partner]) -> dict[str, dict]:
-        """The data extension's rows of these partners (one filtered read for a few, every page for many)."""
+    def _held(self, partners: Sequence[Partner]) -> dict[str, dict[str, Any]]:
+        """The data extension's rows of these partners (one filtered read for a few, every page for
+        many)."""
         if not partners:
             return {}
         if len(partners) <= 20:
@@ -374,13 +387,14 @@ class MarketingCloudSink(Sink):
         else:
             rows = self.client.rowset(self.data_extension)
         wanted = {p["partner_id"] for p in partners}
-        return {r.get("partnerid"): r for r in rows if r.get("partnerid") in wanted}
+        # A row whose partnerid is in ``wanted`` has one: ``r["partnerid"]`` cannot miss.
+        return {r["partnerid"]: r for r in rows if r.get("partnerid") in wanted}
 
     def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
         """The data extension's rows read back (one filtered read for a few partners, every page for
         many): a contactable partner's row at its version, and no row of one who is not."""
         held = self._held(partners)
-        problems = {}
+        problems: dict[str, str] = {}
         for p in partners:
             r = held.get(p["partner_id"])
             if not self.expects(p):
@@ -392,7 +406,8 @@ class MarketingCloudSink(Sink):
                 problems[p["partner_id"]] = "no row in the data extension"
             elif int(r.get("partnerversion") or 0) < expected["PartnerVersion"]:
                 problems[p["partner_id"]] = (
-                    f"row at version {r.get('partnerversion')}, expected {expected['PartnerVersion']}"
+                    f"row at version {r.get('partnerversion')}, "
+                    f"expected {expected['PartnerVersion']}"
                 )
             elif (
                 int(r["partnerversion"]) == expected["PartnerVersion"]
@@ -403,9 +418,9 @@ class MarketingCloudSink(Sink):
                 )
         return problems
 
-    def erase(self, partner_ids: Sequence[str]) -> dict:
-        """An erasure request: the partners' data-extension rows deleted, their contacts deleted from
-        the account (the privacy-request delete: the service suppresses, then removes them from
+    def erase(self, partner_ids: Sequence[str]) -> dict[str, int]:
+        """An erasure request: the partners' data-extension rows deleted, their contacts deleted
+        from the account (the privacy-request delete: the service suppresses, then removes them from
         every list, journey and sendable data extension), and this sink's journey claims of them.
         Counts only, never ids."""
         ids = sorted(set(partner_ids))
@@ -437,7 +452,8 @@ class MarketingCloudSink(Sink):
             self._held([{"partner_id": pid} for pid in ids])
         )  # read back: the erasure's verify step counts on it
         log.info(
-            "marketing cloud: erased %d partners (%d contact delete operations queued, %d rows remain)",
+            "marketing cloud: erased %d partners "
+            "(%d contact delete operations queued, %d rows remain)",
             len(ids),
             len(operations),
             remaining,
@@ -455,7 +471,7 @@ class MarketingCloudSink(Sink):
         self.client.close()
 
 
-def build(options: dict, endpoints) -> MarketingCloudSink:
+def build(options: Mapping[str, Any], endpoints: Endpoints) -> MarketingCloudSink:
     from enrollment.config import load_config
     from enrollment.services import storage_client
 

@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .base import Partner, Sink, SinkResult, chunks, iso, revision
+
+if TYPE_CHECKING:
+    from enrollment.services import Endpoints
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ def quote(term: str) -> str:
     return '"' + term.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def document(partner: Partner) -> dict:
+def document(partner: Partner) -> dict[str, Any]:
     doc = {f: partner.get(f) for f in SEARCH_FIELDS}
     doc["id"] = partner["partner_id"]
     doc["status"] = partner.get("status") or "pending"
@@ -60,7 +64,8 @@ class SolrRefusal(RuntimeError):
 
 
 def refusal_message(response: httpx.Response) -> str:
-    """Solr's reason, without the echo of the refused value (an immense term's bytes may be personal data)."""
+    """Solr's reason, without the echo of the refused value (an immense term's bytes may be
+    personal data)."""
     try:
         message = str(response.json()["error"]["msg"])
     except (ValueError, KeyError, TypeError):
@@ -79,7 +84,7 @@ class SolrSink(Sink):
         chunk: int = 1000,
         commit_within_ms: int = 1000,
         outage_s: float = 120.0,
-    ):
+    ) -> None:
         self.url = f"{solr_url.rstrip('/')}/{core}"
         self.chunk = int(chunk)
         self.commit_within_ms = int(commit_within_ms)
@@ -93,7 +98,9 @@ class SolrSink(Sink):
             reraise=True,
         )(self._post_once)
 
-    def _post_once(self, body, **params) -> dict:
+    def _post_once(
+        self, body: list[dict[str, Any]] | dict[str, Any], **params: str | int
+    ) -> dict[str, Any]:
         response = self.http.post(
             f"{self.url}/update",
             params={"commitWithin": self.commit_within_ms, "wt": "json", **params},
@@ -107,9 +114,10 @@ class SolrSink(Sink):
             raise RuntimeError(
                 f"solr: update refused with HTTP {response.status_code}: {response.text[:300]}"
             )
-        return response.json()
+        answer: dict[str, Any] = response.json()
+        return answer
 
-    def write(self, partners: Sequence[Partner], enrolled: set[str]) -> SinkResult:
+    def write(self, partners: Sequence[Partner], enrolled: Collection[str]) -> SinkResult:
         result = SinkResult(self.name, partners=len(partners))
         indexed = [p for p in partners if p.get("status") != "terminated"]
         for chunk in chunks(indexed, self.chunk):
@@ -120,15 +128,16 @@ class SolrSink(Sink):
             if p.get("status") == "terminated":
                 removals[revision(p)].append(p["partner_id"])
         for version, ids in sorted(removals.items()):
-            for chunk in chunks(ids, self.chunk):
-                self._post({"delete": list(chunk)}, del_version=version)
+            for id_chunk in chunks(ids, self.chunk):
+                self._post({"delete": list(id_chunk)}, del_version=version)
         # Solr answers 200 for an update it ignores as older: the gate reads back what holds.
         result.written = len(partners) - len(result.rejected)
         result.extra["removed"] = sum(len(v) for v in removals.values())
         return result
 
-    def _index(self, docs: list[dict]) -> list[tuple[str, str]]:
-        """Indexes the documents; those Solr refuses, found by bisecting, as (id, Solr's message)."""
+    def _index(self, docs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Indexes the documents; those Solr refuses, found by bisecting, as (id, Solr's
+        message)."""
         try:
             self._post(docs)
             return []
@@ -141,9 +150,9 @@ class SolrSink(Sink):
         middle = len(docs) // 2
         return self._index(docs[:middle]) + self._index(docs[middle:])
 
-    def get(self, ids: Sequence[str]) -> dict[str, dict]:
+    def get(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Real-time get: the documents as Solr holds them now, committed or not."""
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for chunk in chunks(list(ids), 500):
             response = self.http.post(
                 f"{self.url}/get", data={"ids": ",".join(chunk), "wt": "json"}
@@ -154,7 +163,7 @@ class SolrSink(Sink):
 
     def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
         held = self.get([p["partner_id"] for p in partners])
-        problems = {}
+        problems: dict[str, str] = {}
         for p in partners:
             doc, expected = held.get(p["partner_id"]), revision(p)
             if doc is None:
@@ -174,7 +183,7 @@ class SolrSink(Sink):
     def verify(self, partners: Sequence[Partner], result: SinkResult) -> list[str]:
         return [f"{pid}: {problem}" for pid, problem in self.audit(partners).items()]
 
-    def erase(self, partner_ids: Sequence[str]) -> dict:
+    def erase(self, partner_ids: Sequence[str]) -> dict[str, int]:
         """Deletes the partners' documents and tombstones (whatever their version) and commits at
         once, so that no search shows them again; how many there were, and how many remain."""
         present = list(self.get(partner_ids))  # termination tombstones included: they hold the id
@@ -205,7 +214,7 @@ def search_partners(
     sponsor_id: str | None = None,
     rows: int = 20,
     timeout: float = 10.0,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Active partners whose names match every word of ``text`` (accents and case ignored).
 
     Each word is quoted as a phrase, so user input can never become query syntax."""
@@ -215,7 +224,7 @@ def search_partners(
         for field, value in (("region", region), ("country", country), ("sponsor_id", sponsor_id))
         if value
     ]
-    params = {
+    params: dict[str, str | int | list[str]] = {
         "q": " AND ".join(f"names:{t}" for t in terms) or "*:*",
         "fq": filters,
         "rows": rows,
@@ -224,10 +233,11 @@ def search_partners(
     }
     response = httpx.get(f"{solr_url.rstrip('/')}/{core}/select", params=params, timeout=timeout)
     response.raise_for_status()
-    return response.json()["response"]["docs"]
+    docs: list[dict[str, Any]] = response.json()["response"]["docs"]
+    return docs
 
 
-def build(options: dict, endpoints) -> SolrSink:
+def build(options: Mapping[str, Any], endpoints: Endpoints) -> SolrSink:
     from enrollment.config import load_config
 
     return SolrSink(
