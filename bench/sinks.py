@@ -6,7 +6,7 @@
 2. **End to end** on the running system: the simulator at BENCH_RATE (400,000/min) for
    BENCH_SINKS_DURATION (3m); the ingest DAGs and the three sync DAGs carry it; sampled
    enrollments are looked up in Firestore, Solr (real-time get) and Marketing Cloud until visible
-   in all three. Latency = visible in the last of them − the event's occurred_at (the simulator
+   in all three. Latency = visible in the last of them - the event's occurred_at (the simulator
    stamps the wall clock); polling every 2 s adds up to 2 s.
 
 unexplained_records = produced offsets not committed + sampled enrollments never visible in all
@@ -40,13 +40,14 @@ from stack import config as stack_config
 PARTNERS = int(os.environ.get("BENCH_SINK_PARTNERS", "20000"))
 RATE = os.environ.get("BENCH_RATE", "400000/min")
 DURATION = os.environ.get("BENCH_SINKS_DURATION", "3m")
-SAMPLE_EVERY = 25  # one new enrollment in 25 is followed to all three sinks (polling costs the system under test too)
+# One new enrollment in 25 is followed to all three sinks (polling costs the system under test too).
+SAMPLE_EVERY = 25
 
 
 def partner_states(n: int, sponsor: str) -> list[dict]:
     """Current-state rows as the warehouse holds them, for n new partners of every market."""
     sim = Simulator(seed=int(time.time()))
-    countries = [c for region in markets.REGION_COUNTRIES.values() for c in region]
+    countries = [c for region in markets.active().countries.values() for c in region]
     now = datetime.now(UTC)
     out = []
     for i in range(n):
@@ -105,9 +106,11 @@ def throughput(cfg, config) -> dict:
         figures[f"{name}_partners_per_s"] = round(len(partners) / (t1 - t0))
         figures[f"{name}_verify_partners_per_s"] = round(len(partners) / (t2 - t1))
         log(
-            f"{name}: {len(partners):,} partners written in {t1 - t0:.1f} s ({figures[f'{name}_partners_per_s']:,}/s), read back in {t2 - t1:.1f} s"
+            f"{name}: {len(partners):,} partners written in {t1 - t0:.1f} s "
+            f"({figures[f'{name}_partners_per_s']:,}/s), read back in {t2 - t1:.1f} s"
         )
-    # The benchmark's partners leave the shared search index (delete by query skips the version chain).
+    # The benchmark's partners leave the shared search
+    # index (delete by query skips the version chain).
     httpx.post(
         f"{endpoints.solr_url}/{config.solr_core}/update",
         params={"commit": "true"},
@@ -152,7 +155,8 @@ def end_to_end(cfg, config) -> dict:
     )
     log(f"plot: {plot}")
     log(
-        f"all sinks at {RATE} for {DURATION}: p50 {q['p50']} s, p95 {q['p95']} s, max {q['max']} s ({len(complete)}/{len(outcome.watched)} samples); "
+        f"all sinks at {RATE} for {DURATION}: p50 {q['p50']} s, p95 {q['p95']} s, max {q['max']} s "
+        f"({len(complete)}/{len(outcome.watched)} samples); "
         f"per sink p95: " + ", ".join(f"{n} {v['p95']} s" for n, v in per_sink.items())
     )
     return {

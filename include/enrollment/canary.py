@@ -19,10 +19,16 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from .config import PipelineConfig, Region
-from .contracts import markets
 from .sinks.base import Sink
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError, Message
+
+    from .warehouse import Warehouse
 
 CANARY_SCHEMA = [
     ("injected_at", "TIMESTAMP"),
@@ -40,9 +46,7 @@ WAREHOUSE = "bigquery"
 
 
 def canary_id(region: Region, serial: int = 0) -> str:
-    from .simulator.generator import REGION_PREFIX
-
-    return f"{REGION_PREFIX.get(region.code, region.code[:2].upper())}CANARY{serial:04d}"
+    return f"{region.partner_prefix}CANARY{serial:04d}"
 
 
 def is_canary(partner_id: str) -> bool:
@@ -59,23 +63,15 @@ class Canary:
     injected_at: float  # epoch seconds (the Kafka timestamp of the event)
     seen: dict[str, float] = field(default_factory=dict)  # destination -> seconds after injection
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def canary_event(config: PipelineConfig, region: Region, version: int) -> dict:
+def canary_event(config: PipelineConfig, region: Region, version: int) -> dict[str, Any]:
     """A valid ``partner.enrolled`` of the region's canary partner at ``version``."""
     from .simulator.generator import Simulator, _timestamp
 
-    country = (
-        markets.REGION_COUNTRIES[region.code][0]
-        if region.code in markets.REGION_COUNTRIES
-        else None
-    )
-    if country is None:
-        raise ValueError(
-            f"canary: no market known for region {region.code}; add its countries to enrollment.contracts.markets"
-        )
+    country = region.countries[0]  # a configured region has countries with market rules
     event = Simulator(seed=version, config=config).event_for("partner.enrolled", country, 2)
     event.update(
         event_id=str(uuid.uuid4()),
@@ -89,9 +85,9 @@ def canary_event(config: PipelineConfig, region: Region, version: int) -> dict:
         email=f"canary.{region.code.lower()}@example.com",
         sponsor_id=canary_id(region, 1),
     )
-    if (
-        "consents" in event["payload"]
-    ):  # contactable, so the canary is traced through Marketing Cloud too (never welcomed: is_canary)
+    if "consents" in event["payload"]:
+        # Contactable, so the canary is traced through Marketing Cloud too (never welcomed:
+        # is_canary).
         event["payload"]["consents"]["marketing_email"] = True
     return event
 
@@ -110,9 +106,10 @@ def inject(
             "partitioner": "murmur2_random",
         }
     )
-    canaries, failures = [], []
+    canaries: list[Canary] = []
+    failures: list[str] = []
 
-    def delivered(err, msg, canary: Canary) -> None:
+    def delivered(err: KafkaError | None, msg: Message, canary: Canary) -> None:
         if err is not None:
             failures.append(f"{canary.region}: {err}")
         else:
@@ -125,7 +122,7 @@ def inject(
             region.topic,
             key=event["partner_id"].encode(),
             value=json.dumps(event).encode(),
-            on_delivery=lambda err, msg, c=canary: delivered(err, msg, c),
+            on_delivery=partial(delivered, canary=canary),
         )
         canaries.append(canary)
     left = producer.flush(30)
@@ -137,7 +134,7 @@ def inject(
 
 
 def look(
-    warehouse, sinks: dict[str, Sink], canaries: list[Canary], now: float | None = None
+    warehouse: Warehouse, sinks: dict[str, Sink], canaries: list[Canary], now: float | None = None
 ) -> list[Canary]:
     """Marks where each canary is visible now (the warehouse, then every sink); returns them."""
     from google.cloud import bigquery
@@ -164,7 +161,7 @@ def look(
 
 def missing(canaries: list[Canary], sinks: list[str]) -> dict[str, list[str]]:
     """Region -> the destinations its canary has not reached yet."""
-    out = {}
+    out: dict[str, list[str]] = {}
     for c in canaries:
         gone = [d for d in [WAREHOUSE, *sinks] if d not in c.seen]
         if gone:
@@ -172,7 +169,7 @@ def missing(canaries: list[Canary], sinks: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def record(warehouse, canaries: list[Canary], sinks: list[str]) -> None:
+def record(warehouse: Warehouse, canaries: list[Canary], sinks: list[str]) -> None:
     """One row per canary in ``<ops>.canary`` (writing a trace again replaces it)."""
     now = datetime.now(UTC)
     gone = missing(canaries, sinks)

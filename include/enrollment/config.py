@@ -1,39 +1,98 @@
-"""The pipeline's configuration: embedded defaults in ``config/pipeline.yaml``.
+"""The pipeline's configuration, typed: ``config/pipeline.yaml`` is the embedded one.
 
-``ENROLLMENT_CONFIG`` points at another file of the same shape (a deployment's own)."""
+``ENROLLMENT_CONFIG`` points at another file of the same shape (a deployment's own). Every
+section is parsed into the frozen dataclasses below; a setting's default is its field's default
+here (the one place), a collection's (``pools``, ``celery_workers``) the embedded file's. Unknown
+keys are refused when the file loads, naming the key and the file. ``python -m enrollment.config``
+prints the configuration in force with every default filled in.
+
+The region registry is ``regions:``: each region's code, topic, partitions and the countries it
+sells in; every country needs market rules (``contracts.markets.LIBRARY`` or the file's
+``markets:``), or the configuration does not load."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import sys
+import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from .contracts.markets import LIBRARY, Market, Markets
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "pipeline.yaml"
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """When a region's ingest wakes and how much one batch takes (``backlog:``; a region may
+    override any of them in its own entry)."""
+
+    min_records: int = 20_000  # this many records pending wake the region's ingest
+    max_age_s: float = 10.0  # ... or the oldest pending one this old
+    max_batch: int = 200_000  # offsets one batch claims at most
+    # A batch stops reading here and shrinks to what it read (memory of one task).
+    max_batch_bytes: int = 256 * 1024 * 1024
+    land_timeout_s: float = 900.0  # the ingest task's execution_timeout
+
+    def __post_init__(self) -> None:
+        if (
+            min(self.min_records, self.max_batch, self.max_batch_bytes) < 1
+            or min(self.max_age_s, self.land_timeout_s) <= 0
+        ):
+            raise ConfigError(f"backlog settings must be positive, got {self}")
+
+
 @dataclass(frozen=True)
 class Region:
+    """One SAP Commerce region, declared once in ``regions:``: everything that reads regions
+    (contracts, simulator, ingest, lag monitor, reconciliation, canary, sinks) reads this."""
+
     code: str
     topic: str
     partitions: int
-    min_records: int = 20_000
-    max_age_s: float = 10.0
-    max_batch: int = 200_000
-    max_batch_bytes: int = (
-        256 * 1024 * 1024
-    )  # a batch stops reading here and shrinks to what it read (memory of one task)
-    land_timeout_s: float = 900.0  # the ingest task's execution_timeout
+    countries: tuple[str, ...]  # where it sells (ISO 3166-1 alpha-2); each needs market rules
+    consent_required: bool = False  # enrollments must record consents (GDPR and neighbours)
+    partner_prefix: str = ""  # the first two letters of its partner ids; default: the code's
+    share: float = 0.1  # its relative share of the events (the simulator's mix)
+    min_records: int = Backlog.min_records
+    max_age_s: float = Backlog.max_age_s
+    max_batch: int = Backlog.max_batch
+    max_batch_bytes: int = Backlog.max_batch_bytes
+    land_timeout_s: float = Backlog.land_timeout_s
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Z][A-Z0-9]{1,15}", self.code):
+            raise ConfigError(f"regions: code {self.code!r} must be 2-16 capitals or digits")
+        if not self.partner_prefix:
+            object.__setattr__(self, "partner_prefix", self.code[:2])
+        if not re.fullmatch(r"[A-Z]{2}", self.partner_prefix):
+            raise ConfigError(f"regions: {self.code}: partner_prefix must be two capitals")
+        if self.partitions < 1 or self.share <= 0:
+            raise ConfigError(f"regions: {self.code}: partitions >= 1 and share > 0")
+        if not self.countries:
+            raise ConfigError(
+                f"regions: {self.code} names no countries; add `countries: [..]` (the markets "
+                "it sells in, each with market rules)"
+            )
 
 
 # Upper bounds of a manual run's parameters: one batch is held in one task's memory.
 MAX_BATCH_LIMIT = 2_000_000
 MAX_BATCH_BYTES_LIMIT = 1024 * 1024 * 1024
 
-# The Airflow pool (1 slot) of every task that writes the warehouse tables (described in ``pools:``).
+# The Airflow pool (1 slot) of every task that writes the warehouse tables (see ``pools:``).
 WAREHOUSE_POOL = "warehouse_writer"
 # Airflow's own queue (``[operators] default_queue``): what a task without a queue of ours goes to.
 DEFAULT_QUEUE = "default"
@@ -52,7 +111,9 @@ class WarehouseSettings:
     dedup_window_days: int = (
         1  # resent event ids are removed against this many days of arrivals before the cycle's
     )
-    transaction: bool = False  # wrap the cycle's writes in BEGIN/COMMIT TRANSACTION (BigQuery: yes; the emulator copies every table)
+    # Wrap the cycle's writes in BEGIN/COMMIT TRANSACTION (BigQuery: yes; the emulator copies
+    # every table it touches).
+    transaction: bool = False
     catch_up_every: str = (
         "* * * * *"  # cron: a cycle runs this often even when no landed asset wakes it
     )
@@ -63,12 +124,13 @@ class WarehouseSettings:
 
     def __post_init__(self) -> None:
         if self.max_cycle_rows < 1 or self.dedup_window_days < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"warehouse: max_cycle_rows must be >= 1 and dedup_window_days >= 0, got {self}"
             )
         if self.job_timeout_s <= 0 or self.cycle_timeout_s < self.job_timeout_s:
-            raise ValueError(
-                f"warehouse: job_timeout_s must be > 0 and cycle_timeout_s >= job_timeout_s, got {self}"
+            raise ConfigError(
+                "warehouse: job_timeout_s must be > 0 and cycle_timeout_s >= job_timeout_s, "
+                f"got {self}"
             )
 
 
@@ -88,8 +150,9 @@ class RetentionSettings:
 
     def __post_init__(self) -> None:
         if self.handover_days < 1 or self.claims_days < 2 or self.staging_hours < 1:
-            raise ValueError(
-                f"retention: handover_days >= 1, claims_days >= 2 (a day is reconciled the day after) and staging_hours >= 1, got {self}"
+            raise ConfigError(
+                "retention: handover_days >= 1, claims_days >= 2 (a day is reconciled the day "
+                f"after) and staging_hours >= 1, got {self}"
             )
 
 
@@ -111,11 +174,12 @@ class Pool:
             or self.slots < 1
             or not self.description.strip()
         ):
-            raise ValueError(
-                f"pools: {self.name!r} needs a lower_snake_case name, slots >= 1 and a description, got {self}"
+            raise ConfigError(
+                f"pools: {self.name!r} needs a lower_snake_case name, slots >= 1 and a "
+                f"description, got {self}"
             )
 
-    def task_args(self) -> dict:
+    def task_args(self) -> dict[str, Any]:
         """What a DAG's ``default_args`` carry so that its tasks run in this pool."""
         return {
             "pool": self.name,
@@ -140,65 +204,14 @@ class CeleryWorker:
             or not self.queues
             or self.concurrency < 1
         ):
-            raise ValueError(
-                f"celery_workers: {self.name!r} needs a lower-case name, at least one queue and concurrency >= 1, got {self}"
+            raise ConfigError(
+                f"celery_workers: {self.name!r} needs a lower-case name, at least one queue and "
+                f"concurrency >= 1, got {self}"
             )
 
 
 # The pools every deployment has, whatever its configuration says (their tasks name them).
 POOLS_REQUIRED = ("ingest", "sinks", "monitors", "maintenance", WAREHOUSE_POOL)
-
-
-@lru_cache(maxsize=1)
-def _embedded_raw() -> dict:
-    with open(DEFAULT_CONFIG, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
-
-
-def _embedded(section: str):
-    """A section of the embedded ``pipeline.yaml``: what a configuration without it gets (read once)."""
-    return _embedded_raw()[section]
-
-
-def _pools(raw: dict | None) -> dict[str, Pool]:
-    if raw is None:
-        raw = _embedded("pools")
-    known = set(Pool.__dataclass_fields__) - {"name"}
-    pools = {}
-    for name, options in (raw or {}).items():
-        unknown = sorted(set(options or {}) - known)
-        if unknown:
-            raise ValueError(f"pools: {name}: unknown setting(s) {unknown}; known: {sorted(known)}")
-        pools[name] = Pool(name=name, **(options or {}))
-    missing = [p for p in POOLS_REQUIRED if p not in pools]
-    if missing:
-        raise ValueError(
-            f"pools: {missing} missing; the pipeline's tasks run in {list(POOLS_REQUIRED)}"
-        )
-    if pools[WAREHOUSE_POOL].slots != 1:
-        raise ValueError(
-            f"pools: {WAREHOUSE_POOL} has exactly 1 slot (one writer of the warehouse tables)"
-        )
-    return pools
-
-
-def _celery_workers(raw: list | None, pools: dict[str, Pool]) -> tuple[CeleryWorker, ...]:
-    if raw is None:
-        raw = _embedded("celery_workers")
-    workers = tuple(
-        CeleryWorker(name=w["name"], queues=tuple(w["queues"]), concurrency=int(w["concurrency"]))
-        for w in raw or ()
-    )
-    names = [w.name for w in workers]
-    if len(set(names)) != len(names):
-        raise ValueError(f"celery_workers: names must be unique, got {names}")
-    served = {q for w in workers for q in w.queues}
-    unserved = sorted({p.queue for p in pools.values()} - served)
-    if workers and unserved:
-        raise ValueError(
-            f"celery_workers: no worker takes the queue(s) {unserved} that pools send tasks to"
-        )
-    return workers
 
 
 # Who may receive marketing e-mail, per region: ``opt_in`` (only a partner whose consent is true)
@@ -210,53 +223,145 @@ DEFAULT_MARKETING_CONSENT = "opt_out"  # the one default: a region the configura
 @dataclass(frozen=True)
 class MarketingConsent:
     """The marketing-consent rule of each region. Regions whose contract requires a recorded
-    consent (``markets.CONSENT_REGIONS``) are ``opt_in`` whatever is configured; the others follow
+    consent (``consent_required: true`` in ``regions:``) are ``opt_in`` whatever is configured;
+    the others follow
     the configuration (``regions``, else ``default``)."""
 
     default: str = DEFAULT_MARKETING_CONSENT
-    regions: dict = field(default_factory=dict)  # region code -> rule
+    regions: dict[str, str] = field(default_factory=dict)  # region code -> rule
+    required: tuple[str, ...] = ()  # regions whose contract requires consent: always opt_in
 
     def __post_init__(self) -> None:
-        from .contracts.markets import CONSENT_REGIONS
-
         for where, rule in [("default", self.default), *self.regions.items()]:
             if rule not in MARKETING_CONSENT_RULES:
-                raise ValueError(
-                    f"marketing_consent: {where} is {rule!r}; known rules: {', '.join(MARKETING_CONSENT_RULES)}"
+                raise ConfigError(
+                    f"marketing_consent: {where} is {rule!r}; known rules: "
+                    f"{', '.join(MARKETING_CONSENT_RULES)}"
                 )
         forced = sorted(
-            r for r in self.regions if r in CONSENT_REGIONS and self.regions[r] != "opt_in"
+            r for r in self.regions if r in self.required and self.regions[r] != "opt_in"
         )
         if forced:
-            raise ValueError(
-                f"marketing_consent: {forced} must be opt_in: the contract requires a recorded consent there (markets.CONSENT_REGIONS)"
+            raise ConfigError(
+                f"marketing_consent: {forced} must be opt_in: the contract requires a recorded "
+                "consent there (consent_required)"
             )
 
     def rule(self, region: str | None) -> str:
-        from .contracts.markets import CONSENT_REGIONS
-
         code = (region or "").upper()
-        return "opt_in" if code in CONSENT_REGIONS else self.regions.get(code, self.default)
+        return "opt_in" if code in self.required else self.regions.get(code, self.default)
 
     def contactable(self, region: str | None, consent: bool | None) -> bool:
-        """May marketing reach this partner: opt_in wants consent true, opt_out anything but false."""
+        """May marketing reach this partner: opt_in wants consent true, opt_out anything but
+        false."""
         return consent is True if self.rule(region) == "opt_in" else consent is not False
 
 
-def _marketing_consent(raw, region_codes: list[str]) -> MarketingConsent:
-    if raw is None:
-        return MarketingConsent()
-    if not isinstance(raw, dict) or set(raw) - {"default", "regions"}:
-        raise ValueError(
-            f"marketing_consent: expected {{default: <rule>, regions: {{<REGION>: <rule>}}}}, got {raw!r}"
-        )
-    regions = {str(k).upper(): v for k, v in (raw.get("regions") or {}).items()}
-    unknown = sorted(set(regions) - set(region_codes))
-    if unknown:
-        raise ValueError(
-            f"marketing_consent: unknown region(s) {unknown}; configured regions: {', '.join(region_codes)}"
-        )
-    return MarketingConsent(default=raw.get("default", DEFAULT_MARKETING_CONSENT), regions=regions)
+@dataclass(frozen=True)
+class Datasets:
+    warehouse: str  # event history, current state, quarantine
+    ops: str  # ledger, health, metrics
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Each sink's sync (``sync:``): batches per region and run, the catch-up cron, and how far
+    back a sync looks for warehoused batches without the sink's ledger row."""
+
+    max_batches: int = 20
+    catch_up_every: str = "*/5 * * * *"
+    lookback_days: int = 7
+
+    def __post_init__(self) -> None:
+        if self.max_batches < 1 or self.lookback_days < 1:
+            raise ConfigError(f"sync: max_batches and lookback_days must be >= 1, got {self}")
+
+
+@dataclass(frozen=True)
+class LagRules:
+    """The lag monitor's alert rules (``lag:``): pending records growing at each of the last
+    ``grow_minutes`` measurements, a pending record older than ``max_age_s``, a sink more than
+    ``max_sink_batches`` behind."""
+
+    grow_minutes: int = 5
+    max_age_s: float = 300.0
+    max_sink_batches: int = 30
+
+    def __post_init__(self) -> None:
+        if self.grow_minutes < 1 or self.max_age_s <= 0 or self.max_sink_batches < 1:
+            raise ConfigError(f"lag: every rule must be positive, got {self}")
+
+
+@dataclass(frozen=True)
+class CanarySettings:
+    """The canary (``canary:``): one enrollment per region every ``every`` (cron, UTC), traced
+    every ``poke_s`` until visible everywhere; the run fails after ``within_s``."""
+
+    every: str = "*/15 * * * *"
+    within_s: float = 300.0
+    poke_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.within_s <= 0 or not 0 < self.poke_s <= self.within_s:
+            raise ConfigError(f"canary: 0 < poke_s <= within_s, got {self}")
+
+
+@dataclass(frozen=True)
+class ReconciliationSettings:
+    """The daily reconciliation (``reconciliation:``): its cron (UTC) and the first day a
+    catch-up covers (ISO date)."""
+
+    at: str = "30 0 * * *"
+    start_date: str = "2026-11-20"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.start_date):
+            raise ConfigError(f"reconciliation: start_date must be YYYY-MM-DD, got {self}")
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """Where failures go besides the task log (``alerts:``): ``on_failure`` is "module:function",
+    called with the curated alert payload (README, "Alerts"); empty: the log only."""
+
+    on_failure: str = ""
+
+    def __post_init__(self) -> None:
+        if self.on_failure and not re.fullmatch(r"[\w.]+:\w+", self.on_failure):
+            raise ConfigError(
+                f"alerts: on_failure must be 'module:function', got {self.on_failure!r}"
+            )
+
+
+@dataclass(frozen=True)
+class SinkSettings(Mapping[str, Any]):
+    """One sink (``sinks:``): the module with its ``build(options, endpoints)``, the services its
+    tasks check first (``needs``), and the sink's own options (its module reads them). It reads
+    as the mapping of its entry, which is what ``build_sink`` hands the module."""
+
+    name: str
+    module: str
+    needs: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name) or not self.module:
+            raise ConfigError(
+                f"sinks: {self.name!r}: names are lower_snake_case (they become DAG ids) and "
+                "each entry needs a 'module'"
+            )
+
+    def _entry(self) -> dict[str, Any]:
+        return {"module": self.module, "needs": list(self.needs), **self.options}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._entry()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entry())
+
+    def __len__(self) -> int:
+        return len(self._entry())
 
 
 @dataclass(frozen=True)
@@ -269,24 +374,19 @@ class PipelineConfig:
     solr_core: str
     marketing_cloud_data_extension: str
     regions: tuple[Region, ...]
-    sinks: dict = field(default_factory=dict)  # name -> options (``module`` + the sink's own)
-    sync_max_batches: int = 20
-    sync_catch_up_every: str = "*/5 * * * *"
+    markets: Markets  # the regions' countries and their market rules (the contracts read it)
+    sinks: dict[str, SinkSettings] = field(default_factory=dict)
+    sync_max_batches: int = SyncSettings.max_batches
+    sync_catch_up_every: str = SyncSettings.catch_up_every
     freshness_sla_s: float = 300.0
-    lag: dict = field(
-        default_factory=dict
-    )  # the lag monitor's alert rules (enrollment.lag.LagRules)
-    alert_callback: str = (
-        ""  # "module:function" called with the Airflow context when a monitor alerts
-    )
-    canary: dict = field(default_factory=dict)  # every (cron), within_s (the target), poke_s
-    reconciliation: dict = field(
-        default_factory=dict
-    )  # at (cron, UTC), start_date (the first day a backfill covers)
-    warehouse: WarehouseSettings = field(default_factory=lambda: WarehouseSettings())
-    sync_lookback_days: int = 7
-    retention: RetentionSettings = field(default_factory=lambda: RetentionSettings())
-    marketing_consent: MarketingConsent = field(default_factory=lambda: MarketingConsent())
+    lag: LagRules = field(default_factory=LagRules)
+    alert_callback: str = Alerts.on_failure  # "module:function" (alerts.on_failure)
+    canary: CanarySettings = field(default_factory=CanarySettings)
+    reconciliation: ReconciliationSettings = field(default_factory=ReconciliationSettings)
+    warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
+    sync_lookback_days: int = SyncSettings.lookback_days
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    marketing_consent: MarketingConsent = field(default_factory=MarketingConsent)
     pools: dict[str, Pool] = field(default_factory=lambda: _pools(None))
     celery_workers: tuple[CeleryWorker, ...] = ()
 
@@ -308,91 +408,317 @@ class PipelineConfig:
         raise KeyError(f"unknown region {code!r}; configured regions: {known}")
 
 
-def parse_config(raw: dict) -> PipelineConfig:
-    backlog = raw.get("backlog", {})
-    regions = tuple(
-        Region(
-            code=r["code"].upper(),
-            topic=r["topic"],
-            partitions=int(r["partitions"]),
-            min_records=int(r.get("min_records", backlog.get("min_records", 20_000))),
-            max_age_s=float(r.get("max_age_s", backlog.get("max_age_s", 10.0))),
-            max_batch=int(r.get("max_batch", backlog.get("max_batch", 200_000))),
-            max_batch_bytes=int(
-                r.get("max_batch_bytes", backlog.get("max_batch_bytes", Region.max_batch_bytes))
-            ),
-            land_timeout_s=float(
-                r.get("land_timeout_s", backlog.get("land_timeout_s", Region.land_timeout_s))
-            ),
+# --- parsing: every section through one builder (types coerced, unknown keys refused) ---
+
+_TOP_LEVEL = {
+    "project", "consumer_group", "landing_bucket", "datasets", "solr_core", "marketing_cloud",
+    "backlog", "warehouse", "freshness_sla_s", "sinks", "sync", "lag", "alerts", "canary",
+    "reconciliation", "retention", "marketing_consent", "pools", "celery_workers", "regions",
+    "markets",
+}  # fmt: skip
+
+
+def _coerce(kind: Any, value: Any, where: str) -> Any:
+    """``value`` as the annotated ``kind`` (YAML gives ints for floats, lists for tuples)."""
+    origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if kind in (int, float):
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise TypeError
+            number = kind(value)
+            if kind is int and number != float(value):
+                raise TypeError
+            return number
+        if kind is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+        if origin is tuple:
+            if not isinstance(value, list | tuple):
+                raise TypeError
+            (item, _) = typing.get_args(kind)
+            return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        if origin is dict and not isinstance(value, dict):
+            raise TypeError
+        if kind == str | None:
+            return None if value is None else _coerce(str, value, where)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}"
+        ) from None
+    return value
+
+
+def _build(cls: type[Any], raw: Any, where: str, **fixed: Any) -> Any:
+    """A ``cls`` from the mapping ``raw`` (None: every default); ``fixed`` fields are not keys."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in fixed]
+    unknown = sorted(str(k) for k in raw if k not in known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {', '.join(known)}")
+    values = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in raw.items()}
+    return cls(**fixed, **values)
+
+
+def _required(raw: Mapping[str, Any], key: str, where: str) -> Any:
+    if raw.get(key) in (None, ""):
+        raise ConfigError(f"{where}: {key!r} is required")
+    return raw[key]
+
+
+@lru_cache(maxsize=1)
+def _embedded_raw() -> dict[str, Any]:
+    with open(DEFAULT_CONFIG, encoding="utf-8") as fh:
+        raw: dict[str, Any] = yaml.safe_load(fh)
+        return raw
+
+
+def _pools(raw: Mapping[str, Any] | None) -> dict[str, Pool]:
+    if raw is None:  # a collection's default: the embedded file's
+        raw = _embedded_raw()["pools"]
+    pools = {
+        str(name): _build(Pool, options, f"pools.{name}", name=str(name))
+        for name, options in (raw or {}).items()
+    }
+    missing = [p for p in POOLS_REQUIRED if p not in pools]
+    if missing:
+        raise ConfigError(
+            f"pools: {missing} missing; the pipeline's tasks run in {list(POOLS_REQUIRED)}"
         )
-        for r in raw["regions"]
+    if pools[WAREHOUSE_POOL].slots != 1:
+        raise ConfigError(
+            f"pools: {WAREHOUSE_POOL} has exactly 1 slot (one writer of the warehouse tables)"
+        )
+    return pools
+
+
+def _celery_workers(raw: list[Any] | None, pools: dict[str, Pool]) -> tuple[CeleryWorker, ...]:
+    if raw is None:
+        raw = _embedded_raw()["celery_workers"]
+    workers = tuple(
+        _build(CeleryWorker, w, f"celery_workers[{i}]") for i, w in enumerate(raw or ())
     )
+    names = [w.name for w in workers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"celery_workers: names must be unique, got {names}")
+    served = {q for w in workers for q in w.queues}
+    unserved = sorted({p.queue for p in pools.values()} - served)
+    if workers and unserved:
+        raise ConfigError(
+            f"celery_workers: no worker takes the queue(s) {unserved} that pools send tasks to"
+        )
+    return workers
+
+
+def _regions(raw: Any, backlog: Backlog) -> tuple[Region, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("regions: a list of at least one region is required")
+    regions = []
+    for i, entry in enumerate(raw):
+        where = f"regions[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {entry!r}")
+        entry = dict(entry)
+        code = str(_required(entry, "code", where)).upper()
+        countries = entry.get("countries") or []
+        if isinstance(countries, list):
+            countries = [str(c).upper() for c in countries]
+        entry["code"], entry["countries"] = code, countries
+        regions.append(_build(Region, dataclasses.asdict(backlog) | entry, f"regions.{code}"))
     codes = [r.code for r in regions]
     if len(set(codes)) != len(codes):
-        raise ValueError(f"region codes must be unique, got {codes}")
-    for name, options in (raw.get("sinks") or {}).items():
-        if (
-            not re.fullmatch(r"[a-z][a-z0-9_]*", name)
-            or not isinstance(options, dict)
-            or not options.get("module")
-        ):
-            raise ValueError(
-                f"sink {name!r}: names are lower_snake_case (they become DAG ids) and each entry needs a 'module'"
-            )
+        raise ConfigError(f"regions: codes must be unique, got {codes}")
+    return tuple(regions)
+
+
+def _markets(raw: Any, regions: tuple[Region, ...]) -> Markets:
+    """The region registry's markets: every country of a region has rules (the library's or the
+    file's ``markets:``) and belongs to one region, or the configuration does not load."""
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"markets: expected a mapping country -> rules, got {raw!r}")
+    own = {
+        str(c).upper(): _build(Market, rules, f"markets.{c}") for c, rules in (raw or {}).items()
+    }
+    rules = LIBRARY | own
+    seen: dict[str, str] = {}
+    for region in regions:
+        for country in region.countries:
+            if country in seen:
+                raise ConfigError(
+                    f"regions: {country} is in both {seen[country]} and {region.code}; a country "
+                    "sells in one region"
+                )
+            seen[country] = region.code
+    missing = {r.code: [c for c in r.countries if c not in rules] for r in regions}
+    missing = {code: cs for code, cs in missing.items() if cs}
+    if missing:
+        named = "; ".join(f"{code}: {', '.join(cs)}" for code, cs in missing.items())
+        raise ConfigError(
+            f"regions: no market rules for {named}. Add each under `markets:` (currency, "
+            "postal_code, tax_id, state_required, min_age, languages), see the README's "
+            "'Adding a region'"
+        )
+    return Markets(
+        countries={r.code: r.countries for r in regions},
+        rules={c: rules[c] for c in seen},
+        consent_regions=tuple(r.code for r in regions if r.consent_required),
+    )
+
+
+def _marketing_consent(raw: Any, regions: tuple[Region, ...]) -> MarketingConsent:
+    codes = [r.code for r in regions]
+    required = tuple(r.code for r in regions if r.consent_required)
+    if raw is None:
+        return MarketingConsent(required=required)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"marketing_consent: expected a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - {"default", "regions"})
+    if unknown:
+        raise ConfigError(f"marketing_consent: unknown key(s) {unknown}; known: default, regions")
+    chosen = {str(k).upper(): v for k, v in (raw.get("regions") or {}).items()}
+    strangers = sorted(set(chosen) - set(codes))
+    if strangers:
+        raise ConfigError(
+            f"marketing_consent: unknown region(s) {strangers}; configured regions: "
+            f"{', '.join(codes)}"
+        )
+    return MarketingConsent(
+        default=raw.get("default", DEFAULT_MARKETING_CONSENT), regions=chosen, required=required
+    )
+
+
+def parse_config(
+    raw: Mapping[str, Any], source: str | os.PathLike[str] = "<config>"
+) -> PipelineConfig:
+    """The typed configuration of ``raw`` (a loaded YAML file, named ``source`` in errors)."""
+    try:
+        return _parse(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _parse(raw: Mapping[str, Any]) -> PipelineConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("expected a mapping of sections")
+    unknown = sorted(str(k) for k in raw if k not in _TOP_LEVEL)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; known: {', '.join(sorted(_TOP_LEVEL))}")
+    datasets = _build(Datasets, _required(raw, "datasets", "config"), "datasets")
+    marketing_cloud = _required(raw, "marketing_cloud", "config")
+    if not isinstance(marketing_cloud, Mapping) or set(marketing_cloud) != {"data_extension"}:
+        raise ConfigError(
+            f"marketing_cloud: expected {{data_extension: <name>}}, got {marketing_cloud!r}"
+        )
+    backlog = _build(Backlog, raw.get("backlog"), "backlog")
+    regions = _regions(raw.get("regions"), backlog)
+    sinks = raw.get("sinks") or {}
+    if not isinstance(sinks, Mapping):
+        raise ConfigError(f"sinks: expected a mapping name -> entry, got {sinks!r}")
+    sync = _build(SyncSettings, raw.get("sync"), "sync")
+    alerts = _build(Alerts, raw.get("alerts"), "alerts")
+    pools = _pools(raw.get("pools"))
     return PipelineConfig(
-        project=raw["project"],
-        consumer_group=raw["consumer_group"],
-        landing_bucket=raw["landing_bucket"],
-        warehouse_dataset=raw["datasets"]["warehouse"],
-        ops_dataset=raw["datasets"]["ops"],
-        solr_core=raw["solr_core"],
-        marketing_cloud_data_extension=raw["marketing_cloud"]["data_extension"],
+        project=str(_required(raw, "project", "config")),
+        consumer_group=str(_required(raw, "consumer_group", "config")),
+        landing_bucket=str(_required(raw, "landing_bucket", "config")),
+        warehouse_dataset=datasets.warehouse,
+        ops_dataset=datasets.ops,
+        solr_core=str(_required(raw, "solr_core", "config")),
+        marketing_cloud_data_extension=str(marketing_cloud["data_extension"]),
         regions=regions,
-        sinks={name: dict(options) for name, options in (raw.get("sinks") or {}).items()},
-        sync_max_batches=int(raw.get("sync", {}).get("max_batches", 20)),
-        sync_catch_up_every=str(raw.get("sync", {}).get("catch_up_every", "*/5 * * * *")),
-        freshness_sla_s=float(raw.get("freshness_sla_s", 300)),
-        lag=dict(raw.get("lag") or {}),
-        alert_callback=str((raw.get("alerts") or {}).get("on_failure", "")),
-        canary={
-            "every": "*/15 * * * *",
-            "within_s": float(raw.get("freshness_sla_s", 300)),
-            "poke_s": 15,
-        }
-        | dict(raw.get("canary") or {}),
-        reconciliation={"at": "30 0 * * *", "start_date": "2026-11-01"}
-        | dict(raw.get("reconciliation") or {}),
-        warehouse=_warehouse_settings(raw.get("warehouse") or {}),
-        sync_lookback_days=int(raw.get("sync", {}).get("lookback_days", 7)),
-        retention=_retention_settings(raw.get("retention") or {}),
-        marketing_consent=_marketing_consent(raw.get("marketing_consent"), codes),
-        pools=(pools := _pools(raw.get("pools"))),
+        markets=_markets(raw.get("markets"), regions),
+        sinks={str(name): _sink(str(name), entry) for name, entry in sinks.items()},
+        sync_max_batches=sync.max_batches,
+        sync_catch_up_every=sync.catch_up_every,
+        freshness_sla_s=_coerce(float, raw.get("freshness_sla_s", 300.0), "freshness_sla_s"),
+        lag=_build(LagRules, raw.get("lag"), "lag"),
+        alert_callback=alerts.on_failure,
+        canary=_build(CanarySettings, raw.get("canary"), "canary"),
+        reconciliation=_build(ReconciliationSettings, raw.get("reconciliation"), "reconciliation"),
+        warehouse=_build(WarehouseSettings, raw.get("warehouse"), "warehouse"),
+        sync_lookback_days=sync.lookback_days,
+        retention=_build(RetentionSettings, raw.get("retention"), "retention"),
+        marketing_consent=_marketing_consent(raw.get("marketing_consent"), regions),
+        pools=pools,
         celery_workers=_celery_workers(raw.get("celery_workers"), pools),
     )
 
 
-def _retention_settings(raw: dict) -> RetentionSettings:
-    unknown = sorted(set(raw) - set(RetentionSettings.__dataclass_fields__))
-    if unknown:
-        raise ValueError(
-            f"retention: unknown settings {unknown}; known: {sorted(RetentionSettings.__dataclass_fields__)}"
-        )
-    return RetentionSettings(**raw)
-
-
-def _warehouse_settings(raw: dict) -> WarehouseSettings:
-    known = set(WarehouseSettings.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"warehouse: unknown setting(s) {unknown}; known: {sorted(known)}")
-    return WarehouseSettings(**raw)
+def _sink(name: str, entry: Any) -> SinkSettings:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"sinks.{name}: expected a mapping with a 'module', got {entry!r}")
+    options = {str(k): v for k, v in entry.items() if k not in ("module", "needs")}
+    return SinkSettings(
+        name=name,
+        module=str(entry.get("module") or ""),
+        needs=_coerce(tuple[str, ...], entry.get("needs") or [], f"sinks.{name}.needs"),
+        options=options,
+    )
 
 
 @lru_cache(maxsize=4)
 def _load(path: str) -> PipelineConfig:
     with open(path, encoding="utf-8") as fh:
-        return parse_config(yaml.safe_load(fh))
+        return parse_config(yaml.safe_load(fh), source=path)
 
 
-def load_config(path: str | os.PathLike | None = None) -> PipelineConfig:
+def load_config(path: str | os.PathLike[str] | None = None) -> PipelineConfig:
     return _load(str(path or os.environ.get("ENROLLMENT_CONFIG") or DEFAULT_CONFIG))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def as_file(config: PipelineConfig) -> dict[str, Any]:
+    """``config`` in the shape of ``pipeline.yaml``, every default filled in (it loads again)."""
+    return {
+        "project": config.project,
+        "consumer_group": config.consumer_group,
+        "landing_bucket": config.landing_bucket,
+        "datasets": {"warehouse": config.warehouse_dataset, "ops": config.ops_dataset},
+        "solr_core": config.solr_core,
+        "marketing_cloud": {"data_extension": config.marketing_cloud_data_extension},
+        "warehouse": _plain(config.warehouse),
+        "freshness_sla_s": config.freshness_sla_s,
+        "sinks": {name: dict(_plain(sink._entry())) for name, sink in config.sinks.items()},
+        "sync": {
+            "max_batches": config.sync_max_batches,
+            "catch_up_every": config.sync_catch_up_every,
+            "lookback_days": config.sync_lookback_days,
+        },
+        "lag": _plain(config.lag),
+        "alerts": {"on_failure": config.alert_callback},
+        "canary": _plain(config.canary),
+        "reconciliation": _plain(config.reconciliation),
+        "retention": _plain(config.retention),
+        "marketing_consent": {
+            "default": config.marketing_consent.default,
+            "regions": dict(config.marketing_consent.regions),
+        },
+        "pools": {
+            n: {k: v for k, v in _plain(p).items() if k != "name"} for n, p in config.pools.items()
+        },
+        "celery_workers": [_plain(w) for w in config.celery_workers],
+        "regions": [_plain(r) for r in config.regions],
+        "markets": {c: _plain(m) for c, m in config.markets.rules.items()},
+    }
+
+
+if __name__ == "__main__":  # python -m enrollment.config [FILE]: the configuration in force
+    config = load_config(sys.argv[1] if len(sys.argv) > 1 else None)
+    yaml.safe_dump(as_file(config), sys.stdout, sort_keys=False, allow_unicode=True, width=100)

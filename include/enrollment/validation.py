@@ -29,12 +29,14 @@ import gc
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Optional, TypedDict
+from functools import lru_cache
+from typing import Annotated, Any, TypeAlias, TypedDict
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -60,6 +62,13 @@ from .contracts.spec import (
 )
 
 log = logging.getLogger(__name__)
+
+# A decoded message (or what of it is kept): a JSON object.
+Event: TypeAlias = dict[str, Any]
+# A contract as a tree: field name -> its kind (a leaf) or the tree of a nested object.
+Tree: TypeAlias = dict[str, "Tree | str"]
+Mask: TypeAlias = npt.NDArray[np.bool_]  # one flag per row
+Rows: TypeAlias = npt.NDArray[np.int64]  # row positions
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 REASON_CODES = (
@@ -94,20 +103,21 @@ _CORE_ENVELOPE = tuple(
 _CONTROL = r"[\x00-\x1f\x7f]"
 
 
-# -- the contracts as trees: the parse schema and one typed decoder per contract --------------------------
-def _tree(specs) -> dict:
-    tree: dict = {}
+# -- the contracts as trees: the parse schema and one typed decoder per contract ----------------
+def _tree(specs: Iterable[FieldSpec]) -> Tree:
+    tree: Tree = {}
     for spec in specs:
         node = tree
         *parents, leaf = spec.path.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
-            assert isinstance(node, dict), f"{spec.path}: {part} is both a field and an object"
+            child = node.setdefault(part, {})
+            assert isinstance(child, dict), f"{spec.path}: {part} is both a field and an object"
+            node = child
         node[leaf] = spec.kind
     return tree
 
 
-def _arrow_type(node) -> pa.DataType:
+def _arrow_type(node: Tree | str) -> pa.DataType:
     if isinstance(node, dict):
         return pa.struct([pa.field(name, _arrow_type(child)) for name, child in node.items()])
     return _KIND_TYPE[node]
@@ -119,14 +129,15 @@ PARSE_SCHEMA: pa.Schema = pa.schema(
 )
 # What the per-record path keeps of a message: its own contract's fields, or (type or version
 # unknown) the envelope's.
-CONTRACT_TREES: dict[tuple[str, int], dict] = {
+CONTRACT_TREES: dict[tuple[str, int], Tree] = {
     (t, v): _tree(fields(t, v)) for t in EVENT_TYPES for v in SCHEMA_VERSIONS[t]
 }
 ENVELOPE_TREE = _tree(
     _CORE_ENVELOPE + tuple(f for f in ENVELOPE if f.path in ("event_type", "schema_version"))
 )
 
-_PY_KIND = {
+# Type forms (Annotated[...]) as values: typing has no static type for them (PEP 747 is to come).
+_PY_KIND: dict[str, Any] = {
     STRING: str,
     BOOLEAN: bool,
     INTEGER: Annotated[int, msgspec.Meta(ge=-SAFE_INTEGER, le=SAFE_INTEGER)],
@@ -136,13 +147,14 @@ _PY_KIND = {
 }
 
 
-def _typed_dict(name: str, tree: dict) -> type:
-    annotations = {}
+def _typed_dict(name: str, tree: Tree) -> type:
+    annotations: dict[str, object] = {}
     for key, node in tree.items():
-        annotations[key] = Optional[
-            _typed_dict(f"{name}_{key}", node) if isinstance(node, dict) else _PY_KIND[node]
-        ]
-    return TypedDict(name, annotations, total=False)  # type: ignore[operator]
+        kind = _typed_dict(f"{name}_{key}", node) if isinstance(node, dict) else _PY_KIND[node]
+        annotations[key] = kind | None
+    return TypedDict(  # type: ignore[operator,no-any-return]  # fields known at run time only
+        name, annotations, total=False
+    )
 
 
 class _Head(msgspec.Struct):
@@ -152,7 +164,8 @@ class _Head(msgspec.Struct):
 
 _HEAD = msgspec.json.Decoder(_Head)
 # One decoder per contract (type and version): it types that contract's fields and no other.
-_CONTRACT_DECODERS = {
+# Looked up with whatever a message holds as its type and version, hence the key's type.
+_CONTRACT_DECODERS: dict[tuple[object, object], msgspec.json.Decoder[Event]] = {
     key: msgspec.json.Decoder(_typed_dict("C_" + re.sub(r"\W", "_", f"{key[0]}_v{key[1]}"), tree))
     for key, tree in CONTRACT_TREES.items()
 }
@@ -163,12 +176,10 @@ _STRUCT_TYPE = pa.struct(list(PARSE_SCHEMA))
 
 @dataclass
 class ValidationResult:
-    valid: (
-        pa.Table
-    )  # one row per valid event, in input order; `source_index` = position in the batch
-    quarantine: (
-        pa.Table
-    )  # one row per refused message: `source_index`, `reasons`, `raw`, and what could be read
+    # One row per valid event, in input order; `source_index` = position in the batch.
+    valid: pa.Table
+    # One row per refused message: `source_index`, `reasons`, `raw`, and what could be read.
+    quarantine: pa.Table
 
     @property
     def duplicates(self) -> int:
@@ -181,13 +192,16 @@ class _Reasons:
     """Reason codes collected as (row indices, code) pairs: cheap to add in bulk."""
 
     def __init__(
-        self, rows: list | None = None, codes: list | None = None, index: np.ndarray | None = None
-    ):
-        self.rows: list[np.ndarray] = [] if rows is None else rows
+        self,
+        rows: list[Rows] | None = None,
+        codes: list[str] | None = None,
+        index: Rows | None = None,
+    ) -> None:
+        self.rows: list[Rows] = [] if rows is None else rows
         self.codes: list[str] = [] if codes is None else codes
         self.index = index
 
-    def add(self, rows: np.ndarray, code: str) -> None:
+    def add(self, rows: Mask | Rows, code: str) -> None:
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
         if len(rows):
@@ -198,13 +212,13 @@ class _Reasons:
     def add_one(self, row: int, code: str) -> None:
         self.add(np.array([row], dtype=np.int64), code)
 
-    def mapped(self, index: np.ndarray) -> _Reasons:
+    def mapped(self, index: Rows) -> _Reasons:
         """The same collector, for a subset of rows: local row k is row index[k] here."""
         return _Reasons(self.rows, self.codes, index if self.index is None else self.index[index])
 
     def by_row(self) -> dict[int, list[str]]:
         out: dict[int, set[str]] = {}
-        for rows, code in zip(self.rows, self.codes):
+        for rows, code in zip(self.rows, self.codes, strict=True):
             for row in rows.tolist():
                 out.setdefault(row, set()).add(code)
         return {row: _without_consequences(codes) for row, codes in out.items()}
@@ -229,7 +243,7 @@ def _without_consequences(codes: set[str]) -> list[str]:
     return sorted(codes)
 
 
-# -- 1. byte screening ----------------------------------------------------------------------------------
+# -- 1. byte screening -------------------------------------------------------------------------
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _OPEN, _CLOSE = np.zeros(256, np.int8), np.zeros(256, np.int8)
 _OPEN[[ord("["), ord("{")]] = 1
@@ -261,7 +275,7 @@ def _screen(message: bytes, max_bytes: int) -> str | None:
     return None
 
 
-def _no_repeats(pairs: list) -> dict:
+def _no_repeats(pairs: list[tuple[str, Any]]) -> Event:
     if len(pairs) != len({key for key, _ in pairs}):
         raise _RepeatedKey
     return dict(pairs)
@@ -274,7 +288,7 @@ class _RepeatedKey(ValueError):
 _QUOTE_SPACE = re.compile(rb'"[ \t\r\n]')
 
 
-def _repeats_a_key(message: bytes, decoded: dict | None = None) -> bool:
+def _repeats_a_key(message: bytes, decoded: Event | None = None) -> bool:
     """Whether an object of this (valid JSON) message repeats a key. Without escapes, ``":``
     ends exactly the keys, so a compact message with as many keys as its decoding (nulls kept,
     foreign fields dropped) repeats none; a message holding a repeated string might. Only the
@@ -294,8 +308,8 @@ def _repeats_a_key(message: bytes, decoded: dict | None = None) -> bool:
     return False
 
 
-# -- 2. the fast path ---------------------------------------------------------------------------------
-def _fast(message: bytes) -> dict | None:
+# -- 2. the fast path ---------------------------------------------------------------------------
+def _fast(message: bytes) -> Event | None:
     """The event as a dict of its own contract's fields (type and version); None when the
     per-record path must decide (any refusal, of any kind)."""
     try:
@@ -311,8 +325,8 @@ def _fast(message: bytes) -> dict | None:
     return event
 
 
-# -- 3. the per-record path ----------------------------------------------------------------------------
-def _per_record(message: bytes, bad: list[str]) -> dict | None:
+# -- 3. the per-record path ---------------------------------------------------------------------
+def _per_record(message: bytes, bad: list[str]) -> Event | None:
     """The message's own-contract fields as plain values, wrong ones turned into reasons; None
     when it is not one JSON object."""
     try:
@@ -324,18 +338,18 @@ def _per_record(message: bytes, bad: list[str]) -> dict | None:
     event_type, version = obj.get("event_type"), obj.get("schema_version")
     if isinstance(version, float) and version.is_integer() and abs(version) <= SAFE_INTEGER:
         version = int(version)
-    known = isinstance(event_type, str) and type(version) is int
-    return _coerce(
-        obj,
-        CONTRACT_TREES.get((event_type, version), ENVELOPE_TREE) if known else ENVELOPE_TREE,
-        "",
-        bad,
+    tree = (
+        CONTRACT_TREES.get((event_type, version), ENVELOPE_TREE)
+        if isinstance(event_type, str) and type(version) is int
+        else ENVELOPE_TREE
     )
+    return _coerce(obj, tree, "", bad)
 
 
-def _coerce(obj: dict, tree: dict, prefix: str, bad: list[str]) -> dict:
-    """Keeps what the tree types; a value of the wrong JSON type or beyond range becomes a reason."""
-    out = {}
+def _coerce(obj: Event, tree: Tree, prefix: str, bad: list[str]) -> Event:
+    """Keeps what the tree types; a value of the wrong JSON type or beyond range becomes a
+    reason."""
+    out: Event = {}
     for name, kind in tree.items():
         value = obj.get(name)
         if value is None:
@@ -372,24 +386,21 @@ def _coerce(obj: dict, tree: dict, prefix: str, bad: list[str]) -> dict:
     return out
 
 
-# -- 4. one table of what could be read -------------------------------------------------------------------
-def _tabulate(readable: list[dict]) -> tuple[pa.Table, np.ndarray]:
+# -- 4. one table of what could be read ---------------------------------------------------------
+def _tabulate(readable: list[Event]) -> tuple[pa.Table, Rows]:
     """The readable messages as one table; positions (into ``readable``) of those it holds."""
     try:
         return pa.Table.from_struct_array(pa.array(readable, type=_STRUCT_TYPE)), np.arange(
             len(readable)
         )
-    except (
-        pa.ArrowException,
-        OverflowError,
-        TypeError,
-        ValueError,
-    ) as exc:  # a defect: keep every message we can
+    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+        # A defect: keep every message we can.
         log.error(
             "validation: Arrow refused decoded messages (%s); converting them one by one",
             type(exc).__name__,
         )
-    rows, kept = [], []
+    rows: list[pa.Array] = []
+    kept: list[int] = []
     for k, item in enumerate(readable):
         try:
             rows.append(pa.array([item], type=_STRUCT_TYPE))
@@ -401,7 +412,7 @@ def _tabulate(readable: list[dict]) -> tuple[pa.Table, np.ndarray]:
     return pa.Table.from_struct_array(pa.concat_arrays(rows)), np.array(kept, dtype=np.int64)
 
 
-# -- 5. contract checks, vectorised --------------------------------------------------------------------
+# -- 5. contract checks, vectorised ------------------------------------------------------------
 class _Columns:
     """Flattened columns of the parsed table by dotted path, with NumPy views cached. A view of
     some rows (``of(rows)``) takes only the leaves its checks read, when they read them."""
@@ -409,20 +420,21 @@ class _Columns:
     def __init__(
         self,
         table: pa.Table,
-        escaped: np.ndarray,
+        escaped: Mask,
         parent: _Columns | None = None,
         rows: pa.Array | None = None,
-    ):
+    ) -> None:
         self.table = table
-        self.escaped = (
-            escaped  # rows whose raw text holds a backslash: only they can hold control characters
-        )
+        # Rows whose raw text holds a backslash: only they can hold control characters.
+        self.escaped = escaped
         self.parent, self.rows = parent, rows
-        self.n = len(rows) if rows is not None else table.num_rows
+        self.n: int = len(rows) if rows is not None else table.num_rows
         self._cols: dict[str, pa.Array] = {}
-        self._cache: dict[tuple, np.ndarray] = {}
+        self._top: dict[str, pa.Array] = {}  # top-level columns, combined
+        self._cache: dict[tuple[str, ...], Mask] = {}
+        self._calendar: dict[str, tuple[Mask, Mask]] = {}
 
-    def of(self, rows: np.ndarray) -> _Columns:
+    def of(self, rows: Rows) -> _Columns:
         return _Columns(self.table, self.escaped[rows], self, pa.array(rows, pa.int64()))
 
     def arrow(self, path: str) -> pa.Array:
@@ -431,18 +443,15 @@ class _Columns:
                 self._cols[path] = self.parent.arrow(path).take(self.rows)
             else:
                 head, *rest = path.split(".")
-                if (
-                    "top",
-                    head,
-                ) not in self._cache:  # combining a nested column copies it: once per column
-                    self._cache[("top", head)] = self.table.column(head).combine_chunks()
-                arr = self._cache[("top", head)]
+                if head not in self._top:  # combining a nested column copies it: once per column
+                    self._top[head] = self.table.column(head).combine_chunks()
+                arr = self._top[head]
                 for part in rest:
                     arr = pc.struct_field(arr, part)
                 self._cols[path] = arr
         return self._cols[path]
 
-    def present(self, path: str, kind: str) -> np.ndarray:
+    def present(self, path: str, kind: str) -> Mask:
         key = ("present", path)
         if key not in self._cache:
             arr = self.arrow(path)
@@ -453,27 +462,30 @@ class _Columns:
             self._cache[key] = _np(ok)
         return self._cache[key]
 
-    def equals(self, path: str, value) -> np.ndarray:
+    def equals(self, path: str, value: str) -> Mask:
         return _np(pc.equal(self.arrow(path), value))
 
-    def isin(self, path: str, values) -> np.ndarray:
+    def isin(self, path: str, values: Iterable[str]) -> Mask:
         return _np(
             pc.is_in(self.arrow(path), value_set=pa.array(list(values), type=self.arrow(path).type))
         )
 
-    def matches(self, path: str, pattern: str) -> np.ndarray:
+    def matches(self, path: str, pattern: str) -> Mask:
         key = ("re", path, pattern)
         if key not in self._cache:
             self._cache[key] = _np(pc.match_substring_regex(self.arrow(path), pattern))
         return self._cache[key]
 
-    def numbers(self, path: str) -> np.ndarray:
-        return self.arrow(path).to_numpy(zero_copy_only=False).astype(np.float64)
+    def numbers(self, path: str) -> npt.NDArray[np.float64]:
+        values: npt.NDArray[np.float64] = (
+            self.arrow(path).to_numpy(zero_copy_only=False).astype(np.float64)
+        )
+        return values
 
-    def too_long(self, path: str, max_chars: int) -> np.ndarray:
+    def too_long(self, path: str, max_chars: int) -> Mask:
         return _np(pc.greater(pc.utf8_length(self.arrow(path)), max_chars))
 
-    def control(self, path: str) -> np.ndarray:
+    def control(self, path: str) -> Mask:
         out = np.zeros(self.n, dtype=bool)
         rows = np.flatnonzero(self.escaped)
         if len(rows):
@@ -482,11 +494,10 @@ class _Columns:
             )
         return out
 
-    def calendar(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+    def calendar(self, path: str) -> tuple[Mask, Mask]:
         """For values that start like a date: (a real calendar date, of year 0000). Only days
         from the 29th on can be impossible, so only they are parsed."""
-        key = ("calendar", path)
-        if key not in self._cache:
+        if path not in self._calendar:
             arr = self.arrow(path)
             year, day = pc.utf8_slice_codeunits(arr, 0, 4), pc.utf8_slice_codeunits(arr, 8, 10)
             year_zero = _np(pc.equal(year, "0000"))
@@ -503,11 +514,12 @@ class _Columns:
                     error_is_null=True,
                 )
                 real[rows] = _np(pc.equal(pc.day(parsed), pc.cast(day.take(take), pa.int64())))
-            self._cache[key] = (real, year_zero)
-        return self._cache[key]
+            self._calendar[path] = (real, year_zero)
+        return self._calendar[path]
 
-    def instant_out_of_range(self, path: str) -> np.ndarray:
-        """Well-formed instants whose UTC time leaves 0001-01-01..9999-12-31 (an offset at either end)."""
+    def instant_out_of_range(self, path: str) -> Mask:
+        """Well-formed instants whose UTC time leaves 0001-01-01..9999-12-31 (an offset at either
+        end)."""
         key = ("out_of_range", path)
         if key in self._cache:
             return self._cache[key]
@@ -531,8 +543,9 @@ class _Columns:
         return out
 
 
-def _np(boolean: pa.Array) -> np.ndarray:
-    return pc.fill_null(boolean, False).to_numpy(zero_copy_only=False)
+def _np(boolean: pa.Array) -> Mask:
+    flags: Mask = pc.fill_null(boolean, False).to_numpy(zero_copy_only=False)
+    return flags
 
 
 _EARLIEST, _LATEST = (
@@ -541,13 +554,13 @@ _EARLIEST, _LATEST = (
 )
 
 
-def _valid_dates(cols: _Columns, path: str) -> np.ndarray:
+def _valid_dates(cols: _Columns, path: str) -> Mask:
     """Calendar-valid ISO dates from 0001-01-01 (2023-02-30 matches the pattern but is no date)."""
     real, year_zero = cols.calendar(path)
     return cols.matches(path, FORMATS["date"]) & real & ~year_zero
 
 
-def _format_ok(cols: _Columns, spec: FieldSpec, market_country: pa.Array | None) -> np.ndarray:
+def _format_ok(cols: _Columns, spec: FieldSpec, market_country: pa.Array | None) -> Mask:
     """True where the value (if present) is well formed; rows without a value pass."""
     ok = np.ones(cols.n, dtype=bool)
     if spec.format in ("date", "timestamp"):
@@ -556,42 +569,43 @@ def _format_ok(cols: _Columns, spec: FieldSpec, market_country: pa.Array | None)
         ok &= cols.matches(spec.path, FORMATS[spec.format])
     if spec.enum:
         ok &= cols.isin(spec.path, spec.enum)
-    if (
-        spec.minimum is not None
-    ):  # numbers arrive finite and integers whole: decoding refused the rest
+    if spec.minimum is not None:
+        # Numbers arrive finite and integers whole: decoding refused the rest.
         with np.errstate(invalid="ignore"):
             ok &= ~(cols.numbers(spec.path) < spec.minimum)
     if spec.by_country and market_country is not None:
-        for country, market in markets.MARKETS.items():
+        for country, market in markets.active().rules.items():
             pattern = getattr(market, spec.by_country)
             if pattern:
                 ok &= ~(_np(pc.equal(market_country, country)) & ~cols.matches(spec.path, pattern))
     return ok
 
 
-_MARKET_PAIRS = pa.array(
-    sorted(f"{r}|{c}" for r, cs in markets.REGION_COUNTRIES.items() for c in cs)
-)
+@lru_cache(maxsize=4)
+def _market_pairs(registry: markets.Markets) -> pa.Array:
+    return pa.array(registry.pairs())
 
 
 def _market_country(cols: _Columns, event_type: str) -> pa.Array:
     """The row's country where it is one of its region's markets, else ''."""
     country = pc.fill_null(cols.arrow(COUNTRY_PATH[event_type]), "")
     pair = pc.binary_join_element_wise(pc.fill_null(cols.arrow("region"), ""), country, "|")
-    return pc.if_else(pc.is_in(pair, value_set=_MARKET_PAIRS), country, "")
+    return pc.if_else(pc.is_in(pair, value_set=_market_pairs(markets.active())), country, "")
 
 
-def _condition(cols: _Columns, name: str, market_country: pa.Array | None) -> np.ndarray:
+def _condition(cols: _Columns, name: str, market_country: pa.Array | None) -> Mask:
     if name == "always":
         return np.ones(cols.n, dtype=bool)
     if name == "never":
         return np.zeros(cols.n, dtype=bool)
     if name == "tax_id_market":
-        return _np(pc.is_in(market_country, value_set=pa.array(markets.tax_id_countries())))
+        return _np(
+            pc.is_in(market_country, value_set=pa.array(markets.active().tax_id_countries()))
+        )
     if name == "state_market":
-        return _np(pc.is_in(market_country, value_set=pa.array(markets.state_countries())))
+        return _np(pc.is_in(market_country, value_set=pa.array(markets.active().state_countries())))
     if name == "consent_region":
-        return cols.isin("region", markets.CONSENT_REGIONS)
+        return cols.isin("region", markets.active().consent_regions)
     if name == "without_first_order":
         return ~cols.present("payload.first_order.order_id", STRING)
     if name == "not_cancelled":
@@ -600,7 +614,11 @@ def _condition(cols: _Columns, name: str, market_country: pa.Array | None) -> np
 
 
 def _check_fields(
-    cols: _Columns, specs, applies: np.ndarray, reasons: _Reasons, market_country: pa.Array | None
+    cols: _Columns,
+    specs: Iterable[FieldSpec],
+    applies: Mask,
+    reasons: _Reasons,
+    market_country: pa.Array | None,
 ) -> None:
     for spec in specs:
         present = cols.present(spec.path, spec.kind)
@@ -621,16 +639,15 @@ def _check_fields(
             reasons.add(given & out, spec.range_code)
 
 
-def _check(table: pa.Table, escaped: np.ndarray, reasons: _Reasons) -> None:
+def _check(table: pa.Table, escaped: Mask, reasons: _Reasons) -> None:
     cols = _Columns(table, escaped)
     has_type = cols.present("event_type", STRING)
     reasons.add(~has_type, "missing:event_type")
     reasons.add(has_type & ~cols.isin("event_type", EVENT_TYPES), "unknown_event_type")
     version = cols.numbers("schema_version")
     has_version = cols.present("schema_version", INTEGER)
-    reasons.add(
-        has_type & ~has_version, "missing:schema_version"
-    )  # a mistyped one was dropped (and named) while decoding
+    # A mistyped one was dropped (and named) while decoding.
+    reasons.add(has_type & ~has_version, "missing:schema_version")
     _check_fields(cols, _CORE_ENVELOPE, np.ones(cols.n, dtype=bool), reasons, None)
 
     # Payload checks run on each type's own rows: rare types cost little, frequent ones no more.
@@ -653,7 +670,9 @@ def _check(table: pa.Table, escaped: np.ndarray, reasons: _Reasons) -> None:
     reasons.add(has_id & repeated, "duplicate_event_id")
 
 
-def _check_type(event_type: str, cols: _Columns, version: np.ndarray, reasons: _Reasons) -> None:
+def _check_type(
+    event_type: str, cols: _Columns, version: npt.NDArray[np.float64], reasons: _Reasons
+) -> None:
     market_country = _market_country(cols, event_type) if event_type in COUNTRY_PATH else None
     for v in SCHEMA_VERSIONS[event_type]:
         applies = version == v
@@ -680,12 +699,13 @@ def _check_type(event_type: str, cols: _Columns, version: np.ndarray, reasons: _
         reasons.add(~changed, "missing:payload.changes")
 
 
-def _ymd(arr: pa.Array) -> np.ndarray:
-    return (
+def _ymd(arr: pa.Array) -> npt.NDArray[np.int64]:
+    ymd: npt.NDArray[np.int64] = (
         pc.year(arr).to_numpy(zero_copy_only=False) * 10000
         + pc.month(arr).to_numpy(zero_copy_only=False) * 100
         + pc.day(arr).to_numpy(zero_copy_only=False)
     )
+    return ymd
 
 
 def _check_enrollment(cols: _Columns, market_country: pa.Array, reasons: _Reasons) -> None:
@@ -710,9 +730,10 @@ def _check_enrollment(cols: _Columns, market_country: pa.Array, reasons: _Reason
             unit="s",
             error_is_null=True,
         )
+        rules = markets.active().rules
         min_age = (
             pd.Series(market_country.take(rows).to_pandas())
-            .map(lambda c: markets.MARKETS[c].min_age if c else 18)
+            .map(lambda c: rules[c].min_age if c else 18)
             .to_numpy(dtype=np.int64)
         )
         too_young = np.zeros(cols.n, dtype=bool)
@@ -720,7 +741,7 @@ def _check_enrollment(cols: _Columns, market_country: pa.Array, reasons: _Reason
         reasons.add(too_young, "under_age")
     refused = _np(pc.equal(cols.arrow("payload.consents.data_processing"), False))
     reasons.add(
-        cols.isin("region", markets.CONSENT_REGIONS) & refused,
+        cols.isin("region", markets.active().consent_regions) & refused,
         "consent_not_granted:payload.consents.data_processing",
     )
     reasons.add(
@@ -728,7 +749,7 @@ def _check_enrollment(cols: _Columns, market_country: pa.Array, reasons: _Reason
     )
 
 
-# -- the call --------------------------------------------------------------------------------------------
+# -- the call ----------------------------------------------------------------------------------
 VALID_COLUMNS = (
     "event_id",
     "event_type",
@@ -743,23 +764,28 @@ def validate_batch(
     messages: Sequence[bytes | None], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> ValidationResult:
     """Validates raw message values; every message comes out once, valid or quarantined."""
-    messages = [m if isinstance(m, bytes) else bytes(m) if m is not None else b"" for m in messages]
+    values = [m if isinstance(m, bytes) else bytes(m) if m is not None else b"" for m in messages]
     reasons = _Reasons()
-    readable, index = [], []
+    readable: list[Event] = []
+    index: list[int] = []
     # Hundreds of thousands of small dicts, no cycles among them: the cyclic collector would only
     # rescan them again and again (measured: a third of the decode time).
     collecting = gc.isenabled()
     gc.disable()
     try:
-        _decode_all(messages, max_message_bytes, reasons, readable, index)
+        _decode_all(values, max_message_bytes, reasons, readable, index)
     finally:
         if collecting:
             gc.enable()
-    return _validated(messages, reasons, readable, index)
+    return _validated(values, reasons, readable, index)
 
 
 def _decode_all(
-    messages: list[bytes], max_message_bytes: int, reasons: _Reasons, readable: list, index: list
+    messages: list[bytes],
+    max_message_bytes: int,
+    reasons: _Reasons,
+    readable: list[Event],
+    index: list[int],
 ) -> None:
     for i, message in enumerate(messages):
         terminal = _screen(message, max_message_bytes)
@@ -780,7 +806,7 @@ def _decode_all(
 
 
 def _validated(
-    messages: list[bytes], reasons: _Reasons, readable: list, index: list
+    messages: list[bytes], reasons: _Reasons, readable: list[Event], index: list[int]
 ) -> ValidationResult:
     parsed, held = _tabulate(readable)
     source_index = (
@@ -839,9 +865,12 @@ def validate_guarded(
 
 
 def _combined(
-    messages, results: list[tuple[int, ValidationResult]], culprits: list[int]
+    messages: Sequence[bytes | None],
+    results: list[tuple[int, ValidationResult]],
+    culprits: list[int],
 ) -> ValidationResult:
-    """Parts validated apart, as one result: indices shifted, duplicates across parts found again."""
+    """Parts validated apart, as one result: indices shifted, duplicates across parts found
+    again."""
 
     def shifted(table: pa.Table, offset: int) -> pa.Table:
         column = table.schema.get_field_index("source_index")
@@ -875,7 +904,8 @@ def _combined(
     # An id first seen in an earlier part makes later copies duplicates, as in one batch.
     valid = valid.sort_by("source_index")
     ids = valid.column("event_id").to_pylist()
-    seen, repeat = set(), []
+    seen: set[str | None] = set()
+    repeat: list[int] = []
     for k, event_id in enumerate(ids):
         if event_id in seen:
             repeat.append(k)
@@ -893,7 +923,7 @@ def _combined(
     )
 
 
-def _valid_table(parsed: pa.Table, source_index: np.ndarray) -> pa.Table:
+def _valid_table(parsed: pa.Table, source_index: Rows) -> pa.Table:
     columns = {"source_index": pa.array(source_index, pa.int64())}
     for name in VALID_COLUMNS:
         columns[name] = parsed.column(name)
@@ -918,7 +948,7 @@ QUARANTINE_SCHEMA = pa.schema(
 
 
 def _quarantine_table(
-    messages, by_index: dict[int, list[str]], parsed: pa.Table, source_index: np.ndarray
+    messages: list[bytes], by_index: dict[int, list[str]], parsed: pa.Table, source_index: Rows
 ) -> pa.Table:
     indices = np.array(sorted(by_index), dtype=np.int64)
     # What could be read of each refused message (nothing for those that never parsed).

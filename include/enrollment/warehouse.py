@@ -718,16 +718,16 @@ def freshness_gate(
 
     The data is in and the offsets are committed whatever this says: it fails the run so that
     operators see a pipeline falling behind, it never holds a batch back."""
-    age = merged.get("oldest_event_age_s")
+    age, newest = merged.get("oldest_event_age_s"), merged.get("newest_event_age_s")
     if age is not None and age > sla_s:
+        newest_said = "" if newest is None else f" (newest {newest:.0f} s)"
         raise GateError(
             f"freshness gate, batch {batch_id}: its oldest event became queryable {age:.0f} s "
-            "after it reached Kafka "
-            f"(newest {merged.get('newest_event_age_s'):.0f} s); the SLA is {sla_s:.0f} s"
+            f"after it reached Kafka{newest_said}; the SLA is {sla_s:.0f} s"
         )
     return {
         "oldest_event_age_s": age,
-        "newest_event_age_s": merged.get("newest_event_age_s"),
+        "newest_event_age_s": newest,
         "sla_s": sla_s,
     }
 

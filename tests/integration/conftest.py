@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 
+import httpx
 import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -15,8 +17,9 @@ from google.cloud import bigquery
 from enrollment import config as pipeline_config_module
 from enrollment.batches import Manifest, claim, land
 from enrollment.pii import Keyring
-from enrollment.services import bigquery_client, storage_client
+from enrollment.services import Endpoints, bigquery_client, storage_client
 from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.sinks import build_sink
 from enrollment.warehouse import Warehouse
 
 
@@ -116,11 +119,14 @@ def use_config(raw: dict, path, monkeypatch):
     return pipeline_config_module.load_config()
 
 
-@pytest.fixture
-def isolated_pipeline(stack, tmp_path, monkeypatch):
-    """A configuration like the embedded one, with its own topics, group and datasets."""
+@contextlib.contextmanager
+def isolated(stack, path, monkeypatch, change=None):
+    """A configuration like the embedded one (``change`` may edit its raw mapping first), with
+    its own topics, group, datasets, Firestore collection and Marketing Cloud data extension."""
     run = uuid.uuid4().hex[:6]
     raw = yaml.safe_load(pipeline_config_module.DEFAULT_CONFIG.read_text())
+    if change:
+        change(raw)
     raw["consumer_group"] = f"test-pipeline-{run}"
     raw["datasets"] = {"warehouse": f"test_all_{run}", "ops": f"test_all_ops_{run}"}
     raw["sinks"]["firestore"]["collection"] = f"partners_{run}"
@@ -130,7 +136,7 @@ def isolated_pipeline(stack, tmp_path, monkeypatch):
     for region in raw["regions"]:
         region["topic"] = f"test.{run}.{region['code'].lower()}.events"
         region["partitions"] = 2
-    config = use_config(raw, tmp_path / "pipeline.yaml", monkeypatch)
+    config = use_config(raw, path, monkeypatch)
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
     for future in admin.create_topics(
         [NewTopic(r.topic, num_partitions=2, replication_factor=1) for r in config.regions]
@@ -139,12 +145,20 @@ def isolated_pipeline(stack, tmp_path, monkeypatch):
     client = bigquery_client(stack.project)
     for name in (config.warehouse_dataset, config.ops_dataset):
         client.create_dataset(bigquery.Dataset(f"{stack.project}.{name}"))
-    yield config
-    admin.delete_topics([r.topic for r in config.regions])
-    for name in (config.warehouse_dataset, config.ops_dataset):
-        client.delete_dataset(name, delete_contents=True, not_found_ok=True)
-    monkeypatch.delenv("ENROLLMENT_CONFIG")
-    pipeline_config_module._load.cache_clear()
+    try:
+        yield config
+    finally:
+        admin.delete_topics([r.topic for r in config.regions])
+        for name in (config.warehouse_dataset, config.ops_dataset):
+            client.delete_dataset(name, delete_contents=True, not_found_ok=True)
+        monkeypatch.delenv("ENROLLMENT_CONFIG")
+        pipeline_config_module._load.cache_clear()
+
+
+@pytest.fixture
+def isolated_pipeline(stack, tmp_path, monkeypatch):
+    with isolated(stack, tmp_path / "pipeline.yaml", monkeypatch) as config:
+        yield config
 
 
 def ingest_events(
@@ -191,3 +205,33 @@ def ingest_and_warehouse(stack, config, messages):
     for region in config.regions:
         succeeded(ingest_dag(region).test())
     return succeeded(warehouse_dag().test())
+
+
+@pytest.fixture
+def sinks(stack, pipeline_config):
+    """The configured sinks, each on its own Firestore collection and Marketing Cloud data
+    extension (its name unique to the test)."""
+    run = uuid.uuid4().hex[:8]
+    mc = stack.url("MARKETING_CLOUD_PORT")
+    data_extension = f"partners-{run}"
+    # A Text(30) last name, as a real data extension might have: the refused partner is longer.
+    httpx.put(
+        f"{mc}/_stub/dataextensions/{data_extension}",
+        json={"primary_key": ["PartnerId"], "max_length": {"LastName": 30}},
+        headers=stack.stub_headers(),
+    ).raise_for_status()
+    endpoints = Endpoints.from_env()
+    options = {name: dict(o) for name, o in pipeline_config.sinks.items()}
+    options["firestore"]["collection"] = f"partners_{run}"
+    options["solr"]["outage_s"] = 3
+    options["marketing_cloud"].update(data_extension=data_extension, welcome_event=f"welcome-{run}")
+    built = {name: build_sink(name, o, endpoints) for name, o in options.items()}
+    built["marketing_cloud"].client.max_throttle_wait_s = 120
+    yield built
+    for sink in built.values():
+        sink.close()
+    httpx.patch(
+        f"{mc}/_stub/settings",
+        json={"throttle_for_s": 0, "token_ttl_s": 1080, "processing_delay_s": 0.2},
+        headers=stack.stub_headers(),
+    )

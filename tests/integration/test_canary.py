@@ -23,9 +23,7 @@ def test_the_canary_is_traced_to_every_sink(stack, pipeline_config):
         client.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
     try:
         run_id = client.trigger("canary")
-        state = client.wait_for_run(
-            "canary", run_id, timeout_s=float(config.canary["within_s"]) + 240
-        )
+        state = client.wait_for_run("canary", run_id, timeout_s=float(config.canary.within_s) + 240)
     finally:
         for dag_id in [*carriers, "canary"]:
             client.http.patch(f"/dags/{dag_id}", json={"is_paused": True})
@@ -50,9 +48,7 @@ def test_the_canary_is_traced_to_every_sink(stack, pipeline_config):
     for c in injected:
         trace = traces[c["event_id"]]
         assert (
-            trace["ok"]
-            and trace["missing"] is None
-            and trace["seconds"] <= config.canary["within_s"]
+            trace["ok"] and trace["missing"] is None and trace["seconds"] <= config.canary.within_s
         ), trace
         assert {s.split(":")[0] for s in trace["seen"].split(",")} == {"bigquery", *config.sinks}
 

@@ -40,7 +40,7 @@ def test_a_stalled_consumer_raises_an_alert(
         run = dag.test()
         if step < 2:
             assert run.state == DagRunState.SUCCESS, (
-                f"no alert before {config.lag['grow_minutes']} growing measurements"
+                f"no alert before {config.lag.grow_minutes} growing measurements"
             )
     assert run.state == DagRunState.FAILED
     assert (
@@ -50,7 +50,8 @@ def test_a_stalled_consumer_raises_an_alert(
     rows = list(
         bigquery_client(stack.project)
         .query(
-            f"SELECT measured_at, SUM(pending) AS pending, MAX(oldest_age_s) AS age FROM `{stack.project}.{config.ops_dataset}.lag` "
+            "SELECT measured_at, SUM(pending) AS pending, MAX(oldest_age_s) AS age FROM "
+            f"`{stack.project}.{config.ops_dataset}.lag` "
             "WHERE kind = 'kafka' AND region = 'AMER' GROUP BY measured_at ORDER BY measured_at"
         )
         .result()
@@ -60,7 +61,8 @@ def test_a_stalled_consumer_raises_an_alert(
     sinks = list(
         bigquery_client(stack.project)
         .query(
-            f"SELECT DISTINCT sink FROM `{stack.project}.{config.ops_dataset}.lag` WHERE kind = 'sink'"
+            f"SELECT DISTINCT sink FROM `{stack.project}.{config.ops_dataset}.lag` WHERE kind = "
+            "'sink'"
         )
         .result()
     )

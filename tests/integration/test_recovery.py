@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections import Counter
 
 import httpx
-import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 
+from enrollment import config as pipeline_config_module
 from enrollment import recovery
 from enrollment.batches import claim, land, mark_pending, pending_batches
 from enrollment.contracts import markets
@@ -28,7 +29,7 @@ from enrollment.sinks import build_sink
 from enrollment.sinks.solr import SolrSink
 from enrollment.sync import SyncRun
 from enrollment.warehouse import Warehouse, balances, cycle_freshness_gate
-from tests.integration.conftest import produce
+from tests.integration.conftest import current_raw_config, produce, use_config
 
 pytestmark = [pytest.mark.integration]
 
@@ -38,27 +39,35 @@ REASON = "country_not_in_region"
 
 @contextlib.contextmanager
 def austria_joins_emea(monkeypatch):
-    """Today's contract change: Austria becomes an EMEA market. Every table derived from the
-    market lists at import is patched too (validation's region|country pairs)."""
-    from enrollment import validation
+    """Today's configuration change: Austria becomes an EMEA market (its countries in the region
+    registry, its rules under ``markets:``), in force until the block ends."""
+    import tempfile
+    from pathlib import Path
 
-    with monkeypatch.context() as m:
-        m.setitem(
-            markets.MARKETS, NEW_COUNTRY, markets.Market("EUR", r"^\d{4}$", languages=("de-AT",))
-        )
-        m.setitem(
-            markets.REGION_COUNTRIES, "EMEA", (*markets.REGION_COUNTRIES["EMEA"], NEW_COUNTRY)
-        )
-        m.setattr(
-            validation,
-            "_MARKET_PAIRS",
-            pa.array(sorted(f"{r}|{c}" for r, cs in markets.REGION_COUNTRIES.items() for c in cs)),
-        )
-        yield
+    raw = current_raw_config()
+    for region in raw["regions"]:
+        if region["code"] == "EMEA":
+            region["countries"] = [*region["countries"], NEW_COUNTRY]
+    raw["markets"] = (raw.get("markets") or {}) | {
+        NEW_COUNTRY: {"currency": "EUR", "postal_code": r"^\d{4}$", "languages": ["de-AT"]}
+    }
+    before = os.environ.get("ENROLLMENT_CONFIG")
+    with tempfile.TemporaryDirectory() as folder:
+        use_config(raw, Path(folder) / "pipeline.yaml", monkeypatch)
+        assert markets.active().country_region(NEW_COUNTRY) == "EMEA"
+        try:
+            yield
+        finally:
+            if before is None:
+                monkeypatch.delenv("ENROLLMENT_CONFIG")
+            else:
+                monkeypatch.setenv("ENROLLMENT_CONFIG", before)
+            pipeline_config_module._load.cache_clear()
 
 
 def austrian_enrollments(n: int) -> list[dict]:
-    """EMEA enrollments from Austria (contactable: Marketing Cloud holds them), valid in every other respect."""
+    """EMEA enrollments from Austria (contactable: Marketing
+    Cloud holds them), valid in every other respect."""
     sim, run = Simulator(seed=77), uuid.uuid4().hex[:6]
     sponsor = "EM" + uuid.uuid4().hex[:10].upper()
     out = []
@@ -110,7 +119,8 @@ def snapshot(w) -> dict:
 
     recovered = (
         rows(
-            f"SELECT region, kafka_partition, kafka_offset, origin_batch_id, recovery_batch_id, event_id, reasons, recovered_at, dag_run "
+            "SELECT region, kafka_partition, kafka_offset, origin_batch_id, recovery_batch_id, "
+            "event_id, reasons, recovered_at, dag_run "
             f"FROM {w.table('recovered', ops=True)} ORDER BY 1, 2, 3"
         )
         if _exists(w, "recovered", ops=True)
@@ -122,9 +132,11 @@ def snapshot(w) -> dict:
             f"SELECT partner_id, partner_version FROM {w.table('partners')} ORDER BY 1"
         ),
         "quarantine": rows(
-            f"SELECT batch_id, kafka_partition, kafka_offset FROM {w.table('quarantine')} ORDER BY 1, 2, 3"
+            f"SELECT batch_id, kafka_partition, kafka_offset FROM {w.table('quarantine')} ORDER BY "
+            "1, 2, 3"
         ),
-        "ledger": rows(f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, skipped, recovered, recorded_at
+        "ledger": rows(f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates,
+                              skipped, recovered, recorded_at
                               FROM {w.table("ledger", ops=True)} ORDER BY 1, 2"""),
         "recovered": recovered,
     }
@@ -205,7 +217,8 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
     assert {quarantined.get(i) for i in at_ids} == {REASON}, (
         "today's contract quarantines them for that one reason"
     )
-    # Other messages quarantined for the same reason (a country of another region): they stay invalid.
+    # Other messages quarantined for the same reason
+    # (a country of another region): they stay invalid.
     others = Counter(
         m.expected["region"]
         for m in messages
@@ -292,8 +305,9 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
     # The ledger: every row balances; the origin batches' recovered rows sum to what was recovered.
     ledger = [
         dict(r)
-        for r in w.run(f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped,
-        COALESCE(recovered, 0) AS recovered, ok FROM {w.table("ledger", ops=True)}""")
+        for r in w.run(f"""SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates,
+        COALESCE(skipped, 0) AS skipped, COALESCE(recovered, 0) AS recovered, ok
+        FROM {w.table("ledger", ops=True)}""")
     ]
     assert all(balances(r) and r["ok"] for r in ledger), [r for r in ledger if not balances(r)]
     rows_recovered = [r for r in ledger if r["stage"] == "recovered"]
@@ -380,7 +394,8 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
         assert cycle_freshness_gate(cycled["batches"], config.freshness_sla_s) == {}, (
             "old by design, never late"
         )
-        # A cycle that died after its ledger rows, before clearing the record, takes the batch again: written already.
+        # A cycle that died after its ledger rows, before clearing the record, takes the batch
+        # again: written already.
         mark_pending(bucket, pending_record)
         assert run_cycle(
             w, pending_batches(bucket, config.consumer_group), config.warehouse
@@ -405,7 +420,8 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
     assert [
         dict(r)
         for r in w.run(
-            f"SELECT stage, recovered, quarantined FROM {w.table('ledger', ops=True)} WHERE stage = 'recovered'"
+            f"SELECT stage, recovered, quarantined FROM {w.table('ledger', ops=True)} WHERE stage "
+            "= 'recovered'"
         )
     ] == [{"stage": "recovered", "recovered": 3, "quarantined": 0}]
     stages = Counter(

@@ -61,8 +61,8 @@ def test_thresholds_come_from_config_with_region_overrides():
         "marketing_cloud": {"data_extension": "d"},
         "backlog": {"min_records": 7, "max_age_s": 3, "max_batch": 70},
         "regions": [
-            {"code": "AMER", "topic": "a", "partitions": 1},
-            {"code": "EMEA", "topic": "e", "partitions": 1, "max_age_s": 1},
+            {"code": "AMER", "topic": "a", "partitions": 1, "countries": ["US"]},
+            {"code": "EMEA", "topic": "e", "partitions": 1, "max_age_s": 1, "countries": ["DE"]},
         ],
     }
     config = parse_config(raw)

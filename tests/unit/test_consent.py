@@ -56,8 +56,8 @@ def test_regions_without_a_rule_follow_the_default_and_a_missing_section_means_t
     )
     without = raw_config()
     del without["marketing_consent"]
-    assert parse_config(without).marketing_consent == MarketingConsent()
-    assert MarketingConsent().rule("EMEA") == "opt_in", (
+    assert parse_config(without).marketing_consent == MarketingConsent(required=("EMEA",))
+    assert parse_config(without).marketing_consent.rule("EMEA") == "opt_in", (
         "the contract's consent regions are opt_in whatever the configuration says"
     )
 
@@ -69,7 +69,7 @@ def test_regions_without_a_rule_follow_the_default_and_a_missing_section_means_t
         ({"regions": {"AMER": "maybe"}}, "AMER is 'maybe'; known rules"),
         ({"regions": {"MARS": "opt_in"}}, r"unknown region\(s\) \['MARS'\]"),
         ({"regions": {"EMEA": "opt_out"}}, r"\['EMEA'\] must be opt_in"),
-        ({"regoins": {}}, "expected"),
+        ({"regoins": {}}, r"marketing_consent: unknown key\(s\) \['regoins'\]"),
         ("opt_in", "expected"),
     ],
 )
@@ -132,7 +132,7 @@ def test_consent_fields_are_validated_where_the_contract_has_them():
     )
 
 
-def test_an_update_that_changes_only_consent_is_valid_and_the_fold_takes_the_newest_statement_whole():
+def test_a_consent_only_update_is_valid_and_the_fold_takes_the_newest_statement_whole():
     sim = Simulator(seed=6)
     enrolled = sim.event_for("partner.enrolled", "DE", 2)
     enrolled["payload"]["consents"] = {

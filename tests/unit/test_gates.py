@@ -40,3 +40,11 @@ def test_the_freshness_gate_names_the_batch_and_the_numbers():
     ), "an empty batch is fresh"
     with pytest.raises(GateError, match=r"batch emea-2: .* 400 s .*SLA is 300 s"):
         freshness_gate("emea-2", {"oldest_event_age_s": 400.0, "newest_event_age_s": 10.0}, 300)
+
+
+def test_the_freshness_gate_names_the_late_batch_even_without_a_newest_age():
+    from enrollment.warehouse import GateError, freshness_gate
+
+    with pytest.raises(GateError, match=r"batch b-1: .* 400 s after it reached Kafka; the SLA"):
+        freshness_gate("b-1", {"oldest_event_age_s": 400.0, "newest_event_age_s": None}, 300)
+    assert freshness_gate("b-1", {"oldest_event_age_s": 20.0}, 300)["oldest_event_age_s"] == 20.0

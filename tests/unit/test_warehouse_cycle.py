@@ -77,7 +77,8 @@ def test_the_window_is_whole_days_before_the_first_arrival_to_the_end_of_the_las
     )
     assert (
         w.sql("T.kafka_timestamp")
-        == "T.kafka_timestamp >= TIMESTAMP '2026-11-28' AND T.kafka_timestamp < TIMESTAMP '2026-12-01'"
+        == "T.kafka_timestamp >= TIMESTAMP '2026-11-28' AND T.kafka_timestamp < TIMESTAMP "
+        "'2026-12-01'"
     )
 
 
@@ -104,7 +105,10 @@ def test_the_events_insert_filters_history_by_constants_only():
 
 
 def test_write_statements_are_counted_per_table():
-    script = "INSERT INTO `p.d.events` (a) SELECT 1;\nMERGE `p.d.partners` T USING x S ON TRUE WHEN MATCHED THEN DELETE;\nINSERT INTO `p.d.quarantine` (a) SELECT 1"
+    script = (
+        "INSERT INTO `p.d.events` (a) SELECT 1;\nMERGE `p.d.partners` T USING x S ON TRUE "
+        "WHEN MATCHED THEN DELETE;\nINSERT INTO `p.d.quarantine` (a) SELECT 1"
+    )
     assert _count_writes(
         [script, "SELECT 1", "MERGE `p.o.ledger` T USING y S ON TRUE WHEN MATCHED THEN DELETE"]
     ) == {"events": 1, "partners": 1, "quarantine": 1, "ledger": 1}
@@ -118,14 +122,14 @@ def test_warehouse_settings_have_defaults_and_refuse_unknown_keys():
         "datasets": {"warehouse": "w", "ops": "o"},
         "solr_core": "c",
         "marketing_cloud": {"data_extension": "d"},
-        "regions": [{"code": "AMER", "topic": "a", "partitions": 1}],
+        "regions": [{"code": "AMER", "topic": "a", "partitions": 1, "countries": ["US"]}],
     }
     assert parse_config(base).warehouse == WarehouseSettings()
     assert (
         parse_config(base | {"warehouse": {"dedup_window_days": 0}}).warehouse.dedup_window_days
         == 0
     )
-    with pytest.raises(ValueError, match=r"warehouse: unknown setting\(s\) \['max_rows'\]"):
+    with pytest.raises(ValueError, match=r"warehouse: unknown key\(s\) \['max_rows'\]"):
         parse_config(base | {"warehouse": {"max_rows": 5}})
     with pytest.raises(ValueError, match="max_cycle_rows"):
         parse_config(base | {"warehouse": {"max_cycle_rows": 0}})

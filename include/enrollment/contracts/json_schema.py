@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, overload
 
 from . import markets
 from .spec import (
@@ -28,11 +30,13 @@ from .spec import (
 )
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
+# A JSON Schema document, or one of its subschemas, as built here (JSON object of JSON values).
+JsonObject = dict[str, Any]
 _JSON_TYPES = {"string": "string", "number": "number", INTEGER: "integer", BOOLEAN: "boolean"}
 
 
-def _leaf(spec: FieldSpec) -> dict:
-    leaf: dict = {"type": _JSON_TYPES[spec.kind]}
+def _leaf(spec: FieldSpec) -> JsonObject:
+    leaf: JsonObject = {"type": _JSON_TYPES[spec.kind]}
     if spec.description:
         leaf["description"] = spec.description
     if spec.format:
@@ -57,7 +61,7 @@ def _leaf(spec: FieldSpec) -> dict:
     return leaf
 
 
-def _nested(path: str, innermost: dict) -> dict:
+def _nested(path: str, innermost: JsonObject) -> JsonObject:
     """{"properties": {"a": {"properties": {"b": innermost}}}} for path "a.b"."""
     node = innermost
     for part in reversed(path.split(".")):
@@ -65,29 +69,32 @@ def _nested(path: str, innermost: dict) -> dict:
     return node
 
 
-def _require(path: str) -> dict:
+def _require(path: str) -> JsonObject:
     *parents, leaf = path.split(".")
     inner = {"required": [leaf]}
     return _nested(".".join(parents), inner) if parents else inner
 
 
-def _if_value_in(path: str, values) -> dict:
+def _if_value_in(path: str, values: Iterable[str]) -> JsonObject:
     *parents, leaf = path.split(".")
     condition = {"properties": {leaf: {"enum": sorted(values)}}, "required": [leaf]}
     return _nested(".".join(parents), condition) if parents else condition
 
 
-def schema(event_type: str, version: int) -> dict:
-    root: dict = {
+def schema(event_type: str, version: int) -> JsonObject:
+    root: JsonObject = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"urn:enrollment:contract:{event_type}:v{version}",
         "title": f"{event_type} v{version}",
-        "description": f"Kafka message value of a {event_type} event, schema version {version}; key: the partner id.",
+        "description": (
+            f"Kafka message value of a {event_type} event, schema version {version};"
+            " key: the partner id."
+        ),
         "type": "object",
         "properties": {},
         "required": [],
     }
-    conditions: list[dict] = []
+    conditions: list[JsonObject] = []
     for spec in fields(event_type, version):
         node = root
         parts = spec.path.split(".")
@@ -111,7 +118,7 @@ def schema(event_type: str, version: int) -> dict:
         "const": version,
         "description": "Version of this contract",
     }
-    for region, countries in markets.REGION_COUNTRIES.items():
+    for region, countries in markets.active().countries.items():
         if event_type in COUNTRY_PATH:
             conditions.append(
                 {
@@ -120,13 +127,16 @@ def schema(event_type: str, version: int) -> dict:
                 }
             )
     if event_type == "partner.enrolled":
-        ages = ", ".join(f"{c} {m.min_age}" for c, m in markets.MARKETS.items() if m.min_age != 18)
+        ages = ", ".join(
+            f"{c} {m.min_age}" for c, m in markets.active().rules.items() if m.min_age != 18
+        )
         root["description"] += (
-            f" Partners must be at least 18 years old at enrollment ({ages}). Data-processing consent must be true where consents are mandatory."
+            f" Partners must be at least 18 years old at enrollment ({ages})."
+            " Data-processing consent must be true where consents are mandatory."
         )
         conditions.append(
             {
-                "if": _if_value_in("region", markets.CONSENT_REGIONS),
+                "if": _if_value_in("region", markets.active().consent_regions),
                 "then": _nested("payload.consents.data_processing", {"const": True}),
             }
         )
@@ -139,26 +149,29 @@ def schema(event_type: str, version: int) -> dict:
     return _drop_empty_required(root)
 
 
-def _conditions(spec: FieldSpec, event_type: str) -> list[dict]:
-    out = []
+def _conditions(spec: FieldSpec, event_type: str) -> list[JsonObject]:
+    out: list[JsonObject] = []
     country_path = COUNTRY_PATH.get(event_type)
     if spec.required == "tax_id_market":
         out.append(
             {
-                "if": _if_value_in(country_path, markets.tax_id_countries()),
+                "if": _if_value_in(COUNTRY_PATH[event_type], markets.active().tax_id_countries()),
                 "then": _require(spec.path),
             }
         )
     elif spec.required == "state_market":
         out.append(
             {
-                "if": _if_value_in(country_path, markets.state_countries()),
+                "if": _if_value_in(COUNTRY_PATH[event_type], markets.active().state_countries()),
                 "then": _require(spec.path),
             }
         )
     elif spec.required == "consent_region":
         out.append(
-            {"if": _if_value_in("region", markets.CONSENT_REGIONS), "then": _require(spec.path)}
+            {
+                "if": _if_value_in("region", markets.active().consent_regions),
+                "then": _require(spec.path),
+            }
         )
     elif spec.required == "without_first_order":
         out.append(
@@ -182,7 +195,7 @@ def _conditions(spec: FieldSpec, event_type: str) -> list[dict]:
             }
         )
     if spec.by_country and country_path:
-        for country, market in markets.MARKETS.items():
+        for country, market in markets.active().rules.items():
             pattern = getattr(market, spec.by_country)
             if pattern:
                 out.append(
@@ -194,7 +207,11 @@ def _conditions(spec: FieldSpec, event_type: str) -> list[dict]:
     return out
 
 
-def _drop_empty_required(node):
+@overload
+def _drop_empty_required(node: JsonObject) -> JsonObject: ...
+@overload
+def _drop_empty_required(node: object) -> object: ...
+def _drop_empty_required(node: object) -> object:
     if isinstance(node, dict):
         return {
             k: _drop_empty_required(v) for k, v in node.items() if not (k == "required" and v == [])
@@ -204,11 +221,11 @@ def _drop_empty_required(node):
     return node
 
 
-def all_schemas() -> dict[str, dict]:
+def all_schemas() -> dict[str, JsonObject]:
     return {f"{t}.v{v}.json": schema(t, v) for t in EVENT_TYPES for v in SCHEMA_VERSIONS[t]}
 
 
-def render(document: dict) -> str:
+def render(document: JsonObject) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -8,14 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Countries each region's SAP Commerce system sells in (ISO 3166-1 alpha-2).
-REGION_COUNTRIES: dict[str, tuple[str, ...]] = {
-    "AMER": ("US", "CA"),
-    "EMEA": ("DE", "FR", "GB", "ES", "IT", "NL", "PL", "SE", "ZA"),
-    "APAC": ("JP", "KR", "AU", "NZ", "SG", "PH", "MY", "TW"),
-    "LATAM": ("MX", "BR", "CO", "AR", "CL", "PE"),
-}
-
 
 @dataclass(frozen=True)
 class Market:
@@ -29,7 +21,10 @@ class Market:
     languages: tuple[str, ...] = field(default=())
 
 
-MARKETS: dict[str, Market] = {
+# The market rules of every country the project knows (a deployment adds or overrides countries
+# under `markets:` in its configuration; which region sells where is the configuration's
+# `regions:`).
+LIBRARY: dict[str, Market] = {
     "US": Market(
         "USD",
         r"^\d{5}(-\d{4})?$",
@@ -79,26 +74,42 @@ MARKETS: dict[str, Market] = {
     "PE": Market("PEN", r"^\d{5}$", languages=("es-PE",)),
 }
 
-# GDPR and its neighbours: explicit data-processing consent (granted) and a recorded choice on
-# marketing e-mail are mandatory for an enrollment in these regions.
-CONSENT_REGIONS: tuple[str, ...] = ("EMEA",)
+
+@dataclass(frozen=True, eq=False)  # identity: one per loaded configuration, a cache key
+class Markets:
+    """The region registry's market side: the countries each configured region sells in and the
+    rules of each of those countries (``PipelineConfig.markets``, built when the configuration
+    loads). The validator, the JSON Schemas, the simulator and the canary read it."""
+
+    countries: dict[str, tuple[str, ...]]  # region code -> its countries (ISO 3166-1 alpha-2)
+    rules: dict[str, Market]  # country -> its market rules
+    # GDPR and its neighbours: explicit data-processing consent (granted) and a recorded choice
+    # on marketing e-mail are mandatory for an enrollment in these regions.
+    consent_regions: tuple[str, ...] = ()
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return tuple(self.countries)
+
+    def country_region(self, country: str) -> str | None:
+        for region, countries in self.countries.items():
+            if country in countries:
+                return region
+        return None
+
+    def tax_id_countries(self) -> tuple[str, ...]:
+        return tuple(c for c, m in self.rules.items() if m.tax_id)
+
+    def state_countries(self) -> tuple[str, ...]:
+        return tuple(c for c, m in self.rules.items() if m.state_required)
+
+    def pairs(self) -> list[str]:
+        """``REGION|COUNTRY`` of every market, sorted: a row's country is a market of its region."""
+        return sorted(f"{r}|{c}" for r, cs in self.countries.items() for c in cs)
 
 
-def country_region(country: str) -> str | None:
-    for region, countries in REGION_COUNTRIES.items():
-        if country in countries:
-            return region
-    return None
+def active() -> Markets:
+    """The markets of the configuration in force (``ENROLLMENT_CONFIG`` or the embedded one)."""
+    from ..config import load_config
 
-
-def tax_id_countries() -> tuple[str, ...]:
-    return tuple(c for c, m in MARKETS.items() if m.tax_id)
-
-
-def state_countries() -> tuple[str, ...]:
-    return tuple(c for c, m in MARKETS.items() if m.state_required)
-
-
-assert set(MARKETS) == {c for cs in REGION_COUNTRIES.values() for c in cs}, (
-    "every region country needs a market"
-)
+    return load_config().markets

@@ -10,9 +10,11 @@ are accepted side by side; any other version is quarantined as ``unknown_schema_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
-from .markets import REGION_COUNTRIES
+from . import markets
 
 STRING, NUMBER, INTEGER, BOOLEAN = "string", "number", "integer", "boolean"
 
@@ -24,7 +26,27 @@ EVENT_TYPES = (
     "subscription.changed",
 )
 SCHEMA_VERSIONS: dict[str, tuple[int, ...]] = {t: (1, 2) for t in EVENT_TYPES}
-REGIONS = tuple(REGION_COUNTRIES)
+
+
+class ConfiguredRegions(Sequence[str]):
+    """The region codes of the configuration in force (its region registry), read when used: the
+    contract knows the regions a deployment configures, not a list of its own."""
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return markets.active().regions[index]
+
+    def __len__(self) -> int:
+        return len(markets.active().regions)
+
+    def __repr__(self) -> str:
+        return f"ConfiguredRegions({list(self)})"
+
+
+REGIONS: Sequence[str] = ConfiguredRegions()
 CHANNELS = ("web", "mobile", "call-center")
 
 # What every downstream holds exactly (the contract's edges, enforced by the validator):
@@ -41,7 +63,11 @@ MAX_NESTING = 64
 # RE2 patterns (Arrow's regex engine) that Python's `re` reads the same way.
 FORMATS: dict[str, str] = {
     "uuid": r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$",
-    "timestamp": r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$",
+    "timestamp": (
+        r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+        r"T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
+        r"(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+    ),
     "date": r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$",
     "email": r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$",
     "phone": r"^\+[1-9]\d{6,14}$",
@@ -62,10 +88,19 @@ FORMATS: dict[str, str] = {
 CONDITIONS: dict[str, str] = {
     "always": "always",
     "never": "optional",
-    "tax_id_market": "when the address country requires a tax identifier (markets.MARKETS[...].tax_id)",
-    "state_market": "when the address country requires a state or province (markets.MARKETS[...].state_required)",
-    "consent_region": "when the region requires recorded consents (markets.CONSENT_REGIONS)",
-    "without_first_order": "when no first order is given (an enrollment kit or a first order is needed)",
+    "tax_id_market": (
+        "when the address country requires a tax identifier (its market rules' tax_id)"
+    ),
+    "state_market": (
+        "when the address country requires a state or province (its market rules' state_required)"
+    ),
+    "consent_region": (
+        "when the region requires recorded consents"
+        " (`consent_required` in the configuration's regions)"
+    ),
+    "without_first_order": (
+        "when no first order is given (an enrollment kit or a first order is needed)"
+    ),
     "not_cancelled": "unless the action is 'cancelled'",
 }
 
@@ -77,14 +112,14 @@ class FieldSpec:
     required: str = "always"  # a key of CONDITIONS
     format: str | None = None  # a key of FORMATS
     by_country: str | None = None  # a Market attribute holding the country's own pattern
-    enum: tuple[str, ...] | None = None
+    enum: Sequence[str] | None = None
     minimum: float | None = None
     versions: tuple[int, ...] = (1, 2)
     missing_reason: str | None = None  # default: "missing:<path>"
     description: str = ""
     max_length: int = TEXT_MAX_CHARS  # strings: characters (Unicode scalar values)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         assert self.required in CONDITIONS, self.required
         assert self.format is None or self.format in FORMATS, self.format
 
@@ -227,7 +262,9 @@ PAYLOADS: dict[str, tuple[FieldSpec, ...]] = {
             required="never",
             format="agreement_version",
             versions=(2,),
-            description="Version of the consent text the partner answered; absent: the agreement's version",
+            description=(
+                "Version of the consent text the partner answered; absent: the agreement's version"
+            ),
         ),
         FieldSpec("payload.channel", enum=CHANNELS, versions=(2,)),
     ),
@@ -297,27 +334,41 @@ COUNTRY_PATH: dict[str, str] = {
 SEMANTIC_REASONS = {
     "country_not_in_region": "the country is not one of the region's markets",
     "under_age": "younger than the market's minimum age at the time of the event",
-    "consent_not_granted:payload.consents.data_processing": "data-processing consent is mandatory and was refused",
+    "consent_not_granted:payload.consents.data_processing": (
+        "data-processing consent is mandatory and was refused"
+    ),
     "sponsor_is_self": "a partner cannot sponsor themself",
     "missing:payload.changes": "an update must change at least one field",
 }
 # Families of field reasons, by prefix.
 FIELD_REASONS = {
     "missing:<field>": "a mandatory field is absent, null or blank",
-    "bad_format:<field>": "the value has the wrong JSON type, pattern, enumeration, calendar date, or holds control characters",
-    "too_long:<field>": f"text longer than the field's maximum (default {TEXT_MAX_CHARS} characters)",
-    "out_of_range:<field>": "a well-formed value no downstream holds exactly: an integer or number beyond 2^53 - 1, "
-    "an instant outside 0001-01-01..9999-12-31 UTC",
+    "bad_format:<field>": (
+        "the value has the wrong JSON type, pattern, enumeration, calendar date,"
+        " or holds control characters"
+    ),
+    "too_long:<field>": (
+        f"text longer than the field's maximum (default {TEXT_MAX_CHARS} characters)"
+    ),
+    "out_of_range:<field>": (
+        "a well-formed value no downstream holds exactly: an integer or number beyond 2^53 - 1, "
+        "an instant outside 0001-01-01..9999-12-31 UTC"
+    ),
 }
 # Reasons decided before any field is looked at; a message with one of these gets no other.
 ENVELOPE_REASONS = {
     "oversized": "the message is larger than the limit",
     "not_utf8": "the message is not UTF-8 text (or encodes a surrogate)",
-    "unparsable": "the message is not one JSON object (RFC 8259, strictly: no NaN or Infinity literals, no raw "
-    "control characters or lone surrogate escapes in strings; of a key repeated in one object the last "
-    "value counts, as in msgspec, Python and JavaScript)",
+    "unparsable": (
+        "the message is not one JSON object (RFC 8259, strictly: no NaN or Infinity literals, "
+        "no raw control characters or lone surrogate escapes in strings; of a key repeated in "
+        "one object the last value counts, as in msgspec, Python and JavaScript)"
+    ),
     "too_deep": f"the message nests JSON values deeper than {MAX_NESTING} levels",
-    "validator_error": "validation itself failed on the message (a defect, never the producer's fault): kept for re-processing",
+    "validator_error": (
+        "validation itself failed on the message (a defect, never the producer's fault):"
+        " kept for re-processing"
+    ),
     "unknown_event_type": "the event type is not one of the contracts",
     "unknown_schema_version": "the schema version is not accepted for this event type",
     "duplicate_event_id": "an earlier message of the batch has the same event id",

@@ -1,8 +1,8 @@
 """Command line of the four-region SAP Commerce simulator.
 
     python -m enrollment.simulator produce --rate 400000/min --duration 5m --faults 2%
-    python -m enrollment.simulator produce --events 100000 --out run/      # files instead of Kafka
-    python -m enrollment.simulator check run/                               # validator vs expected outcomes
+    python -m enrollment.simulator produce --events 100000 --out run/  # files instead of Kafka
+    python -m enrollment.simulator check run/  # validator vs expected outcomes
 
 ``produce`` sends to the region topics of the pipeline configuration (Kafka at
 ``--bootstrap`` or ``KAFKA_BOOTSTRAP_SERVERS``), keyed by partner id with Kafka's Java
@@ -18,16 +18,26 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .generator import DEFAULT_START, FaultRates, Simulator, expected_line
+from .generator import DEFAULT_START, FaultRates, Message, Simulator, expected_line
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError, Producer
+    from confluent_kafka import Message as KafkaMessage
+
+    # What to do when Kafka has acknowledged (or refused) one of our messages.
+    OnDelivered = Callable[[KafkaError | None, KafkaMessage, Message], None]
 
 PROGRESS_EVERY_S = 2.0
 
 
 def parse_rate(text: str) -> float | None:
-    """'400000/min', '5000/s', '1.2M/min' or 'max' → events per second (None: as fast as possible)."""
+    """'400000/min', '5000/s', '1.2M/min' or 'max' → events per second (None: as fast as
+    possible)."""
     if text == "max":
         return None
     m = re.fullmatch(r"([\d.]+)([kKmM]?)/(s|sec|min|m|h)", text.replace("_", "").replace(",", ""))
@@ -51,7 +61,7 @@ def parse_share(text: str) -> float:
     return value
 
 
-def _faults(args) -> FaultRates:
+def _faults(args: argparse.Namespace) -> FaultRates:
     rates = FaultRates.mix(args.faults) if args.faults else FaultRates()
     for name in rates.as_dict():
         given = getattr(args, name)
@@ -61,7 +71,7 @@ def _faults(args) -> FaultRates:
 
 
 class _Progress:
-    def __init__(self, total: int | None):
+    def __init__(self, total: int | None) -> None:
         self.t0 = time.monotonic()
         self.last = self.t0
         self.total = total
@@ -73,13 +83,14 @@ class _Progress:
             elapsed = max(now - self.t0, 1e-9)
             of = f"/{self.total:,}" if self.total else ""
             print(
-                f"[{elapsed:6.1f}s] {done:,}{of} events ({done / elapsed * 60:,.0f}/min), {faults:,} with faults{extra}",
+                f"[{elapsed:6.1f}s] {done:,}{of} events ({done / elapsed * 60:,.0f}/min),"
+                f" {faults:,} with faults{extra}",
                 file=sys.stderr,
                 flush=True,
             )
 
 
-def produce(args) -> dict:
+def produce(args: argparse.Namespace) -> dict[str, Any]:
     rate = args.rate
     total = args.events or (int(rate * args.duration) if rate and args.duration else None)
     if total is None:
@@ -126,19 +137,26 @@ def produce(args) -> dict:
 
 
 def _to_kafka(
-    sim: Simulator, total: int, rate: float | None, args, expected_file, progress: _Progress
+    sim: Simulator,
+    total: int,
+    rate: float | None,
+    args: argparse.Namespace,
+    expected_file: BinaryIO,
+    progress: _Progress,
 ) -> tuple[int, int]:
     from confluent_kafka import Producer
 
     bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
         raise SystemExit(
-            "set --bootstrap or KAFKA_BOOTSTRAP_SERVERS (for the local stack: source .stack/stack.env)"
+            "set --bootstrap or KAFKA_BOOTSTRAP_SERVERS"
+            " (for the local stack: source .stack/stack.env)"
         )
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
-            "partitioner": "murmur2_random",  # the Java client's partitioner, as SAP Commerce's producers use
+            # The Java client's partitioner, as SAP Commerce's producers use.
+            "partitioner": "murmur2_random",
             "enable.idempotence": True,  # retries keep per-partner order and do not duplicate
             "linger.ms": 20,
             "batch.size": 1_000_000,
@@ -148,7 +166,7 @@ def _to_kafka(
     )
     errors: list[str] = []
 
-    def delivered(err, msg, message) -> None:
+    def delivered(err: KafkaError | None, msg: KafkaMessage, message: Message) -> None:
         if err is not None:
             errors.append(str(err))
             return
@@ -178,19 +196,20 @@ def _to_kafka(
     left = producer.flush(60)
     if left or errors:
         raise SystemExit(
-            f"kafka: {left} messages undelivered, {len(errors)} delivery errors (first: {errors[:1]})"
+            f"kafka: {left} messages undelivered, {len(errors)} delivery errors"
+            f" (first: {errors[:1]})"
         )
     return produced, faults
 
 
-def _send(producer, message, delivered) -> None:
+def _send(producer: Producer, message: Message, delivered: OnDelivered) -> None:
+    def on_delivery(err: KafkaError | None, msg: KafkaMessage) -> None:
+        delivered(err, msg, message)
+
     while True:
         try:
             producer.produce(
-                message.topic,
-                key=message.key,
-                value=message.value,
-                on_delivery=lambda err, msg, m=message: delivered(err, msg, m),
+                message.topic, key=message.key, value=message.value, on_delivery=on_delivery
             )
             return
         except BufferError:
@@ -198,7 +217,7 @@ def _send(producer, message, delivered) -> None:
 
 
 def _to_files(
-    sim: Simulator, total: int, out: Path, expected_file, progress: _Progress
+    sim: Simulator, total: int, out: Path, expected_file: BinaryIO, progress: _Progress
 ) -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -232,15 +251,16 @@ def _to_files(
     return produced, faults
 
 
-def check(args) -> int:
-    """Feeds a file run through the validator as one batch and compares with its expected outcomes."""
+def check(args: argparse.Namespace) -> int:
+    """Feeds a file run through the validator as one batch and compares with its expected
+    outcomes."""
     import pyarrow.parquet as pq
 
     from ..validation import validate_batch
 
     folder = Path(args.folder)
     values = pq.read_table(folder / "messages.parquet", columns=["seq", "value"]).sort_by("seq")
-    expected = {}
+    expected: dict[int, list[str]] = {}
     with open(folder / "expected.jsonl", encoding="utf-8") as fh:
         for line in fh:
             record = json.loads(line)
@@ -249,14 +269,15 @@ def check(args) -> int:
     result = validate_batch(values.column("value").to_pylist())
     seconds = time.monotonic() - t0
     seqs = values.column("seq").to_pylist()
-    got = {seq: [] for seq in seqs}
+    got: dict[int, list[str]] = {seq: [] for seq in seqs}
     for row in result.quarantine.select(["source_index", "reasons"]).to_pylist():
         got[seqs[row["source_index"]]] = row["reasons"]
     mismatches = [
         (seq, expected.get(seq), got[seq]) for seq in seqs if expected.get(seq) != got[seq]
     ]
     print(
-        f"{len(seqs):,} messages validated in {seconds:.2f} s: {result.valid.num_rows:,} valid, {result.quarantine.num_rows:,} quarantined "
+        f"{len(seqs):,} messages validated in {seconds:.2f} s: {result.valid.num_rows:,} valid,"
+        f" {result.quarantine.num_rows:,} quarantined "
         f"({result.duplicates:,} duplicates); {len(mismatches)} differ from the expected outcomes"
     )
     for seq, want, have in mismatches[:20]:
@@ -306,7 +327,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--start",
-        help="occurred_at of the first event: ISO time or 'now' (default: now for Kafka, a fixed time for files)",
+        help=(
+            "occurred_at of the first event: ISO time or 'now'"
+            " (default: now for Kafka, a fixed time for files)"
+        ),
     )
     c = sub.add_parser(
         "check", help="validate a file run as one batch and compare with its expected outcomes"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 from ..contracts.spec import MAX_NESTING, SAFE_INTEGER, TEXT_MAX_CHARS
 
@@ -39,16 +40,16 @@ _PAYLOAD_INSTANT = {
 _FREE_TEXT = {"partner.enrolled": ("first_name",)}
 
 
-def _dumps(event: dict) -> str:
+def _dumps(event: dict[str, Any]) -> str:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
-def _spliced(event: dict, raw: str) -> bytes:
+def _spliced(event: dict[str, Any], raw: str) -> bytes:
     event["note"] = _MARK
     return _dumps(event).replace(json.dumps(_MARK, ensure_ascii=False), raw).encode()
 
 
-def make(rng: random.Random, event: dict) -> tuple[bytes, list[str], str]:
+def make(rng: random.Random, event: dict[str, Any]) -> tuple[bytes, list[str], str]:
     """A hostile version of ``event`` (changed in place): (bytes, expected reasons, kind)."""
     kind = rng.choice(KINDS)
     payload = event.get("payload") or {}
@@ -90,9 +91,8 @@ def make(rng: random.Random, event: dict) -> tuple[bytes, list[str], str]:
         event["partner_version"] = rng.choice((2**63, 2**64 + 1, -(2**63) - 1))
         reasons = ["out_of_range:partner_version"]
     elif kind == "int_beyond_safe":
-        event["partner_version"] = SAFE_INTEGER + rng.choice(
-            (1, 2, 3)
-        )  # a float64 parser rounds these
+        # A float64 parser rounds these.
+        event["partner_version"] = SAFE_INTEGER + rng.choice((1, 2, 3))
         reasons = ["out_of_range:partner_version"]
     elif kind == "long_int_next_to_missing":
         event["partner_version"] = int("9" * rng.randrange(30, 400))

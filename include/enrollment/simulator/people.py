@@ -13,7 +13,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..contracts.markets import MARKETS
+from ..contracts.markets import Market
 
 # Faker locale per market (Faker has none for a few: the nearest one stands in).
 LOCALES = {
@@ -139,14 +139,22 @@ class Pool:
 
 
 @lru_cache(maxsize=8)
-def build_pools(seed: int) -> dict[str, Pool]:
-    """Read-only pools (cached: Faker takes a fraction of a second per seed)."""
+def build_pools(seed: int, markets: tuple[tuple[str, Market], ...]) -> dict[str, Pool]:
+    """Read-only pools per country (cached: Faker takes a fraction of a second per seed). A
+    country without a locale of its own here takes its market's first language's, if Faker has
+    it, else en_US."""
     from faker import Faker
+    from faker.config import AVAILABLE_LOCALES
 
     pools: dict[str, Pool] = {}
-    for country in MARKETS:
-        fake = Faker(LOCALES[country])
-        fake.seed_instance(seed * 1000 + sorted(MARKETS).index(country))
+    countries = sorted(country for country, _ in markets)
+    for country, market in markets:
+        spoken = [lang.replace("-", "_") for lang in market.languages]
+        locale = LOCALES.get(country) or next(
+            (lang for lang in spoken if lang in AVAILABLE_LOCALES), "en_US"
+        )
+        fake = Faker(locale)
+        fake.seed_instance(seed * 1000 + countries.index(country))
         pools[country] = Pool(
             first_names=[fake.first_name() for _ in range(POOL_SIZE)],
             last_names=[fake.last_name() for _ in range(POOL_SIZE)],
@@ -163,4 +171,31 @@ def email(first: str, last: str, pool: Pool, rng: random.Random) -> str:
 
 
 def phone(country: str, rng: random.Random) -> str:
-    return f"+{CALLING_CODES[country]}{rng.randrange(100_000_000, 999_999_999)}"
+    # A country configured beyond these tables gets a calling code of 9 (valid E.164 shape).
+    return f"+{CALLING_CODES.get(country, '9')}{rng.randrange(100_000_000, 999_999_999)}"
+
+
+def postal_code(country: str, market: Market, rng: random.Random) -> str:
+    """A postal code of the country: its template, else one drawn from its market's pattern."""
+    template = POSTAL_TEMPLATES.get(country)
+    return fill(template, rng) if template else _matching(market.postal_code, rng)
+
+
+def tax_id(country: str, market: Market, rng: random.Random) -> str:
+    """A tax id of the country: its template, else one drawn from its market's pattern."""
+    template = TAX_ID_TEMPLATES.get(country)
+    if template:
+        return fill(template, rng)
+    if not market.tax_id:
+        raise ValueError(f"{country}: no tax id template, and its market asks for no tax id")
+    return _matching(market.tax_id, rng)
+
+
+def state(country: str, rng: random.Random) -> str:
+    return rng.choice(STATES[country]) if country in STATES else fill("@@", rng)
+
+
+def _matching(pattern: str, rng: random.Random) -> str:
+    import rstr
+
+    return str(rstr.Rstr(rng).xeger(pattern))
