@@ -1,1 +1,2 @@
-"""Benchmarks: each prints its figures and writes bench/results/NAME.json. CI never fails on timing."""
+"""Benchmarks: each prints its figures and writes
+bench/results/NAME.json. CI never fails on timing."""

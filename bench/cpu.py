@@ -69,7 +69,8 @@ def airflow_resolver(db_uri: str) -> Callable[[str], str | None]:
         if ti_id not in cache:
             try:
                 with engine.connect() as conn:
-                    # SQLite keeps the UUID as 32 hex digits, PostgreSQL as a uuid (hyphens accepted).
+                    # SQLite keeps the UUID as 32 hex digits,
+                    # PostgreSQL as a uuid (hyphens accepted).
                     key = ti_id.replace("-", "") if engine.dialect.name == "sqlite" else ti_id
                     cache[ti_id] = conn.execute(
                         text("SELECT dag_id FROM task_instance WHERE id = :id"), {"id": key}
@@ -197,11 +198,13 @@ def markdown(cpu: dict) -> str:
         f"| {name} | {value:,.1f} | {100 * value / cpu['machine_capacity_cpu_s_per_min']:.0f} % |"
         for name, value in cpu["cpu_s_per_min"].items()
     )
+    capacity = cpu["machine_capacity_cpu_s_per_min"]
+    components, busy = cpu["components_cpu_s_per_min"], cpu["machine_busy_cpu_s_per_min"]
     return f"""| component | CPU s per minute | share of the {cpu["cores"]} cores |
 |---|---|---|
 {rows}
-| **all components** | **{cpu["components_cpu_s_per_min"]:,.1f}** | {100 * cpu["components_cpu_s_per_min"] / cpu["machine_capacity_cpu_s_per_min"]:.0f} % |
-| machine busy (/proc/stat) | {cpu["machine_busy_cpu_s_per_min"]:,.1f} | {100 * cpu["machine_busy_cpu_s_per_min"] / cpu["machine_capacity_cpu_s_per_min"]:.0f} % |
+| **all components** | **{components:,.1f}** | {100 * components / capacity:.0f} % |
+| machine busy (/proc/stat) | {busy:,.1f} | {100 * busy / capacity:.0f} % |
 
-Sampled every 2 s over {cpu["minutes"]:,.1f} minutes; the capacity is {cpu["machine_capacity_cpu_s_per_min"]} CPU s a minute.
+Sampled every 2 s over {cpu["minutes"]:,.1f} minutes; the capacity is {capacity} CPU s a minute.
 """

@@ -118,7 +118,8 @@ def main() -> int:
                 }
             )
             log(
-                f"history {history:,} ({where} the window): one cycle of {EVENTS:,} events in {seconds:.1f} s; events table now {table_rows:,} rows"
+                f"history {history:,} ({where} the window): one cycle of {EVENTS:,} events in "
+                f"{seconds:.1f} s; events table now {table_rows:,} rows"
             )
     finally:
         admin.delete_topics(topics_made) if topics_made else None
@@ -131,7 +132,8 @@ def main() -> int:
         "runs": results,
         "ratio_5m_inside_vs_empty": round(results[2]["cycle_s"] / base, 2) if base else None,
         "ratio_5m_before_vs_empty": round(results[3]["cycle_s"] / base, 2) if base else None,
-        "note": "history rows are synthetic copies of landed events; 'inside' = arrived within the dedup window",
+        "note": "history rows are synthetic copies of landed events; 'inside' = arrived within the "
+        "dedup window",
     }
     print(
         "cycle: "
@@ -139,7 +141,8 @@ def main() -> int:
             f"{r['history_rows']:,} rows {r['history']} the window → {r['cycle_s']} s"
             for r in results
         )
-        + f"; 5M inside / empty = {figures['ratio_5m_inside_vs_empty']}, 5M before / empty = {figures['ratio_5m_before_vs_empty']}"
+        + f"; 5M inside / empty = {figures['ratio_5m_inside_vs_empty']}, 5M before / empty = "
+        f"{figures['ratio_5m_before_vs_empty']}"
     )
     write("cycle", figures)
     plot(results)
@@ -189,7 +192,8 @@ def fill_history(warehouse: Warehouse, template: pa.Table, rows: int, where: str
         ).result()
         done += n
         log(
-            f"  history: {done:,}/{rows:,} rows ({where} the window) loaded, last chunk {time.monotonic() - t0:.1f} s"
+            f"  history: {done:,}/{rows:,} rows ({where} the window) loaded, last chunk "
+            f"{time.monotonic() - t0:.1f} s"
         )
 
 

@@ -2,7 +2,7 @@
 for 5 minutes) into the region topics; the scheduler, the backlog trigger and the four ingest
 DAGs carry them; a sampler watches enrollments appear in BigQuery's current-state table.
 
-Freshness of an enrollment = first seen in `partners` − its occurred_at (the simulator stamps
+Freshness of an enrollment = first seen in `partners` - its occurred_at (the simulator stamps
 events with the wall clock when producing); polling every 2 s adds up to 2 s. Also counts the
 records the committed offsets account for against the records produced. Merges its figures into
 bench/results/ingest.json. Leaves the DAGs paused as it found them.
@@ -60,10 +60,12 @@ def main() -> int:
         "freshness_max_s": q["max"],
         "freshness_unexplained_records": outcome.unexplained,
         "freshness_failed_runs": outcome.failed_runs,
-        "freshness_note": f"enrollments seen in the partners table, polled every {POLL_S:g} s; on the BigQuery emulator, whose every write copies the whole table",
+        "freshness_note": f"enrollments seen in the partners table, polled every {POLL_S:g} s; on "
+        "the BigQuery emulator, whose every write copies the whole table",
     }
     log(
-        f"freshness at {RATE} for {DURATION}: p50 {q['p50']} s, p95 {q['p95']} s, max {q['max']} s ({len(seen)}/{len(outcome.watched)} samples); "
+        f"freshness at {RATE} for {DURATION}: p50 {q['p50']} s, p95 {q['p95']} s, max {q['max']} s "
+        f"({len(seen)}/{len(outcome.watched)} samples); "
         f"unexplained {outcome.unexplained}"
     )
     write("ingest", figures, merge=True)

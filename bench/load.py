@@ -44,7 +44,8 @@ class LoadOutcome:
         default_factory=dict
     )  # (region, partition) -> offsets produced
     started: datetime | None = None
-    drained: bool = False  # everything produced reached the warehouse and every sample was seen before the drain ended
+    # everything produced reached the warehouse and every sample was seen before the drain ended
+    drained: bool = False
     backlog_left: dict = field(default_factory=dict)  # what was still waiting when the load gave up
 
 
@@ -63,8 +64,9 @@ def steady_load(
 ) -> LoadOutcome:
     """Runs the load; ``poll(watched)`` looks for the watched partners and returns how many are
     still missing (called every POLL_S seconds, and after the simulator until 0 or ``drain_s``).
-    ``bad`` is the simulator's share of faulty messages, ``hostile`` its share of hostile ones; ``tick(seconds since the load began)`` is
-    called at every poll, during the load and the drain (fault injection, lag sampling)."""
+    ``bad`` is the simulator's share of faulty messages, ``hostile`` its share of hostile ones;
+    ``tick(seconds since the load began)`` is called at every poll, during the load and the drain
+    (fault injection, lag sampling)."""
     airflow = AirflowClient(cfg)
     for dag_id in dag_ids:
         airflow.wait_for_dag(dag_id)
@@ -125,7 +127,8 @@ def steady_load(
                             outcome.hostile[
                                 (record["region"], record["partition"], record["offset"])
                             ] = record["reasons"]
-                        # Followed into every sink: so only those Marketing Cloud may hold (a partner who declined never goes there).
+                        # Followed into every sink: so only those Marketing Cloud may hold (a
+                        # partner who declined never goes there).
                         if (
                             record["event_type"] == "partner.enrolled"
                             and record["outcome"] == "valid"
@@ -152,7 +155,8 @@ def steady_load(
                     if time.monotonic() - last_report > 15:
                         last_report = time.monotonic()
                         log(
-                            f"produced {outcome.produced:,}; enrollments watched {len(outcome.watched):,}, not visible yet {missing:,}"
+                            f"produced {outcome.produced:,}; enrollments watched "
+                            f"{len(outcome.watched):,}, not visible yet {missing:,}"
                         )
                     time.sleep(POLL_S)
                 if producer.returncode != 0:
@@ -179,14 +183,17 @@ def steady_load(
                             "samples_not_visible": missing,
                         }
                         log(
-                            f"gave up waiting after {drain_s:.0f} s: {missing:,} watched partners not visible, {left[0]:,} records pending "
-                            f"in Kafka, {left[1]} landed batches not warehoused; the DAGs are paused with that backlog left"
+                            f"gave up waiting after {drain_s:.0f} s: {missing:,} watched partners "
+                            f"not visible, {left[0]:,} records pending "
+                            f"in Kafka, {left[1]} landed batches not warehoused; the DAGs are "
+                            "paused with that backlog left"
                         )
                         break
                     if time.monotonic() - last_report > 15:
                         last_report = time.monotonic()
                         log(
-                            f"draining: {missing:,} watched partners not visible yet, {left[0]:,} records pending in Kafka, "
+                            f"draining: {missing:,} watched partners not visible yet, {left[0]:,} "
+                            "records pending in Kafka, "
                             f"{left[1]} landed batches waiting for the warehouse"
                         )
                     time.sleep(POLL_S)
@@ -196,7 +203,8 @@ def steady_load(
                 ):  # the watcher failed: do not leave the simulator producing
                     producer.terminate()
 
-        # Every produced offset must lie below its partition's committed offset (landed, gate passed).
+        # Every produced offset must lie below its
+        # partition's committed offset (landed, gate passed).
         committed = {}
         for region in config.regions:
             for p, start, _ in pending_ranges(

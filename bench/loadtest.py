@@ -2,7 +2,8 @@
 timeline, and a report that ends with the ledger's verdict.
 
     make loadtest ARGS="--rate 400000/min --duration 10m --fault solr-down@3m:2m"
-    python -m bench.loadtest --rate 60000/min --duration 2m --fault broker-restart@40s --fault worker-kill@1m
+    python -m bench.loadtest --rate 60000/min --duration
+    2m --fault broker-restart@40s --fault worker-kill@1m
 
 The simulator produces ``--rate`` for ``--duration`` (with ``--bad`` faulty messages) while the
 backlog trigger, the ingest DAGs and the sink DAGs carry it. Faults (``NAME@START[:FOR]``):
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import json
 import os
 import re
@@ -108,7 +110,8 @@ class Fault:
         if kind.endswith("-down"):
             if kind.removesuffix("-down") not in SERVICES_THAT_MAY_GO_DOWN:
                 raise argparse.ArgumentTypeError(
-                    f"fault {text!r}: services that may go down: {', '.join(SERVICES_THAT_MAY_GO_DOWN)}"
+                    f"fault {text!r}: services that may go down: "
+                    f"{', '.join(SERVICES_THAT_MAY_GO_DOWN)}"
                 )
             if not length:
                 raise argparse.ArgumentTypeError(
@@ -192,7 +195,8 @@ class Injector:
             killed = stack_cli.kill_hard(worker)
             f.began_s, f.for_s = elapsed, f.for_s or CELERY_WORKER_RESTART_S
             f.detail = (
-                f"SIGKILL to Celery worker {worker.worker.name} ({len(killed)} processes: its group {pgid} and its task processes) "
+                f"SIGKILL to Celery worker {worker.worker.name} ({len(killed)} processes: its "
+                f"group {pgid} and its task processes) "
                 f"running {len(running)} task(s) ({', '.join(running)})"
             )
             f.restart = worker.name
@@ -207,12 +211,13 @@ class Injector:
             title = " ".join(worker.cmdline())
             victims = [worker, *worker.children(recursive=True)]
             for proc in victims:
-                try:
+                with contextlib.suppress(Exception):
                     proc.send_signal(signal.SIGKILL)
-                except Exception:
-                    pass
             f.began_s = f.ended_s = elapsed
-            f.detail = f"SIGKILL to worker {worker.pid} and {len(victims) - 1} task processes ({title.split(':', 1)[1].strip()})"
+            f.detail = (
+                f"SIGKILL to worker {worker.pid} and {len(victims) - 1} task processes "
+                f"({title.split(':', 1)[1].strip()})"
+            )
         elif f.kind == "broker-restart":
             stack_cli.down(["kafka"], quiet=True)
             f.began_s = elapsed
@@ -329,7 +334,8 @@ def classify(
 
 
 def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict:
-    """Records in, records accounted for by balanced ledger batches, and the batches' stage times."""
+    """Records in, records accounted for by balanced
+    ledger batches, and the batches' stage times."""
     from google.cloud import bigquery
 
     bucket = storage_client(cfg.project).bucket(config.landing_bucket)
@@ -352,7 +358,8 @@ def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict
                     )
     rows = (
         warehouse.run(
-            f"SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, seconds, ok FROM {warehouse.table('ledger', ops=True)} "
+            "SELECT batch_id, stage, offsets_in, valid, quarantined, duplicates, seconds, ok FROM "
+            f"{warehouse.table('ledger', ops=True)} "
             "WHERE batch_id IN UNNEST(@ids)",
             [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)],
         )
@@ -380,7 +387,8 @@ def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict
                 committed[(region.code, p)] = start
         except Exception as exc:
             log(
-                f"committed offsets of {region.code} unreadable ({type(exc).__name__}): its unaccounted records count as late"
+                f"committed offsets of {region.code} unreadable ({type(exc).__name__}): its "
+                "unaccounted records count as late"
             )
     counts = classify(outcome.offsets, ranges, balanced, committed)
     accounted, late_claimed, late_unclaimed, lost = (
@@ -398,7 +406,8 @@ def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict
         [
             dict(r)
             for r in warehouse.run(
-                f"SELECT measured_at, region, batch_id, name, value FROM {warehouse.table('metrics', ops=True)} "
+                "SELECT measured_at, region, batch_id, name, value FROM "
+                f"{warehouse.table('metrics', ops=True)} "
                 "WHERE source = 'ingest' AND batch_id IN UNNEST(@ids) ORDER BY measured_at",
                 [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)],
             )
@@ -451,7 +460,8 @@ def cost_estimate(config, outcome) -> dict:
 
 
 def failed_task_counts(cfg, failed: dict[str, list[str]]) -> dict[str, int]:
-    """``<dag>.<task>`` -> how many of the load's failed runs failed there (the freshness gate, a sink…)."""
+    """``<dag>.<task>`` -> how many of the load's failed
+    runs failed there (the freshness gate, a sink…)."""
     from stack.airflow_client import AirflowClient
 
     airflow, counts = AirflowClient(cfg), {}
@@ -602,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Fault.parse,
         default=[],
         metavar="NAME@START[:FOR]",
-        help="inject a fault (repeatable): <service>-down@3m:2m, broker-restart@5m[:20s], worker-kill@4m",
+        help="inject a fault (repeatable): <service>-down@3m:2m, broker-restart@5m[:20s], "
+        "worker-kill@4m",
     )
     parser.add_argument(
         "--bad", default="2%", help="share of faulty messages the simulator sends (default 2%%)"
@@ -683,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu_figures = cpu.stop()
         injector.heal()
 
-    # Claims since the load began: the backlog found before it was drained first, by batches of its own.
+    # Claims since the load began: the backlog found
+    # before it was drained first, by batches of its own.
     figures = verdict(cfg, config, warehouse, outcome, outcome.started - timedelta(seconds=1))
     hostile = hostile_verdict(warehouse, outcome, outcome.started - timedelta(minutes=1))
     failed_tasks = failed_task_counts(cfg, outcome.failed)
@@ -796,7 +808,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     (out / "report.md").write_text(report(summary, title))
     log(
-        f"verdict: records in {summary['records_in']:,}, accounted {summary['records_accounted']:,}, late {late:,}, lost {unexplained:,}"
+        f"verdict: records in {summary['records_in']:,}, accounted "
+        f"{summary['records_accounted']:,}, late {late:,}, lost {unexplained:,}"
     )
     print(out / "report.md")
     return 0 if unexplained == 0 else 1
@@ -814,7 +827,8 @@ def hostile_verdict(warehouse: Warehouse, outcome, since: datetime) -> dict:
             "not_quarantined": 0,
         }
     rows = warehouse.run(
-        f"""SELECT region, kafka_partition, kafka_offset, reasons FROM {warehouse.table("quarantine")}
+        f"""SELECT region, kafka_partition, kafka_offset, reasons
+                             FROM {warehouse.table("quarantine")}
                              WHERE kafka_timestamp >= @since""",
         [bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)],
     )
@@ -834,7 +848,8 @@ def hostile_verdict(warehouse: Warehouse, outcome, since: datetime) -> dict:
 
 def report(s: dict, title: str) -> str:
     def fmt(v) -> str:
-        return "–" if v is None else f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
+        empty = "–"  # noqa: RUF001 (the typographic dash of an empty table cell)
+        return empty if v is None else f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
 
     faults = (
         "\n".join(
@@ -852,14 +867,19 @@ def report(s: dict, title: str) -> str:
     drain = (
         "Everything drained before the deadline."
         if s["drained"]
-        else f"The drain gave up: left behind {left.get('kafka_records_pending', 0):,} records pending in Kafka, "
-        f"{left.get('landed_batches_not_warehoused', 0)} landed batches not warehoused, sinks' batches not synced "
-        f"{left.get('sinks_batches_not_synced')}; the DAGs were paused with that backlog (unpause them, or `make reset-data`)."
+        else f"The drain gave up: left behind {left.get('kafka_records_pending', 0):,} records "
+        "pending in Kafka, "
+        f"{left.get('landed_batches_not_warehoused', 0)} landed batches not warehoused, sinks' "
+        "batches not synced "
+        f"{left.get('sinks_batches_not_synced')}; the DAGs were paused with that backlog (unpause "
+        "them, or `make reset-data`)."
     )
     h = s["hostile"]
     hostile = (
-        f" Of {h['sent']:,} hostile messages sent, **{h['quarantined_as_expected']:,} are in quarantine with the reasons the "
-        f"contract gives them**, {h['quarantined_otherwise']:,} with other reasons, {h['not_quarantined']:,} not in quarantine."
+        f" Of {h['sent']:,} hostile messages sent, **{h['quarantined_as_expected']:,} are in "
+        "quarantine with the reasons the "
+        f"contract gives them**, {h['quarantined_otherwise']:,} with other reasons, "
+        f"{h['not_quarantined']:,} not in quarantine."
         if h["sent"]
         else ""
     )
@@ -868,14 +888,19 @@ def report(s: dict, title: str) -> str:
         if s["failed_tasks"]
         else ""
     )
+    verdict_row = (
+        f"| {s['records_in']:,} | {s['records_accounted']:,} | {s['records_late']:,} "
+        f"| **{s['unexplained_records']:,}** |"
+    )
     return f"""# Load test: {title}
 
-Began {s["began_at"]} on {s["machine"]["cores"]} cores, Airflow on the **{s["executor"]}**{s["workers"]}. The simulator produced **{s["records_in"]:,} events**
-({fmt(s["produced_events_per_min"])} per minute, asked {s["rate"]}); {s["batches"]:,} batches carried them
-({s["valid"]:,} valid, {s["quarantined"]:,} quarantined with a reason); {s["failed_dag_runs"]} DAG runs failed
-on the way{failed}.{hostile} A failed run loses nothing: the freshness gate fails after the data is in, a
-sync run's batches are taken again by the next run from the watermark, an ingest batch is claimed
-again from the committed offsets.
+Began {s["began_at"]} on {s["machine"]["cores"]} cores, Airflow on the
+**{s["executor"]}**{s["workers"]}. The simulator produced **{s["records_in"]:,} events**
+({fmt(s["produced_events_per_min"])} per minute, asked {s["rate"]}); {s["batches"]:,} batches
+carried them ({s["valid"]:,} valid, {s["quarantined"]:,} quarantined with a reason);
+{s["failed_dag_runs"]} DAG runs failed on the way{failed}.{hostile} A failed run loses nothing:
+the freshness gate fails after the data is in, a sync run's batches are taken again by the next
+run from the watermark, an ingest batch is claimed again from the committed offsets.
 
 ## Faults injected
 
@@ -910,8 +935,9 @@ event, throughput of its land and warehouse tasks):
 
 ![per-batch metrics](metrics.png)
 
-Freshness (event → queryable in BigQuery): p50 {fmt(s["freshness_p50_s"])} s, **p95 {fmt(s["freshness_p95_s"])} s**,
-max {fmt(s["freshness_max_s"])} s. All three sinks: p50 {fmt(s["all_sinks_p50_s"])} s, p95 {fmt(s["all_sinks_p95_s"])} s.
+Freshness (event → queryable in BigQuery): p50 {fmt(s["freshness_p50_s"])} s,
+**p95 {fmt(s["freshness_p95_s"])} s**, max {fmt(s["freshness_max_s"])} s.
+All three sinks: p50 {fmt(s["all_sinks_p50_s"])} s, p95 {fmt(s["all_sinks_p95_s"])} s.
 
 ## Where the CPU went
 
@@ -928,13 +954,14 @@ This run took {s["cost"]["cycles_in_run"]:,} warehouse cycles.
 
 | records in | accounted for | late (not yet accounted when the drain ended) | lost |
 |---|---|---|---|
-| {s["records_in"]:,} | {s["records_accounted"]:,} | {s["records_late"]:,} | **{s["unexplained_records"]:,}** |
+{verdict_row}
 
-{"Nothing is lost" if ok else "RECORDS ARE LOST"}: {s["batches_balanced"]:,} of {s["batches"]:,} batches have balanced land and
-warehouse ledger rows covering {s["records_accounted"]:,} of the produced offsets. Late: {s["records_late_claimed"]:,}
-in batches claimed but not yet warehoused, {s["records_late_unclaimed"]:,} not yet claimed;
-{s["samples_never_visible_everywhere"]:,} of {s["samples"]:,} sampled enrollments were not visible in all sinks when the
-drain ended ({s["samples_lost"]:,} counted lost: only once everything else has arrived). {drain}
+{"Nothing is lost" if ok else "RECORDS ARE LOST"}: {s["batches_balanced"]:,} of {s["batches"]:,}
+batches have balanced land and warehouse ledger rows covering {s["records_accounted"]:,} of the
+produced offsets. Late: {s["records_late_claimed"]:,} in batches claimed but not yet warehoused,
+{s["records_late_unclaimed"]:,} not yet claimed; {s["samples_never_visible_everywhere"]:,} of
+{s["samples"]:,} sampled enrollments were not visible in all sinks when the drain ended
+({s["samples_lost"]:,} counted lost: only once everything else has arrived). {drain}
 """
 
 

@@ -48,7 +48,8 @@ def main() -> int:
         "target": "kafka",
     }
     print(
-        f"simulator: {figures['events']:,} events to Kafka in {figures['seconds']:.1f} s = {figures['events_per_min']:,} events/min from one process"
+        f"simulator: {figures['events']:,} events to Kafka in {figures['seconds']:.1f} s = "
+        f"{figures['events_per_min']:,} events/min from one process"
     )
     write("simulator", figures)
     return 0

@@ -48,8 +48,10 @@ class SinkWatcher:
     def __init__(self, cfg, config, limit: int = 1000):
         self.db = firestore_client(cfg.project)
         self.documents = self.db.collection(config.sinks["firestore"].get("collection", "partners"))
-        self.solr = f"{cfg.url('SOLR_PORT', '/solr')}/{config.sinks['solr'].get('core') or config.solr_core}"
-        self.mc = f"{cfg.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud'].get('data_extension')}/lookup"
+        core = config.sinks["solr"].get("core") or config.solr_core
+        self.solr = f"{cfg.url('SOLR_PORT', '/solr')}/{core}"
+        extension = config.sinks["marketing_cloud"].get("data_extension")
+        self.mc = f"{cfg.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{extension}/lookup"
         self.mc_headers = cfg.stub_headers()  # the stub's admin endpoints want its token
         self.limit = limit
         self.seen: dict[str, dict[str, float]] = {
@@ -57,8 +59,8 @@ class SinkWatcher:
             "solr": {},
             "marketing_cloud": {},
         }
-        # Partners Marketing Cloud must not hold (consent withdrawn after the enrollment was sampled):
-        # followed into the other sinks only.
+        # Partners Marketing Cloud must not hold (consent withdrawn after the enrollment was
+        # sampled): followed into the other sinks only.
         self.consent = config.marketing_consent
         self.partners = f"`{cfg.project}.{config.warehouse_dataset}.partners`"
         self.bq = bigquery_client(cfg.project)
@@ -113,7 +115,8 @@ class SinkWatcher:
             return
         try:
             rows = self.bq.query(
-                f"SELECT partner_id, region, marketing_consent FROM {self.partners} WHERE partner_id IN UNNEST(@ids)",
+                f"SELECT partner_id, region, marketing_consent FROM {self.partners} WHERE "
+                "partner_id IN UNNEST(@ids)",
                 job_config=bigquery.QueryJobConfig(
                     query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", ids)]
                 ),

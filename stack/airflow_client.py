@@ -50,7 +50,8 @@ class AirflowClient:
         while self.http.get(f"/dags/{dag_id}").status_code != 200:
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"Airflow has not parsed {dag_id} within {timeout_s:.0f} s; import errors: {self.import_errors()}"
+                    f"Airflow has not parsed {dag_id} within {timeout_s:.0f} s; import errors: "
+                    f"{self.import_errors()}"
                 )
             time.sleep(1)
 
@@ -86,7 +87,8 @@ class AirflowClient:
             time.sleep(1)
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        """A run's task instances as the REST API gives them (id, state, try_number, pool, queue, pid, ...)."""
+        """A run's task instances as the REST API gives them
+        (id, state, try_number, pool, queue, pid, ...)."""
         return (
             self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
             .raise_for_status()
@@ -106,7 +108,8 @@ class AirflowClient:
         ]
 
     def failure_logs(self, dag_id: str, run_id: str, tail: int = 30) -> dict[str, str]:
-        """The last lines of each failed task's log (its final try): why a run failed, for a test's message."""
+        """The last lines of each failed task's log (its
+        final try): why a run failed, for a test's message."""
         out = {}
         for ti in self.task_instances(dag_id, run_id):
             if ti["state"] != "failed":
@@ -116,7 +119,8 @@ class AirflowClient:
                 **({"map_index": ti["map_index"]} if ti["map_index"] >= 0 else {}),
             }
             log = self.http.get(
-                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti['try_number'], 1)}",
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}"
+                f"/logs/{max(ti['try_number'], 1)}",
                 params=params,
                 headers={"Accept": "application/json"},
             )

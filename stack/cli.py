@@ -9,6 +9,7 @@ service, its URL and whether it answers, and where the Airflow login is kept (ne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -47,10 +48,8 @@ def _pgid(service: Service) -> int | None:
 
 def _reap(pid: int) -> None:
     """Collects our own exited child so a zombie leader does not look alive."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def kill_hard(service: Service) -> list[int]:
@@ -64,10 +63,8 @@ def kill_hard(service: Service) -> list[int]:
     victims = [p for p in psutil.process_iter(["pid"]) if _in_group(p.pid, pgid)]
     victims += [child for p in list(victims) for child in _children(p) if child not in victims]
     for proc in victims:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            pass
     _reap(pgid)
     return [p.pid for p in victims]
 
@@ -99,7 +96,8 @@ def _spawn(service: Service) -> subprocess.Popen:
     busy = [p for p in service.ports() if _port_open(p)]
     if busy:
         raise ServiceError(
-            f"{service.name}: port(s) {busy} already in use by another program; set {'/'.join(service.port_names)} to free ports"
+            f"{service.name}: port(s) {busy} already in use by another program; set "
+            f"{'/'.join(service.port_names)} to free ports"
         )
     log = open(service.log_file, "ab")  # noqa: SIM115 (the child owns it)
     # umask 077: whatever the service writes (Airflow's generated airflow.cfg, its DB, logs, data)
@@ -120,7 +118,8 @@ def _spawn(service: Service) -> subprocess.Popen:
 
 # What a service may inherit from the caller's environment: nothing secret, only what finds
 # programs and sets the locale. Everything else (ports, credentials) comes from ``service.env()``,
-# so each service gets only its own secrets (the stub's client secret and admin token, Airflow's keys).
+# so each service gets only its own secrets (the stub's
+# client secret and admin token, Airflow's keys).
 INHERITED_ENV = (
     "PATH",
     "HOME",
@@ -198,7 +197,8 @@ def up(names: Iterable[str] | None = None, quiet: bool = False) -> dict[str, dic
             and service.started_with() not in (None, cfg.executor)
         ):
             say(
-                f"restarting Airflow: it runs the {service.started_with()} executor, STACK_EXECUTOR asks for {cfg.executor}"
+                f"restarting Airflow: it runs the {service.started_with()} executor, "
+                f"STACK_EXECUTOR asks for {cfg.executor}"
             )
             _stop(service)
         if _pgid(service) is not None and service.ready():
@@ -220,11 +220,13 @@ def up(names: Iterable[str] | None = None, quiet: bool = False) -> dict[str, dic
                 del pending[name]
             elif process.poll() is not None:
                 raise ServiceError(
-                    f"{name} exited with code {process.returncode} before answering; last lines of {service.log_file}:\n{_log_tail(service)}"
+                    f"{name} exited with code {process.returncode} before answering; last lines of "
+                    f"{service.log_file}:\n{_log_tail(service)}"
                 )
             elif time.monotonic() > deadline_of[name]:
                 raise ServiceError(
-                    f"{name} did not answer within {service.start_timeout_s:.0f} s; last lines of {service.log_file}:\n{_log_tail(service)}"
+                    f"{name} did not answer within {service.start_timeout_s:.0f} s; last lines of "
+                    f"{service.log_file}:\n{_log_tail(service)}"
                 )
         time.sleep(POLL_S)
     for service in services:
@@ -266,7 +268,8 @@ def down(names: Iterable[str] | None = None, quiet: bool = False) -> bool:
         clean &= ok
         if not quiet and (running or not ok):
             print(
-                f"{service.name}: {'stopped' if ok else 'STILL LISTENING on ' + str(service.ports())}",
+                f"{service.name}: "
+                f"{'stopped' if ok else 'STILL LISTENING on ' + str(service.ports())}",
                 flush=True,
             )
     return clean
@@ -299,7 +302,8 @@ def status(names: Iterable[str] | None = None) -> bool:
         )
     # Never the password itself: this output lands in CI logs.
     print(
-        f"\nAirflow UI login: {Airflow.admin_user}, password in {_shown(cfg.saved_file)} (airflow_admin_password); "
+        f"\nAirflow UI login: {Airflow.admin_user}, password in {_shown(cfg.saved_file)} "
+        "(airflow_admin_password); "
         f"read-only: {Airflow.viewer_user} (airflow_viewer_password)"
     )
     print(f"Client environment for your shell: source {_shown(cfg.env_file)}")
@@ -307,7 +311,8 @@ def status(names: Iterable[str] | None = None) -> bool:
 
 
 def _shown(path: Path) -> str:
-    """A path relative to the repository when it is inside it (shorter, and no home folder in logs)."""
+    """A path relative to the repository when it is
+    inside it (shorter, and no home folder in logs)."""
     return (
         str(path.relative_to(stack_config.ROOT))
         if path.is_relative_to(stack_config.ROOT)
@@ -353,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "services",
             nargs="*",
-            help=f"default: all ({', '.join(NAMES)}; with STACK_EXECUTOR=celery also {', '.join(CELERY_NAMES)} and worker-<name> per Celery worker)",
+            help=f"default: all ({', '.join(NAMES)}; with STACK_EXECUTOR=celery also "
+            f"{', '.join(CELERY_NAMES)} and worker-<name> per Celery worker)",
         )
     p = sub.add_parser(
         "reset-data",
@@ -362,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "services",
         nargs="*",
-        help=f"default: all ({', '.join(NAMES)}; with STACK_EXECUTOR=celery also {', '.join(CELERY_NAMES)} and worker-<name> per Celery worker)",
+        help=f"default: all ({', '.join(NAMES)}; with STACK_EXECUTOR=celery also "
+        f"{', '.join(CELERY_NAMES)} and worker-<name> per Celery worker)",
     )
     p = sub.add_parser("env", help="print the client environment as shell exports")
     args = parser.parse_args(argv)

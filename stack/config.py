@@ -21,15 +21,16 @@ STUB_TOKEN_HEADER = "X-Stub-Token"
 
 
 def private_dir(path: Path) -> Path:
-    """Creates ``path`` (and parents) and makes it readable by its owner only (0700), also when it existed."""
+    """Creates ``path`` (and parents) and makes it readable
+    by its owner only (0700), also when it existed."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.chmod(0o700)
     return path
 
 
 def write_private(path: Path, text: str) -> None:
-    """Writes a file that holds secrets: created 0600 (never readable by others, not even for a moment);
-    an existing file is narrowed to 0600 before its new content is written."""
+    """Writes a file that holds secrets: created 0600 (never readable by others, not even for a
+    moment); an existing file is narrowed to 0600 before its new content is written."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
@@ -62,7 +63,9 @@ class StackConfig:
     ports: dict[str, int]
     airflow_db: str  # "sqlite" (embedded default) or "postgres"
     project: str
-    executor: str = "local"  # "local" (LocalExecutor, the embedded default) or "celery" (Redis broker, the configured workers)
+    # "local" (LocalExecutor, the embedded default)
+    # or "celery" (Redis broker, the configured workers)
+    executor: str = "local"
     credentials: dict[str, str] = field(
         default_factory=dict, repr=False
     )  # secrets: never in a repr (logs, tracebacks)
@@ -76,7 +79,8 @@ class StackConfig:
         return self.executor == "celery"
 
     def redis_url(self, db: int) -> str:
-        """The Celery broker (db 0) and result backend (db 1): Redis on loopback, with its password."""
+        """The Celery broker (db 0) and result backend
+        (db 1): Redis on loopback, with its password."""
         return (
             f"redis://:{self.credentials['redis_password']}@{HOST}:{self.ports['REDIS_PORT']}/{db}"
         )
@@ -116,7 +120,8 @@ class StackConfig:
 
     @property
     def pii_retired_keys(self) -> dict[str, str]:
-        """Personal-data keys retired by a rotation ({key id: key}; ``pii_retired_keys`` in stack.json)."""
+        """Personal-data keys retired by a rotation
+        ({key id: key}; ``pii_retired_keys`` in stack.json)."""
         return json.loads(self.credentials.get("pii_retired_keys") or "{}")
 
     def stub_headers(self) -> dict[str, str]:
@@ -130,7 +135,8 @@ class StackConfig:
         write_private(self.saved_file, json.dumps(data, indent=2))
 
     def save_env(self) -> None:
-        """Writes ``stack.env`` (the clients' environment, with their secrets): 0600 in a 0700 folder."""
+        """Writes ``stack.env`` (the clients' environment,
+        with their secrets): 0600 in a 0700 folder."""
         private_dir(self.state)
         write_private(
             self.env_file, "".join(f"export {k}='{v}'\n" for k, v in self.client_env().items())

@@ -1,7 +1,8 @@
 """The main job on the local stack: the smoke DAG checks every service, then the simulator sends
 the four regions' events (with a 2 % fault mix) and the ingest DAGs, woken by the backlog
 trigger, carry them into BigQuery; the sync DAGs bring the partners to Firestore, Solr and
-Marketing Cloud, and one simulated enrollment is followed into all three; then it says where to look.
+Marketing Cloud, and one simulated enrollment is
+followed into all three; then it says where to look.
 
 Run with `make demo` (which starts the stack first). DEMO_EVENTS sets how many events (20,000)."""
 
@@ -52,12 +53,15 @@ def main() -> int:
         print(f"  {ti['task_id']}[{ti['rendered_map_index'] or ti['map_index']}]: {ti['state']}")
     print(f"""
 Where to look:
-  Airflow UI      {cfg.url("AIRFLOW_PORT")}/dags/{DEMO_DAG}   login admin, password in {cfg.saved_file} (airflow_admin_password)
+  Airflow UI      {cfg.url("AIRFLOW_PORT")}/dags/{DEMO_DAG}   login admin,
+                  password in {cfg.saved_file} (airflow_admin_password)
   Cloud Storage   {cfg.url("GCS_PORT")}/storage/v1/b
   BigQuery        {cfg.url("BIGQUERY_PORT")}/bigquery/v2/projects/{cfg.project}/datasets
   Solr            {cfg.url("SOLR_PORT", "/solr/")}
-  Firestore       {cfg.url("FIRESTORE_PORT")}/  (emulator; FIRESTORE_EMULATOR_HOST=127.0.0.1:{cfg.port("FIRESTORE_PORT")})
-  Marketing Cloud {cfg.url("MARKETING_CLOUD_PORT")}/_stub/docs  (contract stub; its /_stub/ endpoints want the X-Stub-Token header, MARKETING_CLOUD_STUB_TOKEN)
+  Firestore       {cfg.url("FIRESTORE_PORT")}/
+                  (emulator; FIRESTORE_EMULATOR_HOST=127.0.0.1:{cfg.port("FIRESTORE_PORT")})
+  Marketing Cloud {cfg.url("MARKETING_CLOUD_PORT")}/_stub/docs  (contract stub; its /_stub/
+                  endpoints want the X-Stub-Token header, MARKETING_CLOUD_STUB_TOKEN)
   Kafka           {cfg.kafka_bootstrap}
   Your shell:     source {cfg.state / "stack.env"}
 Stop everything with `make down`.""")
@@ -113,7 +117,8 @@ def ingest(cfg, client: AirflowClient) -> int:
             for d in dag_ids
         )
         print(
-            f"  ... {pending:,} records pending in Kafka, {waiting} landed batches waiting for the warehouse, {running} ingest/warehouse runs "
+            f"  ... {pending:,} records pending in Kafka, {waiting} landed batches waiting for the "
+            f"warehouse, {running} ingest/warehouse runs "
             f"active after {time.monotonic() - t0:.0f} s",
             flush=True,
         )
@@ -123,35 +128,43 @@ def ingest(cfg, client: AirflowClient) -> int:
     bq = bigquery_client(cfg.project)
     w, o = f"`{cfg.project}.{config.warehouse_dataset}`", f"`{cfg.project}.{config.ops_dataset}`"
     counts = {
-        name: list(bq.query(f"SELECT COUNT(*) AS n FROM {w}.{name}").result())[0]["n"]
+        name: next(iter(bq.query(f"SELECT COUNT(*) AS n FROM {w}.{name}").result()))["n"]
         for name in ("events", "partners", "quarantine")
     }
     reasons = list(
         bq.query(
-            f"SELECT reasons, COUNT(*) AS n FROM {w}.quarantine GROUP BY reasons ORDER BY n DESC LIMIT 5"
+            f"SELECT reasons, COUNT(*) AS n FROM {w}.quarantine GROUP BY reasons ORDER BY n DESC "
+            "LIMIT 5"
         ).result()
     )
-    unbalanced = list(
-        bq.query(
-            f"SELECT COUNT(*) AS n FROM {o}.ledger WHERE offsets_in != valid + quarantined + duplicates + COALESCE(skipped, 0) + COALESCE(recovered, 0)"
-        ).result()
-    )[0]["n"]
+    unbalanced = next(
+        iter(
+            bq.query(
+                f"SELECT COUNT(*) AS n FROM {o}.ledger WHERE offsets_in != valid + quarantined + "
+                "duplicates + COALESCE(skipped, 0) + COALESCE(recovered, 0)"
+            ).result()
+        )
+    )["n"]
     print(
-        f"\nproduced {summary['events']:,} events; BigQuery now holds {counts['events']:,} events, {counts['partners']:,} partners, "
-        f"{counts['quarantine']:,} quarantined messages; ledger rows that do not balance: {unbalanced}"
+        f"\nproduced {summary['events']:,} events; BigQuery now holds {counts['events']:,} events, "
+        f"{counts['partners']:,} partners, "
+        f"{counts['quarantine']:,} quarantined messages; ledger rows that do not balance: "
+        f"{unbalanced}"
     )
     for row in reasons:
         print(f"  quarantined for {row['reasons']}: {row['n']}")
     followed = follow_enrollment(cfg, config, cfg.state / "demo-expected.jsonl")
     print(
-        f"The ingest, warehouse and sync DAGs stay unpaused: run `make simulate` for more traffic. Query the ledger: SELECT * FROM {o}.ledger ORDER BY recorded_at DESC"
+        "The ingest, warehouse and sync DAGs stay unpaused: run `make simulate` for more traffic. "
+        f"Query the ledger: SELECT * FROM {o}.ledger ORDER BY recorded_at DESC"
     )
     print(f"\nThe pipeline, region by region and sink by sink (log in as admin): {page_url(cfg)}")
     return 0 if unbalanced == 0 and followed else 1
 
 
 def page_url(cfg) -> str:
-    """The "Enrollment pipeline" page in the Airflow UI's navigation (the plugin's external view)."""
+    """The "Enrollment pipeline" page in the Airflow
+    UI's navigation (the plugin's external view)."""
     return cfg.url("AIRFLOW_PORT", "/plugin/enrollment-pipeline")
 
 
@@ -181,14 +194,17 @@ def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> boo
         .collection(config.sinks["firestore"].get("collection", "partners"))
         .document(partner_id)
     )
-    solr = f"{cfg.url('SOLR_PORT', '/solr')}/{config.sinks['solr'].get('core') or config.solr_core}/get"
-    mc = f"{cfg.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud'].get('data_extension')}/lookup"
+    core = config.sinks["solr"].get("core") or config.solr_core
+    solr = f"{cfg.url('SOLR_PORT', '/solr')}/{core}/get"
+    extension = config.sinks["marketing_cloud"].get("data_extension")
+    mc = f"{cfg.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{extension}/lookup"
     found: dict[str, str] = {}
     t0 = time.monotonic()
     while len(found) < 3 and time.monotonic() - t0 < timeout_s:
         if "Firestore" not in found and (snap := doc.get()).exists:
             found["Firestore"] = (
-                f"document partners/{partner_id}: status {snap.get('status')}, version {snap.get('partner_version')}"
+                f"document partners/{partner_id}: status {snap.get('status')}, version "
+                f"{snap.get('partner_version')}"
             )
         if "Solr" not in found and (
             hit := httpx.get(solr, params={"id": partner_id, "wt": "json"}, timeout=10)
@@ -196,7 +212,8 @@ def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> boo
             .get("doc")
         ):
             found["Solr"] = (
-                f"search document: status {hit.get('status')}, country {hit.get('country')}, version {hit.get('partner_version')}"
+                f"search document: status {hit.get('status')}, country {hit.get('country')}, "
+                f"version {hit.get('partner_version')}"
             )
         if "Marketing Cloud" not in found and (
             rows := httpx.post(
@@ -204,11 +221,13 @@ def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> boo
             ).json()["items"]
         ):
             found["Marketing Cloud"] = (
-                f"data extension row: Status {rows[0]['Status']}, PartnerVersion {rows[0]['PartnerVersion']}"
+                f"data extension row: Status {rows[0]['Status']}, PartnerVersion "
+                f"{rows[0]['PartnerVersion']}"
             )
         if len(found) < 3:
             print(
-                f"  ... visible in {', '.join(found) or 'no sink yet'} after {time.monotonic() - t0:.0f} s",
+                f"  ... visible in {', '.join(found) or 'no sink yet'} after "
+                f"{time.monotonic() - t0:.0f} s",
                 flush=True,
             )
             time.sleep(5)
@@ -216,7 +235,8 @@ def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> boo
         print(f"  {sink:<16} {what}")
     if len(found) < 3:
         print(
-            f"  not visible in every sink after {timeout_s:.0f} s: see the sync_* DAGs in the Airflow UI"
+            f"  not visible in every sink after {timeout_s:.0f} s: see the sync_* DAGs in the "
+            "Airflow UI"
         )
         return False
     print(f"  visible in all three sinks {time.monotonic() - t0:.0f} s after the ingest finished")
@@ -266,7 +286,8 @@ def sampled_with_tax_id(cfg, config, enrollments: list[dict], tries: int = 50) -
 
 def tax_id_everywhere(cfg, config, partner_id: str, clear: str, doc, solr: str, mc: str) -> bool:
     """Reads every store the partner reached and says whether its tax id is there in clear (in any
-    separator format) and its token where it belongs; the clear value is shown masked, never as is."""
+    separator format) and its token where it belongs;
+    the clear value is shown masked, never as is."""
     import io
     import json
     import re
@@ -374,12 +395,15 @@ def tax_id_everywhere(cfg, config, partner_id: str, clear: str, doc, solr: str, 
         and bool(batches)
     )
     print(
-        f"\ntax id {shape(clear)} of {partner_id} {'is tokenised everywhere' if ok else 'is NOT tokenised everywhere'}: {token}"
+        f"\ntax id {shape(clear)} of {partner_id} "
+        f"{'is tokenised everywhere' if ok else 'is NOT tokenised everywhere'}: {token}"
         f" (the clear value lives only in Kafka)"
     )
     for store, (absent, seen) in checked.items():
         print(
-            f"  {store:<48} {'clear value absent' if absent else 'CLEAR VALUE FOUND'}{'; ' + seen if seen else ''}"
+            f"  {store:<48} "
+            f"{'clear value absent' if absent else 'CLEAR VALUE FOUND'}"
+            f"{'; ' + seen if seen else ''}"
         )
     return ok
 

@@ -6,7 +6,8 @@ It follows the published contract the pipeline depends on:
 - ``PUT /data/v1/async/dataextensions/key:{key}/rows`` with ``{"items": [...]}``: async upsert,
   ``202`` with a ``requestId``; more than 32,000 rows in one request is refused with ``400``.
 - ``GET /data/v1/async/{requestId}/status`` and ``/results``: polling; a request completes
-  ``processing_delay_s`` after it was accepted, and each row gets ``OK`` or ``Error`` with a message.
+  ``processing_delay_s`` after it was accepted, and
+  each row gets ``OK`` or ``Error`` with a message.
 - ``POST /interaction/v1/events``: a journey's entry event for one contact (``ContactKey``,
   ``EventDefinitionKey``, ``Data``), ``201`` with an ``eventInstanceId``. Like the service, it
   does not deduplicate: whether a contact may enter twice is the journey's re-entry setting.
@@ -127,7 +128,8 @@ class StubState:
                 self._delete_contacts(operation)
 
     def _delete_contacts(self, operation: dict[str, Any]) -> None:
-        """A contact delete carried out: the contacts' rows (by primary key) and journey entries gone."""
+        """A contact delete carried out: the contacts'
+        rows (by primary key) and journey entries gone."""
         keys = set(operation["keys"])
         for table in self.rows.values():
             for pk in [pk for pk in table if len(pk) == 1 and pk[0] in keys]:
@@ -137,7 +139,8 @@ class StubState:
         self.counters["contacts_deleted"] += len(keys)
 
     def delete_rows(self, key: str, wanted: list[dict[str, str]]) -> list[tuple[str, str]]:
-        """Rows of one data extension deleted by primary key (each ``{field: value}``): (StatusCode, StatusMessage) each."""
+        """Rows of one data extension deleted by primary key (each ``{field: value}``): (StatusCode,
+        StatusMessage) each."""
         self.settle(time.time())
         primary_key = self.primary_keys.get(key, self.default_primary_key)
         table = self.rows.get(key, {})
@@ -205,7 +208,8 @@ class StubState:
                 pk = tuple(str(item[f]) for f in primary_key)
                 held = table.get(pk, {})
                 changed = not held or any(held.get(k) != v for k, v in item.items())
-                # _written_at (read-back only) moves when the row's content changes, not on a same-content upsert.
+                # _written_at (read-back only) moves when the row's content changes, not on a
+                # same-content upsert.
                 table[pk] = {
                     **held,
                     **item,
@@ -242,7 +246,8 @@ def create_app(state: StubState) -> FastAPI:
             if not secrets.compare_digest(given.encode(), state.admin_token.encode()):
                 return JSONResponse(
                     {
-                        "message": f"The stub's admin endpoints need the {ADMIN_TOKEN_HEADER} header (MARKETING_CLOUD_STUB_TOKEN).",
+                        "message": f"The stub's admin endpoints need the {ADMIN_TOKEN_HEADER} "
+                        "header (MARKETING_CLOUD_STUB_TOKEN).",
                         "errorcode": 0,
                         "documentation": "",
                     },
@@ -269,7 +274,7 @@ def create_app(state: StubState) -> FastAPI:
         if now < s["throttle_until"] or (s["rate_per_s"] > 0 and len(calls) >= s["rate_per_s"]):
             state.counters["throttled"] += 1
             retry_after = (
-                max(1, int(round(s["throttle_until"] - now)))
+                max(1, round(s["throttle_until"] - now))
                 if now < s["throttle_until"]
                 else int(s["retry_after_s"])
             )
@@ -338,7 +343,8 @@ def create_app(state: StubState) -> FastAPI:
             if len(items) > MAX_ROWS_PER_ASYNC_REQUEST:
                 return error(
                     400,
-                    f"The request contains {len(items)} rows; at most {MAX_ROWS_PER_ASYNC_REQUEST} rows are accepted per request.",
+                    f"The request contains {len(items)} rows; at most {MAX_ROWS_PER_ASYNC_REQUEST} "
+                    "rows are accepted per request.",
                     10000,
                 )
             request_id = str(uuid.uuid4())
@@ -356,7 +362,8 @@ def create_app(state: StubState) -> FastAPI:
 
     def soap_response(body: str, status: int = 200) -> Response:
         envelope = (
-            '<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://www.w3.org/2003/05/soap-envelope" '
+            '<?xml version="1.0" encoding="utf-8"?><soap:Envelope '
+            'xmlns:soap="http://www.w3.org/2003/05/soap-envelope" '
             f'xmlns:xsi="{XSI}"><soap:Body>{body}</soap:Body></soap:Envelope>'
         )
         return Response(
@@ -365,7 +372,8 @@ def create_app(state: StubState) -> FastAPI:
 
     def soap_fault(message: str, status: int) -> Response:
         return soap_response(
-            f'<soap:Fault><soap:Code><soap:Value>soap:Sender</soap:Value></soap:Code><soap:Reason><soap:Text xml:lang="en">'
+            "<soap:Fault><soap:Code><soap:Value>soap:Sender</soap:Value></soap:Code>"
+            '<soap:Reason><soap:Text xml:lang="en">'
             f"{escape(message)}</soap:Text></soap:Reason></soap:Fault>",
             status,
         )
@@ -390,7 +398,8 @@ def create_app(state: StubState) -> FastAPI:
             if (refused := gate(f"Bearer {token}")) is not None:
                 if refused.status_code == 401:
                     return soap_fault(
-                        "Security requirements are not satisfied because the security token is missing, invalid or expired.",
+                        "Security requirements are not satisfied because the security token is "
+                        "missing, invalid or expired.",
                         401,
                     )
                 return refused
@@ -421,7 +430,8 @@ def create_app(state: StubState) -> FastAPI:
             ok = sum(1 for r in results if "<StatusCode>OK<" in r)
             overall = "OK" if ok == len(results) else "Error" if ok == 0 else "Has Errors"
             return soap_response(
-                f'<DeleteResponse xmlns="{PARTNER_API}">{"".join(results)}<RequestID>{uuid.uuid4()}</RequestID>'
+                "<DeleteResponse "
+                f'xmlns="{PARTNER_API}">{"".join(results)}<RequestID>{uuid.uuid4()}</RequestID>'
                 f"<OverallStatus>{overall}</OverallStatus></DeleteResponse>"
             )
 
@@ -538,7 +548,8 @@ def create_app(state: StubState) -> FastAPI:
             if len(members) > MAX_JOURNEY_MEMBERS:
                 return error(
                     400,
-                    f"{len(members)} members; at most {MAX_JOURNEY_MEMBERS} contacts are accepted per request.",
+                    f"{len(members)} members; at most {MAX_JOURNEY_MEMBERS} contacts are accepted "
+                    "per request.",
                     10000,
                 )
             out = []
@@ -718,7 +729,8 @@ def create_app(state: StubState) -> FastAPI:
 
     @app.post("/_stub/dataextensions/{key}/lookup")
     async def lookup_rows(key: str, request: Request) -> dict:
-        """The rows of these primary-key values (single-field keys), with when each was last written."""
+        """The rows of these primary-key values (single-field
+        keys), with when each was last written."""
         wanted = (await request.json()).get("keys", [])
         with state.lock:
             state.settle(time.time())

@@ -64,7 +64,8 @@ class Service:
 
     # -- what each service defines ------------------------------------------------------------
     def data_dirs(self) -> list[Path]:
-        """Where the service keeps the pipeline's data (``reset-data`` removes them); none: in memory."""
+        """Where the service keeps the pipeline's data
+        (``reset-data`` removes them); none: in memory."""
         return []
 
     def prepare(self) -> bool:
@@ -128,8 +129,9 @@ class Kafka(Service):
                     "auto.create.topics.enable=false",
                     # single node: internal topics cannot have more replicas than brokers
                     "offsets.topic.replication.factor=1",
-                    # 50 partitions (the default) take a minute to create and load on a busy small machine,
-                    # during which every group answers NOT_COORDINATOR; one broker needs few.
+                    # 50 partitions (the default) take a minute to create and load on a busy
+                    # small machine, during which every group answers NOT_COORDINATOR; one broker
+                    # needs few.
                     "offsets.topic.num.partitions=4",
                     "transaction.state.log.replication.factor=1",
                     "transaction.state.log.min.isr=1",
@@ -243,7 +245,8 @@ class Kafka(Service):
                 except KafkaException as exc:
                     if time.monotonic() > deadline:
                         raise ServiceError(
-                            f"kafka: the group coordinator did not answer within {timeout_s:.0f} s: {exc}"
+                            f"kafka: the group coordinator did not answer within {timeout_s:.0f} "
+                            f"s: {exc}"
                         ) from exc
                     time.sleep(1)
         finally:
@@ -422,7 +425,8 @@ class BigQuery(Service):
         )
         if shipped is None:
             raise ServiceError(
-                "bigquery: duckdb-extension-spatial is missing from the emulator's virtualenv; run `make install`"
+                "bigquery: duckdb-extension-spatial is missing from the emulator's virtualenv; run "
+                "`make install`"
             )
         target = (
             self.dir
@@ -507,8 +511,9 @@ class Firestore(Service):
         )
         if found is None:
             raise ServiceError(
-                "firestore: the Cloud Firestore emulator is not installed; install the Debian package "
-                "google-cloud-cli-firestore-emulator or run `gcloud components install cloud-firestore-emulator`"
+                "firestore: the Cloud Firestore emulator is not installed; install the Debian "
+                "package google-cloud-cli-firestore-emulator or run "
+                "`gcloud components install cloud-firestore-emulator`"
             )
         return found
 
@@ -544,7 +549,8 @@ class MarketingCloudStub(Service):
         ]
 
     def env(self) -> dict[str, str]:
-        # Its own secrets only: the client credentials it checks and the token of its admin endpoints.
+        # Its own secrets only: the client credentials
+        # it checks and the token of its admin endpoints.
         credentials = self.cfg.credentials
         return {
             "MC_STUB_CLIENT_ID": credentials["mc_client_id"],
@@ -565,7 +571,8 @@ class Airflow(Service):
     """Airflow's components as one process group, as `airflow standalone` runs them, except that
     the scheduler and triggerer skip their log servers: those bind every interface with no
     setting to change it, and the API server reads task logs from the shared log folder anyway.
-    If any component exits, the group goes down with it, so a half-running Airflow never looks up."""
+    If any component exits, the group goes down with
+    it, so a half-running Airflow never looks up."""
 
     name = "airflow"
     port_names = ("AIRFLOW_PORT",)
@@ -607,7 +614,8 @@ class Airflow(Service):
         private_dir(home)
         # The configuration's pools, imported at every start (`airflow pools import` updates slots).
         self.pools_file.write_text(json.dumps(pools_file(), indent=2))
-        # Which executor this Airflow was started with: `up` restarts it when STACK_EXECUTOR changed.
+        # Which executor this Airflow was started with:
+        # `up` restarts it when STACK_EXECUTOR changed.
         (home / "executor").write_text(self.cfg.executor)
         # The simple auth manager's users file: the generated passwords, 0600 from the start.
         write_private(
@@ -625,19 +633,22 @@ class Airflow(Service):
 
     def _prepare_postgres(self) -> bool:
         """Starts the local PostgreSQL if needed and makes the metadata DB's role an ordinary one
-        (no superuser, cannot create databases or roles) that owns its database and every object in it.
-        A database left by an older stack (owned by the superuser ``root``) is handed over to the role."""
+        (no superuser, cannot create databases or roles) that owns its database and every object in
+        it. A database left by an older stack (owned by the superuser ``root``) is handed over to
+        the role."""
         status = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True)
         if status.returncode != 0:
             raise ServiceError(
-                "airflow: STACK_AIRFLOW_DB=postgres but PostgreSQL is not installed (pg_lsclusters failed)"
+                "airflow: STACK_AIRFLOW_DB=postgres but PostgreSQL is not installed (pg_lsclusters "
+                "failed)"
             )
         if " online " not in status.stdout:
             version, cluster = status.stdout.split()[:2]
             subprocess.run(["pg_ctlcluster", version, cluster, "start"], check=True)
 
         def psql(sql: str, database: str = "postgres") -> str:
-            # SQL on stdin, never on a command line (where `ps` shows the role's password to everyone).
+            # SQL on stdin, never on a command line (where
+            # `ps` shows the role's password to everyone).
             done = subprocess.run(
                 ["su", "postgres", "-c", f"psql -X -q -tA -v ON_ERROR_STOP=1 -d {database}"],
                 input=sql,
@@ -650,7 +661,10 @@ class Airflow(Service):
 
         role, db = AIRFLOW_DB_ROLE, AIRFLOW_DB_NAME
         password = self.cfg.credentials["airflow_db_password"].replace("'", "''")
-        attributes = f"LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+        attributes = (
+            f"LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE "
+            "NOREPLICATION NOBYPASSRLS"
+        )
         exists = psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'") == "1"
         psql(f"{'ALTER' if exists else 'CREATE'} ROLE {role} {attributes};")
         if psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'") != "1":
@@ -663,16 +677,22 @@ class Airflow(Service):
             f"""DO $$
 DECLARE obj record;
 BEGIN
-  FOR obj IN SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND pg_get_userbyid(c.relowner) <> '{role}'
-             AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
+  FOR obj IN SELECT c.relname, c.relkind
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+             AND pg_get_userbyid(c.relowner) <> '{role}'
+             AND NOT (c.relkind = 'S' AND EXISTS (
+               SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
   LOOP
     EXECUTE format('ALTER %s public.%I OWNER TO {role}',
-                   CASE obj.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+                   CASE obj.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                    WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                                    ELSE 'TABLE' END,
                    obj.relname);
   END LOOP;
   FOR obj IN SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-             WHERE n.nspname = 'public' AND t.typtype = 'e' AND pg_get_userbyid(t.typowner) <> '{role}'
+             WHERE n.nspname = 'public' AND t.typtype = 'e'
+             AND pg_get_userbyid(t.typowner) <> '{role}'
   LOOP
     EXECUTE format('ALTER TYPE public.%I OWNER TO {role}', obj.typname);
   END LOOP;
@@ -717,12 +737,14 @@ END $$;""",
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             # Started from the test session, the services would inherit its unit-test mode, whose
-            # defaults create every DAG unpaused (the canary and the reconciliation then ran at once).
+            # defaults create every DAG unpaused (the canary
+            # and the reconciliation then ran at once).
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__EXECUTOR": self.executor,
             **(self._celery_env() if cfg.celery else {}),
-            # Where a task without a queue of its own goes (every pool of the configuration names one).
+            # Where a task without a queue of its own goes
+            # (every pool of the configuration names one).
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": DEFAULT_QUEUE,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cfg.airflow_db_uri,
             "AIRFLOW__API__HOST": HOST,
@@ -732,7 +754,9 @@ END $$;""",
             "AIRFLOW__API_AUTH__JWT_SECRET": cfg.credentials["airflow_jwt_secret"],
             "AIRFLOW__API__SECRET_KEY": cfg.credentials["airflow_api_secret_key"],
             "AIRFLOW__CORE__FERNET_KEY": cfg.credentials["airflow_fernet_key"],
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.admin_user}:admin,{self.viewer_user}:viewer",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": (
+                f"{self.admin_user}:admin,{self.viewer_user}:viewer"
+            ),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
                 cfg.airflow_home / "passwords.json"
             ),
@@ -741,10 +765,11 @@ END $$;""",
             # A killed worker's task is found (no heartbeat) and retried after 2 minutes, not 5.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "120",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-            # Not raised above the default 30 s although re-parsing costs the dag-processor ~6 CPU s a
-            # minute: an unpaused DAG's asset watchers start only when its file is parsed again
+            # Not raised above the default 30 s although re-parsing costs the dag-processor ~6 CPU s
+            # a minute: an unpaused DAG's asset watchers start only when its file is parsed again
             # (measured: 120 s left the backlog unwatched for 2.5 minutes after unpausing).
-            # 32 idle LocalExecutor workers hold ~150 MB each; at most ~16 tasks run at once here (4 lands, a cycle, 3 syncs, monitors).
+            # 32 idle LocalExecutor workers hold ~150 MB each; at most ~16 tasks run at once here (4
+            # lands, a cycle, 3 syncs, monitors).
             "AIRFLOW__CORE__PARALLELISM": "16",
             "PYTHONPATH": str(ROOT / "include"),
             # the components run as `airflow ...` from PATH
@@ -756,11 +781,12 @@ END $$;""",
         return {
             "AIRFLOW__CELERY__BROKER_URL": cfg.redis_url(0),
             "AIRFLOW__CELERY__RESULT_BACKEND": cfg.redis_url(1),
-            # A worker killed mid-task never acknowledges it; the scheduler retries the task once its
-            # heartbeat stops (task_instance_heartbeat_timeout), so the broker need not redeliver it
-            # soon (a redelivered stale try is refused by the API server anyway).
+            # A worker killed mid-task never acknowledges it; the scheduler retries the task once
+            # its heartbeat stops (task_instance_heartbeat_timeout), so the broker need not
+            # redeliver it soon (a redelivered stale try is refused by the API server anyway).
             "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
-            # Each worker takes one task per free process: no task waits behind a long one in a busy worker.
+            # Each worker takes one task per free process: no
+            # task waits behind a long one in a busy worker.
             "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
         }
 
@@ -781,7 +807,8 @@ END $$;""",
 
 class Redis(Service):
     """The Celery broker and result backend (STACK_EXECUTOR=celery): Debian's redis-server on
-    loopback, with a password, its queue kept on disk (append-only file) so a restart loses no task."""
+    loopback, with a password, its queue kept on disk
+    (append-only file) so a restart loses no task."""
 
     name, title = "redis", "Redis (Celery broker)"
     port_names = ("REDIS_PORT",)
@@ -796,7 +823,8 @@ class Redis(Service):
         )
         if found is None:
             raise ServiceError(
-                "redis: redis-server is not installed; `make install` installs Debian's redis-server (or: apt-get install redis-server)"
+                "redis: redis-server is not installed; `make install` installs Debian's "
+                "redis-server (or: apt-get install redis-server)"
             )
         return found
 
@@ -858,7 +886,10 @@ class CeleryWorker(Service):
     def __init__(self, cfg: StackConfig, worker: CeleryWorkerConfig):
         self.worker = worker
         self.name = f"worker-{worker.name}"
-        self.title = f"Celery worker {worker.name} (queues {','.join(worker.queues)}, concurrency {worker.concurrency})"
+        self.title = (
+            f"Celery worker {worker.name} (queues {','.join(worker.queues)}, concurrency "
+            f"{worker.concurrency})"
+        )
         super().__init__(cfg)
 
     @property

@@ -18,7 +18,8 @@ def chromium_binary() -> str:
     path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
         pytest.fail(
-            f"no chromium at {path}: `make install` installs Debian's chromium (or set CHROMIUM to a Chromium binary)"
+            f"no chromium at {path}: `make install` installs Debian's chromium (or set CHROMIUM to "
+            "a Chromium binary)"
         )
     return path
 

@@ -29,7 +29,8 @@ WAITING = 37  # records left in Kafka for the page to count
 
 
 def carry(stack, client, config, region, dag_ids: list[str], timeout_s: float = 420) -> None:
-    """Unpauses the region's carriers until its Kafka backlog, warehouse queue and runs are empty."""
+    """Unpauses the region's carriers until its Kafka
+    backlog, warehouse queue and runs are empty."""
     bucket = storage_client(stack.project).bucket(config.landing_bucket)
     for dag_id in dag_ids:
         client.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
@@ -102,21 +103,25 @@ def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(
     window = "kafka_timestamp >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 24 HOUR)"
     reasons = {
         r["reason"]: r["n"]
-        for r in bq.query(f"""SELECT reason, COUNT(*) AS n FROM {wh}.quarantine, UNNEST(SPLIT(reasons, ',')) AS reason
+        for r in bq.query(f"""SELECT reason, COUNT(*) AS n
+        FROM {wh}.quarantine, UNNEST(SPLIT(reasons, ',')) AS reason
         WHERE region = '{REGION}' AND {window} GROUP BY reason""").result()
     }
-    messages = list(
-        bq.query(
-            f"SELECT COUNT(*) AS n FROM {wh}.quarantine WHERE region = '{REGION}' AND {window}"
-        ).result()
-    )[0]["n"]
+    messages = next(
+        iter(
+            bq.query(
+                f"SELECT COUNT(*) AS n FROM {wh}.quarantine WHERE region = '{REGION}' AND {window}"
+            ).result()
+        )
+    )["n"]
     assert messages > 0, (
         "the run with faults quarantined nothing: the page would have nothing to show"
     )
     batches = [
         dict(r)
-        for r in bq.query(f"""SELECT batch_id, offsets_in, valid, quarantined, duplicates FROM {ops}.ledger
-        WHERE region = '{REGION}' AND stage = 'warehouse' ORDER BY recorded_at DESC, batch_id DESC LIMIT 5""").result()
+        for r in bq.query(f"""SELECT batch_id, offsets_in, valid, quarantined, duplicates
+        FROM {ops}.ledger WHERE region = '{REGION}' AND stage = 'warehouse'
+        ORDER BY recorded_at DESC, batch_id DESC LIMIT 5""").result()
     ]
     assert batches
 
@@ -155,7 +160,8 @@ def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(
         ]
         assert "balanced" in cells.nth(8).inner_text()
 
-    # A dry run of re-processing, started from the form: a real run of requeue_quarantine that changes nothing.
+    # A dry run of re-processing, started from the form: a real run of requeue_quarantine that
+    # changes nothing.
     recovered_before = _recovered(bq, ops)
     form = frame.locator("form#requeue")
     form.locator('select[name="region"]').select_option(REGION)
@@ -207,6 +213,6 @@ def _recovered(bq, ops: str) -> int:
     from google.api_core.exceptions import NotFound
 
     try:
-        return list(bq.query(f"SELECT COUNT(*) AS n FROM {ops}.recovered").result())[0]["n"]
+        return next(iter(bq.query(f"SELECT COUNT(*) AS n FROM {ops}.recovered").result()))["n"]
     except NotFound:
         return 0

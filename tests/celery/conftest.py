@@ -31,7 +31,8 @@ def celery_stack(stack):
     finally:
         os.environ["STACK_EXECUTOR"] = before
         if before != "celery":
-            # As found: the broker and workers stopped, Airflow restarted on its own executor (when it runs).
+            # As found: the broker and workers stopped, Airflow
+            # restarted on its own executor (when it runs).
             cfg = stack_config.load()
             stack_cli.down(
                 [
@@ -120,13 +121,15 @@ def wait_until_done(
             return runs
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"{dag_id}: runs since {since} still {[r['state'] for r in runs]} after {timeout_s:.0f} s"
+                f"{dag_id}: runs since {since} still {[r['state'] for r in runs]} after "
+                f"{timeout_s:.0f} s"
             )
         time.sleep(1)
 
 
 def land_result(airflow: AirflowClient, dag_id: str, run_id: str) -> dict | None:
-    """What the run's ``land`` task returned (its XCom): the batch id and its counts, or None (nothing pending)."""
+    """What the run's ``land`` task returned (its XCom): the batch id and its counts, or None
+    (nothing pending)."""
     got = airflow.http.get(
         f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/land/xcomEntries/return_value"
     )

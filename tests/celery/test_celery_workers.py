@@ -61,7 +61,8 @@ def _assert_everything_committed(stack, config, regions) -> None:
 def _ingest_until_drained(
     airflow, config, regions, since: str, timeout_s: float = 600
 ) -> list[dict]:
-    """Runs each region's ingest until its run finds nothing pending; returns every run's land result."""
+    """Runs each region's ingest until its run finds
+    nothing pending; returns every run's land result."""
     landed = []
     for region in regions:
         dag_id = f"ingest_{region.code.lower()}"
@@ -186,7 +187,8 @@ def test_a_worker_killed_mid_land_has_its_task_retried_on_the_other_with_nothing
             "the killed try never finished where it was killed"
         )
 
-        # Nothing lost: every offset committed, every batch of the region since the kill balanced through the warehouse.
+        # Nothing lost: every offset committed, every batch of the region since the kill balanced
+        # through the warehouse.
         _assert_everything_committed(celery_stack, config, [region])
         landed = [got for r in runs if (got := land_result(airflow, dag_id, r["dag_run_id"]))]
         assert sum(b["offsets"] for b in landed) >= len(messages)

@@ -68,8 +68,8 @@ def test_a_recovery_queues_batches_and_never_writes_events_itself():
 
 
 def test_the_pool_has_one_slot_wherever_airflow_runs():
-    """The stack, docker-compose and a deployment import the configuration's pools (enrollment.pools),
-    and a configuration cannot give the writers' pool a second slot."""
+    """The stack, docker-compose and a deployment import the configuration's pools
+    (enrollment.pools), and a configuration cannot give the writers' pool a second slot."""
     import yaml
 
     from enrollment.config import parse_config

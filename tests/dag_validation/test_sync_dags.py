@@ -14,7 +14,7 @@ def test_sync_tasks_time_out_and_numeric_params_are_bounded(dagbag, sink):
         assert task.execution_timeout is not None, (
             f"{dag.dag_id}.{task.task_id}: set execution_timeout"
         )
-    for name, param in dag.params.items():
+    for name in dag.params:
         schema = dag.params.get_param(name).schema
         if schema.get("type") in ("integer", "number"):
             assert "maximum" in schema, f"{dag.dag_id}: param {name} has no maximum"

@@ -91,7 +91,7 @@ def test_trigger_fires_once_per_piece_of_work(stack):
                 for p in (0, 1)
             ]
             consumer.commit(
-                offsets=[TopicPartition(topic, p, e) for p, e in zip((0, 1), ends)],
+                offsets=[TopicPartition(topic, p, e) for p, e in zip((0, 1), ends, strict=True)],
                 asynchronous=False,
             )
             consumer.close()

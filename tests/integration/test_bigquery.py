@@ -53,7 +53,8 @@ def test_load_parquet_from_gcs_and_query_it_back(stack, pipeline_config):
         job.result(timeout=60)
         rows = list(
             client.query(
-                f"SELECT region, COUNT(*) AS n, SUM(version) AS s FROM `{table_id}` GROUP BY region ORDER BY region"
+                f"SELECT region, COUNT(*) AS n, SUM(version) AS s FROM `{table_id}` GROUP BY "
+                "region ORDER BY region"
             ).result()
         )
         assert [(r["region"], r["n"], r["s"]) for r in rows] == [

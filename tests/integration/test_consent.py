@@ -92,7 +92,8 @@ def marketing_cloud(stack, pipeline_config):
 
 def partner_consents(warehouse, ids: dict) -> dict:
     rows = warehouse.run(
-        f"SELECT partner_id, marketing_consent, consent_version, consent_captured_at, partner_version FROM {warehouse.table('partners')}"
+        "SELECT partner_id, marketing_consent, consent_version, consent_captured_at, "
+        f"partner_version FROM {warehouse.table('partners')}"
     )
     by_id = {r["partner_id"]: r for r in rows}
     return {
@@ -147,11 +148,13 @@ def test_declined_and_withdrawn_partners_never_stay_in_marketing_cloud(
         "the journey fires for new enrollments only"
     )
     quarantined = warehouse.run(
-        f"SELECT COUNT(*) AS n FROM {warehouse.table('sink_quarantine')} WHERE sink = 'marketing_cloud'"
+        f"SELECT COUNT(*) AS n FROM {warehouse.table('sink_quarantine')} WHERE sink = "
+        "'marketing_cloud'"
     )[0]["n"]
     assert quarantined == 0
     ledger = warehouse.run(
-        f"SELECT detail FROM {warehouse.table('ledger', ops=True)} WHERE stage = 'sync_marketing_cloud' ORDER BY recorded_at"
+        f"SELECT detail FROM {warehouse.table('ledger', ops=True)} WHERE stage = "
+        "'sync_marketing_cloud' ORDER BY recorded_at"
     )
     assert [r["detail"] for r in ledger] == [
         "partners 4: synced 4, rejected 0",
@@ -166,7 +169,8 @@ def test_a_partners_table_from_before_consent_is_migrated(
     warehouse.run(_ddl(warehouse.table("partners"), before, "updated_at", "region, partner_id"))
     old = "EM" + uuid.uuid4().hex[:10].upper()
     warehouse.run(
-        f"INSERT INTO {warehouse.table('partners')} (partner_id, region, status, partner_version, updated_at) "
+        f"INSERT INTO {warehouse.table('partners')} (partner_id, region, status, partner_version, "
+        "updated_at) "
         f"VALUES ('{old}', 'EMEA', 'active', 1, CURRENT_TIMESTAMP())"
     )
     scenario = ConsentScenario(seed=32)
@@ -245,7 +249,8 @@ def test_reconciliation_names_a_non_contactable_partner_held_by_the_data_extensi
         assert found["partners → marketing_cloud"].ok
         assert found["partners → marketing_cloud: not expected"].partner_ids == [decliner]
         recorded = w.run(
-            f"SELECT comparison, ok, partner_ids FROM {w.table('reconciliation', ops=True)} WHERE region = 'EMEA' AND comparison LIKE 'partners → marketing_cloud%'"
+            f"SELECT comparison, ok, partner_ids FROM {w.table('reconciliation', ops=True)} WHERE "
+            "region = 'EMEA' AND comparison LIKE 'partners → marketing_cloud%'"
         )
         assert sorted((r["comparison"], r["ok"], r["partner_ids"]) for r in recorded) == [
             ("partners → marketing_cloud", True, None),

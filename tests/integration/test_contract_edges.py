@@ -16,7 +16,7 @@ from enrollment.services import firestore_client, storage_client
 from enrollment.simulator.generator import Simulator
 from enrollment.sync import SyncRun
 from tests.integration.conftest import ingest_events
-from tests.integration.test_sinks import mc_rows, sinks  # noqa: F401 - the sinks fixture
+from tests.integration.test_sinks import mc_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
@@ -92,7 +92,8 @@ def test_valid_rows_at_every_edge_reach_the_warehouse_and_every_sink_exactly(
     batch_id = ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, group, events)
 
     rows = warehouse.run(
-        f"SELECT event_id, partner_version, occurred_at, first_name, last_name, total_amount FROM {warehouse.table('events')} "
+        "SELECT event_id, partner_version, occurred_at, first_name, last_name, total_amount FROM "
+        f"{warehouse.table('events')} "
         f"WHERE batch_id = @b",
         [bigquery.ScalarQueryParameter("b", "STRING", batch_id)],
     )
@@ -113,7 +114,8 @@ def test_valid_rows_at_every_edge_reach_the_warehouse_and_every_sink_exactly(
     partners = {
         r["partner_id"]: r
         for r in warehouse.run(
-            f"SELECT partner_id, partner_version, first_name, last_name FROM {warehouse.table('partners')}"
+            "SELECT partner_id, partner_version, first_name, last_name FROM "
+            f"{warehouse.table('partners')}"
         )
     }
     assert (

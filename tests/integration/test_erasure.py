@@ -1,7 +1,8 @@
 """Erasure across every store, on the real services, through the DAGs: a partner is erased while
 their events are still arriving; afterwards no store holds them — BigQuery, the landed batches,
 the sinks' hand-over copies, Firestore, Solr, Marketing Cloud (rows, journey entries) — the ledger's
-counts still balance, a replay does not bring them back and the reconciliation does not miss them."""
+counts still balance, a replay does not bring them
+back and the reconciliation does not miss them."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ REGION = "EMEA"
 
 
 def _texts(table: pa.Table) -> list[str]:
-    """Every text and byte value of a table, as text (Parquet compresses: read the values, not the file)."""
+    """Every text and byte value of a table, as text
+    (Parquet compresses: read the values, not the file)."""
     out = []
     for column in table.columns:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -68,7 +70,8 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
         for m in messages
         if json.loads(m.value)["event_type"] == "partner.enrolled"
     ]
-    # The victim may be contacted (so Marketing Cloud holds them); the control partner is anyone else.
+    # The victim may be contacted (so Marketing Cloud
+    # holds them); the control partner is anyone else.
     victim = next(
         e
         for e in enrollments
@@ -134,7 +137,8 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
         next(
             iter(
                 bq.query(
-                    f"SELECT COUNT(*) AS n FROM {wh}.quarantine WHERE STRPOS(SAFE_CONVERT_BYTES_TO_STRING(raw), '{vid}') > 0"
+                    f"SELECT COUNT(*) AS n FROM {wh}.quarantine WHERE "
+                    f"STRPOS(SAFE_CONVERT_BYTES_TO_STRING(raw), '{vid}') > 0"
                 ).result()
             )
         )["n"]
@@ -151,9 +155,7 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
         "event_id": str(uuid.uuid4()),
         "partner_id": vid,
         "partner_version": 10_000,
-        "occurred_at": datetime.now(UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
+        "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
     produce(
         stack.kafka_bootstrap, [Message(0, region.topic, vid.encode(), json.dumps(late).encode())]
@@ -273,7 +275,8 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
     assert all(r["ok"] for r in rows if r["step"] == "verify")
     assert vid not in json.dumps(rows, default=str)
 
-    # A replay of the day (warehouse and every sink) brings nothing back; the reconciliation misses no one.
+    # A replay of the day (warehouse and every sink) brings
+    # nothing back; the reconciliation misses no one.
     today = datetime.now(UTC).date().isoformat()
     replay = {
         "region": REGION,

@@ -55,7 +55,8 @@ def test_a_new_sink_is_one_module_one_config_entry_and_its_test(
         r["partner_id"]: r["status"]
         for r in bigquery_client(stack.project)
         .query(
-            f"SELECT partner_id, status FROM `{stack.project}.{config.warehouse_dataset}.partners` WHERE region = 'APAC'"
+            f"SELECT partner_id, status FROM `{stack.project}.{config.warehouse_dataset}.partners` "
+            "WHERE region = 'APAC'"
         )
         .result()
     }
@@ -74,7 +75,8 @@ def test_a_new_sink_is_one_module_one_config_entry_and_its_test(
     ledger = (
         bigquery_client(stack.project)
         .query(
-            f"SELECT COUNT(*) AS n FROM `{stack.project}.{config.ops_dataset}.ledger` WHERE stage = 'sync_directory'"
+            f"SELECT COUNT(*) AS n FROM `{stack.project}.{config.ops_dataset}.ledger` WHERE stage "
+            "= 'sync_directory'"
         )
         .result()
     )

@@ -57,7 +57,8 @@ def test_health_dag_records_every_service_and_names_the_one_down(
     rows = list(
         bigquery_client(stack.project)
         .query(
-            f"SELECT service, ok, detail FROM `{stack.project}.{pipeline_config.ops_dataset}.health` WHERE run_id = '{run.run_id}'"
+            "SELECT service, ok, detail FROM "
+            f"`{stack.project}.{pipeline_config.ops_dataset}.health` WHERE run_id = '{run.run_id}'"
         )
         .result()
     )

@@ -90,7 +90,8 @@ def test_a_batch_with_faults_lands_and_merges_exactly(
     snapshot = (
         warehouse.run(f"SELECT COUNT(*) AS n FROM {warehouse.table('events')}")[0]["n"],
         warehouse.run(
-            f"SELECT TO_JSON_STRING(t) AS j FROM {warehouse.table('partners')} t ORDER BY partner_id"
+            f"SELECT TO_JSON_STRING(t) AS j FROM {warehouse.table('partners')} t ORDER BY "
+            "partner_id"
         ),
     )
     again = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
@@ -99,6 +100,7 @@ def test_a_batch_with_faults_lands_and_merges_exactly(
     assert (
         warehouse.run(f"SELECT COUNT(*) AS n FROM {warehouse.table('events')}")[0]["n"],
         warehouse.run(
-            f"SELECT TO_JSON_STRING(t) AS j FROM {warehouse.table('partners')} t ORDER BY partner_id"
+            f"SELECT TO_JSON_STRING(t) AS j FROM {warehouse.table('partners')} t ORDER BY "
+            "partner_id"
         ),
     ) == snapshot

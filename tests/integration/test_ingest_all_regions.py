@@ -87,7 +87,8 @@ def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, is
     partners = {
         r["partner_id"]: r
         for r in rows(
-            "SELECT partner_id, partner_version, status, region, marketing_consent FROM {w}.partners"
+            "SELECT partner_id, partner_version, status, region, marketing_consent FROM "
+            "{w}.partners"
         )
     }
     assert partners, "the simulated events hold partner events"

@@ -34,7 +34,8 @@ from enrollment.services import bigquery_client, storage_client
 from enrollment.warehouse import Warehouse
 import json
 project, dataset, ops = sys.argv[2:5]
-Warehouse(bigquery_client(project), storage_client(project), project, dataset, ops).merge_batch(Landed(**json.loads(sys.argv[1])))
+warehouse = Warehouse(bigquery_client(project), storage_client(project), project, dataset, ops)
+warehouse.merge_batch(Landed(**json.loads(sys.argv[1])))
 """
 
 

@@ -57,7 +57,9 @@ def test_ingest_dag_lands_and_merges_a_region(stack, dagbag, airflow_db, pipelin
 
     found = list(
         client.query(
-            f"SELECT COUNT(*) AS n FROM `{stack.project}.{pipeline_config.warehouse_dataset}.events` WHERE event_id IN UNNEST(@ids)",
+            "SELECT COUNT(*) AS n FROM "
+            f"`{stack.project}.{pipeline_config.warehouse_dataset}.events` WHERE event_id IN "
+            "UNNEST(@ids)",
             job_config=bigquery.QueryJobConfig(
                 query_parameters=[bigquery.ArrayQueryParameter("ids", "STRING", valid_ids)]
             ),

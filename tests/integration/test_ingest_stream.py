@@ -106,17 +106,20 @@ def test_transaction_markers_never_stall_a_batch_and_the_ledger_balances(
     messages = events(803, 160)
     # Four committed transactions of 30 and an aborted one of 10, each over both partitions: each
     # transaction leaves a marker per partition; the aborted messages are never delivered.
-    for tx, (lo, hi, commit) in enumerate(
-        [(0, 30, True), (30, 60, True), (60, 70, False), (70, 100, True), (100, 130, True)]
-    ):
+    for lo, hi, commit in [
+        (0, 30, True),
+        (30, 60, True),
+        (60, 70, False),
+        (70, 100, True),
+        (100, 130, True),
+    ]:
         producer.begin_transaction()
         for i in range(lo, hi):
             producer.produce(
                 region_topic, key=messages[i].key, value=messages[i].value, partition=i % 2
             )
-        producer.flush(
-            30
-        )  # on the broker before the abort (an abort purges what is still queued here)
+        # On the broker before the abort (an abort purges what is still queued here).
+        producer.flush(30)
         (producer.commit_transaction if commit else producer.abort_transaction)(30)
     delivered = [m for i, m in enumerate(messages[:130]) if not 60 <= i < 70]
     deadline = time.monotonic() + 30
@@ -182,7 +185,8 @@ def test_a_retention_gap_is_a_ledger_row_and_the_region_goes_on(
 
     warehouse.merge_batch(landed)
     gap = warehouse.run(
-        f"SELECT * FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = '{landed.batch_id}' AND stage = 'gap'"
+        f"SELECT * FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = '{landed.batch_id}' "
+        "AND stage = 'gap'"
     )
     assert len(gap) == 1 and not gap[0]["ok"] and gap[0]["offsets_in"] == gap[0]["skipped"] == 7
     assert (

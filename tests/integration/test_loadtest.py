@@ -1,5 +1,6 @@
 """The gridlock test, short, on the running stack and scheduler: a steady load with Solr stopped
-for a while and 1 % hostile messages ends with every record accounted for by the ledger, and a report with its plots."""
+for a while and 1 % hostile messages ends with every record accounted for by the ledger, and a
+report with its plots."""
 
 from __future__ import annotations
 

@@ -165,7 +165,8 @@ def test_journey_entry_events_in_batches_of_at_most_100(mc, stack, admin):
 
 
 def test_admin_endpoints_refuse_a_call_without_the_stub_token(mc, stack, admin):
-    """/_stub/ holds what the stub accepted (personal data) and changes its behaviour: token or 401."""
+    """/_stub/ holds what the stub accepted (personal
+    data) and changes its behaviour: token or 401."""
     calls = [
         ("GET", "/_stub/settings", None),
         ("PATCH", "/_stub/settings", {"rate_per_s": 200}),
@@ -197,13 +198,16 @@ def test_admin_endpoints_refuse_a_call_without_the_stub_token(mc, stack, admin):
 
 def _soap_delete(mc, token, data_extension, keys):
     objects = "".join(
-        f'<Objects xsi:type="DataExtensionObject"><CustomerKey>{data_extension}</CustomerKey><Keys><Key><Name>PartnerId</Name>'
+        "<Objects "
+        f'xsi:type="DataExtensionObject"><CustomerKey>{data_extension}</CustomerKey><Keys><Key><Name>PartnerId</Name>'
         f"<Value>{k}</Value></Key></Keys></Objects>"
         for k in keys
     )
     envelope = (
-        '<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
-        'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header><a:Action s:mustUnderstand="1">Delete</a:Action>'
+        '<?xml version="1.0" encoding="utf-8"?><s:Envelope '
+        'xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+        'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header><a:Action '
+        's:mustUnderstand="1">Delete</a:Action>'
         f'<fueloauth xmlns="http://exacttarget.com">{token}</fueloauth></s:Header>'
         '<s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><DeleteRequest xmlns="http://exacttarget.com/wsdl/partnerAPI">'
         f"<Options/>{objects}</DeleteRequest></s:Body></s:Envelope>"

@@ -129,7 +129,8 @@ def test_an_admin_starts_a_dry_run_that_airflow_holds_as_theirs(base, tokens):
     assert r.status_code == 201, r.text
     started = r.json()
     assert started["dag_id"] == DAG and started["url"].startswith(f"/dags/{DAG}/runs/")
-    # Read back from Airflow itself: the run exists, with the params as sent, triggered by the admin.
+    # Read back from Airflow itself: the run exists,
+    # with the params as sent, triggered by the admin.
     run = (
         httpx.get(
             f"{base}/api/v2/dags/{DAG}/dagRuns/{started['dag_run_id']}",
@@ -190,8 +191,8 @@ def test_requeue_takes_json_from_this_origin_only_and_checks_the_region(base, to
 
 
 def test_the_json_never_holds_a_personal_value_even_from_a_row_stored_unmasked(stack, base, tokens):
-    """A quarantine row as an older release stored it (raw not masked), in the live warehouse for the
-    length of the test: the page shows it as an example, masked, and its values are nowhere."""
+    """A quarantine row as an older release stored it (raw not masked), in the live warehouse for
+    the length of the test: the page shows it as an example, masked, and its values are nowhere."""
     config = load_config()
     client = bigquery_client(stack.project)
     warehouse = Warehouse(
@@ -234,9 +235,11 @@ def test_the_json_never_holds_a_personal_value_even_from_a_row_stored_unmasked(s
     )  # the most frequent reason always has examples
     at = datetime.now(UTC) - timedelta(seconds=2)
     client.query(
-        f"""INSERT INTO {warehouse.table("quarantine")} (batch_id, region, kafka_partition, kafka_offset, kafka_timestamp, reasons,
-            duplicate_only, event_id, event_type, partner_id, raw)
-        VALUES (@b, 'LATAM', 0, 999999999, @at, @reason, FALSE, NULL, 'partner.enrolled', @p, FROM_BASE64(@raw))""",
+        f"""INSERT INTO {warehouse.table("quarantine")} (batch_id, region, kafka_partition,
+            kafka_offset, kafka_timestamp, reasons, duplicate_only, event_id, event_type,
+            partner_id, raw)
+        VALUES (@b, 'LATAM', 0, 999999999, @at, @reason, FALSE, NULL, 'partner.enrolled', @p,
+            FROM_BASE64(@raw))""",
         job_config=bigquery.QueryJobConfig(
             query_parameters=[
                 bigquery.ScalarQueryParameter("b", "STRING", batch_id),

@@ -40,7 +40,8 @@ def _pending(bootstrap: str, group: str, config) -> dict[str, int]:
 
 
 def _personal_values(messages) -> set[str]:
-    """Emails, phones, tax ids and partner ids of the quarantined messages, as the producer sent them."""
+    """Emails, phones, tax ids and partner ids of the
+    quarantined messages, as the producer sent them."""
     found = set()
     for m in messages:
         if m.expected["outcome"] != "quarantined":
@@ -90,7 +91,7 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
         "regions"
     ]["sources"]
 
-    # Kafka: pending = end offsets − the group's committed offsets, per region.
+    # Kafka: pending = end offsets - the group's committed offsets, per region.
     pending = _pending(stack.kafka_bootstrap, config.consumer_group, config)
     assert {c: r["pending"] for c, r in regions.items()} == pending
     assert sum(pending.values()) == len(later)
@@ -100,7 +101,8 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
 
     # Ledger: every batch of the run, each stage's numbers as recorded, balanced.
     ledger = rows(
-        "SELECT region, batch_id, stage, offsets_in, valid, quarantined, duplicates, COALESCE(skipped, 0) AS skipped FROM {o}.ledger"
+        "SELECT region, batch_id, stage, offsets_in, valid, quarantined, duplicates, "
+        "COALESCE(skipped, 0) AS skipped FROM {o}.ledger"
     )
     assert ledger
     shown = {
@@ -147,7 +149,8 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
 
     # Freshness: the newest batch's ages as the warehouse cycle recorded them in metrics.
     metrics = rows(
-        """SELECT region, batch_id, name, value FROM {o}.metrics WHERE name IN ('freshness_oldest_s', 'freshness_newest_s')"""
+        """SELECT region, batch_id, name, value FROM {o}.metrics
+        WHERE name IN ('freshness_oldest_s', 'freshness_newest_s')"""
     )
     by_batch = defaultdict(dict)
     for x in metrics:
@@ -161,7 +164,8 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
         }
         assert r["status"] == "ok", r["why"]
 
-    # Sinks: no sync ran, so every warehoused batch is behind in every sink; nothing committed or refused.
+    # Sinks: no sync ran, so every warehoused batch is
+    # behind in every sink; nothing committed or refused.
     warehoused = Counter(x["region"] for x in ledger if x["stage"] == "warehouse")
     for sink in view["sinks"]["sinks"]:
         assert {r["region"]: r["behind"] for r in sink["regions"]} == {
@@ -175,7 +179,8 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
         "sources"
     ]
 
-    # Quarantine: by region and reason code (a message under each of its reasons), as the table and the simulator say.
+    # Quarantine: by region and reason code (a message under each of its reasons), as the table and
+    # the simulator say.
     table = rows("SELECT region, reasons, kafka_partition, kafka_offset FROM {w}.quarantine")
     by_reason = Counter((x["region"], reason) for x in table for reason in x["reasons"].split(","))
     q = view["quarantine"]
@@ -208,7 +213,8 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
     assert per_reason == {r: min(3, totals[r]) for r in top}
     assert q["recovered"] == {**q["recovered"], "exists": False, "by_reason": [], "error": None}
 
-    # Nothing personal in what the page gets: the producer's own values are nowhere in it (and there are some).
+    # Nothing personal in what the page gets: the producer's
+    # own values are nowhere in it (and there are some).
     secrets = _personal_values(messages)
     assert len(secrets) > 10
     dump = json.dumps(view, default=str)
@@ -252,16 +258,17 @@ def test_broken_and_late_are_told_apart_and_recovered_counts(stack, airflow_db, 
         "no recovered column: read as 0"
     )
 
-    batch = client.query(f"""SELECT batch_id, offsets_in, valid, quarantined, duplicates FROM {o}.ledger
-        WHERE region = '{broken_region}' AND stage = 'warehouse'""").result()
+    batch = client.query(f"""SELECT batch_id, offsets_in, valid, quarantined, duplicates
+        FROM {o}.ledger WHERE region = '{broken_region}' AND stage = 'warehouse'""").result()
     batch = dict(next(iter(batch)))
     assert batch["quarantined"] > 0
     client.query(f"ALTER TABLE {o}.ledger ADD COLUMN IF NOT EXISTS recovered INT64").result()
     client.query(
-        f"""INSERT INTO {o}.ledger (batch_id, region, stage, offsets_in, valid, quarantined, duplicates, rows_merged, seconds, ok, detail,
-            recorded_at, skipped, recovered)
-        VALUES (@b, @r, 'recovered', @o, @v, @q - 1, @d, 0, 0.0, TRUE, '', CURRENT_TIMESTAMP(), 0, 1),
-               (@b, @r, 'sync_solr', @o, @v, @q, @d, 0, 0.0, FALSE, 'set aside: partner AM7K2P9QXW4Z ana.lima@example.com unreadable',
+        f"""INSERT INTO {o}.ledger (batch_id, region, stage, offsets_in, valid, quarantined,
+            duplicates, rows_merged, seconds, ok, detail, recorded_at, skipped, recovered)
+        VALUES (@b, @r, 'recovered', @o, @v, @q - 1, @d, 0, 0.0, TRUE, '', CURRENT_TIMESTAMP(),
+                0, 1),
+               (@b, @r, 'sync_solr', @o, @v, @q, @d, 0, 0.0, FALSE, @detail,
                 CURRENT_TIMESTAMP(), 0, NULL)""",
         job_config=bigquery.QueryJobConfig(
             query_parameters=[
@@ -271,12 +278,18 @@ def test_broken_and_late_are_told_apart_and_recovered_counts(stack, airflow_db, 
                 bigquery.ScalarQueryParameter("v", "INT64", batch["valid"]),
                 bigquery.ScalarQueryParameter("q", "INT64", batch["quarantined"]),
                 bigquery.ScalarQueryParameter("d", "INT64", batch["duplicates"]),
+                bigquery.ScalarQueryParameter(
+                    "detail",
+                    "STRING",
+                    "set aside: partner AM7K2P9QXW4Z ana.lima@example.com unreadable",
+                ),
             ]
         ),
     ).result()
     client.query(
         f"""INSERT INTO {o}.metrics (measured_at, source, region, batch_id, name, value)
-        VALUES (TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 1 SECOND), 'ingest', @r, 'late-test', 'freshness_oldest_s', @v)""",
+        VALUES (TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 1 SECOND), 'ingest', @r, 'late-test',
+                'freshness_oldest_s', @v)""",
         job_config=bigquery.QueryJobConfig(
             query_parameters=[
                 bigquery.ScalarQueryParameter("r", "STRING", late_region),

@@ -40,9 +40,9 @@ def test_each_field_keeps_the_newest_value_whatever_the_arrival_order(
 ):
     pid, event = make_events(21)
     group = f"test-state-{uuid.uuid4().hex[:6]}"
-    run = lambda events: ingest_events(
-        stack, pipeline_config, warehouse, region_topic, "EMEA", group, events
-    )
+
+    def run(events):
+        return ingest_events(stack, pipeline_config, warehouse, region_topic, "EMEA", group, events)
 
     # Batch 1: an update (version 2) arrives before the enrollment it updates.
     update_v2 = event("partner.updated", 2, changes={"phone": "+49302222222"})
@@ -81,14 +81,16 @@ def test_each_field_keeps_the_newest_value_whatever_the_arrival_order(
     run([update_v2, enrolled_v1, update_v3, stale_v1])
     assert state(warehouse, pid) == before
     events = warehouse.run(
-        f"SELECT event_id, COUNT(*) AS n FROM {warehouse.table('events')} WHERE partner_id = '{pid}' GROUP BY event_id"
+        f"SELECT event_id, COUNT(*) AS n FROM {warehouse.table('events')} WHERE partner_id = "
+        f"'{pid}' GROUP BY event_id"
     )
     assert sorted(r["event_id"] for r in events) == sorted(
         e["event_id"] for e in (update_v2, enrolled_v1, update_v3, stale_v1)
     )
     assert all(r["n"] == 1 for r in events), "redelivered events are stored once"
 
-    # Batch 4: a termination (version 4) and, in the same batch, a late older update: terminated it stays.
+    # Batch 4: a termination (version 4) and, in the same
+    # batch, a late older update: terminated it stays.
     run(
         [
             event("partner.terminated", 4),

@@ -103,7 +103,8 @@ def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(
     victim = next(
         iter(
             bq.query(
-                f"SELECT partner_id FROM {wh}.partners WHERE status = 'active' ORDER BY partner_id LIMIT 1"
+                f"SELECT partner_id FROM {wh}.partners WHERE status = 'active' ORDER BY partner_id "
+                "LIMIT 1"
             ).result()
         )
     )["partner_id"]

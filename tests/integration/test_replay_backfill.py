@@ -1,6 +1,6 @@
 """Replay from the command line's path: `airflow backfill create` (here its REST twin), on the
-running scheduler, for today's batches. The replay re-syncs today's LATAM batches to Firestore and, since the
-sink is already in step, changes nothing."""
+running scheduler, for today's batches. The replay re-syncs today's LATAM batches to Firestore and,
+since the sink is already in step, changes nothing."""
 
 from __future__ import annotations
 
@@ -61,9 +61,9 @@ def test_a_backfill_of_replay_resyncs_todays_batches_and_changes_nothing(stack, 
                 for dag_id in carriers
             )
 
-        def queued() -> (
-            bool
-        ):  # landed, not yet warehoused: between land's end and the warehouse run the asset starts, nothing is busy
+        # Landed, not yet warehoused: between land's end and the warehouse run the asset starts,
+        # nothing is busy.
+        def queued() -> bool:
             return any(
                 b.region == "LATAM" for b in pending_batches(run.bucket, config.consumer_group)
             )
@@ -90,7 +90,8 @@ def test_a_backfill_of_replay_resyncs_todays_batches_and_changes_nothing(stack, 
     )
 
     # The backfill covers yesterday's logical date and names today in its conf: today's logical date
-    # may already have a run (the schedule's own, which skips), and a backfill reuses an existing run.
+    # may already have a run (the schedule's own, which
+    # skips), and a backfill reuses an existing run.
     now = datetime.now(UTC)
     day = (now - timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
     request = {
@@ -106,9 +107,8 @@ def test_a_backfill_of_replay_resyncs_todays_batches_and_changes_nothing(stack, 
             "sinks": ["firestore"],
         },
     }
-    for _ in range(
-        30
-    ):  # on SQLite Airflow refuses a backfill while another writer holds the database (503): ask again
+    # On SQLite Airflow refuses a backfill while another writer holds the database (503): ask again.
+    for _ in range(30):
         backfill = client.http.post("/backfills", json=request)
         if backfill.status_code != 503:
             break

@@ -18,7 +18,7 @@ from enrollment.sinks import build_sink
 from enrollment.sync import SyncRun
 from enrollment.warehouse import Warehouse
 from tests.integration.conftest import ingest_events
-from tests.integration.test_sinks import REGION, Scenario, journey_events, sinks  # noqa: F401 (sinks: the fixture)
+from tests.integration.test_sinks import REGION, Scenario, journey_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
@@ -50,9 +50,11 @@ def ledger(warehouse, stage: str) -> dict[str, dict]:
 
 
 def set_value(warehouse, partner_id: str, column: str, length: int) -> None:
-    """A value that got past every check upstream, as long as the test needs, into the partner's current state."""
+    """A value that got past every check upstream, as long as the test needs, into the partner's
+    current state."""
     warehouse.run(
-        f"UPDATE {warehouse.table('partners')} SET {column} = REPEAT('x', {length}) WHERE partner_id = @p",
+        f"UPDATE {warehouse.table('partners')} SET {column} = REPEAT('x', {length}) WHERE "
+        "partner_id = @p",
         [bigquery.ScalarQueryParameter("p", "STRING", partner_id)],
     )
 
@@ -90,7 +92,8 @@ def test_values_a_service_refuses_are_quarantined_and_the_run_commits(
             and outcome["watermark"] == batch_id
         ), (name, outcome)
         quarantined = warehouse.run(
-            f"SELECT partner_id, batch_id, message FROM {warehouse.table('sink_quarantine')} WHERE sink = @s",
+            f"SELECT partner_id, batch_id, message FROM {warehouse.table('sink_quarantine')} WHERE "
+            "sink = @s",
             [bigquery.ScalarQueryParameter("s", "STRING", name)],
         )
         assert [(r["partner_id"], r["batch_id"]) for r in quarantined] == [
@@ -168,10 +171,11 @@ def test_a_batch_a_sink_cannot_read_is_set_aside_and_resynced_once_repaired(
     assert sync.plan(sink.name, REGION).batches == [], (
         "set aside: the next runs do not fail on it again"
     )
-    with pytest.raises(Exception, match="do not balance|ok=False"):
+    with pytest.raises(Exception, match=r"do not balance|ok=False"):
         warehouse.balance(gone)  # the ledger says it loudly
 
-    # Repaired (here: the warehouse still holds their events): synced again from the warehouse's current state.
+    # Repaired (here: the warehouse still holds their events):
+    # synced again from the warehouse's current state.
     resynced = sync.resync(sink, [gone, garbled])
     assert resynced == {REGION: {"batches": 2, "partners": 4, "rejected": 0}}, resynced
     assert sorted(sink.get(list(scenario.ids.values()))) == sorted(scenario.ids.values())
@@ -205,7 +209,8 @@ def test_a_stale_commit_records_nothing_for_batches_that_are_gone(
     with pytest.raises(ValueError, match="no gate result"):
         sync.commit(written)
     gated = sync.gate(sink, written)
-    # A reset between the gate and the commit (a retry from before it): the batch's ledger rows are gone.
+    # A reset between the gate and the commit (a retry
+    # from before it): the batch's ledger rows are gone.
     warehouse.run(
         f"DELETE FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = @b",
         [bigquery.ScalarQueryParameter("b", "STRING", batch_id)],
@@ -341,7 +346,8 @@ def test_a_replay_racing_the_regular_sync_fires_the_welcome_once(
         p["partner_id"]: 1 for p in accepted
     }
     ledger_rows = warehouse.run(
-        f"SELECT stage FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = @b AND stage = 'sync_marketing_cloud'",
+        f"SELECT stage FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = @b AND stage = "
+        "'sync_marketing_cloud'",
         [bigquery.ScalarQueryParameter("b", "STRING", batch_id)],
     )
     assert len(ledger_rows) == 1, "one ledger row for the batch, whoever committed first"
@@ -380,7 +386,8 @@ def test_the_sync_dag_sets_a_batch_aside_and_resyncs_it_on_request(
     batches = [
         r["batch_id"]
         for r in w.run(
-            f"SELECT batch_id FROM {w.table('ledger', ops=True)} WHERE stage = 'warehouse' ORDER BY recorded_at, batch_id"
+            f"SELECT batch_id FROM {w.table('ledger', ops=True)} WHERE stage = 'warehouse' ORDER "
+            "BY recorded_at, batch_id"
         )
     ]
     assert len(batches) == 2, batches
@@ -392,7 +399,8 @@ def test_the_sync_dag_sets_a_batch_aside_and_resyncs_it_on_request(
         return {
             r["partner_id"]
             for r in w.run(
-                f"SELECT DISTINCT partner_id FROM {w.table('events')} WHERE batch_id = @b AND event_type LIKE 'partner.%'",
+                f"SELECT DISTINCT partner_id FROM {w.table('events')} WHERE batch_id = @b AND "
+                "event_type LIKE 'partner.%'",
                 [bigquery.ScalarQueryParameter("b", "STRING", batch_id)],
             )
         }

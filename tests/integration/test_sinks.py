@@ -1,4 +1,5 @@
-"""The three sinks on the real services: Firestore emulator, Solr, the Marketing Cloud contract stub.
+"""The three sinks on the real services: Firestore
+emulator, Solr, the Marketing Cloud contract stub.
 
 Partners of one region go through claim → land → warehouse in two batches (enrollments, updates,
 an update that arrives before its enrollment, a termination followed by a late stale update, a
@@ -11,13 +12,13 @@ import json
 import threading
 import time
 import uuid
+from typing import ClassVar
 
 import httpx
 import pytest
 
-from enrollment.services import Endpoints, firestore_client, storage_client
+from enrollment.services import firestore_client, storage_client
 from enrollment.simulator.generator import Simulator
-from enrollment.sinks import build_sink
 from enrollment.sinks.solr import search_partners
 from enrollment.sync import SyncRun
 from stack import cli as stack_cli
@@ -36,9 +37,9 @@ class Scenario:
         self.run = uuid.uuid4().hex[:6]
         template = self.sim.event_for("partner.enrolled", "DE", 2)
         self.sponsor = template["payload"]["sponsor_id"] = "EM" + uuid.uuid4().hex[:10].upper()
-        template["payload"]["consents"]["marketing_email"] = (
-            True  # contactable: Marketing Cloud holds them (tests/integration/test_consent.py: who it may not)
-        )
+        # Contactable: Marketing Cloud holds them
+        # (tests/integration/test_consent.py: who it may not).
+        template["payload"]["consents"]["marketing_email"] = True
         self.template = template
         self.ids = {
             name: "EM" + uuid.uuid4().hex[:10].upper()
@@ -86,43 +87,20 @@ class Scenario:
         ]
         return [first, second]
 
-    expected_versions = {"jose": 2, "ana": 2, "leaver": 3, "early": 2, "refused": 1}
-    expected_status = {
+    expected_versions: ClassVar[dict[str, int]] = {
+        "jose": 2,
+        "ana": 2,
+        "leaver": 3,
+        "early": 2,
+        "refused": 1,
+    }
+    expected_status: ClassVar[dict[str, str]] = {
         "jose": "active",
         "ana": "active",
         "leaver": "terminated",
         "early": "active",
         "refused": "active",
     }
-
-
-@pytest.fixture
-def sinks(stack, pipeline_config):
-    """The configured sinks, each on its own Firestore collection and Marketing Cloud data extension."""
-    run = uuid.uuid4().hex[:8]
-    mc = stack.url("MARKETING_CLOUD_PORT")
-    data_extension = f"partners-{run}"
-    # A Text(30) last name, as a real data extension might have: the refused partner is longer.
-    httpx.put(
-        f"{mc}/_stub/dataextensions/{data_extension}",
-        json={"primary_key": ["PartnerId"], "max_length": {"LastName": 30}},
-        headers=stack.stub_headers(),
-    ).raise_for_status()
-    endpoints = Endpoints.from_env()
-    options = {name: dict(o) for name, o in pipeline_config.sinks.items()}
-    options["firestore"]["collection"] = f"partners_{run}"
-    options["solr"]["outage_s"] = 3
-    options["marketing_cloud"].update(data_extension=data_extension, welcome_event=f"welcome-{run}")
-    built = {name: build_sink(name, o, endpoints) for name, o in options.items()}
-    built["marketing_cloud"].client.max_throttle_wait_s = 120
-    yield built
-    for sink in built.values():
-        sink.close()
-    httpx.patch(
-        f"{mc}/_stub/settings",
-        json={"throttle_for_s": 0, "token_ttl_s": 1080, "processing_delay_s": 0.2},
-        headers=stack.stub_headers(),
-    )
 
 
 def firestore_state(collection: str, project: str, ids: dict) -> dict:
@@ -195,7 +173,8 @@ def assert_converged(stack, scenario, sinks, warehouse, batch_ids):
         ids[w] for w in ("jose", "ana", "early")
     ), "one welcome per new active partner"
     refused = warehouse.run(
-        f"SELECT partner_id, message FROM {warehouse.table('sink_quarantine')} WHERE sink = 'marketing_cloud'"
+        f"SELECT partner_id, message FROM {warehouse.table('sink_quarantine')} WHERE sink = "
+        "'marketing_cloud'"
     )
     assert [(r["partner_id"], "LastName" in r["message"]) for r in refused] == [
         (ids["refused"], True)
@@ -204,7 +183,8 @@ def assert_converged(stack, scenario, sinks, warehouse, batch_ids):
         stages = warehouse.balance(batch_id)
         assert {"sync_firestore", "sync_solr", "sync_marketing_cloud"} <= set(stages), stages.keys()
     ledger = warehouse.run(
-        f"SELECT batch_id, stage, detail FROM {warehouse.table('ledger', ops=True)} WHERE stage LIKE 'sync_%'"
+        f"SELECT batch_id, stage, detail FROM {warehouse.table('ledger', ops=True)} WHERE stage "
+        "LIKE 'sync_%'"
     )
     assert {
         (r["stage"], r["batch_id"]) for r in ledger if not r["detail"].endswith("rejected 0")
@@ -227,7 +207,8 @@ def test_batches_reach_every_sink_exactly_and_a_rerun_changes_nothing(
             assert outcome["batches"] == 1 and outcome["watermark"] == batch_ids[-1]
     assert_converged(stack, scenario, sinks, warehouse, batch_ids)
 
-    # Nothing pending: a run finds no batch. Writing the same plan again (a retried task) changes nothing.
+    # Nothing pending: a run finds no batch. Writing the
+    # same plan again (a retried task) changes nothing.
     assert all(sync.run(sink, REGION) == {"batches": 0} for sink in sinks.values())
     fs = sinks["firestore"]
     before = {
@@ -328,7 +309,8 @@ def test_token_expiring_mid_sync_is_renewed(stack, pipeline_config, region_topic
         f"test-token-{uuid.uuid4().hex[:6]}",
         scenario.batches()[0],
     )
-    # Tokens live 2 s and every request takes 3 s to process: the token expires while the sync polls.
+    # Tokens live 2 s and every request takes 3 s to
+    # process: the token expires while the sync polls.
     httpx.patch(
         f"{mc}/_stub/settings",
         json={"token_ttl_s": 2, "processing_delay_s": 3},
@@ -339,7 +321,8 @@ def test_token_expiring_mid_sync_is_renewed(stack, pipeline_config, region_topic
     outcome = sync.run(sink, REGION)
     assert outcome["batches"] == 1 and outcome["rejected"] == 1
     assert sink.client.tokens_fetched >= before + 2, "the token was renewed during the sync"
-    # jose, ana, leaver; "early" has no enrollment yet, so no stated consent: EMEA may not contact it.
+    # jose, ana, leaver; "early" has no enrollment yet,
+    # so no stated consent: EMEA may not contact it.
     assert sorted(mc_rows(stack, sink.data_extension)) == sorted(
         scenario.ids[w] for w in ("jose", "ana", "leaver")
     )
@@ -405,7 +388,8 @@ def test_a_failing_region_does_not_hold_back_the_others(
     assert list(written["failed"]) == ["APAC"] and len(written["written"]) == 1
     with pytest.raises(
         SyncError,
-        match="APAC: write: GateError: .*neither landed objects nor a warehouse ledger row.*committed: EMEA",
+        match=r"APAC: write: GateError: .*neither landed objects nor a warehouse ledger "
+        r"row.*committed: EMEA",
     ):
         sync.commit_all(sync.gate_all(sink, written))
     assert sync.watermark(sink.name, REGION)["batch_id"] == batch_id, "the healthy region moved on"
@@ -429,7 +413,8 @@ def test_a_batch_warehoused_late_is_still_synced(
     # The first batch is synced; the second one's ledger row is made to look an hour older.
     ledger = warehouse.table("ledger", ops=True)
     warehouse.run(
-        f"UPDATE {ledger} SET recorded_at = TIMESTAMP_SUB(recorded_at, INTERVAL 1 HOUR) WHERE batch_id = '{late}'"
+        f"UPDATE {ledger} SET recorded_at = TIMESTAMP_SUB(recorded_at, INTERVAL 1 HOUR) WHERE "
+        f"batch_id = '{late}'"
     )
     only_early = sync.plan(sink.name, REGION)
     assert [b["batch_id"] for b in only_early.batches] == [late, early], "oldest ledger row first"

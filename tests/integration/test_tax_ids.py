@@ -23,7 +23,7 @@ from enrollment.services import firestore_client, storage_client
 from enrollment.simulator.generator import Simulator
 from enrollment.sync import SyncRun
 from tests.integration.conftest import produce
-from tests.integration.test_sinks import mc_rows, sinks  # noqa: F401 (the fixture)
+from tests.integration.test_sinks import mc_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
@@ -150,7 +150,8 @@ def test_no_clear_tax_id_is_landed_warehoused_or_synced(
                 json.dumps([dict(r.items()) for r in rows], default=str, ensure_ascii=False),
             )
     events_rows = warehouse.run(
-        f"SELECT partner_id, tax_id_token, tax_id_present FROM {warehouse.table('events')} WHERE batch_id = @b",
+        f"SELECT partner_id, tax_id_token, tax_id_present FROM {warehouse.table('events')} WHERE "
+        "batch_id = @b",
         [_param("b", landed.batch_id)],
     )
     tokens = {r["partner_id"]: r["tax_id_token"] for r in events_rows}

@@ -75,7 +75,8 @@ def assert_written_once(warehouse, batches, expected_ids: set[str]) -> None:
     ]
     assert quarantined == sum(b.quarantined + b.duplicates for b in batches)
     ledger = warehouse.run(
-        f"SELECT batch_id, stage, COUNT(*) AS n FROM {warehouse.table('ledger', ops=True)} GROUP BY batch_id, stage"
+        f"SELECT batch_id, stage, COUNT(*) AS n FROM {warehouse.table('ledger', ops=True)} GROUP "
+        "BY batch_id, stage"
     )
     assert sorted((r["batch_id"], r["stage"], r["n"]) for r in ledger) == sorted(
         (b.batch_id, s, 1) for b in batches for s in ("land", "warehouse")
@@ -126,7 +127,8 @@ def test_a_cycle_killed_at_several_points_and_run_again_writes_everything_once(
     # The resent messages were valid in their batch and are held once: the ledger says so.
     resent_valid = len(valid_ids(resent))
     detail = warehouse.run(
-        f"SELECT detail FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = '{batches[2].batch_id}' AND stage = 'warehouse'"
+        f"SELECT detail FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = "
+        f"'{batches[2].batch_id}' AND stage = 'warehouse'"
     )
     assert f"resent {resent_valid}" in detail[0]["detail"], (detail, outcomes)
 
@@ -242,7 +244,8 @@ def test_a_batch_whose_objects_are_gone_is_set_aside_and_the_cycle_goes_on(
     assert pending_batches(bucket, group) == [], "nothing left pending: no cycle gridlocks on it"
     assert bucket.blob(set_aside_object(group, "EMEA", emea.batch_id)).exists()
     row = warehouse.run(
-        f"SELECT ok, detail FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = '{emea.batch_id}' AND stage = 'set_aside'"
+        f"SELECT ok, detail FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = "
+        f"'{emea.batch_id}' AND stage = 'set_aside'"
     )
     assert len(row) == 1 and not row[0]["ok"] and emea.valid_uri in row[0]["detail"]
     with pytest.raises(GateError, match="set_aside"):

@@ -79,7 +79,8 @@ SECRET_SOURCES = {
 }
 # Values the chart would turn into secrets of its own making (or a plain value): never set here.
 INLINE_SECRETS = ("fernetKey", "jwtSecret", "apiSecretKey", "webserverSecretKey")
-# Managed by Cloud Composer (its executor, its own users and auth): the guide names them, no override.
+# Managed by Cloud Composer (its executor, its own
+# users and auth): the guide names them, no override.
 COMPOSER_MANAGED = {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"}
 
 
@@ -131,7 +132,8 @@ def load_airflow_version() -> str:
 
 
 def test_every_config_option_exists_in_airflow(values):
-    """A misspelt option is ignored by Airflow without a word: each one is Airflow's (or a provider's)."""
+    """A misspelt option is ignored by Airflow without a word: each one is Airflow's (or a
+    provider's)."""
     from airflow.configuration import conf
 
     known = (
@@ -165,7 +167,8 @@ def test_the_values_carry_every_airflow_setting_of_the_local_stack(values, tmp_p
     assert not _dig(values, ("data", "metadataConnection")) and not _dig(
         values, ("data", "brokerUrl")
     )
-    # The machine-specific ones the deployment must still set: the users file, mounted from a secret.
+    # The machine-specific ones the deployment must
+    # still set: the users file, mounted from a secret.
     assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in MACHINE_SPECIFIC
     users_dir = settings["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"].rsplit("/", 1)[0]
     mount = next(m for m in values["volumeMounts"] if m["mountPath"] == users_dir)

@@ -117,7 +117,8 @@ def test_the_compose_file_shares_the_local_stacks_airflow_secrets_from_env(compo
     common = compose["x-airflow-common"]["environment"]
     for key in shared:
         assert key in common, (
-            f"{key} is shared by the local stack's Airflow components but missing from x-airflow-common"
+            f"{key} is shared by the local stack's Airflow components but missing from "
+            "x-airflow-common"
         )
         if key != "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE":
             assert REQUIRED.search(str(common[key])), (
@@ -188,8 +189,9 @@ def test_every_variable_the_compose_file_requires_is_in_env_example(compose):
 
 
 def test_the_compose_file_carries_every_airflow_setting_of_the_local_stack(compose, tmp_path):
-    """Every AIRFLOW__* setting the local stack gives Airflow is in x-airflow-common: the same value,
-    or ${VAR:?} from .env when it carries a secret; only the machine-specific ones may differ."""
+    """Every AIRFLOW__* setting the local stack gives Airflow is in x-airflow-common: the same
+    value, or ${VAR:?} from .env when it carries a secret; only the machine-specific ones may
+    differ."""
     plain, secret = airflow_settings(tmp_path)
     assert {
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME",
@@ -211,7 +213,8 @@ def test_the_compose_file_carries_every_airflow_setting_of_the_local_stack(compo
     env, _, _ = local_stack(tmp_path)
     extra = {k for k in common if k.startswith("AIRFLOW__") and k not in env}
     assert not extra, (
-        f"x-airflow-common sets {sorted(extra)}, which the local stack does not: add them there, or explain here"
+        f"x-airflow-common sets {sorted(extra)}, which the local stack does not: add them there, "
+        "or explain here"
     )
     assert {k for k in MACHINE_SPECIFIC if k in common} <= set(MACHINE_SPECIFIC)
 
@@ -254,10 +257,11 @@ def test_every_component_and_configured_worker_runs_in_its_own_container(compose
     for worker in workers:
         command = _command(services[WORKER_CONTAINERS[worker.name]])
         assert command[:2] == ["celery", "worker"], command
-        flags = dict(zip(command[2::2], command[3::2]))
+        flags = dict(zip(command[2::2], command[3::2], strict=True))
         assert flags["--queues"].split(",") == list(worker.queues), (worker, flags)
         assert int(flags["--concurrency"]) == worker.concurrency, (worker, flags)
-        # Named as the local stack names its workers (``<name>@<host>``): the healthcheck pings that node.
+        # Named as the local stack names its workers
+        # (``<name>@<host>``): the healthcheck pings that node.
         assert flags["--celery-hostname"] == f"{worker.name}@%h"
         assert f"{worker.name}@$${{HOSTNAME}}" in " ".join(
             services[WORKER_CONTAINERS[worker.name]]["healthcheck"]["test"]

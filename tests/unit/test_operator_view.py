@@ -136,7 +136,8 @@ def test_an_example_keeps_the_masked_shape_of_what_was_refused():
     shown = json.loads(ov.masked_example(json.dumps(RAW).encode()))
     assert shown["payload"]["email"] == "xxxxxx.xxxxx##@xxxxxxx.xxx"
     assert shown["partner_id"] == "AM••••••••••"
-    # The whole address is masked, its keys too (the quarantine lexer's rule inside a captured value).
+    # The whole address is masked, its keys too (the
+    # quarantine lexer's rule inside a captured value).
     assert all(set(k + v) <= set("x# _") for k, v in shown["payload"]["address"].items())
 
 

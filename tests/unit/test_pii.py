@@ -34,7 +34,8 @@ def digits(value: str) -> str:
 
 
 def forms(value: str) -> set[str]:
-    """The ways a tax id can be written: as given, bare digits, and the digits with any one separator."""
+    """The ways a tax id can be written: as given, bare
+    digits, and the digits with any one separator."""
     d = digits(value)
     return {value, d} if len(d) >= 6 else {value}
 
@@ -109,7 +110,8 @@ def test_the_key_comes_from_the_environment():
         Keyring.from_env({})
 
 
-# -- valid events: tax ids tokenised in the raw JSON, every other byte kept -------------------------
+# -- valid events: tax ids tokenised in the raw JSON, every other byte kept
+# -------------------------
 @pytest.mark.parametrize("country", sorted(TAX_IDS))
 def test_an_enrollments_raw_json_carries_the_token_and_nothing_else_changes(country):
     event = Simulator(seed=3).event_for("partner.enrolled", country, 2, tax_id=TAX_IDS[country])
@@ -176,7 +178,8 @@ def test_tokenising_any_bytes_never_raises(raw):
     assert isinstance(tokenise_json(b'{"tax_id":' + raw, KEYS), bytes)
 
 
-# -- quarantined messages: masked by shape, still saying why ------------------------------------------
+# -- quarantined messages: masked by shape, still saying why
+# ------------------------------------------
 def test_masks_keep_the_shape():
     assert shape("219-09-9999") == "###-##-####"
     assert shape("GODE561231GR8") == "xxxx######xx#"
@@ -225,7 +228,7 @@ def test_quarantine_keeps_the_reasons_and_masks_the_values():
 
 
 tax_ids = st.sampled_from(
-    sorted(TAX_IDS.values()) + ["219099999", "52998224725", "8501011234567"]
+    [*sorted(TAX_IDS.values()), "219099999", "52998224725", "8501011234567"]
 ) | st.from_regex(r"\d{3}-\d{2}-\d{4}", fullmatch=True)
 sensitive_keys = st.sampled_from(["tax_id", "email", "phone", "date_of_birth"])
 json_values = st.recursive(

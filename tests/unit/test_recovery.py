@@ -54,12 +54,10 @@ def test_a_region_and_a_window_in_utc():
         datetime(2026, 11, 20, tzinfo=UTC),
         datetime(2026, 11, 21, tzinfo=UTC),
     )
-    assert parse(since="2026-11-20T00:00:00").since.tzinfo == UTC, (
-        "naive: UTC, as the form says"
+    assert parse(since="2026-11-20T00:00:00").since.tzinfo == UTC, "naive: UTC, as the form says"
+    assert parse(until="2026-11-10T00:00:00Z").since == datetime(2026, 11, 3, tzinfo=UTC), (
+        "since defaults to 7 days before until"
     )
-    assert parse(until="2026-11-10T00:00:00Z").since == datetime(
-        2026, 11, 3, tzinfo=UTC
-    ), "since defaults to 7 days before until"
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,8 @@ def test_solr_bisects_a_refused_chunk_down_to_the_documents_it_refuses():
                     400,
                     json={
                         "error": {
-                            "msg": f"Exception writing document id {d['id']} to the index; possible analysis error: "
+                            "msg": f"Exception writing document id {d['id']} to the index; "
+                            "possible analysis error: "
                             'Document contains at least one immense term in field="sponsor_id". '
                             "The prefix of the first immense term is: '[106, 111, 115]...'",
                             "code": 400,

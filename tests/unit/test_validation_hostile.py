@@ -51,7 +51,8 @@ def encode(event: dict) -> bytes:
     return json.dumps(event, ensure_ascii=False).encode()
 
 
-# -- strategies -----------------------------------------------------------------------------------------
+# -- strategies
+# -----------------------------------------------------------------------------------------
 valid_events = st.sampled_from(EVENTS).map(lambda e: json.loads(json.dumps(e)))
 
 
@@ -136,7 +137,7 @@ def spliced_events(draw):
     )
     key = draw(
         st.sampled_from(
-            sorted(target) + ["extra", "reason", "first_name", "email", "channel", "changes"]
+            [*sorted(target), "extra", "reason", "first_name", "email", "channel", "changes"]
         )
     )
     target[key] = "\u2063"
@@ -168,7 +169,8 @@ batches = st.lists(
 )
 
 
-# -- totality, exactly once, neighbour independence ------------------------------------------------------
+# -- totality, exactly once, neighbour independence
+# ------------------------------------------------------
 @SETTINGS
 @given(batches)
 def test_any_batch_returns_and_every_message_comes_out_once(messages):
@@ -179,7 +181,7 @@ def test_any_batch_returns_and_every_message_comes_out_once(messages):
 @given(batches)
 def test_a_message_outcome_does_not_depend_on_its_neighbours(messages):
     together = outcomes(messages)
-    for message, got in zip(messages, together):
+    for message, got in zip(messages, together, strict=True):
         alone = outcomes([message])[0]
         assert [r for r in got if r != "duplicate_event_id"] == alone
 
@@ -210,7 +212,8 @@ def _without_nulls(value):
 @SETTINGS
 @given(spliced_events())
 def test_the_fast_path_decides_as_the_per_record_path(message):
-    """Whatever the struct decoder accepts (after the byte screening), the slow path keeps the same values."""
+    """Whatever the struct decoder accepts (after the byte
+    screening), the slow path keeps the same values."""
     fast = (
         validation._fast(message)
         if validation._screen(message, validation.DEFAULT_MAX_MESSAGE_BYTES) is None
@@ -266,7 +269,8 @@ def test_the_guard_finds_duplicates_across_the_parts_it_validated_apart(monkeypa
     assert reasons == {2: ["validator_error"], 3: ["duplicate_event_id"]}
 
 
-# -- strict JSON, exact integers ------------------------------------------------------------------------
+# -- strict JSON, exact integers
+# ------------------------------------------------------------------------
 def _order(**changes) -> dict:
     event = next(json.loads(json.dumps(e)) for e in EVENTS if e["event_type"] == "order.placed")
     event.update(changes)
@@ -380,7 +384,8 @@ def test_text_longer_than_the_sinks_hold_is_too_long():
     assert outcomes([encode(enrolled)]) == [["too_long:payload.first_name"]]
 
 
-# -- each event's own contract only ----------------------------------------------------------------------
+# -- each event's own contract only
+# ----------------------------------------------------------------------
 def _landed(message: bytes) -> dict:
     result = validate_batch([message])
     assert result.quarantine.num_rows == 0, result.quarantine.column("reasons").to_pylist()
@@ -437,7 +442,8 @@ def test_unknown_fields_of_a_future_version_are_kept_raw_only():
     assert json.loads(_landed(message)["event_json"])["payload"]["loyalty_tier"] == {"v3": True}
 
 
-# -- the simulator's hostile fault ----------------------------------------------------------------------
+# -- the simulator's hostile fault
+# ----------------------------------------------------------------------
 @SETTINGS
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 300), rate=st.floats(0.05, 0.95))
 def test_the_simulator_hostile_fault_agrees_with_the_validator(seed, n, rate):

@@ -28,6 +28,7 @@ def _accounted(messages) -> None:
         zip(
             result.quarantine.column("source_index").to_pylist(),
             result.quarantine.column("raw").to_pylist(),
+            strict=True,
         )
     )
     assert all(raws[i] == (messages[i] or b"") for i in raws), "the raw bytes are kept"
@@ -78,7 +79,7 @@ def mutated_events(draw):
                 if draw(st.booleans()) and isinstance(event.get("payload"), dict)
                 else event
             )
-            key = draw(st.sampled_from(sorted(target) + ["extra"]))
+            key = draw(st.sampled_from([*sorted(target), "extra"]))
             target[key] = draw(json_values)
         text = json.dumps(event, ensure_ascii=False).encode()
         out.append(

@@ -1,0 +1,253 @@
+"""A sync run's bookkeeping without services: what the gate counts per batch, and what the commit
+records — ledger rows only for batches warehoused and read back, refusals of those batches in the
+sink quarantine, the watermark moved forward only, stale batches left out — with an in-memory
+bucket and a recording BigQuery stand-in."""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from enrollment.batches import GateError
+from enrollment.sinks.base import SinkResult
+from enrollment.sync import Plan, SyncError, SyncRun
+from enrollment.warehouse import LEDGER_SCHEMA, Warehouse
+from tests.unit.fakes import FakeBigQuery, FakeBucket, FakeStorage
+
+AT = {f"b{i}": datetime(2026, 11, 20, 10, i, tzinfo=UTC) for i in range(1, 4)}
+TABLES = {
+    "p.o.ledger": [c for c, _ in LEDGER_SCHEMA],
+    "p.o.sink_watermarks": [],
+    "p.d.sink_quarantine": [],
+}
+
+
+def plan(*batch_ids: str, region: str = "EMEA") -> Plan:
+    return Plan(
+        "solr",
+        region,
+        "landing",
+        [{"batch_id": b, "warehoused_at": AT[b].isoformat()} for b in batch_ids],
+    )
+
+
+class Setup:
+    """A run over a bucket and a warehouse whose ledger holds ``ledger`` rows."""
+
+    def __init__(self, ledger: list[dict] | None = None):
+        self.bucket = FakeBucket("landing")
+        self.ledger = ledger or []
+        self.client = FakeBigQuery(answer=self.answer, tables=dict(TABLES))
+        self.warehouse = Warehouse(self.client, FakeStorage(self.bucket), "p", "d", "o")
+        self.alerts: list[str] = []
+        self.run = SyncRun(self.warehouse, self.bucket, alert=self.alerts.append)
+
+    def answer(self, sql: str, params: dict) -> list[dict]:
+        if sql.startswith("SELECT batch_id, stage, ok FROM `p.o.ledger`"):
+            return [r for r in self.ledger if r["batch_id"] in params["ids"]]
+        if sql.startswith("SELECT batch_id FROM `p.o.ledger`"):
+            return [
+                {"batch_id": r["batch_id"]}
+                for r in self.ledger
+                if r["batch_id"] in params["ids"] and r["stage"] == "warehouse" and r["ok"]
+            ]
+        return []
+
+    def written(self, p: Plan, partners: list[dict], result: SinkResult, **kw) -> dict:
+        """What ``SyncRun.write`` hands on: the hand-over object in the bucket, the sink's
+        result."""
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(partners), sink)
+        self.bucket.put(p.manifest_object, sink.getvalue())
+        return {
+            "plan": p.as_dict(),
+            "partners_uri": f"gs://landing/{p.manifest_object}",
+            "result": result.as_dict(),
+            "set_aside": {},
+            "seconds": 1.25,
+        } | kw
+
+    def stage_rows(self) -> list[dict]:
+        """The ledger rows the commit recorded: one per ``record_stage`` statement."""
+        return [q.params for q in self.client.matching(r"stage = @like\) S")]
+
+    def watermark(self) -> list:
+        return self.client.matching(r"^MERGE `p\.o\.sink_watermarks`")
+
+
+def partner(pid: str, batch: str, version: int = 1) -> dict:
+    return {"partner_id": pid, "partner_version": version, "sync_batch_id": batch}
+
+
+def ok(batch: str, stage: str = "warehouse", is_ok: bool = True) -> dict:
+    return {"batch_id": batch, "stage": stage, "ok": is_ok}
+
+
+HANDED = [
+    partner("EM1", "b1", 2),
+    partner("EM2", "b2", 3),
+    partner("EM3", "b2"),
+    partner("EM4", "b3"),
+]
+RESULT = SinkResult(
+    "solr", partners=4, written=2, unchanged=0, rejected=[("EM3", "too long"), ("EM4", "bad")]
+)
+GATE = {"per_batch": {"b1": [1, 0], "b2": [1, 1], "b3": [0, 1]}}
+
+
+def test_the_commit_records_read_back_batches_quarantines_their_refusals_and_moves_on():
+    s = Setup([ok("b1"), ok("b2"), ok("b2", "sync_solr", is_ok=False)])  # b3: no warehouse row
+    p = plan("b1", "b2", "b3")
+    out = s.run.commit(s.written(p, HANDED, RESULT, gate=GATE))
+    assert out == {
+        "batches": 2,
+        "partners": 3,
+        "rejected": 1,
+        "stale": ["b3"],
+        "set_aside": [],
+        "watermark": "b2",
+    }
+    assert [(r["b"], r["stage"], r["rows"], r["detail"], r["replace"]) for r in s.stage_rows()] == [
+        ("b1", "sync_solr", 1, "partners 1: synced 1, rejected 0", True),
+        ("b2", "sync_solr", 1, "partners 2: synced 1, rejected 1", True),
+    ]
+    assert all(r["seconds"] == 1.25 and r["ok"] is True for r in s.stage_rows())
+    rejected = pq.read_table(
+        io.BytesIO(s.bucket.objects[f"sinks/solr/EMEA/{p.key}-rejected.parquet"]["data"])
+    ).to_pylist()
+    assert [
+        (r["partner_id"], r["batch_id"], r["partner_version"], r["message"]) for r in rejected
+    ] == [("EM3", "b2", 1, "too long")], "the stale batch's refusal is not recorded"
+    [quarantine] = s.client.matching(r"^MERGE `p\.d\.sink_quarantine`")
+    assert "ON T.sink = S.sink AND T.partner_id = S.partner_id AND T.partner_version" in (
+        quarantine.flat
+    )
+    assert f"p.d._stage_sinkq_solr_{p.key}" in s.client.deleted, "its staging table dropped"
+    [mark] = s.watermark()
+    assert mark.params == {"s": "solr", "r": "EMEA", "b": "b2", "t": AT["b2"]}
+    assert "WHEN MATCHED AND S.warehoused_at > T.warehoused_at THEN UPDATE" in mark.flat, (
+        "the watermark only moves forward"
+    )
+
+
+def test_a_replay_commit_leaves_the_watermark_and_replaces_only_rows_that_say_set_aside():
+    s = Setup([ok("b1"), ok("b2"), ok("b2", "sync_solr", is_ok=False)])
+    p = plan("b1", "b2")
+    handed = HANDED[:2]
+    result = SinkResult("solr", partners=2, written=2)
+    out = s.run.commit(
+        s.written(p, handed, result, gate={"per_batch": {"b1": [1, 0], "b2": [1, 0]}}),
+        move_watermark=False,
+    )
+    assert out["watermark"] is None and s.watermark() == []
+    assert [(r["b"], r["replace"]) for r in s.stage_rows()] == [("b1", False), ("b2", True)]
+
+
+def test_a_commit_records_nothing_without_a_gate_or_a_warehoused_batch():
+    s = Setup([])
+    p = plan("b1")
+    with pytest.raises(ValueError, match="sync commit, solr EMEA: no gate result"):
+        s.run.commit(s.written(p, HANDED[:1], SinkResult("solr", partners=1, written=1)))
+    stale = s.run.commit(
+        s.written(
+            p,
+            HANDED[:1],
+            SinkResult("solr", partners=1, written=1),
+            gate={"per_batch": {"b1": [1, 0]}},
+        )
+    )
+    assert stale == {"batches": 0, "stale": ["b1"], "set_aside": [], "watermark": None}
+    assert s.stage_rows() == [] and s.watermark() == []
+    empty = s.run.commit({"plan": plan().as_dict(), "set_aside": {"b9": "gone", "b8": "gone"}})
+    assert empty == {"batches": 0, "set_aside": ["b8", "b9"]}
+
+
+class EchoSink:
+    """A sink whose service holds everything handed to it, except ``missing``."""
+
+    name = "solr"
+
+    def __init__(self, missing: tuple[str, ...] = ()):
+        self.missing = missing
+        self.verified: list[str] = []
+
+    def verify(self, partners, result):
+        self.verified = [p["partner_id"] for p in partners]
+        return [f"{pid}: not found" for pid in self.missing]
+
+
+def test_the_gate_counts_per_batch_what_was_read_back_and_what_was_refused():
+    s = Setup()
+    p = plan("b1", "b2", "b3")
+    sink = EchoSink()
+    gated = s.run.gate(sink, s.written(p, HANDED, RESULT))
+    assert gated == {"verified": 2, "rejected": 2, "per_batch": GATE["per_batch"]}
+    assert sink.verified == ["EM1", "EM2"], "refused partners are not read back"
+
+
+@pytest.mark.parametrize(
+    ("result", "missing", "says"),
+    [
+        (
+            SinkResult("solr", partners=3, written=1, rejected=RESULT.rejected),
+            (),
+            "handed 4 partners, the sink counted 3",
+        ),
+        (
+            SinkResult("solr", partners=4, written=1, rejected=RESULT.rejected),
+            (),
+            "partners 4 != written 1 + unchanged 0 + rejected 2",
+        ),
+        (RESULT, ("EM1",), "EM1: not found"),
+    ],
+)
+def test_the_gate_fails_naming_what_does_not_add_up(result, missing, says):
+    s = Setup()
+    with pytest.raises(GateError, match=r"sync gate, solr EMEA: 1 problems: .*" + re.escape(says)):
+        s.run.gate(EchoSink(missing), s.written(plan("b1", "b2", "b3"), HANDED, result))
+
+
+def test_commit_all_commits_the_healthy_regions_then_names_the_failed_ones():
+    s = Setup([ok("b1")])
+    p = plan("b1")
+    written = s.written(
+        p, HANDED[:1], SinkResult("solr", partners=1, written=1), gate={"per_batch": {"b1": [1, 0]}}
+    )
+    with pytest.raises(SyncError) as failed:
+        s.run.commit_all(
+            {"written": [written], "failed": {"LATAM": "write: boom", "APAC": "gate: 2 problems"}}
+        )
+    assert str(failed.value) == "APAC: gate: 2 problems; LATAM: write: boom (committed: EMEA)"
+    assert [r["b"] for r in s.stage_rows()] == ["b1"], "committed before failing"
+    committed = Setup([ok("b1")])
+    again = committed.written(
+        p, HANDED[:1], SinkResult("solr", partners=1, written=1), gate={"per_batch": {"b1": [1, 0]}}
+    )
+    done = committed.run.commit_all({"written": [again], "failed": {}})
+    assert done["EMEA"]["batches"] == 1 and "per_batch" not in done["EMEA"]
+
+
+def test_an_unreadable_batch_is_set_aside_loudly_and_an_unknown_one_fails_the_region():
+    s = Setup([ok("b1")])
+    assert s.run.set_aside(plan("b1"), {"b1": "its landed objects are gone"}) == {
+        "b1": "its landed objects are gone"
+    }
+    [row] = s.stage_rows()
+    assert (row["b"], row["stage"], row["ok"], row["replace"]) == ("b1", "sync_solr", False, False)
+    assert row["detail"] == "set aside: its landed objects are gone"
+    [alert] = s.alerts
+    assert "batch b1 set aside" in alert and "resync_batches" in alert
+    with pytest.raises(GateError, match="neither landed objects nor a warehouse ledger row"):
+        s.run.set_aside(plan("b2"), {"b2": "gone"})
+
+
+def test_a_plans_key_names_its_batches_in_order():
+    assert plan("b1", "b2").key == plan("b1", "b2").key != plan("b2", "b1").key
+    assert plan("b1").key != plan("b1", "b2").key
+    assert plan("b1").valid_uri("b1") == "gs://landing/landing/EMEA/b1/valid.parquet"
+    assert plan("b1").partners_uri("b1") == "gs://landing/landing/EMEA/b1/partners.parquet"
