@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 
-from enrollment_airflow.defaults import Tag, default_args
+from enrollment_airflow.defaults import DAG_DEFAULTS, Tag, default_args
 
 SERVICES = ["kafka", "gcs", "bigquery", "firestore", "solr", "marketing-cloud"]
 
@@ -39,43 +40,43 @@ Owner: enrollment-data team.
     default_args=default_args("monitors") | {"retries": 1, "retry_delay": timedelta(seconds=20)},
     tags=[str(Tag.OPS)],
     doc_md=DOC_MD,
+    **DAG_DEFAULTS,
 )
-def environment_health():
+def environment_health() -> None:
     @task(map_index_template="{{ service }}")
-    def check_service(service: str, ti=None) -> dict:
+    def check_service(service: str) -> dict[str, Any]:
+        from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
 
         from enrollment.health import check
-        from enrollment_airflow.connections import endpoints_from_connections
+        from enrollment_airflow.runtime import Runtime
 
-        result = check(service, endpoints_from_connections())
-        ti.xcom_push(
-            key="check", value=result.as_dict()
-        )  # kept even when the task fails, for the verdict
+        result = check(service, Runtime.for_task().endpoints)
+        # Kept even when the task fails, for the verdict.
+        get_current_context()["ti"].xcom_push(key="check", value=result.as_dict())
         if not result.ok:
             raise AirflowFailException(f"{service} failed its round trip: {result.detail}")
         return result.as_dict()
 
     @task(trigger_rule="all_done")
-    def verdict(ti=None, run_id=None) -> dict:
+    def verdict() -> dict[str, float]:
+        from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
 
         from enrollment.health import Check, record
-        from enrollment_airflow.connections import endpoints_from_connections
+        from enrollment_airflow.runtime import Runtime
 
-        pulled = (
-            ti.xcom_pull(
-                task_ids="check_service", key="check", map_indexes=list(range(len(SERVICES)))
-            )
-            or []
+        context = get_current_context()
+        pulled = context["ti"].xcom_pull(
+            task_ids="check_service", key="check", map_indexes=list(range(len(SERVICES)))
         )
-        checks = [Check(**c) for c in pulled if c]
+        checks = [Check(**c) for c in pulled or [] if c]
         missing = sorted(set(SERVICES) - {c.service for c in checks})
         checks += [
             Check(service=s, ok=False, seconds=0.0, detail="the check did not report")
             for s in missing
         ]
-        record(checks, run_id, endpoints_from_connections().project)
+        record(checks, context["run_id"], Runtime.for_task().project)
         down = [f"{c.service} ({c.detail})" for c in checks if not c.ok]
         if down:
             raise AirflowFailException("down: " + "; ".join(down))

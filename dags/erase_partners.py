@@ -1,16 +1,21 @@
-"""Erasure of partners across every store (GDPR art. 17 and its equivalents): see enrollment.erasure."""
+"""Erasure of partners across every store (GDPR art. 17 and its equivalents): see
+enrollment.erasure."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Param, dag, task
 
 from enrollment.config import ERASURE_REASONS as REASONS
 from enrollment.config import MAX_ERASURE_PARTNERS as MAX_PARTNERS
 from enrollment.config import load_config
-from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import WAREHOUSE_POOL, Tag, default_args
+from enrollment_airflow.defaults import DAG_DEFAULTS, WAREHOUSE_POOL, Tag, default_args
+from enrollment_airflow.runtime import Runtime
+
+if TYPE_CHECKING:
+    from enrollment.erasure import Erasure
 
 CONFIG = load_config()
 SINKS = list(CONFIG.sinks)
@@ -41,18 +46,15 @@ run afterwards if your policy wants them gone from Airflow too. Owner: enrollmen
 """
 
 
-def _erasure(params):
+def _erasure(rt: Runtime, params: dict[str, Any]) -> Erasure:
     """The run's request (checked again in every step: params are the run's) with its clients."""
     from enrollment.erasure import Erasure, Request
-    from enrollment_airflow.connections import keyring_from_connections, warehouse_from_connections
 
-    config = load_config()  # the configuration in force when the task runs
-    w = warehouse_from_connections(config)
     return Erasure(
         Request.parse(params["partner_ids"], params["reason"], params["ticket"]),
-        w,
-        w.storage.bucket(config.landing_bucket),
-        keyring_from_connections(),
+        rt.warehouse,
+        rt.bucket,
+        rt.keyring,
     )
 
 
@@ -64,7 +66,8 @@ def _erasure(params):
     max_active_runs=1,
     tags=[str(Tag.OPS)],
     doc_md=DOC_MD,
-    default_args=default_args("maintenance") | {"on_failure_callback": on_failure},
+    default_args=default_args("maintenance"),
+    **DAG_DEFAULTS,
     params={
         "partner_ids": Param(
             [],
@@ -96,32 +99,34 @@ def _erasure(params):
         ),
     },
 )
-def erase_partners():
+def erase_partners() -> None:
     @task
-    def suppress(params=None) -> dict:
+    def suppress(params: dict[str, Any] | None = None) -> dict[str, Any]:
         from enrollment import erasure
 
-        e = _erasure(params)
+        e = _erasure(Runtime.for_task(), params or {})
         new = erasure.suppress(e.bucket, e.request.tokens(e.keyring))
         e.record("suppress", "suppression_index", new)
         return {"erasure_id": e.erasure_id, "partners": len(e.ids), "newly_suppressed": new}
 
     @task
-    def settle(requested: dict, params=None) -> dict:
+    def settle(requested: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         import time
 
-        time.sleep(int(params["settle_seconds"]))
+        time.sleep(int((params or {})["settle_seconds"]))
         return requested
 
-    @task(
-        pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60)
-    )  # no warehouse cycle meanwhile: one writer
-    def warehouse(requested: dict, params=None) -> dict:
+    # No warehouse cycle meanwhile: one writer. An hour, then the writer's slot must come free.
+    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))
+    def warehouse(
+        requested: dict[str, Any], params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         from enrollment import erasure
 
-        e = _erasure(params)
+        rt = Runtime.for_task()
+        e = _erasure(rt, params or {})
         batches = erasure.batches_holding(
-            e.warehouse, e.bucket, load_config().consumer_group, e.request.partner_ids
+            e.warehouse, e.bucket, rt.config.consumer_group, e.request.partner_ids
         )
         landed = erasure.scrub_landed(e.bucket, batches, e.ids)
         e.record(
@@ -137,15 +142,13 @@ def erase_partners():
         return {"batches": batches, "landed": landed, "tables": tables}
 
     @task(map_index_template="{{ sink }}")
-    def erase_sink(sink: str, requested: dict, params=None) -> dict:
-        from enrollment_airflow.connections import sink_from_connections
-
-        e = _erasure(params)
-        target = sink_from_connections(load_config(), sink)
-        try:
-            done = target.erase(list(e.request.partner_ids))
-        finally:
-            target.close()
+    def erase_sink(
+        sink: str, requested: dict[str, Any], params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        rt = Runtime.for_task()
+        e = _erasure(rt, params or {})
+        with rt.sinks(sink) as sinks:
+            done = sinks[sink].erase(list(e.request.partner_ids))
         e.record(
             "erase",
             sink,
@@ -156,11 +159,12 @@ def erase_partners():
         return done
 
     @task
-    def objects(requested: dict, params=None) -> dict:
+    def objects(requested: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         from enrollment import erasure
 
-        e, config = _erasure(params), load_config()
-        done = erasure.scrub_objects(e.bucket, SINKS, [r.code for r in config.regions], e.ids)
+        rt = Runtime.for_task()
+        e = _erasure(rt, params or {})
+        done = erasure.scrub_objects(e.bucket, SINKS, [r.code for r in rt.config.regions], e.ids)
         e.record(
             "erase",
             "transient_objects",
@@ -170,13 +174,16 @@ def erase_partners():
         return done
 
     @task
-    def verify(requested: dict, scrubbed: dict, params=None) -> dict:
+    def verify(
+        requested: dict[str, Any], scrubbed: dict[str, Any], params: dict[str, Any] | None = None
+    ) -> dict[str, int]:
         """Every store read again for the clear ids; a sink holding one again (a sync that read the
-        partner before the warehouse step) is erased once more. Fails, naming stores, if any remain."""
+        partner before the warehouse step) is erased once more. Fails, naming stores, if any
+        remain."""
         from enrollment import erasure
-        from enrollment_airflow.connections import sink_from_connections
 
-        e = _erasure(params)
+        rt = Runtime.for_task()
+        e = _erasure(rt, params or {})
         left = {
             f"bigquery.{k}": v
             for k, v in erasure.remaining_in_warehouse(e.warehouse, e.request.partner_ids).items()
@@ -184,12 +191,9 @@ def erase_partners():
         left["landed_batches"] = sum(
             erasure.remaining_in_batch(e.bucket, b, e.ids) for b in scrubbed["batches"]
         )
-        for sink in SINKS:
-            target = sink_from_connections(load_config(), sink)
-            try:
+        with rt.sinks(*SINKS) as sinks:
+            for sink, target in sinks.items():
                 left[sink] = int(target.erase(list(e.request.partner_ids)).get("remaining", 0))
-            finally:
-                target.close()
         for store, n in left.items():
             e.record("verify", store, n, ok=n == 0)
         if any(left.values()):

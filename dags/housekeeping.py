@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 
 from enrollment.config import load_config
-from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import Tag, default_args
+from enrollment_airflow.defaults import DAG_DEFAULTS, Tag, default_args, markdown_table
 
 CONFIG = load_config()
 R = CONFIG.retention
+
+RETENTION_TABLE = markdown_table(
+    ("what", "kept", "why it exists"),
+    (
+        "`sinks/<sink>/<REGION>/*.parquet`",
+        f"{R.handover_days} days",
+        "the partners a sync run handed to a sink (read back by the same run's gate and commit)",
+    ),
+    (
+        "`claims/<REGION>/from-*.json`",
+        f"{R.claims_days} days",
+        "claim records: reconciliation and replay find a day's batches by them — a day older "
+        "than this can no longer be replayed",
+    ),
+    (
+        "tables `_cycle_*`, `_stage_*`",
+        f"{R.staging_hours} hours",
+        "staging tables a killed cycle, reconciliation or sync left behind (each drops its own)",
+    ),
+)
 
 DOC_MD = f"""
 ### Housekeeping
@@ -19,11 +39,7 @@ DOC_MD = f"""
 At `{R.at}` (UTC) it deletes what is only transient, by age, in the landing bucket
 `{CONFIG.landing_bucket}` and the dataset `{CONFIG.warehouse_dataset}`:
 
-| what | kept | why it exists |
-|---|---|---|
-| `sinks/<sink>/<REGION>/*.parquet` | {R.handover_days} days | the partners a sync run handed to a sink (read back by the same run's gate and commit) |
-| `claims/<REGION>/from-*.json` | {R.claims_days} days | claim records: reconciliation and replay find a day's batches by them — a day older than this can no longer be replayed |
-| tables `_cycle_*`, `_stage_*` | {R.staging_hours} hours | staging tables a killed cycle, reconciliation or sync left behind (each drops its own) |
+{RETENTION_TABLE}
 
 Never touched: landed batches, `pending/` and `set_aside/` records, the claim chain
 (`claims/<REGION>/landed-*`), the welcome-journey claims (`sinks/<sink>/journeys/`), the warehouse
@@ -42,17 +58,16 @@ Owner: enrollment-data team.
     tags=[str(Tag.OPS)],
     doc_md=DOC_MD,
     default_args=default_args("maintenance") | {"retries": 1, "retry_delay": timedelta(minutes=5)},
+    **DAG_DEFAULTS,
 )
-def housekeeping():
-    @task(execution_timeout=timedelta(minutes=30), on_failure_callback=on_failure)
-    def sweep() -> dict:
+def housekeeping() -> None:
+    @task(execution_timeout=timedelta(minutes=30))  # deletes by listing: 30 min is a hang
+    def sweep() -> dict[str, Any]:
         from enrollment import housekeeping as hk
-        from enrollment.config import load_config
-        from enrollment_airflow.connections import warehouse_from_connections
+        from enrollment_airflow.runtime import Runtime
 
-        config = load_config()
-        w = warehouse_from_connections(config)
-        return hk.sweep(w.storage.bucket(config.landing_bucket), w.client, config).as_dict()
+        rt = Runtime.for_task()
+        return hk.sweep(rt.bucket, rt.warehouse.client, rt.config).as_dict()
 
     sweep()
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import WAREHOUSE_POOL, Tag, default_args
+from enrollment_airflow.defaults import DAG_DEFAULTS, WAREHOUSE_POOL, Tag, default_args
+
+if TYPE_CHECKING:
+    from airflow.sdk.types import DagRunProtocol as DagRun
 
 CONFIG = load_config()
 REGIONS = [r.code for r in CONFIG.regions]
@@ -27,15 +31,18 @@ that were landed in `gs://{CONFIG.landing_bucket}/landing/` (Kafka is not read a
   do not move: the regular sync runs neither skip nor repeat anything because of a replay.
 
 Idempotent: a second replay of the same range changes nothing. Typical use: the reconciliation
-listed partners missing in a sink → replay that region and day with `stages = ["sync"]` and that sink.
+listed partners missing in a sink → replay that region and day with `stages = ["sync"]` and that
+sink.
 
 **From the UI**: *Trigger* with the form: `region`, `date_from` / `date_to` (UTC, inclusive),
 `stages`, `sinks`. **From the command line** (one run per day of the range; without dates in the
-conf each run replays the day of its logical date, today's included): `airflow backfill create --dag-id replay --from-date 2026-11-20
---to-date 2026-11-22 --dag-run-conf '{{"region": "EMEA", "stages": ["sync"], "sinks": ["solr"]}}'`.
+conf each run replays the day of its logical date, today's included):
+`airflow backfill create --dag-id replay --from-date 2026-11-20 --to-date 2026-11-22
+--dag-run-conf '{{"region": "EMEA", "stages": ["sync"], "sinks": ["solr"]}}'`.
 
 Its daily timetable (00:00 UTC) only gives backfills one run per day: a scheduled run skips at
-once. It is not paused (Airflow 3.3 does not run backfills of a paused DAG: they stay queued). Owner: enrollment-data team.
+once. It is not paused (Airflow 3.3 does not run backfills of a paused DAG: they stay queued).
+Owner: enrollment-data team.
 """
 
 
@@ -49,6 +56,7 @@ once. It is not paused (Airflow 3.3 does not run backfills of a paused DAG: they
     tags=[str(Tag.OPS)],
     doc_md=DOC_MD,
     default_args=default_args("maintenance"),
+    **DAG_DEFAULTS,
     params={
         "region": Param(
             "ALL", type="string", enum=["ALL", *REGIONS], description="The region to replay, or ALL"
@@ -79,97 +87,93 @@ once. It is not paused (Airflow 3.3 does not run backfills of a paused DAG: they
         ),
     },
 )
-def replay():
+def replay() -> None:
     @task
-    def select(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
-        """Region -> the batch ids landed in the range, oldest first (ids only: XCom never carries rows)."""
+    def select(
+        params: dict[str, Any] | None = None,
+        data_interval_start: datetime | None = None,
+        data_interval_end: datetime | None = None,
+        dag_run: DagRun | None = None,
+    ) -> dict[str, Any]:
+        """Region -> the batch ids landed in the range, oldest first (ids only: XCom never carries
+        rows)."""
         from airflow.sdk.exceptions import AirflowSkipException
 
         from enrollment.replay import days, landed_batches
+        from enrollment_airflow.runtime import Runtime
 
-        if str(getattr(dag_run.run_type, "value", dag_run.run_type)) == "scheduled":
+        run_type = getattr(dag_run, "run_type", None)
+        if str(getattr(run_type, "value", run_type)) == "scheduled":
             raise AirflowSkipException(
                 "the schedule only gives backfills one run per day: trigger or backfill a replay"
             )
-        from enrollment_airflow.connections import sync_run_from_connections
-
-        config = load_config()  # the configuration in force when the task runs
+        params = params or {}
+        rt = Runtime.for_task()  # the configuration in force when the task runs
         first, last = days(
             params.get("date_from"), params.get("date_to"), data_interval_start, data_interval_end
         )
-        run = sync_run_from_connections(config)
         regions = REGIONS if params["region"] == "ALL" else [params["region"]]
         return {
             "first_day": first.isoformat(),
             "last_day": last.isoformat(),
             "batches": {
-                r: [b.batch_id for b in landed_batches(run, config, r, first, last)]
+                r: [b.batch_id for b in landed_batches(rt.sync_run, rt.config, r, first, last)]
                 for r in regions
             },
         }
 
-    @task(pool=WAREHOUSE_POOL)  # never beside a warehouse cycle: one writer of each table
-    def warehouse(selected: dict, params=None) -> dict:
+    # Never beside a warehouse cycle: one writer of each table. An hour, then the writer's slot
+    # must come free (a cycle waits behind it).
+    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))
+    def warehouse(selected: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         from datetime import date
 
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from enrollment.health import require
         from enrollment.replay import landed_batches, replay_warehouse
-        from enrollment_airflow.connections import (
-            endpoints_from_connections,
-            sync_run_from_connections,
-        )
+        from enrollment_airflow.runtime import Runtime
 
-        config = load_config()  # the configuration in force when the task runs
-        if "warehouse" not in params["stages"]:
+        if "warehouse" not in (params or {})["stages"]:
             raise AirflowSkipException("stage warehouse not chosen")
-        require(["bigquery", "gcs"], endpoints_from_connections(), config)
-        run = sync_run_from_connections(config)
+        rt = Runtime.for_task()  # the configuration in force when the task runs
+        rt.require(["bigquery", "gcs"])
         first, last = (
             date.fromisoformat(selected["first_day"]),
             date.fromisoformat(selected["last_day"]),
         )
         out = {}
         for region, ids in selected["batches"].items():
+            rt.working_on(ids)
             batches = [
                 b
-                for b in landed_batches(run, config, region, first, last)
+                for b in landed_batches(rt.sync_run, rt.config, region, first, last)
                 if b.batch_id in set(ids)
             ]
-            out[region] = replay_warehouse(run, batches)
+            out[region] = replay_warehouse(rt.sync_run, batches)
         return out
 
     # After warehouse, also when that stage was not chosen; skipped with select (a scheduled run).
     @task(trigger_rule="none_failed_min_one_success")
-    def sinks_to_sync(params=None) -> list[str]:
+    def sinks_to_sync(params: dict[str, Any] | None = None) -> list[str]:
+        params = params or {}
         return [s for s in SINKS if s in params["sinks"]] if "sync" in params["stages"] else []
 
     @task(trigger_rule="none_failed_min_one_success", map_index_template="{{ sink }}")
-    def sync(sink: str, selected: dict) -> dict:
-        from enrollment.health import require
+    def sync(sink: str, selected: dict[str, Any]) -> dict[str, Any]:
         from enrollment.replay import replay_sync
-        from enrollment_airflow.connections import (
-            endpoints_from_connections,
-            sink_from_connections,
-            sync_run_from_connections,
-        )
+        from enrollment_airflow.runtime import Runtime
 
-        config = load_config()  # the configuration in force when the task runs
-        require(
-            ["bigquery", "gcs", *config.sinks[sink].get("needs", [])],
-            endpoints_from_connections(),
-            config,
-        )
-        run, target = sync_run_from_connections(config), sink_from_connections(config, sink)
-        try:
+        rt = Runtime.for_task()  # the configuration in force when the task runs
+        rt.require(["bigquery", "gcs", *rt.config.sinks[sink].get("needs", [])])
+        rt.working_on(b for ids in selected["batches"].values() for b in ids)
+        with rt.sinks(sink) as sinks:
             return {
-                region: replay_sync(run, target, region, ids, config.sync_max_batches)
+                region: replay_sync(
+                    rt.sync_run, sinks[sink], region, ids, rt.config.sync_max_batches
+                )
                 for region, ids in selected["batches"].items()
                 if ids
             }
-        finally:
-            target.close()
 
     selected = select()
     warehoused = warehouse(selected)

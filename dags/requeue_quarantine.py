@@ -1,14 +1,19 @@
-"""Quarantine re-processing: quarantined messages validated again with today's contracts; see enrollment.recovery."""
+"""Quarantine re-processing: quarantined messages validated again with today's contracts; see
+enrollment.recovery."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Param, dag, task
 
 from enrollment.config import load_config
-from enrollment_airflow.alerts import on_failure
-from enrollment_airflow.defaults import WAREHOUSE_POOL, Tag, default_args
+from enrollment_airflow.defaults import DAG_DEFAULTS, WAREHOUSE_POOL, Tag, default_args
+from enrollment_airflow.runtime import Runtime
+
+if TYPE_CHECKING:
+    from enrollment.recovery import Request
 
 CONFIG = load_config()
 REGIONS = [r.code for r in CONFIG.regions]
@@ -17,24 +22,26 @@ DOC_MD = f"""
 ### Requeue quarantine
 
 Once a contract is fixed (a producer's new field accepted, a market rule corrected), brings the
-messages it quarantined back. **Trigger** with `region` (or ALL), the window `since` – `until`
+messages it quarantined back. **Trigger** with `region` (or ALL), the window `since` to `until`
 (the messages' Kafka arrival, UTC, at most 31 days; empty: the last 7 days), the `reasons` to take
 (a filter matches a reason equal to it or starting `<filter>:`; empty: every reason but
-`duplicate_event_id`) and `dry_run` (**true by default**: a manual trigger changes nothing unless asked).
+`duplicate_event_id`) and `dry_run` (**true by default**: a manual trigger changes nothing unless
+asked).
 
-1. **plan** — the window's rows of `{CONFIG.warehouse_dataset}.quarantine` (partitions pruned), minus
-   those already in `{CONFIG.ops_dataset}.recovered`; each message's **original bytes read back
-   from Kafka** (the quarantine holds them masked) and validated with today's contracts. Counted
-   per region and reason: `candidates` = `already_recovered` + `expired` (no longer in Kafka:
-   retention) + `still_invalid` + `erased` (partner erased) + `already_in_events` (a fixed resend
-   got there first) + `recoverable`.
+1. **plan** — the window's rows of `{CONFIG.warehouse_dataset}.quarantine` (partitions pruned),
+   minus those already in `{CONFIG.ops_dataset}.recovered`; each message's **original bytes read
+   back from Kafka** (the quarantine holds them masked) and validated with today's contracts.
+   Counted per region and reason: `candidates` = `already_recovered` + `expired` (no longer in
+   Kafka: retention) + `still_invalid` + `erased` (partner erased) + `already_in_events` (a fixed
+   resend got there first) + `recoverable`.
 2. **recover** (not in a dry run; the warehouse writer's slot) — per region, the recoverable
    messages landed as **one recovery batch** (`recovery-<region>-…`, tax ids tokenised, partner
-   changes folded, write-once objects in `gs://{CONFIG.landing_bucket}/landing/<region>/`) and queued
-   for the `warehouse` DAG, which writes them into `events` and `partners` (it stays the **only
-   writer of `events`**) and wakes the sink DAGs (Firestore, Solr, Marketing Cloud). The messages
-   are recorded in `{CONFIG.ops_dataset}.recovered` (one row per message, ever) and each origin batch
-   gets a ledger row `recovered`: offsets = valid + quarantined (still) + duplicates + skipped + recovered.
+   changes folded, write-once objects in `gs://{CONFIG.landing_bucket}/landing/<region>/`) and
+   queued for the `warehouse` DAG, which writes them into `events` and `partners` (it stays the
+   **only writer of `events`**) and wakes the sink DAGs (Firestore, Solr, Marketing Cloud). The
+   messages are recorded in `{CONFIG.ops_dataset}.recovered` (one row per message, ever) and each
+   origin batch gets a ledger row `recovered`: offsets = valid + quarantined (still) +
+   duplicates + skipped + recovered.
 3. **report** — the counts (XCom and log): never a partner id or a message byte.
 
 Safe to run again: a recovered message is never recovered twice, the same set of messages is the
@@ -46,37 +53,24 @@ rows stay (history); `recovered` says which came back. Owner: enrollment-data te
 """
 
 
-def _request(params):
-    """The run's params checked; a parameter that cannot be honoured fails the run at once, unretried."""
+def _request(params: dict[str, Any] | None) -> Request:
+    """The run's params checked; a parameter that cannot be honoured fails the run at once,
+    unretried."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from enrollment.recovery import Request, RequestError
 
     try:
-        return Request.parse(params, REGIONS)
+        return Request.parse(params or {}, REGIONS)
     except RequestError as exc:
         raise AirflowFailException(f"requeue_quarantine: {exc}") from None
 
 
-def _clients():
-    from enrollment.health import require
-    from enrollment_airflow.connections import (
-        endpoints_from_connections,
-        keyring_from_connections,
-        warehouse_from_connections,
-    )
-
-    config = load_config()  # the configuration in force when the task runs
-    endpoints = endpoints_from_connections()
-    require(["kafka", "gcs", "bigquery"], endpoints, config)
-    w = warehouse_from_connections(config)
-    return (
-        config,
-        w,
-        w.storage.bucket(config.landing_bucket),
-        keyring_from_connections(),
-        endpoints.kafka_bootstrap,
-    )
+def _runtime() -> Runtime:
+    """The task's clients, once Kafka, Cloud Storage and BigQuery answer."""
+    rt = Runtime.for_task()  # the configuration in force when the task runs
+    rt.require(["kafka", "gcs", "bigquery"])
+    return rt
 
 
 @dag(
@@ -87,7 +81,8 @@ def _clients():
     max_active_runs=1,
     tags=[str(Tag.OPS)],
     doc_md=DOC_MD,
-    default_args=default_args("maintenance") | {"on_failure_callback": on_failure},
+    default_args=default_args("maintenance"),
+    **DAG_DEFAULTS,
     params={
         "region": Param(
             "ALL",
@@ -98,7 +93,10 @@ def _clients():
         "since": Param(
             None,
             type=["null", "string"],
-            description="Window start, ISO 8601 (UTC), e.g. 2026-11-23T00:00:00Z; empty: 7 days before until",
+            description=(
+                "Window start, ISO 8601 (UTC), e.g. 2026-11-23T00:00:00Z; "
+                "empty: 7 days before until"
+            ),
         ),
         "until": Param(
             None,
@@ -109,7 +107,10 @@ def _clients():
             [],
             type="array",
             items={"type": "string"},
-            description="Reason codes to take (e.g. country_not_in_region, missing); empty: every reason but duplicate_event_id",
+            description=(
+                "Reason codes to take (e.g. country_not_in_region, missing); "
+                "empty: every reason but duplicate_event_id"
+            ),
         ),
         "dry_run": Param(
             True,
@@ -118,20 +119,24 @@ def _clients():
         ),
     },
 )
-def requeue_quarantine():
+def requeue_quarantine() -> None:
     @task(retries=1)
-    def plan(params=None) -> dict:
+    def plan(params: dict[str, Any] | None = None) -> dict[str, Any]:
         """What would be recovered, counted by region and reason."""
         from enrollment import recovery
 
         request = _request(params)
-        config, w, bucket, keyring, bootstrap = _clients()
-        return recovery.plan(w, bucket, keyring, bootstrap, config, request).counts()
+        rt = _runtime()
+        return recovery.plan(
+            rt.warehouse, rt.bucket, rt.keyring, rt.kafka_bootstrap, rt.config, request
+        ).counts()
 
-    @task(
-        pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60)
-    )  # writes ledger rows: never beside a warehouse cycle
-    def recover(planned: dict, params=None, dag_run=None) -> dict:
+    # Writes ledger rows: never beside a warehouse cycle. An hour, then the writer's slot must
+    # come free.
+    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))
+    def recover(
+        planned: dict[str, Any], params: dict[str, Any] | None = None, run_id: str | None = None
+    ) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from enrollment import recovery
@@ -139,17 +144,25 @@ def requeue_quarantine():
         request = _request(params)
         if request.dry_run:
             raise AirflowSkipException("dry run: nothing recovered (see plan's counts)")
-        config, w, bucket, keyring, bootstrap = _clients()
+        rt = _runtime()
         return recovery.recover(
-            w, bucket, keyring, bootstrap, config, request, dag_run=dag_run.run_id
+            rt.warehouse,
+            rt.bucket,
+            rt.keyring,
+            rt.kafka_bootstrap,
+            rt.config,
+            request,
+            dag_run=str(run_id),
         )
 
     @task(trigger_rule="none_failed")
-    def report(planned: dict, ti=None) -> dict:
+    def report(planned: dict[str, Any]) -> dict[str, Any]:
         """The run's result: the recovery's counts, or the plan's in a dry run."""
         import logging
 
-        done = ti.xcom_pull(task_ids="recover")
+        from airflow.sdk import get_current_context
+
+        done = get_current_context()["ti"].xcom_pull(task_ids="recover")
         result = (done or planned) | {"dry_run": done is None}
         total = result["total"]
         logging.getLogger(__name__).info(

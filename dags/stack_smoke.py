@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.sdk import dag, task
 
-from enrollment_airflow.defaults import Tag, default_args
+from enrollment_airflow.defaults import DAG_DEFAULTS, Tag, default_args
 
 SERVICES = ["kafka", "gcs", "bigquery", "firestore", "solr", "marketing-cloud"]
 
@@ -31,16 +33,17 @@ Owner: enrollment-data team.
     default_args=default_args("monitors"),
     tags=[str(Tag.SMOKE), str(Tag.OPS)],
     doc_md=DOC_MD,
+    **DAG_DEFAULTS,
 )
-def stack_smoke():
+def stack_smoke() -> None:
     @task(map_index_template="{{ service }}", retries=0)
-    def check_service(service: str) -> dict:
+    def check_service(service: str) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
         from enrollment.health import check
-        from enrollment_airflow.connections import endpoints_from_connections
+        from enrollment_airflow.runtime import Runtime
 
-        result = check(service, endpoints_from_connections())
+        result = check(service, Runtime.for_task().endpoints)
         if not result.ok:
             raise AirflowFailException(f"{service} failed its round trip: {result.detail}")
         return result.as_dict()

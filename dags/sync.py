@@ -1,4 +1,5 @@
-"""One sync DAG per configured sink (Firestore, Solr, Marketing Cloud): see enrollment_airflow.sync."""
+"""One sync DAG per configured sink (Firestore, Solr, Marketing Cloud): see
+enrollment_airflow.sync."""
 
 from enrollment.config import load_config
 from enrollment_airflow.sync import sync_dag

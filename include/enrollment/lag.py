@@ -26,7 +26,7 @@ from .backlog import measure
 from .config import LagRules, PipelineConfig  # the rules are the configuration's `lag:`
 
 if TYPE_CHECKING:
-    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
+    import google.cloud.storage as gcs
 
     from .sync import SyncRun
     from .warehouse import Warehouse
@@ -138,9 +138,21 @@ def alerts(
     """What is wrong now. ``history``: region -> its total pending records at the previous
     measurements, oldest first (this measurement not included); ``config``: the configured
     partition counts, compared with the partitions measured (the cluster's)."""
+    return [message for _, message in findings(rows, history, rules, config)]
+
+
+def findings(
+    rows: list[LagRow],
+    history: dict[str, list[int]],
+    rules: LagRules,
+    config: PipelineConfig | None = None,
+) -> list[tuple[str, str]]:
+    """``alerts`` with each one's kind: "late" (data waits longer than the rules allow) or
+    "broken" (a batch set aside, partitions that differ from the configuration)."""
     from .batches import partition_drift
 
-    out = []
+    late: list[str] = []
+    broken: list[str] = []
     totals: dict[str, int] = {}
     partitions: dict[str, set[int | None]] = {}
     for row in rows:
@@ -148,32 +160,32 @@ def alerts(
             totals[row.region] = totals.get(row.region, 0) + row.pending
             partitions.setdefault(row.region, set()).add(row.partition)
             if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
-                out.append(
+                late.append(
                     f"{row.region} partition {row.partition}: oldest pending record "
                     f"{row.oldest_age_s:.0f} s old (> {rules.max_age_s:.0f} s)"
                 )
         elif row.kind == "warehouse":
             if row.oldest_age_s is not None and row.oldest_age_s > rules.max_age_s:
-                out.append(
+                late.append(
                     f"{row.region}: a landed batch has waited {row.oldest_age_s:.0f} s "
                     f"for the warehouse (> {rules.max_age_s:.0f} s; "
                     f"{row.pending} waiting) — see the warehouse DAG"
                 )
         elif row.kind == "set_aside":
-            out.append(
+            broken.append(
                 f"{row.region}: {row.pending} landed batch(es) set aside by the warehouse "
                 "(objects missing or unreadable; "
                 f"see the ledger's set_aside rows, repair, then requeue)"
             )
         elif row.pending > rules.max_sink_batches:
-            out.append(
+            late.append(
                 f"sink {row.sink} {row.region}: {row.pending} warehoused batches not synced "
                 f"(> {rules.max_sink_batches})"
             )
     for region, total in totals.items():
         series = [*(history.get(region) or [])[-rules.grow_minutes :], total]
         if len(series) > rules.grow_minutes and all(b > a for a, b in pairwise(series)):
-            out.append(
+            late.append(
                 f"{region}: pending records grew at each of the last {rules.grow_minutes} "
                 f"measurements ({' → '.join(f'{n:,}' for n in series)})"
             )
@@ -182,8 +194,8 @@ def alerts(
             configured.topic, configured.partitions, len(partitions.get(configured.code, ()))
         )
         if configured.code in partitions and drift:
-            out.append(f"{configured.code}: {drift}")
-    return out
+            broken.append(f"{configured.code}: {drift}")
+    return [("late", m) for m in late] + [("broken", m) for m in broken]
 
 
 def as_dicts(rows: list[LagRow]) -> list[dict[str, Any]]:

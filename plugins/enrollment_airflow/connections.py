@@ -1,8 +1,17 @@
-"""Endpoints from Airflow connections: secrets stay in connections, never in DAG code or XCom."""
+"""What the Airflow connections hold: secrets stay in connections, never in DAG code or XCom.
+
+The only module that reads connections; a task reads them once, through its ``Runtime``.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from enrollment.services import Endpoints
+
+if TYPE_CHECKING:
+    from enrollment.marketing_cloud import MarketingCloudClient
+    from enrollment.pii import Keyring
 
 KAFKA_CONN_ID = "kafka_default"
 GCP_CONN_ID = "google_cloud_default"
@@ -15,7 +24,7 @@ PII_CONN_ID = "enrollment_pii"
 class AirflowEndpoints(Endpoints):
     """Endpoints whose Marketing Cloud client comes from the hook of its connection type."""
 
-    def marketing_cloud(self):
+    def marketing_cloud(self) -> MarketingCloudClient:
         from enrollment_airflow.hooks import MarketingCloudHook
 
         return MarketingCloudHook(MARKETING_CLOUD_CONN_ID).get_conn()
@@ -32,9 +41,14 @@ def endpoints_from_connections() -> Endpoints:
     mc = BaseHook.get_connection(MARKETING_CLOUD_CONN_ID)
     solr_path = solr.extra_dejson.get("base_path", "/solr")
     mc_auth, mc_rest = MarketingCloudHook(MARKETING_CLOUD_CONN_ID).urls()
-    return AirflowEndpoints(
-        project=gcp.extra_dejson.get("project")
+    # Without one (None) the Google clients take the project of the environment's credentials.
+    project = cast(
+        "str",
+        gcp.extra_dejson.get("project")
         or gcp.extra_dejson.get("extra__google_cloud_platform__project"),
+    )
+    return AirflowEndpoints(
+        project=project,
         kafka_bootstrap=kafka.extra_dejson["bootstrap.servers"],
         solr_url=f"{solr.schema or 'http'}://{solr.host}:{solr.port}{solr_path}",
         marketing_cloud_auth_url=mc_auth,
@@ -44,9 +58,10 @@ def endpoints_from_connections() -> Endpoints:
     )
 
 
-def keyring_from_connections():
-    """The tax-id tokenising key (``enrollment.pii.Keyring``) from the ``enrollment_pii`` connection:
-    the current key id and key, and the retired keys tokens made before a rotation still match."""
+def keyring_from_connections() -> Keyring:
+    """The tax-id tokenising key (``enrollment.pii.Keyring``) from the ``enrollment_pii``
+    connection: the current key id and key, and the retired keys tokens made before a rotation
+    still match."""
     from airflow.sdk import BaseHook
 
     from enrollment.pii import Keyring
@@ -59,35 +74,3 @@ def keyring_from_connections():
     return Keyring.from_secret(
         conn.login or "k1", conn.password, conn.extra_dejson.get("retired") or {}
     )
-
-
-def warehouse_from_connections(config):
-    """The BigQuery warehouse of the pipeline, reached through ``google_cloud_default``."""
-    from enrollment.services import bigquery_client, storage_client
-    from enrollment.warehouse import Warehouse
-
-    project = endpoints_from_connections().project
-    return Warehouse(
-        client=bigquery_client(project),
-        storage=storage_client(project),
-        project=project,
-        dataset=config.warehouse_dataset,
-        ops_dataset=config.ops_dataset,
-        settings=config.warehouse,
-    )
-
-
-def sync_run_from_connections(config):
-    """A sink sync against the pipeline's warehouse and landing bucket."""
-    from enrollment.services import storage_client
-    from enrollment.sync import SyncRun
-
-    warehouse = warehouse_from_connections(config)
-    return SyncRun(warehouse, storage_client(warehouse.project).bucket(config.landing_bucket))
-
-
-def sink_from_connections(config, name: str):
-    """The configured sink ``name``, its clients built from the Airflow connections."""
-    from enrollment.sinks import build_sink
-
-    return build_sink(name, config.sinks[name], endpoints_from_connections())

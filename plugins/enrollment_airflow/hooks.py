@@ -22,7 +22,7 @@ class MarketingCloudHook(BaseHook):
     conn_type = "marketing_cloud"
     hook_name = "Salesforce Marketing Cloud (REST)"
 
-    def __init__(self, marketing_cloud_conn_id: str = default_conn_name, **kwargs) -> None:
+    def __init__(self, marketing_cloud_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.marketing_cloud_conn_id = marketing_cloud_conn_id
 
@@ -44,9 +44,8 @@ class MarketingCloudHook(BaseHook):
     def urls(self) -> tuple[str, str]:
         conn = self.get_connection(self.marketing_cloud_conn_id)
         extra = conn.extra_dejson
-        rest = extra.get("rest_url") or (
-            conn.host if "://" in (conn.host or "") else f"https://{conn.host}"
-        )
+        host = conn.host or ""
+        rest = str(extra.get("rest_url") or (host if "://" in host else f"https://{host}"))
         return (extra.get("auth_url") or rest).rstrip("/"), rest.rstrip("/")
 
     def get_conn(self) -> MarketingCloudClient:

@@ -12,11 +12,12 @@ DAG files call ``ingest_dag(region)`` once per configured region; every piece of
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetWatcher, Param, task
 
 from enrollment.config import MAX_BATCH_BYTES_LIMIT, MAX_BATCH_LIMIT, Region, load_config
-from enrollment_airflow.defaults import Tag, default_args
+from enrollment_airflow.defaults import DAG_DEFAULTS, Tag, default_args
 from enrollment_airflow.triggers import BacklogTrigger
 
 
@@ -38,14 +39,16 @@ def backlog_asset(region: Region, group: str) -> Asset:
 
 
 def landed_asset(region: Region) -> Asset:
-    """The region's landed batches as an asset: updated by each ingest run, watched by the warehouse DAG."""
+    """The region's landed batches as an asset: updated by each ingest run, watched by the
+    warehouse DAG."""
     return Asset(
         name=f"landed_{region.code.lower()}", uri=f"enrollment-landing://batches/{region.code}"
     )
 
 
 def warehouse_asset() -> Asset:
-    """The warehouse tables as an asset: updated by each warehouse cycle, watched by the sink DAGs."""
+    """The warehouse tables as an asset: updated by each warehouse cycle, watched by the sink
+    DAGs."""
     # The URI names no dataset: one asset whatever the deployment's datasets.
     return Asset(name="warehouse", uri="enrollment-warehouse://partners")
 
@@ -91,47 +94,51 @@ Every run may run twice: names derive from offsets, objects are write-once. A ma
 
 def ingest_dag(region: Region) -> DAG:
     config = load_config()
-    with (
-        DAG(
-            dag_id=f"ingest_{region.code.lower()}",
-            # Event-driven: measured ~1 s from event to first task, against ~0.8 s more and a 2–3 s
-            # blind window between runs for a continuous DAG with a deferrable sensor.
-            schedule=[backlog_asset(region, config.consumer_group)],
-            start_date=datetime(2026, 1, 1),
-            catchup=False,  # every run takes what is pending: there is nothing to catch up per interval
-            max_active_runs=1,  # batches of a region follow each other: the next claim starts where this one commits
-            default_args=default_args("ingest"),
-            tags=[str(Tag.INGEST)],
-            doc_md=DOC_MD.format(
-                region=region.code,
-                region_lower=region.code.lower(),
-                topic=region.topic,
-                group=config.consumer_group,
-                bucket=config.landing_bucket,
-                dataset=config.warehouse_dataset,
-                ops=config.ops_dataset,
-                min_records=region.min_records,
-                max_age_s=region.max_age_s,
+    with DAG(
+        dag_id=f"ingest_{region.code.lower()}",
+        # Event-driven: measured ~1 s from event to first task, against ~0.8 s more and a 2-3
+        # s blind window between runs for a continuous DAG with a deferrable sensor.
+        schedule=[backlog_asset(region, config.consumer_group)],
+        start_date=datetime(2026, 1, 1),
+        # Every run takes what is pending: there is nothing to catch up per interval.
+        catchup=False,
+        # Batches of a region follow each other: the next claim starts where this one commits.
+        max_active_runs=1,
+        default_args=default_args("ingest"),
+        **DAG_DEFAULTS,
+        tags=[str(Tag.INGEST)],
+        doc_md=DOC_MD.format(
+            region=region.code,
+            region_lower=region.code.lower(),
+            topic=region.topic,
+            group=config.consumer_group,
+            bucket=config.landing_bucket,
+            dataset=config.warehouse_dataset,
+            ops=config.ops_dataset,
+            min_records=region.min_records,
+            max_age_s=region.max_age_s,
+        ),
+        # Bounded: one batch is held in one task's memory (a typo of a zero too many must not
+        # OOM a worker).
+        params={
+            "max_batch": Param(
+                region.max_batch,
+                type="integer",
+                minimum=1,
+                maximum=max(MAX_BATCH_LIMIT, region.max_batch),
+                description="Most offsets one batch claims",
             ),
-            # Bounded: one batch is held in one task's memory (a typo of a zero too many must not OOM a worker).
-            params={
-                "max_batch": Param(
-                    region.max_batch,
-                    type="integer",
-                    minimum=1,
-                    maximum=max(MAX_BATCH_LIMIT, region.max_batch),
-                    description="Most offsets one batch claims",
+            "max_batch_bytes": Param(
+                region.max_batch_bytes,
+                type="integer",
+                minimum=1024,
+                maximum=max(MAX_BATCH_BYTES_LIMIT, region.max_batch_bytes),
+                description=(
+                    "Most message bytes (keys + values) one batch reads; the claim shrinks to fit"
                 ),
-                "max_batch_bytes": Param(
-                    region.max_batch_bytes,
-                    type="integer",
-                    minimum=1024,
-                    maximum=max(MAX_BATCH_BYTES_LIMIT, region.max_batch_bytes),
-                    description="Most message bytes (keys + values) one batch reads; the claim shrinks to fit",
-                ),
-            },
-        ) as dag
-    ):
+            ),
+        },
+    ) as dag:
         # A batch of max_batch offsets lands in well under a minute, and reading gives up after
         # 120 s without its offsets; land_timeout_s (15 min by default) is a hang — a broker or
         # Cloud Storage call that never returns — not work. The retry claims the same batch.
@@ -140,41 +147,36 @@ def ingest_dag(region: Region) -> DAG:
             outlets=[landed_asset(region)],
             execution_timeout=timedelta(seconds=region.land_timeout_s),
         )
-        def land_batch(params=None) -> dict:
+        def land_batch(params: dict[str, Any] | None = None) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
 
             from enrollment.batches import claim, land
-            from enrollment.health import require
-            from enrollment.services import storage_client
-            from enrollment_airflow.connections import (
-                endpoints_from_connections,
-                keyring_from_connections,
-            )
+            from enrollment_airflow.runtime import Runtime
 
-            ep = endpoints_from_connections()
-            keyring = (
-                keyring_from_connections()
-            )  # before the claim: no key, nothing landed (tax ids are tokenised first)
-            require(["kafka", "gcs"], ep, config)
-            bucket = storage_client(ep.project).bucket(config.landing_bucket)
+            params = params or {}  # Airflow passes the run's params
+            rt = Runtime.for_task(config)
+            keyring = rt.keyring  # before the claim: no key, nothing landed (tax ids tokenised)
+            rt.require(["kafka", "gcs"])
             manifest = claim(
-                ep.kafka_bootstrap,
+                rt.kafka_bootstrap,
                 config.consumer_group,
                 region.code,
                 region.topic,
                 region.partitions,
-                bucket,
+                rt.bucket,
                 int(params["max_batch"]),
             )
             if manifest is None:
                 raise AirflowSkipException(f"nothing pending on {region.topic}")
-            return land(
-                ep.kafka_bootstrap,
+            rt.working_on([manifest.batch_id])
+            landed = land(
+                rt.kafka_bootstrap,
                 manifest,
-                bucket,
+                rt.bucket,
                 keyring,
                 max_bytes=int(params.get("max_batch_bytes") or region.max_batch_bytes),
-            ).as_dict()
+            )
+            return landed.as_dict()
 
         land_batch()
     return dag

@@ -1,4 +1,5 @@
-"""The factory of the sink DAGs: one per configured sink, one task: write → gate → commit over the regions.
+"""The factory of the sink DAGs: one per configured sink, one task: write → gate → commit over the
+regions.
 
 Each sink has its own DAG (not a task group inside the ingest DAGs): a sink that is down or
 throttled retries with backoff without holding back the ingest or the other sinks. It runs when
@@ -16,11 +17,20 @@ retry) takes it again.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+from airflow.sdk import (
+    DAG,
+    AssetAny,
+    AssetOrTimeSchedule,
+    Context,
+    CronTriggerTimetable,
+    Param,
+    task,
+)
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import Tag, default_args
+from enrollment_airflow.defaults import DAG_DEFAULTS, Tag, default_args
 from enrollment_airflow.ingest import warehouse_asset
 
 MAX_BATCHES = (
@@ -36,9 +46,10 @@ of three steps (a region that fails does not hold back the others; the task then
 it, and the next run takes it again):
 
 1. **write** — plans each region's warehoused batches that have no `sync_{sink}` ledger row yet
-   (the last {lookback} days, oldest first, at most `max_batches`), reads the partners they touched and their current state from
-   `{dataset}.partners` (one row per partner: newest version wins), and writes them (module
-   `{module}`). Every write is idempotent: version-guarded or an upsert.
+   (the last {lookback} days, oldest first, at most `max_batches`), reads the partners they
+   touched and their current state from `{dataset}.partners` (one row per partner: newest
+   version wins), and writes them (module `{module}`). Every write is idempotent:
+   version-guarded or an upsert.
 2. **gate** — reads back from the service what was written (documents, real-time get or the
    service's per-row results) and checks partners = written + unchanged + rejected.
 3. **commit** — rows the service refused go to `{dataset}.sink_quarantine` with its message; one
@@ -47,10 +58,11 @@ it, and the next run takes it again):
 
 **Refusals never stop a region**: a value the service refuses is one partner in the sink
 quarantine. A batch whose landed objects are gone or unreadable is **set aside**: a `sync_{sink}`
-ledger row with `ok = false` and the reason (`SELECT batch_id, detail FROM {ops}.ledger WHERE stage =
-'sync_{sink}' AND NOT ok`), an error in the log and an alert; the other batches go on. Once
-repaired, trigger this DAG with `resync_batches` = those batch ids: they are synced again from the
-warehouse's current state (from its events when the landed objects are gone) and their rows replaced.
+ledger row with `ok = false` and the reason
+(`SELECT batch_id, detail FROM {ops}.ledger WHERE stage = 'sync_{sink}' AND NOT ok`), an error in
+the log and an alert; the other batches go on. Once repaired, trigger this DAG with
+`resync_batches` = those batch ids: they are synced again from the warehouse's current state (from
+its events when the landed objects are gone) and their rows replaced.
 
 **Runs when** the `warehouse` asset is updated (after each warehouse cycle), and every
 `{cron}` (UTC) to catch up after an outage. **Catch-up is automatic**: the next run takes every
@@ -58,7 +70,8 @@ batch without a `sync_{sink}` ledger row. To sync batches again, delete their `s
 ledger rows, or use the `replay` DAG (every write is idempotent).
 
 Where it stands: `SELECT * FROM {ops}.sink_watermarks WHERE sink = '{sink}'`;
-what it refused: `SELECT * FROM {dataset}.sink_quarantine WHERE sink = '{sink}' ORDER BY recorded_at DESC`.
+what it refused:
+`SELECT * FROM {dataset}.sink_quarantine WHERE sink = '{sink}' ORDER BY recorded_at DESC`.
 Owner: enrollment-data team.
 """
 
@@ -66,85 +79,69 @@ Owner: enrollment-data team.
 def sync_dag(sink_name: str) -> DAG:
     config = load_config()
     options = config.sinks[sink_name]
-    with (
-        DAG(
-            dag_id=f"sync_{sink_name}",
-            schedule=AssetOrTimeSchedule(
-                timetable=CronTriggerTimetable(config.sync_catch_up_every, timezone="UTC"),
-                assets=AssetAny(warehouse_asset()),
+    with DAG(
+        dag_id=f"sync_{sink_name}",
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(config.sync_catch_up_every, timezone="UTC"),
+            assets=AssetAny(warehouse_asset()),
+        ),
+        start_date=datetime(2026, 1, 1),
+        # A run syncs everything since the watermark: there is nothing per interval to catch up.
+        catchup=False,
+        max_active_runs=1,  # one writer per sink: the watermark moves in order
+        default_args=default_args("sinks"),
+        **DAG_DEFAULTS,
+        tags=[str(Tag.SYNC)],
+        doc_md=DOC_MD.format(
+            sink=sink_name,
+            module=options["module"],
+            dataset=config.warehouse_dataset,
+            ops=config.ops_dataset,
+            cron=config.sync_catch_up_every,
+            lookback=config.sync_lookback_days,
+        ),
+        params={
+            "max_batches": Param(
+                config.sync_max_batches,
+                type="integer",
+                minimum=1,
+                maximum=max(MAX_BATCHES, config.sync_max_batches),
+                description="Most batches one run takes per region",
             ),
-            start_date=datetime(2026, 1, 1),
-            catchup=False,  # a run syncs everything since the watermark: there is nothing per interval to catch up
-            max_active_runs=1,  # one writer per sink: the watermark moves in order
-            default_args=default_args("sinks"),
-            tags=[str(Tag.SYNC)],
-            doc_md=DOC_MD.format(
-                sink=sink_name,
-                module=options["module"],
-                dataset=config.warehouse_dataset,
-                ops=config.ops_dataset,
-                cron=config.sync_catch_up_every,
-                lookback=config.sync_lookback_days,
+            "resync_batches": Param(
+                [],
+                type="array",
+                items={"type": "string"},
+                maxItems=MAX_RESYNC,
+                description=(
+                    "Batch ids to sync again from the warehouse first "
+                    "(batches set aside, once repaired)"
+                ),
             ),
-            params={
-                "max_batches": Param(
-                    config.sync_max_batches,
-                    type="integer",
-                    minimum=1,
-                    maximum=max(MAX_BATCHES, config.sync_max_batches),
-                    description="Most batches one run takes per region",
-                ),
-                "resync_batches": Param(
-                    [],
-                    type="array",
-                    items={"type": "string"},
-                    maxItems=MAX_RESYNC,
-                    description="Batch ids to sync again from the warehouse first (batches set aside, once repaired)",
-                ),
-            },
-        ) as dag
-    ):
+        },
+    ) as dag:
         # A run's work is bounded (max_batches per region, each write ridden through throttling and
         # short outages: Marketing Cloud waits up to 10 min per request, Solr 2 min); 45 min is far
         # beyond a healthy catch-up run. A task hung on a dead connection would otherwise hold the
         # sink's only run slot (max_active_runs=1) forever; killed, it is retried and catches up.
         @task(task_id="sync", execution_timeout=timedelta(minutes=45))
-        def sync(params=None, **context) -> dict:
+        def sync(**context: Any) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from enrollment.health import require
-            from enrollment_airflow.alerts import on_failure
-            from enrollment_airflow.connections import (
-                endpoints_from_connections,
-                sink_from_connections,
-                sync_run_from_connections,
-            )
+            from enrollment_airflow.alerts import set_aside
+            from enrollment_airflow.runtime import Runtime
 
-            require(
-                ["bigquery", "gcs", *options.get("needs", [])], endpoints_from_connections(), config
-            )
-            run, sink = sync_run_from_connections(config), sink_from_connections(config, sink_name)
-            # A batch set aside does not fail the run: the alert goes where the monitors' alerts go.
-            shared = {
-                k: context[k]
-                for k in (
-                    "ti",
-                    "task_instance",
-                    "dag",
-                    "dag_run",
-                    "run_id",
-                    "logical_date",
-                    "params",
-                )
-                if k in context
-            }
-            run.alert = lambda message: on_failure(shared | {"exception": message})
-            try:
-                resynced = (
-                    run.resync(sink, list(params.get("resync_batches") or []))
-                    if params.get("resync_batches")
-                    else {}
-                )
+            params = context["params"]
+            rt = Runtime.for_task(config)
+            rt.require(["bigquery", "gcs", *options.get("needs", [])])
+            run = rt.sync_run
+            # A batch set aside does not fail the run: it alerts now, and the run goes on.
+            run.alert = lambda message: set_aside(cast("Context", context), message)
+            with rt.sinks(sink_name) as sinks:
+                sink = sinks[sink_name]
+                resync = list(params.get("resync_batches") or [])
+                rt.working_on(resync)
+                resynced = run.resync(sink, resync) if resync else {}
                 plans = run.plan_all(
                     sink_name,
                     [r.code for r in config.regions],
@@ -157,13 +154,13 @@ def sync_dag(sink_name: str) -> DAG:
                     raise AirflowSkipException(
                         f"{sink_name}: every warehoused batch is synced, in every region"
                     )
+                rt.working_on(b["batch_id"] for p in plans.values() for b in p.batches)
                 written = run.write_all(sink, plans)
                 if not written["written"]:
                     raise RuntimeError(f"{sink_name}: every region failed: {written['failed']}")
                 gated = run.gate_all(sink, written)
-            finally:
-                sink.close()
-            return run.commit_all(gated) | ({"resynced": resynced} if resynced else {})
+            committed: dict[str, Any] = run.commit_all(gated)
+            return committed | ({"resynced": resynced} if resynced else {})
 
         sync()
     return dag

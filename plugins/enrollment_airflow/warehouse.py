@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from enrollment.config import load_config
-from enrollment_airflow.defaults import WAREHOUSE_POOL, Tag, default_args
+from enrollment_airflow.defaults import DAG_DEFAULTS, WAREHOUSE_POOL, Tag, default_args
 from enrollment_airflow.ingest import landed_asset, warehouse_asset
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,11 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
 
 **Runs when** any region's `landed_<region>` asset is updated, and every `{cron}` (UTC) to take
 batches a failed cycle left. One run at a time, in the pool `{pool}` (1 slot, shared with the
-replay's warehouse stage): never two writers of a table. Every statement is idempotent and the ledger
-rows come last: a cycle killed anywhere and run again writes everything exactly once.
+replay's warehouse stage): never two writers of a table. Every statement is idempotent and the
+ledger rows come last: a cycle killed anywhere and run again writes everything exactly once.
 
-What waits: `gcloud storage ls gs://{bucket}/pending/{group}/` (one record per landed batch not yet written).
+What waits: `gcloud storage ls gs://{bucket}/pending/{group}/` (one record per landed batch not
+yet written).
 Owner: enrollment-data team.
 """
 
@@ -67,9 +69,11 @@ def warehouse_dag() -> DAG:
             assets=AssetAny(*(landed_asset(r) for r in config.regions)),
         ),
         start_date=datetime(2026, 1, 1),
-        catchup=False,  # a cycle takes everything pending: there is nothing per interval to catch up
+        # A cycle takes everything pending: there is nothing per interval to catch up.
+        catchup=False,
         max_active_runs=1,  # the one writer: two cycles at once would be two writers of every table
         default_args=default_args("ingest"),
+        **DAG_DEFAULTS,
         tags=[str(Tag.INGEST)],
         doc_md=DOC_MD.format(
             max_rows=settings.max_cycle_rows,
@@ -92,40 +96,45 @@ def warehouse_dag() -> DAG:
             pool=WAREHOUSE_POOL,
             execution_timeout=timedelta(seconds=settings.cycle_timeout_s),
         )
-        def cycle() -> dict:
+        def cycle() -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
 
             from enrollment import metrics
             from enrollment.batches import pending_batches
             from enrollment.cycle import raise_failed, run_cycle
-            from enrollment.health import require
-            from enrollment_airflow.connections import (
-                endpoints_from_connections,
-                warehouse_from_connections,
-            )
+            from enrollment_airflow.runtime import Runtime
 
-            require(["bigquery", "gcs"], endpoints_from_connections(), config)
-            warehouse = warehouse_from_connections(config)
-            bucket = warehouse.storage.bucket(config.landing_bucket)
-            batches = pending_batches(bucket, config.consumer_group, settings.max_cycle_rows)
+            rt = Runtime.for_task(config)
+            rt.require(["bigquery", "gcs"])
+            batches = pending_batches(rt.bucket, config.consumer_group, settings.max_cycle_rows)
             if not batches:
                 raise AirflowSkipException("no landed batch is waiting for the warehouse")
-            result = run_cycle(warehouse, batches, settings)
+            rt.working_on(b.batch_id for b in batches)
+            result = run_cycle(rt.warehouse, batches, settings)
             for batch_id, why in result.set_aside.items():
                 log.error(
                     "batch %s set aside (the cycle went on with the others): %s", batch_id, why
                 )
             metrics.record_batches(
-                warehouse, "ingest", [b | {"warehouse_s": result.seconds} for b in result.batches]
+                rt.warehouse,
+                "ingest",
+                [b | {"warehouse_s": result.seconds} for b in result.batches],
             )
             raise_failed(result)
             return result.as_dict()
 
         @task(task_id="freshness", retries=0)  # a retry could only find the batches older
-        def freshness(cycled: dict) -> dict:
+        def freshness(cycled: dict[str, Any]) -> dict[str, Any]:
+            from enrollment.batches import GateError
             from enrollment.warehouse import cycle_freshness_gate
+            from enrollment_airflow.alerts import Late
+            from enrollment_airflow.runtime import Runtime
 
-            return cycle_freshness_gate(cycled["batches"], config.freshness_sla_s)
+            Runtime.for_task(config).working_on(b["batch_id"] for b in cycled["batches"])
+            try:
+                return cycle_freshness_gate(cycled["batches"], config.freshness_sla_s)
+            except GateError as late:  # the data is in: the alert says late, not broken
+                raise Late(str(late)) from None
 
-        freshness(cycle())
+        freshness(cycle())  # type: ignore[arg-type]  # an XComArg stands for the dict at run time
     return dag

@@ -7,6 +7,6 @@ import json
 import os
 
 
-def record(context) -> None:
+def record(payload: dict) -> None:
     with open(os.environ["ENROLLMENT_TEST_ALERTS"], "a", encoding="utf-8") as out:
-        out.write(json.dumps(context["alert_payload"], default=str) + "\n")
+        out.write(json.dumps(payload, default=str) + "\n")

@@ -12,11 +12,11 @@ from tests.integration.conftest import current_raw_config, produce, use_config
 
 pytestmark = [pytest.mark.integration]
 
-ALERTS: list[str] = []
+ALERTS: list[dict] = []
 
 
-def record_alert(context) -> None:
-    ALERTS.append(str(context.get("exception")))
+def record_alert(payload: dict) -> None:
+    ALERTS.append(payload)
 
 
 def test_a_stalled_consumer_raises_an_alert(
@@ -43,9 +43,15 @@ def test_a_stalled_consumer_raises_an_alert(
                 f"no alert before {config.lag.grow_minutes} growing measurements"
             )
     assert run.state == DagRunState.FAILED
-    assert (
-        ALERTS and "AMER: pending records grew at each of the last 2 measurements" in ALERTS[-1]
-    ), ALERTS
+    # One alert for the failed run, of kind late (data waiting), naming the task and the growth.
+    assert len(ALERTS) == 1, ALERTS
+    alert = ALERTS[-1]
+    assert (alert["kind"], alert["dag_id"], alert["task_ids"]) == (
+        "late",
+        "lag_monitor",
+        ["measure"],
+    )
+    assert "AMER: pending records grew at each of the last 2 measurements" in alert["reason"]
 
     rows = list(
         bigquery_client(stack.project)

@@ -79,3 +79,18 @@ def test_the_rules_are_the_configured_lag_section_typed():
 @pytest.mark.parametrize("age", [0.0, 299.9])
 def test_young_records_never_alert_whatever_their_number(age):
     assert alerts([kafka("EMEA", p, 10**6, age) for p in range(4)], {}, RULES) == []
+
+
+def test_a_set_aside_batch_or_a_partition_drift_is_broken_and_waiting_data_is_late():
+    from enrollment.lag import LagRow, findings
+
+    config = load_config()
+    amer = config.region("AMER")
+    waiting = [kafka("AMER", p, 10, 400.0) for p in range(amer.partitions)]
+    assert {kind for kind, _ in findings(waiting, {}, RULES, config)} == {"late"}
+    aside = [*waiting, LagRow("set_aside", "AMER", None, None, 1, None)]
+    assert [kind for kind, _ in findings(aside, {}, RULES, config)][-1] == "broken"
+    drift = waiting[:1]  # one partition measured where the configuration says four
+    kinds = findings(drift, {}, RULES, config)
+    assert ("late", kinds[0][1]) == kinds[0]
+    assert any(kind == "broken" and message.startswith("AMER: ") for kind, message in kinds)

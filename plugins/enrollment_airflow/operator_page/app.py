@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
@@ -28,7 +29,15 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field, ValidationError
 
+if TYPE_CHECKING:
+    import httpx
+    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+
+    from enrollment.config import PipelineConfig
+    from enrollment.warehouse import Warehouse
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HERE = Path(__file__).parent
 URL_PREFIX = "/enrollment"
@@ -42,9 +51,10 @@ app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 templates = Jinja2Templates(directory=HERE / "templates")
 
 
-# -- access ------------------------------------------------------------------------------------------
+# -- access ---------------------------------------------------------------------------------
 def _token(request: Request) -> str | None:
-    """The caller's JWT: a Bearer header wins over the UI's ``_token`` cookie (as Airflow's get_user)."""
+    """The caller's JWT: a Bearer header wins over the UI's ``_token`` cookie (as Airflow's
+    get_user)."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
@@ -53,7 +63,7 @@ def _token(request: Request) -> str | None:
     return request.cookies.get(COOKIE_NAME_JWT_TOKEN)
 
 
-async def viewer(request: Request):
+async def viewer(request: Request) -> BaseUser:
     """A logged-in user allowed to view the UI; 401 without a token, 403 otherwise."""
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
@@ -65,7 +75,12 @@ async def viewer(request: Request):
     return user
 
 
-def may_requeue(user) -> bool:
+# The route's user: FastAPI resolves it at import, so it stays Any (Airflow's BaseUser is only
+# imported when a request comes).
+Viewer = Annotated[Any, Depends(viewer)]
+
+
+def may_requeue(user: BaseUser | None) -> bool:
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import (
         DagAccessEntity,
@@ -80,13 +95,13 @@ def may_requeue(user) -> bool:
     )
 
 
-# -- data, cached ---------------------------------------------------------------------------------------
+# -- data, cached ---------------------------------------------------------------------------
 _locks_guard = threading.Lock()
-_locks: dict[tuple, threading.Lock] = {}
-_cache: dict[tuple, tuple[float, Any]] = {}
+_locks: dict[tuple[Any, ...], threading.Lock] = {}
+_cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
 
 
-def cached(key: tuple, seconds: float, make):
+def cached(key: tuple[Any, ...], seconds: float, make: Callable[[], T]) -> T:
     """``make()`` at most once per ``seconds`` per key, whatever the number of callers: the others
     wait for that one and share its result (one key's slow read never holds another key)."""
     with _locks_guard:
@@ -94,7 +109,7 @@ def cached(key: tuple, seconds: float, make):
     with lock:
         hit = _cache.get(key)
         if hit and time.monotonic() - hit[0] < seconds:
-            return hit[1]
+            return cast("T", hit[1])
         value = make()
         _cache[key] = (time.monotonic(), value)
     if len(_cache) > 100:  # windows are the caller's choice: forget what expired
@@ -107,27 +122,21 @@ def cached(key: tuple, seconds: float, make):
     return value
 
 
-def clients():
-    """The pipeline configuration, its warehouse and Kafka bootstrap, from the Airflow connections the DAGs use."""
+def clients() -> tuple[PipelineConfig, Warehouse, str]:
+    """The pipeline configuration, its warehouse and Kafka bootstrap, from the Airflow connections
+    the DAGs use."""
 
-    def make():
+    def make() -> tuple[PipelineConfig, Warehouse, str]:
         from enrollment.config import load_config
-        from enrollment_airflow.connections import (
-            endpoints_from_connections,
-            warehouse_from_connections,
-        )
+        from enrollment_airflow.runtime import Runtime
 
-        config = load_config()
-        return (
-            config,
-            warehouse_from_connections(config),
-            endpoints_from_connections().kafka_bootstrap,
-        )
+        rt = Runtime(load_config())  # the page's own handle, not a task's
+        return rt.config, rt.warehouse, rt.kafka_bootstrap
 
     return cached(("clients",), CLIENTS_S, make)
 
 
-def _airflow(make, empty):
+def _airflow(make: Callable[[], T], empty: T) -> T:
     try:
         return make()
     except Exception as exc:
@@ -141,18 +150,18 @@ def _window(window_hours: float) -> float:
     return min(max(float(window_hours), 1.0), MAX_WINDOW_HOURS)
 
 
-def overview_data(window_hours: float) -> dict:
-    def make():
+def overview_data(window_hours: float) -> dict[str, Any]:
+    def make() -> dict[str, Any]:
         from enrollment import operator_view as ov
         from enrollment_airflow.operator_page import runs
 
         config, warehouse, bootstrap = clients()
-        data = ov.overview(warehouse, bootstrap, config, window_hours)
-        dags = _airflow(
+        data: dict[str, Any] = ov.overview(warehouse, bootstrap, config, window_hours)
+        dags: dict[str, Any] = _airflow(
             lambda: runs.dag_runs(config, window_hours),
             {"source": "airflow", "dags": [], "error": "metadata DB unavailable"},
         )
-        links = _airflow(lambda: runs.batch_runs(config), {})
+        links: dict[str, dict[str, Any]] = _airflow(lambda: runs.batch_runs(config), {})
         _annotate(data["regions"]["regions"], data["sinks"]["sinks"], dags, links, data["health"])
         data["dags"] = dags
         data["requeue"] = _airflow(
@@ -164,17 +173,17 @@ def overview_data(window_hours: float) -> dict:
     return cached(("overview", window_hours), CACHE_S, make)
 
 
-def region_data(code: str, window_hours: float) -> dict:
-    def make():
+def region_data(code: str, window_hours: float) -> dict[str, Any]:
+    def make() -> dict[str, Any]:
         from enrollment import operator_view as ov
         from enrollment_airflow.operator_page import runs
 
         config, warehouse, bootstrap = clients()
-        data = ov.region_detail(warehouse, bootstrap, config, code, window_hours)
-        dags = _airflow(
+        data: dict[str, Any] = ov.region_detail(warehouse, bootstrap, config, code, window_hours)
+        dags: dict[str, Any] = _airflow(
             lambda: runs.dag_runs(config, window_hours), {"source": "airflow", "dags": []}
         )
-        links = _airflow(lambda: runs.batch_runs(config), {})
+        links: dict[str, dict[str, Any]] = _airflow(lambda: runs.batch_runs(config), {})
         _annotate([data["region"]], [], dags, links, None)
         data["dags"] = {
             "source": "airflow",
@@ -191,7 +200,11 @@ def region_data(code: str, window_hours: float) -> dict:
 
 
 def _annotate(
-    regions: list[dict], sinks: list[dict], dags: dict, links: dict, health: dict | None
+    regions: list[dict[str, Any]],
+    sinks: list[dict[str, Any]],
+    dags: dict[str, Any],
+    links: dict[str, Any],
+    health: dict[str, Any] | None,
 ) -> None:
     """Adds the DAG runs to what the tables say: each batch's runs, and a region's or sink's status
     from its DAG's last run (broken wins over late)."""
@@ -209,12 +222,11 @@ def _annotate(
         ingest = by_dag.get(f"ingest_{region['code'].lower()}") or {}
         for d in (ingest, warehouse):
             if d.get("status") == "broken":
-                broken.append(
-                    f"last {d['dag_id']} run failed ({', '.join(d['failed_tasks']) or 'no task failed'})"
-                )
+                broken.append(_failed(d))
             elif d.get("status") == "late":
                 late.append(
-                    f"last {d['dag_id']} run: the {', '.join(d['failed_tasks'])} gate measured lateness"
+                    f"last {d['dag_id']} run: the {', '.join(d['failed_tasks'])} gate measured "
+                    "lateness"
                 )
         region.update(classify(broken, late))
         region["dag"] = ingest or None
@@ -223,17 +235,20 @@ def _annotate(
         broken = [w for w in sink["why"] if sink["status"] == "broken"]
         late = [w for w in sink["why"] if sink["status"] == "late"]
         if d.get("status") == "broken":
-            broken.append(
-                f"last {d['dag_id']} run failed ({', '.join(d['failed_tasks']) or 'no task failed'})"
-            )
+            broken.append(_failed(d))
         sink.update(classify(broken, late))
         sink["dag"] = d or None
 
 
-def _overall(data: dict) -> dict:
+def _failed(dag: dict[str, Any]) -> str:
+    return f"last {dag['dag_id']} run failed ({', '.join(dag['failed_tasks']) or 'no task failed'})"
+
+
+def _overall(data: dict[str, Any]) -> dict[str, Any]:
     from enrollment.operator_view import classify
 
-    broken, late = [], []
+    broken: list[str] = []
+    late: list[str] = []
     for region in data["regions"]["regions"]:
         (
             broken if region["status"] == "broken" else late if region["status"] == "late" else []
@@ -248,8 +263,8 @@ def _overall(data: dict) -> dict:
     return classify(broken, late)
 
 
-# -- routes ------------------------------------------------------------------------------------------------
-def _render(request: Request, template: str, **context) -> HTMLResponse:
+# -- routes -----------------------------------------------------------------------------------
+def _render(request: Request, template: str, **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(
         request,
         template,
@@ -258,7 +273,7 @@ def _render(request: Request, template: str, **context) -> HTMLResponse:
     )
 
 
-async def _page_user(request: Request):
+async def _page_user(request: Request) -> tuple[BaseUser | None, RedirectResponse | None]:
     """The page's user, or a redirect to Airflow's login for a browser without a session."""
     try:
         return await viewer(request), None
@@ -273,12 +288,12 @@ async def _page_user(request: Request):
         )
 
 
-@app.get("/", response_class=HTMLResponse)
+@app.get("/", response_class=HTMLResponse, response_model=None)
 async def page(
     request: Request,
     window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS),
     fragment: bool = False,
-):
+) -> HTMLResponse | RedirectResponse:
     user, redirect = await _page_user(request)
     if redirect:
         return redirect
@@ -298,13 +313,13 @@ async def page(
     )
 
 
-@app.get("/regions/{code}", response_class=HTMLResponse)
+@app.get("/regions/{code}", response_class=HTMLResponse, response_model=None)
 async def region_page(
     request: Request,
     code: str,
     window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS),
     fragment: bool = False,
-):
+) -> HTMLResponse | RedirectResponse:
     user, redirect = await _page_user(request)
     if redirect:
         return redirect
@@ -324,7 +339,7 @@ async def region_page(
     )
 
 
-def _region_or_404(code: str, window_hours: float) -> dict:
+def _region_or_404(code: str, window_hours: float) -> dict[str, Any]:
     config = clients()[0]
     if code.upper() not in {r.code for r in config.regions}:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown region {code!r}")
@@ -333,14 +348,14 @@ def _region_or_404(code: str, window_hours: float) -> dict:
 
 @app.get("/api/overview")
 def api_overview(
-    window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS), user=Depends(viewer)
+    user: Viewer, window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS)
 ) -> JSONResponse:
     return JSONResponse(overview_data(_window(window_hours)), headers={"Cache-Control": "no-store"})
 
 
 @app.get("/api/regions/{code}")
 def api_region(
-    code: str, window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS), user=Depends(viewer)
+    code: str, user: Viewer, window_hours: float = Query(24, gt=0, le=MAX_WINDOW_HOURS)
 ) -> JSONResponse:
     return JSONResponse(
         _region_or_404(code, _window(window_hours)), headers={"Cache-Control": "no-store"}
@@ -358,13 +373,14 @@ class Requeue(BaseModel):
 
 
 @app.post("/api/requeue")
-async def api_requeue(request: Request, user=Depends(viewer)) -> JSONResponse:
+async def api_requeue(request: Request, user: Viewer) -> JSONResponse:
     """Starts ``requeue_quarantine`` with the caller's own token through Airflow's REST API."""
     if not may_requeue(user):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, f"not allowed to start runs of {REQUEUE_DAG}"
         )
-    # A JSON body only (a cross-site form cannot send one without CORS), from this origin when the browser says.
+    # A JSON body only (a cross-site form cannot send one without CORS), from this origin when
+    # the browser says.
     if not request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the request as application/json"
@@ -403,7 +419,7 @@ def _api_base(request: Request) -> str:
     )
 
 
-async def trigger(request: Request, conf: dict) -> dict:
+async def trigger(request: Request, conf: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
     token = _token(request)
@@ -444,7 +460,7 @@ async def trigger(request: Request, conf: dict) -> dict:
     }
 
 
-def _detail(response) -> str:
+def _detail(response: httpx.Response) -> str:
     try:
         detail = response.json().get("detail")
     except ValueError:

@@ -4,6 +4,7 @@ script. Pure functions of the numbers; every label is escaped."""
 from __future__ import annotations
 
 from html import escape
+from typing import Any
 
 
 def bar_lengths(values: list[float], width: float) -> list[float]:
@@ -12,22 +13,29 @@ def bar_lengths(values: list[float], width: float) -> list[float]:
     return [round(width * v / top, 1) if top and v else 0.0 for v in values]
 
 
-def sparkline(series: list[dict], width: int = 180, height: int = 36, key: str = "events") -> str:
-    """Columns per minute (the series from ``operator_view.minute_series``), with a title per column."""
+def sparkline(
+    series: list[dict[str, Any]], width: int = 180, height: int = 36, key: str = "events"
+) -> str:
+    """Columns per minute (the series from ``operator_view.minute_series``), with a title per
+    column."""
     if not series:
         return ""
     n = len(series)
     step = width / n
     heights = bar_lengths([float(p[key] or 0) for p in series], height - 2)
     bars = "".join(
-        f'<rect x="{i * step:.1f}" y="{height - h:.1f}" width="{max(step - 1, 1):.1f}" height="{h:.1f}">'
+        f'<rect x="{i * step:.1f}" y="{height - h:.1f}" '
+        f'width="{max(step - 1, 1):.1f}" height="{h:.1f}">'
         f"<title>{escape(str(p['minute'])[11:16])} UTC: {int(p[key] or 0):,}</title></rect>"
         for i, (p, h) in enumerate(zip(series, heights, strict=True))
     )
     total = sum(int(p[key] or 0) for p in series)
     return (
-        f'<svg class="spark" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-        f'<title>{total:,} in the last {n} minutes</title><line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" class="axis"/>{bars}</svg>'
+        f'<svg class="spark" role="img" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">'
+        f"<title>{total:,} in the last {n} minutes</title>"
+        f'<line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" class="axis"/>'
+        f"{bars}</svg>"
     )
 
 
@@ -41,12 +49,16 @@ def hbars(
     height = row * len(items)
     total = label_width + width + 60
     rows = "".join(
-        f'<g transform="translate(0,{i * row})"><text x="0" y="{row - 5}" class="label">{escape(label)}</text>'
+        f'<g transform="translate(0,{i * row})">'
+        f'<text x="0" y="{row - 5}" class="label">{escape(label)}</text>'
         f'<rect x="{label_width}" y="3" width="{length}" height="{row - 6}"/>'
         f'<text x="{label_width + length + 4}" y="{row - 5}" class="value">{int(v):,}</text></g>'
         for i, ((label, v), length) in enumerate(zip(items, lengths, strict=True))
     )
-    return f'<svg class="hbars" role="img" width="{total}" height="{height}" viewBox="0 0 {total} {height}">{rows}</svg>'
+    return (
+        f'<svg class="hbars" role="img" width="{total}" height="{height}" '
+        f'viewBox="0 0 {total} {height}">{rows}</svg>'
+    )
 
 
 def top(counts: dict[str, float], n: int = 15) -> list[tuple[str, float]]:

@@ -1,7 +1,7 @@
 """What Airflow's metadata DB says about the pipeline's DAGs, for the operator's page: each DAG's
 last finished run (and whether its failure is a stage that broke or a gate that measured
-lateness), which ingest and warehouse runs landed which batch (their XCom carries the batch id), and the
-last re-processing runs with what they counted.
+lateness), which ingest and warehouse runs landed which batch (their XCom carries the batch id),
+and the last re-processing runs with what they counted.
 
 Read in the API server's process (it holds the metadata DB's session); small, bounded queries.
 """
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from enrollment.config import PipelineConfig
 from enrollment.operator_view import BROKEN, LATE, OK
+from enrollment_airflow.defaults import LATE_GATES
 
-# DAGs whose failure is a measurement of lateness, not a stage that broke; and the warehouse's
-# gate task (the cycle's data is in whatever it says).
-LATE_DAGS = frozenset({"lag_monitor", "canary"})
-LATE_TASKS = {"warehouse": frozenset({"freshness"})}
 MONITOR_DAGS = (
     "lag_monitor",
     "canary",
@@ -44,16 +42,14 @@ def pipeline_dag_ids(config: PipelineConfig) -> list[str]:
 
 
 def failure_status(dag_id: str, failed_tasks: list[str]) -> str:
-    """A failed run: late when only a gate that measures lateness failed, broken otherwise."""
-    if dag_id in LATE_DAGS:
-        return LATE
-    late_tasks = LATE_TASKS.get(dag_id)
-    if late_tasks and failed_tasks and set(failed_tasks) <= late_tasks:
+    """A failed run: late when only gates that measure lateness failed (``LATE_GATES``), broken
+    otherwise. The run's alert also asks the gate for its verdict; this page has the tasks only."""
+    if failed_tasks and all((dag_id, task) in LATE_GATES for task in failed_tasks):
         return LATE
     return BROKEN
 
 
-def _value(raw):
+def _value(raw: object) -> Any:
     if isinstance(raw, (bytes, str)):
         try:
             return json.loads(raw)
@@ -62,7 +58,7 @@ def _value(raw):
     return raw
 
 
-def dag_runs(config: PipelineConfig, window_hours: float = 24) -> dict:
+def dag_runs(config: PipelineConfig, window_hours: float = 24) -> dict[str, Any]:
     """Per DAG: its last finished run in the window with state, failed tasks, status and link."""
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
@@ -71,7 +67,7 @@ def dag_runs(config: PipelineConfig, window_hours: float = 24) -> dict:
 
     ids = pipeline_dag_ids(config)
     since = datetime.now(UTC) - timedelta(hours=window_hours)
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     with create_session() as session:
         rows = session.execute(
             select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.start_date, DagRun.end_date)
@@ -95,7 +91,7 @@ def dag_runs(config: PipelineConfig, window_hours: float = 24) -> dict:
                 },
             )
         failed = [(d["dag_id"], d["run_id"]) for d in out.values() if d["state"] == "failed"]
-        tasks: dict[tuple, list[str]] = {}
+        tasks: dict[tuple[str, str], list[str]] = {}
         if failed:
             for t in session.execute(
                 select(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id).where(
@@ -120,7 +116,7 @@ def dag_runs(config: PipelineConfig, window_hours: float = 24) -> dict:
     }
 
 
-def batch_runs(config: PipelineConfig, limit: int = 400) -> dict[str, dict]:
+def batch_runs(config: PipelineConfig, limit: int = 400) -> dict[str, dict[str, Any]]:
     """batch id → the ingest run that landed it and the warehouse run that wrote it (from their
     return values in XCom: ``land`` returns the landed batch, ``cycle`` its batches)."""
     from airflow.models.xcom import XComModel
@@ -128,7 +124,7 @@ def batch_runs(config: PipelineConfig, limit: int = 400) -> dict[str, dict]:
     from sqlalchemy import select
 
     ingest = [f"ingest_{r.code.lower()}" for r in config.regions]
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     with create_session() as session:
         land = session.execute(
             select(XComModel.dag_id, XComModel.run_id, XComModel.value)
@@ -172,7 +168,7 @@ def batch_runs(config: PipelineConfig, limit: int = 400) -> dict[str, dict]:
 REQUEUE_DAG = "requeue_quarantine"
 
 
-def requeue_runs(limit: int = 5) -> dict:
+def requeue_runs(limit: int = 5) -> dict[str, Any]:
     """The last runs of ``requeue_quarantine``, newest first: state, the conf they were started
     with and their result (the ``report`` task's counts by region and reason: no personal data)."""
     from airflow.models.dagrun import DagRun
