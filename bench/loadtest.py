@@ -848,7 +848,7 @@ def hostile_verdict(warehouse: Warehouse, outcome, since: datetime) -> dict:
 
 def report(s: dict, title: str) -> str:
     def fmt(v) -> str:
-        empty = "–"  # noqa: RUF001 (the typographic dash of an empty table cell)
+        empty = "–"  # an empty table cell
         return empty if v is None else f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
 
     faults = (

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer
 
     # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
-    from google.cloud.storage import Bucket  # type: ignore[import-untyped]
+    from google.cloud.storage import Bucket
 
 log = logging.getLogger(__name__)
 

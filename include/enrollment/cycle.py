@@ -51,7 +51,7 @@ from .partners import PARTNER_SCHEMA, fold_partners, partner_changes
 from .warehouse import Warehouse, landed_schema
 
 if TYPE_CHECKING:
-    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
+    import google.cloud.storage as gcs
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from google.cloud import bigquery
 
     # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
-    from google.cloud.storage import Blob, Bucket  # type: ignore[import-untyped]
+    from google.cloud.storage import Blob, Bucket
 
     from .warehouse import Warehouse
 

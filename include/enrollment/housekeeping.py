@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .config import PipelineConfig, RetentionSettings
 
 if TYPE_CHECKING:
-    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
+    import google.cloud.storage as gcs
     from google.cloud import bigquery
 
 log = logging.getLogger(__name__)

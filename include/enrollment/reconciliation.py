@@ -44,7 +44,7 @@ from .sync import PARTNER_EVENTS, SyncRun
 from .warehouse import Warehouse, balances
 
 if TYPE_CHECKING:
-    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
+    import google.cloud.storage as gcs
 
 log = logging.getLogger(__name__)
 

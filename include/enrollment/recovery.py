@@ -42,7 +42,7 @@ from .warehouse import sql_timestamp as _ts
 
 if TYPE_CHECKING:
     # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
-    from google.cloud.storage import Bucket  # type: ignore[import-untyped]
+    from google.cloud.storage import Bucket
 
     from .config import PipelineConfig
     from .pii import Keyring
@@ -81,7 +81,7 @@ ROWS_PER_STATEMENT = 500
 SEEK_GAP = 1_000
 
 
-_EN_DASH = "–"  # noqa: RUF001 (the en dash is meant: it joins the window's two ends)
+_EN_DASH = "–"  # joins the window's two ends
 
 
 def is_recovery_batch(batch_id: str) -> bool:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from google.cloud import bigquery, firestore
 
     # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
-    from google.cloud.storage import Client as StorageClient  # type: ignore[import-untyped]
+    from google.cloud.storage import Client as StorageClient
 
     from .marketing_cloud import MarketingCloudClient
 

@@ -52,7 +52,7 @@ from .sinks.base import Sink, SinkResult, summarise
 from .warehouse import Warehouse
 
 if TYPE_CHECKING:
-    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
+    import google.cloud.storage as gcs
 
 PARTNER_EVENTS = ["partner.enrolled", "partner.updated", "partner.terminated"]
 WATERMARK_SCHEMA = [

@@ -32,7 +32,7 @@ from .batches import GateError, Landed
 from .partners import FOLLOWS, PARTNER_COLUMNS, PARTNER_SCHEMA, partner_changes  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
-    import google.cloud.storage as gcs  # type: ignore[import-untyped]  # ships no py.typed
+    import google.cloud.storage as gcs
     from google.cloud import bigquery
     from google.cloud.bigquery.table import Row
 

@@ -150,7 +150,7 @@ def iso(value: object) -> str | None:
 
 
 _NAMED = re.compile(r"^[A-Z]{2}[0-9A-Z]{10}: ")
-_TIMES = "×"  # noqa: RUF001 (the multiplication sign is meant, as in "3 times missing")
+_TIMES = "×"  # as in "3 × missing"
 
 
 def summarise(problems: Iterable[str], limit: int = 5) -> str:

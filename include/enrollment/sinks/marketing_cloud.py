@@ -38,7 +38,7 @@ from .base import Partner, Sink, SinkResult, iso
 
 if TYPE_CHECKING:
     # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
-    from google.cloud.storage import Blob, Bucket  # type: ignore[import-untyped]
+    from google.cloud.storage import Blob, Bucket
 
     from enrollment.services import Endpoints
 
