@@ -56,27 +56,7 @@ def record(
     at: datetime | None = None,
 ) -> int:
     """Writes the values that are known; again for the same batch replaces them (idempotent)."""
-    at = at or datetime.now(UTC)
-    rows = [
-        {
-            "measured_at": at,
-            "source": source,
-            "region": region,
-            "batch_id": batch_id,
-            "name": name,
-            "value": float(value),
-        }
-        for name, value in values.items()
-        if value is not None
-    ]
-    return warehouse.insert_rows(
-        "metrics",
-        METRICS_SCHEMA,
-        rows,
-        partition="measured_at",
-        cluster="source, region",
-        key=("source", "batch_id", "name"),
-    )
+    return _write(warehouse, _rows(at or datetime.now(UTC), source, region, batch_id, values))
 
 
 def record_batches(
@@ -98,18 +78,30 @@ def record_batches(
                 "newest_event_age_s": b.get("newest_event_age_s"),
             },
         )
-        rows += [
-            {
-                "measured_at": at,
-                "source": source,
-                "region": b["region"],
-                "batch_id": b["batch_id"],
-                "name": name,
-                "value": float(value),
-            }
-            for name, value in values.items()
-            if value is not None
-        ]
+        rows += _rows(at, source, b["region"], b["batch_id"], values)
+    return _write(warehouse, rows)
+
+
+def _rows(
+    at: datetime, source: str, region: str, batch_id: str, values: dict[str, float | None]
+) -> list[dict[str, Any]]:
+    """One row per known value of a batch."""
+    return [
+        {
+            "measured_at": at,
+            "source": source,
+            "region": region,
+            "batch_id": batch_id,
+            "name": name,
+            "value": float(value),
+        }
+        for name, value in values.items()
+        if value is not None
+    ]
+
+
+def _write(warehouse: Warehouse, rows: list[dict[str, Any]]) -> int:
+    """Again for the same batch replaces its values (idempotent)."""
     return warehouse.insert_rows(
         "metrics",
         METRICS_SCHEMA,

@@ -40,38 +40,8 @@ def _fail(*args: Any, **kwargs: Any) -> Any:
     raise AirflowFailException(f"the service refused partner {PARTNER}")
 
 
-@pytest.fixture(scope="module")
-def airflow_triggers(airflow_db):
-    """Triggers an earlier session saved, encrypted with its own Fernet key (the test home has no
-    airflow.cfg: each process makes a key), are forgotten; ``dag.test()`` re-reads them all."""
-    from airflow.models.asset import AssetWatcherModel
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.trigger import Trigger
-    from airflow.utils.session import create_session
-    from cryptography.fernet import InvalidToken
-    from sqlalchemy import delete, select, update
-
-    with create_session() as session:
-        stale = []
-        for trigger in session.scalars(select(Trigger)):
-            try:
-                trigger.kwargs  # noqa: B018 - decrypts
-            except InvalidToken:
-                stale.append(trigger.id)
-        if stale:
-            session.execute(
-                delete(AssetWatcherModel).where(AssetWatcherModel.trigger_id.in_(stale))
-            )
-            session.execute(
-                update(TaskInstance)
-                .where(TaskInstance.trigger_id.in_(stale))
-                .values(trigger_id=None)
-            )
-            session.execute(delete(Trigger).where(Trigger.id.in_(stale)))
-
-
 @pytest.fixture
-def alerting(airflow_triggers, tmp_path, monkeypatch):
+def alerting(airflow_db, tmp_path, monkeypatch):
     """The pipeline's configuration with the alert callback pointed at ``record``."""
     raw = yaml.safe_load(pipeline_config.DEFAULT_CONFIG.read_text(encoding="utf-8"))
     raw["alerts"] = {"on_failure": f"{__name__}:record"}

@@ -29,29 +29,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
 
+from ..partners import PARTNER_COLUMNS
+
 Partner = dict[str, Any]  # one row of the warehouse's partners table
 
 _T = TypeVar("_T")
 
-# The fields whose filling counts in a revision (the warehouse's partner columns).
-STATE_FIELDS = (
-    "region",
-    "country",
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "language",
-    "address_line1",
-    "address_city",
-    "address_postal_code",
-    "address_state",
-    "date_of_birth",
-    "sponsor_id",
-    "status",
-    "enrolled_at",
-    "terminated_at",
-)
+# The fields whose filling counts in a revision: the warehouse's partner columns before consent
+# (revisions were defined before consent was carried; counting it would change every revision).
+STATE_FIELDS = PARTNER_COLUMNS[: PARTNER_COLUMNS.index("marketing_consent")]
 
 
 def revision(partner: Partner) -> int:
