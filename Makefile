@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 STACK_DIR := .stack
 MVN := mvn -q -B
 
-.PHONY: install chromium redis-server up down reset-data status demo test lint bench loadtest lock schemas simulate clean
+.PHONY: install chromium redis-server up down reset-data status demo test lint bench loadtest lock schemas snapshot simulate clean
 
 ## install: everything the stack and the tests need (idempotent; only what is missing or changed)
 install: $(VENV)/.installed $(STACK_DIR)/kafka/.installed $(STACK_DIR)/solr/.installed $(STACK_DIR)/bq-venv/.installed chromium redis-server
@@ -73,6 +73,11 @@ lint: $(VENV)/.installed
 ## schemas: regenerate the published JSON Schemas from the contracts (a test fails when they drift)
 schemas: $(VENV)/.installed
 	$(PY) -m enrollment.contracts.json_schema
+
+## snapshot: write again what users see (DAGs, configuration, tables, object names, CLIs, page routes) to
+##   tests/snapshot/, after a change meant to alter it (a test compares)
+snapshot: $(VENV)/.installed
+	$(PY) -m tests.snapshot.take
 
 ## simulate: the four regions' SAP Commerce systems into the local Kafka (ARGS="--rate 400000/min --duration 5m --faults 2%")
 simulate: up

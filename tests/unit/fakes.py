@@ -105,6 +105,11 @@ class _Field:
 
 
 @dataclass
+class _Listed:
+    table_id: str
+
+
+@dataclass
 class _Table:
     schema: list[_Field]
 
@@ -146,6 +151,9 @@ class FakeBigQuery:
         if table_id not in self.tables:
             raise NotFound(table_id)
         return _Table([_Field(c) for c in self.tables[table_id]])
+
+    def list_tables(self, dataset: str) -> list[_Listed]:
+        return [_Listed(t.rsplit(".", 1)[1]) for t in self.tables if t.rsplit(".", 1)[0] == dataset]
 
     def delete_table(self, table_id, not_found_ok: bool = False) -> None:
         self.deleted.append(str(table_id).strip("`"))
