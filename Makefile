@@ -64,10 +64,12 @@ lock: $(VENV)/.installed
 	$(UV) pip compile -q --no-header --python-version 3.11 requirements.txt -o requirements.lock
 	$(UV) pip compile -q --no-header --python-version 3.11 stack/bqemulator-requirements.txt -o stack/bqemulator-requirements.lock
 
-## lint: ruff (format and lint, line length 100) over the tree, mypy strict on include/ and plugins/
+## lint: ruff (format and lint, line length 100) over the tree, mypy strict on include/ and plugins/,
+##   the library's import contracts (import-linter: floors, no Airflow)
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check --quiet .
 	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
 ## schemas: regenerate the published JSON Schemas from the contracts (a test fails when they drift)
