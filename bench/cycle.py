@@ -22,12 +22,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import local_stack, produce_simulated, write
-from enrollment.batches import claim, land, pending_batches
-from enrollment.cycle import raise_failed, run_cycle
-from enrollment.pii import Keyring
-from enrollment.services import bigquery_client, storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
-from enrollment.warehouse import Warehouse
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import bigquery_client, storage_client
+from enrollment.core.pii import Keyring
+from enrollment.ingest.claim import claim
+from enrollment.ingest.land import land
+from enrollment.ingest.pending import pending_batches
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
+from enrollment.warehouse.cycle import raise_failed, run_cycle
 
 EVENTS = int(os.environ.get("BENCH_CYCLE_EVENTS", "400000"))
 HISTORY = [(0, "inside"), (1_000_000, "inside"), (5_000_000, "inside"), (5_000_000, "before")]
@@ -52,7 +55,7 @@ def main() -> int:
     datasets = (f"bench_cycle_{run}", f"bench_cycle_ops_{run}")
     for name in datasets:
         client.create_dataset(bigquery.Dataset(f"{cfg.project}.{name}"))
-    warehouse = Warehouse(
+    warehouse = BigQuery(
         client, storage_client(cfg.project), cfg.project, *datasets, settings=config.warehouse
     )
     sim = Simulator(seed=4711, faults=FaultRates.mix(0.02))
@@ -149,7 +152,7 @@ def main() -> int:
     return 0
 
 
-def fill_history(warehouse: Warehouse, template: pa.Table, rows: int, where: str) -> None:
+def fill_history(warehouse: BigQuery, template: pa.Table, rows: int, where: str) -> None:
     """``rows`` synthetic events appended to ``events`` by load jobs, arriving inside the dedup
     window (today) or before it (spread over the 30 days before)."""
     from google.cloud import bigquery

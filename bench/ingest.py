@@ -19,12 +19,16 @@ import sys
 import time
 
 from bench.common import local_stack, produce_simulated, write
-from enrollment.batches import claim, land, pending_batches
-from enrollment.cycle import raise_failed, run_cycle
-from enrollment.pii import Keyring
-from enrollment.services import bigquery_client, storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
-from enrollment.warehouse import Warehouse
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import bigquery_client, storage_client
+from enrollment.core.pii import Keyring
+from enrollment.ingest.claim import claim
+from enrollment.ingest.land import land
+from enrollment.ingest.pending import pending_batches
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
+from enrollment.warehouse.cycle import raise_failed, run_cycle
+from enrollment.warehouse.ledger import Ledger
 
 EVENTS = int(os.environ.get("BENCH_INGEST_EVENTS", "400000"))
 
@@ -127,7 +131,7 @@ def main() -> int:
 
         # The pipeline: one batch per region claimed and landed (one after the other here; the
         # ingest DAGs land regions in parallel), then ONE warehouse cycle writes them all.
-        warehouse = Warehouse(
+        warehouse = BigQuery(
             client, storage_client(cfg.project), cfg.project, *datasets, settings=config.warehouse
         )
         group = f"bench-pipeline-{run}"
@@ -164,7 +168,7 @@ def main() -> int:
         )
         stages["warehouse_cycle_phases_s"] = cycle.phases
         for landed in landed_batches:
-            warehouse.balance(landed.batch_id)
+            Ledger(warehouse).balance(landed.batch_id)
             accounted += landed.valid + landed.quarantined + landed.duplicates
         pipeline_s = time.monotonic() - t0
     finally:

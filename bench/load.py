@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from enrollment.backlog import total_pending
-from enrollment.batches import pending_batches, pending_ranges
-from enrollment.services import storage_client
+from enrollment.clients.kafka import pending_ranges
+from enrollment.clients.services import storage_client
+from enrollment.ingest.backlog import total_pending
+from enrollment.ingest.pending import pending_batches
 from stack.airflow_client import AirflowClient
 
 POLL_S = 2.0

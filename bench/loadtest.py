@@ -60,12 +60,14 @@ from bench.cpu import markdown as cpu_markdown
 from bench.load import log, percentiles, steady_load
 from bench.plots import latency_over_time
 from bench.watch import SinkWatcher, WarehouseWatcher
-from enrollment import cost
-from enrollment.batches import claims, pending_ranges
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.kafka import pending_ranges
+from enrollment.clients.services import bigquery_client, storage_client
 from enrollment.config import load_config
-from enrollment.services import bigquery_client, storage_client
-from enrollment.sync import SyncRun
-from enrollment.warehouse import Warehouse
+from enrollment.ingest.claim import claims
+from enrollment.sync.plan import plan_all
+from enrollment.sync.run import SyncRun
+from enrollment.warehouse import cost
 from stack import cli as stack_cli
 from stack import config as stack_config
 from stack.services import Airflow
@@ -333,7 +335,7 @@ def classify(
     return out
 
 
-def verdict(cfg, config, warehouse: Warehouse, outcome, since: datetime) -> dict:
+def verdict(cfg, config, warehouse: BigQuery, outcome, since: datetime) -> dict:
     """Records in, records accounted for by balanced
     ledger batches, and the batches' stage times."""
     from google.cloud import bigquery
@@ -647,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = stack_config.load()
     os.environ.update(cfg.client_env())
     config = load_config()
-    warehouse = Warehouse(
+    warehouse = BigQuery(
         client=bigquery_client(cfg.project),
         storage=storage_client(cfg.project),
         project=cfg.project,
@@ -706,7 +708,9 @@ def main(argv: list[str] | None = None) -> int:
     sinks_behind = {}
     try:
         for sink in config.sinks:
-            plans = run.plan_all(
+            plans = plan_all(
+                run.warehouse,
+                run.bucket.name,
                 sink,
                 [r.code for r in config.regions],
                 max_batches=10_000,
@@ -815,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if unexplained == 0 else 1
 
 
-def hostile_verdict(warehouse: Warehouse, outcome, since: datetime) -> dict:
+def hostile_verdict(warehouse: BigQuery, outcome, since: datetime) -> dict:
     """Each hostile message produced, looked up in the quarantine by its Kafka coordinates: there,
     with the reasons the contract gives it?"""
     sent = outcome.hostile

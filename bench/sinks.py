@@ -29,9 +29,9 @@ from bench.common import RESULTS, write
 from bench.load import log, percentiles, steady_load
 from bench.plots import latency_over_time
 from bench.watch import SinkWatcher
+from enrollment.clients.services import Endpoints
 from enrollment.config import load_config
 from enrollment.contracts import markets
-from enrollment.services import Endpoints
 from enrollment.simulator.generator import Simulator
 from enrollment.sinks import build_sink
 from stack import cli as stack_cli

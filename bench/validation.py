@@ -12,8 +12,9 @@ import sys
 import time
 
 from bench.common import pin_to_one_core, write
-from enrollment.simulator.generator import FaultRates, Simulator
-from enrollment.validation import validate_batch
+from enrollment.ingest.validation import validate_batch
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 
 EVENTS = 400_000
 REPEATS = 3

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from enrollment.services import bigquery_client, firestore_client
+from enrollment.clients.services import bigquery_client, firestore_client
 
 
 class WarehouseWatcher:

@@ -49,7 +49,7 @@ process costs less than starting a task process at every look. Owner: enrollment
 def canary() -> None:
     @task
     def inject() -> list[dict[str, Any]]:
-        from enrollment.canary import inject as inject_canaries
+        from enrollment.ops.canary import inject as inject_canaries
         from enrollment_airflow.runtime import Runtime
 
         rt = Runtime.for_task()  # the configuration in force when the task runs
@@ -61,8 +61,8 @@ def canary() -> None:
     def trace(injected: list[dict[str, Any]]) -> dict[str, Any]:
         import time
 
-        from enrollment import metrics
-        from enrollment.canary import Canary, look, missing, record
+        from enrollment.ops import metrics
+        from enrollment.ops.canary import Canary, look, missing, record
         from enrollment_airflow.alerts import Late
         from enrollment_airflow.runtime import Runtime
 

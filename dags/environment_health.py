@@ -48,7 +48,7 @@ def environment_health() -> None:
         from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
 
-        from enrollment.health import check
+        from enrollment.ops.health import check
         from enrollment_airflow.runtime import Runtime
 
         result = check(service, Runtime.for_task().endpoints)
@@ -63,7 +63,7 @@ def environment_health() -> None:
         from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
 
-        from enrollment.health import Check, record
+        from enrollment.ops.health import Check, record
         from enrollment_airflow.runtime import Runtime
 
         context = get_current_context()

@@ -1,5 +1,5 @@
 """Erasure of partners across every store (GDPR art. 17 and its equivalents): see
-enrollment.erasure."""
+enrollment.ops.erasure."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from enrollment_airflow.defaults import DAG_DEFAULTS, WAREHOUSE_POOL, Tag, defau
 from enrollment_airflow.runtime import Runtime
 
 if TYPE_CHECKING:
-    from enrollment.erasure import Erasure
+    from enrollment.ops.erasure.request import Erasure
 
 CONFIG = load_config()
 SINKS = list(CONFIG.sinks)
@@ -48,10 +48,10 @@ run afterwards if your policy wants them gone from Airflow too. Owner: enrollmen
 
 def _erasure(rt: Runtime, params: dict[str, Any]) -> Erasure:
     """The run's request (checked again in every step: params are the run's) with its clients."""
-    from enrollment.erasure import Erasure, Request
+    from enrollment.ops.erasure.request import Erasure, ErasureRequest
 
     return Erasure(
-        Request.parse(params["partner_ids"], params["reason"], params["ticket"]),
+        ErasureRequest.parse(params["partner_ids"], params["reason"], params["ticket"]),
         rt.warehouse,
         rt.bucket,
         rt.keyring,
@@ -102,10 +102,10 @@ def _erasure(rt: Runtime, params: dict[str, Any]) -> Erasure:
 def erase_partners() -> None:
     @task
     def suppress(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from enrollment import erasure
+        from enrollment.ingest import suppression
 
         e = _erasure(Runtime.for_task(), params or {})
-        new = erasure.suppress(e.bucket, e.request.tokens(e.keyring))
+        new = suppression.suppress(e.bucket, e.request.tokens(e.keyring))
         e.record("suppress", "suppression_index", new)
         return {"erasure_id": e.erasure_id, "partners": len(e.ids), "newly_suppressed": new}
 
@@ -121,14 +121,14 @@ def erase_partners() -> None:
     def warehouse(
         requested: dict[str, Any], params: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        from enrollment import erasure
+        from enrollment.ops.erasure import scrub
 
         rt = Runtime.for_task()
         e = _erasure(rt, params or {})
-        batches = erasure.batches_holding(
+        batches = scrub.batches_holding(
             e.warehouse, e.bucket, rt.config.consumer_group, e.request.partner_ids
         )
-        landed = erasure.scrub_landed(e.bucket, batches, e.ids)
+        landed = scrub.scrub_landed(e.bucket, batches, e.ids)
         e.record(
             "erase",
             "landed_batches",
@@ -136,7 +136,7 @@ def erase_partners() -> None:
             detail=f"{len(batches)} batches looked at: "
             + ", ".join(f"{k} {v}" for k, v in landed.items()),
         )
-        tables = erasure.scrub_warehouse(e.warehouse, e.request.partner_ids)
+        tables = scrub.scrub_warehouse(e.warehouse, e.request.partner_ids)
         for table, rows in tables.items():
             e.record("erase", f"bigquery.{table}", rows)
         return {"batches": batches, "landed": landed, "tables": tables}
@@ -160,11 +160,11 @@ def erase_partners() -> None:
 
     @task
     def objects(requested: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from enrollment import erasure
+        from enrollment.ops.erasure import scrub
 
         rt = Runtime.for_task()
         e = _erasure(rt, params or {})
-        done = erasure.scrub_objects(e.bucket, SINKS, [r.code for r in rt.config.regions], e.ids)
+        done = scrub.scrub_objects(e.bucket, SINKS, [r.code for r in rt.config.regions], e.ids)
         e.record(
             "erase",
             "transient_objects",
@@ -180,16 +180,16 @@ def erase_partners() -> None:
         """Every store read again for the clear ids; a sink holding one again (a sync that read the
         partner before the warehouse step) is erased once more. Fails, naming stores, if any
         remain."""
-        from enrollment import erasure
+        from enrollment.ops.erasure import scrub
 
         rt = Runtime.for_task()
         e = _erasure(rt, params or {})
         left = {
             f"bigquery.{k}": v
-            for k, v in erasure.remaining_in_warehouse(e.warehouse, e.request.partner_ids).items()
+            for k, v in scrub.remaining_in_warehouse(e.warehouse, e.request.partner_ids).items()
         }
         left["landed_batches"] = sum(
-            erasure.remaining_in_batch(e.bucket, b, e.ids) for b in scrubbed["batches"]
+            scrub.remaining_in_batch(e.bucket, b, e.ids) for b in scrubbed["batches"]
         )
         with rt.sinks(*SINKS) as sinks:
             for sink, target in sinks.items():

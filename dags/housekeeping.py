@@ -63,7 +63,7 @@ Owner: enrollment-data team.
 def housekeeping() -> None:
     @task(execution_timeout=timedelta(minutes=30))  # deletes by listing: 30 min is a hang
     def sweep() -> dict[str, Any]:
-        from enrollment import housekeeping as hk
+        from enrollment.ops import housekeeping as hk
         from enrollment_airflow.runtime import Runtime
 
         rt = Runtime.for_task()

@@ -57,7 +57,7 @@ def lag_monitor() -> None:
     def measure() -> dict[str, int]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from enrollment.lag import (
+        from enrollment.ops.lag import (
             as_dicts,
             findings,
             kafka_lag,

@@ -102,7 +102,7 @@ def reconciliation() -> None:
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from enrollment.reconciliation import Reconciliation
+        from enrollment.ops.reconciliation import Reconciliation
         from enrollment_airflow.runtime import Runtime
 
         params = params or {}

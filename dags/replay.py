@@ -99,7 +99,7 @@ def replay() -> None:
         rows)."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from enrollment.replay import days, landed_batches
+        from enrollment.ops.replay import days, landed_batches
         from enrollment_airflow.runtime import Runtime
 
         run_type = getattr(dag_run, "run_type", None)
@@ -130,7 +130,7 @@ def replay() -> None:
 
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from enrollment.replay import landed_batches, replay_warehouse
+        from enrollment.ops.replay import landed_batches, replay_warehouse
         from enrollment_airflow.runtime import Runtime
 
         if "warehouse" not in (params or {})["stages"]:
@@ -160,7 +160,7 @@ def replay() -> None:
 
     @task(trigger_rule="none_failed_min_one_success", map_index_template="{{ sink }}")
     def sync(sink: str, selected: dict[str, Any]) -> dict[str, Any]:
-        from enrollment.replay import replay_sync
+        from enrollment.ops.replay import replay_sync
         from enrollment_airflow.runtime import Runtime
 
         rt = Runtime.for_task()  # the configuration in force when the task runs

@@ -1,5 +1,5 @@
 """Quarantine re-processing: quarantined messages validated again with today's contracts; see
-enrollment.recovery."""
+enrollment.ops.recovery."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from enrollment_airflow.defaults import DAG_DEFAULTS, WAREHOUSE_POOL, Tag, defau
 from enrollment_airflow.runtime import Runtime
 
 if TYPE_CHECKING:
-    from enrollment.recovery import Request
+    from enrollment.ops.recovery.request import RecoveryRequest
 
 CONFIG = load_config()
 REGIONS = [r.code for r in CONFIG.regions]
@@ -53,15 +53,16 @@ rows stay (history); `recovered` says which came back. Owner: enrollment-data te
 """
 
 
-def _request(params: dict[str, Any] | None) -> Request:
+def _request(params: dict[str, Any] | None) -> RecoveryRequest:
     """The run's params checked; a parameter that cannot be honoured fails the run at once,
     unretried."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from enrollment.recovery import Request, RequestError
+    from enrollment.core.errors import RequestError
+    from enrollment.ops.recovery.request import RecoveryRequest
 
     try:
-        return Request.parse(params or {}, REGIONS)
+        return RecoveryRequest.parse(params or {}, REGIONS)
     except RequestError as exc:
         raise AirflowFailException(f"requeue_quarantine: {exc}") from None
 
@@ -123,11 +124,11 @@ def requeue_quarantine() -> None:
     @task(retries=1)
     def plan(params: dict[str, Any] | None = None) -> dict[str, Any]:
         """What would be recovered, counted by region and reason."""
-        from enrollment import recovery
+        from enrollment.ops.recovery import plan as recovery_plan
 
         request = _request(params)
         rt = _runtime()
-        return recovery.plan(
+        return recovery_plan.plan(
             rt.warehouse, rt.bucket, rt.keyring, rt.kafka_bootstrap, rt.config, request
         ).counts()
 
@@ -139,13 +140,13 @@ def requeue_quarantine() -> None:
     ) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from enrollment import recovery
+        from enrollment.ops.recovery import run as recovery_run
 
         request = _request(params)
         if request.dry_run:
             raise AirflowSkipException("dry run: nothing recovered (see plan's counts)")
         rt = _runtime()
-        return recovery.recover(
+        return recovery_run.recover(
             rt.warehouse,
             rt.bucket,
             rt.keyring,

@@ -40,7 +40,7 @@ def stack_smoke() -> None:
     def check_service(service: str) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from enrollment.health import check
+        from enrollment.ops.health import check
         from enrollment_airflow.runtime import Runtime
 
         result = check(service, Runtime.for_task().endpoints)

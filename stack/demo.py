@@ -73,9 +73,9 @@ Stop everything with `make down`.""")
 def ingest(cfg, client: AirflowClient) -> int:
     import os
 
-    from enrollment.backlog import total_pending
-    from enrollment.batches import pending_batches
-    from enrollment.services import bigquery_client, storage_client
+    from enrollment.clients.services import bigquery_client, storage_client
+    from enrollment.ingest.backlog import total_pending
+    from enrollment.ingest.pending import pending_batches
     from enrollment.simulator import cli as simulator
 
     config = load_config()
@@ -174,7 +174,7 @@ def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> boo
 
     import httpx
 
-    from enrollment.services import firestore_client
+    from enrollment.clients.services import firestore_client
 
     enrollments = []
     with open(expected_file, encoding="utf-8") as fh:
@@ -296,8 +296,8 @@ def tax_id_everywhere(cfg, config, partner_id: str, clear: str, doc, solr: str, 
     import pyarrow.parquet as pq
     from google.cloud import bigquery
 
-    from enrollment.pii import Keyring, shape
-    from enrollment.services import bigquery_client, storage_client
+    from enrollment.clients.services import bigquery_client, storage_client
+    from enrollment.core.pii import Keyring, shape
 
     keyring = Keyring.from_env()
     token = keyring.token(clear, "tax_id")

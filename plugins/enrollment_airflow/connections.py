@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
-from enrollment.services import Endpoints
+from enrollment.clients.services import Endpoints
 
 if TYPE_CHECKING:
-    from enrollment.marketing_cloud import MarketingCloudClient
-    from enrollment.pii import Keyring
+    from enrollment.clients.marketing_cloud import MarketingCloudClient
+    from enrollment.core.pii import Keyring
 
 KAFKA_CONN_ID = "kafka_default"
 GCP_CONN_ID = "google_cloud_default"
@@ -59,12 +59,12 @@ def endpoints_from_connections() -> Endpoints:
 
 
 def keyring_from_connections() -> Keyring:
-    """The tax-id tokenising key (``enrollment.pii.Keyring``) from the ``enrollment_pii``
+    """The tax-id tokenising key (``enrollment.core.pii.Keyring``) from the ``enrollment_pii``
     connection: the current key id and key, and the retired keys tokens made before a rotation
     still match."""
     from airflow.sdk import BaseHook
 
-    from enrollment.pii import Keyring
+    from enrollment.core.pii import Keyring
 
     conn = BaseHook.get_connection(PII_CONN_ID)
     if not conn.password:

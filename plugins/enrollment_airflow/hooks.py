@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from enrollment.marketing_cloud import MarketingCloudClient
+from enrollment.clients.marketing_cloud import MarketingCloudClient
 
 
 class MarketingCloudHook(BaseHook):

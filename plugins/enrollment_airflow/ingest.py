@@ -150,7 +150,8 @@ def ingest_dag(region: Region) -> DAG:
         def land_batch(params: dict[str, Any] | None = None) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from enrollment.batches import claim, land
+            from enrollment.ingest.claim import claim
+            from enrollment.ingest.land import land
             from enrollment_airflow.runtime import Runtime
 
             params = params or {}  # Airflow passes the run's params

@@ -19,11 +19,11 @@ if TYPE_CHECKING:
     from google.cloud.storage import Bucket
     from google.cloud.storage import Client as StorageClient
 
-    from enrollment.pii import Keyring
-    from enrollment.services import Endpoints
+    from enrollment.clients.bigquery import BigQuery
+    from enrollment.clients.services import Endpoints
+    from enrollment.core.pii import Keyring
     from enrollment.sinks.base import Sink
-    from enrollment.sync import SyncRun
-    from enrollment.warehouse import Warehouse
+    from enrollment.sync.run import SyncRun
 
 # The runtime of the task running in this process, with the task it belongs to: a failed task's
 # note (enrollment_airflow.alerts) reads the batches it was working on from it.
@@ -68,7 +68,7 @@ class Runtime:
 
     @cached_property
     def storage(self) -> StorageClient:
-        from enrollment.services import storage_client
+        from enrollment.clients.services import storage_client
 
         return storage_client(self.project)
 
@@ -78,11 +78,11 @@ class Runtime:
         return self.storage.bucket(self.config.landing_bucket)
 
     @cached_property
-    def warehouse(self) -> Warehouse:
-        from enrollment.services import bigquery_client
-        from enrollment.warehouse import Warehouse
+    def warehouse(self) -> BigQuery:
+        from enrollment.clients.bigquery import BigQuery
+        from enrollment.clients.services import bigquery_client
 
-        return Warehouse(
+        return BigQuery(
             client=bigquery_client(self.project),
             storage=self.storage,
             project=self.project,
@@ -94,7 +94,7 @@ class Runtime:
     @cached_property
     def sync_run(self) -> SyncRun:
         """Sink syncs against the warehouse and the landing bucket."""
-        from enrollment.sync import SyncRun
+        from enrollment.sync.run import SyncRun
 
         return SyncRun(self.warehouse, self.bucket)
 
@@ -119,7 +119,7 @@ class Runtime:
 
     def require(self, services: Iterable[str]) -> None:
         """Fail within seconds naming a service that does not answer, before any work."""
-        from enrollment.health import require
+        from enrollment.ops.health import require
 
         require(list(services), self.endpoints, self.config)
 

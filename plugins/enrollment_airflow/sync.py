@@ -132,6 +132,8 @@ def sync_dag(sink_name: str) -> DAG:
             from enrollment_airflow.runtime import Runtime
 
             params = context["params"]
+            from enrollment.sync.plan import plan_all
+
             rt = Runtime.for_task(config)
             rt.require(["bigquery", "gcs", *options.get("needs", [])])
             run = rt.sync_run
@@ -142,7 +144,9 @@ def sync_dag(sink_name: str) -> DAG:
                 resync = list(params.get("resync_batches") or [])
                 rt.working_on(resync)
                 resynced = run.resync(sink, resync) if resync else {}
-                plans = run.plan_all(
+                plans = plan_all(
+                    run.warehouse,
+                    run.bucket.name,
                     sink_name,
                     [r.code for r in config.regions],
                     int(params["max_batches"]),

@@ -62,7 +62,7 @@ class BacklogTrigger(BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow.sdk import BaseHook
 
-        from enrollment.backlog import measure, should_fire
+        from enrollment.ingest.backlog import measure, should_fire
 
         bootstrap = None
         fired_for, fired_at = None, 0.0

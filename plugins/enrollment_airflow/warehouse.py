@@ -99,9 +99,9 @@ def warehouse_dag() -> DAG:
         def cycle() -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from enrollment import metrics
-            from enrollment.batches import pending_batches
-            from enrollment.cycle import raise_failed, run_cycle
+            from enrollment.ingest.pending import pending_batches
+            from enrollment.ops import metrics
+            from enrollment.warehouse.cycle import raise_failed, run_cycle
             from enrollment_airflow.runtime import Runtime
 
             rt = Runtime.for_task(config)
@@ -125,8 +125,8 @@ def warehouse_dag() -> DAG:
 
         @task(task_id="freshness", retries=0)  # a retry could only find the batches older
         def freshness(cycled: dict[str, Any]) -> dict[str, Any]:
-            from enrollment.batches import GateError
-            from enrollment.warehouse import cycle_freshness_gate
+            from enrollment.core.errors import GateError
+            from enrollment.warehouse.gates import cycle_freshness_gate
             from enrollment_airflow.alerts import Late
             from enrollment_airflow.runtime import Runtime
 

@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from enrollment.backlog import total_pending
-from enrollment.batches import pending_batches
-from enrollment.services import bigquery_client, storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.clients.services import bigquery_client, storage_client
+from enrollment.ingest.backlog import total_pending
+from enrollment.ingest.pending import pending_batches
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 from tests.browser.conftest import ARTIFACTS
 from tests.integration.conftest import produce
 

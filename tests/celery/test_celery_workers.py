@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 import psutil
 import pytest
 
-from enrollment.services import bigquery_client, storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
-from enrollment.warehouse import Warehouse
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import bigquery_client, storage_client
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
+from enrollment.warehouse.ledger import Ledger
 from stack import cli as stack_cli
 from tests.celery.conftest import broken_runs, land_result, runs_since, wait_until_done, worker_of
 from tests.integration.conftest import committed_offsets, produce
@@ -26,8 +28,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _pipeline_ledger(stack, config) -> Warehouse:
-    return Warehouse(
+def _pipeline_ledger(stack, config) -> BigQuery:
+    return BigQuery(
         bigquery_client(stack.project),
         storage_client(stack.project),
         stack.project,
@@ -98,7 +100,7 @@ def test_ingest_warehouse_and_sinks_complete_with_tasks_on_both_workers(
 
     ledger = _pipeline_ledger(celery_stack, config)
     for batch in landed:
-        stages = ledger.balance(batch["batch_id"])
+        stages = Ledger(ledger).balance(batch["batch_id"])
         assert {"land", "warehouse", *(f"sync_{s}" for s in config.sinks)} <= set(stages), (
             batch["batch_id"],
             sorted(stages),
@@ -196,7 +198,7 @@ def test_a_worker_killed_mid_land_has_its_task_retried_on_the_other_with_nothing
         assert not broken_runs(airflow, "warehouse", wait_until_done(airflow, "warehouse", since))
         ledger = _pipeline_ledger(celery_stack, config)
         for batch in landed:
-            assert {"land", "warehouse"} <= set(ledger.balance(batch["batch_id"])), batch[
+            assert {"land", "warehouse"} <= set(Ledger(ledger).balance(batch["batch_id"])), batch[
                 "batch_id"
             ]
     finally:

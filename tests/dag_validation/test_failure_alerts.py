@@ -147,7 +147,7 @@ def test_the_dag_processor_reads_failed_mapped_instances_from_task_states():
 
 
 def test_a_reason_quotes_the_project_and_withholds_what_a_library_says():
-    from enrollment.batches import GateError
+    from enrollment.core.errors import GateError
     from enrollment_airflow.alerts import REASON_MAX, reason_of
 
     assert reason_of(GateError("batch b1: 3 offsets missing")) == (

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 # What writes events, partners, quarantine or the warehouse ledger rows (a recovery writes ledger
 # rows and the recovered table, never events: it queues a batch for the warehouse DAG).
 WRITERS = re.compile(
-    r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle|scrub_warehouse|recovery\.recover)\("
+    r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle|scrub_warehouse|recovery_run\.recover)\("
 )
 
 
@@ -60,9 +60,12 @@ def test_every_task_that_writes_the_warehouse_holds_the_one_slot(dagbag):
 
 def test_a_recovery_queues_batches_and_never_writes_events_itself():
     """The warehouse DAG stays the only writer of events: a recovery lands and queues a batch."""
-    source = (ROOT / "include" / "enrollment" / "recovery.py").read_text(encoding="utf-8")
+    source = "".join(
+        p.read_text(encoding="utf-8")
+        for p in sorted((ROOT / "include" / "enrollment" / "ops" / "recovery").glob("*.py"))
+    )
     assert not re.search(
-        r"\b(run_cycle|merge_batch|events_insert_sql|_merge_partners_sql)\b", source
+        r"\b(run_cycle|merge_batch|events_insert_sql|merge_partners_sql)\b", source
     )
     assert "mark_pending(" in source
 

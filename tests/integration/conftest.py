@@ -14,13 +14,18 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from google.cloud import bigquery
 
-from enrollment import config as pipeline_config_module
-from enrollment.batches import Manifest, claim, land
-from enrollment.pii import Keyring
-from enrollment.services import Endpoints, bigquery_client, storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import Endpoints, bigquery_client, storage_client
+from enrollment.config import parse as pipeline_config_module
+from enrollment.core.batch import Manifest
+from enrollment.core.pii import Keyring
+from enrollment.ingest.claim import claim
+from enrollment.ingest.land import land
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 from enrollment.sinks import build_sink
-from enrollment.warehouse import Warehouse
+from enrollment.warehouse.cycle import merge_batch
+from enrollment.warehouse.ledger import Ledger
 
 
 @pytest.fixture
@@ -39,7 +44,7 @@ def warehouse(stack, pipeline_config):
     datasets = (f"test_wh_{suffix}", f"test_ops_{suffix}")
     for name in datasets:
         client.create_dataset(bigquery.Dataset(f"{stack.project}.{name}"))
-    yield Warehouse(
+    yield BigQuery(
         client=client,
         storage=storage_client(stack.project),
         project=stack.project,
@@ -179,9 +184,9 @@ def ingest_events(
     assert landed.valid + landed.duplicates == len(events), (
         "hand-made events are valid (or in-batch duplicates)"
     )
-    counts = warehouse.merge_batch(landed)
-    warehouse.record(landed, "land", landed.valid, landed.seconds)
-    warehouse.record(landed, "warehouse", counts["events"], counts["seconds"])
+    counts = merge_batch(warehouse, landed)
+    Ledger(warehouse).record(landed, "land", landed.valid, landed.seconds)
+    Ledger(warehouse).record(landed, "warehouse", counts["events"], counts["seconds"])
     return landed.batch_id
 
 

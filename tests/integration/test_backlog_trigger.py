@@ -37,7 +37,7 @@ async def _pump(trigger, queue: asyncio.Queue) -> None:
 
 
 def test_the_backlog_reads_a_timestamp_only_when_the_count_does_not_decide(stack):
-    from enrollment.backlog import measure
+    from enrollment.ingest.backlog import measure
 
     topic, group = f"test.backlog.{uuid.uuid4().hex[:8]}", f"test-backlog-{uuid.uuid4().hex[:6]}"
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from google.cloud import bigquery
 
-from enrollment.services import bigquery_client, storage_client
+from enrollment.clients.services import bigquery_client, storage_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from enrollment.services import Endpoints, bigquery_client, firestore_client
+from enrollment.clients.services import Endpoints, bigquery_client, firestore_client
 
 pytestmark = [pytest.mark.integration]
 

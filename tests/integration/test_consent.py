@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from enrollment.partners import PARTNER_SCHEMA
-from enrollment.services import Endpoints, bigquery_client, storage_client
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import Endpoints, bigquery_client, storage_client
+from enrollment.core.partners import PARTNER_SCHEMA
 from enrollment.sinks import build_sink
-from enrollment.sync import SyncRun
-from enrollment.warehouse import Warehouse, _ddl
+from enrollment.sync.run import SyncRun
+from enrollment.warehouse.tables import ddl
 from tests.integration.conftest import ingest_events
 from tests.integration.test_sinks import Scenario, journey_events, mc_rows
 
@@ -166,7 +167,7 @@ def test_a_partners_table_from_before_consent_is_migrated(
     stack, warehouse, pipeline_config, region_topic
 ):
     before = [(c, t) for c, t in PARTNER_SCHEMA if "consent" not in c]
-    warehouse.run(_ddl(warehouse.table("partners"), before, "updated_at", "region, partner_id"))
+    warehouse.run(ddl(warehouse.table("partners"), before, "updated_at", "region, partner_id"))
     old = "EM" + uuid.uuid4().hex[:10].upper()
     warehouse.run(
         f"INSERT INTO {warehouse.table('partners')} (partner_id, region, status, partner_version, "
@@ -184,7 +185,7 @@ def test_a_partners_table_from_before_consent_is_migrated(
         scenario.batches()[0],
     )
     client = bigquery_client(stack.project)
-    fresh = Warehouse(
+    fresh = BigQuery(
         client=client,
         storage=storage_client(stack.project),
         project=stack.project,
@@ -207,11 +208,11 @@ def test_a_partners_table_from_before_consent_is_migrated(
 def test_reconciliation_names_a_non_contactable_partner_held_by_the_data_extension(
     stack, isolated_pipeline
 ):
-    from enrollment.reconciliation import Reconciliation
+    from enrollment.ops.reconciliation import Reconciliation
 
     config = isolated_pipeline
     region = config.region(REGION)
-    w = Warehouse(
+    w = BigQuery(
         client=bigquery_client(stack.project),
         storage=storage_client(stack.project),
         project=stack.project,

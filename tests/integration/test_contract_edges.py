@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 import pytest
 from google.cloud import bigquery
 
+from enrollment.clients.services import firestore_client, storage_client
 from enrollment.contracts.spec import NUMBER_LIMIT, SAFE_INTEGER, TEXT_MAX_CHARS
-from enrollment.services import firestore_client, storage_client
 from enrollment.simulator.generator import Simulator
-from enrollment.sync import SyncRun
+from enrollment.sync.run import SyncRun
 from tests.integration.conftest import ingest_events
 from tests.integration.test_sinks import mc_rows
 

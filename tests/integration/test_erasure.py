@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from google.cloud import bigquery
 
-from enrollment.erasure import _without_sponsor
-from enrollment.pii import Keyring
-from enrollment.services import Endpoints, bigquery_client, firestore_client, storage_client
-from enrollment.simulator.generator import Message, Simulator
+from enrollment.clients.services import Endpoints, bigquery_client, firestore_client, storage_client
+from enrollment.core.pii import Keyring
+from enrollment.ops.erasure.scrub import _without_sponsor
+from enrollment.simulator.faults import Message
+from enrollment.simulator.generator import Simulator
 from enrollment.sinks import build_sink
 from tests.integration.conftest import produce
 

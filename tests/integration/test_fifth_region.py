@@ -12,12 +12,13 @@ from collections import Counter
 import httpx
 import pytest
 
-from enrollment.canary import canary_event
-from enrollment.lag import kafka_lag
-from enrollment.services import bigquery_client, firestore_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.clients.services import bigquery_client, firestore_client
+from enrollment.ingest.validation import validate_batch
+from enrollment.ops.canary import canary_event
+from enrollment.ops.lag import kafka_lag
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 from enrollment.sinks.solr import SolrSink
-from enrollment.validation import validate_batch
 from tests.integration.conftest import isolated, produce, succeeded
 
 pytestmark = [pytest.mark.integration]

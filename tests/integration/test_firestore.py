@@ -5,7 +5,7 @@ import uuid
 import pytest
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from enrollment.services import firestore_client
+from enrollment.clients.services import firestore_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 

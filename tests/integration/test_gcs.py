@@ -5,7 +5,7 @@ import uuid
 import pytest
 from google.api_core.exceptions import PreconditionFailed
 
-from enrollment.services import storage_client
+from enrollment.clients.services import storage_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 

@@ -9,8 +9,9 @@ import uuid
 
 import pytest
 
-from enrollment.services import bigquery_client, storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.clients.services import bigquery_client, storage_client
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 from tests.integration.conftest import current_raw_config, produce, use_config
 
 pytestmark = [pytest.mark.integration]

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from enrollment.health import ServiceDown, require
-from enrollment.services import Endpoints, bigquery_client
+from enrollment.clients.services import Endpoints, bigquery_client
+from enrollment.ops.health import ServiceDown, require
 from stack import cli as stack_cli
 
 pytestmark = [pytest.mark.integration]

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.cloud import bigquery
 
-from enrollment import housekeeping
-from enrollment.services import storage_client
+from enrollment.clients.services import storage_client
+from enrollment.ops import housekeeping
 
 pytestmark = [pytest.mark.integration]
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from enrollment.batches import claim, land
-from enrollment.pii import Keyring
+from enrollment.core.pii import Keyring
+from enrollment.ingest.claim import claim
+from enrollment.ingest.land import land
+from enrollment.warehouse.cycle import merge_batch
+from enrollment.warehouse.ledger import Ledger
 from tests.integration.conftest import claimed_batch, committed_offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
@@ -54,8 +57,8 @@ def test_a_batch_with_faults_lands_and_merges_exactly(
         is None
     )
 
-    counts = warehouse.merge_batch(landed)
-    warehouse.record(landed, "warehouse", counts["events"], counts["seconds"])
+    counts = merge_batch(warehouse, landed)
+    Ledger(warehouse).record(landed, "warehouse", counts["events"], counts["seconds"])
     events = {
         r["event_id"] for r in warehouse.run(f"SELECT event_id FROM {warehouse.table('events')}")
     }
@@ -64,7 +67,7 @@ def test_a_batch_with_faults_lands_and_merges_exactly(
         r["reasons"] for r in warehouse.run(f"SELECT reasons FROM {warehouse.table('quarantine')}")
     )
     assert reasons == expected_quarantine
-    assert warehouse.balance(landed.batch_id)["warehouse"]["offsets_in"] == len(messages)
+    assert Ledger(warehouse).balance(landed.batch_id)["warehouse"]["offsets_in"] == len(messages)
 
     # Current state: one row per partner with partner events, at its newest partner version.
     partner_versions = {}
@@ -96,7 +99,7 @@ def test_a_batch_with_faults_lands_and_merges_exactly(
     )
     again = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
     assert again.as_dict() | {"seconds": 0} == landed.as_dict() | {"seconds": 0}
-    warehouse.merge_batch(again)
+    merge_batch(warehouse, again)
     assert (
         warehouse.run(f"SELECT COUNT(*) AS n FROM {warehouse.table('events')}")[0]["n"],
         warehouse.run(

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from enrollment.services import bigquery_client, firestore_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.clients.services import bigquery_client, firestore_client
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 from enrollment.sinks.solr import SolrSink
 from tests.integration.conftest import ingest_and_warehouse, succeeded
 

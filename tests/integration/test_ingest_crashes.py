@@ -12,8 +12,10 @@ import time
 
 import pytest
 
-from enrollment.batches import land
-from enrollment.pii import Keyring
+from enrollment.core.pii import Keyring
+from enrollment.ingest.land import land
+from enrollment.warehouse.cycle import merge_batch
+from enrollment.warehouse.ledger import Ledger
 from stack import cli as stack_cli
 from tests.integration.conftest import claimed_batch, committed_offsets
 
@@ -21,21 +23,23 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
 LAND = """
 import sys
-from enrollment.batches import Manifest, land
-from enrollment.pii import Keyring
-from enrollment.services import storage_client
+from enrollment.clients.services import storage_client
+from enrollment.core.batch import Manifest
+from enrollment.core.pii import Keyring
+from enrollment.ingest.land import land
 manifest = Manifest.from_json(sys.argv[1])
 land(sys.argv[2], manifest, storage_client(sys.argv[3]).bucket(manifest.bucket), Keyring.from_env())
 """
 MERGE = """
 import sys
-from enrollment.batches import Landed
-from enrollment.services import bigquery_client, storage_client
-from enrollment.warehouse import Warehouse
 import json
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import bigquery_client, storage_client
+from enrollment.core.batch import Landed
+from enrollment.warehouse.cycle import merge_batch
 project, dataset, ops = sys.argv[2:5]
-warehouse = Warehouse(bigquery_client(project), storage_client(project), project, dataset, ops)
-warehouse.merge_batch(Landed(**json.loads(sys.argv[1])))
+warehouse = BigQuery(bigquery_client(project), storage_client(project), project, dataset, ops)
+merge_batch(warehouse, Landed(**json.loads(sys.argv[1])))
 """
 
 
@@ -100,8 +104,8 @@ def test_killed_land_and_warehouse_retried_lose_and_duplicate_nothing(
         [1.0, 2.0, 3.0],
     )
     assert any(o.startswith("killed") for o in outcomes), outcomes
-    counts = warehouse.merge_batch(landed)  # the retry
-    warehouse.record(landed, "warehouse", counts["events"], counts["seconds"])
+    counts = merge_batch(warehouse, landed)  # the retry
+    Ledger(warehouse).record(landed, "warehouse", counts["events"], counts["seconds"])
 
     expected_valid = {m.expected["event_id"] for m in messages if m.expected["outcome"] == "valid"}
     events = warehouse.run(
@@ -112,7 +116,7 @@ def test_killed_land_and_warehouse_retried_lose_and_duplicate_nothing(
         warehouse.run(f"SELECT COUNT(*) AS n FROM {warehouse.table('quarantine')}")[0]["n"]
         == landed.quarantined + landed.duplicates
     )
-    warehouse.balance(landed.batch_id)
+    Ledger(warehouse).balance(landed.batch_id)
     leftovers = [
         t.table_id
         for t in warehouse.client.list_tables(warehouse.dataset)

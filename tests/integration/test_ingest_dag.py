@@ -5,8 +5,10 @@ its ledger balances; a second run of each finds nothing."""
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from enrollment.services import bigquery_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.clients.services import bigquery_client
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
+from enrollment.warehouse.ledger import Ledger
 from tests.integration.conftest import produce
 
 pytestmark = [pytest.mark.integration]
@@ -67,17 +69,17 @@ def test_ingest_dag_lands_and_merges_a_region(stack, dagbag, airflow_db, pipelin
     )
     assert found[0]["n"] == len(valid_ids)
 
-    from enrollment.services import storage_client
-    from enrollment.warehouse import Warehouse
+    from enrollment.clients.bigquery import BigQuery
+    from enrollment.clients.services import storage_client
 
-    ledger = Warehouse(
+    bq = BigQuery(
         client,
         storage_client(stack.project),
         stack.project,
         pipeline_config.warehouse_dataset,
         pipeline_config.ops_dataset,
     )
-    assert set(ledger.balance(landed["batch_id"])) == {"land", "warehouse"}
+    assert set(Ledger(bq).balance(landed["batch_id"])) == {"land", "warehouse"}
 
     again = dag.test()
     assert {ti.task_id: ti.state for ti in again.get_task_instances()}["land"] == "skipped", (

@@ -15,10 +15,16 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from enrollment.batches import GateError, Manifest, claim, land
-from enrollment.pii import Keyring
-from enrollment.services import storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.clients.services import storage_client
+from enrollment.core.batch import Manifest
+from enrollment.core.errors import GateError
+from enrollment.core.pii import Keyring
+from enrollment.ingest.claim import claim
+from enrollment.ingest.land import land
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
+from enrollment.warehouse.cycle import merge_batch
+from enrollment.warehouse.ledger import Ledger
 from tests.integration.conftest import committed_offsets, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
@@ -138,8 +144,8 @@ def test_transaction_markers_never_stall_a_batch_and_the_ledger_balances(
     assert landed.valid + landed.quarantined + landed.duplicates == len(delivered)
     assert committed_offsets(bootstrap, group, region_topic, 2) == ends(bootstrap, region_topic, 2)
 
-    warehouse.merge_batch(landed)
-    rows = warehouse.balance(
+    merge_batch(warehouse, landed)
+    rows = Ledger(warehouse).balance(
         landed.batch_id
     )  # raises unless offsets = valid + quarantined + duplicates + skipped
     assert (
@@ -156,13 +162,14 @@ def test_a_retention_gap_is_a_ledger_row_and_the_region_goes_on(
     bootstrap, group = stack.kafka_bootstrap, new_group()
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     produce(bootstrap, events(804, 100), region_topic)
-    warehouse.merge_batch(
+    merge_batch(
+        warehouse,
         land(
             bootstrap,
             claim(bootstrap, group, "LATAM", region_topic, 2, bucket, max_batch=100_000),
             bucket,
             Keyring.from_env(),
-        )
+        ),
     )
     landed_to = committed_offsets(bootstrap, group, region_topic, 2)
 
@@ -183,7 +190,7 @@ def test_a_retention_gap_is_a_ledger_row_and_the_region_goes_on(
     assert landed.offsets == sum(ends(bootstrap, region_topic, 2)) - sum(landed_to) - 7
     assert committed_offsets(bootstrap, group, region_topic, 2) == ends(bootstrap, region_topic, 2)
 
-    warehouse.merge_batch(landed)
+    merge_batch(warehouse, landed)
     gap = warehouse.run(
         f"SELECT * FROM {warehouse.table('ledger', ops=True)} WHERE batch_id = '{landed.batch_id}' "
         "AND stage = 'gap'"
@@ -194,7 +201,7 @@ def test_a_retention_gap_is_a_ledger_row_and_the_region_goes_on(
         in gap[0]["detail"]
     )
     with pytest.raises(GateError, match="stage gap"):
-        warehouse.balance(landed.batch_id)  # a loss is never a balanced ledger
+        Ledger(warehouse).balance(landed.batch_id)  # a loss is never a balanced ledger
     # The next batch is clean: the gap was recorded once.
     produce(bootstrap, events(806, 20), region_topic)
     assert (
@@ -218,7 +225,7 @@ def test_a_rewound_group_is_recorded_and_not_ingested_again(
                 Keyring.from_env(),
             )
         )
-        warehouse.merge_batch(batches[-1])
+        merge_batch(warehouse, batches[-1])
     landed_to = committed_offsets(bootstrap, group, region_topic, 2)
 
     # The group's offsets expired: it starts again from the beginning.
@@ -242,8 +249,8 @@ def test_a_rewound_group_is_recorded_and_not_ingested_again(
     assert landed.offsets == 30
     assert committed_offsets(bootstrap, group, region_topic, 2) == ends(bootstrap, region_topic, 2)
 
-    warehouse.merge_batch(landed)
-    rewind = warehouse.balance(landed.batch_id)["rewind"]
+    merge_batch(warehouse, landed)
+    rewind = Ledger(warehouse).balance(landed.batch_id)["rewind"]
     assert rewind["ok"] and rewind["offsets_in"] == rewind["duplicates"] == sum(landed_to) == 150
     counts = warehouse.run(
         f"SELECT event_id, COUNT(*) AS n FROM {warehouse.table('events')} GROUP BY event_id"

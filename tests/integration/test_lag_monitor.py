@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from enrollment.services import bigquery_client
+from enrollment.clients.services import bigquery_client
 from enrollment.simulator.generator import Simulator
 from tests.integration.conftest import current_raw_config, produce, use_config
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from enrollment.backlog import total_pending
+from enrollment.ingest.backlog import total_pending
 
 pytestmark = [pytest.mark.integration]
 

@@ -15,10 +15,11 @@ import httpx
 import pytest
 from google.cloud import bigquery
 
-from enrollment.batches import landed_schemas
+from enrollment.clients.bigquery import BigQuery, landed_schema
+from enrollment.clients.services import bigquery_client, storage_client
 from enrollment.config import load_config
-from enrollment.services import bigquery_client, storage_client
-from enrollment.warehouse import Warehouse, landed_schema
+from enrollment.ingest.shape import landed_schemas
+from enrollment.warehouse.tables import ensure_tables
 from stack.airflow_client import login_token
 
 pytestmark = [pytest.mark.integration]
@@ -195,7 +196,7 @@ def test_the_json_never_holds_a_personal_value_even_from_a_row_stored_unmasked(s
     the length of the test: the page shows it as an example, masked, and its values are nowhere."""
     config = load_config()
     client = bigquery_client(stack.project)
-    warehouse = Warehouse(
+    warehouse = BigQuery(
         client=client,
         storage=storage_client(stack.project),
         project=stack.project,
@@ -203,7 +204,7 @@ def test_the_json_never_holds_a_personal_value_even_from_a_row_stored_unmasked(s
         ops_dataset=config.ops_dataset,
     )
     valid_schema, quarantine_schema = landed_schemas()
-    warehouse.ensure_tables(landed_schema(valid_schema), landed_schema(quarantine_schema))
+    ensure_tables(warehouse, landed_schema(valid_schema), landed_schema(quarantine_schema))
     batch_id = f"page-test-{uuid.uuid4().hex[:8]}"
     email, phone, tax_id, partner = (
         "marta.quintero71@example.net",

@@ -14,10 +14,13 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from google.cloud import bigquery
 
-from enrollment import operator_view as ov
-from enrollment.services import bigquery_client, storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
-from enrollment.warehouse import Warehouse
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import bigquery_client, storage_client
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
+from enrollment.view.overview import overview
+from enrollment.view.reader import EXAMPLE_REASONS
+from enrollment.view.regions import region_detail
 from tests.integration.conftest import ingest_and_warehouse, produce
 
 pytestmark = [pytest.mark.integration]
@@ -65,7 +68,7 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
     produce(stack.kafka_bootstrap, later)
 
     client = bigquery_client(stack.project)
-    warehouse = Warehouse(
+    warehouse = BigQuery(
         client=client,
         storage=storage_client(stack.project),
         project=stack.project,
@@ -85,7 +88,7 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
             ).result()
         ]
 
-    view = ov.overview(warehouse, stack.kafka_bootstrap, config, window_hours=24)
+    view = overview(warehouse, stack.kafka_bootstrap, config, window_hours=24)
     regions = {r["code"]: r for r in view["regions"]["regions"]}
     assert all(meta["error"] is None for meta in view["regions"]["sources"].values()), view[
         "regions"
@@ -209,7 +212,7 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
     totals = Counter()
     for (_, reason), n in by_reason.items():
         totals[reason] += n
-    top = sorted(totals, key=lambda r: (-totals[r], r))[: ov.EXAMPLE_REASONS]
+    top = sorted(totals, key=lambda r: (-totals[r], r))[:EXAMPLE_REASONS]
     assert per_reason == {r: min(3, totals[r]) for r in top}
     assert q["recovered"] == {**q["recovered"], "exists": False, "by_reason": [], "error": None}
 
@@ -245,14 +248,14 @@ def test_broken_and_late_are_told_apart_and_recovered_counts(stack, airflow_db, 
     broken_region, late_region = config.regions[0].code, config.regions[1].code
     client = bigquery_client(stack.project)
     o = f"`{stack.project}.{config.ops_dataset}`"
-    warehouse = Warehouse(
+    warehouse = BigQuery(
         client=client,
         storage=storage_client(stack.project),
         project=stack.project,
         dataset=config.warehouse_dataset,
         ops_dataset=config.ops_dataset,
     )
-    view = ov.overview(warehouse, stack.kafka_bootstrap, config)
+    view = overview(warehouse, stack.kafka_bootstrap, config)
     assert {r["code"]: r["status"] for r in view["regions"]["regions"]}[broken_region] == "ok"
     assert all(b["recovered"] == 0 for r in view["regions"]["regions"] for b in r["batches"]), (
         "no recovered column: read as 0"
@@ -298,7 +301,7 @@ def test_broken_and_late_are_told_apart_and_recovered_counts(stack, airflow_db, 
         ),
     ).result()
 
-    view = ov.overview(warehouse, stack.kafka_bootstrap, config)
+    view = overview(warehouse, stack.kafka_bootstrap, config)
     regions = {r["code"]: r for r in view["regions"]["regions"]}
     shown = next(b for b in regions[broken_region]["batches"] if b["batch_id"] == batch["batch_id"])
     assert (
@@ -326,14 +329,14 @@ def test_a_fresh_stack_reads_as_empty_sections_not_errors(stack, pipeline_config
     config = dataclasses.replace(
         pipeline_config, warehouse_dataset="page_absent_wh", ops_dataset="page_absent_ops"
     )
-    warehouse = Warehouse(
+    warehouse = BigQuery(
         client=bigquery_client(stack.project),
         storage=storage_client(stack.project),
         project=stack.project,
         dataset=config.warehouse_dataset,
         ops_dataset=config.ops_dataset,
     )
-    view = ov.overview(warehouse, stack.kafka_bootstrap, config, window_hours=6)
+    view = overview(warehouse, stack.kafka_bootstrap, config, window_hours=6)
     assert [r["batches"] for r in view["regions"]["regions"]] == [[] for _ in config.regions]
     assert all(
         r["freshness"] is None and sum(p["events"] for p in r["events_per_minute"]) == 0
@@ -357,7 +360,5 @@ def test_a_fresh_stack_reads_as_empty_sections_not_errors(stack, pipeline_config
         view["health"],
     ]
     assert [s["error"] for s in sections] == [None] * len(sections)
-    detail = ov.region_detail(
-        warehouse, stack.kafka_bootstrap, config, config.regions[0].code.lower()
-    )
+    detail = region_detail(warehouse, stack.kafka_bootstrap, config, config.regions[0].code.lower())
     assert detail["region"]["code"] == config.regions[0].code and detail["region"]["batches"] == []

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from enrollment.services import firestore_client
-from enrollment.simulator.generator import Message, Simulator
+from enrollment.clients.services import firestore_client
+from enrollment.simulator.faults import Message
+from enrollment.simulator.generator import Simulator
 from tests.integration.conftest import current_raw_config, produce, use_config
 
 pytestmark = [pytest.mark.integration]

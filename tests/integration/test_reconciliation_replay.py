@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from enrollment.services import Endpoints, bigquery_client, firestore_client, storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.clients.services import Endpoints, bigquery_client, firestore_client, storage_client
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 from tests.integration.conftest import produce
 
 pytestmark = [pytest.mark.integration]
@@ -42,13 +43,13 @@ def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(
 
     # Landed and still queued for the warehouse: a replay of the sync leaves those batches to the
     # live pipeline and says so; a batch neither queued nor warehoused is an error that names it.
-    from enrollment.replay import landed_batches, replay_sync
+    from enrollment.clients.bigquery import BigQuery
+    from enrollment.ops.replay import landed_batches, replay_sync
     from enrollment.sinks import build_sink
-    from enrollment.sync import SyncRun
-    from enrollment.warehouse import Warehouse
+    from enrollment.sync.run import SyncRun
 
     day = datetime.now(UTC).date()
-    w = Warehouse(
+    w = BigQuery(
         client=bigquery_client(stack.project),
         storage=storage_client(stack.project),
         project=stack.project,

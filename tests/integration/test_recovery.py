@@ -17,18 +17,25 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from enrollment import config as pipeline_config_module
-from enrollment import recovery
-from enrollment.batches import claim, land, mark_pending, pending_batches
-from enrollment.contracts import markets
-from enrollment.cycle import raise_failed, run_cycle
-from enrollment.pii import Keyring
-from enrollment.services import Endpoints, bigquery_client, firestore_client, storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import Endpoints, bigquery_client, firestore_client, storage_client
+from enrollment.config import markets_in_force
+from enrollment.config import parse as pipeline_config_module
+from enrollment.core.pii import Keyring
+from enrollment.ingest.claim import claim
+from enrollment.ingest.land import land
+from enrollment.ingest.pending import mark_pending, pending_batches
+from enrollment.ops.recovery.plan import OUTCOMES, plan
+from enrollment.ops.recovery.request import RecoveryRequest
+from enrollment.ops.recovery.run import land_recovery, recover
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 from enrollment.sinks import build_sink
 from enrollment.sinks.solr import SolrSink
-from enrollment.sync import SyncRun
-from enrollment.warehouse import Warehouse, balances, cycle_freshness_gate
+from enrollment.sync.run import SyncRun
+from enrollment.warehouse.cycle import raise_failed, run_cycle
+from enrollment.warehouse.gates import cycle_freshness_gate
+from enrollment.warehouse.ledger import Ledger, balances
 from tests.integration.conftest import current_raw_config, produce, use_config
 
 pytestmark = [pytest.mark.integration]
@@ -54,7 +61,7 @@ def austria_joins_emea(monkeypatch):
     before = os.environ.get("ENROLLMENT_CONFIG")
     with tempfile.TemporaryDirectory() as folder:
         use_config(raw, Path(folder) / "pipeline.yaml", monkeypatch)
-        assert markets.active().country_region(NEW_COUNTRY) == "EMEA"
+        assert markets_in_force().country_region(NEW_COUNTRY) == "EMEA"
         try:
             yield
         finally:
@@ -85,7 +92,7 @@ def austrian_enrollments(n: int) -> list[dict]:
 @pytest.fixture
 def pipeline(stack, isolated_pipeline):
     config = isolated_pipeline
-    w = Warehouse(
+    w = BigQuery(
         client=bigquery_client(stack.project),
         storage=storage_client(stack.project),
         project=stack.project,
@@ -231,12 +238,12 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
     objects_before = recovery_objects(bucket)
     assert not before["recovered"]
 
-    request = recovery.Request.parse(
+    request = RecoveryRequest.parse(
         {"region": "ALL", "reasons": [REASON], "dry_run": True}, [r.code for r in config.regions]
     )
     with austria_joins_emea(monkeypatch):
         # The dry run: exactly the Austrian class, by region and reason; nothing written.
-        planned = recovery.plan(w, bucket, keyring, bootstrap, config, request).counts()
+        planned = plan(w, bucket, keyring, bootstrap, config, request).counts()
         assert planned["regions"]["EMEA"]["by_reason"][REASON]["recoverable"] == 5
         assert planned["regions"]["EMEA"]["total"]["already_in_events"] == 1, (
             "the resent copy: its event comes back once"
@@ -246,7 +253,7 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
             r.code: others.get(r.code, 0) for r in config.regions
         }
         for counts in [planned["total"], *(r["total"] for r in planned["regions"].values())]:
-            assert counts["candidates"] == sum(counts[o] for o in recovery.OUTCOMES), counts
+            assert counts["candidates"] == sum(counts[o] for o in OUTCOMES), counts
         assert set(planned["regions"]["EMEA"]["by_reason"]) <= {r for r in quarantined.values()}, (
             "keys are reason codes, never ids"
         )
@@ -257,9 +264,7 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
         assert not pending_batches(bucket, config.consumer_group)
 
         # The recovery: one batch for EMEA, queued for the warehouse writer, carried to every sink.
-        done = recovery.recover(
-            w, bucket, keyring, bootstrap, config, request, dag_run="test-run-1"
-        )
+        done = recover(w, bucket, keyring, bootstrap, config, request, dag_run="test-run-1")
     assert (
         done["total"]["recovered"] == 5
         and done["total"]["still_invalid"] == planned["total"]["still_invalid"]
@@ -321,13 +326,11 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
         (r["stage"], r["offsets_in"], r["valid"]) for r in ledger if r["batch_id"] == batch_id
     } >= {("land", 5, 5), ("warehouse", 5, 5)}
     for b in {r["batch_id"] for r in ledger}:
-        w.balance(b)
+        Ledger(w).balance(b)
 
     # Again: nothing changes, everything counted as already recovered.
     with austria_joins_emea(monkeypatch):
-        again = recovery.recover(
-            w, bucket, keyring, bootstrap, config, request, dag_run="test-run-2"
-        )
+        again = recover(w, bucket, keyring, bootstrap, config, request, dag_run="test-run-2")
     assert (
         again["total"]["recovered"] == 0
         and again["total"]["already_recovered"] == 5
@@ -338,7 +341,7 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
     assert snapshot(w) == after
 
     # Without the contract change the class is invalid again: nothing is recovered twice either way.
-    plain = recovery.plan(w, bucket, keyring, bootstrap, config, request).counts()
+    plain = plan(w, bucket, keyring, bootstrap, config, request).counts()
     assert plain["total"]["recoverable"] == 0 and plain["total"]["already_recovered"] == 5
 
 
@@ -375,13 +378,13 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
         keyring,
     )
     warehouse_and_sync(config, w, bucket, sinks)
-    request = recovery.Request.parse(
+    request = RecoveryRequest.parse(
         {"region": "EMEA", "reasons": [REASON], "dry_run": False}, [r.code for r in config.regions]
     )
 
     with austria_joins_emea(monkeypatch):
-        crashed = recovery.plan(w, bucket, keyring, bootstrap, config, request)
-        first = recovery.land_recovery(
+        crashed = plan(w, bucket, keyring, bootstrap, config, request)
+        first = land_recovery(
             w, bucket, keyring, config, crashed.regions["EMEA"]
         )  # then the worker died
         pending_record = pending_batches(bucket, config.consumer_group)[0]
@@ -404,7 +407,7 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
             b.name: b.generation
             for b in bucket.list_blobs(prefix=f"landing/EMEA/{first['batch_id']}/")
         }
-        done = recovery.recover(w, bucket, keyring, bootstrap, config, request, dag_run="rerun")
+        done = recover(w, bucket, keyring, bootstrap, config, request, dag_run="rerun")
     assert done["batches"]["EMEA"] == {
         "batch_id": first["batch_id"],
         "events": 3,

@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from enrollment.backlog import total_pending
-from enrollment.batches import pending_batches
-from enrollment.services import bigquery_client, storage_client
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import bigquery_client, storage_client
+from enrollment.ingest.backlog import total_pending
+from enrollment.ingest.pending import pending_batches
 from enrollment.simulator.generator import Simulator
-from enrollment.sync import SyncRun
-from enrollment.warehouse import Warehouse
+from enrollment.sync.plan import region_plan
+from enrollment.sync.run import SyncRun
 from tests.integration.conftest import produce
 
 pytestmark = [pytest.mark.integration]
@@ -28,7 +29,7 @@ def test_a_backfill_of_replay_resyncs_todays_batches_and_changes_nothing(stack, 
     carriers = ["ingest_latam", "warehouse", "sync_firestore"]
     for dag_id in [*carriers, "replay"]:
         client.wait_for_dag(dag_id, timeout_s=120)
-    warehouse = Warehouse(
+    warehouse = BigQuery(
         client=bigquery_client(stack.project),
         storage=storage_client(stack.project),
         project=stack.project,
@@ -72,7 +73,7 @@ def test_a_backfill_of_replay_resyncs_todays_batches_and_changes_nothing(stack, 
             total_pending(stack.kafka_bootstrap, config.consumer_group, [region])
             or busy()
             or queued()
-            or run.plan("firestore", "LATAM").batches
+            or region_plan(run.warehouse, run.bucket.name, "firestore", "LATAM").batches
         ):
             assert time.monotonic() < deadline, (
                 "LATAM was not ingested and synced to Firestore within 7 minutes"

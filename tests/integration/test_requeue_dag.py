@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from enrollment.batches import pending_batches
-from enrollment.recovery import OUTCOMES
-from enrollment.services import bigquery_client, storage_client
-from enrollment.warehouse import Warehouse
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import bigquery_client, storage_client
+from enrollment.ingest.pending import pending_batches
+from enrollment.ops.recovery.plan import OUTCOMES
 
 pytestmark = [pytest.mark.integration]
 
@@ -28,7 +28,7 @@ def test_a_dry_run_for_every_region_reports_counts_and_writes_nothing(stack, pip
     config = pipeline_config
     client = AirflowClient(stack)
     client.wait_for_dag("requeue_quarantine", timeout_s=120)
-    w = Warehouse(
+    w = BigQuery(
         client=bigquery_client(stack.project),
         storage=storage_client(stack.project),
         project=stack.project,

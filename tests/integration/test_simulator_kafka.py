@@ -8,8 +8,8 @@ from collections import defaultdict
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from enrollment.ingest.validation import validate_batch
 from enrollment.simulator.cli import main as simulator
-from enrollment.validation import validate_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 

@@ -12,11 +12,13 @@ import uuid
 import pytest
 from google.cloud import bigquery
 
-from enrollment.replay import replay_sync
-from enrollment.services import Endpoints, bigquery_client, firestore_client, storage_client
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import Endpoints, bigquery_client, firestore_client, storage_client
+from enrollment.ops.replay import replay_sync
 from enrollment.sinks import build_sink
-from enrollment.sync import SyncRun
-from enrollment.warehouse import Warehouse
+from enrollment.sync.plan import region_plan, watermark
+from enrollment.sync.run import SyncRun
+from enrollment.warehouse.ledger import Ledger
 from tests.integration.conftest import ingest_events
 from tests.integration.test_sinks import REGION, Scenario, journey_events
 
@@ -103,7 +105,9 @@ def test_values_a_service_refuses_are_quarantined_and_the_run_commits(
         assert "120, 120" not in quarantined[0]["message"], "the refused value is not echoed"
         row = ledger(warehouse, f"sync_{name}")[batch_id]
         assert row["ok"] and row["detail"] == "partners 4: synced 3, rejected 1", row
-        assert sync.plan(name, REGION).batches == [], "the batch is synced: nothing left to plan"
+        assert region_plan(sync.warehouse, sync.bucket.name, name, REGION).batches == [], (
+            "the batch is synced: nothing left to plan"
+        )
 
     held = sinks["solr"].get(list(ids.values()))
     assert sorted(held) == sorted(ids[w] for w in ("anna", "bert", "huge_doc")), (
@@ -168,11 +172,11 @@ def test_a_batch_a_sink_cannot_read_is_set_aside_and_resynced_once_repaired(
     assert sorted(held) == sorted(scenario.ids[w] for w in ("fine1", "fine2")), (
         "the batch after them was synced"
     )
-    assert sync.plan(sink.name, REGION).batches == [], (
+    assert region_plan(sync.warehouse, sync.bucket.name, sink.name, REGION).batches == [], (
         "set aside: the next runs do not fail on it again"
     )
     with pytest.raises(Exception, match=r"do not balance|ok=False"):
-        warehouse.balance(gone)  # the ledger says it loudly
+        Ledger(warehouse).balance(gone)  # the ledger says it loudly
 
     # Repaired (here: the warehouse still holds their events):
     # synced again from the warehouse's current state.
@@ -184,8 +188,8 @@ def test_a_batch_a_sink_cannot_read_is_set_aside_and_resynced_once_repaired(
         rows[b]["ok"] and rows[b]["detail"] == "partners 2: synced 2, rejected 0"
         for b in (gone, garbled)
     ), rows
-    assert {s for s in warehouse.balance(gone)} >= {"land", "warehouse", "sync_solr"}
-    assert sync.watermark(sink.name, REGION)["batch_id"] == fine, (
+    assert {s for s in Ledger(warehouse).balance(gone)} >= {"land", "warehouse", "sync_solr"}
+    assert watermark(sync.warehouse, sink.name, REGION)["batch_id"] == fine, (
         "a resync does not move the watermark"
     )
 
@@ -205,7 +209,7 @@ def test_a_stale_commit_records_nothing_for_batches_that_are_gone(
         enrollments(scenario, "carla", "dora"),
     )
     sink = sinks["solr"]
-    written = sync.write(sink, sync.plan(sink.name, REGION))
+    written = sync.write(sink, region_plan(sync.warehouse, sync.bucket.name, sink.name, REGION))
     with pytest.raises(ValueError, match="no gate result"):
         sync.commit(written)
     gated = sync.gate(sink, written)
@@ -226,7 +230,7 @@ def test_a_stale_commit_records_nothing_for_batches_that_are_gone(
         )
         == []
     ), "no row for a batch that does not exist"
-    assert sync.watermark(sink.name, REGION) is None
+    assert watermark(sync.warehouse, sink.name, REGION) is None
 
 
 def welcome_entries(stack, key: str) -> dict[str, int]:
@@ -285,7 +289,7 @@ def test_a_replay_racing_the_regular_sync_fires_the_welcome_once(
     )  # its own client, as another task has
 
     def own_sync() -> SyncRun:  # each thread its own clients, as two Airflow tasks have
-        w = Warehouse(
+        w = BigQuery(
             client=warehouse.client,
             storage=storage_client(stack.project),
             project=warehouse.project,
@@ -376,7 +380,7 @@ def test_the_sync_dag_sets_a_batch_aside_and_resyncs_it_on_request(
         produce(stack.kafka_bootstrap, [m for m in simulator.take(300) if m.topic == region.topic])
         assert ingest_dag(region).test().state == DagRunState.SUCCESS
     assert warehouse_dag().test().state == DagRunState.SUCCESS
-    w = Warehouse(
+    w = BigQuery(
         client=bigquery_client(stack.project),
         storage=storage_client(stack.project),
         project=stack.project,

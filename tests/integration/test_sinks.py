@@ -17,10 +17,13 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from enrollment.services import firestore_client, storage_client
+from enrollment.clients.services import firestore_client, storage_client
 from enrollment.simulator.generator import Simulator
 from enrollment.sinks.solr import search_partners
-from enrollment.sync import SyncRun
+from enrollment.sync.plan import plan_all, region_plan, watermark
+from enrollment.sync.run import SyncRun
+from enrollment.sync.tables import ensure_tables as ensure_sync_tables
+from enrollment.warehouse.ledger import Ledger
 from stack import cli as stack_cli
 from tests.integration.conftest import ingest_events
 
@@ -180,7 +183,7 @@ def assert_converged(stack, scenario, sinks, warehouse, batch_ids):
         (ids["refused"], True)
     ], "the refused row is quarantined with the reason"
     for batch_id in batch_ids:
-        stages = warehouse.balance(batch_id)
+        stages = Ledger(warehouse).balance(batch_id)
         assert {"sync_firestore", "sync_solr", "sync_marketing_cloud"} <= set(stages), stages.keys()
     ledger = warehouse.run(
         f"SELECT batch_id, stage, detail FROM {warehouse.table('ledger', ops=True)} WHERE stage "
@@ -220,7 +223,7 @@ def test_batches_reach_every_sink_exactly_and_a_rerun_changes_nothing(
     }
     mc_before = mc_rows(stack, sinks["marketing_cloud"].data_extension)
     for sink in sinks.values():
-        plan = sync.plan(sink.name, REGION)
+        plan = region_plan(sync.warehouse, sync.bucket.name, sink.name, REGION)
         plan.batches = [
             {"batch_id": b, "warehoused_at": "1970-01-01T00:00:00+00:00"} for b in batch_ids
         ]
@@ -275,13 +278,15 @@ def test_outages_and_throttling_converge_with_nothing_lost_or_duplicated(
         assert sync.run(sinks["firestore"], REGION)["batches"] == 1
     finally:
         stack_cli.up(["solr"], quiet=True)
-    assert sync.watermark("solr", REGION) is None, "the failed sync did not move its watermark"
+    assert watermark(sync.warehouse, "solr", REGION) is None, (
+        "the failed sync did not move its watermark"
+    )
 
     # The Firestore emulator restarts (it keeps no data: this test's documents start over).
     assert stack_cli.down(["firestore"], quiet=True)
     stack_cli.up(["firestore"], quiet=True)
-    assert sync.watermark("firestore", REGION)["batch_id"] == batch_ids[0]
-    sync.ensure_tables()
+    assert watermark(sync.warehouse, "firestore", REGION)["batch_id"] == batch_ids[0]
+    ensure_sync_tables(sync.warehouse)
     # The emulator lost them: resync by forgetting that Firestore had the batch (its ledger row).
     warehouse.run(
         f"DELETE FROM {warehouse.table('ledger', ops=True)} WHERE stage = 'sync_firestore'"
@@ -359,7 +364,8 @@ def test_concurrent_writers_never_leave_a_stale_firestore_version(stack, sinks):
 def test_a_failing_region_does_not_hold_back_the_others(
     stack, pipeline_config, region_topic, warehouse, sinks
 ):
-    from enrollment.sync import Plan, SyncError
+    from enrollment.core.errors import SyncError
+    from enrollment.sync.plan import SyncPlan
 
     scenario = Scenario(seed=14)
     sync = SyncRun(warehouse, storage_client(stack.project).bucket(pipeline_config.landing_bucket))
@@ -373,11 +379,11 @@ def test_a_failing_region_does_not_hold_back_the_others(
         scenario.batches()[0],
     )
     sink = sinks["solr"]
-    plans = sync.plan_all(sink.name, [REGION, "APAC"])
+    plans = plan_all(sync.warehouse, sync.bucket.name, sink.name, [REGION, "APAC"])
     assert [b["batch_id"] for b in plans[REGION].batches] == [batch_id] and plans[
         "APAC"
     ].batches == []
-    plans["APAC"] = Plan(
+    plans["APAC"] = SyncPlan(
         sink.name,
         "APAC",
         sync.bucket.name,
@@ -392,8 +398,10 @@ def test_a_failing_region_does_not_hold_back_the_others(
         r"row.*committed: EMEA",
     ):
         sync.commit_all(sync.gate_all(sink, written))
-    assert sync.watermark(sink.name, REGION)["batch_id"] == batch_id, "the healthy region moved on"
-    assert sync.watermark(sink.name, "APAC") is None
+    assert watermark(sync.warehouse, sink.name, REGION)["batch_id"] == batch_id, (
+        "the healthy region moved on"
+    )
+    assert watermark(sync.warehouse, sink.name, "APAC") is None
     assert sorted(sink.get(list(scenario.ids.values()))) == sorted(scenario.ids.values())
 
 
@@ -416,13 +424,13 @@ def test_a_batch_warehoused_late_is_still_synced(
         f"UPDATE {ledger} SET recorded_at = TIMESTAMP_SUB(recorded_at, INTERVAL 1 HOUR) WHERE "
         f"batch_id = '{late}'"
     )
-    only_early = sync.plan(sink.name, REGION)
+    only_early = region_plan(sync.warehouse, sync.bucket.name, sink.name, REGION)
     assert [b["batch_id"] for b in only_early.batches] == [late, early], "oldest ledger row first"
     only_early.batches = [b for b in only_early.batches if b["batch_id"] == early]
     written = sync.write(sink, only_early)
     assert sync.commit(written | {"gate": sync.gate(sink, written)})["watermark"] == early
 
-    plan = sync.plan(sink.name, REGION)
+    plan = region_plan(sync.warehouse, sync.bucket.name, sink.name, REGION)
     assert [b["batch_id"] for b in plan.batches] == [late], (
         "the late batch is planned although the watermark is past it"
     )

@@ -17,11 +17,13 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from enrollment.batches import claim, land
-from enrollment.pii import Keyring, is_token
-from enrollment.services import firestore_client, storage_client
+from enrollment.clients.services import firestore_client, storage_client
+from enrollment.core.pii import Keyring, is_token
+from enrollment.ingest.claim import claim
+from enrollment.ingest.land import land
 from enrollment.simulator.generator import Simulator
-from enrollment.sync import SyncRun
+from enrollment.sync.run import SyncRun
+from enrollment.warehouse.cycle import merge_batch
 from tests.integration.conftest import produce
 from tests.integration.test_sinks import mc_rows
 
@@ -101,7 +103,7 @@ def test_no_clear_tax_id_is_landed_warehoused_or_synced(
     manifest = claim(stack.kafka_bootstrap, group, "NA", region_topic, 2, bucket, max_batch=100_000)
     landed = land(stack.kafka_bootstrap, manifest, bucket, keyring)
     assert (landed.valid, landed.quarantined) == (5, 4), (landed.valid, landed.quarantined)
-    warehouse.merge_batch(landed)
+    merge_batch(warehouse, landed)
     sync = SyncRun(warehouse, bucket)
     for sink in sinks.values():
         sync.run(sink, "NA")

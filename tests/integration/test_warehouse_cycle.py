@@ -13,12 +13,19 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from enrollment.batches import GateError, claim, land, pending_batches, pending_object
+from enrollment.clients.services import storage_client
 from enrollment.config import WarehouseSettings
-from enrollment.cycle import Window, raise_failed, run_cycle
-from enrollment.pii import Keyring
-from enrollment.services import storage_client
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.core.errors import GateError
+from enrollment.core.layout import pending_object
+from enrollment.core.pii import Keyring
+from enrollment.core.windows import Window
+from enrollment.ingest.claim import claim
+from enrollment.ingest.land import land
+from enrollment.ingest.pending import pending_batches
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
+from enrollment.warehouse.cycle import raise_failed, run_cycle
+from enrollment.warehouse.ledger import Ledger
 from tests.integration.conftest import produce
 from tests.integration.test_ingest_crashes import kill_during
 
@@ -26,13 +33,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
 CYCLE = """
 import sys
-from enrollment.batches import pending_batches
+from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.services import bigquery_client, storage_client
 from enrollment.config import WarehouseSettings
-from enrollment.cycle import run_cycle
-from enrollment.services import bigquery_client, storage_client
-from enrollment.warehouse import Warehouse
+from enrollment.ingest.pending import pending_batches
+from enrollment.warehouse.cycle import run_cycle
 project, dataset, ops, bucket, group = sys.argv[1:6]
-w = Warehouse(bigquery_client(project), storage_client(project), project, dataset, ops)
+w = BigQuery(bigquery_client(project), storage_client(project), project, dataset, ops)
 run_cycle(w, pending_batches(storage_client(project).bucket(bucket), group), WarehouseSettings())
 """
 
@@ -82,7 +89,7 @@ def assert_written_once(warehouse, batches, expected_ids: set[str]) -> None:
         (b.batch_id, s, 1) for b in batches for s in ("land", "warehouse")
     )
     for b in batches:
-        warehouse.balance(b.batch_id)
+        Ledger(warehouse).balance(b.batch_id)
     leftovers = [
         t.table_id
         for t in warehouse.client.list_tables(warehouse.dataset)
@@ -176,9 +183,9 @@ def test_a_batch_that_fails_its_gate_stays_pending_and_the_next_cycle_takes_it(
         "the failed batch waits for the next cycle"
     )
     now = datetime.now(UTC)
-    assert warehouse.warehoused([emea.batch_id, amer.batch_id], Window.around(now, now, 1)) == [
-        amer.batch_id
-    ], "only AMER's ledger rows"
+    assert Ledger(warehouse).warehoused(
+        [emea.batch_id, amer.batch_id], Window.around(now, now, 1)
+    ) == [amer.batch_id], "only AMER's ledger rows"
 
     record.upload_from_string(
         true_record
@@ -215,7 +222,8 @@ def test_the_cycle_as_one_transaction_writes_the_same(
 def test_a_batch_whose_objects_are_gone_is_set_aside_and_the_cycle_goes_on(
     stack, pipeline_config, warehouse, two_regions
 ):
-    from enrollment.cycle import requeue, set_aside_object
+    from enrollment.core.layout import set_aside_object
+    from enrollment.ingest.pending import requeue
 
     topics, group = two_regions
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
@@ -249,7 +257,7 @@ def test_a_batch_whose_objects_are_gone_is_set_aside_and_the_cycle_goes_on(
     )
     assert len(row) == 1 and not row[0]["ok"] and emea.valid_uri in row[0]["detail"]
     with pytest.raises(GateError, match="set_aside"):
-        warehouse.balance(emea.batch_id)
+        Ledger(warehouse).balance(emea.batch_id)
 
     lost.upload_from_string(saved)  # repaired
     requeue(bucket, group, "EMEA", emea.batch_id)
@@ -257,7 +265,7 @@ def test_a_batch_whose_objects_are_gone_is_set_aside_and_the_cycle_goes_on(
     raise_failed(nxt)
     assert [b["batch_id"] for b in nxt.batches] == [emea.batch_id] and not nxt.set_aside
     assert not bucket.blob(set_aside_object(group, "EMEA", emea.batch_id)).exists()
-    assert warehouse.balance(emea.batch_id)["set_aside"]["ok"], (
+    assert Ledger(warehouse).balance(emea.batch_id)["set_aside"]["ok"], (
         "once warehoused, its set_aside row says it was repaired"
     )
     events = warehouse.run(

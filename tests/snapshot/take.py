@@ -65,11 +65,11 @@ def _run(*argv: str) -> str:
 
 
 def _ddl() -> dict[str, list[str]]:
-    from enrollment.batches import landed_schemas
-    from enrollment.erasure import ensure_ledger as ensure_erasure_ledger
-    from enrollment.sync import SyncRun
-    from enrollment.warehouse import Warehouse as BigQuery
-    from enrollment.warehouse import landed_schema
+    from enrollment.clients.bigquery import BigQuery, landed_schema
+    from enrollment.ingest.shape import landed_schemas
+    from enrollment.ops.erasure.request import ensure_ledger as ensure_erasure_ledger
+    from enrollment.sync.tables import ensure_tables as ensure_sync_tables
+    from enrollment.warehouse.tables import ensure_tables
     from tests.unit.fakes import FakeBigQuery, FakeStorage
 
     def handle() -> BigQuery:
@@ -78,10 +78,10 @@ def _ddl() -> dict[str, list[str]]:
     events, quarantine = (landed_schema(s) for s in landed_schemas())
     out: dict[str, list[str]] = {}
     bq = handle()
-    bq.ensure_tables(events, quarantine)
+    ensure_tables(bq, events, quarantine)
     out["warehouse"] = bq.statements
     bq = handle()
-    SyncRun(bq, None).ensure_tables()
+    ensure_sync_tables(bq)
     out["sync"] = bq.statements
     bq = handle()
     ensure_erasure_ledger(bq)
@@ -90,22 +90,23 @@ def _ddl() -> dict[str, list[str]]:
 
 
 def _tables() -> str:
-    from enrollment.batches import landed_schemas
-    from enrollment.canary import CANARY_SCHEMA
-    from enrollment.erasure import ERASURE_SCHEMA
-    from enrollment.health import HEALTH_SCHEMA
-    from enrollment.lag import LAG_SCHEMA
-    from enrollment.metrics import METRICS_SCHEMA
-    from enrollment.partners import PARTNER_SCHEMA
-    from enrollment.reconciliation import RECONCILIATION_SCHEMA
-    from enrollment.recovery import RECOVERED_KEY, RECOVERED_SCHEMA
-    from enrollment.sync import PARTNER_EVENTS, SINK_QUARANTINE_SCHEMA, WATERMARK_SCHEMA
-    from enrollment.validation import PARSE_SCHEMA, QUARANTINE_SCHEMA, VALID_COLUMNS
-    from enrollment.warehouse import (
+    from enrollment.clients.bigquery import landed_schema
+    from enrollment.contracts.spec import PARTNER_EVENTS
+    from enrollment.core.partners import PARTNER_SCHEMA
+    from enrollment.ingest.shape import landed_schemas
+    from enrollment.ingest.validation import PARSE_SCHEMA, QUARANTINE_SCHEMA, VALID_COLUMNS
+    from enrollment.ops.canary import CANARY_SCHEMA
+    from enrollment.ops.erasure.request import ERASURE_SCHEMA
+    from enrollment.ops.health import HEALTH_SCHEMA
+    from enrollment.ops.lag import LAG_SCHEMA
+    from enrollment.ops.metrics import METRICS_SCHEMA
+    from enrollment.ops.reconciliation import RECONCILIATION_SCHEMA
+    from enrollment.ops.recovery.run import RECOVERED_KEY, RECOVERED_SCHEMA
+    from enrollment.sync.tables import SINK_QUARANTINE_SCHEMA, WATERMARK_SCHEMA
+    from enrollment.warehouse.tables import (
         EVENTS_ADDED_COLUMNS,
         LEDGER_ADDED_COLUMNS,
         LEDGER_SCHEMA,
-        landed_schema,
     )
 
     events, quarantine = landed_schemas()
@@ -142,25 +143,28 @@ def _objects() -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from enrollment.batches import (
+    from enrollment.config import load_config
+    from enrollment.core.batch import (
         Landed,
         Manifest,
         PartitionRange,
+        cycle_id,
+        landing_prefix,
+        recovery_batch_id,
+    )
+    from enrollment.core.layout import (
+        INDEX_OBJECT,
         chain_object,
         claim_object,
-        landing_prefix,
         pending_object,
-        shape_batch,
-        write_batch,
+        set_aside_object,
     )
-    from enrollment.config import load_config
-    from enrollment.cycle import cycle_id, set_aside_object
-    from enrollment.erasure import INDEX_OBJECT
-    from enrollment.pii import Keyring
-    from enrollment.recovery import recovery_batch_id
+    from enrollment.core.pii import Keyring
+    from enrollment.ingest.land import write_batch
+    from enrollment.ingest.shape import shape_batch
+    from enrollment.ingest.validation import validate_batch
     from enrollment.simulator.generator import FaultRates, Simulator
-    from enrollment.sync import Plan as SyncPlan
-    from enrollment.validation import validate_batch
+    from enrollment.sync.plan import SyncPlan
     from tests.unit.fakes import FakeBucket
 
     config = load_config()

@@ -2,8 +2,8 @@
 
 import importlib
 
-from enrollment.backlog import Backlog, should_fire
 from enrollment.config import load_config, parse_config
+from enrollment.ingest.backlog import Backlog, should_fire
 from enrollment_airflow.triggers import BacklogTrigger
 
 

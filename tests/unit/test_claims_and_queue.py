@@ -11,30 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from enrollment import batches as batches_module
-from enrollment.batches import (
-    Landed,
-    Manifest,
-    PartitionRange,
-    advance_chain,
-    chain_object,
-    claim,
-    claim_object,
-    claims,
-    clear_pending,
-    landing_prefix,
-    pending_batches,
-    pending_object,
-    read_chain,
-)
-from enrollment.cycle import (
-    CycleResult,
-    cycle_id,
-    raise_failed,
-    requeue,
-    set_aside_batches,
-    set_aside_object,
-)
+from enrollment.core.batch import Landed, Manifest, PartitionRange, cycle_id, landing_prefix
+from enrollment.core.layout import chain_object, claim_object, pending_object, set_aside_object
+from enrollment.ingest import claim as claim_module
+from enrollment.ingest.claim import advance_chain, claim, claims, read_chain
+from enrollment.ingest.pending import clear_pending, pending_batches, requeue, set_aside_batches
+from enrollment.warehouse.cycle import CycleResult, raise_failed
 from tests.unit.fakes import FakeBucket
 
 GROUP, REGION, TOPIC = "pipeline", "EMEA", "enroll.emea"
@@ -45,7 +27,7 @@ def cluster(monkeypatch):
     """The committed and end offsets the broker would report: partition -> (committed, end)."""
     offsets: dict[int, tuple[int, int]] = {}
     monkeypatch.setattr(
-        batches_module,
+        claim_module,
         "pending_ranges",
         lambda *a, **k: [(p, start, end) for p, (start, end) in sorted(offsets.items())],
     )

@@ -18,9 +18,9 @@ from enrollment.config import (
     SinkSettings,
     as_file,
     load_config,
+    markets_in_force,
     parse_config,
 )
-from enrollment.contracts import markets
 
 # The embedded file as a deployment would copy it.
 EMBEDDED = yaml.safe_load(DEFAULT_CONFIG.read_text())
@@ -49,7 +49,7 @@ def test_embedded_defaults_define_four_regions_with_distinct_topics_and_their_ma
     assert config.markets.countries["AMER"] == ("US", "CA")
     assert config.markets.consent_regions == ("EMEA",)
     assert set(config.markets.rules) == {c for r in config.regions for c in r.countries}
-    assert markets.active() is config.markets
+    assert markets_in_force() is config.markets
 
 
 def test_region_lookup_is_case_insensitive_and_unknown_region_names_the_known_ones():

@@ -10,7 +10,6 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from enrollment.batches import flatten
 from enrollment.config import (
     DEFAULT_CONFIG,
     DEFAULT_MARKETING_CONSENT,
@@ -18,9 +17,11 @@ from enrollment.config import (
     load_config,
     parse_config,
 )
-from enrollment.partners import fold_partners, partner_changes
-from enrollment.simulator.generator import CONSENT_CHANGE_SHARE, Simulator
-from enrollment.validation import validate_batch
+from enrollment.core.partners import fold_partners, partner_changes
+from enrollment.ingest.shape import flatten
+from enrollment.ingest.validation import validate_batch
+from enrollment.simulator.generator import Simulator
+from enrollment.simulator.payloads import CONSENT_CHANGE_SHARE
 
 
 def raw_config(**changes) -> dict:

@@ -1,6 +1,6 @@
 """The cost on paper: the cycle's reads do not grow with history; the old design's do."""
 
-from enrollment.cost import GIB, estimate, markdown
+from enrollment.warehouse.cost import GIB, estimate, markdown
 
 
 def test_a_cycle_reads_the_same_whatever_the_history():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from enrollment.cost import (
+from enrollment.warehouse.cost import (
     GIB,
     MIN_BYTES_PER_TABLE,
     PRICE_PER_TIB,

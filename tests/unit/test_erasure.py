@@ -10,17 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enrollment import erasure
-from enrollment.pii import Keyring
+from enrollment.core.partners import ERASED
+from enrollment.core.pii import Keyring
+from enrollment.ingest.suppression import anonymise_landed, erased_among
+from enrollment.ops.erasure.request import ErasureRequest
 
 KEYRING = Keyring.from_secret("k1", "a-test-key-of-enough-length")
 VICTIM, OTHER = "DE0000000001", "DE0000000002"
 
 
 def test_a_request_is_checked_and_its_errors_never_repeat_an_id():
-    request = erasure.Request.parse([VICTIM, VICTIM, OTHER], "gdpr_art17", "DPO-1")
+    request = ErasureRequest.parse([VICTIM, VICTIM, OTHER], "gdpr_art17", "DPO-1")
     assert request.partner_ids == (VICTIM, OTHER)
-    assert erasure.Request.parse(f"{VICTIM}, {OTHER}", "other", "T#1").partner_ids == (
+    assert ErasureRequest.parse(f"{VICTIM}, {OTHER}", "other", "T#1").partner_ids == (
         VICTIM,
         OTHER,
     )
@@ -33,10 +35,10 @@ def test_a_request_is_checked_and_its_errors_never_repeat_an_id():
         ([f"DE{i:010d}" for i in range(101)], "other", "T"),
     ):
         with pytest.raises(ValueError) as refused:
-            erasure.Request.parse(ids, reason, ticket)
+            ErasureRequest.parse(ids, reason, ticket)
         assert "not-an-id" not in str(refused.value) and VICTIM not in str(refused.value)
     # The same request is the same erasure; the id is derived from tokens, never from the ids.
-    assert request.erasure_id(KEYRING) == erasure.Request.parse(
+    assert request.erasure_id(KEYRING) == ErasureRequest.parse(
         [OTHER, VICTIM], "other", "DPO-1"
     ).erasure_id(KEYRING)
     assert all(VICTIM not in t for t in request.tokens(KEYRING))
@@ -81,12 +83,12 @@ def test_landed_tables_are_anonymised_row_for_row():
         }
     )
     changes = pa.table({"partner_id": [VICTIM, OTHER], "email": ["a", "b"]})
-    (v, r, q, c), counts = erasure.anonymise_landed(valid, raw, quarantine, changes, {VICTIM})
+    (v, r, q, c), counts = anonymise_landed(valid, raw, quarantine, changes, {VICTIM})
     assert (v.num_rows, r.num_rows, q.num_rows) == (3, 3, 2), (
         "rows stay: the ledger's counts stay true"
     )
     assert counts == {"events": 2, "quarantined": 1, "partner_changes": 1}
-    assert v.column("partner_id").to_pylist() == [erasure.ERASED, OTHER, erasure.ERASED]
+    assert v.column("partner_id").to_pylist() == [ERASED, OTHER, ERASED]
     assert (
         v.column("email").to_pylist() == [None, f"{OTHER}@example.com", None]
         and v.column("total_amount").to_pylist() == [1.5] * 3
@@ -139,7 +141,7 @@ def test_anonymising_is_total_and_leaves_no_mention(partner_ids, raws):
             "raw": pa.array(raws, pa.binary()),
         }
     )
-    (v, r, q, _), _ = erasure.anonymise_landed(
+    (v, r, q, _), _ = anonymise_landed(
         valid,
         raw,
         quarantine,
@@ -156,5 +158,5 @@ def test_erased_partners_are_found_by_token_under_any_key():
         "k2", "the-next-key-of-enough-length", {"k1": "a-test-key-of-enough-length"}
     )
     tokens = frozenset([KEYRING.token(VICTIM, "partner_id")])
-    assert erasure.erased_among([VICTIM, OTHER], rotated, tokens) == {VICTIM}
-    assert erasure.erased_among([VICTIM], rotated, frozenset()) == set()
+    assert erased_among([VICTIM, OTHER], rotated, tokens) == {VICTIM}
+    assert erased_among([VICTIM], rotated, frozenset()) == set()

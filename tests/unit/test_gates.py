@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from enrollment.batches import GateError
-from enrollment.warehouse import event_ages, freshness_gate
+from enrollment.core.errors import GateError
+from enrollment.warehouse.gates import event_ages, freshness_gate
 
 
 def test_event_ages_come_from_the_kafka_timestamps():
@@ -43,7 +43,8 @@ def test_the_freshness_gate_names_the_batch_and_the_numbers():
 
 
 def test_the_freshness_gate_names_the_late_batch_even_without_a_newest_age():
-    from enrollment.warehouse import GateError, freshness_gate
+    from enrollment.core.errors import GateError
+    from enrollment.warehouse.gates import freshness_gate
 
     with pytest.raises(GateError, match=r"batch b-1: .* 400 s after it reached Kafka; the SLA"):
         freshness_gate("b-1", {"oldest_event_age_s": 400.0, "newest_event_age_s": None}, 300)

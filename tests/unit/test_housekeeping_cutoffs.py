@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from enrollment.config import ConfigError, RetentionSettings
-from enrollment.housekeeping import sweep
+from enrollment.ops.housekeeping import sweep
 from tests.unit.fakes import FakeBucket
 
 NOW = datetime(2026, 11, 20, 3, 15, tzinfo=UTC)

@@ -6,7 +6,8 @@ import jsonschema
 import pytest
 
 from enrollment.contracts.json_schema import SCHEMA_DIR, all_schemas, render
-from enrollment.simulator.generator import FaultRates, Simulator
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 
 
 def test_committed_schemas_match_the_code():

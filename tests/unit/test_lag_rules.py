@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from enrollment.config import load_config
-from enrollment.lag import LagRow, LagRules, alerts
+from enrollment.config import LagRules, load_config
+from enrollment.ops.lag import LagRow, alerts
 
 RULES = LagRules(grow_minutes=3, max_age_s=300.0, max_sink_batches=30)
 
@@ -82,7 +82,7 @@ def test_young_records_never_alert_whatever_their_number(age):
 
 
 def test_a_set_aside_batch_or_a_partition_drift_is_broken_and_waiting_data_is_late():
-    from enrollment.lag import LagRow, findings
+    from enrollment.ops.lag import LagRow, findings
 
     config = load_config()
     amer = config.region("AMER")

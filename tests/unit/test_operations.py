@@ -10,12 +10,13 @@ from datetime import UTC, date, datetime
 import pytest
 
 from bench.loadtest import Fault, seconds
-from enrollment.canary import Canary, canary_event, canary_id, is_canary, missing
 from enrollment.config import load_config
-from enrollment.metrics import batch_metrics
-from enrollment.reconciliation import Finding
-from enrollment.replay import days
-from enrollment.validation import validate_batch
+from enrollment.core.partners import canary_id, is_canary
+from enrollment.ingest.validation import validate_batch
+from enrollment.ops.canary import Canary, canary_event, missing
+from enrollment.ops.metrics import batch_metrics
+from enrollment.ops.reconciliation import Finding
+from enrollment.ops.replay import days
 
 
 @pytest.mark.parametrize(

@@ -7,16 +7,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from enrollment import operator_view as ov
+from enrollment.clients.bigquery import sql_timestamp
+from enrollment.view.masking import mask_partner_id, mask_partner_ids, masked_example, scrub
+from enrollment.view.reader import balance, classify, minute_series, parse_seen, window_bounds
 from enrollment_airflow.operator_page import charts, runs
 
 NOW = datetime(2026, 11, 30, 12, 30, 40, tzinfo=UTC)
 
 
 def test_broken_wins_over_late_and_late_over_ok():
-    assert ov.classify() == {"status": "ok", "why": []}
-    assert ov.classify(late=["oldest pending 400 s"])["status"] == "late"
-    both = ov.classify(["stage warehouse: not ok"], ["oldest pending 400 s"])
+    assert classify() == {"status": "ok", "why": []}
+    assert classify(late=["oldest pending 400 s"])["status"] == "late"
+    both = classify(["stage warehouse: not ok"], ["oldest pending 400 s"])
     assert both["status"] == "broken" and both["why"] == [
         "stage warehouse: not ok",
         "oldest pending 400 s",
@@ -50,7 +52,7 @@ def test_run_links_point_at_the_airflow_3_ui_route_escaped():
 
 
 def test_ledger_balance_counts_recovered_and_reads_missing_columns_as_zero():
-    assert ov.balance(
+    assert balance(
         {
             "offsets_in": 10,
             "valid": 6,
@@ -60,10 +62,10 @@ def test_ledger_balance_counts_recovered_and_reads_missing_columns_as_zero():
             "recovered": 1,
         }
     )["balanced"]
-    assert ov.balance({"offsets_in": 10, "valid": 6, "quarantined": 3, "duplicates": 1})[
+    assert balance({"offsets_in": 10, "valid": 6, "quarantined": 3, "duplicates": 1})[
         "balanced"
     ]  # an old row: no skipped, no recovered
-    off = ov.balance(
+    off = balance(
         {
             "offsets_in": 10,
             "valid": 6,
@@ -123,7 +125,7 @@ SECRETS = [
     ],
 )  # not UTF-8, control bytes
 def test_an_example_shows_no_personal_value_even_from_a_row_stored_before_masking(raw):
-    shown = ov.masked_example(raw)
+    shown = masked_example(raw)
     for secret in SECRETS:
         assert secret not in shown, secret
     assert "\x00" not in shown
@@ -133,7 +135,7 @@ def test_an_example_shows_no_personal_value_even_from_a_row_stored_before_maskin
 
 
 def test_an_example_keeps_the_masked_shape_of_what_was_refused():
-    shown = json.loads(ov.masked_example(json.dumps(RAW).encode()))
+    shown = json.loads(masked_example(json.dumps(RAW).encode()))
     assert shown["payload"]["email"] == "xxxxxx.xxxxx##@xxxxxxx.xxx"
     assert shown["partner_id"] == "AM••••••••••"
     # The whole address is masked, its keys too (the
@@ -142,22 +144,22 @@ def test_an_example_keeps_the_masked_shape_of_what_was_refused():
 
 
 def test_partner_ids_are_masked_keeping_the_region_prefix():
-    assert ov.mask_partner_id("EM1234567890") == "EM••••••••••"
-    assert ov.mask_partner_id(None) is None
+    assert mask_partner_id("EM1234567890") == "EM••••••••••"
+    assert mask_partner_id(None) is None
     assert (
-        ov.mask_partner_ids("partners EM1234567890, LA0000000001 refused")
+        mask_partner_ids("partners EM1234567890, LA0000000001 refused")
         == "partners EM••••••••••, LA•••••••••• refused"
     )
 
 
 def test_free_texts_are_scrubbed_and_cut():
-    text = ov.scrub(
+    text = scrub(
         "solr refused AM7K2P9QXW4Z (ana.lima@example.com, tax 529.982.247-25): term too long "
         + "x" * 500
     )
     assert "AM7K2P9QXW4Z" not in text and "ana.lima" not in text and "529.982.247-25" not in text
     assert len(text) == 300 and text.endswith("…")
-    assert ov.scrub(None) is None
+    assert scrub(None) is None
 
 
 def test_events_per_minute_are_a_dense_series_ending_now():
@@ -169,7 +171,7 @@ def test_events_per_minute_are_a_dense_series_ending_now():
         },  # naive: UTC
         {"minute": NOW - timedelta(minutes=90), "events": 1000},
     ]  # outside the hour: not shown
-    series = ov.minute_series(rows, NOW, 60)
+    series = minute_series(rows, NOW, 60)
     assert (
         len(series) == 60
         and series[-1]["minute"] == "2026-11-30T12:30:00+00:00"
@@ -179,16 +181,16 @@ def test_events_per_minute_are_a_dense_series_ending_now():
 
 
 def test_windows_are_bounded_and_literal():
-    since, until = ov.window_bounds(24, NOW)
+    since, until = window_bounds(24, NOW)
     assert until - since == timedelta(hours=24, seconds=1) and since.microsecond == 0
-    since, until = ov.window_bounds(10_000, NOW)
+    since, until = window_bounds(10_000, NOW)
     assert until - since == timedelta(days=31, seconds=1)
-    assert ov.ts(NOW) == "TIMESTAMP '2026-11-30 12:30:40.000000+00:00'"
+    assert sql_timestamp(NOW) == "TIMESTAMP '2026-11-30 12:30:40.000000+00:00'"
 
 
 def test_canary_seen_parses_and_ignores_garbage():
-    assert ov.parse_seen("bigquery:1.2s,firestore:3s,solr:?") == {"bigquery": 1.2, "firestore": 3.0}
-    assert ov.parse_seen(None) == {}
+    assert parse_seen("bigquery:1.2s,firestore:3s,solr:?") == {"bigquery": 1.2, "firestore": 3.0}
+    assert parse_seen(None) == {}
 
 
 def test_bars_scale_to_the_largest_and_the_rest_is_one_bar():
@@ -204,14 +206,14 @@ def test_bars_scale_to_the_largest_and_the_rest_is_one_bar():
 def test_charts_escape_labels():
     svg = charts.hbars([("<script>alert(1)</script>", 3)])
     assert "<script>" not in svg and "&lt;script&gt;" in svg
-    spark = charts.sparkline(ov.minute_series([{"minute": NOW, "events": 4}], NOW, 5))
+    spark = charts.sparkline(minute_series([{"minute": NOW, "events": 4}], NOW, 5))
     assert spark.count("<rect") == 5 and "4 in the last 5 minutes" in spark
 
 
 def test_a_failed_check_counts_while_recent_and_is_stale_once_the_checks_stopped():
     from datetime import datetime, timedelta
 
-    from enrollment.operator_view import BROKEN, HEALTH_STALE_S, OK, STALE, check_status
+    from enrollment.view.reader import BROKEN, HEALTH_STALE_S, OK, STALE, check_status
 
     now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     assert check_status("solr", False, now - timedelta(minutes=4), now)["status"] == BROKEN

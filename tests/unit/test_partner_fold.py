@@ -11,8 +11,8 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enrollment.batches import landed_schemas
-from enrollment.partners import PARTNER_SCHEMA, fold_partners, partner_changes
+from enrollment.core.partners import PARTNER_SCHEMA, fold_partners, partner_changes
+from enrollment.ingest.shape import landed_schemas
 
 T0 = datetime(2026, 11, 20, 9, tzinfo=UTC)
 VALID_SCHEMA = landed_schemas()[0]

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enrollment.batches import flatten, landed_schemas, quarantine_rows, tokenised
-from enrollment.pii import TAX_ID_SHAPED, Keyring, is_token, mask_raw, shape, tokenise_json
+from enrollment.core.pii import TAX_ID_SHAPED, Keyring, is_token, mask_raw, shape, tokenise_json
+from enrollment.ingest.shape import flatten, landed_schemas, quarantine_rows, tokenised
+from enrollment.ingest.validation import validate_batch
 from enrollment.simulator.generator import Simulator
-from enrollment.validation import validate_batch
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = Keyring.from_secret("t1", "unit-test-key-not-a-secret-0123456789")

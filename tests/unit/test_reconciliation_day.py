@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from enrollment import reconciliation as recon_module
-from enrollment.batches import Manifest, PartitionRange
-from enrollment.reconciliation import LISTED_IDS, Reconciliation
-from enrollment.sync import SyncRun
-from enrollment.warehouse import LEDGER_SCHEMA, Warehouse
+from enrollment.clients.bigquery import BigQuery
+from enrollment.core.batch import Manifest, PartitionRange
+from enrollment.ops import reconciliation as recon_module
+from enrollment.ops.reconciliation import LISTED_IDS, Reconciliation
+from enrollment.sync.run import SyncRun
+from enrollment.warehouse.tables import LEDGER_SCHEMA
 from tests.unit.fakes import FakeBigQuery, FakeBucket, FakeStorage
 
 DAY = date(2026, 11, 19)
@@ -108,7 +109,7 @@ def day(monkeypatch):
             return [{"n": 0}] if "AS n " in flat else []  # a count always has its row
 
         client = FakeBigQuery(answer=answer, tables=dict(TABLES))
-        w = Warehouse(client, FakeStorage(bucket), "p", "d", "o")
+        w = BigQuery(client, FakeStorage(bucket), "p", "d", "o")
         sinks = {"mc": sink} if sink else {}
         report = Reconciliation(SyncRun(w, bucket), sinks, "kafka:9092", CONFIG).day(REGION, DAY)
         return report, client

@@ -7,26 +7,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from enrollment.recovery import (
-    MAX_WINDOW,
-    OUTCOMES,
-    Candidate,
-    Plan,
-    RegionPlan,
-    Request,
-    RequestError,
-    is_recovery_batch,
-    matches,
-    reasons_regex,
-    recovery_batch_id,
-)
+from enrollment.core.batch import is_recovery_batch, recovery_batch_id
+from enrollment.core.errors import RequestError
+from enrollment.ops.recovery.plan import OUTCOMES, Candidate, RecoveryPlan, RegionPlan
+from enrollment.ops.recovery.request import MAX_WINDOW, RecoveryRequest, matches, reasons_regex
 
 REGIONS = ["AMER", "EMEA", "APAC", "LATAM"]
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def parse(**params):
-    return Request.parse(params, REGIONS, now=NOW)
+    return RecoveryRequest.parse(params, REGIONS, now=NOW)
 
 
 def test_defaults_are_every_region_the_last_seven_days_and_a_dry_run():
@@ -157,7 +148,7 @@ def test_counts_partition_the_candidates_and_name_no_one():
         for i, outcome in enumerate(OUTCOMES)
     ]
     cands.append(Candidate("emea-b1", "EMEA", 1, 0, at, "under_age", "still_invalid"))
-    plan = Plan(parse(region="EMEA"), {"EMEA": RegionPlan("EMEA", "t", cands)})
+    plan = RecoveryPlan(parse(region="EMEA"), {"EMEA": RegionPlan("EMEA", "t", cands)})
     counts = plan.counts()
     assert counts["total"] == {
         "candidates": 7,
@@ -184,7 +175,7 @@ def test_counts_partition_the_candidates_and_name_no_one():
 
 
 def test_a_recovery_batch_lands_under_its_region_like_any_batch():
-    from enrollment.batches import landing_prefix
+    from enrollment.core.batch import landing_prefix
 
     assert landing_prefix("emea-0123456789abcdef") == "landing/EMEA/emea-0123456789abcdef"
     batch_id = recovery_batch_id("LATAM", "group", "topic", [(0, 1)])

@@ -144,7 +144,7 @@ def test_solr_bisects_a_refused_chunk_down_to_the_documents_it_refuses():
 def test_a_welcome_call_counts_as_not_queued_only_when_the_service_cannot_have_queued_it():
     import httpx
 
-    from enrollment.marketing_cloud import MarketingCloudError, not_queued
+    from enrollment.clients.marketing_cloud import MarketingCloudError, not_queued
 
     def answered(status: int) -> httpx.HTTPStatusError:
         request = httpx.Request("POST", "http://mc.invalid/interaction/v1/async/events")

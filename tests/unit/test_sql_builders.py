@@ -9,16 +9,17 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from enrollment.batches import GateError, Landed
-from enrollment.cycle import (
-    MANDATORY,
-    Window,
-    events_gate_sql,
-    quarantine_insert_sql,
-)
-from enrollment.partners import FOLLOWS, PARTNER_COLUMNS, PARTNER_SCHEMA
-from enrollment.sync import SyncRun
-from enrollment.warehouse import LEDGER_SCHEMA, Warehouse, sql_timestamp
+from enrollment.clients.bigquery import BigQuery, sql_timestamp
+from enrollment.core.batch import Landed
+from enrollment.core.errors import GateError
+from enrollment.core.partners import FOLLOWS, PARTNER_COLUMNS, PARTNER_SCHEMA
+from enrollment.core.windows import Window
+from enrollment.sync.plan import plan_all, touched_in_warehouse
+from enrollment.sync.tables import ensure_tables as ensure_sync_tables
+from enrollment.warehouse.gates import MANDATORY, events_gate_sql
+from enrollment.warehouse.ledger import Ledger
+from enrollment.warehouse.statements import merge_partners_sql, quarantine_insert_sql
+from enrollment.warehouse.tables import LEDGER_SCHEMA, ensure_ledger
 from tests.unit.fakes import FakeBigQuery, FakeBucket, FakeStorage
 
 WINDOW = Window(datetime(2026, 11, 19, tzinfo=UTC), datetime(2026, 11, 21, tzinfo=UTC))
@@ -30,12 +31,12 @@ def one_line(sql: str) -> str:
     return " ".join(sql.split())
 
 
-def warehouse(answer=None, tables=None) -> tuple[Warehouse, FakeBigQuery]:
+def warehouse(answer=None, tables=None) -> tuple[BigQuery, FakeBigQuery]:
     client = FakeBigQuery(
         answer=answer or (lambda sql, params: []),
         tables={"p.o.ledger": LEDGER_COLUMNS} if tables is None else tables,
     )
-    w = Warehouse(
+    w = BigQuery(
         client=client, storage=FakeStorage(FakeBucket()), project="p", dataset="d", ops_dataset="o"
     )
     return w, client
@@ -85,7 +86,7 @@ def test_the_events_gate_reads_the_window_for_the_staged_ids_and_checks_mandator
 
 def test_the_partners_merge_guards_every_field_by_its_version_and_followers_by_their_leader():
     w, _ = warehouse()
-    sql = one_line(w._merge_partners_sql("`p.d._cycle_partners_x`"))
+    sql = one_line(merge_partners_sql(w, "`p.d._cycle_partners_x`"))
     assert sql.startswith(
         "MERGE `p.d.partners` T USING (SELECT * FROM `p.d._cycle_partners_x`) S "
         "ON T.partner_id = S.partner_id"
@@ -104,7 +105,7 @@ def test_the_partners_merge_guards_every_field_by_its_version_and_followers_by_t
 
 def test_already_warehoused_batches_are_read_from_the_window_with_the_ids_as_a_parameter():
     w, client = warehouse(answer=lambda sql, params: [{"batch_id": "b2"}, {"batch_id": "b1"}])
-    assert w.warehoused(["b1", "b2", "b3"], WINDOW) == ["b1", "b2"]
+    assert Ledger(w).warehoused(["b1", "b2", "b3"], WINDOW) == ["b1", "b2"]
     [q] = client.queries
     assert "FROM `p.o.ledger` WHERE recorded_at >= " + WINDOW_SQL.format(col="recorded_at") in (
         q.flat
@@ -116,7 +117,7 @@ def test_already_warehoused_batches_are_read_from_the_window_with_the_ids_as_a_p
 # -- the ledger -----------------------------------------------------------------------------------
 def test_a_ledger_row_is_merged_on_batch_and_stage_with_every_value_a_parameter():
     w, client = warehouse()
-    w.record(landed(), "land", 25, 1.5, detail="it's 'quoted'")
+    Ledger(w).record(landed(), "land", 25, 1.5, detail="it's 'quoted'")
     [q] = client.queries
     assert q.flat.startswith("MERGE `p.o.ledger` T USING (SELECT @batch_id AS batch_id,")
     assert "ON T.batch_id = S.batch_id AND T.stage = S.stage" in q.flat
@@ -127,7 +128,9 @@ def test_a_ledger_row_is_merged_on_batch_and_stage_with_every_value_a_parameter(
 
 def test_a_later_stage_copies_the_batch_numbers_and_replaces_only_when_asked():
     w, client = warehouse()
-    w.record_stage("emea-1", "sync_solr", 7, 2.0, ok=False, detail="set aside", replace=False)
+    Ledger(w).record_stage(
+        "emea-1", "sync_solr", 7, 2.0, ok=False, detail="set aside", replace=False
+    )
     [q] = client.queries
     assert "FROM `p.o.ledger` WHERE batch_id = @b AND stage = @like) S" in q.flat
     assert "WHEN MATCHED AND @replace AND (T.rows_merged != S.rows_merged OR T.ok != S.ok" in q.flat
@@ -151,7 +154,7 @@ def test_a_cycle_records_land_warehouse_set_aside_and_anomaly_rows_in_one_merge(
         anomalies=[{"kind": "gap", "partition": 0, "start": 5, "end": 9, "detail": "p0"}],
     )
     info = {b: {"written": 20, "detail": f"{b} ok"} for b in ("emea-1", "emea-2")}
-    w.record_cycle([landed("emea-1"), requeued], info, WINDOW, seconds=4.0)
+    Ledger(w).record_cycle([landed("emea-1"), requeued], info, WINDOW, seconds=4.0)
     [q] = client.queries
     assert q.flat.startswith("MERGE `p.o.ledger` T USING (SELECT @batch_id0 AS batch_id")
     assert (
@@ -172,21 +175,21 @@ def test_a_cycle_records_land_warehouse_set_aside_and_anomaly_rows_in_one_merge(
         ("emea-2", "warehouse", 20),
     ]
     assert "emea-" not in q.sql, "batch ids are parameters"
-    w.record_cycle([], {}, WINDOW, seconds=0.0)
+    Ledger(w).record_cycle([], {}, WINDOW, seconds=0.0)
     assert len(client.queries) == 1, "nothing to record: no statement"
 
 
 def test_the_ledger_gets_the_columns_added_since_it_was_created():
     w, client = warehouse(tables={"p.o.ledger": LEDGER_COLUMNS[:-2]})
-    w.ensure_ledger()
+    ensure_ledger(w)
     assert [q.flat for q in client.queries] == [
         "ALTER TABLE `p.o.ledger` ADD COLUMN IF NOT EXISTS skipped INT64",
         "ALTER TABLE `p.o.ledger` ADD COLUMN IF NOT EXISTS recovered INT64",
     ]
-    w.ensure_ledger()
+    ensure_ledger(w)
     assert len(client.queries) == 2, "once per process"
     fresh, created = warehouse(tables={})
-    fresh.ensure_ledger()
+    ensure_ledger(fresh)
     [q] = created.queries
     assert q.flat.startswith("CREATE TABLE IF NOT EXISTS `p.o.ledger` (batch_id STRING,")
     assert q.flat.endswith("PARTITION BY DATE(recorded_at) CLUSTER BY region, batch_id")
@@ -205,17 +208,17 @@ def test_the_balance_names_the_stage_that_does_not_add_up():
         "detail": "",
     }
     w, client = warehouse(answer=lambda sql, params: [row])
-    assert w.balance("emea-1") == {"land": row}
+    assert Ledger(w).balance("emea-1") == {"land": row}
     assert client.queries[-1].params == {"b": "emea-1"}
     short, _ = warehouse(answer=lambda sql, params: [row | {"valid": 24, "stage": "warehouse"}])
     with pytest.raises(GateError, match=r"batch emea-1, stage warehouse: offsets 30 != valid 24"):
-        short.balance("emea-1")
+        Ledger(short).balance("emea-1")
     gap, _ = warehouse(answer=lambda sql, params: [row | {"ok": False, "detail": "p0 deleted"}])
     with pytest.raises(GateError, match=r"ok=False; p0 deleted"):
-        gap.balance("emea-1")
+        Ledger(gap).balance("emea-1")
     empty, _ = warehouse()
     with pytest.raises(GateError, match="ledger: no row for batch emea-9"):
-        empty.balance("emea-9")
+        Ledger(empty).balance("emea-9")
 
 
 @pytest.mark.parametrize("key", [(), ("sink", "region")])
@@ -267,8 +270,8 @@ def test_a_plan_is_an_anti_join_over_the_ledger_lookback_with_stage_and_regions_
         answer=lambda sql, params: rows if "LEFT JOIN" in sql else [],
         tables={"p.o.ledger": LEDGER_COLUMNS, "p.o.sink_watermarks": [], "p.d.sink_quarantine": []},
     )
-    plans = SyncRun(w, FakeBucket("landing")).plan_all(
-        "solr", ["EMEA", "APAC", "LATAM"], max_batches=3, lookback_days=7
+    plans = plan_all(
+        w, "landing", "solr", ["EMEA", "APAC", "LATAM"], max_batches=3, lookback_days=7
     )
     [q] = client.matching("LEFT JOIN")
     since = re.search(r"recorded_at >= TIMESTAMP '(\d{4}-\d\d-\d\d)'", q.flat).group(1)
@@ -284,13 +287,13 @@ def test_a_plan_is_an_anti_join_over_the_ledger_lookback_with_stage_and_regions_
 
 def test_without_a_ledger_every_plan_is_empty_and_nothing_is_read():
     w, client = warehouse(tables={"p.o.sink_watermarks": [], "p.d.sink_quarantine": []})
-    plans = SyncRun(w, FakeBucket("landing")).plan_all("solr", ["EMEA"])
+    plans = plan_all(w, "landing", "solr", ["EMEA"])
     assert plans["EMEA"].batches == [] and client.queries == []
 
 
 def test_the_sync_tables_are_created_only_when_missing():
     w, client = warehouse(tables={"p.o.sink_watermarks": []})
-    SyncRun(w, FakeBucket()).ensure_tables()
+    ensure_sync_tables(w)
     [q] = client.queries
     assert q.flat.startswith("CREATE TABLE IF NOT EXISTS `p.d.sink_quarantine` (sink STRING,")
     assert q.flat.endswith("PARTITION BY DATE(recorded_at) CLUSTER BY sink, region")
@@ -303,8 +306,8 @@ def test_a_resync_reads_a_batchs_partners_from_a_bounded_range_of_events():
             {"partner_id": "EM2", "enrolled": 0},
         ]
     )
-    pairs = SyncRun(w, FakeBucket()).touched_in_warehouse(
-        {"batch_id": "emea-1", "warehoused_at": "2026-11-20T10:00:00+00:00"}, days_before=3
+    pairs = touched_in_warehouse(
+        w, {"batch_id": "emea-1", "warehoused_at": "2026-11-20T10:00:00+00:00"}, days_before=3
     )
     assert pairs == [("EM1", True), ("EM2", False)]
     [q] = client.queries

@@ -45,7 +45,7 @@ def test_every_service_binds_loopback_and_connections_carry_no_other_host(tmp_pa
 
 
 def test_endpoints_repr_hides_the_marketing_cloud_secret():
-    from enrollment.services import Endpoints
+    from enrollment.clients.services import Endpoints
 
     ep = Endpoints(
         "p", "k:1", "http://s", "http://a", "http://r", "client-id-value", "secret-value-xyz"
@@ -222,7 +222,7 @@ def test_the_personal_data_key_is_generated_once_and_reaches_airflow_only_as_its
 ):
     """One random key per stack (kept in stack.json), as the ``enrollment_pii`` connection for
     Airflow and as ENROLLMENT_PII_* for tests and tools: both give the same tokens."""
-    from enrollment.pii import Keyring
+    from enrollment.core.pii import Keyring
     from stack.services import Airflow
 
     cfg = stack_config.load(tmp_path)

@@ -4,17 +4,13 @@ ledger rows of anomalies, and the lag monitor's partition-drift alert."""
 
 import hashlib
 
-from enrollment.batches import (
-    Landed,
-    Manifest,
-    PartitionRange,
-    chain_starts,
-    claim_object,
-    partition_drift,
-)
-from enrollment.config import load_config
-from enrollment.lag import LagRow, LagRules, alerts
-from enrollment.warehouse import anomaly_rows, balances
+from enrollment.clients.kafka import partition_drift
+from enrollment.config import LagRules, load_config
+from enrollment.core.batch import Landed, Manifest, PartitionRange
+from enrollment.core.layout import claim_object
+from enrollment.ingest.claim import chain_starts
+from enrollment.ops.lag import LagRow, alerts
+from enrollment.warehouse.ledger import anomaly_rows, balances
 
 
 def manifest(group: str, **kw) -> Manifest:

@@ -13,10 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from enrollment.batches import GateError
+from enrollment.clients.bigquery import BigQuery
+from enrollment.core.errors import GateError, SyncError
 from enrollment.sinks.base import SinkResult
-from enrollment.sync import Plan, SyncError, SyncRun
-from enrollment.warehouse import LEDGER_SCHEMA, Warehouse
+from enrollment.sync.plan import SyncPlan
+from enrollment.sync.run import SyncRun
+from enrollment.warehouse.tables import LEDGER_SCHEMA
 from tests.unit.fakes import FakeBigQuery, FakeBucket, FakeStorage
 
 AT = {f"b{i}": datetime(2026, 11, 20, 10, i, tzinfo=UTC) for i in range(1, 4)}
@@ -27,8 +29,8 @@ TABLES = {
 }
 
 
-def plan(*batch_ids: str, region: str = "EMEA") -> Plan:
-    return Plan(
+def plan(*batch_ids: str, region: str = "EMEA") -> SyncPlan:
+    return SyncPlan(
         "solr",
         region,
         "landing",
@@ -43,7 +45,7 @@ class Setup:
         self.bucket = FakeBucket("landing")
         self.ledger = ledger or []
         self.client = FakeBigQuery(answer=self.answer, tables=dict(TABLES))
-        self.warehouse = Warehouse(self.client, FakeStorage(self.bucket), "p", "d", "o")
+        self.warehouse = BigQuery(self.client, FakeStorage(self.bucket), "p", "d", "o")
         self.alerts: list[str] = []
         self.run = SyncRun(self.warehouse, self.bucket, alert=self.alerts.append)
 
@@ -58,7 +60,7 @@ class Setup:
             ]
         return []
 
-    def written(self, p: Plan, partners: list[dict], result: SinkResult, **kw) -> dict:
+    def written(self, p: SyncPlan, partners: list[dict], result: SinkResult, **kw) -> dict:
         """What ``SyncRun.write`` hands on: the hand-over object in the bucket, the sink's
         result."""
         sink = io.BytesIO()

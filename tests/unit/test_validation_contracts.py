@@ -9,14 +9,15 @@ import uuid
 
 import pytest
 
-from enrollment.contracts import markets
+from enrollment.config import markets_in_force
 from enrollment.contracts.spec import EVENT_TYPES, PAYLOADS, SCHEMA_VERSIONS, fields
-from enrollment.simulator.generator import Simulator, _delete, _get, _set
-from enrollment.validation import validate_batch
+from enrollment.ingest.validation import validate_batch
+from enrollment.simulator.faults import _delete, _get, _set
+from enrollment.simulator.generator import Simulator
 
 # One market per region, plus every market with a tax id (the field exists only there).
 COUNTRIES_PER_REGION = {"AMER": "US", "EMEA": "DE", "APAC": "JP", "LATAM": "BR"}
-TAX_MARKETS = markets.active().tax_id_countries()
+TAX_MARKETS = markets_in_force().tax_id_countries()
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +137,13 @@ def test_every_format_rule_has_a_passing_and_a_failing_case(sim, event_type, pat
     pytest.fail(f"no event carried {path}")
 
 
-@pytest.mark.parametrize("country", sorted(markets.active().rules))
+@pytest.mark.parametrize("country", sorted(markets_in_force().rules))
 def test_postal_codes_and_tax_ids_follow_each_market(sim, country):
     event = sim.event_for("partner.enrolled", country, 1)
     wrong = fresh(event)
     wrong["payload"]["address"]["postal_code"] = "ABC-DEF-GHI"
     want = ["bad_format:payload.address.postal_code"]
-    if markets.active().rules[country].tax_id:
+    if markets_in_force().rules[country].tax_id:
         wrong["payload"]["tax_id"] = "X"
         want.append("bad_format:payload.tax_id")
     assert reasons_of(event, wrong) == [[], sorted(want)]

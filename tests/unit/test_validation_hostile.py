@@ -16,12 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enrollment import validation
-from enrollment.batches import flatten
 from enrollment.contracts.spec import MAX_NESTING, SAFE_INTEGER, TEXT_MAX_CHARS
+from enrollment.ingest import validation
+from enrollment.ingest.shape import flatten
+from enrollment.ingest.validation import screen, validate, validate_batch, validate_guarded
 from enrollment.simulator import hostile
-from enrollment.simulator.generator import FaultRates, Simulator
-from enrollment.validation import validate_batch, validate_guarded
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 
 SETTINGS = settings(
     max_examples=60,
@@ -215,14 +216,14 @@ def test_the_fast_path_decides_as_the_per_record_path(message):
     """Whatever the struct decoder accepts (after the byte
     screening), the slow path keeps the same values."""
     fast = (
-        validation._fast(message)
-        if validation._screen(message, validation.DEFAULT_MAX_MESSAGE_BYTES) is None
+        screen.fast(message)
+        if screen.screen(message, validation.DEFAULT_MAX_MESSAGE_BYTES) is None
         else None
     )
     if fast is None:
         return
     bad: list[str] = []
-    slow = validation._per_record(message, bad)
+    slow = screen.per_record(message, bad)
     assert bad == [] and slow is not None
     assert _without_nulls(fast) == _without_nulls(
         slow
@@ -239,7 +240,7 @@ def test_the_guard_quarantines_what_makes_validation_raise_and_keeps_the_rest(mo
             raise MemoryError("simulated defect")
         return real(batch, *args, **kwargs)
 
-    monkeypatch.setattr(validation, "validate_batch", breaks_on_the_culprit)
+    monkeypatch.setattr(validate, "validate_batch", breaks_on_the_culprit)
     result = validate_guarded(messages)
     indices = sorted(
         result.valid.column("source_index").to_pylist()
@@ -263,7 +264,7 @@ def test_the_guard_finds_duplicates_across_the_parts_it_validated_apart(monkeypa
             raise RuntimeError("simulated defect")
         return real(batch, *args, **kwargs)
 
-    monkeypatch.setattr(validation, "validate_batch", breaks)
+    monkeypatch.setattr(validate, "validate_batch", breaks)
     result = validate_guarded(messages)
     reasons = {r["source_index"]: r["reasons"] for r in result.quarantine.to_pylist()}
     assert reasons == {2: ["validator_error"], 3: ["duplicate_event_id"]}

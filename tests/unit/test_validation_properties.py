@@ -8,8 +8,9 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enrollment.simulator.generator import FaultRates, Simulator
-from enrollment.validation import validate_batch
+from enrollment.ingest.validation import validate_batch
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

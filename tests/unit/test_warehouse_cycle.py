@@ -11,14 +11,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enrollment.batches import flatten, landed_schemas
-from enrollment.config import WarehouseSettings, parse_config
-from enrollment.cycle import Window, _count_writes, events_insert_sql
-from enrollment.lag import LagRow, LagRules, alerts
-from enrollment.partners import PARTNER_COLUMNS, fold_partners
-from enrollment.simulator.generator import FaultRates, Simulator
-from enrollment.validation import validate_batch
-from enrollment.warehouse import PARTNER_SCHEMA, Warehouse, partner_changes
+from enrollment.clients.bigquery import BigQuery
+from enrollment.config import LagRules, WarehouseSettings, parse_config
+from enrollment.core.partners import PARTNER_COLUMNS, PARTNER_SCHEMA, fold_partners, partner_changes
+from enrollment.core.windows import Window
+from enrollment.ingest.shape import flatten, landed_schemas
+from enrollment.ingest.validation import validate_batch
+from enrollment.ops.lag import LagRow, alerts
+from enrollment.simulator.faults import FaultRates
+from enrollment.simulator.generator import Simulator
+from enrollment.warehouse.cycle import _count_writes
+from enrollment.warehouse.statements import events_insert_sql
 
 
 def landed(seed: int, n: int, batch_id: str, redeliver: list | None = None) -> pa.Table:
@@ -83,7 +86,7 @@ def test_the_window_is_whole_days_before_the_first_arrival_to_the_end_of_the_las
 
 
 def test_the_events_insert_filters_history_by_constants_only():
-    w = Warehouse(client=None, storage=None, project="p", dataset="d", ops_dataset="o")
+    w = BigQuery(client=None, storage=None, project="p", dataset="d", ops_dataset="o")
     sql = events_insert_sql(
         w,
         "`p.d._cycle_events_x`",

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, overload
 
-from . import markets
-from .spec import (
+from enrollment.config import markets_in_force
+from enrollment.contracts.spec import (
     BOOLEAN,
     CONDITIONS,
     COUNTRY_PATH,
@@ -30,8 +30,12 @@ from .spec import (
 )
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
+
+
 # A JSON Schema document, or one of its subschemas, as built here (JSON object of JSON values).
 JsonObject = dict[str, Any]
+
+
 _JSON_TYPES = {"string": "string", "number": "number", INTEGER: "integer", BOOLEAN: "boolean"}
 
 
@@ -118,7 +122,7 @@ def schema(event_type: str, version: int) -> JsonObject:
         "const": version,
         "description": "Version of this contract",
     }
-    for region, countries in markets.active().countries.items():
+    for region, countries in markets_in_force().countries.items():
         if event_type in COUNTRY_PATH:
             conditions.append(
                 {
@@ -128,7 +132,7 @@ def schema(event_type: str, version: int) -> JsonObject:
             )
     if event_type == "partner.enrolled":
         ages = ", ".join(
-            f"{c} {m.min_age}" for c, m in markets.active().rules.items() if m.min_age != 18
+            f"{c} {m.min_age}" for c, m in markets_in_force().rules.items() if m.min_age != 18
         )
         root["description"] += (
             f" Partners must be at least 18 years old at enrollment ({ages})."
@@ -136,7 +140,7 @@ def schema(event_type: str, version: int) -> JsonObject:
         )
         conditions.append(
             {
-                "if": _if_value_in("region", markets.active().consent_regions),
+                "if": _if_value_in("region", markets_in_force().consent_regions),
                 "then": _nested("payload.consents.data_processing", {"const": True}),
             }
         )
@@ -155,21 +159,21 @@ def _conditions(spec: FieldSpec, event_type: str) -> list[JsonObject]:
     if spec.required == "tax_id_market":
         out.append(
             {
-                "if": _if_value_in(COUNTRY_PATH[event_type], markets.active().tax_id_countries()),
+                "if": _if_value_in(COUNTRY_PATH[event_type], markets_in_force().tax_id_countries()),
                 "then": _require(spec.path),
             }
         )
     elif spec.required == "state_market":
         out.append(
             {
-                "if": _if_value_in(COUNTRY_PATH[event_type], markets.active().state_countries()),
+                "if": _if_value_in(COUNTRY_PATH[event_type], markets_in_force().state_countries()),
                 "then": _require(spec.path),
             }
         )
     elif spec.required == "consent_region":
         out.append(
             {
-                "if": _if_value_in("region", markets.active().consent_regions),
+                "if": _if_value_in("region", markets_in_force().consent_regions),
                 "then": _require(spec.path),
             }
         )
@@ -195,7 +199,7 @@ def _conditions(spec: FieldSpec, event_type: str) -> list[JsonObject]:
             }
         )
     if spec.by_country and country_path:
-        for country, market in markets.active().rules.items():
+        for country, market in markets_in_force().rules.items():
             pattern = getattr(market, spec.by_country)
             if pattern:
                 out.append(

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import overload
 
-from . import markets
+from enrollment.config import markets_in_force
 
 STRING, NUMBER, INTEGER, BOOLEAN = "string", "number", "integer", "boolean"
+
 
 EVENT_TYPES = (
     "partner.enrolled",
@@ -25,6 +26,8 @@ EVENT_TYPES = (
     "order.placed",
     "subscription.changed",
 )
+
+
 SCHEMA_VERSIONS: dict[str, tuple[int, ...]] = {t: (1, 2) for t in EVENT_TYPES}
 
 
@@ -37,17 +40,20 @@ class ConfiguredRegions(Sequence[str]):
     @overload
     def __getitem__(self, index: slice) -> Sequence[str]: ...
     def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        return markets.active().regions[index]
+        return markets_in_force().regions[index]
 
     def __len__(self) -> int:
-        return len(markets.active().regions)
+        return len(markets_in_force().regions)
 
     def __repr__(self) -> str:
         return f"ConfiguredRegions({list(self)})"
 
 
 REGIONS: Sequence[str] = ConfiguredRegions()
+
+
 CHANNELS = ("web", "mobile", "call-center")
+
 
 # What every downstream holds exactly (the contract's edges, enforced by the validator):
 # integers within I-JSON's safe range (RFC 7493: exact in BigQuery INT64, Firestore, Solr and
@@ -56,9 +62,16 @@ CHANNELS = ("web", "mobile", "call-center")
 # Firestore's 1 MiB), instants from 0001-01-01 to 9999-12-31 UTC (BigQuery's and Firestore's
 # TIMESTAMP range), no more than MAX_NESTING levels of JSON nesting in the whole message.
 SAFE_INTEGER = 2**53 - 1
+
+
 NUMBER_LIMIT = float(2**53)
+
+
 TEXT_MAX_CHARS = 256
+
+
 MAX_NESTING = 64
+
 
 # RE2 patterns (Arrow's regex engine) that Python's `re` reads the same way.
 FORMATS: dict[str, str] = {
@@ -81,6 +94,7 @@ FORMATS: dict[str, str] = {
     "source_system": r"^[a-z0-9][a-z0-9.-]{2,63}$",
     "agreement_version": r"^\d{4}\.\d{1,2}$",
 }
+
 
 # When a field is mandatory. Conditions are named here and evaluated by the validator and the
 # JSON Schema generator from the market tables; "market" means the event's country belongs to
@@ -184,8 +198,12 @@ ENVELOPE: tuple[FieldSpec, ...] = (
     ),
 )
 
+
 _ADDRESS = "payload.address"
+
+
 _CHANGES = "payload.changes"
+
 
 PAYLOADS: dict[str, tuple[FieldSpec, ...]] = {
     "partner.enrolled": (
@@ -324,11 +342,13 @@ PAYLOADS: dict[str, tuple[FieldSpec, ...]] = {
     ),
 }
 
+
 # Where each type keeps the country its market rules follow, and whose region it must match.
 COUNTRY_PATH: dict[str, str] = {
     "partner.enrolled": f"{_ADDRESS}.country",
     "partner.updated": f"{_CHANGES}.address.country",
 }
+
 
 # Checks beyond single fields, with their reason codes.
 SEMANTIC_REASONS = {
@@ -340,6 +360,8 @@ SEMANTIC_REASONS = {
     "sponsor_is_self": "a partner cannot sponsor themself",
     "missing:payload.changes": "an update must change at least one field",
 }
+
+
 # Families of field reasons, by prefix.
 FIELD_REASONS = {
     "missing:<field>": "a mandatory field is absent, null or blank",
@@ -355,6 +377,8 @@ FIELD_REASONS = {
         "an instant outside 0001-01-01..9999-12-31 UTC"
     ),
 }
+
+
 # Reasons decided before any field is looked at; a message with one of these gets no other.
 ENVELOPE_REASONS = {
     "oversized": "the message is larger than the limit",
@@ -389,3 +413,6 @@ def all_fields() -> dict[str, FieldSpec]:
             f"{spec.path} is {seen.kind} in one contract and {spec.kind} in another"
         )
     return found
+
+
+PARTNER_EVENTS = ("partner.enrolled", "partner.updated", "partner.terminated")

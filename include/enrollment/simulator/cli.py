@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .generator import DEFAULT_START, FaultRates, Message, Simulator, expected_line
+from enrollment.simulator.faults import FaultRates, Message
+from enrollment.simulator.generator import DEFAULT_START, Simulator, expected_line
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Producer
@@ -256,7 +257,7 @@ def check(args: argparse.Namespace) -> int:
     outcomes."""
     import pyarrow.parquet as pq
 
-    from ..validation import validate_batch
+    from enrollment.ingest.validation import validate_batch
 
     folder = Path(args.folder)
     values = pq.read_table(folder / "messages.parquet", columns=["seq", "value"]).sort_by("seq")

@@ -13,7 +13,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..contracts.markets import Market
+from enrollment.config import Market
 
 # Faker locale per market (Faker has none for a few: the nearest one stands in).
 LOCALES = {

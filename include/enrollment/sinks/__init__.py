@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .base import Sink, SinkResult
 
 if TYPE_CHECKING:
-    from enrollment.services import Endpoints
+    from enrollment.clients.services import Endpoints
 
 __all__ = ["Sink", "SinkResult", "build_sink"]
 

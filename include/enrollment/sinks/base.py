@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from ..partners import PARTNER_COLUMNS
+from enrollment.core.partners import PARTNER_COLUMNS
 
 Partner = dict[str, Any]  # one row of the warehouse's partners table
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
     from google.cloud.storage import Blob, Bucket
 
-    from enrollment.services import Endpoints
+    from enrollment.clients.services import Endpoints
 
 PUBLIC_FIELDS = ("first_name", "last_name", "region", "country", "language", "sponsor_id")
 
@@ -104,7 +104,7 @@ class DirectorySink(Sink):
 
 
 def build(options: Mapping[str, Any], endpoints: Endpoints) -> DirectorySink:
-    from enrollment.services import storage_client
+    from enrollment.clients.services import storage_client
 
     return DirectorySink(
         storage_client(endpoints.project).bucket(options["bucket"]),

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from google.cloud import firestore
     from google.cloud.firestore import DocumentReference, DocumentSnapshot
 
-    from enrollment.services import Endpoints
+    from enrollment.clients.services import Endpoints
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class FirestoreSink(Sink):
 
 
 def build(options: Mapping[str, Any], endpoints: Endpoints) -> FirestoreSink:
-    from enrollment.services import firestore_client
+    from enrollment.clients.services import firestore_client
 
     return FirestoreSink(
         firestore_client(endpoints.project),

@@ -26,21 +26,22 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from ..canary import is_canary
-from ..config import MarketingConsent
-from ..marketing_cloud import (
+from enrollment.clients.marketing_cloud import (
     MAX_JOURNEY_MEMBERS,
     MarketingCloudClient,
     MarketingCloudError,
     not_queued,
 )
+from enrollment.core.partners import is_canary
+
+from ..config import MarketingConsent
 from .base import Partner, Sink, SinkResult, iso
 
 if TYPE_CHECKING:
     # google-cloud-storage ships no py.typed (googleapis/python-storage#393).
     from google.cloud.storage import Blob, Bucket
 
-    from enrollment.services import Endpoints
+    from enrollment.clients.services import Endpoints
 
 log = logging.getLogger(__name__)
 
@@ -472,8 +473,8 @@ class MarketingCloudSink(Sink):
 
 
 def build(options: Mapping[str, Any], endpoints: Endpoints) -> MarketingCloudSink:
+    from enrollment.clients.services import storage_client
     from enrollment.config import load_config
-    from enrollment.services import storage_client
 
     config = load_config()
     return MarketingCloudSink(

@@ -32,7 +32,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from .base import Partner, Sink, SinkResult, chunks, iso, revision
 
 if TYPE_CHECKING:
-    from enrollment.services import Endpoints
+    from enrollment.clients.services import Endpoints
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Server-rendered HTML (Jinja2, inline SVG charts) and one small script that refreshes the page's
 content every 15 s: no build step, the plugin deploys by copying ``plugins/``, and the page works
-before any script runs. The numbers come from ``enrollment.operator_view`` (BigQuery, Kafka) and
+before any script runs. The numbers come from ``enrollment.view`` (BigQuery, Kafka) and
 ``runs`` (Airflow's metadata DB), cached ``CACHE_S`` seconds so a refresh storm reads once.
 
 Access: plugin apps are not protected by Airflow, so every route asks Airflow's auth manager:
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     import httpx
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 
+    from enrollment.clients.bigquery import BigQuery
     from enrollment.config import PipelineConfig
-    from enrollment.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,11 +122,11 @@ def cached(key: tuple[Any, ...], seconds: float, make: Callable[[], T]) -> T:
     return value
 
 
-def clients() -> tuple[PipelineConfig, Warehouse, str]:
+def clients() -> tuple[PipelineConfig, BigQuery, str]:
     """The pipeline configuration, its warehouse and Kafka bootstrap, from the Airflow connections
     the DAGs use."""
 
-    def make() -> tuple[PipelineConfig, Warehouse, str]:
+    def make() -> tuple[PipelineConfig, BigQuery, str]:
         from enrollment.config import load_config
         from enrollment_airflow.runtime import Runtime
 
@@ -152,11 +152,11 @@ def _window(window_hours: float) -> float:
 
 def overview_data(window_hours: float) -> dict[str, Any]:
     def make() -> dict[str, Any]:
-        from enrollment import operator_view as ov
+        from enrollment.view.overview import overview
         from enrollment_airflow.operator_page import runs
 
         config, warehouse, bootstrap = clients()
-        data: dict[str, Any] = ov.overview(warehouse, bootstrap, config, window_hours)
+        data: dict[str, Any] = overview(warehouse, bootstrap, config, window_hours)
         dags: dict[str, Any] = _airflow(
             lambda: runs.dag_runs(config, window_hours),
             {"source": "airflow", "dags": [], "error": "metadata DB unavailable"},
@@ -175,11 +175,11 @@ def overview_data(window_hours: float) -> dict[str, Any]:
 
 def region_data(code: str, window_hours: float) -> dict[str, Any]:
     def make() -> dict[str, Any]:
-        from enrollment import operator_view as ov
+        from enrollment.view.regions import region_detail
         from enrollment_airflow.operator_page import runs
 
         config, warehouse, bootstrap = clients()
-        data: dict[str, Any] = ov.region_detail(warehouse, bootstrap, config, code, window_hours)
+        data: dict[str, Any] = region_detail(warehouse, bootstrap, config, code, window_hours)
         dags: dict[str, Any] = _airflow(
             lambda: runs.dag_runs(config, window_hours), {"source": "airflow", "dags": []}
         )
@@ -208,7 +208,7 @@ def _annotate(
 ) -> None:
     """Adds the DAG runs to what the tables say: each batch's runs, and a region's or sink's status
     from its DAG's last run (broken wins over late)."""
-    from enrollment.operator_view import classify
+    from enrollment.view.reader import classify
 
     by_dag = {d["dag_id"]: d for d in dags.get("dags", [])}
     warehouse = by_dag.get("warehouse") or {}
@@ -245,7 +245,7 @@ def _failed(dag: dict[str, Any]) -> str:
 
 
 def _overall(data: dict[str, Any]) -> dict[str, Any]:
-    from enrollment.operator_view import classify
+    from enrollment.view.reader import classify
 
     broken: list[str] = []
     late: list[str] = []

@@ -16,8 +16,8 @@ def bar_lengths(values: list[float], width: float) -> list[float]:
 def sparkline(
     series: list[dict[str, Any]], width: int = 180, height: int = 36, key: str = "events"
 ) -> str:
-    """Columns per minute (the series from ``operator_view.minute_series``), with a title per
-    column."""
+    """Columns per minute (the series from ``enrollment.view.reader.minute_series``), with a title
+    per column."""
     if not series:
         return ""
     n = len(series)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from enrollment.config import PipelineConfig
-from enrollment.operator_view import BROKEN, LATE, OK
+from enrollment.view.reader import BROKEN, LATE, OK
 from enrollment_airflow.defaults import LATE_GATES
 
 MONITOR_DAGS = (

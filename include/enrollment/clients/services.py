@@ -1,0 +1,98 @@
+"""How the pipeline reaches each service: endpoints and official clients.
+
+``Endpoints`` is filled from Airflow connections inside Airflow (see the ``enrollment_airflow``
+plugin package) or from the environment for command-line tools and tests. Emulators are used
+when their standard ``*_EMULATOR_HOST`` variables are set, as the official clients expect.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery, firestore
+    from google.cloud.storage import Client as StorageClient
+
+    from enrollment.clients.marketing_cloud import MarketingCloudClient
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    project: str
+    kafka_bootstrap: str
+    solr_url: str
+    marketing_cloud_auth_url: str
+    marketing_cloud_rest_url: str
+    marketing_cloud_client_id: str = field(repr=False)
+    marketing_cloud_client_secret: str = field(repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Endpoints:
+        env = os.environ if env is None else env
+        missing = [
+            k
+            for k in (
+                "GOOGLE_CLOUD_PROJECT",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "SOLR_URL",
+                "MARKETING_CLOUD_URL",
+            )
+            if not env.get(k)
+        ]
+        if missing:
+            raise RuntimeError(
+                f"set {', '.join(missing)} (for the local stack: source .stack/stack.env)"
+            )
+        return cls(
+            project=env["GOOGLE_CLOUD_PROJECT"],
+            kafka_bootstrap=env["KAFKA_BOOTSTRAP_SERVERS"],
+            solr_url=env["SOLR_URL"].rstrip("/"),
+            marketing_cloud_auth_url=env["MARKETING_CLOUD_URL"].rstrip("/"),
+            marketing_cloud_rest_url=env["MARKETING_CLOUD_URL"].rstrip("/"),
+            marketing_cloud_client_id=env.get("MARKETING_CLOUD_CLIENT_ID", ""),
+            marketing_cloud_client_secret=env.get("MARKETING_CLOUD_CLIENT_SECRET", ""),
+        )
+
+    def marketing_cloud(self) -> MarketingCloudClient:
+        """The Marketing Cloud client for these endpoints (Airflow: the hook's connection)."""
+        from enrollment.clients.marketing_cloud import MarketingCloudClient
+
+        return MarketingCloudClient(
+            self.marketing_cloud_auth_url,
+            self.marketing_cloud_rest_url,
+            self.marketing_cloud_client_id,
+            self.marketing_cloud_client_secret,
+        )
+
+
+def anonymous_if_emulated(env_var: str) -> AnonymousCredentials | None:
+    """Emulators take no credentials; without this the clients look for ADC and fail offline."""
+    if os.environ.get(env_var):
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()  # type: ignore[no-untyped-call]  # google-auth: __init__ unannotated
+    return None
+
+
+def storage_client(project: str) -> StorageClient:
+    from google.cloud.storage import Client
+
+    return Client(project=project, credentials=anonymous_if_emulated("STORAGE_EMULATOR_HOST"))
+
+
+def bigquery_client(project: str) -> bigquery.Client:
+    from google.cloud import bigquery
+
+    return bigquery.Client(
+        project=project, credentials=anonymous_if_emulated("BIGQUERY_EMULATOR_HOST")
+    )
+
+
+def firestore_client(project: str) -> firestore.Client:
+    from google.cloud import firestore
+
+    return firestore.Client(project=project)

@@ -1,0 +1,223 @@
+"""A partner's current state from its events: one row per partner, each field holding the value
+of the newest event that set it, with that event's version (``<field>_version``).
+
+The same rule, three times: within a batch (``partner_changes``, at land), across the batches of a
+warehouse cycle (``fold_partners``), and against the stored state (the cycle's MERGE). So the
+MERGE source has exactly one row per partner — BigQuery refuses a MERGE whose source repeats a key.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+
+from enrollment.config import Region
+from enrollment.contracts.spec import PARTNER_EVENTS
+
+PARTNER_COLUMNS = (
+    "region",
+    "country",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "language",
+    "address_line1",
+    "address_city",
+    "address_postal_code",
+    "address_state",
+    "date_of_birth",
+    "sponsor_id",
+    "status",
+    "enrolled_at",
+    "terminated_at",
+    "marketing_consent",
+    "consent_version",
+    "consent_captured_at",
+)
+
+
+# Fields that are one statement with another (their leader): they take their values, nulls
+# included, from the event that set the leader, and carry its version. A consent withdrawn without
+# a version of its own must not keep the version of the consent it replaced.
+FOLLOWS = {"consent_version": "marketing_consent", "consent_captured_at": "marketing_consent"}
+
+
+_TYPES = {"marketing_consent": "BOOL"}
+
+
+# Each field keeps the partner version that set it (<field>_version): a field takes a value only
+# from an event newer than the one that set it, whatever order events arrive in, within a batch
+# or across batches.
+PARTNER_SCHEMA = [
+    ("partner_id", "STRING"),
+    *(
+        (c, _TYPES.get(c) or ("TIMESTAMP" if c.endswith("_at") else "STRING"))
+        for c in PARTNER_COLUMNS
+    ),
+    ("partner_version", "INT64"),
+    ("last_event_id", "STRING"),
+    ("updated_at", "TIMESTAMP"),
+    ("batch_id", "STRING"),
+    *((f"{c}_version", "INT64") for c in PARTNER_COLUMNS),
+]
+
+
+_ARROW = {
+    "STRING": pa.string(),
+    "INT64": pa.int64(),
+    "BOOL": pa.bool_(),
+    "TIMESTAMP": pa.timestamp("us", tz="UTC"),
+}
+
+
+def _empty() -> pa.Table:
+    return pa.table({c: pa.array([], _ARROW[t]) for c, t in PARTNER_SCHEMA})
+
+
+def _to_table(latest: pd.DataFrame) -> pa.Table:
+    out = {}
+    for column, kind in PARTNER_SCHEMA:
+        series = latest[column]
+        if kind == "TIMESTAMP":
+            out[column] = pa.array(pd.to_datetime(series, utc=True), pa.timestamp("us", tz="UTC"))
+        elif kind == "INT64":
+            out[column] = pa.array(series.astype("Int64"), pa.int64(), from_pandas=True)
+        elif kind == "BOOL":
+            out[column] = pa.array(series.astype(object).where(series.notna(), None), pa.bool_())
+        else:
+            out[column] = pa.array(series.astype(object).where(series.notna(), None), pa.string())
+    return pa.table(out)
+
+
+def partner_changes(valid: pa.Table) -> pa.Table:
+    """One row per partner of the batch: what its partner events say, newest version first."""
+    consent = [
+        c
+        for c in ("marketing_consent", "consent_version", "consent_captured_at")
+        if c in valid.column_names
+    ]  # batches landed before them: none
+    frame = valid.select(
+        [
+            "partner_id",
+            "event_type",
+            "event_id",
+            "partner_version",
+            "occurred_at",
+            "batch_id",
+            "region",
+            "country",
+            "first_name",
+            "last_name",
+            "email",
+            "phone",
+            "language",
+            "address_line1",
+            "address_city",
+            "address_postal_code",
+            "address_state",
+            "date_of_birth",
+            "sponsor_id",
+            *consent,
+        ]
+    ).to_pandas()
+    for column in ("marketing_consent", "consent_version", "consent_captured_at"):
+        if column not in frame:
+            frame[column] = None
+    frame = frame[frame["event_type"].isin(list(PARTNER_EVENTS))]
+    if frame.empty:
+        return _empty()
+    frame["status"] = frame["event_type"].map(
+        {"partner.enrolled": "active", "partner.terminated": "terminated"}
+    )
+    frame["enrolled_at"] = frame["occurred_at"].where(frame["event_type"] == "partner.enrolled")
+    frame["terminated_at"] = frame["occurred_at"].where(frame["event_type"] == "partner.terminated")
+    frame["last_event_id"] = frame["event_id"]
+    frame["updated_at"] = frame["occurred_at"]
+    # Within the batch the same rule as the MERGE: each field's value from the newest event that
+    # set it, with that event's version.
+    ordered = frame.sort_values(["partner_version", "occurred_at"], ascending=False, kind="stable")
+    latest = ordered.groupby("partner_id", sort=True).first().reset_index()
+    latest["partner_version"] = (
+        frame.groupby("partner_id")["partner_version"]
+        .max()
+        .reindex(latest["partner_id"])
+        .to_numpy()
+    )
+    for column in PARTNER_COLUMNS:
+        set_at = (
+            frame[frame[FOLLOWS.get(column, column)].notna()]
+            .groupby("partner_id")["partner_version"]
+            .max()
+        )
+        latest[f"{column}_version"] = set_at.reindex(latest["partner_id"]).to_numpy()
+    for column, leader in FOLLOWS.items():  # from the very event that set the leader, null or not
+        setter = (
+            ordered[ordered[leader].notna()]
+            .drop_duplicates("partner_id")
+            .set_index("partner_id")[column]
+        )
+        latest[column] = setter.reindex(latest["partner_id"]).to_numpy()
+    return _to_table(latest)
+
+
+def fold_partners(tables: list[pa.Table]) -> pa.Table:
+    """The partner states of several batches (each from ``partner_changes``) folded into one row
+    per partner by the same rule: each field from the row whose version of it is newest; the
+    newest partner version's event id, time and batch. Ties keep the earlier batch (the order of
+    ``tables``), as the MERGE keeps the stored row on equal versions."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return _empty()
+    if len(tables) == 1:
+        return tables[0]
+    frame = pa.concat_tables([_conform(t) for t in tables]).to_pandas()
+    latest = (
+        frame.sort_values("partner_version", ascending=False, kind="stable")
+        .groupby("partner_id", sort=True)
+        .first()
+    )
+    for column in PARTNER_COLUMNS:
+        version = f"{column}_version"
+        if column in FOLLOWS:  # the whole row that set the leader: its nulls too
+            lead = f"{FOLLOWS[column]}_version"
+            setter = (
+                frame[frame[lead].notna()]
+                .sort_values(lead, ascending=False, kind="stable")
+                .drop_duplicates("partner_id")
+                .set_index("partner_id")
+            )
+            latest[column] = setter[column].reindex(latest.index)
+            latest[version] = setter[lead].reindex(latest.index)
+            continue
+        setters = (
+            frame[frame[version].notna()]
+            .sort_values(version, ascending=False, kind="stable")
+            .groupby("partner_id")
+        )
+        latest[column] = setters[column].first().reindex(latest.index)
+        latest[version] = setters[version].first().reindex(latest.index)
+    latest["partner_version"] = (
+        frame.groupby("partner_id")["partner_version"].max().reindex(latest.index)
+    )
+    return _to_table(latest.reset_index())
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """A batch's partner changes written before a column existed: the column added, null."""
+    for column, kind in PARTNER_SCHEMA:
+        if column not in table.column_names:
+            table = table.append_column(column, pa.nulls(table.num_rows, _ARROW[kind]))
+    return table.select([c for c, _ in PARTNER_SCHEMA])
+
+
+ERASED = "erased"  # what stands in a row for a partner who was erased
+
+
+def canary_id(region: Region, serial: int = 0) -> str:
+    return f"{region.partner_prefix}CANARY{serial:04d}"
+
+
+def is_canary(partner_id: str) -> bool:
+    """A canary partner (ids are random after the region prefix: 1 in 32^6 real ids would match)."""
+    return partner_id[2:8] == "CANARY"

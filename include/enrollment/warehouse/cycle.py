@@ -1,0 +1,390 @@
+"""The warehouse cycle: every landed-not-warehoused batch of every region, written once.
+
+One writer for all regions (the ``warehouse`` DAG, one run at a time), once per cycle:
+
+1. **events** — appended with one ``INSERT … SELECT``. An event id a producer resent in an
+   earlier batch is dropped against the events that *arrived* in the dedup window only (the
+   table is partitioned by the Kafka timestamp; the filter is a constant, so BigQuery prunes to
+   the window's partitions and the cost of a cycle does not grow with history). In-cycle copies
+   keep the first arrival. Exactly-once per offset comes from the ledger: a batch whose
+   ``warehouse`` row exists is never written again.
+2. **partners** — one ``MERGE`` from the cycle's partner changes (one row per partner: no
+   duplicate keys in the source), field versions as before.
+3. **quarantine** — appended, guarded by (batch, partition, offset) within the same window.
+4. **gate** — per batch, on what the cycle wrote (the window, never all history): every valid
+   event id held, none twice, no mandatory column empty, the quarantine rows all there, every
+   partner at least at the staged version.
+5. **ledger** — the ``land`` and ``warehouse`` rows of the batches that passed, in one ``MERGE``;
+   then their pending records are cleared. A batch that failed its gate stays pending and is
+   named; the others are committed.
+
+Before any of it, each batch's landed objects are checked: a batch whose objects are gone or
+unreadable is **set aside** — a ``set_aside`` ledger row (not ok) naming the object, its pending
+record moved to ``set_aside/<group>/<region>/`` (``requeue`` puts it back once repaired) — and the
+cycle goes on with the others: one lost batch never stops every region.
+
+Every statement is idempotent (anti-joins, version guards, keyed MERGEs), so a cycle killed at
+any point and run again converges to the same rows; the ledger rows come last and mark it done.
+The writes are sent as one multi-statement script; with ``transaction`` on (for BigQuery) they
+are one transaction, so readers never see events without their partners. The emulator copies
+every table a transaction touches (70 s at 4M rows), so the local stack runs without it — and
+the path without it is the one whose idempotence the tests prove.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from enrollment.clients import objects
+from enrollment.clients.bigquery import BigQuery, landed_schema
+from enrollment.clients.objects import read_parquet
+from enrollment.config import WarehouseSettings
+from enrollment.core.batch import Landed, cycle_id
+from enrollment.core.errors import GateError
+from enrollment.core.layout import pending_object, set_aside_object
+from enrollment.core.partners import PARTNER_SCHEMA, fold_partners, partner_changes
+from enrollment.core.windows import Window
+from enrollment.ingest.pending import clear_pending
+from enrollment.ingest.shape import landed_schemas
+from enrollment.warehouse.gates import gate
+from enrollment.warehouse.ledger import Ledger
+from enrollment.warehouse.statements import (
+    conform,
+    events_insert_sql,
+    merge_partners_sql,
+    quarantine_insert_sql,
+)
+from enrollment.warehouse.tables import ensure_tables
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CycleResult:
+    cycle_id: str
+    batches: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # per batch: ids, counts, ages (XCom-sized)
+    already: list[str] = field(default_factory=list)  # batches an earlier cycle had written
+    failed: dict[str, str] = field(default_factory=dict)  # batch id -> why its gate failed
+    set_aside: dict[str, str] = field(
+        default_factory=dict
+    )  # batch id -> the object missing or unreadable
+    window_days: int = 0
+    seconds: float = 0.0
+    statements: dict[str, int] = field(default_factory=dict)  # table -> write statements sent
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the cycle
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cycle_id": self.cycle_id,
+            "batches": self.batches,
+            "already": self.already,
+            "failed": self.failed,
+            "set_aside": self.set_aside,
+            "window_days": self.window_days,
+            "seconds": self.seconds,
+            "statements": self.statements,
+            "phases": self.phases,
+        }
+
+
+def _span(b: Landed, tables: tuple[pa.Table, pa.Table] | None) -> tuple[datetime, datetime] | None:
+    """When the batch's oldest and newest messages reached Kafka."""
+    if tables is None:
+        # Only a batch landed with its Kafka span comes without tables (run_cycle reads the others).
+        assert b.first_kafka_ms is not None and b.last_kafka_ms is not None
+        return (
+            datetime.fromtimestamp(b.first_kafka_ms / 1000, UTC),
+            datetime.fromtimestamp(b.last_kafka_ms / 1000, UTC),
+        )
+    lows, highs = [], []
+    for t in tables:
+        if t.num_rows:
+            stamps = t.column("kafka_timestamp")
+            lows.append(pc.min(stamps).as_py())
+            highs.append(pc.max(stamps).as_py())
+    return (min(lows), max(highs)) if lows else None
+
+
+def _ages(span: tuple[datetime, datetime] | None) -> dict[str, float | None]:
+    """How old the batch's oldest and newest messages are now, in seconds (from Kafka's
+    timestamps)."""
+    if span is None:
+        return {"oldest_event_age_s": None, "newest_event_age_s": None}
+    now = time.time()
+    return {
+        "oldest_event_age_s": round(now - span[0].timestamp(), 1),
+        "newest_event_age_s": round(now - span[1].timestamp(), 1),
+    }
+
+
+def unreadable(w: BigQuery, b: Landed) -> str | None:
+    """Why the cycle could not load the batch — an object missing or not Parquet — or None. A
+    metadata read and the 4-byte Parquet trailer per object: the data stays where it landed."""
+    from google.api_core.exceptions import NotFound
+
+    needed = [b.valid_uri, b.quarantine_uri] + ([b.partners_uri] if b.partners_uri else [])
+    for uri in needed:
+        blob = objects.blob(w.storage, uri)
+        try:
+            blob.reload()
+            if not blob.size or blob.download_as_bytes(start=blob.size - 4) != b"PAR1":
+                return f"{uri} is not a readable Parquet object ({blob.size or 0} bytes)"
+        except NotFound:
+            return f"{uri} is missing"
+    return None
+
+
+def set_aside(w: BigQuery, b: Landed, why: str) -> None:
+    """Takes the batch out of the warehouse queue, loudly: a ledger row (not ok) and its pending
+    record moved to ``set_aside/``, from where ``requeue`` puts it back."""
+    from google.api_core.exceptions import NotFound
+
+    log.error(
+        "warehouse: batch %s (%s, %d offsets) SET ASIDE: %s — repair it, then requeue it "
+        "(enrollment.cycle.requeue)",
+        b.batch_id,
+        b.region,
+        b.offsets,
+        why,
+    )
+    Ledger(w).record(b, "set_aside", 0, 0.0, ok=False, detail=f"set aside: {why}")
+    bucket = w.storage.bucket(b.valid_uri.removeprefix("gs://").split("/", 1)[0])
+    bucket.blob(set_aside_object(b.group, b.region, b.batch_id)).upload_from_string(
+        json.dumps(b.as_dict(), sort_keys=True), content_type="application/json"
+    )
+    with suppress(NotFound):  # not queued (a replay): the record above is enough to requeue it
+        bucket.blob(pending_object(b.group, b.region, b.batch_id)).delete()
+
+
+def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -> CycleResult:
+    """Writes the batches (every region) into the warehouse once, then clears their pending
+    records in the landing bucket; see the module's doc."""
+    t0 = time.monotonic()
+    result = CycleResult(cycle_id(batches))
+    if not batches:
+        return result
+    clock = [t0]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        result.phases[name] = round(result.phases.get(name, 0.0) + now - clock[0], 3)
+        clock[0] = now
+
+    for b in batches:
+        why = unreadable(w, b)
+        if why is not None:
+            set_aside(w, b, why)
+            result.set_aside[b.batch_id] = why
+    batches = [b for b in batches if b.batch_id not in result.set_aside]
+    phase("check")
+    if not batches:
+        result.seconds = round(time.monotonic() - t0, 3)
+        return result
+
+    # What the cycle needs of each batch: its partner changes and its arrival span. A batch landed
+    # by this version brings both (partners.parquet, the record's Kafka span): its events are
+    # never read here, BigQuery loads them from where they landed. Older batches are read.
+    legacy = {
+        b.batch_id: (
+            read_parquet(w.storage, b.valid_uri),
+            read_parquet(w.storage, b.quarantine_uri),
+        )
+        for b in batches
+        if not b.partners_uri or b.first_kafka_ms is None
+    }
+    spans = {b.batch_id: _span(b, legacy.get(b.batch_id)) for b in batches}
+    known = [s for s in spans.values() if s is not None]
+    now = datetime.now(UTC)
+    # Up to today whatever the batches' spans: a recovery batch (enrollment.ops.recovery) carries
+    # old Kafka timestamps, and its ledger rows, written now, must be inside the window the ledger's
+    # MERGE and ``warehoused`` look in (else a retried cycle would not see them and write them
+    # twice).
+    window = Window.around(
+        min(s[0] for s in known) if known else now,
+        max([s[1] for s in known] + [now]),
+        settings.dedup_window_days,
+    )
+    result.window_days = window.days
+    valid_schema, quarantine_arrow_schema = landed_schemas()
+    events_schema, quarantine_schema = (
+        landed_schema(valid_schema),
+        landed_schema(quarantine_arrow_schema),
+    )
+    ensure_tables(w, events_schema, quarantine_schema)
+    phase("read")
+
+    result.already = Ledger(w).warehoused([b.batch_id for b in batches], window)
+    todo = [b for b in batches if b.batch_id not in set(result.already)]
+    writes_before = len(w.statements)
+    staged: list[str] = []
+    try:
+        if todo:
+            suffix = result.cycle_id
+            fresh = [b for b in todo if b.batch_id not in legacy]
+            old = [b for b in todo if b.batch_id in legacy]
+            partners = fold_partners(
+                [read_parquet(w.storage, b.partners_uri) for b in fresh]
+                + [partner_changes(legacy[b.batch_id][0]) for b in old]
+            )
+            phase("partner_changes")
+            script: list[str] = []
+            events_stage = None
+            if any(b.valid for b in todo):
+                events_stage = w.stage_uris(
+                    f"_cycle_events_{suffix}",
+                    events_schema,
+                    [b.valid_uri for b in fresh if b.valid],
+                    [conform(legacy[b.batch_id][0], valid_schema) for b in old if b.valid],
+                )
+                staged.append(events_stage)
+                script.append(
+                    events_insert_sql(w, events_stage, [c for c, _ in events_schema], window)
+                )
+            partners_stage = None
+            if partners.num_rows:
+                partners_stage = w.stage_table(
+                    f"_cycle_partners_{suffix}", PARTNER_SCHEMA, partners
+                )
+                staged.append(partners_stage)
+                script.append(merge_partners_sql(w, partners_stage))
+            if any(b.quarantined + b.duplicates for b in todo):
+                stage = w.stage_uris(
+                    f"_cycle_quarantine_{suffix}",
+                    quarantine_schema,
+                    [b.quarantine_uri for b in fresh if b.quarantined + b.duplicates],
+                    [
+                        conform(legacy[b.batch_id][1], quarantine_arrow_schema)
+                        for b in old
+                        if b.quarantined + b.duplicates
+                    ],
+                )
+                staged.append(stage)
+                script.append(
+                    quarantine_insert_sql(w, stage, [c for c, _ in quarantine_schema], window)
+                )
+            phase("stage")
+            if script:
+                body = ";\n".join(script)
+                w.run(
+                    f"BEGIN TRANSACTION;\n{body};\nCOMMIT TRANSACTION;"
+                    if settings.transaction
+                    else body + ";"
+                )
+            phase("write")
+            counts = gate(w, todo, events_stage, partners_stage, window)
+            phase("gate")
+            passed = [b for b in todo if b.batch_id not in counts["failed"]]
+            result.failed = counts["failed"]
+            ages = {b.batch_id: _ages(spans[b.batch_id]) for b in todo}
+            for b in passed:
+                c = counts["batches"][b.batch_id]
+                detail = f"written {c['written']}, resent {b.valid - c['written']}"
+                if ages[b.batch_id]["oldest_event_age_s"] is not None:
+                    detail += (
+                        f"; oldest event queryable {ages[b.batch_id]['oldest_event_age_s']:.0f} s "
+                        "after it reached Kafka"
+                    )
+                result.batches.append(
+                    {
+                        **b.as_dict(),
+                        "events": b.valid,
+                        "written": c["written"],
+                        "quarantine": c["quarantine"],
+                        "detail": detail,
+                        **ages[b.batch_id],
+                    }
+                )
+            Ledger(w).record_cycle(
+                passed,
+                {x["batch_id"]: x for x in result.batches},
+                window,
+                seconds=time.monotonic() - t0,
+            )
+            phase("ledger")
+    finally:
+        for stage in staged:
+            w.client.delete_table(stage.strip("`"), not_found_ok=True)
+    phase("drop_stage")
+    result.statements = _count_writes(w.statements[writes_before:])
+    done = set(result.already) | {x["batch_id"] for x in result.batches}
+    for bucket_name in {b.valid_uri.removeprefix("gs://").split("/", 1)[0] for b in batches}:
+        clear_pending(
+            w.storage.bucket(bucket_name),
+            [
+                b
+                for b in batches
+                if b.batch_id in done and b.valid_uri.startswith(f"gs://{bucket_name}/")
+            ],
+        )
+    phase("clear_pending")
+    result.seconds = round(time.monotonic() - t0, 3)
+    return result
+
+
+def _count_writes(statements: list[str]) -> dict[str, int]:
+    """Write statements per target table, from the statements the cycle sent."""
+    counts: dict[str, int] = {}
+    for sql in statements:
+        for part in sql.split(";"):
+            words = part.split()
+            if (
+                len(words) >= 3
+                and words[0].upper() in ("INSERT", "MERGE")
+                and words[1].upper() == "INTO"
+            ):
+                table = words[2].strip("`").rsplit(".", 1)[-1]
+            elif len(words) >= 2 and words[0].upper() == "MERGE":
+                table = words[1].strip("`").rsplit(".", 1)[-1]
+            else:
+                continue
+            counts[table] = counts.get(table, 0) + 1
+    return counts
+
+
+def raise_failed(result: CycleResult) -> None:
+    if result.failed:
+        committed = ", ".join(x["batch_id"] for x in result.batches) or "none"
+        raise GateError(
+            "; ".join(result.failed.values())
+            + f" (committed: {committed}; the failed batches stay pending)"
+        )
+
+
+# -- one batch ---------------------------------------------------------------------------------
+def merge_batch(bq: BigQuery, landed: Landed) -> dict[str, Any]:
+    """One batch through a warehouse cycle of its own (replay, tools, tests); the ingest's
+    writer is the ``warehouse`` DAG, which takes every pending batch at once."""
+
+    result = run_cycle(bq, [landed], bq.settings or WarehouseSettings())
+    if result.set_aside:
+        raise GateError(f"batch {landed.batch_id} set aside: {result.set_aside[landed.batch_id]}")
+    raise_failed(result)
+    if result.already:
+        return {
+            "events": landed.valid,
+            "quarantine": landed.quarantined + landed.duplicates,
+            "seconds": result.seconds,
+            "oldest_event_age_s": None,
+            "newest_event_age_s": None,
+            "already": True,
+        }
+    done = result.batches[0]
+    return {
+        "events": done["events"],
+        "written": done["written"],
+        "quarantine": done["quarantine"],
+        "seconds": result.seconds,
+        "oldest_event_age_s": done["oldest_event_age_s"],
+        "newest_event_age_s": done["newest_event_age_s"],
+    }

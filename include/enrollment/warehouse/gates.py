@@ -1,0 +1,165 @@
+"""The warehouse's gates: what a cycle wrote checked where it wrote it (ids held once, mandatory
+columns, quarantine rows, partner versions: the window only, never all history), and the freshness
+gate (events queryable within the SLA of their Kafka timestamps: it fails the run so that
+operators see a line falling behind, it never holds a batch back)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from enrollment.clients.bigquery import BigQuery
+from enrollment.core.batch import Landed
+from enrollment.core.errors import GateError
+from enrollment.core.windows import Window
+
+MANDATORY = ("partner_id", "occurred_at", "region", "event_type")
+
+
+def events_gate_sql(w: BigQuery, stage: str, window: Window) -> str:
+    # The window is read for five narrow columns only; mandatory columns are checked on the
+    # staged rows, which the INSERT copies as they are.
+    incomplete = " OR ".join(f"S.{c} IS NULL" for c in MANDATORY)
+    return (
+        f"""WITH W AS (SELECT T.event_id, T.batch_id, T.kafka_partition, T.kafka_offset
+  FROM {w.table("events")} T WHERE {window.sql("T.kafka_timestamp")} """
+        f"""AND T.event_id IN (SELECT event_id FROM {stage})),
+C AS (SELECT event_id, COUNT(*) AS n FROM W GROUP BY event_id)
+SELECT S.batch_id, COUNT(*) AS valid, COUNTIF(C.event_id IS NOT NULL) AS held, """
+        f"""COUNTIF(C.n > 1) AS repeated,
+  COUNTIF({incomplete}) AS incomplete, COUNTIF(X.event_id IS NOT NULL) AS written
+FROM {stage} S LEFT JOIN C ON C.event_id = S.event_id
+LEFT JOIN W X ON X.event_id = S.event_id AND X.batch_id = S.batch_id """
+        """AND X.kafka_partition = S.kafka_partition AND X.kafka_offset = S.kafka_offset
+GROUP BY S.batch_id"""
+    )
+
+
+def gate(
+    w: BigQuery,
+    todo: list[Landed],
+    events_stage: str | None,
+    partners_stage: str | None,
+    window: Window,
+) -> dict[str, Any]:
+    from google.cloud import bigquery
+
+    held = (
+        {r["batch_id"]: dict(r) for r in w.run(events_gate_sql(w, events_stage, window))}
+        if events_stage
+        else {}
+    )
+    ids = [b.batch_id for b in todo]
+    quarantined = {
+        r["batch_id"]: r["n"]
+        for r in w.run(
+            f"SELECT batch_id, COUNT(*) AS n FROM {w.table('quarantine')} "
+            f"WHERE {window.sql('kafka_timestamp')} AND batch_id IN UNNEST(@ids) GROUP BY batch_id",
+            [bigquery.ArrayQueryParameter("ids", "STRING", ids)],
+        )
+    }
+    behind = 0
+    if partners_stage:
+        behind = w.run(
+            f"SELECT COUNT(*) AS n FROM {partners_stage} S "
+            f"""LEFT JOIN {w.table("partners")} P ON P.partner_id = S.partner_id
+            WHERE P.partner_id IS NULL OR P.partner_version < S.partner_version"""
+        )[0]["n"]
+    out: dict[str, dict[str, int]] = {}
+    failed: dict[str, str] = {}
+    for b in todo:
+        h = held.get(
+            b.batch_id, {"valid": 0, "held": 0, "repeated": 0, "incomplete": 0, "written": 0}
+        )
+        q = quarantined.get(b.batch_id, 0)
+        problems = []
+        if b.offsets != b.valid + b.quarantined + b.duplicates + b.skipped:
+            problems.append(
+                f"its offsets {b.offsets} != valid {b.valid} + quarantined {b.quarantined} "
+                f"+ duplicates {b.duplicates} + skipped {b.skipped}"
+            )
+        if h["valid"] != b.valid:
+            problems.append(f"staged {h['valid']} valid rows, the batch landed {b.valid}")
+        if h["held"] != b.valid:
+            problems.append(f"events holds {h['held']} of the batch's {b.valid} valid event ids")
+        if h["repeated"]:
+            problems.append(f"{h['repeated']} of the batch's event ids appear more than once")
+        if h["incomplete"]:
+            problems.append(f"{h['incomplete']} rows miss a mandatory column")
+        if q != b.quarantined + b.duplicates:
+            problems.append(
+                f"quarantine holds {q} rows, the batch quarantined {b.quarantined} "
+                f"+ {b.duplicates} duplicates"
+            )
+        if behind:
+            problems.append(f"{behind} partners of the cycle are missing or older in partners")
+        if problems:
+            failed[b.batch_id] = f"warehouse gate, batch {b.batch_id} ({b.region}): " + "; ".join(
+                problems
+            )
+        out[b.batch_id] = {"written": h["written"], "quarantine": q}
+    return {"batches": out, "failed": failed}
+
+
+def event_ages(valid: pa.Table) -> dict[str, float | None]:
+    """How old the batch's oldest and newest events are now (their Kafka timestamps), in
+    seconds."""
+    if not valid.num_rows:
+        return {"oldest_event_age_s": None, "newest_event_age_s": None}
+    import pyarrow.compute as pc
+
+    now = time.time()
+    stamps = valid.column("kafka_timestamp")
+    oldest, newest = pc.min(stamps).as_py(), pc.max(stamps).as_py()
+    return {
+        "oldest_event_age_s": round(now - oldest.timestamp(), 1),
+        "newest_event_age_s": round(now - newest.timestamp(), 1),
+    }
+
+
+def freshness_gate(
+    batch_id: str, merged: Mapping[str, Any], sla_s: float
+) -> dict[str, float | None]:
+    """The batch's events were queryable within the SLA (counted from their Kafka timestamps).
+
+    The data is in and the offsets are committed whatever this says: it fails the run so that
+    operators see a pipeline falling behind, it never holds a batch back."""
+    age, newest = merged.get("oldest_event_age_s"), merged.get("newest_event_age_s")
+    if age is not None and age > sla_s:
+        newest_said = "" if newest is None else f" (newest {newest:.0f} s)"
+        raise GateError(
+            f"freshness gate, batch {batch_id}: its oldest event became queryable {age:.0f} s "
+            f"after it reached Kafka{newest_said}; the SLA is {sla_s:.0f} s"
+        )
+    return {
+        "oldest_event_age_s": age,
+        "newest_event_age_s": newest,
+        "sla_s": sla_s,
+    }
+
+
+def cycle_freshness_gate(
+    batches: list[dict[str, Any]], sla_s: float
+) -> dict[str, dict[str, float | None]]:
+    """The freshness gate over a warehouse cycle's batches: every late batch named at once.
+
+    Recovery batches (``enrollment.ops.recovery``: quarantined messages re-validated, ids starting
+    ``recovery-``) carry their messages' original Kafka timestamps on purpose: they are old by
+    design, never late, and are left out."""
+    from enrollment.core.batch import is_recovery_batch
+
+    late: list[str] = []
+    out: dict[str, dict[str, float | None]] = {}
+    for b in batches:
+        if is_recovery_batch(b["batch_id"]):
+            continue
+        try:
+            out[b["batch_id"]] = freshness_gate(b["batch_id"], b, sla_s)
+        except GateError as exc:
+            late.append(f"{b.get('region', '?')}: {exc}")
+    if late:
+        raise GateError(f"{len(late)} of {len(batches)} batches late: " + " | ".join(late))
+    return out
