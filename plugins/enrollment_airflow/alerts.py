@@ -12,7 +12,7 @@ that the run failed:
 
 ``send`` logs one line, ``ALERT <dag>.<tasks> <kind>: <reason>``, at ERROR, then calls the
 configured ``alerts.on_failure`` ("module:function") with the payload. Kinds: ``late`` when every
-failed task is a timeliness gate that gave its verdict (``defaults.LATE_GATES``, raising
+failed task is a timeliness gate that gave its verdict (``LATE_GATES``, raising
 ``Late``): the data is in, but late; ``broken`` for anything else, and for a batch set aside.
 
 In production the DAG callback runs in the DAG processor (Task SDK calls, no database); under
@@ -35,6 +35,17 @@ NOTE_KEY = "alert"  # the XCom a failed task leaves for its run's alert
 REASON_MAX = 600  # characters: a pager line, not a log
 BATCHES_MAX = 20
 OWN_PACKAGES = ("enrollment", "enrollment_airflow")
+
+
+# The timeliness gates, (DAG id, task id): when they alone fail, raising alerts.Late, the run's
+# alert is "late" (the data is in, behind its target); any other failure is "broken".
+LATE_GATES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("warehouse", "freshness"),  # a cycle's batch queryable later than freshness_sla_s
+        ("canary", "trace"),  # a canary not visible everywhere within canary.within_s
+        ("lag_monitor", "measure"),  # a backlog growing, too old, or a sink too far behind
+    }
+)
 
 
 class Late(AirflowFailException):
@@ -145,8 +156,6 @@ def reason_of(exc: BaseException | str | None) -> str:
 
 
 def _kind_of(dag_id: str, task_id: str, exc: BaseException | str | None) -> Kind:
-    from enrollment_airflow.defaults import LATE_GATES
-
     return "late" if isinstance(exc, Late) and (dag_id, task_id) in LATE_GATES else "broken"
 
 

@@ -10,7 +10,7 @@ from typing import Any
 # replay's warehouse stage): never two writers of a table at once, whatever runs. Pools live with
 # the configuration (`pools:`); the local stack and docker-compose import them (enrollment.pools).
 from enrollment.config import WAREHOUSE_POOL, load_config
-from enrollment_airflow.alerts import note_failure, on_dag_failure
+from enrollment_airflow.alerts import LATE_GATES, note_failure, on_dag_failure
 
 __all__ = [
     "DAG_DEFAULTS",
@@ -39,16 +39,6 @@ class Tag(StrEnum):
 
 # Every DAG's constructor takes these: a failed run always alerts (enrollment_airflow.alerts).
 DAG_DEFAULTS: dict[str, Any] = {"on_failure_callback": on_dag_failure}
-
-# The timeliness gates, (DAG id, task id): when they alone fail, raising alerts.Late, the run's
-# alert is "late" (the data is in, behind its target); any other failure is "broken".
-LATE_GATES: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("warehouse", "freshness"),  # a cycle's batch queryable later than freshness_sla_s
-        ("canary", "trace"),  # a canary not visible everywhere within canary.within_s
-        ("lag_monitor", "measure"),  # a backlog growing, too old, or a sink too far behind
-    }
-)
 
 # How long a task of each pool may run before it is killed as hung (execution_timeout); tasks
 # whose work is bounded otherwise say so where they are declared.

@@ -14,7 +14,7 @@ from typing import Any
 
 from enrollment.config import PipelineConfig
 from enrollment.view.reader import BROKEN, LATE, OK
-from enrollment_airflow.defaults import LATE_GATES
+from enrollment_airflow.alerts import LATE_GATES
 
 MONITOR_DAGS = (
     "lag_monitor",
