@@ -59,6 +59,7 @@ class Endpoints:
 
     def marketing_cloud(self) -> MarketingCloudClient:
         """The Marketing Cloud client for these endpoints (Airflow: the hook's connection)."""
+        # lazy: httpx loads only where Marketing Cloud is called
         from enrollment.clients.marketing_cloud import MarketingCloudClient
 
         return MarketingCloudClient(

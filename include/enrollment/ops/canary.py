@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from enrollment.config import PipelineConfig, Region
 from enrollment.core.partners import canary_id
+from enrollment.simulator.generator import Simulator
+from enrollment.simulator.payloads import timestamp
 from enrollment.sinks.base import Sink
 
 if TYPE_CHECKING:
@@ -64,9 +66,6 @@ class Canary:
 
 def canary_event(config: PipelineConfig, region: Region, version: int) -> dict[str, Any]:
     """A valid ``partner.enrolled`` of the region's canary partner at ``version``."""
-    from enrollment.simulator.generator import Simulator
-    from enrollment.simulator.payloads import timestamp
-
     country = region.countries[0]  # a configured region has countries with market rules
     event = Simulator(seed=version, config=config).event_for("partner.enrolled", country, 2)
     event.update(

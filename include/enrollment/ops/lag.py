@@ -22,8 +22,11 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
+from enrollment.clients.kafka import partition_drift
 from enrollment.config import LagRules, PipelineConfig
+from enrollment.core.layout import SET_ASIDE_PREFIX
 from enrollment.ingest.backlog import measure
+from enrollment.ingest.pending import pending_batches, set_aside_batches
 from enrollment.sync.plan import plan_all
 
 if TYPE_CHECKING:
@@ -78,9 +81,6 @@ def warehouse_lag(
     bucket: gcs.Bucket, config: PipelineConfig, now: float | None = None
 ) -> list[LagRow]:
     """Per region: landed batches not yet warehoused, and how long ago the oldest was claimed."""
-    from enrollment.core.layout import SET_ASIDE_PREFIX
-    from enrollment.ingest.pending import pending_batches, set_aside_batches
-
     now = time.time() if now is None else now
     waiting = pending_batches(bucket, config.consumer_group)
     aside = set_aside_batches(bucket, config.consumer_group)
@@ -153,8 +153,6 @@ def findings(
 ) -> list[tuple[str, str]]:
     """``alerts`` with each one's kind: "late" (data waits longer than the rules allow) or
     "broken" (a batch set aside, partitions that differ from the configuration)."""
-    from enrollment.clients.kafka import partition_drift
-
     late: list[str] = []
     broken: list[str] = []
     totals: dict[str, int] = {}

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from enrollment.core.batch import is_recovery_batch
+
 if TYPE_CHECKING:
     from enrollment.clients.bigquery import BigQuery
 
@@ -32,7 +34,6 @@ def batch_metrics(landed: Mapping[str, Any], merged: Mapping[str, Any]) -> dict[
     """One ingest batch's figures: how many events, how fast, how fresh."""
     land_s, warehouse_s = float(landed.get("seconds") or 0), float(merged.get("seconds") or 0)
     busy = land_s + warehouse_s
-    from enrollment.core.batch import is_recovery_batch
 
     # A recovery batch's events are old on purpose (re-processed from quarantine): no freshness.
     fresh = not is_recovery_batch(landed.get("batch_id") or "")

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from enrollment.ingest.validation import validate_batch
 from enrollment.simulator.faults import FaultRates, Message
 from enrollment.simulator.generator import DEFAULT_START, Simulator, expected_line
 
@@ -256,8 +257,6 @@ def check(args: argparse.Namespace) -> int:
     """Feeds a file run through the validator as one batch and compares with its expected
     outcomes."""
     import pyarrow.parquet as pq
-
-    from enrollment.ingest.validation import validate_batch
 
     folder = Path(args.folder)
     values = pq.read_table(folder / "messages.parquet", columns=["seq", "value"]).sort_by("seq")

@@ -14,6 +14,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from enrollment.clients.services import storage_client
+
 from .base import Partner, Sink, SinkResult, iso, revision
 
 if TYPE_CHECKING:
@@ -104,7 +106,6 @@ class DirectorySink(Sink):
 
 
 def build(options: Mapping[str, Any], endpoints: Endpoints) -> DirectorySink:
-    from enrollment.clients.services import storage_client
 
     return DirectorySink(
         storage_client(endpoints.project).bucket(options["bucket"]),

@@ -20,6 +20,8 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from enrollment.clients.services import firestore_client
+
 from .base import Partner, Sink, SinkResult, chunks, revision
 
 if TYPE_CHECKING:
@@ -195,7 +197,6 @@ class FirestoreSink(Sink):
 
 
 def build(options: Mapping[str, Any], endpoints: Endpoints) -> FirestoreSink:
-    from enrollment.clients.services import firestore_client
 
     return FirestoreSink(
         firestore_client(endpoints.project),

@@ -32,6 +32,8 @@ from enrollment.clients.marketing_cloud import (
     MarketingCloudError,
     not_queued,
 )
+from enrollment.clients.services import storage_client
+from enrollment.config import load_config
 from enrollment.core.partners import is_canary
 
 from ..config import MarketingConsent
@@ -473,8 +475,6 @@ class MarketingCloudSink(Sink):
 
 
 def build(options: Mapping[str, Any], endpoints: Endpoints) -> MarketingCloudSink:
-    from enrollment.clients.services import storage_client
-    from enrollment.config import load_config
 
     config = load_config()
     return MarketingCloudSink(

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from enrollment.config import load_config
+
 from .base import Partner, Sink, SinkResult, chunks, iso, revision
 
 if TYPE_CHECKING:
@@ -238,7 +240,6 @@ def search_partners(
 
 
 def build(options: Mapping[str, Any], endpoints: Endpoints) -> SolrSink:
-    from enrollment.config import load_config
 
     return SolrSink(
         endpoints.solr_url,

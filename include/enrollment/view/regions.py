@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from enrollment.clients.bigquery import sql_timestamp as ts
 from enrollment.config import PipelineConfig
+from enrollment.ops.lag import kafka_lag
 from enrollment.view.masking import scrub
 from enrollment.view.quarantine import quarantine_overview
 from enrollment.view.reader import (
@@ -41,7 +42,6 @@ def kafka_backlog(
 ) -> dict[str, Any]:
     """Per region: records the consumer group has not landed yet and the oldest one's age (from
     Kafka: committed offsets, end offsets, the first pending record's timestamp)."""
-    from enrollment.ops.lag import kafka_lag
 
     def body() -> dict[str, Any]:
         out: dict[str, RegionBacklog] = {

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from enrollment.clients.bigquery import BigQuery
-from enrollment.core.batch import Landed
+from enrollment.core.batch import Landed, is_recovery_batch
 from enrollment.core.errors import GateError
 from enrollment.core.windows import Window
 
@@ -149,8 +149,6 @@ def cycle_freshness_gate(
     Recovery batches (``enrollment.ops.recovery``: quarantined messages re-validated, ids starting
     ``recovery-``) carry their messages' original Kafka timestamps on purpose: they are old by
     design, never late, and are left out."""
-    from enrollment.core.batch import is_recovery_batch
-
     late: list[str] = []
     out: dict[str, dict[str, float | None]] = {}
     for b in batches:

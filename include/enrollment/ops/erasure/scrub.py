@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from enrollment.core.batch import landing_prefix
+from enrollment.core.layout import PENDING_PREFIX, SET_ASIDE_PREFIX
 from enrollment.core.partners import ERASED
 from enrollment.ingest.suppression import (
     PERSONAL_COLUMNS,
@@ -58,8 +60,6 @@ def _rewrite(blob: Blob, transform: Callable[[pa.Table], tuple[pa.Table, int]]) 
 
 def scrub_batch(bucket: Bucket, batch_id: str, ids: set[str]) -> dict[str, int]:
     """Rewrites a landed batch without the partners (its four objects; rows keep their count)."""
-    from enrollment.core.batch import landing_prefix  # here: batches imports this module
-
     prefix = landing_prefix(batch_id)
     found: dict[str, int] = {}
     event_ids: set[str] = set()
@@ -124,8 +124,6 @@ def batches_holding(w: BigQuery, bucket: Bucket, group: str, ids: Sequence[str])
     The warehouse queries read every partition (an erasure is rare; ``events`` is clustered by
     partner, so BigQuery reads only the blocks that can hold the ids)."""
     from google.cloud import bigquery
-
-    from enrollment.core.layout import PENDING_PREFIX, SET_ASIDE_PREFIX
 
     params = [bigquery.ArrayQueryParameter("ids", "STRING", list(ids))]
     mentions, by_text = _mentions("raw", ids)
@@ -297,8 +295,6 @@ def _without_sponsor(text: str) -> str:
 def remaining_in_batch(bucket: Bucket, batch_id: str, ids: set[str]) -> int:
     """Values of a landed batch that still name one of the partners (sponsor references aside)."""
     from google.api_core.exceptions import NotFound
-
-    from enrollment.core.batch import landing_prefix  # here: batches imports this module
 
     prefix = landing_prefix(batch_id)
     hits = 0

@@ -22,8 +22,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from enrollment.clients.bigquery import sql_timestamp as _ts
+from enrollment.clients.kafka import group_consumer
 from enrollment.core.batch import is_recovery_batch
 from enrollment.core.windows import day_start
+from enrollment.ingest.suppression import erased_among, suppressed
+from enrollment.ingest.validation.validate import validate_guarded
 from enrollment.ops.recovery.request import RecoveryRequest, reasons_regex
 
 if TYPE_CHECKING:
@@ -172,8 +175,6 @@ def fetch(
     commits."""
     from confluent_kafka import TopicPartition
 
-    from enrollment.clients.kafka import group_consumer as group_consumer
-
     by_partition: dict[int, list[int]] = defaultdict(list)
     for p, o in wanted:
         by_partition[p].append(o)
@@ -275,9 +276,6 @@ def plan(
     request: RecoveryRequest,
 ) -> RecoveryPlan:
     """What a recovery of ``request`` would do, message by message (see the module's doc)."""
-    from enrollment.ingest.suppression import erased_among, suppressed
-    from enrollment.ingest.validation.validate import validate_guarded
-
     have = _tables(w)
     erased_tokens = suppressed(bucket)
     dedup_days = getattr(config.warehouse, "dedup_window_days", 1)

@@ -25,6 +25,7 @@ _EN_DASH = "–"  # joins the window's two ends
 
 def _known_reason(code: str) -> bool:
     """A reason code the validator can give (``missing`` and ``missing:payload.email`` both are)."""
+    # lazy: a request is checked where pyarrow need not load (the DAG's params)
     from enrollment.ingest.validation.reasons import REASON_CODES
 
     for known in REASON_CODES:

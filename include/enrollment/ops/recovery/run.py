@@ -25,8 +25,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from enrollment.clients.bigquery import sql_timestamp as _ts
-from enrollment.core.batch import recovery_batch_id
-from enrollment.core.windows import day_start
+from enrollment.core.batch import Landed, landing_prefix, recovery_batch_id
+from enrollment.core.errors import GateError
+from enrollment.core.windows import Window, day_start
+from enrollment.ingest.land import write_batch
+from enrollment.ingest.pending import mark_pending
+from enrollment.ingest.shape import shape_batch
+from enrollment.ingest.validation.validate import validate_guarded
 from enrollment.ops.recovery.plan import RegionPlan, plan
 from enrollment.ops.recovery.request import MAX_WINDOW, RecoveryRequest
 from enrollment.warehouse.ledger import Ledger
@@ -65,8 +70,6 @@ ROWS_PER_STATEMENT = 500
 def _warehoused(w: BigQuery, batch_id: str) -> bool:
     """The warehouse already wrote this recovery batch (its ledger row, within a constant
     lookback)."""
-    from enrollment.core.windows import Window
-
     ensure_ledger(w)
     now = datetime.now(UTC)
     return bool(
@@ -85,13 +88,6 @@ def land_recovery(
     """The region's recoverable messages as one recovery batch, landed as ``land`` lands one and
     queued for the pipeline's warehouse writer; its ids and counts."""
     import pyarrow.compute as pc
-
-    from enrollment.core.batch import Landed, landing_prefix
-    from enrollment.core.errors import GateError
-    from enrollment.ingest.land import write_batch
-    from enrollment.ingest.pending import mark_pending
-    from enrollment.ingest.shape import shape_batch
-    from enrollment.ingest.validation.validate import validate_guarded
 
     t0 = time.monotonic()
     messages = rp.messages
