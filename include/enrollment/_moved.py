@@ -1,8 +1,10 @@
 """The flat library's import paths from before the relayout into stage packages (2026-12), kept
 working for a deprecation period: ``from enrollment.batches import GateError`` still imports, with
 a ``MovedWarning`` (a ``DeprecationWarning``) naming the new path. Nothing in this repository uses
-them
-(the tests turn the warning into an error); docs/decisions/0006-stage-packages.md says when they go.
+them (the tests turn the warning into an error); docs/decisions/0006-stage-packages.md says when
+they go.
+
+One file on purpose: most of it is the table of old names, read as data.
 
 Old modules that are gone are served by a finder placed last on ``sys.meta_path`` (a real module
 always wins); the three that became packages or lost names answer through their ``__getattr__``.
@@ -266,7 +268,6 @@ MOVED: dict[str, dict[str, str]] = {
         "PARTNER_ID": "enrollment.view.masking",
         "PipelineConfig": "enrollment.config",
         "QUERY_TIMEOUT_S": "enrollment.view.reader",
-        "QueryParameter": "enrollment.clients.bigquery",
         "Reader": "enrollment.view.reader",
         "RegionBacklog": "enrollment.view.regions",
         "STALE": "enrollment.view.reader",
@@ -397,20 +398,12 @@ MOVED: dict[str, dict[str, str]] = {
         "BOOLEAN": "enrollment.contracts.spec",
         "CHANNELS": "enrollment.contracts.spec",
         "CONSENT_CHANGE_SHARE": "enrollment.simulator.payloads",
-        "DEFAULT_MAX_MESSAGE_BYTES": "enrollment.ingest.validation",
-        "Event": "enrollment.simulator.payloads",
-        "FaultRates": "enrollment.simulator.faults",
-        "FieldSpec": "enrollment.contracts.spec",
         "INTEGER": "enrollment.contracts.spec",
         "KITS": "enrollment.simulator.payloads",
         "Markets": "enrollment.config",
-        "Message": "enrollment.simulator.faults",
         "PLANS": "enrollment.simulator.payloads",
-        "Partner": "enrollment.simulator.payloads",
-        "PipelineConfig": "enrollment.config",
         "STRING": "enrollment.contracts.spec",
         "contract_fields": "enrollment.contracts.spec:fields",
-        "load_config": "enrollment.config",
     },
     "enrollment.sync": {
         "ERASED": "enrollment.core.partners",
@@ -470,7 +463,6 @@ MOVED: dict[str, dict[str, str]] = {
         "Landed": "enrollment.core.batch",
         "PARTNER_COLUMNS": "enrollment.core.partners",
         "PARTNER_SCHEMA": "enrollment.core.partners",
-        "QueryParameter": "enrollment.clients.bigquery",
         "Warehouse": "enrollment._moved:Warehouse",
         "WarehouseSettings": "enrollment.config",
         "Window": "enrollment.core.windows",
