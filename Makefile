@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 STACK_DIR := .stack
 MVN := mvn -q -B
 
-.PHONY: install chromium redis-server up down reset-data status demo test lint bench loadtest lock schemas snapshot simulate clean
+.PHONY: install chromium redis-server up down reset-data status demo test check check-fast lint bench loadtest lock schemas snapshot simulate clean
 
 ## install: everything the stack and the tests need (idempotent; only what is missing or changed)
 install: $(VENV)/.installed $(STACK_DIR)/kafka/.installed $(STACK_DIR)/solr/.installed $(STACK_DIR)/bq-venv/.installed chromium redis-server
@@ -107,6 +107,17 @@ demo: up
 ## test: the whole suite; the session starts what the tests need and stops what it started
 test: install
 	$(PY) -m pytest
+
+## check: while working — lint (with mypy) and the tiers that start nothing (unit, DAG validation)
+check: lint
+	$(PY) -m pytest -q tests/unit tests/dag_validation
+
+## check-fast: after every edit — ruff, the import contracts and the unit tier (no mypy, no DagBag)
+check-fast: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m pytest -q tests/unit
 
 ## bench: every benchmark; bench-NAME runs bench/NAME.py (results in bench/results/)
 bench: bench-stack bench-validation bench-simulator bench-ingest bench-freshness bench-sinks

@@ -32,9 +32,16 @@ for path in (ROOT, ROOT / "plugins"):
 from stack import cli as stack_cli  # noqa: E402
 from stack import config as stack_config  # noqa: E402
 
+TIERS = ("unit", "dag_validation", "integration", "browser", "celery")
+
 
 def pytest_collection_modifyitems(session, config, items):
-    """The Celery tier last: it switches the running Airflow to Celery and back, once."""
+    """Each test is marked with its tier, from its folder (``pytest -m unit``); the Celery tier
+    runs last: it switches the running Airflow to Celery and back, once."""
+    for item in items:
+        parts = item.path.relative_to(ROOT / "tests").parts
+        if parts[0] in TIERS:
+            item.add_marker(parts[0])
     celery = [item for item in items if "/tests/celery/" in str(item.path)]
     items[:] = [item for item in items if item not in celery] + celery
 

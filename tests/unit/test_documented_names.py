@@ -19,12 +19,14 @@ from enrollment._moved import MODULES, MOVED, MovedWarning
 ROOT = Path(__file__).resolve().parents[2]
 # The docs, and the configuration files users copy (their sinks' `module:` paths).
 DOCS = sorted(
-    [
+    doc
+    for doc in [
         ROOT / "README.md",
         ROOT / "CONTRIBUTING.md",
         *(ROOT / "docs").rglob("*.md"),
         *(ROOT / "include/enrollment/config").glob("*.yaml"),
-    ],
+    ]
+    if doc.exists()
 )
 # The docs also name BigQuery tables and views (`enrollment.partners`, `enrollment.events.region`):
 # a dataset, not a module. The interface snapshot knows them all.
