@@ -69,7 +69,8 @@ def keyring_from_connections() -> Keyring:
     conn = BaseHook.get_connection(PII_CONN_ID)
     if not conn.password:
         raise RuntimeError(
-            f"connection {PII_CONN_ID} has no key (its password); see the README, 'Tax identifiers'"
+            f"connection {PII_CONN_ID} has no key (its password); "
+            "see docs/personal-data.md, 'Tax identifiers'"
         )
     return Keyring.from_secret(
         conn.login or "k1", conn.password, conn.extra_dejson.get("retired") or {}

@@ -4,7 +4,7 @@ Four regional writers MERGEing into the same tables would serialise behind the e
 and abort each other on BigQuery (at most 2 mutating DML per table at once; concurrent writes to
 the same partitions fail "Could not serialize access … due to concurrent update"). So the
 regions only land, and this DAG — one run at a time — takes every landed, not yet warehoused
-batch and writes each table once per cycle (``enrollment.cycle``).
+batch and writes each table once per cycle (``enrollment.warehouse.cycle``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    committed. A batch whose landed objects are missing or unreadable is **set aside** first
    (ledger row `set_aside`, not ok; its record moved to `gs://{bucket}/set_aside/{group}/`; the
    lag monitor alerts) and the cycle goes on with the others: requeue it once repaired with
-   `enrollment.cycle.requeue`. Its success updates the asset `warehouse`, which wakes the sink DAGs.
+   `enrollment.ingest.pending.requeue`. Its success updates the asset `warehouse`, which wakes the
+   sink DAGs.
 2. **freshness** — fails the run when a batch's oldest event took more than {sla:g} s from Kafka
    to queryable (`freshness_sla_s`): the data is in, the red run is the alert (a gate that
    measured lateness, not a stage that broke — that one is **cycle**). Recovery batches

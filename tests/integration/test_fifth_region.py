@@ -1,7 +1,7 @@
-"""Adding a region is configuration alone (README, "Adding a region"): a fifth region, MEA, with
-two countries whose market rules the library lacks, declared in a copy of the embedded
-configuration and nowhere else. Its simulated events (with the fault mix) go through its own
-ingest DAG (the factory's, run by ``dag.test()``), the warehouse and every sink DAG; the lag
+"""Adding a region is configuration alone (docs/configuration.md, "Adding a region"): a fifth
+region, MEA, with two countries whose market rules the library lacks, declared in a copy of the
+embedded configuration and nowhere else. Its simulated events (with the fault mix) go through its
+own ingest DAG (the factory's, run by ``dag.test()``), the warehouse and every sink DAG; the lag
 monitor measures its topic and the canary makes a valid enrollment for it."""
 
 from __future__ import annotations

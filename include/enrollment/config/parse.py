@@ -196,7 +196,7 @@ def _markets(raw: Any, regions: tuple[Region, ...]) -> Markets:
         named = "; ".join(f"{code}: {', '.join(cs)}" for code, cs in missing.items())
         raise ConfigError(
             f"regions: no market rules for {named}. Add each under `markets:` (currency, "
-            "postal_code, tax_id, state_required, min_age, languages), see the README's "
+            "postal_code, tax_id, state_required, min_age, languages), see docs/configuration.md, "
             "'Adding a region'"
         )
     return Markets(

@@ -315,7 +315,7 @@ class ReconciliationSettings:
 @dataclass(frozen=True)
 class Alerts:
     """Where failures go besides the task log (``alerts:``): ``on_failure`` is "module:function",
-    called with the curated alert payload (README, "Alerts"); empty: the log only."""
+    called with the curated alert payload (docs/configuration.md, "Alerts"); empty: the log only."""
 
     on_failure: str = ""
 

@@ -10,7 +10,7 @@ The key lives in an Airflow connection (``enrollment_pii``: login = key id, pass
 extra ``{"retired": {"<key id>": "<key>"}}``) or, outside Airflow, in ``ENROLLMENT_PII_KEY_ID`` /
 ``ENROLLMENT_PII_KEY`` / ``ENROLLMENT_PII_RETIRED_KEYS`` (JSON). Rotation: a new key id and key
 become current; the old ones move to ``retired`` so that values can still be matched against
-tokens made under them (``Keyring.matches``); see the README's "Personal data".
+tokens made under them (``Keyring.matches``); see docs/personal-data.md.
 """
 
 from __future__ import annotations

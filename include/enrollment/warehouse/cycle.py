@@ -152,7 +152,7 @@ def set_aside(w: BigQuery, b: Landed, why: str) -> None:
 
     log.error(
         "warehouse: batch %s (%s, %d offsets) SET ASIDE: %s — repair it, then requeue it "
-        "(enrollment.cycle.requeue)",
+        "(enrollment.ingest.pending.requeue)",
         b.batch_id,
         b.region,
         b.offsets,
