@@ -20,7 +20,7 @@ from enrollment.sinks import build_sink
 from enrollment.sync.run import SyncRun
 from enrollment.warehouse.tables import ddl
 from tests.integration.conftest import ingest_events
-from tests.integration.test_sinks import Scenario, journey_events, mc_rows
+from tests.integration.sync.test_sinks import Scenario, journey_events, mc_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 

@@ -41,7 +41,7 @@ class Scenario:
         template = self.sim.event_for("partner.enrolled", "DE", 2)
         self.sponsor = template["payload"]["sponsor_id"] = "EM" + uuid.uuid4().hex[:10].upper()
         # Contactable: Marketing Cloud holds them
-        # (tests/integration/test_consent.py: who it may not).
+        # (tests/integration/sync/test_consent.py: who it may not).
         template["payload"]["consents"]["marketing_email"] = True
         self.template = template
         self.ids = {

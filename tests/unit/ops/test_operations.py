@@ -1,15 +1,13 @@
-"""The operations tooling without services: load-test fault specs, replay's days, reconciliation
-findings, canary events (valid by the contracts) and batch metrics."""
+"""The operations tooling without services: replay's days, reconciliation findings, canary
+events (valid by the contracts) and batch metrics."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from datetime import UTC, date, datetime
 
 import pytest
 
-from bench.loadtest import Fault, seconds
 from enrollment.config import load_config
 from enrollment.core.partners import canary_id, is_canary
 from enrollment.ingest.validation import validate_batch
@@ -17,42 +15,6 @@ from enrollment.ops.canary import Canary, canary_event, missing
 from enrollment.ops.metrics import batch_metrics
 from enrollment.ops.reconciliation import Finding
 from enrollment.ops.replay import days
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"), [("90", 90), ("90s", 90), ("3m", 180), ("1.5m", 90), ("1h", 3600)]
-)
-def test_durations(text, expected):
-    assert seconds(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "kind", "at", "length"),
-    [
-        ("solr-down@3m:2m", "solr-down", 180, 120),
-        ("broker-restart@5m", "broker-restart", 300, 0),
-        ("broker-restart@5m:20s", "broker-restart", 300, 20),
-        ("worker-kill@40s", "worker-kill", 40, 0),
-    ],
-)
-def test_fault_specs(text, kind, at, length):
-    fault = Fault.parse(text)
-    assert (fault.kind, fault.at_s, fault.for_s) == (kind, at, length)
-
-
-@pytest.mark.parametrize(
-    ("text", "says"),
-    [
-        ("solr-down@3m", "for how long"),
-        ("kafka-down@1m:1m", "may go down"),
-        ("meteor@1m", "known faults"),
-        ("solr-down", "NAME@START"),
-        ("solr-down@soon:1m", "not a duration"),
-    ],
-)
-def test_bad_fault_specs_say_what_is_wrong(text, says):
-    with pytest.raises(argparse.ArgumentTypeError, match=says):
-        Fault.parse(text)
 
 
 def test_replay_days_from_params_or_the_data_interval():
@@ -115,18 +77,3 @@ def test_batch_metrics():
         "freshness_oldest_s": 30.0,
         "freshness_newest_s": 5.0,
     }
-
-
-def test_late_is_not_lost():
-    from bench.loadtest import classify
-
-    key = ("AMER", 0)
-    offsets = {key: list(range(0, 12)), ("EMEA", 1): [0, 1]}
-    ranges = {key: [(0, 4, "done"), (4, 6, "landed-only")]}
-    # 0-3 balanced; 4-5 claimed, not warehoused (late); 6-7 committed past with no batch (lost);
-    # 8-11 at or past the committed offset 8 (late, not claimed). EMEA: committed offset unknown.
-    counts = classify(offsets, ranges, {"done"}, {key: 8})
-    assert counts == {"accounted": 4, "late_claimed": 2, "late_unclaimed": 4 + 2, "lost": 2}
-    assert classify(offsets, ranges, {"done", "landed-only"}, {key: 12})["lost"] == 6 + 0, (
-        "past the commit, uncovered: lost"
-    )

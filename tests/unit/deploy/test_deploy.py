@@ -12,7 +12,7 @@ import yaml
 
 from enrollment.config import load_config
 from tests.conftest import ROOT
-from tests.unit.airflow_settings import MACHINE_SPECIFIC, airflow_settings
+from tests.unit.deploy.airflow_settings import MACHINE_SPECIFIC, airflow_settings
 
 VALUES = ROOT / "deploy" / "helm" / "values.yaml"
 GUIDE = ROOT / "docs" / "deploy.md"

@@ -1,5 +1,6 @@
-"""The cost estimate's arithmetic beyond tests/unit/test_cost.py: BigQuery's minimum bill per
-table, which reads follow the event rate and which the partner count, and the prices applied."""
+"""The cost estimate's arithmetic beyond tests/unit/warehouse/test_cost.py: BigQuery's minimum
+bill per table, which reads follow the event rate and which the partner count, and the prices
+applied."""
 
 from __future__ import annotations
 

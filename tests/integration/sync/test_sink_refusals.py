@@ -20,7 +20,7 @@ from enrollment.sync.plan import region_plan, watermark
 from enrollment.sync.run import SyncRun
 from enrollment.warehouse.ledger import Ledger
 from tests.integration.conftest import ingest_events
-from tests.integration.test_sinks import REGION, Scenario, journey_events
+from tests.integration.sync.test_sinks import REGION, Scenario, journey_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 

@@ -1,6 +1,7 @@
 """docker-compose.yaml (no Docker engine runs here): it parses, carries every service of the
 local stack with a healthcheck, publishes ports on loopback only, and runs Airflow on Celery with
-the local stack's settings, components and configured workers (tests/unit/airflow_settings.py)."""
+the local stack's settings, components and configured workers
+(tests/unit/deploy/airflow_settings.py)."""
 
 import re
 import shlex
@@ -11,7 +12,7 @@ import yaml
 from enrollment.config import load_config
 from stack.services import NAMES
 from tests.conftest import ROOT
-from tests.unit.airflow_settings import MACHINE_SPECIFIC, airflow_settings, local_stack
+from tests.unit.deploy.airflow_settings import MACHINE_SPECIFIC, airflow_settings, local_stack
 
 
 @pytest.fixture(scope="module")

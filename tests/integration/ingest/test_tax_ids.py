@@ -25,7 +25,7 @@ from enrollment.simulator.generator import Simulator
 from enrollment.sync.run import SyncRun
 from enrollment.warehouse.cycle import merge_batch
 from tests.integration.conftest import produce
-from tests.integration.test_sinks import mc_rows
+from tests.integration.sync.test_sinks import mc_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 

@@ -27,7 +27,7 @@ from enrollment.simulator.generator import Simulator
 from enrollment.warehouse.cycle import raise_failed, run_cycle
 from enrollment.warehouse.ledger import Ledger
 from tests.integration.conftest import produce
-from tests.integration.test_ingest_crashes import kill_during
+from tests.integration.ingest.test_ingest_crashes import kill_during
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 

@@ -16,7 +16,7 @@ from enrollment.contracts.spec import NUMBER_LIMIT, SAFE_INTEGER, TEXT_MAX_CHARS
 from enrollment.simulator.generator import Simulator
 from enrollment.sync.run import SyncRun
 from tests.integration.conftest import ingest_events
-from tests.integration.test_sinks import mc_rows
+from tests.integration.sync.test_sinks import mc_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
