@@ -112,12 +112,13 @@ test: install
 check: lint
 	$(PY) -m pytest -q tests/unit tests/dag_validation
 
-## check-fast: after every edit — ruff, the import contracts and the unit tier (no mypy, no DagBag)
+## check-fast: after every edit — ruff, the import contracts and the unit tier but its slow property
+##   tests (no mypy, no DagBag; make check runs them all)
 check-fast: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check --quiet .
 	$(VENV)/bin/ruff check --quiet .
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -m "not slow" tests/unit
 
 ## bench: every benchmark; bench-NAME runs bench/NAME.py (results in bench/results/)
 bench: bench-stack bench-validation bench-simulator bench-ingest bench-freshness bench-sinks

@@ -445,6 +445,7 @@ def test_unknown_fields_of_a_future_version_are_kept_raw_only():
 
 # -- the simulator's hostile fault
 # ----------------------------------------------------------------------
+@pytest.mark.slow
 @SETTINGS
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 300), rate=st.floats(0.05, 0.95))
 def test_the_simulator_hostile_fault_agrees_with_the_validator(seed, n, rate):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -95,6 +96,7 @@ def test_mutated_events_come_out_exactly_once(messages):
     _accounted(messages)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     seed=st.integers(0, 10_000),

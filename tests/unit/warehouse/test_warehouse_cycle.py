@@ -45,6 +45,7 @@ def landed(seed: int, n: int, batch_id: str, redeliver: list | None = None) -> p
     return flatten(validate_batch(values), kafka, batch_id).drop_columns(["event_json"]), messages
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(1, 300), min_size=1, max_size=4))
 def test_the_partners_merge_source_has_one_row_per_partner(seed, sizes):
@@ -145,6 +146,7 @@ def test_a_landed_batch_waiting_too_long_for_the_warehouse_alerts():
     assert "EMEA" in alert and "420 s" in alert and "3 waiting" in alert
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(1, 200), min_size=2, max_size=4))
 def test_folding_the_batches_partner_changes_equals_folding_their_events(seed, sizes):
