@@ -3,7 +3,8 @@
 Runs in the triggerer as an ``AssetWatcher`` (event-driven scheduling), so waiting holds no
 worker slot. It compares the pipeline group's committed offsets with the partitions' ends and
 reads one timestamp per lagging partition; it never consumes the data and never commits (the
-land stage does, after the batch is durable).
+land stage does, after the batch is durable). It asks over one ``BacklogWatch`` for its life (two
+Kafka clients, made again only after an error), not a client per poll.
 
 It fires once per piece of work (the committed offsets it saw); when those have not moved for
 ``refire_after_s`` — the run failed and gave up — it fires again, and the new run claims the
@@ -60,59 +61,66 @@ class BacklogTrigger(BaseEventTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow.sdk import BaseHook
+        from enrollment.ingest.backlog import BacklogWatch, should_fire
 
-        from enrollment.ingest.backlog import measure, should_fire
-
-        bootstrap = None
+        watch: BacklogWatch | None = None  # one pair of Kafka clients for the trigger's life
         fired_for, fired_at = None, 0.0
-        while True:
-            if bootstrap is None:
+        try:
+            while True:
+                if watch is None:
+                    bootstrap, error = await self._bootstrap()
+                    if bootstrap is None:
+                        now = time.time()
+                        if error != fired_for or now - fired_at >= self.refire_after_s:
+                            fired_for, fired_at = error, now
+                            yield TriggerEvent(  # type: ignore[no-untyped-call]  # unannotated
+                                {"region": self.region, "error": error, "pending": None}
+                            )
+                        await asyncio.sleep(max(self.poll_s, 5.0))
+                        continue
+                    watch = BacklogWatch(bootstrap, self.group, self.topic, self.partitions)
                 try:
-                    conn = await BaseHook.aget_connection(self.kafka_conn_id)
-                    bootstrap = conn.extra_dejson["bootstrap.servers"]
+                    backlog = await asyncio.to_thread(watch.measure, self.min_records)
                 except Exception as exc:
-                    error = (
-                        f"connection {self.kafka_conn_id!r} unusable: {type(exc).__name__}: {exc}"
-                    )
-                    self.log.error(
-                        "%s: %s; the backlog of %s is not watched until it is fixed",
-                        self.region,
-                        error,
-                        self.topic,
-                    )
-                    now = time.time()
-                    if error != fired_for or now - fired_at >= self.refire_after_s:
-                        fired_for, fired_at = error, now
-                        yield TriggerEvent(  # type: ignore[no-untyped-call]  # unannotated in Airflow
-                            {"region": self.region, "error": error, "pending": None}
-                        )
+                    self.log.warning("backlog of %s not measured: %s", self.topic, exc)
                     await asyncio.sleep(max(self.poll_s, 5.0))
                     continue
-            try:
-                backlog = await asyncio.to_thread(
-                    measure, bootstrap, self.group, self.topic, self.partitions, self.min_records
-                )
-            except Exception as exc:
-                self.log.warning("backlog of %s not measured: %s", self.topic, exc)
-                await asyncio.sleep(max(self.poll_s, 5.0))
-                continue
-            now = time.time()
-            again = backlog.fingerprint != fired_for or now - fired_at >= self.refire_after_s
-            if again and should_fire(backlog, self.min_records, self.max_age_s, now):
-                fired_for, fired_at = backlog.fingerprint, now
-                self.log.info(
-                    "%s: %d records pending, oldest %.1f s: waking the ingest DAG",
-                    self.region,
-                    backlog.pending,
-                    backlog.oldest_age_s(now),
-                )
-                yield TriggerEvent(  # type: ignore[no-untyped-call]  # unannotated in Airflow
-                    {
-                        "region": self.region,
-                        "pending": backlog.pending,
-                        "oldest_age_s": round(backlog.oldest_age_s(now), 3),
-                        "from_offsets": backlog.fingerprint,
-                    }
-                )
-            await asyncio.sleep(self.poll_s)
+                now = time.time()
+                again = backlog.fingerprint != fired_for or now - fired_at >= self.refire_after_s
+                if again and should_fire(backlog, self.min_records, self.max_age_s, now):
+                    fired_for, fired_at = backlog.fingerprint, now
+                    self.log.info(
+                        "%s: %d records pending, oldest %.1f s: waking the ingest DAG",
+                        self.region,
+                        backlog.pending,
+                        backlog.oldest_age_s(now),
+                    )
+                    yield TriggerEvent(  # type: ignore[no-untyped-call]  # unannotated in Airflow
+                        {
+                            "region": self.region,
+                            "pending": backlog.pending,
+                            "oldest_age_s": round(backlog.oldest_age_s(now), 3),
+                            "from_offsets": backlog.fingerprint,
+                        }
+                    )
+                await asyncio.sleep(self.poll_s)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    async def _bootstrap(self) -> tuple[str | None, str]:
+        """The broker list of the Kafka connection, or None and why it is unusable (logged)."""
+        from airflow.sdk import BaseHook
+
+        try:
+            conn = await BaseHook.aget_connection(self.kafka_conn_id)
+            return str(conn.extra_dejson["bootstrap.servers"]), ""
+        except Exception as exc:
+            error = f"connection {self.kafka_conn_id!r} unusable: {type(exc).__name__}: {exc}"
+        self.log.error(
+            "%s: %s; the backlog of %s is not watched until it is fixed",
+            self.region,
+            error,
+            self.topic,
+        )
+        return None, error

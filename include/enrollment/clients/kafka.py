@@ -107,22 +107,29 @@ def pending_ranges(
 ) -> list[tuple[int, int, int]]:
     """(partition, committed or earliest offset, end offset) for every partition of the topic on
     the cluster; ``partitions`` is the configured count, only compared. Reads offsets only."""
-    from confluent_kafka import TopicPartition
-
     consumer = group_consumer(bootstrap, group)
     try:
-        ids = topic_partitions(consumer, topic, partitions, timeout)
-        committed = consumer.committed([TopicPartition(topic, p) for p in ids], timeout=timeout)
-        out: list[tuple[int, int, int]] = []
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, tp.partition), timeout=timeout
-            )
-            start = tp.offset if tp.offset >= 0 else low
-            out.append((tp.partition, max(start, low), high))
-        return out
+        return ranges_of(consumer, topic, partitions, timeout)
     finally:
         consumer.close()
+
+
+def ranges_of(
+    consumer: Consumer, topic: str, partitions: int | None = None, timeout: float = 10.0
+) -> list[tuple[int, int, int]]:
+    """``pending_ranges`` over a consumer of the group the caller keeps (and reuses)."""
+    from confluent_kafka import TopicPartition
+
+    ids = topic_partitions(consumer, topic, partitions, timeout)
+    committed = consumer.committed([TopicPartition(topic, p) for p in ids], timeout=timeout)
+    out: list[tuple[int, int, int]] = []
+    for tp in committed:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, tp.partition), timeout=timeout
+        )
+        start = tp.offset if tp.offset >= 0 else low
+        out.append((tp.partition, max(start, low), high))
+    return out
 
 
 @_kafka_retry

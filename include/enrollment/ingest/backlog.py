@@ -1,7 +1,8 @@
 """How far the pipeline's consumer group is behind a topic: offsets and timestamps only.
 
-The backlog trigger asks this every second; it reads offsets, at most one record batch per
-lagging partition for its timestamp (none once enough records are pending), and never commits."""
+The backlog trigger asks this every second, over one ``BacklogWatch`` (two Kafka clients kept
+for the trigger's life); it reads offsets, at most one record batch per lagging partition for its
+timestamp (none once enough records are pending), and never commits."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from enrollment.clients.kafka import pending_ranges
+from enrollment.clients.kafka import group_consumer, pending_ranges, ranges_of
 
 if TYPE_CHECKING:
+    from confluent_kafka import Consumer
+
     from enrollment.config import Region
 
 
@@ -40,58 +43,101 @@ class Backlog:
         return max(0.0, (now if now is not None else time.time()) - self.oldest_timestamp_ms / 1000)
 
 
+class BacklogWatch:
+    """One topic's backlog, measured again and again over the same two Kafka clients: the backlog
+    trigger asks every second, and a client made and closed per question cost the triggerer
+    2–4 CPU-s a minute and the broker a group-coordinator lookup each time. A client that fails
+    is dropped and made again at the next question (a restarted broker, a moved coordinator)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int | None = None):
+        self.bootstrap, self.group, self.topic, self.partitions = (
+            bootstrap,
+            group,
+            topic,
+            partitions,
+        )
+        self._offsets: Consumer | None = None  # committed offsets and watermarks
+        self._peek: Consumer | None = None  # the first record of a lagging partition
+
+    def measure(self, enough: int | None = None) -> Backlog:
+        """Offsets per partition — every partition the cluster reports; ``partitions`` is the
+        configured count, only compared (a warning when it differs) — and the timestamp of the
+        oldest pending record of each lagging partition — unless ``enough`` records are pending:
+        then the count decides and no record is fetched at all (at the peak it always does)."""
+        try:
+            if self._offsets is None:
+                self._offsets = group_consumer(self.bootstrap, self.group)
+            ranges = tuple(ranges_of(self._offsets, self.topic, self.partitions))
+            behind = [(p, start) for p, start, end in ranges if end > start]
+            if enough is not None and sum(end - start for _, start, end in ranges) >= enough:
+                behind = []
+            by_partition = self._first_timestamps(behind) if behind else {}
+        except Exception:
+            self.close()
+            raise
+        return Backlog(
+            topic=self.topic,
+            ranges=ranges,
+            oldest_timestamp_ms=min(by_partition.values(), default=None),
+            oldest_by_partition=tuple(sorted(by_partition.items())),
+        )
+
+    def _first_timestamps(self, behind: list[tuple[int, int]]) -> dict[int, int]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._peek is None:
+            # The smallest fetch limits librdkafka accepts: the broker still answers with the first
+            # record batch of a partition, and nothing more (the pipeline's consumer pulls 16 MB).
+            self._peek = Consumer(
+                {
+                    "bootstrap.servers": self.bootstrap,
+                    "group.id": self.group,
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": False,
+                    "message.max.bytes": 1000,
+                    "fetch.max.bytes": 1000,
+                    "max.partition.fetch.bytes": 1,
+                    "fetch.wait.max.ms": 100,
+                }
+            )
+        consumer = self._peek
+        assigned = [TopicPartition(self.topic, p, start) for p, start in behind]
+        by_partition: dict[int, int] = {}
+        consumer.assign(assigned)
+        try:
+            deadline = time.monotonic() + 5
+            while len(by_partition) < len(behind) and time.monotonic() < deadline:
+                for msg in consumer.consume(num_messages=len(behind), timeout=0.5):
+                    partition = msg.partition()  # None only on an error event
+                    if (
+                        msg.error() is None
+                        and partition is not None
+                        and partition not in by_partition
+                    ):
+                        by_partition[partition] = msg.timestamp()[1]
+                        consumer.pause([TopicPartition(self.topic, partition)])
+        finally:
+            # The next question assigns afresh: nothing paused or buffered carries over.
+            consumer.resume(assigned)
+            consumer.unassign()
+        return by_partition
+
+    def close(self) -> None:
+        for client in (self._offsets, self._peek):
+            if client is not None:
+                client.close()
+        self._offsets = self._peek = None
+
+
 def measure(
     bootstrap: str, group: str, topic: str, partitions: int | None = None, enough: int | None = None
 ) -> Backlog:
-    """Offsets per partition — every partition the cluster reports; ``partitions`` is the
-    configured count, only compared (a warning when it differs) — and the timestamp of the oldest
-    pending record of each lagging partition — unless ``enough`` records are pending: then the
-    count decides and no record is fetched at all (the backlog trigger asks every second; at the
-    peak the count always decides)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    ranges = tuple(pending_ranges(bootstrap, group, topic, partitions))
-    oldest: int | None = None
-    by_partition: dict[int, int] = {}
-    behind = [(p, start) for p, start, end in ranges if end > start]
-    if enough is not None and sum(end - start for _, start, end in ranges) >= enough:
-        behind = []
-    if behind:
-        # The smallest fetch limits librdkafka accepts: the broker still answers with the first
-        # record batch of a partition, and nothing more (the pipeline's consumer pulls up to 16 MB).
-        consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-                "message.max.bytes": 1000,
-                "fetch.max.bytes": 1000,
-                "max.partition.fetch.bytes": 1,
-                "fetch.wait.max.ms": 100,
-            }
-        )
-        try:
-            consumer.assign([TopicPartition(topic, p, start) for p, start in behind])
-            seen: set[int] = set()
-            deadline = time.monotonic() + 5
-            while len(seen) < len(behind) and time.monotonic() < deadline:
-                for msg in consumer.consume(num_messages=len(behind), timeout=0.5):
-                    partition = msg.partition()  # None only on an error event
-                    if msg.error() is None and partition is not None and partition not in seen:
-                        seen.add(partition)
-                        stamp = msg.timestamp()[1]
-                        by_partition[partition] = stamp
-                        oldest = stamp if oldest is None else min(oldest, stamp)
-                        consumer.pause([TopicPartition(topic, partition)])
-        finally:
-            consumer.close()
-    return Backlog(
-        topic=topic,
-        ranges=ranges,
-        oldest_timestamp_ms=oldest,
-        oldest_by_partition=tuple(sorted(by_partition.items())),
-    )
+    """One question (``BacklogWatch.measure``) on clients made and closed for it."""
+    watch = BacklogWatch(bootstrap, group, topic, partitions)
+    try:
+        return watch.measure(enough)
+    finally:
+        watch.close()
 
 
 def total_pending(bootstrap: str, group: str, regions: Iterable[Region]) -> int:

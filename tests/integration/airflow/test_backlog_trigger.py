@@ -62,6 +62,47 @@ def test_the_backlog_reads_a_timestamp_only_when_the_count_does_not_decide(stack
         admin.delete_topics([topic])
 
 
+def test_one_watch_follows_the_backlog_across_questions(stack):
+    """The trigger's watch keeps its Kafka clients between polls: each answer is still today's
+    (commits, new records, the count deciding or not), and it answers again once closed."""
+    from enrollment.ingest.backlog import BacklogWatch
+
+    topic, group = f"test.backlog.{uuid.uuid4().hex[:8]}", f"test-backlog-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
+    watch = BacklogWatch(stack.kafka_bootstrap, group, topic, 2)
+    try:
+        assert watch.measure(enough=100).pending == 0
+        _produce(stack.kafka_bootstrap, topic, 8)
+        first = watch.measure(enough=100)
+        assert first.pending == 8 and {p for p, _ in first.oldest_by_partition} == {
+            p for p, start, end in first.ranges if end > start
+        }
+        assert watch.measure(enough=5).oldest_timestamp_ms is None, "the count decides"
+        # The group lands partition 0: only partition 1 is pending and timed.
+        ends = {p: end for p, _, end in first.ranges}
+        consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group})
+        consumer.commit(offsets=[TopicPartition(topic, 0, ends[0])], asynchronous=False)
+        consumer.close()
+        landed = watch.measure(enough=100)
+        by_partition = {p: (start, end) for p, start, end in landed.ranges}
+        assert landed.pending == ends[1] and by_partition[0] == (ends[0], ends[0])
+        assert {p for p, _ in landed.oldest_by_partition} == ({1} if ends[1] else set())
+        # A newer record on partition 0: its own timestamp, not one remembered from before.
+        time.sleep(1.1)
+        after = time.time()
+        producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+        producer.produce(topic, value=b"{}", partition=0)
+        assert producer.flush(10) == 0
+        newer = dict(watch.measure(enough=100).oldest_by_partition)
+        assert newer[0] >= int(after * 1000) - 50, newer
+        watch.close()
+        assert watch.measure(enough=100).pending == ends[1] + 1, "a closed watch asks afresh"
+    finally:
+        watch.close()
+        admin.delete_topics([topic])
+
+
 def test_trigger_fires_once_per_piece_of_work(stack):
     topic, group = f"test.backlog.{uuid.uuid4().hex[:8]}", f"test-backlog-{uuid.uuid4().hex[:6]}"
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
