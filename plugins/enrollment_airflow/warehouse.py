@@ -43,8 +43,8 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    lag monitor alerts) and the cycle goes on with the others: requeue it once repaired with
    `enrollment.ingest.pending.requeue`. Its success updates the asset `warehouse`, which wakes the
    sink DAGs.
-2. **freshness** — fails the run when a batch's oldest event took more than {sla:g} s from Kafka
-   to queryable (`freshness_sla_s`): the data is in, the red run is the alert (a gate that
+2. **freshness** — fails the run when a batch's p95 event (by age) took more than {sla:g} s from
+   Kafka to queryable (`freshness_sla_s`): the data is in, the red run is the alert (a gate that
    measured lateness, not a stage that broke — that one is **cycle**). Recovery batches
    (`recovery-…`, from the `requeue_quarantine` DAG) are left out: they carry their messages'
    original Kafka timestamps on purpose, old by design, never late.

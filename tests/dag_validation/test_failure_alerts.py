@@ -102,14 +102,16 @@ def test_a_late_freshness_gate_alone_alerts_as_late(dagbag, alerting, monkeypatc
     from airflow.utils.state import DagRunState
 
     dag = dagbag.dags["warehouse"]
-    sla = pipeline_config.load_config().freshness_sla_s
+    # A day late: later than any SLA, the embedded one or the suite's (the DagBag was parsed with
+    # the suite's configuration, this test's alerting one is the embedded file's copy).
     cycled = {
         "batches": [
             {
                 "batch_id": "amer-late-batch",
                 "region": "AMER",
-                "oldest_event_age_s": sla * 3,
-                "newest_event_age_s": sla * 2,
+                "oldest_event_age_s": 86_400.0,
+                "p95_event_age_s": 86_000.0,
+                "newest_event_age_s": 85_000.0,
             }
         ]
     }

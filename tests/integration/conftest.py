@@ -26,6 +26,7 @@ from enrollment.simulator.generator import Simulator
 from enrollment.sinks import build_sink
 from enrollment.warehouse.cycle import merge_batch
 from enrollment.warehouse.ledger import Ledger
+from tests.conftest import with_suite_timeliness
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ def isolated(stack, path, monkeypatch, change=None):
     """A configuration like the embedded one (``change`` may edit its raw mapping first), with
     its own topics, group, datasets, Firestore collection and Marketing Cloud data extension."""
     run = uuid.uuid4().hex[:6]
-    raw = yaml.safe_load(pipeline_config_module.DEFAULT_CONFIG.read_text())
+    raw = with_suite_timeliness(yaml.safe_load(pipeline_config_module.DEFAULT_CONFIG.read_text()))
     if change:
         change(raw)
     raw["consumer_group"] = f"test-pipeline-{run}"

@@ -257,16 +257,22 @@ def _operator_page() -> str:
 
 
 def take() -> dict[str, str]:
-    """The snapshot's files, name → text."""
-    return {
-        "dags.json": _dags(),
-        "config.txt": _run("-m", "enrollment.config"),
-        "pools.json": _run("-m", "enrollment.pools"),
-        "tables.json": _tables(),
-        "objects.json": _objects(),
-        "cli.txt": _cli(),
-        "operator_page.json": _operator_page(),
-    }
+    """The snapshot's files, name → text, of the embedded configuration (what users see; not the
+    test suite's, whose gates of timeliness are its own)."""
+    suite = os.environ.pop("ENROLLMENT_CONFIG", None)
+    try:
+        return {
+            "dags.json": _dags(),
+            "config.txt": _run("-m", "enrollment.config"),
+            "pools.json": _run("-m", "enrollment.pools"),
+            "tables.json": _tables(),
+            "objects.json": _objects(),
+            "cli.txt": _cli(),
+            "operator_page.json": _operator_page(),
+        }
+    finally:
+        if suite is not None:
+            os.environ["ENROLLMENT_CONFIG"] = suite
 
 
 def main() -> None:

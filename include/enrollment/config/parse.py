@@ -271,7 +271,9 @@ def _parse(raw: Mapping[str, Any]) -> PipelineConfig:
         sinks={str(name): _sink(str(name), entry) for name, entry in sinks.items()},
         sync_max_batches=sync.max_batches,
         sync_catch_up_every=sync.catch_up_every,
-        freshness_sla_s=_coerce(float, raw.get("freshness_sla_s", 300.0), "freshness_sla_s"),
+        freshness_sla_s=_coerce(
+            float, raw.get("freshness_sla_s", PipelineConfig.freshness_sla_s), "freshness_sla_s"
+        ),
         lag=_build(LagRules, raw.get("lag"), "lag"),
         alert_callback=alerts.on_failure,
         canary=_build(CanarySettings, raw.get("canary"), "canary"),

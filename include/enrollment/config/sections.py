@@ -291,7 +291,7 @@ class CanarySettings:
     every ``poke_s`` until visible everywhere; the run fails after ``within_s``."""
 
     every: str = "*/15 * * * *"
-    within_s: float = 300.0
+    within_s: float = 120.0  # the goal: visible everywhere within two minutes
     poke_s: float = 15.0
 
     def __post_init__(self) -> None:
@@ -371,7 +371,7 @@ class PipelineConfig:
     sinks: dict[str, SinkSettings] = field(default_factory=dict)
     sync_max_batches: int = SyncSettings.max_batches
     sync_catch_up_every: str = SyncSettings.catch_up_every
-    freshness_sla_s: float = 300.0
+    freshness_sla_s: float = 60.0  # the goal: queryable within a minute
     lag: LagRules = field(default_factory=LagRules)
     alert_callback: str = Alerts.on_failure  # "module:function" (alerts.on_failure)
     canary: CanarySettings = field(default_factory=CanarySettings)

@@ -155,6 +155,9 @@ class Landed:
     partners_uri: str = ""
     first_kafka_ms: int | None = None  # the Kafka timestamps of its oldest and newest message
     last_kafka_ms: int | None = None
+    # The Kafka timestamp of its p95 message by age (5 % of its messages are older): the freshness
+    # gate judges the batch on it (None: landed by an older version; the oldest message stands in).
+    p95_kafka_ms: int | None = None
     # Offsets of the range that hold no message (transaction markers, compacted or deleted records).
     skipped: int = 0
     # Gaps and rewinds found by its claim or read: ledger rows of their own.

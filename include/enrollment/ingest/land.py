@@ -33,7 +33,7 @@ from enrollment.core.pii import Keyring
 from enrollment.ingest.claim import advance_chain
 from enrollment.ingest.pending import mark_pending
 from enrollment.ingest.read import lost_below_watermark, read_range
-from enrollment.ingest.shape import shape_batch
+from enrollment.ingest.shape import p95_timestamp_ms, shape_batch
 from enrollment.ingest.suppression import anonymise_landed, erased_among, mentioned_ids, suppressed
 from enrollment.ingest.validation.validate import validate_guarded
 
@@ -173,6 +173,7 @@ def land(
         partners_uri=manifest.uri(manifest.partners_object),
         first_kafka_ms=int(first.timestamp() * 1000) if first else None,
         last_kafka_ms=int(last.timestamp() * 1000) if last else None,
+        p95_kafka_ms=p95_timestamp_ms(stamps),
         skipped=skipped,
         anomalies=anomalies,
     )

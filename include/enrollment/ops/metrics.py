@@ -45,6 +45,7 @@ def batch_metrics(landed: Mapping[str, Any], merged: Mapping[str, Any]) -> dict[
         "warehouse_s": warehouse_s,
         "events_per_min": round(landed["offsets"] * 60 / busy, 1) if busy else None,
         "freshness_oldest_s": merged.get("oldest_event_age_s") if fresh else None,
+        "freshness_p95_s": merged.get("p95_event_age_s") if fresh else None,
         "freshness_newest_s": merged.get("newest_event_age_s") if fresh else None,
     }
 
@@ -77,6 +78,7 @@ def record_batches(
             {
                 "seconds": b.get("warehouse_s"),
                 "oldest_event_age_s": b.get("oldest_event_age_s"),
+                "p95_event_age_s": b.get("p95_event_age_s"),
                 "newest_event_age_s": b.get("newest_event_age_s"),
             },
         )

@@ -54,7 +54,7 @@ from enrollment.core.layout import pending_object, set_aside_object
 from enrollment.core.partners import PARTNER_SCHEMA, fold_partners, partner_changes
 from enrollment.core.windows import Window
 from enrollment.ingest.pending import clear_pending
-from enrollment.ingest.shape import landed_schemas
+from enrollment.ingest.shape import landed_schemas, p95_timestamp_ms
 from enrollment.warehouse.gates import gate
 from enrollment.warehouse.ledger import Ledger
 from enrollment.warehouse.statements import (
@@ -98,33 +98,40 @@ class CycleResult:
         }
 
 
-def _span(b: Landed, tables: tuple[pa.Table, pa.Table] | None) -> tuple[datetime, datetime] | None:
-    """When the batch's oldest and newest messages reached Kafka."""
+Span = tuple[datetime, datetime, datetime]  # oldest, p95 by age, newest
+
+
+def _span(b: Landed, tables: tuple[pa.Table, pa.Table] | None) -> Span | None:
+    """When the batch's oldest, p95 (by age) and newest messages reached Kafka."""
+
+    def at(ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+
     if tables is None:
         # Only a batch landed with its Kafka span comes without tables (run_cycle reads the others).
         assert b.first_kafka_ms is not None and b.last_kafka_ms is not None
-        return (
-            datetime.fromtimestamp(b.first_kafka_ms / 1000, UTC),
-            datetime.fromtimestamp(b.last_kafka_ms / 1000, UTC),
-        )
-    lows, highs = [], []
-    for t in tables:
-        if t.num_rows:
-            stamps = t.column("kafka_timestamp")
-            lows.append(pc.min(stamps).as_py())
-            highs.append(pc.max(stamps).as_py())
-    return (min(lows), max(highs)) if lows else None
+        p95 = b.first_kafka_ms if b.p95_kafka_ms is None else b.p95_kafka_ms
+        return at(b.first_kafka_ms), at(p95), at(b.last_kafka_ms)
+    stamps = pa.chunked_array(
+        [chunk for t in tables for chunk in t.column("kafka_timestamp").chunks],
+        pa.timestamp("ms", tz="UTC"),
+    )
+    p95_ms = p95_timestamp_ms(stamps)
+    if p95_ms is None:
+        return None
+    return pc.min(stamps).as_py(), at(p95_ms), pc.max(stamps).as_py()
 
 
-def _ages(span: tuple[datetime, datetime] | None) -> dict[str, float | None]:
-    """How old the batch's oldest and newest messages are now, in seconds (from Kafka's
-    timestamps)."""
+def _ages(span: Span | None) -> dict[str, float | None]:
+    """How old the batch's oldest, p95 (by age) and newest messages are now, in seconds (from
+    Kafka's timestamps)."""
     if span is None:
-        return {"oldest_event_age_s": None, "newest_event_age_s": None}
+        return {"oldest_event_age_s": None, "p95_event_age_s": None, "newest_event_age_s": None}
     now = time.time()
     return {
         "oldest_event_age_s": round(now - span[0].timestamp(), 1),
-        "newest_event_age_s": round(now - span[1].timestamp(), 1),
+        "p95_event_age_s": round(now - span[1].timestamp(), 1),
+        "newest_event_age_s": round(now - span[2].timestamp(), 1),
     }
 
 
@@ -212,7 +219,7 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
     # twice).
     window = Window.around(
         min(s[0] for s in known) if known else now,
-        max([s[1] for s in known] + [now]),
+        max([s[2] for s in known] + [now]),
         settings.dedup_window_days,
     )
     result.window_days = window.days
@@ -376,6 +383,7 @@ def merge_batch(bq: BigQuery, landed: Landed) -> dict[str, Any]:
             "quarantine": landed.quarantined + landed.duplicates,
             "seconds": result.seconds,
             "oldest_event_age_s": None,
+            "p95_event_age_s": None,
             "newest_event_age_s": None,
             "already": True,
         }
@@ -386,5 +394,6 @@ def merge_batch(bq: BigQuery, landed: Landed) -> dict[str, Any]:
         "quarantine": done["quarantine"],
         "seconds": result.seconds,
         "oldest_event_age_s": done["oldest_event_age_s"],
+        "p95_event_age_s": done["p95_event_age_s"],
         "newest_event_age_s": done["newest_event_age_s"],
     }

@@ -15,6 +15,7 @@ from enrollment.clients.bigquery import BigQuery
 from enrollment.core.batch import Landed, is_recovery_batch
 from enrollment.core.errors import GateError
 from enrollment.core.windows import Window
+from enrollment.ingest.shape import p95_timestamp_ms
 
 MANDATORY = ("partner_id", "occurred_at", "region", "event_type")
 
@@ -105,17 +106,19 @@ def gate(
 
 
 def event_ages(valid: pa.Table) -> dict[str, float | None]:
-    """How old the batch's oldest and newest events are now (their Kafka timestamps), in
-    seconds."""
+    """How old the batch's oldest, p95 (by age) and newest events are now (their Kafka
+    timestamps), in seconds."""
     if not valid.num_rows:
-        return {"oldest_event_age_s": None, "newest_event_age_s": None}
+        return {"oldest_event_age_s": None, "p95_event_age_s": None, "newest_event_age_s": None}
     import pyarrow.compute as pc
 
     now = time.time()
     stamps = valid.column("kafka_timestamp")
     oldest, newest = pc.min(stamps).as_py(), pc.max(stamps).as_py()
+    p95 = p95_timestamp_ms(stamps)
     return {
         "oldest_event_age_s": round(now - oldest.timestamp(), 1),
+        "p95_event_age_s": None if p95 is None else round(now - p95 / 1000, 1),
         "newest_event_age_s": round(now - newest.timestamp(), 1),
     }
 
@@ -123,19 +126,30 @@ def event_ages(valid: pa.Table) -> dict[str, float | None]:
 def freshness_gate(
     batch_id: str, merged: Mapping[str, Any], sla_s: float
 ) -> dict[str, float | None]:
-    """The batch's events were queryable within the SLA (counted from their Kafka timestamps).
+    """The batch's p95 event (by age) was queryable within the SLA, counted from its Kafka
+    timestamp: the goal is a promise about nearly every event, and one straggler (a record
+    produced long before, a partition that waited) must not make a whole batch late. A batch
+    measured before the p95 was kept is judged on its oldest event.
 
     The data is in and the offsets are committed whatever this says: it fails the run so that
     operators see a pipeline falling behind, it never holds a batch back."""
-    age, newest = merged.get("oldest_event_age_s"), merged.get("newest_event_age_s")
-    if age is not None and age > sla_s:
-        newest_said = "" if newest is None else f" (newest {newest:.0f} s)"
+    oldest, newest = merged.get("oldest_event_age_s"), merged.get("newest_event_age_s")
+    p95 = merged.get("p95_event_age_s")
+    judged, which = (oldest, "oldest") if p95 is None else (p95, "p95")
+    if judged is not None and judged > sla_s:
+        others = [
+            f"{name} {value:.0f} s"
+            for name, value in (("oldest", oldest if p95 is not None else None), ("newest", newest))
+            if value is not None
+        ]
+        said = f" ({', '.join(others)})" if others else ""
         raise GateError(
-            f"freshness gate, batch {batch_id}: its oldest event became queryable {age:.0f} s "
-            f"after it reached Kafka{newest_said}; the SLA is {sla_s:.0f} s"
+            f"freshness gate, batch {batch_id}: its {which} event became queryable "
+            f"{judged:.0f} s after it reached Kafka{said}; the SLA is {sla_s:.0f} s"
         )
     return {
-        "oldest_event_age_s": age,
+        "oldest_event_age_s": oldest,
+        "p95_event_age_s": p95,
         "newest_event_age_s": newest,
         "sla_s": sla_s,
     }

@@ -153,7 +153,7 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
     # Freshness: the newest batch's ages as the warehouse cycle recorded them in metrics.
     metrics = rows(
         """SELECT region, batch_id, name, value FROM {o}.metrics
-        WHERE name IN ('freshness_oldest_s', 'freshness_newest_s')"""
+        WHERE name IN ('freshness_oldest_s', 'freshness_p95_s', 'freshness_newest_s')"""
     )
     by_batch = defaultdict(dict)
     for x in metrics:
@@ -163,8 +163,10 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
         assert f is not None, code
         assert by_batch[(code, f["batch_id"])] == {
             "freshness_oldest_s": f["oldest_event_age_s"],
+            "freshness_p95_s": f["p95_event_age_s"],
             "freshness_newest_s": f["newest_event_age_s"],
         }
+        assert f["oldest_event_age_s"] >= f["p95_event_age_s"] >= f["newest_event_age_s"]
         assert r["status"] == "ok", r["why"]
 
     # Sinks: no sync ran, so every warehoused batch is

@@ -152,6 +152,14 @@ def test_a_left_out_section_takes_the_dataclass_defaults_the_one_place():
         parse_config(raw(canary={"within_s": 10, "poke_s": 20}))
 
 
+def test_the_gates_of_timeliness_default_to_the_goal():
+    """Queryable within a minute, visible in every sink within two: "late" means the promise
+    was missed (the test suite runs with its own, longer gates; see tests/conftest.py)."""
+    config = load_config()
+    assert config.freshness_sla_s == 60.0 and config.canary.within_s == 120.0
+    assert parse_config(raw(freshness_sla_s=90)).freshness_sla_s == 90.0
+
+
 def test_sinks_are_typed_and_read_as_their_entry():
     sinks = load_config().sinks
     assert list(sinks) == ["firestore", "solr", "marketing_cloud"]

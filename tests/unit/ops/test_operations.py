@@ -65,7 +65,12 @@ def test_missing_names_each_destination_a_canary_has_not_reached():
 def test_batch_metrics():
     m = batch_metrics(
         {"offsets": 1200, "valid": 1100, "quarantined": 60, "duplicates": 40, "seconds": 2.0},
-        {"seconds": 4.0, "oldest_event_age_s": 30.0, "newest_event_age_s": 5.0},
+        {
+            "seconds": 4.0,
+            "oldest_event_age_s": 30.0,
+            "p95_event_age_s": 12.0,
+            "newest_event_age_s": 5.0,
+        },
     )
     assert m == {
         "events": 1200,
@@ -75,5 +80,6 @@ def test_batch_metrics():
         "warehouse_s": 4.0,
         "events_per_min": 12000.0,
         "freshness_oldest_s": 30.0,
+        "freshness_p95_s": 12.0,
         "freshness_newest_s": 5.0,
     }
