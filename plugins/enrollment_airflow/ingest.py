@@ -21,6 +21,10 @@ from enrollment_airflow.defaults import DAG_DEFAULTS, Tag, default_args
 from enrollment_airflow.triggers import BacklogTrigger
 
 
+# The assets' URI schemes start with "x-": Airflow leaves such a scheme as it is, where any other
+# makes it load every provider's URI handlers (the Google provider's import google.cloud.storage)
+# to normalise it — in every parse of the DAG files and every task: measured 0.56 → 0.20 CPU-s a
+# parse of the ingest, warehouse and sync files.
 def backlog_asset(region: Region, group: str) -> Asset:
     """The region's pending records as an asset, watched by the backlog trigger in the triggerer."""
     trigger = BacklogTrigger(
@@ -33,7 +37,7 @@ def backlog_asset(region: Region, group: str) -> Asset:
     )
     return Asset(
         name=f"commerce_backlog_{region.code.lower()}",
-        uri=f"kafka-backlog://enrollment/{region.topic}",
+        uri=f"x-kafka-backlog://enrollment/{region.topic}",
         watchers=[AssetWatcher(name=f"backlog_{region.code.lower()}", trigger=trigger)],
     )
 
@@ -42,7 +46,7 @@ def landed_asset(region: Region) -> Asset:
     """The region's landed batches as an asset: updated by each ingest run, watched by the
     warehouse DAG."""
     return Asset(
-        name=f"landed_{region.code.lower()}", uri=f"enrollment-landing://batches/{region.code}"
+        name=f"landed_{region.code.lower()}", uri=f"x-enrollment-landing://batches/{region.code}"
     )
 
 
@@ -50,7 +54,7 @@ def warehouse_asset() -> Asset:
     """The warehouse tables as an asset: updated by each warehouse cycle, watched by the sink
     DAGs."""
     # The URI names no dataset: one asset whatever the deployment's datasets.
-    return Asset(name="warehouse", uri="enrollment-warehouse://partners")
+    return Asset(name="warehouse", uri="x-enrollment-warehouse://partners")
 
 
 DOC_MD = """
