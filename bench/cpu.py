@@ -5,9 +5,17 @@ growth of each one's user + system time to a component named from its command li
 component, the task processes by the kind of DAG they run (a LocalExecutor worker's title, or a
 Celery pool process's ``airflow supervisor:`` title, names the task instance it runs; ``resolve``
 maps that id to its DAG), each service of the stack, the
-simulator, and the load test itself (its watchers). A
-process that ends between two samples loses at most its last ``every_s`` seconds: short task
-processes are slightly under-counted (the machine's total, from /proc/stat, shows the rest).
+simulator, and the load test itself (its watchers).
+
+A process that ends between two samples is not lost: once its parent reaps it, the parent's
+children's CPU grows by all the child used, and what the samples had not yet seen of it (its last
+``every_s`` seconds, or all of a process shorter than that) is charged to the parent's component —
+a task's to its worker. The sum is checked against the machine's busy time from /proc/stat.
+
+Components are grouped as a user sizes them: the **pipeline** (its tasks, Airflow's components,
+and what Airflow needs besides: its metadata database and the Celery broker), the **services** it
+talks to (emulators here, managed services in production), and the **load** (the simulator and
+the load test's watchers).
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ RULES = (  # (substring of the command line, component), first match wins
     ("airflow api_server", "airflow api-server"),
     ("celeryd:", "airflow celery workers (idle)"),
     ("celery worker", "airflow celery workers (idle)"),
-    ("redis-server", "redis (celery broker)"),
+    ("redis-server", "airflow celery broker (redis)"),
+    ("postgres", "airflow metadata db (postgresql)"),
     ("bqemulator", "bigquery emulator"),
     ("kafka.Kafka", "kafka"),
     ("SolrLauncher", "solr"),
@@ -49,6 +58,28 @@ KINDS = (
     ("environment_health", "tasks: health"),
     ("canary", "tasks: canary"),
 )
+
+
+SERVICES = (
+    "bigquery emulator",
+    "kafka",
+    "solr",
+    "firestore emulator",
+    "gcs emulator",
+    "marketing cloud stub",
+)
+LOAD = ("simulator", "load test (watchers)")
+
+
+def group(component: str) -> str:
+    """pipeline, services, load or other (see the module's doc)."""
+    if component in SERVICES:
+        return "services"
+    if component in LOAD:
+        return "load"
+    if component.startswith(("tasks:", "airflow")):
+        return "pipeline"
+    return "other"
 
 
 def task_kind(dag_id: str | None) -> str:
@@ -87,7 +118,9 @@ class CpuSampler:
         self.every_s = every_s
         self.resolve = resolve or (lambda _ti: None)
         self.me = os.getpid()
-        self.last: dict[int, float] = {}
+        self.last: dict[int, float] = {}  # pid → its CPU and its reaped children's, last seen
+        self.parent: dict[int, int] = {}  # pid → its parent, last seen
+        self.seen_of_gone: dict[int, float] = {}  # parent → what was charged of its ended children
         self.kind_of_worker: dict[int, str] = {}
         self.totals: dict[str, float] = {}
         self.series: list[
@@ -128,25 +161,40 @@ class CpuSampler:
             if info["cpu_times"] is None:
                 continue
             parents[info["pid"]] = info["ppid"]
+            times = info["cpu_times"]
             procs.append(
                 (
                     proc,
                     " ".join(info["cmdline"] or []),
-                    info["cpu_times"].user + info["cpu_times"].system,
+                    times.user + times.system + times.children_user + times.children_system,
                 )
             )
+        # Ended since the last sample: what was charged of each is already counted, and comes
+        # back in its parent's children's CPU once reaped; only the rest is new.
+        for pid in set(self.last) - set(parents):
+            self.seen_of_gone.pop(pid, None)  # children it never reaped: their parent is now init
+            ppid = self.parent.pop(pid, None)
+            if ppid is not None:
+                self.seen_of_gone[ppid] = self.seen_of_gone.get(ppid, 0.0) + self.last[pid]
+            self.last.pop(pid, None)
+            self.kind_of_worker.pop(pid, None)
         used: dict[str, float] = {}
-        seen = set()
         for proc, cmdline, cpu in procs:
-            seen.add(proc.pid)
-            grown = cpu - self.last.get(proc.pid, 0.0 if self.series or self.started else cpu)
+            before = self.last.get(proc.pid, 0.0 if self.series or self.started else cpu)
+            grown = cpu - before
             self.last[proc.pid] = cpu
+            self.parent[proc.pid] = parents[proc.pid]
+            counted = self.seen_of_gone.pop(proc.pid, 0.0)
+            if counted:
+                # Its ended children's counted part returns with their reaping (now, or at a
+                # later sample: what is not yet back is kept until then).
+                taken = min(max(grown, 0.0), counted)
+                grown -= taken
+                if counted - taken > 1e-6:
+                    self.seen_of_gone[proc.pid] = counted - taken
             if grown > 0:
                 name = self.component(proc, cmdline, parents)
                 used[name] = used.get(name, 0.0) + grown
-        for pid in set(self.last) - seen:
-            self.last.pop(pid, None)
-            self.kind_of_worker.pop(pid, None)
         return used
 
     def _machine_busy(self) -> float:
@@ -183,9 +231,16 @@ class CpuSampler:
             name: round(value / minutes, 1)
             for name, value in sorted(self.totals.items(), key=lambda kv: -kv[1])
         }
+        groups: dict[str, float] = {}
+        for name, value in self.totals.items():
+            groups[group(name)] = groups.get(group(name), 0.0) + value
         return {
             "minutes": round(minutes, 2),
             "cores": psutil.cpu_count(),
+            "cpu_s": {name: round(value, 1) for name, value in sorted(groups.items())},
+            "groups_cpu_s_per_min": {
+                name: round(value / minutes, 1) for name, value in sorted(groups.items())
+            },
             "cpu_s_per_min": per_min,
             "components_cpu_s_per_min": round(sum(self.totals.values()) / minutes, 1),
             "machine_busy_cpu_s_per_min": round(self.machine_busy_s / minutes, 1),
@@ -200,11 +255,19 @@ def markdown(cpu: dict) -> str:
     )
     capacity = cpu["machine_capacity_cpu_s_per_min"]
     components, busy = cpu["components_cpu_s_per_min"], cpu["machine_busy_cpu_s_per_min"]
+    groups = "\n".join(
+        f"| **{name}** (group) | **{value:,.1f}** | {100 * value / capacity:.0f} % |"
+        for name, value in cpu.get("groups_cpu_s_per_min", {}).items()
+    )
     return f"""| component | CPU s per minute | share of the {cpu["cores"]} cores |
 |---|---|---|
 {rows}
+{groups}
 | **all components** | **{components:,.1f}** | {100 * components / capacity:.0f} % |
 | machine busy (/proc/stat) | {busy:,.1f} | {100 * busy / capacity:.0f} % |
 
-Sampled every 2 s over {cpu["minutes"]:,.1f} minutes; the capacity is {capacity} CPU s a minute.
+Sampled every 2 s over {cpu["minutes"]:,.1f} minutes, ended processes counted through their
+parents; the capacity is {capacity} CPU s a minute. Groups: the pipeline (tasks, Airflow, its
+database and broker), the services (emulators, Kafka, Solr, the stub), the load (simulator,
+watchers).
 """

@@ -237,9 +237,19 @@ def main(argv: list[str] | None = None) -> int:
         "samples_lost": samples_lost,
         "drained": outcome.drained,
         "backlog_left": outcome.backlog_left | {"sinks_batches_not_synced": sinks_behind},
+        # The headline a user sizes with: the pipeline's own CPU (tasks, Airflow, its database and
+        # broker) over the whole run, drain included, per million events in.
+        "pipeline_cpu_s_per_1m": round(
+            cpu_figures["cpu_s"].get("pipeline", 0.0) * 1e6 / figures["records_in"], 1
+        )
+        if figures["records_in"]
+        else None,
         "cpu": cpu_figures,
         "cost": cost_estimate(config, outcome),
         "samples": len(watched),
+        # How many points the lag plots have (a sampler that fails logs and skips: 0 says so).
+        "lag_points": len(samples.lag),
+        "sink_backlog_points": len(samples.sinks),
         "samples_never_visible_everywhere": len(never),
         "freshness_p50_s": fresh["p50"],
         "freshness_p95_s": fresh["p95"],

@@ -225,6 +225,10 @@ All three sinks: p50 {fmt(s["all_sinks_p50_s"])} s, p95 {fmt(s["all_sinks_p95_s"
 
 ## Where the CPU went
 
+**The pipeline's own CPU: {fmt(s.get("pipeline_cpu_s_per_1m"))} CPU-s per million events**
+(its tasks, Airflow's components, its metadata database and broker, over the whole run with the
+drain, divided by the events in; the services and the load apart).
+
 CPU seconds per minute of the run (load and drain), per component; tasks are charged by the
 kind of DAG their worker ran.
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from bench.load import log
 from enrollment.clients.kafka import pending_ranges
+from enrollment.sync.plan import plan_all
 from enrollment.sync.run import SyncRun
 
 LAG_EVERY_S, SINK_LAG_EVERY_S = 5.0, 30.0
@@ -58,8 +59,13 @@ class Sampler:
             self.next_sinks = elapsed + SINK_LAG_EVERY_S
             try:
                 for sink in self.config.sinks:
-                    plans = self.run.plan_all(
-                        sink, [r.code for r in self.config.regions], max_batches=10_000
+                    plans = plan_all(
+                        self.run.warehouse,
+                        self.run.bucket.name,
+                        sink,
+                        [r.code for r in self.config.regions],
+                        max_batches=10_000,
+                        lookback_days=self.config.sync_lookback_days,
                     )
                     self.samples.sinks.append(
                         (elapsed, sink, sum(len(p.batches) for p in plans.values()))

@@ -61,6 +61,8 @@ def test_a_short_load_with_solr_down_ends_with_zero_unexplained_records(
         and cpu.get("tasks: warehouse cycle", 0) > 0
     ), cpu
     assert summary["cost"]["cycles_in_run"] >= 1
+    assert summary["lag_points"] > 0 and summary["sink_backlog_points"] > 0, "the lag plots"
+    assert summary["pipeline_cpu_s_per_1m"] > 0 and summary["cpu"]["cpu_s"]["pipeline"] > 0
     assert (
         summary["quarantined"] > 0
         and summary["valid"] + summary["quarantined"] == summary["records_in"]
