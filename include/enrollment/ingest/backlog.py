@@ -45,17 +45,13 @@ class Backlog:
 
 class BacklogWatch:
     """One topic's backlog, measured again and again over the same two Kafka clients: the backlog
-    trigger asks every second, and a client made and closed per question cost the triggerer
-    2–4 CPU-s a minute and the broker a group-coordinator lookup each time. A client that fails
+    trigger asks every second, and clients made and closed per question cost 2–3.4 times the CPU
+    (bench/backlog.py) and the broker a group-coordinator lookup each time. A client that fails
     is dropped and made again at the next question (a restarted broker, a moved coordinator)."""
 
     def __init__(self, bootstrap: str, group: str, topic: str, partitions: int | None = None):
-        self.bootstrap, self.group, self.topic, self.partitions = (
-            bootstrap,
-            group,
-            topic,
-            partitions,
-        )
+        self.bootstrap, self.group = bootstrap, group
+        self.topic, self.partitions = topic, partitions
         self._offsets: Consumer | None = None  # committed offsets and watermarks
         self._peek: Consumer | None = None  # the first record of a lagging partition
 
