@@ -59,6 +59,9 @@ if not os.environ.get("ENROLLMENT_CONFIG"):
         yaml.safe_dump(with_suite_timeliness(yaml.safe_load(DEFAULT_CONFIG.read_text())))
     )
     os.environ["ENROLLMENT_CONFIG"] = str(SUITE_CONFIG)
+# The configuration the session runs (the suite's, or the one the caller named), whatever a tier
+# does to the environment later (the unit tier drops it for its tests).
+SESSION_CONFIG = os.environ["ENROLLMENT_CONFIG"]
 
 TIERS = ("unit", "dag_validation", "integration", "browser", "celery")
 
@@ -92,7 +95,7 @@ def stack():
 def pipeline_config():
     from enrollment.config import load_config
 
-    return load_config()
+    return load_config(SESSION_CONFIG)
 
 
 @pytest.fixture(scope="session")
