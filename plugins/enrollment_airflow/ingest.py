@@ -23,8 +23,8 @@ from enrollment_airflow.triggers import BacklogTrigger
 
 # The assets' URI schemes start with "x-": Airflow leaves such a scheme as it is, where any other
 # makes it load every provider's URI handlers (the Google provider's import google.cloud.storage)
-# to normalise it — in every parse of the DAG files and every task: measured 0.56 → 0.20 CPU-s a
-# parse of the ingest, warehouse and sync files.
+# to normalise it — in every parse of the DAG files and every task: measured 0.47–0.54 → 0.17–0.20
+# CPU-s a parse of the ingest, warehouse and sync files.
 def backlog_asset(region: Region, group: str) -> Asset:
     """The region's pending records as an asset, watched by the backlog trigger in the triggerer."""
     trigger = BacklogTrigger(

@@ -45,7 +45,7 @@ class Backlog:
 
 class BacklogWatch:
     """One topic's backlog, measured again and again over the same two Kafka clients: the backlog
-    trigger asks every second, and clients made and closed per question cost 2–3.4 times the CPU
+    trigger asks every second, and clients made and closed per question cost 2–3 times the CPU
     (bench/backlog.py) and the broker a group-coordinator lookup each time. A client that fails
     is dropped and made again at the next question (a restarted broker, a moved coordinator)."""
 
