@@ -58,7 +58,7 @@ from bench.watch import SinkWatcher, WarehouseWatcher
 from enrollment.clients.bigquery import BigQuery
 from enrollment.clients.services import bigquery_client, storage_client
 from enrollment.config import load_config
-from enrollment.sync.plan import plan_all
+from enrollment.sync.plan import backlogs
 from enrollment.sync.run import SyncRun
 from stack import cli as stack_cli
 from stack import config as stack_config
@@ -178,15 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     # drained (every record warehoused, every sink's plan empty), it is lost.
     sinks_behind = {}
     try:
-        for sink in config.sinks:
-            plans = plan_all(
-                run.warehouse,
-                run.bucket.name,
-                sink,
-                [r.code for r in config.regions],
-                max_batches=10_000,
-                lookback_days=config.sync_lookback_days,
-            )
+        for sink, plans in backlogs(run.warehouse, run.bucket.name, config).items():
             sinks_behind[sink] = sum(len(p.batches) for p in plans.values())
     except Exception as exc:
         log(f"sinks' backlog unreadable: {type(exc).__name__}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from bench.load import log
 from enrollment.clients.kafka import pending_ranges
-from enrollment.sync.plan import plan_all
+from enrollment.sync.plan import backlogs
 from enrollment.sync.run import SyncRun
 
 LAG_EVERY_S, SINK_LAG_EVERY_S = 5.0, 30.0
@@ -58,15 +58,8 @@ class Sampler:
         if elapsed >= self.next_sinks:
             self.next_sinks = elapsed + SINK_LAG_EVERY_S
             try:
-                for sink in self.config.sinks:
-                    plans = plan_all(
-                        self.run.warehouse,
-                        self.run.bucket.name,
-                        sink,
-                        [r.code for r in self.config.regions],
-                        max_batches=10_000,
-                        lookback_days=self.config.sync_lookback_days,
-                    )
+                every = backlogs(self.run.warehouse, self.run.bucket.name, self.config)
+                for sink, plans in every.items():
                     self.samples.sinks.append(
                         (elapsed, sink, sum(len(p.batches) for p in plans.values()))
                     )

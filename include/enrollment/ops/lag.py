@@ -27,7 +27,7 @@ from enrollment.config import LagRules, PipelineConfig
 from enrollment.core.layout import SET_ASIDE_PREFIX
 from enrollment.ingest.backlog import measure
 from enrollment.ingest.pending import pending_batches, set_aside_batches
-from enrollment.sync.plan import plan_all
+from enrollment.sync.plan import backlogs
 
 if TYPE_CHECKING:
     import google.cloud.storage as gcs
@@ -110,15 +110,7 @@ def warehouse_lag(
 
 def sink_lag(sync_run: SyncRun, config: PipelineConfig) -> list[LagRow]:
     rows = []
-    for sink in config.sinks:
-        plans = plan_all(
-            sync_run.warehouse,
-            sync_run.bucket.name,
-            sink,
-            [r.code for r in config.regions],
-            max_batches=10_000,
-            lookback_days=config.sync_lookback_days,
-        )
+    for sink, plans in backlogs(sync_run.warehouse, sync_run.bucket.name, config).items():
         for region, plan in plans.items():
             age = (
                 time.time() - min(_epoch(b["warehoused_at"]) for b in plan.batches)

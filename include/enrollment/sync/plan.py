@@ -11,7 +11,7 @@ import io
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +23,9 @@ from enrollment.contracts.spec import PARTNER_EVENTS
 from enrollment.core.errors import said
 from enrollment.core.partners import ERASED
 from enrollment.sync.tables import ensure_tables
+
+if TYPE_CHECKING:
+    from enrollment.config import PipelineConfig
 
 
 @dataclass
@@ -121,6 +124,27 @@ def region_plan(
     w: BigQuery, bucket: str, sink: str, region: str, max_batches: int = 20
 ) -> SyncPlan:
     return plan_all(w, bucket, sink, [region], max_batches)[region]
+
+
+# Enough to see a whole backlog at once: a run takes sync.max_batches of it.
+BACKLOG_BATCHES = 10_000
+
+
+def backlogs(w: BigQuery, bucket: str, config: PipelineConfig) -> dict[str, dict[str, SyncPlan]]:
+    """Sink → region → what the sink has still to sync (its whole backlog, not one run's share):
+    the lag monitor's and the load test's view of the sinks."""
+    regions = [r.code for r in config.regions]
+    return {
+        sink: plan_all(
+            w,
+            bucket,
+            sink,
+            regions,
+            max_batches=BACKLOG_BATCHES,
+            lookback_days=config.sync_lookback_days,
+        )
+        for sink in config.sinks
+    }
 
 
 # -- write ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from enrollment.view.reader import (
     minute_series,
     section,
 )
+from enrollment.warehouse.gates import judged_age
 
 if TYPE_CHECKING:
     from enrollment.clients.bigquery import BigQuery
@@ -194,12 +195,19 @@ def freshness(reader: Reader, regions: list[str], now: datetime | None = None) -
         )
         for r in rows:
             if r["region"] in out:
-                out[r["region"]] = {
-                    "batch_id": r["batch_id"],
-                    "measured_at": iso(r["measured_at"]),
+                ages = {
                     "oldest_event_age_s": r["oldest_event_age_s"],
                     "p95_event_age_s": r["p95_event_age_s"],
                     "newest_event_age_s": r["newest_event_age_s"],
+                }
+                judged, judged_age_s = judged_age(ages)
+                out[r["region"]] = {
+                    "batch_id": r["batch_id"],
+                    "measured_at": iso(r["measured_at"]),
+                    **ages,
+                    # What the freshness gate judged the batch on (its p95 event, or its oldest).
+                    "judged": judged,
+                    "judged_age_s": judged_age_s,
                 }
         return {"regions": out}
 
@@ -237,13 +245,10 @@ def regions_overview(
                 f"oldest pending record {kafka['oldest_pending_age_s']:.0f} s old "
                 f"(> {rules.max_age_s:g} s)"
             )
-        # Judged as the freshness gate judges: on the p95 event, the oldest for older batches.
-        which = "p95" if last and last.get("p95_event_age_s") is not None else "oldest"
-        judged = (last or {}).get(f"{which}_event_age_s") or 0
-        if judged > config.freshness_sla_s:
+        if last and (last["judged_age_s"] or 0) > config.freshness_sla_s:
             late.append(
-                f"last batch's {which} event queryable after {judged:.0f} s "
-                f"(SLA {config.freshness_sla_s:g} s)"
+                f"last batch's {last['judged']} event queryable after "
+                f"{last['judged_age_s']:.0f} s (SLA {config.freshness_sla_s:g} s)"
             )
         regions.append(
             {

@@ -42,7 +42,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from enrollment.clients import objects
 from enrollment.clients.bigquery import BigQuery, landed_schema
@@ -54,8 +53,8 @@ from enrollment.core.layout import pending_object, set_aside_object
 from enrollment.core.partners import PARTNER_SCHEMA, fold_partners, partner_changes
 from enrollment.core.windows import Window
 from enrollment.ingest.pending import clear_pending
-from enrollment.ingest.shape import landed_schemas, p95_timestamp_ms
-from enrollment.warehouse.gates import gate
+from enrollment.ingest.shape import landed_schemas
+from enrollment.warehouse.gates import Span, ages_of, gate, span_of
 from enrollment.warehouse.ledger import Ledger
 from enrollment.warehouse.statements import (
     conform,
@@ -98,9 +97,6 @@ class CycleResult:
         }
 
 
-Span = tuple[datetime, datetime, datetime]  # oldest, p95 by age, newest
-
-
 def _span(b: Landed, tables: tuple[pa.Table, pa.Table] | None) -> Span | None:
     """When the batch's oldest, p95 (by age) and newest messages reached Kafka."""
 
@@ -110,29 +106,14 @@ def _span(b: Landed, tables: tuple[pa.Table, pa.Table] | None) -> Span | None:
     if tables is None:
         # Only a batch landed with its Kafka span comes without tables (run_cycle reads the others).
         assert b.first_kafka_ms is not None and b.last_kafka_ms is not None
-        p95 = b.first_kafka_ms if b.p95_kafka_ms is None else b.p95_kafka_ms
-        return at(b.first_kafka_ms), at(p95), at(b.last_kafka_ms)
-    stamps = pa.chunked_array(
-        [chunk for t in tables for chunk in t.column("kafka_timestamp").chunks],
-        pa.timestamp("ms", tz="UTC"),
+        first, last = b.first_kafka_ms, b.last_kafka_ms
+        return at(first), at(first if b.p95_kafka_ms is None else b.p95_kafka_ms), at(last)
+    return span_of(
+        pa.chunked_array(
+            [chunk for t in tables for chunk in t.column("kafka_timestamp").chunks],
+            pa.timestamp("ms", tz="UTC"),
+        )
     )
-    p95_ms = p95_timestamp_ms(stamps)
-    if p95_ms is None:
-        return None
-    return pc.min(stamps).as_py(), at(p95_ms), pc.max(stamps).as_py()
-
-
-def _ages(span: Span | None) -> dict[str, float | None]:
-    """How old the batch's oldest, p95 (by age) and newest messages are now, in seconds (from
-    Kafka's timestamps)."""
-    if span is None:
-        return {"oldest_event_age_s": None, "p95_event_age_s": None, "newest_event_age_s": None}
-    now = time.time()
-    return {
-        "oldest_event_age_s": round(now - span[0].timestamp(), 1),
-        "p95_event_age_s": round(now - span[1].timestamp(), 1),
-        "newest_event_age_s": round(now - span[2].timestamp(), 1),
-    }
 
 
 def unreadable(w: BigQuery, b: Landed) -> str | None:
@@ -293,7 +274,7 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
             phase("gate")
             passed = [b for b in todo if b.batch_id not in counts["failed"]]
             result.failed = counts["failed"]
-            ages = {b.batch_id: _ages(spans[b.batch_id]) for b in todo}
+            ages = {b.batch_id: ages_of(spans[b.batch_id]) for b in todo}
             for b in passed:
                 c = counts["batches"][b.batch_id]
                 detail = f"written {c['written']}, resent {b.valid - c['written']}"

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from enrollment.clients.bigquery import BigQuery
 from enrollment.core.batch import Landed, is_recovery_batch
@@ -105,22 +107,37 @@ def gate(
     return {"batches": out, "failed": failed}
 
 
+Span = tuple[datetime, datetime, datetime]  # when the oldest, p95 (by age) and newest reached Kafka
+
+
+def span_of(stamps: pa.Array | pa.ChunkedArray) -> Span | None:
+    """A batch's span from its events' Kafka timestamps; None when it has none."""
+    p95 = p95_timestamp_ms(stamps)
+    if p95 is None:
+        return None
+    return pc.min(stamps).as_py(), datetime.fromtimestamp(p95 / 1000, UTC), pc.max(stamps).as_py()
+
+
+def ages_of(span: Span | None) -> dict[str, float | None]:
+    """How old a batch's oldest, p95 (by age) and newest events are now, in seconds."""
+    if span is None:
+        return {"oldest_event_age_s": None, "p95_event_age_s": None, "newest_event_age_s": None}
+    now = time.time()
+    oldest, p95, newest = (round(now - t.timestamp(), 1) for t in span)
+    return {"oldest_event_age_s": oldest, "p95_event_age_s": p95, "newest_event_age_s": newest}
+
+
 def event_ages(valid: pa.Table) -> dict[str, float | None]:
     """How old the batch's oldest, p95 (by age) and newest events are now (their Kafka
     timestamps), in seconds."""
-    if not valid.num_rows:
-        return {"oldest_event_age_s": None, "p95_event_age_s": None, "newest_event_age_s": None}
-    import pyarrow.compute as pc
+    return ages_of(span_of(valid.column("kafka_timestamp")))
 
-    now = time.time()
-    stamps = valid.column("kafka_timestamp")
-    oldest, newest = pc.min(stamps).as_py(), pc.max(stamps).as_py()
-    p95 = p95_timestamp_ms(stamps)
-    return {
-        "oldest_event_age_s": round(now - oldest.timestamp(), 1),
-        "p95_event_age_s": None if p95 is None else round(now - p95 / 1000, 1),
-        "newest_event_age_s": round(now - newest.timestamp(), 1),
-    }
+
+def judged_age(ages: Mapping[str, Any]) -> tuple[str, float | None]:
+    """Which of a batch's event ages the freshness gate judges, and its value: the p95 event's,
+    or the oldest's for a batch measured before the p95 was kept."""
+    p95 = ages.get("p95_event_age_s")
+    return ("oldest", ages.get("oldest_event_age_s")) if p95 is None else ("p95", p95)
 
 
 def freshness_gate(
@@ -135,12 +152,12 @@ def freshness_gate(
     operators see a pipeline falling behind, it never holds a batch back."""
     oldest, newest = merged.get("oldest_event_age_s"), merged.get("newest_event_age_s")
     p95 = merged.get("p95_event_age_s")
-    judged, which = (oldest, "oldest") if p95 is None else (p95, "p95")
+    which, judged = judged_age(merged)
     if judged is not None and judged > sla_s:
         others = [
             f"{name} {value:.0f} s"
-            for name, value in (("oldest", oldest if p95 is not None else None), ("newest", newest))
-            if value is not None
+            for name, value in (("oldest", oldest), ("newest", newest))
+            if value is not None and name != which
         ]
         said = f" ({', '.join(others)})" if others else ""
         raise GateError(
