@@ -1,9 +1,10 @@
-"""The factory of the per-region ingest DAGs: one task, ``land`` (claim, land, commit).
+"""The factory of the per-region ingest DAGs: one task, ``land`` (claim, land, commit), a train.
 
 Regions parallelise where it is cheap: each region claims and lands its own batches. What they
 land waits as *pending* for the one warehouse writer (``enrollment_airflow.warehouse``), which
-their ``landed_<region>`` asset wakes. One task per batch, not four: on two cores every task
-process costs seconds of CPU before it does any work.
+the pending trigger wakes for each batch. One task per train of batches, not four tasks per
+batch: on two cores every task process costs seconds of CPU before it does any work
+(``enrollment.ingest.train``).
 
 DAG files call ``ingest_dag(region)`` once per configured region; every piece of logic is in the
 ``enrollment`` package. XCom carries manifests (ids, URIs, counts), never rows.
@@ -18,7 +19,7 @@ from airflow.sdk import DAG, Asset, AssetWatcher, Param, task
 
 from enrollment.config import MAX_BATCH_BYTES_LIMIT, MAX_BATCH_LIMIT, Region, load_config
 from enrollment_airflow.defaults import DAG_DEFAULTS, Tag, default_args
-from enrollment_airflow.triggers import BacklogTrigger
+from enrollment_airflow.triggers import BacklogTrigger, PendingTrigger
 
 
 # The assets' URI schemes start with "x-": Airflow leaves such a scheme as it is, where any other
@@ -43,10 +44,21 @@ def backlog_asset(region: Region, group: str) -> Asset:
 
 
 def landed_asset(region: Region) -> Asset:
-    """The region's landed batches as an asset: updated by each ingest run, watched by the
-    warehouse DAG."""
+    """The region's landed batches as an asset: updated by each ingest run that landed any (the
+    warehouse wakes on each batch's pending record instead: ``pending_asset``)."""
     return Asset(
         name=f"landed_{region.code.lower()}", uri=f"x-enrollment-landing://batches/{region.code}"
+    )
+
+
+def pending_asset(bucket: str, group: str) -> Asset:
+    """The warehouse's queue (every region's landed batches not yet warehoused) as an asset,
+    watched by the pending trigger: it wakes the warehouse for each batch a train lands."""
+    trigger = PendingTrigger(bucket=bucket, group=group)
+    return Asset(
+        name="pending_batches",
+        uri=f"x-enrollment-pending://{bucket}/{group}",
+        watchers=[AssetWatcher(name="pending", trigger=trigger)],
     )
 
 
@@ -61,11 +73,18 @@ DOC_MD = """
 ### Ingest: {region}
 
 Lands the **{region}** region's SAP Commerce events from Kafka topic `{topic}` in Cloud Storage,
-one micro-batch per run, losing nothing. **Runs when** the backlog trigger (in the triggerer)
-sees {min_records:,} records pending or the oldest pending record {max_age_s:g} s old; a manual
-run takes whatever is pending.
+micro-batch after micro-batch, losing nothing. **Runs when** the backlog trigger (in the
+triggerer) sees {min_records:,} records pending or the oldest pending record {max_age_s:g} s old;
+a manual run takes whatever is pending.
 
-One task, **land**:
+One task, **land**, a **train**: it lands a batch, waits up to {max_age_s:g} s for the next to be
+worth landing by the trigger's own rule, lands it, and so on, for at most {train_s:g} s or
+{train_batches} batches (`train_s`, `train_batches`); the trigger wakes the next run for what
+comes after. Each batch of the train goes through every step below on its own, with its own id,
+gate, pending record and offset commit; the run's XCom lists them (`batches`) with totals and
+why the train stopped (`ended`: drained, idle, max_s, max_batches). A train that fails has
+committed the batches before the one that failed; the retry claims that one again.
+
 1. **claim** freezes the offset range per partition — every partition the cluster has, whatever
    the configuration says — from the consumer group `{group}`'s committed offsets to the end seen
    now (at most `max_batch` offsets). The batch id and every object name derive from the group and
@@ -82,9 +101,11 @@ One task, **land**:
 3. The batch is recorded as **pending** for the warehouse (`gs://{bucket}/pending/{region}/`),
    and only then are the offsets committed.
 
-Its success updates the asset `landed_{region_lower}`, which wakes the **`warehouse`** DAG: the one
-writer of the warehouse for all regions, which takes every pending batch (this one included, or
-the next cycle if this one fails), writes the ledger and wakes the sinks.
+Each pending record wakes the **`warehouse`** DAG within about a second (the pending trigger on
+the asset `pending_batches`): the one writer of the warehouse for all regions, which takes every
+pending batch (this one included, or the next cycle if this one fails), writes the ledger and
+wakes the sinks. The run's success updates the asset `landed_{region_lower}` (lineage: which
+region landed when).
 
 **Reading the ledger** (`{ops}.ledger`, one row per batch and stage):
 `offsets_in = valid + quarantined + duplicates + skipped` must hold on every row;
@@ -121,6 +142,8 @@ def ingest_dag(region: Region) -> DAG:
             ops=config.ops_dataset,
             min_records=region.min_records,
             max_age_s=region.max_age_s,
+            train_s=region.train_s,
+            train_batches=region.train_batches,
         ),
         # Bounded: one batch is held in one task's memory (a typo of a zero too many must not
         # OOM a worker).
@@ -143,9 +166,10 @@ def ingest_dag(region: Region) -> DAG:
             ),
         },
     ) as dag:
-        # A batch of max_batch offsets lands in well under a minute, and reading gives up after
-        # 120 s without its offsets; land_timeout_s (15 min by default) is a hang — a broker or
-        # Cloud Storage call that never returns — not work. The retry claims the same batch.
+        # A train stops claiming after train_s (2 min by default); a batch of max_batch offsets
+        # lands in well under a minute, and reading gives up after 120 s without its offsets; so
+        # land_timeout_s (15 min by default) is a hang — a broker or Cloud Storage call that never
+        # returns — not work. The retry claims the unfinished batch again.
         @task(
             task_id="land",
             outlets=[landed_asset(region)],
@@ -154,34 +178,29 @@ def ingest_dag(region: Region) -> DAG:
         def land_batch(params: dict[str, Any] | None = None) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from enrollment.ingest.claim import claim
-            from enrollment.ingest.land import land
+            from enrollment.ingest.train import TrainBounds, land_train
             from enrollment_airflow.runtime import Runtime
 
             params = params or {}  # Airflow passes the run's params
             rt = Runtime.for_task(config)
             keyring = rt.keyring  # before the claim: no key, nothing landed (tax ids tokenised)
-            rt.require(["kafka", "gcs"])
-            manifest = claim(
+            rt.require(["kafka", "gcs"])  # once a train: a wrong password fails before a claim
+            train = land_train(
                 rt.kafka_bootstrap,
                 config.consumer_group,
-                region.code,
-                region.topic,
-                region.partitions,
-                rt.bucket,
-                int(params["max_batch"]),
-            )
-            if manifest is None:
-                raise AirflowSkipException(f"nothing pending on {region.topic}")
-            rt.working_on([manifest.batch_id])
-            landed = land(
-                rt.kafka_bootstrap,
-                manifest,
+                region,
                 rt.bucket,
                 keyring,
+                TrainBounds(region.train_s, region.train_batches, linger_s=region.max_age_s),
+                max_batch=int(params["max_batch"]),
                 max_bytes=int(params.get("max_batch_bytes") or region.max_batch_bytes),
+                on_step=lambda _, step, batch_id: (
+                    rt.working_on([batch_id]) if step == "claimed" else None
+                ),
             )
-            return landed.as_dict()
+            if not train.landed:
+                raise AirflowSkipException(f"nothing pending on {region.topic}")
+            return train.as_dict()
 
         land_batch()
     return dag

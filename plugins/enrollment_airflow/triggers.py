@@ -124,3 +124,74 @@ class BacklogTrigger(BaseEventTrigger):
             self.topic,
         )
         return None, error
+
+
+class PendingTrigger(BaseEventTrigger):
+    """Wakes the warehouse within about ``poll_s`` of a landed batch's pending record.
+
+    Airflow records a task's asset events only when the task ends (apache/airflow#45924), and a
+    land task is a train of batches: its outlet would tell the warehouse of its first batch up to
+    ``train_s`` late. The pending records are the warehouse's queue, written by every land (and
+    every requeue), so a watcher of that queue wakes the writer for each batch as it lands, from
+    the triggerer, holding no worker slot. One listing of ``pending/<group>/`` a poll; it fires
+    when a record appears that it has not seen, and again after ``refire_after_s`` while records
+    stay (a cycle that failed; the warehouse's cron catches up too)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        group: str,
+        gcp_conn_id: str = "google_cloud_default",
+        poll_s: float = 1.0,
+        refire_after_s: float = 600.0,
+    ):
+        super().__init__()  # type: ignore[no-untyped-call]  # Airflow's BaseTrigger is unannotated
+        self.bucket, self.group, self.gcp_conn_id = bucket, group, gcp_conn_id
+        self.poll_s, self.refire_after_s = poll_s, refire_after_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "enrollment_airflow.triggers.PendingTrigger",
+            {
+                "bucket": self.bucket,
+                "group": self.group,
+                "gcp_conn_id": self.gcp_conn_id,
+                "poll_s": self.poll_s,
+                "refire_after_s": self.refire_after_s,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from enrollment.clients.services import storage_client
+        from enrollment.ingest.pending import pending_names
+
+        bucket = None  # one client for the trigger's life, made again after an error
+        seen: frozenset[str] = frozenset()
+        fired_at = 0.0
+        while True:
+            try:
+                if bucket is None:
+                    project = await self._project()
+                    bucket = storage_client(project).bucket(self.bucket)  # type: ignore[arg-type]
+                names = await asyncio.to_thread(pending_names, bucket, self.group)
+            except Exception as exc:
+                self.log.warning("pending records of %s not listed: %s", self.group, exc)
+                bucket = None
+                await asyncio.sleep(max(self.poll_s, 5.0))
+                continue
+            now = time.time()
+            new = names - seen
+            seen = names
+            if names and (new or now - fired_at >= self.refire_after_s):
+                fired_at = now
+                yield TriggerEvent(  # type: ignore[no-untyped-call]  # unannotated in Airflow
+                    {"group": self.group, "pending": len(names), "new": len(new)}
+                )
+            await asyncio.sleep(self.poll_s)
+
+    async def _project(self) -> str | None:
+        """The Google project of the connection (None: the environment's credentials')."""
+        from airflow.sdk import BaseHook
+
+        extra = (await BaseHook.aget_connection(self.gcp_conn_id)).extra_dejson
+        return extra.get("project") or extra.get("extra__google_cloud_platform__project")

@@ -17,7 +17,7 @@ from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable
 
 from enrollment.config import load_config
 from enrollment_airflow.defaults import DAG_DEFAULTS, WAREHOUSE_POOL, Tag, default_args
-from enrollment_airflow.ingest import landed_asset, warehouse_asset
+from enrollment_airflow.ingest import pending_asset, warehouse_asset
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,11 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    (`recovery-…`, from the `requeue_quarantine` DAG) are left out: they carry their messages'
    original Kafka timestamps on purpose, old by design, never late.
 
-**Runs when** any region's `landed_<region>` asset is updated, and every `{cron}` (UTC) to take
-batches a failed cycle left. One run at a time, in the pool `{pool}` (1 slot, shared with the
-replay's warehouse stage): never two writers of a table. Every statement is idempotent and the
+**Runs when** a batch is recorded pending — by any region's ingest train or a requeue; the
+pending trigger in the triggerer watches `gs://{bucket}/pending/{group}/` every second (asset
+`pending_batches`) — and every `{cron}` (UTC) to take batches a failed cycle left. One run at a
+time, in the pool `{pool}` (1 slot, shared with the replay's warehouse stage): never two writers
+of a table. Every statement is idempotent and the
 ledger rows come last: a cycle killed anywhere and run again writes everything exactly once.
 
 What waits: `gcloud storage ls gs://{bucket}/pending/{group}/` (one record per landed batch not
@@ -67,7 +69,7 @@ def warehouse_dag() -> DAG:
         dag_id=DAG_ID,
         schedule=AssetOrTimeSchedule(
             timetable=CronTriggerTimetable(settings.catch_up_every, timezone="UTC"),
-            assets=AssetAny(*(landed_asset(r) for r in config.regions)),
+            assets=AssetAny(pending_asset(config.landing_bucket, config.consumer_group)),
         ),
         start_date=datetime(2026, 1, 1),
         # A cycle takes everything pending: there is nothing per interval to catch up.

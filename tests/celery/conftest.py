@@ -127,13 +127,13 @@ def wait_until_done(
         time.sleep(1)
 
 
-def land_result(airflow: AirflowClient, dag_id: str, run_id: str) -> dict | None:
-    """What the run's ``land`` task returned (its XCom): the batch id and its counts, or None
-    (nothing pending)."""
+def land_result(airflow: AirflowClient, dag_id: str, run_id: str) -> list[dict]:
+    """The batches the run's ``land`` train landed (its XCom): each batch's id and counts; none
+    when nothing was pending."""
     got = airflow.http.get(
         f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/land/xcomEntries/return_value"
     )
-    return got.json().get("value") if got.status_code == 200 else None
+    return (got.json().get("value") or {}).get("batches", []) if got.status_code == 200 else []
 
 
 def broken_runs(airflow: AirflowClient, dag_id: str, runs: list[dict]) -> dict[str, list[str]]:

@@ -74,7 +74,7 @@ def _ingest_until_drained(
             dag_id,
             [(r["dag_run_id"], r["state"]) for r in runs],
         )
-        landed += [got for r in runs if (got := land_result(airflow, dag_id, r["dag_run_id"]))]
+        landed += [b for r in runs for b in land_result(airflow, dag_id, r["dag_run_id"])]
     return landed
 
 
@@ -192,7 +192,7 @@ def test_a_worker_killed_mid_land_has_its_task_retried_on_the_other_with_nothing
         # Nothing lost: every offset committed, every batch of the region since the kill balanced
         # through the warehouse.
         _assert_everything_committed(celery_stack, config, [region])
-        landed = [got for r in runs if (got := land_result(airflow, dag_id, r["dag_run_id"]))]
+        landed = [b for r in runs for b in land_result(airflow, dag_id, r["dag_run_id"])]
         assert sum(b["offsets"] for b in landed) >= len(messages)
         airflow.trigger("warehouse")
         assert not broken_runs(airflow, "warehouse", wait_until_done(airflow, "warehouse", since))

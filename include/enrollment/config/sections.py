@@ -26,13 +26,23 @@ class Backlog:
     # A batch stops reading here and shrinks to what it read (memory of one task).
     max_batch_bytes: int = 256 * 1024 * 1024
     land_timeout_s: float = 900.0  # the ingest task's execution_timeout
+    # One ingest run lands batch after batch (a train) while another is worth it within
+    # max_age_s, for at most train_s seconds or train_batches batches: the task's start-up is
+    # paid once a train, and a new configuration or deployment reaches a region within train_s.
+    train_s: float = 120.0
+    train_batches: int = 40
 
     def __post_init__(self) -> None:
         if (
-            min(self.min_records, self.max_batch, self.max_batch_bytes) < 1
-            or min(self.max_age_s, self.land_timeout_s) <= 0
+            min(self.min_records, self.max_batch, self.max_batch_bytes, self.train_batches) < 1
+            or min(self.max_age_s, self.land_timeout_s, self.train_s) <= 0
         ):
             raise ConfigError(f"backlog settings must be positive, got {self}")
+        if self.train_s >= self.land_timeout_s:
+            raise ConfigError(
+                f"backlog: train_s ({self.train_s:g}) must be shorter than land_timeout_s "
+                f"({self.land_timeout_s:g}), which bounds the whole train"
+            )
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class Region:
     max_batch: int = Backlog.max_batch
     max_batch_bytes: int = Backlog.max_batch_bytes
     land_timeout_s: float = Backlog.land_timeout_s
+    train_s: float = Backlog.train_s
+    train_batches: int = Backlog.train_batches
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Z][A-Z0-9]{1,15}", self.code):
@@ -105,9 +117,9 @@ class WarehouseSettings:
     # Wrap the cycle's writes in BEGIN/COMMIT TRANSACTION (BigQuery: yes; the emulator copies
     # every table it touches).
     transaction: bool = False
-    catch_up_every: str = (
-        "* * * * *"  # cron: a cycle runs this often even when no landed asset wakes it
-    )
+    # cron: a cycle runs this often even when no pending record wakes it (the pending trigger
+    # wakes it for every batch landed or requeued, and again after 10 minutes for one left).
+    catch_up_every: str = "*/5 * * * *"
     job_timeout_s: float = (
         600.0  # one BigQuery job awaited longer than this is cancelled (a hang, not work)
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
     from google.cloud.storage import Bucket
 
 log = logging.getLogger(__name__)
+
+
+def _unheard(step: str) -> None:
+    pass
 
 
 def write_batch(
@@ -91,11 +96,12 @@ def land(
     bucket: Bucket,
     keyring: Keyring,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
+    step: Callable[[str], None] = _unheard,
 ) -> Landed:
     """Reads, validates and lands the batch; commits the offsets after the gate passes. A batch
     whose messages pass ``max_bytes`` shrinks to what fits, its claim record first. Nothing is
     written with a tax id in clear: they are tokenised under ``keyring`` (valid events) or masked
-    (quarantined messages) first."""
+    (quarantined messages) first. ``step`` hears each durable step done (``train.STEPS``)."""
     t0 = time.monotonic()
     messages, ranges = read_range(bootstrap, manifest, max_bytes=max_bytes)
     if ranges != manifest.ranges:
@@ -154,6 +160,7 @@ def land(
     valid, quarantine = write_batch(
         bucket, manifest.prefix, manifest.batch_id, valid, quarantine, keyring
     )
+    step("written")
     stamps = messages.column("kafka_timestamp")
     first, last = (
         (pc.min(stamps).as_py(), pc.max(stamps).as_py()) if messages.num_rows else (None, None)
@@ -180,8 +187,11 @@ def land(
     # Before the commit: once the offsets move on, this record is the only way to the batch; and
     # the chain, which the next claim checks its start against.
     mark_pending(bucket, landed)
+    step("pending")
     advance_chain(bucket, manifest)
+    step("chained")
     commit_range(bootstrap, manifest)
+    step("committed")
     return landed
 
 

@@ -32,6 +32,17 @@ def mark_pending(bucket: Bucket, landed: Landed) -> None:
         blob.upload_from_string(body, content_type="application/json", if_generation_match=0)
 
 
+def pending_names(bucket: Bucket, group: str) -> frozenset[str]:
+    """The names of the pending records (one listing, no record read): what the warehouse's
+    pending watcher compares from one second to the next."""
+    return frozenset(
+        blob.name
+        for blob in bucket.list_blobs(
+            prefix=f"{PENDING_PREFIX}{group}/", fields="items(name),nextPageToken"
+        )
+    )
+
+
 def pending_batches(bucket: Bucket, group: str, max_rows: int | None = None) -> list[Landed]:
     """The pipeline's landed batches not yet warehoused, every region, oldest claim first; at
     most ``max_rows`` offsets in all (and always the oldest batch, however large)."""

@@ -58,6 +58,15 @@ def _value(raw: object) -> Any:
     return raw
 
 
+def _batches(value: Any) -> list[dict[str, Any]]:
+    """The batches a ``land`` train or a ``cycle`` returned (``batches``), or the one batch an
+    ingest run returned before trains."""
+    if not isinstance(value, dict):
+        return []
+    listed = value.get("batches") if "batches" in value else [value]
+    return [b for b in listed or [] if isinstance(b, dict) and b.get("batch_id")]
+
+
 def dag_runs(config: PipelineConfig, window_hours: float = 24) -> dict[str, Any]:
     """Per DAG: its last finished run in the window with state, failed tasks, status and link."""
     from airflow.models.dagrun import DagRun
@@ -116,9 +125,10 @@ def dag_runs(config: PipelineConfig, window_hours: float = 24) -> dict[str, Any]
     }
 
 
-def batch_runs(config: PipelineConfig, limit: int = 400) -> dict[str, dict[str, Any]]:
+def batch_runs(config: PipelineConfig, limit: int = 100) -> dict[str, dict[str, Any]]:
     """batch id → the ingest run that landed it and the warehouse run that wrote it (from their
-    return values in XCom: ``land`` returns the landed batch, ``cycle`` its batches)."""
+    return values in XCom: ``land`` and ``cycle`` return their batches; a train carries up to
+    ``train_batches``, so ``limit`` trains cover thousands)."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -147,21 +157,18 @@ def batch_runs(config: PipelineConfig, limit: int = 400) -> dict[str, dict[str, 
             .limit(50)
         ).all()
     for r in land:
-        value = _value(r.value)
-        if isinstance(value, dict) and value.get("batch_id"):
-            out.setdefault(value["batch_id"], {})["land"] = {
+        for b in _batches(_value(r.value)):
+            out.setdefault(b["batch_id"], {})["land"] = {
                 "dag_id": r.dag_id,
                 "run_id": r.run_id,
                 "url": run_url(r.dag_id, r.run_id),
             }
     for r in cycles:
-        value = _value(r.value)
-        for b in (value or {}).get("batches", []) if isinstance(value, dict) else []:
-            if isinstance(b, dict) and b.get("batch_id"):
-                out.setdefault(b["batch_id"], {}).setdefault(
-                    "warehouse",
-                    {"dag_id": r.dag_id, "run_id": r.run_id, "url": run_url(r.dag_id, r.run_id)},
-                )
+        for b in _batches(_value(r.value)):
+            out.setdefault(b["batch_id"], {}).setdefault(
+                "warehouse",
+                {"dag_id": r.dag_id, "run_id": r.run_id, "url": run_url(r.dag_id, r.run_id)},
+            )
     return out
 
 

@@ -182,7 +182,10 @@ def test_running_airflow_wakes_the_ingest_dag_through_the_backlog_watcher(stack,
     client = AirflowClient(stack)
     client.wait_for_dag("ingest_apac", timeout_s=120)
     before = {
-        r["dag_run_id"] for r in client.http.get("/dags/ingest_apac/dagRuns").json()["dag_runs"]
+        r["dag_run_id"]
+        for r in client.http.get(
+            "/dags/ingest_apac/dagRuns", params={"order_by": "-run_after", "limit": 100}
+        ).json()["dag_runs"]
     }
     client.http.patch("/dags/ingest_apac", json={"is_paused": False}).raise_for_status()
     try:
@@ -193,7 +196,9 @@ def test_running_airflow_wakes_the_ingest_dag_through_the_backlog_watcher(stack,
         while time.monotonic() < deadline:
             runs = [
                 r
-                for r in client.http.get("/dags/ingest_apac/dagRuns").json()["dag_runs"]
+                for r in client.http.get(
+                    "/dags/ingest_apac/dagRuns", params={"order_by": "-run_after", "limit": 100}
+                ).json()["dag_runs"]
                 if r["dag_run_id"] not in before
             ]
             done = [r for r in runs if r["state"] in ("success", "failed")]

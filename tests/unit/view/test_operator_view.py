@@ -51,6 +51,21 @@ def test_run_links_point_at_the_airflow_3_ui_route_escaped():
     )
 
 
+@pytest.mark.parametrize(
+    ("value", "ids"),
+    [
+        ({"batches": [{"batch_id": "a"}, {"batch_id": "b"}], "landed": 2}, ["a", "b"]),
+        ({"batch_id": "old", "offsets": 3}, ["old"]),  # a run returned one batch before trains
+        ({"batches": [], "ended": "drained"}, []),
+        ({"batches": [{"offsets": 1}, "x"]}, []),
+        (None, []),
+        ("garbage", []),
+    ],
+)
+def test_batch_links_read_trains_cycles_and_single_batch_runs(value, ids):
+    assert [b["batch_id"] for b in runs._batches(value)] == ids
+
+
 def test_ledger_balance_counts_recovered_and_reads_missing_columns_as_zero():
     assert balance(
         {
