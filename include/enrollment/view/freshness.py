@@ -64,7 +64,8 @@ def freshness_sql(
     bucket_s: int,
 ) -> str:
     """Per region, path (``bigquery`` or the sink's ledger stage) and bucket: the batches and the
-    p50 and p95 of their judged age. ``@regions`` and ``@stages`` are array parameters."""
+    p50 and p95 of their judged age. ``@regions`` and ``@stages`` are array parameters. (``AT`` is
+    a reserved word in BigQuery: the time a batch reached a path is ``reached_at``.)"""
     lookback = ts(since - timedelta(days=LEDGER_LOOKBACK_DAYS))
     return f"""WITH fresh AS (
     SELECT region, batch_id, MIN(measured_at) AS measured_at,
@@ -76,10 +77,10 @@ def freshness_sql(
       AND NOT STARTS_WITH(batch_id, 'recovery-')
     GROUP BY region, batch_id),
   reached AS (
-    SELECT region, '{BIGQUERY}' AS path, measured_at AS at, age_s FROM fresh
+    SELECT region, '{BIGQUERY}' AS path, measured_at AS reached_at, age_s FROM fresh
     WHERE measured_at >= {ts(since)}
     UNION ALL
-    SELECT F.region, S.stage AS path, S.recorded_at AS at,
+    SELECT F.region, S.stage AS path, S.recorded_at AS reached_at,
       F.age_s + TIMESTAMP_DIFF(S.recorded_at, W.recorded_at, MILLISECOND) / 1000 AS age_s
     FROM {ledger} S
     JOIN {ledger} W ON W.batch_id = S.batch_id AND W.stage = 'warehouse'
@@ -87,7 +88,8 @@ def freshness_sql(
     WHERE S.recorded_at >= {ts(since)} AND S.recorded_at < {ts(until)}
       AND S.stage IN UNNEST(@stages) AND S.ok
       AND W.recorded_at >= {lookback} AND W.recorded_at < {ts(until)} AND W.ok)
-SELECT region, path, DIV(TIMESTAMP_DIFF(at, {ts(start)}, SECOND), {int(bucket_s)}) AS bucket,
+SELECT region, path,
+  DIV(TIMESTAMP_DIFF(reached_at, {ts(start)}, SECOND), {int(bucket_s)}) AS bucket,
   COUNT(*) AS batches,
   APPROX_QUANTILES(age_s, 100)[OFFSET(50)] AS p50_s,
   APPROX_QUANTILES(age_s, 100)[OFFSET(95)] AS p95_s
