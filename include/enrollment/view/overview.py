@@ -73,7 +73,7 @@ def overview(
         "generated_at": now.isoformat(),
         "window_hours": window_hours,
         "project": warehouse.project,
-        "regions": regions_overview(reader, bootstrap, config, now),
+        "regions": regions_overview(reader, bootstrap, config, now, window_hours=window_hours),
         "sinks": sinks_overview(reader, config, window_hours, now),
         "quarantine": quarantine_overview(reader, config, window_hours, now),
         "health": health_overview(reader, now),

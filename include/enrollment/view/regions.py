@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from enrollment.clients.bigquery import sql_timestamp as ts
 from enrollment.config import PipelineConfig
 from enrollment.ops.lag import kafka_lag
+from enrollment.view.freshness import freshness_over_window
 from enrollment.view.masking import scrub
 from enrollment.view.quarantine import quarantine_overview
 from enrollment.view.reader import (
@@ -220,9 +221,11 @@ def regions_overview(
     config: PipelineConfig,
     now: datetime | None = None,
     per_region: int = BATCHES_SHOWN,
+    window_hours: float = 24,
 ) -> dict[str, Any]:
-    """The region section: Kafka backlog, freshness, events per minute and the last batches, with
-    each region's status from what they show (the plugin adds failed runs)."""
+    """The region section: Kafka backlog, freshness (the last batch's, and p50 / p95 over the
+    window against the goals), events per minute and the last batches, with each region's status
+    from what they show (the plugin adds failed runs)."""
 
     now = now or datetime.now(UTC)
     codes = [r.code for r in config.regions]
@@ -231,6 +234,7 @@ def regions_overview(
     fresh = freshness(reader, codes, now)
     rate = events_per_minute(reader, codes, now)
     batches = ledger_batches(reader, codes, per_region, now)
+    promise = freshness_over_window(reader, config, codes, window_hours, now)
     regions = []
     for code in codes:
         kafka = backlog["regions"].get(code) or {}
@@ -257,6 +261,7 @@ def regions_overview(
                 "oldest_pending_age_s": kafka.get("oldest_pending_age_s"),
                 "freshness": last,
                 "events_per_minute": (rate["regions"].get(code) or []),
+                "freshness_over_window": promise["regions"].get(code) or [],
                 "batches": mine,
                 **classify(broken, late),
             }
@@ -270,7 +275,9 @@ def regions_overview(
             "freshness": meta(fresh),
             "events_per_minute": meta(rate),
             "batches": meta(batches),
+            "freshness_over_window": meta(promise),
         },
+        "freshness_over_window": {k: promise[k] for k in ("since", "until", "bucket_s", "goals")},
     }
 
 
@@ -288,7 +295,7 @@ def region_detail(
     region = config.region(code)
     reader = Reader(warehouse, config)
     one = dataclasses.replace(config, regions=(region,))
-    regions = regions_overview(reader, bootstrap, one, now, per_region)
+    regions = regions_overview(reader, bootstrap, one, now, per_region, window_hours)
     return {
         "generated_at": now.isoformat(),
         "window_hours": window_hours,
@@ -296,5 +303,6 @@ def region_detail(
         "region": regions["regions"][0],
         "sources": regions["sources"],
         "freshness_sla_s": regions["freshness_sla_s"],
+        "freshness_over_window": regions["freshness_over_window"],
         "quarantine": quarantine_overview(reader, config, window_hours, now, region=region.code),
     }

@@ -61,6 +61,87 @@ def hbars(
     )
 
 
+def seconds(value: float | None) -> str:
+    """A duration as the page writes it: seconds under two minutes, then minutes, then hours."""
+    if value is None:
+        return "—"
+    if value < 120:
+        return f"{value:.0f} s"
+    return f"{value / 60:.0f} min" if value < 7200 else f"{value / 3600:.1f} h"
+
+
+def scale_top(values: list[float | None], goal_s: float) -> float:
+    """The y axis's top: the largest value, never less than 1.25 × the goal (the goal line always
+    shows, a little below the top, when everything is well within it)."""
+    return max([goal_s * 1.25, *(v for v in values if v is not None)]) or 1.0
+
+
+def freshness_chart(
+    points: list[dict[str, Any]],
+    goal_s: float,
+    label: str,
+    width: int = 240,
+    height: int = 72,
+) -> str:
+    """p95 and p50 per bucket as two lines (a gap where no batch was measured, never a zero),
+    the goal as a dashed line with its label, a title per bucket (``points`` from
+    ``enrollment.view.freshness.freshness_series``)."""
+    if not points:
+        return ""
+    top = scale_top([p[k] for p in points for k in ("p50_s", "p95_s")], goal_s)
+    pad = 12.0  # room for the chart's label above the plot
+    plot = height - pad - 1
+
+    def y(value: float) -> float:
+        return round(pad + plot * (1 - min(value, top) / top), 1)
+
+    step = width / len(points)
+    xs = [round((i + 0.5) * step, 1) for i in range(len(points))]
+
+    def line(key: str) -> str:
+        d, pen = [], "M"
+        for x, p in zip(xs, points, strict=True):
+            if p[key] is None:
+                pen = "M"
+                continue
+            d.append(f"{pen}{x} {y(p[key])}")
+            pen = "L"
+        return f'<path class="{key[:3]}" d="{" ".join(d)}"/>' if d else ""
+
+    dots = "".join(
+        f"<g><title>{escape(str(p['at'])[5:16].replace('T', ' '))} UTC: "
+        f"p50 {seconds(p['p50_s'])}, p95 {seconds(p['p95_s'])} "
+        f"({int(p.get('batches') or 0):,} batches)</title>"
+        + "".join(
+            f'<circle class="{k[:3]}" cx="{x}" cy="{y(p[k])}" r="2"/>'
+            for k in ("p95_s", "p50_s")
+            if p[k] is not None
+        )
+        + "</g>"
+        for x, p in zip(xs, points, strict=True)
+        if p["p50_s"] is not None or p["p95_s"] is not None
+    )
+    goal = y(goal_s)
+    empty = (
+        ""
+        if dots
+        else f'<text x="{width / 2}" y="{pad + plot / 2}" class="value" text-anchor="middle">'
+        "no batch in this window</text>"
+    )
+    return (
+        f'<svg class="fresh" role="img" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">'
+        f"<title>{escape(label)}: p50 and p95 per bucket; goal {seconds(goal_s)}</title>"
+        f'<text x="0" y="9" class="label">{escape(label)}</text>'
+        f'<line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" class="axis"/>'
+        f'<line x1="0" y1="{goal}" x2="{width}" y2="{goal}" class="goal" '
+        'stroke-dasharray="4 3"/>'
+        f'<text x="{width}" y="{goal - 2}" class="goal" text-anchor="end">'
+        f"goal {seconds(goal_s)}</text>"
+        f"{line('p95_s')}{line('p50_s')}{dots}{empty}</svg>"
+    )
+
+
 def top(counts: dict[str, float], n: int = 15) -> list[tuple[str, float]]:
     """The ``n`` largest (label, value), largest first, the rest summed as one "other" bar."""
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
