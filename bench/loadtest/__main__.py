@@ -53,7 +53,15 @@ from bench.load import log, percentiles, steady_load
 from bench.loadtest.faults import Fault, Injector, seconds
 from bench.loadtest.reporting import plots, report
 from bench.loadtest.sampling import Sampler, Samples
-from bench.loadtest.verdicts import cost_estimate, failed_task_counts, hostile_verdict, verdict
+from bench.loadtest.verdicts import (
+    caught_up_after,
+    cost_estimate,
+    failed_task_counts,
+    fault_windows,
+    hostile_verdict,
+    outside_faults,
+    verdict,
+)
 from bench.watch import SinkWatcher, WarehouseWatcher
 from enrollment.clients.bigquery import BigQuery
 from enrollment.clients.services import bigquery_client, storage_client
@@ -213,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, points in visible.items()
     }
     fresh = stages["visible in bigquery"]
+    windows = fault_windows(outcome.started, args.fault)
     paths = plots(out, samples, args.fault, stages, visible, figures.pop("metrics"), title)
     duration_s = seconds(args.duration)
     summary = {
@@ -248,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         "freshness_max_s": fresh["max"],
         "all_sinks_p50_s": stages["visible in all sinks"]["p50"],
         "all_sinks_p95_s": stages["visible in all sinks"]["p95"],
+        # The goal holds outside faults; after one, how long until everything is caught up.
+        "all_sinks_p95_outside_faults_s": percentiles(
+            outside_faults(visible["all sinks"], windows)
+        )["p95"],
+        "caught_up_after_fault_s": caught_up_after(visible["all sinks"], windows),
         "produced_events_per_min": round(outcome.produced * 60 / duration_s)
         if duration_s
         else None,

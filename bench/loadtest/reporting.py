@@ -221,7 +221,9 @@ event, throughput of its land and warehouse tasks):
 
 Freshness (event → queryable in BigQuery): p50 {fmt(s["freshness_p50_s"])} s,
 **p95 {fmt(s["freshness_p95_s"])} s**, max {fmt(s["freshness_max_s"])} s.
-All three sinks: p50 {fmt(s["all_sinks_p50_s"])} s, p95 {fmt(s["all_sinks_p95_s"])} s.
+All three sinks: p50 {fmt(s["all_sinks_p50_s"])} s, p95 {fmt(s["all_sinks_p95_s"])} s; p95 of the
+events produced outside a fault {fmt(s.get("all_sinks_p95_outside_faults_s"))} s; everything caught
+up {fmt(s.get("caught_up_after_fault_s"))} s after the last fault ended.
 
 ## Where the CPU went
 
@@ -236,7 +238,9 @@ kind of DAG their worker ran.
 ## The warehouse on real BigQuery, on paper
 
 {cost.markdown(s["cost"])}
-This run took {s["cost"]["cycles_in_run"]:,} warehouse cycles.
+This run took {s["cost"]["cycles_in_run"]:,} warehouse cycles in {s["cost"].get("run_minutes", 0):g}
+minutes ({s["cost"].get("cycles_per_min", 0):g} a minute): at that cadence and 400,000 events/min
+the same table costs **${s["cost"].get("usd_per_day_at_run_cadence", 0):,.0f}/day**.
 
 ## Verdict of the ledger
 

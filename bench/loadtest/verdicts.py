@@ -166,11 +166,20 @@ def cost_estimate(config, outcome) -> dict:
         )
     except Exception as exc:
         log(f"warehouse runs unreadable: {type(exc).__name__}")
-    return cost.estimate(
+    paper = cost.estimate(
         events_per_min=400_000,
         cycles_per_day=1440,
         dedup_window_days=config.warehouse.dedup_window_days,
-    ) | {"cycles_in_run": cycles}
+    )
+    # The cadence this run kept (cycles come as batches land): the bill scales with it.
+    minutes = (datetime.now(UTC) - outcome.started).total_seconds() / 60 if outcome.started else 0
+    per_min = cycles / minutes if minutes else 0.0
+    return paper | {
+        "cycles_in_run": cycles,
+        "run_minutes": round(minutes, 1),
+        "cycles_per_min": round(per_min, 2),
+        "usd_per_day_at_run_cadence": round(paper["query_usd_per_day"] * per_min, 0),
+    }
 
 
 def failed_task_counts(cfg, failed: dict[str, list[str]]) -> dict[str, int]:
@@ -217,3 +226,33 @@ def hostile_verdict(warehouse: BigQuery, outcome, since: datetime) -> dict:
         "quarantined_otherwise": len(sent) - as_expected - missing,
         "not_quarantined": missing,
     }
+
+
+def fault_windows(started: datetime | None, faults) -> list[tuple[float, float]]:
+    """Each fault that happened as (began, ended) in epoch seconds (the load's clock)."""
+    if started is None:
+        return []
+    t0 = started.timestamp()
+    return [
+        (t0 + f.began_s, t0 + max(f.ended_s or f.began_s, f.began_s))
+        for f in faults
+        if f.began_s is not None
+    ]
+
+
+def outside_faults(
+    points: list[tuple[float, float]], windows: list[tuple[float, float]]
+) -> list[float]:
+    """The latencies of the (produced at, latency) points produced outside every fault."""
+    return [lat for at, lat in points if not any(lo <= at <= hi for lo, hi in windows)]
+
+
+def caught_up_after(
+    points: list[tuple[float, float]], windows: list[tuple[float, float]]
+) -> float | None:
+    """Seconds from the last fault's end until every event produced before it was visible
+    (0: nothing was still waiting); None without a fault."""
+    if not windows:
+        return None
+    ended = max(hi for _, hi in windows)
+    return round(max([0.0] + [at + lat - ended for at, lat in points if at <= ended]), 1)

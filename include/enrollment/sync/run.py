@@ -37,6 +37,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -47,10 +48,11 @@ import pyarrow.parquet as pq
 from enrollment.clients.bigquery import BigQuery
 from enrollment.clients.objects import read_parquet, write_parquet
 from enrollment.core.errors import GateError, SyncError, said
+from enrollment.core.windows import Window
 from enrollment.sinks.base import Sink, SinkResult, summarise
 from enrollment.sync.plan import SyncPlan, region_plan, touched
 from enrollment.sync.tables import SINK_QUARANTINE_SCHEMA, ensure_tables
-from enrollment.warehouse.ledger import Ledger
+from enrollment.warehouse.ledger import Ledger, StageRow
 
 if TYPE_CHECKING:
     import google.cloud.storage as gcs
@@ -218,31 +220,81 @@ class SyncRun:
         A ledger row per batch the gate read back whose warehouse ledger row exists now; the other
         batches are left out and logged (a stale run). ``replace`` (default: ``move_watermark``)
         replaces existing rows; a row that says the batch was set aside is always replaced."""
+        return self.commit_regions([written], seconds, move_watermark, replace)[0]
+
+    def commit_regions(
+        self,
+        writtens: list[Mapping[str, Any]],
+        seconds: float | None = None,
+        move_watermark: bool = True,
+        replace: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """``commit`` of several regions' gated writes of one sink: one read of the ledger and
+        one ledger MERGE for all of them, both within the days of the batches' warehouse rows."""
         from google.cloud import bigquery
 
-        w, plan = self.warehouse, SyncPlan(**written["plan"])
-        set_aside = sorted(written.get("set_aside") or {})
-        if not plan.batches:
-            return {"batches": 0, "set_aside": set_aside}
-        if "gate" not in written:
-            raise ValueError(
-                f"sync commit, {plan.sink} {plan.region}: no gate result; "
-                "commit records only what the gate read back"
-            )
-        per_batch = written["gate"]["per_batch"]
-        stage = f"sync_{plan.sink}"
+        w = self.warehouse
+        plans = [SyncPlan(**written["plan"]) for written in writtens]
+        for written, plan in zip(writtens, plans, strict=True):
+            if plan.batches and "gate" not in written:
+                raise ValueError(
+                    f"sync commit, {plan.sink} {plan.region}: no gate result; "
+                    "commit records only what the gate read back"
+                )
+        planned = [b for plan in plans for b in plan.batches]
+        if not planned:
+            return [{"batches": 0, "set_aside": sorted(x.get("set_aside") or {})} for x in writtens]
+        stage = f"sync_{plans[0].sink}"
+        window = Window.around(
+            min(datetime.fromisoformat(b["warehoused_at"]) for b in planned), datetime.now(UTC), 0
+        )
         held = w.run(
             f"SELECT batch_id, stage, ok FROM {w.table('ledger', ops=True)} "
-            "WHERE batch_id IN UNNEST(@ids) AND stage IN ('warehouse', @stage)",
+            f"WHERE {window.sql('recorded_at')} AND batch_id IN UNNEST(@ids) "
+            "AND stage IN ('warehouse', @stage)",
             [
-                bigquery.ArrayQueryParameter(
-                    "ids", "STRING", [b["batch_id"] for b in plan.batches]
-                ),
+                bigquery.ArrayQueryParameter("ids", "STRING", [b["batch_id"] for b in planned]),
                 bigquery.ScalarQueryParameter("stage", "STRING", stage),
             ],
         )
         warehoused = {r["batch_id"] for r in held if r["stage"] == "warehouse" and r["ok"]}
         not_ok = {r["batch_id"] for r in held if r["stage"] == stage and not r["ok"]}
+        replace = move_watermark if replace is None else replace
+        rows: list[StageRow] = []
+        outs = []
+        lasts = []
+        for written, plan in zip(writtens, plans, strict=True):
+            out, region_rows = self._commit_region(
+                written, plan, warehoused, not_ok, seconds, replace
+            )
+            rows += region_rows
+            outs.append(out)
+            lasts.append(region_rows[-1].batch_id if region_rows else None)
+        Ledger(w).record_stages(stage, rows, window)
+        for plan, out, last in zip(plans, outs, lasts, strict=True):
+            if last is None:
+                continue
+            out["watermark"] = None
+            if move_watermark:  # not for a replay of old batches: the regular runs keep their place
+                self._move_watermark(plan, next(b for b in plan.batches if b["batch_id"] == last))
+                out["watermark"] = last
+        return outs
+
+    def _commit_region(
+        self,
+        written: Mapping[str, Any],
+        plan: SyncPlan,
+        warehoused: set[str],
+        not_ok: set[str],
+        seconds: float | None,
+        replace: bool,
+    ) -> tuple[dict[str, Any], list[StageRow]]:
+        """One region's part of a commit: its refusals quarantined, its ledger rows (recorded by
+        the caller with the other regions')."""
+        set_aside = sorted(written.get("set_aside") or {})
+        if not plan.batches:
+            return {"batches": 0, "set_aside": set_aside}, []
+        per_batch = written["gate"]["per_batch"]
         batches = [
             b for b in plan.batches if b["batch_id"] in warehoused and b["batch_id"] in per_batch
         ]
@@ -258,7 +310,7 @@ class SyncRun:
                 stale[0],
             )
         if not batches:
-            return {"batches": 0, "stale": stale, "set_aside": set_aside, "watermark": None}
+            return {"batches": 0, "stale": stale, "set_aside": set_aside, "watermark": None}, []
         result = SinkResult.from_dict(written["result"])
         partners = self.handed_over(written)
         recorded = {b["batch_id"] for b in batches}
@@ -272,18 +324,19 @@ class SyncRun:
         if refused:
             self._quarantine(plan, refused)
         seconds = written.get("seconds", 0.0) if seconds is None else seconds
-        replace = move_watermark if replace is None else replace
+        rows = []
         for b in batches:
             synced, rejected = per_batch[b["batch_id"]]
             # A replay adds the rows of batches never synced and leaves the others: its grouping of
             # batches differs from the regular runs', so would its per-batch counts.
-            Ledger(w).record_stage(
-                b["batch_id"],
-                stage,
-                synced,
-                seconds,
-                detail=f"partners {synced + rejected}: synced {synced}, rejected {rejected}",
-                replace=replace or b["batch_id"] in not_ok,
+            rows.append(
+                StageRow(
+                    b["batch_id"],
+                    synced,
+                    seconds,
+                    detail=f"partners {synced + rejected}: synced {synced}, rejected {rejected}",
+                    replace=replace or b["batch_id"] in not_ok,
+                )
             )
         out = {
             "batches": len(batches),
@@ -292,9 +345,12 @@ class SyncRun:
             "stale": stale,
             "set_aside": set_aside,
         }
-        last = batches[-1]
-        if not move_watermark:  # a replay of old batches: the regular runs keep their place
-            return out | {"watermark": None}
+        return out, rows
+
+    def _move_watermark(self, plan: SyncPlan, last: Mapping[str, str]) -> None:
+        from google.cloud import bigquery
+
+        w = self.warehouse
         params = [
             bigquery.ScalarQueryParameter("s", "STRING", plan.sink),
             bigquery.ScalarQueryParameter("r", "STRING", plan.region),
@@ -314,7 +370,6 @@ class SyncRun:
             "VALUES (S.sink, S.region, S.batch_id, S.warehoused_at, S.synced_at)",
             params,
         )
-        return out | {"watermark": last["batch_id"]}
 
     def _quarantine(self, plan: SyncPlan, rows: list[tuple[str, str, int | None, str]]) -> None:
         w = self.warehouse
@@ -347,39 +402,39 @@ class SyncRun:
 
     # -- every region, one failing not holding back the others --------------------------------
     def write_all(self, sink: Sink, plans: dict[str, SyncPlan]) -> dict[str, Any]:
-        """Writes each region's plan; a region that fails is reported, the others go on."""
-        written: list[dict[str, Any]] = []
+        """Writes each region's plan, the regions at once (the work waits on the services); a
+        region that fails is reported, the others go on."""
+        active = {region: plan for region, plan in plans.items() if plan.batches}
+        outcomes = _each_region(active, lambda plan: self.write(sink, plan))
         failed: dict[str, str] = {}
-        for region, plan in plans.items():
-            if not plan.batches:
-                continue
-            try:
-                written.append(self.write(sink, plan))
-            except (
-                Exception
-            ) as exc:  # reported by commit_all, after the healthy regions are committed
-                log.exception("sync %s %s: write failed", sink.name, region)
-                failed[region] = said("write", exc)
+        for region, outcome in outcomes.items():
+            if isinstance(outcome, BaseException):
+                # reported by commit_all, after the healthy regions are committed
+                log.error("sync %s %s: write failed", sink.name, region, exc_info=outcome)
+                failed[region] = said("write", outcome)
+        written = [o for o in outcomes.values() if not isinstance(o, BaseException)]
         return {"written": written, "failed": failed}
 
     def gate_all(self, sink: Sink, stage: Mapping[str, Any]) -> dict[str, Any]:
-        gated: list[dict[str, Any]] = []
+        """Each region's gate, the regions at once (each reads back from the sink)."""
         failed: dict[str, str] = dict(stage["failed"])
-        for written in stage["written"]:
-            region = written["plan"]["region"]
-            try:
-                gated.append(written | {"gate": self.gate(sink, written)})
-            except Exception as exc:
-                log.exception("sync %s %s: gate failed", sink.name, region)
-                failed[region] = said("gate", exc)
+        by_region = {w["plan"]["region"]: w for w in stage["written"]}
+        outcomes = _each_region(by_region, lambda written: self.gate(sink, written))
+        gated: list[dict[str, Any]] = []
+        for region, outcome in outcomes.items():
+            if isinstance(outcome, BaseException):
+                log.error("sync %s %s: gate failed", sink.name, region, exc_info=outcome)
+                failed[region] = said("gate", outcome)
+            else:
+                gated.append(by_region[region] | {"gate": outcome})
         return {"written": gated, "failed": failed}
 
     def commit_all(self, stage: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """Commits every region that passed its gate, then fails loudly naming the others."""
+        gated = list(stage["written"])
         committed = {
-            w["plan"]["region"]: self.commit(w)
-            | {k: v for k, v in w["gate"].items() if k != "per_batch"}
-            for w in stage["written"]
+            w["plan"]["region"]: out | {k: v for k, v in w["gate"].items() if k != "per_batch"}
+            for w, out in zip(gated, self.commit_regions(gated) if gated else [], strict=True)
         }
         if stage["failed"]:
             raise SyncError(
@@ -457,3 +512,21 @@ class SyncRun:
                     totals[key] += committed.get(key, 0)
         log.info("resync %s: %s", sink.name, out)
         return out
+
+
+def _each_region(work: Mapping[str, Any], step: Callable[[Any], Any]) -> dict[str, Any]:
+    """``step`` of each region's work, the regions in threads (the sinks' and BigQuery's clients
+    are thread-safe; the work is waiting on services); region -> its result or its exception, in
+    the order given."""
+    if len(work) <= 1:
+        return {region: _outcome(step, item) for region, item in work.items()}
+    with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix="sync-region") as pool:
+        futures = {region: pool.submit(_outcome, step, item) for region, item in work.items()}
+        return {region: future.result() for region, future in futures.items()}
+
+
+def _outcome(step: Callable[[Any], Any], item: Any) -> Any:
+    try:
+        return step(item)
+    except Exception as exc:
+        return exc

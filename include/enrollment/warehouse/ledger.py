@@ -23,6 +23,18 @@ if TYPE_CHECKING:
     from enrollment.clients.bigquery import QueryParameter
 
 
+@dataclass(frozen=True)
+class StageRow:
+    """One batch's outcome at a later stage (a sync), for ``Ledger.record_stages``."""
+
+    batch_id: str
+    rows_merged: int
+    seconds: float
+    ok: bool = True
+    detail: str = ""
+    replace: bool = True  # False: an existing row is never changed (a replay adds missing rows)
+
+
 def balances(row: Row | Mapping[str, Any]) -> bool:
     """offsets_in = valid + quarantined + duplicates + skipped + recovered (NULL: a row from before
     the column, or a stage that recovers nothing)."""
@@ -133,29 +145,58 @@ class Ledger:
         """A later stage's ledger row (a sync): the batch's numbers copied from its ``like`` row.
         Recording the same outcome again leaves the row as it is (its time included); with
         ``replace=False`` an existing row is never changed (a replay adds only missing rows)."""
+        self.record_stages(
+            stage, [StageRow(batch_id, rows_merged, seconds, ok, detail, replace)], like=like
+        )
+
+    def record_stages(
+        self,
+        stage: str,
+        rows: list[StageRow],
+        window: Window | None = None,
+        like: str = "warehouse",
+    ) -> None:
+        """``record_stage`` for many batches in one MERGE (a sync run's rows, every region).
+        ``window``, when given, holds every batch's ``like`` row and so every row of a later stage:
+        a constant partition filter, so the statement does not read the whole ledger."""
         from google.cloud import bigquery
 
+        if not rows:
+            return
         ensure_ledger(self.bq)
-        params = [
-            bigquery.ScalarQueryParameter("b", "STRING", batch_id),
+        params: list[QueryParameter] = [
             bigquery.ScalarQueryParameter("stage", "STRING", stage),
             bigquery.ScalarQueryParameter("like", "STRING", like),
-            bigquery.ScalarQueryParameter("rows", "INT64", rows_merged),
-            bigquery.ScalarQueryParameter("seconds", "FLOAT64", float(seconds)),
-            bigquery.ScalarQueryParameter("ok", "BOOL", ok),
-            bigquery.ScalarQueryParameter("detail", "STRING", detail),
-            bigquery.ScalarQueryParameter("replace", "BOOL", replace),
         ]
+        outcomes = []
+        for n, r in enumerate(rows):
+            params += [
+                bigquery.ScalarQueryParameter(f"b{n}", "STRING", r.batch_id),
+                bigquery.ScalarQueryParameter(f"rows{n}", "INT64", r.rows_merged),
+                bigquery.ScalarQueryParameter(f"seconds{n}", "FLOAT64", float(r.seconds)),
+                bigquery.ScalarQueryParameter(f"ok{n}", "BOOL", r.ok),
+                bigquery.ScalarQueryParameter(f"detail{n}", "STRING", r.detail),
+                bigquery.ScalarQueryParameter(f"replace{n}", "BOOL", r.replace),
+            ]
+            outcomes.append(
+                f"SELECT @b{n} AS batch_id, @rows{n} AS rows_merged, @seconds{n} AS seconds, "
+                f"@ok{n} AS ok, @detail{n} AS detail, @replace{n} AS replace_row"
+            )
         cols = [c for c, _ in LEDGER_SCHEMA]
+        ledger = self.bq.table("ledger", ops=True)
+        like_in = f"{window.sql('L.recorded_at')} AND " if window else ""
+        target_in = f"{window.sql('T.recorded_at')} AND " if window else ""
         self.bq.run(
-            f"""MERGE {self.bq.table("ledger", ops=True)} T
-            USING (SELECT batch_id, region, @stage AS stage, offsets_in, valid, quarantined, """
-            """duplicates, @rows AS rows_merged, @seconds AS seconds,
-                          @ok AS ok, @detail AS detail, CURRENT_TIMESTAMP() AS recorded_at, """
-            f"""skipped, recovered
-                   FROM {self.bq.table("ledger", ops=True)} WHERE batch_id = @b AND stage = @like) S
-            ON T.batch_id = S.batch_id AND T.stage = S.stage
-            WHEN MATCHED AND @replace AND (T.rows_merged != S.rows_merged OR T.ok != S.ok """
+            f"""MERGE {ledger} T
+            USING (SELECT L.batch_id, L.region, @stage AS stage, L.offsets_in, L.valid, """
+            """L.quarantined, L.duplicates, O.rows_merged, O.seconds, O.ok, O.detail,
+                          CURRENT_TIMESTAMP() AS recorded_at, L.skipped, L.recovered, """
+            f"""O.replace_row
+                   FROM {ledger} L JOIN ({" UNION ALL ".join(outcomes)}) O
+                   ON L.batch_id = O.batch_id
+                   WHERE {like_in}L.stage = @like) S
+            ON {target_in}T.batch_id = S.batch_id AND T.stage = S.stage
+            WHEN MATCHED AND S.replace_row AND (T.rows_merged != S.rows_merged OR T.ok != S.ok """
             f"""OR COALESCE(T.detail, '') != COALESCE(S.detail, ''))
               THEN UPDATE SET {", ".join(f"{c} = S.{c}" for c in cols[3:])}
             WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) """

@@ -59,3 +59,23 @@ def test_late_is_not_lost():
     assert classify(offsets, ranges, {"done", "landed-only"}, {key: 12})["lost"] == 6 + 0, (
         "past the commit, uncovered: lost"
     )
+
+
+def test_sink_latency_outside_faults_and_the_catch_up_after_the_last_one():
+    from datetime import UTC, datetime
+
+    from bench.loadtest.verdicts import caught_up_after, fault_windows, outside_faults
+
+    started = datetime.fromtimestamp(1_000, UTC)
+    solr = Fault.parse("solr-down@60s:30s")
+    solr.began_s, solr.ended_s = 60.0, 90.0
+    never = Fault.parse("solr-down@500s:30s")  # the load ended before its time: no window
+    windows = fault_windows(started, [solr, never])
+    assert windows == [(1_060.0, 1_090.0)]
+    # (produced at, latency): before, during and after the fault.
+    points = [(1_010.0, 20.0), (1_050.0, 70.0), (1_070.0, 45.0), (1_100.0, 15.0)]
+    assert outside_faults(points, windows) == [20.0, 70.0, 15.0]
+    assert caught_up_after(points, windows) == 30.0, "the last event before the end seen at 1,120"
+    assert caught_up_after(points, []) is None
+    assert caught_up_after([(1_010.0, 20.0)], windows) == 0.0, "nothing was waiting"
+    assert fault_windows(None, [solr]) == []

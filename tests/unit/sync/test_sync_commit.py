@@ -75,8 +75,20 @@ class Setup:
         } | kw
 
     def stage_rows(self) -> list[dict]:
-        """The ledger rows the commit recorded: one per ``record_stage`` statement."""
-        return [q.params for q in self.client.matching(r"stage = @like\) S")]
+        """The ledger rows the commit recorded (``record_stages``: one statement, the rows'
+        parameters numbered), each as ``{b, stage, rows, seconds, ok, detail, replace}``."""
+        rows = []
+        for q in self.client.matching(r"L\.stage = @like\) S"):
+            for n in range(sum(1 for k in q.params if re.fullmatch(r"b\d+", k))):
+                rows.append(
+                    {"stage": q.params["stage"]}
+                    | {k: q.params[f"{k}{n}"] for k in ("b", "rows", "seconds", "ok", "detail")}
+                    | {"replace": q.params[f"replace{n}"]}
+                )
+        return rows
+
+    def ledger_statements(self) -> int:
+        return len(self.client.matching(r"^MERGE `p\.o\.ledger`"))
 
     def watermark(self) -> list:
         return self.client.matching(r"^MERGE `p\.o\.sink_watermarks`")
@@ -253,3 +265,78 @@ def test_a_plans_key_names_its_batches_in_order():
     assert plan("b1").key != plan("b1", "b2").key
     assert plan("b1").valid_uri("b1") == "gs://landing/landing/EMEA/b1/valid.parquet"
     assert plan("b1").partners_uri("b1") == "gs://landing/landing/EMEA/b1/partners.parquet"
+
+
+def test_commit_all_records_every_regions_rows_in_one_statement_within_their_days():
+    s = Setup([ok("b1"), ok("b2"), ok("b3")])
+    writtens = [
+        s.written(
+            plan("b1", region="EMEA"),
+            HANDED[:1],
+            SinkResult("solr", partners=1, written=1),
+            gate={"per_batch": {"b1": [1, 0]}},
+        ),
+        s.written(
+            plan("b2", "b3", region="APAC"),
+            [partner("AP1", "b2"), partner("AP2", "b3")],
+            SinkResult("solr", partners=2, written=2),
+            gate={"per_batch": {"b2": [1, 0], "b3": [1, 0]}},
+        ),
+    ]
+    done = s.run.commit_all({"written": writtens, "failed": {}})
+    assert {r: (c["batches"], c["watermark"]) for r, c in done.items()} == {
+        "EMEA": (1, "b1"),
+        "APAC": (2, "b3"),
+    }
+    assert s.ledger_statements() == 1, "one ledger statement for the run, every region"
+    assert [(r["b"], r["rows"]) for r in s.stage_rows()] == [("b1", 1), ("b2", 1), ("b3", 1)]
+    [merge] = s.client.matching(r"^MERGE `p\.o\.ledger`")
+    day = "TIMESTAMP '2026-11-20'"
+    assert f"L.recorded_at >= {day}" in merge.flat and f"T.recorded_at >= {day}" in merge.flat, (
+        "a constant partition filter from the day of the oldest batch's warehouse row"
+    )
+    [held] = s.client.matching(r"^SELECT batch_id, stage, ok FROM `p\.o\.ledger`")
+    assert f"recorded_at >= {day}" in held.flat
+    assert [m.params["r"] for m in s.watermark()] == ["EMEA", "APAC"]
+
+
+class MeetingSink(EchoSink):
+    """A sink whose writes wait until every region's write has started: only regions written at
+    once get through."""
+
+    def __init__(self, regions: int):
+        super().__init__()
+        self.started = __import__("threading").Barrier(regions, timeout=10)
+
+    def write(self, partners, enrolled):
+        self.started.wait()
+        return SinkResult("solr", partners=len(partners), written=len(partners))
+
+
+def test_write_all_writes_the_regions_at_once_and_reports_a_failing_one():
+    s = Setup()
+    s.run.current_state = lambda ids: [{"partner_id": i, "partner_version": 1} for i in ids]
+    import enrollment.sync.run as run_module
+
+    touched = {"EMEA": {"EM1": "b1"}, "APAC": {"AP1": "b2"}, "LATAM": None}
+
+    def fake_touched(warehouse, p, from_warehouse):
+        if touched[p.region] is None:
+            raise RuntimeError("landed object unreadable")
+        return touched[p.region], set(), {}
+
+    original, run_module.touched = run_module.touched, fake_touched
+    try:
+        out = s.run.write_all(
+            MeetingSink(regions=2),
+            {
+                "EMEA": plan("b1", region="EMEA"),
+                "APAC": plan("b2", region="APAC"),
+                "LATAM": plan("b3", region="LATAM"),
+                "AMER": plan(region="AMER"),  # nothing to write
+            },
+        )
+    finally:
+        run_module.touched = original
+    assert [w["plan"]["region"] for w in out["written"]] == ["EMEA", "APAC"]
+    assert list(out["failed"]) == ["LATAM"] and "unreadable" in out["failed"]["LATAM"]

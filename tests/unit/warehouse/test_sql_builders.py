@@ -132,18 +132,47 @@ def test_a_later_stage_copies_the_batch_numbers_and_replaces_only_when_asked():
         "emea-1", "sync_solr", 7, 2.0, ok=False, detail="set aside", replace=False
     )
     [q] = client.queries
-    assert "FROM `p.o.ledger` WHERE batch_id = @b AND stage = @like) S" in q.flat
-    assert "WHEN MATCHED AND @replace AND (T.rows_merged != S.rows_merged OR T.ok != S.ok" in q.flat
+    assert "FROM `p.o.ledger` L JOIN (SELECT @b0 AS batch_id" in q.flat
+    assert "ON L.batch_id = O.batch_id WHERE L.stage = @like) S" in q.flat
+    assert (
+        "WHEN MATCHED AND S.replace_row AND (T.rows_merged != S.rows_merged OR T.ok != S.ok"
+        in q.flat
+    )
     assert q.params == {
-        "b": "emea-1",
+        "b0": "emea-1",
         "stage": "sync_solr",
         "like": "warehouse",
-        "rows": 7,
-        "seconds": 2.0,
-        "ok": False,
-        "detail": "set aside",
-        "replace": False,
+        "rows0": 7,
+        "seconds0": 2.0,
+        "ok0": False,
+        "detail0": "set aside",
+        "replace0": False,
     }
+
+
+def test_later_stages_of_many_batches_are_one_merge_within_their_days():
+    from datetime import UTC, datetime
+
+    from enrollment.core.windows import Window
+    from enrollment.warehouse.ledger import StageRow
+
+    w, client = warehouse()
+    window = Window.around(
+        datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 21, tzinfo=UTC), 0
+    )
+    Ledger(w).record_stages(
+        "sync_solr", [StageRow("emea-1", 7, 2.0), StageRow("apac-1", 3, 2.0, replace=False)], window
+    )
+    [q] = client.queries
+    assert "SELECT @b0 AS batch_id" in q.flat and "UNION ALL SELECT @b1 AS batch_id" in q.flat
+    assert (
+        "L.recorded_at >= TIMESTAMP '2026-11-20' AND L.recorded_at < TIMESTAMP '2026-11-22'"
+        in q.flat
+    )
+    assert "ON T.recorded_at >= TIMESTAMP '2026-11-20'" in q.flat
+    assert (q.params["b1"], q.params["rows1"], q.params["replace1"]) == ("apac-1", 3, False)
+    Ledger(w).record_stages("sync_solr", [], window)
+    assert len(client.queries) == 1, "nothing to record: no statement"
 
 
 def test_a_cycle_records_land_warehouse_set_aside_and_anomaly_rows_in_one_merge():
