@@ -41,9 +41,10 @@ MAX_RESYNC = 1000
 DOC_MD = """
 ### Sync: {sink}
 
-Brings the **{sink}** sink up to date with the warehouse, region by region, in one task, **sync**,
-of three steps (a region that fails does not hold back the others; the task then fails naming
-it, and the next run takes it again):
+Brings the **{sink}** sink up to date with the warehouse, every region at once, in one task,
+**sync**, of three steps (a region that fails does not hold back the others; the task then fails
+naming it, and the next run takes it again). The task goes round again while batches wait, for
+at most {train_s:g} s (`sync.train_s`): one task for many rounds, each round as below.
 
 1. **write** — plans each region's warehoused batches that have no `sync_{sink}` ledger row yet
    (the last {lookback} days, oldest first, at most `max_batches`), reads the partners they
@@ -53,7 +54,8 @@ it, and the next run takes it again):
 2. **gate** — reads back from the service what was written (documents, real-time get or the
    service's per-row results) and checks partners = written + unchanged + rejected.
 3. **commit** — rows the service refused go to `{dataset}.sink_quarantine` with its message; one
-   ledger row per batch (stage `sync_{sink}`): what marks a batch synced; the watermark
+   ledger row per batch (stage `sync_{sink}`, every region's in one statement): what marks a batch
+   synced; the watermark
    (`{ops}.sink_watermarks`) records the newest one for people to read.
 
 **Refusals never stop a region**: a value the service refuses is one partner in the sink
@@ -99,6 +101,7 @@ def sync_dag(sink_name: str) -> DAG:
             ops=config.ops_dataset,
             cron=config.sync_catch_up_every,
             lookback=config.sync_lookback_days,
+            train_s=config.sync_train_s,
         ),
         params={
             "max_batches": Param(
@@ -120,10 +123,11 @@ def sync_dag(sink_name: str) -> DAG:
             ),
         },
     ) as dag:
-        # A run's work is bounded (max_batches per region, each write ridden through throttling and
-        # short outages: Marketing Cloud waits up to 10 min per request, Solr 2 min); 45 min is far
-        # beyond a healthy catch-up run. A task hung on a dead connection would otherwise hold the
-        # sink's only run slot (max_active_runs=1) forever; killed, it is retried and catches up.
+        # A round's work is bounded (max_batches per region, each write ridden through throttling
+        # and short outages: Marketing Cloud waits up to 10 min per request, Solr 2 min), and a
+        # train starts no round after train_s; 45 min is far beyond a healthy catch-up run. A task
+        # hung on a dead connection would otherwise hold the sink's only run slot
+        # (max_active_runs=1) forever; killed, it is retried and catches up.
         @task(task_id="sync", execution_timeout=timedelta(minutes=45))
         def sync(**context: Any) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
@@ -132,8 +136,6 @@ def sync_dag(sink_name: str) -> DAG:
             from enrollment_airflow.runtime import Runtime
 
             params = context["params"]
-            from enrollment.sync.plan import plan_all
-
             rt = Runtime.for_task(config)
             rt.require(["bigquery", "gcs", *options.get("needs", [])])
             run = rt.sync_run
@@ -144,26 +146,20 @@ def sync_dag(sink_name: str) -> DAG:
                 resync = list(params.get("resync_batches") or [])
                 rt.working_on(resync)
                 resynced = run.resync(sink, resync) if resync else {}
-                plans = plan_all(
-                    run.warehouse,
-                    run.bucket.name,
-                    sink_name,
+                committed = run.train(
+                    sink,
                     [r.code for r in config.regions],
                     int(params["max_batches"]),
                     config.sync_lookback_days,
+                    config.sync_train_s,
+                    working_on=rt.working_on,
                 )
-                if not any(p.batches for p in plans.values()):
-                    if resynced:
-                        return {"resynced": resynced}
-                    raise AirflowSkipException(
-                        f"{sink_name}: every warehoused batch is synced, in every region"
-                    )
-                rt.working_on(b["batch_id"] for p in plans.values() for b in p.batches)
-                written = run.write_all(sink, plans)
-                if not written["written"]:
-                    raise RuntimeError(f"{sink_name}: every region failed: {written['failed']}")
-                gated = run.gate_all(sink, written)
-            committed: dict[str, Any] = run.commit_all(gated)
+            if not committed["rounds"]:
+                if resynced:
+                    return {"resynced": resynced}
+                raise AirflowSkipException(
+                    f"{sink_name}: every warehoused batch is synced, in every region"
+                )
             return committed | ({"resynced": resynced} if resynced else {})
 
         sync()

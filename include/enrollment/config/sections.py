@@ -276,10 +276,15 @@ class SyncSettings:
     max_batches: int = 20
     catch_up_every: str = "*/5 * * * *"
     lookback_days: int = 7
+    # A sync run plans, writes, gates and commits again while batches wait, for at most train_s
+    # seconds (a train, as the ingest's): one task's start-up for many rounds. 0: one round.
+    train_s: float = 120.0
 
     def __post_init__(self) -> None:
-        if self.max_batches < 1 or self.lookback_days < 1:
-            raise ConfigError(f"sync: max_batches and lookback_days must be >= 1, got {self}")
+        if self.max_batches < 1 or self.lookback_days < 1 or self.train_s < 0:
+            raise ConfigError(
+                f"sync: max_batches and lookback_days must be >= 1, train_s >= 0, got {self}"
+            )
 
 
 @dataclass(frozen=True)
@@ -390,6 +395,7 @@ class PipelineConfig:
     reconciliation: ReconciliationSettings = field(default_factory=ReconciliationSettings)
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     sync_lookback_days: int = SyncSettings.lookback_days
+    sync_train_s: float = SyncSettings.train_s
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     marketing_consent: MarketingConsent = field(default_factory=MarketingConsent)
     # The parser fills it: the embedded file's pools when a file names none.

@@ -50,7 +50,7 @@ from enrollment.clients.objects import read_parquet, write_parquet
 from enrollment.core.errors import GateError, SyncError, said
 from enrollment.core.windows import Window
 from enrollment.sinks.base import Sink, SinkResult, summarise
-from enrollment.sync.plan import SyncPlan, region_plan, touched
+from enrollment.sync.plan import SyncPlan, plan_all, region_plan, touched
 from enrollment.sync.tables import SINK_QUARANTINE_SCHEMA, ensure_tables
 from enrollment.warehouse.ledger import Ledger, StageRow
 
@@ -445,6 +445,42 @@ class SyncRun:
             )
         return committed
 
+    # -- a train of rounds ----------------------------------------------------------------------
+    def train(
+        self,
+        sink: Sink,
+        regions: list[str],
+        max_batches: int,
+        lookback_days: int,
+        max_s: float,
+        working_on: Callable[[list[str]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> dict[str, Any]:
+        """Rounds of plan → write → gate → commit, every region each round, while batches wait,
+        for at most ``max_s`` seconds (one round when 0): one task's start-up for many rounds,
+        and no wait for the scheduler between them. Per region the rounds' totals, and
+        ``rounds``; a region that fails ends the train after the healthy ones are committed
+        (``commit_all``). ``working_on`` hears each round's batch ids (the task's alert)."""
+        t0 = clock()
+        totals: dict[str, Any] = {"rounds": 0}
+        while True:
+            plans = plan_all(
+                self.warehouse, self.bucket.name, sink.name, regions, max_batches, lookback_days
+            )
+            if not any(p.batches for p in plans.values()):
+                break
+            if working_on is not None:
+                working_on([b["batch_id"] for p in plans.values() for b in p.batches])
+            written = self.write_all(sink, plans)
+            if not written["written"]:
+                raise SyncError(f"{sink.name}: every region failed: {written['failed']}")
+            for region, committed in self.commit_all(self.gate_all(sink, written)).items():
+                totals[region] = _summed(totals.get(region, {}), committed)
+            totals["rounds"] += 1
+            if clock() - t0 >= max_s:
+                break
+        return totals
+
     # -- all of it ----------------------------------------------------------------------------
     def run(self, sink: Sink, region: str, max_batches: int = 20) -> dict[str, Any]:
         """Plan, write, gate and commit in one call (command line, tests); Airflow runs the steps
@@ -530,3 +566,21 @@ def _outcome(step: Callable[[Any], Any], item: Any) -> Any:
         return step(item)
     except Exception as exc:
         return exc
+
+
+def _summed(before: Mapping[str, Any], round_: Mapping[str, Any]) -> dict[str, Any]:
+    """A region's totals over a train's rounds: counts added, lists joined, the newest
+    watermark."""
+    out = dict(before)
+    for key, value in round_.items():
+        if isinstance(value, bool) or value is None:
+            out.setdefault(key, value)
+        elif isinstance(value, int | float):
+            out[key] = out.get(key, 0) + value
+        elif isinstance(value, list):
+            out[key] = [*out.get(key, []), *value]
+        else:
+            out[key] = value
+        if key == "watermark" and value is not None:
+            out[key] = value
+    return out

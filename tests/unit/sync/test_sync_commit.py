@@ -340,3 +340,40 @@ def test_write_all_writes_the_regions_at_once_and_reports_a_failing_one():
         run_module.touched = original
     assert [w["plan"]["region"] for w in out["written"]] == ["EMEA", "APAC"]
     assert list(out["failed"]) == ["LATAM"] and "unreadable" in out["failed"]["LATAM"]
+
+
+def test_a_sync_train_goes_round_while_batches_wait_and_sums_the_rounds(monkeypatch):
+    import enrollment.sync.run as run_module
+
+    s = Setup()
+    waiting = [["b1"], ["b2", "b3"], []]  # what each round's plan finds
+    now = [0.0]
+    monkeypatch.setattr(
+        run_module,
+        "plan_all",
+        lambda *a: {"EMEA": plan(*waiting.pop(0))},
+    )
+    s.run.write_all = lambda sink, plans: {"written": [plans["EMEA"].as_dict()], "failed": {}}
+    s.run.gate_all = lambda sink, written: written
+
+    def commit_all(gated):
+        now[0] += 10
+        n = len(gated["written"][0]["batches"])
+        last = gated["written"][0]["batches"][-1]["batch_id"]
+        return {"EMEA": {"batches": n, "partners": 2 * n, "stale": [], "watermark": last}}
+
+    s.run.commit_all = commit_all
+    heard = []
+    out = s.run.train(EchoSink(), ["EMEA"], 20, 7, 120, heard.extend, clock=lambda: now[0])
+    assert out == {
+        "rounds": 2,
+        "EMEA": {"batches": 3, "partners": 6, "stale": [], "watermark": "b3"},
+    }, "stopped when nothing waited"
+    assert heard == ["b1", "b2", "b3"]
+
+    waiting[:] = [["b1"], ["b2"], ["b3"]]
+    assert s.run.train(EchoSink(), ["EMEA"], 20, 7, 0, clock=lambda: now[0])["rounds"] == 1, (
+        "train_s 0: one round"
+    )
+    waiting[:] = [[]]
+    assert s.run.train(EchoSink(), ["EMEA"], 20, 7, 120) == {"rounds": 0}
