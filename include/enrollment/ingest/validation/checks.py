@@ -77,7 +77,8 @@ class _Columns:
         if key not in self._cache:
             arr = self.arrow(path)
             if kind == STRING:
-                ok = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0)
+                # Not blank: the class of whitespace utf8_trim_whitespace trims, without copying.
+                ok = pc.and_(pc.greater(pc.binary_length(arr), 0), pc.invert(pc.utf8_is_space(arr)))
             else:
                 ok = pc.is_valid(arr)
             self._cache[key] = _np(ok)
@@ -104,7 +105,13 @@ class _Columns:
         return values
 
     def too_long(self, path: str, max_chars: int) -> Mask:
-        return _np(pc.greater(pc.utf8_length(self.arrow(path)), max_chars))
+        # No more characters than bytes: only values of more bytes are counted.
+        arr = self.arrow(path)
+        out = _np(pc.greater(pc.binary_length(arr), max_chars))
+        rows = np.flatnonzero(out)
+        if len(rows):
+            out[rows] = _np(pc.greater(pc.utf8_length(arr.take(pa.array(rows))), max_chars))
+        return out
 
     def control(self, path: str) -> Mask:
         out = np.zeros(self.n, dtype=bool)
@@ -283,14 +290,15 @@ def check(table: pa.Table, escaped: Mask, reasons: Reasons) -> None:
             _check_type(event_type, cols.of(rows), version[rows], reasons.mapped(rows))
 
     # Duplicates: a later message with an event id already seen in this batch.
+    # Codes number the ids in order of first appearance: an id seen before has a code no
+    # greater than the largest before it.
     has_id = cols.present("event_id", STRING)
     codes = pc.fill_null(pc.dictionary_encode(cols.arrow("event_id")).indices, -1).to_numpy(
         zero_copy_only=False
     )
-    _, first = np.unique(np.where(has_id, codes, -1), return_index=True)
-    repeated = np.ones(cols.n, dtype=bool)
-    repeated[first] = False
-    reasons.add(has_id & repeated, "duplicate_event_id")
+    codes = np.where(has_id, codes, -1)
+    before = np.maximum.accumulate(np.concatenate(([-1], codes[:-1]))) if cols.n else codes
+    reasons.add(has_id & (codes <= before), "duplicate_event_id")
 
 
 def _check_type(
