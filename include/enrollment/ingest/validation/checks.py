@@ -43,7 +43,7 @@ class _Columns:
         table: pa.Table,
         escaped: Mask,
         parent: _Columns | None = None,
-        rows: pa.Array | None = None,
+        rows: Rows | None = None,
     ) -> None:
         self.table = table
         # Rows whose raw text holds a backslash: only they can hold control characters.
@@ -56,12 +56,18 @@ class _Columns:
         self._calendar: dict[str, tuple[Mask, Mask]] = {}
 
     def of(self, rows: Rows) -> _Columns:
-        return _Columns(self.table, self.escaped[rows], self, pa.array(rows, pa.int64()))
+        return _Columns(self.table, self.escaped[rows], self, rows)
 
     def arrow(self, path: str) -> pa.Array:
         if path not in self._cols:
-            if self.parent is not None:
-                self._cols[path] = self.parent.arrow(path).take(self.rows)
+            if self.parent is not None and self.rows is not None:
+                # Rows grouped by contract: a type's rows are often one run, a slice (no copy).
+                rows = self.rows
+                if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+                    sliced = self.parent.arrow(path).slice(int(rows[0]), len(rows))
+                    self._cols[path] = sliced
+                else:
+                    self._cols[path] = self.parent.arrow(path).take(pa.array(rows))
             else:
                 head, *rest = path.split(".")
                 if head not in self._top:  # combining a nested column copies it: once per column
@@ -269,7 +275,9 @@ def _check_fields(
             reasons.add(given & out, spec.range_code)
 
 
-def check(table: pa.Table, escaped: Mask, reasons: Reasons) -> None:
+def check(table: pa.Table, escaped: Mask, reasons: Reasons, order: Rows | None = None) -> None:
+    """Adds the reasons of every row; ``order``: the rows in input order (default: as they
+    are), which decides which of two equal event ids comes first."""
     cols = _Columns(table, escaped)
     has_type = cols.present("event_type", STRING)
     reasons.add(~has_type, "missing:event_type")
@@ -292,13 +300,13 @@ def check(table: pa.Table, escaped: Mask, reasons: Reasons) -> None:
     # Duplicates: a later message with an event id already seen in this batch.
     # Codes number the ids in order of first appearance: an id seen before has a code no
     # greater than the largest before it.
-    has_id = cols.present("event_id", STRING)
-    codes = pc.fill_null(pc.dictionary_encode(cols.arrow("event_id")).indices, -1).to_numpy(
-        zero_copy_only=False
-    )
-    codes = np.where(has_id, codes, -1)
+    if order is None:
+        order = np.arange(cols.n)
+    ids = cols.arrow("event_id").take(pa.array(order))
+    codes = pc.fill_null(pc.dictionary_encode(ids).indices, -1).to_numpy(zero_copy_only=False)
+    codes = np.where(cols.present("event_id", STRING)[order], codes, -1)
     before = np.maximum.accumulate(np.concatenate(([-1], codes[:-1]))) if cols.n else codes
-    reasons.add(has_id & (codes <= before), "duplicate_event_id")
+    reasons.add(order[(codes >= 0) & (codes <= before)], "duplicate_event_id")
 
 
 def _check_type(

@@ -203,8 +203,9 @@ CHUNK = 4096
 
 
 def read(messages: list[bytes], max_bytes: int, reasons: Reasons) -> tuple[pa.Table, Rows]:
-    """Steps 1–4 over a batch: every readable message as a row of one table (in input order), and
-    each row's position in ``messages``; the others get their reasons."""
+    """Steps 1–4 over a batch: every readable message as a row of one table (grouped by contract,
+    not in input order), and each row's position in ``messages``; the others get their
+    reasons."""
     built: dict[Contract, list[pa.StructArray]] = {}
     built_at: dict[Contract, list[int]] = {}
     plain: list[Event] = []  # what the per-record path read
@@ -255,11 +256,9 @@ def read(messages: list[bytes], max_bytes: int, reasons: Reasons) -> tuple[pa.Ta
     positions.append(np.asarray(plain_at, dtype=np.int64)[held])
     for k in np.setdiff1d(np.arange(len(plain)), held):
         reasons.add_one(plain_at[k], "validator_error")
-    source_index = np.concatenate(positions)
-    order = np.argsort(source_index, kind="stable")
-    # A table's take, not the struct array's: measured, it costs a third.
-    table = pa.Table.from_struct_array(pa.concat_arrays(parts)).take(pa.array(order))
-    return table, source_index[order]
+    # Rows stay grouped by contract: the valid ones are put in input order when they are taken
+    # out, one copy fewer of the batch.
+    return pa.Table.from_struct_array(pa.concat_arrays(parts)), np.concatenate(positions)
 
 
 def _names(tree: Tree) -> Iterator[str]:

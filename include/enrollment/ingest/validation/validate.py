@@ -78,12 +78,14 @@ def _validated(
         dtype=bool,
         count=len(source_index),
     )
-    check(parsed, escaped, reasons.mapped(source_index))
+    order = np.argsort(source_index, kind="stable")  # the rows in input order
+    check(parsed, escaped, reasons.mapped(source_index), order)
     by_row = reasons.by_row()
 
     bad_rows = np.isin(source_index, np.fromiter(by_row, dtype=np.int64, count=len(by_row)))
-    valid = _valid_table(parsed.filter(pa.array(~bad_rows)), source_index[~bad_rows])
-    quarantine = _quarantine_table(messages, by_row, parsed, source_index)
+    keep = order[~bad_rows[order]]
+    valid = _valid_table(parsed.take(pa.array(keep)), source_index[keep])
+    quarantine = _quarantine_table(messages, by_row, parsed, source_index, order)
     if valid.num_rows + quarantine.num_rows != len(messages):
         raise AssertionError("validation: a message was lost or doubled")
     return ValidationResult(valid=valid, quarantine=quarantine)
@@ -209,18 +211,24 @@ QUARANTINE_SCHEMA = pa.schema(
 
 
 def _quarantine_table(
-    messages: list[bytes], by_index: dict[int, list[str]], parsed: pa.Table, source_index: Rows
+    messages: list[bytes],
+    by_index: dict[int, list[str]],
+    parsed: pa.Table,
+    source_index: Rows,
+    order: Rows,
 ) -> pa.Table:
     indices = np.array(sorted(by_index), dtype=np.int64)
     # What could be read of each refused message (nothing for those that never parsed).
-    position = np.searchsorted(source_index, indices)
+    in_order = source_index[order]
+    position = np.searchsorted(in_order, indices)
     readable = (
-        (position < len(source_index))
-        & (source_index[np.minimum(position, max(len(source_index) - 1, 0))] == indices)
-        if len(source_index)
+        (position < len(in_order))
+        & (in_order[np.minimum(position, max(len(in_order) - 1, 0))] == indices)
+        if len(in_order)
         else np.zeros(len(indices), bool)
     )
-    take = pa.array(np.where(readable, position, 0), pa.int64(), mask=~readable)
+    row = order[np.minimum(position, max(len(order) - 1, 0))] if len(order) else position
+    take = pa.array(np.where(readable, row, 0), pa.int64(), mask=~readable)
     known = (
         parsed.select(["event_id", "event_type", "partner_id", "region"]).take(take)
         if len(source_index)
