@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
-from operator import attrgetter
 from typing import Any, TypeAlias
 
 import msgspec
 import numpy as np
 import pyarrow as pa
+from msgspec.structs import astuple
 
 from enrollment.contracts.spec import (
     BOOLEAN,
@@ -35,7 +34,6 @@ from enrollment.ingest.validation.trees import (
     PLAIN,
     STRUCT_TYPE,
     Event,
-    Mask,
     Rows,
     Tree,
 )
@@ -261,40 +259,29 @@ def read(messages: list[bytes], max_bytes: int, reasons: Reasons) -> tuple[pa.Ta
     return pa.Table.from_struct_array(pa.concat_arrays(parts)), np.concatenate(positions)
 
 
-def _names(tree: Tree) -> Iterator[str]:
-    for name, node in tree.items():
-        yield name
-        if isinstance(node, dict):
-            yield from _names(node)
-
-
-class _Absent:
-    """Stands for an absent nested object: every field of every contract is None."""
-
-
-for _name in {name for tree in CONTRACT_TREES.values() for name in _names(tree)}:
-    setattr(_Absent, _name, None)
-_ABSENT = _Absent()
-
-
-def _rows(
-    events: list[Any], tree: Tree, struct: pa.StructType, absent: Mask | None = None
-) -> pa.StructArray:
-    """Decoded events of one contract (Structs, or ``_ABSENT``) as Arrow rows, a column per
-    field."""
+def _rows(events: list[Any], tree: Tree, struct: pa.StructType) -> pa.StructArray:
+    """Decoded events of one contract (Structs of one class) as Arrow rows: the Structs as
+    tuples, transposed into one tuple per field (both in C, twice as fast as a pass per field)."""
     children: list[pa.Array] = []
-    for (name, node), field in zip(tree.items(), struct, strict=True):
-        values = list(map(attrgetter(name), events))
-        if isinstance(node, dict):
-            missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
-            if missing.any():
-                values = [_ABSENT if v is None else v for v in values]
-            children.append(_rows(values, node, field.type, missing if missing.any() else None))
-        else:
+    columns = zip(*map(astuple, events), strict=True)
+    for (_, node), field, values in zip(tree.items(), struct, columns, strict=True):
+        if not isinstance(node, dict):
             children.append(pa.array(values, field.type))
-    return pa.StructArray.from_arrays(
-        children, fields=list(struct), mask=None if absent is None else pa.array(absent)
-    )
+            continue
+        absent = [v is None for v in values]
+        if not any(absent):
+            children.append(_rows(list(values), node, field.type))
+        elif all(absent):
+            children.append(pa.nulls(len(values), field.type))
+        else:
+            empty = type(next(v for v in values if v is not None))()
+            rows = _rows([empty if v is None else v for v in values], node, field.type)
+            children.append(
+                pa.StructArray.from_arrays(
+                    rows.flatten(), fields=list(field.type), mask=pa.array(absent, pa.bool_())
+                )
+            )
+    return pa.StructArray.from_arrays(children, fields=list(struct))
 
 
 def _widened(rows: pa.StructArray, struct: pa.StructType) -> pa.StructArray:
