@@ -212,26 +212,34 @@ def read(messages: list[bytes], max_bytes: int, reasons: Reasons) -> tuple[pa.Ta
         groups: dict[Contract, tuple[list[Any], list[int]]] = {}
         for i in range(lo, min(lo + CHUNK, len(messages))):
             message = messages[i]
-            terminal = screen(message, max_bytes)
-            if terminal is not None:
-                reasons.add_one(i, terminal)
-                continue
+            # What screen() passes at a glance (ASCII is UTF-8; too few brackets to nest deeply),
+            # tested here: this loop runs for every message.
+            if not (
+                len(message) <= max_bytes
+                and message.isascii()
+                and message.count(b"[") + message.count(b"{") <= MAX_NESTING
+            ):
+                terminal = screen(message, max_bytes)
+                if terminal is not None:
+                    reasons.add_one(i, terminal)
+                    continue
             found = decoded(message)
             if found is not None:
-                group = groups.get(found[0])
-                if group is None:
-                    group = groups[found[0]] = ([], [])
-                group[0].append(found[1])
-                group[1].append(i)
+                contract, event = found
+                if contract in groups:
+                    groups[contract][0].append(event)
+                    groups[contract][1].append(i)
+                else:
+                    groups[contract] = ([event], [i])
                 continue
             bad: list[str] = []
-            event = per_record(message, bad)
-            if event is None:
+            read_plainly = per_record(message, bad)
+            if read_plainly is None:
                 reasons.add_one(i, "unparsable")
                 continue
             for code in bad:
                 reasons.add_one(i, code)
-            plain.append(event)
+            plain.append(read_plainly)
             plain_at.append(i)
         for contract, (events, at) in groups.items():
             try:
