@@ -43,7 +43,7 @@ class _Columns:
         table: pa.Table,
         escaped: Mask,
         parent: _Columns | None = None,
-        rows: pa.Array | None = None,
+        rows: Rows | None = None,
     ) -> None:
         self.table = table
         # Rows whose raw text holds a backslash: only they can hold control characters.
@@ -56,12 +56,18 @@ class _Columns:
         self._calendar: dict[str, tuple[Mask, Mask]] = {}
 
     def of(self, rows: Rows) -> _Columns:
-        return _Columns(self.table, self.escaped[rows], self, pa.array(rows, pa.int64()))
+        return _Columns(self.table, self.escaped[rows], self, rows)
 
     def arrow(self, path: str) -> pa.Array:
         if path not in self._cols:
-            if self.parent is not None:
-                self._cols[path] = self.parent.arrow(path).take(self.rows)
+            if self.parent is not None and self.rows is not None:
+                # Rows grouped by contract: a type's rows are often one run, a slice (no copy).
+                rows = self.rows
+                if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+                    sliced = self.parent.arrow(path).slice(int(rows[0]), len(rows))
+                    self._cols[path] = sliced
+                else:
+                    self._cols[path] = self.parent.arrow(path).take(pa.array(rows))
             else:
                 head, *rest = path.split(".")
                 if head not in self._top:  # combining a nested column copies it: once per column
@@ -77,7 +83,8 @@ class _Columns:
         if key not in self._cache:
             arr = self.arrow(path)
             if kind == STRING:
-                ok = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0)
+                # Not blank: the class of whitespace utf8_trim_whitespace trims, without copying.
+                ok = pc.and_(pc.greater(pc.binary_length(arr), 0), pc.invert(pc.utf8_is_space(arr)))
             else:
                 ok = pc.is_valid(arr)
             self._cache[key] = _np(ok)
@@ -104,7 +111,13 @@ class _Columns:
         return values
 
     def too_long(self, path: str, max_chars: int) -> Mask:
-        return _np(pc.greater(pc.utf8_length(self.arrow(path)), max_chars))
+        # No more characters than bytes: only values of more bytes are counted.
+        arr = self.arrow(path)
+        out = _np(pc.greater(pc.binary_length(arr), max_chars))
+        rows = np.flatnonzero(out)
+        if len(rows):
+            out[rows] = _np(pc.greater(pc.utf8_length(arr.take(pa.array(rows))), max_chars))
+        return out
 
     def control(self, path: str) -> Mask:
         out = np.zeros(self.n, dtype=bool)
@@ -262,7 +275,9 @@ def _check_fields(
             reasons.add(given & out, spec.range_code)
 
 
-def check(table: pa.Table, escaped: Mask, reasons: Reasons) -> None:
+def check(table: pa.Table, escaped: Mask, reasons: Reasons, order: Rows | None = None) -> None:
+    """Adds the reasons of every row; ``order``: the rows in input order (default: as they
+    are), which decides which of two equal event ids comes first."""
     cols = _Columns(table, escaped)
     has_type = cols.present("event_type", STRING)
     reasons.add(~has_type, "missing:event_type")
@@ -283,14 +298,15 @@ def check(table: pa.Table, escaped: Mask, reasons: Reasons) -> None:
             _check_type(event_type, cols.of(rows), version[rows], reasons.mapped(rows))
 
     # Duplicates: a later message with an event id already seen in this batch.
-    has_id = cols.present("event_id", STRING)
-    codes = pc.fill_null(pc.dictionary_encode(cols.arrow("event_id")).indices, -1).to_numpy(
-        zero_copy_only=False
-    )
-    _, first = np.unique(np.where(has_id, codes, -1), return_index=True)
-    repeated = np.ones(cols.n, dtype=bool)
-    repeated[first] = False
-    reasons.add(has_id & repeated, "duplicate_event_id")
+    # Codes number the ids in order of first appearance: an id seen before has a code no
+    # greater than the largest before it.
+    if order is None:
+        order = np.arange(cols.n)
+    ids = cols.arrow("event_id").take(pa.array(order))
+    codes = pc.fill_null(pc.dictionary_encode(ids).indices, -1).to_numpy(zero_copy_only=False)
+    codes = np.where(cols.present("event_id", STRING)[order], codes, -1)
+    before = np.maximum.accumulate(np.concatenate(([-1], codes[:-1]))) if cols.n else codes
+    reasons.add(order[(codes >= 0) & (codes <= before)], "duplicate_event_id")
 
 
 def _check_type(

@@ -1,12 +1,13 @@
 """The event contracts as trees, for the validator: the Arrow schema every readable message is
 parsed into (one column per contract field of every type and version), and one typed msgspec
-decoder per contract (type and version), which the fast path decodes each message with."""
+decoder per contract (type and version), which the fast path decodes each message with (into
+Structs of that contract's fields)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Annotated, Any, TypeAlias, TypedDict
+from typing import Annotated, Any, TypeAlias
 
 import msgspec
 import numpy as np
@@ -102,14 +103,14 @@ _PY_KIND: dict[str, Any] = {
 }
 
 
-def _typed_dict(name: str, tree: Tree) -> type:
-    annotations: dict[str, object] = {}
+def _struct(name: str, tree: Tree) -> type[msgspec.Struct]:
+    # Structs, not dicts: they decode faster, are read per field cheaply and, holding no cycles,
+    # need no tracking by the cyclic collector. Encoded, an absent or null field is left out.
+    fields: list[tuple[str, Any, None]] = []
     for key, node in tree.items():
-        kind = _typed_dict(f"{name}_{key}", node) if isinstance(node, dict) else _PY_KIND[node]
-        annotations[key] = kind | None
-    return TypedDict(  # type: ignore[operator,no-any-return]  # fields known at run time only
-        name, annotations, total=False
-    )
+        kind = _struct(f"{name}_{key}", node) if isinstance(node, dict) else _PY_KIND[node]
+        fields.append((key, kind | None, None))
+    return msgspec.defstruct(name, fields, gc=False, omit_defaults=True)
 
 
 class _Head(msgspec.Struct):
@@ -122,9 +123,15 @@ HEAD = msgspec.json.Decoder(_Head)
 
 # One decoder per contract (type and version): it types that contract's fields and no other.
 # Looked up with whatever a message holds as its type and version, hence the key's type.
-CONTRACT_DECODERS: dict[tuple[object, object], msgspec.json.Decoder[Event]] = {
-    key: msgspec.json.Decoder(_typed_dict("C_" + re.sub(r"\W", "_", f"{key[0]}_v{key[1]}"), tree))
+CONTRACT_DECODERS: dict[tuple[object, object], msgspec.json.Decoder[Any]] = {
+    key: msgspec.json.Decoder(_struct("C_" + re.sub(r"\W", "_", f"{key[0]}_v{key[1]}"), tree))
     for key, tree in CONTRACT_TREES.items()
+}
+
+
+# Each contract's own fields as Arrow types: what its decoded rows are built into first.
+CONTRACT_TYPES: dict[tuple[str, int], pa.StructType] = {
+    key: _arrow_type(tree) for key, tree in CONTRACT_TREES.items()
 }
 
 

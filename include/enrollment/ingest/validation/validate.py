@@ -36,8 +36,8 @@ import pyarrow.compute as pc
 
 from enrollment.ingest.validation.checks import check
 from enrollment.ingest.validation.reasons import Reasons, ValidationResult
-from enrollment.ingest.validation.screen import fast, per_record, screen, tabulate
-from enrollment.ingest.validation.trees import DEFAULT_MAX_MESSAGE_BYTES, PARSE_SCHEMA, Event, Rows
+from enrollment.ingest.validation.screen import read
+from enrollment.ingest.validation.trees import DEFAULT_MAX_MESSAGE_BYTES, PARSE_SCHEMA, Rows
 
 log = logging.getLogger(__name__)
 
@@ -58,63 +58,34 @@ def validate_batch(
     """Validates raw message values; every message comes out once, valid or quarantined."""
     values = [m if isinstance(m, bytes) else bytes(m) if m is not None else b"" for m in messages]
     reasons = Reasons()
-    readable: list[Event] = []
-    index: list[int] = []
-    # Hundreds of thousands of small dicts, no cycles among them: the cyclic collector would only
-    # rescan them again and again (measured: a third of the decode time).
+    # Hundreds of thousands of small objects, no cycles among them: the cyclic collector would
+    # only rescan them again and again.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        _decode_all(values, max_message_bytes, reasons, readable, index)
+        parsed, source_index = read(values, max_message_bytes, reasons)
     finally:
         if collecting:
             gc.enable()
-    return _validated(values, reasons, readable, index)
-
-
-def _decode_all(
-    messages: list[bytes],
-    max_message_bytes: int,
-    reasons: Reasons,
-    readable: list[Event],
-    index: list[int],
-) -> None:
-    for i, message in enumerate(messages):
-        terminal = screen(message, max_message_bytes)
-        if terminal is not None:
-            reasons.add_one(i, terminal)
-            continue
-        event = fast(message)
-        if event is None:
-            bad: list[str] = []
-            event = per_record(message, bad)
-            if event is None:
-                reasons.add_one(i, "unparsable")
-                continue
-            for code in bad:
-                reasons.add_one(i, code)
-        readable.append(event)
-        index.append(i)
+    return _validated(values, reasons, parsed, source_index)
 
 
 def _validated(
-    messages: list[bytes], reasons: Reasons, readable: list[Event], index: list[int]
+    messages: list[bytes], reasons: Reasons, parsed: pa.Table, source_index: Rows
 ) -> ValidationResult:
-    parsed, held = tabulate(readable)
-    source_index = (
-        np.asarray(index, dtype=np.int64)[held] if len(held) else np.zeros(0, dtype=np.int64)
-    )
-    for k in np.setdiff1d(np.arange(len(readable)), held):
-        reasons.add_one(index[k], "validator_error")
     escaped = np.fromiter(
-        (b"\\" in messages[i] for i in source_index), dtype=bool, count=len(source_index)
+        (b"\\" in messages[i] for i in source_index.tolist()),
+        dtype=bool,
+        count=len(source_index),
     )
-    check(parsed, escaped, reasons.mapped(source_index))
+    order = np.argsort(source_index, kind="stable")  # the rows in input order
+    check(parsed, escaped, reasons.mapped(source_index), order)
     by_row = reasons.by_row()
 
     bad_rows = np.isin(source_index, np.fromiter(by_row, dtype=np.int64, count=len(by_row)))
-    valid = _valid_table(parsed.filter(pa.array(~bad_rows)), source_index[~bad_rows])
-    quarantine = _quarantine_table(messages, by_row, parsed, source_index)
+    keep = order[~bad_rows[order]]
+    valid = _valid_table(parsed.take(pa.array(keep)), source_index[keep])
+    quarantine = _quarantine_table(messages, by_row, parsed, source_index, order)
     if valid.num_rows + quarantine.num_rows != len(messages):
         raise AssertionError("validation: a message was lost or doubled")
     return ValidationResult(valid=valid, quarantine=quarantine)
@@ -240,18 +211,24 @@ QUARANTINE_SCHEMA = pa.schema(
 
 
 def _quarantine_table(
-    messages: list[bytes], by_index: dict[int, list[str]], parsed: pa.Table, source_index: Rows
+    messages: list[bytes],
+    by_index: dict[int, list[str]],
+    parsed: pa.Table,
+    source_index: Rows,
+    order: Rows,
 ) -> pa.Table:
     indices = np.array(sorted(by_index), dtype=np.int64)
     # What could be read of each refused message (nothing for those that never parsed).
-    position = np.searchsorted(source_index, indices)
+    in_order = source_index[order]
+    position = np.searchsorted(in_order, indices)
     readable = (
-        (position < len(source_index))
-        & (source_index[np.minimum(position, max(len(source_index) - 1, 0))] == indices)
-        if len(source_index)
+        (position < len(in_order))
+        & (in_order[np.minimum(position, max(len(in_order) - 1, 0))] == indices)
+        if len(in_order)
         else np.zeros(len(indices), bool)
     )
-    take = pa.array(np.where(readable, position, 0), pa.int64(), mask=~readable)
+    row = order[np.minimum(position, max(len(order) - 1, 0))] if len(order) else position
+    take = pa.array(np.where(readable, row, 0), pa.int64(), mask=~readable)
     known = (
         parsed.select(["event_id", "event_type", "partner_id", "region"]).take(take)
         if len(source_index)
