@@ -96,6 +96,9 @@ class Sink(ABC):
     """One downstream service. Subclasses set ``name`` and implement ``write`` and ``verify``."""
 
     name: str = ""
+    # Whether a sync run may write and read back several regions at once (threads). A sink whose
+    # service mis-serves concurrent writers says False, and its regions go one after another.
+    regions_at_once: bool = True
 
     @abstractmethod
     def write(self, partners: Sequence[Partner], enrolled: Mapping[str, str]) -> SinkResult: ...

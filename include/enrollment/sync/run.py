@@ -405,7 +405,7 @@ class SyncRun:
         """Writes each region's plan, the regions at once (the work waits on the services); a
         region that fails is reported, the others go on."""
         active = {region: plan for region, plan in plans.items() if plan.batches}
-        outcomes = _each_region(active, lambda plan: self.write(sink, plan))
+        outcomes = _each_region(active, lambda plan: self.write(sink, plan), sink.regions_at_once)
         failed: dict[str, str] = {}
         for region, outcome in outcomes.items():
             if isinstance(outcome, BaseException):
@@ -419,7 +419,9 @@ class SyncRun:
         """Each region's gate, the regions at once (each reads back from the sink)."""
         failed: dict[str, str] = dict(stage["failed"])
         by_region = {w["plan"]["region"]: w for w in stage["written"]}
-        outcomes = _each_region(by_region, lambda written: self.gate(sink, written))
+        outcomes = _each_region(
+            by_region, lambda written: self.gate(sink, written), sink.regions_at_once
+        )
         gated: list[dict[str, Any]] = []
         for region, outcome in outcomes.items():
             if isinstance(outcome, BaseException):
@@ -550,11 +552,13 @@ class SyncRun:
         return out
 
 
-def _each_region(work: Mapping[str, Any], step: Callable[[Any], Any]) -> dict[str, Any]:
-    """``step`` of each region's work, the regions in threads (the sinks' and BigQuery's clients
-    are thread-safe; the work is waiting on services); region -> its result or its exception, in
-    the order given."""
-    if len(work) <= 1:
+def _each_region(
+    work: Mapping[str, Any], step: Callable[[Any], Any], at_once: bool = True
+) -> dict[str, Any]:
+    """``step`` of each region's work, the regions in threads unless not ``at_once`` (the sinks'
+    and BigQuery's clients are thread-safe; the work is waiting on services); region -> its
+    result or its exception, in the order given."""
+    if len(work) <= 1 or not at_once:
         return {region: _outcome(step, item) for region, item in work.items()}
     with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix="sync-region") as pool:
         futures = {region: pool.submit(_outcome, step, item) for region, item in work.items()}

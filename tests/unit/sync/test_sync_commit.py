@@ -185,6 +185,7 @@ class EchoSink:
     """A sink whose service holds everything handed to it, except ``missing``."""
 
     name = "solr"
+    regions_at_once = True
 
     def __init__(self, missing: tuple[str, ...] = ()):
         self.missing = missing
@@ -377,3 +378,34 @@ def test_a_sync_train_goes_round_while_batches_wait_and_sums_the_rounds(monkeypa
     )
     waiting[:] = [[]]
     assert s.run.train(EchoSink(), ["EMEA"], 20, 7, 120) == {"rounds": 0}
+
+
+class CountingSink(EchoSink):
+    """A sink that counts how many writes run at the same time."""
+
+    regions_at_once = False
+
+    def __init__(self):
+        super().__init__()
+        self.running = self.most = 0
+        self.lock = __import__("threading").Lock()
+
+    def write(self, partners, enrolled):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        __import__("time").sleep(0.05)
+        with self.lock:
+            self.running -= 1
+        return SinkResult("solr", partners=len(partners), written=len(partners))
+
+
+def test_a_sink_that_says_so_gets_its_regions_one_after_another(monkeypatch):
+    import enrollment.sync.run as run_module
+
+    s = Setup()
+    s.run.current_state = lambda ids: [{"partner_id": i, "partner_version": 1} for i in ids]
+    monkeypatch.setattr(run_module, "touched", lambda w, p, f: ({p.region: "b"}, set(), {}))
+    sink = CountingSink()
+    out = s.run.write_all(sink, {r: plan("b1", region=r) for r in ("EMEA", "APAC", "LATAM")})
+    assert len(out["written"]) == 3 and sink.most == 1
