@@ -162,7 +162,8 @@ def cost_estimate(config, outcome) -> dict:
             if outcome.started
             and r["start_date"]
             and r["start_date"] >= outcome.started.isoformat()
-            and r["state"] == "success"
+            # a run the freshness gate failed (late) cycled all the same
+            and r["state"] in ("success", "failed")
         )
     except Exception as exc:
         log(f"warehouse runs unreadable: {type(exc).__name__}")
