@@ -45,7 +45,7 @@ class TrainBounds:
     max_s: float
     max_batches: int
     linger_s: float  # the most it waits for the next batch to be worth landing
-    poll_s: float = 0.5
+    poll_s: float = 1.0  # as often as the backlog trigger asks (each question is CPU and a call)
 
 
 @dataclass
