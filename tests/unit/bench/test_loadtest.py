@@ -79,3 +79,43 @@ def test_sink_latency_outside_faults_and_the_catch_up_after_the_last_one():
     assert caught_up_after(points, []) is None
     assert caught_up_after([(1_010.0, 20.0)], windows) == 0.0, "nothing was waiting"
     assert fault_windows(None, [solr]) == []
+
+
+def _run(rate: int, tasks: float, scheduler: float, busy: float = 80.0) -> dict:
+    return {
+        "rate": f"{rate}/min",
+        "produced_events_per_min": rate,
+        "cpu": {
+            "cpu_s_per_min": {
+                "tasks: sinks": tasks * 0.6,
+                "tasks: ingest land": tasks * 0.4,
+                "airflow scheduler": scheduler,
+                "bigquery emulator": 30.0,  # a service: never sized with the pipeline
+            },
+            "machine_busy_cpu_s_per_min": busy,
+            "machine_capacity_cpu_s_per_min": 120.0,
+        },
+    }
+
+
+def test_sizing_fits_a_fixed_cost_and_a_cost_per_event_from_two_unsaturated_runs():
+    from bench.loadtest.sizing import markdown, sizing
+
+    # tasks: 10 CPU-s a minute fixed + 0.5 per 1,000 events; the scheduler: 6 fixed + 0.1 per 1,000
+    table = sizing(_run(10_000, 15.0, 7.0), _run(20_000, 20.0, 8.0), rate=400_000)
+    assert table["fit"]["tasks"]["fixed_cpu_s_per_min"] == pytest.approx(10.0)
+    assert table["fit"]["tasks"]["cpu_s_per_1m"] == pytest.approx(500.0)
+    assert table["cores"]["tasks"] == pytest.approx((10 + 200) / 60)
+    assert table["cores"]["airflow scheduler"] == pytest.approx((6 + 40) / 60)
+    assert "bigquery emulator" not in table["cores"]
+    assert table["celery_workers"] == 3, "3.5 cores of tasks on 2-vCPU workers at 70 %"
+    assert "| tasks | 10.0 | 500 | 3.50 |" in markdown(table)
+
+
+def test_sizing_refuses_a_saturated_run_and_equal_rates():
+    from bench.loadtest.sizing import sizing
+
+    with pytest.raises(ValueError, match="saturated, not a source for sizing"):
+        sizing(_run(10_000, 15.0, 7.0), _run(30_000, 25.0, 9.0, busy=110.0))
+    with pytest.raises(ValueError, match="same rate"):
+        sizing(_run(10_000, 15.0, 7.0), _run(10_000, 16.0, 7.0))
