@@ -245,6 +245,8 @@ class SyncRun:
         if not planned:
             return [{"batches": 0, "set_aside": sorted(x.get("set_aside") or {})} for x in writtens]
         stage = f"sync_{plans[0].sink}"
+        # A batch's sync rows are recorded after its warehouse row, which a cycle writes once (a
+        # written batch is never recorded again): from that row's day on, the window holds them.
         window = Window.around(
             min(datetime.fromisoformat(b["warehoused_at"]) for b in planned), datetime.now(UTC), 0
         )
