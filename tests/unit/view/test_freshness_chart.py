@@ -96,3 +96,5 @@ def test_the_region_section_shows_a_chart_per_path_with_its_caption():
     assert html.count('<svg class="fresh"') == 2 and 'data-path="solr"' in html
     assert "per bucket of 10 min" in html and "goal 2 min" in html
     assert "60 s to BigQuery" in html and "2 min to every sink" in html
+    # The regions table owns tr[data-region]: one row per region there (the browser test finds it).
+    assert 'data-freshness-region="AMER"' in html and "data-region=" not in html
