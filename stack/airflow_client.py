@@ -82,16 +82,23 @@ class AirflowClient:
             time.sleep(1)
         return time.monotonic() - t0
 
-    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
-        self.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        run = (
-            self.http.post(
-                f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}}
-            )
-            .raise_for_status()
-            .json()
-        )
-        return run["dag_run_id"]
+    def trigger(self, dag_id: str, conf: dict | None = None, attempts: int = 5) -> str:
+        """Unpauses the DAG and starts a run of it; the run's id. On SQLite (the local stack's
+        default) a request that waited 5 s for the database's one writer answers 500 or 503 with
+        nothing written: asked again, a few times."""
+        for attempt in range(1, attempts + 1):
+            answer = self.http.patch(f"/dags/{dag_id}", json={"is_paused": False})
+            if answer.status_code < 500:
+                answer.raise_for_status()
+                answer = self.http.post(
+                    f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}}
+                )
+                if answer.status_code < 500:
+                    return str(answer.raise_for_status().json()["dag_run_id"])
+            if attempt < attempts:
+                time.sleep(2 * attempt)
+        answer.raise_for_status()
+        raise RuntimeError(f"{dag_id}: not triggered, HTTP {answer.status_code}")
 
     def wait_for_run(
         self,
