@@ -5,7 +5,8 @@ The only module that reads connections; a task reads them once, through its ``Ru
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from enrollment.clients.services import Endpoints
 
@@ -30,6 +31,13 @@ class AirflowEndpoints(Endpoints):
         return MarketingCloudHook(MARKETING_CLOUD_CONN_ID).get_conn()
 
 
+def gcp_project(extra: Mapping[str, Any]) -> str | None:
+    """The project a Google connection's extra names (its current key, or the one older
+    connections carry); None: the Google clients take the project of the environment's
+    credentials."""
+    return extra.get("project") or extra.get("extra__google_cloud_platform__project")
+
+
 def endpoints_from_connections() -> Endpoints:
     from airflow.sdk import BaseHook
 
@@ -41,12 +49,7 @@ def endpoints_from_connections() -> Endpoints:
     mc = BaseHook.get_connection(MARKETING_CLOUD_CONN_ID)
     solr_path = solr.extra_dejson.get("base_path", "/solr")
     mc_auth, mc_rest = MarketingCloudHook(MARKETING_CLOUD_CONN_ID).urls()
-    # Without one (None) the Google clients take the project of the environment's credentials.
-    project = cast(
-        "str",
-        gcp.extra_dejson.get("project")
-        or gcp.extra_dejson.get("extra__google_cloud_platform__project"),
-    )
+    project = cast("str", gcp_project(gcp.extra_dejson))
     return AirflowEndpoints(
         project=project,
         kafka_bootstrap=kafka.extra_dejson["bootstrap.servers"],

@@ -193,5 +193,6 @@ class PendingTrigger(BaseEventTrigger):
         """The Google project of the connection (None: the environment's credentials')."""
         from airflow.sdk import BaseHook
 
-        extra = (await BaseHook.aget_connection(self.gcp_conn_id)).extra_dejson
-        return extra.get("project") or extra.get("extra__google_cloud_platform__project")
+        from enrollment_airflow.connections import gcp_project
+
+        return gcp_project((await BaseHook.aget_connection(self.gcp_conn_id)).extra_dejson)

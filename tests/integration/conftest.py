@@ -56,6 +56,17 @@ def warehouse(stack, pipeline_config):
         client.delete_dataset(name, delete_contents=True, not_found_ok=True)
 
 
+def pipeline_warehouse(stack, config) -> BigQuery:
+    """The BigQuery handle on a configuration's own warehouse and ops datasets."""
+    return BigQuery(
+        client=bigquery_client(stack.project),
+        storage=storage_client(stack.project),
+        project=stack.project,
+        dataset=config.warehouse_dataset,
+        ops_dataset=config.ops_dataset,
+    )
+
+
 def produce(bootstrap: str, messages, topic: str | None = None) -> None:
     """Simulated messages into Kafka as SAP Commerce sends them (keyed, murmur2), to their own
     region topics or all to ``topic``."""

@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from enrollment_airflow.triggers import BacklogTrigger
+from tests.integration.airflow.triggering import new_runs, next_event, run_trigger
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
@@ -20,20 +21,6 @@ def _produce(bootstrap, topic, n):
     for i in range(n):
         producer.produce(topic, key=f"k{i}".encode(), value=b"{}")
     assert producer.flush(10) == 0
-
-
-async def _next_event(queue: asyncio.Queue, timeout):
-    try:
-        return await asyncio.wait_for(queue.get(), timeout)
-    except TimeoutError:
-        return None
-
-
-async def _pump(trigger, queue: asyncio.Queue) -> None:
-    """Runs the trigger as the triggerer would, handing its events over (a timeout while waiting
-    for one must not cancel the trigger itself)."""
-    async for event in trigger.run():
-        await queue.put(event)
 
 
 def test_the_backlog_reads_a_timestamp_only_when_the_count_does_not_decide(stack):
@@ -121,10 +108,10 @@ def test_trigger_fires_once_per_piece_of_work(stack):
 
         async def scenario():
             events: asyncio.Queue = asyncio.Queue()
-            pump = asyncio.create_task(_pump(trigger, events))
-            first = await _next_event(events, 15)
+            pump = asyncio.create_task(run_trigger(trigger, events))
+            first = await next_event(events, 15)
             assert first is not None and first.payload["pending"] == 10
-            assert await _next_event(events, 1.0) is None, "the same work fires once"
+            assert await next_event(events, 1.0) is None, "the same work fires once"
             # The land stage commits the batch; one new record then waits past max_age_s.
             consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group})
             ends = [
@@ -138,7 +125,7 @@ def test_trigger_fires_once_per_piece_of_work(stack):
             consumer.close()
             _produce(stack.kafka_bootstrap, topic, 1)
             t0 = time.monotonic()
-            second = await _next_event(events, 15)
+            second = await next_event(events, 15)
             assert second is not None and second.payload["pending"] == 1
             assert time.monotonic() - t0 >= 1.0 and second.payload["oldest_age_s"] >= 2.0
             pump.cancel()
@@ -162,14 +149,14 @@ def test_a_missing_connection_fires_a_clear_event_and_the_trigger_keeps_running(
 
     async def scenario():
         events: asyncio.Queue = asyncio.Queue()
-        pump = asyncio.create_task(_pump(trigger, events))
-        first = await _next_event(events, 15)
+        pump = asyncio.create_task(run_trigger(trigger, events))
+        first = await next_event(events, 15)
         assert (
             first is not None
             and "no_such_kafka_connection" in first.payload["error"]
             and first.payload["region"] == "TEST"
         )
-        assert await _next_event(events, 6.0) is None, "the same error fires once"
+        assert await next_event(events, 6.0) is None, "the same error fires once"
         assert not pump.done(), "the trigger keeps looking for its connection"
         pump.cancel()
 
@@ -181,12 +168,7 @@ def test_running_airflow_wakes_the_ingest_dag_through_the_backlog_watcher(stack,
 
     client = AirflowClient(stack)
     client.wait_for_dag("ingest_apac", timeout_s=120)
-    before = {
-        r["dag_run_id"]
-        for r in client.http.get(
-            "/dags/ingest_apac/dagRuns", params={"order_by": "-run_after", "limit": 100}
-        ).json()["dag_runs"]
-    }
+    before = {r["dag_run_id"] for r in new_runs(client, "ingest_apac", set())}
     client.http.patch("/dags/ingest_apac", json={"is_paused": False}).raise_for_status()
     try:
         _produce(
@@ -194,13 +176,7 @@ def test_running_airflow_wakes_the_ingest_dag_through_the_backlog_watcher(stack,
         )  # not JSON events: quarantined, still accounted
         deadline, run = time.monotonic() + 180, None
         while time.monotonic() < deadline:
-            runs = [
-                r
-                for r in client.http.get(
-                    "/dags/ingest_apac/dagRuns", params={"order_by": "-run_after", "limit": 100}
-                ).json()["dag_runs"]
-                if r["dag_run_id"] not in before
-            ]
+            runs = new_runs(client, "ingest_apac", before)
             done = [r for r in runs if r["state"] in ("success", "failed")]
             if done:
                 run = done[0]

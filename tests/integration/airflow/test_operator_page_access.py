@@ -15,12 +15,12 @@ import httpx
 import pytest
 from google.cloud import bigquery
 
-from enrollment.clients.bigquery import BigQuery, landed_schema
-from enrollment.clients.services import bigquery_client, storage_client
+from enrollment.clients.bigquery import landed_schema
 from enrollment.config import load_config
 from enrollment.ingest.shape import landed_schemas
 from enrollment.warehouse.tables import ensure_tables
 from stack.airflow_client import login_token
+from tests.integration.conftest import pipeline_warehouse
 
 pytestmark = [pytest.mark.integration]
 
@@ -195,14 +195,8 @@ def test_the_json_never_holds_a_personal_value_even_from_a_row_stored_unmasked(s
     """A quarantine row as an older release stored it (raw not masked), in the live warehouse for
     the length of the test: the page shows it as an example, masked, and its values are nowhere."""
     config = load_config()
-    client = bigquery_client(stack.project)
-    warehouse = BigQuery(
-        client=client,
-        storage=storage_client(stack.project),
-        project=stack.project,
-        dataset=config.warehouse_dataset,
-        ops_dataset=config.ops_dataset,
-    )
+    warehouse = pipeline_warehouse(stack, config)
+    client = warehouse.client
     valid_schema, quarantine_schema = landed_schemas()
     ensure_tables(warehouse, landed_schema(valid_schema), landed_schema(quarantine_schema))
     batch_id = f"page-test-{uuid.uuid4().hex[:8]}"

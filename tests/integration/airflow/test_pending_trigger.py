@@ -12,20 +12,9 @@ from confluent_kafka import Producer
 from enrollment.clients.services import storage_client
 from enrollment.core.layout import pending_object
 from enrollment_airflow.triggers import PendingTrigger
+from tests.integration.airflow.triggering import new_runs, next_event, run_trigger
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
-
-
-async def _next_event(queue: asyncio.Queue, timeout):
-    try:
-        return await asyncio.wait_for(queue.get(), timeout)
-    except TimeoutError:
-        return None
-
-
-async def _pump(trigger, queue: asyncio.Queue) -> None:
-    async for event in trigger.run():
-        await queue.put(event)
 
 
 def test_the_trigger_fires_for_each_new_pending_record_within_seconds(stack, pipeline_config):
@@ -36,20 +25,20 @@ def test_the_trigger_fires_for_each_new_pending_record_within_seconds(stack, pip
 
     async def scenario():
         events: asyncio.Queue = asyncio.Queue()
-        pump = asyncio.create_task(_pump(trigger, events))
+        pump = asyncio.create_task(run_trigger(trigger, events))
         try:
-            assert await _next_event(events, 2.0) is None, "nothing pending: nothing fires"
+            assert await next_event(events, 2.0) is None, "nothing pending: nothing fires"
             await asyncio.to_thread(records[0].upload_from_string, "{}")
-            first = await _next_event(events, 10)  # how soon is the load test's figure, not this
+            first = await next_event(events, 10)  # how soon is the load test's figure, not this
             assert first is not None and first.payload == {"group": group, "pending": 1, "new": 1}
-            assert await _next_event(events, 1.5) is None, "the same record fires once"
+            assert await next_event(events, 1.5) is None, "the same record fires once"
             await asyncio.to_thread(records[1].upload_from_string, "{}")
-            second = await _next_event(events, 10)
+            second = await next_event(events, 10)
             assert second is not None and second.payload["pending"] == 2
             assert second.payload["new"] == 1
             for r in records:
                 await asyncio.to_thread(r.delete)
-            assert await _next_event(events, 1.5) is None, "cleared records wake nothing"
+            assert await next_event(events, 1.5) is None, "cleared records wake nothing"
             assert not pump.done()
         finally:
             pump.cancel()
@@ -62,21 +51,13 @@ def test_the_trigger_fires_for_each_new_pending_record_within_seconds(stack, pip
                 r.delete()
 
 
-def _new_runs(client, dag_id: str, before: set[str]) -> list[dict]:
-    """The DAG's newest runs not in ``before`` (the API pages oldest first by default)."""
-    runs = client.http.get(
-        f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 100}
-    ).json()["dag_runs"]
-    return [r for r in runs if r["dag_run_id"] not in before]
-
-
 def test_running_airflow_wakes_the_warehouse_through_the_pending_watcher(stack, pipeline_config):
     from stack.airflow_client import AirflowClient
 
     client = AirflowClient(stack)
     for dag_id in ("ingest_latam", "warehouse"):
         client.wait_for_dag(dag_id, timeout_s=120)
-    before = {r["dag_run_id"] for r in _new_runs(client, "warehouse", set())}
+    before = {r["dag_run_id"] for r in new_runs(client, "warehouse", set())}
     for dag_id in ("ingest_latam", "warehouse"):
         client.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
     try:
@@ -87,7 +68,7 @@ def test_running_airflow_wakes_the_warehouse_through_the_pending_watcher(stack, 
         assert producer.flush(10) == 0
         deadline, woken = time.monotonic() + 240, None
         while time.monotonic() < deadline and woken is None:
-            for run in _new_runs(client, "warehouse", before):
+            for run in new_runs(client, "warehouse", before):
                 if run["run_type"] != "asset_triggered" or run["state"] not in (
                     "success",
                     "failed",

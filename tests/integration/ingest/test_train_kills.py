@@ -58,6 +58,20 @@ def region_of(topic: str) -> Region:
     )
 
 
+def _train(stack, bucket, group: str, topic: str, on_step=None):
+    """A train on the test's topic, in this process, as the land task runs it."""
+    return land_train(
+        stack.kafka_bootstrap,
+        group,
+        region_of(topic),
+        bucket,
+        Keyring.from_env(),
+        TrainBounds(max_s=120, max_batches=40, linger_s=1.0),
+        max_batch=MAX_BATCH,
+        on_step=on_step,
+    )
+
+
 def _landed_offsets(bucket, group: str) -> list[tuple[int, int]]:
     """(partition, offset) of every message in the pending batches' valid and quarantine
     objects."""
@@ -82,16 +96,7 @@ def test_a_train_lands_batch_after_batch_each_committed(stack, pipeline_config, 
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     produce(stack.kafka_bootstrap, Simulator(seed=77, initial_partners=30).take(1000), region_topic)
     heard: list[tuple[int, str]] = []
-    train = land_train(
-        stack.kafka_bootstrap,
-        group,
-        region_of(region_topic),
-        bucket,
-        Keyring.from_env(),
-        TrainBounds(max_s=120, max_batches=40, linger_s=1.0),
-        max_batch=MAX_BATCH,
-        on_step=lambda i, step, _: heard.append((i, step)),
-    )
+    train = _train(stack, bucket, group, region_topic, lambda i, step, _: heard.append((i, step)))
     assert len(train.landed) >= 4 and train.ended == "drained", train.as_dict() | {"batches": 0}
     assert heard == [(i, s) for i in range(len(train.landed)) for s in STEPS]
     assert sum(b.offsets for b in train.landed) == 1000
@@ -135,15 +140,7 @@ def test_a_train_killed_between_any_two_steps_loses_and_duplicates_nothing(
             assert done.returncode == -signal.SIGKILL, (batch, step, done.stderr[-2000:])
 
     # The run after the last kill finishes the train and whatever was left.
-    land_train(
-        stack.kafka_bootstrap,
-        group,
-        region_of(region_topic),
-        bucket,
-        Keyring.from_env(),
-        TrainBounds(max_s=120, max_batches=40, linger_s=1.0),
-        max_batch=MAX_BATCH,
-    )
+    _train(stack, bucket, group, region_topic)
     landed = _landed_offsets(bucket, group)
     assert len(landed) == len(set(landed)) == len(messages), "every offset landed exactly once"
     assert committed_offsets(stack.kafka_bootstrap, group, region_topic, 2) == [

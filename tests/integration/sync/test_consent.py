@@ -19,7 +19,7 @@ from enrollment.core.partners import PARTNER_SCHEMA
 from enrollment.sinks import build_sink
 from enrollment.sync.run import SyncRun
 from enrollment.warehouse.tables import ddl
-from tests.integration.conftest import ingest_events
+from tests.integration.conftest import ingest_events, pipeline_warehouse
 from tests.integration.sync.test_sinks import Scenario, journey_events, mc_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
@@ -212,13 +212,7 @@ def test_reconciliation_names_a_non_contactable_partner_held_by_the_data_extensi
 
     config = isolated_pipeline
     region = config.region(REGION)
-    w = BigQuery(
-        client=bigquery_client(stack.project),
-        storage=storage_client(stack.project),
-        project=stack.project,
-        dataset=config.warehouse_dataset,
-        ops_dataset=config.ops_dataset,
-    )
+    w = pipeline_warehouse(stack, config)
     sync = SyncRun(w, storage_client(stack.project).bucket(config.landing_bucket))
     scenario = ConsentScenario(seed=33)
     ingest_events(

@@ -10,13 +10,11 @@ from datetime import datetime
 
 import pytest
 
-from enrollment.clients.bigquery import BigQuery
-from enrollment.clients.services import bigquery_client, storage_client
 from enrollment.simulator.faults import FaultRates
 from enrollment.simulator.generator import Simulator
 from enrollment.view.overview import overview
 from enrollment.warehouse.ledger import Ledger
-from tests.integration.conftest import ingest_and_warehouse
+from tests.integration.conftest import ingest_and_warehouse, pipeline_warehouse
 
 pytestmark = [pytest.mark.integration]
 
@@ -27,14 +25,8 @@ def test_the_charts_read_each_batch_age_from_metrics_and_the_ledger(stack, isola
         seed=2424, faults=FaultRates.mix(0.0), initial_partners=20, config=config
     ).take(300)
     ingest_and_warehouse(stack, config, messages)
-    client = bigquery_client(stack.project)
-    warehouse = BigQuery(
-        client=client,
-        storage=storage_client(stack.project),
-        project=stack.project,
-        dataset=config.warehouse_dataset,
-        ops_dataset=config.ops_dataset,
-    )
+    warehouse = pipeline_warehouse(stack, config)
+    client = warehouse.client
     o = f"`{stack.project}.{config.ops_dataset}`"
 
     def rows(sql: str) -> list[dict]:

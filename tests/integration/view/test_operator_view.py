@@ -14,14 +14,12 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from google.cloud import bigquery
 
-from enrollment.clients.bigquery import BigQuery
-from enrollment.clients.services import bigquery_client, storage_client
 from enrollment.simulator.faults import FaultRates
 from enrollment.simulator.generator import Simulator
 from enrollment.view.overview import overview
 from enrollment.view.reader import EXAMPLE_REASONS
 from enrollment.view.regions import region_detail
-from tests.integration.conftest import ingest_and_warehouse, produce
+from tests.integration.conftest import ingest_and_warehouse, pipeline_warehouse, produce
 
 pytestmark = [pytest.mark.integration]
 
@@ -67,14 +65,8 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
     ).take(150)
     produce(stack.kafka_bootstrap, later)
 
-    client = bigquery_client(stack.project)
-    warehouse = BigQuery(
-        client=client,
-        storage=storage_client(stack.project),
-        project=stack.project,
-        dataset=config.warehouse_dataset,
-        ops_dataset=config.ops_dataset,
-    )
+    warehouse = pipeline_warehouse(stack, config)
+    client = warehouse.client
 
     def rows(sql, params=None):
         sql = sql.format(
@@ -248,15 +240,9 @@ def test_broken_and_late_are_told_apart_and_recovered_counts(stack, airflow_db, 
         assert ingest_dag(region).test().state == DagRunState.SUCCESS
     assert warehouse_dag().test().state == DagRunState.SUCCESS
     broken_region, late_region = config.regions[0].code, config.regions[1].code
-    client = bigquery_client(stack.project)
+    warehouse = pipeline_warehouse(stack, config)
+    client = warehouse.client
     o = f"`{stack.project}.{config.ops_dataset}`"
-    warehouse = BigQuery(
-        client=client,
-        storage=storage_client(stack.project),
-        project=stack.project,
-        dataset=config.warehouse_dataset,
-        ops_dataset=config.ops_dataset,
-    )
     view = overview(warehouse, stack.kafka_bootstrap, config)
     assert {r["code"]: r["status"] for r in view["regions"]["regions"]}[broken_region] == "ok"
     assert all(b["recovered"] == 0 for r in view["regions"]["regions"] for b in r["batches"]), (
@@ -331,13 +317,7 @@ def test_a_fresh_stack_reads_as_empty_sections_not_errors(stack, pipeline_config
     config = dataclasses.replace(
         pipeline_config, warehouse_dataset="page_absent_wh", ops_dataset="page_absent_ops"
     )
-    warehouse = BigQuery(
-        client=bigquery_client(stack.project),
-        storage=storage_client(stack.project),
-        project=stack.project,
-        dataset=config.warehouse_dataset,
-        ops_dataset=config.ops_dataset,
-    )
+    warehouse = pipeline_warehouse(stack, config)
     view = overview(warehouse, stack.kafka_bootstrap, config, window_hours=6)
     assert [r["batches"] for r in view["regions"]["regions"]] == [[] for _ in config.regions]
     assert all(
