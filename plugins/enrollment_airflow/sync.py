@@ -47,10 +47,11 @@ naming it, and the next run takes it again). The task goes round again while bat
 at most {train_s:g} s (`sync.train_s`): one task for many rounds, each round as below.
 
 1. **write** — plans each region's warehoused batches that have no `sync_{sink}` ledger row yet
-   (the last {lookback} days, oldest first, at most `max_batches`), reads the partners they
-   touched and their current state from `{dataset}.partners` (one row per partner: newest
-   version wins), and writes them (module `{module}`). Every write is idempotent:
-   version-guarded or an upsert.
+   (the last {lookback} days, oldest first, at most `max_batches`), reads the state of the
+   partners they touched as their warehouse cycles handed it over
+   (`gs://{bucket}/handover/<region>/<batch>.parquet`; one row per partner, newest version wins;
+   a batch without one, and a resync, read `{dataset}.partners` instead), and writes them
+   (module `{module}`). Every write is idempotent: version-guarded or an upsert.
 2. **gate** — reads back from the service what was written (documents, real-time get or the
    service's per-row results) and checks partners = written + unchanged + rejected.
 3. **commit** — rows the service refused go to `{dataset}.sink_quarantine` with its message; one
@@ -98,6 +99,7 @@ def sync_dag(sink_name: str) -> DAG:
             sink=sink_name,
             module=options["module"],
             dataset=config.warehouse_dataset,
+            bucket=config.landing_bucket,
             ops=config.ops_dataset,
             cron=config.sync_catch_up_every,
             lookback=config.sync_lookback_days,

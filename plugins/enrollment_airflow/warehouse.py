@@ -36,7 +36,9 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    cycle's partner changes (each field keeps the newest event's value); `{dataset}.quarantine`
    appended. **Gate** per batch on what the cycle wrote: every valid event id held once,
    mandatory columns filled, every quarantined offset there, every partner at its version.
-   Then the `land` and `warehouse` ledger rows (`{ops}.ledger`) and the batches' metrics
+   Then, per batch, the state of the partners it touched is read once from `{dataset}.partners`
+   and handed over to the sinks (`gs://{bucket}/handover/<region>/<batch>.parquet`), then the
+   `land` and `warehouse` ledger rows (`{ops}.ledger`) and the batches' metrics
    (`{ops}.metrics`). A batch that fails its gate stays pending and is named; the others are
    committed. A batch whose landed objects are missing or unreadable is **set aside** first
    (ledger row `set_aside`, not ok; its record moved to `gs://{bucket}/set_aside/{group}/`; the

@@ -108,6 +108,16 @@ class BigQuery:
         )
         return list(self.wait(job))
 
+    def run_arrow(self, sql: str, params: Sequence[QueryParameter] | None = None) -> pa.Table:
+        """``run``'s rows as one Arrow table (no Python object per row)."""
+        from google.cloud import bigquery
+
+        self.statements.append(sql)
+        job = self.client.query(
+            sql, job_config=bigquery.QueryJobConfig(query_parameters=params or [])
+        )
+        return self.wait(job).to_arrow(create_bqstorage_client=False)
+
     def wait(self, job: _Job[_Result]) -> _Result:
         """The job's result, awaited at most ``job_timeout_s``: a job that hangs is cancelled and
         the caller fails (its task is retried) instead of holding the one writer's slot forever."""

@@ -142,9 +142,9 @@ class RetentionSettings:
     """How long what is only transient is kept; applied by the ``housekeeping`` DAG (the emulators
     ignore bucket lifecycle rules and table expiration, so the pipeline does not rely on them)."""
 
-    handover_days: int = (
-        2  # a sync's hand-over object (the partners it gave a sink): read in the same run only
-    )
+    # Hand-over objects: a cycle's (what the sinks read; a sync that finds one gone reads the
+    # warehouse) and a sync's (the partners it gave a sink: read in the same run only).
+    handover_days: int = 2
     claims_days: int = 35  # claim records: reconciliation and replay find a day's batches by them
     staging_hours: int = (
         6  # staging tables a killed cycle, reconciliation or sync left (each drops its own)

@@ -130,12 +130,16 @@ class Manifest:
         )
 
 
-def landing_prefix(batch_id: str) -> str:
-    """Where a batch's objects land: ``landing/<REGION>/<batch id>``, the region read from the id
-    (``<region>-<hash>``, or ``recovery-<region>-<hash>`` for a recovery batch)."""
+def batch_region(batch_id: str) -> str:
+    """The region of a batch, read from its id (``<region>-<hash>``, or
+    ``recovery-<region>-<hash>`` for a recovery batch)."""
     parts = batch_id.split("-")
-    region = parts[1] if parts[0] == "recovery" and len(parts) > 2 else parts[0]
-    return f"landing/{region.upper()}/{batch_id}"
+    return (parts[1] if parts[0] == "recovery" and len(parts) > 2 else parts[0]).upper()
+
+
+def landing_prefix(batch_id: str) -> str:
+    """Where a batch's objects land: ``landing/<REGION>/<batch id>``."""
+    return f"landing/{batch_region(batch_id)}/{batch_id}"
 
 
 @dataclass

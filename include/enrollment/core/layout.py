@@ -45,3 +45,13 @@ def set_aside_object(group: str, region: str, batch_id: str) -> str:
 
 
 INDEX_OBJECT = "erasures/index.json"
+
+
+HANDOVER_PREFIX = "handover/"
+
+
+def handover_object(region: str, batch_id: str) -> str:
+    """The state, after the warehouse cycle that wrote the batch, of every partner the batch
+    touched: what the sinks read (``enrollment.warehouse.handover``). Transient: housekeeping
+    expires it, erasure scrubs it."""
+    return f"{HANDOVER_PREFIX}{region}/{batch_id}.parquet"

@@ -1,5 +1,6 @@
-"""Retention of what is only transient: sync hand-over objects, claim records past the days
-reconciliation and replay look at, staging tables a killed task left behind.
+"""Retention of what is only transient: hand-over objects (the warehouse cycles' and each sink's),
+claim records past the days reconciliation and replay look at, staging tables a killed task left
+behind.
 
 Applied by the ``housekeeping`` DAG, by age (an object's or table's creation time), never by
 lifecycle rules: the emulators ignore bucket lifecycle and table expiration. Durable state is
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from enrollment.config import PipelineConfig, RetentionSettings
+from enrollment.core.layout import HANDOVER_PREFIX
 
 if TYPE_CHECKING:
     import google.cloud.storage as gcs
@@ -54,16 +56,21 @@ def sweep_objects(
     out = Swept()
     handover_cutoff = now - timedelta(days=settings.handover_days)
     claims_cutoff = now - timedelta(days=settings.claims_days)
-    for sink in config.sinks:
-        for region in config.regions:
-            # sinks/<sink>/<REGION>/<plan key>.parquet only: journeys/ and welcome/ are durable.
-            for blob in bucket.list_blobs(prefix=f"sinks/{sink}/{region.code}/"):
-                if blob.name.endswith(".parquet") and _older(blob, handover_cutoff):
-                    try:
-                        blob.delete()
-                        out.handover_objects += 1
-                    except NotFound:
-                        pass
+    # sinks/<sink>/<REGION>/<plan key>.parquet only (journeys/ and welcome/ are durable), and the
+    # cycles' hand-overs, handover/<REGION>/<batch id>.parquet (a sync that finds one gone reads the
+    # warehouse instead).
+    prefixes = [
+        f"sinks/{sink}/{region.code}/" for sink in config.sinks for region in config.regions
+    ]
+    prefixes += [f"{HANDOVER_PREFIX}{region.code}/" for region in config.regions]
+    for prefix in prefixes:
+        for blob in bucket.list_blobs(prefix=prefix):
+            if blob.name.endswith(".parquet") and _older(blob, handover_cutoff):
+                try:
+                    blob.delete()
+                    out.handover_objects += 1
+                except NotFound:
+                    pass
     for region in config.regions:
         for blob in bucket.list_blobs(
             prefix=f"claims/{region.code}/from-"

@@ -5,9 +5,12 @@ A run:
 1. **plan** — the region's warehoused batches with no ledger row of this sink yet (an anti-join
    over the ledger's last ``lookback_days``), oldest first (at most ``max_batches``): after an
    outage the next run takes every batch since, and a batch warehoused late is never skipped.
-2. **write** — the partners those batches touched (read from their landed Parquet), their current
-   state from the warehouse's ``partners`` table (one row per partner: coalesced, newest version
-   wins), handed to the sink. What was handed over is kept as
+2. **write** — the partners those batches touched in the state their warehouse cycles committed,
+   from the batches' hand-overs (``enrollment.warehouse.handover``: no query of the warehouse;
+   one row per partner, its newest version among them), handed to the sink. A plan with a batch
+   without a readable hand-over (landed before them, expired, damaged) and a resync read the
+   partners from the landed Parquet and their current state from the warehouse's ``partners``
+   table instead. What was handed over is kept as
    ``gs://<bucket>/sinks/<sink>/<region>/<plan key>.parquet`` for the gate (XCom carries its URI).
 3. **gate** — the sink reads back what it wrote (``Sink.verify``) and the counts must balance:
    partners = written + unchanged + rejected.
@@ -52,6 +55,7 @@ from enrollment.core.windows import Window
 from enrollment.sinks.base import Sink, SinkResult, summarise
 from enrollment.sync.plan import SyncPlan, plan_all, region_plan, touched
 from enrollment.sync.tables import SINK_QUARANTINE_SCHEMA, ensure_tables
+from enrollment.warehouse.handover import SYNC_BATCH, read_handovers
 from enrollment.warehouse.ledger import Ledger, StageRow
 
 if TYPE_CHECKING:
@@ -138,6 +142,31 @@ class SyncRun:
 
     def write(self, sink: Sink, plan: SyncPlan, from_warehouse: bool = False) -> dict[str, Any]:
         t0 = time.monotonic()
+        handed = (
+            None
+            if from_warehouse
+            else read_handovers(
+                self.warehouse.storage,
+                plan.bucket,
+                plan.region,
+                [b["batch_id"] for b in plan.batches],
+            )
+        )
+        if handed is not None:
+            state, last, enrolled = handed
+            self._upload_manifest(plan, state)
+            result = sink.write(
+                state.drop_columns([SYNC_BATCH]).to_pylist() if state.num_columns else [],
+                enrolled,
+            )
+            return {
+                "plan": plan.as_dict(),
+                "partners_uri": f"gs://{plan.bucket}/{plan.manifest_object}",
+                "result": result.as_dict(),
+                "set_aside": {},
+                "source": "handover",
+                "seconds": round(time.monotonic() - t0, 3),
+            }
         last, enrolled, unreadable = touched(self.warehouse, plan, from_warehouse)
         set_aside = self.set_aside(plan, unreadable) if unreadable else {}
         plan = SyncPlan(
@@ -154,15 +183,11 @@ class SyncRun:
                 "partners table "
                 "(erased meanwhile? the next run reads the rewritten batches)"
             )
-        handed = (
-            pa.Table.from_pylist([p | {"sync_batch_id": last[p["partner_id"]]} for p in partners])
+        self._upload_manifest(
+            plan,
+            pa.Table.from_pylist([p | {SYNC_BATCH: last[p["partner_id"]]} for p in partners])
             if partners
-            else pa.table({})
-        )
-        sink_buffer = io.BytesIO()
-        pq.write_table(handed, sink_buffer)
-        self.bucket.blob(plan.manifest_object).upload_from_string(
-            sink_buffer.getvalue(), content_type="application/vnd.apache.parquet"
+            else pa.table({}),
         )
         result = sink.write(partners, enrolled)
         return {
@@ -170,8 +195,17 @@ class SyncRun:
             "partners_uri": f"gs://{plan.bucket}/{plan.manifest_object}",
             "result": result.as_dict(),
             "set_aside": set_aside,
+            "source": "warehouse",
             "seconds": round(time.monotonic() - t0, 3),
         }
+
+    def _upload_manifest(self, plan: SyncPlan, handed: pa.Table) -> None:
+        """What this sink was handed, kept for its gate (and its commit's per-batch counts)."""
+        sink_buffer = io.BytesIO()
+        pq.write_table(handed, sink_buffer)
+        self.bucket.blob(plan.manifest_object).upload_from_string(
+            sink_buffer.getvalue(), content_type="application/vnd.apache.parquet"
+        )
 
     def handed_over(self, written: Mapping[str, Any]) -> list[dict[str, Any]]:
         table = read_parquet(self.warehouse.storage, written["partners_uri"])

@@ -14,7 +14,9 @@ One writer for all regions (the ``warehouse`` DAG, one run at a time), once per 
 4. **gate** — per batch, on what the cycle wrote (the window, never all history): every valid
    event id held, none twice, no mandatory column empty, the quarantine rows all there, every
    partner at least at the staged version.
-5. **ledger** — the ``land`` and ``warehouse`` rows of the batches that passed, in one ``MERGE``;
+5. **hand-over** — per batch that passed, the state of the partners it touched, read once from
+   ``partners`` and written where every sink reads it (``enrollment.warehouse.handover``).
+6. **ledger** — the ``land`` and ``warehouse`` rows of the batches that passed, in one ``MERGE``;
    then their pending records are cleared. A batch that failed its gate stays pending and is
    named; the others are committed.
 
@@ -55,6 +57,7 @@ from enrollment.core.windows import Window
 from enrollment.ingest.pending import clear_pending
 from enrollment.ingest.shape import landed_schemas
 from enrollment.warehouse.gates import Span, ages_of, gate, span_of
+from enrollment.warehouse.handover import write_handovers
 from enrollment.warehouse.ledger import Ledger
 from enrollment.warehouse.statements import (
     conform,
@@ -82,6 +85,7 @@ class CycleResult:
     seconds: float = 0.0
     statements: dict[str, int] = field(default_factory=dict)  # table -> write statements sent
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the cycle
+    handover_rows: int = 0  # partner rows handed over to the sinks (enrollment.warehouse.handover)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +98,7 @@ class CycleResult:
             "seconds": self.seconds,
             "statements": self.statements,
             "phases": self.phases,
+            "handover_rows": self.handover_rows,
         }
 
 
@@ -221,10 +226,10 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
             suffix = result.cycle_id
             fresh = [b for b in todo if b.batch_id not in legacy]
             old = [b for b in todo if b.batch_id in legacy]
-            partners = fold_partners(
-                [read_parquet(w.storage, b.partners_uri) for b in fresh]
-                + [partner_changes(legacy[b.batch_id][0]) for b in old]
-            )
+            changes = {b.batch_id: read_parquet(w.storage, b.partners_uri) for b in fresh} | {
+                b.batch_id: partner_changes(legacy[b.batch_id][0]) for b in old
+            }
+            partners = fold_partners([changes[b.batch_id] for b in fresh + old])
             phase("partner_changes")
             script: list[str] = []
             events_stage = None
@@ -293,6 +298,9 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
                         **ages[b.batch_id],
                     }
                 )
+            # Before the ledger rows: a sync plans a batch once its row exists, and finds this.
+            result.handover_rows = write_handovers(w, passed, changes, partners_stage)
+            phase("handover")
             Ledger(w).record_cycle(
                 passed,
                 {x["batch_id"]: x for x in result.batches},

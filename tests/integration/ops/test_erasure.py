@@ -1,8 +1,8 @@
 """Erasure across every store, on the real services, through the DAGs: a partner is erased while
 their events are still arriving; afterwards no store holds them — BigQuery, the landed batches,
-the sinks' hand-over copies, Firestore, Solr, Marketing Cloud (rows, journey entries) — the ledger's
-counts still balance, a replay does not bring them
-back and the reconciliation does not miss them."""
+the cycles' and the sinks' hand-over copies, Firestore, Solr, Marketing Cloud (rows, journey
+entries) — the ledger's counts still balance, a replay does not bring them back and the
+reconciliation does not miss them."""
 
 from __future__ import annotations
 
@@ -134,6 +134,10 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
             and sinks["solr"].get([who])
         )
     assert mc_rows(vid), "Marketing Cloud holds the partners it may contact"
+    assert any(
+        vid in pq.read_table(io.BytesIO(b.download_as_bytes())).column("partner_id").to_pylist()
+        for b in bucket.list_blobs(prefix=f"handover/{REGION}/")
+    ), "the cycle handed the victim over to the sinks"
     assert (
         next(
             iter(
@@ -196,11 +200,13 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
                 == 0
             ), table
         # Every Parquet object of the pipeline's batches, hand-over copies and reconciliation files.
-        looked = 0
-        ours = tuple(
-            f"landing/{REGION}/{r['batch_id']}/"
-            for r in bq.query(f"SELECT DISTINCT batch_id FROM {ops}.ledger").result()
-        )
+        looked = handed = 0
+        batch_ids = [
+            r["batch_id"] for r in bq.query(f"SELECT DISTINCT batch_id FROM {ops}.ledger").result()
+        ]
+        ours = tuple(f"landing/{REGION}/{b}/" for b in batch_ids)
+        handovers = tuple(f"handover/{REGION}/{b}.parquet" for b in batch_ids)
+        ours += handovers
         for blob in storage_client(stack.project).list_blobs(config.landing_bucket):
             if not blob.name.endswith(".parquet") or not blob.name.startswith(
                 (*ours, "sinks/", "reconciliation/")
@@ -218,7 +224,8 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
             texts = [_without_sponsor(t) for t in _texts(table) if vid in t or email in t]
             assert not [t for t in texts if vid in t or email in t], blob.name
             looked += 1
-        assert looked > 0
+            handed += blob.name in handovers
+        assert looked > 0 and handed > 0, (looked, handed)
         assert not [b.name for b in bucket.list_blobs(prefix="sinks/") if vid in b.name], (
             "no object is named after the partner"
         )

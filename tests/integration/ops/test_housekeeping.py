@@ -29,6 +29,7 @@ def test_transient_objects_and_staging_tables_go_after_their_retention_durable_s
     transient = [
         f"sinks/{sink}/{region}/0123abcd.parquet",
         f"claims/{region}/from-0123456789abcdef0123.json",
+        f"handover/{region}/{region.lower()}-0123.parquet",
     ]
     durable = [
         f"claims/{region}/landed-0123456789abcdef0123.json",
@@ -64,7 +65,7 @@ def test_transient_objects_and_staging_tables_go_after_their_retention_durable_s
 
         later = datetime.now(UTC) + timedelta(days=config.retention.claims_days + 1)
         swept = housekeeping.sweep(bucket, warehouse.client, config, now=later)
-        assert swept.as_dict() == {"handover_objects": 1, "claim_records": 1, "staging_tables": 2}
+        assert swept.as_dict() == {"handover_objects": 2, "claim_records": 1, "staging_tables": 2}
         assert objects() == set(durable), "only the transient objects went"
         assert not tables() & set(staging) and tables() >= set(kept), "only the staging tables went"
 

@@ -1,19 +1,24 @@
 """One bad message never stops a region, on the sink side: values a service refuses are
-quarantined with its message, a batch a sink cannot read is set aside and re-synced once repaired,
-a stale run records nothing for batches that are gone, and a partner enters the welcome journey
-once, ever. Every assertion reads the services back (Firestore, Solr, the Marketing Cloud stub,
-BigQuery)."""
+quarantined with its message, a batch a sink cannot read (neither its hand-over nor its landed
+objects) is set aside and re-synced once repaired, a stale run records nothing for batches that
+are gone, and a partner enters the welcome journey once, ever. Every assertion reads the services
+back (Firestore, Solr, the Marketing Cloud stub, BigQuery)."""
 
 from __future__ import annotations
 
+import io
 import threading
 import uuid
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from google.cloud import bigquery
 
 from enrollment.clients.bigquery import BigQuery
 from enrollment.clients.services import Endpoints, bigquery_client, firestore_client, storage_client
+from enrollment.core.layout import HANDOVER_PREFIX, handover_object
 from enrollment.ops.replay import replay_sync
 from enrollment.sinks import build_sink
 from enrollment.sync.plan import region_plan, watermark
@@ -51,14 +56,25 @@ def ledger(warehouse, stage: str) -> dict[str, dict]:
     return {r["batch_id"]: dict(r) for r in rows}
 
 
-def set_value(warehouse, partner_id: str, column: str, length: int) -> None:
+def set_value(warehouse, bucket, partner_id: str, column: str, length: int) -> None:
     """A value that got past every check upstream, as long as the test needs, into the partner's
-    current state."""
+    current state: the warehouse's and the hand-overs the sinks read."""
     warehouse.run(
         f"UPDATE {warehouse.table('partners')} SET {column} = REPEAT('x', {length}) WHERE "
         "partner_id = @p",
         [bigquery.ScalarQueryParameter("p", "STRING", partner_id)],
     )
+    for blob in bucket.list_blobs(prefix=f"{HANDOVER_PREFIX}{REGION}/"):
+        table = pq.read_table(io.BytesIO(blob.download_as_bytes()))
+        hit = pc.equal(table.column("partner_id"), partner_id)
+        if pc.any(hit).as_py():
+            i = table.column_names.index(column)
+            table = table.set_column(
+                i, column, pc.if_else(hit, "x" * length, table.column(column).cast(pa.string()))
+            )
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            blob.upload_from_string(buffer.getvalue())
 
 
 def test_values_a_service_refuses_are_quarantined_and_the_run_commits(
@@ -77,10 +93,10 @@ def test_values_a_service_refuses_are_quarantined_and_the_run_commits(
     )
     ids = scenario.ids
     set_value(
-        warehouse, ids["long_term"], "sponsor_id", 40_000
+        warehouse, sync.bucket, ids["long_term"], "sponsor_id", 40_000
     )  # one indexed term over Solr's 32,766 bytes
     set_value(
-        warehouse, ids["huge_doc"], "first_name", 1_100_000
+        warehouse, sync.bucket, ids["huge_doc"], "first_name", 1_100_000
     )  # a field value over Firestore's 1 MiB
 
     for name, refused, reason in (
@@ -144,9 +160,11 @@ def test_a_batch_a_sink_cannot_read_is_set_aside_and_resynced_once_repaired(
         )
         for n in ("gone", "garbled", "fine")
     )
-    # A data reset removed one batch's objects; another's partner changes are not Parquet any more.
+    # A data reset removed one batch's objects (landed and handed over); another's partner changes
+    # are not Parquet any more.
     for blob in bucket.list_blobs(prefix=f"landing/{REGION}/{gone}/"):
         blob.delete()
+    bucket.blob(handover_object(REGION, gone)).delete()
     bucket.blob(f"landing/{REGION}/{garbled}/partners.parquet").upload_from_string(b"not parquet")
     sink = sinks["solr"]
 
@@ -398,6 +416,7 @@ def test_the_sync_dag_sets_a_batch_aside_and_resyncs_it_on_request(
     bucket = storage_client(stack.project).bucket(config.landing_bucket)
     for blob in bucket.list_blobs(prefix=f"landing/{REGION}/{batches[0]}/"):
         blob.delete()
+    bucket.blob(handover_object(REGION, batches[0])).delete()
 
     def partners_of(batch_id: str) -> set[str]:
         return {

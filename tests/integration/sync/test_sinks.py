@@ -8,6 +8,7 @@ service back."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -15,9 +16,12 @@ import uuid
 from typing import ClassVar
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
+from google.cloud import bigquery
 
 from enrollment.clients.services import firestore_client, storage_client
+from enrollment.core.layout import handover_object
 from enrollment.simulator.generator import Simulator
 from enrollment.sinks.solr import search_partners
 from enrollment.sync.plan import plan_all, region_plan, watermark
@@ -240,6 +244,59 @@ def test_batches_reach_every_sink_exactly_and_a_rerun_changes_nothing(
         d["id"]: d["_version_"] for d in sinks["solr"].get(list(scenario.ids.values())).values()
     } == solr_before, "Solr ignored every same-version update"
     assert mc_rows(stack, sinks["marketing_cloud"].data_extension) == mc_before
+    assert_converged(stack, scenario, sinks, warehouse, batch_ids)
+
+
+def test_the_sinks_take_the_state_the_cycle_handed_over_without_asking_the_warehouse(
+    stack, pipeline_config, region_topic, warehouse, sinks
+):
+    scenario = Scenario(seed=13)
+    group = f"test-handover-{uuid.uuid4().hex[:6]}"
+    bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
+    sync = SyncRun(warehouse, bucket)
+    first, second = scenario.batches()
+    batch_ids = [
+        ingest_events(stack, pipeline_config, warehouse, region_topic, REGION, group, events)
+        for events in (first, second)
+    ]
+    handed = {
+        b: pq.read_table(io.BytesIO(bucket.blob(handover_object(REGION, b)).download_as_bytes()))
+        for b in batch_ids
+    }
+    # What the second batch's cycle committed, read back from the warehouse: its partners, each
+    # once, at the version the cycle left, and which of them the batch enrolled.
+    touched = sorted({scenario.ids[w] for w in ("leaver", "early", "ana")})
+    state = warehouse.run_arrow(
+        f"SELECT * FROM {warehouse.table('partners')} WHERE partner_id IN UNNEST(@ids) "
+        "ORDER BY partner_id",
+        [bigquery.ArrayQueryParameter("ids", "STRING", touched)],
+    )
+    assert handed[batch_ids[1]].drop_columns(["enrolled"]).to_pylist() == state.to_pylist()
+    assert dict(
+        zip(
+            handed[batch_ids[1]].column("partner_id").to_pylist(),
+            handed[batch_ids[1]].column("enrolled").to_pylist(),
+            strict=True,
+        )
+    ) == {pid: pid == scenario.ids["early"] for pid in touched}
+    assert sorted(handed[batch_ids[0]].column("partner_id").to_pylist()) == sorted(
+        scenario.ids.values()
+    )
+
+    # Changed in the warehouse after the cycles, by no cycle: the sinks do not see it, they write
+    # what the cycles handed over (one query a cycle, none per sink).
+    warehouse.run(
+        f"UPDATE {warehouse.table('partners')} SET last_name = 'Nachher' WHERE partner_id = @p",
+        [bigquery.ScalarQueryParameter("p", "STRING", scenario.ids["jose"])],
+    )
+    for sink in sinks.values():
+        plan = region_plan(warehouse, bucket.name, sink.name, REGION)
+        assert [b["batch_id"] for b in plan.batches] == batch_ids
+        written = sync.write(sink, plan)
+        assert written["source"] == "handover", sink.name
+        sync.commit(written | {"gate": sync.gate(sink, written)})
+    held = sinks["solr"].get([scenario.ids["jose"]])[scenario.ids["jose"]]
+    assert held["last_name"] == "Müller" and held["partner_version"] == 2, held
     assert_converged(stack, scenario, sinks, warehouse, batch_ids)
 
 

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from enrollment.core.batch import landing_prefix
-from enrollment.core.layout import PENDING_PREFIX, SET_ASIDE_PREFIX
+from enrollment.core.batch import batch_region, landing_prefix
+from enrollment.core.layout import PENDING_PREFIX, SET_ASIDE_PREFIX, handover_object
 from enrollment.core.partners import ERASED
 from enrollment.ingest.suppression import (
     PERSONAL_COLUMNS,
@@ -79,12 +79,16 @@ def scrub_batch(bucket: Bucket, batch_id: str, ids: set[str]) -> dict[str, int]:
     found["partner_changes"] = _rewrite(
         bucket.blob(f"{prefix}/partners.parquet"), lambda t: drop_partners(t, ids)
     )
+    found["handover"] = _rewrite(
+        bucket.blob(handover_object(batch_region(batch_id), batch_id)),
+        lambda t: drop_partners(t, ids),
+    )
     return found
 
 
 def scrub_landed(bucket: Bucket, batch_ids: Iterable[str], ids: set[str]) -> dict[str, int]:
     """``scrub_batch`` over the batches: rows changed, per kind of object."""
-    landed = {"events": 0, "raw": 0, "quarantined": 0, "partner_changes": 0}
+    landed = {"events": 0, "raw": 0, "quarantined": 0, "partner_changes": 0, "handover": 0}
     for batch_id in batch_ids:
         for k, v in scrub_batch(bucket, batch_id, ids).items():
             landed[k] += v
@@ -298,11 +302,12 @@ def remaining_in_batch(bucket: Bucket, batch_id: str, ids: set[str]) -> int:
 
     prefix = landing_prefix(batch_id)
     hits = 0
-    for name in ("valid", "raw", "quarantine", "partners"):
+    for name in (
+        *(f"{prefix}/{kind}.parquet" for kind in ("valid", "raw", "quarantine", "partners")),
+        handover_object(batch_region(batch_id), batch_id),
+    ):
         try:
-            table = pq.read_table(
-                io.BytesIO(bucket.blob(f"{prefix}/{name}.parquet").download_as_bytes())
-            )
+            table = pq.read_table(io.BytesIO(bucket.blob(name).download_as_bytes()))
         except NotFound:
             continue
         for column in table.column_names:
