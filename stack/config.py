@@ -186,6 +186,8 @@ class StackConfig:
             "SOLR_URL": self.url("SOLR_PORT", "/solr"),
             "STORAGE_EMULATOR_HOST": self.url("GCS_PORT"),
             "BIGQUERY_EMULATOR_HOST": self.url("BIGQUERY_PORT"),
+            # Its Storage Read API (gRPC): Arrow record batches (enrollment.clients.services).
+            "BIGQUERY_STORAGE_EMULATOR_HOST": f"{HOST}:{self.ports['BIGQUERY_GRPC_PORT']}",
             "FIRESTORE_EMULATOR_HOST": f"{HOST}:{self.ports['FIRESTORE_PORT']}",
             "MARKETING_CLOUD_URL": mc_url,
             "MARKETING_CLOUD_CLIENT_ID": self.credentials["mc_client_id"],

@@ -7,6 +7,7 @@ when their standard ``*_EMULATOR_HOST`` variables are set, as the official clien
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import bigquery, firestore
+    from google.cloud.bigquery_storage_v1 import BigQueryReadClient
     from google.cloud.storage import Client as StorageClient
 
     from enrollment.clients.marketing_cloud import MarketingCloudClient
@@ -83,6 +85,27 @@ def storage_client(project: str) -> StorageClient:
     from google.cloud.storage import Client
 
     return Client(project=project, credentials=anonymous_if_emulated("STORAGE_EMULATOR_HOST"))
+
+
+@functools.cache
+def bigquery_read_client() -> BigQueryReadClient | None:
+    """The Storage Read API's client (Arrow record batches over gRPC) when it is an emulator's
+    (``BIGQUERY_STORAGE_EMULATOR_HOST``, host:port); None otherwise, and the BigQuery client
+    makes its own (``enrollment.clients.bigquery.BigQuery.read_arrow``). One per process."""
+    host = os.environ.get("BIGQUERY_STORAGE_EMULATOR_HOST")
+    if not host:
+        return None
+    import grpc  # type: ignore[import-untyped]  # no stubs; one call
+    from google.cloud.bigquery_storage_v1 import BigQueryReadClient
+    from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
+        BigQueryReadGrpcTransport,
+    )
+
+    # A read stream's messages are larger than gRPC's 4 MiB default (so BigQuery's own client).
+    unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    return BigQueryReadClient(  # type: ignore[no-untyped-call]  # its __init__ is unannotated
+        transport=BigQueryReadGrpcTransport(channel=grpc.insecure_channel(host, options=unlimited))
+    )
 
 
 def bigquery_client(project: str) -> bigquery.Client:

@@ -299,7 +299,11 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
                     }
                 )
             # Before the ledger rows: a sync plans a batch once its row exists, and finds this.
-            result.handover_rows = write_handovers(w, passed, changes, partners_stage)
+            handover_stage = f"`{w.project}.{w.dataset}._cycle_handover_{suffix}`"
+            staged.append(handover_stage)
+            result.handover_rows = write_handovers(
+                w, passed, changes, partners_stage, handover_stage
+            )
             phase("handover")
             Ledger(w).record_cycle(
                 passed,

@@ -266,12 +266,12 @@ def test_the_sinks_take_the_state_the_cycle_handed_over_without_asking_the_wareh
     # What the second batch's cycle committed, read back from the warehouse: its partners, each
     # once, at the version the cycle left, and which of them the batch enrolled.
     touched = sorted({scenario.ids[w] for w in ("leaver", "early", "ana")})
-    state = warehouse.run_arrow(
+    state = warehouse.run(
         f"SELECT * FROM {warehouse.table('partners')} WHERE partner_id IN UNNEST(@ids) "
         "ORDER BY partner_id",
         [bigquery.ArrayQueryParameter("ids", "STRING", touched)],
     )
-    assert handed[batch_ids[1]].drop_columns(["enrolled"]).to_pylist() == state.to_pylist()
+    assert handed[batch_ids[1]].drop_columns(["enrolled"]).to_pylist() == [dict(r) for r in state]
     assert dict(
         zip(
             handed[batch_ids[1]].column("partner_id").to_pylist(),

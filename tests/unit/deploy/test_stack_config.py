@@ -345,3 +345,20 @@ def test_pools_and_workers_are_checked_when_the_configuration_loads():
     assert parse_config(without).pools == config.pools, (
         "a configuration without pools gets the embedded ones"
     )
+
+
+def test_the_stack_gives_the_pipeline_the_emulators_storage_read_api(tmp_path, monkeypatch):
+    from enrollment.clients.services import bigquery_read_client
+
+    env = stack_config.load(tmp_path).client_env()
+    for configured in (env["BIGQUERY_STORAGE_EMULATOR_HOST"], None):
+        bigquery_read_client.cache_clear()
+        if configured is None:
+            monkeypatch.delenv("BIGQUERY_STORAGE_EMULATOR_HOST", raising=False)
+        else:
+            monkeypatch.setenv("BIGQUERY_STORAGE_EMULATOR_HOST", configured)
+        reader = bigquery_read_client()
+        assert (reader is None) == (configured is None)
+        if reader is not None:
+            assert type(reader).__name__ == "BigQueryReadClient"
+    bigquery_read_client.cache_clear()
