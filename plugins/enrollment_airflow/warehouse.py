@@ -3,21 +3,24 @@
 Four regional writers MERGEing into the same tables would serialise behind the emulator's lock
 and abort each other on BigQuery (at most 2 mutating DML per table at once; concurrent writes to
 the same partitions fail "Could not serialize access … due to concurrent update"). So the
-regions only land, and this DAG — one run at a time — takes every landed, not yet warehoused
-batch and writes each table once per cycle (``enrollment.warehouse.cycle``).
+regions only land, and this DAG — one cycle at a time, in a pool of one slot — takes every
+landed, not yet warehoused batch and writes each table once per cycle (``enrollment.warehouse.cycle``).
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from enrollment.config import load_config
 from enrollment_airflow.defaults import DAG_DEFAULTS, WAREHOUSE_POOL, Tag, default_args
 from enrollment_airflow.ingest import pending_asset, warehouse_asset
+
+if TYPE_CHECKING:
+    from enrollment.clients.bigquery import BigQuery
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +41,13 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    mandatory columns filled, every quarantined offset there, every partner at its version.
    Then, per batch, the state of the partners it touched is read once from `{dataset}.partners`
    and handed over to the sinks (`gs://{bucket}/handover/<region>/<batch>.parquet`), then the
-   `land` and `warehouse` ledger rows (`{ops}.ledger`) and the batches' metrics
-   (`{ops}.metrics`). A batch that fails its gate stays pending and is named; the others are
+   `land` and `warehouse` ledger rows (`{ops}.ledger`). A batch that fails its gate stays pending and is named; the others are
    committed. A batch whose landed objects are missing or unreadable is **set aside** first
    (ledger row `set_aside`, not ok; its record moved to `gs://{bucket}/set_aside/{group}/`; the
    lag monitor alerts) and the cycle goes on with the others: requeue it once repaired with
    `enrollment.ingest.pending.requeue`. Its success updates the asset `warehouse`, which wakes the
    sink DAGs.
-2. **freshness** — fails the run when a batch's p95 event (by age) took more than {sla:g} s from
+2. **freshness** — records the batches' metrics (`{ops}.metrics`), then fails the run when a batch's p95 event (by age) took more than {sla:g} s from
    Kafka to queryable (`freshness_sla_s`): the data is in, the red run is the alert (a gate that
    measured lateness, not a stage that broke — that one is **cycle**). Recovery batches
    (`recovery-…`, from the `requeue_quarantine` DAG) are left out: they carry their messages'
@@ -53,15 +55,25 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
 
 **Runs when** a batch is recorded pending — by any region's ingest train or a requeue; the
 pending trigger in the triggerer watches `gs://{bucket}/pending/{group}/` every second (asset
-`pending_batches`) — and every `{cron}` (UTC) to take batches a failed cycle left. One run at a
-time, in the pool `{pool}` (1 slot, shared with the replay's warehouse stage): never two writers
-of a table. Every statement is idempotent and the
+`pending_batches`) — and every `{cron}` (UTC) to take batches a failed cycle left. One
+**cycle** at a time, in the pool `{pool}` (1 slot, shared with the replay's warehouse stage and
+the erasure): never two writers of a table. Two runs may be active, so that a cycle follows the
+last one at once, not after its freshness step. Every statement is idempotent and the
 ledger rows come last: a cycle killed anywhere and run again writes everything exactly once.
 
 What waits: `gcloud storage ls gs://{bucket}/pending/{group}/` (one record per landed batch not
 yet written).
 Owner: enrollment-data team.
 """
+
+
+def record_metrics(warehouse: BigQuery, cycled: dict[str, Any]) -> None:
+    """The cycle's batches into ``<ops>.metrics`` (idempotent: again replaces their values)."""
+    from enrollment.ops import metrics
+
+    metrics.record_batches(
+        warehouse, "ingest", [b | {"warehouse_s": cycled["seconds"]} for b in cycled["batches"]]
+    )
 
 
 def warehouse_dag() -> DAG:
@@ -76,7 +88,10 @@ def warehouse_dag() -> DAG:
         start_date=datetime(2026, 1, 1),
         # A cycle takes everything pending: there is nothing per interval to catch up.
         catchup=False,
-        max_active_runs=1,  # the one writer: two cycles at once would be two writers of every table
+        # The one writer is the pool (1 slot: never two cycles, nor a cycle beside a replay or an
+        # erasure); a second run may start, so that its cycle follows the last one's at once and
+        # the freshness gate of a run is not in the next cycle's way.
+        max_active_runs=2,
         default_args=default_args("ingest"),
         **DAG_DEFAULTS,
         tags=[str(Tag.INGEST)],
@@ -105,7 +120,6 @@ def warehouse_dag() -> DAG:
             from airflow.sdk.exceptions import AirflowSkipException
 
             from enrollment.ingest.pending import pending_batches
-            from enrollment.ops import metrics
             from enrollment.warehouse.cycle import raise_failed, run_cycle
             from enrollment_airflow.runtime import Runtime
 
@@ -120,11 +134,8 @@ def warehouse_dag() -> DAG:
                 log.error(
                     "batch %s set aside (the cycle went on with the others): %s", batch_id, why
                 )
-            metrics.record_batches(
-                rt.warehouse,
-                "ingest",
-                [b | {"warehouse_s": result.seconds} for b in result.batches],
-            )
+            if result.failed:  # the freshness task will not run: the committed batches' here
+                record_metrics(rt.warehouse, result.as_dict())
             raise_failed(result)
             return result.as_dict()
 
@@ -135,7 +146,9 @@ def warehouse_dag() -> DAG:
             from enrollment_airflow.alerts import Late
             from enrollment_airflow.runtime import Runtime
 
-            Runtime.for_task(config).working_on(b["batch_id"] for b in cycled["batches"])
+            rt = Runtime.for_task(config)
+            rt.working_on(b["batch_id"] for b in cycled["batches"])
+            record_metrics(rt.warehouse, cycled)  # out of the writer's slot
             try:
                 return cycle_freshness_gate(cycled["batches"], config.freshness_sla_s)
             except GateError as late:  # the data is in: the alert says late, not broken
