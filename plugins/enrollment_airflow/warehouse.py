@@ -4,7 +4,8 @@ Four regional writers MERGEing into the same tables would serialise behind the e
 and abort each other on BigQuery (at most 2 mutating DML per table at once; concurrent writes to
 the same partitions fail "Could not serialize access … due to concurrent update"). So the
 regions only land, and this DAG — one cycle at a time, in a pool of one slot — takes every
-landed, not yet warehoused batch and writes each table once per cycle (``enrollment.warehouse.cycle``).
+landed, not yet warehoused batch and writes each table once per cycle
+(``enrollment.warehouse.cycle``).
 """
 
 from __future__ import annotations
@@ -41,15 +42,16 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    mandatory columns filled, every quarantined offset there, every partner at its version.
    Then, per batch, the state of the partners it touched is read once from `{dataset}.partners`
    and handed over to the sinks (`gs://{bucket}/handover/<region>/<batch>.parquet`), then the
-   `land` and `warehouse` ledger rows (`{ops}.ledger`). A batch that fails its gate stays pending and is named; the others are
-   committed. A batch whose landed objects are missing or unreadable is **set aside** first
-   (ledger row `set_aside`, not ok; its record moved to `gs://{bucket}/set_aside/{group}/`; the
-   lag monitor alerts) and the cycle goes on with the others: requeue it once repaired with
-   `enrollment.ingest.pending.requeue`. Its success updates the asset `warehouse`, which wakes the
-   sink DAGs.
-2. **freshness** — records the batches' metrics (`{ops}.metrics`), then fails the run when a batch's p95 event (by age) took more than {sla:g} s from
-   Kafka to queryable (`freshness_sla_s`): the data is in, the red run is the alert (a gate that
-   measured lateness, not a stage that broke — that one is **cycle**). Recovery batches
+   `land` and `warehouse` ledger rows (`{ops}.ledger`). A batch that fails its gate stays
+   pending and is named; the others are committed. A batch whose landed objects are missing or
+   unreadable is **set aside** first (ledger row `set_aside`, not ok; its record moved to
+   `gs://{bucket}/set_aside/{group}/`; the lag monitor alerts) and the cycle goes on with the
+   others: requeue it once repaired with `enrollment.ingest.pending.requeue`. Its success updates
+   the asset `warehouse`, which wakes the sink DAGs.
+2. **freshness** — records the batches' metrics (`{ops}.metrics`), then fails the run when a
+   batch's p95 event (by age) took more than {sla:g} s from Kafka to queryable
+   (`freshness_sla_s`): the data is in, the red run is the alert (a gate that measured
+   lateness, not a stage that broke — that one is **cycle**). Recovery batches
    (`recovery-…`, from the `requeue_quarantine` DAG) are left out: they carry their messages'
    original Kafka timestamps on purpose, old by design, never late.
 

@@ -27,8 +27,8 @@ def test_regions_only_land_and_one_dag_writes_the_warehouse(dagbag):
         )
         assert dag.max_active_runs == 1
     warehouse = dagbag.dags["warehouse"]
-    # One cycle at a time is the pool's (one slot, test_the_pool_has_one_slot_wherever_airflow_runs):
-    # a second run only overlaps the last one's freshness gate with its cycle.
+    # One cycle at a time is the pool's (one slot: test_the_pool_has_one_slot_wherever_airflow_
+    # runs); a second run only overlaps the last one's freshness gate with its cycle.
     assert warehouse.max_active_runs == 2
     assert warehouse.get_task("cycle").pool == WAREHOUSE_POOL
     assert [t.task_id for t in warehouse.tasks if t.pool == WAREHOUSE_POOL] == ["cycle"]
