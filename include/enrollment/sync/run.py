@@ -159,14 +159,7 @@ class SyncRun:
                 state.drop_columns([SYNC_BATCH]).to_pylist() if state.num_columns else [],
                 enrolled,
             )
-            return {
-                "plan": plan.as_dict(),
-                "partners_uri": f"gs://{plan.bucket}/{plan.manifest_object}",
-                "result": result.as_dict(),
-                "set_aside": {},
-                "source": "handover",
-                "seconds": round(time.monotonic() - t0, 3),
-            }
+            return _written(plan, result, {}, "handover", t0)
         last, enrolled, unreadable = touched(self.warehouse, plan, from_warehouse)
         set_aside = self.set_aside(plan, unreadable) if unreadable else {}
         plan = SyncPlan(
@@ -190,14 +183,7 @@ class SyncRun:
             else pa.table({}),
         )
         result = sink.write(partners, enrolled)
-        return {
-            "plan": plan.as_dict(),
-            "partners_uri": f"gs://{plan.bucket}/{plan.manifest_object}",
-            "result": result.as_dict(),
-            "set_aside": set_aside,
-            "source": "warehouse",
-            "seconds": round(time.monotonic() - t0, 3),
-        }
+        return _written(plan, result, set_aside, "warehouse", t0)
 
     def _upload_manifest(self, plan: SyncPlan, handed: pa.Table) -> None:
         """What this sink was handed, kept for its gate (and its commit's per-batch counts)."""
@@ -586,6 +572,21 @@ class SyncRun:
                     totals[key] += committed.get(key, 0)
         log.info("resync %s: %s", sink.name, out)
         return out
+
+
+def _written(
+    plan: SyncPlan, result: SinkResult, set_aside: dict[str, str], source: str, t0: float
+) -> dict[str, Any]:
+    """What a write hands to its gate and commit (XCom-sized): ``source`` says where the partners'
+    state came from (``handover`` or ``warehouse``)."""
+    return {
+        "plan": plan.as_dict(),
+        "partners_uri": f"gs://{plan.bucket}/{plan.manifest_object}",
+        "result": result.as_dict(),
+        "set_aside": set_aside,
+        "source": source,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
 
 
 def _each_region(

@@ -95,6 +95,13 @@ def cycle_statements(
             "partners", "gate: versions", partners, PARTNER_ID + INT, "current state, two columns"
         ),
         Statement(
+            "partners",
+            "hand-over: the cycle's partners, every column",
+            partners,
+            PARTNER_ROW,
+            "current state (no pruning on a list of ids); replaces the sinks' own reads",
+        ),
+        Statement(
             "quarantine",
             "INSERT … WHERE NOT EXISTS (window)",
             window * q,
@@ -148,6 +155,7 @@ def estimate(
         "dedup_window_days": dedup_window_days,
         "partners": partners,
         "history_days": history_days,
+        "regions": regions,
         "statements": statements,
         "bytes_per_cycle": per_cycle,
         "tib_per_day": per_day_bytes / TIB,
@@ -160,6 +168,7 @@ def estimate(
 
 
 def markdown(e: dict[str, Any]) -> str:
+    regions = e.get("regions", 4)
     rows = "\n".join(
         f"| {s.table} | {s.what} | {s.rows_read:,.0f} | {s.bytes_per_row:,} "
         f"| {s.bytes / GIB:,.2f} | {s.why} |"
@@ -198,4 +207,9 @@ def markdown(e: dict[str, Any]) -> str:
         "bill in proportion (at 2 cycles a minute it doubles; "
         "at one every 2 minutes it halves); a\n"
         "dedup window of 0 days reads a third of it.\n"
+        "\n"
+        "The hand-over (the state of the cycle's partners, read once for every sink) replaced\n"
+        f"the sinks' own reads, uncounted here before: 3 sinks × {regions} regions a sync round,\n"
+        "each a `SELECT *` of `partners` filtered on a list of ids (no region: no pruning), the\n"
+        "bytes of the hand-over's row each.\n"
     )

@@ -38,6 +38,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -174,8 +176,10 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
         result.phases[name] = round(result.phases.get(name, 0.0) + now - clock[0], 3)
         clock[0] = now
 
-    for b in batches:
-        why = unreadable(w, b)
+    # Metadata and trailer reads, a few per object: round trips, at once.
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="cycle-check") as pool:
+        reasons = list(pool.map(lambda b: unreadable(w, b), batches))
+    for b, why in zip(batches, reasons, strict=True):
         if why is not None:
             set_aside(w, b, why)
             result.set_aside[b.batch_id] = why
@@ -226,45 +230,28 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
             suffix = result.cycle_id
             fresh = [b for b in todo if b.batch_id not in legacy]
             old = [b for b in todo if b.batch_id in legacy]
-            changes = {b.batch_id: read_parquet(w.storage, b.partners_uri) for b in fresh} | {
-                b.batch_id: partner_changes(legacy[b.batch_id][0]) for b in old
-            }
+            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="cycle-read") as pool:
+                read = pool.map(lambda b: read_parquet(w.storage, b.partners_uri), fresh)
+                changes = dict(zip([b.batch_id for b in fresh], read, strict=True))
+            changes |= {b.batch_id: partner_changes(legacy[b.batch_id][0]) for b in old}
             partners = fold_partners([changes[b.batch_id] for b in fresh + old])
             phase("partner_changes")
+            stages = _stage(
+                w, todo, legacy, partners, suffix, (valid_schema, quarantine_arrow_schema), staged
+            )
+            events_stage, partners_stage = stages.get("events"), stages.get("partners")
             script: list[str] = []
-            events_stage = None
-            if any(b.valid for b in todo):
-                events_stage = w.stage_uris(
-                    f"_cycle_events_{suffix}",
-                    events_schema,
-                    [b.valid_uri for b in fresh if b.valid],
-                    [conform(legacy[b.batch_id][0], valid_schema) for b in old if b.valid],
-                )
-                staged.append(events_stage)
+            if events_stage:
                 script.append(
                     events_insert_sql(w, events_stage, [c for c, _ in events_schema], window)
                 )
-            partners_stage = None
-            if partners.num_rows:
-                partners_stage = w.stage_table(
-                    f"_cycle_partners_{suffix}", PARTNER_SCHEMA, partners
-                )
-                staged.append(partners_stage)
+            if partners_stage:
                 script.append(merge_partners_sql(w, partners_stage))
-            if any(b.quarantined + b.duplicates for b in todo):
-                stage = w.stage_uris(
-                    f"_cycle_quarantine_{suffix}",
-                    quarantine_schema,
-                    [b.quarantine_uri for b in fresh if b.quarantined + b.duplicates],
-                    [
-                        conform(legacy[b.batch_id][1], quarantine_arrow_schema)
-                        for b in old
-                        if b.quarantined + b.duplicates
-                    ],
-                )
-                staged.append(stage)
+            if "quarantine" in stages:
                 script.append(
-                    quarantine_insert_sql(w, stage, [c for c, _ in quarantine_schema], window)
+                    quarantine_insert_sql(
+                        w, stages["quarantine"], [c for c, _ in quarantine_schema], window
+                    )
                 )
             phase("stage")
             if script:
@@ -330,6 +317,51 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
     phase("clear_pending")
     result.seconds = round(time.monotonic() - t0, 3)
     return result
+
+
+def _stage(
+    w: BigQuery,
+    todo: list[Landed],
+    legacy: dict[str, tuple[pa.Table, pa.Table]],
+    partners: pa.Table,
+    suffix: str,
+    landed: tuple[pa.Schema, pa.Schema],
+    staged: list[str],
+) -> dict[str, str]:
+    """The cycle's staging tables — events and quarantine loaded from where the batches landed,
+    the folded partner changes from memory — each its own load job, the three at once (they wait
+    on BigQuery, not on this process). Table → staging table; every name is in ``staged`` before
+    its job starts, so the caller drops whatever a failed load left."""
+    valid_schema, quarantine_schema = landed
+    fresh = [b for b in todo if b.batch_id not in legacy]
+    old = [b for b in todo if b.batch_id in legacy]
+    loads: dict[str, Callable[[], str]] = {}
+    if any(b.valid for b in todo):
+        loads["events"] = lambda: w.stage_uris(
+            f"_cycle_events_{suffix}",
+            landed_schema(valid_schema),
+            [b.valid_uri for b in fresh if b.valid],
+            [conform(legacy[b.batch_id][0], valid_schema) for b in old if b.valid],
+        )
+    if partners.num_rows:
+        loads["partners"] = lambda: w.stage_table(
+            f"_cycle_partners_{suffix}", PARTNER_SCHEMA, partners
+        )
+    if any(b.quarantined + b.duplicates for b in todo):
+        loads["quarantine"] = lambda: w.stage_uris(
+            f"_cycle_quarantine_{suffix}",
+            landed_schema(quarantine_schema),
+            [b.quarantine_uri for b in fresh if b.quarantined + b.duplicates],
+            [
+                conform(legacy[b.batch_id][1], quarantine_schema)
+                for b in old
+                if b.quarantined + b.duplicates
+            ],
+        )
+    staged += [f"`{w.project}.{w.dataset}._cycle_{name}_{suffix}`" for name in loads]
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="cycle-stage") as pool:
+        futures = {name: pool.submit(load) for name, load in loads.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def _count_writes(statements: list[str]) -> dict[str, int]:
