@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from enrollment.config import load_config
 from enrollment_airflow.defaults import DAG_DEFAULTS, WAREHOUSE_POOL, Tag, default_args
 from enrollment_airflow.ingest import pending_asset, warehouse_asset
-
-if TYPE_CHECKING:
-    from enrollment.clients.bigquery import BigQuery
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +39,16 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    mandatory columns filled, every quarantined offset there, every partner at its version.
    Then, per batch, the state of the partners it touched is read once from `{dataset}.partners`
    and handed over to the sinks (`gs://{bucket}/handover/<region>/<batch>.parquet`), then the
-   `land` and `warehouse` ledger rows (`{ops}.ledger`). A batch that fails its gate stays
-   pending and is named; the others are committed. A batch whose landed objects are missing or
-   unreadable is **set aside** first (ledger row `set_aside`, not ok; its record moved to
-   `gs://{bucket}/set_aside/{group}/`; the lag monitor alerts) and the cycle goes on with the
-   others: requeue it once repaired with `enrollment.ingest.pending.requeue`. Its success updates
-   the asset `warehouse`, which wakes the sink DAGs.
-2. **freshness** — records the batches' metrics (`{ops}.metrics`), then fails the run when a
-   batch's p95 event (by age) took more than {sla:g} s from Kafka to queryable
-   (`freshness_sla_s`): the data is in, the red run is the alert (a gate that measured
-   lateness, not a stage that broke — that one is **cycle**). Recovery batches
+   `land` and `warehouse` ledger rows (`{ops}.ledger`) and the batches' metrics
+   (`{ops}.metrics`). A batch that fails its gate stays pending and is named; the others are
+   committed. A batch whose landed objects are missing or unreadable is **set aside** first
+   (ledger row `set_aside`, not ok; its record moved to `gs://{bucket}/set_aside/{group}/`; the
+   lag monitor alerts) and the cycle goes on with the others: requeue it once repaired with
+   `enrollment.ingest.pending.requeue`. Its success updates the asset `warehouse`, which wakes the
+   sink DAGs.
+2. **freshness** — fails the run when a batch's p95 event (by age) took more than {sla:g} s
+   from Kafka to queryable (`freshness_sla_s`): the data is in, the red run is the alert (a gate
+   that measured lateness, not a stage that broke — that one is **cycle**). Recovery batches
    (`recovery-…`, from the `requeue_quarantine` DAG) are left out: they carry their messages'
    original Kafka timestamps on purpose, old by design, never late.
 
@@ -67,15 +64,6 @@ What waits: `gcloud storage ls gs://{bucket}/pending/{group}/` (one record per l
 yet written).
 Owner: enrollment-data team.
 """
-
-
-def record_metrics(warehouse: BigQuery, cycled: dict[str, Any]) -> None:
-    """The cycle's batches into ``<ops>.metrics`` (idempotent: again replaces their values)."""
-    from enrollment.ops import metrics
-
-    metrics.record_batches(
-        warehouse, "ingest", [b | {"warehouse_s": cycled["seconds"]} for b in cycled["batches"]]
-    )
 
 
 def warehouse_dag() -> DAG:
@@ -122,6 +110,7 @@ def warehouse_dag() -> DAG:
             from airflow.sdk.exceptions import AirflowSkipException
 
             from enrollment.ingest.pending import pending_batches
+            from enrollment.ops import metrics
             from enrollment.warehouse.cycle import raise_failed, run_cycle
             from enrollment_airflow.runtime import Runtime
 
@@ -136,8 +125,11 @@ def warehouse_dag() -> DAG:
                 log.error(
                     "batch %s set aside (the cycle went on with the others): %s", batch_id, why
                 )
-            if result.failed:  # the freshness task will not run: the committed batches' here
-                record_metrics(rt.warehouse, result.as_dict())
+            metrics.record_batches(
+                rt.warehouse,
+                "ingest",
+                [b | {"warehouse_s": result.seconds} for b in result.batches],
+            )
             raise_failed(result)
             return result.as_dict()
 
@@ -148,9 +140,7 @@ def warehouse_dag() -> DAG:
             from enrollment_airflow.alerts import Late
             from enrollment_airflow.runtime import Runtime
 
-            rt = Runtime.for_task(config)
-            rt.working_on(b["batch_id"] for b in cycled["batches"])
-            record_metrics(rt.warehouse, cycled)  # out of the writer's slot
+            Runtime.for_task(config).working_on(b["batch_id"] for b in cycled["batches"])
             try:
                 return cycle_freshness_gate(cycled["batches"], config.freshness_sla_s)
             except GateError as late:  # the data is in: the alert says late, not broken

@@ -1,6 +1,6 @@
 """The warehouse cycle: every landed-not-warehoused batch of every region, written once.
 
-One writer for all regions (the ``warehouse`` DAG, one run at a time), once per cycle:
+One writer for all regions (the ``warehouse`` DAG, one cycle at a time), once per cycle:
 
 1. **events** — appended with one ``INSERT … SELECT``. An event id a producer resent in an
    earlier batch is dropped against the events that *arrived* in the dedup window only (the
