@@ -168,6 +168,11 @@ class Landed:
     anomalies: list[Anomaly] = field(default_factory=list)
     requeued: bool = False  # set aside by a warehouse cycle once, repaired and queued again
 
+    @property
+    def bucket(self) -> str:
+        """The landing bucket the batch landed in (from its objects' URIs)."""
+        return self.valid_uri.removeprefix("gs://").split("/", 1)[0]
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

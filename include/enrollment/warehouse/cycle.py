@@ -154,7 +154,7 @@ def set_aside(w: BigQuery, b: Landed, why: str) -> None:
         why,
     )
     Ledger(w).record(b, "set_aside", 0, 0.0, ok=False, detail=f"set aside: {why}")
-    bucket = w.storage.bucket(b.valid_uri.removeprefix("gs://").split("/", 1)[0])
+    bucket = w.storage.bucket(b.bucket)
     bucket.blob(set_aside_object(b.group, b.region, b.batch_id)).upload_from_string(
         json.dumps(b.as_dict(), sort_keys=True), content_type="application/json"
     )
@@ -305,14 +305,10 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
     phase("drop_stage")
     result.statements = _count_writes(w.statements[writes_before:])
     done = set(result.already) | {x["batch_id"] for x in result.batches}
-    for bucket_name in {b.valid_uri.removeprefix("gs://").split("/", 1)[0] for b in batches}:
+    for bucket_name in {b.bucket for b in batches}:
         clear_pending(
             w.storage.bucket(bucket_name),
-            [
-                b
-                for b in batches
-                if b.batch_id in done and b.valid_uri.startswith(f"gs://{bucket_name}/")
-            ],
+            [b for b in batches if b.batch_id in done and b.bucket == bucket_name],
         )
     phase("clear_pending")
     result.seconds = round(time.monotonic() - t0, 3)

@@ -34,12 +34,8 @@ ENROLLED = "enrolled"  # a hand-over's column beside the partner's row: the batc
 SYNC_BATCH = "sync_batch_id"  # the plan's last batch that touched the partner (the sync's rows)
 
 
-def handover_uri(bucket: str, b: Landed) -> str:
-    return f"gs://{bucket}/{handover_object(b.region, b.batch_id)}"
-
-
-def bucket_of(b: Landed) -> str:
-    return b.valid_uri.removeprefix("gs://").split("/", 1)[0]
+def handover_uri(b: Landed) -> str:
+    return f"gs://{b.bucket}/{handover_object(b.region, b.batch_id)}"
 
 
 def write_handovers(
@@ -69,7 +65,7 @@ def write_handovers(
 
     def one(b: Landed) -> int:
         rows = _rows_of(state, changes.get(b.batch_id))
-        write_parquet(w.storage, handover_uri(bucket_of(b), b), rows)
+        write_parquet(w.storage, handover_uri(b), rows)
         return int(rows.num_rows)
 
     # GCS round trips, no CPU: a few threads take a cycle's objects at once.
