@@ -31,11 +31,12 @@ Takes every batch the ingest DAGs landed and the warehouse has not written yet �
 oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table **once per cycle**:
 
 1. **cycle** — `{dataset}.events` appended (an event id resent by a producer is dropped against
-   the events that arrived in the last {window} day(s) before the cycle's: a constant partition
-   filter, so a cycle's cost does not grow with history; readers who want every resend removed,
-   whenever it came, read the view `{dataset}.events_unique`); `{dataset}.partners` merged from the
-   cycle's partner changes (each field keeps the newest event's value); `{dataset}.quarantine`
-   appended. **Gate** per batch on what the cycle wrote: every valid event id held once,
+   the events that arrived in the last {window} day(s) before the cycle's, read once a cycle for
+   their ids: a constant partition filter, so a cycle's cost does not grow with history;
+   readers who want every resend removed, whenever it came, read the view
+   `{dataset}.events_unique`); `{dataset}.partners` merged from the cycle's partner changes (each
+   field keeps the newest event's value); `{dataset}.quarantine` appended. **Gate** per batch on
+   what the cycle wrote, read back from its own arrival days: every valid event id held once,
    mandatory columns filled, every quarantined offset there, every partner at its version.
    Then, per batch, the state of the partners it touched is read once from `{dataset}.partners`
    and handed over to the sinks (`gs://{bucket}/handover/<region>/<batch>.parquet`), then the

@@ -64,6 +64,7 @@ from enrollment.warehouse.ledger import Ledger
 from enrollment.warehouse.statements import (
     conform,
     events_insert_sql,
+    held_sql,
     merge_partners_sql,
     quarantine_insert_sql,
 )
@@ -213,6 +214,9 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
         settings.dedup_window_days,
     )
     result.window_days = window.days
+    # The arrival days the cycle's rows go to (a row keeps its Kafka timestamp): the only days it
+    # changes, so the only ones its gate reads back.
+    own = Window.around(min(s[0] for s in known), max(s[2] for s in known), 0) if known else window
     valid_schema, quarantine_arrow_schema = landed_schemas()
     events_schema, quarantine_schema = (
         landed_schema(valid_schema),
@@ -240,29 +244,38 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
                 w, todo, legacy, partners, suffix, (valid_schema, quarantine_arrow_schema), staged
             )
             events_stage, partners_stage = stages.get("events"), stages.get("partners")
+            held_stage = None
+            before: list[str] = []  # DDL: outside the transaction (BigQuery refuses it inside)
             script: list[str] = []
             if events_stage:
+                held_stage = f"`{w.project}.{w.dataset}._cycle_held_{suffix}`"
+                staged.append(held_stage)
+                before.append(held_sql(w, events_stage, held_stage, window, own))
                 script.append(
-                    events_insert_sql(w, events_stage, [c for c, _ in events_schema], window)
+                    events_insert_sql(w, events_stage, [c for c, _ in events_schema], held_stage)
                 )
             if partners_stage:
                 script.append(merge_partners_sql(w, partners_stage))
             if "quarantine" in stages:
                 script.append(
                     quarantine_insert_sql(
-                        w, stages["quarantine"], [c for c, _ in quarantine_schema], window
+                        w, stages["quarantine"], [c for c, _ in quarantine_schema], own
                     )
                 )
             phase("stage")
             if script:
                 body = ";\n".join(script)
+                # One job: the window read once into the held ids, then the writes.
                 w.run(
-                    f"BEGIN TRANSACTION;\n{body};\nCOMMIT TRANSACTION;"
-                    if settings.transaction
-                    else body + ";"
+                    "".join(f"{d};\n" for d in before)
+                    + (
+                        f"BEGIN TRANSACTION;\n{body};\nCOMMIT TRANSACTION;"
+                        if settings.transaction
+                        else body + ";"
+                    )
                 )
             phase("write")
-            counts = gate(w, todo, events_stage, partners_stage, window)
+            counts = gate(w, todo, events_stage, partners_stage, own, held_stage)
             phase("gate")
             passed = [b for b in todo if b.batch_id not in counts["failed"]]
             result.failed = counts["failed"]

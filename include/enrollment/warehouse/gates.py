@@ -1,7 +1,7 @@
 """The warehouse's gates: what a cycle wrote checked where it wrote it (ids held once, mandatory
-columns, quarantine rows, partner versions: the window only, never all history), and the freshness
-gate (events queryable within the SLA of their Kafka timestamps: it fails the run so that
-operators see a line falling behind, it never holds a batch back)."""
+columns, quarantine rows, partner versions: the cycle's own arrival days, never all history),
+and the freshness gate (events queryable within the SLA of their Kafka timestamps: it fails the
+run so that operators see a line falling behind, it never holds a batch back)."""
 
 from __future__ import annotations
 
@@ -22,15 +22,18 @@ from enrollment.ingest.shape import p95_timestamp_ms
 MANDATORY = ("partner_id", "occurred_at", "region", "event_type")
 
 
-def events_gate_sql(w: BigQuery, stage: str, window: Window) -> str:
-    # The window is read for five narrow columns only; mandatory columns are checked on the
-    # staged rows, which the INSERT copies as they are.
+def events_gate_sql(w: BigQuery, stage: str, held: str, own: Window) -> str:
+    # Read back where the cycle wrote: its own arrival days, four narrow columns of the staged
+    # ids. The rest of the window cannot have changed (one writer): its counts come from the
+    # ``held`` table the cycle made before writing (statements.held_sql). Mandatory columns are
+    # checked on the staged rows, which the INSERT copies as they are.
     incomplete = " OR ".join(f"S.{c} IS NULL" for c in MANDATORY)
     return (
         f"""WITH W AS (SELECT T.event_id, T.batch_id, T.kafka_partition, T.kafka_offset
-  FROM {w.table("events")} T WHERE {window.sql("T.kafka_timestamp")} """
+  FROM {w.table("events")} T WHERE {own.sql("T.kafka_timestamp")} """
         f"""AND T.event_id IN (SELECT event_id FROM {stage})),
-C AS (SELECT event_id, COUNT(*) AS n FROM W GROUP BY event_id)
+C AS (SELECT event_id, SUM(n) AS n FROM (SELECT event_id, COUNT(*) AS n FROM W GROUP BY event_id
+  UNION ALL SELECT event_id, outside AS n FROM {held} WHERE outside > 0) GROUP BY event_id)
 SELECT S.batch_id, COUNT(*) AS valid, COUNTIF(C.event_id IS NOT NULL) AS held, """
         f"""COUNTIF(C.n > 1) AS repeated,
   COUNTIF({incomplete}) AS incomplete, COUNTIF(X.event_id IS NOT NULL) AS written
@@ -46,13 +49,16 @@ def gate(
     todo: list[Landed],
     events_stage: str | None,
     partners_stage: str | None,
-    window: Window,
+    own: Window,
+    held_stage: str | None = None,
 ) -> dict[str, Any]:
+    """Each batch checked where the cycle wrote (``own``: its arrival days; ``held_stage``: what
+    the rest of the dedup window held, made before the write)."""
     from google.cloud import bigquery
 
     held = (
-        {r["batch_id"]: dict(r) for r in w.run(events_gate_sql(w, events_stage, window))}
-        if events_stage
+        {r["batch_id"]: dict(r) for r in w.run(events_gate_sql(w, events_stage, held_stage, own))}
+        if events_stage and held_stage
         else {}
     )
     ids = [b.batch_id for b in todo]
@@ -60,7 +66,7 @@ def gate(
         r["batch_id"]: r["n"]
         for r in w.run(
             f"SELECT batch_id, COUNT(*) AS n FROM {w.table('quarantine')} "
-            f"WHERE {window.sql('kafka_timestamp')} AND batch_id IN UNNEST(@ids) GROUP BY batch_id",
+            f"WHERE {own.sql('kafka_timestamp')} AND batch_id IN UNNEST(@ids) GROUP BY batch_id",
             [bigquery.ArrayQueryParameter("ids", "STRING", ids)],
         )
     }

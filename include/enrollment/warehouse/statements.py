@@ -1,6 +1,7 @@
-"""The warehouse cycle's writes as SQL text: events appended against the dedup window, quarantine
-appended guarded by (batch, partition, offset), partners MERGEd field by field (the newest
-version wins; an older event arriving late only fills a field no newer event has set)."""
+"""The warehouse cycle's writes as SQL text: the staged ids the dedup window holds (the window
+read once), events appended unless held, quarantine appended guarded by (batch, partition,
+offset), partners MERGEd field by field (the newest version wins; an older event arriving late
+only fills a field no newer event has set)."""
 
 from __future__ import annotations
 
@@ -20,24 +21,37 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
-def events_insert_sql(w: BigQuery, stage: str, columns: list[str], window: Window) -> str:
+def held_sql(w: BigQuery, stage: str, held: str, window: Window, own: Window) -> str:
+    """The staged event ids the window already holds, each with how many of its rows lie outside
+    the cycle's own arrival days (``own``: where the cycle's rows go, the only days it changes).
+    The window is read here once, for two columns; the INSERT and the gate read this table."""
+    return (
+        f"""CREATE TABLE {held} AS SELECT T.event_id, COUNT(*) AS n, """
+        f"""COUNTIF(NOT ({own.sql("T.kafka_timestamp")})) AS outside
+FROM {w.table("events")} T WHERE {window.sql("T.kafka_timestamp")} """
+        f"AND T.event_id IN (SELECT event_id FROM {stage}) GROUP BY T.event_id"
+    )
+
+
+def events_insert_sql(w: BigQuery, stage: str, columns: list[str], held: str) -> str:
     cols = ", ".join(columns)
     return (
         f"""INSERT INTO {w.table("events")} ({cols})
 SELECT {", ".join("S." + c for c in columns)} FROM {stage} S
-WHERE NOT EXISTS (SELECT 1 FROM {w.table("events")} T """
-        f"""WHERE {window.sql("T.kafka_timestamp")} AND T.event_id = S.event_id)
+WHERE NOT EXISTS (SELECT 1 FROM {held} H WHERE H.event_id = S.event_id)
 QUALIFY ROW_NUMBER() OVER (PARTITION BY S.event_id """
         "ORDER BY S.kafka_timestamp, S.batch_id, S.kafka_partition, S.kafka_offset) = 1"
     )
 
 
-def quarantine_insert_sql(w: BigQuery, stage: str, columns: list[str], window: Window) -> str:
+def quarantine_insert_sql(w: BigQuery, stage: str, columns: list[str], own: Window) -> str:
+    # A row already written by an earlier try of its batch has the same Kafka timestamp: it lies
+    # in the cycle's own arrival days.
     return (
         f"""INSERT INTO {w.table("quarantine")} ({", ".join(columns)})
 SELECT {", ".join("S." + c for c in columns)} FROM {stage} S
 WHERE NOT EXISTS (SELECT 1 FROM {w.table("quarantine")} T """
-        f"""WHERE {window.sql("T.kafka_timestamp")}
+        f"""WHERE {own.sql("T.kafka_timestamp")}
   AND T.batch_id = S.batch_id AND T.kafka_partition = S.kafka_partition """
         "AND T.kafka_offset = S.kafka_offset)"
     )

@@ -202,7 +202,8 @@ def test_a_batch_that_fails_its_gate_stays_pending_and_the_next_cycle_takes_it(
 def test_the_cycle_as_one_transaction_writes_the_same(
     stack, pipeline_config, warehouse, two_regions
 ):
-    """``warehouse.transaction`` (for BigQuery) wraps the writes in BEGIN/COMMIT TRANSACTION: the
+    """``warehouse.transaction`` (for BigQuery) wraps the writes in BEGIN/COMMIT TRANSACTION (the
+    held ids' table made before it, in the same script: BigQuery refuses DDL inside): the
     emulator accepts the script and the rows read back are the same as without it."""
     topics, group = two_regions
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
@@ -213,7 +214,9 @@ def test_the_cycle_as_one_transaction_writes_the_same(
     )
     raise_failed(result)
     assert any(
-        s.startswith("BEGIN TRANSACTION;") and s.rstrip().endswith("COMMIT TRANSACTION;")
+        s.startswith("CREATE TABLE ")
+        and s.partition(";\n")[2].startswith("BEGIN TRANSACTION;")
+        and s.rstrip().endswith("COMMIT TRANSACTION;")
         for s in warehouse.statements
     )
     assert_written_once(warehouse, [batch], valid_ids(messages))
@@ -272,3 +275,48 @@ def test_a_batch_whose_objects_are_gone_is_set_aside_and_the_cycle_goes_on(
         f"SELECT COUNT(DISTINCT event_id) AS n, COUNT(*) AS rows FROM {warehouse.table('events')}"
     )[0]
     assert events["n"] == events["rows"] == len(valid_ids(amer_messages) | valid_ids(emea_messages))
+
+
+def test_a_resend_held_on_an_earlier_day_of_the_window_is_not_written_and_a_repeat_fails(
+    stack, pipeline_config, warehouse, two_regions
+):
+    """The cycle reads the dedup window once, before it writes (the held ids), and reads back only
+    its own arrival days: an id already held on an earlier day of the window is counted from
+    what it found, not written again; an id held twice there fails the batch's gate."""
+    topics, group = two_regions
+    bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
+    events = warehouse.table("events")
+    first = Simulator(seed=7501, initial_partners=20).take(300)
+    ids = sorted(valid_ids(first))
+    land_region(stack, bucket, group, "AMER", topics["AMER"], first)
+    raise_failed(run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings()))
+    # Five of them arrived yesterday: inside the window, outside the next cycle's own day.
+    earlier = ids[:5]
+    warehouse.run(
+        f"UPDATE {events} SET kafka_timestamp = TIMESTAMP_SUB(kafka_timestamp, INTERVAL 1 DAY) "
+        f"WHERE event_id IN ({', '.join(repr(i) for i in earlier)})"
+    )
+    resent = [m for m in first if m.expected.get("event_id") in set(earlier)]
+    assert len(resent) == 5
+    more = Simulator(seed=7502, initial_partners=20).take(100)
+    batch = land_region(stack, bucket, group, "AMER", topics["AMER"], resent + more)
+    result = run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings())
+    raise_failed(result)
+    [done] = result.batches
+    assert done["written"] == batch.valid - 5 and "resent 5" in done["detail"], done
+    counts = {
+        r["event_id"]: r["n"]
+        for r in warehouse.run(f"SELECT event_id, COUNT(*) AS n FROM {events} GROUP BY event_id")
+    }
+    assert set(counts) == set(ids) | valid_ids(more) and set(counts.values()) == {1}
+
+    # One of them held twice on that earlier day (a copy no cycle of ours would write): the next
+    # batch resending it fails its gate and stays pending; nothing of it is written.
+    warehouse.run(f"INSERT INTO {events} SELECT * FROM {events} WHERE event_id = {earlier[0]!r}")
+    again = [m for m in first if m.expected.get("event_id") == earlier[0]]
+    late = land_region(stack, bucket, group, "AMER", topics["AMER"], again)
+    result = run_cycle(warehouse, pending_batches(bucket, group), WarehouseSettings())
+    assert list(result.failed) == [late.batch_id], result.failed
+    assert "1 of the batch's event ids appear more than once" in result.failed[late.batch_id]
+    assert [b.batch_id for b in pending_batches(bucket, group)] == [late.batch_id]
+    assert warehouse.run(f"SELECT COUNT(*) AS n FROM {events}")[0]["n"] == len(counts) + 1

@@ -61,7 +61,7 @@ def landed(batch_id: str = "emea-1", **kw) -> Landed:
 
 
 # -- the warehouse cycle ---------------------------------------------------------------------------
-def test_the_quarantine_insert_is_guarded_by_batch_partition_and_offset_in_the_window():
+def test_the_quarantine_insert_is_guarded_by_batch_partition_and_offset_in_its_days():
     w, _ = warehouse()
     sql = one_line(quarantine_insert_sql(w, "`p.d._cycle_q`", ["batch_id", "reasons"], WINDOW))
     assert sql.startswith("INSERT INTO `p.d.quarantine` (batch_id, reasons) SELECT S.batch_id,")
@@ -72,12 +72,15 @@ def test_the_quarantine_insert_is_guarded_by_batch_partition_and_offset_in_the_w
     assert "@" not in sql, "constants only: BigQuery prunes on them"
 
 
-def test_the_events_gate_reads_the_window_for_the_staged_ids_and_checks_mandatory_columns():
+def test_the_events_gate_reads_the_cycles_days_for_the_staged_ids_and_checks_mandatory_columns():
     w, _ = warehouse()
-    sql = one_line(events_gate_sql(w, "`p.d._cycle_e`", WINDOW))
+    sql = one_line(events_gate_sql(w, "`p.d._cycle_e`", "`p.d._cycle_held_x`", WINDOW))
     assert "FROM `p.d.events` T WHERE T.kafka_timestamp >= " in sql
     assert WINDOW_SQL.format(col="T.kafka_timestamp") in sql
     assert "T.event_id IN (SELECT event_id FROM `p.d._cycle_e`)" in sql
+    assert "SELECT event_id, outside AS n FROM `p.d._cycle_held_x` WHERE outside > 0" in sql, (
+        "the rest of the window counted from what the cycle found before writing"
+    )
     assert "COUNTIF(" + " OR ".join(f"S.{c} IS NULL" for c in MANDATORY) + ") AS incomplete" in sql
     for column in ("valid", "held", "repeated", "incomplete", "written"):
         assert f"AS {column}" in sql

@@ -21,7 +21,7 @@ from enrollment.ops.lag import LagRow, alerts
 from enrollment.simulator.faults import FaultRates
 from enrollment.simulator.generator import Simulator
 from enrollment.warehouse.cycle import _count_writes
-from enrollment.warehouse.statements import events_insert_sql
+from enrollment.warehouse.statements import events_insert_sql, held_sql
 
 
 def landed(seed: int, n: int, batch_id: str, redeliver: list | None = None) -> pa.Table:
@@ -86,26 +86,35 @@ def test_the_window_is_whole_days_before_the_first_arrival_to_the_end_of_the_las
     )
 
 
-def test_the_events_insert_filters_history_by_constants_only():
+def test_the_window_is_read_once_by_constants_only_and_the_insert_reads_what_it_found():
     w = BigQuery(client=None, storage=None, project="p", dataset="d", ops_dataset="o")
-    sql = events_insert_sql(
+    day = datetime(2026, 11, 29, 10, tzinfo=UTC)
+    sql = held_sql(
         w,
         "`p.d._cycle_events_x`",
-        ["event_id", "kafka_timestamp"],
-        Window.around(
-            datetime(2026, 11, 29, tzinfo=UTC),
-            datetime(2026, 11, 29, tzinfo=UTC),
-            1,
-        ),
+        "`p.d._cycle_held_x`",
+        Window.around(day, day, 1),
+        Window.around(day, day, 0),
     )
-    exists = sql.split("WHERE NOT EXISTS", 1)[1]
+    assert sql.startswith("CREATE TABLE `p.d._cycle_held_x` AS SELECT T.event_id")
+    where = sql.split("WHERE", 1)[1]
     assert (
         "T.kafka_timestamp >= TIMESTAMP '2026-11-28' AND T.kafka_timestamp < TIMESTAMP '2026-11-30'"
-        in exists
+        in where
     ), "a constant partition filter"
+    assert (
+        "COUNTIF(NOT (T.kafka_timestamp >= TIMESTAMP '2026-11-29' AND T.kafka_timestamp < "
+        "TIMESTAMP '2026-11-30')) AS outside" in sql
+    ), "what lies outside the cycle's own day, where it cannot write"
     assert "@" not in sql and "SELECT MIN" not in sql.upper(), (
         "no parameter or subquery in the partition filter: BigQuery would not prune"
     )
+    insert = events_insert_sql(
+        w, "`p.d._cycle_events_x`", ["event_id", "kafka_timestamp"], "`p.d._cycle_held_x`"
+    )
+    exists = insert.split("WHERE NOT EXISTS", 1)[1]
+    assert "FROM `p.d._cycle_held_x` H WHERE H.event_id = S.event_id" in exists
+    assert "`p.d.events`" not in exists, "the window is not read twice"
 
 
 def test_write_statements_are_counted_per_table():
