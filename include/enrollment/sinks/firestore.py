@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from enrollment.clients.services import firestore_client
@@ -63,6 +64,71 @@ def profile(partner: Partner) -> dict[str, Any]:
     return doc
 
 
+class _Protos:
+    """Firestore's raw protobuf classes (upb, in C): a write built with them costs a fraction of
+    the client's per-value wrappers (measured on 5,000 partners: 0.33 → 0.15 ms of CPU a partner
+    created, 0.66 → 0.20 ms updated). The client's own batch commits them."""
+
+    def __init__(self) -> None:
+        from google.cloud.firestore_v1.types import common, document, write
+
+        self.value = document.Value.pb()
+        self.map_value = document.MapValue.pb()
+        self.document = document.Document.pb()
+        self.write = write.Write.pb()
+        self.mask = common.DocumentMask.pb()
+        self.precondition = common.Precondition.pb()
+
+    def encode(self, v: Any) -> Any:
+        """A value as the client's ``encode_value`` makes it, for the types a profile holds; any
+        other type goes through the client's own encoder."""
+        if v is None:
+            return self.value(null_value=0)
+        if isinstance(v, bool):
+            return self.value(boolean_value=v)
+        if isinstance(v, int):
+            return self.value(integer_value=v)
+        if isinstance(v, float):
+            return self.value(double_value=v)
+        if isinstance(v, str):
+            return self.value(string_value=v)
+        if isinstance(v, datetime):
+            if v.tzinfo is None:
+                v = v.replace(tzinfo=UTC)
+            micros = (v - _EPOCH) // timedelta(microseconds=1)
+            seconds, rest = divmod(micros, 1_000_000)
+            return self.value(timestamp_value={"seconds": seconds, "nanos": rest * 1000})
+        if isinstance(v, dict):
+            return self.value(
+                map_value=self.map_value(fields={k: self.encode(x) for k, x in v.items()})
+            )
+        from google.cloud.firestore_v1 import _helpers
+
+        return type(_helpers.encode_value(v)).pb(_helpers.encode_value(v))
+
+    def fields(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: self.encode(v) for k, v in doc.items()}
+
+    def create(self, path: str, doc: Mapping[str, Any]) -> Any:
+        """``batch.create``'s write: the whole document, on condition that none exists."""
+        return self.write(
+            update=self.document(name=path, fields=self.fields(doc)),
+            current_document=self.precondition(exists=False),
+        )
+
+    def update(self, path: str, doc: Mapping[str, Any], update_time: Any) -> Any:
+        """``batch.update``'s write with a last-update-time option: the document's top-level
+        fields (the mask), on condition that it was not written since ``update_time``."""
+        return self.write(
+            update=self.document(name=path, fields=self.fields(doc)),
+            update_mask=self.mask(field_paths=sorted(doc)),
+            current_document=self.precondition(update_time=update_time),
+        )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _revision_of(snap: DocumentSnapshot[DocumentReference]) -> int:
     data = snap.to_dict() or {}
     return int(data.get("revision") or 0)
@@ -82,6 +148,7 @@ class FirestoreSink(Sink):
         self.collection = client.collection(collection)
         self.batch_size = min(int(batch_size), 500)
         self.attempts = attempts
+        self.protos = _Protos()
 
     def write(self, partners: Sequence[Partner], enrolled: Collection[str]) -> SinkResult:
         from google.api_core.exceptions import InvalidArgument
@@ -124,24 +191,25 @@ class FirestoreSink(Sink):
 
         for attempt in range(1, self.attempts + 1):
             refs = [self.collection.document(p["partner_id"]) for p in chunk]
-            held = {snap.id: snap for snap in self.client.get_all(refs)}
-            batch, writes, unchanged = self.client.batch(), 0, 0
+            # The revision alone decides: the documents read masked to it.
+            held = {snap.id: snap for snap in self.client.get_all(refs, field_paths=["revision"])}
+            pbs = []
+            unchanged = 0
             for p, ref in zip(chunk, refs, strict=True):
                 snap = held.get(p["partner_id"])
                 if snap is not None and snap.exists and _revision_of(snap) >= revision(p):
                     unchanged += 1
                     continue
+                path = ref._document_path
                 if snap is not None and snap.exists:
-                    batch.update(
-                        ref,
-                        profile(p),
-                        option=self.client.write_option(last_update_time=snap.update_time),
-                    )
+                    pbs.append(self.protos.update(path, profile(p), snap.update_time))
                 else:
-                    batch.create(ref, profile(p))
-                writes += 1
+                    pbs.append(self.protos.create(path, profile(p)))
+            writes = len(pbs)
             try:
                 if writes:
+                    batch = self.client.batch()
+                    batch._add_write_pbs(pbs)  # the client's own batch, given the writes built
                     batch.commit()
             except (FailedPrecondition, AlreadyExists, Conflict) as exc:
                 if attempt == self.attempts:
@@ -161,7 +229,8 @@ class FirestoreSink(Sink):
             held = {
                 snap.id: snap
                 for snap in self.client.get_all(
-                    [self.collection.document(p["partner_id"]) for p in chunk]
+                    [self.collection.document(p["partner_id"]) for p in chunk],
+                    field_paths=["revision", "status"],  # what the audit compares
                 )
             }
             for p in chunk:
