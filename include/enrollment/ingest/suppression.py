@@ -154,7 +154,7 @@ def holds(column: pa.ChunkedArray, ids: set[str]) -> pa.Array:
 def raw_mentions(raw: pa.ChunkedArray, ids: set[str]) -> pa.Array:
     """Rows whose text or bytes mention one of the ids (a message too broken to yield its partner
     id)."""
-    hits = pa.array([False] * len(raw))
+    hits = pa.array([False] * len(raw), pa.bool_())  # typed: an empty list infers null
     for pid in sorted(ids):
         hits = pc.or_(hits, pc.fill_null(pc.match_substring(raw, pid), False))
     return hits

@@ -160,3 +160,31 @@ def test_erased_partners_are_found_by_token_under_any_key():
     tokens = frozenset([KEYRING.token(VICTIM, "partner_id")])
     assert erased_among([VICTIM, OTHER], rotated, tokens) == {VICTIM}
     assert erased_among([VICTIM], rotated, frozenset()) == set()
+
+
+def test_the_verify_step_reads_an_empty_landed_object_as_holding_nothing():
+    """A batch that quarantined nothing lands an empty quarantine object: the erasure's verify
+    counts nothing in it (it raised ArrowNotImplementedError on the empty column before) and
+    still counts what the batch's other objects hold."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from enrollment.ingest.suppression import raw_mentions
+    from enrollment.ops.erasure.scrub import remaining_in_batch
+    from tests.unit.fakes import FakeBucket
+
+    def parquet(table: pa.Table) -> bytes:
+        out = io.BytesIO()
+        pq.write_table(table, out)
+        return out.getvalue()
+
+    empty = pa.chunked_array([], pa.string())
+    assert raw_mentions(empty, {VICTIM}).to_pylist() == []
+    bucket, batch = FakeBucket(), "de-0123456789abcdef"
+    nothing = pa.table({"raw": pa.array([], pa.binary()), "partner_id": pa.array([], pa.string())})
+    bucket.put(f"landing/DE/{batch}/quarantine.parquet", parquet(nothing))
+    assert remaining_in_batch(bucket, batch, {VICTIM}) == 0
+    held = pa.table({"partner_id": [VICTIM, OTHER], "email": ["a@example.com", None]})
+    bucket.put(f"landing/DE/{batch}/valid.parquet", parquet(held))
+    assert remaining_in_batch(bucket, batch, {VICTIM}) == 1
