@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from bench.common import local_stack, produce_simulated, write
 from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.objects import read_parquet
 from enrollment.clients.services import bigquery_client, storage_client
 from enrollment.core.pii import Keyring
 from enrollment.ingest.claim import claim
@@ -99,9 +100,8 @@ def main() -> int:
                 )
             batches = pending_batches(bucket, group)
             if template is None:
-                template = warehouse._read_parquet(
-                    batches[0].valid_uri
-                )  # what history rows are copied from
+                # what history rows are copied from
+                template = read_parquet(warehouse.storage, batches[0].valid_uri)
             t0 = time.monotonic()
             result = run_cycle(warehouse, batches, config.warehouse)
             raise_failed(result)
