@@ -44,7 +44,8 @@ DOC_MD = """
 Brings the **{sink}** sink up to date with the warehouse, every region at once, in one task,
 **sync**, of three steps (a region that fails does not hold back the others; the task then fails
 naming it, and the next run takes it again). The task goes round again while batches wait, for
-at most {train_s:g} s (`sync.train_s`): one task for many rounds, each round as below.
+at most {train_s:g} s (`sync.train_s`): one task for many rounds, each round as below. When no
+batch waits it waits up to {linger_s:g} s (`sync.linger_s`) for the warehouse's next cycle.
 
 1. **write** — plans each region's warehoused batches that have no `sync_{sink}` ledger row yet
    (the last {lookback} days, oldest first, at most `max_batches`), reads the state of the
@@ -104,6 +105,7 @@ def sync_dag(sink_name: str) -> DAG:
             cron=config.sync_catch_up_every,
             lookback=config.sync_lookback_days,
             train_s=config.sync_train_s,
+            linger_s=config.sync_linger_s,
         ),
         params={
             "max_batches": Param(
@@ -155,6 +157,8 @@ def sync_dag(sink_name: str) -> DAG:
                     config.sync_lookback_days,
                     config.sync_train_s,
                     working_on=rt.working_on,
+                    linger_s=config.sync_linger_s,
+                    poll_s=config.sync_poll_s,
                 )
             if not committed["rounds"]:
                 if resynced:

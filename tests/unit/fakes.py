@@ -32,6 +32,10 @@ class FakeBlob:
     def time_created(self) -> datetime | None:
         return self._stored["created"] if self._stored else None
 
+    @property
+    def generation(self) -> int | None:
+        return self._stored["generation"] if self._stored else None
+
     def exists(self) -> bool:
         return self._stored is not None
 
@@ -62,10 +66,16 @@ class FakeBucket:
         self.name = name
         self.objects: dict[str, dict] = {}
         self.now = now or datetime(2026, 11, 20, 12, tzinfo=UTC)
+        self.generations = 0  # as GCS: each write of an object a new generation
 
     def put(self, name: str, data, created: datetime | None = None) -> None:
         data = data.encode() if isinstance(data, str) else bytes(data)
-        self.objects[name] = {"data": data, "created": created or self.now}
+        self.generations += 1
+        self.objects[name] = {
+            "data": data,
+            "created": created or self.now,
+            "generation": self.generations,
+        }
 
     def put_json(self, name: str, body: dict, created: datetime | None = None) -> None:
         self.put(name, json.dumps(body), created)

@@ -279,11 +279,22 @@ class SyncSettings:
     # A sync run plans, writes, gates and commits again while batches wait, for at most train_s
     # seconds (a train, as the ingest's): one task's start-up for many rounds. 0: one round.
     train_s: float = 120.0
+    # When nothing waits, the train waits up to linger_s for the warehouse's next cycle (a cycle
+    # marks each commit in the landing bucket; a look every poll_s costs a metadata read), so the
+    # next cycle's batches ride this train rather than a new task. 0: the train ends at once.
+    linger_s: float = 30.0
+    poll_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.max_batches < 1 or self.lookback_days < 1 or self.train_s < 0:
+        if (
+            self.max_batches < 1
+            or self.lookback_days < 1
+            or min(self.train_s, self.linger_s) < 0
+            or self.poll_s <= 0
+        ):
             raise ConfigError(
-                f"sync: max_batches and lookback_days must be >= 1, train_s >= 0, got {self}"
+                "sync: max_batches and lookback_days must be >= 1, train_s and linger_s >= 0, "
+                f"poll_s > 0, got {self}"
             )
 
 
@@ -396,6 +407,8 @@ class PipelineConfig:
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     sync_lookback_days: int = SyncSettings.lookback_days
     sync_train_s: float = SyncSettings.train_s
+    sync_linger_s: float = SyncSettings.linger_s
+    sync_poll_s: float = SyncSettings.poll_s
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     marketing_consent: MarketingConsent = field(default_factory=MarketingConsent)
     # The parser fills it: the embedded file's pools when a file names none.

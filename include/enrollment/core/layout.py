@@ -47,6 +47,11 @@ def set_aside_object(group: str, region: str, batch_id: str) -> str:
 INDEX_OBJECT = "erasures/index.json"
 
 
+# Rewritten by every warehouse cycle that commits a batch, after its ledger rows: a sync train
+# waiting for work watches its generation (a metadata read) instead of asking the warehouse.
+CYCLE_MARKER = "warehouse/cycle.json"
+
+
 HANDOVER_PREFIX = "handover/"
 
 

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from enrollment.clients.bigquery import BigQuery
 from enrollment.clients.objects import read_parquet, write_parquet
 from enrollment.core.errors import GateError, SyncError, said
+from enrollment.core.layout import CYCLE_MARKER
 from enrollment.core.windows import Window
 from enrollment.sinks.base import Sink, SinkResult, summarise
 from enrollment.sync.plan import SyncPlan, plan_all, region_plan, touched
@@ -479,19 +480,29 @@ class SyncRun:
         max_s: float,
         working_on: Callable[[list[str]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        linger_s: float = 0.0,
+        poll_s: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> dict[str, Any]:
         """Rounds of plan → write → gate → commit, every region each round, while batches wait,
         for at most ``max_s`` seconds (one round when 0): one task's start-up for many rounds,
-        and no wait for the scheduler between them. Per region the rounds' totals, and
-        ``rounds``; a region that fails ends the train after the healthy ones are committed
-        (``commit_all``). ``working_on`` hears each round's batch ids (the task's alert)."""
+        and no wait for the scheduler between them. When none waits, the train waits up to
+        ``linger_s`` for the warehouse's next cycle (its marker's generation, read every
+        ``poll_s``) and plans again. Per region the rounds' totals, and ``rounds``; a region
+        that fails ends the train after the healthy ones are committed (``commit_all``).
+        ``working_on`` hears each round's batch ids (the task's alert)."""
         t0 = clock()
         totals: dict[str, Any] = {"rounds": 0}
         while True:
+            # Read before the plan: a cycle that commits after it changes the marker.
+            mark = self._cycle_mark() if linger_s else None
             plans = plan_all(
                 self.warehouse, self.bucket.name, sink.name, regions, max_batches, lookback_days
             )
             if not any(p.batches for p in plans.values()):
+                within = min(linger_s, max_s - (clock() - t0))
+                if within > 0 and self._next_cycle(mark, within, poll_s, clock, sleep):
+                    continue
                 break
             if working_on is not None:
                 working_on([b["batch_id"] for p in plans.values() for b in p.batches])
@@ -504,6 +515,35 @@ class SyncRun:
             if clock() - t0 >= max_s:
                 break
         return totals
+
+    def _cycle_mark(self) -> int | None:
+        """The generation of the warehouse's cycle marker (``layout.CYCLE_MARKER``), None when
+        no cycle has written one."""
+        from google.api_core.exceptions import NotFound
+
+        blob = self.bucket.blob(CYCLE_MARKER)
+        try:
+            blob.reload()
+        except NotFound:
+            return None
+        return cast("int | None", blob.generation)
+
+    def _next_cycle(
+        self,
+        mark: int | None,
+        within_s: float,
+        poll_s: float,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+    ) -> bool:
+        """Whether a warehouse cycle committed (the marker changed from ``mark``) within
+        ``within_s``, looking every ``poll_s``."""
+        deadline = clock() + within_s
+        while clock() + poll_s <= deadline:
+            sleep(poll_s)
+            if self._cycle_mark() != mark:
+                return True
+        return False
 
     # -- all of it ----------------------------------------------------------------------------
     def run(self, sink: Sink, region: str, max_batches: int = 20) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from enrollment.clients.objects import read_parquet
 from enrollment.config import WarehouseSettings
 from enrollment.core.batch import Landed, cycle_id
 from enrollment.core.errors import GateError
-from enrollment.core.layout import pending_object, set_aside_object
+from enrollment.core.layout import CYCLE_MARKER, pending_object, set_aside_object
 from enrollment.core.partners import PARTNER_SCHEMA, fold_partners, partner_changes
 from enrollment.core.windows import Window
 from enrollment.ingest.pending import clear_pending
@@ -312,6 +312,16 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
                 seconds=time.monotonic() - t0,
             )
             phase("ledger")
+            # After the ledger rows: a sync train waiting for work watches this object. A hint,
+            # not state (the asset event and the sinks' cron wake them too): it never fails a cycle.
+            for name in sorted({b.bucket for b in passed}):
+                try:
+                    w.storage.bucket(name).blob(CYCLE_MARKER).upload_from_string(
+                        json.dumps({"cycle": result.cycle_id, "batches": len(passed)}),
+                        content_type="application/json",
+                    )
+                except Exception as exc:
+                    log.warning("cycle marker not written (%s)", type(exc).__name__)
     finally:
         for stage in staged:
             w.client.delete_table(stage.strip("`"), not_found_ok=True)

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from enrollment.clients.services import storage_client
 from enrollment.config import WarehouseSettings
 from enrollment.core.errors import GateError
-from enrollment.core.layout import pending_object
+from enrollment.core.layout import CYCLE_MARKER, pending_object
 from enrollment.core.pii import Keyring
 from enrollment.core.windows import Window
 from enrollment.ingest.claim import claim
@@ -139,10 +139,18 @@ def test_a_cycle_killed_at_several_points_and_run_again_writes_everything_once(
     )
     assert f"resent {resent_valid}" in detail[0]["detail"], (detail, outcomes)
 
+    # The committing cycle marked it for the sync trains waiting (layout.CYCLE_MARKER).
+    marker = bucket.blob(CYCLE_MARKER)
+    marker.reload()
+    assert json.loads(marker.download_as_text())["batches"] >= 1, "by a cycle that committed"
+    generation = marker.generation
+
     # Everything again (a retried task with the same batches): nothing changes.
     again = run_cycle(warehouse, batches, WarehouseSettings())
     assert sorted(again.already) == sorted(b.batch_id for b in batches) and again.batches == []
     assert again.statements == {}, "a cycle that finds its batches done writes nothing"
+    marker.reload()
+    assert marker.generation == generation, "nor marks anything"
     assert_written_once(warehouse, batches, valid_ids(first) | valid_ids(second) | valid_ids(third))
 
 

@@ -380,6 +380,63 @@ def test_a_sync_train_goes_round_while_batches_wait_and_sums_the_rounds(monkeypa
     assert s.run.train(EchoSink(), ["EMEA"], 20, 7, 120) == {"rounds": 0}
 
 
+def test_a_sync_train_with_nothing_waiting_waits_for_the_next_cycle_within_its_bounds(monkeypatch):
+    """Nothing waits: the train watches the warehouse's cycle marker (every poll_s, up to
+    linger_s, never past train_s) and plans again once a cycle committed; without a cycle it
+    ends. The marker is read before each plan, so a cycle that commits between the plan and the
+    wait is not missed."""
+    import enrollment.sync.run as run_module
+    from enrollment.core.layout import CYCLE_MARKER
+
+    s = Setup()
+    waiting = [["b1"], [], ["b2"], [], []]
+    now = [0.0]
+    monkeypatch.setattr(run_module, "plan_all", lambda *a: {"EMEA": plan(*waiting.pop(0))})
+    s.run.write_all = lambda sink, plans: {"written": [plans["EMEA"].as_dict()], "failed": {}}
+    s.run.gate_all = lambda sink, written: written
+
+    def commit_all(gated):
+        now[0] += 10
+        last = gated["written"][0]["batches"][-1]["batch_id"]
+        return {"EMEA": {"batches": 1, "partners": 2, "stale": [], "watermark": last}}
+
+    s.run.commit_all = commit_all
+    slept: list[float] = []
+    cycle_after = [3]  # sleeps; a warehouse cycle commits while the train waits
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+        if len(slept) == cycle_after[0]:
+            s.bucket.put(CYCLE_MARKER, "{}")
+
+    def train(max_s: float, linger_s: float) -> dict:
+        return s.run.train(
+            EchoSink(),
+            ["EMEA"],
+            20,
+            7,
+            max_s,
+            clock=lambda: now[0],
+            linger_s=linger_s,
+            poll_s=1.0,
+            sleep=sleep,
+        )
+
+    out = train(120, 30)
+    assert out == {
+        "rounds": 2,
+        "EMEA": {"batches": 2, "partners": 4, "stale": [], "watermark": "b2"},
+    }, "b2 came with the cycle the train waited for"
+    assert len(slept) == 3 + 30 and now[0] == 53.0, "then 30 s without a cycle: the train ends"
+    assert waiting == [[]]
+
+    waiting[:], slept[:], now[0], cycle_after[0] = [["b1"], []], [], 0.0, 0
+    assert train(15, 30)["rounds"] == 1 and len(slept) == 5, "never past train_s (10 + 5 s)"
+    waiting[:], slept[:], now[0] = [[]], [], 0.0
+    assert train(120, 0) == {"rounds": 0} and slept == [], "linger_s 0: ends at once"
+
+
 class CountingSink(EchoSink):
     """A sink that counts how many writes run at the same time."""
 
