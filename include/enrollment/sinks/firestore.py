@@ -104,7 +104,8 @@ class _Protos:
             )
         from google.cloud.firestore_v1 import _helpers
 
-        return type(_helpers.encode_value(v)).pb(_helpers.encode_value(v))
+        value = _helpers.encode_value(v)
+        return type(value).pb(value)
 
     def fields(self, doc: Mapping[str, Any]) -> dict[str, Any]:
         return {k: self.encode(v) for k, v in doc.items()}
@@ -122,7 +123,13 @@ class _Protos:
         return self.write(
             update=self.document(name=path, fields=self.fields(doc)),
             update_mask=self.mask(field_paths=sorted(doc)),
-            current_document=self.precondition(update_time=update_time),
+            # A snapshot's update time keeps its nanoseconds (``DatetimeWithNanoseconds``), as the
+            # client sends it: a datetime would be cut to microseconds and never match.
+            current_document=self.precondition(
+                update_time=update_time.timestamp_pb()
+                if hasattr(update_time, "timestamp_pb")
+                else update_time
+            ),
         )
 
 
