@@ -96,7 +96,7 @@ class Runtime:
         """Sink syncs against the warehouse and the landing bucket."""
         from enrollment.sync.run import SyncRun
 
-        return SyncRun(self.warehouse, self.bucket)
+        return SyncRun(self.warehouse, self.bucket, keys=lambda: self.keyring)
 
     def sink(self, name: str) -> Sink:
         """The configured sink ``name`` (made once per task; ``sinks`` closes it)."""

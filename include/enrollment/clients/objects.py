@@ -4,6 +4,7 @@ range, so a retry finds them there), read and written by ``gs://`` URI."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
     import google.cloud.storage as gcs
-    from google.cloud.storage import Bucket
+    from google.cloud.storage import Blob, Bucket
 
 
 def write_once(bucket: Bucket, name: str, table: pa.Table) -> bool:
@@ -52,3 +53,28 @@ def write_parquet(storage: gcs.Client, uri: str, table: pa.Table) -> None:
     blob(storage, uri).upload_from_string(
         sink.getvalue(), content_type="application/vnd.apache.parquet"
     )
+
+
+def rewrite_parquet(blob: Blob, transform: Callable[[pa.Table], tuple[pa.Table, int]]) -> int:
+    """Rewrites a Parquet object through ``transform(table) -> (table, changed rows)``, only when
+    rows changed; guarded by its generation (a concurrent writer makes this fail, and the caller
+    runs again). 0 when the object does not exist."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        blob.reload()
+        table = pq.read_table(
+            io.BytesIO(blob.download_as_bytes(if_generation_match=blob.generation))
+        )
+    except NotFound:
+        return 0
+    table, changed = transform(table)
+    if changed:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        blob.upload_from_string(
+            buffer.getvalue(),
+            content_type="application/vnd.apache.parquet",
+            if_generation_match=blob.generation,
+        )
+    return changed

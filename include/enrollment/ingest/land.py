@@ -35,7 +35,14 @@ from enrollment.ingest.claim import advance_chain
 from enrollment.ingest.pending import mark_pending
 from enrollment.ingest.read import lost_below_watermark, read_range
 from enrollment.ingest.shape import p95_timestamp_ms, shape_batch
-from enrollment.ingest.suppression import anonymise_landed, erased_among, mentioned_ids, suppressed
+from enrollment.ingest.suppression import (
+    anonymise_batch_objects,
+    anonymise_landed,
+    erased_among,
+    index_generation,
+    mentioned_ids,
+    suppressed,
+)
 from enrollment.ingest.validation.validate import validate_guarded
 
 if TYPE_CHECKING:
@@ -63,11 +70,9 @@ def write_batch(
     raw = valid.select(["batch_id", "kafka_partition", "kafka_offset", "event_id", "event_json"])
     valid = valid.drop_columns(["event_json"])
     changes = partner_changes(valid)
-    erased = erased_among(
-        set(valid.column("partner_id").to_pylist()) | mentioned_ids(quarantine),
-        keyring,
-        suppressed(bucket),
-    )
+    partners = set(valid.column("partner_id").to_pylist()) | mentioned_ids(quarantine)
+    generation = index_generation(bucket)
+    erased = erased_among(partners, keyring, suppressed(bucket))
     # Partners erased before these events arrived (a resend, a rewind): they never land in clear.
     if erased:
         (valid, raw, quarantine, changes), counts = anonymise_landed(
@@ -81,12 +86,33 @@ def write_batch(
             counts["quarantined"],
             len(erased),
         )
-    write_once(bucket, f"{prefix}/valid.parquet", valid)
-    write_once(bucket, f"{prefix}/quarantine.parquet", quarantine)
-    write_once(bucket, f"{prefix}/raw.parquet", raw)
-    # The batch's partner changes, folded here where regions run in parallel, so the warehouse
-    # cycle reads one small object per batch instead of every event.
-    write_once(bucket, f"{prefix}/partners.parquet", changes)
+    fresh = [
+        write_once(bucket, f"{prefix}/valid.parquet", valid),
+        write_once(bucket, f"{prefix}/quarantine.parquet", quarantine),
+        write_once(bucket, f"{prefix}/raw.parquet", raw),
+        # The batch's partner changes, folded here where regions run in parallel, so the
+        # warehouse cycle reads one small object per batch instead of every event.
+        write_once(bucket, f"{prefix}/partners.parquet", changes),
+    ]
+    # Asked again once written, before the batch is queued: an erasure that began meanwhile, or
+    # objects an earlier attempt wrote before one began (kept by write_once), would otherwise be
+    # queued in clear, and the erasure, finding no queued batch, would not know of them.
+    late = (
+        erased_among(partners, keyring, suppressed(bucket))
+        if index_generation(bucket) != generation
+        else erased
+    )
+    if late and (late != erased or not all(fresh)):
+        counts = anonymise_batch_objects(bucket, prefix, late)
+        log.warning(
+            "land %s: %d partners erased while it landed: its objects rewritten without them (%s)",
+            batch_id,
+            len(late),
+            ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+        )
+        (valid, raw, quarantine, changes), _ = anonymise_landed(
+            valid, raw, quarantine, changes, late
+        )
     return valid, quarantine
 
 

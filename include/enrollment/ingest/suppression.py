@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from enrollment.clients.objects import rewrite_parquet
 from enrollment.contracts.spec import FORMATS
 from enrollment.core.layout import INDEX_OBJECT
 from enrollment.core.partners import ERASED
@@ -68,6 +69,19 @@ def suppressed(bucket: Bucket) -> frozenset[str]:
         return frozenset(json.loads(bucket.blob(INDEX_OBJECT).download_as_text())["tokens"])
     except NotFound:
         return frozenset()
+
+
+def index_generation(bucket: Bucket) -> int:
+    """The suppression index's generation (0 when none was ever written): a metadata read, so a
+    step can tell whether the list changed since it read it without reading it again."""
+    from google.api_core.exceptions import NotFound
+
+    blob = bucket.blob(INDEX_OBJECT)
+    try:
+        blob.reload()
+    except NotFound:
+        return 0
+    return int(blob.generation or 0)
 
 
 def suppress(bucket: Bucket, tokens: Iterable[str], attempts: int = 20) -> int:
@@ -227,3 +241,42 @@ def anonymise_landed(
         "quarantined": quarantined,
         "partner_changes": dropped,
     }
+
+
+def anonymise_batch_objects(bucket: Bucket, prefix: str, ids: set[str]) -> dict[str, int]:
+    """A landed batch's four objects under ``prefix`` rewritten in place with the partners erased
+    (rows keep their count); what changed, per object. Idempotent: a second call changes
+    nothing."""
+    found: dict[str, int] = {}
+    event_ids: set[str] = set()
+
+    def valid(table: pa.Table) -> tuple[pa.Table, int]:
+        nonlocal event_ids
+        table, event_ids = anonymise_valid(table, ids)
+        return table, len(event_ids)
+
+    found["events"] = rewrite_parquet(bucket.blob(f"{prefix}/valid.parquet"), valid)
+    found["raw"] = rewrite_parquet(
+        bucket.blob(f"{prefix}/raw.parquet"), lambda t: _raw_rewrite(t, ids, event_ids)
+    )
+    found["quarantined"] = rewrite_parquet(
+        bucket.blob(f"{prefix}/quarantine.parquet"), lambda t: anonymise_quarantine(t, ids)
+    )
+    found["partner_changes"] = rewrite_parquet(
+        bucket.blob(f"{prefix}/partners.parquet"), lambda t: drop_partners(t, ids)
+    )
+    return found
+
+
+def _raw_rewrite(raw: pa.Table, ids: set[str], event_ids: set[str]) -> tuple[pa.Table, int]:
+    # By the events' ids, and by any raw text still naming a partner (a rerun, whose valid rows
+    # were already anonymised and so no longer give the event ids).
+    mention = (
+        raw_mentions(raw.column("event_json"), ids) if raw.num_rows else pa.array([], pa.bool_())
+    )
+    hits = (
+        event_ids | set(raw.filter(mention).column("event_id").to_pylist())
+        if raw.num_rows
+        else set()
+    )
+    return anonymise_raw(raw, hits), len(hits)

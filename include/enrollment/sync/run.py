@@ -46,13 +46,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from enrollment.clients.bigquery import BigQuery
 from enrollment.clients.objects import read_parquet, write_parquet
 from enrollment.core.errors import GateError, SyncError, said
 from enrollment.core.layout import CYCLE_MARKER
+from enrollment.core.pii import Keyring
 from enrollment.core.windows import Window
+from enrollment.ingest.suppression import erased_among, suppressed
 from enrollment.sinks.base import Sink, SinkResult, summarise
 from enrollment.sync.plan import SyncPlan, plan_all, region_plan, touched
 from enrollment.sync.tables import SINK_QUARANTINE_SCHEMA, ensure_tables
@@ -78,6 +81,9 @@ class SyncRun:
     alert: Callable[[str], None] | None = (
         None  # called with the message when a batch is set aside (the DAG's alert callback)
     )
+    # The tokenising keys, asked for only when the suppression list holds someone (the DAGs pass
+    # the enrollment_pii connection's).
+    keys: Callable[[], Keyring] = Keyring.from_env
 
     def set_aside(self, plan: SyncPlan, reasons: dict[str, str]) -> dict[str, str]:
         """Batches a sink cannot read: a ``sync_<sink>`` ledger row with ok = false names each
@@ -155,11 +161,7 @@ class SyncRun:
         )
         if handed is not None:
             state, last, enrolled = handed
-            self._upload_manifest(plan, state)
-            result = sink.write(
-                state.drop_columns([SYNC_BATCH]).to_pylist() if state.num_columns else [],
-                enrolled,
-            )
+            result = self._write_unsuppressed(sink, plan, state, None, enrolled)
             return _written(plan, result, {}, "handover", t0)
         last, enrolled, unreadable = touched(self.warehouse, plan, from_warehouse)
         set_aside = self.set_aside(plan, unreadable) if unreadable else {}
@@ -177,14 +179,92 @@ class SyncRun:
                 "partners table "
                 "(erased meanwhile? the next run reads the rewritten batches)"
             )
-        self._upload_manifest(
-            plan,
+        manifest = (
             pa.Table.from_pylist([p | {SYNC_BATCH: last[p["partner_id"]]} for p in partners])
             if partners
-            else pa.table({}),
+            else pa.table({})
         )
-        result = sink.write(partners, enrolled)
+        result = self._write_unsuppressed(sink, plan, manifest, partners, enrolled)
         return _written(plan, result, set_aside, "warehouse", t0)
+
+    def _write_unsuppressed(
+        self,
+        sink: Sink,
+        plan: SyncPlan,
+        manifest: pa.Table,
+        partners: list[dict[str, Any]] | None,
+        enrolled: Mapping[str, str],
+    ) -> SinkResult:
+        """Hands ``manifest``'s partners (or ``partners``, the same rows as read) to the sink, but
+        none on the erasure's suppression list, asked just before the write and again just after
+        it: a partner suppressed meanwhile (the erasure may have deleted them from the sink before
+        this write landed) is deleted from the sink again and the rest written once more without
+        them. The erasure suppresses before it deletes, so either this write saw the partner
+        suppressed or the erasure's delete came after it (docs/decisions/0007)."""
+        erased: set[str] = set()
+        ids = manifest.column("partner_id").to_pylist() if manifest.num_rows else []
+        while True:
+            erased |= self._suppressed_among(ids)
+            kept = manifest
+            if erased and manifest.num_rows:
+                kept = manifest.filter(
+                    pc.invert(
+                        pc.fill_null(
+                            pc.is_in(
+                                manifest.column("partner_id"),
+                                value_set=pa.array(sorted(erased), pa.string()),
+                            ),
+                            False,
+                        )
+                    )
+                )
+            self._upload_manifest(plan, kept)
+            rows = (
+                [p for p in partners if p["partner_id"] not in erased]
+                if partners is not None
+                else (kept.drop_columns([SYNC_BATCH]).to_pylist() if kept.num_columns else [])
+            )
+            try:
+                result = sink.write(
+                    rows,
+                    {k: v for k, v in enrolled.items() if k not in erased} if erased else enrolled,
+                )
+            except Exception:
+                # Part of it may be written: what of it was suppressed meanwhile goes, then the
+                # write fails as it would have.
+                late = self._suppressed_among([p["partner_id"] for p in rows]) - erased
+                try:
+                    if late:
+                        sink.erase(sorted(late))
+                except Exception:
+                    log.exception(
+                        "sync %s %s: %d partners erased during a failed write may be in the "
+                        "sink: run their erasure again once it answers",
+                        sink.name,
+                        plan.region,
+                        len(late),
+                    )
+                raise
+            late = self._suppressed_among([p["partner_id"] for p in rows]) - erased
+            if not late:
+                return result
+            sink.erase(sorted(late))
+            log.warning(
+                "sync %s %s: %d partners erased during the write: deleted from the sink again, "
+                "the others written again",
+                sink.name,
+                plan.region,
+                len(late),
+            )
+            erased |= late
+
+    def _suppressed_among(self, partner_ids: list[str]) -> set[str]:
+        """The ids on the erasure's suppression list (read now; no key needed while it is
+        empty)."""
+        tokens = suppressed(self.bucket)
+        if not tokens or not partner_ids:
+            return set()
+        return erased_among(partner_ids, self.keys(), tokens)
 
     def _upload_manifest(self, plan: SyncPlan, handed: pa.Table) -> None:
         """What this sink was handed, kept for its gate (and its commit's per-batch counts)."""

@@ -15,12 +15,15 @@ import pytest
 
 from enrollment.clients.bigquery import BigQuery
 from enrollment.core.errors import GateError, SyncError
+from enrollment.core.layout import INDEX_OBJECT
+from enrollment.core.pii import Keyring
 from enrollment.sinks.base import SinkResult
 from enrollment.sync.plan import SyncPlan
 from enrollment.sync.run import SyncRun
 from enrollment.warehouse.tables import LEDGER_SCHEMA
 from tests.unit.fakes import FakeBigQuery, FakeBucket, FakeStorage
 
+KEYS = Keyring.from_secret("k1", "unit-test-key-of-32-bytes-000000")
 AT = {f"b{i}": datetime(2026, 11, 20, 10, i, tzinfo=UTC) for i in range(1, 4)}
 TABLES = {
     "p.o.ledger": [c for c, _ in LEDGER_SCHEMA],
@@ -466,3 +469,71 @@ def test_a_sink_that_says_so_gets_its_regions_one_after_another(monkeypatch):
     sink = CountingSink()
     out = s.run.write_all(sink, {r: plan("b1", region=r) for r in ("EMEA", "APAC", "LATAM")})
     assert len(out["written"]) == 3 and sink.most == 1
+
+
+class ErasedMidWrite(EchoSink):
+    """A sink during whose first write the erasure suppresses ``victim`` (and, ``fails``, the
+    write then fails); it records what each write was handed and what it was asked to erase."""
+
+    def __init__(self, bucket: FakeBucket, victim: str, fails: bool = False):
+        super().__init__()
+        self.bucket, self.victim, self.fails = bucket, victim, fails
+        self.handed: list[list[str]] = []
+        self.erased: list[list[str]] = []
+
+    def write(self, partners, enrolled):
+        self.handed.append(sorted(p["partner_id"] for p in partners))
+        if len(self.handed) == 1:
+            self.bucket.put_json(INDEX_OBJECT, {"tokens": [KEYS.token(self.victim, "partner_id")]})
+            if self.fails:
+                raise RuntimeError("connection reset")
+        return SinkResult("solr", partners=len(partners), written=len(partners))
+
+    def erase(self, partner_ids):
+        self.erased.append(list(partner_ids))
+        return {"deleted": len(partner_ids), "remaining": 0}
+
+
+def _erasure_setup(monkeypatch, sink_fails: bool = False):
+    import enrollment.sync.run as run_module
+
+    s = Setup()
+    s.run.keys = lambda: KEYS
+    s.run.current_state = lambda ids: [{"partner_id": i, "partner_version": 1} for i in ids]
+    monkeypatch.setattr(run_module, "touched", lambda w, p, f: ({"EM1": "b1", "EM2": "b1"}, {}, {}))
+    return s, ErasedMidWrite(s.bucket, "EM1", fails=sink_fails)
+
+
+def test_a_partner_suppressed_during_a_sink_write_is_deleted_again_and_left_out(monkeypatch):
+    s, sink = _erasure_setup(monkeypatch)
+    p = plan("b1")
+    written = s.run.write(sink, p)
+    assert sink.handed == [["EM1", "EM2"], ["EM2"]], "written once more without them"
+    assert sink.erased == [["EM1"]], "deleted from the sink after the write"
+    assert written["result"]["partners"] == 1
+    manifest = pq.read_table(io.BytesIO(s.bucket.objects[p.manifest_object]["data"]))
+    assert manifest.column("partner_id").to_pylist() == ["EM2"], "the gate reads what it holds"
+
+    # Suppressed before the write: never handed, nothing to undo.
+    again = ErasedMidWrite(s.bucket, "EM1")
+    s.run.write(again, p)
+    assert again.handed[0] == ["EM2"] and again.erased == []
+
+
+def test_a_failing_sink_write_still_deletes_who_was_suppressed_during_it(monkeypatch):
+    s, sink = _erasure_setup(monkeypatch, sink_fails=True)
+    with pytest.raises(RuntimeError, match="connection reset"):
+        s.run.write(sink, plan("b1"))
+    assert sink.erased == [["EM1"]]
+
+
+def test_no_key_is_asked_for_while_nobody_is_suppressed(monkeypatch):
+    s, _ = _erasure_setup(monkeypatch)
+
+    def no_key():
+        raise AssertionError("the key was asked for")
+
+    s.run.keys = no_key
+    sink = EchoSink()
+    sink.write = lambda partners, enrolled: SinkResult("solr", partners=len(partners))
+    assert s.run.write(sink, plan("b1"))["result"]["partners"] == 2

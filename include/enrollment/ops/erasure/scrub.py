@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from enrollment.clients.objects import rewrite_parquet
 from enrollment.core.batch import batch_region, landing_prefix
 from enrollment.core.layout import PENDING_PREFIX, SET_ASIDE_PREFIX, handover_object
 from enrollment.core.partners import ERASED
 from enrollment.ingest.suppression import (
     PERSONAL_COLUMNS,
-    anonymise_quarantine,
-    anonymise_raw,
-    anonymise_valid,
+    anonymise_batch_objects,
     drop_partners,
     holds,
     mask,
@@ -29,57 +28,16 @@ from enrollment.ingest.suppression import (
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
-    from google.cloud.storage import Blob, Bucket
+    from google.cloud.storage import Bucket
 
     from enrollment.clients.bigquery import BigQuery
 
 
-def _rewrite(blob: Blob, transform: Callable[[pa.Table], tuple[pa.Table, int]]) -> int:
-    """Rewrites a Parquet object through ``transform(table) -> (table, changed rows)``; guarded by
-    its generation (a concurrent writer makes this fail, and the step is run again)."""
-    from google.api_core.exceptions import NotFound
-
-    try:
-        blob.reload()
-        table = pq.read_table(
-            io.BytesIO(blob.download_as_bytes(if_generation_match=blob.generation))
-        )
-    except NotFound:
-        return 0
-    table, changed = transform(table)
-    if changed:
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        blob.upload_from_string(
-            buffer.getvalue(),
-            content_type="application/vnd.apache.parquet",
-            if_generation_match=blob.generation,
-        )
-    return changed
-
-
 def scrub_batch(bucket: Bucket, batch_id: str, ids: set[str]) -> dict[str, int]:
-    """Rewrites a landed batch without the partners (its four objects; rows keep their count)."""
-    prefix = landing_prefix(batch_id)
-    found: dict[str, int] = {}
-    event_ids: set[str] = set()
-
-    def valid(table: pa.Table) -> tuple[pa.Table, int]:
-        nonlocal event_ids
-        table, event_ids = anonymise_valid(table, ids)
-        return table, len(event_ids)
-
-    found["events"] = _rewrite(bucket.blob(f"{prefix}/valid.parquet"), valid)
-    found["raw"] = _rewrite(
-        bucket.blob(f"{prefix}/raw.parquet"), lambda t: _raw_rewrite(t, ids, event_ids)
-    )
-    found["quarantined"] = _rewrite(
-        bucket.blob(f"{prefix}/quarantine.parquet"), lambda t: anonymise_quarantine(t, ids)
-    )
-    found["partner_changes"] = _rewrite(
-        bucket.blob(f"{prefix}/partners.parquet"), lambda t: drop_partners(t, ids)
-    )
-    found["handover"] = _rewrite(
+    """Rewrites a landed batch without the partners (its four objects; rows keep their count) and
+    its hand-over."""
+    found = anonymise_batch_objects(bucket, landing_prefix(batch_id), ids)
+    found["handover"] = rewrite_parquet(
         bucket.blob(handover_object(batch_region(batch_id), batch_id)),
         lambda t: drop_partners(t, ids),
     )
@@ -93,20 +51,6 @@ def scrub_landed(bucket: Bucket, batch_ids: Iterable[str], ids: set[str]) -> dic
         for k, v in scrub_batch(bucket, batch_id, ids).items():
             landed[k] += v
     return landed
-
-
-def _raw_rewrite(raw: pa.Table, ids: set[str], event_ids: set[str]) -> tuple[pa.Table, int]:
-    # By the events' ids, and by any raw text still naming a partner (a rerun, whose valid rows
-    # were already anonymised and so no longer give the event ids).
-    mention = (
-        raw_mentions(raw.column("event_json"), ids) if raw.num_rows else pa.array([], pa.bool_())
-    )
-    hits = (
-        event_ids | set(raw.filter(mention).column("event_id").to_pylist())
-        if raw.num_rows
-        else set()
-    )
-    return anonymise_raw(raw, hits), len(hits)
 
 
 def _mentions(column: str, ids: Sequence[str]) -> tuple[str, list[bigquery.ScalarQueryParameter]]:
@@ -223,7 +167,7 @@ def scrub_objects(
         for region in regions:
             for blob in bucket.list_blobs(prefix=f"sinks/{sink}/{region}/"):
                 if blob.name.endswith(".parquet"):
-                    out["handover_rows"] += _rewrite(
+                    out["handover_rows"] += rewrite_parquet(
                         blob,
                         lambda t: (
                             drop_partners(t, ids) if "partner_id" in t.column_names else (t, 0)
@@ -238,7 +182,7 @@ def scrub_objects(
                     pass
     for blob in bucket.list_blobs(prefix="reconciliation/"):
         if blob.name.endswith(".parquet"):
-            out["reconciliation_rows"] += _rewrite(blob, lambda t: _mask_count(t, ids))
+            out["reconciliation_rows"] += rewrite_parquet(blob, lambda t: _mask_count(t, ids))
     return out
 
 
