@@ -200,7 +200,9 @@ class SolrSink(Sink):
             query = "id:(" + " OR ".join(quote(pid) for pid in present) + ")"
             response = self.http.post(
                 f"{self.url}/update",
-                params={"commit": "true", "wt": "json"},
+                # expungeDeletes: the segments holding them are rewritten (the configset's merge
+                # policy leaves no deleted document behind), not only marked deleted.
+                params={"commit": "true", "expungeDeletes": "true", "wt": "json"},
                 json={"delete": {"query": query}},
             )
             if response.status_code != 200:

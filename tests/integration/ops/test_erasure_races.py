@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 
@@ -207,3 +208,9 @@ def test_a_sync_paused_between_its_read_and_its_write_while_the_erasure_runs_wri
     assert f"sync_{name}" in Ledger(warehouse).balance(batch_id), "the batch's sync is recorded"
     # The erasure's verify would find nothing: a delete now finds nothing to delete.
     assert sinks[name].erase([victim])["remaining"] == 0
+    if name == "solr":
+        # Nor any segment: the erasure's commit expunged the deleted documents.
+        luke = httpx.get(
+            f"{sinks['solr'].url}/admin/luke", params={"numTerms": 0, "wt": "json"}
+        ).json()
+        assert luke["index"]["deletedDocs"] == 0, luke["index"]
