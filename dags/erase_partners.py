@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 CONFIG = load_config()
 SINKS = list(CONFIG.sinks)
+REGIONS = [r.code for r in CONFIG.regions]
 
 DOC_MD = f"""
 ### Erase partners
@@ -30,14 +31,20 @@ Honours a request to erase partners (GDPR art. 17, LGPD art. 18, CCPA, PIPA): **
    from now on `land` anonymises whatever of theirs still arrives (Kafka keeps its copy until the
    topic's retention; a rewind or a producer resending never brings them back).
 2. **settle** — waits `settle_seconds` so that a batch landing at this moment is written and found.
-3. **warehouse** (the warehouse writer's slot) — the landed batches holding them are rewritten row
-   for row (events anonymised, raw JSON reduced to the envelope, quarantined bytes dropped, partner
+3. **warehouse** (the warehouse writer's slot) — the landed batches holding them (through the
+   warehouse, the queued and set-aside batches, every recovery batch) are rewritten row for row
+   (events anonymised, raw JSON reduced to the envelope, quarantined bytes dropped, partner
    changes removed: the ledger's counts stay true), then `events`, `quarantine`, `sink_quarantine`
    anonymised, `partners` deleted, past reconciliation lists cleared.
 4. **sinks** — {", ".join(SINKS)}: documents and rows deleted; Marketing Cloud's contacts deleted.
 5. **objects** — welcome-journey claims deleted, sync hand-over copies and reconciliation day files
    rewritten without them.
-6. **verify** — every store read again; the run fails if anything of theirs remains.
+6. **verify** — every store read again (and the batches queued since); the run fails if anything
+   of theirs remains.
+
+A land or a sync racing the erasure asks the suppression list again after writing and undoes
+its own write (docs/decisions/0007): the order above (suppress first, delete after) is what
+makes that safe.
 
 Each step writes `{CONFIG.ops_dataset}.erasures` (store, items, ok) with the partner's **token**,
 the reason and the ticket — never the id. XCom and logs carry counts only. Safe to run again (the
@@ -126,7 +133,7 @@ def erase_partners() -> None:
         rt = Runtime.for_task()
         e = _erasure(rt, params or {})
         batches = scrub.batches_holding(
-            e.warehouse, e.bucket, rt.config.consumer_group, e.request.partner_ids
+            e.warehouse, e.bucket, rt.config.consumer_group, e.request.partner_ids, REGIONS
         )
         landed = scrub.scrub_landed(e.bucket, batches, e.ids)
         e.record(
@@ -188,9 +195,13 @@ def erase_partners() -> None:
             f"bigquery.{k}": v
             for k, v in scrub.remaining_in_warehouse(e.warehouse, e.request.partner_ids).items()
         }
-        left["landed_batches"] = sum(
-            scrub.remaining_in_batch(e.bucket, b, e.ids) for b in scrubbed["batches"]
+        # The batches scrubbed, and any queued since (a land racing the erasure rewrites its own).
+        batches = set(scrubbed["batches"]) | set(
+            scrub.batches_holding(
+                e.warehouse, e.bucket, rt.config.consumer_group, e.request.partner_ids, REGIONS
+            )
         )
+        left["landed_batches"] = sum(scrub.remaining_in_batch(e.bucket, b, e.ids) for b in batches)
         with rt.sinks(*SINKS) as sinks:
             for sink, target in sinks.items():
                 left[sink] = int(target.erase(list(e.request.partner_ids)).get("remaining", 0))

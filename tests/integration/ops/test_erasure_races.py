@@ -42,12 +42,12 @@ class Killed(Exception):
     """The writer's process dying at the hook (what a SIGKILL leaves behind: nothing after it)."""
 
 
-def erase(warehouse, bucket, group: str, pid: str, sinks=()) -> dict:
+def erase(warehouse, bucket, group: str, pid: str, sinks=(), regions=(REGION,)) -> dict:
     """The erasure's steps in the DAG's order (suppress, warehouse with the landed batches, sinks),
     as ``erase_partners`` runs them; what each found."""
     keyring = Keyring.from_env()
     suppression.suppress(bucket, [keyring.token(pid, "partner_id")])
-    batches = scrub.batches_holding(warehouse, bucket, group, [pid])
+    batches = scrub.batches_holding(warehouse, bucket, group, [pid], regions)
     return {
         "batches": batches,
         "landed": scrub.scrub_landed(bucket, batches, {pid}),

@@ -25,6 +25,7 @@ from enrollment.core.pii import Keyring
 from enrollment.ingest.claim import claim
 from enrollment.ingest.land import land
 from enrollment.ingest.pending import mark_pending, pending_batches
+from enrollment.ops.erasure import scrub
 from enrollment.ops.recovery.plan import OUTCOMES, plan
 from enrollment.ops.recovery.request import RecoveryRequest
 from enrollment.ops.recovery.run import land_recovery, recover
@@ -437,3 +438,90 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
         "warehouse",
         *(f"sync_{n}" for n in config.sinks),
     }
+
+
+def test_a_recovery_batch_left_behind_by_a_crash_and_an_erasure_keeps_no_one_in_clear(
+    stack, pipeline, monkeypatch
+):
+    """A recovery run dies after writing its batch, before queueing it; an erasure of one of its
+    partners runs; the next recovery leaves the erased partner's message out, so it is another
+    batch: the first one's objects are queued by nobody. The erasure finds them all the same, and
+    neither batch holds the partner."""
+    import enrollment.ops.recovery.run as recovery_run
+    from tests.integration.ops.test_erasure_races import Killed, erase, values_naming
+
+    config, w, bucket, _ = pipeline
+    keyring, bootstrap = Keyring.from_env(), stack.kafka_bootstrap
+    emea = config.region("EMEA")
+    austrians = austrian_enrollments(3)
+    victim = austrians[0]
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+
+    def quarantined(events: list[dict]) -> None:
+        """Produced, landed and warehoused under today's contract: quarantined."""
+        for e in events:
+            producer.produce(emea.topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
+        assert producer.flush(30) == 0
+        land(
+            bootstrap,
+            claim(
+                bootstrap,
+                config.consumer_group,
+                "EMEA",
+                emea.topic,
+                emea.partitions,
+                bucket,
+                max_batch=1_000,
+            ),
+            bucket,
+            keyring,
+        )
+        raise_failed(run_cycle(w, pending_batches(bucket, config.consumer_group), config.warehouse))
+
+    quarantined(austrians)
+    request = RecoveryRequest.parse(
+        {"region": "EMEA", "reasons": [REASON], "dry_run": False}, [r.code for r in config.regions]
+    )
+    before = set(recovery_objects(bucket))
+    armed = True
+
+    def dies_before_queueing(bucket_, landed) -> None:
+        if armed:
+            raise Killed("before the pending record")
+        mark_pending(bucket_, landed)
+
+    monkeypatch.setattr(recovery_run, "mark_pending", dies_before_queueing)
+    with austria_joins_emea(monkeypatch), pytest.raises(Killed):
+        recover(w, bucket, keyring, bootstrap, config, request, dag_run="crashed")
+    armed = False
+    (orphan,) = {name.split("/")[2] for name in set(recovery_objects(bucket)) - before}
+    assert values_naming(bucket, f"landing/EMEA/{orphan}", [victim["partner_id"]])
+    assert orphan not in {b.batch_id for b in pending_batches(bucket, config.consumer_group)}
+
+    found = erase(w, bucket, config.consumer_group, victim["partner_id"], regions=["EMEA"])
+    assert orphan in found["batches"], "the erasure lists the recovery batches"
+    personal = [
+        victim["partner_id"],
+        victim["payload"]["email"],
+        victim["payload"]["first_name"],
+        victim["payload"]["last_name"],
+    ]
+    assert values_naming(bucket, f"landing/EMEA/{orphan}", personal) == []
+
+    with austria_joins_emea(monkeypatch):
+        done = recover(w, bucket, keyring, bootstrap, config, request, dag_run="rerun")
+    again = done["batches"]["EMEA"]
+    assert again["batch_id"] != orphan and again["events"] == 2 and again["queued"]
+    assert done["total"]["erased"] == 1, "the erased partner's message is not recovered"
+    assert values_naming(bucket, f"landing/EMEA/{again['batch_id']}", personal) == []
+    raise_failed(run_cycle(w, pending_batches(bucket, config.consumer_group), config.warehouse))
+    assert scrub.remaining_in_warehouse(w, [victim["partner_id"]]) == {
+        "events": 0,
+        "partners": 0,
+        "quarantine": 0,
+        "sink_quarantine": 0,
+    }
+    assert {
+        r["partner_id"]
+        for r in w.run(f"SELECT partner_id FROM {w.table('partners')} WHERE partner_id != 'erased'")
+    } == {e["partner_id"] for e in austrians[1:]}

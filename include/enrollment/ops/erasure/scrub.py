@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from enrollment.clients.objects import rewrite_parquet
-from enrollment.core.batch import batch_region, landing_prefix
+from enrollment.core.batch import RECOVERY_PREFIX, batch_region, landing_prefix
 from enrollment.core.layout import PENDING_PREFIX, SET_ASIDE_PREFIX, handover_object
 from enrollment.core.partners import ERASED
 from enrollment.ingest.suppression import (
@@ -65,9 +65,14 @@ def _mentions(column: str, ids: Sequence[str]) -> tuple[str, list[bigquery.Scala
     )
 
 
-def batches_holding(w: BigQuery, bucket: Bucket, group: str, ids: Sequence[str]) -> list[str]:
+def batches_holding(
+    w: BigQuery, bucket: Bucket, group: str, ids: Sequence[str], regions: Sequence[str] = ()
+) -> list[str]:
     """The landed batches holding the partners: by the warehouse (events by partner, quarantine by
-    partner or raw bytes), and the batches still queued or set aside (not in the warehouse yet).
+    partner or raw bytes), the batches still queued or set aside (not in the warehouse yet), and
+    every recovery batch of ``regions`` (a recovery run that died before queueing its batch, then
+    ran again over a different set of messages, left objects nothing queues; recovery batches are
+    few, one per region and run, and scrubbing one that does not hold them changes nothing).
 
     The warehouse queries read every partition (an erasure is rare; ``events`` is clustered by
     partner, so BigQuery reads only the blocks that can hold the ids)."""
@@ -93,6 +98,9 @@ def batches_holding(w: BigQuery, bucket: Bucket, group: str, ids: Sequence[str])
     for prefix in (f"{PENDING_PREFIX}{group}/", f"{SET_ASIDE_PREFIX}{group}/"):
         for blob in bucket.list_blobs(prefix=prefix):
             found.add(blob.name.rsplit("/", 1)[-1].removesuffix(".json"))
+    for region in regions:
+        for blob in bucket.list_blobs(prefix=f"landing/{region}/{RECOVERY_PREFIX}"):
+            found.add(blob.name.split("/")[2])
     return sorted(found)
 
 
