@@ -99,6 +99,12 @@ class Sink(ABC):
     # Whether a sync run may write and read back several regions at once (threads). A sink whose
     # service mis-serves concurrent writers says False, and its regions go one after another.
     regions_at_once: bool = True
+    # Whether the service itself refuses a partner's state older than the one it holds (a
+    # revision guard: Firestore's update precondition, Solr's version constraint). A sink that
+    # says False is handed the warehouse's current state by replays and resyncs, read again after
+    # each write until nothing newer was committed meanwhile: a stale state never has the last
+    # word (``SyncRun.write``).
+    guards_revisions: bool = False
 
     @abstractmethod
     def write(self, partners: Sequence[Partner], enrolled: Mapping[str, str]) -> SinkResult: ...

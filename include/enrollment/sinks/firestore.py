@@ -143,6 +143,7 @@ def _revision_of(snap: DocumentSnapshot[DocumentReference]) -> int:
 
 class FirestoreSink(Sink):
     name = "firestore"
+    guards_revisions = True  # every update carries the read document's update time
 
     def __init__(
         self,

@@ -83,6 +83,7 @@ class SolrSink(Sink):
     # partners a round (the gate failed; its retries added ~2 minutes), never with one region
     # after another.
     regions_at_once = False
+    guards_revisions = True  # the configset's version constraint on ``revision``
 
     def __init__(
         self,

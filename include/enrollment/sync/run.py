@@ -56,7 +56,7 @@ from enrollment.core.layout import CYCLE_MARKER
 from enrollment.core.pii import Keyring
 from enrollment.core.windows import Window
 from enrollment.ingest.suppression import erased_among, suppressed
-from enrollment.sinks.base import Sink, SinkResult, summarise
+from enrollment.sinks.base import Sink, SinkResult, revision, summarise
 from enrollment.sync.plan import SyncPlan, plan_all, region_plan, touched
 from enrollment.sync.tables import SINK_QUARANTINE_SCHEMA, ensure_tables
 from enrollment.warehouse.handover import SYNC_BATCH, read_handovers
@@ -66,6 +66,10 @@ if TYPE_CHECKING:
     import google.cloud.storage as gcs
 
 log = logging.getLogger(__name__)
+
+# Writes of one plan to a sink without a revision guard, each read again, before the run gives up
+# on partners that keep changing (each cycle commits once a minute or so: two are plenty).
+STALE_ROUNDS = 5
 
 
 @dataclass
@@ -171,21 +175,41 @@ class SyncRun:
             plan.bucket,
             [b for b in plan.batches if b["batch_id"] not in set_aside],
         )
-        partners = self.current_state(sorted(last))
-        missing = set(last) - {p["partner_id"] for p in partners}
-        if missing:
-            raise GateError(
-                f"sync {sink.name}: {len(missing)} partners of the plan are not in the warehouse's "
-                "partners table "
-                "(erased meanwhile? the next run reads the rewritten batches)"
+        for _ in range(STALE_ROUNDS):
+            partners = self.current_state(sorted(last))
+            missing = set(last) - {p["partner_id"] for p in partners}
+            if missing:
+                raise GateError(
+                    f"sync {sink.name}: {len(missing)} partners of the plan are not in the "
+                    "warehouse's partners table "
+                    "(erased meanwhile? the next run reads the rewritten batches)"
+                )
+            manifest = (
+                pa.Table.from_pylist([p | {SYNC_BATCH: last[p["partner_id"]]} for p in partners])
+                if partners
+                else pa.table({})
             )
-        manifest = (
-            pa.Table.from_pylist([p | {SYNC_BATCH: last[p["partner_id"]]} for p in partners])
-            if partners
-            else pa.table({})
+            result = self._write_unsuppressed(sink, plan, manifest, partners, enrolled)
+            if getattr(sink, "guards_revisions", False) or not self._newer_since(partners):
+                return _written(plan, result, set_aside, "warehouse", t0)
+            log.info(
+                "sync %s %s: partners changed in the warehouse while written: written again",
+                sink.name,
+                plan.region,
+            )
+        raise SyncError(
+            f"sync {sink.name} {plan.region}: the partners kept changing in the warehouse over "
+            f"{STALE_ROUNDS} writes; run it again"
         )
-        result = self._write_unsuppressed(sink, plan, manifest, partners, enrolled)
-        return _written(plan, result, set_aside, "warehouse", t0)
+
+    def _newer_since(self, partners: list[dict[str, Any]]) -> bool:
+        """Whether the warehouse now holds a newer state of any of these partners (a sink without
+        a revision guard may have been written that newer state by another run meanwhile, then
+        this one's older state over it)."""
+        written = {p["partner_id"]: revision(p) for p in partners}
+        return bool(written) and any(
+            revision(p) > written[p["partner_id"]] for p in self.current_state(sorted(written))
+        )
 
     def _write_unsuppressed(
         self,
