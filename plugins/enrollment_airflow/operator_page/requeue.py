@@ -66,15 +66,24 @@ async def api_requeue(request: Request, user: Viewer) -> JSONResponse:
     return JSONResponse(await trigger(request, conf), status_code=status.HTTP_201_CREATED)
 
 
-def _api_base(request: Request) -> str:
+def api_base() -> str:
+    """Airflow's REST API as this api-server reaches itself: ``[api] base_url`` when it is a URL,
+    else its own ``[api] host`` and ``port`` (a wildcard bind is reached on the loopback; https
+    when ``[api] ssl_cert`` is set). Never from the request: its Host and X-Forwarded-* headers
+    are the caller's to write, and the caller's token would follow them."""
     from airflow.configuration import conf
 
-    base = conf.get("api", "base_url", fallback="") or ""
-    return (
-        base.rstrip("/")
-        if base.startswith("http")
-        else f"{request.url.scheme}://{request.url.netloc}"
-    )
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    if base.startswith(("http://", "https://")):
+        return base
+    host = (conf.get("api", "host", fallback="") or "").strip() or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    port = conf.getint("api", "port", fallback=8080)
+    scheme = "https" if conf.get("api", "ssl_cert", fallback="") else "http"
+    return f"{scheme}://{host}:{port}{base}"
 
 
 async def trigger(request: Request, conf: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +92,7 @@ async def trigger(request: Request, conf: dict[str, Any]) -> dict[str, Any]:
     token = _token(request)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(
-        base_url=f"{_api_base(request)}/api/v2", headers=headers, timeout=30
+        base_url=f"{api_base()}/api/v2", headers=headers, timeout=30
     ) as client:
         dag = await client.get(f"/dags/{REQUEUE_DAG}")
         if dag.status_code != 200:
