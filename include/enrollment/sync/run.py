@@ -285,10 +285,10 @@ class SyncRun:
     def _suppressed_among(self, partner_ids: list[str]) -> set[str]:
         """The ids on the erasure's suppression list (read now; no key needed while it is
         empty)."""
-        tokens = suppressed(self.bucket)
-        if not tokens or not partner_ids:
+        if not partner_ids:
             return set()
-        return erased_among(partner_ids, self.keys(), tokens)
+        tokens = suppressed(self.bucket)
+        return erased_among(partner_ids, self.keys(), tokens) if tokens else set()
 
     def _upload_manifest(self, plan: SyncPlan, handed: pa.Table) -> None:
         """What this sink was handed, kept for its gate (and its commit's per-batch counts)."""
