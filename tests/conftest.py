@@ -45,9 +45,13 @@ SUITE_CONFIG = ROOT / ".stack" / "test-pipeline.yaml"
 
 
 def with_suite_timeliness(raw: dict) -> dict:
-    """A raw pipeline configuration with the suite's gates of timeliness."""
+    """A raw pipeline configuration with the suite's gates of timeliness, and sync runs that end
+    once nothing waits: in production a train waits up to ``sync.linger_s`` (30 s) for the next
+    cycle, which in the suite is 30 s of every sync DAG run a test waits for (the linger has its
+    own tests, with their own bounds)."""
     raw["freshness_sla_s"] = SUITE_FRESHNESS_SLA_S
     raw["canary"] = {**(raw.get("canary") or {}), "within_s": SUITE_CANARY_WITHIN_S}
+    raw["sync"] = {**(raw.get("sync") or {}), "linger_s": 0}
     return raw
 
 
