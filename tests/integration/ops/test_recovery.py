@@ -157,6 +157,21 @@ def _exists(w, name: str, ops: bool = False) -> bool:
     }
 
 
+def land_emea(bootstrap: str, config, bucket, keyring) -> None:
+    """Claims and lands what EMEA's topic holds for the pipeline's group, as one batch."""
+    emea = config.region("EMEA")
+    manifest = claim(
+        bootstrap,
+        config.consumer_group,
+        "EMEA",
+        emea.topic,
+        emea.partitions,
+        bucket,
+        max_batch=1_000,
+    )
+    land(bootstrap, manifest, bucket, keyring)
+
+
 def recovery_objects(bucket) -> list[str]:
     """Every recovery batch's objects in the (shared) landing bucket."""
     return sorted(
@@ -364,20 +379,7 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
             timestamp=three_days_ago,
         )
     assert producer.flush(30) == 0
-    land(
-        bootstrap,
-        claim(
-            bootstrap,
-            config.consumer_group,
-            "EMEA",
-            emea.topic,
-            emea.partitions,
-            bucket,
-            max_batch=1_000,
-        ),
-        bucket,
-        keyring,
-    )
+    land_emea(bootstrap, config, bucket, keyring)
     warehouse_and_sync(config, w, bucket, sinks)
     request = RecoveryRequest.parse(
         {"region": "EMEA", "reasons": [REASON], "dry_run": False}, [r.code for r in config.regions]
@@ -448,37 +450,20 @@ def test_a_recovery_batch_left_behind_by_a_crash_and_an_erasure_keeps_no_one_in_
     batch: the first one's objects are queued by nobody. The erasure finds them all the same, and
     neither batch holds the partner."""
     import enrollment.ops.recovery.run as recovery_run
-    from tests.integration.ops.test_erasure_races import Killed, erase, values_naming
+    from tests.integration.ops.test_erasure_races import Killed, erase, personal, values_naming
 
     config, w, bucket, _ = pipeline
     keyring, bootstrap = Keyring.from_env(), stack.kafka_bootstrap
     emea = config.region("EMEA")
     austrians = austrian_enrollments(3)
     victim = austrians[0]
+    # Produced, landed and warehoused under today's contract: quarantined.
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
-
-    def quarantined(events: list[dict]) -> None:
-        """Produced, landed and warehoused under today's contract: quarantined."""
-        for e in events:
-            producer.produce(emea.topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
-        assert producer.flush(30) == 0
-        land(
-            bootstrap,
-            claim(
-                bootstrap,
-                config.consumer_group,
-                "EMEA",
-                emea.topic,
-                emea.partitions,
-                bucket,
-                max_batch=1_000,
-            ),
-            bucket,
-            keyring,
-        )
-        raise_failed(run_cycle(w, pending_batches(bucket, config.consumer_group), config.warehouse))
-
-    quarantined(austrians)
+    for e in austrians:
+        producer.produce(emea.topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
+    assert producer.flush(30) == 0
+    land_emea(bootstrap, config, bucket, keyring)
+    raise_failed(run_cycle(w, pending_batches(bucket, config.consumer_group), config.warehouse))
     request = RecoveryRequest.parse(
         {"region": "EMEA", "reasons": [REASON], "dry_run": False}, [r.code for r in config.regions]
     )
@@ -500,20 +485,14 @@ def test_a_recovery_batch_left_behind_by_a_crash_and_an_erasure_keeps_no_one_in_
 
     found = erase(w, bucket, config.consumer_group, victim["partner_id"], regions=["EMEA"])
     assert orphan in found["batches"], "the erasure lists the recovery batches"
-    personal = [
-        victim["partner_id"],
-        victim["payload"]["email"],
-        victim["payload"]["first_name"],
-        victim["payload"]["last_name"],
-    ]
-    assert values_naming(bucket, f"landing/EMEA/{orphan}", personal) == []
+    assert values_naming(bucket, f"landing/EMEA/{orphan}", personal(victim)) == []
 
     with austria_joins_emea(monkeypatch):
         done = recover(w, bucket, keyring, bootstrap, config, request, dag_run="rerun")
     again = done["batches"]["EMEA"]
     assert again["batch_id"] != orphan and again["events"] == 2 and again["queued"]
     assert done["total"]["erased"] == 1, "the erased partner's message is not recovered"
-    assert values_naming(bucket, f"landing/EMEA/{again['batch_id']}", personal) == []
+    assert values_naming(bucket, f"landing/EMEA/{again['batch_id']}", personal(victim)) == []
     raise_failed(run_cycle(w, pending_batches(bucket, config.consumer_group), config.warehouse))
     assert scrub.remaining_in_warehouse(w, [victim["partner_id"]]) == {
         "events": 0,
