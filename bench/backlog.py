@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from bench.common import local_stack, write
+from enrollment.clients.kafka import KafkaSettings
 from enrollment.ingest.backlog import BacklogWatch, measure
 
 QUESTIONS = int(os.environ.get("BENCH_BACKLOG_QUESTIONS", "60"))
@@ -40,9 +41,11 @@ def cpu_per_minute(ask: Callable[[int], object], regions: int) -> tuple[float, f
     return round(cpu / QUESTIONS * 60, 2), round(wall / (QUESTIONS * regions), 4)
 
 
-def compare(bootstrap: str, group: str, topics: list[str], enough: int | None) -> dict[str, float]:
+def compare(
+    kafka: KafkaSettings, group: str, topics: list[str], enough: int | None
+) -> dict[str, float]:
     """The same questions, on kept watches and on clients made per question."""
-    watches = [BacklogWatch(bootstrap, group, t, PARTITIONS) for t in topics]
+    watches = [BacklogWatch(kafka, group, t, PARTITIONS) for t in topics]
     try:
         for w in watches:  # connected outside the measurement, as a running trigger is
             w.measure(enough)
@@ -51,7 +54,7 @@ def compare(bootstrap: str, group: str, topics: list[str], enough: int | None) -
         for w in watches:
             w.close()
     fresh = cpu_per_minute(
-        lambda r: measure(bootstrap, group, topics[r], PARTITIONS, enough), len(topics)
+        lambda r: measure(kafka, group, topics[r], PARTITIONS, enough), len(topics)
     )
     return {
         "client_per_question_cpu_s_per_min": fresh[0],
@@ -67,16 +70,16 @@ def main() -> int:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     cfg, config, run = local_stack(["kafka"])
-    bootstrap, group = cfg.kafka_bootstrap, f"bench-backlog-{run}"
+    kafka, group = cfg.kafka, f"bench-backlog-{run}"
     topics = [f"bench.{run}.{r.code.lower()}.backlog" for r in config.regions]
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka.admin())
     for future in admin.create_topics(
         [NewTopic(t, num_partitions=PARTITIONS, replication_factor=1) for t in topics]
     ).values():
         future.result(30)
     figures: dict[str, dict[str, float]] = {}
     try:
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
+        producer = Producer(kafka.producer({"linger.ms": 50}))
         for t in topics:
             for i in range(RECORDS):
                 producer.produce(t, key=str(i).encode(), value=b"{}")
@@ -84,7 +87,7 @@ def main() -> int:
         # At the peak the count decides (offsets only); below min_records (None: never enough)
         # each lagging partition's first record is fetched for its timestamp.
         for case, enough in (("count_decides", ENOUGH), ("timestamps_read", None)):
-            figures[case] = compare(bootstrap, group, topics, enough)
+            figures[case] = compare(kafka, group, topics, enough)
             f = figures[case]
             log(
                 f"backlog, {case.replace('_', ' ')}: four watchers asking every second cost "

@@ -9,6 +9,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from enrollment.clients.kafka import KafkaSettings
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -63,19 +65,20 @@ def local_stack(services: list[str]):
     return cfg, load_config(), uuid.uuid4().hex[:6]
 
 
-def produce_simulated(bootstrap: str, sim, topic_of: dict[str, str], events: int) -> int:
+def produce_simulated(kafka: KafkaSettings, sim, topic_of: dict[str, str], events: int) -> int:
     """``events`` messages of the simulator into the benchmark's topics (``topic_of``: the
     region topic a message names → the topic to produce to); how many were produced."""
     from confluent_kafka import Producer
 
     producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "partitioner": "murmur2_random",
-            "linger.ms": 20,
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 500_000,
-        }
+        kafka.producer(
+            {
+                "partitioner": "murmur2_random",
+                "linger.ms": 20,
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 500_000,
+            }
+        )
     )
     produced = 0
     for message in sim:

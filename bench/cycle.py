@@ -47,7 +47,7 @@ def main() -> int:
     from google.cloud import bigquery
 
     cfg, config, run = local_stack(["kafka", "gcs", "bigquery"])
-    admin = AdminClient({"bootstrap.servers": cfg.kafka_bootstrap})
+    admin = AdminClient(cfg.kafka.admin())
     client = bigquery_client(cfg.project)
     bucket = storage_client(cfg.project).bucket(config.landing_bucket)
     keyring = (
@@ -80,14 +80,14 @@ def main() -> int:
                 future.result(30)
             topics_made += topics.values()
             produce_simulated(
-                cfg.kafka_bootstrap, sim, {r.topic: topics[r.code] for r in config.regions}, EVENTS
+                cfg.kafka, sim, {r.topic: topics[r.code] for r in config.regions}, EVENTS
             )
             group = f"bench-cycle-{run}-{step}"
             for region in config.regions:
                 land(
-                    cfg.kafka_bootstrap,
+                    cfg.kafka,
                     claim(
-                        cfg.kafka_bootstrap,
+                        cfg.kafka,
                         group,
                         region.code,
                         topics[region.code],

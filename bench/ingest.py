@@ -44,7 +44,7 @@ def main() -> int:
 
     cfg, config, run = local_stack(["kafka", "gcs", "bigquery"])
     topics = {r.code: f"bench.{run}.{r.code.lower()}.events" for r in config.regions}
-    admin = AdminClient({"bootstrap.servers": cfg.kafka_bootstrap})
+    admin = AdminClient(cfg.kafka.admin())
     for future in admin.create_topics(
         [NewTopic(t, num_partitions=4, replication_factor=1) for t in topics.values()]
     ).values():
@@ -60,7 +60,7 @@ def main() -> int:
     try:
         log(f"producing {EVENTS:,} events (2% faults) to {len(topics)} region topics ...")
         produced = produce_simulated(
-            cfg.kafka_bootstrap,
+            cfg.kafka,
             Simulator(seed=31337, faults=FaultRates.mix(0.02)),
             {r.topic: topics[r.code] for r in config.regions},
             EVENTS,
@@ -68,12 +68,13 @@ def main() -> int:
 
         # The limit: one consumer reads and parses everything.
         consumer = Consumer(
-            {
-                "bootstrap.servers": cfg.kafka_bootstrap,
-                "group.id": f"bench-raw-{run}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
+            cfg.kafka.consumer(
+                {
+                    "group.id": f"bench-raw-{run}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                }
+            )
         )
         consumer.subscribe(list(topics.values()))
         t0, seen = time.monotonic(), 0
@@ -97,7 +98,7 @@ def main() -> int:
             {
                 "conn_type": "kafka",
                 "extra": {
-                    "bootstrap.servers": cfg.kafka_bootstrap,
+                    **cfg.kafka.config,
                     "group.id": f"bench-baseline-{run}",
                     "auto.offset.reset": "earliest",
                     "enable.auto.commit": False,
@@ -138,7 +139,7 @@ def main() -> int:
         t0, accounted, stages, landed_batches = time.monotonic(), 0, {}, []
         for region in config.regions:
             manifest = claim(
-                cfg.kafka_bootstrap,
+                cfg.kafka,
                 group,
                 region.code,
                 topics[region.code],
@@ -147,7 +148,7 @@ def main() -> int:
                 max_batch=10_000_000,
             )
             t1 = time.monotonic()
-            landed = land(cfg.kafka_bootstrap, manifest, bucket, keyring)
+            landed = land(cfg.kafka, manifest, bucket, keyring)
             landed_batches.append(landed)
             stages[region.code] = {
                 "offsets": landed.offsets,

@@ -86,7 +86,7 @@ def steady_load(
         # Whatever waits from before is carried first, so the run measures only its own events.
         deadline = time.monotonic() + 600
         while (
-            left := total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions)
+            left := total_pending(cfg.kafka, config.consumer_group, config.regions)
         ) and time.monotonic() < deadline:
             log(f"draining earlier backlog: {left:,} pending")
             time.sleep(5)
@@ -175,9 +175,9 @@ def steady_load(
                 bucket = storage_client(cfg.project).bucket(config.landing_bucket)
 
                 def waiting() -> tuple[int, int]:
-                    return total_pending(
-                        cfg.kafka_bootstrap, config.consumer_group, config.regions
-                    ), len(pending_batches(bucket, config.consumer_group))
+                    return total_pending(cfg.kafka, config.consumer_group, config.regions), len(
+                        pending_batches(bucket, config.consumer_group)
+                    )
 
                 while True:
                     missing, left = sample(), waiting()
@@ -218,7 +218,7 @@ def steady_load(
         committed = {}
         for region in config.regions:
             for p, start, _ in pending_ranges(
-                cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions
+                cfg.kafka, config.consumer_group, region.topic, region.partitions
             ):
                 committed[(region.code, p)] = start
         outcome.unexplained = sum(

@@ -54,7 +54,7 @@ def canary() -> None:
 
         rt = Runtime.for_task()  # the configuration in force when the task runs
         rt.require(["kafka"])
-        return [c.as_dict() for c in inject_canaries(rt.kafka_bootstrap, rt.config)]
+        return [c.as_dict() for c in inject_canaries(rt.kafka, rt.config)]
 
     # Waits up to within_s by design; 5 more minutes to read back and record.
     @task(retries=0, execution_timeout=timedelta(seconds=float(CONFIG.canary.within_s) + 300))

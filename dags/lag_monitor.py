@@ -72,7 +72,7 @@ def lag_monitor() -> None:
         config = rt.config
         rules = config.lag
         rows = (
-            kafka_lag(rt.kafka_bootstrap, config)
+            kafka_lag(rt.kafka, config)
             + warehouse_lag(rt.bucket, config)
             + sink_lag(rt.sync_run, config)
         )

@@ -116,7 +116,7 @@ def reconciliation() -> None:
         needs = {s for o in config.sinks.values() for s in o.get("needs", [])}
         rt.require(["kafka", "gcs", "bigquery", *needs])
         with rt.sinks() as sinks:
-            report = Reconciliation(rt.sync_run, sinks, rt.kafka_bootstrap, config).day(
+            report = Reconciliation(rt.sync_run, sinks, rt.kafka, config).day(
                 config.region(region), day
             )
         if report.differences:

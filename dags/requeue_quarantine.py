@@ -129,7 +129,7 @@ def requeue_quarantine() -> None:
         request = _request(params)
         rt = _runtime()
         return recovery_plan.plan(
-            rt.warehouse, rt.bucket, rt.keyring, rt.kafka_bootstrap, rt.config, request
+            rt.warehouse, rt.bucket, rt.keyring, rt.kafka, rt.config, request
         ).counts()
 
     # Writes ledger rows: never beside a warehouse cycle. An hour, then the writer's slot must
@@ -150,7 +150,7 @@ def requeue_quarantine() -> None:
             rt.warehouse,
             rt.bucket,
             rt.keyring,
-            rt.kafka_bootstrap,
+            rt.kafka,
             rt.config,
             request,
             dag_run=str(run_id),

@@ -13,6 +13,9 @@ import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+from enrollment.clients.kafka import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -96,6 +99,14 @@ class StackConfig:
         return f"{HOST}:{self.ports['KAFKA_PORT']}"
 
     @property
+    def kafka(self) -> KafkaSettings:
+        """The stack's Kafka as every client of it is given it (``kafka_default``'s extra)."""
+        return KafkaSettings(self.kafka_extra(), source="the local stack")
+
+    def kafka_extra(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.kafka_bootstrap}
+
+    @property
     def airflow_home(self) -> Path:
         return self.state / "airflow"
 
@@ -148,11 +159,8 @@ class StackConfig:
         conns = {
             "KAFKA_DEFAULT": {
                 "conn_type": "kafka",
-                "extra": {
-                    "bootstrap.servers": self.kafka_bootstrap,
-                    "group.id": "enrollment-pipeline",
-                    "enable.auto.commit": False,
-                },
+                # The librdkafka settings (the Kafka provider's form); the pipeline sets its group.
+                "extra": self.kafka_extra(),
             },
             "GOOGLE_CLOUD_DEFAULT": {
                 "conn_type": "google_cloud_platform",
@@ -183,6 +191,10 @@ class StackConfig:
         env = {
             "GOOGLE_CLOUD_PROJECT": self.project,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            # The rest of kafka_default's settings (TLS, SASL) for tools and tests outside Airflow.
+            "KAFKA_CLIENT_CONFIG": json.dumps(
+                {k: v for k, v in self.kafka_extra().items() if k != "bootstrap.servers"}
+            ),
             "SOLR_URL": self.url("SOLR_PORT", "/solr"),
             "STORAGE_EMULATOR_HOST": self.url("GCS_PORT"),
             "BIGQUERY_EMULATOR_HOST": self.url("BIGQUERY_PORT"),

@@ -107,7 +107,7 @@ def ingest(cfg, client: AirflowClient) -> int:
     dag_ids = config.carrier_dags(sinks=False)
     bucket = storage_client(cfg.project).bucket(config.landing_bucket)
     while time.monotonic() - t0 < 600:
-        pending = total_pending(cfg.kafka_bootstrap, config.consumer_group, config.regions)
+        pending = total_pending(cfg.kafka, config.consumer_group, config.regions)
         waiting = len(pending_batches(bucket, config.consumer_group))
         running = sum(
             len(
@@ -284,11 +284,7 @@ def sampled_with_tax_id(cfg, config, enrollments: list[dict], tries: int = 50) -
 
     topics = {r.code: r.topic for r in config.regions}
     consumer = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka_bootstrap,
-            "group.id": "demo-tax-id-reader",
-            "enable.auto.commit": False,
-        }
+        cfg.kafka.consumer({"group.id": "demo-tax-id-reader", "enable.auto.commit": False})
     )
     try:
         for record in reversed(enrollments[-tries:]):

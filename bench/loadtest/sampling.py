@@ -38,7 +38,7 @@ class Sampler:
                 ends = committed = 0
                 for region in self.config.regions:
                     ranges = pending_ranges(
-                        self.cfg.kafka_bootstrap,
+                        self.cfg.kafka,
                         self.config.consumer_group,
                         region.topic,
                         region.partitions,

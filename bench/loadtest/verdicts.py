@@ -96,7 +96,7 @@ def verdict(cfg, config, warehouse: BigQuery, outcome, since: datetime) -> dict:
     for region in config.regions:
         try:
             for p, start, _ in pending_ranges(
-                cfg.kafka_bootstrap, config.consumer_group, region.topic, region.partitions
+                cfg.kafka, config.consumer_group, region.topic, region.partitions
             ):
                 committed[(region.code, p)] = start
         except Exception as exc:

@@ -41,9 +41,8 @@ def gcp_project(extra: Mapping[str, Any]) -> str | None:
 def endpoints_from_connections() -> Endpoints:
     from airflow.sdk import BaseHook
 
-    from enrollment_airflow.hooks import MarketingCloudHook
+    from enrollment_airflow.hooks import MarketingCloudHook, PipelineKafkaHook
 
-    kafka = BaseHook.get_connection(KAFKA_CONN_ID)
     gcp = BaseHook.get_connection(GCP_CONN_ID)
     solr = BaseHook.get_connection(SOLR_CONN_ID)
     mc = BaseHook.get_connection(MARKETING_CLOUD_CONN_ID)
@@ -52,7 +51,7 @@ def endpoints_from_connections() -> Endpoints:
     project = cast("str", gcp_project(gcp.extra_dejson))
     return AirflowEndpoints(
         project=project,
-        kafka_bootstrap=kafka.extra_dejson["bootstrap.servers"],
+        kafka=PipelineKafkaHook(KAFKA_CONN_ID).settings(),
         solr_url=f"{solr.schema or 'http'}://{solr.host}:{solr.port}{solr_path}",
         marketing_cloud_auth_url=mc_auth,
         marketing_cloud_rest_url=mc_rest,

@@ -1,4 +1,5 @@
-"""The Marketing Cloud hook and its connection type (``marketing_cloud``).
+"""The Marketing Cloud hook and its connection type (``marketing_cloud``), and the Kafka
+provider's hook as the pipeline reads ``kafka_default`` (``PipelineKafkaHook``).
 
 Connection fields: **Login** = client id, **Password** = client secret, **Host** = the tenant's
 REST base URL (``https://<subdomain>.rest.marketingcloudapis.com``), and in the extra
@@ -9,11 +10,41 @@ connection into a client.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
 from airflow.sdk import BaseHook
 
+from enrollment.clients.kafka import KafkaSettings
 from enrollment.clients.marketing_cloud import MarketingCloudClient
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+
+class PipelineKafkaHook(KafkaBaseHook):
+    """A Kafka connection (the provider's type: its extra is the librdkafka configuration) as
+    the pipeline's ``KafkaSettings``, resolved by the provider: callbacks named in the extra only
+    from ``[apache_kafka] callback_allowlist``, Amazon MSK IAM's token callback for an MSK host
+    with ``OAUTHBEARER``, Google Managed Kafka's. The pipeline builds its own assign-based clients
+    from them; keys it owns (``enrollment.clients.kafka.OWNED``) are refused.
+
+    ``connection``: one already read (the triggerer reads it asynchronously), else it is read."""
+
+    def __init__(
+        self, kafka_config_id: str = "kafka_default", connection: Connection | None = None
+    ) -> None:
+        super().__init__(kafka_config_id)  # type: ignore[no-untyped-call]  # the provider's
+        self._connection = connection
+
+    def get_connection(self, conn_id: str) -> Connection:  # type: ignore[override]
+        # An instance's own connection first: the provider's _build_config reads it through here.
+        if self._connection is not None and conn_id == self.kafka_config_id:
+            return self._connection
+        return super().get_connection(conn_id)
+
+    def settings(self) -> KafkaSettings:
+        return KafkaSettings(self._build_config(), source=f"connection {self.kafka_config_id!r}")
 
 
 class MarketingCloudHook(BaseHook):

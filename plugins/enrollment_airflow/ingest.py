@@ -186,7 +186,7 @@ def ingest_dag(region: Region) -> DAG:
             keyring = rt.keyring  # before the claim: no key, nothing landed (tax ids tokenised)
             rt.require(["kafka", "gcs"])  # once a train: a wrong password fails before a claim
             train = land_train(
-                rt.kafka_bootstrap,
+                rt.kafka,
                 config.consumer_group,
                 region,
                 rt.bucket,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from google.cloud.storage import Client as StorageClient
 
     from enrollment.clients.bigquery import BigQuery
+    from enrollment.clients.kafka import KafkaSettings
     from enrollment.clients.services import Endpoints
     from enrollment.core.pii import Keyring
     from enrollment.sinks.base import Sink
@@ -57,8 +58,8 @@ class Runtime:
         return self.endpoints.project
 
     @property
-    def kafka_bootstrap(self) -> str:
-        return self.endpoints.kafka_bootstrap
+    def kafka(self) -> KafkaSettings:
+        return self.endpoints.kafka
 
     @cached_property
     def keyring(self) -> Keyring:

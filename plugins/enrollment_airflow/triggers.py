@@ -21,9 +21,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    from enrollment.clients.kafka import KafkaSettings
 
 
 class BacklogTrigger(BaseEventTrigger):
@@ -68,8 +71,8 @@ class BacklogTrigger(BaseEventTrigger):
         try:
             while True:
                 if watch is None:
-                    bootstrap, error = await self._bootstrap()
-                    if bootstrap is None:
+                    kafka, error = await self._kafka()
+                    if kafka is None:
                         now = time.time()
                         if error != fired_for or now - fired_at >= self.refire_after_s:
                             fired_for, fired_at = error, now
@@ -78,7 +81,7 @@ class BacklogTrigger(BaseEventTrigger):
                             )
                         await asyncio.sleep(max(self.poll_s, 5.0))
                         continue
-                    watch = BacklogWatch(bootstrap, self.group, self.topic, self.partitions)
+                    watch = BacklogWatch(kafka, self.group, self.topic, self.partitions)
                 try:
                     backlog = await asyncio.to_thread(watch.measure, self.min_records)
                 except Exception as exc:
@@ -108,13 +111,16 @@ class BacklogTrigger(BaseEventTrigger):
             if watch is not None:
                 watch.close()
 
-    async def _bootstrap(self) -> tuple[str | None, str]:
-        """The broker list of the Kafka connection, or None and why it is unusable (logged)."""
+    async def _kafka(self) -> tuple[KafkaSettings | None, str]:
+        """The Kafka connection's settings, or None and why it is unusable (logged)."""
         from airflow.sdk import BaseHook
 
+        from enrollment_airflow.hooks import PipelineKafkaHook
+
         try:
+            # Read asynchronously here: the hook's own (synchronous) read would block the loop.
             conn = await BaseHook.aget_connection(self.kafka_conn_id)
-            return str(conn.extra_dejson["bootstrap.servers"]), ""
+            return PipelineKafkaHook(self.kafka_conn_id, conn).settings(), ""
         except Exception as exc:
             error = f"connection {self.kafka_conn_id!r} unusable: {type(exc).__name__}: {exc}"
         self.log.error(

@@ -107,11 +107,7 @@ class Kafka(Service):
         quiet.addHandler(logging.NullHandler())
         quiet.propagate = False
         return AdminClient(
-            {
-                "bootstrap.servers": self.cfg.kafka_bootstrap,
-                "socket.connection.setup.timeout.ms": 1000,
-                "logger": quiet,
-            }
+            self.cfg.kafka.admin({"socket.connection.setup.timeout.ms": 1000, "logger": quiet})
         )
 
     def ready(self) -> bool:
@@ -147,11 +143,9 @@ class Kafka(Service):
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
         consumer = Consumer(
-            {
-                "bootstrap.servers": self.cfg.kafka_bootstrap,
-                "group.id": config.consumer_group,
-                "enable.auto.commit": False,
-            }
+            self.cfg.kafka.consumer(
+                {"group.id": config.consumer_group, "enable.auto.commit": False}
+            )
         )
         deadline = time.monotonic() + timeout_s
         try:

@@ -47,7 +47,7 @@ def carry(stack, client, config, region, dag_ids: list[str], timeout_s: float = 
             )
 
         while (
-            total_pending(stack.kafka_bootstrap, config.consumer_group, [region])
+            total_pending(stack.kafka, config.consumer_group, [region])
             or busy()
             or any(b.region == region.code for b in pending_batches(bucket, config.consumer_group))
         ):
@@ -78,7 +78,7 @@ def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(
 
     # A simulated run with faults, carried into the warehouse by the live DAGs; then a backlog.
     produce(
-        stack.kafka_bootstrap,
+        stack.kafka,
         [
             m
             for m in Simulator(seed=seed, faults=FaultRates.mix(0.05), config=config).take(3000)
@@ -87,12 +87,12 @@ def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(
     )
     carry(stack, client, config, region, carriers)
     produce(
-        stack.kafka_bootstrap,
+        stack.kafka,
         [m for m in Simulator(seed=seed + 1, config=config).take(400) if m.topic == region.topic][
             :WAITING
         ],
     )
-    pending = total_pending(stack.kafka_bootstrap, config.consumer_group, [region])
+    pending = total_pending(stack.kafka, config.consumer_group, [region])
     assert pending == WAITING
 
     # What BigQuery holds, counted here with SQL of the test's own.
@@ -207,7 +207,7 @@ def test_the_page_shows_what_kafka_and_bigquery_hold_and_starts_a_dry_run(
     overview.screenshot(path=str(ARTIFACTS / "operator-page.png"), full_page=True)
 
     carry(stack, client, config, region, carriers)  # the backlog this test made
-    assert total_pending(stack.kafka_bootstrap, config.consumer_group, [region]) == 0
+    assert total_pending(stack.kafka, config.consumer_group, [region]) == 0
 
 
 def _recovered(bq, ops: str) -> int:

@@ -41,9 +41,7 @@ def _pipeline_ledger(stack, config) -> BigQuery:
 def _assert_everything_committed(stack, config, regions) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(
-        {"bootstrap.servers": stack.kafka_bootstrap, "group.id": "celery-test-watermarks"}
-    )
+    consumer = Consumer(stack.kafka.consumer({"group.id": "celery-test-watermarks"}))
     try:
         for region in regions:
             ends = [
@@ -52,7 +50,7 @@ def _assert_everything_committed(stack, config, regions) -> None:
             ]
             assert (
                 committed_offsets(
-                    stack.kafka_bootstrap, config.consumer_group, region.topic, region.partitions
+                    stack.kafka, config.consumer_group, region.topic, region.partitions
                 )
                 == ends
             ), region.code
@@ -84,7 +82,7 @@ def test_ingest_warehouse_and_sinks_complete_with_tasks_on_both_workers(
     config = pipeline_config
     since = _now()
     messages = Simulator(seed=1515, faults=FaultRates.mix(0.02), initial_partners=200).take(6000)
-    produce(celery_stack.kafka_bootstrap, messages)
+    produce(celery_stack.kafka, messages)
 
     landed = _ingest_until_drained(airflow, config, config.regions, since)
     assert landed and sum(b["offsets"] for b in landed) >= len(messages)
@@ -156,7 +154,7 @@ def test_a_worker_killed_mid_land_has_its_task_retried_on_the_other_with_nothing
         )
         if m.topic == region.topic
     ]
-    produce(celery_stack.kafka_bootstrap, messages)
+    produce(celery_stack.kafka, messages)
     airflow.trigger(dag_id, {"max_batch": 1_000_000})
 
     deadline = time.monotonic() + 300

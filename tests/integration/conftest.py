@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from google.cloud import bigquery
 
 from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.kafka import KafkaSettings
 from enrollment.clients.services import Endpoints, bigquery_client, storage_client
 from enrollment.config import parse as pipeline_config_module
 from enrollment.core.batch import Manifest
@@ -32,7 +33,7 @@ from tests.conftest import with_suite_timeliness
 @pytest.fixture
 def region_topic(stack):
     topic = f"test.ingest.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient(stack.kafka.admin())
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
     yield topic
     admin.delete_topics([topic])
@@ -67,23 +68,19 @@ def pipeline_warehouse(stack, config) -> BigQuery:
     )
 
 
-def produce(bootstrap: str, messages, topic: str | None = None) -> None:
+def produce(kafka: KafkaSettings, messages, topic: str | None = None) -> None:
     """Simulated messages into Kafka as SAP Commerce sends them (keyed, murmur2), to their own
     region topics or all to ``topic``."""
     producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "partitioner": "murmur2_random",
-            "enable.idempotence": True,
-        }
+        kafka.producer({"partitioner": "murmur2_random", "enable.idempotence": True})
     )
     for m in messages:
         producer.produce(topic or m.topic, key=m.key, value=m.value)
     assert producer.flush(30) == 0
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+def committed_offsets(kafka: KafkaSettings, group: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer(kafka.consumer({"group.id": group}))
     try:
         return [
             tp.offset
@@ -111,10 +108,8 @@ def claimed_batch(
     messages = Simulator(
         seed=seed, faults=FaultRates.mix(faults), initial_partners=initial_partners
     ).take(events)
-    produce(stack.kafka_bootstrap, messages, topic)
-    manifest: Manifest = claim(
-        stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=10_000_000
-    )
+    produce(stack.kafka, messages, topic)
+    manifest: Manifest = claim(stack.kafka, group, region, topic, 2, bucket, max_batch=10_000_000)
     return group, bucket, messages, manifest
 
 
@@ -154,7 +149,7 @@ def isolated(stack, path, monkeypatch, change=None):
         region["topic"] = f"test.{run}.{region['code'].lower()}.events"
         region["partitions"] = 2
     config = use_config(raw, path, monkeypatch)
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient(stack.kafka.admin())
     for future in admin.create_topics(
         [NewTopic(r.topic, num_partitions=2, replication_factor=1) for r in config.regions]
     ).values():
@@ -184,15 +179,13 @@ def ingest_events(
     """Hand-made events (dicts) through claim → land → warehouse as one batch; its id.
 
     They are produced one at a time, in order, keyed by partner (Kafka keeps order per partner)."""
-    producer = Producer(
-        {"bootstrap.servers": stack.kafka_bootstrap, "partitioner": "murmur2_random"}
-    )
+    producer = Producer(stack.kafka.producer({"partitioner": "murmur2_random"}))
     for e in events:
         producer.produce(topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
         producer.flush(10)
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
-    manifest = claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=100_000)
-    landed = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
+    manifest = claim(stack.kafka, group, region, topic, 2, bucket, max_batch=100_000)
+    landed = land(stack.kafka, manifest, bucket, Keyring.from_env())
     assert landed.valid + landed.duplicates == len(events), (
         "hand-made events are valid (or in-batch duplicates)"
     )
@@ -218,7 +211,7 @@ def ingest_and_warehouse(stack, config, messages):
     from enrollment_airflow.ingest import ingest_dag
     from enrollment_airflow.warehouse import warehouse_dag
 
-    produce(stack.kafka_bootstrap, messages)
+    produce(stack.kafka, messages)
     for region in config.regions:
         succeeded(ingest_dag(region).test())
     return succeeded(warehouse_dag().test())

@@ -5,8 +5,12 @@ and nothing here imports pyarrow or pandas (the backlog trigger imports this in 
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
@@ -18,19 +22,174 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def group_consumer(bootstrap: str, group: str) -> Consumer:
+# What the pipeline decides for itself, whatever the connection says: its group and when it
+# commits (only a durable batch moves the group), what it reads (committed data only), where a new
+# group starts, its producers' delivery guarantees. A connection setting one is refused.
+OWNED = frozenset(
+    {
+        "group.id",
+        "group.instance.id",
+        "group.protocol",
+        "partition.assignment.strategy",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.commit.interval.ms",
+        "auto.offset.reset",
+        "isolation.level",
+        "enable.partition.eof",
+        "enable.idempotence",
+        "transactional.id",
+        "acks",
+        "request.required.acks",
+    }
+)
+
+# librdkafka's consumer-only (C) and producer-only (P) properties: each client is given only
+# what applies to it (a producer given a consumer's property logs a warning per instance).
+CONSUMER_ONLY = frozenset(
+    {
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "group.protocol.type",
+        "group.remote.assignor",
+        "coordinator.query.interval.ms",
+        "max.poll.interval.ms",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
+        "fetch.wait.max.ms",
+        "fetch.queue.backoff.ms",
+        "fetch.message.max.bytes",
+        "max.partition.fetch.bytes",
+        "fetch.max.bytes",
+        "fetch.min.bytes",
+        "fetch.error.backoff.ms",
+        "offset.store.method",
+        "consume_cb",
+        "rebalance_cb",
+        "offset_commit_cb",
+        "on_commit",
+        "check.crcs",
+        "consume.callback.max.messages",
+    }
+)
+PRODUCER_ONLY = frozenset(
+    {
+        "transaction.timeout.ms",
+        "enable.gapless.guarantee",
+        "queue.buffering.max.messages",
+        "queue.buffering.max.kbytes",
+        "queue.buffering.max.ms",
+        "linger.ms",
+        "message.send.max.retries",
+        "retries",
+        "queue.buffering.backpressure.threshold",
+        "compression.codec",
+        "compression.type",
+        "compression.level",
+        "batch.num.messages",
+        "batch.size",
+        "delivery.report.only.error",
+        "dr_cb",
+        "dr_msg_cb",
+        "on_delivery",
+        "sticky.partitioning.linger.ms",
+        "request.timeout.ms",
+        "message.timeout.ms",
+        "delivery.timeout.ms",
+        "queuing.strategy",
+        "produce.offset.report",
+        "partitioner",
+        "partitioner_cb",
+        "msg_order_cmp",
+    }
+)
+
+# Shown in a repr (and so in any message quoting the settings); every other value is not.
+_SHOWN = ("bootstrap.servers", "security.protocol", "sasl.mechanism", "sasl.mechanisms")
+
+
+class KafkaSettingsError(ValueError):
+    """A Kafka connection the pipeline cannot use as it stands; the message says what to change."""
+
+
+@dataclass(frozen=True, repr=False)
+class KafkaSettings:
+    """How to reach Kafka: the librdkafka settings of a connection (brokers, TLS, SASL, tuning;
+    the Kafka provider's ``kafka_default`` extra) and where they come from, for messages. Each
+    client kind takes what applies to it plus what the pipeline owns (``OWNED``, refused here).
+    Its repr shows the brokers and the protocol only: passwords and keys never reach a log."""
+
+    config: Mapping[str, Any]
+    source: str = "the environment"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, Mapping):
+            raise KafkaSettingsError(f"Kafka settings from {self.source}: not a JSON object")
+        if not self.config.get("bootstrap.servers"):
+            raise KafkaSettingsError(
+                f"Kafka settings from {self.source}: set `bootstrap.servers` (host:port, ...)"
+            )
+        owned = sorted(OWNED.intersection(self.config))
+        if owned:
+            raise KafkaSettingsError(
+                f"Kafka settings from {self.source} set {', '.join(owned)}: the pipeline sets "
+                "these itself (its consumer group, commits only of landed batches, committed "
+                "reads); remove them from the connection's extra (docs/deploy.md, 'Connections')"
+            )
+
+    @classmethod
+    def plaintext(cls, bootstrap: str) -> KafkaSettings:
+        return cls({"bootstrap.servers": bootstrap})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
+        """``KAFKA_BOOTSTRAP_SERVERS``, and ``KAFKA_CLIENT_CONFIG`` (a JSON object of librdkafka
+        settings: TLS, SASL) when set: the command-line tools' and the tests' Kafka."""
+        env = os.environ if env is None else env
+        source = "KAFKA_BOOTSTRAP_SERVERS/KAFKA_CLIENT_CONFIG"
+        try:
+            extra = json.loads(env.get("KAFKA_CLIENT_CONFIG") or "{}")
+        except ValueError:
+            raise KafkaSettingsError(f"{source}: KAFKA_CLIENT_CONFIG is not JSON") from None
+        if not isinstance(extra, dict):
+            raise KafkaSettingsError(f"{source}: KAFKA_CLIENT_CONFIG is not a JSON object")
+        if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            extra["bootstrap.servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+        return cls(extra, source)
+
+    @property
+    def bootstrap(self) -> str:
+        return str(self.config["bootstrap.servers"])
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={self.config[k]!r}" for k in _SHOWN if k in self.config)
+        return f"KafkaSettings({self.source}: {shown})"
+
+    def consumer(self, owned: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in self.config.items() if k not in PRODUCER_ONLY} | dict(owned)
+
+    def producer(self, owned: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {k: v for k, v in self.config.items() if k not in CONSUMER_ONLY} | dict(owned or {})
+
+    def admin(self, owned: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        common = CONSUMER_ONLY | PRODUCER_ONLY
+        return {k: v for k, v in self.config.items() if k not in common} | dict(owned or {})
+
+
+def group_consumer(kafka: KafkaSettings, group: str) -> Consumer:
     from confluent_kafka import Consumer
 
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": False,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        }
+        kafka.consumer(
+            {
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            }
+        )
     )
 
 
@@ -103,11 +262,15 @@ def partition_drift(topic: str, expected: int, actual: int) -> str | None:
 
 @_kafka_retry
 def pending_ranges(
-    bootstrap: str, group: str, topic: str, partitions: int | None = None, timeout: float = 10.0
+    kafka: KafkaSettings,
+    group: str,
+    topic: str,
+    partitions: int | None = None,
+    timeout: float = 10.0,
 ) -> list[tuple[int, int, int]]:
     """(partition, committed or earliest offset, end offset) for every partition of the topic on
     the cluster; ``partitions`` is the configured count, only compared. Reads offsets only."""
-    consumer = group_consumer(bootstrap, group)
+    consumer = group_consumer(kafka, group)
     try:
         return ranges_of(consumer, topic, partitions, timeout)
     finally:
@@ -133,11 +296,11 @@ def ranges_of(
 
 
 @_kafka_retry
-def commit_range(bootstrap: str, manifest: Manifest) -> None:
+def commit_range(kafka: KafkaSettings, manifest: Manifest) -> None:
     """Moves the group past the batch; called only once the batch is durable."""
     from confluent_kafka import TopicPartition
 
-    consumer = group_consumer(bootstrap, manifest.group)
+    consumer = group_consumer(kafka, manifest.group)
     try:
         # Every partition, the empty ones too: after a rewind the group's offset moves back to
         # the landed end.

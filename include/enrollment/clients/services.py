@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from enrollment.clients.kafka import KafkaSettings
+
 if TYPE_CHECKING:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import bigquery, firestore
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Endpoints:
     project: str
-    kafka_bootstrap: str
+    kafka: KafkaSettings
     solr_url: str
     marketing_cloud_auth_url: str
     marketing_cloud_rest_url: str
@@ -51,7 +53,7 @@ class Endpoints:
             )
         return cls(
             project=env["GOOGLE_CLOUD_PROJECT"],
-            kafka_bootstrap=env["KAFKA_BOOTSTRAP_SERVERS"],
+            kafka=KafkaSettings.from_env(env),
             solr_url=env["SOLR_URL"].rstrip("/"),
             marketing_cloud_auth_url=env["MARKETING_CLOUD_URL"].rstrip("/"),
             marketing_cloud_rest_url=env["MARKETING_CLOUD_URL"].rstrip("/"),

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from enrollment.clients.kafka import group_consumer, pending_ranges, ranges_of
+from enrollment.clients.kafka import KafkaSettings, group_consumer, pending_ranges, ranges_of
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer
@@ -49,8 +49,8 @@ class BacklogWatch:
     (bench/backlog.py) and the broker a group-coordinator lookup each time. A client that fails
     is dropped and made again at the next question (a restarted broker, a moved coordinator)."""
 
-    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int | None = None):
-        self.bootstrap, self.group = bootstrap, group
+    def __init__(self, kafka: KafkaSettings, group: str, topic: str, partitions: int | None = None):
+        self.kafka, self.group = kafka, group
         self.topic, self.partitions = topic, partitions
         self._offsets: Consumer | None = None  # committed offsets and watermarks
         self._peek: Consumer | None = None  # the first record of a lagging partition
@@ -62,7 +62,7 @@ class BacklogWatch:
         then the count decides and no record is fetched at all (at the peak it always does)."""
         try:
             if self._offsets is None:
-                self._offsets = group_consumer(self.bootstrap, self.group)
+                self._offsets = group_consumer(self.kafka, self.group)
             ranges = tuple(ranges_of(self._offsets, self.topic, self.partitions))
             behind = [(p, start) for p, start, end in ranges if end > start]
             if enough is not None and sum(end - start for _, start, end in ranges) >= enough:
@@ -85,16 +85,17 @@ class BacklogWatch:
             # The smallest fetch limits librdkafka accepts: the broker still answers with the first
             # record batch of a partition, and nothing more (the pipeline's consumer pulls 16 MB).
             self._peek = Consumer(
-                {
-                    "bootstrap.servers": self.bootstrap,
-                    "group.id": self.group,
-                    "enable.auto.commit": False,
-                    "enable.partition.eof": False,
-                    "message.max.bytes": 1000,
-                    "fetch.max.bytes": 1000,
-                    "max.partition.fetch.bytes": 1,
-                    "fetch.wait.max.ms": 100,
-                }
+                self.kafka.consumer(
+                    {
+                        "group.id": self.group,
+                        "enable.auto.commit": False,
+                        "enable.partition.eof": False,
+                        "message.max.bytes": 1000,
+                        "fetch.max.bytes": 1000,
+                        "max.partition.fetch.bytes": 1,
+                        "fetch.wait.max.ms": 100,
+                    }
+                )
             )
         consumer = self._peek
         assigned = [TopicPartition(self.topic, p, start) for p, start in behind]
@@ -126,22 +127,26 @@ class BacklogWatch:
 
 
 def measure(
-    bootstrap: str, group: str, topic: str, partitions: int | None = None, enough: int | None = None
+    kafka: KafkaSettings,
+    group: str,
+    topic: str,
+    partitions: int | None = None,
+    enough: int | None = None,
 ) -> Backlog:
     """One question (``BacklogWatch.measure``) on clients made and closed for it."""
-    watch = BacklogWatch(bootstrap, group, topic, partitions)
+    watch = BacklogWatch(kafka, group, topic, partitions)
     try:
         return watch.measure(enough)
     finally:
         watch.close()
 
 
-def total_pending(bootstrap: str, group: str, regions: Iterable[Region]) -> int:
+def total_pending(kafka: KafkaSettings, group: str, regions: Iterable[Region]) -> int:
     """Records the group has still to land across regions (offsets only, no timestamps)."""
     return sum(
         end - start
         for r in regions
-        for _, start, end in pending_ranges(bootstrap, group, r.topic, r.partitions)
+        for _, start, end in pending_ranges(kafka, group, r.topic, r.partitions)
     )
 
 

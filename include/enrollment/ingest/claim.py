@@ -19,7 +19,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from enrollment.clients.kafka import pending_ranges
+from enrollment.clients.kafka import KafkaSettings, pending_ranges
 from enrollment.core.batch import Anomaly, Chain, Manifest, PartitionRange
 from enrollment.core.layout import CLAIMS_PREFIX, chain_object, claim_object
 
@@ -125,7 +125,7 @@ def chain_starts(
 
 
 def claim(
-    bootstrap: str,
+    kafka: KafkaSettings,
     group: str,
     region: str,
     topic: str,
@@ -137,7 +137,7 @@ def claim(
     pending. ``partitions`` is the configured count: the partitions read are the cluster's."""
     from google.api_core.exceptions import PreconditionFailed
 
-    pending = pending_ranges(bootstrap, group, topic, partitions)
+    pending = pending_ranges(kafka, group, topic, partitions)
     committed = {p: start for p, start, _ in pending}
     chain = read_chain(bucket, region, topic, group)
     if (

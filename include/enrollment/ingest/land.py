@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from enrollment.clients.kafka import commit_range
+from enrollment.clients.kafka import KafkaSettings, commit_range
 from enrollment.clients.objects import write_once
 from enrollment.core.batch import DEFAULT_MAX_BYTES, Landed, Manifest
 from enrollment.core.errors import GateError
@@ -117,7 +117,7 @@ def write_batch(
 
 
 def land(
-    bootstrap: str,
+    kafka: KafkaSettings,
     manifest: Manifest,
     bucket: Bucket,
     keyring: Keyring,
@@ -129,7 +129,7 @@ def land(
     written with a tax id in clear: they are tokenised under ``keyring`` (valid events) or masked
     (quarantined messages) first. ``step`` hears each durable step done (``train.STEPS``)."""
     t0 = time.monotonic()
-    messages, ranges = read_range(bootstrap, manifest, max_bytes=max_bytes)
+    messages, ranges = read_range(kafka, manifest, max_bytes=max_bytes)
     if ranges != manifest.ranges:
         # Rewritten before anything lands: a retry claims this same shrunk range, and the batch id
         # (every object name) derives from it. The rest is the next batch's.
@@ -167,7 +167,7 @@ def land(
         )
     skipped = manifest.offsets - read  # offsets holding no message: accounted, never waited for
     anomalies = list(manifest.anomalies) + (
-        lost_below_watermark(bootstrap, manifest, messages) if skipped else []
+        lost_below_watermark(kafka, manifest, messages) if skipped else []
     )
     for a in anomalies[len(manifest.anomalies) :]:
         log.error("land %s %s: GAP %s", manifest.region, manifest.batch_id, a["detail"])
@@ -216,7 +216,7 @@ def land(
     step("pending")
     advance_chain(bucket, manifest)
     step("chained")
-    commit_range(bootstrap, manifest)
+    commit_range(kafka, manifest)
     step("committed")
     return landed
 

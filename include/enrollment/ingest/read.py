@@ -10,12 +10,12 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from enrollment.clients.kafka import group_consumer
+from enrollment.clients.kafka import KafkaSettings, group_consumer
 from enrollment.core.batch import Anomaly, Manifest, PartitionRange
 
 
 def read_range(
-    bootstrap: str, manifest: Manifest, timeout_s: float = 120.0, max_bytes: int | None = None
+    kafka: KafkaSettings, manifest: Manifest, timeout_s: float = 120.0, max_bytes: int | None = None
 ) -> tuple[pa.Table, tuple[PartitionRange, ...]]:
     """The manifest's messages (partition, offset, timestamp, key, value), and the ranges read:
     the manifest's, or shorter ones when ``max_bytes`` (keys + values) was reached first.
@@ -24,7 +24,7 @@ def read_range(
     no message (transaction markers, aborted or compacted records) are passed, never waited for."""
     from confluent_kafka import TopicPartition
 
-    consumer = group_consumer(bootstrap, manifest.group)
+    consumer = group_consumer(kafka, manifest.group)
     wanted = {r.partition: r for r in manifest.ranges if r.size > 0}
     parts: list[int] = []
     offsets: list[int] = []
@@ -99,7 +99,7 @@ def read_range(
     ), ranges
 
 
-def lost_below_watermark(bootstrap: str, manifest: Manifest, read: pa.Table) -> list[Anomaly]:
+def lost_below_watermark(kafka: KafkaSettings, manifest: Manifest, read: pa.Table) -> list[Anomaly]:
     """Offsets of the range deleted (retention) between the claim and the read: the consumer was
     reset to the partition's earliest offset past them. Gaps, never 'offsets without a message'."""
     from confluent_kafka import TopicPartition
@@ -109,7 +109,7 @@ def lost_below_watermark(bootstrap: str, manifest: Manifest, read: pa.Table) -> 
     short = [r for r in manifest.ranges if r.size and seen.get(r.partition, 0) < r.size]
     if not short:
         return []
-    consumer = group_consumer(bootstrap, manifest.group)
+    consumer = group_consumer(kafka, manifest.group)
     try:
         out: list[Anomaly] = []
         for r in short:

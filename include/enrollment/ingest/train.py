@@ -29,6 +29,7 @@ from enrollment.ingest.land import land
 if TYPE_CHECKING:
     from google.cloud.storage import Bucket
 
+    from enrollment.clients.kafka import KafkaSettings
     from enrollment.config import Region
     from enrollment.core.pii import Keyring
 
@@ -138,7 +139,7 @@ def _wait_for(
 
 
 def land_train(
-    bootstrap: str,
+    kafka: KafkaSettings,
     group: str,
     region: Region,
     bucket: Bucket,
@@ -150,14 +151,14 @@ def land_train(
 ) -> Train:
     """A region's train: ``claim`` and ``land`` batch after batch while the backlog, measured over
     one pair of Kafka clients for the train's life, is worth another batch."""
-    watch = BacklogWatch(bootstrap, group, region.topic, region.partitions)
+    watch = BacklogWatch(kafka, group, region.topic, region.partitions)
     try:
         return run_train(
             lambda: claim(
-                bootstrap, group, region.code, region.topic, region.partitions, bucket, max_batch
+                kafka, group, region.code, region.topic, region.partitions, bucket, max_batch
             ),
             lambda manifest, step: land(
-                bootstrap, manifest, bucket, keyring, max_bytes=max_bytes, step=step
+                kafka, manifest, bucket, keyring, max_bytes=max_bytes, step=step
             ),
             lambda: readiness(
                 watch.measure(region.min_records), region.min_records, region.max_age_s

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Message
 
     from enrollment.clients.bigquery import BigQuery
+    from enrollment.clients.kafka import KafkaSettings
 
 
 CANARY_SCHEMA = [
@@ -88,18 +89,14 @@ def canary_event(config: PipelineConfig, region: Region, version: int) -> dict[s
 
 
 def inject(
-    bootstrap: str, config: PipelineConfig, regions: list[Region] | None = None
+    kafka: KafkaSettings, config: PipelineConfig, regions: list[Region] | None = None
 ) -> list[Canary]:
     """One canary enrollment per region into its topic, keyed like SAP Commerce keys them."""
     from confluent_kafka import Producer
 
     version = int(time.time())
     producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "partitioner": "murmur2_random",
-        }
+        kafka.producer({"enable.idempotence": True, "partitioner": "murmur2_random"})
     )
     canaries: list[Canary] = []
     failures: list[str] = []

@@ -45,7 +45,7 @@ def _kafka(ep: Endpoints, cfg: PipelineConfig) -> str:
     # Where NewTopic is defined: confluent_kafka.admin re-exports it, but not in its type hints.
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": ep.kafka_bootstrap})
+    admin = AdminClient(ep.kafka.admin())
     topics = admin.list_topics(timeout=5).topics
     missing = [r.topic for r in cfg.regions if r.topic not in topics]
     if missing:
@@ -59,17 +59,14 @@ def _kafka(ep: Endpoints, cfg: PipelineConfig) -> str:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     token = uuid.uuid4().hex.encode()
-    producer = Producer({"bootstrap.servers": ep.kafka_bootstrap, "enable.idempotence": True})
+    producer = Producer(ep.kafka.producer({"enable.idempotence": True}))
     producer.produce(HEALTH_TOPIC, key=b"health", value=token)
     if producer.flush(10) != 0:
         raise RuntimeError("produce not acknowledged within 10 s")
     consumer = Consumer(
-        {
-            "bootstrap.servers": ep.kafka_bootstrap,
-            "group.id": HEALTH_GROUP,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
+        ep.kafka.consumer(
+            {"group.id": HEALTH_GROUP, "enable.auto.commit": False, "auto.offset.reset": "earliest"}
+        )
     )
     try:
         _, high = consumer.get_watermark_offsets(TopicPartition(HEALTH_TOPIC, 0), timeout=5)
@@ -165,7 +162,7 @@ def _where(service: str, ep: Endpoints) -> str:
     import os
 
     return {
-        "kafka": ep.kafka_bootstrap,
+        "kafka": f"{ep.kafka.bootstrap} ({ep.kafka.source})",
         "gcs": os.environ.get("STORAGE_EMULATOR_HOST", "Cloud Storage"),
         "bigquery": os.environ.get("BIGQUERY_EMULATOR_HOST", "BigQuery"),
         "solr": ep.solr_url,
@@ -180,10 +177,7 @@ def _answers(service: str, ep: Endpoints, cfg: PipelineConfig, timeout_s: float)
         from confluent_kafka.admin import AdminClient
 
         AdminClient(
-            {
-                "bootstrap.servers": ep.kafka_bootstrap,
-                "socket.connection.setup.timeout.ms": int(timeout_s * 1000),
-            }
+            ep.kafka.admin({"socket.connection.setup.timeout.ms": int(timeout_s * 1000)})
         ).list_topics(timeout=timeout_s)
     elif service == "gcs":
         if (
@@ -234,10 +228,8 @@ def require(
         try:
             _answers(service, endpoints, config, timeout_s)
         except Exception as exc:
-            down.append(
-                f"{service} at {_where(service, endpoints)} "
-                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
-            )
+            why = " ".join(str(exc).split())[:200]
+            down.append(f"{service} at {_where(service, endpoints)} ({type(exc).__name__}: {why})")
     if down:
         raise ServiceDown("service down: " + "; ".join(down))
 

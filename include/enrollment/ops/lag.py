@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
-from enrollment.clients.kafka import partition_drift
+from enrollment.clients.kafka import KafkaSettings, partition_drift
 from enrollment.config import LagRules, PipelineConfig
 from enrollment.core.layout import SET_ASIDE_PREFIX
 from enrollment.ingest.backlog import measure
@@ -61,11 +61,13 @@ class LagRow:
     growth_per_min: float | None = None
 
 
-def kafka_lag(bootstrap: str, config: PipelineConfig, now: float | None = None) -> list[LagRow]:
+def kafka_lag(
+    kafka: KafkaSettings, config: PipelineConfig, now: float | None = None
+) -> list[LagRow]:
     now = time.time() if now is None else now
     rows = []
     for region in config.regions:
-        backlog = measure(bootstrap, config.consumer_group, region.topic, region.partitions)
+        backlog = measure(kafka, config.consumer_group, region.topic, region.partitions)
         stamps = dict(backlog.oldest_by_partition)
         for partition, start, end in backlog.ranges:
             age = (

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from enrollment.clients.bigquery import BigQuery
-from enrollment.clients.kafka import pending_ranges
+from enrollment.clients.kafka import KafkaSettings, pending_ranges
 from enrollment.clients.objects import write_parquet
 from enrollment.config import PipelineConfig, Region
 from enrollment.contracts.spec import PARTNER_EVENTS
@@ -246,10 +246,10 @@ class Reconciliation:
     """One region's day followed from Kafka to every sink (see the module's doc)."""
 
     def __init__(
-        self, run: SyncRun, sinks: dict[str, Sink], bootstrap: str, config: PipelineConfig
+        self, run: SyncRun, sinks: dict[str, Sink], kafka: KafkaSettings, config: PipelineConfig
     ) -> None:
         self.run, self.w, self.bucket = run, run.warehouse, run.bucket
-        self.sinks, self.bootstrap, self.config = sinks, bootstrap, config
+        self.sinks, self.kafka, self.config = sinks, kafka, config
 
     def day(self, region: Region, day: date) -> DayReport:
         from google.cloud import bigquery
@@ -263,7 +263,7 @@ class Reconciliation:
         committed = {
             p: offset
             for p, offset, _ in pending_ranges(
-                self.bootstrap, self.config.consumer_group, region.topic, region.partitions
+                self.kafka, self.config.consumer_group, region.topic, region.partitions
             )
         }
         consumed = [

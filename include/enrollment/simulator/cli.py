@@ -5,7 +5,8 @@
     python -m enrollment.simulator check run/  # validator vs expected outcomes
 
 ``produce`` sends to the region topics of the pipeline configuration (Kafka at
-``--bootstrap`` or ``KAFKA_BOOTSTRAP_SERVERS``), keyed by partner id with Kafka's Java
+``--bootstrap`` or ``KAFKA_BOOTSTRAP_SERVERS``, with ``KAFKA_CLIENT_CONFIG``'s TLS and SASL
+settings), keyed by partner id with Kafka's Java
 partitioner (murmur2), and writes the expected-outcome file: one JSON line per message with its
 outcome, reasons, fault and, for Kafka, partition and offset.
 """
@@ -148,23 +149,28 @@ def _to_kafka(
 ) -> tuple[int, int]:
     from confluent_kafka import Producer
 
-    bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
+    from enrollment.clients.kafka import KafkaSettings
+
+    env = dict(os.environ)
+    if args.bootstrap:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = args.bootstrap
+    if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
         raise SystemExit(
             "set --bootstrap or KAFKA_BOOTSTRAP_SERVERS"
             " (for the local stack: source .stack/stack.env)"
         )
     producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            # The Java client's partitioner, as SAP Commerce's producers use.
-            "partitioner": "murmur2_random",
-            "enable.idempotence": True,  # retries keep per-partner order and do not duplicate
-            "linger.ms": 20,
-            "batch.size": 1_000_000,
-            "compression.type": "lz4",
-            "queue.buffering.max.messages": 500_000,
-        }
+        KafkaSettings.from_env(env).producer(
+            {
+                # The Java client's partitioner, as SAP Commerce's producers use.
+                "partitioner": "murmur2_random",
+                "enable.idempotence": True,  # retries keep per-partner order and do not duplicate
+                "linger.ms": 20,
+                "batch.size": 1_000_000,
+                "compression.type": "lz4",
+                "queue.buffering.max.messages": 500_000,
+            }
+        )
     )
     errors: list[str] = []
 

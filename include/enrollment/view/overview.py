@@ -25,6 +25,7 @@ from enrollment.view.sinks import sinks_overview
 
 if TYPE_CHECKING:
     from enrollment.clients.bigquery import BigQuery
+    from enrollment.clients.kafka import KafkaSettings
 
 
 def health_overview(reader: Reader, now: datetime | None = None) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def health_overview(reader: Reader, now: datetime | None = None) -> dict[str, An
 
 def overview(
     warehouse: BigQuery,
-    bootstrap: str,
+    kafka: KafkaSettings,
     config: PipelineConfig,
     window_hours: float = 24,
     now: datetime | None = None,
@@ -73,7 +74,7 @@ def overview(
         "generated_at": now.isoformat(),
         "window_hours": window_hours,
         "project": warehouse.project,
-        "regions": regions_overview(reader, bootstrap, config, now, window_hours=window_hours),
+        "regions": regions_overview(reader, kafka, config, now, window_hours=window_hours),
         "sinks": sinks_overview(reader, config, window_hours, now),
         "quarantine": quarantine_overview(reader, config, window_hours, now),
         "health": health_overview(reader, now),

@@ -29,6 +29,7 @@ from enrollment.warehouse.gates import judged_age
 
 if TYPE_CHECKING:
     from enrollment.clients.bigquery import BigQuery
+    from enrollment.clients.kafka import KafkaSettings
 
 
 class RegionBacklog(TypedDict):
@@ -40,7 +41,7 @@ class RegionBacklog(TypedDict):
 
 
 def kafka_backlog(
-    bootstrap: str, config: PipelineConfig, now: float | None = None
+    kafka: KafkaSettings, config: PipelineConfig, now: float | None = None
 ) -> dict[str, Any]:
     """Per region: records the consumer group has not landed yet and the oldest one's age (from
     Kafka: committed offsets, end offsets, the first pending record's timestamp)."""
@@ -50,7 +51,7 @@ def kafka_backlog(
             r.code: {"pending": 0, "oldest_pending_age_s": None, "partitions": 0}
             for r in config.regions
         }
-        for row in kafka_lag(bootstrap, config, now):
+        for row in kafka_lag(kafka, config, now):
             region = out[row.region]
             region["pending"] += row.pending
             region["partitions"] += 1
@@ -217,7 +218,7 @@ def freshness(reader: Reader, regions: list[str], now: datetime | None = None) -
 
 def regions_overview(
     reader: Reader,
-    bootstrap: str,
+    kafka: KafkaSettings,
     config: PipelineConfig,
     now: datetime | None = None,
     per_region: int = BATCHES_SHOWN,
@@ -230,23 +231,23 @@ def regions_overview(
     now = now or datetime.now(UTC)
     codes = [r.code for r in config.regions]
     rules = config.lag
-    backlog = kafka_backlog(bootstrap, config, now.timestamp())
+    backlog = kafka_backlog(kafka, config, now.timestamp())
     fresh = freshness(reader, codes, now)
     rate = events_per_minute(reader, codes, now)
     batches = ledger_batches(reader, codes, per_region, now)
     promise = freshness_over_window(reader, config, codes, window_hours, now)
     regions = []
     for code in codes:
-        kafka = backlog["regions"].get(code) or {}
+        pending = backlog["regions"].get(code) or {}
         last = fresh["regions"].get(code)
         mine = batches["regions"].get(code) or []
         broken = [
             f"batch {b['batch_id']}: {'; '.join(b['why'])}" for b in mine if b["status"] == BROKEN
         ]
         late = []
-        if (kafka.get("oldest_pending_age_s") or 0) > rules.max_age_s:
+        if (pending.get("oldest_pending_age_s") or 0) > rules.max_age_s:
             late.append(
-                f"oldest pending record {kafka['oldest_pending_age_s']:.0f} s old "
+                f"oldest pending record {pending['oldest_pending_age_s']:.0f} s old "
                 f"(> {rules.max_age_s:g} s)"
             )
         if last and (last["judged_age_s"] or 0) > config.freshness_sla_s:
@@ -257,8 +258,8 @@ def regions_overview(
         regions.append(
             {
                 "code": code,
-                "pending": kafka.get("pending"),
-                "oldest_pending_age_s": kafka.get("oldest_pending_age_s"),
+                "pending": pending.get("pending"),
+                "oldest_pending_age_s": pending.get("oldest_pending_age_s"),
                 "freshness": last,
                 "events_per_minute": (rate["regions"].get(code) or []),
                 "freshness_over_window": promise["regions"].get(code) or [],
@@ -283,7 +284,7 @@ def regions_overview(
 
 def region_detail(
     warehouse: BigQuery,
-    bootstrap: str,
+    kafka: KafkaSettings,
     config: PipelineConfig,
     code: str,
     window_hours: float = 24,
@@ -295,7 +296,7 @@ def region_detail(
     region = config.region(code)
     reader = Reader(warehouse, config)
     one = dataclasses.replace(config, regions=(region,))
-    regions = regions_overview(reader, bootstrap, one, now, per_region, window_hours)
+    regions = regions_overview(reader, kafka, one, now, per_region, window_hours)
     return {
         "generated_at": now.isoformat(),
         "window_hours": window_hours,

@@ -63,8 +63,8 @@ def overview_data(window_hours: float) -> dict[str, Any]:
         from enrollment.view.overview import overview
         from enrollment_airflow.operator_page import runs
 
-        config, warehouse, bootstrap = clients()
-        data: dict[str, Any] = overview(warehouse, bootstrap, config, window_hours)
+        config, warehouse, kafka = clients()
+        data: dict[str, Any] = overview(warehouse, kafka, config, window_hours)
         dags: dict[str, Any] = _airflow(
             lambda: runs.dag_runs(config, window_hours),
             {"source": "airflow", "dags": [], "error": "metadata DB unavailable"},
@@ -86,8 +86,8 @@ def region_data(code: str, window_hours: float) -> dict[str, Any]:
         from enrollment.view.regions import region_detail
         from enrollment_airflow.operator_page import runs
 
-        config, warehouse, bootstrap = clients()
-        data: dict[str, Any] = region_detail(warehouse, bootstrap, config, code, window_hours)
+        config, warehouse, kafka = clients()
+        data: dict[str, Any] = region_detail(warehouse, kafka, config, code, window_hours)
         dags: dict[str, Any] = _airflow(
             lambda: runs.dag_runs(config, window_hours), {"source": "airflow", "dags": []}
         )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from enrollment.clients.bigquery import BigQuery
+    from enrollment.clients.kafka import KafkaSettings
     from enrollment.config import PipelineConfig
 
 T = TypeVar("T")
@@ -43,15 +44,15 @@ def cached(key: tuple[Any, ...], seconds: float, make: Callable[[], T]) -> T:
     return value
 
 
-def clients() -> tuple[PipelineConfig, BigQuery, str]:
-    """The pipeline configuration, its warehouse and Kafka bootstrap, from the Airflow connections
+def clients() -> tuple[PipelineConfig, BigQuery, KafkaSettings]:
+    """The pipeline configuration, its warehouse and Kafka settings, from the Airflow connections
     the DAGs use."""
 
-    def make() -> tuple[PipelineConfig, BigQuery, str]:
+    def make() -> tuple[PipelineConfig, BigQuery, KafkaSettings]:
         from enrollment.config import load_config
         from enrollment_airflow.runtime import Runtime
 
         rt = Runtime(load_config())  # the page's own handle, not a task's
-        return rt.config, rt.warehouse, rt.kafka_bootstrap
+        return rt.config, rt.warehouse, rt.kafka
 
     return cached(("clients",), CLIENTS_S, make)

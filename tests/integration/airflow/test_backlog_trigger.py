@@ -16,8 +16,8 @@ from tests.integration.airflow.triggering import new_runs, next_event, run_trigg
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
 
-def _produce(bootstrap, topic, n):
-    producer = Producer({"bootstrap.servers": bootstrap})
+def _produce(kafka, topic, n):
+    producer = Producer(kafka.producer())
     for i in range(n):
         producer.produce(topic, key=f"k{i}".encode(), value=b"{}")
     assert producer.flush(10) == 0
@@ -27,12 +27,12 @@ def test_the_backlog_reads_a_timestamp_only_when_the_count_does_not_decide(stack
     from enrollment.ingest.backlog import measure
 
     topic, group = f"test.backlog.{uuid.uuid4().hex[:8]}", f"test-backlog-{uuid.uuid4().hex[:6]}"
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient(stack.kafka.admin())
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
     try:
         before = time.time()
-        _produce(stack.kafka_bootstrap, topic, 6)
-        aged = measure(stack.kafka_bootstrap, group, topic, 2, enough=100)
+        _produce(stack.kafka, topic, 6)
+        aged = measure(stack.kafka, group, topic, 2, enough=100)
         assert (
             aged.pending == 6
             and aged.oldest_timestamp_ms is not None
@@ -41,7 +41,7 @@ def test_the_backlog_reads_a_timestamp_only_when_the_count_does_not_decide(stack
         assert {p for p, _ in aged.oldest_by_partition} == {
             p for p, start, end in aged.ranges if end > start
         }
-        counted = measure(stack.kafka_bootstrap, group, topic, 2, enough=5)
+        counted = measure(stack.kafka, group, topic, 2, enough=5)
         assert counted.pending == 6 and counted.oldest_timestamp_ms is None, (
             "enough records pending: no record fetched"
         )
@@ -55,12 +55,12 @@ def test_one_watch_follows_the_backlog_across_questions(stack):
     from enrollment.ingest.backlog import BacklogWatch
 
     topic, group = f"test.backlog.{uuid.uuid4().hex[:8]}", f"test-backlog-{uuid.uuid4().hex[:6]}"
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient(stack.kafka.admin())
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
-    watch = BacklogWatch(stack.kafka_bootstrap, group, topic, 2)
+    watch = BacklogWatch(stack.kafka, group, topic, 2)
     try:
         assert watch.measure(enough=100).pending == 0
-        _produce(stack.kafka_bootstrap, topic, 8)
+        _produce(stack.kafka, topic, 8)
         first = watch.measure(enough=100)
         assert first.pending == 8 and {p for p, _ in first.oldest_by_partition} == {
             p for p, start, end in first.ranges if end > start
@@ -68,7 +68,7 @@ def test_one_watch_follows_the_backlog_across_questions(stack):
         assert watch.measure(enough=5).oldest_timestamp_ms is None, "the count decides"
         # The group lands partition 0: only partition 1 is pending and timed.
         ends = {p: end for p, _, end in first.ranges}
-        consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group})
+        consumer = Consumer(stack.kafka.consumer({"group.id": group}))
         consumer.commit(offsets=[TopicPartition(topic, 0, ends[0])], asynchronous=False)
         consumer.close()
         landed = watch.measure(enough=100)
@@ -78,7 +78,7 @@ def test_one_watch_follows_the_backlog_across_questions(stack):
         # A newer record on partition 0: its own timestamp, not one remembered from before.
         time.sleep(1.1)
         after = time.time()
-        producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+        producer = Producer(stack.kafka.producer())
         producer.produce(topic, value=b"{}", partition=0)
         assert producer.flush(10) == 0
         newer = dict(watch.measure(enough=100).oldest_by_partition)
@@ -92,10 +92,10 @@ def test_one_watch_follows_the_backlog_across_questions(stack):
 
 def test_trigger_fires_once_per_piece_of_work(stack):
     topic, group = f"test.backlog.{uuid.uuid4().hex[:8]}", f"test-backlog-{uuid.uuid4().hex[:6]}"
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient(stack.kafka.admin())
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
     try:
-        _produce(stack.kafka_bootstrap, topic, 10)
+        _produce(stack.kafka, topic, 10)
         trigger = BacklogTrigger(
             region="TEST",
             topic=topic,
@@ -113,7 +113,7 @@ def test_trigger_fires_once_per_piece_of_work(stack):
             assert first is not None and first.payload["pending"] == 10
             assert await next_event(events, 1.0) is None, "the same work fires once"
             # The land stage commits the batch; one new record then waits past max_age_s.
-            consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group})
+            consumer = Consumer(stack.kafka.consumer({"group.id": group}))
             ends = [
                 consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                 for p in (0, 1)
@@ -123,7 +123,7 @@ def test_trigger_fires_once_per_piece_of_work(stack):
                 asynchronous=False,
             )
             consumer.close()
-            _produce(stack.kafka_bootstrap, topic, 1)
+            _produce(stack.kafka, topic, 1)
             t0 = time.monotonic()
             second = await next_event(events, 15)
             assert second is not None and second.payload["pending"] == 1
@@ -172,7 +172,7 @@ def test_running_airflow_wakes_the_ingest_dag_through_the_backlog_watcher(stack,
     client.http.patch("/dags/ingest_apac", json={"is_paused": False}).raise_for_status()
     try:
         _produce(
-            stack.kafka_bootstrap, pipeline_config.region("APAC").topic, 5
+            stack.kafka, pipeline_config.region("APAC").topic, 5
         )  # not JSON events: quarantined, still accounted
         deadline, run = time.monotonic() + 180, None
         while time.monotonic() < deadline:

@@ -71,7 +71,7 @@ def test_a_fifth_region_by_configuration_alone_reaches_the_warehouse_and_every_s
         if m.topic == mea.topic
     ]
     assert len(messages) > 500 and {m.expected["region"] for m in messages} == {"MEA"}
-    produce(stack.kafka_bootstrap, messages)
+    produce(stack.kafka, messages)
     succeeded(ingest_dag(mea).test())
     succeeded(warehouse_dag().test())
     client = bigquery_client(stack.project)
@@ -132,7 +132,7 @@ def test_a_fifth_region_by_configuration_alone_reaches_the_warehouse_and_every_s
     }
 
     # The lag monitor measures the new region's partitions; the canary's enrollment is valid.
-    lag = [r for r in kafka_lag(stack.kafka_bootstrap, config) if r.region == "MEA"]
+    lag = [r for r in kafka_lag(stack.kafka, config) if r.region == "MEA"]
     assert sorted(r.partition for r in lag) == [0, 1] and sum(r.pending for r in lag) == 0
     event = canary_event(config, mea, version=1)
     assert event["region"] == "MEA" and event["payload"]["address"]["country"] == "AE"

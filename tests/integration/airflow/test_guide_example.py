@@ -41,7 +41,7 @@ def test_a_new_sink_is_one_module_one_config_entry_and_its_test(
     messages = Simulator(
         seed=31, faults=FaultRates.mix(0.02), initial_partners=40, config=config
     ).take(1500)
-    produce(stack.kafka_bootstrap, [m for m in messages if m.topic == region.topic])
+    produce(stack.kafka, [m for m in messages if m.topic == region.topic])
     assert ingest_dag(region).test().state == DagRunState.SUCCESS
     assert warehouse_dag().test().state == DagRunState.SUCCESS
 

@@ -69,9 +69,7 @@ def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, is
     assert all(r["offsets_in"] == r["valid"] + r["quarantined"] + r["duplicates"] for r in ledger)
     assert sum(r["offsets_in"] for r in ledger if r["stage"] == "land") == len(messages)
 
-    consumer = Consumer(
-        {"bootstrap.servers": stack.kafka_bootstrap, "group.id": config.consumer_group}
-    )
+    consumer = Consumer(stack.kafka.consumer({"group.id": config.consumer_group}))
     for region in config.regions:
         parts = [TopicPartition(region.topic, p) for p in range(region.partitions)]
         committed = [tp.offset for tp in consumer.committed(parts, timeout=10)]

@@ -24,7 +24,7 @@ def test_ingest_dag_lands_and_merges_a_region(stack, dagbag, airflow_db, pipelin
         if m.topic == region.topic
     ]
     assert messages
-    produce(stack.kafka_bootstrap, messages)
+    produce(stack.kafka, messages)
 
     dag = dagbag.dags["ingest_latam"]
     run = dag.test(run_conf={"max_batch": 1_000_000})
@@ -46,9 +46,7 @@ def test_ingest_dag_lands_and_merges_a_region(stack, dagbag, airflow_db, pipelin
     for landed in train["batches"]:
         assert landed["batch_id"] in [b["batch_id"] for b in cycled["batches"]] + cycled["already"]
 
-    consumer = Consumer(
-        {"bootstrap.servers": stack.kafka_bootstrap, "group.id": pipeline_config.consumer_group}
-    )
+    consumer = Consumer(stack.kafka.consumer({"group.id": pipeline_config.consumer_group}))
     parts = [TopicPartition(region.topic, p) for p in range(region.partitions)]
     committed = [tp.offset for tp in consumer.committed(parts, timeout=10)]
     ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]

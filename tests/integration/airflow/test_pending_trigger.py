@@ -61,7 +61,7 @@ def test_running_airflow_wakes_the_warehouse_through_the_pending_watcher(stack, 
     for dag_id in ("ingest_latam", "warehouse"):
         client.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
     try:
-        producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+        producer = Producer(stack.kafka.producer())
         topic = pipeline_config.region("LATAM").topic
         for i in range(5):  # not JSON events: quarantined, still a batch to warehouse
             producer.produce(topic, key=f"k{i}".encode(), value=b"x")

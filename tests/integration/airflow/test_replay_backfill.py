@@ -40,7 +40,7 @@ def test_a_backfill_of_replay_resyncs_todays_batches_and_changes_nothing(stack, 
 
     # Today's LATAM batches, landed, warehoused and synced by the running DAGs.
     produce(
-        stack.kafka_bootstrap,
+        stack.kafka,
         [
             m
             for m in Simulator(seed=int(time.time()), config=config).take(2000)
@@ -70,7 +70,7 @@ def test_a_backfill_of_replay_resyncs_todays_batches_and_changes_nothing(stack, 
             )
 
         while (
-            total_pending(stack.kafka_bootstrap, config.consumer_group, [region])
+            total_pending(stack.kafka, config.consumer_group, [region])
             or busy()
             or queued()
             or region_plan(run.warehouse, run.bucket.name, "firestore", "LATAM").batches

@@ -76,12 +76,7 @@ def test_a_short_load_with_solr_down_ends_with_zero_unexplained_records(
         and fault["began_s"] >= 10
         and fault["ended_s"] >= fault["began_s"] + 20
     )
-    assert (
-        total_pending(
-            stack.kafka_bootstrap, pipeline_config.consumer_group, pipeline_config.regions
-        )
-        == 0
-    )
+    assert total_pending(stack.kafka, pipeline_config.consumer_group, pipeline_config.regions) == 0
     report = (out / "report.md").read_text()
     assert "**0**" in report.split("## Verdict of the ledger")[1]
     assert (

@@ -32,11 +32,10 @@ def test_a_batch_with_faults_lands_and_merges_exactly(
     )
     assert manifest is not None and manifest.offsets == len(messages)
     assert (
-        claim(stack.kafka_bootstrap, group, "EMEA", region_topic, 2, bucket, max_batch=100_000)
-        == manifest
+        claim(stack.kafka, group, "EMEA", region_topic, 2, bucket, max_batch=100_000) == manifest
     ), "an unfinished batch is claimed again as it was"
 
-    landed = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
+    landed = land(stack.kafka, manifest, bucket, Keyring.from_env())
     expected_valid = {m.expected["event_id"] for m in messages if m.expected["outcome"] == "valid"}
     expected_quarantine = sorted(
         ",".join(m.expected["reasons"]) for m in messages if m.expected["outcome"] == "quarantined"
@@ -45,17 +44,14 @@ def test_a_batch_with_faults_lands_and_merges_exactly(
     assert landed.valid + landed.quarantined + landed.duplicates == len(messages)
 
     # The group's offsets are committed to the end, and nothing is pending any more.
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group})
+    consumer = Consumer(stack.kafka.consumer({"group.id": group}))
     ends = [
         consumer.get_watermark_offsets(TopicPartition(region_topic, p), timeout=10)[1]
         for p in (0, 1)
     ]
     consumer.close()
-    assert committed_offsets(stack.kafka_bootstrap, group, region_topic, 2) == ends
-    assert (
-        claim(stack.kafka_bootstrap, group, "EMEA", region_topic, 2, bucket, max_batch=100_000)
-        is None
-    )
+    assert committed_offsets(stack.kafka, group, region_topic, 2) == ends
+    assert claim(stack.kafka, group, "EMEA", region_topic, 2, bucket, max_batch=100_000) is None
 
     counts = merge_batch(warehouse, landed)
     Ledger(warehouse).record(landed, "warehouse", counts["events"], counts["seconds"])
@@ -97,7 +93,7 @@ def test_a_batch_with_faults_lands_and_merges_exactly(
             "partner_id"
         ),
     )
-    again = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
+    again = land(stack.kafka, manifest, bucket, Keyring.from_env())
     assert again.as_dict() | {"seconds": 0} == landed.as_dict() | {"seconds": 0}
     merge_batch(warehouse, again)
     assert (

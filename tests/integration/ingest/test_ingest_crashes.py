@@ -23,12 +23,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
 LAND = """
 import sys
+from enrollment.clients.kafka import KafkaSettings
 from enrollment.clients.services import storage_client
 from enrollment.core.batch import Manifest
 from enrollment.core.pii import Keyring
 from enrollment.ingest.land import land
 manifest = Manifest.from_json(sys.argv[1])
-land(sys.argv[2], manifest, storage_client(sys.argv[3]).bucket(manifest.bucket), Keyring.from_env())
+land(KafkaSettings.from_env(), manifest, storage_client(sys.argv[2]).bucket(manifest.bucket),
+     Keyring.from_env())
 """
 MERGE = """
 import sys
@@ -77,11 +79,9 @@ def test_killed_land_and_warehouse_retried_lose_and_duplicate_nothing(
         initial_partners=50,
     )
 
-    outcomes = kill_during(
-        LAND, [manifest.to_json(), stack.kafka_bootstrap, stack.project], [0.5, 1.5, 2.5]
-    )
+    outcomes = kill_during(LAND, [manifest.to_json(), stack.project], [0.5, 1.5, 2.5])
     assert any(o.startswith("killed") for o in outcomes), outcomes
-    landed = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())  # the retry
+    landed = land(stack.kafka, manifest, bucket, Keyring.from_env())  # the retry
     assert landed.offsets == len(messages) == landed.valid + landed.quarantined + landed.duplicates
     listed = [b.name for b in bucket.list_blobs(prefix=manifest.prefix)]
     assert sorted(listed) == sorted(
@@ -140,6 +140,6 @@ def test_broker_restarted_between_claim_and_land(stack, pipeline_config, region_
     assert stack_cli.down(["kafka"], quiet=True)
     stack_cli.up(["kafka"], quiet=True)
 
-    landed = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())
+    landed = land(stack.kafka, manifest, bucket, Keyring.from_env())
     assert landed.offsets == len(messages) == landed.valid + landed.quarantined + landed.duplicates
-    assert sum(committed_offsets(stack.kafka_bootstrap, group, region_topic, 2)) == len(messages)
+    assert sum(committed_offsets(stack.kafka, group, region_topic, 2)) == len(messages)

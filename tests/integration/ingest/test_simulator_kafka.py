@@ -43,11 +43,7 @@ def test_produced_events_land_where_the_expected_file_says_and_validate_as_expec
     for e in expected:
         wanted[(topic_of[e["region"]], e["partition"])][e["offset"]] = e
     consumer = Consumer(
-        {
-            "bootstrap.servers": stack.kafka_bootstrap,
-            "group.id": "test-simulator-readback",
-            "enable.auto.commit": False,
-        }
+        stack.kafka.consumer({"group.id": "test-simulator-readback", "enable.auto.commit": False})
     )
     values, records, partitions_of_partner = [], [], defaultdict(set)
     try:

@@ -92,7 +92,7 @@ def test_no_clear_tax_id_is_landed_warehoused_or_synced(
     since = datetime.now(UTC) - timedelta(seconds=5)
     values, partner_of = events(Simulator(seed=int(time.time())))
     produce(
-        stack.kafka_bootstrap,
+        stack.kafka,
         [
             type("M", (), {"key": str(i).encode(), "value": v, "topic": region_topic})()
             for i, v in enumerate(values)
@@ -100,8 +100,8 @@ def test_no_clear_tax_id_is_landed_warehoused_or_synced(
     )
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     group = f"test-pii-{uuid.uuid4().hex[:6]}"
-    manifest = claim(stack.kafka_bootstrap, group, "NA", region_topic, 2, bucket, max_batch=100_000)
-    landed = land(stack.kafka_bootstrap, manifest, bucket, keyring)
+    manifest = claim(stack.kafka, group, "NA", region_topic, 2, bucket, max_batch=100_000)
+    landed = land(stack.kafka, manifest, bucket, keyring)
     assert (landed.valid, landed.quarantined) == (5, 4), (landed.valid, landed.quarantined)
     merge_batch(warehouse, landed)
     sync = SyncRun(warehouse, bucket)

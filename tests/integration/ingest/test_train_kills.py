@@ -32,11 +32,12 @@ MAX_BATCH = 300  # offsets a batch: 2,400 events make a train of 8 batches or mo
 
 TRAIN = """
 import os, signal, sys
+from enrollment.clients.kafka import KafkaSettings
 from enrollment.clients.services import storage_client
 from enrollment.core.pii import Keyring
 from enrollment.config import Region
 from enrollment.ingest.train import TrainBounds, land_train
-bootstrap, project, bucket, group, topic, batch, step = sys.argv[1:8]
+project, bucket, group, topic, batch, step = sys.argv[1:7]
 region = Region(code="AMER", topic=topic, partitions=2, countries=("US",), min_records=1,
                 max_age_s=0.1)
 
@@ -44,8 +45,8 @@ def on_step(index, name, batch_id):
     if (index, name) == (int(batch), step):
         os.kill(os.getpid(), signal.SIGKILL)
 
-land_train(bootstrap, group, region, storage_client(project).bucket(bucket),
-           Keyring.from_env(), TrainBounds(120, 40, 1.0), max_batch=int(sys.argv[8]),
+land_train(KafkaSettings.from_env(), group, region, storage_client(project).bucket(bucket),
+           Keyring.from_env(), TrainBounds(120, 40, 1.0), max_batch=int(sys.argv[7]),
            on_step=on_step)
 """
 
@@ -61,7 +62,7 @@ def region_of(topic: str) -> Region:
 def _train(stack, bucket, group: str, topic: str, on_step=None):
     """A train on the test's topic, in this process, as the land task runs it."""
     return land_train(
-        stack.kafka_bootstrap,
+        stack.kafka,
         group,
         region_of(topic),
         bucket,
@@ -94,13 +95,13 @@ def _landed_offsets(bucket, group: str) -> list[tuple[int, int]]:
 def test_a_train_lands_batch_after_batch_each_committed(stack, pipeline_config, region_topic):
     group = f"test-train-{uuid.uuid4().hex[:8]}"
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
-    produce(stack.kafka_bootstrap, Simulator(seed=77, initial_partners=30).take(1000), region_topic)
+    produce(stack.kafka, Simulator(seed=77, initial_partners=30).take(1000), region_topic)
     heard: list[tuple[int, str]] = []
     train = _train(stack, bucket, group, region_topic, lambda i, step, _: heard.append((i, step)))
     assert len(train.landed) >= 4 and train.ended == "drained", train.as_dict() | {"batches": 0}
     assert heard == [(i, s) for i in range(len(train.landed)) for s in STEPS]
     assert sum(b.offsets for b in train.landed) == 1000
-    assert committed_offsets(stack.kafka_bootstrap, group, region_topic, 2) == [
+    assert committed_offsets(stack.kafka, group, region_topic, 2) == [
         sum(1 for p, _ in _landed_offsets(bucket, group) if p == part) for part in (0, 1)
     ], "every batch committed up to where the landed objects end"
     assert sorted(b.batch_id for b in pending_batches(bucket, group)) == sorted(
@@ -115,7 +116,7 @@ def test_a_train_killed_between_any_two_steps_loses_and_duplicates_nothing(
     group = f"test-train-{uuid.uuid4().hex[:8]}"
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     messages = Simulator(seed=4242, faults=FaultRates.mix(0.03), initial_partners=40).take(2400)
-    produce(stack.kafka_bootstrap, messages, region_topic)
+    produce(stack.kafka, messages, region_topic)
 
     for batch in (0, 1):  # the first batch of a train, and one after another landed
         for step in STEPS:
@@ -124,7 +125,6 @@ def test_a_train_killed_between_any_two_steps_loses_and_duplicates_nothing(
                     sys.executable,
                     "-c",
                     TRAIN,
-                    stack.kafka_bootstrap,
                     stack.project,
                     bucket.name,
                     group,
@@ -143,7 +143,7 @@ def test_a_train_killed_between_any_two_steps_loses_and_duplicates_nothing(
     _train(stack, bucket, group, region_topic)
     landed = _landed_offsets(bucket, group)
     assert len(landed) == len(set(landed)) == len(messages), "every offset landed exactly once"
-    assert committed_offsets(stack.kafka_bootstrap, group, region_topic, 2) == [
+    assert committed_offsets(stack.kafka, group, region_topic, 2) == [
         sum(1 for p, _ in landed if p == part) for part in (0, 1)
     ]
 

@@ -82,8 +82,8 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
     vid, email = victim["partner_id"], victim["payload"]["email"]
     # A message too broken to name its partner, holding the victim's id and email in its bytes.
     broken = json.dumps(victim | {"event_id": str(uuid.uuid4())})[:-25].encode()
-    produce(stack.kafka_bootstrap, messages)
-    produce(stack.kafka_bootstrap, [Message(0, region.topic, vid.encode(), broken)])
+    produce(stack.kafka, messages)
+    produce(stack.kafka, [Message(0, region.topic, vid.encode(), broken)])
 
     def run_pipeline() -> None:
         assert ingest_dag(region).test().state == DagRunState.SUCCESS
@@ -162,9 +162,7 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
         "partner_version": 10_000,
         "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
-    produce(
-        stack.kafka_bootstrap, [Message(0, region.topic, vid.encode(), json.dumps(late).encode())]
-    )
+    produce(stack.kafka, [Message(0, region.topic, vid.encode(), json.dumps(late).encode())])
     ledger_before = sorted(
         (r["batch_id"], r["stage"], r["offsets_in"], r["valid"], r["quarantined"], r["duplicates"])
         for r in bq.query(f"SELECT * FROM {ops}.ledger").result()

@@ -95,22 +95,20 @@ def test_a_land_killed_between_its_writes_and_its_pending_record_with_an_erasure
     ensure_sync_tables(warehouse)
     bucket = storage_client(stack.project).bucket(pipeline_config.landing_bucket)
     produce(
-        stack.kafka_bootstrap,
+        stack.kafka,
         [
             Message(i, region_topic, e["partner_id"].encode(), json.dumps(e).encode())
             for i, e in enumerate(events)
         ],
     )
-    manifest = claim(
-        stack.kafka_bootstrap, group, REGION, region_topic, 2, bucket, max_batch=100_000
-    )
+    manifest = claim(stack.kafka, group, REGION, region_topic, 2, bucket, max_batch=100_000)
 
     def killed_after_writing(step: str) -> None:
         if step == "written":
             raise Killed(step)
 
     with pytest.raises(Killed):
-        land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env(), step=killed_after_writing)
+        land(stack.kafka, manifest, bucket, Keyring.from_env(), step=killed_after_writing)
     assert values_naming(bucket, manifest.prefix, [victim]), "the killed attempt wrote in clear"
     assert values_naming(bucket, manifest.prefix, [tax_token]), "and the tax id's token"
     assert manifest.batch_id not in queued(bucket, group)
@@ -118,7 +116,7 @@ def test_a_land_killed_between_its_writes_and_its_pending_record_with_an_erasure
     found = erase(warehouse, bucket, group, victim)
     assert manifest.batch_id not in found["batches"], "the erasure cannot know the batch"
 
-    landed = land(stack.kafka_bootstrap, manifest, bucket, Keyring.from_env())  # the retry
+    landed = land(stack.kafka, manifest, bucket, Keyring.from_env())  # the retry
     assert landed.valid == 2, "rows keep their count: the ledger stays true"
     assert manifest.batch_id in queued(bucket, group)
     assert values_naming(bucket, manifest.prefix, [*personal(victim_event), tax_token]) == []

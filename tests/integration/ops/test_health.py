@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from enrollment.clients.kafka import KafkaSettings
 from enrollment.clients.services import Endpoints, bigquery_client
 from enrollment.ops.health import ServiceDown, require
 from stack import cli as stack_cli
@@ -23,7 +24,7 @@ def test_a_task_fails_fast_naming_the_service_that_is_down(stack, pipeline_confi
         pipeline_config,
     )
     elsewhere = dataclasses.replace(
-        endpoints, kafka_bootstrap="127.0.0.1:1", solr_url="http://127.0.0.1:1/solr"
+        endpoints, kafka=KafkaSettings.plaintext("127.0.0.1:1"), solr_url="http://127.0.0.1:1/solr"
     )
     t0 = time.monotonic()
     with pytest.raises(

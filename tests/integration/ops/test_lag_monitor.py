@@ -35,7 +35,7 @@ def test_a_stalled_consumer_raises_an_alert(
     produced = 0
     for step in range(3):  # nobody consumes: the backlog grows at every measurement
         batch = [m for m in sim.take(600) if m.topic == region.topic]
-        produce(stack.kafka_bootstrap, batch)
+        produce(stack.kafka, batch)
         produced += len(batch)
         run = dag.test()
         if step < 2:

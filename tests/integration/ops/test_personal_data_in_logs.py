@@ -83,7 +83,7 @@ def test_no_personal_value_reaches_a_task_log_an_xcom_or_an_alert(
         json.dumps(enrollment | {"event_id": str(uuid.uuid4()), "schema_version": 9}).encode(),
     ]
     produce(
-        stack.kafka_bootstrap,
+        stack.kafka,
         messages
         + [Message(0, region.topic, pid.encode(), json.dumps(enrollment).encode())]
         + [Message(0, region.topic, pid.encode(), h) for h in hostile],

@@ -30,7 +30,7 @@ def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(
     config = isolated_pipeline
     region = config.region(REGION)
     produce(
-        stack.kafka_bootstrap,
+        stack.kafka,
         [
             m
             for m in Simulator(

@@ -18,6 +18,7 @@ import pytest
 from confluent_kafka import Producer
 
 from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.kafka import KafkaSettings
 from enrollment.clients.services import Endpoints, bigquery_client, firestore_client, storage_client
 from enrollment.config import markets_in_force
 from enrollment.config import parse as pipeline_config_module
@@ -157,11 +158,11 @@ def _exists(w, name: str, ops: bool = False) -> bool:
     }
 
 
-def land_emea(bootstrap: str, config, bucket, keyring) -> None:
+def land_emea(kafka: KafkaSettings, config, bucket, keyring) -> None:
     """Claims and lands what EMEA's topic holds for the pipeline's group, as one batch."""
     emea = config.region("EMEA")
     manifest = claim(
-        bootstrap,
+        kafka,
         config.consumer_group,
         "EMEA",
         emea.topic,
@@ -169,7 +170,7 @@ def land_emea(bootstrap: str, config, bucket, keyring) -> None:
         bucket,
         max_batch=1_000,
     )
-    land(bootstrap, manifest, bucket, keyring)
+    land(kafka, manifest, bucket, keyring)
 
 
 def recovery_objects(bucket) -> list[str]:
@@ -183,7 +184,7 @@ def recovery_objects(bucket) -> list[str]:
 
 def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, monkeypatch):
     config, w, bucket, sinks = pipeline
-    keyring, bootstrap = Keyring.from_env(), stack.kafka_bootstrap
+    keyring, kafka = Keyring.from_env(), stack.kafka
     emea = config.region("EMEA")
 
     # Simulated traffic with ordinary faults in every region, and five Austrian enrollments that
@@ -191,15 +192,15 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
     messages = Simulator(
         seed=4242, faults=FaultRates.mix(0.06), initial_partners=40, config=config
     ).take(800)
-    produce(bootstrap, messages)
+    produce(kafka, messages)
     austrians = austrian_enrollments(5)
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    producer = Producer(kafka.producer({"partitioner": "murmur2_random"}))
     for e in austrians:
         producer.produce(emea.topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
     assert producer.flush(30) == 0
     for region in config.regions:
         manifest = claim(
-            bootstrap,
+            kafka,
             config.consumer_group,
             region.code,
             region.topic,
@@ -207,16 +208,16 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
             bucket,
             max_batch=1_000_000,
         )
-        land(bootstrap, manifest, bucket, keyring)
+        land(kafka, manifest, bucket, keyring)
     # The producer resends one of them in a later batch: quarantined again, one event all the same.
     producer.produce(
         emea.topic, key=austrians[0]["partner_id"].encode(), value=json.dumps(austrians[0]).encode()
     )
     assert producer.flush(30) == 0
     land(
-        bootstrap,
+        kafka,
         claim(
-            bootstrap,
+            kafka,
             config.consumer_group,
             "EMEA",
             emea.topic,
@@ -259,7 +260,7 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
     )
     with austria_joins_emea(monkeypatch):
         # The dry run: exactly the Austrian class, by region and reason; nothing written.
-        planned = plan(w, bucket, keyring, bootstrap, config, request).counts()
+        planned = plan(w, bucket, keyring, kafka, config, request).counts()
         assert planned["regions"]["EMEA"]["by_reason"][REASON]["recoverable"] == 5
         assert planned["regions"]["EMEA"]["total"]["already_in_events"] == 1, (
             "the resent copy: its event comes back once"
@@ -280,7 +281,7 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
         assert not pending_batches(bucket, config.consumer_group)
 
         # The recovery: one batch for EMEA, queued for the warehouse writer, carried to every sink.
-        done = recover(w, bucket, keyring, bootstrap, config, request, dag_run="test-run-1")
+        done = recover(w, bucket, keyring, kafka, config, request, dag_run="test-run-1")
     assert (
         done["total"]["recovered"] == 5
         and done["total"]["still_invalid"] == planned["total"]["still_invalid"]
@@ -346,7 +347,7 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
 
     # Again: nothing changes, everything counted as already recovered.
     with austria_joins_emea(monkeypatch):
-        again = recover(w, bucket, keyring, bootstrap, config, request, dag_run="test-run-2")
+        again = recover(w, bucket, keyring, kafka, config, request, dag_run="test-run-2")
     assert (
         again["total"]["recovered"] == 0
         and again["total"]["already_recovered"] == 5
@@ -357,7 +358,7 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
     assert snapshot(w) == after
 
     # Without the contract change the class is invalid again: nothing is recovered twice either way.
-    plain = plan(w, bucket, keyring, bootstrap, config, request).counts()
+    plain = plan(w, bucket, keyring, kafka, config, request).counts()
     assert plain["total"]["recoverable"] == 0 and plain["total"]["already_recovered"] == 5
 
 
@@ -366,10 +367,10 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
     batch (write-once no-ops), records them once, and the warehouse writes the events once. The
     messages reached Kafka three days ago: the recovery batch is old on purpose."""
     config, w, bucket, sinks = pipeline
-    keyring, bootstrap = Keyring.from_env(), stack.kafka_bootstrap
+    keyring, kafka = Keyring.from_env(), stack.kafka
     emea = config.region("EMEA")
     austrians = austrian_enrollments(3)
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    producer = Producer(kafka.producer({"partitioner": "murmur2_random"}))
     three_days_ago = int((time.time() - 3 * 86400) * 1000)
     for e in austrians:
         producer.produce(
@@ -379,14 +380,14 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
             timestamp=three_days_ago,
         )
     assert producer.flush(30) == 0
-    land_emea(bootstrap, config, bucket, keyring)
+    land_emea(kafka, config, bucket, keyring)
     warehouse_and_sync(config, w, bucket, sinks)
     request = RecoveryRequest.parse(
         {"region": "EMEA", "reasons": [REASON], "dry_run": False}, [r.code for r in config.regions]
     )
 
     with austria_joins_emea(monkeypatch):
-        crashed = plan(w, bucket, keyring, bootstrap, config, request)
+        crashed = plan(w, bucket, keyring, kafka, config, request)
         first = land_recovery(
             w, bucket, keyring, config, crashed.regions["EMEA"]
         )  # then the worker died
@@ -410,7 +411,7 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
             b.name: b.generation
             for b in bucket.list_blobs(prefix=f"landing/EMEA/{first['batch_id']}/")
         }
-        done = recover(w, bucket, keyring, bootstrap, config, request, dag_run="rerun")
+        done = recover(w, bucket, keyring, kafka, config, request, dag_run="rerun")
     assert done["batches"]["EMEA"] == {
         "batch_id": first["batch_id"],
         "events": 3,
@@ -453,16 +454,16 @@ def test_a_recovery_batch_left_behind_by_a_crash_and_an_erasure_keeps_no_one_in_
     from tests.integration.ops.test_erasure_races import Killed, erase, personal, values_naming
 
     config, w, bucket, _ = pipeline
-    keyring, bootstrap = Keyring.from_env(), stack.kafka_bootstrap
+    keyring, kafka = Keyring.from_env(), stack.kafka
     emea = config.region("EMEA")
     austrians = austrian_enrollments(3)
     victim = austrians[0]
     # Produced, landed and warehoused under today's contract: quarantined.
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    producer = Producer(kafka.producer({"partitioner": "murmur2_random"}))
     for e in austrians:
         producer.produce(emea.topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
     assert producer.flush(30) == 0
-    land_emea(bootstrap, config, bucket, keyring)
+    land_emea(kafka, config, bucket, keyring)
     raise_failed(run_cycle(w, pending_batches(bucket, config.consumer_group), config.warehouse))
     request = RecoveryRequest.parse(
         {"region": "EMEA", "reasons": [REASON], "dry_run": False}, [r.code for r in config.regions]
@@ -477,7 +478,7 @@ def test_a_recovery_batch_left_behind_by_a_crash_and_an_erasure_keeps_no_one_in_
 
     monkeypatch.setattr(recovery_run, "mark_pending", dies_before_queueing)
     with austria_joins_emea(monkeypatch), pytest.raises(Killed):
-        recover(w, bucket, keyring, bootstrap, config, request, dag_run="crashed")
+        recover(w, bucket, keyring, kafka, config, request, dag_run="crashed")
     armed = False
     (orphan,) = {name.split("/")[2] for name in set(recovery_objects(bucket)) - before}
     assert values_naming(bucket, f"landing/EMEA/{orphan}", [victim["partner_id"]])
@@ -488,7 +489,7 @@ def test_a_recovery_batch_left_behind_by_a_crash_and_an_erasure_keeps_no_one_in_
     assert values_naming(bucket, f"landing/EMEA/{orphan}", personal(victim)) == []
 
     with austria_joins_emea(monkeypatch):
-        done = recover(w, bucket, keyring, bootstrap, config, request, dag_run="rerun")
+        done = recover(w, bucket, keyring, kafka, config, request, dag_run="rerun")
     again = done["batches"]["EMEA"]
     assert again["batch_id"] != orphan and again["events"] == 2 and again["queued"]
     assert done["total"]["erased"] == 1, "the erased partner's message is not recovered"

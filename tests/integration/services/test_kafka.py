@@ -10,9 +10,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stack")]
 
 
 def test_region_topics_exist_with_their_partitions(stack, pipeline_config):
-    topics = (
-        AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).list_topics(timeout=10).topics
-    )
+    topics = AdminClient(stack.kafka.admin()).list_topics(timeout=10).topics
     for region in pipeline_config.regions:
         assert region.topic in topics, region.code
         assert len(topics[region.topic].partitions) == region.partitions
@@ -20,24 +18,19 @@ def test_region_topics_exist_with_their_partitions(stack, pipeline_config):
 
 def test_produce_consume_with_group_and_committed_offsets(stack):
     topic, group = f"test.smoke.{uuid.uuid4().hex[:8]}", f"test-group-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient(stack.kafka.admin())
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(30)
     try:
-        producer = Producer(
-            {"bootstrap.servers": stack.kafka_bootstrap, "enable.idempotence": True}
-        )
+        producer = Producer(stack.kafka.producer({"enable.idempotence": True}))
         sent = {f"partner-{i}".encode(): f"event-{i}".encode() for i in range(50)}
         for key, value in sent.items():
             producer.produce(topic, key=key, value=value)
         assert producer.flush(30) == 0
 
         consumer = Consumer(
-            {
-                "bootstrap.servers": stack.kafka_bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
+            stack.kafka.consumer(
+                {"group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest"}
+            )
         )
         consumer.subscribe([topic])
         received = {}
@@ -52,13 +45,7 @@ def test_produce_consume_with_group_and_committed_offsets(stack):
         consumer.close()
 
         # Read the committed offsets back with a fresh consumer of the same group.
-        check = Consumer(
-            {
-                "bootstrap.servers": stack.kafka_bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-            }
-        )
+        check = Consumer(stack.kafka.consumer({"group.id": group, "enable.auto.commit": False}))
         committed = check.committed([TopicPartition(topic, p) for p in (0, 1)], timeout=10)
         ends = [
             check.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in (0, 1)

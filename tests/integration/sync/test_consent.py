@@ -221,9 +221,7 @@ def test_reconciliation_names_a_non_contactable_partner_held_by_the_data_extensi
     mc = build_sink("marketing_cloud", config.sinks["marketing_cloud"], Endpoints.from_env())
     try:
         assert sync.run(mc, REGION)["batches"] == 1
-        reconciliation = Reconciliation(
-            sync, {"marketing_cloud": mc}, stack.kafka_bootstrap, config
-        )
+        reconciliation = Reconciliation(sync, {"marketing_cloud": mc}, stack.kafka, config)
         today = datetime.now(UTC).date()
         clean = {f.comparison: f for f in reconciliation.day(region, today).findings}
         assert (

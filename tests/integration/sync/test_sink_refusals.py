@@ -395,7 +395,7 @@ def test_the_sync_dag_sets_a_batch_aside_and_resyncs_it_on_request(
         seed=uuid.uuid4().int % 1_000_000, initial_partners=20, config=config
     )  # partners this run alone has
     for _ in range(2):  # two batches
-        produce(stack.kafka_bootstrap, [m for m in simulator.take(300) if m.topic == region.topic])
+        produce(stack.kafka, [m for m in simulator.take(300) if m.topic == region.topic])
         assert ingest_dag(region).test().state == DagRunState.SUCCESS
     assert warehouse_dag().test().state == DagRunState.SUCCESS
     w = BigQuery(

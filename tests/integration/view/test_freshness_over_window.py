@@ -51,7 +51,7 @@ def test_the_charts_read_each_batch_age_from_metrics_and_the_ledger(stack, isola
     }
     in_solr = ages[synced]["age_s"] + (stamps["sync_solr"] - stamps["warehouse"]).total_seconds()
 
-    view = overview(warehouse, stack.kafka_bootstrap, config, window_hours=1)
+    view = overview(warehouse, stack.kafka, config, window_hours=1)
     assert view["regions"]["sources"]["freshness_over_window"]["error"] is None
     window = view["regions"]["freshness_over_window"]
     assert window["bucket_s"] == 60

@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from google.cloud import bigquery
 
+from enrollment.clients.kafka import KafkaSettings
 from enrollment.simulator.faults import FaultRates
 from enrollment.simulator.generator import Simulator
 from enrollment.view.overview import overview
@@ -24,8 +25,8 @@ from tests.integration.conftest import ingest_and_warehouse, pipeline_warehouse,
 pytestmark = [pytest.mark.integration]
 
 
-def _pending(bootstrap: str, group: str, config) -> dict[str, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+def _pending(kafka: KafkaSettings, group: str, config) -> dict[str, int]:
+    consumer = Consumer(kafka.consumer({"group.id": group}))
     try:
         out = {}
         for region in config.regions:
@@ -63,7 +64,7 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
     later = Simulator(
         seed=4343, faults=FaultRates.mix(0.0), initial_partners=10, config=config
     ).take(150)
-    produce(stack.kafka_bootstrap, later)
+    produce(stack.kafka, later)
 
     warehouse = pipeline_warehouse(stack, config)
     client = warehouse.client
@@ -80,14 +81,14 @@ def test_every_section_equals_what_bigquery_and_kafka_hold(stack, airflow_db, is
             ).result()
         ]
 
-    view = overview(warehouse, stack.kafka_bootstrap, config, window_hours=24)
+    view = overview(warehouse, stack.kafka, config, window_hours=24)
     regions = {r["code"]: r for r in view["regions"]["regions"]}
     assert all(meta["error"] is None for meta in view["regions"]["sources"].values()), view[
         "regions"
     ]["sources"]
 
     # Kafka: pending = end offsets - the group's committed offsets, per region.
-    pending = _pending(stack.kafka_bootstrap, config.consumer_group, config)
+    pending = _pending(stack.kafka, config.consumer_group, config)
     assert {c: r["pending"] for c, r in regions.items()} == pending
     assert sum(pending.values()) == len(later)
     for code, r in regions.items():
@@ -231,7 +232,7 @@ def test_broken_and_late_are_told_apart_and_recovered_counts(stack, airflow_db, 
 
     config = isolated_pipeline
     produce(
-        stack.kafka_bootstrap,
+        stack.kafka,
         Simulator(seed=77, faults=FaultRates.mix(0.05), initial_partners=20, config=config).take(
             300
         ),
@@ -243,7 +244,7 @@ def test_broken_and_late_are_told_apart_and_recovered_counts(stack, airflow_db, 
     warehouse = pipeline_warehouse(stack, config)
     client = warehouse.client
     o = f"`{stack.project}.{config.ops_dataset}`"
-    view = overview(warehouse, stack.kafka_bootstrap, config)
+    view = overview(warehouse, stack.kafka, config)
     assert {r["code"]: r["status"] for r in view["regions"]["regions"]}[broken_region] == "ok"
     assert all(b["recovered"] == 0 for r in view["regions"]["regions"] for b in r["batches"]), (
         "no recovered column: read as 0"
@@ -289,7 +290,7 @@ def test_broken_and_late_are_told_apart_and_recovered_counts(stack, airflow_db, 
         ),
     ).result()
 
-    view = overview(warehouse, stack.kafka_bootstrap, config)
+    view = overview(warehouse, stack.kafka, config)
     regions = {r["code"]: r for r in view["regions"]["regions"]}
     shown = next(b for b in regions[broken_region]["batches"] if b["batch_id"] == batch["batch_id"])
     assert (
@@ -318,7 +319,7 @@ def test_a_fresh_stack_reads_as_empty_sections_not_errors(stack, pipeline_config
         pipeline_config, warehouse_dataset="page_absent_wh", ops_dataset="page_absent_ops"
     )
     warehouse = pipeline_warehouse(stack, config)
-    view = overview(warehouse, stack.kafka_bootstrap, config, window_hours=6)
+    view = overview(warehouse, stack.kafka, config, window_hours=6)
     assert [r["batches"] for r in view["regions"]["regions"]] == [[] for _ in config.regions]
     assert all(
         r["freshness"] is None and sum(p["events"] for p in r["events_per_minute"]) == 0
@@ -342,5 +343,5 @@ def test_a_fresh_stack_reads_as_empty_sections_not_errors(stack, pipeline_config
         view["health"],
     ]
     assert [s["error"] for s in sections] == [None] * len(sections)
-    detail = region_detail(warehouse, stack.kafka_bootstrap, config, config.regions[0].code.lower())
+    detail = region_detail(warehouse, stack.kafka, config, config.regions[0].code.lower())
     assert detail["region"]["code"] == config.regions[0].code and detail["region"]["batches"] == []

@@ -48,7 +48,7 @@ run_cycle(w, pending_batches(storage_client(project).bucket(bucket), group), War
 def two_regions(stack):
     run = uuid.uuid4().hex[:8]
     topics = {"AMER": f"test.cycle.{run}.amer", "EMEA": f"test.cycle.{run}.emea"}
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient(stack.kafka.admin())
     for future in admin.create_topics(
         [NewTopic(t, num_partitions=2, replication_factor=1) for t in topics.values()]
     ).values():
@@ -58,10 +58,10 @@ def two_regions(stack):
 
 
 def land_region(stack, bucket, group: str, region: str, topic: str, messages) -> object:
-    produce(stack.kafka_bootstrap, messages, topic)
+    produce(stack.kafka, messages, topic)
     return land(
-        stack.kafka_bootstrap,
-        claim(stack.kafka_bootstrap, group, region, topic, 2, bucket, max_batch=10_000_000),
+        stack.kafka,
+        claim(stack.kafka, group, region, topic, 2, bucket, max_batch=10_000_000),
         bucket,
         Keyring.from_env(),
     )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from enrollment.clients.bigquery import sql_timestamp as _ts
-from enrollment.clients.kafka import group_consumer
+from enrollment.clients.kafka import KafkaSettings, group_consumer
 from enrollment.core.batch import is_recovery_batch
 from enrollment.core.windows import day_start
 from enrollment.ingest.suppression import erased_among, suppressed
@@ -164,7 +164,7 @@ def _candidates(
 
 
 def fetch(
-    bootstrap: str,
+    kafka: KafkaSettings,
     group: str,
     topic: str,
     wanted: Iterable[tuple[int, int]],
@@ -185,7 +185,7 @@ def fetch(
         "kafka_key": [],
         "value": [],
     }
-    consumer = group_consumer(bootstrap, group)
+    consumer = group_consumer(kafka, group)
     try:
         for p, offsets in sorted(by_partition.items()):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
@@ -271,7 +271,7 @@ def plan(
     w: BigQuery,
     bucket: Bucket,
     keyring: Keyring,
-    bootstrap: str,
+    kafka: KafkaSettings,
     config: PipelineConfig,
     request: RecoveryRequest,
 ) -> RecoveryPlan:
@@ -286,7 +286,7 @@ def plan(
         todo = {(c.kafka_partition, c.kafka_offset): c for c in rp.candidates if not c.outcome}
         if not todo:
             continue
-        messages = fetch(bootstrap, f"{config.consumer_group}-recovery", region.topic, list(todo))
+        messages = fetch(kafka, f"{config.consumer_group}-recovery", region.topic, list(todo))
         # The message at that offset must be the one quarantined: a topic recreated since reuses
         # offsets.
         stamps = messages.column("kafka_timestamp").to_pylist()

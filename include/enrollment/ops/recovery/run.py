@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from google.cloud.storage import Bucket
 
     from enrollment.clients.bigquery import BigQuery
+    from enrollment.clients.kafka import KafkaSettings
     from enrollment.config import PipelineConfig
     from enrollment.core.pii import Keyring
 
@@ -244,14 +245,14 @@ def recover(
     w: BigQuery,
     bucket: Bucket,
     keyring: Keyring,
-    bootstrap: str,
+    kafka: KafkaSettings,
     config: PipelineConfig,
     request: RecoveryRequest,
     dag_run: str = "",
 ) -> dict[str, Any]:
     """Plans again (the plan never travels: it holds message bytes) and recovers; the counts, with
     ``recovered`` where the plan said ``recoverable``, and each region's recovery batch."""
-    done = plan(w, bucket, keyring, bootstrap, config, request)
+    done = plan(w, bucket, keyring, kafka, config, request)
     batches: dict[str, dict[str, Any]] = {}
     for code, rp in sorted(done.regions.items()):
         if not rp.recoverable:
