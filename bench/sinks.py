@@ -116,6 +116,7 @@ def throughput(cfg, config) -> dict:
         params={"commit": "true"},
         json={"delete": {"query": f"sponsor_id:{sponsor}"}},
         timeout=60,
+        auth=endpoints.solr_auth,
     )
     return figures
 

@@ -50,6 +50,7 @@ class SinkWatcher:
         self.documents = self.db.collection(config.sinks["firestore"].get("collection", "partners"))
         core = config.sinks["solr"].get("core") or config.solr_core
         self.solr = f"{cfg.url('SOLR_PORT', '/solr')}/{core}"
+        self.solr_auth = cfg.solr_auth
         extension = config.sinks["marketing_cloud"].get("data_extension")
         self.mc = f"{cfg.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{extension}/lookup"
         self.mc_headers = cfg.stub_headers()  # the stub's admin endpoints want its token
@@ -84,6 +85,7 @@ class SinkWatcher:
                     f"{self.solr}/get",
                     data={"ids": ",".join(waiting["solr"]), "wt": "json"},
                     timeout=30,
+                    auth=self.solr_auth,
                 ).json()["response"]["docs"]
                 self.seen["solr"].update({d["id"]: now for d in docs})
             waiting["marketing_cloud"] = [

@@ -76,7 +76,8 @@ def environment_health() -> None:
             Check(service=s, ok=False, seconds=0.0, detail="the check did not report")
             for s in missing
         ]
-        record(checks, context["run_id"], Runtime.for_task().project)
+        rt = Runtime.for_task()
+        record(checks, context["run_id"], rt.project, credentials=rt.endpoints.credentials)
         down = [f"{c.service} ({c.detail})" for c in checks if not c.ok]
         if down:
             raise AirflowFailException("down: " + "; ".join(down))

@@ -297,7 +297,7 @@ def status(names: Iterable[str] | None = None) -> bool:
         all_ok &= answers
         state = "answers" if answers else ("running, not answering" if _pgid(service) else "down")
         print(
-            f"{service.name:16} {service.url():40} {state}"
+            f"{service.name:16} {service.describe():40} {state}"
             + (f"  {service.title}" if service.name.startswith("worker-") else "")
         )
     # Never the password itself: this output lands in CI logs.

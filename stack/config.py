@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 AIRFLOW_DB_NAME = AIRFLOW_DB_ROLE = "airflow_enrollment"
 STUB_TOKEN_HEADER = "X-Stub-Token"
+# Kafka's users (SCRAM, made when its storage is formatted): the broker's own, and the pipeline's.
+SCRAM = "SCRAM-SHA-512"
+KAFKA_ADMIN_USER, KAFKA_USER = "admin", "enrollment"
+SOLR_USER = "enrollment"  # Solr's BasicAuth user (its password: solr_password in stack.json)
 
 
 def private_dir(path: Path) -> Path:
@@ -103,8 +107,26 @@ class StackConfig:
         """The stack's Kafka as every client of it is given it (``kafka_default``'s extra)."""
         return KafkaSettings(self.kafka_extra(), source="the local stack")
 
+    @property
+    def solr_auth(self) -> tuple[str, str]:
+        """Solr's BasicAuth user and password (httpx's ``auth=``)."""
+        return SOLR_USER, self.credentials["solr_password"]
+
+    @property
+    def kafka_tls_dir(self) -> Path:
+        return self.state / "kafka" / "tls"
+
     def kafka_extra(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.kafka_bootstrap}
+        """The broker's SASL_SSL listener, as the pipeline's user: SCRAM over TLS, the broker's
+        certificate checked against the stack's CA (and its name, 127.0.0.1)."""
+        return {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": SCRAM,
+            "sasl.username": KAFKA_USER,
+            "sasl.password": self.credentials["kafka_password"],
+            "ssl.ca.location": str(self.kafka_tls_dir / "ca.pem"),
+        }
 
     @property
     def airflow_home(self) -> Path:
@@ -170,6 +192,8 @@ class StackConfig:
                 "conn_type": "http",
                 "host": HOST,
                 "port": self.ports["SOLR_PORT"],
+                "login": SOLR_USER,
+                "password": self.credentials["solr_password"],
                 "schema": "http",
                 "extra": {"base_path": "/solr"},
             },
@@ -196,6 +220,8 @@ class StackConfig:
                 {k: v for k, v in self.kafka_extra().items() if k != "bootstrap.servers"}
             ),
             "SOLR_URL": self.url("SOLR_PORT", "/solr"),
+            "SOLR_USERNAME": SOLR_USER,
+            "SOLR_PASSWORD": self.credentials["solr_password"],
             "STORAGE_EMULATOR_HOST": self.url("GCS_PORT"),
             "BIGQUERY_EMULATOR_HOST": self.url("BIGQUERY_PORT"),
             # Its Storage Read API (gRPC): Arrow record batches (enrollment.clients.services).
@@ -255,6 +281,10 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
         ("pii_key", lambda: secrets.token_urlsafe(32)),
         # The Celery broker's password (Redis' requirepass).
         ("redis_password", lambda: secrets.token_urlsafe(24)),
+        # Kafka's SCRAM users: the broker's own (inter-broker) and the pipeline's.
+        ("kafka_admin_password", lambda: secrets.token_urlsafe(24)),
+        ("kafka_password", lambda: secrets.token_urlsafe(24)),
+        ("solr_password", lambda: secrets.token_urlsafe(24)),
     ):
         credentials.setdefault(key, make())
     from enrollment.config import load_config

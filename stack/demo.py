@@ -234,7 +234,9 @@ def follow_enrollment(cfg, config, expected_file, timeout_s: float = 600) -> boo
                 f"{snap.get('partner_version')}"
             )
         if "Solr" not in found and (
-            hit := httpx.get(solr, params={"id": partner_id, "wt": "json"}, timeout=10)
+            hit := httpx.get(
+                solr, params={"id": partner_id, "wt": "json"}, timeout=10, auth=cfg.solr_auth
+            )
             .json()
             .get("doc")
         ):
@@ -395,7 +397,9 @@ def tax_id_everywhere(cfg, config, partner_id: str, clear: str, doc, solr: str, 
     checked["Solr"] = (
         not pattern.search(
             text(
-                httpx.get(solr, params={"id": partner_id, "wt": "json"}, timeout=10)
+                httpx.get(
+                    solr, params={"id": partner_id, "wt": "json"}, timeout=10, auth=cfg.solr_auth
+                )
                 .json()
                 .get("doc")
             )

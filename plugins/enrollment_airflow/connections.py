@@ -5,8 +5,7 @@ The only module that reads connections; a task reads them once, through its ``Ru
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from enrollment.clients.services import Endpoints
 
@@ -31,28 +30,22 @@ class AirflowEndpoints(Endpoints):
         return MarketingCloudHook(MARKETING_CLOUD_CONN_ID).get_conn()
 
 
-def gcp_project(extra: Mapping[str, Any]) -> str | None:
-    """The project a Google connection's extra names (its current key, or the one older
-    connections carry); None: the Google clients take the project of the environment's
-    credentials."""
-    return extra.get("project") or extra.get("extra__google_cloud_platform__project")
-
-
 def endpoints_from_connections() -> Endpoints:
     from airflow.sdk import BaseHook
 
-    from enrollment_airflow.hooks import MarketingCloudHook, PipelineKafkaHook
+    from enrollment_airflow.hooks import MarketingCloudHook, PipelineGoogleHook, PipelineKafkaHook
 
-    gcp = BaseHook.get_connection(GCP_CONN_ID)
     solr = BaseHook.get_connection(SOLR_CONN_ID)
     mc = BaseHook.get_connection(MARKETING_CLOUD_CONN_ID)
     solr_path = solr.extra_dejson.get("base_path", "/solr")
     mc_auth, mc_rest = MarketingCloudHook(MARKETING_CLOUD_CONN_ID).urls()
-    project = cast("str", gcp_project(gcp.extra_dejson))
+    credentials, project = PipelineGoogleHook(GCP_CONN_ID).credentials()
     return AirflowEndpoints(
         project=project,
+        credentials=credentials,
         kafka=PipelineKafkaHook(KAFKA_CONN_ID).settings(),
         solr_url=f"{solr.schema or 'http'}://{solr.host}:{solr.port}{solr_path}",
+        solr_auth=(solr.login, solr.password or "") if solr.login else None,
         marketing_cloud_auth_url=mc_auth,
         marketing_cloud_rest_url=mc_rest,
         marketing_cloud_client_id=mc.login or "",

@@ -71,7 +71,7 @@ class Runtime:
     def storage(self) -> StorageClient:
         from enrollment.clients.services import storage_client
 
-        return storage_client(self.project)
+        return storage_client(self.project, self.endpoints.credentials)
 
     @cached_property
     def bucket(self) -> Bucket:
@@ -84,7 +84,7 @@ class Runtime:
         from enrollment.clients.services import bigquery_client
 
         return BigQuery(
-            client=bigquery_client(self.project),
+            client=bigquery_client(self.project, self.endpoints.credentials),
             storage=self.storage,
             project=self.project,
             dataset=self.config.warehouse_dataset,

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
+
     from enrollment.clients.kafka import KafkaSettings
 
 
@@ -177,8 +179,8 @@ class PendingTrigger(BaseEventTrigger):
         while True:
             try:
                 if bucket is None:
-                    project = await self._project()
-                    bucket = storage_client(project).bucket(self.bucket)  # type: ignore[arg-type]
+                    credentials, project = await self._google()
+                    bucket = storage_client(project, credentials).bucket(self.bucket)
                 names = await asyncio.to_thread(pending_names, bucket, self.group)
             except Exception as exc:
                 self.log.warning("pending records of %s not listed: %s", self.group, exc)
@@ -195,10 +197,12 @@ class PendingTrigger(BaseEventTrigger):
                 )
             await asyncio.sleep(self.poll_s)
 
-    async def _project(self) -> str | None:
-        """The Google project of the connection (None: the environment's credentials')."""
+    async def _google(self) -> tuple[Credentials, str]:
+        """The Google connection's credentials and project, as the tasks resolve them."""
         from airflow.sdk import BaseHook
 
-        from enrollment_airflow.connections import gcp_project
+        from enrollment_airflow.hooks import PipelineGoogleHook
 
-        return gcp_project((await BaseHook.aget_connection(self.gcp_conn_id)).extra_dejson)
+        # Read asynchronously here: the hook's own (synchronous) read would block the loop.
+        conn = await BaseHook.aget_connection(self.gcp_conn_id)
+        return await asyncio.to_thread(PipelineGoogleHook(self.gcp_conn_id, conn).credentials)

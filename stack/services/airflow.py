@@ -39,6 +39,10 @@ class Airflow(Service):
             "ENROLLMENT_PII_KEY_ID",
             "ENROLLMENT_PII_KEY",
             "ENROLLMENT_PII_RETIRED_KEYS",
+            # Kafka's and Solr's credentials: from kafka_default and solr_default.
+            "KAFKA_CLIENT_CONFIG",
+            "SOLR_USERNAME",
+            "SOLR_PASSWORD",
         }
     )
 

@@ -60,6 +60,10 @@ class Service:
     def url(self) -> str:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """Where it answers and how a client authenticates (``make status``)."""
+        return self.url()
+
     # -- shared --------------------------------------------------------------------------------
     def ports(self) -> list[int]:
         return [self.cfg.port(p) for p in self.port_names]

@@ -1,4 +1,9 @@
-"""Apache Kafka 4 in KRaft mode: one broker and controller, its topics and group coordinator."""
+"""Apache Kafka 4 in KRaft mode: one broker and controller, its topics and group coordinator.
+
+Secured like a production cluster: clients (the pipeline, the tests, the broker itself) reach it
+only on a ``SASL_SSL`` listener, with SCRAM-SHA-512 users created when the KRaft storage is
+formatted and a certificate of the stack's CA (``stack.tls``) named 127.0.0.1 and localhost.
+The controller's own listener (KRaft quorum traffic, loopback) is the only plain one."""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ import uuid
 from base64 import urlsafe_b64encode
 from pathlib import Path
 
-from ..config import HOST
+from ..config import HOST, KAFKA_ADMIN_USER, KAFKA_USER, SCRAM, private_dir, write_private
+from ..tls import LocalCA
 from .base import LOG4J2, Service, ServiceError
 
 
@@ -24,23 +30,49 @@ class Kafka(Service):
     def data_dirs(self) -> list[Path]:
         return [self.dir / "data"]
 
+    @property
+    def _formatted_secured(self) -> Path:
+        """Written once the storage is formatted with the SCRAM users (older stacks have none)."""
+        return self.dir / "scram-users.formatted"
+
     def prepare(self) -> bool:
         if not any(self.lib.glob("kafka_2.13-*.jar")):
             raise ServiceError(f"kafka: jars missing in {self.lib}; run `make install`")
         port, cport = self.cfg.port("KAFKA_PORT"), self.cfg.port("KAFKA_CONTROLLER_PORT")
         data = self.dir / "data"
+        if (data / "meta.properties").exists() and not self._formatted_secured.exists():
+            raise ServiceError(
+                "kafka: this stack's data predates the SASL_SSL listener (its SCRAM users are "
+                "created when the storage is formatted); run `make reset-data` once"
+            )
+        ca = LocalCA(self.cfg.kafka_tls_dir)
+        broker_pem = ca.issue("broker", server=True)
+        admin_password = self.cfg.credentials["kafka_admin_password"]
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{KAFKA_ADMIN_USER}" password="{admin_password}";'
+        )
         props = self.dir / "server.properties"
-        props.write_text(
+        private_dir(self.dir)
+        write_private(  # the broker's own SCRAM password: 0600
+            props,
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.bootstrap.servers={HOST}:{cport}",
-                    f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
-                    f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
+                    f"listeners=SASL_SSL://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
+                    f"advertised.listeners=SASL_SSL://{HOST}:{port}",
                     "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    "inter.broker.listener.name=SASL_SSL",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+                    f"sasl.enabled.mechanisms={SCRAM}",
+                    f"sasl.mechanism.inter.broker.protocol={SCRAM}",
+                    f"listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config={jaas}",
+                    "ssl.keystore.type=PEM",
+                    f"ssl.keystore.location={broker_pem}",
+                    "ssl.truststore.type=PEM",
+                    f"ssl.truststore.location={ca.certificate}",
                     f"log.dirs={data}",
                     "num.partitions=4",
                     "auto.create.topics.enable=false",
@@ -58,32 +90,42 @@ class Kafka(Service):
                     "log.retention.hours=168",
                     "",
                 ]
-            )
+            ),
         )
         if (data / "meta.properties").exists():
             return False
         cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        fmt = subprocess.run(
-            [
-                "java",
-                f"-Dlog4j2.configurationFile={LOG4J2}",
-                "-cp",
-                f"{self.lib}/*",
-                "kafka.tools.StorageTool",
-                "format",
-                "--standalone",
-                "-t",
-                cluster_id,
-                "-c",
-                str(props),
-            ],
-            capture_output=True,
-            text=True,
-        )
+        users = [
+            (KAFKA_ADMIN_USER, admin_password),
+            (KAFKA_USER, self.cfg.credentials["kafka_password"]),
+        ]
+        arguments = [
+            f"-Dlog4j2.configurationFile={LOG4J2}",
+            "-cp",
+            f"{self.lib}/*",
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            cluster_id,
+            "-c",
+            str(props),
+        ]
+        for user, password in users:
+            arguments += ["--add-scram", f"{SCRAM}=[name={user},password={password}]"]
+        # The passwords go in an argument file (0600), never on a command line: `ps` shows
+        # every process's arguments to every user of the machine.
+        argfile = self.dir / "format.args"
+        write_private(argfile, "\n".join(f'"{a}"' for a in arguments) + "\n")
+        try:
+            fmt = subprocess.run(["java", f"@{argfile}"], capture_output=True, text=True)
+        finally:
+            argfile.unlink()
         if fmt.returncode != 0:
             raise ServiceError(
                 f"kafka: formatting the KRaft storage failed:\n{fmt.stdout}{fmt.stderr}"
             )
+        self._formatted_secured.write_text(f"{SCRAM} users: {KAFKA_ADMIN_USER}, {KAFKA_USER}\n")
         return True
 
     def command(self) -> list[str]:
@@ -165,3 +207,6 @@ class Kafka(Service):
 
     def url(self) -> str:
         return f"kafka://{self.cfg.kafka_bootstrap}"
+
+    def describe(self) -> str:
+        return f"SASL_SSL://{self.cfg.kafka_bootstrap} (SCRAM-SHA-512 user {KAFKA_USER}, TLS)"

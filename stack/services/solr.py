@@ -1,14 +1,26 @@
-"""Apache Solr 9 with the project's configset and core."""
+"""Apache Solr 9 with the project's configset and core, behind its BasicAuth plugin (every
+request authenticated, as in production; the user is ``solr_default``'s)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import secrets
 import shutil
 from pathlib import Path
 
 import httpx
 
-from ..config import ROOT
-from .base import LOG4J2, STACK, Service, ServiceError, _get
+from ..config import ROOT, SOLR_USER, write_private
+from .base import LOG4J2, STACK, Service, ServiceError
+
+
+def solr_credential(password: str, salt: bytes) -> str:
+    """A password as Solr's BasicAuth plugin stores it: base64 of sha256(sha256(salt +
+    password)), a space, base64 of the salt."""
+    digest = hashlib.sha256(hashlib.sha256(salt + password.encode()).digest()).digest()
+    return f"{base64.b64encode(digest).decode()} {base64.b64encode(salt).decode()}"
 
 
 class Solr(Service):
@@ -32,6 +44,21 @@ class Solr(Service):
         cold = not (self.home / "cores").exists()
         (self.home / "cores").mkdir(parents=True, exist_ok=True)
         shutil.copy(STACK / "solr" / "solr.xml", self.home / "solr.xml")
+        # Read by Solr at start: every request must authenticate (blockUnknown).
+        security = {
+            "authentication": {
+                "class": "solr.BasicAuthPlugin",
+                "blockUnknown": True,
+                "realm": "enrollment local stack",
+                "forwardCredentials": False,
+                "credentials": {
+                    SOLR_USER: solr_credential(
+                        self.cfg.credentials["solr_password"], secrets.token_bytes(16)
+                    )
+                },
+            }
+        }
+        write_private(self.home / "security.json", json.dumps(security, indent=2))
         # The configset is copied on every start, so a schema change lands at the next `up`.
         shutil.copytree(self.configsets, self.home / "configsets", dirs_exist_ok=True)
         return cold
@@ -53,8 +80,16 @@ class Solr(Service):
         ]
 
     def ready(self) -> bool:
-        response = _get(self.url() + "/admin/cores?action=STATUS&wt=json")
-        return response is not None and response.status_code == 200
+        try:
+            response = httpx.get(
+                self.url() + "/admin/cores",
+                params={"action": "STATUS", "wt": "json"},
+                auth=self.cfg.solr_auth,
+                timeout=1.0,
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     def setup(self) -> None:
         from enrollment.config import load_config
@@ -63,6 +98,7 @@ class Solr(Service):
         status = httpx.get(
             f"{self.url()}/admin/cores",
             params={"action": "STATUS", "core": core, "wt": "json"},
+            auth=self.cfg.solr_auth,
             timeout=10,
         ).json()
         if status.get("status", {}).get(core):
@@ -70,6 +106,7 @@ class Solr(Service):
         created = httpx.get(
             f"{self.url()}/admin/cores",
             params={"action": "CREATE", "name": core, "configSet": core, "wt": "json"},
+            auth=self.cfg.solr_auth,
             timeout=60,
         )
         if created.status_code != 200:
@@ -77,3 +114,6 @@ class Solr(Service):
 
     def url(self) -> str:
         return self.cfg.url("SOLR_PORT", "/solr")
+
+    def describe(self) -> str:
+        return f"{self.url()} (BasicAuth, user {SOLR_USER})"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from enrollment.clients.kafka import KafkaSettings
 
 if TYPE_CHECKING:
-    from google.auth.credentials import AnonymousCredentials
+    from google.auth.credentials import AnonymousCredentials, Credentials
     from google.cloud import bigquery, firestore
     from google.cloud.bigquery_storage_v1 import BigQueryReadClient
     from google.cloud.storage import Client as StorageClient
@@ -33,6 +33,11 @@ class Endpoints:
     marketing_cloud_rest_url: str
     marketing_cloud_client_id: str = field(repr=False)
     marketing_cloud_client_secret: str = field(repr=False)
+    # Solr's BasicAuth user and password (solr_default's login and password); None: no auth.
+    solr_auth: tuple[str, str] | None = field(default=None, repr=False)
+    # Google's (google_cloud_default's, as the Google provider resolves it); None: the
+    # environment's (ADC). The emulators take none.
+    credentials: Credentials | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Endpoints:
@@ -59,6 +64,9 @@ class Endpoints:
             marketing_cloud_rest_url=env["MARKETING_CLOUD_URL"].rstrip("/"),
             marketing_cloud_client_id=env.get("MARKETING_CLOUD_CLIENT_ID", ""),
             marketing_cloud_client_secret=env.get("MARKETING_CLOUD_CLIENT_SECRET", ""),
+            solr_auth=(env["SOLR_USERNAME"], env.get("SOLR_PASSWORD", ""))
+            if env.get("SOLR_USERNAME")
+            else None,
         )
 
     def marketing_cloud(self) -> MarketingCloudClient:
@@ -74,19 +82,24 @@ class Endpoints:
         )
 
 
-def anonymous_if_emulated(env_var: str) -> AnonymousCredentials | None:
-    """Emulators take no credentials; without this the clients look for ADC and fail offline."""
+def anonymous_if_emulated(
+    env_var: str, credentials: Credentials | None = None
+) -> Credentials | AnonymousCredentials | None:
+    """Emulators take no credentials (without this the clients look for ADC and fail offline);
+    real services take the connection's, or (None) the environment's."""
     if os.environ.get(env_var):
         from google.auth.credentials import AnonymousCredentials
 
         return AnonymousCredentials()  # type: ignore[no-untyped-call]  # google-auth: __init__ unannotated
-    return None
+    return credentials
 
 
-def storage_client(project: str) -> StorageClient:
+def storage_client(project: str, credentials: Credentials | None = None) -> StorageClient:
     from google.cloud.storage import Client
 
-    return Client(project=project, credentials=anonymous_if_emulated("STORAGE_EMULATOR_HOST"))
+    return Client(
+        project=project, credentials=anonymous_if_emulated("STORAGE_EMULATOR_HOST", credentials)
+    )
 
 
 @functools.cache
@@ -110,15 +123,19 @@ def bigquery_read_client() -> BigQueryReadClient | None:
     )
 
 
-def bigquery_client(project: str) -> bigquery.Client:
+def bigquery_client(project: str, credentials: Credentials | None = None) -> bigquery.Client:
     from google.cloud import bigquery
 
     return bigquery.Client(
-        project=project, credentials=anonymous_if_emulated("BIGQUERY_EMULATOR_HOST")
+        project=project, credentials=anonymous_if_emulated("BIGQUERY_EMULATOR_HOST", credentials)
     )
 
 
-def firestore_client(project: str) -> firestore.Client:
+def firestore_client(project: str, credentials: Credentials | None = None) -> firestore.Client:
     from google.cloud import firestore
 
-    return firestore.Client(project=project)
+    # With FIRESTORE_EMULATOR_HOST set the client talks to the emulator, whatever it is given.
+    return firestore.Client(
+        project=project,
+        credentials=None if os.environ.get("FIRESTORE_EMULATOR_HOST") else credentials,
+    )

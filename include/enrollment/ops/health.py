@@ -14,12 +14,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from enrollment.clients.services import Endpoints, bigquery_client, firestore_client, storage_client
 from enrollment.config import PipelineConfig, load_config
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
 
 HEALTH_TOPIC = "enrollment.health"
 
@@ -86,7 +89,7 @@ def _kafka(ep: Endpoints, cfg: PipelineConfig) -> str:
 
 
 def _gcs(ep: Endpoints, cfg: PipelineConfig) -> str:
-    bucket = storage_client(ep.project).bucket(cfg.landing_bucket)
+    bucket = storage_client(ep.project, ep.credentials).bucket(cfg.landing_bucket)
     blob = bucket.blob(f"_health/{uuid.uuid4().hex}.txt")
     blob.upload_from_string(b"ok", if_generation_match=0)
     try:
@@ -98,7 +101,7 @@ def _gcs(ep: Endpoints, cfg: PipelineConfig) -> str:
 
 
 def _bigquery(ep: Endpoints, cfg: PipelineConfig) -> str:
-    client = bigquery_client(ep.project)
+    client = bigquery_client(ep.project, ep.credentials)
     for dataset in (cfg.warehouse_dataset, cfg.ops_dataset):
         client.get_dataset(dataset)
     rows = list(client.query("SELECT 1 AS one").result())
@@ -108,7 +111,11 @@ def _bigquery(ep: Endpoints, cfg: PipelineConfig) -> str:
 
 
 def _firestore(ep: Endpoints, cfg: PipelineConfig) -> str:
-    doc = firestore_client(ep.project).collection("_health").document(uuid.uuid4().hex)
+    doc = (
+        firestore_client(ep.project, ep.credentials)
+        .collection("_health")
+        .document(uuid.uuid4().hex)
+    )
     doc.set({"ok": True})
     try:
         read = doc.get().to_dict()  # None: the document is not there
@@ -121,7 +128,10 @@ def _firestore(ep: Endpoints, cfg: PipelineConfig) -> str:
 
 def _solr(ep: Endpoints, cfg: PipelineConfig) -> str:
     response = httpx.get(
-        f"{ep.solr_url}/{cfg.solr_core}/admin/ping", params={"wt": "json"}, timeout=5
+        f"{ep.solr_url}/{cfg.solr_core}/admin/ping",
+        params={"wt": "json"},
+        timeout=5,
+        auth=ep.solr_auth,
     )
     response.raise_for_status()
     if response.json().get("status") != "OK":
@@ -174,27 +184,46 @@ def _where(service: str, ep: Endpoints) -> str:
 def _answers(service: str, ep: Endpoints, cfg: PipelineConfig, timeout_s: float) -> None:
     """The cheapest call that proves the service is up, without the clients' long retries."""
     if service == "kafka":
+        from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient
 
-        AdminClient(
-            ep.kafka.admin({"socket.connection.setup.timeout.ms": int(timeout_s * 1000)})
-        ).list_topics(timeout=timeout_s)
+        # What the client heard: a refused login or certificate shows only here (the metadata
+        # call itself just times out).
+        heard: list[str] = []
+
+        def hear(error: KafkaError) -> None:
+            heard.append(error.str())
+
+        admin = AdminClient(
+            ep.kafka.admin(
+                {"socket.connection.setup.timeout.ms": int(timeout_s * 1000), "error_cb": hear}
+            )
+        )
+        try:
+            admin.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            admin.poll(0)
+            causes = [h for h in dict.fromkeys(heard) if "brokers are down" not in h][:2]
+            raise RuntimeError("; ".join([str(exc.args[0].str()), *causes])) from exc
     elif service == "gcs":
         if (
-            not storage_client(ep.project)
+            not storage_client(ep.project, ep.credentials)
             .bucket(cfg.landing_bucket)
             .exists(timeout=timeout_s, retry=None)
         ):
             raise RuntimeError(f"bucket {cfg.landing_bucket} does not exist")
     elif service == "bigquery":
-        bigquery_client(ep.project).get_dataset(
+        bigquery_client(ep.project, ep.credentials).get_dataset(
             cfg.warehouse_dataset,
             timeout=timeout_s,
             retry=None,  # type: ignore[arg-type]  # None (no retries) is valid; the hint omits it
         )
     elif service == "solr":
         httpx.get(
-            f"{ep.solr_url}/{cfg.solr_core}/admin/ping", params={"wt": "json"}, timeout=timeout_s
+            f"{ep.solr_url}/{cfg.solr_core}/admin/ping",
+            params={"wt": "json"},
+            timeout=timeout_s,
+            auth=ep.solr_auth,
         ).raise_for_status()
     elif service == "marketing-cloud":
         httpx.get(
@@ -207,11 +236,38 @@ def _answers(service: str, ep: Endpoints, cfg: PipelineConfig, timeout_s: float)
         if host:
             httpx.get(f"http://{host}/", timeout=timeout_s)
         else:
-            firestore_client(ep.project).collection("_health").document("ping").get(
+            firestore_client(ep.project, ep.credentials).collection("_health").document("ping").get(
                 timeout=timeout_s, retry=None
             )
     else:
         raise KeyError(f"unknown service {service!r}")
+
+
+# What a refusal's words point at, and what to check in the connection: librdkafka's and the
+# HTTP clients' messages for a wrong password, a certificate not trusted, a missing credential.
+_HINTS = (
+    (
+        ("authentication failed", "sasl authentication", "invalid credentials", "401 unauthorized"),
+        "check the connection's user and password (kafka_default: sasl.username, "
+        "sasl.password; solr_default: login, password)",
+    ),
+    (
+        ("certificate verify failed", "ssl handshake failed", "certificate_verify_failed"),
+        "check the CA the connection trusts (Kafka: ssl.ca.location) and the server's name",
+    ),
+    (
+        ("default credentials", "could not automatically determine credentials"),
+        "check google_cloud_default (key_path, keyfile_dict or the environment's credentials)",
+    ),
+)
+
+
+def _what_to_check(why: str) -> str:
+    low = why.lower()
+    for words, hint in _HINTS:
+        if any(w in low for w in words):
+            return f" — {hint}"
+    return ""
 
 
 def require(
@@ -229,7 +285,10 @@ def require(
             _answers(service, endpoints, config, timeout_s)
         except Exception as exc:
             why = " ".join(str(exc).split())[:200]
-            down.append(f"{service} at {_where(service, endpoints)} ({type(exc).__name__}: {why})")
+            down.append(
+                f"{service} at {_where(service, endpoints)} ({type(exc).__name__}: {why})"
+                + _what_to_check(why)
+            )
     if down:
         raise ServiceDown("service down: " + "; ".join(down))
 
@@ -245,14 +304,18 @@ HEALTH_SCHEMA = [
 
 
 def record(
-    checks: list[Check], run_id: str, project: str, config: PipelineConfig | None = None
+    checks: list[Check],
+    run_id: str,
+    project: str,
+    config: PipelineConfig | None = None,
+    credentials: Credentials | None = None,
 ) -> None:
     """The checks as rows of ``<ops>.health`` (one per service and run; recording again replaces
     them)."""
     from google.cloud import bigquery
 
     config = config or load_config()
-    client = bigquery_client(project)
+    client = bigquery_client(project, credentials)
     table = f"`{project}.{config.ops_dataset}.health`"
     client.query(
         f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in HEALTH_SCHEMA)}) "

@@ -108,6 +108,6 @@ class DirectorySink(Sink):
 def build(options: Mapping[str, Any], endpoints: Endpoints) -> DirectorySink:
 
     return DirectorySink(
-        storage_client(endpoints.project).bucket(options["bucket"]),
+        storage_client(endpoints.project, endpoints.credentials).bucket(options["bucket"]),
         prefix=options.get("prefix", "directory"),
     )

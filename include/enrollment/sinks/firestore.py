@@ -276,7 +276,7 @@ class FirestoreSink(Sink):
 def build(options: Mapping[str, Any], endpoints: Endpoints) -> FirestoreSink:
 
     return FirestoreSink(
-        firestore_client(endpoints.project),
+        firestore_client(endpoints.project, endpoints.credentials),
         collection=options.get("collection", "partners"),
         batch_size=int(options.get("batch_size", 500)),
     )

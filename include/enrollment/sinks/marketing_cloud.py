@@ -481,7 +481,9 @@ def build(options: Mapping[str, Any], endpoints: Endpoints) -> MarketingCloudSin
         endpoints.marketing_cloud(),
         options.get("data_extension") or config.marketing_cloud_data_extension,
         options.get("welcome_event"),
-        bucket=storage_client(endpoints.project).bucket(config.landing_bucket),
+        bucket=storage_client(endpoints.project, endpoints.credentials).bucket(
+            config.landing_bucket
+        ),
         chunk_rows=int(options.get("chunk_rows", 10_000)),
         wait_s=float(options.get("wait_s", 600)),
         consent=config.marketing_consent,

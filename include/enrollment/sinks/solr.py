@@ -92,11 +92,12 @@ class SolrSink(Sink):
         chunk: int = 1000,
         commit_within_ms: int = 1000,
         outage_s: float = 120.0,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.url = f"{solr_url.rstrip('/')}/{core}"
         self.chunk = int(chunk)
         self.commit_within_ms = int(commit_within_ms)
-        self.http = httpx.Client(timeout=60)
+        self.http = httpx.Client(timeout=60, auth=auth)  # auth: BasicAuth (solr_default)
         # Ride out a short outage (a restart) inside the task; longer ones fail it and the next
         # run catches up from the watermark.
         self._post = retry(
@@ -224,6 +225,7 @@ def search_partners(
     sponsor_id: str | None = None,
     rows: int = 20,
     timeout: float = 10.0,
+    auth: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Active partners whose names match every word of ``text`` (accents and case ignored).
 
@@ -241,7 +243,9 @@ def search_partners(
         "wt": "json",
         "sort": "id asc",
     }
-    response = httpx.get(f"{solr_url.rstrip('/')}/{core}/select", params=params, timeout=timeout)
+    response = httpx.get(
+        f"{solr_url.rstrip('/')}/{core}/select", params=params, timeout=timeout, auth=auth
+    )
     response.raise_for_status()
     docs: list[dict[str, Any]] = response.json()["response"]["docs"]
     return docs
@@ -255,4 +259,5 @@ def build(options: Mapping[str, Any], endpoints: Endpoints) -> SolrSink:
         chunk=int(options.get("chunk", 1000)),
         commit_within_ms=int(options.get("commit_within_ms", 1000)),
         outage_s=float(options.get("outage_s", 120)),
+        auth=endpoints.solr_auth,
     )

@@ -60,6 +60,7 @@ def test_the_canary_is_traced_to_every_sink(stack, pipeline_config):
         f"{stack.url('SOLR_PORT', '/solr')}/{config.solr_core}/get",
         data={"ids": ",".join(versions), "wt": "json"},
         timeout=30,
+        auth=stack.solr_auth,
     )
     assert {
         d["id"]: d["partner_version"] >= versions[d["id"]] for d in solr.json()["response"]["docs"]

@@ -114,7 +114,9 @@ def test_a_fifth_region_by_configuration_alone_reaches_the_warehouse_and_every_s
     assert {d.id: d.get("partner_version") for d in documents.stream()} == {
         pid: r["partner_version"] for pid, r in partners.items()
     }
-    solr = SolrSink(stack.url("SOLR_PORT", "/solr"), config.solr_core).get(list(partners))
+    solr = SolrSink(stack.url("SOLR_PORT", "/solr"), config.solr_core, auth=stack.solr_auth).get(
+        list(partners)
+    )
     assert set(solr) == set(partners)
     data_extension = config.sinks["marketing_cloud"]["data_extension"]
     held = httpx.get(

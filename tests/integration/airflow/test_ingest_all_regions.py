@@ -98,7 +98,9 @@ def test_four_regions_with_faults_land_exactly_as_expected(stack, airflow_db, is
         .stream()
     }
     assert docs == {pid: r["partner_version"] for pid, r in partners.items()}
-    solr = SolrSink(stack.url("SOLR_PORT", "/solr"), config.solr_core).get(list(partners))
+    solr = SolrSink(stack.url("SOLR_PORT", "/solr"), config.solr_core, auth=stack.solr_auth).get(
+        list(partners)
+    )
     assert {
         pid: ("removed" if r["status"] == "terminated" else r["partner_version"])
         for pid, r in partners.items()

@@ -316,7 +316,9 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
         .stream()
     }
     assert {p: docs.get(p) for p in at_partners} == {p: 1 for p in at_partners}
-    solr = SolrSink(stack.url("SOLR_PORT", "/solr"), config.solr_core).get(sorted(at_partners))
+    solr = SolrSink(stack.url("SOLR_PORT", "/solr"), config.solr_core, auth=stack.solr_auth).get(
+        sorted(at_partners)
+    )
     assert {p: d["partner_version"] for p, d in solr.items()} == {p: 1 for p in at_partners}
     mc = httpx.get(
         f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/dataextensions/{config.sinks['marketing_cloud']['data_extension']}/rows",

@@ -126,7 +126,11 @@ def solr_search(stack, scenario, text: str = "") -> list[str]:
         hits = [
             h["id"]
             for h in search_partners(
-                stack.url("SOLR_PORT", "/solr"), "partners", text, sponsor_id=scenario.sponsor
+                stack.url("SOLR_PORT", "/solr"),
+                "partners",
+                text,
+                sponsor_id=scenario.sponsor,
+                auth=stack.solr_auth,
             )
         ]
         if hits or time.monotonic() > deadline:
@@ -393,7 +397,7 @@ def test_token_expiring_mid_sync_is_renewed(stack, pipeline_config, region_topic
 def test_search_helper_escapes_user_input(stack):
     url = stack.url("SOLR_PORT", "/solr")
     for text in ["names:* OR id:*", 'a" OR "b', "(", "*:*", "\\", "AND OR NOT"]:
-        assert search_partners(url, "partners", text) == [], (
+        assert search_partners(url, "partners", text, auth=stack.solr_auth) == [], (
             text
         )  # literal text, not syntax: nothing matches, nothing fails
 

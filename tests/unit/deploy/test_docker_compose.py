@@ -116,7 +116,11 @@ def test_the_compose_file_shares_the_local_stacks_airflow_secrets_from_env(compo
         "AIRFLOW_CONN_ENROLLMENT_PII",
     } <= set(shared), sorted(shared)
     common = compose["x-airflow-common"]["environment"]
-    for key in shared:
+    # Not secured in compose yet (docs/stack.md, "Secured like production"): its Kafka is plain and
+    # its Solr open, so their connections carry no secret there.
+    unsecured = {"AIRFLOW_CONN_KAFKA_DEFAULT", "AIRFLOW_CONN_SOLR_DEFAULT"}
+    assert "sasl.password" not in common["AIRFLOW_CONN_KAFKA_DEFAULT"]
+    for key in set(shared) - unsecured:
         assert key in common, (
             f"{key} is shared by the local stack's Airflow components but missing from "
             "x-airflow-common"

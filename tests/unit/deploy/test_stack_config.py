@@ -118,7 +118,8 @@ def test_the_status_never_prints_the_admin_password(tmp_path, monkeypatch, capsy
 
 def test_each_service_gets_only_its_own_secrets(tmp_path, monkeypatch):
     """Nothing secret is inherited from the caller; the stub gets its client credentials and admin
-    token, Airflow its own keys and its connections, Kafka, Solr and the emulators none."""
+    token, Airflow its own keys and its connections (Kafka's and Solr's users among them), Kafka,
+    Solr and the emulators none (their own credentials are in 0600 files)."""
     from stack import cli as stack_cli
     from stack.services import ALL, Airflow, MarketingCloudStub
 
@@ -136,6 +137,8 @@ def test_each_service_gets_only_its_own_secrets(tmp_path, monkeypatch):
         "airflow_db_password",
         "pii_key_id",
         "pii_key",
+        "kafka_password",
+        "solr_password",
     }
     for cls in ALL:
         env = stack_cli.service_env(cls(cfg))
@@ -152,7 +155,10 @@ def test_each_service_gets_only_its_own_secrets(tmp_path, monkeypatch):
                 "airflow_fernet_key",
                 "airflow_api_secret_key",
                 "pii_key",
+                "kafka_password",
+                "solr_password",
             } <= held
+            assert "kafka_admin_password" not in held, "the broker's own user is the broker's"
         else:
             assert held == set(), (cls.name, held)
 
