@@ -5,11 +5,15 @@ The only module that reads connections; a task reads them once, through its ``Ru
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from enrollment.clients.services import Endpoints
 
 if TYPE_CHECKING:
+    from airflow.sdk import Connection
+    from google.auth.credentials import Credentials
+
     from enrollment.clients.marketing_cloud import MarketingCloudClient
     from enrollment.core.pii import Keyring
 
@@ -33,13 +37,13 @@ class AirflowEndpoints(Endpoints):
 def endpoints_from_connections() -> Endpoints:
     from airflow.sdk import BaseHook
 
-    from enrollment_airflow.hooks import MarketingCloudHook, PipelineGoogleHook, PipelineKafkaHook
+    from enrollment_airflow.hooks import MarketingCloudHook, PipelineKafkaHook
 
     solr = BaseHook.get_connection(SOLR_CONN_ID)
     mc = BaseHook.get_connection(MARKETING_CLOUD_CONN_ID)
     solr_path = solr.extra_dejson.get("base_path", "/solr")
     mc_auth, mc_rest = MarketingCloudHook(MARKETING_CLOUD_CONN_ID).urls()
-    credentials, project = PipelineGoogleHook(GCP_CONN_ID).credentials()
+    credentials, project = google_access(GCP_CONN_ID)
     return AirflowEndpoints(
         project=project,
         credentials=credentials,
@@ -51,6 +55,28 @@ def endpoints_from_connections() -> Endpoints:
         marketing_cloud_client_id=mc.login or "",
         marketing_cloud_client_secret=mc.password or "",
     )
+
+
+def google_access(
+    conn_id: str = GCP_CONN_ID, connection: Connection | None = None
+) -> tuple[Credentials | None, str]:
+    """The Google connection's credentials and project, as the Google provider's hooks resolve
+    them (``enrollment_airflow.google_connection``); when every Google client is an emulator's
+    (``EMULATOR_HOSTS``), no credentials (they would take none) and the connection's project.
+    ``connection``: one already read (the triggerer reads it asynchronously)."""
+    from airflow.sdk import BaseHook
+
+    from enrollment.clients.services import EMULATOR_HOSTS
+
+    if not all(os.environ.get(host) for host in EMULATOR_HOSTS):
+        from enrollment_airflow.google_connection import PipelineGoogleHook
+
+        return PipelineGoogleHook(conn_id, connection).credentials()
+    extra = (connection or BaseHook.get_connection(conn_id)).extra_dejson
+    project = extra.get("project") or extra.get("extra__google_cloud_platform__project")
+    if not project:
+        raise RuntimeError(f"connection {conn_id!r} names no project: set `project` in its extra")
+    return None, str(project)
 
 
 def keyring_from_connections() -> Keyring:

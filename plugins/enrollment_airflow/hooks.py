@@ -1,5 +1,6 @@
-"""The Marketing Cloud hook and its connection type (``marketing_cloud``), and the Kafka and
-Google providers' hooks as the pipeline reads ``kafka_default`` and ``google_cloud_default``.
+"""The Marketing Cloud hook and its connection type (``marketing_cloud``), and the Kafka
+provider's hook as the pipeline reads ``kafka_default`` (``PipelineKafkaHook``); the Google
+provider's is in ``enrollment_airflow.google_connection``.
 
 Connection fields: **Login** = client id, **Password** = client secret, **Host** = the tenant's
 REST base URL (``https://<subdomain>.rest.marketingcloudapis.com``), and in the extra
@@ -13,7 +14,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
-from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 from airflow.sdk import BaseHook
 
 from enrollment.clients.kafka import KafkaSettings
@@ -21,7 +21,6 @@ from enrollment.clients.marketing_cloud import MarketingCloudClient
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
-    from google.auth.credentials import Credentials
 
 
 class PipelineKafkaHook(KafkaBaseHook):
@@ -47,44 +46,6 @@ class PipelineKafkaHook(KafkaBaseHook):
 
     def settings(self) -> KafkaSettings:
         return KafkaSettings(self._build_config(), source=f"connection {self.kafka_config_id!r}")
-
-
-class PipelineGoogleHook(GoogleBaseHook):
-    """A Google connection's credentials and project, as the Google provider's hooks resolve
-    them: a key file path, a key's JSON, a Secret Manager key, workload identity federation, an
-    impersonation chain, anonymous (the emulators), else the environment's (ADC).
-
-    ``connection``: one already read (the triggerer reads it asynchronously), else it is read."""
-
-    def __init__(
-        self, gcp_conn_id: str = "google_cloud_default", connection: Connection | None = None
-    ) -> None:
-        self._connection = connection  # before the provider's __init__, which reads it
-        super().__init__(gcp_conn_id)
-
-    def get_connection(self, conn_id: str) -> Connection:  # type: ignore[override]
-        if self._connection is not None and conn_id == self.gcp_conn_id:
-            return self._connection
-        return super().get_connection(conn_id)
-
-    def credentials(self) -> tuple[Credentials, str]:
-        """The credentials and the project (the connection's, else the credentials'); an error
-        naming the connection and what to check when either cannot be had."""
-        try:
-            credentials, project = self.get_credentials_and_project_id()
-        except Exception as exc:
-            raise RuntimeError(
-                f"connection {self.gcp_conn_id!r}: no Google credentials "
-                f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}) — check its "
-                "key_path, keyfile_dict or impersonation_chain, or the environment's "
-                "credentials (GOOGLE_APPLICATION_CREDENTIALS, the workload identity)"
-            ) from exc
-        if not project:
-            raise RuntimeError(
-                f"connection {self.gcp_conn_id!r} names no project and its credentials carry "
-                "none: set `project` in its extra"
-            )
-        return credentials, project
 
 
 class MarketingCloudHook(BaseHook):

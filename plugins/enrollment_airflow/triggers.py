@@ -197,12 +197,12 @@ class PendingTrigger(BaseEventTrigger):
                 )
             await asyncio.sleep(self.poll_s)
 
-    async def _google(self) -> tuple[Credentials, str]:
+    async def _google(self) -> tuple[Credentials | None, str]:
         """The Google connection's credentials and project, as the tasks resolve them."""
         from airflow.sdk import BaseHook
 
-        from enrollment_airflow.hooks import PipelineGoogleHook
+        from enrollment_airflow.connections import google_access
 
         # Read asynchronously here: the hook's own (synchronous) read would block the loop.
         conn = await BaseHook.aget_connection(self.gcp_conn_id)
-        return await asyncio.to_thread(PipelineGoogleHook(self.gcp_conn_id, conn).credentials)
+        return await asyncio.to_thread(google_access, self.gcp_conn_id, conn)

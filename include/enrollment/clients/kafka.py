@@ -112,7 +112,8 @@ class KafkaSettingsError(ValueError):
     """A Kafka connection the pipeline cannot use as it stands; the message says what to change."""
 
 
-@dataclass(frozen=True, repr=False)
+# eq=False: compared and hashed by identity (a mapping of settings cannot be hashed).
+@dataclass(frozen=True, repr=False, eq=False)
 class KafkaSettings:
     """How to reach Kafka: the librdkafka settings of a connection (brokers, TLS, SASL, tuning;
     the Kafka provider's ``kafka_default`` extra) and where they come from, for messages. Each

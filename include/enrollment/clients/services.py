@@ -82,6 +82,10 @@ class Endpoints:
         )
 
 
+# Set, each points its Google client at an emulator (which takes no credentials).
+EMULATOR_HOSTS = ("STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")
+
+
 def anonymous_if_emulated(
     env_var: str, credentials: Credentials | None = None
 ) -> Credentials | AnonymousCredentials | None:

@@ -16,7 +16,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.oauth2 import service_account
 
 from enrollment.clients.services import bigquery_client, firestore_client, storage_client
-from enrollment_airflow.hooks import PipelineGoogleHook
+from enrollment_airflow.connections import google_access
+from enrollment_airflow.google_connection import PipelineGoogleHook
 
 EMAIL = "enrollment-airflow@key-project.iam.gserviceaccount.com"
 
@@ -119,3 +120,20 @@ def test_the_clients_take_the_connections_credentials_and_the_emulators_none(key
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", "http://127.0.0.1:1")
     assert isinstance(storage_client(project, credentials)._credentials, AnonymousCredentials)
     assert isinstance(bigquery_client(project, credentials)._credentials, AnonymousCredentials)
+
+
+def test_with_every_client_emulated_no_credentials_and_the_connections_project(monkeypatch):
+    for var in ("STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"):
+        monkeypatch.setenv(var, "127.0.0.1:1")
+    conn = Connection(
+        conn_id="google_cloud_default",
+        conn_type="google_cloud_platform",
+        extra=json.dumps({"project": "local", "key_path": "/nowhere/key.json"}),
+    )
+    assert google_access("google_cloud_default", conn) == (None, "local")
+    no_project = Connection(conn_id="google_cloud_default", conn_type="google_cloud_platform")
+    with pytest.raises(RuntimeError, match="names no project"):
+        google_access("google_cloud_default", no_project)
+    monkeypatch.delenv("FIRESTORE_EMULATOR_HOST")  # one real client: the provider resolves them
+    with pytest.raises(RuntimeError, match="no Google credentials"):
+        google_access("google_cloud_default", conn)
