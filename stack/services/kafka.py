@@ -122,9 +122,10 @@ class Kafka(Service):
         finally:
             argfile.unlink()
         if fmt.returncode != 0:
-            raise ServiceError(
-                f"kafka: formatting the KRaft storage failed:\n{fmt.stdout}{fmt.stderr}"
-            )
+            said = fmt.stdout + fmt.stderr
+            for _, password in users:
+                said = said.replace(password, "***")  # the tool may echo its arguments
+            raise ServiceError(f"kafka: formatting the KRaft storage failed:\n{said}")
         self._formatted_secured.write_text(f"{SCRAM} users: {KAFKA_ADMIN_USER}, {KAFKA_USER}\n")
         return True
 
