@@ -63,7 +63,7 @@ Where to look:
                   (emulator; FIRESTORE_EMULATOR_HOST=127.0.0.1:{cfg.port("FIRESTORE_PORT")})
   Marketing Cloud {cfg.url("MARKETING_CLOUD_PORT")}/_stub/docs  (contract stub; its /_stub/
                   endpoints want the X-Stub-Token header, MARKETING_CLOUD_STUB_TOKEN)
-  Kafka           {cfg.kafka_bootstrap}
+  Kafka           {cfg.kafka_bootstrap} (SASL_SSL, SCRAM user enrollment)
   Your shell:     source {cfg.state / "stack.env"}
 Stop everything with `make down`.""")
     if state != "success":
