@@ -18,9 +18,11 @@ class ServiceError(RuntimeError):
     """A service could not be prepared, started or set up; the message names it."""
 
 
-def _get(url: str, timeout: float = 1.0) -> httpx.Response | None:
+def _get(
+    url: str, timeout: float = 1.0, auth: tuple[str, str] | None = None
+) -> httpx.Response | None:
     try:
-        return httpx.get(url, timeout=timeout)
+        return httpx.get(url, timeout=timeout, auth=auth)
     except httpx.HTTPError:
         return None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from ..config import ROOT, SOLR_USER, write_private
-from .base import LOG4J2, STACK, Service, ServiceError
+from .base import LOG4J2, STACK, Service, ServiceError, _get
 
 
 def solr_credential(password: str, salt: bytes) -> str:
@@ -80,16 +80,8 @@ class Solr(Service):
         ]
 
     def ready(self) -> bool:
-        try:
-            response = httpx.get(
-                self.url() + "/admin/cores",
-                params={"action": "STATUS", "wt": "json"},
-                auth=self.cfg.solr_auth,
-                timeout=1.0,
-            )
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        response = _get(self.url() + "/admin/cores?action=STATUS&wt=json", auth=self.cfg.solr_auth)
+        return response is not None and response.status_code == 200
 
     def setup(self) -> None:
         from enrollment.config import load_config

@@ -104,6 +104,8 @@ PRODUCER_ONLY = frozenset(
     }
 )
 
+_EITHER_ONLY = CONSUMER_ONLY | PRODUCER_ONLY  # what an admin client is never given
+
 # Shown in a repr (and so in any message quoting the settings); every other value is not.
 _SHOWN = ("bootstrap.servers", "security.protocol", "sasl.mechanism", "sasl.mechanisms")
 
@@ -173,8 +175,7 @@ class KafkaSettings:
         return {k: v for k, v in self.config.items() if k not in CONSUMER_ONLY} | dict(owned or {})
 
     def admin(self, owned: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        common = CONSUMER_ONLY | PRODUCER_ONLY
-        return {k: v for k, v in self.config.items() if k not in common} | dict(owned or {})
+        return {k: v for k, v in self.config.items() if k not in _EITHER_ONLY} | dict(owned or {})
 
 
 def group_consumer(kafka: KafkaSettings, group: str) -> Consumer:

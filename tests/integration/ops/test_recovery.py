@@ -158,7 +158,7 @@ def _exists(w, name: str, ops: bool = False) -> bool:
     }
 
 
-def land_emea(kafka: KafkaSettings, config, bucket, keyring) -> None:
+def land_emea(kafka: KafkaSettings, config, bucket, keyring, max_batch: int = 1_000) -> None:
     """Claims and lands what EMEA's topic holds for the pipeline's group, as one batch."""
     emea = config.region("EMEA")
     manifest = claim(
@@ -168,7 +168,7 @@ def land_emea(kafka: KafkaSettings, config, bucket, keyring) -> None:
         emea.topic,
         emea.partitions,
         bucket,
-        max_batch=1_000,
+        max_batch=max_batch,
     )
     land(kafka, manifest, bucket, keyring)
 
@@ -214,20 +214,7 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
         emea.topic, key=austrians[0]["partner_id"].encode(), value=json.dumps(austrians[0]).encode()
     )
     assert producer.flush(30) == 0
-    land(
-        kafka,
-        claim(
-            kafka,
-            config.consumer_group,
-            "EMEA",
-            emea.topic,
-            emea.partitions,
-            bucket,
-            max_batch=1_000_000,
-        ),
-        bucket,
-        keyring,
-    )
+    land_emea(kafka, config, bucket, keyring, max_batch=1_000_000)
     warehouse_and_sync(config, w, bucket, sinks)
 
     at_ids = {e["event_id"] for e in austrians}

@@ -43,24 +43,29 @@ def test_the_broker_listens_for_clients_only_over_sasl_ssl(stack, pipeline_confi
         plain.list_topics(timeout=3)
 
 
-def _endpoints_with(kafka: KafkaSettings) -> Endpoints:
-    return dataclasses.replace(Endpoints.from_env(), kafka=kafka)
+def _refused(stack, pipeline_config, **changed: str) -> str:
+    """The service check's message for the stack's Kafka settings with ``changed`` (dots as
+    underscores), after asserting it failed within 30 s and quoted no password of the stack."""
+    config = {**stack.kafka.config, "log_level": 0} | {
+        key.replace("_", "."): value for key, value in changed.items()
+    }
+    kafka = KafkaSettings(config, source="connection 'kafka_default'")
+    endpoints = dataclasses.replace(Endpoints.from_env(), kafka=kafka)
+    t0 = time.monotonic()
+    with pytest.raises(ServiceDown) as down:
+        require(["kafka"], endpoints, pipeline_config)
+    assert time.monotonic() - t0 < 30
+    message = str(down.value)
+    assert "connection 'kafka_default'" in message
+    assert stack.credentials["kafka_password"] not in message
+    return message
 
 
 def test_a_wrong_password_fails_the_check_fast_naming_the_connection(stack, pipeline_config):
     wrong = "wrong-" + secrets.token_urlsafe(8)
-    kafka = KafkaSettings(
-        {**stack.kafka.config, "sasl.password": wrong, "log_level": 0},
-        source="connection 'kafka_default'",
-    )
-    t0 = time.monotonic()
-    with pytest.raises(ServiceDown) as down:
-        require(["kafka"], _endpoints_with(kafka), pipeline_config)
-    assert time.monotonic() - t0 < 30
-    message = str(down.value)
-    assert "connection 'kafka_default'" in message
+    message = _refused(stack, pipeline_config, sasl_password=wrong)
     assert "Authentication failed" in message and "sasl.password" in message, message
-    assert wrong not in message and stack.credentials["kafka_password"] not in message
+    assert wrong not in message
 
 
 def test_an_untrusted_ca_fails_the_check_fast_naming_what_to_check(
@@ -68,14 +73,5 @@ def test_an_untrusted_ca_fails_the_check_fast_naming_what_to_check(
 ):
     other = LocalCA(tmp_path, name="some other CA")
     other.ensure()
-    kafka = KafkaSettings(
-        {**stack.kafka.config, "ssl.ca.location": str(other.certificate), "log_level": 0},
-        source="connection 'kafka_default'",
-    )
-    t0 = time.monotonic()
-    with pytest.raises(ServiceDown) as down:
-        require(["kafka"], _endpoints_with(kafka), pipeline_config)
-    assert time.monotonic() - t0 < 30
-    message = str(down.value)
+    message = _refused(stack, pipeline_config, ssl_ca_location=str(other.certificate))
     assert "certificate verify failed" in message and "ssl.ca.location" in message, message
-    assert stack.credentials["kafka_password"] not in message
