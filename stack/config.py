@@ -24,6 +24,9 @@ STUB_TOKEN_HEADER = "X-Stub-Token"
 # Kafka's users (SCRAM, made when its storage is formatted): the broker's own, and the pipeline's.
 SCRAM = "SCRAM-SHA-512"
 KAFKA_ADMIN_USER, KAFKA_USER = "admin", "enrollment"
+# The issuer and audience of the OAUTHBEARER tokens the broker accepts (signed by the key
+# stack.tls.LocalCA.token_signer makes; checked against its JWKS file).
+OAUTH_ISSUER, OAUTH_AUDIENCE = "enrollment-local-stack", "kafka"
 SOLR_USER = "enrollment"  # Solr's BasicAuth user (its password: solr_password in stack.json)
 
 
@@ -52,6 +55,7 @@ def write_private(path: Path, text: str) -> None:
 DEFAULT_PORTS = {
     "KAFKA_PORT": 19092,
     "KAFKA_CONTROLLER_PORT": 19093,
+    "KAFKA_MTLS_PORT": 19094,  # Kafka's SSL listener: clients authenticate with a certificate
     "SOLR_PORT": 18983,
     "GCS_PORT": 14443,
     "BIGQUERY_PORT": 19050,
@@ -101,6 +105,12 @@ class StackConfig:
     @property
     def kafka_bootstrap(self) -> str:
         return f"{HOST}:{self.ports['KAFKA_PORT']}"
+
+    @property
+    def kafka_mtls_bootstrap(self) -> str:
+        """The broker's SSL listener, where a client authenticates with a certificate of the
+        stack's CA (``kafka_tls_dir / "client.pem"``) instead of a password."""
+        return f"{HOST}:{self.ports['KAFKA_MTLS_PORT']}"
 
     @property
     def kafka(self) -> KafkaSettings:

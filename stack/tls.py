@@ -1,16 +1,20 @@
 """The local stack's certificates: one CA, and certificates it signs for the services on
 loopback (names 127.0.0.1 and localhost: librdkafka verifies the broker's host name) and for
-clients that authenticate with one. Made once, at the first ``make up``; private keys 0600."""
+clients that authenticate with one, and the key that signs the stack's OAUTHBEARER tokens. Made
+once, at the first ``make up``; private keys 0600."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
+import json
 from pathlib import Path
 
 from .config import private_dir, write_private
 
 DAYS = 825  # the longest validity clients accept for a server certificate
+TOKEN_KEY_ID = "enrollment-local-1"  # the ``kid`` of the OAUTHBEARER signing key
 
 
 def _key():
@@ -119,3 +123,24 @@ class LocalCA:
         cert = _certificate(name, key, self.name, ca_key, ca=False, server=server)
         write_private(bundle, _pem_key(key) + _pem_cert(cert) + self.certificate.read_text())
         return bundle
+
+    def token_signer(self) -> tuple[Path, Path]:
+        """The key that signs OAUTHBEARER tokens (``token-signer.key``, PKCS#8, 0600; algorithm
+        ES256, ``kid`` TOKEN_KEY_ID) and the JWKS a broker checks them with
+        (``token-jwks.json``, public); made once."""
+        key_file, jwks = self.folder / "token-signer.key", self.folder / "token-jwks.json"
+        if key_file.exists() and jwks.exists():
+            return key_file, jwks
+        private_dir(self.folder)
+        key = _key()
+        numbers = key.public_key().public_numbers()
+
+        def b64(n: int) -> str:
+            return base64.urlsafe_b64encode(n.to_bytes(32, "big")).decode().rstrip("=")
+
+        public = {"kty": "EC", "crv": "P-256", "x": b64(numbers.x), "y": b64(numbers.y)}
+        write_private(key_file, _pem_key(key))
+        jwks.write_text(
+            json.dumps({"keys": [public | {"kid": TOKEN_KEY_ID, "use": "sig", "alg": "ES256"}]})
+        )
+        return key_file, jwks

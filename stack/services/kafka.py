@@ -1,9 +1,12 @@
 """Apache Kafka 4 in KRaft mode: one broker and controller, its topics and group coordinator.
 
 Secured like a production cluster: clients (the pipeline, the tests, the broker itself) reach it
-only on a ``SASL_SSL`` listener, with SCRAM-SHA-512 users created when the KRaft storage is
-formatted and a certificate of the stack's CA (``stack.tls``) named 127.0.0.1 and localhost.
-The controller's own listener (KRaft quorum traffic, loopback) is the only plain one."""
+on a ``SASL_SSL`` listener, with SCRAM-SHA-512 users created when the KRaft storage is formatted
+and a certificate of the stack's CA (``stack.tls``) named 127.0.0.1 and localhost. The same
+listener takes PLAIN (the user ``enrollment``) and OAUTHBEARER (JWTs signed by the stack's token
+key, checked against its JWKS file), so that the forms managed Kafkas use are tested against a
+real broker; a second, ``SSL`` listener takes clients by their certificate (mutual TLS). The
+controller's own listener (KRaft quorum traffic, loopback) is the only plain one."""
 
 from __future__ import annotations
 
@@ -14,14 +17,23 @@ import uuid
 from base64 import urlsafe_b64encode
 from pathlib import Path
 
-from ..config import HOST, KAFKA_ADMIN_USER, KAFKA_USER, SCRAM, private_dir, write_private
+from ..config import (
+    HOST,
+    KAFKA_ADMIN_USER,
+    KAFKA_USER,
+    OAUTH_AUDIENCE,
+    OAUTH_ISSUER,
+    SCRAM,
+    private_dir,
+    write_private,
+)
 from ..tls import LocalCA
 from .base import LOG4J2, Service, ServiceError
 
 
 class Kafka(Service):
     name, title = "kafka", "Apache Kafka 4 (KRaft)"
-    port_names = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT")
+    port_names = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_MTLS_PORT")
 
     @property
     def lib(self) -> Path:
@@ -39,6 +51,7 @@ class Kafka(Service):
         if not any(self.lib.glob("kafka_2.13-*.jar")):
             raise ServiceError(f"kafka: jars missing in {self.lib}; run `make install`")
         port, cport = self.cfg.port("KAFKA_PORT"), self.cfg.port("KAFKA_CONTROLLER_PORT")
+        mport = self.cfg.port("KAFKA_MTLS_PORT")
         data = self.dir / "data"
         if (data / "meta.properties").exists() and not self._formatted_secured.exists():
             raise ServiceError(
@@ -47,11 +60,18 @@ class Kafka(Service):
             )
         ca = LocalCA(self.cfg.kafka_tls_dir)
         broker_pem = ca.issue("broker", server=True)
+        ca.issue("client", server=False)  # a client's certificate for the SSL listener
+        _, jwks = ca.token_signer()
         admin_password = self.cfg.credentials["kafka_admin_password"]
         jaas = (
             "org.apache.kafka.common.security.scram.ScramLoginModule required "
             f'username="{KAFKA_ADMIN_USER}" password="{admin_password}";'
         )
+        plain_jaas = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_{KAFKA_USER}="{self.cfg.credentials["kafka_password"]}";'
+        )
+        oauth = "org.apache.kafka.common.security.oauthbearer"
         props = self.dir / "server.properties"
         private_dir(self.dir)
         write_private(  # the broker's own SCRAM password: 0600
@@ -61,14 +81,24 @@ class Kafka(Service):
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.bootstrap.servers={HOST}:{cport}",
-                    f"listeners=SASL_SSL://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
-                    f"advertised.listeners=SASL_SSL://{HOST}:{port}",
+                    f"listeners=SASL_SSL://{HOST}:{port},SSL://{HOST}:{mport},"
+                    f"CONTROLLER://{HOST}:{cport}",
+                    f"advertised.listeners=SASL_SSL://{HOST}:{port},SSL://{HOST}:{mport}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=SASL_SSL",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
-                    f"sasl.enabled.mechanisms={SCRAM}",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
+                    "listener.name.ssl.ssl.client.auth=required",
+                    f"sasl.enabled.mechanisms={SCRAM},PLAIN,OAUTHBEARER",
                     f"sasl.mechanism.inter.broker.protocol={SCRAM}",
                     f"listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config={jaas}",
+                    f"listener.name.sasl_ssl.plain.sasl.jaas.config={plain_jaas}",
+                    "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config="
+                    f"{oauth}.OAuthBearerLoginModule required;",
+                    "listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class="
+                    f"{oauth}.OAuthBearerValidatorCallbackHandler",
+                    f"sasl.oauthbearer.jwks.endpoint.url={jwks.as_uri()}",
+                    f"sasl.oauthbearer.expected.issuer={OAUTH_ISSUER}",
+                    f"sasl.oauthbearer.expected.audience={OAUTH_AUDIENCE}",
                     "ssl.keystore.type=PEM",
                     f"ssl.keystore.location={broker_pem}",
                     "ssl.truststore.type=PEM",
@@ -136,6 +166,9 @@ class Kafka(Service):
             "-Xmx1g",
             f"-Dlog4j2.configurationFile={LOG4J2}",
             f"-Dkafka.logs.dir={self.dir}",
+            # Kafka 4 fetches no OAuth URL it is not told to trust: the JWKS file only.
+            "-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls="
+            + (self.cfg.kafka_tls_dir / "token-jwks.json").as_uri(),
             "-cp",
             f"{self.lib}/*",
             "kafka.Kafka",
@@ -210,4 +243,7 @@ class Kafka(Service):
         return f"kafka://{self.cfg.kafka_bootstrap}"
 
     def describe(self) -> str:
-        return f"SASL_SSL://{self.cfg.kafka_bootstrap} (SCRAM-SHA-512 user {KAFKA_USER}, TLS)"
+        return (
+            f"SASL_SSL://{self.cfg.kafka_bootstrap} (SCRAM-SHA-512 user {KAFKA_USER}, TLS; "
+            f"also PLAIN, OAUTHBEARER); SSL://{self.cfg.kafka_mtls_bootstrap} (client certificate)"
+        )

@@ -245,7 +245,17 @@ def _answers(service: str, ep: Endpoints, cfg: PipelineConfig, timeout_s: float)
 
 # What a refusal's words point at, and what to check in the connection: librdkafka's and the
 # HTTP clients' messages for a wrong password, a certificate not trusted, a missing credential.
-_HINTS = (
+_HINTS = (  # the first match wins: the specific before the general
+    (
+        ("invalid_token",),
+        "check the OAUTHBEARER token (kafka_default: oauth_cb or sasl.oauthbearer.*; its issuer, "
+        "audience, expiry and signing key)",
+    ),
+    (
+        ("alert bad certificate", "certificate required"),
+        "check the client certificate (kafka_default: ssl.certificate.location, "
+        "ssl.key.location) and that the broker trusts its CA",
+    ),
     (
         ("authentication failed", "sasl authentication", "invalid credentials", "401 unauthorized"),
         "check the connection's user and password (kafka_default: sasl.username, "
