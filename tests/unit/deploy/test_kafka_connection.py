@@ -206,24 +206,75 @@ def test_the_guide_shows_each_production_kafka():
     }
 
 
-@pytest.mark.parametrize("example", range(4))
+@pytest.mark.parametrize("example", range(5))
 def test_each_guide_example_builds_the_clients_settings(example):
     shipped = _guide_examples()[example]
     conn = Connection(
         conn_id="kafka_default", conn_type=shipped["conn_type"], extra=json.dumps(shipped["extra"])
     )
-    hook = PipelineKafkaHook("kafka_default", conn)
-    if shipped["extra"].get("sasl.mechanism") == "OAUTHBEARER":
-        # MSK IAM: the provider adds its token callback, or names the extra it needs.
-        try:
-            kafka = hook.settings()
-        except Exception as exc:
-            assert "msk" in str(exc), exc
-            return
-        assert callable(kafka.consumer({"group.id": "g"})["oauth_cb"])
-        return
-    kafka = hook.settings()
+    kafka = PipelineKafkaHook("kafka_default", conn).settings()
     consumer, producer = kafka.consumer({"group.id": "g"}), kafka.producer()
     for key, value in shipped["extra"].items():
         assert consumer[key] == producer[key] == kafka.admin()[key] == value
-    assert "API_SECRET" not in repr(kafka) and "PASSWORD" not in repr(kafka)
+    if ".amazonaws.com" in kafka.bootstrap and "OAUTHBEARER" in shipped["extra"].values():
+        # MSK IAM: the provider adds its token callback (the `msk` extra signs the tokens).
+        assert callable(consumer["oauth_cb"]) and callable(producer["oauth_cb"])
+    for secret in ("API_SECRET", "PASSWORD", "CLIENT_SECRET"):
+        assert secret not in repr(kafka)
+
+
+def _guide_example(mechanism: str, method: str | None = None, host: str = "") -> dict:
+    return next(
+        e["extra"]
+        for e in _guide_examples()
+        if e["extra"].get("sasl.mechanism") == mechanism
+        and e["extra"].get("sasl.oauthbearer.method") == method
+        and host in e["extra"]["bootstrap.servers"]
+    )
+
+
+def test_msk_iam_tokens_are_signed_for_the_clusters_region_by_the_environments_role(
+    monkeypatch,
+):
+    """The provider's MSK IAM callback, as the guide's connection gets it: a SigV4-presigned
+    `kafka-cluster:Connect` for the region of the brokers' names, by the environment's key (no
+    network: the signature is made here and checked by the broker)."""
+    import base64
+    import time
+    from urllib.parse import parse_qs, urlparse
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENROLLMENTTEST01")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    extra = _guide_example("OAUTHBEARER", host=".amazonaws.com")
+    kafka = PipelineKafkaHook("kafka_default", _connection(extra)).settings()
+
+    token, expiry = kafka.consumer({"group.id": "g"})["oauth_cb"]("")
+    signed = urlparse(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+    query = {k: v[0] for k, v in parse_qs(signed.query).items()}
+    assert signed.netloc == "kafka.us-east-1.amazonaws.com"
+    assert query["Action"] == "kafka-cluster:Connect"
+    assert query["X-Amz-Credential"].startswith("AKIAENROLLMENTTEST01/")
+    assert query["X-Amz-Credential"].endswith("/us-east-1/kafka-cluster/aws4_request")
+    assert len(query["X-Amz-Signature"]) == 64
+    assert time.time() < expiry < time.time() + 3600  # seconds, as librdkafka wants them
+    assert SECRET not in token
+
+
+def test_oidc_settings_reach_every_client_and_librdkafka_accepts_them():
+    """OIDC client credentials (the guide's example): librdkafka fetches the token itself, so the
+    configuration is all there is; librdkafka checks it when a client is made."""
+    from confluent_kafka import KafkaException, Producer
+
+    extra = _guide_example("OAUTHBEARER", method="oidc")
+    kafka = PipelineKafkaHook("kafka_default", _connection(extra)).settings()
+    quiet = {"log_level": 0, "socket.connection.setup.timeout.ms": 1000}
+    for config in (kafka.consumer({"group.id": "g"}), kafka.producer(), kafka.admin()):
+        assert config["sasl.oauthbearer.method"] == "oidc"
+        assert config["sasl.oauthbearer.token.endpoint.url"].startswith("https://")
+        assert "oauth_cb" not in config  # not an MSK host: librdkafka's own OIDC flow
+    Producer(kafka.producer() | quiet).flush(0)
+    with pytest.raises(KafkaException, match=r"sasl\.oauthbearer\.method"):
+        Producer(kafka.producer() | quiet | {"sasl.oauthbearer.method": "oidcc"})
+    assert "CLIENT_SECRET" not in repr(kafka)
