@@ -35,6 +35,15 @@ def test_there_is_a_schema_per_contract_and_version():
     )
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in SCHEMA_DIR.glob("*.json")))
+def test_every_published_schema_is_valid_against_its_metaschema(name):
+    """What a schema registry or a strict validator checks first (an empty ``allOf`` is not)."""
+    document = json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
+    validator = jsonschema.validators.validator_for(document, default=None)
+    assert validator is jsonschema.Draft202012Validator, document.get("$schema")
+    validator.check_schema(document)
+
+
 @pytest.fixture(scope="module")
 def validators():
     return {name: jsonschema.Draft202012Validator(doc) for name, doc in all_schemas().items()}
