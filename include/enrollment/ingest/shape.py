@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from enrollment.core.pii import Keyring, mask_raw, tokenise_json
+from enrollment.ingest.validation.checks import instants
 from enrollment.ingest.validation.reasons import ValidationResult
 from enrollment.ingest.validation.validate import validate_batch
 
@@ -103,9 +104,7 @@ def flatten(
         pc.coalesce(columns["consent_version"], field_of("agreement", "version")),
         columns["consent_version"],
     )
-    columns["consent_captured_at"] = pc.cast(
-        columns["consent_captured_at"], pa.timestamp("us", tz="UTC")
-    )
+    columns["consent_captured_at"] = instants(columns["consent_captured_at"])
     columns["termination_reason"] = field_of("reason")
     for name in (
         "order_id",

@@ -331,6 +331,7 @@ def test_integers_are_exact_and_within_what_every_downstream_holds(version, reas
         ("0001-01-01T00:00:00Z", []),
         ("0001-01-01T00:30:00+01:00", ["out_of_range:occurred_at"]),
         ("9999-12-31T23:59:59.999999Z", []),
+        ("9999-12-31T23:59:59.999999999Z", []),  # cut to microseconds, not rounded past 9999
         ("9999-12-31T23:30:00-01:00", ["out_of_range:occurred_at"]),
     ],
 )
@@ -457,3 +458,41 @@ def test_the_simulator_hostile_fault_agrees_with_the_validator(seed, n, rate):
     assert all(m.expected["reasons"] for m in messages if m.expected["fault"] == "hostile"), (
         "every hostile message is refused"
     )
+
+
+@pytest.mark.parametrize("offset", ["Z", "+01:00"])
+@pytest.mark.parametrize("digits", [1, 3, 6, 7, 9, 12])
+def test_instants_with_fractions_of_any_length_are_valid_truncated_to_microseconds(
+    digits, offset
+):
+    """RFC 3339 allows any number of fraction digits (Java's Instant.toString() writes up to 9);
+    the warehouse holds microseconds, so the rest is cut, never rounded into the next second."""
+    import datetime as dt
+
+    enrolled = next(
+        json.loads(json.dumps(e))
+        for e in EVENTS
+        if e["event_type"] == "partner.enrolled" and "captured_at" in e["payload"].get("consents", {})
+    )
+    fraction = "999999999999"[:digits]
+    at = f"2026-03-01T{'09' if offset == 'Z' else '10'}:59:59.{fraction}{offset}"
+    enrolled["occurred_at"] = at
+    enrolled["payload"]["agreement"]["accepted_at"] = at
+    enrolled["payload"]["consents"]["captured_at"] = at
+    values = [encode(enrolled)]
+    result = validate_batch(values)
+    assert result.quarantine.num_rows == 0, result.quarantine.column("reasons").to_pylist()
+    expected = dt.datetime(2026, 3, 1, 9, 59, 59, int(fraction[:6].ljust(6, "0")), dt.UTC)
+    assert result.valid.column("occurred_at").to_pylist() == [expected]
+    messages = pa.table(
+        {
+            "kafka_partition": pa.array([0], pa.int32()),
+            "kafka_offset": pa.array([0], pa.int64()),
+            "kafka_timestamp": pa.array([0], pa.timestamp("ms", tz="UTC")),
+            "kafka_key": pa.array([b""]),
+            "value": pa.array(values, pa.binary()),
+        }
+    )
+    landed = flatten(result, messages, "batch-1")
+    assert landed.column("occurred_at").to_pylist() == [expected]
+    assert landed.column("consent_captured_at").to_pylist() == [expected]

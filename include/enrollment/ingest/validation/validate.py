@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from enrollment.ingest.validation.checks import check
+from enrollment.ingest.validation.checks import check, instants
 from enrollment.ingest.validation.reasons import Reasons, ValidationResult
 from enrollment.ingest.validation.screen import read
 from enrollment.ingest.validation.trees import DEFAULT_MAX_MESSAGE_BYTES, PARSE_SCHEMA, Rows
@@ -192,7 +192,7 @@ def _valid_table(parsed: pa.Table, source_index: Rows) -> pa.Table:
         columns[name] = parsed.column(name)
     columns["schema_version"] = pc.cast(parsed.column("schema_version"), pa.int16())
     columns["partner_version"] = pc.cast(parsed.column("partner_version"), pa.int64())
-    columns["occurred_at"] = pc.cast(parsed.column("occurred_at"), pa.timestamp("us", tz="UTC"))
+    columns["occurred_at"] = instants(parsed.column("occurred_at"))
     columns["payload"] = parsed.column("payload")
     return pa.table(columns)
 
