@@ -75,6 +75,7 @@ lint: $(VENV)/.installed
 ## schemas: regenerate the published JSON Schemas from the contracts (a test fails when they drift)
 schemas: $(VENV)/.installed
 	$(PY) -m enrollment.contracts.json_schema
+	$(PY) -m enrollment.simulator.references
 
 ## snapshot: write again what users see (DAGs, configuration, tables, object names, CLIs, page routes) to
 ##   tests/snapshot/, after a change meant to alter it (a test compares)

@@ -270,6 +270,31 @@ def test_the_guard_finds_duplicates_across_the_parts_it_validated_apart(monkeypa
     assert reasons == {2: ["validator_error"], 3: ["duplicate_event_id"]}
 
 
+def test_a_validator_that_raises_on_everything_fails_the_batch_instead_of_quarantining(
+    monkeypatch,
+):
+    messages = [encode(e) for e in EVENTS[:20]]
+
+    def broken(batch, *args, **kwargs):
+        raise RuntimeError("simulated defect")
+
+    monkeypatch.setattr(validate, "validate_batch", broken)
+    with pytest.raises(validate.ValidatorBroken, match=r"reference events .* the validator is"):
+        validate_guarded(messages)
+
+
+def test_every_contract_has_a_reference_event_and_each_is_valid():
+    from enrollment.contracts.spec import EVENT_TYPES, SCHEMA_VERSIONS
+
+    references = json.loads(validate.REFERENCES_FILE.read_text())
+    assert sorted((e["event_type"], e["schema_version"]) for e in references) == sorted(
+        (t, v) for t in EVENT_TYPES for v in SCHEMA_VERSIONS[t]
+    )
+    result = validate_batch([encode(e) for e in references])
+    assert result.quarantine.num_rows == 0, result.quarantine.column("reasons").to_pylist()
+    assert result.valid.num_rows == len(references)
+
+
 # -- strict JSON, exact integers
 # ------------------------------------------------------------------------
 def _order(**changes) -> dict:
@@ -462,9 +487,7 @@ def test_the_simulator_hostile_fault_agrees_with_the_validator(seed, n, rate):
 
 @pytest.mark.parametrize("offset", ["Z", "+01:00"])
 @pytest.mark.parametrize("digits", [1, 3, 6, 7, 9, 12])
-def test_instants_with_fractions_of_any_length_are_valid_truncated_to_microseconds(
-    digits, offset
-):
+def test_instants_with_fractions_of_any_length_are_valid_truncated_to_microseconds(digits, offset):
     """RFC 3339 allows any number of fraction digits (Java's Instant.toString() writes up to 9);
     the warehouse holds microseconds, so the rest is cut, never rounded into the next second."""
     import datetime as dt
@@ -472,7 +495,8 @@ def test_instants_with_fractions_of_any_length_are_valid_truncated_to_microsecon
     enrolled = next(
         json.loads(json.dumps(e))
         for e in EVENTS
-        if e["event_type"] == "partner.enrolled" and "captured_at" in e["payload"].get("consents", {})
+        if e["event_type"] == "partner.enrolled"
+        and "captured_at" in e["payload"].get("consents", {})
     )
     fraction = "999999999999"[:digits]
     at = f"2026-03-01T{'09' if offset == 'Z' else '10'}:59:59.{fraction}{offset}"

@@ -11,6 +11,7 @@ from enrollment.ingest.validation.trees import DEFAULT_MAX_MESSAGE_BYTES, PARSE_
 from enrollment.ingest.validation.validate import (
     QUARANTINE_SCHEMA,
     VALID_COLUMNS,
+    ValidatorBroken,
     validate_batch,
     validate_guarded,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "REASON_CODES",
     "VALID_COLUMNS",
     "ValidationResult",
+    "ValidatorBroken",
     "validate_batch",
     "validate_guarded",
 ]

@@ -21,14 +21,18 @@ their families). A message's outcome depends on its own bytes only, except ``dup
 
 Steps 1–4 are ``screen``, step 5 ``checks``. ``validate_guarded`` is the last line of defence of
 ``land``: should validation raise after all, the batch is bisected and the culprits quarantined
-as ``validator_error`` with their raw bytes.
+as ``validator_error`` with their raw bytes — unless it raises on the contracts' own reference
+events too: then the validator is broken, not the input, and the batch fails (``ValidatorBroken``)
+instead of quarantining good events.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -91,12 +95,32 @@ def _validated(
     return ValidationResult(valid=valid, quarantine=quarantine)
 
 
+# One valid event per contract and version (python -m enrollment.simulator.references).
+REFERENCES_FILE = Path(__file__).parents[2] / "contracts" / "references.json"
+
+
+class ValidatorBroken(RuntimeError):
+    """Validation raises on events known to be valid: a defect (or a broken install) of the
+    validator, which must fail the batch rather than quarantine good input."""
+
+
+def _raises_on_the_references(max_message_bytes: int) -> Exception | None:
+    references = [json.dumps(e).encode() for e in json.loads(REFERENCES_FILE.read_text())]
+    try:
+        validate_batch(references, max_message_bytes)
+    except Exception as exc:
+        return exc
+    return None
+
+
 def validate_guarded(
     messages: Sequence[bytes | None], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> ValidationResult:
     """``validate_batch``, and should it raise, the batch bisected: the halves that validate are
     kept, each message that alone makes it raise is quarantined as ``validator_error`` with its
-    raw bytes. The region never stops on input; the error is logged (no message content)."""
+    raw bytes. The region never stops on input; the error is logged (no message content).
+    Should validation raise on the reference events as well, ``ValidatorBroken``: nothing is
+    quarantined, the batch fails (its retry claims it again once the validator is mended)."""
     try:
         return validate_batch(messages, max_message_bytes)
     except Exception as exc:
@@ -105,6 +129,13 @@ def validate_guarded(
             type(exc).__name__,
             len(messages),
         )
+        systemic = _raises_on_the_references(max_message_bytes)
+        if systemic is not None:
+            raise ValidatorBroken(
+                f"validation raises {type(systemic).__name__} on the contracts' own valid "
+                f"reference events ({REFERENCES_FILE.name}) as well: the validator is broken, not "
+                "the input; nothing of this batch is quarantined or landed"
+            ) from exc
     results: list[tuple[int, ValidationResult]] = []
     culprits: list[int] = []
 
