@@ -39,6 +39,7 @@ def register(app: FastAPI, state: StubState, gate: Gate) -> None:
             if refused := gate(authorization):
                 return refused
             state.settle(time.time())
+            state.counters["rowset_full_pages" if wanted is None else "rowset_filtered_pages"] += 1
             primary_key = [
                 f.lower() for f in state.primary_keys.get(key, state.default_primary_key)
             ]

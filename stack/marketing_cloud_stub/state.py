@@ -53,6 +53,9 @@ class StubState:
             "rows_deleted": 0,
             "contact_delete_requests": 0,
             "contacts_deleted": 0,
+            # Rowset pages served: filtered by one key, or of the whole data extension.
+            "rowset_filtered_pages": 0,
+            "rowset_full_pages": 0,
         }
 
     # -- processing -------------------------------------------------------------------------

@@ -221,6 +221,8 @@ class MarketingCloudSink(Sink):
     (``expects``) and the data extension's read-back (``_held``); the journey claims, the part that
     stands alone, are already ``JourneyEntries``."""
 
+    LOOKUPS = 8  # concurrent lookups by key
+
     name = "marketing_cloud"
 
     def __init__(
@@ -375,27 +377,25 @@ class MarketingCloudSink(Sink):
         return problems
 
     def _held(self, partners: Sequence[Partner]) -> dict[str, dict[str, Any]]:
-        """The data extension's rows of these partners (one filtered read for a few, every page for
-        many)."""
-        if not partners:
+        """The data extension's rows of these partners, each looked up by its key (concurrently):
+        the calls grow with the partners asked about, never with the data extension, which
+        holds every contactable partner ever synced."""
+        wanted = sorted({p["partner_id"] for p in partners})
+        asked = set(wanted)
+        if not wanted:
             return {}
-        if len(partners) <= 20:
-            rows = [
-                r
-                for p in partners
-                for r in self.client.rowset(
-                    self.data_extension, where=("PartnerId", p["partner_id"])
-                )
-            ]
-        else:
-            rows = self.client.rowset(self.data_extension)
-        wanted = {p["partner_id"] for p in partners}
+
+        def one(pid: str) -> list[dict[str, Any]]:
+            return self.client.rowset(self.data_extension, where=("PartnerId", pid))
+
+        with ThreadPoolExecutor(self.LOOKUPS) as pool:
+            rows = [r for found in pool.map(one, wanted) for r in found]
         # A row whose partnerid is in ``wanted`` has one: ``r["partnerid"]`` cannot miss.
-        return {r["partnerid"]: r for r in rows if r.get("partnerid") in wanted}
+        return {r["partnerid"]: r for r in rows if r.get("partnerid") in asked}
 
     def audit(self, partners: Sequence[Partner]) -> dict[str, str]:
-        """The data extension's rows read back (one filtered read for a few partners, every page for
-        many): a contactable partner's row at its version, and no row of one who is not."""
+        """The data extension's rows read back (a lookup by key per partner): a contactable
+        partner's row at its version, and no row of one who is not."""
         held = self._held(partners)
         problems: dict[str, str] = {}
         for p in partners:

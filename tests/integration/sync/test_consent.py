@@ -267,3 +267,40 @@ def test_reconciliation_names_a_non_contactable_partner_held_by_the_data_extensi
         assert any(sorted(d["keys"]) == sorted([decliner, scenario.ids["ana"]]) for d in deletes)
     finally:
         mc.close()
+
+
+def _rowset_pages(stack) -> dict[str, int]:
+    counters = httpx.get(
+        f"{stack.url('MARKETING_CLOUD_PORT')}/_stub/counters", headers=stack.stub_headers()
+    ).json()
+    return {k: counters[k] for k in ("rowset_filtered_pages", "rowset_full_pages")}
+
+
+def test_the_gate_looks_up_non_contactable_partners_by_key_never_the_whole_extension(
+    stack, isolated_pipeline
+):
+    """30 partners who declined (more than any small-batch shortcut): one lookup by key each,
+    concurrently; the data extension, which holds every partner ever synced, is never read whole;
+    the one planted behind the pipeline's back is found."""
+    config = isolated_pipeline
+    mc = build_sink("marketing_cloud", config.sinks["marketing_cloud"], Endpoints.from_env())
+    try:
+        declined = [
+            {"partner_id": "EM" + uuid.uuid4().hex[:10].upper(), "region": REGION}
+            | {"marketing_consent": False}
+            for _ in range(30)
+        ]
+        planted = declined[7]["partner_id"]
+        request = mc.client.upsert_async(
+            mc.data_extension,
+            [{"PartnerId": planted, "EmailAddress": "planted@example.de", "PartnerVersion": 1}],
+        )[0]
+        mc.client.wait(request)
+        before = _rowset_pages(stack)
+        assert mc.audit(declined) == {planted: "not contactable, yet in the data extension"}
+        after = _rowset_pages(stack)
+        assert after["rowset_full_pages"] == before["rowset_full_pages"]
+        assert after["rowset_filtered_pages"] - before["rowset_filtered_pages"] == len(declined)
+        mc.erase([planted])
+    finally:
+        mc.close()
