@@ -97,7 +97,8 @@ committed the batches before the one that failed; the retry claims that one agai
    `valid.parquet` and `quarantine.parquet` (reasons and raw bytes) under
    `gs://{bucket}/landing/{region}/<batch id>/`, write-once. **Gate:** offsets in the range =
    valid + quarantined + duplicates + skipped (offsets holding no message: transaction markers,
-   compacted records), or the task fails.
+   compacted records), or the task fails. A message stamped more than 1 hour after or 7 days
+   before the claim lands with the claim's time instead (a ledger row, stage `clock`).
 3. The batch is recorded as **pending** for the warehouse (`gs://{bucket}/pending/{region}/`),
    and only then are the offsets committed.
 

@@ -19,10 +19,26 @@ from enrollment.core.layout import claim_object
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
-class Anomaly(TypedDict):
-    """A gap or rewind found by a claim or a read: a ledger row of its own later."""
+# A record's Kafka timestamp (CreateTime) is whatever its producer set: Kafka 4 refuses, by
+# default, only stamps more than an hour ahead (message.timestamp.after.max.ms; a topic may raise
+# it) and any past stamp down to 0. Outside [land time - STAMP_MAX_AGE_MS, land time +
+# STAMP_MAX_LEAD_MS] a stamp is implausible: the message is partitioned and aged by its land time
+# and the batch records a ``clock`` anomaly. The age bound is Kafka's default retention: older
+# records than that are gone, unless a topic keeps them longer (then they count as anomalies too,
+# and nothing is lost).
+STAMP_MAX_LEAD_MS = 60 * 60 * 1000
+STAMP_MAX_AGE_MS = 7 * 24 * 60 * 60 * 1000
 
-    kind: Literal["gap", "rewind"]
+
+def implausible_stamp(stamp_ms: int, at_ms: int) -> bool:
+    return not at_ms - STAMP_MAX_AGE_MS <= stamp_ms <= at_ms + STAMP_MAX_LEAD_MS
+
+
+class Anomaly(TypedDict):
+    """A gap or rewind found by a claim or a read, or implausible Kafka timestamps (``clock``) of
+    a read: a ledger row of its own later."""
+
+    kind: Literal["gap", "rewind", "clock"]
     partition: int
     start: int
     end: int

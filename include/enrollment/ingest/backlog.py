@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from enrollment.clients.kafka import KafkaSettings, group_consumer, pending_ranges, ranges_of
+from enrollment.core.batch import STAMP_MAX_AGE_MS, implausible_stamp
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer
@@ -71,6 +72,14 @@ class BacklogWatch:
         except Exception:
             self.close()
             raise
+        # An implausible stamp (core.batch.implausible_stamp: far ahead, or before retention)
+        # says nothing of the record's age: it counts as old as a plausible one can be, so the
+        # record is due now (a stamp in the future would otherwise never come of age).
+        now_ms = int(time.time() * 1000)
+        by_partition = {
+            p: now_ms - STAMP_MAX_AGE_MS if implausible_stamp(ms, now_ms) else ms
+            for p, ms in by_partition.items()
+        }
         return Backlog(
             topic=self.topic,
             ranges=ranges,

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -33,7 +34,7 @@ from enrollment.core.partners import partner_changes
 from enrollment.core.pii import Keyring
 from enrollment.ingest.claim import advance_chain
 from enrollment.ingest.pending import mark_pending
-from enrollment.ingest.read import lost_below_watermark, read_range
+from enrollment.ingest.read import lost_below_watermark, read_range, settle_stamps
 from enrollment.ingest.shape import p95_timestamp_ms, shape_batch
 from enrollment.ingest.suppression import (
     anonymise_batch_objects,
@@ -116,6 +117,11 @@ def write_batch(
     return valid, quarantine
 
 
+def _claimed_ms(manifest: Manifest) -> int:
+    claimed = datetime.fromisoformat(manifest.claimed_at) if manifest.claimed_at else None
+    return int((claimed.timestamp() if claimed else time.time()) * 1000)
+
+
 def land(
     kafka: KafkaSettings,
     manifest: Manifest,
@@ -171,6 +177,11 @@ def land(
     )
     for a in anomalies[len(manifest.anomalies) :]:
         log.error("land %s %s: GAP %s", manifest.region, manifest.batch_id, a["detail"])
+    # The claim's time, not the clock's: a retry settles the same stamps the same way.
+    messages, clock = settle_stamps(messages, _claimed_ms(manifest))
+    for a in clock:
+        log.warning("land %s %s: CLOCK %s", manifest.region, manifest.batch_id, a["detail"])
+    anomalies += clock
     result = validate_guarded(
         messages.column("value").to_pylist()
     )  # a raising validator never stops the region

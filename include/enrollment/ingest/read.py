@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from enrollment.clients.kafka import KafkaSettings, group_consumer
-from enrollment.core.batch import Anomaly, Manifest, PartitionRange
+from enrollment.core.batch import (
+    STAMP_MAX_AGE_MS,
+    STAMP_MAX_LEAD_MS,
+    Anomaly,
+    Manifest,
+    PartitionRange,
+)
 
 
 def read_range(
@@ -97,6 +104,40 @@ def read_range(
             "value": pa.array(values, pa.binary()),
         }
     ), ranges
+
+
+def settle_stamps(read: pa.Table, at_ms: int) -> tuple[pa.Table, list[Anomaly]]:
+    """``read`` with every implausible Kafka timestamp (``core.batch.implausible_stamp``) replaced
+    by ``at_ms``, the land time; one ``clock`` anomaly per partition that had any (the offsets
+    and the stamps as sent, in ms). Per message: no stamp stops a batch or a region."""
+    stamps = read.column("kafka_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    wrong = (stamps < at_ms - STAMP_MAX_AGE_MS) | (stamps > at_ms + STAMP_MAX_LEAD_MS)
+    if not wrong.any():
+        return read, []
+    partitions = read.column("kafka_partition").to_numpy()
+    offsets = read.column("kafka_offset").to_numpy()
+    anomalies: list[Anomaly] = []
+    for p in np.unique(partitions[wrong]):
+        mine = wrong & (partitions == p)
+        anomalies.append(
+            {
+                "kind": "clock",
+                "partition": int(p),
+                "start": int(offsets[mine].min()),
+                "end": int(offsets[mine].max()) + 1,
+                "detail": (
+                    f"partition {p}: {int(mine.sum())} message(s) stamped outside [land time - "
+                    f"{STAMP_MAX_AGE_MS // 86_400_000} d, + {STAMP_MAX_LEAD_MS // 60_000} min] "
+                    f"(stamps {int(stamps[mine].min())}..{int(stamps[mine].max())} ms, land time "
+                    f"{at_ms} ms): partitioned and aged by the land time"
+                ),
+            }
+        )
+    settled = pa.array(np.where(wrong, at_ms, stamps), pa.int64()).cast(
+        pa.timestamp("ms", tz="UTC")
+    )
+    index = read.schema.get_field_index("kafka_timestamp")
+    return read.set_column(index, "kafka_timestamp", settled), anomalies
 
 
 def lost_below_watermark(kafka: KafkaSettings, manifest: Manifest, read: pa.Table) -> list[Anomaly]:

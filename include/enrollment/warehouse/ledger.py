@@ -50,15 +50,16 @@ def balances(row: Row | Mapping[str, Any]) -> bool:
 
 def anomaly_rows(landed: Landed) -> list[dict[str, Any]]:
     """One ledger row per kind of anomaly its claim or read found: ``gap`` (offsets deleted before
-    they were read: lost, so ``ok`` is false and the ledger never balances quietly) and ``rewind``
+    they were read: lost, so ``ok`` is false and the ledger never balances quietly), ``rewind``
     (offsets already landed that the group was rewound to: not read again, counted as
-    duplicates)."""
+    duplicates) and ``clock`` (messages with implausible Kafka timestamps, landed with the land
+    time: counted by the batch's own rows, so 0 offsets here; the detail says which)."""
     out = []
-    for kind in ("gap", "rewind"):
+    for kind in ("gap", "rewind", "clock"):
         found = [a for a in landed.anomalies or [] if a["kind"] == kind]
         if not found:
             continue
-        n = sum(max(0, a["end"] - a["start"]) for a in found)
+        n = 0 if kind == "clock" else sum(max(0, a["end"] - a["start"]) for a in found)
         out.append(
             {
                 "batch_id": landed.batch_id,
@@ -71,7 +72,7 @@ def anomaly_rows(landed: Landed) -> list[dict[str, Any]]:
                 "skipped": n if kind == "gap" else 0,
                 "rows_merged": 0,
                 "seconds": 0.0,
-                "ok": kind == "rewind",
+                "ok": kind != "gap",
                 "detail": "; ".join(a["detail"] for a in found),
             }
         )

@@ -102,3 +102,48 @@ def test_the_lag_monitor_alerts_when_the_cluster_has_other_partitions_than_confi
     assert alerts([LagRow("set_aside", "EMEA", None, None, 1, None)], {}, LagRules(), config)[
         0
     ].startswith("EMEA: 1 landed batch(es) set aside")
+
+
+def test_implausible_kafka_stamps_take_the_land_time_per_message_and_are_recorded():
+    import pyarrow as pa
+
+    from enrollment.core.batch import STAMP_MAX_AGE_MS, STAMP_MAX_LEAD_MS
+    from enrollment.ingest.read import settle_stamps
+
+    at = 1_796_000_000_000
+    stamps = [
+        0,  # what a Java producer can send
+        -1,  # "no timestamp" (old message formats)
+        at - STAMP_MAX_AGE_MS,  # the oldest plausible
+        at - STAMP_MAX_AGE_MS - 1,
+        at,
+        at + STAMP_MAX_LEAD_MS,  # the furthest plausible
+        at + STAMP_MAX_LEAD_MS + 1,
+        2**62,  # far beyond year 9999
+    ]
+    read = pa.table(
+        {
+            "kafka_partition": pa.array([0, 0, 1, 1, 1, 2, 2, 2], pa.int32()),
+            "kafka_offset": pa.array([5, 6, 10, 11, 12, 20, 21, 22], pa.int64()),
+            "kafka_timestamp": pa.array(stamps, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            "value": pa.array([b"x"] * 8),
+        }
+    )
+    settled, anomalies = settle_stamps(read, at)
+    assert settled.column("kafka_timestamp").cast(pa.int64()).to_pylist() == [
+        at,
+        at,
+        at - STAMP_MAX_AGE_MS,
+        at,
+        at,
+        at + STAMP_MAX_LEAD_MS,
+        at,
+        at,
+    ]
+    assert [(a["kind"], a["partition"], a["start"], a["end"]) for a in anomalies] == [
+        ("clock", 0, 5, 7),
+        ("clock", 1, 11, 12),
+        ("clock", 2, 21, 23),
+    ]
+    assert settled.column("value").to_pylist() == read.column("value").to_pylist()
+    assert settle_stamps(settled, at) == (settled, [])

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from enrollment.clients.bigquery import sql_timestamp as _ts
 from enrollment.clients.kafka import KafkaSettings, group_consumer
-from enrollment.core.batch import is_recovery_batch
+from enrollment.core.batch import implausible_stamp, is_recovery_batch
 from enrollment.core.windows import day_start
 from enrollment.ingest.suppression import erased_among, suppressed
 from enrollment.ingest.validation.validate import validate_guarded
@@ -288,20 +288,27 @@ def plan(
             continue
         messages = fetch(kafka, f"{config.consumer_group}-recovery", region.topic, list(todo))
         # The message at that offset must be the one quarantined: a topic recreated since reuses
-        # offsets.
-        stamps = messages.column("kafka_timestamp").to_pylist()
+        # offsets. Its stamp is the row's, or one the land replaced by its land time (the row's).
+        stamps = messages.column("kafka_timestamp").cast(pa.int64()).to_pylist()
+        coordinates = list(
+            zip(
+                messages.column("kafka_partition").to_pylist(),
+                messages.column("kafka_offset").to_pylist(),
+                strict=True,
+            )
+        )
+        recorded = [int(todo[key].kafka_timestamp.timestamp() * 1000) for key in coordinates]
         keep = [
             i
-            for i, (p, o) in enumerate(
-                zip(
-                    messages.column("kafka_partition").to_pylist(),
-                    messages.column("kafka_offset").to_pylist(),
-                    strict=True,
-                )
-            )
-            if abs(stamps[i].timestamp() - todo[(p, o)].kafka_timestamp.timestamp()) < 0.002
+            for i in range(len(coordinates))
+            if abs(stamps[i] - recorded[i]) < 2 or implausible_stamp(stamps[i], recorded[i])
         ]
         messages = messages.take(pa.array(keep, pa.int64()))
+        messages = messages.set_column(
+            messages.schema.get_field_index("kafka_timestamp"),
+            "kafka_timestamp",
+            pa.array([recorded[i] for i in keep], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        )
         found = set(
             zip(
                 messages.column("kafka_partition").to_pylist(),
