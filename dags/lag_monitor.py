@@ -27,9 +27,12 @@ It reads offsets and one timestamp per partition, never the data, and never comm
 when a region's pending records grew at each of the last `lag.grow_minutes` measurements
 (a consumer falling further behind: a stall, a gridlock), when a pending record is older than
 `lag.max_age_s` (or a landed batch has waited that long for the warehouse), or when a sink is
-more than `lag.max_sink_batches` batches behind; when the warehouse has set a batch aside (its
-landed objects missing or unreadable); and when a region's topic has another partition count
-on the cluster than `partitions` in the configuration (every partition is ingested all the same).
+more than `lag.max_sink_batches` batches behind or its oldest warehoused batch not synced has
+waited more than `lag.sink_late_s` (1 h; past `lag.sink_broken_s`, 1 day, it is broken: the
+sync still catches up whatever the age, from the sink's own progress); when the warehouse has
+set a batch aside (its landed objects missing or unreadable); and when a region's topic has
+another partition count on the cluster than `partitions` in the configuration (every partition
+is ingested all the same).
 
 Lag over time: `SELECT measured_at, region, SUM(pending) FROM enrollment_ops.lag
 WHERE kind = 'kafka' GROUP BY 1, 2 ORDER BY 1`. Owner: enrollment-data team.

@@ -302,15 +302,25 @@ class SyncSettings:
 class LagRules:
     """The lag monitor's alert rules (``lag:``): pending records growing at each of the last
     ``grow_minutes`` measurements, a pending record older than ``max_age_s``, a sink more than
-    ``max_sink_batches`` behind."""
+    ``max_sink_batches`` behind, or its oldest warehoused batch not synced older than
+    ``sink_late_s`` (late) or ``sink_broken_s`` (broken)."""
 
     grow_minutes: int = 5
     max_age_s: float = 300.0
     max_sink_batches: int = 30
+    sink_late_s: float = 3600.0
+    sink_broken_s: float = 86400.0
 
     def __post_init__(self) -> None:
-        if self.grow_minutes < 1 or self.max_age_s <= 0 or self.max_sink_batches < 1:
-            raise ConfigError(f"lag: every rule must be positive, got {self}")
+        if (
+            self.grow_minutes < 1
+            or self.max_age_s <= 0
+            or self.max_sink_batches < 1
+            or not 0 < self.sink_late_s <= self.sink_broken_s
+        ):
+            raise ConfigError(
+                f"lag: every rule must be positive and sink_late_s <= sink_broken_s, got {self}"
+            )
 
 
 @dataclass(frozen=True)

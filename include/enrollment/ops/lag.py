@@ -10,7 +10,8 @@ that raise an alert.
 - Alert when a region's pending records grew at every one of the last ``grow_minutes``
   measurements (a consumer that falls further behind: a stall or gridlock), or when the oldest
   pending record (or landed batch waiting for the warehouse) is older than ``max_age_s``, or a
-  sink is more than ``max_sink_batches`` behind, or a batch is set aside, or a topic's partitions
+  sink is more than ``max_sink_batches`` behind or its oldest unsynced batch older than
+  ``sink_late_s`` (``sink_broken_s``: broken), or a batch is set aside, or a topic's partitions
   on the cluster are not the configured count (all are ingested; the configuration is stale).
 """
 
@@ -173,11 +174,24 @@ def findings(
                 "(objects missing or unreadable; "
                 f"see the ledger's set_aside rows, repair, then requeue)"
             )
-        elif row.pending > rules.max_sink_batches:
-            late.append(
-                f"sink {row.sink} {row.region}: {row.pending} warehoused batches not synced "
-                f"(> {rules.max_sink_batches})"
-            )
+        else:
+            waited = row.oldest_age_s or 0.0
+            if waited > rules.sink_broken_s:
+                broken.append(
+                    f"sink {row.sink} {row.region}: its oldest warehoused batch not synced has "
+                    f"waited {waited / 3600:.1f} h (> {rules.sink_broken_s / 3600:.0f} h; "
+                    f"{row.pending} waiting) — see the sync_{row.sink} DAG"
+                )
+            elif waited > rules.sink_late_s:
+                late.append(
+                    f"sink {row.sink} {row.region}: its oldest warehoused batch not synced has "
+                    f"waited {waited:.0f} s (> {rules.sink_late_s:.0f} s; {row.pending} waiting)"
+                )
+            elif row.pending > rules.max_sink_batches:
+                late.append(
+                    f"sink {row.sink} {row.region}: {row.pending} warehoused batches not synced "
+                    f"(> {rules.max_sink_batches})"
+                )
     for region, total in totals.items():
         series = [*(history.get(region) or [])[-rules.grow_minutes :], total]
         if len(series) > rules.grow_minutes and all(b > a for a, b in pairwise(series)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -72,6 +72,41 @@ def watermark(w: BigQuery, sink: str, region: str) -> dict[str, Any] | None:
     return dict(rows[0]) if rows else None
 
 
+def plan_since(
+    w: BigQuery,
+    sinks: list[str],
+    regions: list[str],
+    lookback_days: int = 7,
+    now: datetime | None = None,
+    run: Callable[..., Sequence[Mapping[str, Any]]] | None = None,
+) -> datetime:
+    """Where the plans of ``sinks`` start reading the ledger: ``lookback_days`` before the
+    oldest of their committed batches (``<ops>.sink_watermarks``), or before now if that is
+    earlier. So a sink down for longer than the lookback still finds every batch since it
+    stopped, and in normal running the bound stays a few days back: a constant partition filter
+    whose cost does not grow with history. A region a sink never synced looks back from now
+    (the lag monitor calls its oldest unsynced batch late after an hour, broken after a day).
+    ``run``: how to query (default ``w.run``; the operator page passes its time-limited read)."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud import bigquery
+
+    back = timedelta(days=lookback_days)
+    since = (now or datetime.now(UTC)) - back
+    try:
+        rows = (run or w.run)(
+            f"SELECT MIN(warehoused_at) AS oldest FROM {w.table('sink_watermarks', ops=True)} "
+            "WHERE sink IN UNNEST(@sinks) AND region IN UNNEST(@regions)",
+            [
+                bigquery.ArrayQueryParameter("sinks", "STRING", list(sinks)),
+                bigquery.ArrayQueryParameter("regions", "STRING", list(regions)),
+            ],
+        )
+    except NotFound:
+        return since
+    oldest = rows[0]["oldest"] if rows else None
+    return min(since, oldest - back) if oldest is not None else since
+
+
 def plan_all(
     w: BigQuery,
     bucket: str,
@@ -80,12 +115,12 @@ def plan_all(
     max_batches: int = 20,
     lookback_days: int = 7,
 ) -> dict[str, SyncPlan]:
-    """Every region's plan in one query: the warehoused batches of the last ``lookback_days``
-    that have no ``sync_<sink>`` ledger row yet, oldest first.
+    """Every region's plan in one query: the warehoused batches since ``plan_since`` (the
+    sink's own progress) that have no ``sync_<sink>`` ledger row yet, oldest first.
 
     An anti-join, not a time watermark: a ledger row that committed late (a batch a failed
-    cycle left, warehoused after newer ones) is still taken. The lookback is a constant
-    filter on the ledger's partitions, so the plan's cost does not grow with history."""
+    cycle left, warehoused after newer ones) is still taken. The bound is a constant filter on
+    the ledger's partitions, so the plan's cost does not grow with history."""
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
 
@@ -96,7 +131,7 @@ def plan_all(
         return {
             region: SyncPlan(sink, region, bucket) for region in regions
         }  # nothing warehoused yet
-    since = datetime.now(UTC) - timedelta(days=lookback_days)
+    since = plan_since(w, [sink], regions, lookback_days)
     recent = f"recorded_at >= TIMESTAMP '{since:%Y-%m-%d}'"
     rows = w.run(
         f"""SELECT L.region, L.batch_id, L.recorded_at FROM {w.table("ledger", ops=True)} L

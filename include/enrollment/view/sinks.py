@@ -24,9 +24,10 @@ from enrollment.view.reader import (
 def sinks_overview(
     reader: Reader, config: PipelineConfig, window_hours: float = 24, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Per sink and region: warehoused batches not synced yet (the sync plans' anti-join, last
-    ``LEDGER_LOOKBACK_DAYS`` days), the last committed batch (``<ops>.sink_watermarks``), the last
-    failed sync ledger row, rows in the sink quarantine over the window; and the last canary."""
+    """Per sink and region: warehoused batches not synced yet (the sync plans' anti-join, from
+    ``LEDGER_LOOKBACK_DAYS`` days before the sinks' oldest committed batch), the last committed
+    batch (``<ops>.sink_watermarks``), the last failed sync ledger row, rows in the sink
+    quarantine over the window; and the last canary."""
     now = now or datetime.now(UTC)
     sinks = list(config.sinks)
     codes = [r.code for r in config.regions]
@@ -38,14 +39,22 @@ def sinks_overview(
             return {"sinks": out}
         from google.cloud import bigquery
 
+        from enrollment.sync.plan import plan_since
+
+        # As the sync plans bound it: from the sinks' own progress, however long ago.
+        since = ts(
+            plan_since(reader.w, sinks, codes, LEDGER_LOOKBACK_DAYS, now, run=reader.run)
+            if reader.exists("sink_watermarks")
+            else now - timedelta(days=LEDGER_LOOKBACK_DAYS)
+        )
         table = reader.w.table("ledger", ops=True)
         rows = reader.run(
             f"""SELECT sink, L.region, COUNT(*) AS behind, MIN(L.recorded_at) AS oldest
             FROM {table} L CROSS JOIN UNNEST(@sinks) AS sink
             LEFT JOIN (SELECT DISTINCT batch_id, stage FROM {table} """
-            f"""WHERE recorded_at >= {since_ledger} AND STARTS_WITH(stage, 'sync_')) S
+            f"""WHERE recorded_at >= {since} AND STARTS_WITH(stage, 'sync_')) S
               ON S.batch_id = L.batch_id AND S.stage = CONCAT('sync_', sink)
-            WHERE L.recorded_at >= {since_ledger} AND L.stage = 'warehouse' AND L.ok """
+            WHERE L.recorded_at >= {since} AND L.stage = 'warehouse' AND L.ok """
             f"""AND S.batch_id IS NULL
             GROUP BY sink, L.region LIMIT 1000""",
             [bigquery.ArrayQueryParameter("sinks", "STRING", sinks)],

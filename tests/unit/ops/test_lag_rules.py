@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from enrollment.config import LagRules, load_config
-from enrollment.ops.lag import LagRow, alerts
+from enrollment.ops.lag import LagRow, alerts, findings
 
 RULES = LagRules(grow_minutes=3, max_age_s=300.0, max_sink_batches=30)
 
@@ -29,6 +29,25 @@ def test_a_sink_alerts_only_beyond_its_batch_limit():
     assert alerts([beyond], {}, RULES) == [
         "sink solr APAC: 31 warehoused batches not synced (> 30)"
     ]
+
+
+def test_a_sink_whose_oldest_unsynced_batch_waited_too_long_is_late_then_broken():
+    """However few batches wait: a sink that synced nothing for a day is broken, not fine."""
+    one = LagRow("sink", "EMEA", None, "firestore", 1, 3600.0)
+    assert alerts([one], {}, RULES) == [], "an hour itself is fine"
+    [(kind, message)] = findings([LagRow("sink", "EMEA", None, "firestore", 1, 3601.0)], {}, RULES)
+    assert kind == "late" and message == (
+        "sink firestore EMEA: its oldest warehoused batch not synced has waited 3601 s "
+        "(> 3600 s; 1 waiting)"
+    )
+    eight_days = LagRow("sink", "EMEA", None, "firestore", 2, 8 * 86400.0)
+    [(kind, message)] = findings([eight_days], {}, RULES)
+    assert kind == "broken" and "waited 192.0 h (> 24 h; 2 waiting)" in message
+    assert "sync_firestore" in message
+    strict = LagRules(sink_late_s=60, sink_broken_s=120)
+    assert findings([LagRow("sink", "EMEA", None, "solr", 1, 121.0)], {}, strict)[0][0] == "broken"
+    with pytest.raises(ValueError, match="sink_late_s <= sink_broken_s"):
+        LagRules(sink_late_s=7200, sink_broken_s=3600)
 
 
 def test_a_set_aside_batch_always_alerts_and_says_how_to_get_it_back():
