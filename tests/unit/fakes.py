@@ -52,7 +52,9 @@ class FakeBlob:
         return self.download_as_bytes().decode()
 
     def upload_from_string(self, data, content_type=None, if_generation_match=None) -> None:
-        if if_generation_match == 0 and self._stored is not None:
+        # As Cloud Storage: 0 means "only if absent", any other number "only if still that one".
+        current = self._stored["generation"] if self._stored else 0
+        if if_generation_match is not None and if_generation_match != current:
             raise PreconditionFailed(self.name)
         self.bucket.put(self.name, data)
 

@@ -45,23 +45,43 @@ def read_chain(bucket: Bucket, region: str, topic: str, group: str) -> Chain | N
     }
 
 
-def advance_chain(bucket: Bucket, manifest: Manifest) -> None:
+def advance_chain(bucket: Bucket, manifest: Manifest, tries: int = 20) -> None:
     """Moves the chain to the end of a landed batch; never backwards (a late retry of an older
-    batch)."""
-    chain = read_chain(bucket, manifest.region, manifest.topic, manifest.group)
-    ends = dict(chain["ends"]) if chain is not None else {}
-    for r in manifest.ranges:
-        ends[r.partition] = max(ends.get(r.partition, 0), r.end)
-    body = {
-        "group": manifest.group,
-        "topic": manifest.topic,
-        "ends": {str(p): o for p, o in sorted(ends.items())},
-        "starts": {str(r.partition): r.start for r in manifest.ranges},
-        "claim": manifest.claim_record,
-        "batch_id": manifest.batch_id,
-    }
-    bucket.blob(chain_object(manifest.region, manifest.topic, manifest.group)).upload_from_string(
-        json.dumps(body, sort_keys=True), content_type="application/json"
+    batch). Read, merged and written under the generation read (a write precondition): when two
+    lands move it at once, the one that read a stale chain reads again and merges, instead of
+    writing its stale ends over the other's (the next claim would see a false gap)."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    blob = bucket.blob(chain_object(manifest.region, manifest.topic, manifest.group))
+    for _ in range(tries):
+        try:
+            blob.reload()
+            generation = blob.generation or 0
+        except NotFound:
+            generation = 0
+        chain = read_chain(bucket, manifest.region, manifest.topic, manifest.group)
+        ends = dict(chain["ends"]) if chain is not None else {}
+        for r in manifest.ranges:
+            ends[r.partition] = max(ends.get(r.partition, 0), r.end)
+        body = {
+            "group": manifest.group,
+            "topic": manifest.topic,
+            "ends": {str(p): o for p, o in sorted(ends.items())},
+            "starts": {str(r.partition): r.start for r in manifest.ranges},
+            "claim": manifest.claim_record,
+            "batch_id": manifest.batch_id,
+        }
+        try:
+            blob.upload_from_string(
+                json.dumps(body, sort_keys=True),
+                content_type="application/json",
+                if_generation_match=generation,
+            )
+            return
+        except PreconditionFailed:
+            continue  # another land moved the chain since it was read: merge with that
+    raise RuntimeError(
+        f"claim chain of {manifest.region} {manifest.topic}: still moving after {tries} tries"
     )
 
 

@@ -129,6 +129,31 @@ def test_the_chain_never_moves_back_for_a_late_retry_of_an_older_batch():
     assert chain_object(REGION, TOPIC, GROUP) != chain_object(REGION, TOPIC, "other")
 
 
+def test_two_lands_moving_the_chain_at_once_never_move_it_back(monkeypatch):
+    """A late retry of an older batch reads the chain, then a newer batch's land moves it before
+    the retry writes: the retry's write is refused (the generation it read is gone), it reads
+    again and merges; the chain ends where the newer batch ended, so no false gap follows."""
+    bucket = FakeBucket("landing")
+
+    def manifest(start: int, end: int) -> Manifest:
+        return Manifest(REGION, TOPIC, GROUP, "landing", (PartitionRange(0, start, end),))
+
+    advance_chain(bucket, manifest(0, 20))
+    older, newer = manifest(20, 50), manifest(50, 80)
+    real_read, raced = claim_module.read_chain, []
+
+    def read_then_race(*args):
+        chain = real_read(*args)
+        if not raced:  # the older batch's read: the newer land runs before it writes
+            raced.append(True)
+            advance_chain(bucket, newer)
+        return chain
+
+    monkeypatch.setattr(claim_module, "read_chain", read_then_race)
+    advance_chain(bucket, older)
+    assert raced and read_chain(bucket, REGION, TOPIC, GROUP)["ends"] == {0: 80}
+
+
 def landed(batch_id: str, offsets: int, claimed_at: str, region: str = REGION) -> Landed:
     return Landed(
         batch_id,
