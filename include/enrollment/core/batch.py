@@ -51,6 +51,7 @@ class Chain(TypedDict):
     ends: dict[int, int]  # partition → one past the last landed offset
     starts: dict[int, int]  # partition → the last landed batch's start
     claim: str  # that batch's claim record
+    topic_id: str  # the Kafka topic id its batches were read from ("" before it was recorded)
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,24 @@ class Manifest:
     anomalies: tuple[Anomaly, ...] = field(default=(), compare=False)
     # 1: ids from topic + offsets (batches claimed before the group joined the identity keep them).
     id_scheme: int = 2
+    # The Kafka topic id (a topic deleted and created again under its name gets a new one), and
+    # the incarnation: "" for the topic as the group first landed it, else its topic id, which
+    # then joins the batch's identity (the new topic's offsets start at 0 again).
+    topic_id: str = field(default="", compare=False)
+    incarnation: str = ""
+
+    @property
+    def topic_key(self) -> str:
+        """The topic in names and ids: its name, or name@topic id for a later incarnation."""
+        return f"{self.topic}@{self.incarnation}" if self.incarnation else self.topic
 
     @property
     def batch_id(self) -> str:
-        """Derived from the group, topic and offset range: the same range is always the same batch,
-        and two pipelines (groups) reading one topic never share a batch."""
+        """Derived from the group, topic (incarnation) and offset range: the same range is always
+        the same batch, and two pipelines (groups) reading one topic never share a batch."""
         key = (
             ("" if self.id_scheme < 2 else self.group + "|")
-            + self.topic
+            + self.topic_key
             + "|"
             + ",".join(f"{r.partition}:{r.start}-{r.end}" for r in self.ranges)
         )
@@ -93,7 +104,7 @@ class Manifest:
     def claim_record(self) -> str:
         return claim_object(
             self.region,
-            self.topic,
+            self.topic_key,
             {r.partition: r.start for r in self.ranges},
             self.group if self.id_scheme >= 2 else None,
         )
@@ -143,6 +154,8 @@ class Manifest:
             claimed_at=data.get("claimed_at", ""),
             anomalies=tuple(data.get("anomalies") or ()),
             id_scheme=int(data.get("id_scheme", 1)),
+            topic_id=data.get("topic_id", ""),
+            incarnation=data.get("incarnation", ""),
         )
 
 

@@ -19,7 +19,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from enrollment.clients.kafka import KafkaSettings, pending_ranges
+from enrollment.clients.kafka import KafkaSettings, pending_ranges, topic_id
 from enrollment.core.batch import Anomaly, Chain, Manifest, PartitionRange
 from enrollment.core.layout import CLAIMS_PREFIX, chain_object, claim_object
 
@@ -42,6 +42,7 @@ def read_chain(bucket: Bucket, region: str, topic: str, group: str) -> Chain | N
         "ends": {int(p): o for p, o in data["ends"].items()},
         "starts": {int(p): o for p, o in data.get("starts", {}).items()},
         "claim": data.get("claim", ""),
+        "topic_id": data.get("topic_id", ""),
     }
 
 
@@ -52,14 +53,14 @@ def advance_chain(bucket: Bucket, manifest: Manifest, tries: int = 20) -> None:
     writing its stale ends over the other's (the next claim would see a false gap)."""
     from google.api_core.exceptions import NotFound, PreconditionFailed
 
-    blob = bucket.blob(chain_object(manifest.region, manifest.topic, manifest.group))
+    blob = bucket.blob(chain_object(manifest.region, manifest.topic_key, manifest.group))
     for _ in range(tries):
         try:
             blob.reload()
             generation = blob.generation or 0
         except NotFound:
             generation = 0
-        chain = read_chain(bucket, manifest.region, manifest.topic, manifest.group)
+        chain = read_chain(bucket, manifest.region, manifest.topic_key, manifest.group)
         ends = dict(chain["ends"]) if chain is not None else {}
         for r in manifest.ranges:
             ends[r.partition] = max(ends.get(r.partition, 0), r.end)
@@ -70,6 +71,7 @@ def advance_chain(bucket: Bucket, manifest: Manifest, tries: int = 20) -> None:
             "starts": {str(r.partition): r.start for r in manifest.ranges},
             "claim": manifest.claim_record,
             "batch_id": manifest.batch_id,
+            "topic_id": (chain["topic_id"] if chain is not None else "") or manifest.topic_id,
         }
         try:
             blob.upload_from_string(
@@ -160,6 +162,24 @@ def claim(
     pending = pending_ranges(kafka, group, topic, partitions)
     committed = {p: start for p, start, _ in pending}
     chain = read_chain(bucket, region, topic, group)
+    current = topic_id(kafka, topic)
+    incarnation = ""
+    if chain is not None and chain["topic_id"] and chain["topic_id"] != current:
+        # Deleted and created again: its offsets start over, so its batches get their own chain,
+        # claim records and ids (the first incarnation's would collide with them).
+        incarnation = current
+        log.warning(
+            "claim %s %s: topic %s was created again (id %s, its batches were landed from %s); "
+            "its batches are the topic's incarnation %s",
+            region,
+            group,
+            topic,
+            current,
+            chain["topic_id"],
+            current,
+        )
+        chain = read_chain(bucket, region, f"{topic}@{incarnation}", group)
+    key = f"{topic}@{incarnation}" if incarnation else topic
     if (
         chain
         and chain["claim"]
@@ -173,8 +193,8 @@ def claim(
             return again
     unfinished = _recorded(
         bucket,
-        claim_object(region, topic, committed, group),
-        claim_object(region, topic, committed),
+        claim_object(region, key, committed, group),
+        *([] if incarnation else [claim_object(region, topic, committed)]),
     )
     if unfinished is not None and (
         chain is None
@@ -184,7 +204,7 @@ def claim(
     starts, anomalies = chain_starts(pending, chain, topic)
     for a in anomalies:
         log.error("claim %s %s: %s %s", region, group, a["kind"].upper(), a["detail"])
-    record = bucket.blob(claim_object(region, topic, starts, group))
+    record = bucket.blob(claim_object(region, key, starts, group))
     if starts != committed and (again := _recorded(bucket, record.name)) is not None:
         return again  # the unfinished claim after a rewind
     cap = max(1, -(-max_batch // max(1, len(pending))))
@@ -203,6 +223,8 @@ def claim(
         ranges=ranges,
         claimed_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
         anomalies=tuple(anomalies),
+        topic_id=current,
+        incarnation=incarnation,
     )
     try:
         record.upload_from_string(

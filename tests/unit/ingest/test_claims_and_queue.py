@@ -31,6 +31,7 @@ def cluster(monkeypatch):
         "pending_ranges",
         lambda *a, **k: [(p, start, end) for p, (start, end) in sorted(offsets.items())],
     )
+    monkeypatch.setattr(claim_module, "topic_id", lambda *a, **k: "topic-id-1")
     return offsets
 
 
