@@ -24,6 +24,8 @@ STUB_TOKEN_HEADER = "X-Stub-Token"
 # Kafka's users (SCRAM, made when its storage is formatted): the broker's own, and the pipeline's.
 SCRAM = "SCRAM-SHA-512"
 KAFKA_ADMIN_USER, KAFKA_USER = "admin", "enrollment"
+# PLAIN's users live in the broker's configuration file: a user of its own, never the pipeline's.
+KAFKA_PLAIN_USER = "plain-client"
 # The issuer and audience of the OAUTHBEARER tokens the broker accepts (signed by the key
 # stack.tls.LocalCA.token_signer makes; checked against its JWKS file).
 OAUTH_ISSUER, OAUTH_AUDIENCE = "enrollment-local-stack", "kafka"
@@ -294,6 +296,7 @@ def load(state: str | os.PathLike | None = None) -> StackConfig:
         # Kafka's SCRAM users: the broker's own (inter-broker) and the pipeline's.
         ("kafka_admin_password", lambda: secrets.token_urlsafe(24)),
         ("kafka_password", lambda: secrets.token_urlsafe(24)),
+        ("kafka_plain_password", lambda: secrets.token_urlsafe(24)),  # the PLAIN test user's
         ("solr_password", lambda: secrets.token_urlsafe(24)),
     ):
         credentials.setdefault(key, make())

@@ -3,10 +3,11 @@
 Secured like a production cluster: clients (the pipeline, the tests, the broker itself) reach it
 on a ``SASL_SSL`` listener, with SCRAM-SHA-512 users created when the KRaft storage is formatted
 and a certificate of the stack's CA (``stack.tls``) named 127.0.0.1 and localhost. The same
-listener takes PLAIN (the user ``enrollment``) and OAUTHBEARER (JWTs signed by the stack's token
-key, checked against its JWKS file), so that the forms managed Kafkas use are tested against a
-real broker; a second, ``SSL`` listener takes clients by their certificate (mutual TLS). The
-controller's own listener (KRaft quorum traffic, loopback) is the only plain one."""
+listener takes PLAIN (a user of its own, ``plain-client``: PLAIN's users are written in this
+file) and OAUTHBEARER (JWTs signed by the stack's token key, checked against its JWKS file), so
+that the forms managed Kafkas use are tested against a real broker; a second, ``SSL`` listener
+takes clients by their certificate (mutual TLS). The controller's own listener (KRaft quorum
+traffic, loopback) is the only plain one."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from ..config import (
     HOST,
     KAFKA_ADMIN_USER,
+    KAFKA_PLAIN_USER,
     KAFKA_USER,
     OAUTH_AUDIENCE,
     OAUTH_ISSUER,
@@ -69,7 +71,7 @@ class Kafka(Service):
         )
         plain_jaas = (
             "org.apache.kafka.common.security.plain.PlainLoginModule required "
-            f'user_{KAFKA_USER}="{self.cfg.credentials["kafka_password"]}";'
+            f'user_{KAFKA_PLAIN_USER}="{self.cfg.credentials["kafka_plain_password"]}";'
         )
         oauth = "org.apache.kafka.common.security.oauthbearer"
         props = self.dir / "server.properties"

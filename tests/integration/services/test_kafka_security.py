@@ -120,8 +120,8 @@ def test_sasl_plain_round_trip_and_a_wrong_password_is_refused(stack, pipeline_c
     """PLAIN, as Confluent Cloud's API keys use it (the guide's first example's form)."""
     plain = _tls(stack) | {
         "sasl.mechanisms": "PLAIN",
-        "sasl.username": stack_config.KAFKA_USER,
-        "sasl.password": stack.credentials["kafka_password"],
+        "sasl.username": stack_config.KAFKA_PLAIN_USER,
+        "sasl.password": stack.credentials["kafka_plain_password"],
     }
     kafka = PipelineKafkaHook("kafka_default", _connection(plain)).settings()
     _round_trip(kafka, probe_topic)

@@ -37,6 +37,8 @@ def test_files_holding_secrets_are_private(stack):
         kafka / "server.properties",  # the broker's own SCRAM password
         kafka / "tls" / "broker.pem",  # its private key
         kafka / "tls" / "ca.key",
+        kafka / "tls" / "client.pem",  # the mutual-TLS client's private key
+        kafka / "tls" / "token-signer.key",  # signs the OAUTHBEARER tokens the broker accepts
         stack.state / "solr" / "home" / "security.json",
         stack.saved_file,
         stack.env_file,
