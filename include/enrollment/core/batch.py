@@ -34,6 +34,12 @@ def implausible_stamp(stamp_ms: int, at_ms: int) -> bool:
     return not at_ms - STAMP_MAX_AGE_MS <= stamp_ms <= at_ms + STAMP_MAX_LEAD_MS
 
 
+def topic_key(topic: str, incarnation: str = "") -> str:
+    """The topic in names and ids: its name, or name@topic id for a later incarnation (a topic
+    deleted and created again)."""
+    return f"{topic}@{incarnation}" if incarnation else topic
+
+
 class Anomaly(TypedDict):
     """A gap or rewind found by a claim or a read, or implausible Kafka timestamps (``clock``) of
     a read: a ledger row of its own later."""
@@ -85,8 +91,7 @@ class Manifest:
 
     @property
     def topic_key(self) -> str:
-        """The topic in names and ids: its name, or name@topic id for a later incarnation."""
-        return f"{self.topic}@{self.incarnation}" if self.incarnation else self.topic
+        return topic_key(self.topic, self.incarnation)
 
     @property
     def batch_id(self) -> str:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from enrollment.clients.kafka import KafkaSettings, pending_ranges, topic_id
-from enrollment.core.batch import Anomaly, Chain, Manifest, PartitionRange
+from enrollment.core.batch import Anomaly, Chain, Manifest, PartitionRange, topic_key
 from enrollment.core.layout import CLAIMS_PREFIX, chain_object, claim_object
 
 if TYPE_CHECKING:
@@ -178,8 +178,9 @@ def claim(
             chain["topic_id"],
             current,
         )
-        chain = read_chain(bucket, region, f"{topic}@{incarnation}", group)
-    key = f"{topic}@{incarnation}" if incarnation else topic
+    key = topic_key(topic, incarnation)
+    if incarnation:
+        chain = read_chain(bucket, region, key, group)
     if (
         chain
         and chain["claim"]
