@@ -25,7 +25,10 @@ Runs the **warehouse** and **sync** stages again for the batches of a region and
 that were landed in `gs://{CONFIG.landing_bucket}/landing/` (Kafka is not read again):
 
 - **warehouse** MERGEs each batch again into events, partners and quarantine, with the ingest's
-  gates; a ledger row is written only where it is missing or wrong;
+  gates; a ledger row is written only where it is missing or wrong. A batch already warehoused
+  is left alone unless **`restore`** is on: then the rows missing from its tables (deleted by
+  hand, lost in a table restore) are written again, nothing is doubled, and its ledger balance
+  is checked;
 - **sync** (one mapped task per sink) writes the partners those batches touched to the sink again,
   in their current state, reads them back, and records a ledger row per batch. Sink watermarks
   do not move: the regular sync runs neither skip nor repeat anything because of a replay.
@@ -78,6 +81,12 @@ Owner: enrollment-data team.
             type="array",
             items={"type": "string", "enum": STAGES},
             description="Stages to run again",
+        ),
+        "restore": Param(
+            False,
+            type="boolean",
+            description="Warehouse stage: write again the rows missing from batches already "
+            "warehoused (after rows were lost); off: only batches the warehouse has not written",
         ),
         "sinks": Param(
             SINKS,
@@ -149,7 +158,9 @@ def replay() -> None:
                 for b in landed_batches(rt.sync_run, rt.config, region, first, last)
                 if b.batch_id in set(ids)
             ]
-            out[region] = replay_warehouse(rt.sync_run, batches)
+            out[region] = replay_warehouse(
+                rt.sync_run, batches, restore=bool((params or {}).get("restore"))
+            )
         return out
 
     # After warehouse, also when that stage was not chosen; skipped with select (a scheduled run).

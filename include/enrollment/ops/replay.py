@@ -4,7 +4,10 @@ For a region and a range of days, the batches claimed then and landed (the claim
 the write-once Parquet objects in the landing bucket; Kafka is not read again) are
 
 - **warehouse**: MERGEd again into events, partners and quarantine and gated; a ledger row is
-  written where it is missing or wrong (the numbers come from the same objects);
+  written where it is missing or wrong (the numbers come from the same objects). A batch the
+  ledger holds as warehoused is left alone, unless ``restore`` is asked: then the rows missing
+  from its tables (deleted, lost in a restore of a backup) are written again and nothing is
+  doubled;
 - **sync**: the partners they touched written again to each chosen sink in their current state,
   gated by reading back, and a ledger row (stage ``sync_<sink>``) for each batch that has none
   (existing rows stay as the regular runs wrote them, except a batch's row saying it was set
@@ -61,15 +64,22 @@ def landed_batches(
     return out
 
 
-def replay_warehouse(run: SyncRun, batches: list[Landed]) -> dict[str, int]:
+def replay_warehouse(run: SyncRun, batches: list[Landed], restore: bool = False) -> dict[str, int]:
     """MERGEs the batches again (gated as in the ingest); a ledger row is written only where it is
     missing or says other numbers, so a replay of a healthy range changes nothing, not even the
-    ledger's times (which the sync plans follow)."""
+    ledger's times (which the sync plans follow).
+
+    Without ``restore`` a batch the ledger holds as warehoused is not written again (the ingest
+    wrote it). With it, every batch is written again, adding only the rows that are missing from
+    events, quarantine and partners (``restored``: the events put back), then gated and its
+    ledger balance checked: the repair after rows were lost."""
     from google.cloud import bigquery
 
-    w, events, recorded = run.warehouse, 0, 0
+    w, events, recorded, restored = run.warehouse, 0, 0, 0
     for landed in batches:
-        merged = merge_batch(w, landed)
+        merged = merge_batch(w, landed, restore)
+        if restore:
+            restored += merged.get("written", 0)
         held = {
             r["stage"]: dict(r)
             for r in w.run(
@@ -100,7 +110,8 @@ def replay_warehouse(run: SyncRun, batches: list[Landed]) -> dict[str, int]:
                 recorded += 1
         Ledger(w).balance(landed.batch_id)
         events += merged["events"]
-    return {"batches": len(batches), "events": events, "ledger_rows_written": recorded}
+    out = {"batches": len(batches), "events": events, "ledger_rows_written": recorded}
+    return out | ({"restored": restored} if restore else {})
 
 
 def replay_sync(

@@ -163,9 +163,15 @@ def set_aside(w: BigQuery, b: Landed, why: str) -> None:
         bucket.blob(pending_object(b.group, b.region, b.batch_id)).delete()
 
 
-def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -> CycleResult:
+def run_cycle(
+    w: BigQuery, batches: list[Landed], settings: WarehouseSettings, restore: bool = False
+) -> CycleResult:
     """Writes the batches (every region) into the warehouse once, then clears their pending
-    records in the landing bucket; see the module's doc."""
+    records in the landing bucket; see the module's doc.
+
+    ``restore`` (a replay after rows were lost): batches the ledger says are warehoused are
+    written again too — every statement only adds what is missing, so their rows come back and
+    nothing is doubled — and gated; their ledger rows and hand-overs stay as they were."""
     t0 = time.monotonic()
     result = CycleResult(cycle_id(batches))
     if not batches:
@@ -226,7 +232,7 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
     phase("read")
 
     result.already = Ledger(w).warehoused([b.batch_id for b in batches], window)
-    todo = [b for b in batches if b.batch_id not in set(result.already)]
+    todo = batches if restore else [b for b in batches if b.batch_id not in set(result.already)]
     writes_before = len(w.statements)
     staged: list[str] = []
     try:
@@ -298,6 +304,8 @@ def run_cycle(w: BigQuery, batches: list[Landed], settings: WarehouseSettings) -
                         **ages[b.batch_id],
                     }
                 )
+            # A restored batch keeps its ledger rows (the sync plans follow their times).
+            passed = [b for b in passed if b.batch_id not in set(result.already)]
             # Before the ledger rows: a sync plans a batch once its row exists, and finds this.
             handover_stage = f"`{w.project}.{w.dataset}._cycle_handover_{suffix}`"
             staged.append(handover_stage)
@@ -413,15 +421,15 @@ def raise_failed(result: CycleResult) -> None:
 
 
 # -- one batch ---------------------------------------------------------------------------------
-def merge_batch(bq: BigQuery, landed: Landed) -> dict[str, Any]:
+def merge_batch(bq: BigQuery, landed: Landed, restore: bool = False) -> dict[str, Any]:
     """One batch through a warehouse cycle of its own (replay, tools, tests); the ingest's
     writer is the ``warehouse`` DAG, which takes every pending batch at once."""
 
-    result = run_cycle(bq, [landed], bq.settings or WarehouseSettings())
+    result = run_cycle(bq, [landed], bq.settings or WarehouseSettings(), restore)
     if result.set_aside:
         raise GateError(f"batch {landed.batch_id} set aside: {result.set_aside[landed.batch_id]}")
     raise_failed(result)
-    if result.already:
+    if result.already and not restore:
         return {
             "events": landed.valid,
             "quarantine": landed.quarantined + landed.duplicates,

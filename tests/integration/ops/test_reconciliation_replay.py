@@ -164,3 +164,57 @@ def test_reconciliation_finds_a_deleted_document_and_replay_restores_it(
         == events_before
     )
     assert documents.document(victim).get().update_time == updated_before
+
+    # Rows lost from the warehouse behind the pipeline's back: one batch's events and quarantine.
+    lost = next(
+        iter(
+            bq.query(
+                f"SELECT Q.batch_id FROM {wh}.quarantine Q JOIN {wh}.events E USING (batch_id) "
+                f"WHERE Q.region = '{REGION}' GROUP BY Q.batch_id ORDER BY Q.batch_id LIMIT 1"
+            ).result()
+        )
+    )["batch_id"]
+
+    def held(table: str) -> list[tuple]:
+        return sorted(
+            tuple(r.values())
+            for r in bq.query(f"SELECT * FROM {wh}.{table} WHERE batch_id = '{lost}'").result()
+        )
+
+    events_of, quarantine_of = held("events"), held("quarantine")
+    assert events_of and quarantine_of
+    for table in ("events", "quarantine"):
+        bq.query(f"DELETE FROM {wh}.{table} WHERE batch_id = '{lost}'").result()
+    assert held("events") == [] and held("quarantine") == []
+    warehouse_only = conf | {"stages": ["warehouse"]}
+
+    # A replay as before writes nothing for a batch the ledger holds as warehoused ...
+    assert replay.test(run_conf=warehouse_only).state == DagRunState.SUCCESS
+    assert held("events") == [] and held("quarantine") == []
+    run, rows = reconcile()
+    assert run.state == DagRunState.FAILED and not rows["ledger → events"]["ok"]
+
+    # ... a restore writes its rows again, once, and leaves the ledger as it was.
+    ledger_before = sorted(
+        tuple(r.values()) for r in bq.query(f"SELECT * FROM {ops}.ledger").result()
+    )
+    restore = replay.test(run_conf=warehouse_only | {"restore": True})
+    assert restore.state == DagRunState.SUCCESS
+    assert held("events") == events_of and held("quarantine") == quarantine_of
+    assert (
+        next(iter(bq.query(f"SELECT COUNT(*) AS n FROM {wh}.events").result()))["n"]
+        == events_before
+    )
+    assert (
+        sorted(tuple(r.values()) for r in bq.query(f"SELECT * FROM {ops}.ledger").result())
+        == ledger_before
+    )
+    run, rows = reconcile()
+    assert run.state == DagRunState.SUCCESS and all(r["ok"] for r in rows.values())
+    # A second restore changes nothing.
+    assert replay.test(run_conf=warehouse_only | {"restore": True}).state == DagRunState.SUCCESS
+    assert held("events") == events_of and held("quarantine") == quarantine_of
+    assert (
+        next(iter(bq.query(f"SELECT COUNT(*) AS n FROM {wh}.events").result()))["n"]
+        == events_before
+    )
