@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from enrollment.config import load_config
 from enrollment_airflow.defaults import DAG_DEFAULTS, WAREHOUSE_POOL, Tag, default_args
 from enrollment_airflow.ingest import pending_asset, warehouse_asset
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +45,13 @@ oldest claim first, up to {max_rows:,} offsets a cycle — and writes each table
    and handed over to the sinks (`gs://{bucket}/handover/<region>/<batch>.parquet`), then the
    `land` and `warehouse` ledger rows (`{ops}.ledger`) and the batches' metrics
    (`{ops}.metrics`). A batch that fails its gate stays pending and is named; the others are
-   committed. A batch whose landed objects are missing or unreadable is **set aside** first
-   (ledger row `set_aside`, not ok; its record moved to `gs://{bucket}/set_aside/{group}/`; the
-   lag monitor alerts) and the cycle goes on with the others: requeue it once repaired with
-   `enrollment.ingest.pending.requeue`. Its success updates the asset `warehouse`, which wakes the
-   sink DAGs.
+   committed. A batch whose landed objects are missing or unreadable is **set aside** first, and
+   so is one that failed its gate in {set_aside_after} cycles (ledger row `set_aside`, not ok; its
+   record moved to `gs://{bucket}/set_aside/{group}/`; one `broken` alert, and the lag monitor
+   names it while it waits) and the cycle goes on with the others: requeue it once repaired with
+   `enrollment.ingest.pending.requeue`, or land it again from Kafka with the DAG
+   `reland_batch` when its objects are gone. Its success updates the asset `warehouse`, which
+   wakes the sink DAGs.
 2. **freshness** — fails the run when a batch's p95 event (by age) took more than {sla:g} s
    from Kafka to queryable (`freshness_sla_s`): the data is in, the red run is the alert (a gate
    that measured lateness, not a stage that broke — that one is **cycle**). Recovery batches
@@ -96,6 +101,7 @@ def warehouse_dag() -> DAG:
             bucket=config.landing_bucket,
             group=config.consumer_group,
             pool=WAREHOUSE_POOL,
+            set_aside_after=settings.set_aside_after,
         ),
     ) as dag:
         # Each BigQuery job is cancelled after job_timeout_s; a cycle sends about ten of them in
@@ -107,12 +113,13 @@ def warehouse_dag() -> DAG:
             pool=WAREHOUSE_POOL,
             execution_timeout=timedelta(seconds=settings.cycle_timeout_s),
         )
-        def cycle() -> dict[str, Any]:
+        def cycle(**context: Any) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
 
             from enrollment.ingest.pending import pending_batches
             from enrollment.ops import metrics
             from enrollment.warehouse.cycle import raise_failed, run_cycle
+            from enrollment_airflow.alerts import set_aside
             from enrollment_airflow.runtime import Runtime
 
             rt = Runtime.for_task(config)
@@ -122,9 +129,11 @@ def warehouse_dag() -> DAG:
                 raise AirflowSkipException("no landed batch is waiting for the warehouse")
             rt.working_on(b.batch_id for b in batches)
             result = run_cycle(rt.warehouse, batches, settings)
+            # Set aside once (its record leaves the queue): one alert, and the run goes on.
             for batch_id, why in result.set_aside.items():
-                log.error(
-                    "batch %s set aside (the cycle went on with the others): %s", batch_id, why
+                set_aside(
+                    cast("Context", context),
+                    f"batch {batch_id} set aside (the cycle went on with the others): {why}",
                 )
             metrics.record_batches(
                 rt.warehouse,

@@ -103,6 +103,7 @@ SHAPES: dict[str, Shape] = {
         ),
         pools={"warehouse": WAREHOUSE_POOL},
     ),
+    "reland_batch": Shape(pool="maintenance", tasks=("reland",)),
     "requeue_quarantine": Shape(
         pool="maintenance",
         tasks=("plan", "recover", "report"),

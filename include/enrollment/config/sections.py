@@ -124,8 +124,13 @@ class WarehouseSettings:
         600.0  # one BigQuery job awaited longer than this is cancelled (a hang, not work)
     )
     cycle_timeout_s: float = 1800.0  # the cycle task's execution_timeout
+    # A batch that fails its gate in this many cycles is set aside (one alert), not retried for
+    # ever: every later cycle would fail on it and page every minute.
+    set_aside_after: int = 3
 
     def __post_init__(self) -> None:
+        if self.set_aside_after < 1:
+            raise ConfigError(f"warehouse: set_aside_after must be >= 1, got {self}")
         if self.max_cycle_rows < 1 or self.dedup_window_days < 0:
             raise ConfigError(
                 f"warehouse: max_cycle_rows must be >= 1 and dedup_window_days >= 0, got {self}"

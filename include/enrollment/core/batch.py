@@ -201,6 +201,7 @@ class Landed:
     # Gaps and rewinds found by its claim or read: ledger rows of their own.
     anomalies: list[Anomaly] = field(default_factory=list)
     requeued: bool = False  # set aside by a warehouse cycle once, repaired and queued again
+    failed_cycles: int = 0  # cycles whose gate this batch failed (its pending record counts them)
 
     @property
     def bucket(self) -> str:

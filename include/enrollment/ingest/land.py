@@ -134,6 +134,28 @@ def land(
     whose messages pass ``max_bytes`` shrinks to what fits, its claim record first. Nothing is
     written with a tax id in clear: they are tokenised under ``keyring`` (valid events) or masked
     (quarantined messages) first. ``step`` hears each durable step done (``train.STEPS``)."""
+    landed, manifest = land_objects(kafka, manifest, bucket, keyring, max_bytes, step)
+    # Before the commit: once the offsets move on, this record is the only way to the batch; and
+    # the chain, which the next claim checks its start against.
+    mark_pending(bucket, landed)
+    step("pending")
+    advance_chain(bucket, manifest)
+    step("chained")
+    commit_range(kafka, manifest)
+    step("committed")
+    return landed
+
+
+def land_objects(
+    kafka: KafkaSettings,
+    manifest: Manifest,
+    bucket: Bucket,
+    keyring: Keyring,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    step: Callable[[str], None] = _unheard,
+) -> tuple[Landed, Manifest]:
+    """``land`` up to its objects written: the batch as landed, and its manifest (shrunk when the
+    byte budget was reached). Nothing is recorded pending, chained or committed."""
     t0 = time.monotonic()
     messages, ranges = read_range(kafka, manifest, max_bytes=max_bytes)
     if ranges != manifest.ranges:
@@ -221,15 +243,7 @@ def land(
         skipped=skipped,
         anomalies=anomalies,
     )
-    # Before the commit: once the offsets move on, this record is the only way to the batch; and
-    # the chain, which the next claim checks its start against.
-    mark_pending(bucket, landed)
-    step("pending")
-    advance_chain(bucket, manifest)
-    step("chained")
-    commit_range(kafka, manifest)
-    step("committed")
-    return landed
+    return landed, manifest
 
 
 def landed_from(bucket: Bucket, manifest: Manifest) -> Landed | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from enrollment.core.batch import Landed
@@ -65,6 +66,25 @@ def pending_batches(bucket: Bucket, group: str, max_rows: int | None = None) -> 
     return out
 
 
+def count_failure(bucket: Bucket, landed: Landed) -> Landed:
+    """The batch failed one more cycle's gate: its pending record says how many. A batch not
+    queued (a replay's) has no record and is not counted."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    record = bucket.get_blob(pending_object(landed.group, landed.region, landed.batch_id))
+    if record is None:
+        return landed
+    failed = replace(landed, failed_cycles=landed.failed_cycles + 1)
+    with contextlib.suppress(PreconditionFailed):  # cleared or set aside meanwhile: not counted
+        record.upload_from_string(
+            json.dumps(failed.as_dict(), sort_keys=True),
+            content_type="application/json",
+            if_generation_match=record.generation,
+        )
+        return failed
+    return landed
+
+
 def clear_pending(bucket: Bucket, batches: list[Landed]) -> None:
     from google.api_core.exceptions import NotFound
 
@@ -81,9 +101,8 @@ def set_aside_batches(bucket: gcs.Bucket, group: str) -> list[str]:
 def requeue(bucket: gcs.Bucket, group: str, region: str, batch_id: str) -> None:
     """Puts a repaired batch back in the warehouse queue (its next cycle takes it)."""
     record = bucket.blob(set_aside_object(group, region, batch_id))
-    body = json.loads(record.download_as_text()) | {
-        "requeued": True
-    }  # its set_aside ledger row turns ok once it is warehoused
+    # Its set_aside ledger row turns ok once it is warehoused; repaired, it starts afresh.
+    body = json.loads(record.download_as_text()) | {"requeued": True, "failed_cycles": 0}
     bucket.blob(pending_object(group, region, batch_id)).upload_from_string(
         json.dumps(body, sort_keys=True), content_type="application/json"
     )

@@ -23,7 +23,9 @@ One writer for all regions (the ``warehouse`` DAG, one cycle at a time), once pe
 Before any of it, each batch's landed objects are checked: a batch whose objects are gone or
 unreadable is **set aside** — a ``set_aside`` ledger row (not ok) naming the object, its pending
 record moved to ``set_aside/<group>/<region>/`` (``requeue`` puts it back once repaired) — and the
-cycle goes on with the others: one lost batch never stops every region.
+cycle goes on with the others: one lost batch never stops every region. So is a batch that failed
+its gate in ``set_aside_after`` cycles (its pending record counts them): a failure that does not
+heal would fail every cycle after it.
 
 Every statement is idempotent (anti-joins, version guards, keyed MERGEs), so a cycle killed at
 any point and run again converges to the same rows; the ledger rows come last and mark it done.
@@ -56,7 +58,7 @@ from enrollment.core.errors import GateError
 from enrollment.core.layout import CYCLE_MARKER, pending_object, set_aside_object
 from enrollment.core.partners import PARTNER_SCHEMA, fold_partners, partner_changes
 from enrollment.core.windows import Window
-from enrollment.ingest.pending import clear_pending
+from enrollment.ingest.pending import clear_pending, count_failure
 from enrollment.ingest.shape import landed_schemas
 from enrollment.warehouse.gates import Span, ages_of, gate, span_of
 from enrollment.warehouse.handover import write_handovers
@@ -284,7 +286,17 @@ def run_cycle(
             counts = gate(w, todo, events_stage, partners_stage, own, held_stage)
             phase("gate")
             passed = [b for b in todo if b.batch_id not in counts["failed"]]
-            result.failed = counts["failed"]
+            result.failed = dict(counts["failed"])
+            for b in todo:
+                if b.batch_id in result.failed:
+                    counted = count_failure(w.storage.bucket(b.bucket), b)
+                    if counted.failed_cycles >= settings.set_aside_after:
+                        why = (
+                            f"failed its gate in {counted.failed_cycles} cycles, the last: "
+                            + result.failed.pop(b.batch_id)
+                        )
+                        set_aside(w, counted, why)
+                        result.set_aside[b.batch_id] = why
             ages = {b.batch_id: ages_of(spans[b.batch_id]) for b in todo}
             for b in passed:
                 c = counts["batches"][b.batch_id]
