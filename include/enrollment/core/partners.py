@@ -91,7 +91,8 @@ def _to_table(latest: pd.DataFrame) -> pa.Table:
 
 
 def partner_changes(valid: pa.Table) -> pa.Table:
-    """One row per partner of the batch: what its partner events say, newest version first."""
+    """One row per partner of the batch: what its partner events say, newest version first. An
+    erased partner's events (anonymised, ``ERASED``) change no partner: they have no state."""
     consent = [
         c
         for c in ("marketing_consent", "consent_version", "consent_captured_at")
@@ -124,7 +125,7 @@ def partner_changes(valid: pa.Table) -> pa.Table:
     for column in ("marketing_consent", "consent_version", "consent_captured_at"):
         if column not in frame:
             frame[column] = None
-    frame = frame[frame["event_type"].isin(list(PARTNER_EVENTS))]
+    frame = frame[frame["event_type"].isin(list(PARTNER_EVENTS)) & (frame["partner_id"] != ERASED)]
     if frame.empty:
         return _empty()
     frame["status"] = frame["event_type"].map(

@@ -281,7 +281,7 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
     assert all(r["ok"] for r in rows if r["step"] == "verify")
     assert vid not in json.dumps(rows, default=str)
 
-    # A replay of the day (warehouse and every sink) brings
+    # A replay of the day (warehouse and every sink), restoring every batch's rows, brings
     # nothing back; the reconciliation misses no one.
     today = datetime.now(UTC).date().isoformat()
     replay = {
@@ -290,6 +290,7 @@ def test_a_partner_erased_mid_stream_is_gone_from_every_store_and_stays_gone_thr
         "date_to": today,
         "stages": ["warehouse", "sync"],
         "sinks": list(config.sinks),
+        "restore": True,
     }
     assert dagbag.dags["replay"].test(run_conf=replay).state == DagRunState.SUCCESS
     assert_clean()

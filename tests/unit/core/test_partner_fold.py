@@ -186,3 +186,19 @@ def test_folding_batches_in_any_order_equals_folding_every_event_at_once(events,
             newest = max(setters, key=lambda e: e["partner_version"]) if setters else None
             assert p[column] == (newest[column] if newest else None), column
             assert p[f"{column}_version"] == (newest["partner_version"] if newest else None)
+
+
+def test_an_erased_partners_anonymised_events_change_no_partner():
+    """A replay that restores an erased partner's batch reads its anonymised events (partner id
+    ``erased``): they must not make a partner of that name."""
+    from enrollment.core.partners import ERASED
+
+    changes = partner_changes(
+        table(
+            event(ERASED, 10_000, "partner.enrolled", country="ZA"),
+            event(ERASED, 10_001),
+            event("EM1", 2, "partner.enrolled"),
+        )
+    )
+    assert changes.column("partner_id").to_pylist() == ["EM1"]
+    assert partner_changes(table(event(ERASED, 3))).num_rows == 0
