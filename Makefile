@@ -122,7 +122,7 @@ check-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" tests/unit
 
 ## bench: every benchmark; bench-NAME runs bench/NAME.py (results in bench/results/)
-bench: bench-stack bench-validation bench-simulator bench-ingest bench-freshness bench-sinks bench-backlog bench-tls
+bench: bench-stack bench-validation bench-simulator bench-ingest bench-freshness bench-sinks bench-backlog bench-tls bench-reconciliation
 
 ## loadtest: the gridlock test on the running stack and Airflow, with faults; a report with plots
 ##   ARGS="--rate 400000/min --duration 10m --fault solr-down@3m:2m" (python -m bench.loadtest --help)

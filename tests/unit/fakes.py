@@ -43,13 +43,18 @@ class FakeBlob:
         if self._stored is None:
             raise NotFound(self.name)
 
-    def download_as_bytes(self, start: int | None = None) -> bytes:
+    def download_as_bytes(
+        self, start: int | None = None, if_generation_match: int | None = None
+    ) -> bytes:
         if self._stored is None:
             raise NotFound(self.name)
+        if if_generation_match is not None and if_generation_match != self.generation:
+            raise PreconditionFailed(self.name)
+        self.bucket.reads.append(self.name)
         return self._stored["data"][start or 0 :]
 
-    def download_as_text(self) -> str:
-        return self.download_as_bytes().decode()
+    def download_as_text(self, if_generation_match: int | None = None) -> str:
+        return self.download_as_bytes(if_generation_match=if_generation_match).decode()
 
     def upload_from_string(self, data, content_type=None, if_generation_match=None) -> None:
         # As Cloud Storage: 0 means "only if absent", any other number "only if still that one".
@@ -69,6 +74,7 @@ class FakeBucket:
         self.objects: dict[str, dict] = {}
         self.now = now or datetime(2026, 11, 20, 12, tzinfo=UTC)
         self.generations = 0  # as GCS: each write of an object a new generation
+        self.reads: list[str] = []  # the objects downloaded, in order
 
     def put(self, name: str, data, created: datetime | None = None) -> None:
         data = data.encode() if isinstance(data, str) else bytes(data)

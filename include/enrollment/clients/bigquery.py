@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
@@ -49,6 +49,7 @@ _BQ_TYPES = {
 
 
 DEFAULT_JOB_TIMEOUT_S = 600.0  # enrollment.config.WarehouseSettings.job_timeout_s
+MAX_LOAD_URIS = 10_000  # source URIs BigQuery takes in one load job
 
 
 _Result = TypeVar("_Result", covariant=True)
@@ -111,6 +112,26 @@ class BigQuery:
             sql, job_config=bigquery.QueryJobConfig(query_parameters=params or [])
         )
         return list(self.wait(job))
+
+    def pages(
+        self, sql: str, params: Sequence[QueryParameter] | None = None, size: int = 5_000
+    ) -> Iterator[list[Row]]:
+        """A query's rows ``size`` at a time: one query, its result read as the pages are used,
+        so a caller's memory holds one page whatever the result's size."""
+        from google.cloud import bigquery
+
+        self.statements.append(sql)
+        job = self.client.query(
+            sql, job_config=bigquery.QueryJobConfig(query_parameters=params or [])
+        )
+        page: list[Row] = []
+        for row in self.wait(job):
+            page.append(row)
+            if len(page) >= size:
+                yield page
+                page = []
+        if page:
+            yield page
 
     def read_arrow(self, table: str) -> pa.Table:
         """A table's rows as Arrow through the Storage Read API: record batches, no JSON and no
@@ -180,9 +201,10 @@ class BigQuery:
         uris: list[str],
         tables: Sequence[pa.Table] = (),
     ) -> str:
-        """A fresh staging table loaded from Parquet objects with one load job (BigQuery reads
-        them where they are: nothing passes through this process); ``tables`` (rare: batches
-        landed by an older version) are appended from memory."""
+        """A fresh staging table loaded from Parquet objects with one load job per
+        ``MAX_LOAD_URIS`` (BigQuery reads them where they are: nothing passes through this
+        process); ``tables`` (rare: batches landed by an older version) are appended from
+        memory."""
         from google.cloud import bigquery
 
         table_id = f"{self.project}.{self.dataset}.{name}"
@@ -193,8 +215,13 @@ class BigQuery:
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET, write_disposition="WRITE_APPEND"
         )
-        if uris:
-            self.wait(self.client.load_table_from_uri(list(uris), table_id, job_config=config))
+        uris = list(uris)
+        for start in range(0, len(uris), MAX_LOAD_URIS):
+            self.wait(
+                self.client.load_table_from_uri(
+                    uris[start : start + MAX_LOAD_URIS], table_id, job_config=config
+                )
+            )
         for table in tables:
             sink = io.BytesIO()
             pq.write_table(table, sink)

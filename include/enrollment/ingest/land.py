@@ -40,9 +40,8 @@ from enrollment.ingest.suppression import (
     anonymise_batch_objects,
     anonymise_landed,
     erased_among,
-    index_generation,
     mentioned_ids,
-    suppressed,
+    suppression,
 )
 from enrollment.ingest.validation.validate import validate_guarded
 
@@ -72,8 +71,8 @@ def write_batch(
     valid = valid.drop_columns(["event_json"])
     changes = partner_changes(valid)
     partners = set(valid.column("partner_id").to_pylist()) | mentioned_ids(quarantine)
-    generation = index_generation(bucket)
-    erased = erased_among(partners, keyring, suppressed(bucket))
+    generation, tokens = suppression(bucket)
+    erased = erased_among(partners, keyring, tokens)
     # Partners erased before these events arrived (a resend, a rewind): they never land in clear.
     if erased:
         (valid, raw, quarantine, changes), counts = anonymise_landed(
@@ -98,11 +97,8 @@ def write_batch(
     # Asked again once written, before the batch is queued: an erasure that began meanwhile, or
     # objects an earlier attempt wrote before one began (kept by write_once), would otherwise be
     # queued in clear, and the erasure, finding no queued batch, would not know of them.
-    late = (
-        erased_among(partners, keyring, suppressed(bucket))
-        if index_generation(bucket) != generation
-        else erased
-    )
+    now, tokens = suppression(bucket)
+    late = erased_among(partners, keyring, tokens) if now != generation else erased
     if late and (late != erased or not all(fresh)):
         counts = anonymise_batch_objects(bucket, prefix, late)
         log.warning(

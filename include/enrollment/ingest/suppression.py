@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -61,27 +62,40 @@ ENVELOPE_KEYS = (
 )
 
 
-def suppressed(bucket: Bucket) -> frozenset[str]:
-    """The tokens of every erased partner (empty when none was ever erased)."""
-    from google.api_core.exceptions import NotFound
-
-    try:
-        return frozenset(json.loads(bucket.blob(INDEX_OBJECT).download_as_text())["tokens"])
-    except NotFound:
-        return frozenset()
+# The index as a bucket object last read it: (generation, tokens). A land train asks before and
+# after every batch; the list, which grows with every erasure, is downloaded only when an
+# erasure changed it, so a batch pays a metadata read, not the list.
+_READ: weakref.WeakKeyDictionary[Bucket, tuple[int, frozenset[str]]] = weakref.WeakKeyDictionary()
 
 
-def index_generation(bucket: Bucket) -> int:
-    """The suppression index's generation (0 when none was ever written): a metadata read, so a
-    step can tell whether the list changed since it read it without reading it again."""
-    from google.api_core.exceptions import NotFound
+def suppression(bucket: Bucket, attempts: int = 5) -> tuple[int, frozenset[str]]:
+    """The index's generation (0 when none was ever written) and its tokens, as they are now: a
+    metadata read, and the list itself only when it changed since this bucket object read it."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
 
     blob = bucket.blob(INDEX_OBJECT)
-    try:
-        blob.reload()
-    except NotFound:
-        return 0
-    return int(blob.generation or 0)
+    for _ in range(attempts):
+        try:
+            blob.reload()
+        except NotFound:
+            return 0, frozenset()
+        generation = int(blob.generation or 0)
+        held = _READ.get(bucket)
+        if held is not None and held[0] == generation:
+            return held
+        try:
+            text = blob.download_as_text(if_generation_match=generation)
+        except (NotFound, PreconditionFailed):
+            continue  # an erasure wrote it between the two reads: ask again
+        read = (generation, frozenset(json.loads(text)["tokens"]))
+        _READ[bucket] = read
+        return read
+    raise RuntimeError(f"erasure: the suppression index {INDEX_OBJECT} kept changing; retry")
+
+
+def suppressed(bucket: Bucket) -> frozenset[str]:
+    """The tokens of every erased partner (empty when none was ever erased)."""
+    return suppression(bucket)[1]
 
 
 def suppress(bucket: Bucket, tokens: Iterable[str], attempts: int = 20) -> int:

@@ -1,6 +1,7 @@
 """Retention of what is only transient: hand-over objects (the warehouse cycles' and each sink's),
 claim records past the days reconciliation and replay look at, staging tables a killed task left
-behind.
+behind, the reconciliation's day files an older version wrote (``reconciliation/``: none is
+written now, and every erasure had to rewrite them all).
 
 Applied by the ``housekeeping`` DAG, by age (an object's or table's creation time), never by
 lifecycle rules: the emulators ignore bucket lifecycle and table expiration. Durable state is
@@ -27,18 +28,21 @@ log = logging.getLogger(__name__)
 
 
 STAGING_PREFIXES = ("_cycle_", "_stage_")
+RECONCILIATION_PREFIX = "reconciliation/"  # day files of an older version's reconciliation
 
 
 @dataclass
 class Swept:
     handover_objects: int = 0
     claim_records: int = 0
+    reconciliation_files: int = 0
     staging_tables: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {
             "handover_objects": self.handover_objects,
             "claim_records": self.claim_records,
+            "reconciliation_files": self.reconciliation_files,
             "staging_tables": len(self.staging_tables),
         }
 
@@ -50,7 +54,8 @@ def _older(blob: gcs.Blob, cutoff: datetime) -> bool:
 def sweep_objects(
     bucket: gcs.Bucket, config: PipelineConfig, settings: RetentionSettings, now: datetime
 ) -> Swept:
-    """Deletes hand-over objects and claim records older than their retention."""
+    """Deletes hand-over objects, claim records and old reconciliation files older than their
+    retention."""
     from google.api_core.exceptions import NotFound
 
     out = Swept()
@@ -81,6 +86,16 @@ def sweep_objects(
                     out.claim_records += 1
                 except NotFound:
                     pass
+    # Staging inputs, as old as the staging tables they were loaded into.
+    staging_cutoff = now - timedelta(hours=settings.staging_hours)
+    for blob in bucket.list_blobs(prefix=RECONCILIATION_PREFIX):
+        if not _older(blob, staging_cutoff):
+            continue
+        try:
+            blob.delete()
+            out.reconciliation_files += 1
+        except NotFound:
+            pass
     return out
 
 
@@ -114,9 +129,11 @@ def sweep(
         client, config.project, config.warehouse_dataset, settings, now
     )
     log.info(
-        "housekeeping: deleted %d hand-over objects, %d claim records; dropped %d staging tables",
+        "housekeeping: deleted %d hand-over objects, %d claim records, %d old reconciliation "
+        "files; dropped %d staging tables",
         out.handover_objects,
         out.claim_records,
+        out.reconciliation_files,
         len(out.staging_tables),
     )
     return out

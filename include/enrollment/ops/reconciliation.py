@@ -20,30 +20,32 @@ the consumer group has committed past (consumed), it compares:
 Differences name the batches and the partner ids involved. Findings are written to
 ``<ops>.reconciliation`` (running again for the same day and region replaces them).
 
-The day's event and partner ids are loaded into one staging table (one load job per region and
-day) and joined, never sent as query parameters: a day holds millions of ids.
+Everything is counted in SQL and nothing of the day's events passes through this process: the
+valid events of the day's batches are staged by BigQuery straight from where they landed (load
+jobs over their objects) and joined, never sent as query parameters (a day holds millions of
+ids); the warehouse tables are read within a constant window of arrival days (the staged events'
+Kafka timestamps, the dedup window before), so a day's cost does not grow with history. Per
+batch the events held are counted; partner ids are listed only for batches that do not balance.
+The sink comparison reads the day's partners a page at a time: its memory holds one page and
+the differences, whatever the day's size.
 """
 
 from __future__ import annotations
 
-import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from enrollment.clients.bigquery import BigQuery
+from enrollment.clients.bigquery import BigQuery, landed_schema
 from enrollment.clients.kafka import KafkaSettings, pending_ranges
-from enrollment.clients.objects import write_parquet
 from enrollment.config import PipelineConfig, Region
 from enrollment.contracts.spec import PARTNER_EVENTS
 from enrollment.core.batch import Manifest
 from enrollment.core.partners import ERASED
-from enrollment.core.windows import day_bounds
+from enrollment.core.windows import Window, day_bounds
 from enrollment.ingest.claim import claims
+from enrollment.ingest.shape import landed_schemas
 from enrollment.sinks.base import Sink, summarise
 from enrollment.sync.run import SyncRun
 from enrollment.sync.tables import ensure_tables as ensure_sync_tables
@@ -68,6 +70,7 @@ RECONCILIATION_SCHEMA = [
 
 
 LISTED_IDS = 100  # partner ids written per finding (the detail says how many in all)
+AUDIT_PAGE = 5_000  # partners read back from a sink at a time (a day may hold millions)
 
 
 LedgerRows = dict[tuple[str, str], dict[str, Any]]  # (batch id, stage) -> that ledger row
@@ -123,58 +126,12 @@ class DayReport:
         }
 
 
-def _ids(table: pa.Table, column: str = "partner_id") -> list[str]:
-    return sorted({v for v in table.column(column).to_pylist() if v is not None})
-
-
-def _landed_events(bucket: gcs.Bucket, manifests: list[Manifest]) -> pa.Table:
-    parts = []
-    for m in manifests:
-        blob = bucket.blob(m.valid_object)
-        if not blob.exists():
-            continue
-        t = pq.read_table(
-            io.BytesIO(blob.download_as_bytes()),
-            columns=["batch_id", "event_id", "partner_id", "event_type"],
-        )
-        parts.append(t)
-    schema = pa.schema(
-        [
-            ("batch_id", pa.string()),
-            ("event_id", pa.string()),
-            ("partner_id", pa.string()),
-            ("event_type", pa.string()),
-        ]
-    )
-    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
-
-
-def _kafka_vs_ledger(consumed: list[Manifest], ledger: LedgerRows, events: pa.Table) -> Finding:
-    unrecorded = [
-        m
-        for m in consumed
-        if (m.batch_id, "land") not in ledger or (m.batch_id, "warehouse") not in ledger
-    ]
-    recorded = sum(
-        ledger[(m.batch_id, "land")]["offsets_in"]
-        for m in consumed
-        if (m.batch_id, "land") in ledger
-    )
-    partners = _ids(
-        events.filter(
-            pc.is_in(
-                events.column("batch_id"),
-                pa.array([m.batch_id for m in unrecorded], pa.string()),
-            )
-        )
-    )
-    detail = (
-        f"{len(unrecorded)} consumed batches lack a land or warehouse ledger row: "
-        f"{', '.join(m.batch_id for m in unrecorded[:5])}"
-        if unrecorded
-        else ""
-    )
-    return Finding("kafka → ledger", sum(m.offsets for m in consumed), recorded, partners, detail)
+def _landed_uris(bucket: gcs.Bucket, manifests: list[Manifest]) -> list[str]:
+    """The valid-events objects of the batches, those that exist (a batch set aside after its
+    objects were lost has none): metadata reads, a few at once."""
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="recon-exists") as pool:
+        there = list(pool.map(lambda m: bucket.blob(m.valid_object).exists(), manifests))
+    return [m.uri(m.valid_object) for m, ok in zip(manifests, there, strict=True) if ok]
 
 
 def _ledger_balance(ledger: LedgerRows) -> Finding:
@@ -288,12 +245,12 @@ class Reconciliation:
                 [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)],
             )
         }
-        events = _landed_events(self.bucket, consumed)
-        report.findings.append(_kafka_vs_ledger(consumed, ledger, events))
-        report.findings.append(_ledger_balance(ledger))
-        stage = self._stage(region, day, events)
+        stage = self._stage(region, day, consumed)
         try:
-            report.findings += self._warehouse(batch_ids, ledger, stage)
+            window = self._window(day, stage)
+            report.findings.append(self._kafka_vs_ledger(consumed, ledger, stage))
+            report.findings.append(_ledger_balance(ledger))
+            report.findings += self._warehouse(batch_ids, ledger, stage, window)
             for name, sink in self.sinks.items():
                 report.findings += self._sink(name, sink, stage)
         finally:
@@ -302,18 +259,70 @@ class Reconciliation:
         return report
 
     # -- the comparisons ------------------------------------------------------------------------
-    def _stage(self, region: Region, day: date, events: pa.Table) -> str:
-        uri = (
-            f"gs://{self.bucket.name}/reconciliation/{region.code}/{day.isoformat()}/events.parquet"
-        )
-        write_parquet(self.w.storage, uri, events)
+    def _stage(self, region: Region, day: date, consumed: list[Manifest]) -> str:
+        """The day's valid events, loaded by BigQuery from the batches' objects."""
+        valid_schema, _ = landed_schemas()
         return self.w.stage_uris(
             f"_stage_recon_{region.code.lower()}_{day:%Y%m%d}",
-            [(c, "STRING") for c in events.column_names],
-            [uri],
+            landed_schema(valid_schema),
+            _landed_uris(self.bucket, consumed),
         )
 
-    def _warehouse(self, batch_ids: list[str], ledger: LedgerRows, stage: str) -> list[Finding]:
+    def _window(self, day: date, stage: str) -> Window:
+        """The arrival days the day's rows can be in: its events' Kafka timestamps (the claim day
+        at least), with the dedup window before them (a resent event is held where it first
+        arrived) and a day's margin (a batch of quarantined messages only, not staged)."""
+        start, _ = day_bounds(day)
+        span = self.w.run(
+            f"SELECT MIN(kafka_timestamp) AS lo, MAX(kafka_timestamp) AS hi FROM {stage}"
+        )
+        lo, hi = (span[0]["lo"], span[0]["hi"]) if span else (None, None)
+        settings = getattr(self.config, "warehouse", None)
+        before = getattr(settings, "dedup_window_days", 1) + 1
+        return Window.around(min(lo or start, start), max(hi or start, start), before)
+
+    def _kafka_vs_ledger(self, consumed: list[Manifest], ledger: LedgerRows, stage: str) -> Finding:
+        from google.cloud import bigquery
+
+        unrecorded = [
+            m
+            for m in consumed
+            if (m.batch_id, "land") not in ledger or (m.batch_id, "warehouse") not in ledger
+        ]
+        recorded = sum(
+            ledger[(m.batch_id, "land")]["offsets_in"]
+            for m in consumed
+            if (m.batch_id, "land") in ledger
+        )
+        partners = (
+            [
+                r["partner_id"]
+                for r in self.w.run(
+                    f"SELECT DISTINCT partner_id FROM {stage} "
+                    "WHERE batch_id IN UNNEST(@ids) AND partner_id IS NOT NULL ORDER BY 1",
+                    [
+                        bigquery.ArrayQueryParameter(
+                            "ids", "STRING", [m.batch_id for m in unrecorded]
+                        )
+                    ],
+                )
+            ]
+            if unrecorded
+            else []
+        )
+        detail = (
+            f"{len(unrecorded)} consumed batches lack a land or warehouse ledger row: "
+            f"{', '.join(m.batch_id for m in unrecorded[:5])}"
+            if unrecorded
+            else ""
+        )
+        return Finding(
+            "kafka → ledger", sum(m.offsets for m in consumed), recorded, partners, detail
+        )
+
+    def _warehouse(
+        self, batch_ids: list[str], ledger: LedgerRows, stage: str, window: Window
+    ) -> list[Finding]:
         from google.cloud import bigquery
 
         w = self.w
@@ -321,17 +330,35 @@ class Reconciliation:
         quarantined = sum(
             r["quarantined"] + r["duplicates"] for (_, s), r in ledger.items() if s == "warehouse"
         )
-        found = w.run(
-            f"SELECT COUNT(DISTINCT S.event_id) AS n FROM {stage} S "
-            f"JOIN {w.table('events')} T ON T.event_id = S.event_id"
-        )[0]["n"]
-        lost = w.run(
-            f"SELECT DISTINCT S.partner_id FROM {stage} S "
-            f"""LEFT JOIN {w.table("events")} T ON T.event_id = S.event_id
-            WHERE T.event_id IS NULL ORDER BY 1"""
+        held_events = (
+            f"(SELECT DISTINCT event_id FROM {w.table('events')} "
+            f"WHERE {window.sql('kafka_timestamp')})"
+        )
+        # Per batch: its staged event ids, and how many of them events holds.
+        per_batch = w.run(
+            "SELECT S.batch_id, COUNT(*) AS staged, COUNTIF(T.event_id IS NOT NULL) AS held "
+            f"FROM (SELECT DISTINCT batch_id, event_id FROM {stage}) S "
+            f"LEFT JOIN {held_events} T ON T.event_id = S.event_id GROUP BY S.batch_id"
+        )
+        found = sum(r["held"] for r in per_batch)
+        short = sorted(r["batch_id"] for r in per_batch if r["held"] < r["staged"])
+        lost = (
+            [
+                r["partner_id"]
+                for r in w.run(
+                    f"SELECT DISTINCT S.partner_id FROM {stage} S "
+                    f"LEFT JOIN {held_events} T ON T.event_id = S.event_id "
+                    "WHERE T.event_id IS NULL AND S.batch_id IN UNNEST(@ids) "
+                    "AND S.partner_id IS NOT NULL ORDER BY 1",
+                    [bigquery.ArrayQueryParameter("ids", "STRING", short)],
+                )
+            ]
+            if short
+            else []
         )
         in_quarantine = w.run(
-            f"SELECT COUNT(*) AS n FROM {w.table('quarantine')} WHERE batch_id IN UNNEST(@ids)",
+            f"SELECT COUNT(*) AS n FROM {w.table('quarantine')} "
+            f"WHERE {window.sql('kafka_timestamp')} AND batch_id IN UNNEST(@ids)",
             [bigquery.ArrayQueryParameter("ids", "STRING", batch_ids)],
         )[0]["n"]
         partner_events = ", ".join(f"'{e}'" for e in PARTNER_EVENTS)
@@ -353,8 +380,13 @@ class Reconciliation:
                 "ledger → events",
                 valid,
                 found,
-                [r["partner_id"] for r in lost],
-                "valid events not in the events table" if lost else "",
+                lost,
+                (
+                    f"valid events not in the events table, in {len(short)} batches: "
+                    + ", ".join(short[:5])
+                )
+                if short
+                else "",
             ),
             Finding("ledger → quarantine", quarantined, in_quarantine),
             Finding(
@@ -371,7 +403,7 @@ class Reconciliation:
 
         w = self.w
         partner_events = ", ".join(f"'{e}'" for e in PARTNER_EVENTS)
-        rows = w.run(
+        pages = w.pages(
             f"""SELECT P.*, L.batch_id IS NOT NULL AS _synced, Q.partner_id IS NOT NULL AS _refused
             FROM {w.table("partners")} P
             JOIN (SELECT DISTINCT partner_id FROM {stage} """
@@ -385,21 +417,31 @@ class Reconciliation:
                 bigquery.ScalarQueryParameter("stage", "STRING", f"sync_{name}"),
                 bigquery.ScalarQueryParameter("sink", "STRING", name),
             ],
+            size=AUDIT_PAGE,
         )
-        partners = [dict(r) for r in rows]
-        audited = [p for p in partners if p["_synced"] and not p["_refused"]]
-        problems = sink.audit(audited) if audited else {}
         expects = getattr(sink, "expects", None)
-        barred = {p["partner_id"] for p in audited if expects is not None and not expects(p)}
-        held_barred = sorted(pid for pid in problems if pid in barred)
-        problems = {pid: problem for pid, problem in problems.items() if pid not in barred}
-        wanted = len(audited) - len(barred)
+        # A page at a time: only counts and the differences outlive it.
+        problems: dict[str, str] = {}
+        held_barred: list[str] = []
+        audited = barred = unsynced = refused = 0
+        for page in pages:
+            partners = [dict(r) for r in page]
+            unsynced += sum(1 for p in partners if not p["_synced"])
+            refused += sum(1 for p in partners if p["_refused"])
+            checked = [p for p in partners if p["_synced"] and not p["_refused"]]
+            found = sink.audit(checked) if checked else {}
+            bars = {p["partner_id"] for p in checked if expects is not None and not expects(p)}
+            held_barred += [pid for pid in found if pid in bars]
+            problems |= {pid: problem for pid, problem in found.items() if pid not in bars}
+            audited, barred = audited + len(checked), barred + len(bars)
+        held_barred.sort()
+        wanted = audited - barred
         notes = [
-            f"{sum(1 for p in partners if not p['_synced'])} not synced yet",
-            f"{sum(1 for p in partners if p['_refused'])} refused by the service (sink quarantine)",
+            f"{unsynced} not synced yet",
+            f"{refused} refused by the service (sink quarantine)",
         ]
         if barred:
-            notes.append(f"{len(barred)} not expected there (e.g. no marketing consent)")
+            notes.append(f"{barred} not expected there (e.g. no marketing consent)")
         if problems:
             notes.insert(
                 0, summarise(f"{pid}: {problem}" for pid, problem in sorted(problems.items()))
@@ -420,8 +462,7 @@ class Reconciliation:
                     0,
                     len(held_barred),
                     held_barred,
-                    "held by the service though it should not hold them, "
-                    f"of {len(barred)} not expected"
+                    f"held by the service though it should not hold them, of {barred} not expected"
                     if held_barred
                     else "",
                 )

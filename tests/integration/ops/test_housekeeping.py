@@ -30,6 +30,7 @@ def test_transient_objects_and_staging_tables_go_after_their_retention_durable_s
         f"sinks/{sink}/{region}/0123abcd.parquet",
         f"claims/{region}/from-0123456789abcdef0123.json",
         f"handover/{region}/{region.lower()}-0123.parquet",
+        f"reconciliation/{region}/2026-11-20/events.parquet",  # an older version's day file
     ]
     durable = [
         f"claims/{region}/landed-0123456789abcdef0123.json",
@@ -60,17 +61,32 @@ def test_transient_objects_and_staging_tables_go_after_their_retention_durable_s
 
     try:
         fresh = housekeeping.sweep(bucket, warehouse.client, config)
-        assert fresh.as_dict() == {"handover_objects": 0, "claim_records": 0, "staging_tables": 0}
+        assert fresh.as_dict() == {
+            "handover_objects": 0,
+            "claim_records": 0,
+            "reconciliation_files": 0,
+            "staging_tables": 0,
+        }
         assert objects() == set(transient + durable) and tables() >= set(staging + kept)
 
         later = datetime.now(UTC) + timedelta(days=config.retention.claims_days + 1)
         swept = housekeeping.sweep(bucket, warehouse.client, config, now=later)
-        assert swept.as_dict() == {"handover_objects": 2, "claim_records": 1, "staging_tables": 2}
+        assert swept.as_dict() == {
+            "handover_objects": 2,
+            "claim_records": 1,
+            "reconciliation_files": 1,
+            "staging_tables": 2,
+        }
         assert objects() == set(durable), "only the transient objects went"
         assert not tables() & set(staging) and tables() >= set(kept), "only the staging tables went"
 
         again = housekeeping.sweep(bucket, warehouse.client, config, now=later)
-        assert again.as_dict() == {"handover_objects": 0, "claim_records": 0, "staging_tables": 0}
+        assert again.as_dict() == {
+            "handover_objects": 0,
+            "claim_records": 0,
+            "reconciliation_files": 0,
+            "staging_tables": 0,
+        }
         assert objects() == set(durable)
     finally:
         for blob in client.list_blobs(bucket.name):

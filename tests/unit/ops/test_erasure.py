@@ -188,3 +188,25 @@ def test_the_verify_step_reads_an_empty_landed_object_as_holding_nothing():
     held = pa.table({"partner_id": [VICTIM, OTHER], "email": ["a@example.com", None]})
     bucket.put(f"landing/DE/{batch}/valid.parquet", parquet(held))
     assert remaining_in_batch(bucket, batch, {VICTIM}) == 1
+
+
+def test_the_suppression_list_is_downloaded_only_when_an_erasure_changed_it():
+    """A land asks before and after every batch: a metadata read each time, the list (which grows
+    with every erasure) once per bucket object and per change."""
+    from enrollment.core.layout import INDEX_OBJECT
+    from enrollment.ingest.suppression import suppress, suppression
+    from tests.unit.fakes import FakeBucket
+
+    bucket = FakeBucket("landing")
+    assert suppression(bucket) == (0, frozenset()), "never erased: nothing to read"
+    suppress(bucket, ["t1", "t2"])
+    bucket.reads.clear()
+    first = suppression(bucket)
+    for _ in range(10):  # ten batches of a train
+        assert suppression(bucket) == first
+    assert bucket.reads == [INDEX_OBJECT]
+    suppress(bucket, ["t3"])
+    bucket.reads.clear()
+    generation, tokens = suppression(bucket)
+    assert generation != first[0] and tokens == {"t1", "t2", "t3"}
+    assert suppression(bucket) == (generation, tokens) and bucket.reads == [INDEX_OBJECT]

@@ -68,20 +68,33 @@ def test_transient_objects_past_their_retention_go_and_durable_ones_stay():
         "pending/pipeline/EMEA/b.json": ago(days=400),
         "set_aside/pipeline/EMEA/b.json": ago(days=400),
         "landing/EMEA/b/valid.parquet": ago(days=400),
+        "reconciliation/EMEA/2026-11-20/events.parquet": ago(hours=5),
     }
     gone = {
         "sinks/solr/EMEA/old.parquet": ago(days=2, seconds=1),
         "sinks/firestore/APAC/old.parquet": ago(days=30),
         "claims/EMEA/from-old.json": ago(days=35, seconds=1),
         "claims/APAC/from-old.json": ago(days=90),
+        # An older version's reconciliation day file: a staging input, gone after staging_hours.
+        "reconciliation/EMEA/2026-11-19/events.parquet": ago(hours=6, seconds=1),
     }
     for name, created in {**kept, **gone}.items():
         bucket.put(name, b"x", created)
     swept = sweep(bucket, Tables({}), CONFIG, now=NOW)
     assert sorted(bucket.objects) == sorted(kept)
-    assert swept.as_dict() == {"handover_objects": 2, "claim_records": 2, "staging_tables": 0}
+    assert swept.as_dict() == {
+        "handover_objects": 2,
+        "claim_records": 2,
+        "reconciliation_files": 1,
+        "staging_tables": 0,
+    }
     again = sweep(bucket, Tables({}), CONFIG, now=NOW)
-    assert again.as_dict() == {"handover_objects": 0, "claim_records": 0, "staging_tables": 0}
+    assert again.as_dict() == {
+        "handover_objects": 0,
+        "claim_records": 0,
+        "reconciliation_files": 0,
+        "staging_tables": 0,
+    }
 
 
 def test_only_staging_tables_older_than_their_hours_are_dropped():

@@ -1,7 +1,8 @@
 """A day's reconciliation without services: the claim records and landed objects in an in-memory
 bucket, the committed offsets handed in, BigQuery a recording stand-in. What is compared, what is
 reported as a difference, and what is written (replacing the day's rows, ids listed up to a
-limit, values as parameters)."""
+limit, values as parameters); that the day's events are staged from where they landed, never
+read by the process, and the warehouse read within a constant window."""
 
 from __future__ import annotations
 
@@ -81,14 +82,16 @@ class ConsentSink:
     """Holds only consenting partners; its service holds ``wrong`` wrong."""
 
     def __init__(self, wrong: dict[str, str]):
-        self.wrong, self.audited = wrong, []
+        self.wrong, self.audited, self.calls = wrong, [], 0
 
     def expects(self, partner: dict) -> bool:
         return bool(partner.get("marketing_consent"))
 
     def audit(self, partners):
-        self.audited = [p["partner_id"] for p in partners]
-        return {pid: why for pid, why in self.wrong.items() if pid in self.audited}
+        ids = [p["partner_id"] for p in partners]
+        self.audited += ids
+        self.calls += 1
+        return {pid: why for pid, why in self.wrong.items() if pid in ids}
 
 
 @pytest.fixture
@@ -154,8 +157,18 @@ def test_a_day_follows_the_consumed_batches_and_names_what_is_missing(day):
             ledger_row(done, "warehouse", valid=9, quarantined=1),
             ledger_row(half, "land"),
         ],
-        r"COUNT\(DISTINCT S\.event_id\)": [{"n": 3}],
-        r"LEFT JOIN `p\.d\.events` T .* IS NULL": [{"partner_id": "EM2"}],
+        # The day's events span the 18th and the 19th (a batch claimed a day late).
+        r"^SELECT MIN\(kafka_timestamp\)": [
+            {"lo": datetime(2026, 11, 18, 23, tzinfo=UTC), "hi": noon}
+        ],
+        r"^SELECT DISTINCT partner_id FROM `p\.d\._stage_recon": [{"partner_id": "EM3"}],
+        r"COUNTIF\(T\.event_id IS NOT NULL\)": [
+            {"batch_id": done.batch_id, "staged": 2, "held": 1},
+            {"batch_id": half.batch_id, "staged": 2, "held": 2},
+        ],
+        r"LEFT JOIN \(SELECT DISTINCT event_id FROM `p\.d\.events` .* IS NULL": [
+            {"partner_id": "EM2"}
+        ],
         r"FROM `p\.d\.quarantine`": [{"n": 1}],
         r"COUNT\(DISTINCT partner_id\)": [{"n": 3}],
         r"LEFT JOIN `p\.d\.partners` P": [{"partner_id": "EM3"}],
@@ -176,6 +189,19 @@ def test_a_day_follows_the_consumed_batches_and_names_what_is_missing(day):
     assert found["ledger balance"].ok, "every row present balances"
     events = found["ledger → events"]
     assert (events.expected, events.actual, events.partner_ids) == (9, 3, ["EM2"])
+    assert done.batch_id in events.detail and half.batch_id not in events.detail
+    # Partner ids only for the batches that do not balance; the warehouse within a constant
+    # window: the events' days, the dedup window (1 day) and a day's margin before them.
+    [lost] = client.matching(r"IS NULL AND S\.batch_id IN UNNEST\(@ids\)")
+    assert lost.params == {"ids": [done.batch_id]}
+    [unrecorded] = client.matching(r"^SELECT DISTINCT partner_id FROM `p\.d\._stage_recon")
+    assert unrecorded.params == {"ids": [half.batch_id]}
+    window = (
+        "kafka_timestamp >= TIMESTAMP '2026-11-16' AND kafka_timestamp < TIMESTAMP '2026-11-20'"
+    )
+    for table in ("events", "quarantine"):
+        reads = client.matching(rf"FROM `p\.d\.{table}`")
+        assert reads and all(window in q.flat for q in reads), table
     assert found["ledger → quarantine"].ok
     partners = found["events → partners"]
     assert (partners.expected, partners.actual, partners.partner_ids) == (3, 2, ["EM3"])
@@ -185,13 +211,11 @@ def test_a_day_follows_the_consumed_batches_and_names_what_is_missing(day):
     assert "IN UNNEST(@ids)" in ledger.flat and done.batch_id not in ledger.sql
     stage = "p.d._stage_recon_emea_20261119"
     assert client.loads == [
-        (stage, ["gs://landing/reconciliation/EMEA/2026-11-19/events.parquet"])
-    ], "the day's ids joined from one staging table, never sent as parameters"
+        (stage, [f"gs://landing/{done.valid_object}", f"gs://landing/{half.valid_object}"])
+    ], "the day's events staged from where they landed, never sent as parameters"
     assert stage in client.deleted[-1:], "the staging table is dropped"
-    staged = pq.read_table(
-        io.BytesIO(bucket.objects["reconciliation/EMEA/2026-11-19/events.parquet"]["data"])
-    )
-    assert staged.num_rows == 4 and staged.column_names[:2] == ["batch_id", "event_id"]
+    assert not [n for n in bucket.reads if n.startswith("landing/")], "no landed object read"
+    assert not [n for n in bucket.objects if n.startswith("reconciliation/")], "no file written"
 
 
 def test_the_days_rows_replace_the_earlier_ones_with_ids_listed_up_to_the_limit(day):
@@ -202,7 +226,7 @@ def test_the_days_rows_replace_the_earlier_ones_with_ids_listed_up_to_the_limit(
     many = [{"partner_id": f"EM{i:010d}"} for i in range(LISTED_IDS + 5)]
     answers = {
         r"^SELECT batch_id, stage, offsets_in": [ledger_row(m, "land"), ledger_row(m, "warehouse")],
-        r"COUNT\(DISTINCT S\.event_id\)": [{"n": 10}],
+        r"COUNTIF\(T\.event_id IS NOT NULL\)": [{"batch_id": m.batch_id, "staged": 10, "held": 10}],
         r"COUNT\(DISTINCT partner_id\)": [{"n": LISTED_IDS + 5}],
         r"LEFT JOIN `p\.d\.partners` P": many,
     }
@@ -254,7 +278,12 @@ def test_a_gap_row_is_a_difference_with_its_detail(day):
     assert balance.detail == f"rows that do not balance: {m.batch_id} gap (p0: 4 deleted)"
 
 
-def test_a_sink_is_audited_for_synced_partners_and_a_decliner_it_holds_is_its_own_finding(day):
+@pytest.mark.parametrize("page", [recon_module.AUDIT_PAGE, 2])
+def test_a_sink_is_audited_for_synced_partners_and_a_decliner_it_holds_is_its_own_finding(
+    day, page, monkeypatch
+):
+    # A page at a time (a day may hold millions of partners): the same findings.
+    monkeypatch.setattr(recon_module, "AUDIT_PAGE", page)
     bucket = FakeBucket("landing")
     m = claim(bucket, manifest(0, 10), datetime(2026, 11, 19, 12, tzinfo=UTC))
     land(bucket, m, ["EM1"])
@@ -284,6 +313,7 @@ def test_a_sink_is_audited_for_synced_partners_and_a_decliner_it_holds_is_its_ow
     assert q.params == {"stage": "sync_mc", "sink": "mc"}
     assert "JOIN (SELECT DISTINCT partner_id FROM `p.d._stage_recon_emea_20261119`" in q.flat
     assert sink.audited == ["EM1", "EM2", "EM5", "EM6"], "synced and not refused only"
+    assert sink.calls == (1 if page > 6 else 2), "one audit per page with partners to check"
     found = {f.comparison: f for f in report.findings}
     held = found["partners → mc"]
     assert (held.expected, held.actual, held.partner_ids) == (2, 1, ["EM2"])
