@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 CONFIG = load_config()
 REGIONS = [r.code for r in CONFIG.regions]
+# Batches a warehouse chunk writes while it holds the writer's slot: a batch's cycle takes ~2-4 s
+# here (less on BigQuery), so a chunk stays far inside its 5 minutes.
+CHUNK_BATCHES = 10
 SINKS = list(CONFIG.sinks)
 STAGES = ["warehouse", "sync"]
 
@@ -25,7 +28,11 @@ Runs the **warehouse** and **sync** stages again for the batches of a region and
 that were landed in `gs://{CONFIG.landing_bucket}/landing/` (Kafka is not read again):
 
 - **warehouse** MERGEs each batch again into events, partners and quarantine, with the ingest's
-  gates; a ledger row is written only where it is missing or wrong. A batch already warehoused
+  gates; a ledger row is written only where it is missing or wrong. One mapped task per chunk of
+  at most {CHUNK_BATCHES} batches of a region, each holding the one writer's slot for its writes
+  only (the batches are found and read before, outside it) and for at most 5 minutes: the live
+  warehouse cycle, whose priority is higher, runs between chunks, so a replay of a day never
+  holds the line back. A batch already warehoused
   is left alone unless **`restore`** is on: then the rows missing from its tables (deleted by
   hand, lost in a table restore) are written again, nothing is doubled, and its ledger balance
   is checked;
@@ -103,9 +110,9 @@ def replay() -> None:
         data_interval_start: datetime | None = None,
         data_interval_end: datetime | None = None,
         dag_run: DagRun | None = None,
-    ) -> dict[str, Any]:
-        """Region -> the batch ids landed in the range, oldest first (ids only: XCom never carries
-        rows)."""
+    ) -> list[dict[str, Any]]:
+        """The batches landed in the range, per region oldest first, in chunks of at most
+        CHUNK_BATCHES (each batch's record: ids, counts and object names, never rows)."""
         from airflow.sdk.exceptions import AirflowSkipException
 
         from enrollment.ops.replay import days, landed_batches
@@ -122,46 +129,42 @@ def replay() -> None:
             params.get("date_from"), params.get("date_to"), data_interval_start, data_interval_end
         )
         regions = REGIONS if params["region"] == "ALL" else [params["region"]]
-        return {
-            "first_day": first.isoformat(),
-            "last_day": last.isoformat(),
-            "batches": {
-                r: [b.batch_id for b in landed_batches(rt.sync_run, rt.config, r, first, last)]
-                for r in regions
-            },
-        }
+        landed = {r: landed_batches(rt.sync_run, rt.config, r, first, last) for r in regions}
+        return [
+            {
+                "label": f"{r} {i // CHUNK_BATCHES + 1}",
+                "region": r,
+                "batches": [b.as_dict() for b in found[i : i + CHUNK_BATCHES]],
+            }
+            for r, found in landed.items()
+            for i in range(0, len(found), CHUNK_BATCHES)
+        ]
 
-    # Never beside a warehouse cycle: one writer of each table. An hour, then the writer's slot
-    # must come free (a cycle waits behind it).
-    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))
-    def warehouse(selected: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from datetime import date
-
+    # Never beside a warehouse cycle: one writer of each table. A chunk holds the slot for its
+    # writes only, at most 5 minutes: then it must come free (the line's cycle waits behind it).
+    @task(
+        pool=WAREHOUSE_POOL,
+        execution_timeout=timedelta(minutes=5),
+        map_index_template="{{ chunk.label }}",
+    )
+    def warehouse(chunk: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from enrollment.ops.replay import landed_batches, replay_warehouse
+        from enrollment.core.batch import Landed
+        from enrollment.ops.replay import replay_warehouse
         from enrollment_airflow.runtime import Runtime
 
         if "warehouse" not in (params or {})["stages"]:
             raise AirflowSkipException("stage warehouse not chosen")
         rt = Runtime.for_task()  # the configuration in force when the task runs
         rt.require(["bigquery", "gcs"])
-        first, last = (
-            date.fromisoformat(selected["first_day"]),
-            date.fromisoformat(selected["last_day"]),
-        )
-        out = {}
-        for region, ids in selected["batches"].items():
-            rt.working_on(ids)
-            batches = [
-                b
-                for b in landed_batches(rt.sync_run, rt.config, region, first, last)
-                if b.batch_id in set(ids)
-            ]
-            out[region] = replay_warehouse(
+        batches = [Landed(**b) for b in chunk["batches"]]
+        rt.working_on(b.batch_id for b in batches)
+        return {
+            chunk["region"]: replay_warehouse(
                 rt.sync_run, batches, restore=bool((params or {}).get("restore"))
             )
-        return out
+        }
 
     # After warehouse, also when that stage was not chosen; skipped with select (a scheduled run).
     @task(trigger_rule="none_failed_min_one_success")
@@ -170,24 +173,26 @@ def replay() -> None:
         return [s for s in SINKS if s in params["sinks"]] if "sync" in params["stages"] else []
 
     @task(trigger_rule="none_failed_min_one_success", map_index_template="{{ sink }}")
-    def sync(sink: str, selected: dict[str, Any]) -> dict[str, Any]:
+    def sync(sink: str, selected: list[dict[str, Any]]) -> dict[str, Any]:
         from enrollment.ops.replay import replay_sync
         from enrollment_airflow.runtime import Runtime
 
         rt = Runtime.for_task()  # the configuration in force when the task runs
         rt.require(["bigquery", "gcs", *rt.config.sinks[sink].get("needs", [])])
-        rt.working_on(b for ids in selected["batches"].values() for b in ids)
+        batches: dict[str, list[str]] = {}
+        for chunk in selected:
+            batches.setdefault(chunk["region"], []).extend(b["batch_id"] for b in chunk["batches"])
+        rt.working_on(b for ids in batches.values() for b in ids)
         with rt.sinks(sink) as sinks:
             return {
                 region: replay_sync(
                     rt.sync_run, sinks[sink], region, ids, rt.config.sync_max_batches
                 )
-                for region, ids in selected["batches"].items()
-                if ids
+                for region, ids in batches.items()
             }
 
     selected = select()
-    warehoused = warehouse(selected)
+    warehoused = warehouse.expand(chunk=selected)
     chosen = sinks_to_sync()
     [selected, warehoused] >> chosen
     sync.partial(selected=selected).expand(sink=chosen)

@@ -91,3 +91,18 @@ def test_the_pool_has_one_slot_wherever_airflow_runs():
     raw["pools"][WAREHOUSE_POOL]["slots"] = 2
     with pytest.raises(ValueError, match="exactly 1 slot"):
         parse_config(raw)
+
+
+def test_a_replay_holds_the_writers_slot_in_short_chunks_behind_the_line(dagbag):
+    """A replay finds and reads its batches outside the writer's slot, then writes them in chunks
+    (one mapped task each) that hold the slot at most 5 minutes; queued beside a live cycle, the
+    cycle's higher priority takes the slot first, so it runs between chunks."""
+    from datetime import timedelta
+
+    select, cycle = dagbag.dags["replay"].get_task("select"), dagbag.dags["warehouse"]
+    chunk = dagbag.dags["replay"].get_task("warehouse")
+    assert select.pool != WAREHOUSE_POOL, "planning never holds the slot"
+    assert chunk.pool == WAREHOUSE_POOL
+    assert type(chunk).__name__.endswith("MappedOperator"), "one task instance per chunk"
+    assert chunk.execution_timeout <= timedelta(minutes=5)
+    assert chunk.priority_weight < cycle.get_task("cycle").priority_weight
