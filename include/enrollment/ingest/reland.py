@@ -9,9 +9,9 @@ first). Its pending record comes back, marked requeued, so the next warehouse cy
 its ``set_aside`` ledger row turns ok. The group's offsets and the claim chain do not move: the
 range was committed when the batch first landed.
 
-Refused, with what to do, when the batch is not set aside, its claim record is gone, or Kafka has
-deleted part of its range (retention): then the messages are lost to the pipeline, and the
-ledger's ``set_aside`` row is what records it."""
+Refused, with what to do, when the batch is not set aside, its claim record is gone, or Kafka no
+longer holds its range (retention deleted part of it, or the topic was created again): then the
+messages are lost to the pipeline, and the ledger's ``set_aside`` row is what records it."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from enrollment.clients.kafka import KafkaSettings, group_consumer
+from enrollment.clients.kafka import KafkaSettings, group_consumer, topic_id
 from enrollment.core.batch import Landed, Manifest
 from enrollment.core.layout import set_aside_object
 from enrollment.core.pii import Keyring
@@ -69,8 +69,16 @@ def claim_of(bucket: Bucket, topic: str, held: Landed) -> Manifest:
 
 
 def still_in_kafka(kafka: KafkaSettings, manifest: Manifest) -> None:
-    """Raises when Kafka no longer holds the whole range (retention deleted its start)."""
+    """Raises when Kafka no longer holds the whole range: retention deleted its start, or the
+    topic was deleted and created again (its offsets now number other messages)."""
     from confluent_kafka import TopicPartition
+
+    now = topic_id(kafka, manifest.topic)
+    if manifest.topic_id and now != manifest.topic_id:
+        raise ValueError(
+            f"reland {manifest.batch_id}: {manifest.topic} was created again since the batch was "
+            "claimed; its messages are gone and the batch stays set aside"
+        )
 
     consumer = group_consumer(kafka, manifest.group)
     try:

@@ -264,3 +264,20 @@ def test_a_cycle_with_failed_batches_raises_naming_them_and_what_was_committed()
         raise_failed(result)
     with pytest.raises(Exception, match=r"\(committed: none; the failed batches stay pending\)"):
         raise_failed(CycleResult("c", failed={"b": "gate"}))
+
+
+def test_a_batch_of_a_topic_created_again_is_not_landed_again_from_the_new_one(monkeypatch):
+    """The new topic's offsets number other messages: relanding the old range from it would put
+    them under the old batch's id. Refused before any consumer reads."""
+    import pytest
+
+    from enrollment.core.batch import Manifest, PartitionRange
+    from enrollment.ingest import reland
+
+    manifest = Manifest(
+        "EMEA", "enroll.emea", "pipeline", "landing", (PartitionRange(0, 0, 10),), topic_id="old"
+    )
+    monkeypatch.setattr(reland, "topic_id", lambda kafka, topic: "new")
+    monkeypatch.setattr(reland, "group_consumer", lambda *a: pytest.fail("no read"))
+    with pytest.raises(ValueError, match="created again since the batch was claimed"):
+        reland.still_in_kafka(None, manifest)
