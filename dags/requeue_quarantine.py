@@ -34,15 +34,16 @@ asked).
    Counted per region and reason: `candidates` = `already_recovered` + `expired` (no longer in
    Kafka: retention) + `still_invalid` + `erased` (partner erased) + `already_in_events` (a fixed
    resend got there first) + `recoverable`.
-2. **recover** (not in a dry run; the warehouse writer's slot) — per region, the recoverable
+2. **recover** (not in a dry run) — per region, the recoverable
    messages landed as **one recovery batch** (`recovery-<region>-…`, tax ids tokenised, partner
    changes folded, write-once objects in `gs://{CONFIG.landing_bucket}/landing/<region>/`) and
    queued for the `warehouse` DAG, which writes them into `events` and `partners` (it stays the
    **only writer of `events`**) and wakes the sink DAGs (Firestore, Solr, Marketing Cloud). The
-   messages are recorded in `{CONFIG.ops_dataset}.recovered` (one row per message, ever) and each
-   origin batch gets a ledger row `recovered`: offsets = valid + quarantined (still) +
-   duplicates + skipped + recovered.
-3. **report** — the counts (XCom and log): never a partner id or a message byte.
+   messages are recorded in `{CONFIG.ops_dataset}.recovered` (one row per message, ever).
+3. **ledger** (the warehouse writer's slot, at most 5 minutes: the Kafka reads and the landing
+   happen before, outside it) — each origin batch gets a ledger row `recovered`: offsets = valid
+   + quarantined (still) + duplicates + skipped + recovered.
+4. **report** — the counts (XCom and log): never a partner id or a message byte.
 
 Safe to run again: a recovered message is never recovered twice, the same set of messages is the
 same batch (its objects write-once), a batch the warehouse already wrote is not queued again.
@@ -132,9 +133,9 @@ def requeue_quarantine() -> None:
             rt.warehouse, rt.bucket, rt.keyring, rt.kafka, rt.config, request
         ).counts()
 
-    # Writes ledger rows: never beside a warehouse cycle. An hour, then the writer's slot must
-    # come free.
-    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))
+    # Reads Kafka, lands and queues: the one writer's slot is not needed (the warehouse DAG
+    # writes the batch); its ledger rows are the next task's.
+    @task(execution_timeout=timedelta(minutes=60))
     def recover(
         planned: dict[str, Any], params: dict[str, Any] | None = None, run_id: str | None = None
     ) -> dict[str, Any]:
@@ -154,7 +155,22 @@ def requeue_quarantine() -> None:
             rt.config,
             request,
             dag_run=str(run_id),
+            ledger=False,
         )
+
+    # Writes ledger rows: never beside a warehouse cycle, and for minutes at most.
+    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=5))
+    def ledger(recovered: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, int]:
+        """Each origin batch's ``recovered`` ledger row (counted from the recovered table: the
+        same row however often it is written)."""
+        from enrollment.ops.recovery import run as recovery_run
+
+        request = _request(params)
+        rt = Runtime.for_task()  # the configuration in force when the task runs
+        rt.require(["bigquery"])
+        for batch in recovered["batches"].values():
+            recovery_run.record_ledger(rt.warehouse, batch["origin_batches"], request.since)
+        return {code: len(b["origin_batches"]) for code, b in recovered["batches"].items()}
 
     @task(trigger_rule="none_failed")
     def report(planned: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +191,7 @@ def requeue_quarantine() -> None:
 
     planned = plan()
     recovered = recover(planned)
-    recovered >> report(planned)
+    ledger(recovered) >> report(planned)
 
 
 requeue_quarantine()

@@ -106,9 +106,14 @@ SHAPES: dict[str, Shape] = {
     "reland_batch": Shape(pool="maintenance", tasks=("reland",)),
     "requeue_quarantine": Shape(
         pool="maintenance",
-        tasks=("plan", "recover", "report"),
-        edges=(("plan", "recover"), ("plan", "report"), ("recover", "report")),
-        pools={"recover": WAREHOUSE_POOL},
+        tasks=("plan", "recover", "ledger", "report"),
+        edges=(
+            ("plan", "recover"),
+            ("plan", "report"),
+            ("recover", "ledger"),
+            ("ledger", "report"),
+        ),
+        pools={"ledger": WAREHOUSE_POOL},
     ),
     "erase_partners": Shape(
         pool="maintenance",

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 # What writes events, partners, quarantine or the warehouse ledger rows (a recovery writes ledger
 # rows and the recovered table, never events: it queues a batch for the warehouse DAG).
 WRITERS = re.compile(
-    r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle|scrub_warehouse|recovery_run\.recover)\("
+    r"\b(run_cycle|merge_batch|replay_warehouse|record_cycle|scrub_warehouse|record_ledger)\("
 )
 
 
@@ -57,7 +57,7 @@ def test_every_task_that_writes_the_warehouse_holds_the_one_slot(dagbag):
         ("warehouse", "cycle"),
         ("replay", "warehouse"),
         ("erase_partners", "warehouse"),
-        ("requeue_quarantine", "recover"),
+        ("requeue_quarantine", "ledger"),
     }
 
 
@@ -106,3 +106,14 @@ def test_a_replay_holds_the_writers_slot_in_short_chunks_behind_the_line(dagbag)
     assert type(chunk).__name__.endswith("MappedOperator"), "one task instance per chunk"
     assert chunk.execution_timeout <= timedelta(minutes=5)
     assert chunk.priority_weight < cycle.get_task("cycle").priority_weight
+
+
+def test_a_recovery_reads_kafka_and_lands_outside_the_writers_slot(dagbag):
+    """Only the ledger rows of a re-processing take the slot, for minutes at most."""
+    from datetime import timedelta
+
+    dag = dagbag.dags["requeue_quarantine"]
+    assert dag.get_task("plan").pool != WAREHOUSE_POOL
+    assert dag.get_task("recover").pool != WAREHOUSE_POOL
+    ledger = dag.get_task("ledger")
+    assert ledger.pool == WAREHOUSE_POOL and ledger.execution_timeout <= timedelta(minutes=5)

@@ -43,7 +43,12 @@ def test_a_dry_run_for_every_region_reports_counts_and_writes_nothing(stack, pip
         client.failure_logs("requeue_quarantine", run_id)
     )
     states = {t["task_id"]: t["state"] for t in client.task_states("requeue_quarantine", run_id)}
-    assert states == {"plan": "success", "recover": "skipped", "report": "success"}
+    assert states == {
+        "plan": "success",
+        "recover": "skipped",
+        "ledger": "skipped",
+        "report": "success",
+    }
     result = client.http.get(
         f"/dags/requeue_quarantine/dagRuns/{run_id}/taskInstances/report/xcomEntries/return_value"
     ).json()["value"]

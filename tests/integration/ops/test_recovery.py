@@ -182,7 +182,9 @@ def recovery_objects(bucket) -> list[str]:
     )
 
 
-def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, monkeypatch):
+def test_a_contract_change_brings_back_exactly_that_class_once(
+    stack, pipeline, monkeypatch, airflow_db, dagbag
+):
     config, w, bucket, sinks = pipeline
     keyring, kafka = Keyring.from_env(), stack.kafka
     emea = config.region("EMEA")
@@ -267,8 +269,15 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
         )
         assert not pending_batches(bucket, config.consumer_group)
 
-        # The recovery: one batch for EMEA, queued for the warehouse writer, carried to every sink.
-        done = recover(w, bucket, keyring, kafka, config, request, dag_run="test-run-1")
+        # The recovery, through its DAG (Kafka read and landed outside the writer's slot, the
+        # ledger rows in it): one batch for EMEA, queued for the warehouse writer, carried to
+        # every sink.
+        run = dagbag.dags["requeue_quarantine"].test(
+            run_conf={"region": "ALL", "reasons": [REASON], "dry_run": False}
+        )
+        states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+        assert states == dict.fromkeys(("plan", "recover", "ledger", "report"), "success"), states
+        done = run.get_task_instance("recover").xcom_pull(task_ids="recover")
     assert (
         done["total"]["recovered"] == 5
         and done["total"]["still_invalid"] == planned["total"]["still_invalid"]
@@ -294,7 +303,7 @@ def test_a_contract_change_brings_back_exactly_that_class_once(stack, pipeline, 
         "the quarantine keeps its history; still invalid ones stay"
     )
     assert {(r[5], r[4], r[6], r[8]) for r in after["recovered"]} == {
-        (i, batch_id, REASON, "test-run-1") for i in at_ids
+        (i, batch_id, REASON, run.run_id) for i in at_ids
     }
     docs = {
         d.id: d.get("partner_version")
@@ -405,6 +414,7 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
         "batch_id": first["batch_id"],
         "events": 3,
         "queued": False,
+        "origin_batches": sorted({c.origin_batch_id for c in crashed.regions["EMEA"].recoverable}),
     }, "same set, same batch, not queued again"
     assert {
         b.name: b.generation for b in bucket.list_blobs(prefix=f"landing/EMEA/{first['batch_id']}/")

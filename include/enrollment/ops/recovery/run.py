@@ -249,9 +249,12 @@ def recover(
     config: PipelineConfig,
     request: RecoveryRequest,
     dag_run: str = "",
+    ledger: bool = True,
 ) -> dict[str, Any]:
     """Plans again (the plan never travels: it holds message bytes) and recovers; the counts, with
-    ``recovered`` where the plan said ``recoverable``, and each region's recovery batch."""
+    ``recovered`` where the plan said ``recoverable``, and each region's recovery batch with its
+    ``origin_batches``. Without ``ledger`` the origins' ledger rows are left to the caller
+    (``record_ledger``, in the writer's slot: the DAG reads Kafka and lands outside it)."""
     done = plan(w, bucket, keyring, kafka, config, request)
     batches: dict[str, dict[str, Any]] = {}
     for code, rp in sorted(done.regions.items()):
@@ -261,7 +264,9 @@ def recover(
         # Recorded only once landed and queued: a crash before this line lands the same batch
         # again.
         _record(w, rp, batches[code]["batch_id"], dag_run)
-        record_ledger(w, [c.origin_batch_id for c in rp.recoverable], request.since)
+        batches[code]["origin_batches"] = sorted({c.origin_batch_id for c in rp.recoverable})
+        if ledger:
+            record_ledger(w, batches[code]["origin_batches"], request.since)
         log.info(
             "recovery %s: %d messages recovered as batch %s (queued for the warehouse: %s)",
             code,
