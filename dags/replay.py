@@ -158,7 +158,7 @@ def replay() -> None:
             raise AirflowSkipException("stage warehouse not chosen")
         rt = Runtime.for_task()  # the configuration in force when the task runs
         rt.require(["bigquery", "gcs"])
-        batches = [Landed(**b) for b in chunk["batches"]]
+        batches = [Landed.from_dict(b) for b in chunk["batches"]]
         rt.working_on(b.batch_id for b in batches)
         return {
             chunk["region"]: replay_warehouse(

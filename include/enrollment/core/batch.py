@@ -211,6 +211,12 @@ class Landed:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Landed:
+        """A batch from its record (pending, set aside, XCom); keys it does not know (a newer
+        version's) are left out."""
+        return cls(**{k: v for k, v in record.items() if k in cls.__dataclass_fields__})
+
 
 RECOVERY_PREFIX = "recovery-"
 

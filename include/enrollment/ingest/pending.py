@@ -61,7 +61,7 @@ def pending_batches(bucket: Bucket, group: str, max_rows: int | None = None) -> 
     for r in records:
         if out and max_rows is not None and rows + r["offsets"] > max_rows:
             break
-        out.append(Landed(**{k: r[k] for k in Landed.__dataclass_fields__ if k in r}))
+        out.append(Landed.from_dict(r))
         rows += r["offsets"]
     return out
 

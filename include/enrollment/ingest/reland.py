@@ -114,13 +114,7 @@ def reland(
             f"reland {batch_id}: it is not set aside in {region} for group {group} "
             f"(no {record.name}); nothing to land again"
         )
-    held = Landed(
-        **{
-            k: v
-            for k, v in json.loads(record.download_as_text()).items()
-            if k in Landed.__dataclass_fields__
-        }
-    )
+    held = Landed.from_dict(json.loads(record.download_as_text()))
     manifest = claim_of(bucket, topic, held)
     still_in_kafka(kafka, manifest)
     landed, _ = land_objects(kafka, manifest, bucket, keyring, max_bytes=None)
