@@ -31,15 +31,16 @@ Honours a request to erase partners (GDPR art. 17, LGPD art. 18, CCPA, PIPA): **
    from now on `land` anonymises whatever of theirs still arrives (Kafka keeps its copy until the
    topic's retention; a rewind or a producer resending never brings them back).
 2. **settle** — waits `settle_seconds` so that a batch landing at this moment is written and found.
-3. **warehouse** (the warehouse writer's slot) — the landed batches holding them (through the
-   warehouse, the queued and set-aside batches, every recovery batch) are rewritten row for row
-   (events anonymised, raw JSON reduced to the envelope, quarantined bytes dropped, partner
-   changes removed: the ledger's counts stay true), then `events`, `quarantine`, `sink_quarantine`
-   anonymised, `partners` deleted, past reconciliation lists cleared.
-4. **sinks** — {", ".join(SINKS)}: documents and rows deleted; Marketing Cloud's contacts deleted.
-5. **objects** — welcome-journey claims deleted, sync hand-over copies and reconciliation day files
-   rewritten without them.
-6. **verify** — every store read again (and the batches queued since); the run fails if anything
+3. **landed** — the landed batches holding them (through the warehouse, the queued and set-aside
+   batches, every recovery batch) are rewritten row for row (events anonymised, raw JSON reduced to
+   the envelope, quarantined bytes dropped, partner changes removed: the ledger's counts stay
+   true). Outside the writer's slot: cycles go on meanwhile.
+4. **warehouse** (the warehouse writer's slot, its statements only) — `events`, `quarantine`,
+   `sink_quarantine` anonymised, `partners` deleted, past reconciliation lists cleared.
+5. **sinks** — {", ".join(SINKS)}: documents and rows deleted; Marketing Cloud's contacts deleted.
+6. **objects** — the batches' hand-overs to the sinks, sync hand-over copies and reconciliation day
+   files rewritten without them; welcome-journey claims deleted.
+7. **verify** — every store read again (and the batches queued since); the run fails if anything
    of theirs remains.
 
 A land or a sync racing the erasure asks the suppression list again after writing and undoes
@@ -123,11 +124,11 @@ def erase_partners() -> None:
         time.sleep(int((params or {})["settle_seconds"]))
         return requested
 
-    # No warehouse cycle meanwhile: one writer. An hour, then the writer's slot must come free.
-    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=60))
-    def warehouse(
-        requested: dict[str, Any], params: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    # Landed objects are written only by land (which asks the suppression list again after
+    # writing: decision 0007), never by a cycle: finding and rewriting them needs no slot. A cycle
+    # that reads a batch before its rewrite loads clear rows the next step anonymises.
+    @task(execution_timeout=timedelta(minutes=60))
+    def landed(requested: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         from enrollment.ops.erasure import scrub
 
         rt = Runtime.for_task()
@@ -143,10 +144,18 @@ def erase_partners() -> None:
             detail=f"{len(batches)} batches looked at: "
             + ", ".join(f"{k} {v}" for k, v in landed.items()),
         )
+        return {"batches": batches, "landed": landed}
+
+    # No warehouse cycle meanwhile: one writer, holding the slot for its statements only.
+    @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=5))
+    def warehouse(found: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from enrollment.ops.erasure import scrub
+
+        e = _erasure(Runtime.for_task(), params or {})
         tables = scrub.scrub_warehouse(e.warehouse, e.request.partner_ids)
         for table, rows in tables.items():
             e.record("erase", f"bigquery.{table}", rows)
-        return {"batches": batches, "landed": landed, "tables": tables}
+        return {**found, "tables": tables}
 
     @task(map_index_template="{{ sink }}")
     def erase_sink(
@@ -166,12 +175,15 @@ def erase_partners() -> None:
         return done
 
     @task
-    def objects(requested: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def objects(scrubbed: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """After the warehouse step: a cycle that ran before it may have handed over a batch it
+        read before the landed step's rewrite; none after it can."""
         from enrollment.ops.erasure import scrub
 
         rt = Runtime.for_task()
         e = _erasure(rt, params or {})
         done = scrub.scrub_objects(e.bucket, SINKS, [r.code for r in rt.config.regions], e.ids)
+        done["batch_handover_rows"] = scrub.scrub_handovers(e.bucket, scrubbed["batches"], e.ids)
         e.record(
             "erase",
             "transient_objects",
@@ -217,9 +229,9 @@ def erase_partners() -> None:
 
     requested = suppress()
     settled = settle(requested)
-    scrubbed = warehouse(settled)
+    scrubbed = warehouse(landed(settled))
     sinks = erase_sink.partial(requested=settled).expand(sink=SINKS)
-    cleared = objects(settled)
+    cleared = objects(scrubbed)
     scrubbed >> [sinks, cleared]
     [sinks, cleared] >> verify(settled, scrubbed)
 

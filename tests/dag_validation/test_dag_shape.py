@@ -117,12 +117,12 @@ SHAPES: dict[str, Shape] = {
     ),
     "erase_partners": Shape(
         pool="maintenance",
-        tasks=("suppress", "settle", "warehouse", "erase_sink", "objects", "verify"),
+        tasks=("suppress", "settle", "landed", "warehouse", "erase_sink", "objects", "verify"),
         edges=(
             ("suppress", "settle"),
-            ("settle", "warehouse"),
+            ("settle", "landed"),
+            ("landed", "warehouse"),
             ("settle", "erase_sink"),
-            ("settle", "objects"),
             ("settle", "verify"),
             ("warehouse", "erase_sink"),
             ("warehouse", "objects"),

@@ -117,3 +117,22 @@ def test_a_recovery_reads_kafka_and_lands_outside_the_writers_slot(dagbag):
     assert dag.get_task("recover").pool != WAREHOUSE_POOL
     ledger = dag.get_task("ledger")
     assert ledger.pool == WAREHOUSE_POOL and ledger.execution_timeout <= timedelta(minutes=5)
+
+
+def test_an_erasure_rewrites_landed_batches_outside_the_writers_slot(dagbag):
+    """The erasure's search and object rewrites (a partner's whole history: minutes) run before the
+    slot; its warehouse step holds it for the statements only, for minutes at most; the batches'
+    hand-overs, which cycles write, are scrubbed after it."""
+    import inspect
+    from datetime import timedelta
+
+    dag = dagbag.dags["erase_partners"]
+    assert dag.get_task("landed").pool != WAREHOUSE_POOL
+    warehouse = dag.get_task("warehouse")
+    assert warehouse.pool == WAREHOUSE_POOL and warehouse.execution_timeout <= timedelta(minutes=5)
+    assert not re.search(
+        r"\b(batches_holding|scrub_landed|scrub_handovers)\(",
+        inspect.getsource(warehouse.python_callable),
+    )
+    assert "warehouse" in dag.get_task("objects").upstream_task_ids
+    assert "scrub_handovers(" in inspect.getsource(dag.get_task("objects").python_callable)

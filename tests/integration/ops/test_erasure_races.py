@@ -43,8 +43,8 @@ class Killed(Exception):
 
 
 def erase(warehouse, bucket, group: str, pid: str, sinks=(), regions=(REGION,)) -> dict:
-    """The erasure's steps in the DAG's order (suppress, warehouse with the landed batches, sinks),
-    as ``erase_partners`` runs them; what each found."""
+    """The erasure's steps in the DAG's order (suppress, the landed batches, warehouse, the
+    batches' hand-overs, sinks), as ``erase_partners`` runs them; what each found."""
     keyring = Keyring.from_env()
     suppression.suppress(bucket, [keyring.token(pid, "partner_id")])
     batches = scrub.batches_holding(warehouse, bucket, group, [pid], regions)
@@ -52,6 +52,7 @@ def erase(warehouse, bucket, group: str, pid: str, sinks=(), regions=(REGION,)) 
         "batches": batches,
         "landed": scrub.scrub_landed(bucket, batches, {pid}),
         "tables": scrub.scrub_warehouse(warehouse, [pid]),
+        "handovers": scrub.scrub_handovers(bucket, batches, {pid}),
         "sinks": {s.name: s.erase([pid]) for s in sinks},
     }
 

@@ -34,23 +34,29 @@ if TYPE_CHECKING:
 
 
 def scrub_batch(bucket: Bucket, batch_id: str, ids: set[str]) -> dict[str, int]:
-    """Rewrites a landed batch without the partners (its four objects; rows keep their count) and
-    its hand-over."""
-    found = anonymise_batch_objects(bucket, landing_prefix(batch_id), ids)
-    found["handover"] = rewrite_parquet(
-        bucket.blob(handover_object(batch_region(batch_id), batch_id)),
-        lambda t: drop_partners(t, ids),
-    )
-    return found
+    """Rewrites a landed batch's four objects without the partners (rows keep their count)."""
+    return anonymise_batch_objects(bucket, landing_prefix(batch_id), ids)
 
 
 def scrub_landed(bucket: Bucket, batch_ids: Iterable[str], ids: set[str]) -> dict[str, int]:
     """``scrub_batch`` over the batches: rows changed, per kind of object."""
-    landed = {"events": 0, "raw": 0, "quarantined": 0, "partner_changes": 0, "handover": 0}
+    landed = {"events": 0, "raw": 0, "quarantined": 0, "partner_changes": 0}
     for batch_id in batch_ids:
         for k, v in scrub_batch(bucket, batch_id, ids).items():
             landed[k] += v
     return landed
+
+
+def scrub_handovers(bucket: Bucket, batch_ids: Iterable[str], ids: set[str]) -> int:
+    """The batches' hand-overs to the sinks without the partners: rows dropped. The warehouse
+    cycle writes them, so this runs after the erasure's warehouse step (a cycle before it may have
+    handed over what it read before the landed objects were rewritten)."""
+    return sum(
+        rewrite_parquet(
+            bucket.blob(handover_object(batch_region(b), b)), lambda t: drop_partners(t, ids)
+        )
+        for b in batch_ids
+    )
 
 
 def _mentions(column: str, ids: Sequence[str]) -> tuple[str, list[bigquery.ScalarQueryParameter]]:
