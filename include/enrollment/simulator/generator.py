@@ -73,7 +73,7 @@ class Simulator:
         self.topics = {r.code: r.topic for r in self.config.regions}
         self.markets = self.config.markets  # the region registry's countries and their rules
         self.prefix = {r.code: r.partner_prefix for r in self.config.regions}
-        self.pools = people.build_pools(seed, tuple(self.markets.rules.items()))
+        self.pools = people.build_pools(tuple(self.markets.rules.items()))
         self.partners: dict[str, Partner] = {}
         self.active: list[Partner] = []
         self._position: dict[str, int] = {}  # partner id -> index in self.active

@@ -139,10 +139,11 @@ class Pool:
 
 
 @lru_cache(maxsize=8)
-def build_pools(seed: int, markets: tuple[tuple[str, Market], ...]) -> dict[str, Pool]:
-    """Read-only pools per country (cached: Faker takes a fraction of a second per seed). A
-    country without a locale of its own here takes its market's first language's, if Faker has
-    it, else en_US."""
+def build_pools(markets: tuple[tuple[str, Market], ...]) -> dict[str, Pool]:
+    """Read-only pools per country, one vocabulary for every seed (a seed's stream draws its people
+    from them): Faker takes ~1.7 s to build them, which a pool per seed paid for every simulator —
+    minutes of a test session. A country without a locale of its own here takes its market's first
+    language's, if Faker has it, else en_US."""
     from faker import Faker
     from faker.config import AVAILABLE_LOCALES
 
@@ -154,7 +155,7 @@ def build_pools(seed: int, markets: tuple[tuple[str, Market], ...]) -> dict[str,
             (lang for lang in spoken if lang in AVAILABLE_LOCALES), "en_US"
         )
         fake = Faker(locale)
-        fake.seed_instance(seed * 1000 + countries.index(country))
+        fake.seed_instance(countries.index(country))
         pools[country] = Pool(
             first_names=[fake.first_name() for _ in range(POOL_SIZE)],
             last_names=[fake.last_name() for _ in range(POOL_SIZE)],
