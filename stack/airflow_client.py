@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -64,13 +65,13 @@ class AirflowClient:
         at once rather than on the DAG processor's own clock (up to a minute)."""
         t0 = time.monotonic()
         for dag_id in dag_ids:
-            self.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+            self.asked_again("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
         tokens = {
-            self.http.get(f"/dags/{dag_id}/details").raise_for_status().json()["file_token"]
+            self.asked_again("GET", f"/dags/{dag_id}/details").json()["file_token"]
             for dag_id in dag_ids
         }
         for token in tokens:
-            self.http.put(f"/parseDagFile/{token}").raise_for_status()
+            self.asked_again("PUT", f"/parseDagFile/{token}")
         waiting = set(assets)
         while waiting:
             found = self.http.get("/assets", params={"limit": 1000}).raise_for_status().json()
@@ -81,6 +82,17 @@ class AirflowClient:
                 raise TimeoutError(f"no watcher registered after {timeout_s:.0f} s for {waiting}")
             time.sleep(1)
         return time.monotonic() - t0
+
+    def asked_again(self, method: str, path: str, attempts: int = 5, **kwargs: Any) -> Any:
+        """An idempotent request, asked again while it answers 5xx: on SQLite (the local stack's
+        default) a request that waited 5 s for the database's one writer answers 500 or 503 with
+        nothing written. The answer, raised for its status."""
+        for attempt in range(1, attempts + 1):
+            answer = self.http.request(method, path, **kwargs)
+            if answer.status_code < 500 or attempt == attempts:
+                return answer.raise_for_status()
+            time.sleep(2 * attempt)
+        raise AssertionError("unreachable")
 
     def trigger(self, dag_id: str, conf: dict | None = None, attempts: int = 5) -> str:
         """Unpauses the DAG and starts a run of it; the run's id. On SQLite (the local stack's

@@ -81,6 +81,23 @@ def pytest_collection_modifyitems(session, config, items):
     items[:] = [item for item in items if item not in celery] + celery
 
 
+def _pause_carriers(cfg: stack_config.StackConfig) -> None:
+    """A pipeline left running on the stack (``make demo``, an interrupted session) would land,
+    warehouse and sync the tests' data beside them: the session starts with its carriers paused
+    (a test unpauses what it runs). A DAG not parsed yet (a fresh stack) is paused already."""
+    from enrollment.config import load_config
+    from stack.airflow_client import AirflowClient
+
+    client = AirflowClient(cfg)
+    for dag_id in load_config().carrier_dags():
+        if client.http.get(f"/dags/{dag_id}").status_code == 200:
+            client.asked_again("PATCH", f"/dags/{dag_id}", json={"is_paused": True})
+
+
+# The services the session stops when it ends: a tier need not restore what is stopped anyway.
+STOPPED_AT_THE_END: set[str] = set()
+
+
 @pytest.fixture(scope="session")
 def stack():
     """The whole local stack, up and set up; stops at the end only what this session started.
@@ -89,9 +106,12 @@ def stack():
     report = stack_cli.up(quiet=True)
     cfg = stack_config.load()
     os.environ.update(cfg.client_env())
-    yield cfg
     started = [name for name, row in report.items() if row.get("started")]
-    if started and os.environ.get("STACK_KEEP") != "1":
+    if os.environ.get("STACK_KEEP") != "1":
+        STOPPED_AT_THE_END.update(started)
+    _pause_carriers(cfg)
+    yield cfg
+    if STOPPED_AT_THE_END:
         assert stack_cli.down(started, quiet=True), "some service still listens after stopping"
 
 

@@ -16,6 +16,7 @@ from stack import cli as stack_cli
 from stack import config as stack_config
 from stack.airflow_client import AirflowClient
 from stack.services import Airflow, CeleryWorker, Redis, stack_services
+from tests.conftest import STOPPED_AT_THE_END
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +43,8 @@ def celery_stack(stack):
                 ],
                 quiet=True,
             )
-            if stack_cli._pgid(Airflow(cfg)) is not None:
+            # (Not when the session stops it next: a restart would cost a minute for nothing.)
+            if stack_cli._pgid(Airflow(cfg)) is not None and Airflow.name not in STOPPED_AT_THE_END:
                 stack_cli.up(["airflow"], quiet=True)
             stack_config.load().save()
         if previous_env is None:
