@@ -90,76 +90,115 @@ def _to_table(latest: pd.DataFrame) -> pa.Table:
     return pa.table(out)
 
 
+_CONSENT = {
+    "marketing_consent": pa.bool_(),
+    "consent_version": pa.string(),
+    "consent_captured_at": pa.timestamp("us", tz="UTC"),
+}
+_CHANGE_INPUT = (
+    "partner_id",
+    "event_type",
+    "event_id",
+    "partner_version",
+    "occurred_at",
+    "batch_id",
+    "region",
+    "country",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "language",
+    "address_line1",
+    "address_city",
+    "address_postal_code",
+    "address_state",
+    "date_of_birth",
+    "sponsor_id",
+)
+
+
+def _group_starts(keys: pa.Array) -> pa.Array:
+    """True at the first row of each run of equal keys (``keys`` sorted)."""
+    import pyarrow.compute as pc
+
+    if len(keys) == 0:
+        return pa.array([], pa.bool_())
+    differs = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
+    return pa.concat_arrays([pa.array([True]), differs])
+
+
+def _first_where(ids: pa.Array, partners: pa.Array, where: pa.Array, values: pa.Array) -> pa.Array:
+    """Per partner (``partners``, sorted), ``values`` of its first row (rows sorted by partner,
+    newest first) where ``where`` holds; null for a partner without one."""
+    import pyarrow.compute as pc
+
+    ids, values = ids.filter(where), values.filter(where)
+    starts = _group_starts(ids)
+    return values.filter(starts).take(pc.index_in(partners, value_set=ids.filter(starts)))
+
+
 def partner_changes(valid: pa.Table) -> pa.Table:
     """One row per partner of the batch: what its partner events say, newest version first. An
-    erased partner's events (anonymised, ``ERASED``) change no partner: they have no state."""
-    consent = [
-        c
-        for c in ("marketing_consent", "consent_version", "consent_captured_at")
-        if c in valid.column_names
-    ]  # batches landed before them: none
-    frame = valid.select(
-        [
-            "partner_id",
-            "event_type",
-            "event_id",
-            "partner_version",
-            "occurred_at",
-            "batch_id",
-            "region",
-            "country",
-            "first_name",
-            "last_name",
-            "email",
-            "phone",
-            "language",
-            "address_line1",
-            "address_city",
-            "address_postal_code",
-            "address_state",
-            "date_of_birth",
-            "sponsor_id",
-            *consent,
-        ]
-    ).to_pandas()
-    for column in ("marketing_consent", "consent_version", "consent_captured_at"):
-        if column not in frame:
-            frame[column] = None
-    frame = frame[frame["event_type"].isin(list(PARTNER_EVENTS)) & (frame["partner_id"] != ERASED)]
-    if frame.empty:
+    erased partner's events (anonymised, ``ERASED``) change no partner: they have no state.
+
+    In Arrow (no per-row Python, no pandas round trip: this runs at every land): the rows sorted by
+    partner, then newest version and time first (ties in arrival order); each field takes its
+    partner's first row that set it."""
+    import pyarrow.compute as pc
+
+    table = valid.select(list(_CHANGE_INPUT))
+    for column, kind in _CONSENT.items():  # batches landed before them: none
+        table = table.append_column(
+            column,
+            valid.column(column) if column in valid.column_names else pa.nulls(len(valid), kind),
+        )
+    table = table.filter(
+        pc.and_(
+            pc.is_in(table.column("event_type"), value_set=pa.array(list(PARTNER_EVENTS))),
+            pc.not_equal(table.column("partner_id"), ERASED),
+        )
+    )
+    if not table.num_rows:
         return _empty()
-    frame["status"] = frame["event_type"].map(
-        {"partner.enrolled": "active", "partner.terminated": "terminated"}
+    table = table.append_column("row", pa.array(range(table.num_rows), pa.int64()))
+    table = table.take(
+        pc.sort_indices(
+            table,
+            sort_keys=[
+                ("partner_id", "ascending", "at_end"),
+                ("partner_version", "descending", "at_end"),
+                ("occurred_at", "descending", "at_end"),
+                ("row", "ascending", "at_end"),
+            ],
+        )
+    ).combine_chunks()
+    col = {name: table.column(name).chunk(0) for name in table.column_names}  # rows: one chunk
+    kind, occurred = col["event_type"], col["occurred_at"]
+    enrolled = pc.fill_null(pc.equal(kind, "partner.enrolled"), False)
+    terminated = pc.fill_null(pc.equal(kind, "partner.terminated"), False)
+    no_time = pa.scalar(None, occurred.type)
+    col["status"] = pc.if_else(
+        enrolled, "active", pc.if_else(terminated, "terminated", pa.scalar(None, pa.string()))
     )
-    frame["enrolled_at"] = frame["occurred_at"].where(frame["event_type"] == "partner.enrolled")
-    frame["terminated_at"] = frame["occurred_at"].where(frame["event_type"] == "partner.terminated")
-    frame["last_event_id"] = frame["event_id"]
-    frame["updated_at"] = frame["occurred_at"]
-    # Within the batch the same rule as the MERGE: each field's value from the newest event that
-    # set it, with that event's version.
-    ordered = frame.sort_values(["partner_version", "occurred_at"], ascending=False, kind="stable")
-    latest = ordered.groupby("partner_id", sort=True).first().reset_index()
-    latest["partner_version"] = (
-        frame.groupby("partner_id")["partner_version"]
-        .max()
-        .reindex(latest["partner_id"])
-        .to_numpy()
-    )
+    col["enrolled_at"] = pc.if_else(enrolled, occurred, no_time)
+    col["terminated_at"] = pc.if_else(terminated, occurred, no_time)
+    col["last_event_id"], col["updated_at"] = col["event_id"], occurred
+
+    ids = col["partner_id"]
+    partners = ids.filter(_group_starts(ids))
+    out: dict[str, pa.Array] = {"partner_id": partners}
+    for column in (*PARTNER_COLUMNS, "last_event_id", "updated_at", "batch_id"):
+        leader = FOLLOWS.get(column, column)  # a follower: from the row that set its leader
+        out[column] = _first_where(ids, partners, pc.is_valid(col[leader]), col[column])
     for column in PARTNER_COLUMNS:
-        set_at = (
-            frame[frame[FOLLOWS.get(column, column)].notna()]
-            .groupby("partner_id")["partner_version"]
-            .max()
+        leader = FOLLOWS.get(column, column)
+        out[f"{column}_version"] = _first_where(
+            ids, partners, pc.is_valid(col[leader]), col["partner_version"]
         )
-        latest[f"{column}_version"] = set_at.reindex(latest["partner_id"]).to_numpy()
-    for column, leader in FOLLOWS.items():  # from the very event that set the leader, null or not
-        setter = (
-            ordered[ordered[leader].notna()]
-            .drop_duplicates("partner_id")
-            .set_index("partner_id")[column]
-        )
-        latest[column] = setter.reindex(latest["partner_id"]).to_numpy()
-    return _to_table(latest)
+    # The newest version first, nulls last: a partner's first row holds its highest version.
+    out["partner_version"] = col["partner_version"].filter(_group_starts(ids))
+    return pa.table({name: pc.cast(out[name], _ARROW[t]) for name, t in PARTNER_SCHEMA})
 
 
 def fold_partners(tables: list[pa.Table]) -> pa.Table:
