@@ -8,7 +8,6 @@ MERGE source has exactly one row per partner — BigQuery refuses a MERGE whose 
 
 from __future__ import annotations
 
-import pandas as pd
 import pyarrow as pa
 
 from enrollment.config import Region
@@ -73,21 +72,6 @@ _ARROW = {
 
 def _empty() -> pa.Table:
     return pa.table({c: pa.array([], _ARROW[t]) for c, t in PARTNER_SCHEMA})
-
-
-def _to_table(latest: pd.DataFrame) -> pa.Table:
-    out = {}
-    for column, kind in PARTNER_SCHEMA:
-        series = latest[column]
-        if kind == "TIMESTAMP":
-            out[column] = pa.array(pd.to_datetime(series, utc=True), pa.timestamp("us", tz="UTC"))
-        elif kind == "INT64":
-            out[column] = pa.array(series.astype("Int64"), pa.int64(), from_pandas=True)
-        elif kind == "BOOL":
-            out[column] = pa.array(series.astype(object).where(series.notna(), None), pa.bool_())
-        else:
-            out[column] = pa.array(series.astype(object).where(series.notna(), None), pa.string())
-    return pa.table(out)
 
 
 _CONSENT = {
@@ -206,41 +190,51 @@ def fold_partners(tables: list[pa.Table]) -> pa.Table:
     per partner by the same rule: each field from the row whose version of it is newest; the
     newest partner version's event id, time and batch. Ties keep the earlier batch (the order of
     ``tables``), as the MERGE keeps the stored row on equal versions."""
+    import pyarrow.compute as pc
+
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return _empty()
     if len(tables) == 1:
         return tables[0]
-    frame = pa.concat_tables([_conform(t) for t in tables]).to_pandas()
-    latest = (
-        frame.sort_values("partner_version", ascending=False, kind="stable")
-        .groupby("partner_id", sort=True)
-        .first()
-    )
+    table = pa.concat_tables([_conform(t) for t in tables]).combine_chunks()
+    table = table.append_column("row", pa.array(range(table.num_rows), pa.int64()))
+
+    def newest_by(key: str) -> dict[str, pa.Array]:
+        """The rows sorted by partner, then ``key`` newest first (nulls last), ties in order."""
+        order = pc.sort_indices(
+            table,
+            sort_keys=[
+                ("partner_id", "ascending", "at_end"),
+                (key, "descending", "at_end"),
+                ("row", "ascending", "at_end"),
+            ],
+        )
+        return {c: table.column(c).take(order).chunk(0) for c in table.column_names}
+
+    rows = newest_by("partner_version")
+    ids = rows["partner_id"]
+    partners = ids.filter(_group_starts(ids))
+    out: dict[str, pa.Array] = {"partner_id": partners}
+    for column in ("last_event_id", "updated_at", "batch_id"):
+        out[column] = _first_where(ids, partners, pc.is_valid(rows[column]), rows[column])
+    out["partner_version"] = rows["partner_version"].filter(_group_starts(ids))
     for column in PARTNER_COLUMNS:
         version = f"{column}_version"
         if column in FOLLOWS:  # the whole row that set the leader: its nulls too
             lead = f"{FOLLOWS[column]}_version"
-            setter = (
-                frame[frame[lead].notna()]
-                .sort_values(lead, ascending=False, kind="stable")
-                .drop_duplicates("partner_id")
-                .set_index("partner_id")
-            )
-            latest[column] = setter[column].reindex(latest.index)
-            latest[version] = setter[lead].reindex(latest.index)
+            rows = newest_by(lead)
+            set_lead = pc.is_valid(rows[lead])
+            out[column] = _first_where(rows["partner_id"], partners, set_lead, rows[column])
+            out[version] = _first_where(rows["partner_id"], partners, set_lead, rows[lead])
             continue
-        setters = (
-            frame[frame[version].notna()]
-            .sort_values(version, ascending=False, kind="stable")
-            .groupby("partner_id")
+        rows = newest_by(version)
+        set_it = pc.is_valid(rows[version])
+        out[column] = _first_where(
+            rows["partner_id"], partners, pc.and_(set_it, pc.is_valid(rows[column])), rows[column]
         )
-        latest[column] = setters[column].first().reindex(latest.index)
-        latest[version] = setters[version].first().reindex(latest.index)
-    latest["partner_version"] = (
-        frame.groupby("partner_id")["partner_version"].max().reindex(latest.index)
-    )
-    return _to_table(latest.reset_index())
+        out[version] = _first_where(rows["partner_id"], partners, set_it, rows[version])
+    return pa.table({name: pc.cast(out[name], _ARROW[t]) for name, t in PARTNER_SCHEMA})
 
 
 def _conform(table: pa.Table) -> pa.Table:
