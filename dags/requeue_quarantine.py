@@ -162,14 +162,14 @@ def requeue_quarantine() -> None:
     @task(pool=WAREHOUSE_POOL, execution_timeout=timedelta(minutes=5))
     def ledger(recovered: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, int]:
         """Each origin batch's ``recovered`` ledger row (counted from the recovered table: the
-        same row however often it is written)."""
+        same row however often it is written), and those of an earlier run whose ledger step
+        failed for good (its messages are recovered already: only this step brings them)."""
         from enrollment.ops.recovery import run as recovery_run
 
         request = _request(params)
         rt = Runtime.for_task()  # the configuration in force when the task runs
         rt.require(["bigquery"])
-        for batch in recovered["batches"].values():
-            recovery_run.record_ledger(rt.warehouse, batch["origin_batches"], request.since)
+        recovery_run.record_ledger(rt.warehouse, request.since)
         return {code: len(b["origin_batches"]) for code, b in recovered["batches"].items()}
 
     @task(trigger_rule="none_failed")

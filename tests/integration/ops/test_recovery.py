@@ -191,8 +191,9 @@ def test_a_contract_change_brings_back_exactly_that_class_once(
 
     # Simulated traffic with ordinary faults in every region, and five Austrian enrollments that
     # today's contract quarantines as country_not_in_region.
+    # A seed whose 800 messages put countries outside their region in three regions.
     messages = Simulator(
-        seed=4242, faults=FaultRates.mix(0.06), initial_partners=40, config=config
+        seed=4255, faults=FaultRates.mix(0.06), initial_partners=40, config=config
     ).take(800)
     produce(kafka, messages)
     austrians = austrian_enrollments(5)
@@ -440,6 +441,44 @@ def test_a_crash_between_landing_and_recording_converges(stack, pipeline, monkey
         "warehouse",
         *(f"sync_{n}" for n in config.sinks),
     }
+
+
+def test_a_ledger_step_that_failed_for_good_is_made_good_by_the_next_run(
+    stack, pipeline, monkeypatch
+):
+    """The DAG recovers outside the writer's slot and writes the origins' ledger rows in it, a
+    task of its own. When that task fails for good, the next run finds the messages recovered
+    already (nothing to land) and must still write the rows the first run left out."""
+    config, w, bucket, sinks = pipeline
+    keyring, kafka = Keyring.from_env(), stack.kafka
+    emea = config.region("EMEA")
+    austrians = austrian_enrollments(2)
+    producer = Producer(kafka.producer({"partitioner": "murmur2_random"}))
+    for e in austrians:
+        producer.produce(emea.topic, key=e["partner_id"].encode(), value=json.dumps(e).encode())
+    assert producer.flush(30) == 0
+    land_emea(kafka, config, bucket, keyring)
+    warehouse_and_sync(config, w, bucket, sinks)
+    request = RecoveryRequest.parse(
+        {"region": "EMEA", "reasons": [REASON], "dry_run": False}, [r.code for r in config.regions]
+    )
+
+    def recovered_rows() -> list[dict]:
+        return [
+            dict(r)
+            for r in w.run(
+                f"SELECT stage, recovered, quarantined FROM {w.table('ledger', ops=True)} "
+                "WHERE stage = 'recovered'"
+            )
+        ]
+
+    with austria_joins_emea(monkeypatch):
+        first = recover(w, bucket, keyring, kafka, config, request, dag_run="run-1", ledger=False)
+        assert first["batches"]["EMEA"]["events"] == 2
+        assert recovered_rows() == [], "the ledger step died: no row yet"
+        again = recover(w, bucket, keyring, kafka, config, request, dag_run="run-2")
+    assert again["batches"] == {}, "nothing left to recover"
+    assert recovered_rows() == [{"stage": "recovered", "recovered": 2, "quarantined": 0}]
 
 
 def test_a_recovery_batch_left_behind_by_a_crash_and_an_erasure_keeps_no_one_in_clear(

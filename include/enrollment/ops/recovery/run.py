@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -143,13 +142,18 @@ def land_recovery(
     return {"batch_id": batch_id, "events": valid.num_rows, "queued": queued}
 
 
+def _ensure_recovered(w: BigQuery) -> str:
+    table = w.table("recovered", ops=True)
+    schema = ", ".join(f"`{c}` {t}" for c, t in RECOVERED_SCHEMA)
+    w.run(f"CREATE TABLE IF NOT EXISTS {table} ({schema})")
+    return table
+
+
 def _record(w: BigQuery, rp: RegionPlan, batch_id: str, dag_run: str) -> int:
     """The recovered messages, each once whatever the runs (a MERGE that never updates)."""
     from google.cloud import bigquery
 
-    table = w.table("recovered", ops=True)
-    schema = ", ".join(f"`{c}` {t}" for c, t in RECOVERED_SCHEMA)
-    w.run(f"CREATE TABLE IF NOT EXISTS {table} ({schema})")
+    table = _ensure_recovered(w)
     now = datetime.now(UTC)
     rows = [
         {
@@ -189,16 +193,15 @@ def _record(w: BigQuery, rp: RegionPlan, batch_id: str, dag_run: str) -> int:
     return len(rows)
 
 
-def record_ledger(w: BigQuery, origin_batches: Sequence[str], since: datetime) -> None:
-    """Per origin batch, its ``recovered`` ledger row: its landed numbers, ``quarantined`` those
-    still quarantined and ``recovered`` every message of it recovered so far (counted from the
-    ``recovered`` table, so writing it again gives the same row). The origin's ``land`` row was
-    recorded after its messages arrived: the ledger is read from the window's first day on."""
-    from google.cloud import bigquery
-
-    if not origin_batches:
-        return
+def record_ledger(w: BigQuery, since: datetime) -> None:
+    """Per origin batch of a message recovered since the window's first day (this run's, and any
+    an earlier run recovered whose ledger step never ran), its ``recovered`` ledger row: its
+    landed numbers, ``quarantined`` those still quarantined and ``recovered`` every message of it
+    recovered so far (counted from the ``recovered`` table, so writing it again gives the same
+    row). The origin's ``land`` row was recorded after its messages arrived: the ledger is read
+    from the window's first day on."""
     ensure_ledger(w)
+    recovered = _ensure_recovered(w)
     ledger, lo = w.table("ledger", ops=True), _ts(day_start(since) - timedelta(days=1))
     cols = [
         "batch_id",
@@ -228,16 +231,15 @@ def record_ledger(w: BigQuery, origin_batches: Sequence[str], since: datetime) -
             FROM {ledger} L JOIN (
                 SELECT origin_batch_id, COUNT(*) AS n,
                        STRING_AGG(DISTINCT recovery_batch_id, ', ') AS batches
-                FROM {w.table("recovered", ops=True)}
-                WHERE origin_batch_id IN UNNEST(@ids) GROUP BY origin_batch_id) R
+                FROM {recovered}
+                WHERE recovered_at >= {lo} GROUP BY origin_batch_id) R
               ON R.origin_batch_id = L.batch_id
-            WHERE L.recorded_at >= {lo} AND L.stage = 'land' AND L.batch_id IN UNNEST(@ids)) S
+            WHERE L.recorded_at >= {lo} AND L.stage = 'land') S
         ON T.recorded_at >= {lo} AND T.batch_id = S.batch_id AND T.stage = S.stage
         WHEN MATCHED AND (T.recovered IS NULL OR T.recovered != S.recovered)
           THEN UPDATE SET {", ".join(f"{c} = S.{c}" for c in cols[3:])}
         WHEN NOT MATCHED THEN INSERT ({", ".join(cols)})
-          VALUES ({", ".join("S." + c for c in cols)})""",
-        [bigquery.ArrayQueryParameter("ids", "STRING", sorted(set(origin_batches)))],
+          VALUES ({", ".join("S." + c for c in cols)})"""
     )
 
 
@@ -254,7 +256,8 @@ def recover(
     """Plans again (the plan never travels: it holds message bytes) and recovers; the counts, with
     ``recovered`` where the plan said ``recoverable``, and each region's recovery batch with its
     ``origin_batches``. Without ``ledger`` the origins' ledger rows are left to the caller
-    (``record_ledger``, in the writer's slot: the DAG reads Kafka and lands outside it)."""
+    (``record_ledger``, in the writer's slot: the DAG reads Kafka and lands outside it); a run
+    that finds everything recovered already still writes the rows an earlier run left out."""
     done = plan(w, bucket, keyring, kafka, config, request)
     batches: dict[str, dict[str, Any]] = {}
     for code, rp in sorted(done.regions.items()):
@@ -265,8 +268,6 @@ def recover(
         # again.
         _record(w, rp, batches[code]["batch_id"], dag_run)
         batches[code]["origin_batches"] = sorted({c.origin_batch_id for c in rp.recoverable})
-        if ledger:
-            record_ledger(w, batches[code]["origin_batches"], request.since)
         log.info(
             "recovery %s: %d messages recovered as batch %s (queued for the warehouse: %s)",
             code,
@@ -274,4 +275,6 @@ def recover(
             batches[code]["batch_id"],
             batches[code]["queued"],
         )
+    if ledger:
+        record_ledger(w, request.since)
     return done.counts(recovered=True) | {"batches": batches}
