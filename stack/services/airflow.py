@@ -215,7 +215,10 @@ END $$;""",
             # Measured: 0.1 s idle sleep cuts the task-to-task gap from ~1.1 s to ~0.2 s.
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
             # A killed worker's task is found (no heartbeat) and retried after 2 minutes, not 5.
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "120",
+            # STACK_HEARTBEAT_TIMEOUT_S shortens it where a test kills workers on purpose.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": os.environ.get(
+                "STACK_HEARTBEAT_TIMEOUT_S", "120"
+            ),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             # Not raised above the default 30 s although re-parsing costs the dag-processor ~6 CPU s
             # a minute: an unpaused DAG's asset watchers start only when its file is parsed again

@@ -24,6 +24,9 @@ def celery_stack(stack):
     before = stack_config.load().executor
     previous_env = os.environ.get("STACK_EXECUTOR")
     os.environ["STACK_EXECUTOR"] = "celery"
+    # A worker killed on purpose: its task retried after 45 s without heartbeat, not 120 (a live
+    # task heartbeats every 5 s).
+    os.environ["STACK_HEARTBEAT_TIMEOUT_S"] = "45"
     try:
         stack_cli.up(quiet=True)
         cfg = stack_config.load()
@@ -31,6 +34,7 @@ def celery_stack(stack):
         yield cfg
     finally:
         os.environ["STACK_EXECUTOR"] = before
+        os.environ.pop("STACK_HEARTBEAT_TIMEOUT_S", None)
         if before != "celery":
             # As found: the broker and workers stopped, Airflow
             # restarted on its own executor (when it runs).
