@@ -79,6 +79,8 @@ _CONSENT = {
     "consent_version": pa.string(),
     "consent_captured_at": pa.timestamp("us", tz="UTC"),
 }
+# What partner_changes reads of a landed row: the event's identity, then the partner's own fields
+# up to those it derives (status and its times) or adds later (consent, _CONSENT).
 _CHANGE_INPUT = (
     "partner_id",
     "event_type",
@@ -86,19 +88,7 @@ _CHANGE_INPUT = (
     "partner_version",
     "occurred_at",
     "batch_id",
-    "region",
-    "country",
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "language",
-    "address_line1",
-    "address_city",
-    "address_postal_code",
-    "address_state",
-    "date_of_birth",
-    "sponsor_id",
+    *PARTNER_COLUMNS[: PARTNER_COLUMNS.index("status")],
 )
 
 
